@@ -1,0 +1,97 @@
+/* buf.c: shared buffers and the output queue ring (see buf.h).  The ring
+ * doubles when full and is freed when drained, so memory follows the
+ * connection's backlog instead of its lifetime. */
+#include "core/buf.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+buf_t *buf_new(size_t len)
+{
+    if (len > UINT32_MAX - sizeof(buf_t)) return NULL;
+    buf_t *b = malloc(sizeof(buf_t) + len);
+    if (!b) return NULL;
+    b->refs = 1;
+    b->len = (uint32_t)len;
+    return b;
+}
+
+buf_t *buf_from(const void *data, size_t len)
+{
+    buf_t *b = buf_new(len);
+    if (b && len) memcpy(b->data, data, len);
+    return b;
+}
+
+buf_t *buf_ref(buf_t *b)
+{
+    __atomic_add_fetch(&b->refs, 1, __ATOMIC_RELAXED);
+    return b;
+}
+
+void buf_unref(buf_t *b)
+{
+    if (b && __atomic_sub_fetch(&b->refs, 1, __ATOMIC_ACQ_REL) == 0) free(b);
+}
+
+static int outq_grow(outq_t *q)
+{
+    uint32_t ncap = q->cap ? q->cap * 2 : 4;
+    outq_seg *ns = malloc(sizeof(*ns) * ncap);
+    if (!ns) return -1;
+    for (uint32_t i = 0; i < q->count; i++) ns[i] = q->segs[(q->head + i) & (q->cap - 1)];
+    free(q->segs);
+    q->segs = ns;
+    q->cap = ncap;
+    q->head = 0;
+    return 0;
+}
+
+int outq_push(outq_t *q, buf_t *b, size_t off, size_t len)
+{
+    if (len == 0) return 0;
+    if (q->count == q->cap && outq_grow(q) < 0) return -1;
+    outq_seg *s = &q->segs[(q->head + q->count) & (q->cap - 1)];
+    s->buf = buf_ref(b);
+    s->off = (uint32_t)off;
+    s->len = (uint32_t)len;
+    q->count++;
+    q->bytes += len;
+    return 0;
+}
+
+int outq_iov(const outq_t *q, struct iovec *iov, int max)
+{
+    int n = 0;
+    for (uint32_t i = 0; i < q->count && n < max; i++, n++) {
+        const outq_seg *s = &q->segs[(q->head + i) & (q->cap - 1)];
+        iov[n].iov_base = s->buf->data + s->off;
+        iov[n].iov_len = s->len;
+    }
+    return n;
+}
+
+void outq_consume(outq_t *q, size_t n)
+{
+    q->bytes -= n;
+    while (n > 0 && q->count > 0) {
+        outq_seg *s = &q->segs[q->head];
+        if (n < s->len) {
+            s->off += (uint32_t)n;
+            s->len -= (uint32_t)n;
+            return;
+        }
+        n -= s->len;
+        buf_unref(s->buf);
+        q->head = (q->head + 1) & (q->cap - 1);
+        q->count--;
+    }
+    if (q->count == 0) outq_clear(q);
+}
+
+void outq_clear(outq_t *q)
+{
+    for (uint32_t i = 0; i < q->count; i++) buf_unref(q->segs[(q->head + i) & (q->cap - 1)].buf);
+    free(q->segs);
+    memset(q, 0, sizeof(*q));
+}

@@ -1,0 +1,691 @@
+/* conn.c: the life of a connection (see conn.h for the state diagram).
+ *
+ * Reads go into one per-thread buffer, so an idle connection owns no read
+ * buffer; only the bytes behind a request the app is still handling
+ * (pipelining) are copied aside.  Writes are queued and written once per
+ * loop iteration by the server's flush watcher.  One timer per connection;
+ * timer_kind says what its expiry means in the current state. */
+#include "core/conn.h"
+
+#include "core/log.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+enum timer_kind { T_NONE, T_IDLE, T_HEADER, T_BODY, T_HANDSHAKE, T_LINGER, T_STREAM };
+
+#define READ_CHUNK 65536
+#define READS_PER_EVENT 16     /* fairness: then let other connections run */
+#define LINGER_SECONDS 2.0     /* read and discard after a final answer */
+#define CLOSING_WRITE_SECONDS 10.0
+
+static __thread char read_buf[READ_CHUNK];
+
+static void io_cb(struct ev_loop *loop, ev_io *w, int revents);
+static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
+static void http_input(conn *c, const char *data, size_t len);
+static void flush(conn *c);
+
+/* ---- watchers, timers, state ------------------------------------------ */
+
+static bool wants_read(const conn *c)
+{
+    switch (c->state) {
+    case CONN_HTTP: return !c->drain_wait;
+    case CONN_STREAM: return true;
+    case CONN_CLOSING: return c->lingering;
+    case CONN_TLS_HANDSHAKE: return c->io.want != IO_WANT_WRITE;
+    default: return false;
+    }
+}
+
+static void update_io(conn *c)
+{
+    if (c->state == CONN_CLOSED) return;
+    int ev = 0;
+    if (c->state == CONN_TLS_HANDSHAKE) {
+        ev = c->io.want == IO_WANT_WRITE ? EV_WRITE : EV_READ;
+    } else {
+        if (wants_read(c)) ev |= c->read_want_w ? EV_WRITE : EV_READ;
+        if (c->write_want) ev |= c->write_want == IO_WANT_READ ? EV_READ : EV_WRITE;
+    }
+    if (ev == c->io_events) return;
+    ev_io_stop(c->srv->loop, &c->watcher);
+    ev_io_set(&c->watcher, c->io.fd, ev);
+    if (ev) ev_io_start(c->srv->loop, &c->watcher);
+    c->io_events = (uint8_t)ev;
+}
+
+static void arm_timer(conn *c, int kind, double seconds)
+{
+    ev_timer_stop(c->srv->loop, &c->timer);
+    c->timer_kind = (uint8_t)kind;
+    if (kind == T_NONE || seconds <= 0) {
+        c->timer_kind = T_NONE;
+        return;
+    }
+    ev_timer_set(&c->timer, seconds, 0.);
+    ev_timer_start(c->srv->loop, &c->timer);
+}
+
+static void set_state(conn *c, conn_state s)
+{
+    c->state = (uint8_t)s;
+    update_io(c);
+}
+
+static void free_parser(conn *c)
+{
+    if (!c->http) return;
+    http_parser_free(c->http);
+    free(c->http);
+    c->http = NULL;
+}
+
+static void free_pending(conn *c)
+{
+    free(c->pending);
+    c->pending = NULL;
+    c->pending_len = c->pending_off = 0;
+}
+
+/* ---- lifetime --------------------------------------------------------- */
+
+void conn_hold(conn *c) { c->refs++; }
+
+static void conn_free(conn *c)
+{
+    free(c);
+}
+
+void conn_release(conn *c)
+{
+    if (--c->refs == 0 && c->state == CONN_CLOSED) conn_free(c);
+}
+
+void conn_close(conn *c)
+{
+    if (c->state == CONN_CLOSED) return;
+    server *srv = c->srv;
+    if (c->stream) {
+        const conn_stream_ops *ops = c->stream;
+        c->stream = NULL;
+        ops->on_close(c, c->stream_state);
+        c->stream_state = NULL;
+    }
+    ev_io_stop(srv->loop, &c->watcher);
+    ev_timer_stop(srv->loop, &c->timer);
+    c->state = CONN_CLOSED;
+    if (c->prev) c->prev->next = c->next;
+    else srv->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    c->next = c->prev = NULL;
+    srv->nconns--;
+    outq_clear(&c->out);
+    free_pending(c);
+    free_parser(c);
+    free(c->resp_head);
+    c->resp_head = NULL;
+    io_close(&c->io);
+    if (srv->stopping && srv->nconns == 0) ev_break(srv->loop, EVBREAK_ALL);
+    if (c->refs == 0) conn_free(c);
+}
+
+const char *conn_remote_addr(const conn *c, char *out, size_t len)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    if (c->remote.sa.sa_family == AF_INET6) {
+        inet_ntop(AF_INET6, &c->remote.in6.sin6_addr, ip, sizeof(ip));
+        snprintf(out, len, "[%s]:%u", ip, ntohs(c->remote.in6.sin6_port));
+    } else {
+        inet_ntop(AF_INET, &c->remote.in.sin_addr, ip, sizeof(ip));
+        snprintf(out, len, "%s:%u", ip, ntohs(c->remote.in.sin_port));
+    }
+    return out;
+}
+
+void conn_accept(server *srv, int fd, const struct sockaddr *addr, socklen_t alen, bool tls)
+{
+    conn *c = calloc(1, sizeof(conn));
+    if (!c) {
+        close(fd);
+        return;
+    }
+    c->srv = srv;
+    c->io.fd = fd;
+    c->tls = tls;
+    if (alen > sizeof(c->remote)) alen = sizeof(c->remote);
+    memcpy(&c->remote, addr, alen);
+    ev_io_init(&c->watcher, io_cb, fd, 0);
+    c->watcher.data = c;
+    ev_init(&c->timer, timer_cb);
+    c->timer.data = c;
+    c->next = srv->conns;
+    if (srv->conns) srv->conns->prev = c;
+    srv->conns = c;
+    srv->nconns++;
+    if (tls) {
+        if (!srv->tls_ctx || io_tls_start(&c->io, srv->tls_ctx) < 0) {
+            conn_close(c);
+            return;
+        }
+        c->io.want = IO_WANT_READ;
+        set_state(c, CONN_TLS_HANDSHAKE);
+        arm_timer(c, T_HANDSHAKE, srv->limits.tls_handshake_timeout);
+    } else {
+        set_state(c, CONN_HTTP);
+        /* Nothing sent yet: a quiet peer is dropped without an answer. */
+        double t = srv->limits.header_timeout < srv->limits.idle_timeout
+                       ? srv->limits.header_timeout
+                       : srv->limits.idle_timeout;
+        arm_timer(c, T_IDLE, t);
+    }
+}
+
+/* ---- output ----------------------------------------------------------- */
+
+static void schedule_flush(conn *c)
+{
+    if (c->in_pending || c->write_want) return; /* a blocked write waits for the watcher */
+    c->in_pending = true;
+    conn_hold(c);
+    c->pending_next = c->srv->pending_head;
+    c->srv->pending_head = c;
+}
+
+int conn_send(conn *c, buf_t *b, size_t off, size_t len)
+{
+    if (c->state == CONN_CLOSED) return -1;
+    if (c->state == CONN_STREAM && c->out.bytes + len > c->srv->limits.max_output) return -1;
+    if (outq_push(&c->out, b, off, len) < 0) return -1;
+    schedule_flush(c);
+    return 0;
+}
+
+int conn_send_copy(conn *c, const void *data, size_t len)
+{
+    buf_t *b = buf_from(data, len);
+    if (!b) return -1;
+    int r = conn_send(c, b, 0, len);
+    buf_unref(b);
+    return r;
+}
+
+static void start_linger(conn *c)
+{
+    io_shutdown_write(&c->io);
+    c->lingering = true;
+    arm_timer(c, T_LINGER, LINGER_SECONDS);
+    update_io(c);
+}
+
+void conn_close_after_write(conn *c)
+{
+    if (c->state == CONN_CLOSED || c->state == CONN_CLOSING) return;
+    if (c->stream) {
+        const conn_stream_ops *ops = c->stream;
+        c->stream = NULL;
+        ops->on_close(c, c->stream_state);
+        c->stream_state = NULL;
+    }
+    free_pending(c);
+    free_parser(c);
+    set_state(c, CONN_CLOSING);
+    if (c->out.bytes == 0) start_linger(c);
+    else arm_timer(c, T_LINGER, CLOSING_WRITE_SECONDS);
+}
+
+static void on_drained(conn *c)
+{
+    switch (c->state) {
+    case CONN_CLOSING:
+        if (!c->lingering) start_linger(c);
+        break;
+    case CONN_STREAM:
+        if (c->stream->on_drain) c->stream->on_drain(c, c->stream_state);
+        break;
+    case CONN_HTTP:
+        if (c->drain_wait) {
+            c->drain_wait = false;
+            update_io(c);
+            if (c->pending) http_input(c, c->pending + c->pending_off, c->pending_len - c->pending_off);
+        }
+        break;
+    default: break;
+    }
+}
+
+/* Writes as much of the queue as the socket takes: one writev (or one TLS
+ * record) per call, repeated until the queue is empty or the socket full. */
+static void flush(conn *c)
+{
+    struct iovec iov[64];
+    while (c->out.bytes > 0 && c->state != CONN_CLOSED) {
+        int n = outq_iov(&c->out, iov, 64);
+        ssize_t w = io_writev(&c->io, iov, n);
+        if (w > 0) {
+            outq_consume(&c->out, (size_t)w);
+            continue;
+        }
+        if (w == IO_AGAIN) {
+            c->write_want = c->io.want;
+            update_io(c);
+            return;
+        }
+        LOG_KV(LOG_DEBUG, "write failed", LOG_S("error", strerror(errno)));
+        conn_close(c);
+        return;
+    }
+    if (c->state == CONN_CLOSED) return;
+    if (c->write_want) {
+        c->write_want = IO_WANT_NONE;
+        update_io(c);
+    }
+    on_drained(c);
+}
+
+void server_flush_pending(server *srv)
+{
+    conn *c;
+    while ((c = srv->pending_head)) {
+        srv->pending_head = c->pending_next;
+        c->pending_next = NULL;
+        c->in_pending = false;
+        if (c->state != CONN_CLOSED && !c->write_want) flush(c);
+        conn_release(c);
+    }
+}
+
+/* ---- responses -------------------------------------------------------- */
+
+static int resp_append(conn *c, const char *s, size_t n)
+{
+    if (c->resp_len + n > c->resp_cap) {
+        size_t ncap = c->resp_cap ? c->resp_cap : 256;
+        while (ncap < c->resp_len + n) ncap *= 2;
+        char *nh = realloc(c->resp_head, ncap);
+        if (!nh) return -1;
+        c->resp_head = nh;
+        c->resp_cap = (uint32_t)ncap;
+    }
+    memcpy(c->resp_head + c->resp_len, s, n);
+    c->resp_len += (uint32_t)n;
+    return 0;
+}
+
+http_request *conn_request(conn *c) { return c->http ? &c->http->req : NULL; }
+
+void conn_response_start(conn *c, int status)
+{
+    char line[64];
+    c->resp_len = 0;
+    c->resp_status = (uint16_t)status;
+    int n = snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\n", status, http_status_text(status));
+    resp_append(c, line, (size_t)n);
+}
+
+static bool is_tchar(unsigned char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           strchr("!#$%&'*+-.^_`|~", ch) != NULL;
+}
+
+static bool name_is(const char *name, size_t nlen, const char *what)
+{
+    return strlen(what) == nlen && strncasecmp(name, what, nlen) == 0;
+}
+
+int conn_response_header(conn *c, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    if (nlen == 0) return -1;
+    for (size_t i = 0; i < nlen; i++)
+        if (!is_tchar((unsigned char)name[i])) return -1;
+    for (size_t i = 0; i < vlen; i++)
+        if (value[i] == '\r' || value[i] == '\n' || value[i] == '\0') return -1;
+    /* Framing headers are the connection's to set. */
+    if (name_is(name, nlen, "content-length") || name_is(name, nlen, "connection") ||
+        name_is(name, nlen, "date") || name_is(name, nlen, "transfer-encoding"))
+        return 0;
+    if (resp_append(c, name, nlen) < 0 || resp_append(c, ": ", 2) < 0 ||
+        resp_append(c, value, vlen) < 0 || resp_append(c, "\r\n", 2) < 0)
+        return -1;
+    return 0;
+}
+
+static void access_log(conn *c, size_t body_len)
+{
+    if (!log_enabled(LOG_INFO)) return;
+    const http_request *r = c->http && c->http->req.method ? &c->http->req : NULL;
+    char remote[64];
+    double ms = (ev_time() - c->req_start) * 1000.0;
+    LOG_KV(LOG_INFO, "access", LOG_S("method", r ? r->method : "-"),
+           LOG_SN("path", r ? r->path : "-", r ? r->path_len : 1), LOG_I("status", c->resp_status),
+           LOG_I("bytes", body_len), LOG_D("duration_ms", ms),
+           LOG_S("remote", conn_remote_addr(c, remote, sizeof(remote))));
+}
+
+static void request_done(conn *c)
+{
+    if (c->http) http_next(c->http);
+    if (!c->keep_alive || c->srv->stopping) {
+        conn_close_after_write(c);
+        return;
+    }
+    set_state(c, CONN_HTTP);
+    if (c->in_process) return; /* http_input's loop goes on with the next request */
+    if (c->pending) {
+        http_input(c, c->pending + c->pending_off, c->pending_len - c->pending_off);
+    } else {
+        free_parser(c);
+        arm_timer(c, T_IDLE, c->srv->limits.idle_timeout);
+    }
+}
+
+void conn_response_finish(conn *c, const char *body, size_t len)
+{
+    if (c->state == CONN_CLOSED) return;
+    char hdr[160];
+    int status = c->resp_status;
+    bool no_body = status == 204 || status == 304 || (status >= 100 && status < 200);
+    bool close = !c->keep_alive || c->srv->stopping;
+    int n;
+    if (no_body) {
+        n = snprintf(hdr, sizeof(hdr), "Date: %s\r\n%s\r\n", server_date(c->srv),
+                     close ? "Connection: close\r\n" : "");
+        len = 0;
+    } else {
+        const http_request *r = conn_request(c);
+        bool http10 = r && r->version_major == 1 && r->version_minor == 0;
+        n = snprintf(hdr, sizeof(hdr), "Date: %s\r\nContent-Length: %zu\r\n%s\r\n",
+                     server_date(c->srv), len,
+                     close ? "Connection: close\r\n" : http10 ? "Connection: keep-alive\r\n" : "");
+    }
+    resp_append(c, hdr, (size_t)n);
+    size_t send_body = c->head_request ? 0 : len;
+    buf_t *b = buf_new(c->resp_len + send_body);
+    if (b) {
+        memcpy(b->data, c->resp_head, c->resp_len);
+        if (send_body) memcpy(b->data + c->resp_len, body, send_body);
+        conn_send(c, b, 0, b->len);
+        buf_unref(b);
+    } else {
+        c->keep_alive = false;
+    }
+    access_log(c, len);
+    free(c->resp_head);
+    c->resp_head = NULL;
+    c->resp_len = c->resp_cap = 0;
+    if (close) c->keep_alive = false;
+    request_done(c);
+}
+
+void conn_respond_error(conn *c, int status, const char *msg)
+{
+    char body[512];
+    size_t o = 0;
+    body[o++] = '{';
+    memcpy(body + o, "\"error\":\"", 9);
+    o += 9;
+    for (const char *p = msg; *p && o < sizeof(body) - 8; p++) {
+        unsigned char ch = (unsigned char)*p;
+        if (ch == '"' || ch == '\\') {
+            body[o++] = '\\';
+            body[o++] = (char)ch;
+        } else if (ch >= 0x20) {
+            body[o++] = (char)ch;
+        }
+    }
+    memcpy(body + o, "\"}", 2);
+    o += 2;
+    conn_response_start(c, status);
+    static const char ct[] = "application/json";
+    conn_response_header(c, "Content-Type", 12, ct, sizeof(ct) - 1);
+    if (status == 503) conn_response_header(c, "Retry-After", 11, "1", 1);
+    conn_response_finish(c, body, o);
+}
+
+/* ---- streams ---------------------------------------------------------- */
+
+void conn_start_stream(conn *c, const conn_stream_ops *ops, void *state, buf_t *head)
+{
+    c->stream = ops;
+    c->stream_state = state;
+    arm_timer(c, T_NONE, 0);
+    set_state(c, CONN_STREAM);
+    if (head) conn_send(c, head, 0, head->len);
+    free_parser(c);
+    if (c->pending) {
+        /* Bytes the client sent right after its request (a first frame). */
+        char *p = c->pending;
+        size_t off = c->pending_off, len = c->pending_len - c->pending_off;
+        c->pending = NULL;
+        c->pending_len = c->pending_off = 0;
+        if (len) ops->on_data(c, state, p + off, len);
+        free(p);
+    }
+}
+
+void conn_stream_timer(conn *c, double seconds)
+{
+    arm_timer(c, seconds > 0 ? T_STREAM : T_NONE, seconds);
+}
+
+/* ---- input ------------------------------------------------------------ */
+
+/* Keeps the unparsed bytes behind a request for when the app is done. */
+static void stash(conn *c, const char *data, size_t len)
+{
+    if (c->pending && data >= c->pending && data <= c->pending + c->pending_len) {
+        c->pending_off = (uint32_t)(data - c->pending);
+        return;
+    }
+    free_pending(c);
+    if (len == 0) return;
+    c->pending = malloc(len);
+    if (!c->pending) {
+        conn_close(c);
+        return;
+    }
+    memcpy(c->pending, data, len);
+    c->pending_len = (uint32_t)len;
+}
+
+static void http_error(conn *c, int status, const char *reason)
+{
+    LOG_KV(LOG_DEBUG, "bad request", LOG_I("status", status), LOG_S("reason", reason));
+    c->keep_alive = false;
+    c->head_request = false;
+    conn_respond_error(c, status, reason);
+}
+
+/* Parses requests from `data` and hands each complete one to the app, as
+ * long as the app answers at once (pipelining); the rest waits in
+ * c->pending while the app holds a request. */
+static void http_input(conn *c, const char *data, size_t len)
+{
+    server *srv = c->srv;
+    conn_hold(c);
+    c->in_process = true;
+    while (c->state == CONN_HTTP && len > 0) {
+        if (c->out.bytes > srv->limits.max_output) {
+            /* The client sends requests faster than it reads answers. */
+            stash(c, data, len);
+            c->drain_wait = true;
+            update_io(c);
+            break;
+        }
+        if (!c->http) {
+            c->http = malloc(sizeof(http_parser));
+            if (!c->http) {
+                conn_close(c);
+                break;
+            }
+            http_limits hl = {srv->limits.max_uri, srv->limits.max_header, srv->limits.max_body};
+            http_parser_init(c->http, &hl);
+        }
+        bool was_started = http_in_request(c->http);
+        size_t used = 0;
+        http_event ev = http_feed(c->http, data, len, &used);
+        if (!was_started && http_in_request(c->http)) c->req_start = ev_time();
+        data += used;
+        len -= used;
+        if (ev == HTTP_EV_NEED_MORE) {
+            if (c->http->req.method) arm_timer(c, T_BODY, srv->limits.header_timeout);
+            else if (c->timer_kind != T_HEADER) arm_timer(c, T_HEADER, srv->limits.header_timeout);
+            break;
+        }
+        if (ev == HTTP_EV_CONTINUE) {
+            static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+            conn_send_copy(c, cont, sizeof(cont) - 1);
+            continue;
+        }
+        if (ev == HTTP_EV_ERROR) {
+            http_error(c, c->http->error_status, c->http->error_reason);
+            break;
+        }
+        /* HTTP_EV_REQUEST */
+        http_request *req = &c->http->req;
+        arm_timer(c, T_NONE, 0);
+        stash(c, data, len);
+        if (c->state == CONN_CLOSED) break;
+        c->keep_alive = req->keep_alive;
+        c->head_request = strcmp(req->method, "HEAD") == 0;
+        set_state(c, CONN_HANDLING);
+        srv->on_request(c, req, srv->on_request_ud);
+        if (c->state != CONN_HTTP) break;
+        /* Answered at once: go on with the bytes behind that request. */
+        data = c->pending ? c->pending + c->pending_off : NULL;
+        len = c->pending ? c->pending_len - c->pending_off : 0;
+    }
+    c->in_process = false;
+    if (c->state == CONN_HTTP && !c->drain_wait) {
+        free_pending(c);
+        if (c->http && !http_in_request(c->http)) {
+            free_parser(c);
+            arm_timer(c, T_IDLE, srv->limits.idle_timeout);
+        }
+    }
+    conn_release(c);
+}
+
+static void on_eof(conn *c)
+{
+    if (c->state == CONN_HTTP && c->http && http_in_request(c->http))
+        LOG_KV(LOG_DEBUG, "peer closed mid-request");
+    conn_close(c);
+}
+
+static void do_read(conn *c)
+{
+    for (int i = 0; i < READS_PER_EVENT; i++) {
+        if (c->state == CONN_CLOSED || !wants_read(c)) return;
+        ssize_t n = io_read(&c->io, read_buf, sizeof(read_buf));
+        if (n > 0) {
+            c->read_want_w = false;
+            switch (c->state) {
+            case CONN_HTTP: http_input(c, read_buf, (size_t)n); break;
+            case CONN_STREAM: c->stream->on_data(c, c->stream_state, read_buf, (size_t)n); break;
+            default: break; /* lingering: discard */
+            }
+            continue;
+        }
+        if (n == IO_AGAIN) {
+            bool w = c->io.want == IO_WANT_WRITE;
+            if (w != c->read_want_w) {
+                c->read_want_w = w;
+                update_io(c);
+            }
+            return;
+        }
+        if (n == 0) on_eof(c);
+        else conn_close(c);
+        return;
+    }
+    /* Read budget spent; TLS may hold decrypted bytes no socket event shows. */
+    if (c->state != CONN_CLOSED && c->io.ssl && SSL_pending(c->io.ssl) > 0)
+        ev_feed_event(c->srv->loop, &c->watcher, EV_READ);
+}
+
+static void do_handshake(conn *c)
+{
+    int r = io_handshake(&c->io);
+    if (r == 1) {
+        set_state(c, CONN_HTTP);
+        arm_timer(c, T_IDLE, c->srv->limits.header_timeout);
+        do_read(c);
+    } else if (r == 0) {
+        update_io(c);
+    } else {
+        conn_close(c);
+    }
+}
+
+static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    conn *c = w->data;
+    conn_hold(c);
+    if (c->state == CONN_TLS_HANDSHAKE) {
+        do_handshake(c);
+    } else {
+        if (c->write_want && c->state != CONN_CLOSED) {
+            bool ready = c->write_want == IO_WANT_READ ? (revents & EV_READ) : (revents & EV_WRITE);
+            if (ready) {
+                c->write_want = IO_WANT_NONE;
+                flush(c);
+            }
+        }
+        if (c->state != CONN_CLOSED) do_read(c);
+    }
+    conn_release(c);
+}
+
+static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    conn *c = w->data;
+    int kind = c->timer_kind;
+    c->timer_kind = T_NONE;
+    conn_hold(c);
+    switch (kind) {
+    case T_HEADER:
+    case T_BODY:
+        LOG_KV(LOG_DEBUG, "request timeout");
+        if (c->state == CONN_HTTP) http_error(c, 408, "request timeout");
+        else conn_close(c);
+        break;
+    case T_STREAM:
+        if (c->stream && c->stream->on_timer) c->stream->on_timer(c, c->stream_state);
+        break;
+    case T_IDLE:
+    case T_HANDSHAKE:
+    case T_LINGER:
+    default: conn_close(c); break;
+    }
+    conn_release(c);
+}
+
+/* ---- shutdown --------------------------------------------------------- */
+
+void conn_shutdown(conn *c)
+{
+    switch (c->state) {
+    case CONN_HTTP:
+        if (c->http && http_in_request(c->http)) {
+            c->keep_alive = false; /* let it finish, answer, then close */
+        } else {
+            conn_close(c);
+        }
+        break;
+    case CONN_TLS_HANDSHAKE: conn_close(c); break;
+    case CONN_HANDLING: c->keep_alive = false; break;
+    case CONN_STREAM:
+        if (c->stream->on_shutdown) c->stream->on_shutdown(c, c->stream_state);
+        else conn_close_after_write(c);
+        break;
+    default: break;
+    }
+}

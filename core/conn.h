@@ -1,0 +1,163 @@
+/* conn.h: one client connection, from accept to close.
+ *
+ * A connection moves through explicit states, and every transition goes
+ * through conn.c's set_state():
+ *
+ *   TLS_HANDSHAKE -> HTTP (reading a request) -> HANDLING (the app has it)
+ *        -> HTTP again (keep-alive) | STREAM (handed to a transport) | CLOSING
+ *
+ * In STREAM state a transport (WebSocket, SSE, long-poll) owns the
+ * connection through conn_stream_ops; conn_end_stream() gives it back to
+ * HTTP (a long-poll that answered), or the transport closes it.
+ *
+ * Memory: an idle connection holds only this struct; the HTTP parser, the
+ * leftover bytes of pipelined requests and the output ring are allocated
+ * while in use and freed when drained.
+ *
+ * Lifetime: conn_hold()/conn_release() pin a connection while something
+ * (a Lua coroutine, a storage commit) will come back to it; conn_close()
+ * then closes the socket at once but frees the struct at the last release,
+ * so a late callback sees conn_closed() instead of freed memory. */
+#ifndef SLUICE_CONN_H
+#define SLUICE_CONN_H
+
+#include "core/buf.h"
+#include "core/http.h"
+#include "core/io.h"
+#include "core/server.h"
+
+#include <ev.h>
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef enum conn_state {
+    CONN_TLS_HANDSHAKE,
+    CONN_HTTP,     /* reading a request (or idle between requests) */
+    CONN_HANDLING, /* a complete request is with the app */
+    CONN_STREAM,   /* a transport owns the connection */
+    CONN_CLOSING,  /* flushing a final answer, then lingering, then close */
+    CONN_CLOSED
+} conn_state;
+
+typedef struct conn_stream_ops {
+    const char *name; /* "websocket", "sse", "longpoll": for logs and metrics */
+    /* Bytes read from the peer while streaming.  `data` may be modified. */
+    void (*on_data)(conn *c, void *state, char *data, size_t len);
+    /* The stream's timer (conn_stream_timer) fired. */
+    void (*on_timer)(conn *c, void *state);
+    /* The output queue was fully written (optional). */
+    void (*on_drain)(conn *c, void *state);
+    /* The server is stopping: end the stream politely (optional). */
+    void (*on_shutdown)(conn *c, void *state);
+    /* The connection is closing or the stream ended: free `state`. */
+    void (*on_close)(conn *c, void *state);
+} conn_stream_ops;
+
+struct conn {
+    ev_io watcher;
+    ev_timer timer; /* the current state's deadline */
+    io_t io;
+    server *srv;
+    uint8_t state;
+    uint8_t io_events; /* events the watcher is started with */
+    bool tls;
+    uint8_t write_want; /* io_want of a write that met IO_AGAIN */
+    uint8_t timer_kind; /* what the armed timer means (conn.c) */
+    bool read_want_w;   /* TLS read wants the socket writable */
+    bool lingering;     /* CLOSING: write side shut, draining input */
+    bool drain_wait;    /* HTTP: too much output queued, parse later */
+    bool keep_alive;    /* the current request allows another one */
+    bool in_pending;    /* on srv's pending-write list */
+    bool in_process;    /* inside the request loop (no re-entry) */
+    bool head_request;  /* the current request is HEAD: no body */
+    uint16_t refs;
+    http_parser *http; /* while a request is being read or handled */
+    char *pending;     /* unparsed bytes behind the current request */
+    uint32_t pending_len, pending_off;
+    outq_t out;
+    ev_tstamp req_start;
+    const conn_stream_ops *stream;
+    void *stream_state;
+    conn *next, *prev;  /* srv->conns */
+    conn *pending_next; /* srv->pending_head */
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in in;
+        struct sockaddr_in6 in6;
+    } remote;
+    char *resp_head; /* response head being built */
+    uint32_t resp_len, resp_cap;
+    uint16_t resp_status;
+};
+
+/* Accepts `fd` (non-blocking, already accepted) into the server. */
+void conn_accept(server *srv, int fd, const struct sockaddr *addr, socklen_t alen, bool tls);
+
+/* Pins `c` (see above).  Every hold needs one release. */
+void conn_hold(conn *c);
+void conn_release(conn *c);
+static inline bool conn_closed(const conn *c)
+{
+    return c->state == CONN_CLOSED;
+}
+
+/* Closes the connection now: the stream's on_close runs, queued output is
+ * dropped, the socket closed.  The struct lives until the last release. */
+void conn_close(conn *c);
+
+/* Writes "ADDR:PORT" of the peer into out; returns out. */
+const char *conn_remote_addr(const conn *c, char *out, size_t len);
+
+/* --- Answering the request in CONN_HANDLING --------------------------- */
+
+/* The request the app is handling (valid until the response is finished). */
+http_request *conn_request(conn *c);
+
+/* Starts a response.  Then any number of conn_response_header(), then
+ * conn_response_finish().  Date, Content-Length and Connection are added by
+ * the connection. */
+void conn_response_start(conn *c, int status);
+
+/* Adds a header.  Returns -1 (header not added) when the name is not a
+ * token or the value holds CR, LF or NUL. */
+int conn_response_header(conn *c, const char *name, size_t nlen, const char *value, size_t vlen);
+
+/* Finishes the response with `body` (copied; omitted on the wire for HEAD),
+ * logs the access line and lets the connection read the next request. */
+void conn_response_finish(conn *c, const char *body, size_t len);
+
+/* A complete JSON error response {"error": msg}. */
+void conn_respond_error(conn *c, int status, const char *msg);
+
+/* --- Streaming --------------------------------------------------------- */
+
+/* Switches a connection in CONN_HANDLING to a transport.  `head` (may be
+ * NULL) is queued first: the 101 or 200 response head.  Bytes the client
+ * already sent after the request are delivered to ops->on_data. */
+void conn_start_stream(conn *c, const conn_stream_ops *ops, void *state, buf_t *head);
+
+/* (Re)arms the connection timer for the stream; 0 stops it. */
+void conn_stream_timer(conn *c, double seconds);
+
+/* Queues `len` bytes of `b` from `off` (a reference is taken).  Returns 0,
+ * or -1 when the connection is over its output limit (the caller decides:
+ * a stream usually closes then) or out of memory. */
+int conn_send(conn *c, buf_t *b, size_t off, size_t len);
+
+/* Queues a copy of `data`.  Same returns as conn_send(). */
+int conn_send_copy(conn *c, const void *data, size_t len);
+
+/* Closes after the queued output is written (a final frame, an error). */
+void conn_close_after_write(conn *c);
+
+/* --- For server.c ------------------------------------------------------ */
+
+/* Writes the output of every connection that queued some this iteration. */
+void server_flush_pending(server *srv);
+
+/* Asks a connection to end as the server stops: idle ones close, requests
+ * in flight finish first, streams end through their on_shutdown. */
+void conn_shutdown(conn *c);
+
+#endif

@@ -1,0 +1,391 @@
+/* http.c: llhttp callbacks that copy a request into the parser's arena while
+ * checking limits, pause after each request, and a few HTTP helpers (status
+ * texts, dates, percent-decoding, query iteration) that have no I/O. */
+#include "core/http.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define HTTP_LINE_OVERHEAD 4 /* ": " and CRLF per header, counted against max_header */
+
+static http_parser *parser_of(llhttp_t *l) { return (http_parser *)l->data; }
+
+static int fail(http_parser *p, int status, const char *reason)
+{
+    p->error_status = status;
+    p->error_reason = reason;
+    return -1;
+}
+
+static int arena_append(http_parser *p, const char *at, size_t len)
+{
+    if (p->arena_len + len + 1 > p->arena_cap) {
+        size_t ncap = p->arena_cap ? p->arena_cap : 512;
+        while (ncap < p->arena_len + len + 1) ncap *= 2;
+        char *na = realloc(p->arena, ncap);
+        if (!na) return fail(p, 500, "out of memory");
+        p->arena = na;
+        p->arena_cap = ncap;
+    }
+    memcpy(p->arena + p->arena_len, at, len);
+    p->arena_len += len;
+    return 0;
+}
+
+static int on_message_begin(llhttp_t *l)
+{
+    http_parser *p = parser_of(l);
+    p->started = true;
+    return 0;
+}
+
+static int on_url(llhttp_t *l, const char *at, size_t len)
+{
+    http_parser *p = parser_of(l);
+    p->started = true;
+    p->url_bytes += len;
+    p->header_bytes += len;
+    if (p->url_bytes > p->limits.max_uri) return fail(p, 414, "URI too long");
+    return arena_append(p, at, len);
+}
+
+static int on_url_complete(llhttp_t *l)
+{
+    /* NUL after the URL so it can be used as a C string. */
+    http_parser *p = parser_of(l);
+    if (arena_append(p, "", 1) < 0) return -1;
+    return 0;
+}
+
+static int on_header_field(llhttp_t *l, const char *at, size_t len)
+{
+    http_parser *p = parser_of(l);
+    if (!p->field_open) {
+        if (p->nheaders >= HTTP_MAX_HEADERS) return fail(p, 431, "too many headers");
+        uint32_t *h = p->hdr_off[p->nheaders++];
+        h[0] = (uint32_t)p->arena_len;
+        h[1] = h[2] = h[3] = 0;
+        p->field_open = true;
+        p->header_bytes += HTTP_LINE_OVERHEAD;
+    }
+    p->header_bytes += len;
+    if (p->header_bytes > p->limits.max_header) return fail(p, 431, "header block too large");
+    p->hdr_off[p->nheaders - 1][1] += (uint32_t)len;
+    return arena_append(p, at, len);
+}
+
+static int on_header_field_complete(llhttp_t *l)
+{
+    parser_of(l)->field_open = false;
+    return 0;
+}
+
+static int on_header_value(llhttp_t *l, const char *at, size_t len)
+{
+    http_parser *p = parser_of(l);
+    uint32_t *h = p->hdr_off[p->nheaders - 1];
+    if (!p->value_open) {
+        h[2] = (uint32_t)p->arena_len;
+        p->value_open = true;
+    }
+    p->header_bytes += len;
+    if (p->header_bytes > p->limits.max_header) return fail(p, 431, "header block too large");
+    h[3] += (uint32_t)len;
+    return arena_append(p, at, len);
+}
+
+static int on_header_value_complete(llhttp_t *l)
+{
+    parser_of(l)->value_open = false;
+    return 0;
+}
+
+static bool token_eq(const char *s, size_t len, const char *tok)
+{
+    return strlen(tok) == len && strncasecmp(s, tok, len) == 0;
+}
+
+static int on_headers_complete(llhttp_t *l)
+{
+    http_parser *p = parser_of(l);
+    http_request *r = &p->req;
+    /* The arena no longer grows for this request: pointers are now stable. */
+    r->url = p->arena;
+    r->url_len = p->url_bytes;
+    r->path = r->url;
+    const char *qm = memchr(r->url, '?', r->url_len);
+    r->path_len = qm ? (size_t)(qm - r->url) : r->url_len;
+    r->query = qm ? qm + 1 : NULL;
+    r->query_len = qm ? r->url_len - r->path_len - 1 : 0;
+    for (int i = 0; i < p->nheaders; i++) {
+        p->headers[i].name = p->arena + p->hdr_off[i][0];
+        p->headers[i].name_len = p->hdr_off[i][1];
+        p->headers[i].value = p->arena + p->hdr_off[i][2];
+        p->headers[i].value_len = p->hdr_off[i][3];
+    }
+    r->headers = p->headers;
+    r->nheaders = p->nheaders;
+    r->method_id = l->method;
+    r->method = llhttp_method_name((llhttp_method_t)l->method);
+    r->version_major = l->http_major;
+    r->version_minor = l->http_minor;
+    r->keep_alive = llhttp_should_keep_alive(l);
+    r->upgrade = l->upgrade;
+
+    bool has_body = (l->flags & F_CHUNKED) || ((l->flags & F_CONTENT_LENGTH) && l->content_length);
+    if ((l->flags & F_CONTENT_LENGTH) && l->content_length > p->limits.max_body)
+        return fail(p, 413, "body too large");
+    size_t elen;
+    const char *expect = http_header_get(r, "expect", &elen);
+    if (expect && has_body) {
+        if (!token_eq(expect, elen, "100-continue")) return fail(p, 417, "unsupported Expect");
+        r->expect_continue = true;
+        p->pause_event = HTTP_EV_CONTINUE;
+        return HPE_PAUSED;
+    }
+    return 0;
+}
+
+static int on_body(llhttp_t *l, const char *at, size_t len)
+{
+    http_parser *p = parser_of(l);
+    if (p->body_len + len > p->limits.max_body) return fail(p, 413, "body too large");
+    if (p->body_len + len + 1 > p->body_cap) {
+        size_t ncap = p->body_cap ? p->body_cap : 1024;
+        while (ncap < p->body_len + len + 1) ncap *= 2;
+        char *nb = realloc(p->body, ncap);
+        if (!nb) return fail(p, 500, "out of memory");
+        p->body = nb;
+        p->body_cap = ncap;
+    }
+    memcpy(p->body + p->body_len, at, len);
+    p->body_len += len;
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *l)
+{
+    http_parser *p = parser_of(l);
+    if (p->body) p->body[p->body_len] = '\0';
+    p->req.body = p->body;
+    p->req.body_len = p->body_len;
+    p->pause_event = HTTP_EV_REQUEST;
+    return HPE_PAUSED;
+}
+
+static const llhttp_settings_t http_settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_url_complete = on_url_complete,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_header_field_complete = on_header_field_complete,
+    .on_header_value_complete = on_header_value_complete,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+void http_parser_init(http_parser *p, const http_limits *limits)
+{
+    memset(p, 0, offsetof(http_parser, headers));
+    p->limits = *limits;
+    llhttp_init(&p->llhttp, HTTP_REQUEST, &http_settings);
+    p->llhttp.data = p;
+}
+
+void http_parser_free(http_parser *p)
+{
+    free(p->arena);
+    free(p->body);
+    p->arena = p->body = NULL;
+    p->arena_cap = p->body_cap = 0;
+}
+
+static void reset_request(http_parser *p)
+{
+    memset(&p->req, 0, sizeof(p->req));
+    p->arena_len = 0;
+    p->nheaders = 0;
+    p->field_open = p->value_open = false;
+    p->header_bytes = 0;
+    p->url_bytes = 0;
+    p->body_len = 0;
+    p->started = false;
+    /* A large body's buffer is not kept for the next request. */
+    if (p->body_cap > 64 * 1024) {
+        free(p->body);
+        p->body = NULL;
+        p->body_cap = 0;
+    }
+}
+
+void http_next(http_parser *p)
+{
+    reset_request(p);
+    if (p->paused) {
+        llhttp_resume(&p->llhttp);
+        p->paused = false;
+    }
+}
+
+http_event http_feed(http_parser *p, const char *data, size_t len, size_t *consumed)
+{
+    *consumed = 0;
+    if (p->error_status) return HTTP_EV_ERROR;
+    if (p->paused) {
+        /* Paused on Expect: 100-continue; the caller has answered it. */
+        llhttp_resume(&p->llhttp);
+        p->paused = false;
+    }
+    if (len == 0) return HTTP_EV_NEED_MORE;
+    llhttp_errno_t err = llhttp_execute(&p->llhttp, data, len);
+    if (err == HPE_OK) {
+        *consumed = len;
+        return HTTP_EV_NEED_MORE;
+    }
+    if (err == HPE_PAUSED) {
+        *consumed = (size_t)(llhttp_get_error_pos(&p->llhttp) - data);
+        p->paused = true;
+        return p->pause_event;
+    }
+    if (err == HPE_PAUSED_UPGRADE) {
+        *consumed = (size_t)(llhttp_get_error_pos(&p->llhttp) - data);
+        return HTTP_EV_REQUEST;
+    }
+    *consumed = (size_t)(llhttp_get_error_pos(&p->llhttp) - data);
+    if (!p->error_status) {
+        p->error_status = 400;
+        p->error_reason = llhttp_get_error_reason(&p->llhttp);
+        if (!p->error_reason) p->error_reason = "bad request";
+    }
+    return HTTP_EV_ERROR;
+}
+
+const char *http_header_get(const http_request *req, const char *name, size_t *len)
+{
+    size_t nlen = strlen(name);
+    for (int i = 0; i < req->nheaders; i++) {
+        const http_header *h = &req->headers[i];
+        if (h->name_len == nlen && strncasecmp(h->name, name, nlen) == 0) {
+            if (len) *len = h->value_len;
+            return h->value;
+        }
+    }
+    return NULL;
+}
+
+const char *http_status_text(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 406: return "Not Acceptable";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 417: return "Expectation Failed";
+    case 422: return "Unprocessable Content";
+    case 426: return "Upgrade Required";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Unknown";
+    }
+}
+
+size_t http_date(time_t t, char out[30])
+{
+    static const char days[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+    static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                       "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    /* Years past 9999 do not fit the format; clamp rather than truncate. */
+    int year = tm.tm_year + 1900;
+    if (year > 9999) year = 9999;
+    char tmp[64];
+    snprintf(tmp, sizeof(tmp), "%s, %02d %s %04d %02d:%02d:%02d GMT", days[tm.tm_wday % 7],
+             tm.tm_mday % 100, months[tm.tm_mon % 12], year, tm.tm_hour % 100, tm.tm_min % 100,
+             tm.tm_sec % 100);
+    memcpy(out, tmp, 29);
+    out[29] = '\0';
+    return 29;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+size_t http_pct_decode(const char *in, size_t len, char *out, bool plus_space)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = in[i];
+        if (c == '%' && i + 2 < len && hexval(in[i + 1]) >= 0 && hexval(in[i + 2]) >= 0) {
+            out[o++] = (char)(hexval(in[i + 1]) * 16 + hexval(in[i + 2]));
+            i += 2;
+        } else if (c == '+' && plus_space) {
+            out[o++] = ' ';
+        } else {
+            out[o++] = c;
+        }
+    }
+    return o;
+}
+
+bool http_query_next(const char *q, size_t qlen, size_t *pos, const char **key, size_t *klen,
+                     const char **val, size_t *vlen)
+{
+    while (*pos < qlen) {
+        size_t start = *pos;
+        const char *amp = memchr(q + start, '&', qlen - start);
+        size_t end = amp ? (size_t)(amp - q) : qlen;
+        *pos = end + 1;
+        if (end == start) continue; /* "a=1&&b=2" */
+        const char *eq = memchr(q + start, '=', end - start);
+        *key = q + start;
+        if (eq) {
+            *klen = (size_t)(eq - (q + start));
+            *val = eq + 1;
+            *vlen = end - (size_t)(eq + 1 - q);
+        } else {
+            *klen = end - start;
+            *val = q + end;
+            *vlen = 0;
+        }
+        return true;
+    }
+    return false;
+}

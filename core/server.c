@@ -1,0 +1,252 @@
+/* server.c: listeners and accept, the per-iteration output flush, the Date
+ * cache, and graceful shutdown (see server.h). */
+#include "core/server.h"
+
+#include "core/conn.h"
+#include "core/log.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define ACCEPTS_PER_EVENT 64
+
+void server_limits_default(server_limits *l)
+{
+    l->max_header = 16 * 1024;
+    l->max_uri = 8 * 1024;
+    l->max_body = 1024 * 1024;
+    l->max_output = 1024 * 1024;
+    l->max_connections = 100000;
+    l->header_timeout = 10;
+    l->idle_timeout = 60;
+    l->tls_handshake_timeout = 10;
+    l->shutdown_timeout = 5;
+}
+
+static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    server_flush_pending(w->data);
+}
+
+static void accept_resume_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    server *srv = w->data;
+    if (srv->stopping) return;
+    for (int i = 0; i < srv->nlisteners; i++) ev_io_start(loop, &srv->listeners[i].watcher);
+}
+
+static void shutdown_timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    server *srv = w->data;
+    LOG_KV(LOG_WARN, "shutdown timeout: closing remaining connections", LOG_I("count", srv->nconns));
+    while (srv->conns) conn_close(srv->conns);
+    ev_break(loop, EVBREAK_ALL);
+}
+
+void server_init(server *srv, struct ev_loop *loop, const server_limits *limits)
+{
+    memset(srv, 0, sizeof(*srv));
+    srv->loop = loop;
+    srv->limits = *limits;
+    ev_prepare_init(&srv->flush_watcher, flush_cb);
+    srv->flush_watcher.data = srv;
+    ev_prepare_start(loop, &srv->flush_watcher);
+    ev_init(&srv->accept_pause, accept_resume_cb);
+    srv->accept_pause.data = srv;
+    ev_init(&srv->shutdown_timer, shutdown_timeout_cb);
+    srv->shutdown_timer.data = srv;
+}
+
+const char *server_date(server *srv)
+{
+    ev_tstamp now = ev_now(srv->loop);
+    if ((time_t)now != (time_t)srv->date_at || !srv->date[0]) {
+        http_date((time_t)now, srv->date);
+        srv->date_at = now;
+    }
+    return srv->date;
+}
+
+/* Refuses a connection over the limit with a plain 503 written straight to
+ * the fresh socket (it has room for a few hundred bytes). */
+static void refuse_busy(int fd, bool tls)
+{
+    static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\n"
+                               "Content-Type: application/json\r\nContent-Length: 35\r\n"
+                               "Retry-After: 1\r\nConnection: close\r\n\r\n"
+                               "{\"error\":\"too many connections\"}\r\n";
+    if (!tls) {
+        ssize_t w = write(fd, busy, sizeof(busy) - 1);
+        (void)w;
+        shutdown(fd, SHUT_WR);
+    }
+    close(fd);
+}
+
+static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    listener *l = w->data;
+    server *srv = l->srv;
+    for (int i = 0; i < ACCEPTS_PER_EVENT; i++) {
+        struct sockaddr_storage ss;
+        socklen_t slen = sizeof(ss);
+        int fd = accept4(l->fd, (struct sockaddr *)&ss, &slen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED) continue;
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                LOG_KV(LOG_WARN, "accept paused", LOG_S("error", strerror(errno)));
+                for (int j = 0; j < srv->nlisteners; j++)
+                    ev_io_stop(loop, &srv->listeners[j].watcher);
+                ev_timer_set(&srv->accept_pause, 0.1, 0.);
+                ev_timer_start(loop, &srv->accept_pause);
+            }
+            return; /* EAGAIN: drained */
+        }
+        if (srv->nconns >= srv->limits.max_connections || srv->stopping) {
+            refuse_busy(fd, l->tls);
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        conn_accept(srv, fd, (struct sockaddr *)&ss, slen, l->tls);
+    }
+}
+
+/* Splits "ADDR:PORT" or "[V6]:PORT" into a socket address. */
+static int parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *slen)
+{
+    char host[INET6_ADDRSTRLEN + 2];
+    const char *colon = strrchr(s, ':');
+    if (!colon || colon == s) return -1;
+    size_t hlen = (size_t)(colon - s);
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || end == colon + 1 || port < 0 || port > 65535) return -1;
+    memset(ss, 0, sizeof(*ss));
+    if (s[0] == '[') {
+        if (hlen < 3 || s[hlen - 1] != ']' || hlen - 2 >= sizeof(host)) return -1;
+        memcpy(host, s + 1, hlen - 2);
+        host[hlen - 2] = '\0';
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET6, host, &a->sin6_addr) != 1) return -1;
+        *slen = sizeof(*a);
+        return 0;
+    }
+    if (hlen >= sizeof(host)) return -1;
+    memcpy(host, s, hlen);
+    host[hlen] = '\0';
+    struct sockaddr_in *a = (struct sockaddr_in *)ss;
+    a->sin_family = AF_INET;
+    a->sin_port = htons((uint16_t)port);
+    if (strcmp(host, "*") == 0 || strcmp(host, "0.0.0.0") == 0) a->sin_addr.s_addr = INADDR_ANY;
+    else if (strcmp(host, "localhost") == 0) a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    else if (inet_pton(AF_INET, host, &a->sin_addr) != 1) return -1;
+    *slen = sizeof(*a);
+    return 0;
+}
+
+int server_listen(server *srv, const char *addr, bool tls, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t slen;
+    if (srv->nlisteners >= SERVER_MAX_LISTENERS) {
+        snprintf(err, errlen, "too many listeners (at most %d)", SERVER_MAX_LISTENERS);
+        return -1;
+    }
+    if (parse_addr(addr, &ss, &slen) < 0) {
+        snprintf(err, errlen, "bad listen address '%s' (want ADDR:PORT or [V6ADDR]:PORT)", addr);
+        return -1;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) goto fail;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (ss.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&ss, slen) < 0) goto fail;
+    if (listen(fd, 4096) < 0) goto fail;
+    slen = sizeof(ss);
+    getsockname(fd, (struct sockaddr *)&ss, &slen);
+    listener *l = &srv->listeners[srv->nlisteners++];
+    l->fd = fd;
+    l->tls = tls;
+    l->srv = srv;
+    char ip[INET6_ADDRSTRLEN];
+    if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
+        snprintf(l->name, sizeof(l->name), "[%s]:%u", ip, ntohs(a->sin6_port));
+    } else {
+        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
+        snprintf(l->name, sizeof(l->name), "%s:%u", ip, ntohs(a->sin_port));
+    }
+    ev_io_init(&l->watcher, accept_cb, fd, EV_READ);
+    l->watcher.data = l;
+    char msg[96];
+    snprintf(msg, sizeof(msg), "listening on %s", l->name);
+    LOG_KV(LOG_INFO, msg, LOG_S("scheme", tls ? "https" : "http"));
+    return 0;
+fail:
+    snprintf(err, errlen, "cannot listen on %s: %s", addr, strerror(errno));
+    if (fd >= 0) close(fd);
+    return -1;
+}
+
+void server_start(server *srv)
+{
+    for (int i = 0; i < srv->nlisteners; i++) ev_io_start(srv->loop, &srv->listeners[i].watcher);
+}
+
+void server_set_tls_ctx(server *srv, SSL_CTX *ctx)
+{
+    /* SSL objects hold their own reference to the context they were made
+     * from, so freeing ours leaves open sessions intact. */
+    if (srv->tls_ctx) SSL_CTX_free(srv->tls_ctx);
+    srv->tls_ctx = ctx;
+}
+
+void server_shutdown(server *srv)
+{
+    if (srv->stopping) return;
+    srv->stopping = true;
+    for (int i = 0; i < srv->nlisteners; i++) {
+        ev_io_stop(srv->loop, &srv->listeners[i].watcher);
+        close(srv->listeners[i].fd);
+        srv->listeners[i].fd = -1;
+    }
+    ev_timer_stop(srv->loop, &srv->accept_pause);
+    LOG_KV(LOG_INFO, "shutting down", LOG_I("connections", srv->nconns));
+    for (conn *c = srv->conns, *next; c; c = next) {
+        next = c->next; /* conn_shutdown may close (unlink) c, never another */
+        conn_shutdown(c);
+    }
+    if (srv->nconns == 0) {
+        ev_break(srv->loop, EVBREAK_ALL);
+        return;
+    }
+    ev_timer_set(&srv->shutdown_timer, srv->limits.shutdown_timeout, 0.);
+    ev_timer_start(srv->loop, &srv->shutdown_timer);
+}
+
+void server_destroy(server *srv)
+{
+    while (srv->conns) conn_close(srv->conns);
+    server_flush_pending(srv);
+    for (int i = 0; i < srv->nlisteners; i++)
+        if (srv->listeners[i].fd >= 0) close(srv->listeners[i].fd);
+    ev_prepare_stop(srv->loop, &srv->flush_watcher);
+    ev_timer_stop(srv->loop, &srv->shutdown_timer);
+    ev_timer_stop(srv->loop, &srv->accept_pause);
+    if (srv->tls_ctx) SSL_CTX_free(srv->tls_ctx);
+    srv->tls_ctx = NULL;
+}

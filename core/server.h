@@ -1,0 +1,98 @@
+/* server.h: listeners, the connection set, limits and graceful shutdown of
+ * one event loop.
+ *
+ * The server owns the libev loop's accept watchers and every connection it
+ * accepts.  It knows nothing of Lua: a request that is complete is handed
+ * to `on_request`, set by whoever embeds the server (the Lua app runtime).
+ * Output is coalesced: connections that queued bytes during this loop
+ * iteration are written once, from an ev_prepare watcher, just before the
+ * loop waits again. */
+#ifndef SLUICE_SERVER_H
+#define SLUICE_SERVER_H
+
+#include "core/http.h"
+#include "core/io.h"
+
+#include <ev.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/socket.h>
+
+typedef struct conn conn;
+
+typedef struct server_limits {
+    size_t max_header;            /* request line + headers: 431 over it */
+    size_t max_uri;               /* request-target: 414 over it */
+    size_t max_body;              /* request body: 413 over it */
+    size_t max_output;            /* queued output per connection before it is cut off */
+    unsigned max_connections;     /* accepted connections; 503 over it */
+    double header_timeout;        /* seconds for a request head; 408 after it */
+    double idle_timeout;          /* seconds a keep-alive connection may stay quiet */
+    double tls_handshake_timeout; /* seconds for the TLS handshake */
+    double shutdown_timeout;      /* seconds to finish in-flight work on SIGTERM */
+} server_limits;
+
+/* The defaults of SPEC.md. */
+void server_limits_default(server_limits *l);
+
+#define SERVER_MAX_LISTENERS 16
+
+typedef struct listener {
+    ev_io watcher;
+    int fd;
+    bool tls;
+    struct server *srv;
+    char name[64]; /* "127.0.0.1:8080", "[::1]:8443" */
+} listener;
+
+typedef void (*server_request_fn)(conn *c, http_request *req, void *ud);
+
+typedef struct server {
+    struct ev_loop *loop;
+    server_limits limits;
+    listener listeners[SERVER_MAX_LISTENERS];
+    int nlisteners;
+    SSL_CTX *tls_ctx; /* for new TLS connections; reload swaps it */
+    server_request_fn on_request;
+    void *on_request_ud;
+
+    conn *conns; /* every open connection (for shutdown) */
+    unsigned nconns;
+    conn *pending_head; /* connections with output queued this iteration */
+    ev_prepare flush_watcher;
+    ev_timer accept_pause; /* after EMFILE: retry accepting later */
+    ev_timer shutdown_timer;
+    bool stopping;
+
+    char date[30]; /* cached IMF-fixdate, refreshed once a second */
+    ev_tstamp date_at;
+} server;
+
+/* Initialises `srv` on `loop` with the given limits. */
+void server_init(server *srv, struct ev_loop *loop, const server_limits *limits);
+
+/* Opens a listener on "ADDR:PORT" ("[::1]:0" for IPv6; port 0 picks one)
+ * and logs "listening on ADDR:PORT" with the chosen port.  TLS listeners
+ * need srv->tls_ctx set before connections arrive.  Returns 0, or -1 with
+ * a message in err. */
+int server_listen(server *srv, const char *addr, bool tls, char *err, size_t errlen);
+
+/* Starts accepting on every listener. */
+void server_start(server *srv);
+
+/* Replaces the TLS context used for new connections (takes ownership;
+ * the old context is released once its sessions end). */
+void server_set_tls_ctx(server *srv, SSL_CTX *ctx);
+
+/* Begins a graceful stop: closes the listeners, closes idle connections,
+ * lets requests in flight finish and streams end, and breaks the loop when
+ * the last connection is gone or shutdown_timeout passes. */
+void server_shutdown(server *srv);
+
+/* The cached Date header value for responses. */
+const char *server_date(server *srv);
+
+/* Frees what server_init and server_listen acquired (after the loop ends). */
+void server_destroy(server *srv);
+
+#endif

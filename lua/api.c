@@ -1,0 +1,686 @@
+/* api.c: the app runtime and the `sluice` Lua module (see api.h).
+ *
+ * Budget: a count hook charges every HOOK_STEP VM instructions to the task
+ * that runs (app->running), so the budget also covers coroutines a handler
+ * creates (they share the app pointer kept in each thread's extra space).
+ * Once a task is over budget every further hook raises again, so a script
+ * that catches the error with pcall is stopped anyway. */
+#include "lua/api.h"
+
+#include "core/log.h"
+#include "core/route.h"
+
+#include <lauxlib.h>
+#include <lua-cjson.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <ctype.h>
+
+#define HOOK_STEP 1000
+#define LOAD_BUDGET 100000000LL /* the top-level chunk at start or reload */
+#define DEFAULT_BUDGET 10000000LL
+
+typedef struct lx_budget {
+    long long used, limit;
+    bool exceeded;
+} lx_budget;
+
+struct lx_app {
+    lua_State *L;
+    route_table *routes;
+    int refs;             /* the runtime's, plus one per running task */
+    bool loading;         /* the chunk runs: config and route are allowed */
+    lx_config *cfg;       /* filled while loading */
+    lx_budget *running;   /* the budget charged by the hook */
+    long long budget;     /* per handler run */
+    char *script;         /* chunk name for logs */
+};
+
+typedef struct lx_task {
+    lx_budget budget;
+    lx_app *app;
+    lua_State *co;
+    int co_ref;
+    conn *c;
+    http_request *req;   /* valid during the first resume only */
+    route_match *match; /* idem */
+} lx_task;
+
+static lx_app *app_of(lua_State *L) { return *(lx_app **)lua_getextraspace(L); }
+
+static void budget_hook(lua_State *L, lua_Debug *ar)
+{
+    lx_app *app = app_of(L);
+    lx_budget *b = app ? app->running : NULL;
+    if (!b) return;
+    b->used += HOOK_STEP;
+    if (b->used > b->limit || b->exceeded) {
+        b->exceeded = true;
+        luaL_error(L, "instruction budget exceeded (%lld instructions)", b->limit);
+    }
+}
+
+/* ---- config ------------------------------------------------------------ */
+
+void lx_config_free(lx_config *cfg)
+{
+    for (int i = 0; i < cfg->nlisten; i++) free(cfg->listen[i]);
+    for (int i = 0; i < cfg->ntls_listen; i++) free(cfg->tls_listen[i]);
+    free(cfg->tls_cert);
+    free(cfg->tls_key);
+    free(cfg->data_dir);
+    cfg->nlisten = cfg->ntls_listen = 0;
+    cfg->tls_cert = cfg->tls_key = cfg->data_dir = NULL;
+}
+
+/* Reads a string or a list of strings at the top of the stack into out. */
+static void config_addr_list(lua_State *L, const char *what, char **out, int *n)
+{
+    for (int i = 0; i < *n; i++) free(out[i]);
+    *n = 0;
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        out[(*n)++] = strdup(lua_tostring(L, -1));
+        return;
+    }
+    if (!lua_istable(L, -1)) luaL_error(L, "sluice.config: %s must be a string or a list", what);
+    lua_Integer len = luaL_len(L, -1);
+    if (len > LX_MAX_LISTEN) luaL_error(L, "sluice.config: at most %d %s addresses", LX_MAX_LISTEN, what);
+    for (lua_Integer i = 1; i <= len; i++) {
+        lua_geti(L, -1, i);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            luaL_error(L, "sluice.config: %s[%d] must be a string", what, (int)i);
+        out[(*n)++] = strdup(lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+}
+
+static double config_positive(lua_State *L, const char *key)
+{
+    int isnum;
+    lua_Number v = lua_tonumberx(L, -1, &isnum);
+    if (!isnum || v <= 0) luaL_error(L, "sluice.config: limits.%s must be a positive number", key);
+    return v;
+}
+
+static void config_limits(lua_State *L, lx_config *cfg)
+{
+    if (!lua_istable(L, -1)) luaL_error(L, "sluice.config: limits must be a table");
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "sluice.config: limits keys are names");
+        const char *k = lua_tostring(L, -2);
+        double v = config_positive(L, k);
+        server_limits *l = &cfg->limits;
+#define LIMIT(name, field, conv)                                                                   \
+    if (strcmp(k, name) == 0) {                                                                    \
+        l->field = conv;                                                                           \
+        cfg->set.field = true;                                                                     \
+    } else
+        LIMIT("max_header_size", max_header, (size_t)v)
+        LIMIT("max_uri_size", max_uri, (size_t)v)
+        LIMIT("max_body_size", max_body, (size_t)v)
+        LIMIT("max_output_buffer", max_output, (size_t)v)
+        LIMIT("max_connections", max_connections, (unsigned)v)
+        LIMIT("header_timeout", header_timeout, v)
+        LIMIT("idle_timeout", idle_timeout, v)
+        LIMIT("tls_handshake_timeout", tls_handshake_timeout, v)
+        LIMIT("shutdown_timeout", shutdown_timeout, v)
+        if (strcmp(k, "instruction_budget") == 0) cfg->instruction_budget = (long long)v;
+        else luaL_error(L, "sluice.config: unknown limit '%s'", k);
+#undef LIMIT
+        lua_pop(L, 1);
+    }
+}
+
+/* sluice.config{...}: only while the script loads; unknown keys are errors
+ * so a typo is caught at --check instead of silently ignored. */
+static int l_config(lua_State *L)
+{
+    lx_app *app = app_of(L);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    if (!app->loading || !app->cfg) return luaL_error(L, "sluice.config must be called when the script loads");
+    lx_config *cfg = app->cfg;
+    lua_pushnil(L);
+    while (lua_next(L, 1)) {
+        if (lua_type(L, -2) != LUA_TSTRING) return luaL_error(L, "sluice.config: keys are names");
+        const char *k = lua_tostring(L, -2);
+        if (strcmp(k, "listen") == 0) {
+            config_addr_list(L, "listen", cfg->listen, &cfg->nlisten);
+        } else if (strcmp(k, "tls") == 0) {
+            luaL_checktype(L, -1, LUA_TTABLE);
+            lua_getfield(L, -1, "cert");
+            if (!lua_isnil(L, -1)) {
+                free(cfg->tls_cert);
+                cfg->tls_cert = strdup(luaL_checkstring(L, -1));
+            }
+            lua_getfield(L, -2, "key");
+            if (!lua_isnil(L, -1)) {
+                free(cfg->tls_key);
+                cfg->tls_key = strdup(luaL_checkstring(L, -1));
+            }
+            lua_getfield(L, -3, "listen");
+            if (!lua_isnil(L, -1)) config_addr_list(L, "tls.listen", cfg->tls_listen, &cfg->ntls_listen);
+            lua_pop(L, 3);
+        } else if (strcmp(k, "data") == 0) {
+            free(cfg->data_dir);
+            cfg->data_dir = strdup(luaL_checkstring(L, -1));
+        } else if (strcmp(k, "workers") == 0) {
+            lua_Integer w = luaL_checkinteger(L, -1);
+            if (w < 1 || w > 1024) return luaL_error(L, "sluice.config: workers must be 1..1024");
+            cfg->workers = (int)w;
+        } else if (strcmp(k, "limits") == 0) {
+            config_limits(L, cfg);
+        } else {
+            return luaL_error(L, "sluice.config: unknown setting '%s'", k);
+        }
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
+/* ---- routes, log, json ------------------------------------------------- */
+
+static int l_route(lua_State *L)
+{
+    lx_app *app = app_of(L);
+    const char *method = luaL_checkstring(L, 1);
+    const char *pattern = luaL_checkstring(L, 2);
+    luaL_checktype(L, 3, LUA_TFUNCTION);
+    if (!app->loading) return luaL_error(L, "sluice.route must be called when the script loads");
+    char m[16];
+    size_t mlen = strlen(method);
+    if (mlen == 0 || mlen >= sizeof(m)) return luaL_argerror(L, 1, "not an HTTP method");
+    for (size_t i = 0; i <= mlen; i++) m[i] = (char)toupper((unsigned char)method[i]);
+    if (strcmp(m, "ANY") == 0) strcpy(m, "*");
+    lua_pushvalue(L, 3);
+    int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    char err[256] = "";
+    if (route_add(app->routes, m, pattern, ref, err, sizeof(err)) < 0) {
+        luaL_unref(L, LUA_REGISTRYINDEX, ref);
+        return luaL_argerror(L, 2, err);
+    }
+    return 0;
+}
+
+static int l_log(lua_State *L)
+{
+    const char *lvl = luaL_checkstring(L, 1);
+    int level = log_level_parse(lvl);
+    if (level < 0 || level == LOG_OFF) return luaL_argerror(L, 1, "debug, info, warn or error");
+    if (!log_enabled((log_level)level)) return 0;
+    luaL_Buffer b;
+    int n = lua_gettop(L);
+    luaL_buffinit(L, &b);
+    for (int i = 2; i <= n; i++) {
+        if (i > 2) luaL_addchar(&b, ' ');
+        luaL_tolstring(L, i, NULL);
+        luaL_addvalue(&b);
+    }
+    luaL_pushresult(&b);
+    lua_Debug ar;
+    char where[256] = "?";
+    if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "Sl", &ar))
+        snprintf(where, sizeof(where), "%s:%d", ar.short_src, ar.currentline);
+    LOG_KV((log_level)level, lua_tostring(L, -1), LOG_S("src", where));
+    return 0;
+}
+
+/* sluice.json(status, value) -> status, encoded value, JSON content type. */
+static int l_json_call(lua_State *L)
+{
+    lua_Integer status = luaL_checkinteger(L, 2);
+    luaL_checkany(L, 3);
+    lua_pushinteger(L, status);
+    lua_pushvalue(L, lua_upvalueindex(1)); /* cjson.encode */
+    lua_pushvalue(L, 3);
+    lua_call(L, 1, 1);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "application/json");
+    lua_setfield(L, -2, "content-type");
+    return 3;
+}
+
+static void push_json_table(lua_State *L)
+{
+    luaL_requiref(L, "cjson", luaopen_cjson, 0);
+    int cj = lua_gettop(L);
+    /* Slashes need no escape in JSON; turn it off where the library can. */
+    lua_getfield(L, cj, "encode_escape_forward_slash");
+    if (lua_isfunction(L, -1)) {
+        lua_pushboolean(L, 0);
+        lua_call(L, 1, 0);
+    } else {
+        lua_pop(L, 1);
+    }
+    lua_createtable(L, 0, 3);
+    lua_getfield(L, cj, "encode");
+    lua_setfield(L, -2, "encode");
+    lua_getfield(L, cj, "decode");
+    lua_setfield(L, -2, "decode");
+    lua_getfield(L, cj, "null");
+    lua_setfield(L, -2, "null");
+    lua_createtable(L, 0, 1);
+    lua_getfield(L, cj, "encode");
+    lua_pushcclosure(L, l_json_call, 1);
+    lua_setfield(L, -2, "__call");
+    lua_setmetatable(L, -2);
+    lua_remove(L, cj);
+}
+
+static int luaopen_sluice(lua_State *L)
+{
+    static const luaL_Reg fns[] = {
+        {"config", l_config},
+        {"route", l_route},
+        {"log", l_log},
+        {NULL, NULL},
+    };
+    luaL_newlib(L, fns);
+    push_json_table(L);
+    lua_setfield(L, -2, "json");
+    lua_pushliteral(L, SLUICE_VERSION);
+    lua_setfield(L, -2, "version");
+    return 1;
+}
+
+/* ---- loading ----------------------------------------------------------- */
+
+static int traceback_handler(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    if (!msg) msg = luaL_typename(L, 1);
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+size_t lx_app_route_count(const lx_app *app) { return route_count(app->routes); }
+
+static void app_free(lx_app *app)
+{
+    route_table_free(app->routes, NULL, NULL); /* lua_close frees the handlers */
+    if (app->L) lua_close(app->L);
+    free(app->script);
+    free(app);
+}
+
+void lx_app_release(lx_app *app)
+{
+    if (app && --app->refs == 0) app_free(app);
+}
+
+/* Lets a script `require` modules that sit beside it. */
+static void add_script_dir_to_path(lua_State *L, const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    lua_getglobal(L, "package");
+    if (slash) lua_pushlstring(L, path, (size_t)(slash - path));
+    else lua_pushliteral(L, ".");
+    lua_pushliteral(L, "/?.lua;");
+    lua_getfield(L, -3, "path");
+    lua_concat(L, 3);
+    lua_setfield(L, -2, "path");
+    lua_pop(L, 1);
+}
+
+lx_app *lx_app_load(const char *path, lx_config *cfg, char *err, size_t errlen)
+{
+    lx_app *app = calloc(1, sizeof(lx_app));
+    lx_config scratch;
+    if (!app) goto oom;
+    app->refs = 1;
+    app->budget = DEFAULT_BUDGET;
+    app->routes = route_table_new();
+    app->script = strdup(path ? path : "scripts/default.lua");
+    app->L = luaL_newstate();
+    if (!app->routes || !app->script || !app->L) goto oom;
+    lua_State *L = app->L;
+    *(lx_app **)lua_getextraspace(L) = app;
+    luaL_openlibs(L);
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    lua_pushcfunction(L, luaopen_sluice);
+    lua_setfield(L, -2, "sluice");
+    lua_pop(L, 1);
+
+    lua_pushcfunction(L, traceback_handler);
+    int st;
+    if (path) {
+        add_script_dir_to_path(L, path);
+        st = luaL_loadfilex(L, path, "t");
+    } else {
+        st = luaL_loadbufferx(L, lx_default_app_source, lx_default_app_size,
+                              "@scripts/default.lua", "t");
+    }
+    if (st != LUA_OK) {
+        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        goto fail;
+    }
+    if (!cfg) {
+        memset(&scratch, 0, sizeof(scratch));
+        cfg = &scratch;
+    }
+    cfg->instruction_budget = 0;
+    app->cfg = cfg;
+    app->loading = true;
+    lx_budget load = {.limit = LOAD_BUDGET};
+    app->running = &load;
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_STEP);
+    st = lua_pcall(L, 0, 0, -2);
+    lua_sethook(L, NULL, 0, 0);
+    app->running = NULL;
+    app->loading = false;
+    app->cfg = NULL;
+    if (cfg->instruction_budget > 0) app->budget = cfg->instruction_budget;
+    if (cfg == &scratch) lx_config_free(&scratch);
+    if (st != LUA_OK) {
+        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        goto fail;
+    }
+    lua_settop(L, 0);
+    return app;
+oom:
+    snprintf(err, errlen, "out of memory");
+fail:
+    if (app) app_free(app);
+    return NULL;
+}
+
+/* ---- requests ---------------------------------------------------------- */
+
+static void push_lower(lua_State *L, const char *s, size_t n)
+{
+    luaL_Buffer b;
+    char *p = luaL_buffinitsize(L, &b, n);
+    for (size_t i = 0; i < n; i++) p[i] = (char)tolower((unsigned char)s[i]);
+    luaL_pushresultsize(&b, n);
+}
+
+static void push_decoded(lua_State *L, const char *s, size_t n, bool plus_space)
+{
+    luaL_Buffer b;
+    char *p = luaL_buffinitsize(L, &b, n);
+    luaL_pushresultsize(&b, http_pct_decode(s, n, p, plus_space));
+}
+
+static bool header_has_token(const http_request *r, const char *name, const char *token)
+{
+    size_t len;
+    const char *v = http_header_get(r, name, &len);
+    if (!v) return false;
+    size_t tl = strlen(token);
+    for (size_t i = 0; i + tl <= len; i++)
+        if (strncasecmp(v + i, token, tl) == 0) return true;
+    return false;
+}
+
+static const char *transport_of(const http_request *r)
+{
+    if (r->upgrade && header_has_token(r, "upgrade", "websocket")) return "websocket";
+    if (header_has_token(r, "accept", "text/event-stream")) return "sse";
+    return "http";
+}
+
+/* Builds `req` on the task's coroutine (inside lua_resume, so a memory
+ * error is an ordinary Lua error). */
+static void push_req(lua_State *L, lx_task *t)
+{
+    const http_request *r = t->req;
+    const route_match *m = t->match;
+    lua_createtable(L, 0, 9);
+    lua_pushstring(L, r->method);
+    lua_setfield(L, -2, "method");
+    lua_pushlstring(L, r->path, r->path_len);
+    lua_setfield(L, -2, "path");
+
+    lua_createtable(L, 0, 4);
+    if (r->query) {
+        size_t pos = 0, kl, vl;
+        const char *k, *v;
+        while (http_query_next(r->query, r->query_len, &pos, &k, &kl, &v, &vl)) {
+            push_decoded(L, k, kl, true);
+            push_decoded(L, v, vl, true);
+            lua_rawset(L, -3);
+        }
+    }
+    lua_setfield(L, -2, "query");
+
+    lua_createtable(L, 0, r->nheaders);
+    for (int i = 0; i < r->nheaders; i++) {
+        const http_header *h = &r->headers[i];
+        push_lower(L, h->name, h->name_len);
+        lua_pushvalue(L, -1);
+        if (lua_rawget(L, -3) == LUA_TSTRING) {
+            /* A repeated header: values joined as RFC 9110 allows. */
+            lua_pushliteral(L, ", ");
+            lua_pushlstring(L, h->value, h->value_len);
+            lua_concat(L, 3);
+        } else {
+            lua_pop(L, 1);
+            lua_pushlstring(L, h->value, h->value_len);
+        }
+        lua_rawset(L, -3);
+    }
+    lua_setfield(L, -2, "headers");
+
+    lua_createtable(L, 0, m->nparams);
+    for (int i = 0; i < m->nparams; i++) {
+        push_decoded(L, m->params[i].value, m->params[i].value_len, false);
+        lua_setfield(L, -2, m->params[i].name);
+    }
+    lua_setfield(L, -2, "params");
+
+    lua_pushlstring(L, r->body ? r->body : "", r->body_len);
+    lua_setfield(L, -2, "body");
+    char addr[64];
+    lua_pushstring(L, conn_remote_addr(t->c, addr, sizeof(addr)));
+    lua_setfield(L, -2, "remote_addr");
+    lua_pushstring(L, transport_of(r));
+    lua_setfield(L, -2, "transport");
+}
+
+static int task_main_k(lua_State *L, int status, lua_KContext ctx)
+{
+    return lua_gettop(L) - 1; /* everything above the task light userdata */
+}
+
+/* The coroutine body: builds req, then calls the handler with it. */
+static int task_main(lua_State *L)
+{
+    lx_task *t = lua_touserdata(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, (lua_Integer)t->match->handler);
+    push_req(L, t);
+    t->req = NULL;
+    t->match = NULL;
+    lua_callk(L, 1, LUA_MULTRET, 0, task_main_k);
+    return task_main_k(L, LUA_OK, 0);
+}
+
+static void task_end(lx_task *t)
+{
+    luaL_unref(t->app->L, LUA_REGISTRYINDEX, t->co_ref);
+    conn_release(t->c);
+    lx_app_release(t->app);
+    free(t);
+}
+
+static void task_fail(lx_task *t, const char *what)
+{
+    const char *msg = lua_tostring(t->co, -1);
+    if (!msg) msg = "(error object is not a string)";
+    luaL_traceback(t->app->L, t->co, msg, 0);
+    LOG_KV(LOG_ERROR, what, LOG_S("script", t->app->script), LOG_S("error", msg),
+           LOG_S("traceback", lua_tostring(t->app->L, -1)));
+    lua_pop(t->app->L, 1);
+    if (!conn_closed(t->c)) conn_respond_error(t->c, 500, "script error");
+}
+
+static void respond_from_results(lx_task *t, int nres)
+{
+    lua_State *L = t->co;
+    conn *c = t->c;
+    int base = lua_gettop(L) - nres + 1;
+    int isint = 0;
+    lua_Integer status = nres >= 1 ? lua_tointegerx(L, base, &isint) : 0;
+    const char *problem = NULL;
+    if (!isint || status < 200 || status > 599) problem = "handler must return a status from 200 to 599";
+    else if (nres >= 2 && !lua_isnil(L, base + 1) && lua_type(L, base + 1) != LUA_TSTRING)
+        problem = "handler's body must be a string or nil";
+    else if (nres >= 3 && !lua_isnil(L, base + 2) && !lua_istable(L, base + 2))
+        problem = "handler's headers must be a table or nil";
+    if (problem) {
+        LOG_KV(LOG_ERROR, "script error", LOG_S("script", t->app->script), LOG_S("error", problem));
+        conn_respond_error(c, 500, "script error");
+        return;
+    }
+    size_t blen = 0;
+    const char *body = nres >= 2 ? lua_tolstring(L, base + 1, &blen) : NULL;
+    conn_response_start(c, (int)status);
+    bool has_ctype = false;
+    if (nres >= 3 && lua_istable(L, base + 2)) {
+        lua_pushnil(L);
+        while (lua_next(L, base + 2)) {
+            size_t nl, vl;
+            const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &nl) : NULL;
+            if (!name) {
+                lua_pop(L, 1);
+                continue;
+            }
+            if (nl == 12 && strncasecmp(name, "content-type", 12) == 0) has_ctype = true;
+            if (lua_istable(L, -1)) {
+                /* A list gives the header once per value (Set-Cookie). */
+                lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+                for (lua_Integer i = 1; i <= n; i++) {
+                    lua_rawgeti(L, -1, i);
+                    const char *v = lua_tolstring(L, -1, &vl);
+                    if (v && conn_response_header(c, name, nl, v, vl) < 0) problem = name;
+                    lua_pop(L, 1);
+                }
+            } else {
+                /* lua_tolstring would turn a number key's value in place;
+                 * copy it so lua_next still sees the original. */
+                lua_pushvalue(L, -1);
+                const char *v = lua_tolstring(L, -1, &vl);
+                if (v && conn_response_header(c, name, nl, v, vl) < 0) problem = name;
+                lua_pop(L, 1);
+            }
+            lua_pop(L, 1);
+        }
+    }
+    if (problem) {
+        LOG_KV(LOG_ERROR, "script error", LOG_S("script", t->app->script),
+               LOG_S("error", "invalid response header"), LOG_S("header", problem));
+        conn_respond_error(c, 500, "script error");
+        return;
+    }
+    if (blen > 0 && !has_ctype) {
+        static const char ct[] = "text/plain; charset=utf-8";
+        conn_response_header(c, "Content-Type", 12, ct, sizeof(ct) - 1);
+    }
+    conn_response_finish(c, body, blen);
+}
+
+/* Resumes the task's coroutine and deals with how it stopped. */
+static void task_run(lx_task *t, int nargs)
+{
+    lx_app *app = t->app;
+    lx_budget *prev = app->running;
+    app->running = &t->budget;
+    int nres = 0;
+    int st = lua_resume(t->co, app->L, nargs, &nres);
+    app->running = prev;
+    if (st == LUA_YIELD) {
+        /* Nothing resumes a bare coroutine.yield from a handler. */
+        lua_pushliteral(t->co, "handler yielded outside a sluice call");
+        task_fail(t, "script error");
+    } else if (st == LUA_OK) {
+        if (!conn_closed(t->c)) respond_from_results(t, nres);
+    } else {
+        task_fail(t, t->budget.exceeded ? "script stopped: instruction budget exceeded"
+                                        : "script error");
+    }
+    task_end(t);
+}
+
+void lx_on_request(conn *c, http_request *req, void *ud)
+{
+    lx_runtime *rt = ud;
+    lx_app *app = rt->app;
+    route_match m;
+    route_result rr = route_find(app->routes, req->method, req->path, req->path_len, &m);
+    if (rr == ROUTE_NOT_FOUND) {
+        conn_respond_error(c, 404, "no route");
+        return;
+    }
+    if (rr == ROUTE_NO_METHOD) {
+        char body[160];
+        int n = snprintf(body, sizeof(body), "{\"error\":\"method not allowed\"}");
+        conn_response_start(c, 405);
+        conn_response_header(c, "Allow", 5, m.allow, strlen(m.allow));
+        conn_response_header(c, "Content-Type", 12, "application/json", 16);
+        conn_response_finish(c, body, (size_t)n);
+        return;
+    }
+    lx_task *t = calloc(1, sizeof(lx_task));
+    if (!t) {
+        conn_respond_error(c, 503, "out of memory");
+        return;
+    }
+    t->budget.limit = app->budget;
+    t->app = app;
+    app->refs++;
+    t->c = c;
+    conn_hold(c);
+    t->req = req;
+    t->match = &m;
+    lua_State *L = app->L;
+    t->co = lua_newthread(L);
+    t->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_sethook(t->co, budget_hook, LUA_MASKCOUNT, HOOK_STEP);
+    lua_pushcfunction(t->co, task_main);
+    lua_pushlightuserdata(t->co, t);
+    task_run(t, 1);
+}
+
+/* ---- runtime ----------------------------------------------------------- */
+
+void lx_runtime_init(lx_runtime *rt, server *srv, const char *script_path, lx_app *app,
+                     long long instruction_budget)
+{
+    rt->srv = srv;
+    rt->script_path = script_path;
+    rt->app = app;
+    rt->instruction_budget = instruction_budget;
+}
+
+int lx_reload(lx_runtime *rt)
+{
+    char err[2048];
+    lx_config cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    server_limits_default(&cfg.limits);
+    lx_app *app = lx_app_load(rt->script_path, &cfg, err, sizeof(err));
+    if (!app) {
+        LOG_KV(LOG_ERROR, "reload failed: the running app stays", LOG_S("error", err));
+        lx_config_free(&cfg);
+        return -1;
+    }
+    /* Limits follow the new script; addresses, TLS files, data and workers
+     * are read at start only. */
+    rt->srv->limits = cfg.limits;
+    lx_config_free(&cfg);
+    lx_app *old = rt->app;
+    rt->app = app;
+    lx_app_release(old);
+    LOG_KV(LOG_INFO, "reloaded app", LOG_S("script", app->script),
+           LOG_I("routes", (long long)route_count(app->routes)));
+    return 0;
+}
+
+void lx_runtime_destroy(lx_runtime *rt)
+{
+    lx_app_release(rt->app);
+    rt->app = NULL;
+}

@@ -1,0 +1,83 @@
+/* api.h: the Lua app runtime (prefix lx_): the `sluice` module, the loaded
+ * script, and the dispatch of requests to its handlers.
+ *
+ * A script generation (lx_app) is one lua_State that ran the app chunk, and
+ * the routes and settings it declared.  Each request runs its handler in a
+ * fresh coroutine of that state under an instruction budget, so a handler
+ * may later wait (a durable publish, a timer) without holding the loop, and
+ * a runaway handler is stopped with a 500.  A reload builds a new
+ * generation; requests already running finish in the old one, which is
+ * freed when its last task ends.  The core never sees Lua: it calls
+ * lx_on_request() through server.on_request. */
+#ifndef SLUICE_LUA_API_H
+#define SLUICE_LUA_API_H
+
+#include "core/conn.h"
+#include "core/server.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define LX_MAX_LISTEN 16
+
+/* What a script declared with sluice.config{}; command-line flags override
+ * it.  `set` flags tell which limits the script gave. */
+typedef struct lx_config {
+    char *listen[LX_MAX_LISTEN];
+    int nlisten;
+    char *tls_listen[LX_MAX_LISTEN];
+    int ntls_listen;
+    char *tls_cert, *tls_key;
+    char *data_dir;
+    int workers;
+    server_limits limits;
+    struct {
+        bool max_header, max_uri, max_body, max_output, max_connections, header_timeout,
+            idle_timeout, tls_handshake_timeout, shutdown_timeout;
+    } set;
+    long long instruction_budget; /* Lua VM instructions per callback run */
+} lx_config;
+
+typedef struct lx_app lx_app;
+
+typedef struct lx_runtime {
+    lx_app *app;             /* the generation new requests run in */
+    const char *script_path; /* NULL: the built-in default app */
+    server *srv;
+    long long instruction_budget;
+} lx_runtime;
+
+/* Frees the strings of a config. */
+void lx_config_free(lx_config *cfg);
+
+/* Loads the app script at `path` (NULL: the built-in default app) into a
+ * new generation and fills `cfg` with its settings (cfg may be NULL when the
+ * settings are not wanted).  Returns the app, or NULL with a message naming
+ * file and line in err. */
+lx_app *lx_app_load(const char *path, lx_config *cfg, char *err, size_t errlen);
+
+/* Drops the runtime's reference on an app; it is freed after its last task. */
+void lx_app_release(lx_app *app);
+
+/* Number of routes the app declared (for --check's report). */
+size_t lx_app_route_count(const lx_app *app);
+
+/* Sets the runtime up to serve `app` (takes the reference). */
+void lx_runtime_init(lx_runtime *rt, server *srv, const char *script_path, lx_app *app,
+                     long long instruction_budget);
+
+/* The server's request callback: ud is the lx_runtime. */
+void lx_on_request(conn *c, http_request *req, void *ud);
+
+/* Loads the script again and swaps it in; on failure the running app stays
+ * and the error is logged.  Returns 0 or -1. */
+int lx_reload(lx_runtime *rt);
+
+/* Releases the current app at exit. */
+void lx_runtime_destroy(lx_runtime *rt);
+
+/* The built-in default app's source (generated from scripts/default.lua). */
+extern const char lx_default_app_source[];
+extern const size_t lx_default_app_size;
+
+#endif
