@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# dev.sh: the two commands of the README.
+#
+#   ./dev.sh run [sluice options]   install what is missing, build, run sluice
+#   ./dev.sh test                   install what is missing, build (plain and
+#                                   ASan/UBSan), run every test under ctest
+#
+# Dependencies come from Debian's packages (and npm for the JavaScript test
+# clients); nothing is installed that is already there.
+set -euo pipefail
+cd "$(dirname "$0")"
+top=$PWD
+
+run_deps=(build-essential cmake pkg-config liblua5.4-dev lua-cjson-dev libev-dev node-llhttp
+          libssl-dev liblmdb-dev zlib1g-dev)
+test_deps=(curl openssl python3 python3-websockets python3-autobahn nodejs npm chromium)
+
+sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+install_packages() {
+    local missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+            missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "dev.sh: installing ${missing[*]}"
+    sudo_ apt-get update -qq
+    sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}"
+}
+
+install_node_modules() {
+    local dir=$top/tests/integration
+    [ -f "$dir/package.json" ] || return 0
+    if [ ! -d "$dir/node_modules" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules" ]; then
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+        touch "$dir/node_modules"
+    fi
+}
+
+build() { # build DIR [cmake args]
+    local dir=$1
+    shift
+    cmake -S "$top" -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
+    cmake --build "$dir" -j"$(nproc)"
+}
+
+case "${1:-}" in
+run)
+    shift
+    install_packages "${run_deps[@]}"
+    build "$top/build"
+    exec "$top/build/sluice" "$@"
+    ;;
+test)
+    install_packages "${run_deps[@]}" "${test_deps[@]}"
+    install_node_modules
+    build "$top/build" -DSLUICE_WERROR=ON
+    build "$top/build-asan" -DSLUICE_WERROR=ON -DSLUICE_SANITIZE=ON
+    export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1
+    status=0
+    echo "== tests (release build)"
+    (cd "$top/build" && ctest --output-on-failure -j2 --timeout 600) || status=1
+    echo "== tests (AddressSanitizer + UndefinedBehaviorSanitizer build)"
+    (cd "$top/build-asan" && ctest --output-on-failure -j2 --timeout 900) || status=1
+    exit $status
+    ;;
+*)
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac

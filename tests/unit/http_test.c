@@ -1,0 +1,186 @@
+/* http_test.c: the HTTP glue fed whole, split byte by byte, pipelined, and
+ * pushed past every limit. */
+#include "check.h"
+#include "core/http.h"
+
+#include <stdlib.h>
+
+static const http_limits limits = {.max_uri = 64, .max_header = 256, .max_body = 32};
+
+/* Feeds `in` in chunks of `step` bytes (0: all at once) until one event other
+ * than NEED_MORE; returns it and how many bytes of `in` were used. */
+static http_event feed(http_parser *p, const char *in, size_t len, size_t step, size_t *used)
+{
+    size_t pos = 0;
+    http_event ev = HTTP_EV_NEED_MORE;
+    while (pos < len) {
+        size_t n = step ? (len - pos < step ? len - pos : step) : len - pos;
+        size_t c = 0;
+        ev = http_feed(p, in + pos, n, &c);
+        pos += c;
+        if (ev != HTTP_EV_NEED_MORE) break;
+    }
+    *used = pos;
+    return ev;
+}
+
+static void test_simple(size_t step)
+{
+    http_parser p;
+    http_parser_init(&p, &limits);
+    const char *in = "GET /a/b?x=1&y=%20z HTTP/1.1\r\nHost: h\r\nX-Long: one two\r\n\r\n";
+    size_t used;
+    http_event ev = feed(&p, in, strlen(in), step, &used);
+    CHECK_EQ_INT(ev, HTTP_EV_REQUEST);
+    CHECK_EQ_INT(used, strlen(in));
+    CHECK_STR(p.req.method, "GET");
+    CHECK_EQ_MEM(p.req.path, p.req.path_len, "/a/b", 4);
+    CHECK_EQ_MEM(p.req.query, p.req.query_len, "x=1&y=%20z", 10);
+    CHECK_EQ_INT(p.req.nheaders, 2);
+    size_t vl;
+    const char *v = http_header_get(&p.req, "x-long", &vl);
+    CHECK(v != NULL);
+    if (v) CHECK_EQ_MEM(v, vl, "one two", 7);
+    CHECK(p.req.keep_alive);
+    CHECK(!p.req.upgrade);
+    CHECK_EQ_INT(p.req.body_len, 0);
+    http_parser_free(&p);
+}
+
+static void test_pipelined(size_t step)
+{
+    http_parser p;
+    http_parser_init(&p, &limits);
+    const char *in = "GET /1 HTTP/1.1\r\n\r\n"
+                     "POST /2 HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"
+                     "POST /3 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+                     "GET /4 HTTP/1.0\r\n\r\n";
+    size_t len = strlen(in), pos = 0, used;
+    const char *paths[] = {"/1", "/2", "/3", "/4"};
+    const char *bodies[] = {"", "hello", "abcde", ""};
+    for (int i = 0; i < 4; i++) {
+        http_event ev = feed(&p, in + pos, len - pos, step, &used);
+        CHECK_EQ_INT(ev, HTTP_EV_REQUEST);
+        pos += used;
+        CHECK_EQ_MEM(p.req.path, p.req.path_len, paths[i], strlen(paths[i]));
+        CHECK_EQ_MEM(p.req.body ? p.req.body : "", p.req.body_len, bodies[i], strlen(bodies[i]));
+        if (i == 3) CHECK(!p.req.keep_alive);
+        http_next(&p);
+    }
+    CHECK_EQ_INT(pos, len);
+    http_parser_free(&p);
+}
+
+static void test_limit(const char *in, int status, size_t step)
+{
+    http_parser p;
+    http_parser_init(&p, &limits);
+    size_t used;
+    http_event ev = feed(&p, in, strlen(in), step, &used);
+    CHECK_EQ_INT(ev, HTTP_EV_ERROR);
+    CHECK_EQ_INT(p.error_status, status);
+    /* Once failed, it stays failed. */
+    size_t c;
+    CHECK_EQ_INT(http_feed(&p, "GET / HTTP/1.1\r\n\r\n", 18, &c), HTTP_EV_ERROR);
+    http_parser_free(&p);
+}
+
+static void test_limits(size_t step)
+{
+    char big[1024];
+    snprintf(big, sizeof(big), "GET /%0100d HTTP/1.1\r\n\r\n", 0);
+    test_limit(big, 414, step);
+    snprintf(big, sizeof(big), "GET / HTTP/1.1\r\nX: %0300d\r\n\r\n", 0);
+    test_limit(big, 431, step);
+    test_limit("POST / HTTP/1.1\r\nContent-Length: 33\r\n\r\n", 413, step);
+    test_limit("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+               "20\r\n01234567890123456789012345678901\r\n1\r\nx\r\n0\r\n\r\n",
+               413, step);
+    test_limit("BREW / HTTP/1.1\r\n\r\n", 400, step);
+    test_limit("GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400, step);
+    test_limit("GET / HTTP/1.1\r\nNoColon\r\n\r\n", 400, step);
+    test_limit("POST / HTTP/1.1\r\nExpect: something\r\nContent-Length: 1\r\n\r\nx", 417, step);
+    /* Smuggling shapes llhttp refuses by default. */
+    test_limit("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400,
+               step);
+    /* Many small headers: the count limit. */
+    char many[4096] = "GET / HTTP/1.1\r\n";
+    for (int i = 0; i < HTTP_MAX_HEADERS + 1; i++) strcat(many, "a:\r\n");
+    strcat(many, "\r\n");
+    http_limits wide = limits;
+    wide.max_header = 100000;
+    http_parser p;
+    http_parser_init(&p, &wide);
+    size_t used;
+    CHECK_EQ_INT(feed(&p, many, strlen(many), step, &used), HTTP_EV_ERROR);
+    CHECK_EQ_INT(p.error_status, 431);
+    http_parser_free(&p);
+}
+
+static void test_expect_continue(size_t step)
+{
+    http_parser p;
+    http_parser_init(&p, &limits);
+    const char *head = "PUT /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n";
+    size_t used;
+    CHECK_EQ_INT(feed(&p, head, strlen(head), step, &used), HTTP_EV_CONTINUE);
+    CHECK_EQ_INT(used, strlen(head));
+    CHECK(p.req.expect_continue);
+    CHECK_EQ_INT(feed(&p, "body", 4, step, &used), HTTP_EV_REQUEST);
+    CHECK_EQ_MEM(p.req.body, p.req.body_len, "body", 4);
+    http_parser_free(&p);
+    /* Too large with Expect: refused before any 100. */
+    test_limit("PUT /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 100\r\n\r\n", 413, step);
+}
+
+static void test_upgrade(size_t step)
+{
+    http_parser p;
+    http_parser_init(&p, &limits);
+    const char *in = "GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x80";
+    size_t used;
+    CHECK_EQ_INT(feed(&p, in, strlen(in), step, &used), HTTP_EV_REQUEST);
+    CHECK(p.req.upgrade);
+    CHECK_EQ_INT(used, strlen(in) - 2); /* the frame bytes are left for WebSocket */
+    http_parser_free(&p);
+}
+
+static void test_helpers(void)
+{
+    char out[64];
+    size_t n = http_pct_decode("a%20b+c%2x%", 11, out, true);
+    CHECK_EQ_MEM(out, n, "a b c%2x%", 9);
+    n = http_pct_decode("a+b", 3, out, false);
+    CHECK_EQ_MEM(out, n, "a+b", 3);
+    char d[30];
+    CHECK_EQ_INT(http_date(784111777, d), 29);
+    CHECK_STR(d, "Sun, 06 Nov 1994 08:49:37 GMT");
+    CHECK_STR(http_status_text(431), "Request Header Fields Too Large");
+    const char *q = "a=1&&b&c=x=y";
+    size_t pos = 0, kl, vl;
+    const char *k, *v;
+    CHECK(http_query_next(q, strlen(q), &pos, &k, &kl, &v, &vl));
+    CHECK_EQ_MEM(k, kl, "a", 1);
+    CHECK_EQ_MEM(v, vl, "1", 1);
+    CHECK(http_query_next(q, strlen(q), &pos, &k, &kl, &v, &vl));
+    CHECK_EQ_MEM(k, kl, "b", 1);
+    CHECK_EQ_INT(vl, 0);
+    CHECK(http_query_next(q, strlen(q), &pos, &k, &kl, &v, &vl));
+    CHECK_EQ_MEM(k, kl, "c", 1);
+    CHECK_EQ_MEM(v, vl, "x=y", 3);
+    CHECK(!http_query_next(q, strlen(q), &pos, &k, &kl, &v, &vl));
+}
+
+int main(void)
+{
+    size_t steps[] = {0, 1, 2, 3, 7};
+    for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+        test_simple(steps[i]);
+        test_pipelined(steps[i]);
+        test_limits(steps[i]);
+        test_expect_continue(steps[i]);
+        test_upgrade(steps[i]);
+    }
+    test_helpers();
+    return CHECK_DONE();
+}
