@@ -1,0 +1,1243 @@
+/* store.c: the LMDB backlog behind store.h.
+ *
+ * Four named databases in one environment:
+ *   meta    "version", "last_seq", "next_topic" -> u64 each
+ *   epochs  start seq (BE u64) -> epoch (u64): the epoch in force from that
+ *           seq on; used only to tell our IDs from foreign ones
+ *   topics  name -> struct topic_rec (number, count, first/last/dropped seq,
+ *           retention of the last publish)
+ *   msgs    (topic number BE u32, seq BE u64) -> epoch u64, time i64,
+ *           event length u16, event bytes, data bytes
+ * Big-endian keys make LMDB's memcmp order the numeric order, so one topic's
+ * messages are one contiguous, seq-ordered run: reading from an ID is a
+ * SET_RANGE and a walk, retention deletes from the run's front.
+ *
+ * Map growth: mdb_env_set_mapsize() needs every transaction of this process
+ * closed, yet readers run on any thread.  Every transaction (read or write)
+ * is therefore taken under the read side of `maplock`, and growth takes the
+ * write side between two write transactions.  The lock prefers writers so a
+ * stream of readers cannot starve growth; that is also why callbacks may not
+ * re-enter the store (a nested read lock behind a waiting grower deadlocks).
+ * Growth happens ahead of need (past 3/4 of the map, after a commit) and, as
+ * a fallback, on MDB_MAP_FULL, after which the transaction is redone.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* asprintf, pthread_rwlockattr_setkind_np, getrandom */
+#endif
+#include "storage/store.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+#define STORE_FORMAT_VERSION 1u
+#define DEFAULT_MAP_SIZE ((size_t)64 << 20)
+#define MSG_HDR 18 /* epoch u64, time i64, event length u16 */
+#define GROW_RETRIES 40
+
+struct topic_rec {
+    uint32_t number;
+    uint32_t reserved;
+    uint64_t count;
+    uint64_t first_seq;
+    uint64_t last_seq;
+    uint64_t dropped_seq; /* newest seq removed by retention */
+    uint64_t max_count;
+    uint64_t max_age_ms;
+};
+
+struct store {
+    MDB_env *env;
+    MDB_dbi meta, epochs, topics, msgs;
+    pthread_rwlock_t maplock; /* read side: any open txn; write side: resize */
+    int read_only, relaxed;
+    uint64_t epoch;
+    size_t map_max;
+    _Atomic uint64_t last_seq; /* read-write handle: mirror of meta last_seq */
+    _Atomic uint64_t grows;
+    /* store_sweep's resume point (one sweeping thread at a time) */
+    char sweep_pos[STORE_TOPIC_MAX];
+    size_t sweep_pos_len;
+    char *data_path;
+    int lock_fd; /* flock'd sluice.lock of a read-write handle, else -1 */
+};
+
+/* ---- small helpers ---------------------------------------------------- */
+
+static void put_be32(unsigned char *p, uint32_t v)
+{
+    for (int i = 3; i >= 0; i--, v >>= 8)
+        p[i] = (unsigned char)v;
+}
+
+static void put_be64(unsigned char *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        p[i] = (unsigned char)v;
+}
+
+static uint32_t get_be32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static uint64_t get_be64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static uint64_t get_u64(const void *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static void msg_key(unsigned char k[12], uint32_t topic, uint64_t seq)
+{
+    put_be32(k, topic);
+    put_be64(k + 4, seq);
+}
+
+static int map_rc(int rc)
+{
+    switch (rc) {
+    case 0:
+        return STORE_OK;
+    case ENOSPC:
+    case EDQUOT:
+    case EFBIG:
+    case MDB_MAP_FULL:
+        return STORE_EFULL;
+    case ENOMEM:
+        return STORE_ENOMEM;
+    case EROFS:
+    case EACCES:
+        return STORE_EROFS;
+    case MDB_PANIC:
+        return STORE_EPANIC;
+    default:
+        return STORE_EIO;
+    }
+}
+
+const char *store_errmsg(int code)
+{
+    switch (code) {
+    case STORE_OK:
+        return "ok";
+    case STORE_EINVAL:
+        return "invalid argument";
+    case STORE_ENOMEM:
+        return "out of memory";
+    case STORE_EFULL:
+        return "storage full";
+    case STORE_EIO:
+        return "storage I/O error";
+    case STORE_ENOTFOUND:
+        return "no store there";
+    case STORE_EUNKNOWN:
+        return "unknown ID";
+    case STORE_EROFS:
+        return "store is read-only";
+    case STORE_EPANIC:
+        return "storage environment failed, reopen needed";
+    case STORE_EBUSY:
+        return "data directory in use by another writer";
+    default:
+        return "unknown error";
+    }
+}
+
+static void set_err(char *buf, size_t len, const char *what, int rc)
+{
+    if (buf && len) snprintf(buf, len, "%s: %s", what, mdb_strerror(rc));
+}
+
+/* ---- transactions under the map lock ----------------------------------- */
+
+/* Adopt a map size another process set (read-only handles see this). */
+static void adopt_mapsize(struct store *s)
+{
+    pthread_rwlock_wrlock(&s->maplock);
+    mdb_env_set_mapsize(s->env, 0);
+    pthread_rwlock_unlock(&s->maplock);
+}
+
+/* Begin a transaction holding the read side of maplock; on success the
+ * caller ends it with txn_end (or commits and unlocks itself). */
+static int txn_begin(struct store *s, unsigned flags, MDB_txn **txn)
+{
+    int rc = MDB_MAP_RESIZED;
+    for (int i = 0; i < 3 && rc == MDB_MAP_RESIZED; i++) {
+        pthread_rwlock_rdlock(&s->maplock);
+        rc = mdb_txn_begin(s->env, NULL, flags, txn);
+        if (rc == 0) return 0;
+        pthread_rwlock_unlock(&s->maplock);
+        if (rc == MDB_MAP_RESIZED) adopt_mapsize(s);
+    }
+    return rc;
+}
+
+static void txn_end(struct store *s, MDB_txn *txn)
+{
+    mdb_txn_abort(txn);
+    pthread_rwlock_unlock(&s->maplock);
+}
+
+/* Grow the map to at least twice its size (bounded by map_max).  No
+ * transaction of this thread may be open; others are waited for. */
+static int grow_map(struct store *s, size_t at_least)
+{
+    MDB_envinfo info;
+    int rc = 0;
+    pthread_rwlock_wrlock(&s->maplock);
+    if (mdb_env_info(s->env, &info) == 0) {
+        size_t cur = info.me_mapsize, want = cur * 2;
+        if (want < at_least) want = at_least;
+        if (s->map_max && want > s->map_max) want = s->map_max;
+        if (want <= cur) {
+            rc = MDB_MAP_FULL;
+        } else {
+            rc = mdb_env_set_mapsize(s->env, want);
+            if (rc == 0) atomic_fetch_add(&s->grows, 1);
+        }
+    } else {
+        rc = EIO;
+    }
+    pthread_rwlock_unlock(&s->maplock);
+    return rc;
+}
+
+/* Past 3/4 of the map, grow now rather than meet MDB_MAP_FULL mid-batch. */
+static void grow_ahead(struct store *s)
+{
+    MDB_envinfo info;
+    MDB_stat st;
+    if (mdb_env_info(s->env, &info) || mdb_env_stat(s->env, &st)) return;
+    size_t used = (info.me_last_pgno + 1) * (size_t)st.ms_psize;
+    if (used > info.me_mapsize / 4 * 3) grow_map(s, 0);
+}
+
+typedef int (*write_op)(struct store *s, MDB_txn *txn, void *arg);
+
+/* Run op in a write transaction and commit it, growing the map and redoing
+ * the transaction on MDB_MAP_FULL.  op returns an LMDB or errno code. */
+static int write_txn(struct store *s, write_op op, void *arg, uint64_t *last_seq_out)
+{
+    int rc = MDB_MAP_FULL;
+    if (s->read_only) return STORE_EROFS;
+    for (int attempt = 0; attempt < GROW_RETRIES && rc == MDB_MAP_FULL; attempt++) {
+        MDB_txn *txn;
+        rc = txn_begin(s, 0, &txn);
+        if (rc) break;
+        rc = op(s, txn, arg);
+        if (rc == 0) {
+            rc = mdb_txn_commit(txn);
+        } else {
+            mdb_txn_abort(txn);
+        }
+        pthread_rwlock_unlock(&s->maplock);
+        if (rc == MDB_MAP_FULL) {
+            int g = grow_map(s, 0);
+            if (g) {
+                rc = g;
+                break;
+            }
+        }
+    }
+    if (rc == 0) {
+        if (last_seq_out) atomic_store(&s->last_seq, *last_seq_out);
+        grow_ahead(s);
+    }
+    return map_rc(rc);
+}
+
+/* ---- meta ---------------------------------------------------------------- */
+
+static int meta_get_u64(struct store *s, MDB_txn *txn, const char *name, uint64_t *v)
+{
+    MDB_val k = {strlen(name), (void *)name}, d;
+    int rc = mdb_get(txn, s->meta, &k, &d);
+    if (rc == MDB_NOTFOUND) {
+        *v = 0;
+        return 0;
+    }
+    if (rc) return rc;
+    if (d.mv_size != 8) return MDB_CORRUPTED;
+    *v = get_u64(d.mv_data);
+    return 0;
+}
+
+static int meta_put_u64(struct store *s, MDB_txn *txn, const char *name, uint64_t v)
+{
+    MDB_val k = {strlen(name), (void *)name}, d = {8, &v};
+    return mdb_put(txn, s->meta, &k, &d, 0);
+}
+
+static int topic_get(struct store *s, MDB_txn *txn, const char *name, size_t len,
+                     struct topic_rec *rec)
+{
+    MDB_val k = {len, (void *)name}, d;
+    int rc = mdb_get(txn, s->topics, &k, &d);
+    if (rc) return rc;
+    if (d.mv_size != sizeof *rec) return MDB_CORRUPTED;
+    memcpy(rec, d.mv_data, sizeof *rec);
+    return 0;
+}
+
+static int topic_put(struct store *s, MDB_txn *txn, const char *name, size_t len,
+                     const struct topic_rec *rec)
+{
+    MDB_val k = {len, (void *)name}, d = {sizeof *rec, (void *)rec};
+    return mdb_put(txn, s->topics, &k, &d, 0);
+}
+
+static uint64_t random_epoch(uint64_t avoid)
+{
+    uint64_t e = 0;
+    for (int i = 0; i < 16 && (e == 0 || e == avoid); i++) {
+        if (getrandom(&e, sizeof e, 0) != (ssize_t)sizeof e) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            e = (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ull ^ (uint64_t)ts.tv_sec ^
+                (uint64_t)getpid() << 32;
+        }
+    }
+    return e ? e : 1;
+}
+
+/* Start this handle's epoch at last_seq + 1.  If the newest epoch never got
+ * a committed message, it is replaced: that keeps the table to one entry per
+ * run that stored something, and IDs handed out by a run whose commits were
+ * all lost (relaxed mode, OS crash) still become unknown. */
+static int epoch_start(struct store *s, MDB_txn *txn, uint64_t last_seq)
+{
+    MDB_cursor *c;
+    MDB_val k, d;
+    unsigned char key[8];
+    uint64_t prev = 0;
+    int rc = mdb_cursor_open(txn, s->epochs, &c);
+    if (rc) return rc;
+    rc = mdb_cursor_get(c, &k, &d, MDB_LAST);
+    if (rc == 0 && k.mv_size == 8 && d.mv_size == 8) {
+        prev = get_u64(d.mv_data);
+        if (get_be64(k.mv_data) > last_seq) {
+            rc = mdb_cursor_del(c, 0);
+            if (rc) goto out;
+        }
+    } else if (rc != MDB_NOTFOUND) {
+        rc = rc ? rc : MDB_CORRUPTED;
+        goto out;
+    }
+    s->epoch = random_epoch(prev);
+    put_be64(key, last_seq + 1);
+    k.mv_size = 8;
+    k.mv_data = key;
+    d.mv_size = 8;
+    d.mv_data = &s->epoch;
+    rc = mdb_put(txn, s->epochs, &k, &d, 0);
+out:
+    mdb_cursor_close(c);
+    return rc;
+}
+
+/* ---- open / close ---------------------------------------------------------- */
+
+static int open_dbs(struct store *s, MDB_txn *txn, unsigned flags)
+{
+    int rc;
+    if ((rc = mdb_dbi_open(txn, "meta", flags, &s->meta)) ||
+        (rc = mdb_dbi_open(txn, "epochs", flags, &s->epochs)) ||
+        (rc = mdb_dbi_open(txn, "topics", flags, &s->topics)) ||
+        (rc = mdb_dbi_open(txn, "msgs", flags, &s->msgs)))
+        return rc;
+    return 0;
+}
+
+static int init_rw(struct store *s, char *errbuf, size_t errlen)
+{
+    MDB_txn *txn;
+    uint64_t version, last;
+    int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    if (rc) {
+        set_err(errbuf, errlen, "begin", rc);
+        return rc;
+    }
+    if ((rc = open_dbs(s, txn, MDB_CREATE))) goto fail;
+    if ((rc = meta_get_u64(s, txn, "version", &version))) goto fail;
+    if (version == 0) {
+        if ((rc = meta_put_u64(s, txn, "version", STORE_FORMAT_VERSION))) goto fail;
+    } else if (version != STORE_FORMAT_VERSION) {
+        rc = MDB_INCOMPATIBLE;
+        goto fail;
+    }
+    if ((rc = meta_get_u64(s, txn, "last_seq", &last))) goto fail;
+    if ((rc = epoch_start(s, txn, last))) goto fail;
+    if ((rc = mdb_txn_commit(txn))) {
+        set_err(errbuf, errlen, "commit", rc);
+        return rc;
+    }
+    atomic_store(&s->last_seq, last);
+    return 0;
+fail:
+    set_err(errbuf, errlen, "init", rc);
+    mdb_txn_abort(txn);
+    return rc;
+}
+
+static int init_ro(struct store *s, char *errbuf, size_t errlen)
+{
+    MDB_txn *txn;
+    uint64_t version;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    if (rc) {
+        set_err(errbuf, errlen, "begin", rc);
+        return rc;
+    }
+    if ((rc = open_dbs(s, txn, 0))) goto fail;
+    if ((rc = meta_get_u64(s, txn, "version", &version))) goto fail;
+    if (version != STORE_FORMAT_VERSION) {
+        rc = MDB_INCOMPATIBLE;
+        goto fail;
+    }
+    /* Commit, not abort: DBI handles opened in an aborted txn are closed. */
+    if ((rc = mdb_txn_commit(txn))) {
+        set_err(errbuf, errlen, "commit", rc);
+        return rc;
+    }
+    return 0;
+fail:
+    set_err(errbuf, errlen, "init", rc);
+    mdb_txn_abort(txn);
+    return rc;
+}
+
+/* LMDB maps at least the used size of an existing file, which may be all
+ * of it; the epoch written at open needs a few free pages.  Give room now,
+ * while no transaction exists: twice the used size, within map_max, but
+ * always 1 MiB beyond the used size so that a store filled to map_max can
+ * still open (and be trimmed). */
+static void open_headroom(struct store *s)
+{
+    MDB_envinfo info;
+    MDB_stat st;
+    if (mdb_env_info(s->env, &info) || mdb_env_stat(s->env, &st)) return;
+    size_t used = (info.me_last_pgno + 1) * (size_t)st.ms_psize;
+    if (used <= info.me_mapsize / 4 * 3) return;
+    size_t want = used * 2;
+    if (s->map_max && want > s->map_max) want = s->map_max;
+    if (want < used + ((size_t)1 << 20)) want = used + ((size_t)1 << 20);
+    mdb_env_set_mapsize(s->env, want);
+}
+
+/* One read-write handle per data directory: a second server (or a second
+ * open in this process) on the same directory would interleave epochs.
+ * flock on a file of our own, so LMDB's fcntl locks are not disturbed. */
+static int take_dir_lock(struct store *s, const char *dir, char *errbuf, size_t errlen)
+{
+    char *path;
+    if (asprintf(&path, "%s/sluice.lock", dir) < 0) return STORE_ENOMEM;
+    s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    free(path);
+    if (s->lock_fd < 0) {
+        if (errbuf && errlen) snprintf(errbuf, errlen, "%s/sluice.lock: %s", dir, strerror(errno));
+        return map_rc(errno);
+    }
+    if (flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        if (errbuf && errlen)
+            snprintf(errbuf, errlen, "%s: %s", dir,
+                     e == EWOULDBLOCK ? "in use by another writer" : strerror(e));
+        return e == EWOULDBLOCK ? STORE_EBUSY : map_rc(e);
+    }
+    return 0;
+}
+
+int store_open(struct store **out, const char *dir, const struct store_opts *opts, char *errbuf,
+               size_t errbuf_len)
+{
+    static const struct store_opts defaults = {0};
+    struct store *s = NULL;
+    pthread_rwlockattr_t attr;
+    struct stat sb;
+    int rc, code = STORE_EIO, lock_inited = 0;
+
+    if (errbuf && errbuf_len) errbuf[0] = 0;
+    *out = NULL;
+    if (!dir || !*dir) return STORE_EINVAL;
+    if (!opts) opts = &defaults;
+
+    s = calloc(1, sizeof *s);
+    if (!s) return STORE_ENOMEM;
+    s->lock_fd = -1;
+    s->read_only = !!opts->read_only;
+    s->relaxed = !!opts->relaxed;
+    s->map_max = opts->map_max;
+    if (asprintf(&s->data_path, "%s/data.mdb", dir) < 0) {
+        s->data_path = NULL;
+        code = STORE_ENOMEM;
+        goto fail;
+    }
+    if (s->read_only) {
+        if (stat(s->data_path, &sb) != 0) {
+            if (errbuf && errbuf_len) snprintf(errbuf, errbuf_len, "%s: no store", dir);
+            code = STORE_ENOTFOUND;
+            goto fail;
+        }
+    } else {
+        if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+            if (errbuf && errbuf_len)
+                snprintf(errbuf, errbuf_len, "mkdir %s: %s", dir, strerror(errno));
+            code = map_rc(errno);
+            goto fail;
+        }
+        if ((code = take_dir_lock(s, dir, errbuf, errbuf_len))) goto fail;
+        code = STORE_EIO;
+    }
+
+    pthread_rwlockattr_init(&attr);
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    rc = pthread_rwlock_init(&s->maplock, &attr);
+    pthread_rwlockattr_destroy(&attr);
+    if (rc) {
+        code = STORE_ENOMEM;
+        goto fail;
+    }
+    lock_inited = 1;
+
+    if ((rc = mdb_env_create(&s->env))) {
+        set_err(errbuf, errbuf_len, "mdb_env_create", rc);
+        code = map_rc(rc);
+        goto fail;
+    }
+    if ((rc = mdb_env_set_maxdbs(s->env, 8)) || (rc = mdb_env_set_maxreaders(s->env, 510))) {
+        set_err(errbuf, errbuf_len, "mdb_env_set", rc);
+        goto fail;
+    }
+    if (!s->read_only) {
+        size_t map = opts->map_size ? opts->map_size : DEFAULT_MAP_SIZE;
+        if (s->map_max && map > s->map_max) map = s->map_max;
+        if ((rc = mdb_env_set_mapsize(s->env, map))) {
+            set_err(errbuf, errbuf_len, "mdb_env_set_mapsize", rc);
+            goto fail;
+        }
+    }
+    unsigned flags = MDB_NOTLS;
+    if (s->read_only) flags |= MDB_RDONLY;
+    if (s->relaxed) flags |= MDB_NOSYNC;
+    if ((rc = mdb_env_open(s->env, dir, flags, 0644))) {
+        set_err(errbuf, errbuf_len, dir, rc);
+        code = rc == ENOENT ? STORE_ENOTFOUND : map_rc(rc);
+        goto fail;
+    }
+    if (!s->read_only) open_headroom(s);
+    rc = s->read_only ? init_ro(s, errbuf, errbuf_len) : init_rw(s, errbuf, errbuf_len);
+    if (rc) {
+        code = (s->read_only && rc == MDB_NOTFOUND) ? STORE_ENOTFOUND : map_rc(rc);
+        goto fail;
+    }
+    *out = s;
+    return STORE_OK;
+
+fail:
+    if (s->env) mdb_env_close(s->env);
+    if (lock_inited) pthread_rwlock_destroy(&s->maplock);
+    if (s->lock_fd >= 0) close(s->lock_fd);
+    free(s->data_path);
+    free(s);
+    return code;
+}
+
+void store_close(struct store *s)
+{
+    if (!s) return;
+    if (s->relaxed && !s->read_only) mdb_env_sync(s->env, 1);
+    mdb_env_close(s->env);
+    pthread_rwlock_destroy(&s->maplock);
+    if (s->lock_fd >= 0) close(s->lock_fd);
+    free(s->data_path);
+    free(s);
+}
+
+uint64_t store_epoch(const struct store *s)
+{
+    return s->read_only ? 0 : s->epoch;
+}
+
+static int read_last_seq(struct store *s, uint64_t *last)
+{
+    MDB_txn *txn;
+    int rc = txn_begin(s, MDB_RDONLY, &txn);
+    if (rc) return rc;
+    rc = meta_get_u64(s, txn, "last_seq", last);
+    txn_end(s, txn);
+    return rc;
+}
+
+uint64_t store_last_seq(struct store *s)
+{
+    uint64_t last = 0;
+    if (!s->read_only) return atomic_load(&s->last_seq);
+    if (read_last_seq(s, &last)) return 0;
+    return last;
+}
+
+int store_sync(struct store *s)
+{
+    if (s->read_only) return STORE_OK;
+    return map_rc(mdb_env_sync(s->env, 1));
+}
+
+/* ---- IDs ------------------------------------------------------------------ */
+
+static const char b36[] = "0123456789abcdefghijklmnopqrstuvwxyz";
+
+size_t store_id_format(uint64_t epoch, uint64_t seq, char *buf)
+{
+    char tmp[24];
+    size_t n = 0, len = 0;
+    do {
+        tmp[n++] = b36[epoch % 36];
+        epoch /= 36;
+    } while (epoch);
+    while (n)
+        buf[len++] = tmp[--n];
+    buf[len++] = '-';
+    do {
+        tmp[n++] = (char)('0' + seq % 10);
+        seq /= 10;
+    } while (seq);
+    while (n)
+        buf[len++] = tmp[--n];
+    buf[len] = 0;
+    return len;
+}
+
+/* Parse the canonical text only: no leading zeros, lower-case, no zero
+ * values, so that every message has exactly one ID string. */
+static int id_text_parse(const char *id, size_t len, uint64_t *epoch, uint64_t *seq)
+{
+    size_t i = 0;
+    uint64_t e = 0, q = 0;
+    if (!id || len == 0 || len >= STORE_ID_MAX) return -1;
+    if (id[0] == '0') return -1;
+    for (; i < len && id[i] != '-'; i++) {
+        const char *p = memchr(b36, id[i], 36);
+        if (!p || id[i] == 0) return -1;
+        unsigned d = (unsigned)(p - b36);
+        if (e > (UINT64_MAX - d) / 36) return -1;
+        e = e * 36 + d;
+    }
+    if (i == 0 || i == len) return -1;
+    i++;
+    if (i == len || id[i] == '0') return -1;
+    for (; i < len; i++) {
+        if (id[i] < '0' || id[i] > '9') return -1;
+        unsigned d = (unsigned)(id[i] - '0');
+        if (q > (UINT64_MAX - d) / 10) return -1;
+        q = q * 10 + d;
+    }
+    *epoch = e;
+    *seq = q;
+    return 0;
+}
+
+int store_id_parse(struct store *s, const char *id, size_t len, uint64_t *seq)
+{
+    uint64_t e, q, last;
+    MDB_txn *txn;
+    MDB_cursor *c = NULL;
+    MDB_val k, d;
+    unsigned char key[8];
+    int rc, code = STORE_EUNKNOWN;
+
+    if (id_text_parse(id, len, &e, &q)) return STORE_EINVAL;
+    if ((rc = txn_begin(s, MDB_RDONLY, &txn))) return map_rc(rc);
+    if ((rc = meta_get_u64(s, txn, "last_seq", &last))) goto out;
+    if (q > last) goto out; /* never committed here (or lost in a crash) */
+    if ((rc = mdb_cursor_open(txn, s->epochs, &c))) goto out;
+    /* The epoch in force at q: the last entry whose start is <= q. */
+    put_be64(key, q + 1);
+    k.mv_size = 8;
+    k.mv_data = key;
+    rc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
+    if (rc == 0)
+        rc = mdb_cursor_get(c, &k, &d, MDB_PREV);
+    else if (rc == MDB_NOTFOUND)
+        rc = mdb_cursor_get(c, &k, &d, MDB_LAST);
+    if (rc == MDB_NOTFOUND) {
+        rc = 0;
+        goto out;
+    }
+    if (rc) goto out;
+    if (d.mv_size == 8 && get_u64(d.mv_data) == e) {
+        *seq = q;
+        code = STORE_OK;
+    }
+out:
+    if (c) mdb_cursor_close(c);
+    txn_end(s, txn);
+    return rc ? map_rc(rc) : code;
+}
+
+/* ---- retention inside a write transaction -------------------------------- */
+
+/* Delete from the front of the topic while over max_count or older than
+ * max_age_ms; update rec.  O(deleted + 1). */
+static int trim_txn(struct store *s, MDB_txn *txn, struct topic_rec *rec, uint64_t max_count,
+                    uint64_t max_age_ms, int64_t now_ms, uint64_t *deleted)
+{
+    MDB_cursor *c;
+    MDB_val k, d;
+    unsigned char key[12];
+    uint64_t excess = (max_count && rec->count > max_count) ? rec->count - max_count : 0;
+    int64_t cutoff = max_age_ms ? now_ms - (int64_t)max_age_ms : INT64_MIN;
+    int rc;
+
+    if (rec->count == 0 || (excess == 0 && max_age_ms == 0)) return 0;
+    if ((rc = mdb_cursor_open(txn, s->msgs, &c))) return rc;
+    msg_key(key, rec->number, 0);
+    k.mv_size = sizeof key;
+    k.mv_data = key;
+    rc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
+    while (rc == 0) {
+        if (k.mv_size != 12 || get_be32(k.mv_data) != rec->number) break;
+        uint64_t seq = get_be64((const unsigned char *)k.mv_data + 4);
+        if (excess == 0) {
+            int64_t t;
+            if (d.mv_size < MSG_HDR) {
+                rc = MDB_CORRUPTED;
+                break;
+            }
+            memcpy(&t, (const char *)d.mv_data + 8, 8);
+            if (t >= cutoff) break;
+        } else {
+            excess--;
+        }
+        if ((rc = mdb_cursor_del(c, 0))) break;
+        rec->dropped_seq = seq;
+        rec->count--;
+        if (deleted) (*deleted)++;
+        /* After a delete LMDB's cursor already sits on the next item and
+         * MDB_NEXT returns it without moving. */
+        rc = mdb_cursor_get(c, &k, &d, MDB_NEXT);
+    }
+    if (rc == MDB_NOTFOUND) rc = 0;
+    if (rc == 0) {
+        if (rec->count == 0)
+            rec->first_seq = 0;
+        else if (k.mv_size == 12 && get_be32(k.mv_data) == rec->number)
+            rec->first_seq = get_be64((const unsigned char *)k.mv_data + 4);
+        else
+            rc = MDB_CORRUPTED; /* count says messages remain, none found */
+    }
+    mdb_cursor_close(c);
+    return rc;
+}
+
+/* ---- append ---------------------------------------------------------------- */
+
+struct touched {
+    const char *name;
+    size_t len;
+    uint64_t hash;
+    struct topic_rec rec;
+    uint64_t max_count, max_age_ms;
+};
+
+struct append_arg {
+    struct store_msg *msgs;
+    size_t n;
+    int64_t now_ms;
+    uint64_t last_seq;
+    struct touched *t; /* open-addressed by name, cap slots */
+    size_t cap;
+};
+
+static uint64_t fnv1a(const char *p, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    while (n--)
+        h = (h ^ (unsigned char)*p++) * 0x100000001b3ull;
+    return h;
+}
+
+static int msg_valid(const struct store_msg *m)
+{
+    if (!m->topic || m->topic_len == 0 || m->topic_len > STORE_TOPIC_MAX) return 0;
+    if (m->event_len > STORE_EVENT_MAX || (m->event_len && !m->event)) return 0;
+    if (m->data_len && !m->data) return 0;
+    if (m->data_len > (size_t)1 << 31) return 0;
+    return 1;
+}
+
+static int append_op(struct store *s, MDB_txn *txn, void *argp)
+{
+    struct append_arg *a = argp;
+    uint64_t last, next_topic;
+    int rc, new_topics = 0;
+
+    memset(a->t, 0, a->cap * sizeof *a->t);
+    if ((rc = meta_get_u64(s, txn, "last_seq", &last))) return rc;
+    if ((rc = meta_get_u64(s, txn, "next_topic", &next_topic))) return rc;
+
+    for (size_t i = 0; i < a->n; i++) {
+        struct store_msg *m = &a->msgs[i];
+        if (!msg_valid(m)) {
+            m->status = STORE_EINVAL;
+            m->seq = 0;
+            continue;
+        }
+        uint64_t h = fnv1a(m->topic, m->topic_len);
+        size_t slot = h & (a->cap - 1);
+        struct touched *t;
+        for (;;) {
+            t = &a->t[slot];
+            if (!t->name) break;
+            if (t->hash == h && t->len == m->topic_len && !memcmp(t->name, m->topic, t->len)) break;
+            slot = (slot + 1) & (a->cap - 1);
+        }
+        if (!t->name) {
+            t->name = m->topic;
+            t->len = m->topic_len;
+            t->hash = h;
+            rc = topic_get(s, txn, m->topic, m->topic_len, &t->rec);
+            if (rc == MDB_NOTFOUND) {
+                if (next_topic >= UINT32_MAX) return EOVERFLOW;
+                memset(&t->rec, 0, sizeof t->rec);
+                t->rec.number = (uint32_t)next_topic++;
+                new_topics = 1;
+            } else if (rc) {
+                return rc;
+            }
+        }
+        uint64_t seq = ++last;
+        unsigned char key[12];
+        msg_key(key, t->rec.number, seq);
+        size_t ev = m->event ? m->event_len : 0;
+        MDB_val k = {sizeof key, key}, d = {MSG_HDR + ev + m->data_len, NULL};
+        if ((rc = mdb_put(txn, s->msgs, &k, &d, MDB_RESERVE))) return rc;
+        unsigned char *p = d.mv_data;
+        uint16_t ev16 = (uint16_t)ev;
+        memcpy(p, &s->epoch, 8);
+        memcpy(p + 8, &a->now_ms, 8);
+        memcpy(p + 16, &ev16, 2);
+        if (ev) memcpy(p + MSG_HDR, m->event, ev);
+        if (m->data_len) memcpy(p + MSG_HDR + ev, m->data, m->data_len);
+
+        t->rec.count++;
+        if (!t->rec.first_seq) t->rec.first_seq = seq;
+        t->rec.last_seq = seq;
+        t->max_count = m->max_count;
+        t->max_age_ms = m->max_age_ms;
+        m->status = 0;
+        m->seq = seq;
+        m->epoch = s->epoch;
+    }
+    for (size_t i = 0; i < a->cap; i++) {
+        struct touched *t = &a->t[i];
+        if (!t->name) continue;
+        t->rec.max_count = t->max_count;
+        t->rec.max_age_ms = t->max_age_ms;
+        if ((rc = trim_txn(s, txn, &t->rec, t->max_count, t->max_age_ms, a->now_ms, NULL)))
+            return rc;
+        if ((rc = topic_put(s, txn, t->name, t->len, &t->rec))) return rc;
+    }
+    if ((rc = meta_put_u64(s, txn, "last_seq", last))) return rc;
+    if (new_topics && (rc = meta_put_u64(s, txn, "next_topic", next_topic))) return rc;
+    a->last_seq = last;
+    return 0;
+}
+
+int store_append_batch(struct store *s, struct store_msg *msgs, size_t n, int64_t now_ms)
+{
+    struct append_arg a = {.msgs = msgs, .n = n, .now_ms = now_ms};
+    int code;
+    if (s->read_only) return STORE_EROFS;
+    if (n == 0) return STORE_OK;
+    if (!msgs) return STORE_EINVAL;
+    a.cap = 8;
+    while (a.cap < n * 2)
+        a.cap <<= 1;
+    a.t = malloc(a.cap * sizeof *a.t);
+    if (!a.t) return STORE_ENOMEM;
+    code = write_txn(s, append_op, &a, &a.last_seq);
+    free(a.t);
+    return code;
+}
+
+/* ---- trim and sweep ---------------------------------------------------------- */
+
+struct trim_arg {
+    const char *topic;
+    size_t len;
+    uint64_t max_count, max_age_ms;
+    int64_t now_ms;
+    uint64_t deleted;
+};
+
+static int trim_op(struct store *s, MDB_txn *txn, void *argp)
+{
+    struct trim_arg *a = argp;
+    struct topic_rec rec;
+    a->deleted = 0;
+    int rc = topic_get(s, txn, a->topic, a->len, &rec);
+    if (rc == MDB_NOTFOUND) return 0;
+    if (rc) return rc;
+    if ((rc = trim_txn(s, txn, &rec, a->max_count, a->max_age_ms, a->now_ms, &a->deleted)))
+        return rc;
+    return a->deleted ? topic_put(s, txn, a->topic, a->len, &rec) : 0;
+}
+
+int store_trim(struct store *s, const char *topic, size_t topic_len, uint64_t max_count,
+               uint64_t max_age_ms, int64_t now_ms, uint64_t *deleted)
+{
+    struct trim_arg a = {topic, topic_len, max_count, max_age_ms, now_ms, 0};
+    if (deleted) *deleted = 0;
+    if (!topic || topic_len == 0 || topic_len > STORE_TOPIC_MAX) return STORE_EINVAL;
+    int code = write_txn(s, trim_op, &a, NULL);
+    if (code == 0 && deleted) *deleted = a.deleted;
+    return code;
+}
+
+struct sweep_arg {
+    int64_t now_ms;
+    size_t budget;
+    uint64_t deleted;
+    char pos[STORE_TOPIC_MAX];
+    size_t pos_len;
+};
+
+static int sweep_op(struct store *s, MDB_txn *txn, void *argp)
+{
+    struct sweep_arg *a = argp;
+    MDB_cursor *c;
+    MDB_val k, d;
+    size_t visited = 0;
+    int rc;
+
+    a->deleted = 0;
+    a->pos_len = 0;
+    if ((rc = mdb_cursor_open(txn, s->topics, &c))) return rc;
+    if (s->sweep_pos_len) {
+        k.mv_size = s->sweep_pos_len;
+        k.mv_data = s->sweep_pos;
+        rc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
+    } else {
+        rc = mdb_cursor_get(c, &k, &d, MDB_FIRST);
+    }
+    while (rc == 0) {
+        if (a->budget && visited == a->budget) {
+            /* Resume here next time: this topic has not been visited. */
+            if (k.mv_size <= sizeof a->pos) {
+                memcpy(a->pos, k.mv_data, k.mv_size);
+                a->pos_len = k.mv_size;
+            }
+            break;
+        }
+        visited++;
+        struct topic_rec rec;
+        if (d.mv_size != sizeof rec) {
+            rc = MDB_CORRUPTED;
+            break;
+        }
+        memcpy(&rec, d.mv_data, sizeof rec);
+        if (rec.max_age_ms && rec.count) {
+            uint64_t before = a->deleted;
+            /* max_count is enforced at append; only age expires with time. */
+            if ((rc = trim_txn(s, txn, &rec, 0, rec.max_age_ms, a->now_ms, &a->deleted))) break;
+            if (a->deleted != before) {
+                MDB_val nd = {sizeof rec, &rec};
+                if ((rc = mdb_cursor_put(c, &k, &nd, MDB_CURRENT))) break;
+            }
+        }
+        rc = mdb_cursor_get(c, &k, &d, MDB_NEXT);
+    }
+    mdb_cursor_close(c);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+int store_sweep(struct store *s, int64_t now_ms, size_t budget, uint64_t *deleted)
+{
+    struct sweep_arg *a = calloc(1, sizeof *a);
+    if (deleted) *deleted = 0;
+    if (!a) return STORE_ENOMEM;
+    a->now_ms = now_ms;
+    a->budget = budget;
+    int code = write_txn(s, sweep_op, a, NULL);
+    if (code == 0) {
+        memcpy(s->sweep_pos, a->pos, a->pos_len);
+        s->sweep_pos_len = a->pos_len;
+        if (deleted) *deleted = a->deleted;
+    }
+    free(a);
+    return code;
+}
+
+/* ---- reads ----------------------------------------------------------------- */
+
+static int decode_msg(const MDB_val *k, const MDB_val *d, struct store_view *v)
+{
+    const unsigned char *p = d->mv_data;
+    uint16_t ev;
+    if (d->mv_size < MSG_HDR) return MDB_CORRUPTED;
+    v->seq = get_be64((const unsigned char *)k->mv_data + 4);
+    memcpy(&v->epoch, p, 8);
+    memcpy(&v->time_ms, p + 8, 8);
+    memcpy(&ev, p + 16, 2);
+    if (MSG_HDR + (size_t)ev > d->mv_size) return MDB_CORRUPTED;
+    v->event = ev ? (const char *)p + MSG_HDR : NULL;
+    v->event_len = ev;
+    v->data = p + MSG_HDR + ev;
+    v->data_len = d->mv_size - MSG_HDR - ev;
+    return 0;
+}
+
+/* One topic's cursor in a merged read. */
+struct head {
+    MDB_cursor *c;
+    uint32_t number;
+    uint64_t seq; /* seq under the cursor */
+    uint64_t last_delivered, last_seq;
+    MDB_val k, d;
+};
+
+static int head_valid(const struct head *h)
+{
+    return h->k.mv_size == 12 && get_be32(h->k.mv_data) == h->number;
+}
+
+/* Min-heap of head indices by seq: the merge costs O(log topics) a message. */
+static void heap_down(size_t *heap, size_t n, size_t i, const struct head *hs)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < n && hs[heap[l]].seq < hs[heap[m]].seq) m = l;
+        if (r < n && hs[heap[r]].seq < hs[heap[m]].seq) m = r;
+        if (m == i) return;
+        size_t t = heap[i];
+        heap[i] = heap[m];
+        heap[m] = t;
+        i = m;
+    }
+}
+
+int store_read_multi(struct store *s, const struct store_topic_ref *topics, size_t n,
+                     uint64_t after_seq, size_t limit, store_read_fn fn, void *ud,
+                     struct store_read_info *infos)
+{
+    struct head hs_local[4];
+    size_t heap_local[4];
+    struct store_read_info info_local[4];
+    struct head *hs = hs_local;
+    size_t *heap = heap_local, nheap = 0, delivered = 0;
+    MDB_txn *txn = NULL;
+    struct store_read_info *own_infos = NULL;
+    int rc = 0, stopped = 0;
+
+    if (!topics || n == 0 || !fn) return STORE_EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (!topics[i].name || topics[i].len == 0 || topics[i].len > STORE_TOPIC_MAX)
+            return STORE_EINVAL;
+    if (n > 4) {
+        hs = calloc(n, sizeof *hs);
+        heap = calloc(n, sizeof *heap);
+        if (!infos) infos = own_infos = calloc(n, sizeof *infos);
+        if (!hs || !heap || !infos) {
+            rc = ENOMEM;
+            goto done;
+        }
+    } else {
+        memset(hs_local, 0, sizeof hs_local);
+        if (!infos) infos = info_local;
+    }
+    memset(infos, 0, n * sizeof *infos);
+    if ((rc = txn_begin(s, MDB_RDONLY, &txn))) {
+        txn = NULL;
+        goto done;
+    }
+
+    for (size_t i = 0; i < n; i++) {
+        struct topic_rec rec;
+        struct head *h = &hs[i];
+        unsigned char key[12];
+        rc = topic_get(s, txn, topics[i].name, topics[i].len, &rec);
+        if (rc == MDB_NOTFOUND) {
+            rc = 0;
+            continue;
+        }
+        if (rc) goto done;
+        infos[i].exists = 1;
+        infos[i].count = rec.count;
+        infos[i].first_seq = rec.first_seq;
+        infos[i].last_seq = rec.last_seq;
+        infos[i].gap = after_seq < rec.dropped_seq;
+        if (rec.count == 0 || after_seq >= rec.last_seq) continue;
+        if ((rc = mdb_cursor_open(txn, s->msgs, &h->c))) goto done;
+        h->number = rec.number;
+        h->last_seq = rec.last_seq;
+        h->last_delivered = after_seq;
+        msg_key(key, rec.number, after_seq + 1);
+        h->k.mv_size = sizeof key;
+        h->k.mv_data = key;
+        rc = mdb_cursor_get(h->c, &h->k, &h->d, MDB_SET_RANGE);
+        if (rc == MDB_NOTFOUND) {
+            rc = 0;
+            continue;
+        }
+        if (rc) goto done;
+        if (!head_valid(h)) continue;
+        h->seq = get_be64((const unsigned char *)h->k.mv_data + 4);
+        heap[nheap++] = i;
+    }
+    for (size_t i = nheap / 2; i-- > 0;)
+        heap_down(heap, nheap, i, hs);
+
+    while (nheap && !stopped) {
+        struct store_view v;
+        size_t i = heap[0];
+        struct head *h = &hs[i];
+        if (limit && delivered == limit) break;
+        if ((rc = decode_msg(&h->k, &h->d, &v))) goto done;
+        v.topic_index = i;
+        delivered++;
+        infos[i].delivered++;
+        h->last_delivered = v.seq;
+        stopped = fn(ud, &v);
+        rc = mdb_cursor_get(h->c, &h->k, &h->d, MDB_NEXT);
+        if (rc && rc != MDB_NOTFOUND) goto done;
+        if (rc == 0 && head_valid(h)) {
+            h->seq = get_be64((const unsigned char *)h->k.mv_data + 4);
+        } else {
+            heap[0] = heap[--nheap];
+        }
+        rc = 0;
+        heap_down(heap, nheap, 0, hs);
+    }
+    /* Retention only removes from the front, so while a topic has messages
+     * its newest retained one is last_seq. */
+    for (size_t i = 0; i < n; i++)
+        if (hs[i].c) infos[i].more = hs[i].last_delivered < hs[i].last_seq;
+
+done:
+    for (size_t i = 0; i < n && hs; i++)
+        if (hs[i].c) mdb_cursor_close(hs[i].c);
+    if (txn) txn_end(s, txn);
+    if (n > 4) {
+        free(hs);
+        free(heap);
+        free(own_infos);
+    }
+    return map_rc(rc);
+}
+
+int store_read(struct store *s, const char *topic, size_t topic_len, uint64_t after_seq,
+               size_t limit, store_read_fn fn, void *ud, struct store_read_info *info)
+{
+    struct store_topic_ref ref = {topic, topic_len};
+    struct store_read_info local;
+    if (!info) info = &local;
+    memset(info, 0, sizeof *info);
+    return store_read_multi(s, &ref, 1, after_seq, limit, fn, ud, info);
+}
+
+static int msg_epoch(struct store *s, MDB_txn *txn, uint32_t number, uint64_t seq, uint64_t *epoch)
+{
+    unsigned char key[12];
+    MDB_val k = {sizeof key, key}, d;
+    msg_key(key, number, seq);
+    *epoch = 0;
+    int rc = mdb_get(txn, s->msgs, &k, &d);
+    if (rc == MDB_NOTFOUND) return 0;
+    if (rc) return rc;
+    if (d.mv_size < MSG_HDR) return MDB_CORRUPTED;
+    *epoch = get_u64(d.mv_data);
+    return 0;
+}
+
+int store_topics(struct store *s, store_topic_fn fn, void *ud)
+{
+    MDB_txn *txn;
+    MDB_cursor *c = NULL;
+    MDB_val k, d;
+    int rc;
+
+    if (!fn) return STORE_EINVAL;
+    if ((rc = txn_begin(s, MDB_RDONLY, &txn))) return map_rc(rc);
+    if ((rc = mdb_cursor_open(txn, s->topics, &c))) goto out;
+    rc = mdb_cursor_get(c, &k, &d, MDB_FIRST);
+    while (rc == 0) {
+        struct topic_rec rec;
+        struct store_topic_info ti;
+        if (d.mv_size != sizeof rec) {
+            rc = MDB_CORRUPTED;
+            break;
+        }
+        memcpy(&rec, d.mv_data, sizeof rec);
+        memset(&ti, 0, sizeof ti);
+        ti.name = k.mv_data;
+        ti.name_len = k.mv_size;
+        ti.number = rec.number;
+        ti.count = rec.count;
+        ti.dropped_seq = rec.dropped_seq;
+        ti.max_count = rec.max_count;
+        ti.max_age_ms = rec.max_age_ms;
+        if (rec.count) {
+            ti.first_seq = rec.first_seq;
+            ti.last_seq = rec.last_seq;
+            if ((rc = msg_epoch(s, txn, rec.number, rec.first_seq, &ti.first_epoch)) ||
+                (rc = msg_epoch(s, txn, rec.number, rec.last_seq, &ti.last_epoch)))
+                break;
+        }
+        if (fn(ud, &ti)) break;
+        rc = mdb_cursor_get(c, &k, &d, MDB_NEXT);
+    }
+    if (rc == MDB_NOTFOUND) rc = 0;
+out:
+    if (c) mdb_cursor_close(c);
+    txn_end(s, txn);
+    return map_rc(rc);
+}
+
+int store_stats(struct store *s, struct store_stats *st)
+{
+    MDB_txn *txn;
+    MDB_envinfo info;
+    MDB_stat ms;
+    struct stat sb;
+    int rc;
+
+    memset(st, 0, sizeof *st);
+    if ((rc = txn_begin(s, MDB_RDONLY, &txn))) return map_rc(rc);
+    if ((rc = mdb_env_info(s->env, &info))) goto out;
+    if ((rc = mdb_stat(txn, s->msgs, &ms))) goto out;
+    st->messages = ms.ms_entries;
+    st->page_size = ms.ms_psize;
+    if ((rc = mdb_stat(txn, s->topics, &ms))) goto out;
+    st->topics = ms.ms_entries;
+    if ((rc = meta_get_u64(s, txn, "last_seq", &st->last_seq))) goto out;
+    st->map_bytes = info.me_mapsize;
+    st->used_bytes = (uint64_t)(info.me_last_pgno + 1) * st->page_size;
+    if (stat(s->data_path, &sb) == 0) st->file_bytes = (uint64_t)sb.st_blocks * 512;
+    st->epoch = store_epoch(s);
+    st->map_grows = atomic_load(&s->grows);
+    st->relaxed = s->relaxed;
+out:
+    txn_end(s, txn);
+    return map_rc(rc);
+}

@@ -1,0 +1,102 @@
+/* writer.h: the storage thread, sluice's one writer to the store.
+ *
+ * Why a thread: a durable commit ends in fsync, which takes milliseconds and
+ * would stall every connection if the event loop waited for it.  Any thread
+ * submits append requests to a queue; the storage thread takes everything
+ * queued (up to a batch bound) into one transaction and one commit, so group
+ * commit falls out of the queue: the slower the disk, the larger the
+ * batches.  After the commit it calls the completion callback for each
+ * request, on the storage thread, in queue order (hence in seq order per
+ * topic, and in global seq order overall).  The server's callback pushes
+ * the request to the loop's own queue and wakes the loop (ev_async_send);
+ * this module knows nothing of libev.
+ *
+ * The thread also runs the periodic jobs that must not run on the loop: the
+ * sync of relaxed mode and the age-retention sweep of idle topics.
+ */
+#ifndef SLUICE_WRITER_H
+#define SLUICE_WRITER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "storage/store.h"
+
+enum {
+    WRITER_ESTOPPED = -100, /* writer_stop has begun: no new requests */
+    WRITER_EBUSY = -101,    /* queue at max_queue: shed load (HTTP 503) */
+};
+
+/* One append request, owned by the caller (intrusive: the writer allocates
+ * nothing per request and copies no payload).  The caller fills the inputs
+ * and keeps the request and every buffer it points to valid and unchanged
+ * from writer_submit until its completion callback has been called; the
+ * writer never touches the request after the callback returns. */
+struct writer_req {
+    /* in */
+    const char *topic;
+    size_t topic_len;
+    const char *event; /* NULL: no event name */
+    size_t event_len;
+    const void *data;
+    size_t data_len;
+    uint64_t max_count;  /* topic retention: newest N (0 = no limit) */
+    uint64_t max_age_ms; /* and/or max age (0 = no limit) */
+    void *user;          /* for the caller; untouched */
+    /* out, valid in and after the callback */
+    int status;   /* 0, or STORE_E* (STORE_EFULL: answer 503) */
+    uint64_t seq; /* with epoch, the message ID (store_id_format) */
+    uint64_t epoch;
+    int64_t time_ms; /* publish time */
+    /* private */
+    struct writer_req *next_;
+};
+
+/* Completion: called on the storage thread once per accepted request,
+ * after its batch committed (status 0) or failed.  It should be quick (push
+ * to a queue, wake a loop); it may call writer_submit, not writer_stop. */
+typedef void (*writer_done_fn)(void *ud, struct writer_req *req);
+
+struct writer_opts {
+    writer_done_fn done;        /* required */
+    void *ud;                   /* first argument of done */
+    size_t max_batch;           /* requests per transaction; 0 = 1024 */
+    size_t max_batch_bytes;     /* payload bytes per transaction; 0 = 16 MiB */
+    size_t max_queue;           /* queued requests before WRITER_EBUSY; 0 = 65536 */
+    unsigned sync_interval_ms;  /* relaxed store: sync period; 0 = 1000 */
+    unsigned sweep_interval_ms; /* age-retention sweep period; 0 = 1000 */
+    size_t sweep_budget;        /* topics visited per sweep; 0 = 1000 */
+};
+
+struct writer;
+
+/* writer_start: start the storage thread writing to `store`, which must
+ * outlive the writer and get no other writer.  Returns 0 and *out, or
+ * STORE_EINVAL / STORE_ENOMEM / STORE_EIO (thread creation). */
+int writer_start(struct writer **out, struct store *store, const struct writer_opts *opts);
+
+/* writer_submit: queue req (see struct writer_req for ownership).  Any
+ * thread.  Returns 0 (done will be called exactly once), WRITER_ESTOPPED or
+ * WRITER_EBUSY (done will not be called; the request is the caller's
+ * again). */
+int writer_submit(struct writer *w, struct writer_req *req);
+
+/* writer_stop: refuse new requests, commit everything queued (calling each
+ * completion), sync in relaxed mode, join the thread and free the writer.
+ * Call once, not from the completion callback. */
+void writer_stop(struct writer *w);
+
+struct writer_stats {
+    uint64_t batches;   /* transactions committed or failed */
+    uint64_t messages;  /* requests completed */
+    uint64_t failures;  /* requests completed with status != 0 */
+    uint64_t max_batch; /* largest batch so far */
+    uint64_t syncs;     /* periodic syncs (relaxed) */
+    uint64_t swept;     /* messages removed by the age sweep */
+    size_t queued;      /* requests waiting now */
+};
+
+/* writer_stats: a snapshot of the counters.  Any thread. */
+void writer_stats(struct writer *w, struct writer_stats *st);
+
+#endif

@@ -1,0 +1,751 @@
+/* store_test.c: unit tests of storage/store.c on temporary directories.
+ *
+ * Each case makes its own mkdtemp directory so cases cannot see each
+ * other's state.  The read-only case runs a second process (this binary
+ * re-executed with --ro-child), because LMDB forbids one process to open
+ * the same environment twice and the operator commands are another process
+ * anyway.  The disk-full case uses RLIMIT_FSIZE, which makes writes past a
+ * size fail like a full disk, without root or a small filesystem.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* mkdtemp, clock_gettime */
+#endif
+#include "check.h"
+#include "storage/store.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char *make_dir(void)
+{
+    char *d = strdup("/tmp/sluice_store_XXXXXX");
+    if (!d || !mkdtemp(d)) {
+        perror("mkdtemp");
+        exit(2);
+    }
+    return d;
+}
+
+static void wipe_dir(const char *dir)
+{
+    char p[512];
+    snprintf(p, sizeof p, "%s/data.mdb", dir);
+    unlink(p);
+    snprintf(p, sizeof p, "%s/lock.mdb", dir);
+    unlink(p);
+    snprintf(p, sizeof p, "%s/sluice.lock", dir);
+    unlink(p);
+}
+
+static void remove_dir(char *dir)
+{
+    wipe_dir(dir);
+    rmdir(dir);
+    free(dir);
+}
+
+static struct store *open_store(const char *dir, size_t map, size_t map_max, int relaxed)
+{
+    struct store_opts o = {.map_size = map, .map_max = map_max, .relaxed = relaxed};
+    struct store *s = NULL;
+    char err[256];
+    int rc = store_open(&s, dir, &o, err, sizeof err);
+    if (rc) fprintf(stderr, "store_open(%s): %d %s\n", dir, rc, err);
+    CHECK_EQ_INT(rc, 0);
+    return s;
+}
+
+static struct store_msg mk(const char *topic, const char *event, const char *data)
+{
+    struct store_msg m = {0};
+    m.topic = topic;
+    m.topic_len = strlen(topic);
+    m.event = event;
+    m.event_len = event ? strlen(event) : 0;
+    m.data = data;
+    m.data_len = strlen(data);
+    return m;
+}
+
+/* Collects what store_read delivers. */
+struct got {
+    int n;
+    uint64_t seq[4096];
+    char data[4096][32];
+    char event[4096][16];
+    int64_t time[4096];
+};
+
+static int collect(void *ud, const struct store_view *v)
+{
+    struct got *g = ud;
+    if (g->n >= 4096) return 1;
+    g->seq[g->n] = v->seq;
+    snprintf(g->data[g->n], sizeof g->data[0], "%.*s", (int)v->data_len, (const char *)v->data);
+    snprintf(g->event[g->n], sizeof g->event[0], "%.*s", (int)v->event_len,
+             v->event ? v->event : "");
+    g->time[g->n] = v->time_ms;
+    g->n++;
+    return 0;
+}
+
+static struct got G; /* big: keep it off the stack */
+
+static int read_topic(struct store *s, const char *topic, uint64_t after, size_t limit,
+                      struct store_read_info *info)
+{
+    memset(&G, 0, sizeof G);
+    return store_read(s, topic, strlen(topic), after, limit, collect, &G, info);
+}
+
+static void test_append_read_order(void)
+{
+    char *dir = make_dir();
+    struct store *s = open_store(dir, 0, 0, 0);
+    struct store_msg m[5] = {mk("a", "e1", "one"), mk("b", NULL, "two"), mk("a", NULL, "three"),
+                             mk("", NULL, "bad"), mk("a", "e4", "")};
+    CHECK_EQ_INT(store_append_batch(s, m, 5, 1234), 0);
+    CHECK_EQ_INT(m[3].status, STORE_EINVAL);
+    CHECK(m[0].seq < m[1].seq && m[1].seq < m[2].seq && m[2].seq < m[4].seq);
+    CHECK(m[0].epoch == store_epoch(s) && m[0].epoch != 0);
+    CHECK_EQ_INT(store_last_seq(s), m[4].seq);
+
+    struct store_read_info info;
+    CHECK_EQ_INT(read_topic(s, "a", 0, 0, &info), 0);
+    CHECK_EQ_INT(G.n, 3);
+    CHECK_STR(G.data[0], "one");
+    CHECK_STR(G.event[0], "e1");
+    CHECK_STR(G.data[1], "three");
+    CHECK_STR(G.event[1], "");
+    CHECK_STR(G.data[2], "");
+    CHECK_STR(G.event[2], "e4");
+    CHECK_EQ_INT(G.time[0], 1234);
+    CHECK_EQ_INT(G.seq[2], m[4].seq);
+    CHECK(info.exists && !info.gap && !info.more);
+    CHECK_EQ_INT(info.count, 3);
+    CHECK_EQ_INT(info.first_seq, m[0].seq);
+    CHECK_EQ_INT(info.last_seq, m[4].seq);
+
+    /* After an ID, with a limit. */
+    CHECK_EQ_INT(read_topic(s, "a", m[0].seq, 1, &info), 0);
+    CHECK_EQ_INT(G.n, 1);
+    CHECK_STR(G.data[0], "three");
+    CHECK(info.more);
+    CHECK_EQ_INT(read_topic(s, "a", m[4].seq, 0, &info), 0);
+    CHECK_EQ_INT(G.n, 0);
+    CHECK(!info.more && !info.gap);
+
+    /* Unknown topic: nothing, not an error. */
+    CHECK_EQ_INT(read_topic(s, "nope", 0, 0, &info), 0);
+    CHECK_EQ_INT(G.n, 0);
+    CHECK(!info.exists);
+
+    /* Topics sharing a prefix do not bleed into each other. */
+    struct store_msg p[2] = {mk("ab", NULL, "x"), mk("a\x01", NULL, "y")};
+    CHECK_EQ_INT(store_append_batch(s, p, 2, 1), 0);
+    CHECK_EQ_INT(read_topic(s, "a", 0, 0, NULL), 0);
+    CHECK_EQ_INT(G.n, 3);
+
+    struct store_stats st;
+    CHECK_EQ_INT(store_stats(s, &st), 0);
+    CHECK_EQ_INT(st.messages, 6);
+    CHECK_EQ_INT(st.topics, 4);
+    CHECK(st.file_bytes > 0 && st.map_bytes >= st.used_bytes);
+    store_close(s);
+    remove_dir(dir);
+}
+
+struct merged {
+    int n;
+    uint64_t seq[64];
+    size_t topic[64];
+};
+
+static int merge_cb(void *ud, const struct store_view *v)
+{
+    struct merged *mg = ud;
+    if (mg->n < 64) {
+        mg->seq[mg->n] = v->seq;
+        mg->topic[mg->n] = v->topic_index;
+        mg->n++;
+    }
+    return mg->n == 1000; /* never: the limit stops the walk */
+}
+
+/* One Last-Event-ID resumes several topics, merged in seq order. */
+static void test_read_multi(void)
+{
+    char *dir = make_dir();
+    struct store *s = open_store(dir, 0, 0, 0);
+    const char *names[6] = {"m0", "m1", "m2", "m3", "m4", "absent"};
+    struct store_msg m[30];
+    for (int i = 0; i < 30; i++) {
+        m[i] = mk(names[(i * 7) % 5], NULL, "x");
+        m[i].max_count = 4; /* m0..m4 get 6 each: the 2 oldest go */
+    }
+    CHECK_EQ_INT(store_append_batch(s, m, 30, 1), 0);
+    struct store_topic_ref refs[6];
+    for (int i = 0; i < 6; i++)
+        refs[i] = (struct store_topic_ref){names[i], strlen(names[i])};
+    struct store_read_info infos[6];
+    struct merged mg = {0};
+
+    /* Two topics (stack path), after m[11]. */
+    CHECK_EQ_INT(store_read_multi(s, refs, 2, m[11].seq, 0, merge_cb, &mg, infos), 0);
+    int ok = 1;
+    for (int i = 1; i < mg.n; i++)
+        ok &= mg.seq[i] > mg.seq[i - 1];
+    CHECK(ok);
+    CHECK_EQ_INT(mg.n, (int)(infos[0].delivered + infos[1].delivered));
+    for (int i = 0; i < mg.n; i++) {
+        /* the topic index matches the message's topic */
+        int src = (int)(mg.seq[i] - m[0].seq);
+        CHECK_EQ_INT(mg.topic[i], (size_t)((src * 7) % 5));
+    }
+
+    /* Six topics (heap allocation path), from the start, limited. */
+    memset(&mg, 0, sizeof mg);
+    CHECK_EQ_INT(store_read_multi(s, refs, 6, 0, 7, merge_cb, &mg, infos), 0);
+    CHECK_EQ_INT(mg.n, 7);
+    ok = 1;
+    for (int i = 1; i < mg.n; i++)
+        ok &= mg.seq[i] > mg.seq[i - 1];
+    CHECK(ok);
+    CHECK(!infos[5].exists);
+    CHECK(infos[0].gap && infos[0].exists);
+    CHECK_EQ_INT(infos[0].count, 4);
+    int more = 0;
+    for (int i = 0; i < 5; i++)
+        more |= infos[i].more;
+    CHECK(more);
+    /* All of it, no limit: 5 topics x 4 retained. */
+    memset(&mg, 0, sizeof mg);
+    CHECK_EQ_INT(store_read_multi(s, refs, 6, 0, 0, merge_cb, &mg, NULL), 0);
+    CHECK_EQ_INT(mg.n, 20);
+    store_close(s);
+    remove_dir(dir);
+}
+
+static void test_ids(void)
+{
+    char *dir = make_dir();
+    char id1[STORE_ID_MAX], id2[STORE_ID_MAX], idx[STORE_ID_MAX];
+    uint64_t seq = 0;
+
+    struct store *s = open_store(dir, 0, 0, 0);
+    uint64_t e1 = store_epoch(s);
+    struct store_msg m = mk("t", NULL, "1");
+    CHECK_EQ_INT(store_append_batch(s, &m, 1, 1), 0);
+    size_t n = store_id_format(m.epoch, m.seq, id1);
+    CHECK_EQ_INT(n, strlen(id1));
+    CHECK_EQ_INT(store_id_parse(s, id1, n, &seq), 0);
+    CHECK_EQ_INT(seq, m.seq);
+    uint64_t s1 = m.seq;
+    /* A seq not yet committed in our epoch is unknown. */
+    store_id_format(m.epoch, m.seq + 1, idx);
+    CHECK_EQ_INT(store_id_parse(s, idx, strlen(idx), &seq), STORE_EUNKNOWN);
+    store_close(s);
+
+    /* Reopen: new epoch, larger seqs, old IDs still ours. */
+    s = open_store(dir, 0, 0, 0);
+    CHECK(store_epoch(s) != e1);
+    /* A second writer on the same directory is refused. */
+    struct store *twice = NULL;
+    char err[128];
+    CHECK_EQ_INT(store_open(&twice, dir, NULL, err, sizeof err), STORE_EBUSY);
+    CHECK(twice == NULL);
+    CHECK_EQ_INT(store_id_parse(s, id1, strlen(id1), &seq), 0);
+    CHECK_EQ_INT(seq, s1);
+    m = mk("t", NULL, "2");
+    CHECK_EQ_INT(store_append_batch(s, &m, 1, 2), 0);
+    CHECK(m.seq > s1);
+    store_id_format(m.epoch, m.seq, id2);
+    CHECK_EQ_INT(store_id_parse(s, id2, strlen(id2), &seq), 0);
+    /* The old epoch paired with a seq of the new one is not ours. */
+    store_id_format(e1, m.seq, idx);
+    CHECK_EQ_INT(store_id_parse(s, idx, strlen(idx), &seq), STORE_EUNKNOWN);
+    /* A reopen that commits nothing does not grow the epoch table, and the
+     * replaced epoch's IDs stay unknown. */
+    store_close(s);
+    s = open_store(dir, 0, 0, 0);
+    uint64_t e3 = store_epoch(s);
+    store_close(s);
+    s = open_store(dir, 0, 0, 0);
+    store_id_format(e3, m.seq + 1, idx);
+    m = mk("t", NULL, "3");
+    CHECK_EQ_INT(store_append_batch(s, &m, 1, 3), 0);
+    CHECK_EQ_INT(store_id_parse(s, idx, strlen(idx), &seq), STORE_EUNKNOWN);
+    store_close(s);
+
+    /* Malformed. */
+    s = open_store(dir, 0, 0, 0);
+    const char *bad[] = {"",
+                         "-",
+                         "abc",
+                         "abc-",
+                         "-12",
+                         "0abc-1",
+                         "abc-01",
+                         "abc-0",
+                         "ABC-1",
+                         "ab c-1",
+                         "abc-1x",
+                         "abc-1-2",
+                         "zzzzzzzzzzzzzz-1",
+                         "abc-99999999999999999999"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        CHECK_EQ_INT(store_id_parse(s, bad[i], strlen(bad[i]), &seq), STORE_EINVAL);
+    /* Round trip at the extremes. */
+    store_id_format(UINT64_MAX, UINT64_MAX, idx);
+    CHECK_STR(idx, "3w5e11264sgsf-18446744073709551615");
+    store_close(s);
+
+    /* Wiped directory: a new epoch, and the stale client's ID is unknown
+     * even once the new store's seqs pass it. */
+    wipe_dir(dir);
+    s = open_store(dir, 0, 0, 0);
+    CHECK(store_epoch(s) != e1);
+    for (int i = 0; i < 5; i++) {
+        m = mk("t", NULL, "new");
+        CHECK_EQ_INT(store_append_batch(s, &m, 1, 4), 0);
+    }
+    CHECK(m.seq >= s1);
+    CHECK_EQ_INT(store_id_parse(s, id1, strlen(id1), &seq), STORE_EUNKNOWN);
+    CHECK_EQ_INT(store_id_parse(s, id2, strlen(id2), &seq), STORE_EUNKNOWN);
+    store_close(s);
+    remove_dir(dir);
+}
+
+static int copy_file(const char *from, const char *to)
+{
+    FILE *a = fopen(from, "rb"), *b = fopen(to, "wb");
+    char buf[65536];
+    size_t n;
+    int rc = (a && b) ? 0 : -1;
+    while (rc == 0 && (n = fread(buf, 1, sizeof buf, a)) > 0)
+        if (fwrite(buf, 1, n, b) != n) rc = -1;
+    if (a) fclose(a);
+    if (b && fclose(b)) rc = -1;
+    return rc;
+}
+
+/* A data directory restored from an older copy: IDs issued after the copy
+ * was taken must be unknown, even when the restored store reissues those
+ * seq numbers. */
+static void test_restore(void)
+{
+    char *dir = make_dir();
+    char data[512], saved[512], id[STORE_ID_MAX];
+    uint64_t seq;
+    snprintf(data, sizeof data, "%s/data.mdb", dir);
+    snprintf(saved, sizeof saved, "%s.saved", dir);
+
+    struct store *s = open_store(dir, 0, 0, 0);
+    struct store_msg m = mk("t", NULL, "before");
+    CHECK_EQ_INT(store_append_batch(s, &m, 1, 1), 0);
+    store_close(s);
+    CHECK_EQ_INT(copy_file(data, saved), 0);
+
+    s = open_store(dir, 0, 0, 0);
+    m = mk("t", NULL, "after");
+    CHECK_EQ_INT(store_append_batch(s, &m, 1, 2), 0);
+    store_id_format(m.epoch, m.seq, id);
+    store_close(s);
+
+    CHECK_EQ_INT(copy_file(saved, data), 0);
+    unlink(saved);
+    s = open_store(dir, 0, 0, 0);
+    for (int i = 0; i < 3; i++) {
+        struct store_msg r = mk("t", NULL, "restored");
+        CHECK_EQ_INT(store_append_batch(s, &r, 1, 3), 0);
+    }
+    CHECK(store_last_seq(s) >= m.seq);
+    CHECK_EQ_INT(store_id_parse(s, id, strlen(id), &seq), STORE_EUNKNOWN);
+    store_close(s);
+    remove_dir(dir);
+}
+
+static void test_trim(void)
+{
+    char *dir = make_dir();
+    struct store *s = open_store(dir, 0, 0, 0);
+    struct store_read_info info;
+    uint64_t seqs[10], deleted = 0;
+    char text[10][16];
+
+    /* By count, inside the append. */
+    for (int i = 0; i < 10; i++) {
+        snprintf(text[i], sizeof text[i], "m%d", i);
+        struct store_msg m = mk("c", NULL, text[i]);
+        m.max_count = 3;
+        CHECK_EQ_INT(store_append_batch(s, &m, 1, 100 + i), 0);
+        seqs[i] = m.seq;
+    }
+    CHECK_EQ_INT(read_topic(s, "c", 0, 0, &info), 0);
+    CHECK_EQ_INT(G.n, 3);
+    CHECK_STR(G.data[0], "m7");
+    CHECK_EQ_INT(info.count, 3);
+    CHECK_EQ_INT(info.first_seq, seqs[7]);
+    CHECK(info.gap); /* from the start: 7 messages are gone */
+    CHECK_EQ_INT(read_topic(s, "c", seqs[5], 0, &info), 0);
+    CHECK(info.gap);
+    CHECK_EQ_INT(G.n, 3);
+    CHECK_EQ_INT(read_topic(s, "c", seqs[6], 0, &info), 0);
+    CHECK(!info.gap); /* seqs[6] was the last deleted: nothing missed */
+    CHECK_EQ_INT(G.n, 3);
+
+    /* A batch much larger than the limit. */
+    struct store_msg big[50];
+    for (int i = 0; i < 50; i++) {
+        big[i] = mk("c", NULL, "b");
+        big[i].max_count = 5;
+    }
+    CHECK_EQ_INT(store_append_batch(s, big, 50, 200), 0);
+    CHECK_EQ_INT(read_topic(s, "c", 0, 0, &info), 0);
+    CHECK_EQ_INT(G.n, 5);
+    CHECK_EQ_INT(G.seq[0], big[45].seq);
+
+    /* By age: publish at t=1000, 2000, 3000 with max_age 1500. */
+    for (int i = 0; i < 3; i++) {
+        struct store_msg m = mk("age", NULL, text[i]);
+        m.max_age_ms = 1500;
+        CHECK_EQ_INT(store_append_batch(s, &m, 1, 1000 * (i + 1)), 0);
+        seqs[i] = m.seq;
+    }
+    CHECK_EQ_INT(read_topic(s, "age", 0, 0, &info), 0);
+    CHECK_EQ_INT(G.n, 2); /* t=1000 < 3000-1500 went at the third append */
+    CHECK_EQ_INT(G.time[0], 2000);
+    CHECK_EQ_INT(store_trim(s, "age", 3, 0, 1500, 3600, &deleted), 0);
+    CHECK_EQ_INT(deleted, 1);
+    CHECK_EQ_INT(store_trim(s, "age", 3, 0, 1500, 3600, &deleted), 0);
+    CHECK_EQ_INT(deleted, 0);
+    CHECK_EQ_INT(store_trim(s, "nope", 4, 1, 0, 0, &deleted), 0);
+
+    /* The sweep expires idle topics by the retention they last saw. */
+    CHECK_EQ_INT(store_sweep(s, 100000, 1, &deleted), 0); /* visits "age" first */
+    uint64_t total = deleted;
+    CHECK_EQ_INT(store_sweep(s, 100000, 0, &deleted), 0);
+    total += deleted;
+    CHECK_EQ_INT(total, 1);
+    CHECK_EQ_INT(read_topic(s, "age", seqs[1], 0, &info), 0);
+    CHECK_EQ_INT(G.n, 0);
+    CHECK(info.exists && info.gap);
+    CHECK_EQ_INT(info.count, 0);
+    CHECK_EQ_INT(info.first_seq, 0);
+    /* The emptied topic fills again. */
+    struct store_msg m = mk("age", NULL, "again");
+    CHECK_EQ_INT(store_append_batch(s, &m, 1, 100001), 0);
+    CHECK_EQ_INT(read_topic(s, "age", seqs[2], 0, &info), 0);
+    CHECK_EQ_INT(G.n, 1);
+    CHECK(!info.gap);
+    CHECK_EQ_INT(info.first_seq, m.seq);
+    store_close(s);
+    remove_dir(dir);
+}
+
+static void test_map_growth(void)
+{
+    char *dir = make_dir();
+    struct store *s = open_store(dir, 64 << 10, 0, 1);
+    char payload[1024];
+    struct store_msg m[50];
+    uint64_t acked = 0;
+    memset(payload, 'x', sizeof payload);
+    for (int b = 0; b < 60; b++) {
+        for (int i = 0; i < 50; i++) {
+            m[i] = mk(b % 2 ? "g1" : "g2", NULL, "");
+            m[i].data = payload;
+            m[i].data_len = sizeof payload;
+        }
+        int rc = store_append_batch(s, m, 50, 1);
+        CHECK_EQ_INT(rc, 0);
+        if (rc) break;
+        acked += 50;
+    }
+    struct store_stats st;
+    CHECK_EQ_INT(store_stats(s, &st), 0);
+    CHECK(st.map_grows > 0);
+    CHECK(st.map_bytes > (3000u << 10));
+    CHECK_EQ_INT(st.messages, acked);
+    store_close(s);
+
+    /* A bounded map ends in STORE_EFULL, and keeps what was acknowledged. */
+    wipe_dir(dir);
+    s = open_store(dir, 64 << 10, 512 << 10, 0);
+    acked = 0;
+    int rc = 0;
+    for (int b = 0; b < 100 && rc == 0; b++) {
+        for (int i = 0; i < 10; i++) {
+            m[i] = mk("bounded", NULL, "");
+            m[i].data = payload;
+            m[i].data_len = sizeof payload;
+        }
+        rc = store_append_batch(s, m, 10, 1);
+        if (rc == 0) acked += 10;
+    }
+    CHECK_EQ_INT(rc, STORE_EFULL);
+    CHECK(acked > 0);
+    store_close(s);
+    /* A store filled to its bound still opens under the same bound. */
+    s = open_store(dir, 64 << 10, 512 << 10, 0);
+    store_close(s);
+    s = open_store(dir, 64 << 10, 0, 0);
+    struct store_read_info info;
+    CHECK_EQ_INT(read_topic(s, "bounded", 0, 0, &info), 0);
+    CHECK_EQ_INT((uint64_t)G.n, acked);
+    store_close(s);
+    remove_dir(dir);
+}
+
+/* Writes past RLIMIT_FSIZE fail with EFBIG, as a full disk fails with
+ * ENOSPC: the batch fails with STORE_EFULL, the store stays usable, and
+ * what was acknowledged survives a reopen. */
+static void test_disk_full(void)
+{
+    char *dir = make_dir();
+    char data[512];
+    struct stat sb;
+    struct rlimit old, lim;
+    char payload[4000];
+    uint64_t acked = 0;
+    int rc = 0;
+
+    snprintf(data, sizeof data, "%s/data.mdb", dir);
+    memset(payload, 'y', sizeof payload);
+    struct store *s = open_store(dir, 8 << 20, 0, 0);
+    struct store_msg m = mk("full", NULL, "first");
+    CHECK_EQ_INT(store_append_batch(s, &m, 1, 1), 0);
+    acked++;
+    CHECK_EQ_INT(stat(data, &sb), 0);
+    signal(SIGXFSZ, SIG_IGN);
+    getrlimit(RLIMIT_FSIZE, &old);
+    lim = old;
+    lim.rlim_cur = (rlim_t)sb.st_size + (64 << 10);
+    CHECK_EQ_INT(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    for (int i = 0; i < 200 && rc == 0; i++) {
+        struct store_msg b[4];
+        for (int j = 0; j < 4; j++) {
+            b[j] = mk("full", NULL, "");
+            b[j].data = payload;
+            b[j].data_len = sizeof payload;
+        }
+        rc = store_append_batch(s, b, 4, 2);
+        if (rc == 0) acked += 4;
+    }
+    CHECK_EQ_INT(rc, STORE_EFULL);
+    /* Still full: fails again, cleanly. */
+    struct store_msg again = mk("full", NULL, "");
+    again.data = payload;
+    again.data_len = sizeof payload;
+    CHECK_EQ_INT(store_append_batch(s, &again, 1, 3), STORE_EFULL);
+    CHECK_EQ_INT(setrlimit(RLIMIT_FSIZE, &old), 0);
+    /* Space is back: the same handle writes again. */
+    CHECK_EQ_INT(store_append_batch(s, &again, 1, 4), 0);
+    acked++;
+    store_close(s);
+    signal(SIGXFSZ, SIG_DFL);
+
+    s = open_store(dir, 0, 0, 0);
+    struct store_read_info info;
+    CHECK_EQ_INT(read_topic(s, "full", 0, 0, &info), 0);
+    CHECK_EQ_INT((uint64_t)G.n, acked);
+    CHECK_EQ_INT(info.count, acked);
+    store_close(s);
+    remove_dir(dir);
+}
+
+/* ---- concurrency -------------------------------------------------------- */
+
+struct reader_arg {
+    struct store *s;
+    atomic_int *stop;
+    int reads, errors, max_seen;
+};
+
+struct walk {
+    uint64_t prev;
+    int n, bad, sparse; /* sparse: seqs increase but other topics' sit between */
+};
+
+static int check_walk(void *ud, const struct store_view *v)
+{
+    struct walk *w = ud;
+    char want[32];
+    /* Data names its seq; when one topic has the store alone, its seqs are
+     * consecutive. */
+    if (w->prev && (w->sparse ? v->seq <= w->prev : v->seq != w->prev + 1)) w->bad++;
+    snprintf(want, sizeof want, "%llu", (unsigned long long)v->seq);
+    if (v->data_len != strlen(want) || memcmp(v->data, want, v->data_len)) w->bad++;
+    w->prev = v->seq;
+    w->n++;
+    return 0;
+}
+
+static void *reader_main(void *p)
+{
+    struct reader_arg *a = p;
+    for (int i = 0; i < 100000 && !atomic_load(a->stop); i++) {
+        struct walk w = {0};
+        struct store_read_info info;
+        if (store_read(a->s, "conc", 4, 0, 0, check_walk, &w, &info)) a->errors++;
+        if (w.bad || (uint64_t)w.n != info.count) a->errors++;
+        if (w.n > a->max_seen) a->max_seen = w.n;
+        a->reads++;
+    }
+    return NULL;
+}
+
+static void test_concurrent_readers(void)
+{
+    char *dir = make_dir();
+    /* A tiny map so that growth happens while readers are active. */
+    struct store *s = open_store(dir, 64 << 10, 0, 1);
+    atomic_int stop = 0;
+    pthread_t th[3];
+    struct reader_arg ra[3];
+    char text[400][24];
+    for (int i = 0; i < 3; i++) {
+        ra[i] = (struct reader_arg){.s = s, .stop = &stop};
+        CHECK_EQ_INT(pthread_create(&th[i], NULL, reader_main, &ra[i]), 0);
+    }
+    uint64_t next = store_last_seq(s) + 1;
+    for (int b = 0; b < 40; b++) {
+        struct store_msg m[10];
+        for (int i = 0; i < 10; i++) {
+            int k = b * 10 + i;
+            snprintf(text[k], sizeof text[k], "%llu", (unsigned long long)next++);
+            m[i] = mk("conc", NULL, text[k]);
+            m[i].max_count = 300;
+        }
+        CHECK_EQ_INT(store_append_batch(s, m, 10, 1), 0);
+        usleep(500);
+    }
+    atomic_store(&stop, 1);
+    for (int i = 0; i < 3; i++) {
+        pthread_join(th[i], NULL);
+        CHECK_EQ_INT(ra[i].errors, 0);
+        CHECK(ra[i].reads > 0);
+    }
+    struct store_stats st;
+    CHECK_EQ_INT(store_stats(s, &st), 0);
+    CHECK(st.map_grows > 0);
+    store_close(s);
+    remove_dir(dir);
+}
+
+/* ---- read-only handle in another process ------------------------------- */
+
+struct topics_seen {
+    int n;
+    uint64_t ro_count;
+};
+
+static int topic_cb(void *ud, const struct store_topic_info *t)
+{
+    struct topics_seen *ts = ud;
+    ts->n++;
+    if (t->name_len == 2 && !memcmp(t->name, "ro", 2)) ts->ro_count = t->count;
+    return 0;
+}
+
+/* Child: open read-only while the parent writes, read until it has seen
+ * `want` messages of topic "ro" (bounded in time), exit 0 on success. */
+static int ro_child(const char *dir, long want)
+{
+    struct store *s = NULL;
+    struct store_opts o = {.read_only = 1};
+    char err[256];
+    int rc = store_open(&s, dir, &o, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "ro open: %s\n", err);
+        return 10;
+    }
+    struct store_msg m = mk("ro", NULL, "x");
+    if (store_append_batch(s, &m, 1, 1) != STORE_EROFS) return 11;
+    for (int i = 0; i < 2000; i++) {
+        struct topics_seen ts = {0};
+        struct walk w = {.sparse = 1};
+        if (store_topics(s, topic_cb, &ts)) return 12;
+        if (store_read(s, "ro", 2, 0, 0, check_walk, &w, NULL)) return 13;
+        if (w.bad) return 14;
+        if (w.n >= want && (long)ts.ro_count >= want) {
+            store_close(s);
+            return 0;
+        }
+        usleep(5000);
+    }
+    store_close(s);
+    return 15;
+}
+
+static void test_read_only_process(void)
+{
+    char *dir = make_dir();
+    char want[16];
+    struct store *s = open_store(dir, 64 << 10, 0, 0);
+    /* The empty store can already be opened read-only. */
+    uint64_t next = store_last_seq(s) + 1;
+    snprintf(want, sizeof want, "%d", 300);
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl("/proc/self/exe", "store_test", "--ro-child", dir, want, (char *)NULL);
+        _exit(127);
+    }
+    CHECK(pid > 0);
+    char text[300][24], pad[2048];
+    memset(pad, 'p', sizeof pad);
+    for (int b = 0; b < 30; b++) {
+        /* Ten messages for the child to check, and padding in another topic
+         * so that the map grows under the child's feet (MDB_MAP_RESIZED). */
+        struct store_msg m[20];
+        for (int i = 0; i < 10; i++) {
+            snprintf(text[b * 10 + i], sizeof text[0], "%llu", (unsigned long long)next++);
+            m[i] = mk("ro", NULL, text[b * 10 + i]);
+            m[10 + i] = mk("pad", NULL, "");
+            m[10 + i].data = pad;
+            m[10 + i].data_len = sizeof pad;
+        }
+        CHECK_EQ_INT(store_append_batch(s, m, 20, 1), 0);
+        next += 10;
+        usleep(2000);
+    }
+    struct store_stats st;
+    CHECK_EQ_INT(store_stats(s, &st), 0);
+    CHECK(st.map_grows > 0);
+    int status = 0;
+    CHECK_EQ_INT(waitpid(pid, &status, 0), pid);
+    CHECK(WIFEXITED(status));
+    CHECK_EQ_INT(WEXITSTATUS(status), 0);
+    store_close(s);
+
+    /* Read-only open of a missing store. */
+    struct store *r = NULL;
+    struct store_opts o = {.read_only = 1};
+    CHECK_EQ_INT(store_open(&r, "/tmp/sluice-no-such-store", &o, NULL, 0), STORE_ENOTFOUND);
+    remove_dir(dir);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 4 && !strcmp(argv[1], "--ro-child")) return ro_child(argv[2], atol(argv[3]));
+    test_append_read_order();
+    test_read_multi();
+    test_ids();
+    test_restore();
+    test_trim();
+    test_map_growth();
+    test_concurrent_readers();
+    test_read_only_process();
+    test_disk_full();
+    return CHECK_DONE();
+}
