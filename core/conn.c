@@ -216,6 +216,15 @@ int conn_send_copy(conn *c, const void *data, size_t len)
     return r;
 }
 
+void conn_send_final(conn *c, const void *data, size_t len)
+{
+    if (c->state == CONN_CLOSED || c->state == CONN_CLOSING) return;
+    buf_t *b = buf_from(data, len);
+    if (b && outq_push(&c->out, b, 0, len) == 0) schedule_flush(c);
+    buf_unref(b);
+    conn_close_after_write(c);
+}
+
 static void start_linger(conn *c)
 {
     io_shutdown_write(&c->io);
@@ -357,6 +366,14 @@ int conn_response_header(conn *c, const char *name, size_t nlen, const char *val
     return 0;
 }
 
+static void access_log(conn *c, size_t body_len);
+
+void conn_log_access(conn *c, int status)
+{
+    c->resp_status = (uint16_t)status;
+    access_log(c, 0);
+}
+
 static void access_log(conn *c, size_t body_len)
 {
     if (!log_enabled(LOG_INFO)) return;
@@ -386,9 +403,9 @@ static void request_done(conn *c)
     }
 }
 
-void conn_response_finish(conn *c, const char *body, size_t len)
+/* Appends Date, Content-Length and Connection to the head being built. */
+static void finish_head(conn *c, size_t *len)
 {
-    if (c->state == CONN_CLOSED) return;
     char hdr[160];
     int status = c->resp_status;
     bool no_body = status == 204 || status == 304 || (status >= 100 && status < 200);
@@ -397,15 +414,31 @@ void conn_response_finish(conn *c, const char *body, size_t len)
     if (no_body) {
         n = snprintf(hdr, sizeof(hdr), "Date: %s\r\n%s\r\n", server_date(c->srv),
                      close ? "Connection: close\r\n" : "");
-        len = 0;
+        *len = 0;
     } else {
         const http_request *r = conn_request(c);
         bool http10 = r && r->version_major == 1 && r->version_minor == 0;
         n = snprintf(hdr, sizeof(hdr), "Date: %s\r\nContent-Length: %zu\r\n%s\r\n",
-                     server_date(c->srv), len,
+                     server_date(c->srv), *len,
                      close ? "Connection: close\r\n" : http10 ? "Connection: keep-alive\r\n" : "");
     }
     resp_append(c, hdr, (size_t)n);
+    if (close) c->keep_alive = false;
+}
+
+static void finish_done(conn *c, size_t len)
+{
+    access_log(c, len);
+    free(c->resp_head);
+    c->resp_head = NULL;
+    c->resp_len = c->resp_cap = 0;
+    request_done(c);
+}
+
+void conn_response_finish(conn *c, const char *body, size_t len)
+{
+    if (c->state == CONN_CLOSED) return;
+    finish_head(c, &len);
     size_t send_body = c->head_request ? 0 : len;
     buf_t *b = buf_new(c->resp_len + send_body);
     if (b) {
@@ -416,12 +449,25 @@ void conn_response_finish(conn *c, const char *body, size_t len)
     } else {
         c->keep_alive = false;
     }
-    access_log(c, len);
-    free(c->resp_head);
-    c->resp_head = NULL;
-    c->resp_len = c->resp_cap = 0;
-    if (close) c->keep_alive = false;
-    request_done(c);
+    finish_done(c, len);
+}
+
+void conn_response_finish_parts(conn *c, const conn_part *parts, int nparts)
+{
+    if (c->state == CONN_CLOSED) return;
+    size_t len = 0;
+    for (int i = 0; i < nparts; i++) len += parts[i].len;
+    finish_head(c, &len);
+    buf_t *b = buf_from(c->resp_head, c->resp_len);
+    if (b) {
+        conn_send(c, b, 0, b->len);
+        buf_unref(b);
+        if (!c->head_request)
+            for (int i = 0; i < nparts; i++) outq_push(&c->out, parts[i].buf, parts[i].off, parts[i].len);
+    } else {
+        c->keep_alive = false;
+    }
+    finish_done(c, len);
 }
 
 void conn_respond_error(conn *c, int status, const char *msg)
@@ -468,6 +514,19 @@ void conn_start_stream(conn *c, const conn_stream_ops *ops, void *state, buf_t *
         if (len) ops->on_data(c, state, p + off, len);
         free(p);
     }
+}
+
+void conn_attach(conn *c, const conn_stream_ops *ops, void *state)
+{
+    c->stream = ops;
+    c->stream_state = state;
+}
+
+void conn_detach(conn *c)
+{
+    c->stream = NULL;
+    c->stream_state = NULL;
+    if (c->timer_kind == T_STREAM) arm_timer(c, T_NONE, 0);
 }
 
 void conn_stream_timer(conn *c, double seconds)
@@ -681,7 +740,10 @@ void conn_shutdown(conn *c)
         }
         break;
     case CONN_TLS_HANDSHAKE: conn_close(c); break;
-    case CONN_HANDLING: c->keep_alive = false; break;
+    case CONN_HANDLING:
+        c->keep_alive = false;
+        if (c->stream && c->stream->on_shutdown) c->stream->on_shutdown(c, c->stream_state);
+        break;
     case CONN_STREAM:
         if (c->stream->on_shutdown) c->stream->on_shutdown(c, c->stream_state);
         else conn_close_after_write(c);

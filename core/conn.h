@@ -137,6 +137,24 @@ void conn_respond_error(conn *c, int status, const char *msg);
  * already sent after the request are delivered to ops->on_data. */
 void conn_start_stream(conn *c, const conn_stream_ops *ops, void *state, buf_t *head);
 
+/* Attaches transport state to a connection still in CONN_HANDLING (a held
+ * long-poll): its on_close runs if the connection closes, on_timer when the
+ * stream timer fires, on_shutdown when the server stops.  conn_detach()
+ * removes it without calling on_close (the owner frees its own state). */
+void conn_attach(conn *c, const conn_stream_ops *ops, void *state);
+void conn_detach(conn *c);
+
+/* Finishes a response whose body is made of shared buffer ranges (a
+ * long-poll answer built from messages' encoded JSON): no copy. */
+typedef struct conn_part {
+    buf_t *buf;
+    size_t off, len;
+} conn_part;
+void conn_response_finish_parts(conn *c, const conn_part *parts, int nparts);
+
+/* Logs the access line for a stream that starts (101, 200). */
+void conn_log_access(conn *c, int status);
+
 /* (Re)arms the connection timer for the stream; 0 stops it. */
 void conn_stream_timer(conn *c, double seconds);
 
@@ -147,6 +165,10 @@ int conn_send(conn *c, buf_t *b, size_t off, size_t len);
 
 /* Queues a copy of `data`.  Same returns as conn_send(). */
 int conn_send_copy(conn *c, const void *data, size_t len);
+
+/* Queues a last message past the output limit (a close frame), then
+ * closes once everything is written. */
+void conn_send_final(conn *c, const void *data, size_t len);
 
 /* Closes after the queued output is written (a final frame, an error). */
 void conn_close_after_write(conn *c);

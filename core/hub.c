@@ -222,6 +222,12 @@ static void topic_maybe_drop(hub *h, hub_topic *t)
 
 void hub_msg_ref(hub_msg *m) { m->refs++; }
 
+const char *hub_msg_topic(const hub_msg *m, size_t *len)
+{
+    *len = m->topic->name_len;
+    return m->topic->name;
+}
+
 void hub_msg_unref(hub_msg *m)
 {
     if (!m || --m->refs > 0) return;
@@ -230,6 +236,29 @@ void hub_msg_unref(hub_msg *m)
     buf_unref(m->sse);
     free(m->event);
     free(m);
+}
+
+hub_msg *hub_msg_derive(const hub_msg *m, const char *event, size_t elen, const void *data,
+                        size_t len)
+{
+    hub_msg *d = calloc(1, sizeof(hub_msg));
+    if (!d) return NULL;
+    d->refs = 1;
+    d->raw = buf_new(HUB_HEADROOM + len);
+    if (!d->raw || (event && elen && !(d->event = strndup(event, elen)))) {
+        hub_msg_unref(d);
+        return NULL;
+    }
+    if (len) memcpy(d->raw->data + HUB_HEADROOM, data, len);
+    d->len = len;
+    d->event_len = d->event ? elen : 0;
+    d->binary = !utf8_valid(d->raw->data + HUB_HEADROOM, len);
+    d->topic = m->topic;
+    d->time_ms = m->time_ms;
+    d->seq = m->seq;
+    memcpy(d->id, m->id, sizeof(d->id));
+    d->id_len = m->id_len;
+    return d;
 }
 
 size_t hub_id_format(const hub *h, uint64_t seq, char out[HUB_ID_MAX])

@@ -115,6 +115,14 @@ uint64_t hub_last_seq(const hub *h);
 size_t hub_replay(hub *h, const char *topic, size_t len, uint64_t after_seq, bool known,
                   size_t limit, hub_deliver_fn fn, void *owner, bool *gap);
 
+/* A message for one subscriber: same ID, topic and seq as `m`, other event
+ * and data (a filter's transform).  Not in the backlog.  NULL on no memory. */
+hub_msg *hub_msg_derive(const hub_msg *m, const char *event, size_t elen, const void *data,
+                        size_t len);
+
+/* The message's topic name (not NUL-terminated). */
+const char *hub_msg_topic(const hub_msg *m, size_t *len);
+
 void hub_msg_ref(hub_msg *m);
 void hub_msg_unref(hub_msg *m);
 

@@ -3,6 +3,7 @@
  * and runs the event loop until SIGTERM/SIGINT.  SIGHUP reloads the script
  * and the TLS certificate. */
 #include "core/conn.h"
+#include "core/hub.h"
 #include "core/log.h"
 #include "core/server.h"
 #include "lua/api.h"
@@ -212,10 +213,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "sluice: %s: %s\n", o.app, strerror(errno));
         return 1;
     }
-    lx_app *app = lx_app_load(o.app, &cfg, err, sizeof(err));
+    hub *h = hub_new();
+    if (!h) {
+        fprintf(stderr, "sluice: out of memory\n");
+        return 1;
+    }
+    lx_app *app = lx_app_load(o.app, h, &cfg, err, sizeof(err));
     if (!app) {
         fprintf(stderr, "sluice: %s\n", err);
         lx_config_free(&cfg);
+        hub_free(h);
         return 1;
     }
     if (o.check) {
@@ -223,6 +230,7 @@ int main(int argc, char **argv)
                lx_app_route_count(app));
         lx_app_release(app);
         lx_config_free(&cfg);
+        hub_free(h);
         return 0;
     }
 
@@ -284,7 +292,7 @@ int main(int argc, char **argv)
             goto out_server;
         }
     }
-    lx_runtime_init(&a.rt, &a.srv, o.app, app, cfg.instruction_budget);
+    lx_runtime_init(&a.rt, &a.srv, h, o.app, app, cfg.instruction_budget);
     app = NULL;
     a.srv.on_request = lx_on_request;
     a.srv.on_request_ud = &a.rt;
@@ -312,5 +320,6 @@ out_server:
 out_app:
     if (app) lx_app_release(app);
     lx_config_free(&cfg);
+    hub_free(h);
     return rc;
 }

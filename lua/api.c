@@ -9,6 +9,7 @@
 
 #include "core/log.h"
 #include "core/route.h"
+#include "core/subscriber.h"
 
 #include <lauxlib.h>
 #include <lua-cjson.h>
@@ -31,6 +32,7 @@ typedef struct lx_budget {
 
 struct lx_app {
     lua_State *L;
+    lua_State *hookL; /* runs subscriber callbacks (anchored in the registry) */
     route_table *routes;
     int refs;             /* the runtime's, plus one per running task */
     bool loading;         /* the chunk runs: config and route are allowed */
@@ -38,7 +40,16 @@ struct lx_app {
     lx_budget *running;   /* the budget charged by the hook */
     long long budget;     /* per handler run */
     char *script;         /* chunk name for logs */
+    hub *hub;             /* where sluice.publish goes (NULL under --check) */
 };
+
+static unsigned long long script_errors;
+unsigned long long lx_script_errors(void) { return script_errors; }
+
+#define SUB_MT "sluice.subscription"
+#define CONN_MT "sluice.conn"
+#define REQ_MT "sluice.request"
+#define REF_NOT_FUNCTION (-100) /* opt_ref: the option is set but not a function */
 
 typedef struct lx_task {
     lx_budget budget;
@@ -62,6 +73,14 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
         b->exceeded = true;
         luaL_error(L, "instruction budget exceeded (%lld instructions)", b->limit);
     }
+}
+
+static int traceback_handler(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    if (!msg) msg = luaL_typename(L, 1);
+    luaL_traceback(L, L, msg, 1);
+    return 1;
 }
 
 /* ---- config ------------------------------------------------------------ */
@@ -271,12 +290,370 @@ static void push_json_table(lua_State *L)
     lua_remove(L, cj);
 }
 
+
+/* ---- publish, topics, metrics -------------------------------------------- */
+
+static int l_publish(lua_State *L)
+{
+    lx_app *app = app_of(L);
+    size_t tlen, dlen, elen = 0;
+    const char *topic = luaL_checklstring(L, 1, &tlen);
+    const char *data = luaL_checklstring(L, 2, &dlen);
+    const char *event = NULL;
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        if (lua_getfield(L, 3, "event") != LUA_TNIL) {
+            if (lua_type(L, -1) != LUA_TSTRING) return luaL_argerror(L, 3, "event must be a string");
+            event = lua_tolstring(L, -1, &elen);
+        }
+    }
+    if (!hub_topic_valid(topic, tlen))
+        return luaL_argerror(L, 1, "invalid topic name (1 to 200 bytes of A-Z a-z 0-9 _ . : -)");
+    if (event && !hub_event_valid(event, elen))
+        return luaL_argerror(L, 3, "invalid event name (1 to 128 bytes, no CR/LF, not *.base64)");
+    if (!app->hub) return luaL_error(L, "sluice.publish: no hub (--check)");
+    hub_msg *m = hub_publish(app->hub, topic, tlen, event, elen, data, dlen);
+    if (!m) return luaL_error(L, "sluice.publish: out of memory");
+    lua_pushlstring(L, m->id, m->id_len);
+    return 1;
+}
+
+/* sluice.topic(pattern, {backlog = N, max_age = S}) */
+static int l_topic(lua_State *L)
+{
+    lx_app *app = app_of(L);
+    size_t plen;
+    const char *pattern = luaL_checklstring(L, 1, &plen);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    bool prefix = plen > 0 && pattern[plen - 1] == '*';
+    size_t name_len = prefix ? plen - 1 : plen;
+    if ((!prefix || name_len > 0) && !hub_topic_valid(pattern, name_len))
+        return luaL_argerror(L, 1, "a topic name, or a prefix followed by '*'");
+    hub_retention r = {0, 0};
+    if (lua_getfield(L, 2, "backlog") != LUA_TNIL) {
+        lua_Integer n = luaL_checkinteger(L, -1);
+        if (n < 1 || n > 10000000) return luaL_argerror(L, 2, "backlog must be 1 to 10000000");
+        r.backlog = (uint32_t)n;
+    }
+    if (lua_getfield(L, 2, "max_age") != LUA_TNIL) {
+        lua_Number a = luaL_checknumber(L, -1);
+        if (a <= 0) return luaL_argerror(L, 2, "max_age must be a positive number of seconds");
+        r.max_age = a;
+    }
+    if (app->hub && hub_set_retention(app->hub, pattern, name_len, prefix, &r) < 0)
+        return luaL_error(L, "sluice.topic: out of memory");
+    return 0;
+}
+
+static __thread lx_runtime *current_rt;
+
+/* sluice.metrics() -> the Prometheus text exposition of the counters. */
+static int l_metrics(lua_State *L)
+{
+    lx_app *app = app_of(L);
+    hub_stats hs = {0};
+    if (app->hub) hub_get_stats(app->hub, &hs);
+    sub_stats ss;
+    sub_get_stats(&ss);
+    unsigned total = current_rt && current_rt->srv ? current_rt->srv->nconns : 0;
+    unsigned streams = ss.websocket + ss.sse + ss.longpoll;
+    lua_pushfstring(
+        L,
+        "# HELP sluice_connections Open connections by transport.\n"
+        "# TYPE sluice_connections gauge\n"
+        "sluice_connections{transport=\"websocket\"} %d\n"
+        "sluice_connections{transport=\"sse\"} %d\n"
+        "sluice_connections{transport=\"longpoll\"} %d\n"
+        "sluice_connections{transport=\"http\"} %d\n"
+        "# HELP sluice_messages_published_total Messages published.\n"
+        "# TYPE sluice_messages_published_total counter\n"
+        "sluice_messages_published_total %I\n"
+        "# HELP sluice_messages_delivered_total Messages queued to subscribers.\n"
+        "# TYPE sluice_messages_delivered_total counter\n"
+        "sluice_messages_delivered_total %I\n"
+        "# HELP sluice_topics Topics with a subscriber or a backlog.\n"
+        "# TYPE sluice_topics gauge\n"
+        "sluice_topics %I\n"
+        "# HELP sluice_subscriptions Topic subscriptions.\n"
+        "# TYPE sluice_subscriptions gauge\n"
+        "sluice_subscriptions %I\n"
+        "# HELP sluice_script_errors_total Errors raised by the app's Lua code.\n"
+        "# TYPE sluice_script_errors_total counter\n"
+        "sluice_script_errors_total %I\n",
+        (int)ss.websocket, (int)ss.sse, (int)ss.longpoll,
+        (int)(total > streams ? total - streams : 0), (lua_Integer)hs.published,
+        (lua_Integer)hs.delivered, (lua_Integer)hs.topics, (lua_Integer)hs.subscribers,
+        (lua_Integer)script_errors);
+    return 1;
+}
+
+/* ---- subscriptions and their callbacks -------------------------------------- */
+
+typedef struct lx_hooks {
+    lx_app *app;
+    int filter, on_message, on_close; /* registry refs or LUA_NOREF */
+    int conn_ref;                     /* the conn object handed to callbacks */
+    sub_session *session;
+} lx_hooks;
+
+typedef struct lx_connud {
+    lx_hooks *hooks; /* NULL once the connection is gone */
+} lx_connud;
+
+/* Runs a callback (function and `nargs` arguments on app->hookL) under its
+ * own budget.  Returns true on success with `nres` results left on the
+ * stack; on error logs the traceback and returns false with nothing left. */
+static bool call_hook(lx_app *app, const char *what, int nargs, int nres)
+{
+    lua_State *L = app->hookL;
+    int base = lua_gettop(L) - nargs;
+    lua_pushcfunction(L, traceback_handler);
+    lua_insert(L, base);
+    lx_budget b = {.limit = app->budget};
+    lx_budget *prev = app->running;
+    app->running = &b;
+    int st = lua_pcall(L, nargs, nres, base);
+    app->running = prev;
+    lua_remove(L, base);
+    if (st == LUA_OK) return true;
+    LOG_KV(LOG_ERROR, b.exceeded ? "script stopped: instruction budget exceeded" : "script error",
+           LOG_S("script", app->script), LOG_S("callback", what),
+           LOG_S("traceback", lua_tostring(L, -1)));
+    script_errors++;
+    lua_pop(L, 1);
+    return false;
+}
+
+static void push_conn(lx_hooks *h)
+{
+    lua_State *L = h->app->hookL;
+    if (h->conn_ref == LUA_NOREF) {
+        lx_connud *u = lua_newuserdatauv(L, sizeof(lx_connud), 0);
+        u->hooks = h;
+        luaL_setmetatable(L, CONN_MT);
+        lua_pushvalue(L, -1);
+        h->conn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        return;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->conn_ref);
+}
+
+static hub_msg *hook_filter(void *ud, sub_session *s, hub_msg *m)
+{
+    lx_hooks *h = ud;
+    lua_State *L = h->app->hookL;
+    h->session = s;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->filter);
+    lua_createtable(L, 0, 4);
+    lua_pushlstring(L, m->id, m->id_len);
+    lua_setfield(L, -2, "id");
+    size_t tlen;
+    const char *tname = hub_msg_topic(m, &tlen);
+    lua_pushlstring(L, tname, tlen);
+    lua_setfield(L, -2, "topic");
+    if (m->event) lua_pushlstring(L, m->event, m->event_len);
+    else lua_pushnil(L);
+    lua_setfield(L, -2, "event");
+    lua_pushlstring(L, m->raw->data + HUB_HEADROOM, m->len);
+    lua_setfield(L, -2, "data");
+    lua_pushvalue(L, -1); /* keep the table to compare after the call */
+    lua_insert(L, -3);
+    if (!call_hook(h->app, "filter", 1, 1)) {
+        lua_pop(L, 1);
+        sub_close(s, 1011, "script error");
+        return NULL;
+    }
+    hub_msg *out = NULL;
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "data");
+        lua_getfield(L, -2, "event");
+        size_t dlen = 0, elen = 0;
+        const char *data = lua_tolstring(L, -2, &dlen);
+        const char *event = lua_tolstring(L, -1, &elen);
+        bool same_data = data && dlen == m->len && memcmp(data, m->raw->data + HUB_HEADROOM, dlen) == 0;
+        bool same_event = (!event && !m->event) ||
+                          (event && m->event && elen == m->event_len && memcmp(event, m->event, elen) == 0);
+        if (same_data && same_event) {
+            out = m; /* unchanged: the shared encodings serve */
+        } else if (data && (!event || hub_event_valid(event, elen))) {
+            out = hub_msg_derive(m, event, elen, data, dlen);
+        }
+        lua_pop(L, 2);
+    }
+    lua_pop(L, 2); /* result and the kept table */
+    return out;
+}
+
+static void hook_on_message(void *ud, sub_session *s, const char *data, size_t len, bool binary)
+{
+    lx_hooks *h = ud;
+    lua_State *L = h->app->hookL;
+    h->session = s;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->on_message);
+    push_conn(h);
+    lua_pushlstring(L, data, len);
+    lua_pushboolean(L, binary);
+    if (!call_hook(h->app, "on_message", 3, 0)) sub_close(s, 1011, "script error");
+}
+
+static void hook_on_close(void *ud, sub_session *s)
+{
+    lx_hooks *h = ud;
+    if (h->on_close == LUA_NOREF) return;
+    h->session = NULL; /* the conn object can no longer send */
+    lua_rawgeti(h->app->hookL, LUA_REGISTRYINDEX, h->on_close);
+    push_conn(h);
+    call_hook(h->app, "on_close", 1, 0);
+}
+
+static void hook_release(void *ud)
+{
+    lx_hooks *h = ud;
+    lua_State *L = h->app->L;
+    if (h->conn_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, h->conn_ref);
+        ((lx_connud *)lua_touserdata(L, -1))->hooks = NULL;
+        lua_pop(L, 1);
+    }
+    luaL_unref(L, LUA_REGISTRYINDEX, h->filter);
+    luaL_unref(L, LUA_REGISTRYINDEX, h->on_message);
+    luaL_unref(L, LUA_REGISTRYINDEX, h->on_close);
+    luaL_unref(L, LUA_REGISTRYINDEX, h->conn_ref);
+    lx_app_release(h->app);
+    free(h);
+}
+
+static const sub_hooks lua_hooks = {hook_filter, hook_on_message, hook_on_close, hook_release};
+static const sub_hooks lua_hooks_nofilter = {NULL, hook_on_message, hook_on_close, hook_release};
+
+static lx_connud *check_conn(lua_State *L)
+{
+    lx_connud *u = luaL_checkudata(L, 1, CONN_MT);
+    return u;
+}
+
+/* conn:send(data [, binary]) -> true, or nil and a reason */
+static int l_conn_send(lua_State *L)
+{
+    lx_connud *u = check_conn(L);
+    size_t len;
+    const char *data = luaL_checklstring(L, 2, &len);
+    bool binary = lua_toboolean(L, 3);
+    if (!u->hooks || !u->hooks->session) {
+        luaL_pushfail(L);
+        lua_pushliteral(L, "connection closed");
+        return 2;
+    }
+    if (sub_send(u->hooks->session, data, len, binary) < 0) {
+        luaL_pushfail(L);
+        lua_pushliteral(L, "cannot send");
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* conn:close([code [, reason]]) */
+static int l_conn_close(lua_State *L)
+{
+    lx_connud *u = check_conn(L);
+    lua_Integer code = luaL_optinteger(L, 2, 1000);
+    const char *reason = luaL_optstring(L, 3, NULL);
+    if (code != 1000 && (code < 3000 || code > 4999))
+        return luaL_argerror(L, 2, "1000, or an application code from 3000 to 4999");
+    if (u->hooks && u->hooks->session) sub_close(u->hooks->session, (unsigned)code, reason);
+    return 0;
+}
+
+static int l_conn_index(lua_State *L)
+{
+    lx_connud *u = check_conn(L);
+    const char *k = luaL_checkstring(L, 2);
+    if (strcmp(k, "send") == 0) lua_pushcfunction(L, l_conn_send);
+    else if (strcmp(k, "close") == 0) lua_pushcfunction(L, l_conn_close);
+    else if (strcmp(k, "transport") == 0)
+        lua_pushstring(L, u->hooks && u->hooks->session ? sub_transport(u->hooks->session) : "closed");
+    else if (strcmp(k, "closed") == 0) lua_pushboolean(L, !u->hooks || !u->hooks->session);
+    else lua_pushnil(L);
+    return 1;
+}
+
+/* req:subscribe(topics [, opts]) -> a value the handler returns */
+static int l_req_subscribe(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_createtable(L, 1, 0);
+    int topics = lua_gettop(L);
+    if (lua_type(L, 2) == LUA_TSTRING) {
+        lua_pushvalue(L, 2);
+        lua_rawseti(L, topics, 1);
+    } else if (lua_istable(L, 2)) {
+        lua_Integer n = luaL_len(L, 2);
+        if (n < 1 || n > 64) return luaL_argerror(L, 2, "1 to 64 topics");
+        for (lua_Integer i = 1; i <= n; i++) {
+            if (lua_geti(L, 2, i) != LUA_TSTRING) return luaL_argerror(L, 2, "topic names are strings");
+            lua_rawseti(L, topics, i);
+        }
+    } else {
+        return luaL_argerror(L, 2, "a topic name or a list of names");
+    }
+    for (lua_Integer i = 1; i <= (lua_Integer)lua_rawlen(L, topics); i++) {
+        size_t len;
+        lua_rawgeti(L, topics, i);
+        const char *t = lua_tolstring(L, -1, &len);
+        if (!hub_topic_valid(t, len))
+            return luaL_argerror(L, 2, "invalid topic name (1 to 200 bytes of A-Z a-z 0-9 _ . : -)");
+        lua_pop(L, 1);
+    }
+    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+    lua_newuserdatauv(L, 1, 2);
+    luaL_setmetatable(L, SUB_MT);
+    lua_pushvalue(L, topics);
+    lua_setiuservalue(L, -2, 1);
+    lua_pushvalue(L, 3);
+    lua_setiuservalue(L, -2, 2);
+    return 1;
+}
+
+static int opt_ref(lua_State *L, int opts, const char *name)
+{
+    if (opts == 0) return LUA_NOREF;
+    if (lua_getfield(L, opts, name) == LUA_TNIL) {
+        lua_pop(L, 1);
+        return LUA_NOREF;
+    }
+    if (!lua_isfunction(L, -1)) {
+        lua_pop(L, 1);
+        return REF_NOT_FUNCTION;
+    }
+    return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+static void create_metatables(lua_State *L)
+{
+    luaL_newmetatable(L, SUB_MT);
+    lua_pop(L, 1);
+    luaL_newmetatable(L, CONN_MT);
+    lua_pushcfunction(L, l_conn_index);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, REQ_MT);
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, l_req_subscribe);
+    lua_setfield(L, -2, "subscribe");
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+}
+
 static int luaopen_sluice(lua_State *L)
 {
     static const luaL_Reg fns[] = {
         {"config", l_config},
         {"route", l_route},
         {"log", l_log},
+        {"publish", l_publish},
+        {"topic", l_topic},
+        {"metrics", l_metrics},
         {NULL, NULL},
     };
     luaL_newlib(L, fns);
@@ -288,14 +665,6 @@ static int luaopen_sluice(lua_State *L)
 }
 
 /* ---- loading ----------------------------------------------------------- */
-
-static int traceback_handler(lua_State *L)
-{
-    const char *msg = lua_tostring(L, 1);
-    if (!msg) msg = luaL_typename(L, 1);
-    luaL_traceback(L, L, msg, 1);
-    return 1;
-}
 
 size_t lx_app_route_count(const lx_app *app) { return route_count(app->routes); }
 
@@ -326,12 +695,13 @@ static void add_script_dir_to_path(lua_State *L, const char *path)
     lua_pop(L, 1);
 }
 
-lx_app *lx_app_load(const char *path, lx_config *cfg, char *err, size_t errlen)
+lx_app *lx_app_load(const char *path, hub *h, lx_config *cfg, char *err, size_t errlen)
 {
     lx_app *app = calloc(1, sizeof(lx_app));
     lx_config scratch;
     if (!app) goto oom;
     app->refs = 1;
+    app->hub = h;
     app->budget = DEFAULT_BUDGET;
     app->routes = route_table_new();
     app->script = strdup(path ? path : "scripts/default.lua");
@@ -344,6 +714,10 @@ lx_app *lx_app_load(const char *path, lx_config *cfg, char *err, size_t errlen)
     lua_pushcfunction(L, luaopen_sluice);
     lua_setfield(L, -2, "sluice");
     lua_pop(L, 1);
+    create_metatables(L);
+    app->hookL = lua_newthread(L);
+    luaL_ref(L, LUA_REGISTRYINDEX); /* anchored for the state's life */
+    lua_sethook(app->hookL, budget_hook, LUA_MASKCOUNT, HOOK_STEP);
 
     lua_pushcfunction(L, traceback_handler);
     int st;
@@ -479,6 +853,7 @@ static void push_req(lua_State *L, lx_task *t)
     lua_setfield(L, -2, "remote_addr");
     lua_pushstring(L, transport_of(r));
     lua_setfield(L, -2, "transport");
+    luaL_setmetatable(L, REQ_MT);
 }
 
 static int task_main_k(lua_State *L, int status, lua_KContext ctx)
@@ -513,8 +888,83 @@ static void task_fail(lx_task *t, const char *what)
     luaL_traceback(t->app->L, t->co, msg, 0);
     LOG_KV(LOG_ERROR, what, LOG_S("script", t->app->script), LOG_S("error", msg),
            LOG_S("traceback", lua_tostring(t->app->L, -1)));
+    script_errors++;
     lua_pop(t->app->L, 1);
     if (!conn_closed(t->c)) conn_respond_error(t->c, 500, "script error");
+}
+
+/* The handler returned req:subscribe(...): hand the connection over. */
+static void start_subscription(lx_task *t, int idx)
+{
+    lua_State *L = t->co;
+    lx_app *app = t->app;
+    conn *c = t->c;
+    lua_getiuservalue(L, idx, 1);
+    int topics = lua_gettop(L);
+    lua_getiuservalue(L, idx, 2);
+    int opts = lua_istable(L, -1) ? lua_gettop(L) : 0;
+    int n = (int)lua_rawlen(L, topics);
+    const char *names[64];
+    size_t lens[64];
+    for (int i = 0; i < n && i < 64; i++) {
+        lua_rawgeti(L, topics, i + 1);
+        names[i] = lua_tolstring(L, -1, &lens[i]); /* kept alive by the topics table */
+        lua_pop(L, 1);
+    }
+    sub_request r = {.topics = names, .topic_lens = lens, .ntopics = n, .json = -1};
+    const char *problem = NULL;
+    if (opts) {
+        if (lua_getfield(L, opts, "last_event_id") == LUA_TSTRING)
+            r.last_event_id = lua_tolstring(L, -1, &r.last_event_id_len);
+        else if (!lua_isnil(L, -1)) problem = "opts.last_event_id must be a string";
+        if (lua_getfield(L, opts, "protocol") == LUA_TSTRING) r.protocol = lua_tostring(L, -1);
+        else if (!lua_isnil(L, -1)) problem = "opts.protocol must be a string";
+        if (lua_getfield(L, opts, "format") == LUA_TSTRING)
+            r.json = strcmp(lua_tostring(L, -1), "json") == 0;
+        else if (!lua_isnil(L, -1)) problem = "opts.format must be a string";
+    }
+    lx_hooks *h = NULL;
+    int fref = opt_ref(L, opts, "filter"), mref = opt_ref(L, opts, "on_message"),
+        cref = opt_ref(L, opts, "on_close");
+    if (fref == REF_NOT_FUNCTION || mref == REF_NOT_FUNCTION || cref == REF_NOT_FUNCTION)
+        problem = "opts.filter, opts.on_message and opts.on_close must be functions";
+    if (!problem && (fref != LUA_NOREF || mref != LUA_NOREF || cref != LUA_NOREF)) {
+        h = calloc(1, sizeof(lx_hooks));
+        if (!h) problem = "out of memory";
+    }
+    if (problem) {
+        for (int i = 0; i < 3; i++) {
+            int ref = i == 0 ? fref : i == 1 ? mref : cref;
+            if (ref >= 0) luaL_unref(L, LUA_REGISTRYINDEX, ref);
+        }
+        LOG_KV(LOG_ERROR, "script error", LOG_S("script", app->script), LOG_S("error", problem));
+        script_errors++;
+        conn_respond_error(c, 500, "script error");
+        return;
+    }
+    if (h) {
+        h->app = app;
+        app->refs++;
+        h->filter = fref;
+        h->on_message = mref;
+        h->on_close = cref;
+        h->conn_ref = LUA_NOREF;
+        r.hooks = fref != LUA_NOREF ? &lua_hooks : &lua_hooks_nofilter;
+        r.hooks_ud = h;
+    }
+    const char *why = "cannot subscribe";
+    int status = sub_start(c, app->hub, &r, &why);
+    if (status == 0) return;
+    if (h) hook_release(h);
+    if (status == 426) {
+        static const char body[] = "{\"error\":\"unsupported WebSocket version (13 only)\"}";
+        conn_response_start(c, 426);
+        conn_response_header(c, "Sec-WebSocket-Version", 21, "13", 2);
+        conn_response_header(c, "Content-Type", 12, "application/json", 16);
+        conn_response_finish(c, body, sizeof(body) - 1);
+        return;
+    }
+    conn_respond_error(c, status, why);
 }
 
 static void respond_from_results(lx_task *t, int nres)
@@ -522,6 +972,10 @@ static void respond_from_results(lx_task *t, int nres)
     lua_State *L = t->co;
     conn *c = t->c;
     int base = lua_gettop(L) - nres + 1;
+    if (nres >= 1 && luaL_testudata(L, base, SUB_MT)) {
+        start_subscription(t, base);
+        return;
+    }
     int isint = 0;
     lua_Integer status = nres >= 1 ? lua_tointegerx(L, base, &isint) : 0;
     const char *problem = NULL;
@@ -646,9 +1100,11 @@ void lx_on_request(conn *c, http_request *req, void *ud)
 
 /* ---- runtime ----------------------------------------------------------- */
 
-void lx_runtime_init(lx_runtime *rt, server *srv, const char *script_path, lx_app *app,
+void lx_runtime_init(lx_runtime *rt, server *srv, hub *h, const char *script_path, lx_app *app,
                      long long instruction_budget)
 {
+    rt->hub = h;
+    current_rt = rt;
     rt->srv = srv;
     rt->script_path = script_path;
     rt->app = app;
@@ -661,7 +1117,7 @@ int lx_reload(lx_runtime *rt)
     lx_config cfg;
     memset(&cfg, 0, sizeof(cfg));
     server_limits_default(&cfg.limits);
-    lx_app *app = lx_app_load(rt->script_path, &cfg, err, sizeof(err));
+    lx_app *app = lx_app_load(rt->script_path, rt->hub, &cfg, err, sizeof(err));
     if (!app) {
         LOG_KV(LOG_ERROR, "reload failed: the running app stays", LOG_S("error", err));
         lx_config_free(&cfg);

@@ -13,6 +13,7 @@
 #define SLUICE_LUA_API_H
 
 #include "core/conn.h"
+#include "core/hub.h"
 #include "core/server.h"
 
 #include <stdbool.h>
@@ -42,6 +43,7 @@ typedef struct lx_app lx_app;
 
 typedef struct lx_runtime {
     lx_app *app;             /* the generation new requests run in */
+    hub *hub;                /* shared by every generation */
     const char *script_path; /* NULL: the built-in default app */
     server *srv;
     long long instruction_budget;
@@ -51,10 +53,10 @@ typedef struct lx_runtime {
 void lx_config_free(lx_config *cfg);
 
 /* Loads the app script at `path` (NULL: the built-in default app) into a
- * new generation and fills `cfg` with its settings (cfg may be NULL when the
- * settings are not wanted).  Returns the app, or NULL with a message naming
- * file and line in err. */
-lx_app *lx_app_load(const char *path, lx_config *cfg, char *err, size_t errlen);
+ * new generation publishing into `h` (NULL for --check) and fills `cfg`
+ * with its settings (cfg may be NULL when the settings are not wanted).
+ * Returns the app, or NULL with a message naming file and line in err. */
+lx_app *lx_app_load(const char *path, hub *h, lx_config *cfg, char *err, size_t errlen);
 
 /* Drops the runtime's reference on an app; it is freed after its last task. */
 void lx_app_release(lx_app *app);
@@ -63,8 +65,11 @@ void lx_app_release(lx_app *app);
 size_t lx_app_route_count(const lx_app *app);
 
 /* Sets the runtime up to serve `app` (takes the reference). */
-void lx_runtime_init(lx_runtime *rt, server *srv, const char *script_path, lx_app *app,
+void lx_runtime_init(lx_runtime *rt, server *srv, hub *h, const char *script_path, lx_app *app,
                      long long instruction_budget);
+
+/* Script errors so far (for /metrics). */
+unsigned long long lx_script_errors(void);
 
 /* The server's request callback: ud is the lx_runtime. */
 void lx_on_request(conn *c, http_request *req, void *ud);

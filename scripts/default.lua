@@ -1,8 +1,48 @@
 -- scripts/default.lua: the built-in app, run when sluice starts without a
 -- script.  An open pub/sub service for prototyping on a trusted network,
--- written on the public Lua API like any user app (see docs/lua-api.md).
+-- written on the public Lua API like any user app (see docs/lua-api.md):
+--
+--   POST /topics/{topic}[?event=NAME]   publish the body     -> {"id": "..."}
+--   GET  /topics/{topic}                subscribe: WebSocket, SSE, long-poll
+--   GET  /healthz, GET /metrics
 local sluice = require "sluice"
 
-sluice.route("GET", "/healthz", function(req)
+-- Topic names: 1 to 200 bytes of [A-Za-z0-9_.:-].
+local function valid_topic(name)
+  return #name >= 1 and #name <= 200 and not name:find("[^%w_.:%-]")
+end
+
+sluice.route("GET", "/healthz", function()
   return 200, "ok"
+end)
+
+sluice.route("GET", "/metrics", function()
+  return 200, sluice.metrics(), { ["content-type"] = "text/plain; version=0.0.4" }
+end)
+
+sluice.route("POST", "/topics/:topic", function(req)
+  local topic = req.params.topic
+  if not valid_topic(topic) then
+    return sluice.json(400, { error = "bad topic name" })
+  end
+  local event = req.query.event
+  if event ~= nil and (#event < 1 or #event > 128 or event:find("[%c]")
+                       or event:sub(-7) == ".base64") then
+    return sluice.json(400, { error = "bad event name" })
+  end
+  local id = sluice.publish(topic, req.body, { event = event })
+  return sluice.json(200, { id = id })
+end)
+
+sluice.route("GET", "/topics/:topic", function(req)
+  local topic = req.params.topic
+  if not valid_topic(topic) then
+    return sluice.json(400, { error = "bad topic name" })
+  end
+  return req:subscribe(topic, {
+    -- What a WebSocket client sends is published to the topic.
+    on_message = function(conn, data)
+      sluice.publish(topic, data)
+    end,
+  })
 end)

@@ -1,0 +1,154 @@
+/* longpoll.c: long-polling and short polling.  The request stays with the
+ * app (CONN_HANDLING) while it waits: it costs a timer and one hub entry
+ * per topic.  The answer is built from the messages' shared JSON objects,
+ * joined by literal separators, without copying them. */
+#include "core/session.h"
+
+#include "core/log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LP_DEFAULT_TIMEOUT 30.0
+#define LP_MAX_TIMEOUT 120.0
+#define LP_MAX_LIMIT 1000
+
+static void lp_on_data(conn *c, void *state, char *data, size_t len) {}
+static void lp_on_timer(conn *c, void *state);
+static void lp_on_shutdown(conn *c, void *state);
+static void lp_on_close(conn *c, void *state);
+
+static const conn_stream_ops lp_ops = {
+    .name = "longpoll",
+    .on_data = lp_on_data,
+    .on_timer = lp_on_timer,
+    .on_shutdown = lp_on_shutdown,
+    .on_close = lp_on_close,
+};
+
+/* The comma between items: one immortal buffer shared by every answer. */
+static buf_t *comma(void)
+{
+    static buf_t *b;
+    if (!b) b = buf_from(",", 1);
+    return b;
+}
+
+/* Answers with what was collected and frees the session. */
+static void lp_answer(sub_session *s)
+{
+    conn *c = s->c;
+    unsigned n = s->t.lp.count;
+    conn_part *parts = calloc(2 * (size_t)n + 2, sizeof(conn_part));
+    char tail[HUB_ID_MAX + 64];
+    const char *last = NULL;
+    char cursor[HUB_ID_MAX];
+    size_t last_len;
+    if (n) {
+        last = s->t.lp.msgs[n - 1]->id;
+        last_len = s->t.lp.msgs[n - 1]->id_len;
+    } else {
+        /* Nothing new: the cursor is where this poll stood. */
+        last_len = hub_id_format(s->hub, s->t.lp.since, cursor);
+        last = cursor;
+    }
+    int tl = snprintf(tail, sizeof(tail), "],\"last_id\":\"%.*s\"%s}", (int)last_len, last,
+                      s->t.lp.gap ? ",\"gap\":true" : "");
+    buf_t *head = buf_from("{\"messages\":[", 13);
+    buf_t *tb = buf_from(tail, (size_t)tl);
+    conn_detach(c);
+    if (!parts || !head || !tb || !comma()) {
+        conn_respond_error(c, 503, "out of memory");
+    } else {
+        int np = 0;
+        parts[np++] = (conn_part){head, 0, head->len};
+        for (unsigned i = 0; i < n; i++) {
+            buf_t *b;
+            size_t off, len;
+            if (hub_msg_json(s->t.lp.msgs[i], &b, &off, &len) < 0) continue;
+            if (np > 1) parts[np++] = (conn_part){comma(), 0, 1};
+            parts[np++] = (conn_part){b, off, len};
+        }
+        parts[np++] = (conn_part){tb, 0, tb->len};
+        conn_response_start(c, 200);
+        conn_response_header(c, "Content-Type", 12, "application/json", 16);
+        conn_response_header(c, "Cache-Control", 13, "no-store", 8);
+        conn_response_finish_parts(c, parts, np);
+    }
+    buf_unref(head);
+    buf_unref(tb);
+    free(parts);
+    sub_counts.longpoll--;
+    session_free(s);
+}
+
+int lp_session_start(sub_session *s, const sub_request *r, const http_request *req, const char **why)
+{
+    char v[32];
+    double timeout = LP_DEFAULT_TIMEOUT;
+    if (query_param(req, "timeout", v, sizeof(v)) >= 0) {
+        char *end;
+        timeout = strtod(v, &end);
+        if (end == v || *end || timeout < 0 || timeout != timeout) {
+            *why = "timeout must be a number of seconds";
+            return 400;
+        }
+        if (timeout > LP_MAX_TIMEOUT) timeout = LP_MAX_TIMEOUT;
+    }
+    unsigned limit = LP_MAX_LIMIT;
+    if (query_param(req, "limit", v, sizeof(v)) >= 0) {
+        char *end;
+        long l = strtol(v, &end, 10);
+        if (end == v || *end || l < 1) {
+            *why = "limit must be a positive integer";
+            return 400;
+        }
+        if (l < LP_MAX_LIMIT) limit = (unsigned)l;
+    }
+    s->short_poll = timeout == 0;
+    s->t.lp.limit = limit;
+    s->t.lp.msgs = calloc(limit, sizeof(hub_msg *));
+    if (!s->t.lp.msgs) {
+        *why = "out of memory";
+        return 503;
+    }
+    resume_point rp;
+    session_resume_point(s, r, req, &rp);
+    /* The cursor of an empty answer: the resume point if it is ours, else
+     * now (messages published later have larger seqs). */
+    s->t.lp.since = rp.known ? rp.after : hub_last_seq(s->hub);
+    conn_attach(s->c, &lp_ops, s);
+    sub_counts.longpoll++;
+    bool gap;
+    if (session_subscribe_and_replay(s, r, &rp, limit, &gap) < 0) {
+        lp_answer(s);
+        return 0;
+    }
+    if (s->t.lp.count > 0 || s->t.lp.gap || s->short_poll) {
+        lp_answer(s);
+        return 0;
+    }
+    s->t.lp.waiting = true;
+    conn_stream_timer(s->c, timeout);
+    return 0;
+}
+
+void lp_session_add_msg(sub_session *s, hub_msg *m)
+{
+    if (s->t.lp.count >= s->t.lp.limit) return;
+    hub_msg_ref(m);
+    s->t.lp.msgs[s->t.lp.count++] = m;
+    /* Live: answer at once.  During replay the caller answers after it. */
+    if (s->t.lp.waiting) lp_answer(s);
+}
+
+static void lp_on_timer(conn *c, void *state) { lp_answer(state); }
+
+static void lp_on_shutdown(conn *c, void *state) { lp_answer(state); }
+
+static void lp_on_close(conn *c, void *state)
+{
+    sub_counts.longpoll--;
+    session_free(state);
+}

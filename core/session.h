@@ -1,0 +1,82 @@
+/* session.h: what the three transports share (internal to core/): the
+ * session struct, the resume-and-subscribe sequence, and delivery. */
+#ifndef SLUICE_SESSION_H
+#define SLUICE_SESSION_H
+
+#include "core/subscriber.h"
+#include "core/ws.h"
+
+enum sub_kind { SUB_WS, SUB_SSE, SUB_LONGPOLL };
+
+struct sub_session {
+    conn *c;
+    hub *hub;
+    hub_sub **subs;
+    int nsubs;
+    uint8_t kind;
+    bool json;      /* WebSocket JSON envelopes */
+    bool short_poll; /* long-poll with timeout=0 */
+    bool ending;    /* being torn down: deliver nothing more */
+    uint64_t last_seq; /* newest seq delivered: older ones are duplicates */
+    const sub_hooks *hooks;
+    void *hooks_ud;
+    union {
+        struct {
+            ws_decoder *dec;
+            char *msg; /* the client message being assembled */
+            size_t msg_len, msg_cap;
+            uint8_t msg_op;
+            bool pong_pending;
+        } ws;
+        struct {
+            unsigned limit;
+            unsigned count;
+            hub_msg **msgs;
+            bool gap;
+            bool waiting; /* replay done: a live message answers at once */
+            uint64_t since; /* the cursor to answer when nothing came */
+        } lp;
+    } t;
+};
+
+/* Delivers a message to the session (the hub's callback). */
+void session_deliver(void *owner, hub_msg *m);
+
+/* Where a subscriber resumes: read from the request before the transport
+ * takes the connection (the request is freed then). */
+typedef struct resume_point {
+    bool present; /* a resume ID was given */
+    bool known;   /* ...and it is one of ours: replay after `after` */
+    uint64_t after;
+} resume_point;
+void session_resume_point(const sub_session *s, const sub_request *r, const http_request *req,
+                          resume_point *rp);
+
+/* Subscribes to every topic and replays after the resume point in global
+ * seq order, sending the transport's gap signal first when messages were
+ * missed.  Returns 0 or -1 (no memory). */
+int session_subscribe_and_replay(sub_session *s, const sub_request *r, const resume_point *rp,
+                                 unsigned replay_limit, bool *gap);
+
+/* Unsubscribes everything, runs on_close and release, frees the session. */
+void session_free(sub_session *s);
+
+/* Per-transport starts and sends (each in its own file). */
+int ws_session_start(sub_session *s, const sub_request *r, const http_request *req, const char **why);
+int sse_session_start(sub_session *s, const sub_request *r, const http_request *req);
+int lp_session_start(sub_session *s, const sub_request *r, const http_request *req, const char **why);
+void ws_session_send_msg(sub_session *s, hub_msg *m);
+void sse_session_send_msg(sub_session *s, hub_msg *m);
+void lp_session_add_msg(sub_session *s, hub_msg *m);
+void ws_session_close(sub_session *s, unsigned code, const char *reason);
+void ws_session_send_gap(sub_session *s, const char *topic, size_t len);
+void sse_session_send_gap(sub_session *s, const char *topic, size_t len);
+
+/* A query parameter's decoded value into out (NUL-terminated); returns its
+ * length, -1 when absent, -2 when longer than cap - 1. */
+int query_param(const http_request *req, const char *name, char *out, size_t cap);
+
+/* Counters by transport. */
+extern sub_stats sub_counts;
+
+#endif

@@ -1,0 +1,269 @@
+/* subscriber.c: picking the transport, resolving the resume point,
+ * subscribing and replaying in order, and delivering (see subscriber.h).
+ * The transport-specific parts are in wsconn.c, sseconn.c and longpoll.c. */
+#include "core/session.h"
+
+#include "core/log.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+sub_config sub_defaults = {
+    .sse_heartbeat = 15,
+    .sse_retry_ms = 2000,
+    .ws_ping = 30,
+    .ws_max_message = 1024 * 1024,
+};
+
+sub_stats sub_counts;
+
+void sub_get_stats(sub_stats *st) { *st = sub_counts; }
+
+conn *sub_conn(sub_session *s) { return s->c; }
+
+const char *sub_transport(const sub_session *s)
+{
+    switch (s->kind) {
+    case SUB_WS: return "websocket";
+    case SUB_SSE: return "sse";
+    default: return s->short_poll ? "poll" : "longpoll";
+    }
+}
+
+int query_param(const http_request *req, const char *name, char *out, size_t cap)
+{
+    if (!req->query) return -1;
+    size_t pos = 0, kl, vl, nl = strlen(name);
+    const char *k, *v;
+    while (http_query_next(req->query, req->query_len, &pos, &k, &kl, &v, &vl)) {
+        if (kl != nl || memcmp(k, name, nl) != 0) continue;
+        if (vl >= cap) return -2;
+        size_t n = http_pct_decode(v, vl, out, true);
+        out[n] = '\0';
+        return (int)n;
+    }
+    return -1;
+}
+
+static bool wants_sse(const http_request *req)
+{
+    size_t len;
+    const char *accept = http_header_get(req, "accept", &len);
+    if (!accept) return false;
+    static const char es[] = "text/event-stream";
+    for (size_t i = 0; i + sizeof(es) - 1 <= len; i++)
+        if (strncasecmp(accept + i, es, sizeof(es) - 1) == 0) return true;
+    return false;
+}
+
+int sub_start(conn *c, hub *h, const sub_request *r, const char **why)
+{
+    http_request *req = conn_request(c);
+    if (!req || r->ntopics < 1) {
+        *why = "no topic";
+        return 400;
+    }
+    for (int i = 0; i < r->ntopics; i++) {
+        if (!hub_topic_valid(r->topics[i], r->topic_lens[i])) {
+            *why = "bad topic name";
+            return 400;
+        }
+    }
+    sub_session *s = calloc(1, sizeof(sub_session));
+    if (!s) {
+        *why = "out of memory";
+        return 503;
+    }
+    s->c = c;
+    s->hub = h;
+    s->hooks = r->hooks;
+    s->hooks_ud = r->hooks_ud;
+    int status;
+    if (req->upgrade && http_header_get(req, "upgrade", NULL)) {
+        s->kind = SUB_WS;
+        status = ws_session_start(s, r, req, why);
+    } else if (wants_sse(req)) {
+        s->kind = SUB_SSE;
+        status = sse_session_start(s, r, req);
+        if (status) *why = "cannot subscribe";
+    } else {
+        s->kind = SUB_LONGPOLL;
+        status = lp_session_start(s, r, req, why);
+    }
+    if (status) {
+        /* Not started: the caller keeps hooks_ud and answers the error. */
+        s->hooks = NULL;
+        s->hooks_ud = NULL;
+        session_free(s);
+    }
+    return status;
+}
+
+/* ---- resume and replay ----------------------------------------------------- */
+
+typedef struct replay_acc {
+    hub_msg **msgs;
+    size_t n, cap;
+    bool oom;
+} replay_acc;
+
+static void collect(void *owner, hub_msg *m)
+{
+    replay_acc *a = owner;
+    if (a->n == a->cap) {
+        size_t ncap = a->cap ? a->cap * 2 : 64;
+        hub_msg **nm = realloc(a->msgs, ncap * sizeof(hub_msg *));
+        if (!nm) {
+            a->oom = true;
+            return;
+        }
+        a->msgs = nm;
+        a->cap = ncap;
+    }
+    hub_msg_ref(m);
+    a->msgs[a->n++] = m;
+}
+
+static int by_seq(const void *a, const void *b)
+{
+    uint64_t x = (*(hub_msg *const *)a)->seq, y = (*(hub_msg *const *)b)->seq;
+    return x < y ? -1 : x > y;
+}
+
+void session_resume_point(const sub_session *s, const sub_request *r, const http_request *req,
+                          resume_point *rp)
+{
+    /* The app's resume ID, then the standard places. */
+    char idbuf[256];
+    const char *id = r->last_event_id;
+    size_t idlen = r->last_event_id_len;
+    if (!id) id = http_header_get(req, "last-event-id", &idlen);
+    if (!id) {
+        int n = query_param(req, "last_event_id", idbuf, sizeof(idbuf));
+        if (n == -1) n = query_param(req, "since", idbuf, sizeof(idbuf));
+        if (n >= 0) {
+            id = idbuf;
+            idlen = (size_t)n;
+        } else if (n == -2) {
+            id = "?"; /* too long to be ours: unknown */
+            idlen = 1;
+        }
+    }
+    rp->present = id && idlen > 0; /* an empty ID is no resume point */
+    rp->after = 0;
+    rp->known = rp->present && hub_id_parse(s->hub, id, idlen, &rp->after);
+}
+
+int session_subscribe_and_replay(sub_session *s, const sub_request *r, const resume_point *rp,
+                                 unsigned replay_limit, bool *gap)
+{
+    *gap = false;
+    /* Where live delivery starts: nothing before now is live. */
+    s->last_seq = hub_last_seq(s->hub);
+
+    s->subs = calloc((size_t)r->ntopics, sizeof(hub_sub *));
+    if (!s->subs) return -1;
+    for (int i = 0; i < r->ntopics; i++) {
+        bool dup = false;
+        for (int j = 0; j < i; j++)
+            if (r->topic_lens[j] == r->topic_lens[i] &&
+                memcmp(r->topics[j], r->topics[i], r->topic_lens[i]) == 0)
+                dup = true;
+        if (dup) continue;
+        s->subs[s->nsubs] = hub_subscribe(s->hub, r->topics[i], r->topic_lens[i], s, session_deliver);
+        if (!s->subs[s->nsubs]) return -1;
+        s->nsubs++;
+    }
+    if (!rp->present) return 0;
+
+    uint64_t after = rp->after;
+    bool known = rp->known;
+    replay_acc acc = {0};
+    for (int i = 0; i < r->ntopics; i++) {
+        bool tgap = false;
+        hub_replay(s->hub, r->topics[i], r->topic_lens[i], after, known, 0, collect, &acc, &tgap);
+        if (tgap) {
+            *gap = true;
+            if (s->kind == SUB_SSE) sse_session_send_gap(s, r->topics[i], r->topic_lens[i]);
+            else if (s->kind == SUB_WS) ws_session_send_gap(s, r->topics[i], r->topic_lens[i]);
+        }
+    }
+    if (s->kind == SUB_LONGPOLL) s->t.lp.gap = *gap;
+    /* Several topics: one seq order across them. */
+    qsort(acc.msgs, acc.n, sizeof(hub_msg *), by_seq);
+    uint64_t live_from = s->last_seq;
+    s->last_seq = known ? after : 0;
+    size_t limit = replay_limit ? replay_limit : acc.n;
+    for (size_t i = 0; i < acc.n; i++) {
+        if (i < limit && !s->ending && conn_closed(s->c) == false) session_deliver(s, acc.msgs[i]);
+        hub_msg_unref(acc.msgs[i]);
+    }
+    free(acc.msgs);
+    /* With a replay limit (long-poll) the rest comes on the next poll. */
+    if (s->last_seq < live_from && (replay_limit == 0 || acc.n <= limit)) s->last_seq = live_from;
+    return acc.oom ? -1 : 0;
+}
+
+/* ---- delivery ------------------------------------------------------------- */
+
+void session_deliver(void *owner, hub_msg *m)
+{
+    sub_session *s = owner;
+    hub *h = s->hub; /* sending may end (free) the session */
+    if (s->ending || m->seq <= s->last_seq) return;
+    s->last_seq = m->seq;
+    hub_msg *out = m;
+    if (s->hooks && s->hooks->filter) {
+        out = s->hooks->filter(s->hooks_ud, s, m);
+        if (!out) return;
+    }
+    switch (s->kind) {
+    case SUB_WS: ws_session_send_msg(s, out); break;
+    case SUB_SSE: sse_session_send_msg(s, out); break;
+    default: lp_session_add_msg(s, out); break;
+    }
+    if (out != m) hub_msg_unref(out);
+    hub_count_delivery(h);
+}
+
+void session_free(sub_session *s)
+{
+    s->ending = true;
+    for (int i = 0; i < s->nsubs; i++) hub_unsubscribe(s->hub, s->subs[i]);
+    free(s->subs);
+    s->subs = NULL;
+    s->nsubs = 0;
+    if (s->hooks && s->hooks->on_close) s->hooks->on_close(s->hooks_ud, s);
+    if (s->hooks && s->hooks->release) s->hooks->release(s->hooks_ud);
+    if (s->kind == SUB_WS) {
+        free(s->t.ws.dec);
+        free(s->t.ws.msg);
+    } else if (s->kind == SUB_LONGPOLL) {
+        for (unsigned i = 0; i < s->t.lp.count; i++) hub_msg_unref(s->t.lp.msgs[i]);
+        free(s->t.lp.msgs);
+    }
+    free(s);
+}
+
+int sub_send(sub_session *s, const char *data, size_t len, bool binary)
+{
+    if (s->kind != SUB_WS || s->ending || conn_closed(s->c)) return -1;
+    uint8_t hdr[WS_MAX_HEADER];
+    size_t h = ws_frame_header(hdr, binary ? WS_OP_BINARY : WS_OP_TEXT, true, len);
+    buf_t *b = buf_new(h + len);
+    if (!b) return -1;
+    memcpy(b->data, hdr, h);
+    if (len) memcpy(b->data + h, data, len);
+    int rc = conn_send(s->c, b, 0, b->len);
+    buf_unref(b);
+    if (rc < 0) ws_session_close(s, WS_CLOSE_TRY_AGAIN_LATER, "slow consumer");
+    return rc;
+}
+
+void sub_close(sub_session *s, unsigned code, const char *reason)
+{
+    if (s->ending || conn_closed(s->c)) return;
+    if (s->kind == SUB_WS) ws_session_close(s, code, reason);
+    else conn_close_after_write(s->c);
+}

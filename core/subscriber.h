@@ -1,0 +1,82 @@
+/* subscriber.h: a connection that subscribes to topics, over whichever
+ * transport its request asks for.
+ *
+ * sub_start() reads the request: `Upgrade: websocket` gives WebSocket,
+ * `Accept: text/event-stream` gives Server-Sent Events, anything else a
+ * long-poll (a short poll with ?timeout=0).  It sends the response head
+ * only once the subscription is in place, replays what follows the resume
+ * ID (opts, else Last-Event-ID, else ?last_event_id=, else ?since=), then
+ * delivers live.  The transports live in wsconn.c, sseconn.c, longpoll.c;
+ * what they share is in session.h. */
+#ifndef SLUICE_SUBSCRIBER_H
+#define SLUICE_SUBSCRIBER_H
+
+#include "core/conn.h"
+#include "core/hub.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct sub_session sub_session;
+
+/* Callbacks into the app (the Lua layer); every one may be NULL. */
+typedef struct sub_hooks {
+    /* Per delivery: returns the message to send (m itself, or a new message
+     * carrying a reference for the caller) or NULL to skip it. */
+    hub_msg *(*filter)(void *ud, sub_session *s, hub_msg *m);
+    /* A complete message a WebSocket client sent. */
+    void (*on_message)(void *ud, sub_session *s, const char *data, size_t len, bool binary);
+    /* The subscription ends (the connection closes or the poll answers). */
+    void (*on_close)(void *ud, sub_session *s);
+    /* Frees ud; called once, last. */
+    void (*release)(void *ud);
+} sub_hooks;
+
+typedef struct sub_request {
+    const char *const *topics;
+    const size_t *topic_lens;
+    int ntopics;
+    const char *last_event_id; /* NULL: take it from the request */
+    size_t last_event_id_len;
+    const char *protocol; /* WebSocket subprotocol chosen by the app, or NULL */
+    int json;             /* WebSocket JSON envelopes: 1 yes, 0 no, -1 from ?format= */
+    const sub_hooks *hooks;
+    void *hooks_ud;
+} sub_request;
+
+typedef struct sub_config {
+    double sse_heartbeat;   /* seconds between SSE comment lines */
+    unsigned sse_retry_ms;  /* the reconnection hint sent first */
+    double ws_ping;         /* seconds of silence before a ping */
+    size_t ws_max_message;  /* bytes; larger client messages close with 1009 */
+} sub_config;
+
+extern sub_config sub_defaults;
+
+/* Starts a subscription on a connection in CONN_HANDLING.  Returns 0 (the
+ * session owns hooks_ud from then on), or an HTTP status with a reason in
+ * *why when the request cannot subscribe (the caller answers it and still
+ * owns hooks_ud). */
+int sub_start(conn *c, hub *h, const sub_request *r, const char **why);
+
+/* The session's connection and transport name ("websocket", "sse",
+ * "longpoll", "poll"). */
+conn *sub_conn(sub_session *s);
+const char *sub_transport(const sub_session *s);
+
+/* WebSocket only: sends one message to this client.  Returns 0, or -1 when
+ * the session is not a WebSocket or the client is too slow (it is then
+ * being closed with 1013). */
+int sub_send(sub_session *s, const char *data, size_t len, bool binary);
+
+/* Ends the session: WebSocket close with `code` and `reason`; SSE and
+ * long-poll end the response. */
+void sub_close(sub_session *s, unsigned code, const char *reason);
+
+/* Connections by transport, for /metrics. */
+typedef struct sub_stats {
+    unsigned websocket, sse, longpoll;
+} sub_stats;
+void sub_get_stats(sub_stats *st);
+
+#endif
