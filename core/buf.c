@@ -39,7 +39,8 @@ static int outq_grow(outq_t *q)
     uint32_t ncap = q->cap ? q->cap * 2 : 4;
     outq_seg *ns = malloc(sizeof(*ns) * ncap);
     if (!ns) return -1;
-    for (uint32_t i = 0; i < q->count; i++) ns[i] = q->segs[(q->head + i) & (q->cap - 1)];
+    for (uint32_t i = 0; i < q->count; i++)
+        ns[i] = q->segs[(q->head + i) & (q->cap - 1)];
     free(q->segs);
     q->segs = ns;
     q->cap = ncap;
@@ -91,7 +92,8 @@ void outq_consume(outq_t *q, size_t n)
 
 void outq_clear(outq_t *q)
 {
-    for (uint32_t i = 0; i < q->count; i++) buf_unref(q->segs[(q->head + i) & (q->cap - 1)].buf);
+    for (uint32_t i = 0; i < q->count; i++)
+        buf_unref(q->segs[(q->head + i) & (q->cap - 1)].buf);
     free(q->segs);
     memset(q, 0, sizeof(*q));
 }

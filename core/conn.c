@@ -20,8 +20,8 @@
 enum timer_kind { T_NONE, T_IDLE, T_HEADER, T_BODY, T_HANDSHAKE, T_LINGER, T_STREAM };
 
 #define READ_CHUNK 65536
-#define READS_PER_EVENT 16     /* fairness: then let other connections run */
-#define LINGER_SECONDS 2.0     /* read and discard after a final answer */
+#define READS_PER_EVENT 16 /* fairness: then let other connections run */
+#define LINGER_SECONDS 2.0 /* read and discard after a final answer */
 #define CLOSING_WRITE_SECONDS 10.0
 
 static __thread char read_buf[READ_CHUNK];
@@ -36,11 +36,16 @@ static void flush(conn *c);
 static bool wants_read(const conn *c)
 {
     switch (c->state) {
-    case CONN_HTTP: return !c->drain_wait;
-    case CONN_STREAM: return true;
-    case CONN_CLOSING: return c->lingering;
-    case CONN_TLS_HANDSHAKE: return c->io.want != IO_WANT_WRITE;
-    default: return false;
+    case CONN_HTTP:
+        return !c->drain_wait;
+    case CONN_STREAM:
+        return true;
+    case CONN_CLOSING:
+        return c->lingering;
+    case CONN_TLS_HANDSHAKE:
+        return c->io.want != IO_WANT_WRITE;
+    default:
+        return false;
     }
 }
 
@@ -96,7 +101,10 @@ static void free_pending(conn *c)
 
 /* ---- lifetime --------------------------------------------------------- */
 
-void conn_hold(conn *c) { c->refs++; }
+void conn_hold(conn *c)
+{
+    c->refs++;
+}
 
 static void conn_free(conn *c)
 {
@@ -121,8 +129,10 @@ void conn_close(conn *c)
     ev_io_stop(srv->loop, &c->watcher);
     ev_timer_stop(srv->loop, &c->timer);
     c->state = CONN_CLOSED;
-    if (c->prev) c->prev->next = c->next;
-    else srv->conns = c->next;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        srv->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     c->next = c->prev = NULL;
     srv->nconns--;
@@ -245,8 +255,10 @@ void conn_close_after_write(conn *c)
     free_pending(c);
     free_parser(c);
     set_state(c, CONN_CLOSING);
-    if (c->out.bytes == 0) start_linger(c);
-    else arm_timer(c, T_LINGER, CLOSING_WRITE_SECONDS);
+    if (c->out.bytes == 0)
+        start_linger(c);
+    else
+        arm_timer(c, T_LINGER, CLOSING_WRITE_SECONDS);
 }
 
 static void on_drained(conn *c)
@@ -262,10 +274,12 @@ static void on_drained(conn *c)
         if (c->drain_wait) {
             c->drain_wait = false;
             update_io(c);
-            if (c->pending) http_input(c, c->pending + c->pending_off, c->pending_len - c->pending_off);
+            if (c->pending)
+                http_input(c, c->pending + c->pending_off, c->pending_len - c->pending_off);
         }
         break;
-    default: break;
+    default:
+        break;
     }
 }
 
@@ -316,7 +330,8 @@ static int resp_append(conn *c, const char *s, size_t n)
 {
     if (c->resp_len + n > c->resp_cap) {
         size_t ncap = c->resp_cap ? c->resp_cap : 256;
-        while (ncap < c->resp_len + n) ncap *= 2;
+        while (ncap < c->resp_len + n)
+            ncap *= 2;
         char *nh = realloc(c->resp_head, ncap);
         if (!nh) return -1;
         c->resp_head = nh;
@@ -327,7 +342,10 @@ static int resp_append(conn *c, const char *s, size_t n)
     return 0;
 }
 
-http_request *conn_request(conn *c) { return c->http ? &c->http->req : NULL; }
+http_request *conn_request(conn *c)
+{
+    return c->http ? &c->http->req : NULL;
+}
 
 void conn_response_start(conn *c, int status)
 {
@@ -420,7 +438,9 @@ static void finish_head(conn *c, size_t *len)
         bool http10 = r && r->version_major == 1 && r->version_minor == 0;
         n = snprintf(hdr, sizeof(hdr), "Date: %s\r\nContent-Length: %zu\r\n%s\r\n",
                      server_date(c->srv), *len,
-                     close ? "Connection: close\r\n" : http10 ? "Connection: keep-alive\r\n" : "");
+                     close    ? "Connection: close\r\n"
+                     : http10 ? "Connection: keep-alive\r\n"
+                              : "");
     }
     resp_append(c, hdr, (size_t)n);
     if (close) c->keep_alive = false;
@@ -456,14 +476,16 @@ void conn_response_finish_parts(conn *c, const conn_part *parts, int nparts)
 {
     if (c->state == CONN_CLOSED) return;
     size_t len = 0;
-    for (int i = 0; i < nparts; i++) len += parts[i].len;
+    for (int i = 0; i < nparts; i++)
+        len += parts[i].len;
     finish_head(c, &len);
     buf_t *b = buf_from(c->resp_head, c->resp_len);
     if (b) {
         conn_send(c, b, 0, b->len);
         buf_unref(b);
         if (!c->head_request)
-            for (int i = 0; i < nparts; i++) outq_push(&c->out, parts[i].buf, parts[i].off, parts[i].len);
+            for (int i = 0; i < nparts; i++)
+                outq_push(&c->out, parts[i].buf, parts[i].off, parts[i].len);
     } else {
         c->keep_alive = false;
     }
@@ -594,8 +616,10 @@ static void http_input(conn *c, const char *data, size_t len)
         data += used;
         len -= used;
         if (ev == HTTP_EV_NEED_MORE) {
-            if (c->http->req.method) arm_timer(c, T_BODY, srv->limits.header_timeout);
-            else if (c->timer_kind != T_HEADER) arm_timer(c, T_HEADER, srv->limits.header_timeout);
+            if (c->http->req.method)
+                arm_timer(c, T_BODY, srv->limits.header_timeout);
+            else if (c->timer_kind != T_HEADER)
+                arm_timer(c, T_HEADER, srv->limits.header_timeout);
             break;
         }
         if (ev == HTTP_EV_CONTINUE) {
@@ -647,9 +671,14 @@ static void do_read(conn *c)
         if (n > 0) {
             c->read_want_w = false;
             switch (c->state) {
-            case CONN_HTTP: http_input(c, read_buf, (size_t)n); break;
-            case CONN_STREAM: c->stream->on_data(c, c->stream_state, read_buf, (size_t)n); break;
-            default: break; /* lingering: discard */
+            case CONN_HTTP:
+                http_input(c, read_buf, (size_t)n);
+                break;
+            case CONN_STREAM:
+                c->stream->on_data(c, c->stream_state, read_buf, (size_t)n);
+                break;
+            default:
+                break; /* lingering: discard */
             }
             continue;
         }
@@ -661,8 +690,10 @@ static void do_read(conn *c)
             }
             return;
         }
-        if (n == 0) on_eof(c);
-        else conn_close(c);
+        if (n == 0)
+            on_eof(c);
+        else
+            conn_close(c);
         return;
     }
     /* Read budget spent; TLS may hold decrypted bytes no socket event shows. */
@@ -713,8 +744,10 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     case T_HEADER:
     case T_BODY:
         LOG_KV(LOG_DEBUG, "request timeout");
-        if (c->state == CONN_HTTP) http_error(c, 408, "request timeout");
-        else conn_close(c);
+        if (c->state == CONN_HTTP)
+            http_error(c, 408, "request timeout");
+        else
+            conn_close(c);
         break;
     case T_STREAM:
         if (c->stream && c->stream->on_timer) c->stream->on_timer(c, c->stream_state);
@@ -722,7 +755,9 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     case T_IDLE:
     case T_HANDSHAKE:
     case T_LINGER:
-    default: conn_close(c); break;
+    default:
+        conn_close(c);
+        break;
     }
     conn_release(c);
 }
@@ -739,15 +774,20 @@ void conn_shutdown(conn *c)
             conn_close(c);
         }
         break;
-    case CONN_TLS_HANDSHAKE: conn_close(c); break;
+    case CONN_TLS_HANDSHAKE:
+        conn_close(c);
+        break;
     case CONN_HANDLING:
         c->keep_alive = false;
         if (c->stream && c->stream->on_shutdown) c->stream->on_shutdown(c, c->stream_state);
         break;
     case CONN_STREAM:
-        if (c->stream->on_shutdown) c->stream->on_shutdown(c, c->stream_state);
-        else conn_close_after_write(c);
+        if (c->stream->on_shutdown)
+            c->stream->on_shutdown(c, c->stream_state);
+        else
+            conn_close_after_write(c);
         break;
-    default: break;
+    default:
+        break;
     }
 }

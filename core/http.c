@@ -10,7 +10,10 @@
 
 #define HTTP_LINE_OVERHEAD 4 /* ": " and CRLF per header, counted against max_header */
 
-static http_parser *parser_of(llhttp_t *l) { return (http_parser *)l->data; }
+static http_parser *parser_of(llhttp_t *l)
+{
+    return (http_parser *)l->data;
+}
 
 static int fail(http_parser *p, int status, const char *reason)
 {
@@ -23,7 +26,8 @@ static int arena_append(http_parser *p, const char *at, size_t len)
 {
     if (p->arena_len + len + 1 > p->arena_cap) {
         size_t ncap = p->arena_cap ? p->arena_cap : 512;
-        while (ncap < p->arena_len + len + 1) ncap *= 2;
+        while (ncap < p->arena_len + len + 1)
+            ncap *= 2;
         char *na = realloc(p->arena, ncap);
         if (!na) return fail(p, 500, "out of memory");
         p->arena = na;
@@ -154,7 +158,8 @@ static int on_body(llhttp_t *l, const char *at, size_t len)
     if (p->body_len + len > p->limits.max_body) return fail(p, 413, "body too large");
     if (p->body_len + len + 1 > p->body_cap) {
         size_t ncap = p->body_cap ? p->body_cap : 1024;
-        while (ncap < p->body_len + len + 1) ncap *= 2;
+        while (ncap < p->body_len + len + 1)
+            ncap *= 2;
         char *nb = realloc(p->body, ncap);
         if (!nb) return fail(p, 500, "out of memory");
         p->body = nb;
@@ -280,44 +285,82 @@ const char *http_header_get(const http_request *req, const char *name, size_t *l
 const char *http_status_text(int status)
 {
     switch (status) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 206: return "Partial Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 303: return "See Other";
-    case 304: return "Not Modified";
-    case 307: return "Temporary Redirect";
-    case 308: return "Permanent Redirect";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 406: return "Not Acceptable";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 410: return "Gone";
-    case 411: return "Length Required";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 415: return "Unsupported Media Type";
-    case 417: return "Expectation Failed";
-    case 422: return "Unprocessable Content";
-    case 426: return "Upgrade Required";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Unknown";
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 206:
+        return "Partial Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 303:
+        return "See Other";
+    case 304:
+        return "Not Modified";
+    case 307:
+        return "Temporary Redirect";
+    case 308:
+        return "Permanent Redirect";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 406:
+        return "Not Acceptable";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 410:
+        return "Gone";
+    case 411:
+        return "Length Required";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 415:
+        return "Unsupported Media Type";
+    case 417:
+        return "Expectation Failed";
+    case 422:
+        return "Unprocessable Content";
+    case 426:
+        return "Upgrade Required";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Unknown";
     }
 }
 

@@ -50,7 +50,8 @@ struct hub {
 static uint32_t hash_name(const char *s, size_t len)
 {
     uint32_t h = 2166136261u; /* FNV-1a */
-    for (size_t i = 0; i < len; i++) h = (h ^ (uint8_t)s[i]) * 16777619u;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (uint8_t)s[i]) * 16777619u;
     return h;
 }
 
@@ -85,12 +86,14 @@ void hub_free(hub *h)
         hub_topic *t = h->buckets[i];
         while (t) {
             hub_topic *next = t->next_in_bucket;
-            while (t->subs) hub_unsubscribe(h, t->subs);
+            while (t->subs)
+                hub_unsubscribe(h, t->subs);
             topic_free(t);
             t = next;
         }
     }
-    for (size_t i = 0; i < h->nrules; i++) free(h->rules[i].pattern);
+    for (size_t i = 0; i < h->nrules; i++)
+        free(h->rules[i].pattern);
     free(h->rules);
     free(h->buckets);
     free(h);
@@ -212,7 +215,8 @@ static void topic_maybe_drop(hub *h, hub_topic *t)
 {
     if (t->subs || t->ring_count) return;
     hub_topic **pp = &h->buckets[t->hash & (h->nbuckets - 1)];
-    while (*pp != t) pp = &(*pp)->next_in_bucket;
+    while (*pp != t)
+        pp = &(*pp)->next_in_bucket;
     *pp = t->next_in_bucket;
     h->ntopics--;
     topic_free(t);
@@ -220,7 +224,10 @@ static void topic_maybe_drop(hub *h, hub_topic *t)
 
 /* ---- messages ----------------------------------------------------------- */
 
-void hub_msg_ref(hub_msg *m) { m->refs++; }
+void hub_msg_ref(hub_msg *m)
+{
+    m->refs++;
+}
 
 const char *hub_msg_topic(const hub_msg *m, size_t *len)
 {
@@ -281,7 +288,10 @@ bool hub_id_parse(const hub *h, const char *id, size_t len, uint64_t *seq)
     return true;
 }
 
-uint64_t hub_last_seq(const hub *h) { return h->seq; }
+uint64_t hub_last_seq(const hub *h)
+{
+    return h->seq;
+}
 
 static int64_t now_ms(void)
 {
@@ -303,7 +313,8 @@ static void trim_by_age(hub_topic *t, int64_t now)
 {
     if (t->max_age <= 0) return;
     int64_t cutoff = now - (int64_t)(t->max_age * 1000);
-    while (t->ring_count && t->ring[t->ring_head]->time_ms < cutoff) ring_drop_oldest(t);
+    while (t->ring_count && t->ring[t->ring_head]->time_ms < cutoff)
+        ring_drop_oldest(t);
 }
 
 static int ring_push(hub_topic *t, hub_msg *m)
@@ -316,7 +327,8 @@ static int ring_push(hub_topic *t, hub_msg *m)
         if (ncap > t->backlog) ncap = t->backlog;
         hub_msg **nr = malloc(ncap * sizeof(hub_msg *));
         if (!nr) return -1;
-        for (uint32_t i = 0; i < t->ring_count; i++) nr[i] = t->ring[(t->ring_head + i) % t->ring_cap];
+        for (uint32_t i = 0; i < t->ring_count; i++)
+            nr[i] = t->ring[(t->ring_head + i) % t->ring_cap];
         free(t->ring);
         t->ring = nr;
         t->ring_cap = ncap;
@@ -392,8 +404,10 @@ void hub_unsubscribe(hub *h, hub_sub *s)
 {
     if (!s) return;
     hub_topic *t = s->topic;
-    if (s->prev) s->prev->next = s->next;
-    else t->subs = s->next;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        t->subs = s->next;
     if (s->next) s->next->prev = s->prev;
     t->nsubs--;
     h->stats.subscribers--;
@@ -474,7 +488,8 @@ int hub_msg_ws(hub_msg *m, bool json, buf_t **b, size_t *off, size_t *len)
         *len = m->json_hdr + m->json_len;
         return 0;
     }
-    if (!m->raw_hdr) m->raw_hdr = put_ws_header(m->raw, m->binary ? WS_OP_BINARY : WS_OP_TEXT, m->len);
+    if (!m->raw_hdr)
+        m->raw_hdr = put_ws_header(m->raw, m->binary ? WS_OP_BINARY : WS_OP_TEXT, m->len);
     *b = m->raw;
     *off = HUB_HEADROOM - m->raw_hdr;
     *len = m->raw_hdr + m->len;
@@ -503,7 +518,8 @@ int hub_msg_sse(hub_msg *m, buf_t **b)
         }
         ssize_t n = sse_event_size(m->id, m->id_len, ev, evlen, data, dlen);
         buf_t *sb = n > 0 ? buf_new((size_t)n) : NULL;
-        if (!sb || sse_event_encode(sb->data, (size_t)n, m->id, m->id_len, ev, evlen, data, dlen) != n) {
+        if (!sb ||
+            sse_event_encode(sb->data, (size_t)n, m->id, m->id_len, ev, evlen, data, dlen) != n) {
             buf_unref(sb);
             free(tmp);
             return -1;
@@ -521,4 +537,7 @@ void hub_get_stats(const hub *h, hub_stats *st)
     st->topics = h->ntopics;
 }
 
-void hub_count_delivery(hub *h) { h->stats.delivered++; }
+void hub_count_delivery(hub *h)
+{
+    h->stats.delivered++;
+}

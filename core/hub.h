@@ -25,10 +25,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HUB_HEADROOM 10         /* bytes before data/JSON for a frame header */
-#define HUB_TOPIC_MAX 200       /* topic names: 1..200 bytes of [A-Za-z0-9_.:-] */
-#define HUB_EVENT_MAX 128       /* event names: 1..128 bytes, no CR/LF/NUL */
-#define HUB_ID_MAX 40           /* longest ID string, with the NUL */
+#define HUB_HEADROOM 10   /* bytes before data/JSON for a frame header */
+#define HUB_TOPIC_MAX 200 /* topic names: 1..200 bytes of [A-Za-z0-9_.:-] */
+#define HUB_EVENT_MAX 128 /* event names: 1..128 bytes, no CR/LF/NUL */
+#define HUB_ID_MAX 40     /* longest ID string, with the NUL */
 #define HUB_DEFAULT_BACKLOG 1000
 
 typedef struct hub hub;
@@ -41,11 +41,11 @@ typedef struct hub_msg {
     int64_t time_ms; /* publish time, for max_age */
     char *event;     /* NULL when none */
     size_t event_len;
-    buf_t *raw; /* HUB_HEADROOM bytes, then the data */
-    size_t len; /* data bytes */
-    bool binary; /* data is not valid UTF-8: base64 on text transports */
+    buf_t *raw;                /* HUB_HEADROOM bytes, then the data */
+    size_t len;                /* data bytes */
+    bool binary;               /* data is not valid UTF-8: base64 on text transports */
     uint8_t raw_hdr, json_hdr; /* WebSocket header bytes in each headroom, 0: not yet */
-    buf_t *json; /* HUB_HEADROOM bytes, then the JSON object */
+    buf_t *json;               /* HUB_HEADROOM bytes, then the JSON object */
     size_t json_len;
     buf_t *sse; /* the whole SSE event */
     char id[HUB_ID_MAX];

@@ -20,9 +20,14 @@ static ssize_t tls_result(io_t *io, int ret)
 {
     int e = SSL_get_error(io->ssl, ret);
     switch (e) {
-    case SSL_ERROR_WANT_READ: io->want = IO_WANT_READ; return IO_AGAIN;
-    case SSL_ERROR_WANT_WRITE: io->want = IO_WANT_WRITE; return IO_AGAIN;
-    case SSL_ERROR_ZERO_RETURN: return 0;
+    case SSL_ERROR_WANT_READ:
+        io->want = IO_WANT_READ;
+        return IO_AGAIN;
+    case SSL_ERROR_WANT_WRITE:
+        io->want = IO_WANT_WRITE;
+        return IO_AGAIN;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
     case SSL_ERROR_SYSCALL:
         if (ERR_peek_error() == 0 && errno == 0) return 0; /* EOF without close_notify */
         /* fall through */
@@ -177,7 +182,7 @@ SSL_CTX *tls_ctx_new(const char *cert_file, const char *key_file, char *err, siz
     return ctx;
 fail:
     snprintf(err, errlen, "cannot create TLS context");
-fail_msg: {
+fail_msg : {
     unsigned long e = ERR_get_error();
     if (e) {
         size_t l = strlen(err);

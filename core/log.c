@@ -27,7 +27,10 @@ int log_level_parse(const char *s)
     return -1;
 }
 
-bool log_enabled(log_level level) { return level >= log_threshold && level < LOG_OFF; }
+bool log_enabled(log_level level)
+{
+    return level >= log_threshold && level < LOG_OFF;
+}
 
 typedef struct line {
     char buf[8192];
@@ -42,7 +45,10 @@ static void put(line *l, const char *s, size_t n)
     l->len += n;
 }
 
-static void puts_(line *l, const char *s) { put(l, s, strlen(s)); }
+static void puts_(line *l, const char *s)
+{
+    put(l, s, strlen(s));
+}
 
 static void putf(line *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void putf(line *l, const char *fmt, ...)

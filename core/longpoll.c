@@ -83,7 +83,8 @@ static void lp_answer(sub_session *s)
     session_free(s);
 }
 
-int lp_session_start(sub_session *s, const sub_request *r, const http_request *req, const char **why)
+int lp_session_start(sub_session *s, const sub_request *r, const http_request *req,
+                     const char **why)
 {
     char v[32];
     double timeout = LP_DEFAULT_TIMEOUT;
@@ -143,9 +144,15 @@ void lp_session_add_msg(sub_session *s, hub_msg *m)
     if (s->t.lp.waiting) lp_answer(s);
 }
 
-static void lp_on_timer(conn *c, void *state) { lp_answer(state); }
+static void lp_on_timer(conn *c, void *state)
+{
+    lp_answer(state);
+}
 
-static void lp_on_shutdown(conn *c, void *state) { lp_answer(state); }
+static void lp_on_shutdown(conn *c, void *state)
+{
+    lp_answer(state);
+}
 
 static void lp_on_close(conn *c, void *state)
 {

@@ -36,32 +36,40 @@ typedef struct options {
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: sluice [options] [APP.lua]\n"
-            "\n"
-            "A realtime gateway: WebSocket, Server-Sent Events, long-polling and short polling\n"
-            "on one URL, with durable resumable topics and Lua apps.\n"
-            "\n"
-            "  APP.lua                    the application script (default: the built-in app)\n"
-            "  -l, --listen ADDR:PORT     plain HTTP listener; repeatable (default 127.0.0.1:8080)\n"
-            "      --tls-listen ADDR:PORT HTTPS/WSS listener; repeatable\n"
-            "      --tls-cert FILE        PEM certificate chain\n"
-            "      --tls-key FILE         PEM private key\n"
-            "  -d, --data DIR             LMDB directory, created if missing (default ./sluice-data)\n"
-            "  -w, --workers N            event-loop threads (default: number of CPUs)\n"
-            "      --check                load the app, report problems, exit 0 or 1\n"
-            "      --log-level LEVEL      debug, info, warn, error (default info)\n"
-            "      --log-format FORMAT    text or json (default text)\n"
-            "  -V, --version              print the version\n"
-            "  -h, --help                 print this help\n"
-            "\n"
-            "Signals: SIGHUP reloads the app and the TLS certificate; SIGTERM/SIGINT stop\n"
-            "gracefully.\n");
+    fprintf(
+        out,
+        "usage: sluice [options] [APP.lua]\n"
+        "\n"
+        "A realtime gateway: WebSocket, Server-Sent Events, long-polling and short polling\n"
+        "on one URL, with durable resumable topics and Lua apps.\n"
+        "\n"
+        "  APP.lua                    the application script (default: the built-in app)\n"
+        "  -l, --listen ADDR:PORT     plain HTTP listener; repeatable (default 127.0.0.1:8080)\n"
+        "      --tls-listen ADDR:PORT HTTPS/WSS listener; repeatable\n"
+        "      --tls-cert FILE        PEM certificate chain\n"
+        "      --tls-key FILE         PEM private key\n"
+        "  -d, --data DIR             LMDB directory, created if missing (default ./sluice-data)\n"
+        "  -w, --workers N            event-loop threads (default: number of CPUs)\n"
+        "      --check                load the app, report problems, exit 0 or 1\n"
+        "      --log-level LEVEL      debug, info, warn, error (default info)\n"
+        "      --log-format FORMAT    text or json (default text)\n"
+        "  -V, --version              print the version\n"
+        "  -h, --help                 print this help\n"
+        "\n"
+        "Signals: SIGHUP reloads the app and the TLS certificate; SIGTERM/SIGINT stop\n"
+        "gracefully.\n");
 }
 
 static int parse_options(int argc, char **argv, options *o)
 {
-    enum { OPT_TLS_LISTEN = 256, OPT_TLS_CERT, OPT_TLS_KEY, OPT_CHECK, OPT_LOG_LEVEL, OPT_LOG_FORMAT };
+    enum {
+        OPT_TLS_LISTEN = 256,
+        OPT_TLS_CERT,
+        OPT_TLS_KEY,
+        OPT_CHECK,
+        OPT_LOG_LEVEL,
+        OPT_LOG_FORMAT
+    };
     static const struct option longopts[] = {
         {"listen", required_argument, NULL, 'l'},
         {"tls-listen", required_argument, NULL, OPT_TLS_LISTEN},
@@ -90,20 +98,29 @@ static int parse_options(int argc, char **argv, options *o)
             if (o->ntls_listen == MAX_ADDRS) goto too_many;
             o->tls_listen[o->ntls_listen++] = optarg;
             break;
-        case OPT_TLS_CERT: o->tls_cert = optarg; break;
-        case OPT_TLS_KEY: o->tls_key = optarg; break;
-        case 'd': o->data_dir = optarg; break;
+        case OPT_TLS_CERT:
+            o->tls_cert = optarg;
+            break;
+        case OPT_TLS_KEY:
+            o->tls_key = optarg;
+            break;
+        case 'd':
+            o->data_dir = optarg;
+            break;
         case 'w': {
             char *end;
             long w = strtol(optarg, &end, 10);
             if (*end || w < 1 || w > 1024) {
-                fprintf(stderr, "sluice: --workers wants a number from 1 to 1024, not '%s'\n", optarg);
+                fprintf(stderr, "sluice: --workers wants a number from 1 to 1024, not '%s'\n",
+                        optarg);
                 return -1;
             }
             o->workers = (int)w;
             break;
         }
-        case OPT_CHECK: o->check = true; break;
+        case OPT_CHECK:
+            o->check = true;
+            break;
         case OPT_LOG_LEVEL:
             o->log_level = log_level_parse(optarg);
             if (o->log_level < 0) {
@@ -113,15 +130,21 @@ static int parse_options(int argc, char **argv, options *o)
             }
             break;
         case OPT_LOG_FORMAT:
-            if (strcmp(optarg, "text") == 0) o->log_format = LOG_TEXT;
-            else if (strcmp(optarg, "json") == 0) o->log_format = LOG_JSON;
+            if (strcmp(optarg, "text") == 0)
+                o->log_format = LOG_TEXT;
+            else if (strcmp(optarg, "json") == 0)
+                o->log_format = LOG_JSON;
             else {
                 fprintf(stderr, "sluice: --log-format wants text or json, not '%s'\n", optarg);
                 return -1;
             }
             break;
-        case 'V': printf("sluice %s\n", SLUICE_VERSION); exit(0);
-        case 'h': usage(stdout); exit(0);
+        case 'V':
+            printf("sluice %s\n", SLUICE_VERSION);
+            exit(0);
+        case 'h':
+            usage(stdout);
+            exit(0);
         case ':':
             fprintf(stderr, "sluice: option '%s' needs a value\n", argv[optind - 1]);
             return -1;
@@ -132,7 +155,8 @@ static int parse_options(int argc, char **argv, options *o)
     }
     if (optind < argc) o->app = argv[optind++];
     if (optind < argc) {
-        fprintf(stderr, "sluice: unexpected argument '%s' (one app script at most)\n", argv[optind]);
+        fprintf(stderr, "sluice: unexpected argument '%s' (one app script at most)\n",
+                argv[optind]);
         return -1;
     }
     return 0;

@@ -28,11 +28,15 @@ struct route_table {
     size_t count, cap;
 };
 
-route_table *route_table_new(void) { return calloc(1, sizeof(route_table)); }
+route_table *route_table_new(void)
+{
+    return calloc(1, sizeof(route_table));
+}
 
 static void route_destroy(route *r)
 {
-    for (int i = 0; i < r->nsegs; i++) free(r->segs[i].text);
+    for (int i = 0; i < r->nsegs; i++)
+        free(r->segs[i].text);
     free(r->segs);
     free(r->pattern);
 }
@@ -48,7 +52,10 @@ void route_table_free(route_table *t, void (*release)(intptr_t, void *), void *u
     free(t);
 }
 
-size_t route_count(const route_table *t) { return t->count; }
+size_t route_count(const route_table *t)
+{
+    return t->count;
+}
 
 static int compile(route *r, const char *pattern, char *err, size_t errlen)
 {
@@ -58,7 +65,8 @@ static int compile(route *r, const char *pattern, char *err, size_t errlen)
         return -1;
     }
     int maxsegs = 1;
-    for (size_t i = 0; i < plen; i++) maxsegs += pattern[i] == '/';
+    for (size_t i = 0; i < plen; i++)
+        maxsegs += pattern[i] == '/';
     r->segs = calloc((size_t)maxsegs, sizeof(route_seg));
     if (!r->segs) return -1;
     int nparams = 0;
@@ -110,7 +118,8 @@ int route_add(route_table *t, const char *method, const char *pattern, intptr_t 
         return -1;
     }
     for (size_t i = 0; i < t->count; i++) {
-        if (strcmp(t->routes[i].method, method) == 0 && strcmp(t->routes[i].pattern, pattern) == 0) {
+        if (strcmp(t->routes[i].method, method) == 0 &&
+            strcmp(t->routes[i].pattern, pattern) == 0) {
             snprintf(err, errlen, "duplicate route: %s %s", method, pattern);
             return -1;
         }

@@ -40,14 +40,17 @@ static void accept_resume_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     server *srv = w->data;
     if (srv->stopping) return;
-    for (int i = 0; i < srv->nlisteners; i++) ev_io_start(loop, &srv->listeners[i].watcher);
+    for (int i = 0; i < srv->nlisteners; i++)
+        ev_io_start(loop, &srv->listeners[i].watcher);
 }
 
 static void shutdown_timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     server *srv = w->data;
-    LOG_KV(LOG_WARN, "shutdown timeout: closing remaining connections", LOG_I("count", srv->nconns));
-    while (srv->conns) conn_close(srv->conns);
+    LOG_KV(LOG_WARN, "shutdown timeout: closing remaining connections",
+           LOG_I("count", srv->nconns));
+    while (srv->conns)
+        conn_close(srv->conns);
     ev_break(loop, EVBREAK_ALL);
 }
 
@@ -148,9 +151,12 @@ static int parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *sle
     struct sockaddr_in *a = (struct sockaddr_in *)ss;
     a->sin_family = AF_INET;
     a->sin_port = htons((uint16_t)port);
-    if (strcmp(host, "*") == 0 || strcmp(host, "0.0.0.0") == 0) a->sin_addr.s_addr = INADDR_ANY;
-    else if (strcmp(host, "localhost") == 0) a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    else if (inet_pton(AF_INET, host, &a->sin_addr) != 1) return -1;
+    if (strcmp(host, "*") == 0 || strcmp(host, "0.0.0.0") == 0)
+        a->sin_addr.s_addr = INADDR_ANY;
+    else if (strcmp(host, "localhost") == 0)
+        a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    else if (inet_pton(AF_INET, host, &a->sin_addr) != 1)
+        return -1;
     *slen = sizeof(*a);
     return 0;
 }
@@ -204,7 +210,8 @@ fail:
 
 void server_start(server *srv)
 {
-    for (int i = 0; i < srv->nlisteners; i++) ev_io_start(srv->loop, &srv->listeners[i].watcher);
+    for (int i = 0; i < srv->nlisteners; i++)
+        ev_io_start(srv->loop, &srv->listeners[i].watcher);
 }
 
 void server_set_tls_ctx(server *srv, SSL_CTX *ctx)
@@ -240,7 +247,8 @@ void server_shutdown(server *srv)
 
 void server_destroy(server *srv)
 {
-    while (srv->conns) conn_close(srv->conns);
+    while (srv->conns)
+        conn_close(srv->conns);
     server_flush_pending(srv);
     for (int i = 0; i < srv->nlisteners; i++)
         if (srv->listeners[i].fd >= 0) close(srv->listeners[i].fd);

@@ -14,9 +14,9 @@ struct sub_session {
     hub_sub **subs;
     int nsubs;
     uint8_t kind;
-    bool json;      /* WebSocket JSON envelopes */
-    bool short_poll; /* long-poll with timeout=0 */
-    bool ending;    /* being torn down: deliver nothing more */
+    bool json;         /* WebSocket JSON envelopes */
+    bool short_poll;   /* long-poll with timeout=0 */
+    bool ending;       /* being torn down: deliver nothing more */
     uint64_t last_seq; /* newest seq delivered: older ones are duplicates */
     const sub_hooks *hooks;
     void *hooks_ud;
@@ -33,7 +33,7 @@ struct sub_session {
             unsigned count;
             hub_msg **msgs;
             bool gap;
-            bool waiting; /* replay done: a live message answers at once */
+            bool waiting;   /* replay done: a live message answers at once */
             uint64_t since; /* the cursor to answer when nothing came */
         } lp;
     } t;
@@ -62,9 +62,11 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
 void session_free(sub_session *s);
 
 /* Per-transport starts and sends (each in its own file). */
-int ws_session_start(sub_session *s, const sub_request *r, const http_request *req, const char **why);
+int ws_session_start(sub_session *s, const sub_request *r, const http_request *req,
+                     const char **why);
 int sse_session_start(sub_session *s, const sub_request *r, const http_request *req);
-int lp_session_start(sub_session *s, const sub_request *r, const http_request *req, const char **why);
+int lp_session_start(sub_session *s, const sub_request *r, const http_request *req,
+                     const char **why);
 void ws_session_send_msg(sub_session *s, hub_msg *m);
 void sse_session_send_msg(sub_session *s, hub_msg *m);
 void lp_session_add_msg(sub_session *s, hub_msg *m);

@@ -18,16 +18,25 @@ sub_config sub_defaults = {
 
 sub_stats sub_counts;
 
-void sub_get_stats(sub_stats *st) { *st = sub_counts; }
+void sub_get_stats(sub_stats *st)
+{
+    *st = sub_counts;
+}
 
-conn *sub_conn(sub_session *s) { return s->c; }
+conn *sub_conn(sub_session *s)
+{
+    return s->c;
+}
 
 const char *sub_transport(const sub_session *s)
 {
     switch (s->kind) {
-    case SUB_WS: return "websocket";
-    case SUB_SSE: return "sse";
-    default: return s->short_poll ? "poll" : "longpoll";
+    case SUB_WS:
+        return "websocket";
+    case SUB_SSE:
+        return "sse";
+    default:
+        return s->short_poll ? "poll" : "longpoll";
     }
 }
 
@@ -171,7 +180,8 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
                 memcmp(r->topics[j], r->topics[i], r->topic_lens[i]) == 0)
                 dup = true;
         if (dup) continue;
-        s->subs[s->nsubs] = hub_subscribe(s->hub, r->topics[i], r->topic_lens[i], s, session_deliver);
+        s->subs[s->nsubs] =
+            hub_subscribe(s->hub, r->topics[i], r->topic_lens[i], s, session_deliver);
         if (!s->subs[s->nsubs]) return -1;
         s->nsubs++;
     }
@@ -185,8 +195,10 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
         hub_replay(s->hub, r->topics[i], r->topic_lens[i], after, known, 0, collect, &acc, &tgap);
         if (tgap) {
             *gap = true;
-            if (s->kind == SUB_SSE) sse_session_send_gap(s, r->topics[i], r->topic_lens[i]);
-            else if (s->kind == SUB_WS) ws_session_send_gap(s, r->topics[i], r->topic_lens[i]);
+            if (s->kind == SUB_SSE)
+                sse_session_send_gap(s, r->topics[i], r->topic_lens[i]);
+            else if (s->kind == SUB_WS)
+                ws_session_send_gap(s, r->topics[i], r->topic_lens[i]);
         }
     }
     if (s->kind == SUB_LONGPOLL) s->t.lp.gap = *gap;
@@ -219,9 +231,15 @@ void session_deliver(void *owner, hub_msg *m)
         if (!out) return;
     }
     switch (s->kind) {
-    case SUB_WS: ws_session_send_msg(s, out); break;
-    case SUB_SSE: sse_session_send_msg(s, out); break;
-    default: lp_session_add_msg(s, out); break;
+    case SUB_WS:
+        ws_session_send_msg(s, out);
+        break;
+    case SUB_SSE:
+        sse_session_send_msg(s, out);
+        break;
+    default:
+        lp_session_add_msg(s, out);
+        break;
     }
     if (out != m) hub_msg_unref(out);
     hub_count_delivery(h);
@@ -230,7 +248,8 @@ void session_deliver(void *owner, hub_msg *m)
 void session_free(sub_session *s)
 {
     s->ending = true;
-    for (int i = 0; i < s->nsubs; i++) hub_unsubscribe(s->hub, s->subs[i]);
+    for (int i = 0; i < s->nsubs; i++)
+        hub_unsubscribe(s->hub, s->subs[i]);
     free(s->subs);
     s->subs = NULL;
     s->nsubs = 0;
@@ -240,7 +259,8 @@ void session_free(sub_session *s)
         free(s->t.ws.dec);
         free(s->t.ws.msg);
     } else if (s->kind == SUB_LONGPOLL) {
-        for (unsigned i = 0; i < s->t.lp.count; i++) hub_msg_unref(s->t.lp.msgs[i]);
+        for (unsigned i = 0; i < s->t.lp.count; i++)
+            hub_msg_unref(s->t.lp.msgs[i]);
         free(s->t.lp.msgs);
     }
     free(s);
@@ -264,6 +284,8 @@ int sub_send(sub_session *s, const char *data, size_t len, bool binary)
 void sub_close(sub_session *s, unsigned code, const char *reason)
 {
     if (s->ending || conn_closed(s->c)) return;
-    if (s->kind == SUB_WS) ws_session_close(s, code, reason);
-    else conn_close_after_write(s->c);
+    if (s->kind == SUB_WS)
+        ws_session_close(s, code, reason);
+    else
+        conn_close_after_write(s->c);
 }

@@ -45,10 +45,10 @@ typedef struct sub_request {
 } sub_request;
 
 typedef struct sub_config {
-    double sse_heartbeat;   /* seconds between SSE comment lines */
-    unsigned sse_retry_ms;  /* the reconnection hint sent first */
-    double ws_ping;         /* seconds of silence before a ping */
-    size_t ws_max_message;  /* bytes; larger client messages close with 1009 */
+    double sse_heartbeat;  /* seconds between SSE comment lines */
+    unsigned sse_retry_ms; /* the reconnection hint sent first */
+    double ws_ping;        /* seconds of silence before a ping */
+    size_t ws_max_message; /* bytes; larger client messages close with 1009 */
 } sub_config;
 
 extern sub_config sub_defaults;

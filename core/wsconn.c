@@ -34,7 +34,8 @@ static bool header_has(const http_request *req, const char *name, const char *to
     return false;
 }
 
-int ws_session_start(sub_session *s, const sub_request *r, const http_request *req, const char **why)
+int ws_session_start(sub_session *s, const sub_request *r, const http_request *req,
+                     const char **why)
 {
     size_t klen, vlen;
     const char *key = http_header_get(req, "sec-websocket-key", &klen);
@@ -79,7 +80,7 @@ int ws_session_start(sub_session *s, const sub_request *r, const http_request *r
     }
     char fmt[16];
     s->json = r->json == 1 || (r->json == -1 && query_param(req, "format", fmt, sizeof(fmt)) >= 0 &&
-                                strcmp(fmt, "json") == 0);
+                               strcmp(fmt, "json") == 0);
     s->t.ws.dec = malloc(sizeof(ws_decoder));
     if (!s->t.ws.dec) {
         *why = "out of memory";
@@ -114,7 +115,8 @@ int ws_session_start(sub_session *s, const sub_request *r, const http_request *r
         ws_session_close(s, WS_CLOSE_INTERNAL_ERROR, "out of memory");
         return 0;
     }
-    if (!conn_closed(s->c) && s->c->stream == &ws_ops) conn_stream_timer(s->c, sub_defaults.ws_ping);
+    if (!conn_closed(s->c) && s->c->stream == &ws_ops)
+        conn_stream_timer(s->c, sub_defaults.ws_ping);
     return 0;
 }
 
@@ -168,7 +170,8 @@ static int on_frame_data(void *ud, int opcode, const uint8_t *data, size_t len, 
         /* The decoder bounds the total by ws_max_message. */
         if (s->t.ws.msg_len + len > s->t.ws.msg_cap) {
             size_t ncap = s->t.ws.msg_cap ? s->t.ws.msg_cap : 256;
-            while (ncap < s->t.ws.msg_len + len) ncap *= 2;
+            while (ncap < s->t.ws.msg_len + len)
+                ncap *= 2;
             char *nm = realloc(s->t.ws.msg, ncap);
             if (!nm) {
                 ws_session_close(s, WS_CLOSE_INTERNAL_ERROR, "out of memory");
@@ -228,7 +231,8 @@ static void ws_on_data(conn *c, void *state, char *data, size_t len)
     size_t pos = 0;
     conn_hold(c);
     while (pos < len && !conn_closed(c) && c->stream == &ws_ops) {
-        ssize_t n = ws_decoder_feed(s->t.ws.dec, (uint8_t *)data + pos, len - pos, &frame_callbacks, s);
+        ssize_t n =
+            ws_decoder_feed(s->t.ws.dec, (uint8_t *)data + pos, len - pos, &frame_callbacks, s);
         if (n < 0) {
             LOG_KV(LOG_DEBUG, "websocket protocol error", LOG_I("code", s->t.ws.dec->err_code),
                    LOG_S("reason", s->t.ws.dec->err_reason));

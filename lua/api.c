@@ -34,17 +34,20 @@ struct lx_app {
     lua_State *L;
     lua_State *hookL; /* runs subscriber callbacks (anchored in the registry) */
     route_table *routes;
-    int refs;             /* the runtime's, plus one per running task */
-    bool loading;         /* the chunk runs: config and route are allowed */
-    lx_config *cfg;       /* filled while loading */
-    lx_budget *running;   /* the budget charged by the hook */
-    long long budget;     /* per handler run */
-    char *script;         /* chunk name for logs */
-    hub *hub;             /* where sluice.publish goes (NULL under --check) */
+    int refs;           /* the runtime's, plus one per running task */
+    bool loading;       /* the chunk runs: config and route are allowed */
+    lx_config *cfg;     /* filled while loading */
+    lx_budget *running; /* the budget charged by the hook */
+    long long budget;   /* per handler run */
+    char *script;       /* chunk name for logs */
+    hub *hub;           /* where sluice.publish goes (NULL under --check) */
 };
 
 static unsigned long long script_errors;
-unsigned long long lx_script_errors(void) { return script_errors; }
+unsigned long long lx_script_errors(void)
+{
+    return script_errors;
+}
 
 #define SUB_MT "sluice.subscription"
 #define CONN_MT "sluice.conn"
@@ -57,11 +60,14 @@ typedef struct lx_task {
     lua_State *co;
     int co_ref;
     conn *c;
-    http_request *req;   /* valid during the first resume only */
+    http_request *req;  /* valid during the first resume only */
     route_match *match; /* idem */
 } lx_task;
 
-static lx_app *app_of(lua_State *L) { return *(lx_app **)lua_getextraspace(L); }
+static lx_app *app_of(lua_State *L)
+{
+    return *(lx_app **)lua_getextraspace(L);
+}
 
 static void budget_hook(lua_State *L, lua_Debug *ar)
 {
@@ -87,8 +93,10 @@ static int traceback_handler(lua_State *L)
 
 void lx_config_free(lx_config *cfg)
 {
-    for (int i = 0; i < cfg->nlisten; i++) free(cfg->listen[i]);
-    for (int i = 0; i < cfg->ntls_listen; i++) free(cfg->tls_listen[i]);
+    for (int i = 0; i < cfg->nlisten; i++)
+        free(cfg->listen[i]);
+    for (int i = 0; i < cfg->ntls_listen; i++)
+        free(cfg->tls_listen[i]);
     free(cfg->tls_cert);
     free(cfg->tls_key);
     free(cfg->data_dir);
@@ -99,7 +107,8 @@ void lx_config_free(lx_config *cfg)
 /* Reads a string or a list of strings at the top of the stack into out. */
 static void config_addr_list(lua_State *L, const char *what, char **out, int *n)
 {
-    for (int i = 0; i < *n; i++) free(out[i]);
+    for (int i = 0; i < *n; i++)
+        free(out[i]);
     *n = 0;
     if (lua_type(L, -1) == LUA_TSTRING) {
         out[(*n)++] = strdup(lua_tostring(L, -1));
@@ -107,7 +116,8 @@ static void config_addr_list(lua_State *L, const char *what, char **out, int *n)
     }
     if (!lua_istable(L, -1)) luaL_error(L, "sluice.config: %s must be a string or a list", what);
     lua_Integer len = luaL_len(L, -1);
-    if (len > LX_MAX_LISTEN) luaL_error(L, "sluice.config: at most %d %s addresses", LX_MAX_LISTEN, what);
+    if (len > LX_MAX_LISTEN)
+        luaL_error(L, "sluice.config: at most %d %s addresses", LX_MAX_LISTEN, what);
     for (lua_Integer i = 1; i <= len; i++) {
         lua_geti(L, -1, i);
         if (lua_type(L, -1) != LUA_TSTRING)
@@ -148,8 +158,10 @@ static void config_limits(lua_State *L, lx_config *cfg)
         LIMIT("idle_timeout", idle_timeout, v)
         LIMIT("tls_handshake_timeout", tls_handshake_timeout, v)
         LIMIT("shutdown_timeout", shutdown_timeout, v)
-        if (strcmp(k, "instruction_budget") == 0) cfg->instruction_budget = (long long)v;
-        else luaL_error(L, "sluice.config: unknown limit '%s'", k);
+        if (strcmp(k, "instruction_budget") == 0)
+            cfg->instruction_budget = (long long)v;
+        else
+            luaL_error(L, "sluice.config: unknown limit '%s'", k);
 #undef LIMIT
         lua_pop(L, 1);
     }
@@ -161,7 +173,8 @@ static int l_config(lua_State *L)
 {
     lx_app *app = app_of(L);
     luaL_checktype(L, 1, LUA_TTABLE);
-    if (!app->loading || !app->cfg) return luaL_error(L, "sluice.config must be called when the script loads");
+    if (!app->loading || !app->cfg)
+        return luaL_error(L, "sluice.config must be called when the script loads");
     lx_config *cfg = app->cfg;
     lua_pushnil(L);
     while (lua_next(L, 1)) {
@@ -182,7 +195,8 @@ static int l_config(lua_State *L)
                 cfg->tls_key = strdup(luaL_checkstring(L, -1));
             }
             lua_getfield(L, -3, "listen");
-            if (!lua_isnil(L, -1)) config_addr_list(L, "tls.listen", cfg->tls_listen, &cfg->ntls_listen);
+            if (!lua_isnil(L, -1))
+                config_addr_list(L, "tls.listen", cfg->tls_listen, &cfg->ntls_listen);
             lua_pop(L, 3);
         } else if (strcmp(k, "data") == 0) {
             free(cfg->data_dir);
@@ -213,7 +227,8 @@ static int l_route(lua_State *L)
     char m[16];
     size_t mlen = strlen(method);
     if (mlen == 0 || mlen >= sizeof(m)) return luaL_argerror(L, 1, "not an HTTP method");
-    for (size_t i = 0; i <= mlen; i++) m[i] = (char)toupper((unsigned char)method[i]);
+    for (size_t i = 0; i <= mlen; i++)
+        m[i] = (char)toupper((unsigned char)method[i]);
     if (strcmp(m, "ANY") == 0) strcpy(m, "*");
     lua_pushvalue(L, 3);
     int ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -290,7 +305,6 @@ static void push_json_table(lua_State *L)
     lua_remove(L, cj);
 }
 
-
 /* ---- publish, topics, metrics -------------------------------------------- */
 
 static int l_publish(lua_State *L)
@@ -303,7 +317,8 @@ static int l_publish(lua_State *L)
     if (!lua_isnoneornil(L, 3)) {
         luaL_checktype(L, 3, LUA_TTABLE);
         if (lua_getfield(L, 3, "event") != LUA_TNIL) {
-            if (lua_type(L, -1) != LUA_TSTRING) return luaL_argerror(L, 3, "event must be a string");
+            if (lua_type(L, -1) != LUA_TSTRING)
+                return luaL_argerror(L, 3, "event must be a string");
             event = lua_tolstring(L, -1, &elen);
         }
     }
@@ -357,33 +372,32 @@ static int l_metrics(lua_State *L)
     sub_get_stats(&ss);
     unsigned total = current_rt && current_rt->srv ? current_rt->srv->nconns : 0;
     unsigned streams = ss.websocket + ss.sse + ss.longpoll;
-    lua_pushfstring(
-        L,
-        "# HELP sluice_connections Open connections by transport.\n"
-        "# TYPE sluice_connections gauge\n"
-        "sluice_connections{transport=\"websocket\"} %d\n"
-        "sluice_connections{transport=\"sse\"} %d\n"
-        "sluice_connections{transport=\"longpoll\"} %d\n"
-        "sluice_connections{transport=\"http\"} %d\n"
-        "# HELP sluice_messages_published_total Messages published.\n"
-        "# TYPE sluice_messages_published_total counter\n"
-        "sluice_messages_published_total %I\n"
-        "# HELP sluice_messages_delivered_total Messages queued to subscribers.\n"
-        "# TYPE sluice_messages_delivered_total counter\n"
-        "sluice_messages_delivered_total %I\n"
-        "# HELP sluice_topics Topics with a subscriber or a backlog.\n"
-        "# TYPE sluice_topics gauge\n"
-        "sluice_topics %I\n"
-        "# HELP sluice_subscriptions Topic subscriptions.\n"
-        "# TYPE sluice_subscriptions gauge\n"
-        "sluice_subscriptions %I\n"
-        "# HELP sluice_script_errors_total Errors raised by the app's Lua code.\n"
-        "# TYPE sluice_script_errors_total counter\n"
-        "sluice_script_errors_total %I\n",
-        (int)ss.websocket, (int)ss.sse, (int)ss.longpoll,
-        (int)(total > streams ? total - streams : 0), (lua_Integer)hs.published,
-        (lua_Integer)hs.delivered, (lua_Integer)hs.topics, (lua_Integer)hs.subscribers,
-        (lua_Integer)script_errors);
+    lua_pushfstring(L,
+                    "# HELP sluice_connections Open connections by transport.\n"
+                    "# TYPE sluice_connections gauge\n"
+                    "sluice_connections{transport=\"websocket\"} %d\n"
+                    "sluice_connections{transport=\"sse\"} %d\n"
+                    "sluice_connections{transport=\"longpoll\"} %d\n"
+                    "sluice_connections{transport=\"http\"} %d\n"
+                    "# HELP sluice_messages_published_total Messages published.\n"
+                    "# TYPE sluice_messages_published_total counter\n"
+                    "sluice_messages_published_total %I\n"
+                    "# HELP sluice_messages_delivered_total Messages queued to subscribers.\n"
+                    "# TYPE sluice_messages_delivered_total counter\n"
+                    "sluice_messages_delivered_total %I\n"
+                    "# HELP sluice_topics Topics with a subscriber or a backlog.\n"
+                    "# TYPE sluice_topics gauge\n"
+                    "sluice_topics %I\n"
+                    "# HELP sluice_subscriptions Topic subscriptions.\n"
+                    "# TYPE sluice_subscriptions gauge\n"
+                    "sluice_subscriptions %I\n"
+                    "# HELP sluice_script_errors_total Errors raised by the app's Lua code.\n"
+                    "# TYPE sluice_script_errors_total counter\n"
+                    "sluice_script_errors_total %I\n",
+                    (int)ss.websocket, (int)ss.sse, (int)ss.longpoll,
+                    (int)(total > streams ? total - streams : 0), (lua_Integer)hs.published,
+                    (lua_Integer)hs.delivered, (lua_Integer)hs.topics, (lua_Integer)hs.subscribers,
+                    (lua_Integer)script_errors);
     return 1;
 }
 
@@ -451,8 +465,10 @@ static hub_msg *hook_filter(void *ud, sub_session *s, hub_msg *m)
     const char *tname = hub_msg_topic(m, &tlen);
     lua_pushlstring(L, tname, tlen);
     lua_setfield(L, -2, "topic");
-    if (m->event) lua_pushlstring(L, m->event, m->event_len);
-    else lua_pushnil(L);
+    if (m->event)
+        lua_pushlstring(L, m->event, m->event_len);
+    else
+        lua_pushnil(L);
     lua_setfield(L, -2, "event");
     lua_pushlstring(L, m->raw->data + HUB_HEADROOM, m->len);
     lua_setfield(L, -2, "data");
@@ -470,9 +486,10 @@ static hub_msg *hook_filter(void *ud, sub_session *s, hub_msg *m)
         size_t dlen = 0, elen = 0;
         const char *data = lua_tolstring(L, -2, &dlen);
         const char *event = lua_tolstring(L, -1, &elen);
-        bool same_data = data && dlen == m->len && memcmp(data, m->raw->data + HUB_HEADROOM, dlen) == 0;
-        bool same_event = (!event && !m->event) ||
-                          (event && m->event && elen == m->event_len && memcmp(event, m->event, elen) == 0);
+        bool same_data =
+            data && dlen == m->len && memcmp(data, m->raw->data + HUB_HEADROOM, dlen) == 0;
+        bool same_event = (!event && !m->event) || (event && m->event && elen == m->event_len &&
+                                                    memcmp(event, m->event, elen) == 0);
         if (same_data && same_event) {
             out = m; /* unchanged: the shared encodings serve */
         } else if (data && (!event || hub_event_valid(event, elen))) {
@@ -569,12 +586,17 @@ static int l_conn_index(lua_State *L)
 {
     lx_connud *u = check_conn(L);
     const char *k = luaL_checkstring(L, 2);
-    if (strcmp(k, "send") == 0) lua_pushcfunction(L, l_conn_send);
-    else if (strcmp(k, "close") == 0) lua_pushcfunction(L, l_conn_close);
+    if (strcmp(k, "send") == 0)
+        lua_pushcfunction(L, l_conn_send);
+    else if (strcmp(k, "close") == 0)
+        lua_pushcfunction(L, l_conn_close);
     else if (strcmp(k, "transport") == 0)
-        lua_pushstring(L, u->hooks && u->hooks->session ? sub_transport(u->hooks->session) : "closed");
-    else if (strcmp(k, "closed") == 0) lua_pushboolean(L, !u->hooks || !u->hooks->session);
-    else lua_pushnil(L);
+        lua_pushstring(L,
+                       u->hooks && u->hooks->session ? sub_transport(u->hooks->session) : "closed");
+    else if (strcmp(k, "closed") == 0)
+        lua_pushboolean(L, !u->hooks || !u->hooks->session);
+    else
+        lua_pushnil(L);
     return 1;
 }
 
@@ -591,7 +613,8 @@ static int l_req_subscribe(lua_State *L)
         lua_Integer n = luaL_len(L, 2);
         if (n < 1 || n > 64) return luaL_argerror(L, 2, "1 to 64 topics");
         for (lua_Integer i = 1; i <= n; i++) {
-            if (lua_geti(L, 2, i) != LUA_TSTRING) return luaL_argerror(L, 2, "topic names are strings");
+            if (lua_geti(L, 2, i) != LUA_TSTRING)
+                return luaL_argerror(L, 2, "topic names are strings");
             lua_rawseti(L, topics, i);
         }
     } else {
@@ -602,7 +625,8 @@ static int l_req_subscribe(lua_State *L)
         lua_rawgeti(L, topics, i);
         const char *t = lua_tolstring(L, -1, &len);
         if (!hub_topic_valid(t, len))
-            return luaL_argerror(L, 2, "invalid topic name (1 to 200 bytes of A-Z a-z 0-9 _ . : -)");
+            return luaL_argerror(L, 2,
+                                 "invalid topic name (1 to 200 bytes of A-Z a-z 0-9 _ . : -)");
         lua_pop(L, 1);
     }
     if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
@@ -648,13 +672,8 @@ static void create_metatables(lua_State *L)
 static int luaopen_sluice(lua_State *L)
 {
     static const luaL_Reg fns[] = {
-        {"config", l_config},
-        {"route", l_route},
-        {"log", l_log},
-        {"publish", l_publish},
-        {"topic", l_topic},
-        {"metrics", l_metrics},
-        {NULL, NULL},
+        {"config", l_config}, {"route", l_route},     {"log", l_log}, {"publish", l_publish},
+        {"topic", l_topic},   {"metrics", l_metrics}, {NULL, NULL},
     };
     luaL_newlib(L, fns);
     push_json_table(L);
@@ -666,7 +685,10 @@ static int luaopen_sluice(lua_State *L)
 
 /* ---- loading ----------------------------------------------------------- */
 
-size_t lx_app_route_count(const lx_app *app) { return route_count(app->routes); }
+size_t lx_app_route_count(const lx_app *app)
+{
+    return route_count(app->routes);
+}
 
 static void app_free(lx_app *app)
 {
@@ -686,8 +708,10 @@ static void add_script_dir_to_path(lua_State *L, const char *path)
 {
     const char *slash = strrchr(path, '/');
     lua_getglobal(L, "package");
-    if (slash) lua_pushlstring(L, path, (size_t)(slash - path));
-    else lua_pushliteral(L, ".");
+    if (slash)
+        lua_pushlstring(L, path, (size_t)(slash - path));
+    else
+        lua_pushliteral(L, ".");
     lua_pushliteral(L, "/?.lua;");
     lua_getfield(L, -3, "path");
     lua_concat(L, 3);
@@ -725,8 +749,8 @@ lx_app *lx_app_load(const char *path, hub *h, lx_config *cfg, char *err, size_t 
         add_script_dir_to_path(L, path);
         st = luaL_loadfilex(L, path, "t");
     } else {
-        st = luaL_loadbufferx(L, lx_default_app_source, lx_default_app_size,
-                              "@scripts/default.lua", "t");
+        st = luaL_loadbufferx(L, lx_default_app_source, lx_default_app_size, "@scripts/default.lua",
+                              "t");
     }
     if (st != LUA_OK) {
         snprintf(err, errlen, "%s", lua_tostring(L, -1));
@@ -768,7 +792,8 @@ static void push_lower(lua_State *L, const char *s, size_t n)
 {
     luaL_Buffer b;
     char *p = luaL_buffinitsize(L, &b, n);
-    for (size_t i = 0; i < n; i++) p[i] = (char)tolower((unsigned char)s[i]);
+    for (size_t i = 0; i < n; i++)
+        p[i] = (char)tolower((unsigned char)s[i]);
     luaL_pushresultsize(&b, n);
 }
 
@@ -916,12 +941,16 @@ static void start_subscription(lx_task *t, int idx)
     if (opts) {
         if (lua_getfield(L, opts, "last_event_id") == LUA_TSTRING)
             r.last_event_id = lua_tolstring(L, -1, &r.last_event_id_len);
-        else if (!lua_isnil(L, -1)) problem = "opts.last_event_id must be a string";
-        if (lua_getfield(L, opts, "protocol") == LUA_TSTRING) r.protocol = lua_tostring(L, -1);
-        else if (!lua_isnil(L, -1)) problem = "opts.protocol must be a string";
+        else if (!lua_isnil(L, -1))
+            problem = "opts.last_event_id must be a string";
+        if (lua_getfield(L, opts, "protocol") == LUA_TSTRING)
+            r.protocol = lua_tostring(L, -1);
+        else if (!lua_isnil(L, -1))
+            problem = "opts.protocol must be a string";
         if (lua_getfield(L, opts, "format") == LUA_TSTRING)
             r.json = strcmp(lua_tostring(L, -1), "json") == 0;
-        else if (!lua_isnil(L, -1)) problem = "opts.format must be a string";
+        else if (!lua_isnil(L, -1))
+            problem = "opts.format must be a string";
     }
     lx_hooks *h = NULL;
     int fref = opt_ref(L, opts, "filter"), mref = opt_ref(L, opts, "on_message"),
@@ -979,7 +1008,8 @@ static void respond_from_results(lx_task *t, int nres)
     int isint = 0;
     lua_Integer status = nres >= 1 ? lua_tointegerx(L, base, &isint) : 0;
     const char *problem = NULL;
-    if (!isint || status < 200 || status > 599) problem = "handler must return a status from 200 to 599";
+    if (!isint || status < 200 || status > 599)
+        problem = "handler must return a status from 200 to 599";
     else if (nres >= 2 && !lua_isnil(L, base + 1) && lua_type(L, base + 1) != LUA_TSTRING)
         problem = "handler's body must be a string or nil";
     else if (nres >= 3 && !lua_isnil(L, base + 2) && !lua_istable(L, base + 2))

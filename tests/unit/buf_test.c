@@ -26,9 +26,11 @@ int main(void)
 
     /* Growth across the ring's wrap point keeps order. */
     for (int round = 0; round < 3; round++) {
-        for (int i = 0; i < 37; i++) outq_push(&q, b, (size_t)(i % 5), 1);
+        for (int i = 0; i < 37; i++)
+            outq_push(&q, b, (size_t)(i % 5), 1);
         outq_consume(&q, 10);
-        for (int i = 0; i < 11; i++) outq_push(&q, a, 0, 1);
+        for (int i = 0; i < 11; i++)
+            outq_push(&q, a, 0, 1);
         CHECK_EQ_INT(q.bytes, 38);
         int n = outq_iov(&q, iov, 8);
         CHECK_EQ_INT(n, 8);

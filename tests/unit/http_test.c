@@ -51,10 +51,11 @@ static void test_pipelined(size_t step)
 {
     http_parser p;
     http_parser_init(&p, &limits);
-    const char *in = "GET /1 HTTP/1.1\r\n\r\n"
-                     "POST /2 HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"
-                     "POST /3 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
-                     "GET /4 HTTP/1.0\r\n\r\n";
+    const char *in =
+        "GET /1 HTTP/1.1\r\n\r\n"
+        "POST /2 HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"
+        "POST /3 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+        "GET /4 HTTP/1.0\r\n\r\n";
     size_t len = strlen(in), pos = 0, used;
     const char *paths[] = {"/1", "/2", "/3", "/4"};
     const char *bodies[] = {"", "hello", "abcde", ""};
@@ -105,7 +106,8 @@ static void test_limits(size_t step)
                step);
     /* Many small headers: the count limit. */
     char many[4096] = "GET / HTTP/1.1\r\n";
-    for (int i = 0; i < HTTP_MAX_HEADERS + 1; i++) strcat(many, "a:\r\n");
+    for (int i = 0; i < HTTP_MAX_HEADERS + 1; i++)
+        strcat(many, "a:\r\n");
     strcat(many, "\r\n");
     http_limits wide = limits;
     wide.max_header = 100000;
@@ -137,7 +139,8 @@ static void test_upgrade(size_t step)
 {
     http_parser p;
     http_parser_init(&p, &limits);
-    const char *in = "GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x80";
+    const char *in =
+        "GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x80";
     size_t used;
     CHECK_EQ_INT(feed(&p, in, strlen(in), step, &used), HTTP_EV_REQUEST);
     CHECK(p.req.upgrade);
