@@ -770,6 +770,8 @@ void conn_shutdown(conn *c)
     case CONN_HTTP:
         if (c->http && http_in_request(c->http)) {
             c->keep_alive = false; /* let it finish, answer, then close */
+        } else if (c->out.bytes > 0) {
+            conn_close_after_write(c); /* an answer is still being written */
         } else {
             conn_close(c);
         }

@@ -1,5 +1,6 @@
-/* hub.c: the topic table (chained hash), the per-topic backlog ring, fan-out
- * and the lazily built wire forms (see hub.h). */
+/* hub.c: the topic table (chained hash) of subscribers, publishing through
+ * the storage writer, fan-out after commit, replay from LMDB, and the lazily
+ * built wire forms (see hub.h). */
 #include "core/hub.h"
 
 #include "core/b64.h"
@@ -8,23 +9,18 @@
 #include "core/utf8.h"
 #include "core/ws.h"
 
-#include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
-#include <unistd.h>
 
+/* A topic exists in memory only while it has subscribers. */
 struct hub_topic {
     hub_topic *next_in_bucket;
     uint32_t hash;
     uint32_t nsubs;
     hub_sub *subs;
-    hub_msg **ring; /* backlog, oldest at ring_head; grows up to `backlog` */
-    uint32_t ring_head, ring_count, ring_cap, backlog;
-    double max_age;
-    uint64_t trimmed_seq; /* newest seq that left the backlog */
     size_t name_len;
     char name[];
 };
@@ -36,15 +32,30 @@ typedef struct retention_rule {
     hub_retention r;
 } retention_rule;
 
+/* A publish between submit and commit. */
+typedef struct pending {
+    struct writer_req req; /* first: the writer hands it back */
+    hub_msg *msg;
+    hub_publish_fn done;
+    void *ud;
+    struct pending *next;
+} pending;
+
 struct hub {
     hub_topic **buckets;
     uint32_t nbuckets, ntopics;
-    uint64_t seq;
-    char epoch[17];
-    uint8_t epoch_len;
+    struct store *store;
+    struct writer *writer;
+    hub_wake_fn wake;
+    void *wake_ud;
+    uint64_t last_seq;             /* newest delivered */
+    char epoch_prefix[HUB_ID_MAX]; /* "<current epoch>-" */
+    size_t epoch_prefix_len;
     retention_rule *rules;
     size_t nrules;
     hub_stats stats;
+    pthread_mutex_t lock; /* guards the committed list */
+    pending *committed_head, *committed_tail;
 };
 
 static uint32_t hash_name(const char *s, size_t len)
@@ -55,40 +66,83 @@ static uint32_t hash_name(const char *s, size_t len)
     return h;
 }
 
-hub *hub_new(void)
+/* Writer thread: queue the commit for the loop thread and wake it. */
+static void on_committed(void *ud, struct writer_req *req)
+{
+    hub *h = ud;
+    pending *p = (pending *)req;
+    p->next = NULL;
+    pthread_mutex_lock(&h->lock);
+    bool was_empty = h->committed_head == NULL;
+    if (h->committed_tail)
+        h->committed_tail->next = p;
+    else
+        h->committed_head = p;
+    h->committed_tail = p;
+    pthread_mutex_unlock(&h->lock);
+    if (was_empty && h->wake) h->wake(h->wake_ud);
+}
+
+hub *hub_new(struct store *st, const hub_opts *opts, char *err, size_t errlen)
 {
     hub *h = calloc(1, sizeof(hub));
-    if (!h) return NULL;
+    if (!h) goto oom;
+    pthread_mutex_init(&h->lock, NULL);
     h->nbuckets = 1024;
     h->buckets = calloc(h->nbuckets, sizeof(hub_topic *));
-    if (!h->buckets) {
-        free(h);
-        return NULL;
+    if (!h->buckets) goto oom;
+    h->store = st;
+    if (opts) {
+        h->wake = opts->wake;
+        h->wake_ud = opts->wake_ud;
     }
-    uint32_t r = 0;
-    if (getrandom(&r, sizeof(r), 0) != sizeof(r)) r = (uint32_t)time(NULL) ^ (uint32_t)getpid();
-    h->epoch_len = (uint8_t)snprintf(h->epoch, sizeof(h->epoch), "%08x", r);
+    if (st) {
+        h->last_seq = store_last_seq(st);
+        /* IDs of this run's epoch: "<epoch>-<seq>" (see hub_id_parse). */
+        char tmp[HUB_ID_MAX];
+        size_t n = store_id_format(store_epoch(st), 0, tmp);
+        h->epoch_prefix_len = n - 1;
+        memcpy(h->epoch_prefix, tmp, n - 1);
+        struct writer_opts wo = {
+            .done = on_committed, .ud = h, .max_queue = opts ? opts->max_queue : 0};
+        int rc = writer_start(&h->writer, st, &wo);
+        if (rc != 0) {
+            snprintf(err, errlen, "cannot start the storage writer: %s", store_errmsg(rc));
+            hub_free(h);
+            return NULL;
+        }
+    }
     return h;
+oom:
+    snprintf(err, errlen, "out of memory");
+    hub_free(h);
+    return NULL;
 }
 
 static void topic_free(hub_topic *t)
 {
-    for (uint32_t i = 0; i < t->ring_count; i++)
-        hub_msg_unref(t->ring[(t->ring_head + i) % t->ring_cap]);
-    free(t->ring);
     free(t);
+}
+
+void hub_stop(hub *h)
+{
+    if (h && h->writer) {
+        writer_stop(h->writer);
+        h->writer = NULL;
+        hub_poll(h);
+    }
 }
 
 void hub_free(hub *h)
 {
     if (!h) return;
-    for (uint32_t i = 0; i < h->nbuckets; i++) {
+    hub_stop(h);
+    for (uint32_t i = 0; h->buckets && i < h->nbuckets; i++) {
         hub_topic *t = h->buckets[i];
         while (t) {
             hub_topic *next = t->next_in_bucket;
             while (t->subs)
                 hub_unsubscribe(h, t->subs);
-            topic_free(t);
             t = next;
         }
     }
@@ -96,6 +150,7 @@ void hub_free(hub *h)
         free(h->rules[i].pattern);
     free(h->rules);
     free(h->buckets);
+    pthread_mutex_destroy(&h->lock);
     free(h);
 }
 
@@ -145,18 +200,16 @@ int hub_set_retention(hub *h, const char *pattern, size_t len, bool prefix_match
 static hub_retention retention_for(const hub *h, const char *name, size_t len)
 {
     hub_retention best = {HUB_DEFAULT_BACKLOG, 0};
-    size_t best_len = 0;
-    bool found = false;
+    size_t best_score = 0;
     for (size_t i = 0; i < h->nrules; i++) {
         const retention_rule *x = &h->rules[i];
         bool match = x->prefix ? (len >= x->len && memcmp(name, x->pattern, x->len) == 0)
                                : (len == x->len && memcmp(name, x->pattern, len) == 0);
         /* Longest pattern wins; an exact name beats a prefix of equal length. */
-        size_t score = x->len * 2 + (x->prefix ? 0 : 1);
-        if (match && (!found || score > best_len)) {
+        size_t score = 1 + x->len * 2 + (x->prefix ? 0 : 1);
+        if (match && score > best_score) {
             best = x->r;
-            best_len = score;
-            found = true;
+            best_score = score;
         }
     }
     if (best.backlog == 0) best.backlog = HUB_DEFAULT_BACKLOG;
@@ -200,9 +253,6 @@ static hub_topic *topic_get(hub *h, const char *name, size_t len)
     memcpy(t->name, name, len);
     t->name_len = len;
     t->hash = hash;
-    hub_retention r = retention_for(h, name, len);
-    t->backlog = r.backlog;
-    t->max_age = r.max_age;
     if (h->ntopics + 1 > h->nbuckets) grow_buckets(h);
     t->next_in_bucket = h->buckets[hash & (h->nbuckets - 1)];
     h->buckets[hash & (h->nbuckets - 1)] = t;
@@ -210,10 +260,9 @@ static hub_topic *topic_get(hub *h, const char *name, size_t len)
     return t;
 }
 
-/* A topic with no subscriber and no backlog costs memory for nothing. */
 static void topic_maybe_drop(hub *h, hub_topic *t)
 {
-    if (t->subs || t->ring_count) return;
+    if (t->subs) return;
     hub_topic **pp = &h->buckets[t->hash & (h->nbuckets - 1)];
     while (*pp != t)
         pp = &(*pp)->next_in_bucket;
@@ -229,12 +278,6 @@ void hub_msg_ref(hub_msg *m)
     m->refs++;
 }
 
-const char *hub_msg_topic(const hub_msg *m, size_t *len)
-{
-    *len = m->topic->name_len;
-    return m->topic->name;
-}
-
 void hub_msg_unref(hub_msg *m)
 {
     if (!m || --m->refs > 0) return;
@@ -242,25 +285,36 @@ void hub_msg_unref(hub_msg *m)
     buf_unref(m->json);
     buf_unref(m->sse);
     free(m->event);
+    free(m->topic);
     free(m);
+}
+
+/* A message with its data copied once into a buffer with frame headroom. */
+static hub_msg *msg_new(const char *topic, size_t tlen, const char *event, size_t elen,
+                        const void *data, size_t len)
+{
+    hub_msg *m = calloc(1, sizeof(hub_msg));
+    if (!m) return NULL;
+    m->refs = 1;
+    m->raw = buf_new(HUB_HEADROOM + len);
+    m->topic = strndup(topic, tlen);
+    if (!m->raw || !m->topic || (event && elen && !(m->event = strndup(event, elen)))) {
+        hub_msg_unref(m);
+        return NULL;
+    }
+    m->topic_len = tlen;
+    m->event_len = m->event ? elen : 0;
+    if (len) memcpy(m->raw->data + HUB_HEADROOM, data, len);
+    m->len = len;
+    m->binary = !utf8_valid(m->raw->data + HUB_HEADROOM, len);
+    return m;
 }
 
 hub_msg *hub_msg_derive(const hub_msg *m, const char *event, size_t elen, const void *data,
                         size_t len)
 {
-    hub_msg *d = calloc(1, sizeof(hub_msg));
+    hub_msg *d = msg_new(m->topic, m->topic_len, event, elen, data, len);
     if (!d) return NULL;
-    d->refs = 1;
-    d->raw = buf_new(HUB_HEADROOM + len);
-    if (!d->raw || (event && elen && !(d->event = strndup(event, elen)))) {
-        hub_msg_unref(d);
-        return NULL;
-    }
-    if (len) memcpy(d->raw->data + HUB_HEADROOM, data, len);
-    d->len = len;
-    d->event_len = d->event ? elen : 0;
-    d->binary = !utf8_valid(d->raw->data + HUB_HEADROOM, len);
-    d->topic = m->topic;
     d->time_ms = m->time_ms;
     d->seq = m->seq;
     memcpy(d->id, m->id, sizeof(d->id));
@@ -270,114 +324,101 @@ hub_msg *hub_msg_derive(const hub_msg *m, const char *event, size_t elen, const 
 
 size_t hub_id_format(const hub *h, uint64_t seq, char out[HUB_ID_MAX])
 {
-    return (size_t)snprintf(out, HUB_ID_MAX, "%s-%llu", h->epoch, (unsigned long long)seq);
+    memcpy(out, h->epoch_prefix, h->epoch_prefix_len);
+    int n = snprintf(out + h->epoch_prefix_len, HUB_ID_MAX - h->epoch_prefix_len, "%llu",
+                     (unsigned long long)seq);
+    return h->epoch_prefix_len + (size_t)n;
 }
 
 bool hub_id_parse(const hub *h, const char *id, size_t len, uint64_t *seq)
 {
-    if (len <= (size_t)h->epoch_len + 1 || memcmp(id, h->epoch, h->epoch_len) != 0 ||
-        id[h->epoch_len] != '-')
+    if (!h->store) return false;
+    if (store_id_parse(h->store, id, len, seq) == 0) return true;
+    /* A cursor this run handed out (an empty long-poll answer): the current
+     * epoch and a seq not beyond what was delivered. */
+    if (len <= h->epoch_prefix_len || memcmp(id, h->epoch_prefix, h->epoch_prefix_len) != 0)
         return false;
     uint64_t v = 0;
-    for (size_t i = h->epoch_len + 1; i < len; i++) {
+    for (size_t i = h->epoch_prefix_len; i < len; i++) {
         if (id[i] < '0' || id[i] > '9' || v > (UINT64_MAX - 9) / 10) return false;
         v = v * 10 + (uint64_t)(id[i] - '0');
     }
-    if (v > h->seq) return false; /* from the future: not ours */
+    if (v > h->last_seq) return false;
     *seq = v;
     return true;
 }
 
 uint64_t hub_last_seq(const hub *h)
 {
-    return h->seq;
+    return h->last_seq;
 }
 
-static int64_t now_ms(void)
+int hub_publish(hub *h, const char *topic, size_t tlen, const char *event, size_t elen,
+                const void *data, size_t len, hub_publish_fn done, void *ud)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void ring_drop_oldest(hub_topic *t)
-{
-    hub_msg *old = t->ring[t->ring_head];
-    t->trimmed_seq = old->seq;
-    t->ring_head = (t->ring_head + 1) % t->ring_cap;
-    t->ring_count--;
-    hub_msg_unref(old);
-}
-
-static void trim_by_age(hub_topic *t, int64_t now)
-{
-    if (t->max_age <= 0) return;
-    int64_t cutoff = now - (int64_t)(t->max_age * 1000);
-    while (t->ring_count && t->ring[t->ring_head]->time_ms < cutoff)
-        ring_drop_oldest(t);
-}
-
-static int ring_push(hub_topic *t, hub_msg *m)
-{
-    if (t->ring_count == t->backlog) {
-        ring_drop_oldest(t);
-    } else if (t->ring_count == t->ring_cap) {
-        /* Start small and double: most topics hold few messages. */
-        uint32_t ncap = t->ring_cap ? t->ring_cap * 2 : 8;
-        if (ncap > t->backlog) ncap = t->backlog;
-        hub_msg **nr = malloc(ncap * sizeof(hub_msg *));
-        if (!nr) return -1;
-        for (uint32_t i = 0; i < t->ring_count; i++)
-            nr[i] = t->ring[(t->ring_head + i) % t->ring_cap];
-        free(t->ring);
-        t->ring = nr;
-        t->ring_cap = ncap;
-        t->ring_head = 0;
+    if (!hub_topic_valid(topic, tlen) || (event && elen && !hub_event_valid(event, elen)))
+        return STORE_EINVAL;
+    if (!h->writer) return WRITER_ESTOPPED;
+    pending *p = calloc(1, sizeof(pending));
+    hub_msg *m = p ? msg_new(topic, tlen, event, elen, data, len) : NULL;
+    if (!m) {
+        free(p);
+        return STORE_ENOMEM;
     }
-    t->ring[(t->ring_head + t->ring_count) % t->ring_cap] = m;
-    t->ring_count++;
+    hub_retention r = retention_for(h, topic, tlen);
+    p->msg = m;
+    p->done = done;
+    p->ud = ud;
+    /* The writer reads the message's own buffers: no second copy. */
+    p->req.topic = m->topic;
+    p->req.topic_len = m->topic_len;
+    p->req.event = m->event;
+    p->req.event_len = m->event_len;
+    p->req.data = m->raw->data + HUB_HEADROOM;
+    p->req.data_len = len;
+    p->req.max_count = r.backlog;
+    p->req.max_age_ms = (uint64_t)(r.max_age * 1000);
+    int rc = writer_submit(h->writer, &p->req);
+    if (rc != 0) {
+        hub_msg_unref(m);
+        free(p);
+        return rc;
+    }
     return 0;
 }
 
-hub_msg *hub_publish(hub *h, const char *topic, size_t tlen, const char *event, size_t elen,
-                     const void *data, size_t len)
+void hub_poll(hub *h)
 {
-    if (event && elen && !hub_event_valid(event, elen)) return NULL;
-    hub_topic *t = topic_get(h, topic, tlen);
-    if (!t) return NULL;
-    hub_msg *m = calloc(1, sizeof(hub_msg));
-    if (!m) goto fail;
-    m->refs = 1; /* the backlog's */
-    m->raw = buf_new(HUB_HEADROOM + len);
-    if (!m->raw) goto fail;
-    if (len) memcpy(m->raw->data + HUB_HEADROOM, data, len);
-    m->len = len;
-    m->binary = !utf8_valid(m->raw->data + HUB_HEADROOM, len);
-    if (event && elen) {
-        m->event = strndup(event, elen);
-        if (!m->event) goto fail;
-        m->event_len = elen;
-    }
-    m->topic = t;
-    m->time_ms = now_ms();
-    m->seq = ++h->seq;
-    m->id_len = (uint8_t)hub_id_format(h, m->seq, m->id);
-    trim_by_age(t, m->time_ms);
-    if (ring_push(t, m) < 0) goto fail;
-    h->stats.published++;
-    /* Fan-out.  `next` is read first: a delivery may unsubscribe itself. */
-    for (hub_sub *s = t->subs, *next; s; s = next) {
-        next = s->next;
-        s->deliver(s->owner, m);
-    }
-    return m;
-fail:
-    if (m) {
-        m->refs = 1;
+    pthread_mutex_lock(&h->lock);
+    pending *p = h->committed_head;
+    h->committed_head = h->committed_tail = NULL;
+    pthread_mutex_unlock(&h->lock);
+    while (p) {
+        pending *next = p->next;
+        hub_msg *m = p->msg;
+        if (p->req.status == 0) {
+            m->seq = p->req.seq;
+            m->time_ms = p->req.time_ms;
+            m->id_len = (uint8_t)store_id_format(p->req.epoch, p->req.seq, m->id);
+            if (m->seq > h->last_seq) h->last_seq = m->seq;
+            h->stats.published++;
+            hub_topic *t = topic_find(h, m->topic, m->topic_len, hash_name(m->topic, m->topic_len));
+            if (t) {
+                /* `next` is read first: a delivery may unsubscribe itself. */
+                for (hub_sub *s = t->subs, *sn; s; s = sn) {
+                    sn = s->next;
+                    s->deliver(s->owner, m);
+                }
+            }
+            if (p->done) p->done(p->ud, m, 0);
+        } else {
+            h->stats.publish_failures++;
+            if (p->done) p->done(p->ud, NULL, p->req.status);
+        }
         hub_msg_unref(m);
+        free(p);
+        p = next;
     }
-    topic_maybe_drop(h, t);
-    return NULL;
 }
 
 hub_sub *hub_subscribe(hub *h, const char *topic, size_t len, void *owner, hub_deliver_fn fn)
@@ -415,26 +456,75 @@ void hub_unsubscribe(hub *h, hub_sub *s)
     topic_maybe_drop(h, t);
 }
 
-size_t hub_replay(hub *h, const char *topic, size_t len, uint64_t after_seq, bool known,
-                  size_t limit, hub_deliver_fn fn, void *owner, bool *gap)
+/* ---- replay ------------------------------------------------------------- */
+
+typedef struct replay_acc {
+    const char *const *topics;
+    const size_t *lens;
+    hub_msg **msgs;
+    size_t n, cap;
+    bool oom;
+} replay_acc;
+
+/* Inside the read transaction: copy each message out (the store's pointers
+ * die with the transaction) and deliver after it ends. */
+static int collect(void *ud, const struct store_view *v)
 {
-    *gap = !known;
-    if (!hub_topic_valid(topic, len)) return 0;
-    hub_topic *t = topic_find(h, topic, len, hash_name(topic, len));
-    if (!t) return 0;
-    trim_by_age(t, now_ms());
-    if (known && after_seq < t->trimmed_seq) *gap = true;
-    size_t n = 0;
-    /* The backlog is short (bounded by retention): a scan finds the start. */
-    for (uint32_t i = 0; i < t->ring_count && (limit == 0 || n < limit); i++) {
-        hub_msg *m = t->ring[(t->ring_head + i) % t->ring_cap];
-        if (known && m->seq <= after_seq) continue;
-        hub_msg_ref(m);
-        fn(owner, m);
-        hub_msg_unref(m);
-        n++;
+    replay_acc *a = ud;
+    if (a->n == a->cap) {
+        size_t ncap = a->cap ? a->cap * 2 : 64;
+        hub_msg **nm = realloc(a->msgs, ncap * sizeof(hub_msg *));
+        if (!nm) {
+            a->oom = true;
+            return 1;
+        }
+        a->msgs = nm;
+        a->cap = ncap;
     }
-    return n;
+    size_t i = v->topic_index;
+    hub_msg *m = msg_new(a->topics[i], a->lens[i], v->event, v->event_len, v->data, v->data_len);
+    if (!m) {
+        a->oom = true;
+        return 1;
+    }
+    m->seq = v->seq;
+    m->time_ms = v->time_ms;
+    m->id_len = (uint8_t)store_id_format(v->epoch, v->seq, m->id);
+    a->msgs[a->n++] = m;
+    return 0;
+}
+
+long hub_replay(hub *h, const char *const *topics, const size_t *lens, int n, uint64_t after_seq,
+                bool known, size_t limit, hub_deliver_fn fn, void (*on_gap)(void *owner, int i),
+                void *owner)
+{
+    bool gaps[64];
+    if (n > 64) n = 64;
+    for (int i = 0; i < n; i++)
+        gaps[i] = !known;
+    if (!h->store || n <= 0) {
+        for (int i = 0; i < n; i++)
+            if (gaps[i]) on_gap(owner, i);
+        return 0;
+    }
+    struct store_topic_ref refs[64];
+    struct store_read_info infos[64];
+    for (int i = 0; i < n; i++)
+        refs[i] = (struct store_topic_ref){topics[i], lens[i]};
+    replay_acc acc = {.topics = topics, .lens = lens};
+    int rc = store_read_multi(h->store, refs, (size_t)n, known ? after_seq : 0, limit, collect,
+                              &acc, infos);
+    if (rc == 0 && !acc.oom)
+        for (int i = 0; i < n; i++)
+            if (known && infos[i].gap) gaps[i] = true;
+    for (int i = 0; i < n; i++)
+        if (gaps[i]) on_gap(owner, i);
+    for (size_t i = 0; i < acc.n; i++) {
+        if (rc == 0 && !acc.oom) fn(owner, acc.msgs[i]);
+        hub_msg_unref(acc.msgs[i]);
+    }
+    free(acc.msgs);
+    return rc == 0 && !acc.oom ? (long)acc.n : -1;
 }
 
 /* ---- wire forms ----------------------------------------------------------- */
@@ -455,8 +545,8 @@ int hub_msg_json(hub_msg *m, buf_t **b, size_t *off, size_t *len)
         struct json_msg jm = {
             .id = m->id,
             .id_len = m->id_len,
-            .topic = m->topic->name,
-            .topic_len = m->topic->name_len,
+            .topic = m->topic,
+            .topic_len = m->topic_len,
             .event = m->event,
             .event_len = m->event_len,
             .data = m->raw->data + HUB_HEADROOM,
@@ -535,6 +625,16 @@ void hub_get_stats(const hub *h, hub_stats *st)
 {
     *st = h->stats;
     st->topics = h->ntopics;
+    struct store_stats ss;
+    if (h->store && store_stats(h->store, &ss) == 0) {
+        st->store_file_bytes = ss.file_bytes;
+        st->store_messages = ss.messages;
+    }
+    struct writer_stats ws;
+    if (h->writer) {
+        writer_stats(h->writer, &ws);
+        st->commits = ws.batches;
+    }
 }
 
 void hub_count_delivery(hub *h)

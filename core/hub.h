@@ -1,25 +1,31 @@
-/* hub.h: topics, subscribers, message IDs, the backlog and fan-out.
+/* hub.h: topics, subscribers, message IDs, the durable backlog and fan-out.
  *
- * Every message gets its ID here, from one global sequence: IDs are
- * "<epoch>-<seq>", where seq strictly increases across all topics, so one
- * Last-Event-ID resumes a connection subscribed to several topics.  The
- * epoch changes when the backlog is lost (a new process while the backlog
- * is in memory; a wiped data directory once it is on disk), so an ID from
- * another epoch is recognised as unknown instead of mistaken for a position.
+ * A publish goes to the storage writer thread (storage/writer.h), which
+ * appends whatever is queued in one LMDB transaction and one sync (group
+ * commit).  Only after the commit does the loop thread fan the message out
+ * and acknowledge the publisher, in commit order: hub_poll() does both,
+ * woken through the `wake` callback the embedder gives (an ev_async).
+ *
+ * IDs come from the store: "<epoch>-<seq>", one global seq across topics,
+ * so one Last-Event-ID resumes a connection subscribed to several topics,
+ * and a new epoch at every start, so an ID from a wiped or restored data
+ * directory is recognised as unknown instead of mistaken for a position.
  *
  * A message is encoded once per wire form, on first need, into a shared
  * buf_t: the raw data with headroom for a WebSocket frame header, the JSON
  * object (same trick: WebSocket JSON frames and long-poll items share it),
  * and the SSE event.  Subscribers queue references to those buffers.
  *
- * Replay then live is one path: hub_replay() walks the backlog after an ID,
- * then the subscriber is attached; both run on the loop thread, so nothing
- * published in between is missed, and subscribers drop anything whose seq
- * they have already passed, so nothing is seen twice. */
+ * Replay then live is one path: hub_replay() reads the backlog after an ID
+ * from LMDB and hands it over in seq order, then the subscriber is live;
+ * both run on the loop thread, and a subscriber drops anything whose seq it
+ * has already passed, so the seam has no gap and no duplicate. */
 #ifndef SLUICE_HUB_H
 #define SLUICE_HUB_H
 
 #include "core/buf.h"
+#include "storage/store.h"
+#include "storage/writer.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -37,7 +43,8 @@ typedef struct hub_topic hub_topic;
 typedef struct hub_msg {
     uint32_t refs;
     uint64_t seq;
-    hub_topic *topic;
+    char *topic; /* NUL-terminated */
+    size_t topic_len;
     int64_t time_ms; /* publish time, for max_age */
     char *event;     /* NULL when none */
     size_t event_len;
@@ -68,9 +75,28 @@ typedef struct hub_retention {
     double max_age;   /* seconds; 0: no age limit */
 } hub_retention;
 
-/* A new hub with a fresh epoch.  NULL when out of memory. */
-hub *hub_new(void);
+/* Called on the writer thread when commits are ready for hub_poll(). */
+typedef void (*hub_wake_fn)(void *ud);
+
+typedef struct hub_opts {
+    hub_wake_fn wake;
+    void *wake_ud;
+    size_t max_queue; /* publishes waiting for a commit before 503; 0: 65536 */
+} hub_opts;
+
+/* A new hub over an open store (read-write); starts the writer thread.
+ * NULL with a message in err on failure.  `st` may be NULL (--check): then
+ * publishing fails and replay finds nothing. */
+hub *hub_new(struct store *st, const hub_opts *opts, char *err, size_t errlen);
+
+/* Stops the writer after committing what is queued, then completes those
+ * publishes (hub_poll).  Call before hub_free, on the loop thread. */
+void hub_stop(hub *h);
 void hub_free(hub *h);
+
+/* On the loop thread: fans out and acknowledges every committed publish,
+ * in commit order. */
+void hub_poll(hub *h);
 
 /* Sets the retention used for topics whose names start with `prefix` (an
  * exact name, or a prefix when `prefix_match`); the longest match wins. */
@@ -84,12 +110,19 @@ bool hub_topic_valid(const char *name, size_t len);
  * CR, LF or NUL, not ending in ".base64" (reserved for binary on SSE). */
 bool hub_event_valid(const char *event, size_t len);
 
-/* Publishes a message: assigns its ID, keeps it in the topic's backlog,
- * delivers it to every subscriber.  Returns the message (borrowed: valid
- * until it leaves the backlog; take a ref to keep it) or NULL when a name is
- * invalid or memory is short. */
-hub_msg *hub_publish(hub *h, const char *topic, size_t tlen, const char *event, size_t elen,
-                     const void *data, size_t len);
+/* Called on the loop thread once a publish is durable (status 0, m the
+ * message, borrowed for the call) or failed (status STORE_E* or WRITER_E*,
+ * m NULL): STORE_EFULL and WRITER_EBUSY mean "try later" (503). */
+typedef void (*hub_publish_fn)(void *ud, hub_msg *m, int status);
+
+/* Publishes a message: the data is copied once, into the buffer that later
+ * carries it to subscribers; the writer stores it; after the commit it is
+ * delivered to every subscriber and `done` runs (may be NULL).  Returns 0,
+ * or a negative code (STORE_EINVAL for a bad name, STORE_ENOMEM,
+ * WRITER_EBUSY, WRITER_ESTOPPED) when nothing was queued and `done` will
+ * not run. */
+int hub_publish(hub *h, const char *topic, size_t tlen, const char *event, size_t elen,
+                const void *data, size_t len, hub_publish_fn done, void *ud);
 
 /* Subscribes `owner` to a topic.  Returns the subscription, or NULL for an
  * invalid name or no memory. */
@@ -105,23 +138,24 @@ bool hub_id_parse(const hub *h, const char *id, size_t len, uint64_t *seq);
 /* Writes the ID of `seq` into out; returns its length. */
 size_t hub_id_format(const hub *h, uint64_t seq, char out[HUB_ID_MAX]);
 
-/* The seq of the newest message published so far (0: none). */
+/* The seq of the newest message delivered so far (0: none): where a
+ * subscriber without a resume point starts. */
 uint64_t hub_last_seq(const hub *h);
 
-/* Replays the backlog of `topic` after `after_seq` (all retained messages
- * when !known) through fn, at most `limit` messages (0: no limit).  Sets
- * *gap when messages after the resume point are no longer retained (or the
- * ID was unknown).  Returns the number of messages replayed. */
-size_t hub_replay(hub *h, const char *topic, size_t len, uint64_t after_seq, bool known,
-                  size_t limit, hub_deliver_fn fn, void *owner, bool *gap);
+/* Replays the backlog of `n` topics (at most 64) after `after_seq` (all
+ * retained when !known), merged in seq order, at most `limit` messages (0:
+ * no limit), through fn.  Before any message, on_gap(owner, i) runs for
+ * each topic i that lost messages after the resume point (or every topic
+ * when the ID was unknown).  Returns the messages replayed, or -1 on a
+ * storage error. */
+long hub_replay(hub *h, const char *const *topics, const size_t *lens, int n, uint64_t after_seq,
+                bool known, size_t limit, hub_deliver_fn fn, void (*on_gap)(void *owner, int i),
+                void *owner);
 
 /* A message for one subscriber: same ID, topic and seq as `m`, other event
  * and data (a filter's transform).  Not in the backlog.  NULL on no memory. */
 hub_msg *hub_msg_derive(const hub_msg *m, const char *event, size_t elen, const void *data,
                         size_t len);
-
-/* The message's topic name (not NUL-terminated). */
-const char *hub_msg_topic(const hub_msg *m, size_t *len);
 
 void hub_msg_ref(hub_msg *m);
 void hub_msg_unref(hub_msg *m);
@@ -132,9 +166,10 @@ int hub_msg_ws(hub_msg *m, bool json, buf_t **b, size_t *off, size_t *len);
 int hub_msg_json(hub_msg *m, buf_t **b, size_t *off, size_t *len);
 int hub_msg_sse(hub_msg *m, buf_t **b);
 
-/* Counters for /metrics. */
+/* Counters for /metrics (storage figures read from the store). */
 typedef struct hub_stats {
-    uint64_t published, delivered, topics, subscribers;
+    uint64_t published, delivered, topics, subscribers, publish_failures;
+    uint64_t store_file_bytes, store_messages, commits;
 } hub_stats;
 void hub_get_stats(const hub *h, hub_stats *st);
 

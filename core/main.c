@@ -7,8 +7,10 @@
 #include "core/log.h"
 #include "core/server.h"
 #include "lua/api.h"
+#include "storage/store.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -193,10 +195,24 @@ static void raise_fd_limit(void)
 
 typedef struct app_ctx {
     server srv;
+    hub *hub;
+    ev_async committed; /* the storage writer has commits to fan out */
     lx_runtime rt;
     const char *tls_cert, *tls_key;
     ev_signal sighup, sigterm, sigint;
 } app_ctx;
+
+static void wake_loop(void *ud)
+{
+    app_ctx *a = ud;
+    ev_async_send(a->srv.loop, &a->committed);
+}
+
+static void on_committed(struct ev_loop *loop, ev_async *w, int revents)
+{
+    app_ctx *a = (app_ctx *)((char *)w - offsetof(app_ctx, committed));
+    hub_poll(a->hub);
+}
 
 static void on_sighup(struct ev_loop *loop, ev_signal *w, int revents)
 {
@@ -237,16 +253,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "sluice: %s: %s\n", o.app, strerror(errno));
         return 1;
     }
-    hub *h = hub_new();
-    if (!h) {
-        fprintf(stderr, "sluice: out of memory\n");
-        return 1;
-    }
-    lx_app *app = lx_app_load(o.app, h, &cfg, err, sizeof(err));
+    /* The app loads first (its sluice.config names the data directory);
+     * the hub it publishes to is set once storage is open. */
+    hub *h = NULL;
+    struct store *st = NULL;
+    lx_app *app = lx_app_load(o.app, NULL, &cfg, err, sizeof(err));
     if (!app) {
         fprintf(stderr, "sluice: %s\n", err);
         lx_config_free(&cfg);
-        hub_free(h);
         return 1;
     }
     if (o.check) {
@@ -254,7 +268,6 @@ int main(int argc, char **argv)
                lx_app_route_count(app));
         lx_app_release(app);
         lx_config_free(&cfg);
-        hub_free(h);
         return 0;
     }
 
@@ -284,6 +297,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "sluice: cannot create data directory %s: %s\n", data_dir, strerror(errno));
         goto out_app;
     }
+    struct store_opts so = {.relaxed = cfg.relaxed};
+    int src = store_open(&st, data_dir, &so, err, sizeof(err));
+    if (src != 0) {
+        fprintf(stderr, "sluice: %s: %s\n", data_dir, err[0] ? err : store_errmsg(src));
+        goto out_app;
+    }
     int workers = o.workers ? o.workers : cfg.workers;
     if (workers > 1)
         LOG_KV(LOG_INFO, "one event loop for now: --workers is accepted and runs 1",
@@ -294,6 +313,32 @@ int main(int argc, char **argv)
     struct ev_loop *loop = ev_default_loop(EVFLAG_AUTO);
     static app_ctx a;
     server_init(&a.srv, loop, &cfg.limits);
+    ev_async_init(&a.committed, on_committed);
+    ev_async_start(loop, &a.committed);
+    hub_opts ho = {.wake = wake_loop, .wake_ud = &a};
+    h = hub_new(st, &ho, err, sizeof(err));
+    if (!h) {
+        fprintf(stderr, "sluice: %s\n", err);
+        goto out_server;
+    }
+    a.hub = h;
+    /* The app was loaded before storage opened: load it again on the hub
+     * (its top-level code may publish or set retention). */
+    lx_app_release(app);
+    app = lx_app_load(o.app, h, NULL, err, sizeof(err));
+    if (!app) {
+        fprintf(stderr, "sluice: %s\n", err);
+        goto out_server;
+    }
+    /* Signals first: a test (or an operator) may signal as soon as the
+     * "listening on" line appears. */
+    ev_signal_init(&a.sighup, on_sighup, SIGHUP);
+    ev_signal_init(&a.sigterm, on_stop_signal, SIGTERM);
+    ev_signal_init(&a.sigint, on_stop_signal, SIGINT);
+    a.sighup.data = a.sigterm.data = a.sigint.data = &a;
+    ev_signal_start(loop, &a.sighup);
+    ev_signal_start(loop, &a.sigterm);
+    ev_signal_start(loop, &a.sigint);
     a.tls_cert = tls_cert;
     a.tls_key = tls_key;
     if (ntls_listen > 0) {
@@ -321,29 +366,25 @@ int main(int argc, char **argv)
     a.srv.on_request = lx_on_request;
     a.srv.on_request_ud = &a.rt;
 
-    ev_signal_init(&a.sighup, on_sighup, SIGHUP);
-    ev_signal_init(&a.sigterm, on_stop_signal, SIGTERM);
-    ev_signal_init(&a.sigint, on_stop_signal, SIGINT);
-    a.sighup.data = a.sigterm.data = a.sigint.data = &a;
-    ev_signal_start(loop, &a.sighup);
-    ev_signal_start(loop, &a.sigterm);
-    ev_signal_start(loop, &a.sigint);
-
     server_start(&a.srv);
     LOG_KV(LOG_INFO, "sluice started", LOG_S("version", SLUICE_VERSION),
            LOG_S("app", o.app ? o.app : "scripts/default.lua"), LOG_S("data", data_dir));
     ev_run(loop, 0);
-    LOG_KV(LOG_INFO, "stopped");
     rc = 0;
     ev_signal_stop(loop, &a.sighup);
     ev_signal_stop(loop, &a.sigterm);
     ev_signal_stop(loop, &a.sigint);
+    /* Commit what is queued and answer whoever waits for it, then free. */
+    hub_stop(h);
     lx_runtime_destroy(&a.rt);
 out_server:
     server_destroy(&a.srv);
+    ev_async_stop(loop, &a.committed);
 out_app:
     if (app) lx_app_release(app);
     lx_config_free(&cfg);
     hub_free(h);
+    if (st) store_close(st);
+    if (rc == 0) LOG_KV(LOG_INFO, "stopped");
     return rc;
 }

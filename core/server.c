@@ -78,16 +78,20 @@ const char *server_date(server *srv)
     return srv->date;
 }
 
-/* Refuses a connection over the limit with a plain 503 written straight to
- * the fresh socket (it has room for a few hundred bytes). */
-static void refuse_busy(int fd, bool tls)
+/* Refuses a connection over the limit with a complete 503 written straight
+ * to the fresh socket (its send buffer has room for it).  A TLS listener
+ * cannot answer before a handshake, so it only closes. */
+static void refuse_busy(server *srv, int fd, bool tls)
 {
-    static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\n"
-                               "Content-Type: application/json\r\nContent-Length: 35\r\n"
-                               "Retry-After: 1\r\nConnection: close\r\n\r\n"
-                               "{\"error\":\"too many connections\"}\r\n";
+    static const char body[] = "{\"error\":\"too many connections\"}";
     if (!tls) {
-        ssize_t w = write(fd, busy, sizeof(busy) - 1);
+        char resp[512];
+        int n = snprintf(resp, sizeof(resp),
+                         "HTTP/1.1 503 Service Unavailable\r\nDate: %s\r\n"
+                         "Content-Type: application/json\r\nContent-Length: %zu\r\n"
+                         "Retry-After: 1\r\nConnection: close\r\n\r\n%s",
+                         server_date(srv), sizeof(body) - 1, body);
+        ssize_t w = write(fd, resp, (size_t)n);
         (void)w;
         shutdown(fd, SHUT_WR);
     }
@@ -114,7 +118,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
             return; /* EAGAIN: drained */
         }
         if (srv->nconns >= srv->limits.max_connections || srv->stopping) {
-            refuse_busy(fd, l->tls);
+            refuse_busy(srv, fd, l->tls);
             continue;
         }
         int one = 1;

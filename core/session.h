@@ -20,6 +20,7 @@ struct sub_session {
     uint64_t last_seq; /* newest seq delivered: older ones are duplicates */
     const sub_hooks *hooks;
     void *hooks_ud;
+    const sub_request *replay_req; /* during replay: names for gap signals */
     union {
         struct {
             ws_decoder *dec;

@@ -111,33 +111,23 @@ int sub_start(conn *c, hub *h, const sub_request *r, const char **why)
 
 /* ---- resume and replay ----------------------------------------------------- */
 
-typedef struct replay_acc {
-    hub_msg **msgs;
-    size_t n, cap;
-    bool oom;
-} replay_acc;
-
-static void collect(void *owner, hub_msg *m)
+static void replay_gap(void *owner, int i)
 {
-    replay_acc *a = owner;
-    if (a->n == a->cap) {
-        size_t ncap = a->cap ? a->cap * 2 : 64;
-        hub_msg **nm = realloc(a->msgs, ncap * sizeof(hub_msg *));
-        if (!nm) {
-            a->oom = true;
-            return;
-        }
-        a->msgs = nm;
-        a->cap = ncap;
-    }
-    hub_msg_ref(m);
-    a->msgs[a->n++] = m;
+    sub_session *s = owner;
+    const sub_request *r = s->replay_req;
+    if (s->ending || conn_closed(s->c)) return;
+    if (s->kind == SUB_SSE)
+        sse_session_send_gap(s, r->topics[i], r->topic_lens[i]);
+    else if (s->kind == SUB_WS)
+        ws_session_send_gap(s, r->topics[i], r->topic_lens[i]);
+    else
+        s->t.lp.gap = true;
 }
 
-static int by_seq(const void *a, const void *b)
+static void replay_one(void *owner, hub_msg *m)
 {
-    uint64_t x = (*(hub_msg *const *)a)->seq, y = (*(hub_msg *const *)b)->seq;
-    return x < y ? -1 : x > y;
+    sub_session *s = owner;
+    if (!s->ending && !conn_closed(s->c)) session_deliver(s, m);
 }
 
 void session_resume_point(const sub_session *s, const sub_request *r, const http_request *req,
@@ -187,34 +177,21 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
     }
     if (!rp->present) return 0;
 
-    uint64_t after = rp->after;
-    bool known = rp->known;
-    replay_acc acc = {0};
-    for (int i = 0; i < r->ntopics; i++) {
-        bool tgap = false;
-        hub_replay(s->hub, r->topics[i], r->topic_lens[i], after, known, 0, collect, &acc, &tgap);
-        if (tgap) {
-            *gap = true;
-            if (s->kind == SUB_SSE)
-                sse_session_send_gap(s, r->topics[i], r->topic_lens[i]);
-            else if (s->kind == SUB_WS)
-                ws_session_send_gap(s, r->topics[i], r->topic_lens[i]);
-        }
-    }
-    if (s->kind == SUB_LONGPOLL) s->t.lp.gap = *gap;
-    /* Several topics: one seq order across them. */
-    qsort(acc.msgs, acc.n, sizeof(hub_msg *), by_seq);
+    /* Replay, merged across topics in seq order by the store.  Delivery
+     * drops anything at or below last_seq, so start it at the resume point
+     * and move it to where live delivery begins afterwards. */
     uint64_t live_from = s->last_seq;
-    s->last_seq = known ? after : 0;
-    size_t limit = replay_limit ? replay_limit : acc.n;
-    for (size_t i = 0; i < acc.n; i++) {
-        if (i < limit && !s->ending && conn_closed(s->c) == false) session_deliver(s, acc.msgs[i]);
-        hub_msg_unref(acc.msgs[i]);
-    }
-    free(acc.msgs);
-    /* With a replay limit (long-poll) the rest comes on the next poll. */
-    if (s->last_seq < live_from && (replay_limit == 0 || acc.n <= limit)) s->last_seq = live_from;
-    return acc.oom ? -1 : 0;
+    s->last_seq = rp->known ? rp->after : 0;
+    s->replay_req = r;
+    long n = hub_replay(s->hub, r->topics, r->topic_lens, r->ntopics, rp->after, rp->known,
+                        replay_limit, replay_one, replay_gap, s);
+    s->replay_req = NULL;
+    *gap = s->kind == SUB_LONGPOLL ? s->t.lp.gap : false;
+    /* A long-poll that hit its limit resumes from its last message next
+     * time; everyone else goes live from where the hub stands. */
+    if (!(replay_limit && n >= (long)replay_limit) && s->last_seq < live_from)
+        s->last_seq = live_from;
+    return n < 0 ? -1 : 0;
 }
 
 /* ---- delivery ------------------------------------------------------------- */

@@ -10,6 +10,8 @@
 #include "core/log.h"
 #include "core/route.h"
 #include "core/subscriber.h"
+#include "storage/store.h"
+#include "storage/writer.h"
 
 #include <lauxlib.h>
 #include <lua-cjson.h>
@@ -34,13 +36,14 @@ struct lx_app {
     lua_State *L;
     lua_State *hookL; /* runs subscriber callbacks (anchored in the registry) */
     route_table *routes;
-    int refs;           /* the runtime's, plus one per running task */
-    bool loading;       /* the chunk runs: config and route are allowed */
-    lx_config *cfg;     /* filled while loading */
-    lx_budget *running; /* the budget charged by the hook */
-    long long budget;   /* per handler run */
-    char *script;       /* chunk name for logs */
-    hub *hub;           /* where sluice.publish goes (NULL under --check) */
+    int refs;                     /* the runtime's, plus one per running task */
+    bool loading;                 /* the chunk runs: config and route are allowed */
+    lx_config *cfg;               /* filled while loading */
+    lx_budget *running;           /* the budget charged by the hook */
+    struct lx_task *running_task; /* the request coroutine being resumed */
+    long long budget;             /* per handler run */
+    char *script;                 /* chunk name for logs */
+    hub *hub;                     /* where sluice.publish goes (NULL under --check) */
 };
 
 static unsigned long long script_errors;
@@ -56,6 +59,7 @@ unsigned long long lx_script_errors(void)
 
 typedef struct lx_task {
     lx_budget budget;
+    bool waiting; /* yielded in a sluice call that will resume it */
     lx_app *app;
     lua_State *co;
     int co_ref;
@@ -77,7 +81,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     b->used += HOOK_STEP;
     if (b->used > b->limit || b->exceeded) {
         b->exceeded = true;
-        luaL_error(L, "instruction budget exceeded (%lld instructions)", b->limit);
+        luaL_error(L, "instruction budget exceeded (%I instructions)", (lua_Integer)b->limit);
     }
 }
 
@@ -201,6 +205,19 @@ static int l_config(lua_State *L)
         } else if (strcmp(k, "data") == 0) {
             free(cfg->data_dir);
             cfg->data_dir = strdup(luaL_checkstring(L, -1));
+        } else if (strcmp(k, "storage") == 0) {
+            luaL_checktype(L, -1, LUA_TTABLE);
+            if (lua_getfield(L, -1, "durability") != LUA_TNIL) {
+                const char *d = luaL_checkstring(L, -1);
+                if (strcmp(d, "relaxed") == 0)
+                    cfg->relaxed = 1;
+                else if (strcmp(d, "durable") == 0)
+                    cfg->relaxed = 0;
+                else
+                    return luaL_error(
+                        L, "sluice.config: storage.durability is \"durable\" or \"relaxed\"");
+            }
+            lua_pop(L, 1);
         } else if (strcmp(k, "workers") == 0) {
             lua_Integer w = luaL_checkinteger(L, -1);
             if (w < 1 || w > 1024) return luaL_error(L, "sluice.config: workers must be 1..1024");
@@ -307,6 +324,49 @@ static void push_json_table(lua_State *L)
 
 /* ---- publish, topics, metrics -------------------------------------------- */
 
+static void task_run(lx_task *t, int nargs);
+
+static const char *publish_error(int status)
+{
+    switch (status) {
+    case STORE_EFULL:
+        return "storage full";
+    case WRITER_EBUSY:
+        return "too many publishes waiting for storage";
+    case WRITER_ESTOPPED:
+        return "shutting down";
+    case STORE_ENOMEM:
+        return "out of memory";
+    default:
+        return store_errmsg(status);
+    }
+}
+
+/* The commit of a publish a handler waits for: resume it with the ID, or
+ * with nil and the reason. */
+static void publish_resume(void *ud, hub_msg *m, int status)
+{
+    lx_task *t = ud;
+    t->waiting = false;
+    if (status == 0) {
+        lua_pushlstring(t->co, m->id, m->id_len);
+        task_run(t, 1);
+    } else {
+        lua_pushnil(t->co);
+        lua_pushstring(t->co, publish_error(status));
+        task_run(t, 2);
+    }
+}
+
+static int publish_k(lua_State *L, int status, lua_KContext ctx)
+{
+    return lua_gettop(L) - (int)ctx;
+}
+
+/* sluice.publish(topic, data [, {event = NAME}]) -> id | nil, reason.
+ * In a request handler it returns once the message is durable.  Where
+ * nothing can wait (filters, WebSocket callbacks) it queues the message and
+ * returns nothing: the message is still stored before anyone receives it. */
 static int l_publish(lua_State *L)
 {
     lx_app *app = app_of(L);
@@ -326,11 +386,19 @@ static int l_publish(lua_State *L)
         return luaL_argerror(L, 1, "invalid topic name (1 to 200 bytes of A-Z a-z 0-9 _ . : -)");
     if (event && !hub_event_valid(event, elen))
         return luaL_argerror(L, 3, "invalid event name (1 to 128 bytes, no CR/LF, not *.base64)");
-    if (!app->hub) return luaL_error(L, "sluice.publish: no hub (--check)");
-    hub_msg *m = hub_publish(app->hub, topic, tlen, event, elen, data, dlen);
-    if (!m) return luaL_error(L, "sluice.publish: out of memory");
-    lua_pushlstring(L, m->id, m->id_len);
-    return 1;
+    if (!app->hub) return luaL_error(L, "sluice.publish: no storage here (--check)");
+    lx_task *t = app->running_task;
+    bool can_wait = t && t->co == L && lua_isyieldable(L);
+    int rc = hub_publish(app->hub, topic, tlen, event, elen, data, dlen,
+                         can_wait ? publish_resume : NULL, can_wait ? t : NULL);
+    if (rc != 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, publish_error(rc));
+        return 2;
+    }
+    if (!can_wait) return 0;
+    t->waiting = true;
+    return lua_yieldk(L, 0, lua_gettop(L), publish_k);
 }
 
 /* sluice.topic(pattern, {backlog = N, max_age = S}) */
@@ -461,9 +529,7 @@ static hub_msg *hook_filter(void *ud, sub_session *s, hub_msg *m)
     lua_createtable(L, 0, 4);
     lua_pushlstring(L, m->id, m->id_len);
     lua_setfield(L, -2, "id");
-    size_t tlen;
-    const char *tname = hub_msg_topic(m, &tlen);
-    lua_pushlstring(L, tname, tlen);
+    lua_pushlstring(L, m->topic, m->topic_len);
     lua_setfield(L, -2, "topic");
     if (m->event)
         lua_pushlstring(L, m->event, m->event_len);
@@ -1071,11 +1137,16 @@ static void task_run(lx_task *t, int nargs)
 {
     lx_app *app = t->app;
     lx_budget *prev = app->running;
+    lx_task *prev_task = app->running_task;
     app->running = &t->budget;
+    app->running_task = t;
     int nres = 0;
     int st = lua_resume(t->co, app->L, nargs, &nres);
     app->running = prev;
-    if (st == LUA_YIELD) {
+    app->running_task = prev_task;
+    if (st == LUA_YIELD && t->waiting) {
+        return; /* a sluice call resumes it later */
+    } else if (st == LUA_YIELD) {
         /* Nothing resumes a bare coroutine.yield from a handler. */
         lua_pushliteral(t->co, "handler yielded outside a sluice call");
         task_fail(t, "script error");

@@ -30,6 +30,7 @@ typedef struct lx_config {
     int ntls_listen;
     char *tls_cert, *tls_key;
     char *data_dir;
+    int relaxed; /* storage.durability = "relaxed": no fsync per commit */
     int workers;
     server_limits limits;
     struct {

@@ -30,7 +30,11 @@ sluice.route("POST", "/topics/:topic", function(req)
                        or event:sub(-7) == ".base64") then
     return sluice.json(400, { error = "bad event name" })
   end
-  local id = sluice.publish(topic, req.body, { event = event })
+  -- Returns once the message is in LMDB and synced (group commit).
+  local id, err = sluice.publish(topic, req.body, { event = event })
+  if not id then
+    return sluice.json(503, { error = err })
+  end
   return sluice.json(200, { id = id })
 end)
 
