@@ -473,7 +473,7 @@ class RawConn:
     def __init__(self, sock, timeout=IO_TIMEOUT):
         self.sock = sock
         self.sock.settimeout(timeout)
-        self.buf = b""
+        self.buf = bytearray()  # appending to bytes is quadratic on big bodies
         self.eof = False
         self.reset = False
 
@@ -555,8 +555,8 @@ class RawConn:
         while True:
             i = self.buf.find(delim)
             if i >= 0:
-                out = self.buf[:i + len(delim)]
-                self.buf = self.buf[i + len(delim):]
+                out = bytes(self.buf[:i + len(delim)])
+                del self.buf[:i + len(delim)]
                 return out
             if len(self.buf) > limit:
                 raise AssertionError("no %r within %d bytes" % (delim, limit))
@@ -569,13 +569,14 @@ class RawConn:
             if not self._fill():
                 raise ConnectionClosed("connection closed after %d of %d bytes"
                                        % (len(self.buf), n))
-        out, self.buf = self.buf[:n], self.buf[n:]
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
         return out
 
     def read_to_eof(self):
         while self._fill():
             pass
-        out, self.buf = self.buf, b""
+        out, self.buf = bytes(self.buf), bytearray()
         return out
 
     def read_head(self):
@@ -642,10 +643,10 @@ class RawConn:
             while time.monotonic() < deadline:
                 if self.buf:
                     got += self.buf
-                    self.buf = b""
+                    self.buf = bytearray()
                 if not self._fill():
                     got += self.buf
-                    self.buf = b""
+                    self.buf = bytearray()
                     return got
         except socket.timeout:
             raise AssertionError("connection still open after %.0fs (got %r)"
