@@ -2,6 +2,7 @@
  * merges its sluice.config{} with the flags (flags win), opens listeners,
  * and runs the event loop until SIGTERM/SIGINT.  SIGHUP reloads the script
  * and the TLS certificate. */
+#include "core/admin.h"
 #include "core/conn.h"
 #include "core/hub.h"
 #include "core/log.h"
@@ -240,6 +241,8 @@ static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
 
 int main(int argc, char **argv)
 {
+    if (argc > 1 && (strcmp(argv[1], "topics") == 0 || strcmp(argv[1], "dump") == 0))
+        return admin_main(argc, argv);
     options o;
     memset(&o, 0, sizeof(o));
     if (parse_options(argc, argv, &o) < 0) return 1;
