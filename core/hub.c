@@ -35,6 +35,7 @@ typedef struct retention_rule {
 /* A publish between submit and commit. */
 typedef struct pending {
     struct writer_req req; /* first: the writer hands it back */
+    double submitted;      /* monotonic seconds, for the latency histogram */
     hub_msg *msg;
     hub_publish_fn done;
     void *ud;
@@ -57,6 +58,25 @@ struct hub {
     pthread_mutex_t lock; /* guards the committed list */
     pending *committed_head, *committed_tail;
 };
+
+const double hub_latency_bounds[HUB_LATENCY_BUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                                        0.05,   0.1,   0.25,   0.5,   1,    2.5};
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void record_latency(hub_stats *st, double seconds)
+{
+    int i = 0;
+    while (i < HUB_LATENCY_BUCKETS && seconds > hub_latency_bounds[i])
+        i++;
+    st->latency_buckets[i]++;
+    st->latency_sum += seconds;
+}
 
 static uint32_t hash_name(const char *s, size_t len)
 {
@@ -378,6 +398,7 @@ int hub_publish(hub *h, const char *topic, size_t tlen, const char *event, size_
     p->req.data_len = len;
     p->req.max_count = r.backlog;
     p->req.max_age_ms = (uint64_t)(r.max_age * 1000);
+    p->submitted = mono_now();
     int rc = writer_submit(h->writer, &p->req);
     if (rc != 0) {
         hub_msg_unref(m);
@@ -402,6 +423,7 @@ void hub_poll(hub *h)
             m->id_len = (uint8_t)store_id_format(p->req.epoch, p->req.seq, m->id);
             if (m->seq > h->last_seq) h->last_seq = m->seq;
             h->stats.published++;
+            record_latency(&h->stats, mono_now() - p->submitted);
             hub_topic *t = topic_find(h, m->topic, m->topic_len, hash_name(m->topic, m->topic_len));
             if (t) {
                 /* `next` is read first: a delivery may unsubscribe itself. */
@@ -625,6 +647,8 @@ void hub_get_stats(const hub *h, hub_stats *st)
 {
     *st = h->stats;
     st->topics = h->ntopics;
+    for (int i = 1; i <= HUB_LATENCY_BUCKETS; i++) /* cumulative */
+        st->latency_buckets[i] += st->latency_buckets[i - 1];
     struct store_stats ss;
     if (h->store && store_stats(h->store, &ss) == 0) {
         st->store_file_bytes = ss.file_bytes;

@@ -167,9 +167,17 @@ int hub_msg_json(hub_msg *m, buf_t **b, size_t *off, size_t *len);
 int hub_msg_sse(hub_msg *m, buf_t **b);
 
 /* Counters for /metrics (storage figures read from the store). */
+#define HUB_LATENCY_BUCKETS 12
+/* Upper bounds (seconds) of the publish latency histogram's buckets. */
+extern const double hub_latency_bounds[HUB_LATENCY_BUCKETS];
+
 typedef struct hub_stats {
     uint64_t published, delivered, topics, subscribers, publish_failures;
     uint64_t store_file_bytes, store_messages, commits;
+    /* Publish to fan-out (storage queue + commit + sync), cumulative per
+     * bucket as Prometheus wants; the last bucket is +Inf. */
+    uint64_t latency_buckets[HUB_LATENCY_BUCKETS + 1];
+    double latency_sum;
 } hub_stats;
 void hub_get_stats(const hub *h, hub_stats *st);
 

@@ -434,38 +434,58 @@ static __thread lx_runtime *current_rt;
 static int l_metrics(lua_State *L)
 {
     lx_app *app = app_of(L);
-    hub_stats hs = {0};
+    hub_stats hs;
+    memset(&hs, 0, sizeof(hs));
     if (app->hub) hub_get_stats(app->hub, &hs);
     sub_stats ss;
     sub_get_stats(&ss);
     unsigned total = current_rt && current_rt->srv ? current_rt->srv->nconns : 0;
     unsigned streams = ss.websocket + ss.sse + ss.longpoll;
-    lua_pushfstring(L,
-                    "# HELP sluice_connections Open connections by transport.\n"
-                    "# TYPE sluice_connections gauge\n"
-                    "sluice_connections{transport=\"websocket\"} %d\n"
-                    "sluice_connections{transport=\"sse\"} %d\n"
-                    "sluice_connections{transport=\"longpoll\"} %d\n"
-                    "sluice_connections{transport=\"http\"} %d\n"
-                    "# HELP sluice_messages_published_total Messages published.\n"
-                    "# TYPE sluice_messages_published_total counter\n"
-                    "sluice_messages_published_total %I\n"
-                    "# HELP sluice_messages_delivered_total Messages queued to subscribers.\n"
-                    "# TYPE sluice_messages_delivered_total counter\n"
-                    "sluice_messages_delivered_total %I\n"
-                    "# HELP sluice_topics Topics with a subscriber or a backlog.\n"
-                    "# TYPE sluice_topics gauge\n"
-                    "sluice_topics %I\n"
-                    "# HELP sluice_subscriptions Topic subscriptions.\n"
-                    "# TYPE sluice_subscriptions gauge\n"
-                    "sluice_subscriptions %I\n"
-                    "# HELP sluice_script_errors_total Errors raised by the app's Lua code.\n"
-                    "# TYPE sluice_script_errors_total counter\n"
-                    "sluice_script_errors_total %I\n",
-                    (int)ss.websocket, (int)ss.sse, (int)ss.longpoll,
-                    (int)(total > streams ? total - streams : 0), (lua_Integer)hs.published,
-                    (lua_Integer)hs.delivered, (lua_Integer)hs.topics, (lua_Integer)hs.subscribers,
-                    (lua_Integer)script_errors);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    char line[256];
+#define ADD(...)                                                                                   \
+    do {                                                                                           \
+        snprintf(line, sizeof(line), __VA_ARGS__);                                                 \
+        luaL_addstring(&b, line);                                                                  \
+    } while (0)
+#define HEAD(name, type, help) ADD("# HELP %s %s\n# TYPE %s %s\n", name, help, name, type)
+    HEAD("sluice_connections", "gauge", "Open connections by transport.");
+    ADD("sluice_connections{transport=\"websocket\"} %u\n", ss.websocket);
+    ADD("sluice_connections{transport=\"sse\"} %u\n", ss.sse);
+    ADD("sluice_connections{transport=\"longpoll\"} %u\n", ss.longpoll);
+    ADD("sluice_connections{transport=\"http\"} %u\n", total > streams ? total - streams : 0);
+    HEAD("sluice_messages_published_total", "counter", "Messages committed to storage.");
+    ADD("sluice_messages_published_total %llu\n", (unsigned long long)hs.published);
+    HEAD("sluice_messages_delivered_total", "counter", "Messages queued to subscribers.");
+    ADD("sluice_messages_delivered_total %llu\n", (unsigned long long)hs.delivered);
+    HEAD("sluice_publish_failures_total", "counter", "Publishes refused by storage.");
+    ADD("sluice_publish_failures_total %llu\n", (unsigned long long)hs.publish_failures);
+    HEAD("sluice_topics", "gauge", "Topics with a subscriber.");
+    ADD("sluice_topics %llu\n", (unsigned long long)hs.topics);
+    HEAD("sluice_subscriptions", "gauge", "Topic subscriptions.");
+    ADD("sluice_subscriptions %llu\n", (unsigned long long)hs.subscribers);
+    HEAD("sluice_storage_bytes", "gauge", "Size of the LMDB data file.");
+    ADD("sluice_storage_bytes %llu\n", (unsigned long long)hs.store_file_bytes);
+    HEAD("sluice_storage_messages", "gauge", "Messages retained in storage.");
+    ADD("sluice_storage_messages %llu\n", (unsigned long long)hs.store_messages);
+    HEAD("sluice_storage_commits_total", "counter", "Storage write transactions.");
+    ADD("sluice_storage_commits_total %llu\n", (unsigned long long)hs.commits);
+    HEAD("sluice_publish_latency_seconds", "histogram",
+         "From publish to fan-out: storage queue, commit and sync.");
+    for (int i = 0; i < HUB_LATENCY_BUCKETS; i++)
+        ADD("sluice_publish_latency_seconds_bucket{le=\"%g\"} %llu\n", hub_latency_bounds[i],
+            (unsigned long long)hs.latency_buckets[i]);
+    ADD("sluice_publish_latency_seconds_bucket{le=\"+Inf\"} %llu\n",
+        (unsigned long long)hs.latency_buckets[HUB_LATENCY_BUCKETS]);
+    ADD("sluice_publish_latency_seconds_sum %.6f\n", hs.latency_sum);
+    ADD("sluice_publish_latency_seconds_count %llu\n",
+        (unsigned long long)hs.latency_buckets[HUB_LATENCY_BUCKETS]);
+    HEAD("sluice_script_errors_total", "counter", "Errors raised by the app's Lua code.");
+    ADD("sluice_script_errors_total %llu\n", script_errors);
+#undef HEAD
+#undef ADD
+    luaL_pushresult(&b);
     return 1;
 }
 
