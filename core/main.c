@@ -33,6 +33,7 @@ typedef struct options {
     const char *data_dir;
     int workers;
     bool check;
+    bool watch;
     int log_level;
     log_format log_format;
 } options;
@@ -54,6 +55,7 @@ static void usage(FILE *out)
         "  -d, --data DIR             LMDB directory, created if missing (default ./sluice-data)\n"
         "  -w, --workers N            event-loop threads (default: number of CPUs)\n"
         "      --check                load the app, report problems, exit 0 or 1\n"
+        "      --watch                reload the app when its file changes\n"
         "      --log-level LEVEL      debug, info, warn, error (default info)\n"
         "      --log-format FORMAT    text or json (default text)\n"
         "  -V, --version              print the version\n"
@@ -71,7 +73,8 @@ static int parse_options(int argc, char **argv, options *o)
         OPT_TLS_KEY,
         OPT_CHECK,
         OPT_LOG_LEVEL,
-        OPT_LOG_FORMAT
+        OPT_LOG_FORMAT,
+        OPT_WATCH
     };
     static const struct option longopts[] = {
         {"listen", required_argument, NULL, 'l'},
@@ -81,6 +84,7 @@ static int parse_options(int argc, char **argv, options *o)
         {"data", required_argument, NULL, 'd'},
         {"workers", required_argument, NULL, 'w'},
         {"check", no_argument, NULL, OPT_CHECK},
+        {"watch", no_argument, NULL, OPT_WATCH},
         {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
         {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
         {"version", no_argument, NULL, 'V'},
@@ -121,6 +125,9 @@ static int parse_options(int argc, char **argv, options *o)
             o->workers = (int)w;
             break;
         }
+        case OPT_WATCH:
+            o->watch = true;
+            break;
         case OPT_CHECK:
             o->check = true;
             break;
@@ -201,6 +208,8 @@ typedef struct app_ctx {
     lx_runtime rt;
     const char *tls_cert, *tls_key;
     ev_signal sighup, sigterm, sigint;
+    ev_stat script_stat;   /* --watch */
+    ev_timer watch_settle; /* reload once the file has stopped changing */
 } app_ctx;
 
 static void wake_loop(void *ud)
@@ -230,6 +239,22 @@ static void on_sighup(struct ev_loop *loop, ev_signal *w, int revents)
             LOG_KV(LOG_ERROR, "TLS reload failed: the old certificate stays", LOG_S("error", err));
         }
     }
+}
+
+static void on_watch_settled(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    app_ctx *a = w->data;
+    LOG_KV(LOG_INFO, "script changed: reloading", LOG_S("script", a->rt.script_path));
+    lx_reload(&a->rt);
+}
+
+static void on_script_changed(struct ev_loop *loop, ev_stat *w, int revents)
+{
+    app_ctx *a = w->data;
+    /* Editors write in several steps: wait until the file is quiet. */
+    ev_timer_stop(loop, &a->watch_settle);
+    ev_timer_set(&a->watch_settle, 0.2, 0.);
+    ev_timer_start(loop, &a->watch_settle);
 }
 
 static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
@@ -328,6 +353,7 @@ int main(int argc, char **argv)
     /* The app was loaded before storage opened: load it again on the hub
      * (its top-level code may publish or set retention). */
     lx_app_release(app);
+    lx_set_loop(loop);
     app = lx_app_load(o.app, h, NULL, err, sizeof(err));
     if (!app) {
         fprintf(stderr, "sluice: %s\n", err);
@@ -369,6 +395,17 @@ int main(int argc, char **argv)
     a.srv.on_request = lx_on_request;
     a.srv.on_request_ud = &a.rt;
 
+    if (o.watch) {
+        if (!o.app) {
+            LOG_KV(LOG_WARN, "--watch: the built-in app has no file to watch");
+        } else {
+            ev_stat_init(&a.script_stat, on_script_changed, o.app, 1.0);
+            a.script_stat.data = &a;
+            ev_stat_start(loop, &a.script_stat);
+            ev_init(&a.watch_settle, on_watch_settled);
+            a.watch_settle.data = &a;
+        }
+    }
     server_start(&a.srv);
     LOG_KV(LOG_INFO, "sluice started", LOG_S("version", SLUICE_VERSION),
            LOG_S("app", o.app ? o.app : "scripts/default.lua"), LOG_S("data", data_dir));
@@ -377,6 +414,10 @@ int main(int argc, char **argv)
     ev_signal_stop(loop, &a.sighup);
     ev_signal_stop(loop, &a.sigterm);
     ev_signal_stop(loop, &a.sigint);
+    if (o.watch && o.app) {
+        ev_stat_stop(loop, &a.script_stat);
+        ev_timer_stop(loop, &a.watch_settle);
+    }
     /* Commit what is queued and answer whoever waits for it, then free. */
     hub_stop(h);
     lx_runtime_destroy(&a.rt);

@@ -6,6 +6,7 @@
  * Once a task is over budget every further hook raises again, so a script
  * that catches the error with pcall is stopped anyway. */
 #include "lua/api.h"
+#include "lua/internal.h"
 
 #include "core/log.h"
 #include "core/route.h"
@@ -23,33 +24,14 @@
 #include <strings.h>
 #include <ctype.h>
 
-#define HOOK_STEP 1000
-#define LOAD_BUDGET 100000000LL /* the top-level chunk at start or reload */
-#define DEFAULT_BUDGET 10000000LL
-
-typedef struct lx_budget {
-    long long used, limit;
-    bool exceeded;
-} lx_budget;
-
-struct lx_app {
-    lua_State *L;
-    lua_State *hookL; /* runs subscriber callbacks (anchored in the registry) */
-    route_table *routes;
-    int refs;                     /* the runtime's, plus one per running task */
-    bool loading;                 /* the chunk runs: config and route are allowed */
-    lx_config *cfg;               /* filled while loading */
-    lx_budget *running;           /* the budget charged by the hook */
-    struct lx_task *running_task; /* the request coroutine being resumed */
-    long long budget;             /* per handler run */
-    char *script;                 /* chunk name for logs */
-    hub *hub;                     /* where sluice.publish goes (NULL under --check) */
-};
-
 static unsigned long long script_errors;
 unsigned long long lx_script_errors(void)
 {
     return script_errors;
+}
+void lx_count_error(void)
+{
+    script_errors++;
 }
 
 #define SUB_MT "sluice.subscription"
@@ -57,23 +39,9 @@ unsigned long long lx_script_errors(void)
 #define REQ_MT "sluice.request"
 #define REF_NOT_FUNCTION (-100) /* opt_ref: the option is set but not a function */
 
-typedef struct lx_task {
-    lx_budget budget;
-    bool waiting; /* yielded in a sluice call that will resume it */
-    lx_app *app;
-    lua_State *co;
-    int co_ref;
-    conn *c;
-    http_request *req;  /* valid during the first resume only */
-    route_match *match; /* idem */
-} lx_task;
+struct ev_loop *lx_loop;
 
-static lx_app *app_of(lua_State *L)
-{
-    return *(lx_app **)lua_getextraspace(L);
-}
-
-static void budget_hook(lua_State *L, lua_Debug *ar)
+void lx_budget_hook(lua_State *L, lua_Debug *ar)
 {
     lx_app *app = app_of(L);
     lx_budget *b = app ? app->running : NULL;
@@ -324,7 +292,64 @@ static void push_json_table(lua_State *L)
 
 /* ---- publish, topics, metrics -------------------------------------------- */
 
-static void task_run(lx_task *t, int nargs);
+/* sluice.on_publish(pattern, fn): while the script loads. */
+static int l_on_publish(lua_State *L)
+{
+    lx_app *app = app_of(L);
+    size_t plen;
+    const char *pattern = luaL_checklstring(L, 1, &plen);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    if (!app->loading)
+        return luaL_error(L, "sluice.on_publish must be called when the script loads");
+    bool prefix = plen > 0 && pattern[plen - 1] == '*';
+    if ((!prefix || plen > 1) && !hub_topic_valid(pattern, prefix ? plen - 1 : plen))
+        return luaL_argerror(L, 1, "a topic name, or a prefix followed by '*'");
+    if (app->on_publish == LUA_NOREF) {
+        lua_newtable(L);
+        app->on_publish = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, app->on_publish);
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 2);
+    lua_rawset(L, -3);
+    return 0;
+}
+
+/* Pushes the on_publish function for `topic` (the longest matching
+ * pattern; an exact name beats a prefix of the same length) and returns
+ * true, or pushes nothing and returns false. */
+static bool push_on_publish(lua_State *L, lx_app *app, const char *topic, size_t tlen)
+{
+    if (app->on_publish == LUA_NOREF) return false;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, app->on_publish);
+    int tbl = lua_gettop(L);
+    const char *best = NULL; /* a key of the table: stays valid while it does */
+    size_t best_len = 0, best_score = 0;
+    lua_pushnil(L);
+    while (lua_next(L, tbl)) {
+        size_t plen;
+        const char *p = lua_tolstring(L, -2, &plen);
+        bool prefix = plen > 0 && p[plen - 1] == '*';
+        size_t n = prefix ? plen - 1 : plen;
+        bool match =
+            prefix ? tlen >= n && memcmp(topic, p, n) == 0 : tlen == n && memcmp(topic, p, n) == 0;
+        size_t score = 1 + 2 * n + (prefix ? 0 : 1);
+        if (match && score > best_score) {
+            best = p;
+            best_len = plen;
+            best_score = score;
+        }
+        lua_pop(L, 1);
+    }
+    if (!best) {
+        lua_pop(L, 1);
+        return false;
+    }
+    lua_pushlstring(L, best, best_len);
+    lua_rawget(L, tbl);
+    lua_remove(L, tbl);
+    return true;
+}
 
 static const char *publish_error(int status)
 {
@@ -350,11 +375,11 @@ static void publish_resume(void *ud, hub_msg *m, int status)
     t->waiting = false;
     if (status == 0) {
         lua_pushlstring(t->co, m->id, m->id_len);
-        task_run(t, 1);
+        lx_task_run(t, 1);
     } else {
         lua_pushnil(t->co);
         lua_pushstring(t->co, publish_error(status));
-        task_run(t, 2);
+        lx_task_run(t, 2);
     }
 }
 
@@ -386,7 +411,46 @@ static int l_publish(lua_State *L)
         return luaL_argerror(L, 1, "invalid topic name (1 to 200 bytes of A-Z a-z 0-9 _ . : -)");
     if (event && !hub_event_valid(event, elen))
         return luaL_argerror(L, 3, "invalid event name (1 to 128 bytes, no CR/LF, not *.base64)");
-    if (!app->hub) return luaL_error(L, "sluice.publish: no storage here (--check)");
+    if (push_on_publish(L, app, topic, tlen)) {
+        /* The app's transform runs before storage, so what is stored,
+         * replayed and delivered is the same message.  The ID does not
+         * exist yet: msg.id is nil here. */
+        lua_createtable(L, 0, 3);
+        lua_pushlstring(L, topic, tlen);
+        lua_setfield(L, -2, "topic");
+        if (event)
+            lua_pushlstring(L, event, elen);
+        else
+            lua_pushnil(L);
+        lua_setfield(L, -2, "event");
+        lua_pushvalue(L, 2);
+        lua_setfield(L, -2, "data");
+        lua_call(L, 1, 1);
+        if (lua_isnil(L, -1)) {
+            lua_pushnil(L);
+            lua_pushliteral(L, "dropped by on_publish");
+            return 2;
+        }
+        if (!lua_istable(L, -1)) return luaL_error(L, "on_publish must return the message or nil");
+        int m = lua_gettop(L);
+        lua_getfield(L, m, "topic");
+        lua_getfield(L, m, "data");
+        lua_getfield(L, m, "event");
+        topic = lua_tolstring(L, m + 1, &tlen);
+        data = lua_tolstring(L, m + 2, &dlen);
+        event = lua_isnil(L, m + 3) ? NULL : lua_tolstring(L, m + 3, &elen);
+        if (!topic || !hub_topic_valid(topic, tlen))
+            return luaL_error(L, "on_publish returned an invalid topic");
+        if (!data) return luaL_error(L, "on_publish returned a message without data");
+        if (!lua_isnil(L, m + 3) && (!event || !hub_event_valid(event, elen)))
+            return luaL_error(L, "on_publish returned an invalid event name");
+    }
+    if (!app->hub) {
+        /* --check, or the first load before storage opens: nothing to do. */
+        lua_pushnil(L);
+        lua_pushliteral(L, "not running");
+        return 2;
+    }
     lx_task *t = app->running_task;
     bool can_wait = t && t->co == L && lua_isyieldable(L);
     int rc = hub_publish(app->hub, topic, tlen, event, elen, data, dlen,
@@ -758,10 +822,13 @@ static void create_metatables(lua_State *L)
 static int luaopen_sluice(lua_State *L)
 {
     static const luaL_Reg fns[] = {
-        {"config", l_config}, {"route", l_route},     {"log", l_log}, {"publish", l_publish},
-        {"topic", l_topic},   {"metrics", l_metrics}, {NULL, NULL},
+        {"config", l_config},         {"route", l_route}, {"log", l_log},
+        {"publish", l_publish},       {"topic", l_topic}, {"metrics", l_metrics},
+        {"on_publish", l_on_publish}, {NULL, NULL},
     };
     luaL_newlib(L, fns);
+    lx_open_timers(L);
+    lx_open_crypto(L);
     push_json_table(L);
     lua_setfield(L, -2, "json");
     lua_pushliteral(L, SLUICE_VERSION);
@@ -778,6 +845,7 @@ size_t lx_app_route_count(const lx_app *app)
 
 static void app_free(lx_app *app)
 {
+    lx_cancel_timers(app);
     route_table_free(app->routes, NULL, NULL); /* lua_close frees the handlers */
     if (app->L) lua_close(app->L);
     free(app->script);
@@ -812,6 +880,7 @@ lx_app *lx_app_load(const char *path, hub *h, lx_config *cfg, char *err, size_t 
     if (!app) goto oom;
     app->refs = 1;
     app->hub = h;
+    app->on_publish = LUA_NOREF;
     app->budget = DEFAULT_BUDGET;
     app->routes = route_table_new();
     app->script = strdup(path ? path : "scripts/default.lua");
@@ -827,7 +896,7 @@ lx_app *lx_app_load(const char *path, hub *h, lx_config *cfg, char *err, size_t 
     create_metatables(L);
     app->hookL = lua_newthread(L);
     luaL_ref(L, LUA_REGISTRYINDEX); /* anchored for the state's life */
-    lua_sethook(app->hookL, budget_hook, LUA_MASKCOUNT, HOOK_STEP);
+    lua_sethook(app->hookL, lx_budget_hook, LUA_MASKCOUNT, HOOK_STEP);
 
     lua_pushcfunction(L, traceback_handler);
     int st;
@@ -851,7 +920,7 @@ lx_app *lx_app_load(const char *path, hub *h, lx_config *cfg, char *err, size_t 
     app->loading = true;
     lx_budget load = {.limit = LOAD_BUDGET};
     app->running = &load;
-    lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_STEP);
+    lua_sethook(L, lx_budget_hook, LUA_MASKCOUNT, HOOK_STEP);
     st = lua_pcall(L, 0, 0, -2);
     lua_sethook(L, NULL, 0, 0);
     app->running = NULL;
@@ -987,7 +1056,7 @@ static int task_main(lua_State *L)
 static void task_end(lx_task *t)
 {
     luaL_unref(t->app->L, LUA_REGISTRYINDEX, t->co_ref);
-    conn_release(t->c);
+    if (t->c) conn_release(t->c);
     lx_app_release(t->app);
     free(t);
 }
@@ -1001,7 +1070,7 @@ static void task_fail(lx_task *t, const char *what)
            LOG_S("traceback", lua_tostring(t->app->L, -1)));
     script_errors++;
     lua_pop(t->app->L, 1);
-    if (!conn_closed(t->c)) conn_respond_error(t->c, 500, "script error");
+    if (t->c && !conn_closed(t->c)) conn_respond_error(t->c, 500, "script error");
 }
 
 /* The handler returned req:subscribe(...): hand the connection over. */
@@ -1153,7 +1222,7 @@ static void respond_from_results(lx_task *t, int nres)
 }
 
 /* Resumes the task's coroutine and deals with how it stopped. */
-static void task_run(lx_task *t, int nargs)
+void lx_task_run(lx_task *t, int nargs)
 {
     lx_app *app = t->app;
     lx_budget *prev = app->running;
@@ -1171,12 +1240,28 @@ static void task_run(lx_task *t, int nargs)
         lua_pushliteral(t->co, "handler yielded outside a sluice call");
         task_fail(t, "script error");
     } else if (st == LUA_OK) {
-        if (!conn_closed(t->c)) respond_from_results(t, nres);
+        if (t->c && !conn_closed(t->c)) respond_from_results(t, nres);
     } else {
         task_fail(t, t->budget.exceeded ? "script stopped: instruction budget exceeded"
                                         : "script error");
     }
     task_end(t);
+}
+
+lx_task *lx_task_new(lx_app *app, conn *c)
+{
+    lx_task *t = calloc(1, sizeof(lx_task));
+    if (!t) return NULL;
+    t->budget.limit = app->budget;
+    t->app = app;
+    app->refs++;
+    t->c = c;
+    if (c) conn_hold(c);
+    lua_State *L = app->L;
+    t->co = lua_newthread(L);
+    t->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_sethook(t->co, lx_budget_hook, LUA_MASKCOUNT, HOOK_STEP);
+    return t;
 }
 
 void lx_on_request(conn *c, http_request *req, void *ud)
@@ -1198,28 +1283,24 @@ void lx_on_request(conn *c, http_request *req, void *ud)
         conn_response_finish(c, body, (size_t)n);
         return;
     }
-    lx_task *t = calloc(1, sizeof(lx_task));
+    lx_task *t = lx_task_new(app, c);
     if (!t) {
         conn_respond_error(c, 503, "out of memory");
         return;
     }
-    t->budget.limit = app->budget;
-    t->app = app;
-    app->refs++;
-    t->c = c;
-    conn_hold(c);
     t->req = req;
     t->match = &m;
-    lua_State *L = app->L;
-    t->co = lua_newthread(L);
-    t->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_sethook(t->co, budget_hook, LUA_MASKCOUNT, HOOK_STEP);
     lua_pushcfunction(t->co, task_main);
     lua_pushlightuserdata(t->co, t);
-    task_run(t, 1);
+    lx_task_run(t, 1);
 }
 
 /* ---- runtime ----------------------------------------------------------- */
+
+void lx_set_loop(struct ev_loop *loop)
+{
+    lx_loop = loop;
+}
 
 void lx_runtime_init(lx_runtime *rt, server *srv, hub *h, const char *script_path, lx_app *app,
                      long long instruction_budget)
@@ -1250,6 +1331,7 @@ int lx_reload(lx_runtime *rt)
     lx_config_free(&cfg);
     lx_app *old = rt->app;
     rt->app = app;
+    lx_cancel_timers(old); /* the new script set up its own */
     lx_app_release(old);
     LOG_KV(LOG_INFO, "reloaded app", LOG_S("script", app->script),
            LOG_I("routes", (long long)route_count(app->routes)));

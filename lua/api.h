@@ -65,6 +65,10 @@ void lx_app_release(lx_app *app);
 /* Number of routes the app declared (for --check's report). */
 size_t lx_app_route_count(const lx_app *app);
 
+/* The event loop that timers run on; set it before loading the app that
+ * will serve (an app loaded without one gets inert timers). */
+void lx_set_loop(struct ev_loop *loop);
+
 /* Sets the runtime up to serve `app` (takes the reference). */
 void lx_runtime_init(lx_runtime *rt, server *srv, hub *h, const char *script_path, lx_app *app,
                      long long instruction_budget);

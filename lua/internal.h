@@ -1,0 +1,81 @@
+/* internal.h: what the files of the Lua layer share (not a public face:
+ * the rest of sluice uses lua/api.h).  api.c holds the runtime, requests and
+ * subscriptions; timer.c the timers; crypto.c HMAC and JWT. */
+#ifndef SLUICE_LUA_INTERNAL_H
+#define SLUICE_LUA_INTERNAL_H
+
+#include "core/route.h"
+#include "lua/api.h"
+
+#include <ev.h>
+#include <lauxlib.h>
+#include <lua.h>
+
+#define HOOK_STEP 1000
+#define LOAD_BUDGET 100000000LL /* the top-level chunk at start or reload */
+#define DEFAULT_BUDGET 10000000LL
+
+typedef struct lx_budget {
+    long long used, limit;
+    bool exceeded;
+} lx_budget;
+
+typedef struct lx_timer lx_timer;
+
+struct lx_app {
+    lua_State *L;
+    lua_State *hookL; /* runs subscriber callbacks (anchored in the registry) */
+    route_table *routes;
+    int refs;                     /* the runtime's, plus one per running task */
+    bool loading;                 /* the chunk runs: config and route are allowed */
+    lx_config *cfg;               /* filled while loading */
+    lx_budget *running;           /* the budget charged by the hook */
+    struct lx_task *running_task; /* the coroutine being resumed */
+    long long budget;             /* per handler run */
+    char *script;                 /* chunk name for logs */
+    hub *hub;                     /* where sluice.publish goes (NULL under --check) */
+    lx_timer *timers;             /* sluice.timer / sluice.every of this generation */
+    int on_publish;               /* registry ref of a table pattern -> function */
+};
+
+/* A coroutine running app code: a request handler (c set) or a timer. */
+typedef struct lx_task {
+    lx_budget budget;
+    bool waiting; /* yielded in a sluice call that will resume it */
+    lx_app *app;
+    lua_State *co;
+    int co_ref;
+    conn *c;            /* NULL for a timer */
+    http_request *req;  /* valid during the first resume only */
+    route_match *match; /* idem */
+} lx_task;
+
+static inline lx_app *app_of(lua_State *L)
+{
+    return *(lx_app **)lua_getextraspace(L);
+}
+
+/* The loop timers run on (NULL under --check: timers are then inert). */
+extern struct ev_loop *lx_loop;
+
+/* A task on a new coroutine of app, pinning app and c (may be NULL).  The
+ * caller pushes the body function and its arguments on t->co, then calls
+ * lx_task_run(t, nargs). */
+lx_task *lx_task_new(lx_app *app, conn *c);
+void lx_task_run(lx_task *t, int nargs);
+
+/* Counts a script error for /metrics. */
+void lx_count_error(void);
+
+/* The count hook that enforces the instruction budget. */
+void lx_budget_hook(lua_State *L, lua_Debug *ar);
+
+/* Adds sluice.timer, sluice.every (timer.c) and sluice.hmac_sha256,
+ * sluice.jwt, sluice.hex (crypto.c) to the module table on the stack top. */
+void lx_open_timers(lua_State *L);
+void lx_open_crypto(lua_State *L);
+
+/* Stops and frees a generation's timers (reload, exit). */
+void lx_cancel_timers(lx_app *app);
+
+#endif
