@@ -55,6 +55,7 @@ struct hub {
     retention_rule *rules;
     size_t nrules;
     hub_stats stats;
+    hub_sub *prefix_subs; /* wildcard subscriptions */
     pthread_mutex_t lock; /* guards the committed list */
     pending *committed_head, *committed_tail;
 };
@@ -184,6 +185,12 @@ bool hub_topic_valid(const char *name, size_t len)
         if (!ok) return false;
     }
     return true;
+}
+
+bool hub_pattern_valid(const char *name, size_t len)
+{
+    if (len >= 1 && name[len - 1] == '*') return len == 1 || hub_topic_valid(name, len - 1);
+    return hub_topic_valid(name, len);
 }
 
 bool hub_event_valid(const char *event, size_t len)
@@ -374,7 +381,7 @@ uint64_t hub_last_seq(const hub *h)
 }
 
 int hub_publish(hub *h, const char *topic, size_t tlen, const char *event, size_t elen,
-                const void *data, size_t len, hub_publish_fn done, void *ud)
+                const void *data, size_t len, const void *origin, hub_publish_fn done, void *ud)
 {
     if (!hub_topic_valid(topic, tlen) || (event && elen && !hub_event_valid(event, elen)))
         return STORE_EINVAL;
@@ -386,6 +393,7 @@ int hub_publish(hub *h, const char *topic, size_t tlen, const char *event, size_
         return STORE_ENOMEM;
     }
     hub_retention r = retention_for(h, topic, tlen);
+    m->origin = origin;
     p->msg = m;
     p->done = done;
     p->ud = ud;
@@ -425,12 +433,16 @@ void hub_poll(hub *h)
             h->stats.published++;
             record_latency(&h->stats, mono_now() - p->submitted);
             hub_topic *t = topic_find(h, m->topic, m->topic_len, hash_name(m->topic, m->topic_len));
-            if (t) {
-                /* `next` is read first: a delivery may unsubscribe itself. */
-                for (hub_sub *s = t->subs, *sn; s; s = sn) {
-                    sn = s->next;
+            /* `next` is read first: a delivery may unsubscribe itself. */
+            for (hub_sub *s = t ? t->subs : NULL, *sn; s; s = sn) {
+                sn = s->next;
+                s->deliver(s->owner, m);
+            }
+            for (hub_sub *s = h->prefix_subs, *sn; s; s = sn) {
+                sn = s->next;
+                if (m->topic_len >= s->prefix_len &&
+                    memcmp(m->topic, s->prefix, s->prefix_len) == 0)
                     s->deliver(s->owner, m);
-                }
             }
             if (p->done) p->done(p->ud, m, 0);
         } else {
@@ -445,6 +457,22 @@ void hub_poll(hub *h)
 
 hub_sub *hub_subscribe(hub *h, const char *topic, size_t len, void *owner, hub_deliver_fn fn)
 {
+    if (len >= 1 && topic[len - 1] == '*') {
+        if (!hub_pattern_valid(topic, len)) return NULL;
+        hub_sub *s = calloc(1, sizeof(hub_sub));
+        if (!s || !(s->prefix = strndup(topic, len - 1))) {
+            free(s);
+            return NULL;
+        }
+        s->prefix_len = len - 1;
+        s->owner = owner;
+        s->deliver = fn;
+        s->next = h->prefix_subs;
+        if (h->prefix_subs) h->prefix_subs->prev = s;
+        h->prefix_subs = s;
+        h->stats.subscribers++;
+        return s;
+    }
     hub_topic *t = topic_get(h, topic, len);
     if (!t) return NULL;
     hub_sub *s = calloc(1, sizeof(hub_sub));
@@ -466,6 +494,17 @@ hub_sub *hub_subscribe(hub *h, const char *topic, size_t len, void *owner, hub_d
 void hub_unsubscribe(hub *h, hub_sub *s)
 {
     if (!s) return;
+    if (!s->topic) {
+        if (s->prev)
+            s->prev->next = s->next;
+        else
+            h->prefix_subs = s->next;
+        if (s->next) s->next->prev = s->prev;
+        h->stats.subscribers--;
+        free(s->prefix);
+        free(s);
+        return;
+    }
     hub_topic *t = s->topic;
     if (s->prev)
         s->prev->next = s->next;
@@ -516,37 +555,79 @@ static int collect(void *ud, const struct store_view *v)
     return 0;
 }
 
-long hub_replay(hub *h, const char *const *topics, const size_t *lens, int n, uint64_t after_seq,
-                bool known, size_t limit, hub_deliver_fn fn, void (*on_gap)(void *owner, int i),
-                void *owner)
+typedef struct expand_acc {
+    const char *prefix;
+    size_t prefix_len;
+    char **names;
+    size_t *lens;
+    int n, max;
+} expand_acc;
+
+/* Collects the stored topics a wildcard follows (the topics table is in
+ * name order: stop after the prefix's run). */
+static int expand_one(void *ud, const struct store_topic_info *t)
 {
-    bool gaps[64];
-    if (n > 64) n = 64;
-    for (int i = 0; i < n; i++)
-        gaps[i] = !known;
-    if (!h->store || n <= 0) {
-        for (int i = 0; i < n; i++)
-            if (gaps[i]) on_gap(owner, i);
-        return 0;
+    expand_acc *a = ud;
+    if (t->name_len < a->prefix_len || memcmp(t->name, a->prefix, a->prefix_len) != 0)
+        return memcmp(t->name, a->prefix,
+                      t->name_len < a->prefix_len ? t->name_len : a->prefix_len) > 0;
+    if (a->n >= a->max) return 1;
+    a->names[a->n] = strndup(t->name, t->name_len);
+    if (!a->names[a->n]) return 1;
+    a->lens[a->n++] = t->name_len;
+    return 0;
+}
+
+long hub_replay(hub *h, const char *const *topics, const size_t *lens, int n, uint64_t after_seq,
+                bool known, size_t limit, hub_deliver_fn fn,
+                void (*on_gap)(void *owner, const char *topic, size_t len), void *owner)
+{
+    /* The topics to read: the names, and what each wildcard matches. */
+    char *names[HUB_REPLAY_MAX_TOPICS];
+    size_t nlens[HUB_REPLAY_MAX_TOPICS];
+    bool owned[HUB_REPLAY_MAX_TOPICS] = {false};
+    int nn = 0;
+    for (int i = 0; i < n && nn < HUB_REPLAY_MAX_TOPICS; i++) {
+        if (lens[i] >= 1 && topics[i][lens[i] - 1] == '*') {
+            if (!h->store) continue;
+            expand_acc a = {topics[i],  lens[i] - 1, names + nn,
+                            nlens + nn, 0,           HUB_REPLAY_MAX_TOPICS - nn};
+            store_topics(h->store, expand_one, &a);
+            for (int j = 0; j < a.n; j++)
+                owned[nn + j] = true;
+            nn += a.n;
+        } else {
+            names[nn] = (char *)topics[i];
+            nlens[nn++] = lens[i];
+        }
     }
-    struct store_topic_ref refs[64];
-    struct store_read_info infos[64];
-    for (int i = 0; i < n; i++)
-        refs[i] = (struct store_topic_ref){topics[i], lens[i]};
-    replay_acc acc = {.topics = topics, .lens = lens};
-    int rc = store_read_multi(h->store, refs, (size_t)n, known ? after_seq : 0, limit, collect,
-                              &acc, infos);
-    if (rc == 0 && !acc.oom)
-        for (int i = 0; i < n; i++)
+    bool gaps[HUB_REPLAY_MAX_TOPICS];
+    for (int i = 0; i < nn; i++)
+        gaps[i] = !known;
+    long result = 0;
+    struct store_topic_ref refs[HUB_REPLAY_MAX_TOPICS];
+    struct store_read_info infos[HUB_REPLAY_MAX_TOPICS];
+    replay_acc acc = {.topics = (const char *const *)names, .lens = nlens};
+    if (h->store && nn > 0) {
+        for (int i = 0; i < nn; i++)
+            refs[i] = (struct store_topic_ref){names[i], nlens[i]};
+        int rc = store_read_multi(h->store, refs, (size_t)nn, known ? after_seq : 0, limit, collect,
+                                  &acc, infos);
+        if (rc != 0 || acc.oom) result = -1;
+        for (int i = 0; i < nn && result == 0; i++)
             if (known && infos[i].gap) gaps[i] = true;
-    for (int i = 0; i < n; i++)
-        if (gaps[i]) on_gap(owner, i);
+    }
+    if (result == 0)
+        for (int i = 0; i < nn; i++)
+            if (gaps[i]) on_gap(owner, names[i], nlens[i]);
     for (size_t i = 0; i < acc.n; i++) {
-        if (rc == 0 && !acc.oom) fn(owner, acc.msgs[i]);
+        if (result == 0) fn(owner, acc.msgs[i]);
         hub_msg_unref(acc.msgs[i]);
     }
     free(acc.msgs);
-    return rc == 0 && !acc.oom ? (long)acc.n : -1;
+    for (int i = 0; i < nn; i++)
+        if (owned[i]) free(names[i]);
+    return result == 0 ? (long)acc.n : -1;
 }
 
 /* ---- wire forms ----------------------------------------------------------- */

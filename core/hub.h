@@ -54,7 +54,8 @@ typedef struct hub_msg {
     uint8_t raw_hdr, json_hdr; /* WebSocket header bytes in each headroom, 0: not yet */
     buf_t *json;               /* HUB_HEADROOM bytes, then the JSON object */
     size_t json_len;
-    buf_t *sse; /* the whole SSE event */
+    buf_t *sse;         /* the whole SSE event */
+    const void *origin; /* who published it (skip_self); not stored */
     char id[HUB_ID_MAX];
     uint8_t id_len;
 } hub_msg;
@@ -64,7 +65,9 @@ typedef struct hub_msg {
 typedef void (*hub_deliver_fn)(void *owner, hub_msg *msg);
 
 typedef struct hub_sub {
-    hub_topic *topic;
+    hub_topic *topic; /* NULL for a wildcard (prefix) subscription */
+    char *prefix;     /* wildcard: the names it follows start with this */
+    size_t prefix_len;
     struct hub_sub *prev, *next; /* in the topic */
     void *owner;
     hub_deliver_fn deliver;
@@ -106,6 +109,11 @@ int hub_set_retention(hub *h, const char *pattern, size_t len, bool prefix_match
 /* True when `name` is a valid topic name (see HUB_TOPIC_MAX). */
 bool hub_topic_valid(const char *name, size_t len);
 
+/* True when `name` is a valid topic name or a wildcard: a valid prefix
+ * (possibly empty) followed by '*', which follows every topic whose name
+ * starts with the prefix. */
+bool hub_pattern_valid(const char *name, size_t len);
+
 /* True when `event` is a valid event name: 1..HUB_EVENT_MAX bytes without
  * CR, LF or NUL, not ending in ".base64" (reserved for binary on SSE). */
 bool hub_event_valid(const char *event, size_t len);
@@ -115,17 +123,18 @@ bool hub_event_valid(const char *event, size_t len);
  * m NULL): STORE_EFULL and WRITER_EBUSY mean "try later" (503). */
 typedef void (*hub_publish_fn)(void *ud, hub_msg *m, int status);
 
-/* Publishes a message: the data is copied once, into the buffer that later
+/* Publishes a message (`origin` identifies the publisher for skip_self, or
+ * NULL): the data is copied once, into the buffer that later
  * carries it to subscribers; the writer stores it; after the commit it is
  * delivered to every subscriber and `done` runs (may be NULL).  Returns 0,
  * or a negative code (STORE_EINVAL for a bad name, STORE_ENOMEM,
  * WRITER_EBUSY, WRITER_ESTOPPED) when nothing was queued and `done` will
  * not run. */
 int hub_publish(hub *h, const char *topic, size_t tlen, const char *event, size_t elen,
-                const void *data, size_t len, hub_publish_fn done, void *ud);
+                const void *data, size_t len, const void *origin, hub_publish_fn done, void *ud);
 
-/* Subscribes `owner` to a topic.  Returns the subscription, or NULL for an
- * invalid name or no memory. */
+/* Subscribes `owner` to a topic or a wildcard (see hub_pattern_valid).
+ * Returns the subscription, or NULL for an invalid name or no memory. */
 hub_sub *hub_subscribe(hub *h, const char *topic, size_t len, void *owner, hub_deliver_fn fn);
 
 /* Detaches and frees a subscription (NULL is a no-op). */
@@ -142,15 +151,18 @@ size_t hub_id_format(const hub *h, uint64_t seq, char out[HUB_ID_MAX]);
  * subscriber without a resume point starts. */
 uint64_t hub_last_seq(const hub *h);
 
-/* Replays the backlog of `n` topics (at most 64) after `after_seq` (all
+#define HUB_REPLAY_MAX_TOPICS 64
+
+/* Replays the backlog of `n` topics or wildcards after `after_seq` (all
  * retained when !known), merged in seq order, at most `limit` messages (0:
- * no limit), through fn.  Before any message, on_gap(owner, i) runs for
- * each topic i that lost messages after the resume point (or every topic
- * when the ID was unknown).  Returns the messages replayed, or -1 on a
- * storage error. */
+ * no limit), through fn.  A wildcard replays the stored topics it matches;
+ * at most HUB_REPLAY_MAX_TOPICS topics in all are replayed.  Before any
+ * message, on_gap(owner, topic, len) runs for each topic that lost messages
+ * after the resume point (every topic when the ID was unknown).  Returns
+ * the messages replayed, or -1 on a storage error. */
 long hub_replay(hub *h, const char *const *topics, const size_t *lens, int n, uint64_t after_seq,
-                bool known, size_t limit, hub_deliver_fn fn, void (*on_gap)(void *owner, int i),
-                void *owner);
+                bool known, size_t limit, hub_deliver_fn fn,
+                void (*on_gap)(void *owner, const char *topic, size_t len), void *owner);
 
 /* A message for one subscriber: same ID, topic and seq as `m`, other event
  * and data (a filter's transform).  Not in the backlog.  NULL on no memory. */

@@ -20,7 +20,10 @@ struct sub_session {
     uint64_t last_seq; /* newest seq delivered: older ones are duplicates */
     const sub_hooks *hooks;
     void *hooks_ud;
-    const sub_request *replay_req; /* during replay: names for gap signals */
+    bool skip_self; /* not the messages this session's client published */
+    int nevents;    /* events option: deliver only these event names */
+    char **events;  /* one allocation with the lengths and the bytes */
+    size_t *event_lens;
     union {
         struct {
             ws_decoder *dec;

@@ -66,6 +66,8 @@ static bool wants_sse(const http_request *req)
     return false;
 }
 
+static int session_set_events(sub_session *s, const sub_request *r);
+
 int sub_start(conn *c, hub *h, const sub_request *r, const char **why)
 {
     http_request *req = conn_request(c);
@@ -74,7 +76,7 @@ int sub_start(conn *c, hub *h, const sub_request *r, const char **why)
         return 400;
     }
     for (int i = 0; i < r->ntopics; i++) {
-        if (!hub_topic_valid(r->topics[i], r->topic_lens[i])) {
+        if (!hub_pattern_valid(r->topics[i], r->topic_lens[i])) {
             *why = "bad topic name";
             return 400;
         }
@@ -88,6 +90,12 @@ int sub_start(conn *c, hub *h, const sub_request *r, const char **why)
     s->hub = h;
     s->hooks = r->hooks;
     s->hooks_ud = r->hooks_ud;
+    s->skip_self = r->skip_self;
+    if (r->nevents > 0 && session_set_events(s, r) < 0) {
+        free(s);
+        *why = "out of memory";
+        return 503;
+    }
     int status;
     if (req->upgrade && http_header_get(req, "upgrade", NULL)) {
         s->kind = SUB_WS;
@@ -111,15 +119,14 @@ int sub_start(conn *c, hub *h, const sub_request *r, const char **why)
 
 /* ---- resume and replay ----------------------------------------------------- */
 
-static void replay_gap(void *owner, int i)
+static void replay_gap(void *owner, const char *topic, size_t len)
 {
     sub_session *s = owner;
-    const sub_request *r = s->replay_req;
     if (s->ending || conn_closed(s->c)) return;
     if (s->kind == SUB_SSE)
-        sse_session_send_gap(s, r->topics[i], r->topic_lens[i]);
+        sse_session_send_gap(s, topic, len);
     else if (s->kind == SUB_WS)
-        ws_session_send_gap(s, r->topics[i], r->topic_lens[i]);
+        ws_session_send_gap(s, topic, len);
     else
         s->t.lp.gap = true;
 }
@@ -182,10 +189,8 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
      * and move it to where live delivery begins afterwards. */
     uint64_t live_from = s->last_seq;
     s->last_seq = rp->known ? rp->after : 0;
-    s->replay_req = r;
     long n = hub_replay(s->hub, r->topics, r->topic_lens, r->ntopics, rp->after, rp->known,
                         replay_limit, replay_one, replay_gap, s);
-    s->replay_req = NULL;
     *gap = s->kind == SUB_LONGPOLL ? s->t.lp.gap : false;
     /* A long-poll that hit its limit resumes from its last message next
      * time; everyone else goes live from where the hub stands. */
@@ -196,12 +201,46 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
 
 /* ---- delivery ------------------------------------------------------------- */
 
+/* Copies the `events` option: the request's strings do not outlive it. */
+static int session_set_events(sub_session *s, const sub_request *r)
+{
+    size_t total = 0;
+    for (int i = 0; i < r->nevents; i++)
+        total += r->event_lens[i];
+    s->events = malloc(sizeof(char *) * (size_t)r->nevents + sizeof(size_t) * (size_t)r->nevents +
+                       total + 1);
+    if (!s->events) return -1;
+    s->event_lens = (size_t *)(s->events + r->nevents);
+    char *p = (char *)(s->event_lens + r->nevents);
+    for (int i = 0; i < r->nevents; i++) {
+        memcpy(p, r->events[i], r->event_lens[i]);
+        s->events[i] = p;
+        s->event_lens[i] = r->event_lens[i];
+        p += r->event_lens[i];
+    }
+    s->nevents = r->nevents;
+    return 0;
+}
+
+/* The declarative options, evaluated without entering Lua. */
+static bool wanted(const sub_session *s, const hub_msg *m)
+{
+    if (s->skip_self && m->origin == s) return false;
+    if (s->nevents == 0) return true;
+    for (int i = 0; i < s->nevents; i++)
+        if (m->event && m->event_len == s->event_lens[i] &&
+            memcmp(m->event, s->events[i], m->event_len) == 0)
+            return true;
+    return false;
+}
+
 void session_deliver(void *owner, hub_msg *m)
 {
     sub_session *s = owner;
     hub *h = s->hub; /* sending may end (free) the session */
     if (s->ending || m->seq <= s->last_seq) return;
     s->last_seq = m->seq;
+    if (!wanted(s, m)) return;
     hub_msg *out = m;
     if (s->hooks && s->hooks->filter) {
         out = s->hooks->filter(s->hooks_ud, s, m);
@@ -232,6 +271,7 @@ void session_free(sub_session *s)
     s->nsubs = 0;
     if (s->hooks && s->hooks->on_close) s->hooks->on_close(s->hooks_ud, s);
     if (s->hooks && s->hooks->release) s->hooks->release(s->hooks_ud);
+    free(s->events);
     if (s->kind == SUB_WS) {
         free(s->t.ws.dec);
         free(s->t.ws.msg);

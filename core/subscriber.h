@@ -38,8 +38,12 @@ typedef struct sub_request {
     int ntopics;
     const char *last_event_id; /* NULL: take it from the request */
     size_t last_event_id_len;
-    const char *protocol; /* WebSocket subprotocol chosen by the app, or NULL */
-    int json;             /* WebSocket JSON envelopes: 1 yes, 0 no, -1 from ?format= */
+    const char *protocol;      /* WebSocket subprotocol chosen by the app, or NULL */
+    int json;                  /* WebSocket JSON envelopes: 1 yes, 0 no, -1 from ?format= */
+    bool skip_self;            /* skip messages whose origin is this session */
+    const char *const *events; /* deliver only these event names (nevents > 0) */
+    const size_t *event_lens;
+    int nevents;
     const sub_hooks *hooks;
     void *hooks_ud;
 } sub_request;
@@ -58,6 +62,13 @@ extern sub_config sub_defaults;
  * *why when the request cannot subscribe (the caller answers it and still
  * owns hooks_ud). */
 int sub_start(conn *c, hub *h, const sub_request *r, const char **why);
+
+/* The session as a publisher identity (hub_publish's origin), so that
+ * skip_self can recognise its own messages. */
+static inline const void *sub_origin(const sub_session *s)
+{
+    return s;
+}
 
 /* The session's connection and transport name ("websocket", "sse",
  * "longpoll", "poll"). */

@@ -453,7 +453,7 @@ static int l_publish(lua_State *L)
     }
     lx_task *t = app->running_task;
     bool can_wait = t && t->co == L && lua_isyieldable(L);
-    int rc = hub_publish(app->hub, topic, tlen, event, elen, data, dlen,
+    int rc = hub_publish(app->hub, topic, tlen, event, elen, data, dlen, app->origin,
                          can_wait ? publish_resume : NULL, can_wait ? t : NULL);
     if (rc != 0) {
         lua_pushnil(L);
@@ -660,7 +660,12 @@ static void hook_on_message(void *ud, sub_session *s, const char *data, size_t l
     push_conn(h);
     lua_pushlstring(L, data, len);
     lua_pushboolean(L, binary);
-    if (!call_hook(h->app, "on_message", 3, 0)) sub_close(s, 1011, "script error");
+    /* What the callback publishes comes from this client (skip_self). */
+    const void *prev = h->app->origin;
+    h->app->origin = sub_origin(s);
+    bool ok = call_hook(h->app, "on_message", 3, 0);
+    h->app->origin = prev;
+    if (!ok) sub_close(s, 1011, "script error");
 }
 
 static void hook_on_close(void *ud, sub_session *s)
@@ -774,9 +779,10 @@ static int l_req_subscribe(lua_State *L)
         size_t len;
         lua_rawgeti(L, topics, i);
         const char *t = lua_tolstring(L, -1, &len);
-        if (!hub_topic_valid(t, len))
-            return luaL_argerror(L, 2,
-                                 "invalid topic name (1 to 200 bytes of A-Z a-z 0-9 _ . : -)");
+        if (!hub_pattern_valid(t, len))
+            return luaL_argerror(
+                L, 2,
+                "invalid topic name (1 to 200 bytes of A-Z a-z 0-9 _ . : -, or a prefix and *)");
         lua_pop(L, 1);
     }
     if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
@@ -1092,6 +1098,8 @@ static void start_subscription(lx_task *t, int idx)
         lua_pop(L, 1);
     }
     sub_request r = {.topics = names, .topic_lens = lens, .ntopics = n, .json = -1};
+    const char *event_names[32];
+    size_t event_lens[32];
     const char *problem = NULL;
     if (opts) {
         if (lua_getfield(L, opts, "last_event_id") == LUA_TSTRING)
@@ -1102,6 +1110,27 @@ static void start_subscription(lx_task *t, int idx)
             r.protocol = lua_tostring(L, -1);
         else if (!lua_isnil(L, -1))
             problem = "opts.protocol must be a string";
+        if (lua_getfield(L, opts, "skip_self") != LUA_TNIL) r.skip_self = lua_toboolean(L, -1);
+        if (lua_getfield(L, opts, "events") == LUA_TTABLE) {
+            int ev = lua_gettop(L);
+            int ne = (int)lua_rawlen(L, ev);
+            if (ne > 32) problem = "opts.events: at most 32 event names";
+            for (int i = 0; i < ne && i < 32 && !problem; i++) {
+                lua_rawgeti(L, ev, i + 1);
+                if (lua_type(L, -1) != LUA_TSTRING)
+                    problem = "opts.events must list strings";
+                else
+                    event_names[i] = lua_tolstring(L, -1, &event_lens[i]);
+                lua_pop(L, 1); /* the table keeps the string alive */
+            }
+            if (!problem) {
+                r.events = event_names;
+                r.event_lens = event_lens;
+                r.nevents = ne;
+            }
+        } else if (!lua_isnil(L, -1)) {
+            problem = "opts.events must be a list of event names";
+        }
         if (lua_getfield(L, opts, "format") == LUA_TSTRING)
             r.json = strcmp(lua_tostring(L, -1), "json") == 0;
         else if (!lua_isnil(L, -1))

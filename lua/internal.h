@@ -36,6 +36,7 @@ struct lx_app {
     hub *hub;                     /* where sluice.publish goes (NULL under --check) */
     lx_timer *timers;             /* sluice.timer / sluice.every of this generation */
     int on_publish;               /* registry ref of a table pattern -> function */
+    const void *origin;           /* publisher identity during on_message (skip_self) */
 };
 
 /* A coroutine running app code: a request handler (c set) or a timer. */
