@@ -211,7 +211,11 @@ static void schedule_flush(conn *c)
 int conn_send(conn *c, buf_t *b, size_t off, size_t len)
 {
     if (c->state == CONN_CLOSED) return -1;
-    if (c->state == CONN_STREAM && c->out.bytes + len > c->srv->limits.max_output) return -1;
+    /* Over the limit a stream is cut off; an empty queue takes any one
+     * message, so the largest message allowed always fits. */
+    if (c->state == CONN_STREAM && c->out.bytes > 0 &&
+        c->out.bytes + len > c->srv->limits.max_output)
+        return -1;
     if (outq_push(&c->out, b, off, len) < 0) return -1;
     schedule_flush(c);
     return 0;

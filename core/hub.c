@@ -524,7 +524,8 @@ typedef struct replay_acc {
     const size_t *lens;
     hub_msg **msgs;
     size_t n, cap;
-    bool oom;
+    size_t bytes, max_bytes;
+    bool oom, full;
 } replay_acc;
 
 /* Inside the read transaction: copy each message out (the store's pointers
@@ -552,6 +553,11 @@ static int collect(void *ud, const struct store_view *v)
     m->time_ms = v->time_ms;
     m->id_len = (uint8_t)store_id_format(v->epoch, v->seq, m->id);
     a->msgs[a->n++] = m;
+    a->bytes += v->data_len;
+    if (a->max_bytes && a->bytes >= a->max_bytes) {
+        a->full = true;
+        return 1; /* a page's worth */
+    }
     return 0;
 }
 
@@ -579,9 +585,10 @@ static int expand_one(void *ud, const struct store_topic_info *t)
 }
 
 long hub_replay(hub *h, const char *const *topics, const size_t *lens, int n, uint64_t after_seq,
-                bool known, size_t limit, hub_deliver_fn fn,
-                void (*on_gap)(void *owner, const char *topic, size_t len), void *owner)
+                bool known, size_t limit, size_t max_bytes, hub_deliver_fn fn,
+                void (*on_gap)(void *owner, const char *topic, size_t len), void *owner, bool *more)
 {
+    *more = false;
     /* The topics to read: the names, and what each wildcard matches. */
     char *names[HUB_REPLAY_MAX_TOPICS];
     size_t nlens[HUB_REPLAY_MAX_TOPICS];
@@ -607,7 +614,7 @@ long hub_replay(hub *h, const char *const *topics, const size_t *lens, int n, ui
     long result = 0;
     struct store_topic_ref refs[HUB_REPLAY_MAX_TOPICS];
     struct store_read_info infos[HUB_REPLAY_MAX_TOPICS];
-    replay_acc acc = {.topics = (const char *const *)names, .lens = nlens};
+    replay_acc acc = {.topics = (const char *const *)names, .lens = nlens, .max_bytes = max_bytes};
     if (h->store && nn > 0) {
         for (int i = 0; i < nn; i++)
             refs[i] = (struct store_topic_ref){names[i], nlens[i]};
@@ -617,7 +624,8 @@ long hub_replay(hub *h, const char *const *topics, const size_t *lens, int n, ui
         for (int i = 0; i < nn && result == 0; i++)
             if (known && infos[i].gap) gaps[i] = true;
     }
-    if (result == 0)
+    *more = result == 0 && (acc.full || (limit && acc.n >= limit));
+    if (result == 0 && on_gap)
         for (int i = 0; i < nn; i++)
             if (gaps[i]) on_gap(owner, names[i], nlens[i]);
     for (size_t i = 0; i < acc.n; i++) {

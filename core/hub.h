@@ -155,14 +155,17 @@ uint64_t hub_last_seq(const hub *h);
 
 /* Replays the backlog of `n` topics or wildcards after `after_seq` (all
  * retained when !known), merged in seq order, at most `limit` messages (0:
- * no limit), through fn.  A wildcard replays the stored topics it matches;
+ * no limit) and about `max_bytes` of data (0: no limit; at least one
+ * message), through fn; *more tells whether it stopped at a limit (a page:
+ * call again after the last seq delivered).  A wildcard replays the stored topics it matches;
  * at most HUB_REPLAY_MAX_TOPICS topics in all are replayed.  Before any
  * message, on_gap(owner, topic, len) runs for each topic that lost messages
  * after the resume point (every topic when the ID was unknown).  Returns
  * the messages replayed, or -1 on a storage error. */
 long hub_replay(hub *h, const char *const *topics, const size_t *lens, int n, uint64_t after_seq,
-                bool known, size_t limit, hub_deliver_fn fn,
-                void (*on_gap)(void *owner, const char *topic, size_t len), void *owner);
+                bool known, size_t limit, size_t max_bytes, hub_deliver_fn fn,
+                void (*on_gap)(void *owner, const char *topic, size_t len), void *owner,
+                bool *more);
 
 /* A message for one subscriber: same ID, topic and seq as `m`, other event
  * and data (a filter's transform).  Not in the backlog.  NULL on no memory. */

@@ -14,9 +14,15 @@ struct sub_session {
     hub_sub **subs;
     int nsubs;
     uint8_t kind;
-    bool json;         /* WebSocket JSON envelopes */
-    bool short_poll;   /* long-poll with timeout=0 */
-    bool ending;       /* being torn down: deliver nothing more */
+    bool json;        /* WebSocket JSON envelopes */
+    bool short_poll;  /* long-poll with timeout=0 */
+    bool ending;      /* being torn down: deliver nothing more */
+    bool catching_up; /* replaying the backlog in pages: live waits for it */
+    bool in_replay;   /* inside a replay pass: freeing must wait */
+    bool dead;        /* torn down during a replay pass: free after it */
+    char **rtopics;   /* while catching up: the topics to read (owned) */
+    size_t *rtopic_lens;
+    int nrtopics;
     uint64_t last_seq; /* newest seq delivered: older ones are duplicates */
     const sub_hooks *hooks;
     void *hooks_ud;
@@ -56,11 +62,22 @@ typedef struct resume_point {
 void session_resume_point(const sub_session *s, const sub_request *r, const http_request *req,
                           resume_point *rp);
 
+#define SESSION_GONE (-2)              /* the session ended (and was freed) during replay */
+#define REPLAY_PAGE_BYTES (256 * 1024) /* data replayed per page to a stream */
+
 /* Subscribes to every topic and replays after the resume point in global
  * seq order, sending the transport's gap signal first when messages were
- * missed.  Returns 0 or -1 (no memory). */
+ * missed.  A long-poll gets one page of `replay_limit` messages; a stream
+ * gets pages of REPLAY_PAGE_BYTES, the next one each time its output has
+ * drained (session_replay_more), and live messages flow once it has caught
+ * up.  Returns 0, -1 (no memory), or SESSION_GONE: the client was cut off
+ * during the replay and `s` no longer exists. */
 int session_subscribe_and_replay(sub_session *s, const sub_request *r, const resume_point *rp,
                                  unsigned replay_limit, bool *gap);
+
+/* A stream's output drained: replay the next page if catching up.  Returns
+ * 0, -1, or SESSION_GONE as above. */
+int session_replay_more(sub_session *s);
 
 /* Unsubscribes everything, runs on_close and release, frees the session. */
 void session_free(sub_session *s);

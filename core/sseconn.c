@@ -13,11 +13,16 @@
 static void sse_on_data(conn *c, void *state, char *data, size_t len) {} /* nothing to read */
 static void sse_on_timer(conn *c, void *state);
 static void sse_on_close(conn *c, void *state);
+static void sse_on_drain(conn *c, void *state)
+{
+    if (session_replay_more(state) == -1) conn_close_after_write(c);
+}
 
 static const conn_stream_ops sse_ops = {
     .name = "sse",
     .on_data = sse_on_data,
     .on_timer = sse_on_timer,
+    .on_drain = sse_on_drain,
     .on_close = sse_on_close,
 };
 
@@ -38,7 +43,9 @@ int sse_session_start(sub_session *s, const sub_request *r, const http_request *
     buf_unref(hb);
     sub_counts.sse++;
     bool gap;
-    if (session_subscribe_and_replay(s, r, &rp, 0, &gap) < 0) {
+    int rc = session_subscribe_and_replay(s, r, &rp, 0, &gap);
+    if (rc == SESSION_GONE) return 0; /* cut off while replaying */
+    if (rc < 0) {
         conn_close_after_write(s->c);
         return 0;
     }

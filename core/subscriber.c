@@ -131,6 +131,49 @@ static void replay_gap(void *owner, const char *topic, size_t len)
         s->t.lp.gap = true;
 }
 
+static void free_rtopics(sub_session *s)
+{
+    for (int i = 0; i < s->nrtopics; i++)
+        free(s->rtopics[i]);
+    free(s->rtopics);
+    free(s->rtopic_lens);
+    s->rtopics = NULL;
+    s->rtopic_lens = NULL;
+    s->nrtopics = 0;
+}
+
+static void replay_one(void *owner, hub_msg *m);
+
+/* One page of a stream's catch-up.  Delivery may cut the client off and end
+ * the session: freeing waits for the end of the pass (in_replay). */
+static int replay_page(sub_session *s, bool known, bool first)
+{
+    bool more = false;
+    s->in_replay = true;
+    long n = hub_replay(s->hub, (const char *const *)s->rtopics, s->rtopic_lens, s->nrtopics,
+                        s->last_seq, known, 0, REPLAY_PAGE_BYTES, replay_one,
+                        first ? replay_gap : NULL, s, &more);
+    s->in_replay = false;
+    if (s->dead) {
+        free(s);
+        return SESSION_GONE;
+    }
+    if (n < 0) return -1;
+    if (!more) {
+        /* Caught up: everything committed so far was read, so live
+         * delivery (deduplicated by last_seq) continues without a seam. */
+        s->catching_up = false;
+        free_rtopics(s);
+    }
+    return 0;
+}
+
+int session_replay_more(sub_session *s)
+{
+    if (!s->catching_up || s->in_replay || s->ending) return 0;
+    return replay_page(s, true, false);
+}
+
 static void replay_one(void *owner, hub_msg *m)
 {
     sub_session *s = owner;
@@ -184,19 +227,29 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
     }
     if (!rp->present) return 0;
 
-    /* Replay, merged across topics in seq order by the store.  Delivery
-     * drops anything at or below last_seq, so start it at the resume point
-     * and move it to where live delivery begins afterwards. */
-    uint64_t live_from = s->last_seq;
+    if (s->kind == SUB_LONGPOLL) {
+        /* One page: the client asks again from its last_id. */
+        uint64_t live_from = s->last_seq;
+        s->last_seq = rp->known ? rp->after : 0;
+        bool more;
+        long n = hub_replay(s->hub, r->topics, r->topic_lens, r->ntopics, rp->after, rp->known,
+                            replay_limit, 0, replay_one, replay_gap, s, &more);
+        *gap = s->t.lp.gap;
+        if (!more && s->last_seq < live_from) s->last_seq = live_from;
+        return n < 0 ? -1 : 0;
+    }
+    /* A stream catches up page by page: keep the topic names for later pages. */
+    s->rtopics = calloc((size_t)r->ntopics, sizeof(char *));
+    s->rtopic_lens = calloc((size_t)r->ntopics, sizeof(size_t));
+    if (!s->rtopics || !s->rtopic_lens) return -1;
+    for (int i = 0; i < r->ntopics; i++) {
+        if (!(s->rtopics[i] = strndup(r->topics[i], r->topic_lens[i]))) return -1;
+        s->rtopic_lens[i] = r->topic_lens[i];
+        s->nrtopics++;
+    }
+    s->catching_up = true;
     s->last_seq = rp->known ? rp->after : 0;
-    long n = hub_replay(s->hub, r->topics, r->topic_lens, r->ntopics, rp->after, rp->known,
-                        replay_limit, replay_one, replay_gap, s);
-    *gap = s->kind == SUB_LONGPOLL ? s->t.lp.gap : false;
-    /* A long-poll that hit its limit resumes from its last message next
-     * time; everyone else goes live from where the hub stands. */
-    if (!(replay_limit && n >= (long)replay_limit) && s->last_seq < live_from)
-        s->last_seq = live_from;
-    return n < 0 ? -1 : 0;
+    return replay_page(s, rp->known, true);
 }
 
 /* ---- delivery ------------------------------------------------------------- */
@@ -239,6 +292,8 @@ void session_deliver(void *owner, hub_msg *m)
     sub_session *s = owner;
     hub *h = s->hub; /* sending may end (free) the session */
     if (s->ending || m->seq <= s->last_seq) return;
+    /* Catching up, live messages come from the backlog pages instead. */
+    if (s->catching_up && !s->in_replay) return;
     s->last_seq = m->seq;
     if (!wanted(s, m)) return;
     hub_msg *out = m;
@@ -263,6 +318,7 @@ void session_deliver(void *owner, hub_msg *m)
 
 void session_free(sub_session *s)
 {
+    if (s->dead) return;
     s->ending = true;
     for (int i = 0; i < s->nsubs; i++)
         hub_unsubscribe(s->hub, s->subs[i]);
@@ -272,6 +328,7 @@ void session_free(sub_session *s)
     if (s->hooks && s->hooks->on_close) s->hooks->on_close(s->hooks_ud, s);
     if (s->hooks && s->hooks->release) s->hooks->release(s->hooks_ud);
     free(s->events);
+    free_rtopics(s);
     if (s->kind == SUB_WS) {
         free(s->t.ws.dec);
         free(s->t.ws.msg);
@@ -279,6 +336,10 @@ void session_free(sub_session *s)
         for (unsigned i = 0; i < s->t.lp.count; i++)
             hub_msg_unref(s->t.lp.msgs[i]);
         free(s->t.lp.msgs);
+    }
+    if (s->in_replay) {
+        s->dead = true; /* replay_page frees it when its pass ends */
+        return;
     }
     free(s);
 }

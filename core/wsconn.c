@@ -13,12 +13,14 @@
 static void ws_on_data(conn *c, void *state, char *data, size_t len);
 static void ws_on_timer(conn *c, void *state);
 static void ws_on_shutdown(conn *c, void *state);
+static void ws_on_drain(conn *c, void *state);
 static void ws_on_close(conn *c, void *state);
 
 static const conn_stream_ops ws_ops = {
     .name = "websocket",
     .on_data = ws_on_data,
     .on_timer = ws_on_timer,
+    .on_drain = ws_on_drain,
     .on_shutdown = ws_on_shutdown,
     .on_close = ws_on_close,
 };
@@ -111,8 +113,10 @@ int ws_session_start(sub_session *s, const sub_request *r, const http_request *r
     buf_unref(hb);
     sub_counts.websocket++;
     bool gap;
-    if (session_subscribe_and_replay(s, r, &rp, 0, &gap) < 0) {
-        ws_session_close(s, WS_CLOSE_INTERNAL_ERROR, "out of memory");
+    int rc = session_subscribe_and_replay(s, r, &rp, 0, &gap);
+    if (rc == SESSION_GONE) return 0; /* cut off while replaying */
+    if (rc < 0) {
+        ws_session_close(s, WS_CLOSE_INTERNAL_ERROR, "storage error");
         return 0;
     }
     if (!conn_closed(s->c) && s->c->stream == &ws_ops)
@@ -255,6 +259,12 @@ static void ws_on_timer(conn *c, void *state)
     s->t.ws.pong_pending = true;
     ws_send_control(s, WS_OP_PING, NULL, 0);
     if (!conn_closed(c) && c->stream == &ws_ops) conn_stream_timer(c, sub_defaults.ws_ping);
+}
+
+static void ws_on_drain(conn *c, void *state)
+{
+    if (session_replay_more(state) == -1)
+        ws_session_close(state, WS_CLOSE_INTERNAL_ERROR, "storage error");
 }
 
 static void ws_on_shutdown(conn *c, void *state)
