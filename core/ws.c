@@ -43,6 +43,11 @@ bool ws_decoder_in_message(const ws_decoder *d)
     return d->msg_opcode != 0;
 }
 
+bool ws_decoder_idle(const ws_decoder *d)
+{
+    return d->state == ST_HEADER && d->hdr_have == 0 && d->msg_opcode == 0;
+}
+
 bool ws_close_code_valid(unsigned code)
 {
     if (code >= 1000 && code <= 1003) return true;

@@ -171,6 +171,12 @@ bool ws_decoder_closed(const ws_decoder *d);
  * for logging. */
 bool ws_decoder_in_message(const ws_decoder *d);
 
+/* ws_decoder_idle: true iff the decoder sits between frames with no message
+ * in progress, so it holds no state a fresh ws_decoder_init would not: the
+ * caller may free it and make a new one when bytes arrive (an idle
+ * connection then keeps no decoder). */
+bool ws_decoder_idle(const ws_decoder *d);
+
 /* ws_close_code_valid: true iff code may appear in a close frame on the
  * wire: 1000-1003, 1007-1014, 3000-4999 (RFC 6455 section 7.4 and the IANA
  * registry; 1004-1006 and 1015 are reserved, 1016-2999 unassigned). */

@@ -83,12 +83,7 @@ int ws_session_start(sub_session *s, const sub_request *r, const http_request *r
     char fmt[16];
     s->json = r->json == 1 || (r->json == -1 && query_param(req, "format", fmt, sizeof(fmt)) >= 0 &&
                                strcmp(fmt, "json") == 0);
-    s->t.ws.dec = malloc(sizeof(ws_decoder));
-    if (!s->t.ws.dec) {
-        *why = "out of memory";
-        return 503;
-    }
-    ws_decoder_init(s->t.ws.dec, sub_defaults.ws_max_message, true);
+    /* The frame decoder is made when bytes arrive (ws_on_data). */
 
     char head[512];
     int n = snprintf(head, sizeof(head),
@@ -232,6 +227,14 @@ static void ws_on_data(conn *c, void *state, char *data, size_t len)
 {
     sub_session *s = state;
     s->t.ws.pong_pending = false; /* any byte shows the peer is alive */
+    if (!s->t.ws.dec) {
+        s->t.ws.dec = malloc(sizeof(ws_decoder));
+        if (!s->t.ws.dec) {
+            ws_session_close(s, WS_CLOSE_INTERNAL_ERROR, "out of memory");
+            return;
+        }
+        ws_decoder_init(s->t.ws.dec, sub_defaults.ws_max_message, true);
+    }
     size_t pos = 0;
     conn_hold(c);
     while (pos < len && !conn_closed(c) && c->stream == &ws_ops) {
@@ -244,6 +247,11 @@ static void ws_on_data(conn *c, void *state, char *data, size_t len)
             break;
         }
         pos += (size_t)n;
+    }
+    /* Between frames the decoder holds nothing worth keeping. */
+    if (!conn_closed(c) && c->stream == &ws_ops && ws_decoder_idle(s->t.ws.dec)) {
+        free(s->t.ws.dec);
+        s->t.ws.dec = NULL;
     }
     conn_release(c);
 }
