@@ -48,6 +48,10 @@ static void lp_answer(sub_session *s)
     if (n) {
         last = s->t.lp.msgs[n - 1]->id;
         last_len = s->t.lp.msgs[n - 1]->id_len;
+    } else if (s->t.lp.cursor_len) {
+        /* Nothing passed the filters: go on after what was examined. */
+        last = s->t.lp.cursor;
+        last_len = s->t.lp.cursor_len;
     } else {
         /* Nothing new: the cursor is where this poll stood. */
         last_len = hub_id_format(s->hub, s->t.lp.since, cursor);

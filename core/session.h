@@ -43,8 +43,10 @@ struct sub_session {
             unsigned count;
             hub_msg **msgs;
             bool gap;
-            bool waiting;   /* replay done: a live message answers at once */
-            uint64_t since; /* the cursor to answer when nothing came */
+            bool waiting;            /* replay done: a live message answers at once */
+            uint64_t since;          /* the cursor to answer when nothing came */
+            char cursor[HUB_ID_MAX]; /* ID of the last message examined */
+            uint8_t cursor_len;      /* 0: none examined yet */
         } lp;
     } t;
 };

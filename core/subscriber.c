@@ -228,12 +228,20 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
     if (!rp->present) return 0;
 
     if (s->kind == SUB_LONGPOLL) {
-        /* One page: the client asks again from its last_id. */
+        /* Pages until a message passes the filters (or none is left): the
+         * client asks again from the last ID examined, so messages a
+         * filter drops never stall it. */
         uint64_t live_from = s->last_seq;
         s->last_seq = rp->known ? rp->after : 0;
-        bool more;
-        long n = hub_replay(s->hub, r->topics, r->topic_lens, r->ntopics, rp->after, rp->known,
-                            replay_limit, 0, replay_one, replay_gap, s, &more);
+        bool more = false, known = rp->known;
+        long n = 0;
+        for (int page = 0; page < 100; page++) {
+            n = hub_replay(s->hub, r->topics, r->topic_lens, r->ntopics, s->last_seq, known,
+                           replay_limit - s->t.lp.count, 0, replay_one, page ? NULL : replay_gap, s,
+                           &more);
+            known = true;
+            if (n < 0 || !more || s->t.lp.count > 0) break;
+        }
         *gap = s->t.lp.gap;
         if (!more && s->last_seq < live_from) s->last_seq = live_from;
         return n < 0 ? -1 : 0;
@@ -294,6 +302,11 @@ void session_deliver(void *owner, hub_msg *m)
     if (s->ending || m->seq <= s->last_seq) return;
     /* Catching up, live messages come from the backlog pages instead. */
     if (s->catching_up && !s->in_replay) return;
+    if (s->kind == SUB_LONGPOLL) {
+        /* A poll's cursor moves past what filters drop, too. */
+        memcpy(s->t.lp.cursor, m->id, m->id_len);
+        s->t.lp.cursor_len = m->id_len;
+    }
     s->last_seq = m->seq;
     if (!wanted(s, m)) return;
     hub_msg *out = m;
