@@ -49,9 +49,9 @@ struct hub {
     struct writer *writer;
     hub_wake_fn wake;
     void *wake_ud;
-    uint64_t last_seq;             /* newest delivered */
-    char epoch_prefix[HUB_ID_MAX]; /* "<current epoch>-" */
-    size_t epoch_prefix_len;
+    uint64_t last_seq;        /* newest delivered */
+    char last_id[HUB_ID_MAX]; /* ID of the newest message delivered: "now" */
+    uint8_t last_id_len;
     retention_rule *rules;
     size_t nrules;
     hub_stats stats;
@@ -104,6 +104,26 @@ static void on_committed(void *ud, struct writer_req *req)
     if (was_empty && h->wake) h->wake(h->wake_ud);
 }
 
+/* The newest stored message's real ID, as "now" for cursors; on an empty
+ * store "<epoch>-0", which every store reads as "before everything". */
+static int newest_topic(void *ud, const struct store_topic_info *t)
+{
+    struct store_topic_info *best = ud;
+    if (t->last_seq > best->last_seq) {
+        best->last_seq = t->last_seq;
+        best->last_epoch = t->last_epoch;
+    }
+    return 0;
+}
+
+static void find_last_id(hub *h)
+{
+    struct store_topic_info best = {0};
+    store_topics(h->store, newest_topic, &best);
+    uint64_t epoch = best.last_seq ? best.last_epoch : store_epoch(h->store);
+    h->last_id_len = (uint8_t)store_id_format(epoch, best.last_seq, h->last_id);
+}
+
 hub *hub_new(struct store *st, const hub_opts *opts, char *err, size_t errlen)
 {
     hub *h = calloc(1, sizeof(hub));
@@ -119,11 +139,7 @@ hub *hub_new(struct store *st, const hub_opts *opts, char *err, size_t errlen)
     }
     if (st) {
         h->last_seq = store_last_seq(st);
-        /* IDs of this run's epoch: "<epoch>-<seq>" (see hub_id_parse). */
-        char tmp[HUB_ID_MAX];
-        size_t n = store_id_format(store_epoch(st), 0, tmp);
-        h->epoch_prefix_len = n - 1;
-        memcpy(h->epoch_prefix, tmp, n - 1);
+        find_last_id(h);
         struct writer_opts wo = {
             .done = on_committed, .ud = h, .max_queue = opts ? opts->max_queue : 0};
         int rc = writer_start(&h->writer, st, &wo);
@@ -349,30 +365,26 @@ hub_msg *hub_msg_derive(const hub_msg *m, const char *event, size_t elen, const 
     return d;
 }
 
-size_t hub_id_format(const hub *h, uint64_t seq, char out[HUB_ID_MAX])
+size_t hub_last_id(const hub *h, char out[HUB_ID_MAX])
 {
-    memcpy(out, h->epoch_prefix, h->epoch_prefix_len);
-    int n = snprintf(out + h->epoch_prefix_len, HUB_ID_MAX - h->epoch_prefix_len, "%llu",
-                     (unsigned long long)seq);
-    return h->epoch_prefix_len + (size_t)n;
+    memcpy(out, h->last_id, h->last_id_len);
+    out[h->last_id_len] = '\0';
+    return h->last_id_len;
 }
 
 bool hub_id_parse(const hub *h, const char *id, size_t len, uint64_t *seq)
 {
     if (!h->store) return false;
     if (store_id_parse(h->store, id, len, seq) == 0) return true;
-    /* A cursor this run handed out (an empty long-poll answer): the current
-     * epoch and a seq not beyond what was delivered. */
-    if (len <= h->epoch_prefix_len || memcmp(id, h->epoch_prefix, h->epoch_prefix_len) != 0)
-        return false;
-    uint64_t v = 0;
-    for (size_t i = h->epoch_prefix_len; i < len; i++) {
-        if (id[i] < '0' || id[i] > '9' || v > (UINT64_MAX - 9) / 10) return false;
-        v = v * 10 + (uint64_t)(id[i] - '0');
+    /* "<epoch>-0" is "before everything" in any store (an empty store's
+     * cursor): replay all retained, no gap unless retention removed some. */
+    if (len >= 3 && id[len - 1] == '0' && id[len - 2] == '-') {
+        for (size_t i = 0; i < len - 2; i++)
+            if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'z'))) return false;
+        *seq = 0;
+        return true;
     }
-    if (v > h->last_seq) return false;
-    *seq = v;
-    return true;
+    return false;
 }
 
 uint64_t hub_last_seq(const hub *h)
@@ -429,7 +441,11 @@ void hub_poll(hub *h)
             m->seq = p->req.seq;
             m->time_ms = p->req.time_ms;
             m->id_len = (uint8_t)store_id_format(p->req.epoch, p->req.seq, m->id);
-            if (m->seq > h->last_seq) h->last_seq = m->seq;
+            if (m->seq > h->last_seq) {
+                h->last_seq = m->seq;
+                memcpy(h->last_id, m->id, m->id_len);
+                h->last_id_len = m->id_len;
+            }
             h->stats.published++;
             record_latency(&h->stats, mono_now() - p->submitted);
             hub_topic *t = topic_find(h, m->topic, m->topic_len, hash_name(m->topic, m->topic_len));

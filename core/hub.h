@@ -144,8 +144,9 @@ void hub_unsubscribe(hub *h, hub_sub *s);
  * hub's epoch; false for anything else (unknown: resume from the oldest). */
 bool hub_id_parse(const hub *h, const char *id, size_t len, uint64_t *seq);
 
-/* Writes the ID of `seq` into out; returns its length. */
-size_t hub_id_format(const hub *h, uint64_t seq, char out[HUB_ID_MAX]);
+/* Writes the ID of the newest message delivered (a real ID, valid across
+ * restarts; "<epoch>-0" before any) into out; returns its length. */
+size_t hub_last_id(const hub *h, char out[HUB_ID_MAX]);
 
 /* The seq of the newest message delivered so far (0: none): where a
  * subscriber without a resume point starts. */

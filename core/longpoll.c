@@ -52,9 +52,14 @@ static void lp_answer(sub_session *s)
         /* Nothing passed the filters: go on after what was examined. */
         last = s->t.lp.cursor;
         last_len = s->t.lp.cursor_len;
+    } else if (s->t.lp.since_len && !s->t.lp.gap) {
+        /* Nothing new: the client's own cursor still stands. */
+        last = s->t.lp.since;
+        last_len = s->t.lp.since_len;
     } else {
-        /* Nothing new: the cursor is where this poll stood. */
-        last_len = hub_id_format(s->hub, s->t.lp.since, cursor);
+        /* No cursor yet, or the client was just told of a gap: go on from
+         * now (a real ID, so it still resumes after a restart). */
+        last_len = hub_last_id(s->hub, cursor);
         last = cursor;
     }
     int tl = snprintf(tail, sizeof(tail), "],\"last_id\":\"%.*s\"%s}", (int)last_len, last,
@@ -120,9 +125,9 @@ int lp_session_start(sub_session *s, const sub_request *r, const http_request *r
     }
     resume_point rp;
     session_resume_point(s, r, req, &rp);
-    /* The cursor of an empty answer: the resume point if it is ours, else
-     * now (messages published later have larger seqs). */
-    s->t.lp.since = rp.known ? rp.after : hub_last_seq(s->hub);
+    /* The cursor of an empty answer: the resume ID if it is ours. */
+    memcpy(s->t.lp.since, rp.id, rp.id_len);
+    s->t.lp.since_len = rp.id_len;
     conn_attach(s->c, &lp_ops, s);
     sub_counts.longpoll++;
     bool gap;

@@ -43,8 +43,9 @@ struct sub_session {
             unsigned count;
             hub_msg **msgs;
             bool gap;
-            bool waiting;            /* replay done: a live message answers at once */
-            uint64_t since;          /* the cursor to answer when nothing came */
+            bool waiting;           /* replay done: a live message answers at once */
+            char since[HUB_ID_MAX]; /* the cursor to answer when nothing came */
+            uint8_t since_len;
             char cursor[HUB_ID_MAX]; /* ID of the last message examined */
             uint8_t cursor_len;      /* 0: none examined yet */
         } lp;
@@ -60,6 +61,8 @@ typedef struct resume_point {
     bool present; /* a resume ID was given */
     bool known;   /* ...and it is one of ours: replay after `after` */
     uint64_t after;
+    char id[HUB_ID_MAX]; /* the ID as given, when known (a poll echoes it) */
+    uint8_t id_len;
 } resume_point;
 void session_resume_point(const sub_session *s, const sub_request *r, const http_request *req,
                           resume_point *rp);

@@ -202,6 +202,11 @@ void session_resume_point(const sub_session *s, const sub_request *r, const http
     rp->present = id && idlen > 0; /* an empty ID is no resume point */
     rp->after = 0;
     rp->known = rp->present && hub_id_parse(s->hub, id, idlen, &rp->after);
+    rp->id_len = 0;
+    if (rp->known && idlen < HUB_ID_MAX) {
+        memcpy(rp->id, id, idlen);
+        rp->id_len = (uint8_t)idlen;
+    }
 }
 
 int session_subscribe_and_replay(sub_session *s, const sub_request *r, const resume_point *rp,
