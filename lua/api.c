@@ -139,6 +139,35 @@ static void config_limits(lua_State *L, lx_config *cfg)
     }
 }
 
+/* Checks that the value on top of the stack, option `key` of argument
+ * `arg`, has the type wanted; the error names both ("bad argument #2 to
+ * 'topic' (backlog must be an integer, not string)"). */
+static void check_field(lua_State *L, int arg, int type, const char *key)
+{
+    if (lua_type(L, -1) != type)
+        luaL_argerror(L, arg,
+                      lua_pushfstring(L, "%s must be a %s, not %s", key, lua_typename(L, type),
+                                      luaL_typename(L, -1)));
+}
+
+static lua_Integer field_integer(lua_State *L, int arg, const char *key)
+{
+    if (!lua_isinteger(L, -1))
+        luaL_argerror(
+            L, arg, lua_pushfstring(L, "%s must be an integer, not %s", key, luaL_typename(L, -1)));
+    return lua_tointeger(L, -1);
+}
+
+/* Side effects stop once a run is over budget, even when a script catches
+ * the overrun with pcall and tries to go on. */
+static void check_budget(lua_State *L)
+{
+    lx_app *app = app_of(L);
+    if (app && app->running && app->running->exceeded)
+        luaL_error(L, "instruction budget exceeded (%I instructions)",
+                   (lua_Integer)app->running->limit);
+}
+
 /* sluice.config{...}: only while the script loads; unknown keys are errors
  * so a typo is caught at --check instead of silently ignored. */
 static int l_config(lua_State *L)
@@ -155,16 +184,18 @@ static int l_config(lua_State *L)
         if (strcmp(k, "listen") == 0) {
             config_addr_list(L, "listen", cfg->listen, &cfg->nlisten);
         } else if (strcmp(k, "tls") == 0) {
-            luaL_checktype(L, -1, LUA_TTABLE);
+            check_field(L, 1, LUA_TTABLE, "tls");
             lua_getfield(L, -1, "cert");
             if (!lua_isnil(L, -1)) {
                 free(cfg->tls_cert);
-                cfg->tls_cert = strdup(luaL_checkstring(L, -1));
+                check_field(L, 1, LUA_TSTRING, "tls.cert");
+                cfg->tls_cert = strdup(lua_tostring(L, -1));
             }
             lua_getfield(L, -2, "key");
             if (!lua_isnil(L, -1)) {
                 free(cfg->tls_key);
-                cfg->tls_key = strdup(luaL_checkstring(L, -1));
+                check_field(L, 1, LUA_TSTRING, "tls.key");
+                cfg->tls_key = strdup(lua_tostring(L, -1));
             }
             lua_getfield(L, -3, "listen");
             if (!lua_isnil(L, -1))
@@ -172,11 +203,13 @@ static int l_config(lua_State *L)
             lua_pop(L, 3);
         } else if (strcmp(k, "data") == 0) {
             free(cfg->data_dir);
-            cfg->data_dir = strdup(luaL_checkstring(L, -1));
+            check_field(L, 1, LUA_TSTRING, "data");
+            cfg->data_dir = strdup(lua_tostring(L, -1));
         } else if (strcmp(k, "storage") == 0) {
-            luaL_checktype(L, -1, LUA_TTABLE);
+            check_field(L, 1, LUA_TTABLE, "storage");
             if (lua_getfield(L, -1, "durability") != LUA_TNIL) {
-                const char *d = luaL_checkstring(L, -1);
+                check_field(L, 1, LUA_TSTRING, "storage.durability");
+                const char *d = lua_tostring(L, -1);
                 if (strcmp(d, "relaxed") == 0)
                     cfg->relaxed = 1;
                 else if (strcmp(d, "durable") == 0)
@@ -187,7 +220,7 @@ static int l_config(lua_State *L)
             }
             lua_pop(L, 1);
         } else if (strcmp(k, "workers") == 0) {
-            lua_Integer w = luaL_checkinteger(L, -1);
+            lua_Integer w = field_integer(L, 1, "workers");
             if (w < 1 || w > 1024) return luaL_error(L, "sluice.config: workers must be 1..1024");
             cfg->workers = (int)w;
         } else if (strcmp(k, "limits") == 0) {
@@ -394,6 +427,7 @@ static int publish_k(lua_State *L, int status, lua_KContext ctx)
  * returns nothing: the message is still stored before anyone receives it. */
 static int l_publish(lua_State *L)
 {
+    check_budget(L);
     lx_app *app = app_of(L);
     size_t tlen, dlen, elen = 0;
     const char *topic = luaL_checklstring(L, 1, &tlen);
@@ -478,12 +512,13 @@ static int l_topic(lua_State *L)
         return luaL_argerror(L, 1, "a topic name, or a prefix followed by '*'");
     hub_retention r = {0, 0};
     if (lua_getfield(L, 2, "backlog") != LUA_TNIL) {
-        lua_Integer n = luaL_checkinteger(L, -1);
+        lua_Integer n = field_integer(L, 2, "backlog");
         if (n < 1 || n > 10000000) return luaL_argerror(L, 2, "backlog must be 1 to 10000000");
         r.backlog = (uint32_t)n;
     }
     if (lua_getfield(L, 2, "max_age") != LUA_TNIL) {
-        lua_Number a = luaL_checknumber(L, -1);
+        check_field(L, 2, LUA_TNUMBER, "max_age");
+        lua_Number a = lua_tonumber(L, -1);
         if (a <= 0) return luaL_argerror(L, 2, "max_age must be a positive number of seconds");
         r.max_age = a;
     }
@@ -559,7 +594,9 @@ typedef struct lx_hooks {
     lx_app *app;
     int filter, on_message, on_close; /* registry refs or LUA_NOREF */
     int conn_ref;                     /* the conn object handed to callbacks */
-    sub_session *session;
+    sub_session *session;             /* NULL once the subscription ended */
+    int busy;                         /* callbacks running: release waits */
+    bool released;                    /* release came while busy */
 } lx_hooks;
 
 typedef struct lx_connud {
@@ -581,6 +618,13 @@ static bool call_hook(lx_app *app, const char *what, int nargs, int nres)
     int st = lua_pcall(L, nargs, nres, base);
     app->running = prev;
     lua_remove(L, base);
+    if (st == LUA_OK && b.exceeded) {
+        /* The overrun was caught with pcall and the code returned before
+         * the next check: still a failure. */
+        lua_pop(L, nres);
+        luaL_traceback(L, L, "instruction budget exceeded (caught by pcall)", 0);
+        st = LUA_ERRRUN;
+    }
     if (st == LUA_OK) return true;
     LOG_KV(LOG_ERROR, b.exceeded ? "script stopped: instruction budget exceeded" : "script error",
            LOG_S("script", app->script), LOG_S("callback", what),
@@ -604,6 +648,19 @@ static void push_conn(lx_hooks *h)
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->conn_ref);
 }
 
+static void hook_release(void *ud);
+
+/* Whatever a callback does (conn:close ends the session, which releases
+ * the hooks), the hooks outlive the call. */
+static void hooks_enter(lx_hooks *h)
+{
+    h->busy++;
+}
+static void hooks_leave(lx_hooks *h)
+{
+    if (--h->busy == 0 && h->released) hook_release(h);
+}
+
 static hub_msg *hook_filter(void *ud, sub_session *s, hub_msg *m)
 {
     lx_hooks *h = ud;
@@ -624,11 +681,14 @@ static hub_msg *hook_filter(void *ud, sub_session *s, hub_msg *m)
     lua_setfield(L, -2, "data");
     lua_pushvalue(L, -1); /* keep the table to compare after the call */
     lua_insert(L, -3);
+    hooks_enter(h);
     if (!call_hook(h->app, "filter", 1, 1)) {
         lua_pop(L, 1);
-        sub_close(s, 1011, "script error");
+        if (h->session) sub_close(h->session, 1011, "script error");
+        hooks_leave(h);
         return NULL;
     }
+    hooks_leave(h); /* h may be gone now: only L and m below */
     hub_msg *out = NULL;
     if (lua_istable(L, -1)) {
         lua_getfield(L, -1, "data");
@@ -663,24 +723,33 @@ static void hook_on_message(void *ud, sub_session *s, const char *data, size_t l
     /* What the callback publishes comes from this client (skip_self). */
     const void *prev = h->app->origin;
     h->app->origin = sub_origin(s);
+    hooks_enter(h);
     bool ok = call_hook(h->app, "on_message", 3, 0);
     h->app->origin = prev;
-    if (!ok) sub_close(s, 1011, "script error");
+    if (!ok && h->session) sub_close(h->session, 1011, "script error");
+    hooks_leave(h);
 }
 
 static void hook_on_close(void *ud, sub_session *s)
 {
     lx_hooks *h = ud;
-    if (h->on_close == LUA_NOREF) return;
     h->session = NULL; /* the conn object can no longer send */
+    if (h->on_close == LUA_NOREF) return;
     lua_rawgeti(h->app->hookL, LUA_REGISTRYINDEX, h->on_close);
     push_conn(h);
+    hooks_enter(h);
     call_hook(h->app, "on_close", 1, 0);
+    hooks_leave(h);
 }
 
 static void hook_release(void *ud)
 {
     lx_hooks *h = ud;
+    h->session = NULL;
+    if (h->busy) {
+        h->released = true; /* hooks_leave finishes it */
+        return;
+    }
     lua_State *L = h->app->L;
     if (h->conn_ref != LUA_NOREF) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, h->conn_ref);
@@ -707,6 +776,7 @@ static lx_connud *check_conn(lua_State *L)
 /* conn:send(data [, binary]) -> true, or nil and a reason */
 static int l_conn_send(lua_State *L)
 {
+    check_budget(L);
     lx_connud *u = check_conn(L);
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
@@ -728,6 +798,7 @@ static int l_conn_send(lua_State *L)
 /* conn:close([code [, reason]]) */
 static int l_conn_close(lua_State *L)
 {
+    check_budget(L);
     lx_connud *u = check_conn(L);
     lua_Integer code = luaL_optinteger(L, 2, 1000);
     const char *reason = luaL_optstring(L, 3, NULL);
@@ -1200,6 +1271,7 @@ static void respond_from_results(lx_task *t, int nres)
         problem = "handler's headers must be a table or nil";
     if (problem) {
         LOG_KV(LOG_ERROR, "script error", LOG_S("script", t->app->script), LOG_S("error", problem));
+        script_errors++;
         conn_respond_error(c, 500, "script error");
         return;
     }
@@ -1240,6 +1312,7 @@ static void respond_from_results(lx_task *t, int nres)
     if (problem) {
         LOG_KV(LOG_ERROR, "script error", LOG_S("script", t->app->script),
                LOG_S("error", "invalid response header"), LOG_S("header", problem));
+        script_errors++;
         conn_respond_error(c, 500, "script error");
         return;
     }
@@ -1268,6 +1341,11 @@ void lx_task_run(lx_task *t, int nargs)
         /* Nothing resumes a bare coroutine.yield from a handler. */
         lua_pushliteral(t->co, "handler yielded outside a sluice call");
         task_fail(t, "script error");
+    } else if (st == LUA_OK && t->budget.exceeded) {
+        /* The overrun was caught with pcall and the code returned before
+         * the next check: still a failure. */
+        lua_pushliteral(t->co, "instruction budget exceeded (caught by pcall)");
+        task_fail(t, "script stopped: instruction budget exceeded");
     } else if (st == LUA_OK) {
         if (t->c && !conn_closed(t->c)) respond_from_results(t, nres);
     } else {

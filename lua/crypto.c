@@ -113,7 +113,7 @@ static int l_jwt_verify(lua_State *L)
         return jwt_fail(L, "malformed token");
 
     if (!push_json_part(L, token, (size_t)(dot1 - token)) || !lua_istable(L, -1))
-        return jwt_fail(L, "malformed token header");
+        return jwt_fail(L, "malformed token");
     lua_getfield(L, -1, "alg");
     bool hs256 = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "HS256") == 0;
     lua_pop(L, 2);
@@ -131,7 +131,7 @@ static int l_jwt_verify(lua_State *L)
         return jwt_fail(L, "bad signature");
 
     if (!push_json_part(L, dot1 + 1, (size_t)(dot2 - dot1 - 1)) || !lua_istable(L, -1))
-        return jwt_fail(L, "malformed token claims");
+        return jwt_fail(L, "malformed token");
     double now = (double)time(NULL);
     lua_getfield(L, -1, "exp");
     if (!lua_isnil(L, -1) && (!lua_isnumber(L, -1) || now >= lua_tonumber(L, -1)))
