@@ -34,14 +34,36 @@ void buf_unref(buf_t *b)
     if (b && __atomic_sub_fetch(&b->refs, 1, __ATOMIC_ACQ_REL) == 0) free(b);
 }
 
+/* Rings of the first size are recycled per thread: a subscriber that
+ * receives one message at a time would otherwise allocate and free its
+ * ring on every delivery. */
+#define OUTQ_FIRST_CAP 4
+#define OUTQ_POOL_MAX 1024
+static __thread outq_seg *ring_pool[OUTQ_POOL_MAX];
+static __thread unsigned ring_pool_len;
+
+static outq_seg *ring_alloc(uint32_t cap)
+{
+    if (cap == OUTQ_FIRST_CAP && ring_pool_len > 0) return ring_pool[--ring_pool_len];
+    return malloc(sizeof(outq_seg) * cap);
+}
+
+static void ring_free(outq_seg *r, uint32_t cap)
+{
+    if (r && cap == OUTQ_FIRST_CAP && ring_pool_len < OUTQ_POOL_MAX)
+        ring_pool[ring_pool_len++] = r;
+    else
+        free(r);
+}
+
 static int outq_grow(outq_t *q)
 {
-    uint32_t ncap = q->cap ? q->cap * 2 : 4;
-    outq_seg *ns = malloc(sizeof(*ns) * ncap);
+    uint32_t ncap = q->cap ? q->cap * 2 : OUTQ_FIRST_CAP;
+    outq_seg *ns = ring_alloc(ncap);
     if (!ns) return -1;
     for (uint32_t i = 0; i < q->count; i++)
         ns[i] = q->segs[(q->head + i) & (q->cap - 1)];
-    free(q->segs);
+    ring_free(q->segs, q->cap);
     q->segs = ns;
     q->cap = ncap;
     q->head = 0;
@@ -94,6 +116,6 @@ void outq_clear(outq_t *q)
 {
     for (uint32_t i = 0; i < q->count; i++)
         buf_unref(q->segs[(q->head + i) & (q->cap - 1)].buf);
-    free(q->segs);
+    ring_free(q->segs, q->cap);
     memset(q, 0, sizeof(*q));
 }
