@@ -337,6 +337,9 @@ int main(int argc, char **argv)
                LOG_I("requested", workers));
 
     signal(SIGPIPE, SIG_IGN);
+    /* A file-size limit must fail a write (EFBIG: storage full, 503), not
+     * kill the server. */
+    signal(SIGXFSZ, SIG_IGN);
     raise_fd_limit();
     struct ev_loop *loop = ev_default_loop(EVFLAG_AUTO);
     static app_ctx a;

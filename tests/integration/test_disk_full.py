@@ -1,0 +1,78 @@
+"""A full disk: publishers get 503, nothing acknowledged is lost, the
+server goes on serving.  The disk is made "full" with a file-size limit
+(RLIMIT_FSIZE through util-linux prlimit) on the server process, so LMDB's
+writes fail with EFBIG as they would with ENOSPC."""
+import json
+import os
+import shutil
+import tempfile
+import unittest
+import urllib.error
+import urllib.request
+
+from harness import Server
+
+LIMIT = 3 * 1024 * 1024  # bytes the data file may reach
+
+
+class LimitedServer(Server):
+    def command(self):
+        return ["prlimit", "--fsize=%d" % LIMIT, "--"] + super().command()
+
+
+def post(port, topic, body):
+    req = urllib.request.Request("http://127.0.0.1:%d/topics/%s" % (port, topic),
+                                 data=body, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+def get_json(port, path):
+    with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=10) as r:
+        return json.load(r)
+
+
+@unittest.skipUnless(shutil.which("prlimit"), "util-linux prlimit not installed")
+class DiskFullTest(unittest.TestCase):
+    def test_full_disk_answers_503_and_keeps_what_was_acknowledged(self):
+        data = tempfile.mkdtemp(prefix="sluice-full-")
+        self.addCleanup(shutil.rmtree, data, True)
+        s = LimitedServer(data_dir=data)
+        s.start()
+        self.addCleanup(s.stop)
+        body = os.urandom(16 * 1024)
+        acked, refused = [], 0
+        # Bounded: the limit holds far fewer than 1000 such messages.
+        for i in range(1000):
+            status, ans = post(s.port, "full", body + str(i).encode())
+            if status == 200:
+                self.assertEqual(refused, 0, "a publish succeeded after the disk was full")
+                acked.append(ans["id"])
+            else:
+                self.assertEqual(status, 503, ans)
+                # ENOSPC/EFBIG read as "storage full"; a write cut short by the
+                # limit reaches LMDB as EIO: either way the publisher hears 503.
+                self.assertIn(ans["error"], ("storage full", "storage I/O error"))
+                refused += 1
+                if refused >= 5:
+                    break
+        self.assertGreater(len(acked), 10, "the limit left no room at all")
+        self.assertEqual(refused, 5, "the disk never filled up")
+        # Still serving, and every acknowledged message is there, in order.
+        with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % s.port, timeout=10) as r:
+            self.assertEqual(r.read(), b"ok")
+        seen, since = [], "0-0"
+        for _ in range(100):
+            ans = get_json(s.port, "/topics/full?since=%s&timeout=0&limit=50" % since)
+            if not ans["messages"]:
+                break
+            seen += [m["id"] for m in ans["messages"]]
+            since = ans["last_id"]
+        self.assertEqual(seen, acked)
+
+
+if __name__ == "__main__":
+    unittest.main()
