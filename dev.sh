@@ -13,7 +13,7 @@ top=$PWD
 
 run_deps=(build-essential cmake pkg-config liblua5.4-dev lua-cjson-dev libev-dev node-llhttp
           libssl-dev liblmdb-dev zlib1g-dev)
-test_deps=(curl openssl python3 python3-websockets python3-autobahn nodejs npm chromium)
+test_deps=(curl openssl util-linux python3 python3-websockets python3-autobahn chromium)
 
 sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -28,6 +28,14 @@ install_packages() {
     sudo_ apt-get update -qq
     sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         "${missing[@]}"
+}
+
+# Node.js and npm: Debian's packages unless the machine already has both
+# (some images ship a nodejs package that bundles npm and conflicts with
+# Debian's npm).
+install_node() {
+    if command -v node >/dev/null && command -v npm >/dev/null; then return 0; fi
+    install_packages nodejs npm
 }
 
 install_node_modules() {
@@ -55,6 +63,7 @@ run)
     ;;
 test)
     install_packages "${run_deps[@]}" "${test_deps[@]}"
+    install_node
     install_node_modules
     build "$top/build" -DSLUICE_WERROR=ON
     build "$top/build-asan" -DSLUICE_WERROR=ON -DSLUICE_SANITIZE=ON
