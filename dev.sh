@@ -13,7 +13,8 @@ top=$PWD
 
 run_deps=(build-essential cmake pkg-config liblua5.4-dev lua-cjson-dev libev-dev node-llhttp
           libssl-dev liblmdb-dev zlib1g-dev)
-test_deps=(curl openssl util-linux python3 python3-websockets python3-autobahn chromium)
+test_deps=(curl openssl util-linux python3 python3-websockets python3-autobahn chromium clang
+           libclang-rt-14-dev)
 
 sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
