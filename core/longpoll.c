@@ -39,23 +39,23 @@ static buf_t *comma(void)
 static void lp_answer(sub_session *s)
 {
     conn *c = s->c;
-    unsigned n = s->t.lp.count;
+    unsigned n = s->t.lp->count;
     conn_part *parts = calloc(2 * (size_t)n + 2, sizeof(conn_part));
     char tail[HUB_ID_MAX + 64];
     const char *last = NULL;
     char cursor[HUB_ID_MAX];
     size_t last_len;
     if (n) {
-        last = s->t.lp.msgs[n - 1]->id;
-        last_len = s->t.lp.msgs[n - 1]->id_len;
-    } else if (s->t.lp.cursor_len) {
+        last = s->t.lp->msgs[n - 1]->id;
+        last_len = s->t.lp->msgs[n - 1]->id_len;
+    } else if (s->t.lp->cursor_len) {
         /* Nothing passed the filters: go on after what was examined. */
-        last = s->t.lp.cursor;
-        last_len = s->t.lp.cursor_len;
-    } else if (s->t.lp.since_len && !s->t.lp.gap) {
+        last = s->t.lp->cursor;
+        last_len = s->t.lp->cursor_len;
+    } else if (s->t.lp->since_len && !s->t.lp->gap) {
         /* Nothing new: the client's own cursor still stands. */
-        last = s->t.lp.since;
-        last_len = s->t.lp.since_len;
+        last = s->t.lp->since;
+        last_len = s->t.lp->since_len;
     } else {
         /* No cursor yet, or the client was just told of a gap: go on from
          * now (a real ID, so it still resumes after a restart). */
@@ -63,7 +63,7 @@ static void lp_answer(sub_session *s)
         last = cursor;
     }
     int tl = snprintf(tail, sizeof(tail), "],\"last_id\":\"%.*s\"%s}", (int)last_len, last,
-                      s->t.lp.gap ? ",\"gap\":true" : "");
+                      s->t.lp->gap ? ",\"gap\":true" : "");
     buf_t *head = buf_from("{\"messages\":[", 13);
     buf_t *tb = buf_from(tail, (size_t)tl);
     conn_detach(c);
@@ -75,7 +75,7 @@ static void lp_answer(sub_session *s)
         for (unsigned i = 0; i < n; i++) {
             buf_t *b;
             size_t off, len;
-            if (hub_msg_json(s->t.lp.msgs[i], &b, &off, &len) < 0) continue;
+            if (hub_msg_json(s->t.lp->msgs[i], &b, &off, &len) < 0) continue;
             if (np > 1) parts[np++] = (conn_part){comma(), 0, 1};
             parts[np++] = (conn_part){b, off, len};
         }
@@ -117,17 +117,18 @@ int lp_session_start(sub_session *s, const sub_request *r, const http_request *r
         if (l < LP_MAX_LIMIT) limit = (unsigned)l;
     }
     s->short_poll = timeout == 0;
-    s->t.lp.limit = limit;
-    s->t.lp.msgs = calloc(limit, sizeof(hub_msg *));
-    if (!s->t.lp.msgs) {
+    s->t.lp = calloc(1, sizeof(lp_state));
+    if (s->t.lp) s->t.lp->msgs = calloc(limit, sizeof(hub_msg *));
+    if (!s->t.lp || !s->t.lp->msgs) {
         *why = "out of memory";
         return 503;
     }
+    s->t.lp->limit = limit;
     resume_point rp;
     session_resume_point(s, r, req, &rp);
     /* The cursor of an empty answer: the resume ID if it is ours. */
-    memcpy(s->t.lp.since, rp.id, rp.id_len);
-    s->t.lp.since_len = rp.id_len;
+    memcpy(s->t.lp->since, rp.id, rp.id_len);
+    s->t.lp->since_len = rp.id_len;
     conn_attach(s->c, &lp_ops, s);
     sub_counts.longpoll++;
     bool gap;
@@ -135,22 +136,22 @@ int lp_session_start(sub_session *s, const sub_request *r, const http_request *r
         lp_answer(s);
         return 0;
     }
-    if (s->t.lp.count > 0 || s->t.lp.gap || s->short_poll) {
+    if (s->t.lp->count > 0 || s->t.lp->gap || s->short_poll) {
         lp_answer(s);
         return 0;
     }
-    s->t.lp.waiting = true;
+    s->t.lp->waiting = true;
     conn_stream_timer(s->c, timeout);
     return 0;
 }
 
 void lp_session_add_msg(sub_session *s, hub_msg *m)
 {
-    if (s->t.lp.count >= s->t.lp.limit) return;
+    if (s->t.lp->count >= s->t.lp->limit) return;
     hub_msg_ref(m);
-    s->t.lp.msgs[s->t.lp.count++] = m;
+    s->t.lp->msgs[s->t.lp->count++] = m;
     /* Live: answer at once.  During replay the caller answers after it. */
-    if (s->t.lp.waiting) lp_answer(s);
+    if (s->t.lp->waiting) lp_answer(s);
 }
 
 static void lp_on_timer(conn *c, void *state)

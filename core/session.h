@@ -8,10 +8,39 @@
 
 enum sub_kind { SUB_WS, SUB_SSE, SUB_LONGPOLL };
 
+/* A list of names copied into one allocation (pointers, lengths, bytes). */
+typedef struct sub_names {
+    int n;
+    size_t *lens;
+    char *names[];
+} sub_names;
+
+/* Copies n names; NULL when out of memory.  Free with free(). */
+sub_names *sub_names_copy(const char *const *names, const size_t *lens, int n);
+
+/* A long-poll's state (allocated only for polls). */
+typedef struct lp_state {
+    unsigned limit;
+    unsigned count;
+    hub_msg **msgs;
+    bool gap;
+    bool waiting;       /* replay done: a live message answers at once */
+    uint8_t since_len;  /* the cursor to answer when nothing came */
+    uint8_t cursor_len; /* 0: no message examined yet */
+    char since[HUB_ID_MAX];
+    char cursor[HUB_ID_MAX]; /* ID of the last message examined */
+} lp_state;
+
+/* Kept small: every subscriber has one, and most sit idle. */
 struct sub_session {
     conn *c;
     hub *hub;
     hub_sub **subs;
+    uint64_t last_seq; /* newest seq delivered: older ones are duplicates */
+    const sub_hooks *hooks;
+    void *hooks_ud;
+    sub_names *replay; /* while catching up: the topics to read */
+    sub_names *events; /* the events option: deliver only these names */
     int nsubs;
     uint8_t kind;
     bool json;        /* WebSocket JSON envelopes */
@@ -20,35 +49,16 @@ struct sub_session {
     bool catching_up; /* replaying the backlog in pages: live waits for it */
     bool in_replay;   /* inside a replay pass: freeing must wait */
     bool dead;        /* torn down during a replay pass: free after it */
-    char **rtopics;   /* while catching up: the topics to read (owned) */
-    size_t *rtopic_lens;
-    int nrtopics;
-    uint64_t last_seq; /* newest seq delivered: older ones are duplicates */
-    const sub_hooks *hooks;
-    void *hooks_ud;
-    bool skip_self; /* not the messages this session's client published */
-    int nevents;    /* events option: deliver only these event names */
-    char **events;  /* one allocation with the lengths and the bytes */
-    size_t *event_lens;
+    bool skip_self;   /* not the messages this session's client published */
     union {
         struct {
-            ws_decoder *dec;
-            char *msg; /* the client message being assembled */
+            ws_decoder *dec; /* only while a frame is partly received */
+            char *msg;       /* the client message being assembled */
             size_t msg_len, msg_cap;
             uint8_t msg_op;
             bool pong_pending;
         } ws;
-        struct {
-            unsigned limit;
-            unsigned count;
-            hub_msg **msgs;
-            bool gap;
-            bool waiting;           /* replay done: a live message answers at once */
-            char since[HUB_ID_MAX]; /* the cursor to answer when nothing came */
-            uint8_t since_len;
-            char cursor[HUB_ID_MAX]; /* ID of the last message examined */
-            uint8_t cursor_len;      /* 0: none examined yet */
-        } lp;
+        lp_state *lp;
     } t;
 };
 

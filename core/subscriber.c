@@ -66,8 +66,6 @@ static bool wants_sse(const http_request *req)
     return false;
 }
 
-static int session_set_events(sub_session *s, const sub_request *r);
-
 int sub_start(conn *c, hub *h, const sub_request *r, const char **why)
 {
     http_request *req = conn_request(c);
@@ -91,7 +89,7 @@ int sub_start(conn *c, hub *h, const sub_request *r, const char **why)
     s->hooks = r->hooks;
     s->hooks_ud = r->hooks_ud;
     s->skip_self = r->skip_self;
-    if (r->nevents > 0 && session_set_events(s, r) < 0) {
+    if (r->nevents > 0 && !(s->events = sub_names_copy(r->events, r->event_lens, r->nevents))) {
         free(s);
         *why = "out of memory";
         return 503;
@@ -128,18 +126,13 @@ static void replay_gap(void *owner, const char *topic, size_t len)
     else if (s->kind == SUB_WS)
         ws_session_send_gap(s, topic, len);
     else
-        s->t.lp.gap = true;
+        s->t.lp->gap = true;
 }
 
-static void free_rtopics(sub_session *s)
+static void free_replay(sub_session *s)
 {
-    for (int i = 0; i < s->nrtopics; i++)
-        free(s->rtopics[i]);
-    free(s->rtopics);
-    free(s->rtopic_lens);
-    s->rtopics = NULL;
-    s->rtopic_lens = NULL;
-    s->nrtopics = 0;
+    free(s->replay);
+    s->replay = NULL;
 }
 
 static void replay_one(void *owner, hub_msg *m);
@@ -150,8 +143,8 @@ static int replay_page(sub_session *s, bool known, bool first)
 {
     bool more = false;
     s->in_replay = true;
-    long n = hub_replay(s->hub, (const char *const *)s->rtopics, s->rtopic_lens, s->nrtopics,
-                        s->last_seq, known, 0, REPLAY_PAGE_BYTES, replay_one,
+    long n = hub_replay(s->hub, (const char *const *)s->replay->names, s->replay->lens,
+                        s->replay->n, s->last_seq, known, 0, REPLAY_PAGE_BYTES, replay_one,
                         first ? replay_gap : NULL, s, &more);
     s->in_replay = false;
     if (s->dead) {
@@ -163,7 +156,7 @@ static int replay_page(sub_session *s, bool known, bool first)
         /* Caught up: everything committed so far was read, so live
          * delivery (deduplicated by last_seq) continues without a seam. */
         s->catching_up = false;
-        free_rtopics(s);
+        free_replay(s);
     }
     return 0;
 }
@@ -242,24 +235,18 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
         long n = 0;
         for (int page = 0; page < 100; page++) {
             n = hub_replay(s->hub, r->topics, r->topic_lens, r->ntopics, s->last_seq, known,
-                           replay_limit - s->t.lp.count, 0, replay_one, page ? NULL : replay_gap, s,
-                           &more);
+                           replay_limit - s->t.lp->count, 0, replay_one, page ? NULL : replay_gap,
+                           s, &more);
             known = true;
-            if (n < 0 || !more || s->t.lp.count > 0) break;
+            if (n < 0 || !more || s->t.lp->count > 0) break;
         }
-        *gap = s->t.lp.gap;
+        *gap = s->t.lp->gap;
         if (!more && s->last_seq < live_from) s->last_seq = live_from;
         return n < 0 ? -1 : 0;
     }
     /* A stream catches up page by page: keep the topic names for later pages. */
-    s->rtopics = calloc((size_t)r->ntopics, sizeof(char *));
-    s->rtopic_lens = calloc((size_t)r->ntopics, sizeof(size_t));
-    if (!s->rtopics || !s->rtopic_lens) return -1;
-    for (int i = 0; i < r->ntopics; i++) {
-        if (!(s->rtopics[i] = strndup(r->topics[i], r->topic_lens[i]))) return -1;
-        s->rtopic_lens[i] = r->topic_lens[i];
-        s->nrtopics++;
-    }
+    s->replay = sub_names_copy(r->topics, r->topic_lens, r->ntopics);
+    if (!s->replay) return -1;
     s->catching_up = true;
     s->last_seq = rp->known ? rp->after : 0;
     return replay_page(s, rp->known, true);
@@ -267,35 +254,35 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
 
 /* ---- delivery ------------------------------------------------------------- */
 
-/* Copies the `events` option: the request's strings do not outlive it. */
-static int session_set_events(sub_session *s, const sub_request *r)
+sub_names *sub_names_copy(const char *const *names, const size_t *lens, int n)
 {
-    size_t total = 0;
-    for (int i = 0; i < r->nevents; i++)
-        total += r->event_lens[i];
-    s->events = malloc(sizeof(char *) * (size_t)r->nevents + sizeof(size_t) * (size_t)r->nevents +
-                       total + 1);
-    if (!s->events) return -1;
-    s->event_lens = (size_t *)(s->events + r->nevents);
-    char *p = (char *)(s->event_lens + r->nevents);
-    for (int i = 0; i < r->nevents; i++) {
-        memcpy(p, r->events[i], r->event_lens[i]);
-        s->events[i] = p;
-        s->event_lens[i] = r->event_lens[i];
-        p += r->event_lens[i];
+    size_t bytes = 0;
+    for (int i = 0; i < n; i++)
+        bytes += lens[i] + 1;
+    sub_names *l =
+        malloc(sizeof(sub_names) + (size_t)n * (sizeof(char *) + sizeof(size_t)) + bytes);
+    if (!l) return NULL;
+    l->n = n;
+    l->lens = (size_t *)(l->names + n);
+    char *p = (char *)(l->lens + n);
+    for (int i = 0; i < n; i++) {
+        memcpy(p, names[i], lens[i]);
+        p[lens[i]] = '\0';
+        l->names[i] = p;
+        l->lens[i] = lens[i];
+        p += lens[i] + 1;
     }
-    s->nevents = r->nevents;
-    return 0;
+    return l;
 }
 
 /* The declarative options, evaluated without entering Lua. */
 static bool wanted(const sub_session *s, const hub_msg *m)
 {
     if (s->skip_self && m->origin == s) return false;
-    if (s->nevents == 0) return true;
-    for (int i = 0; i < s->nevents; i++)
-        if (m->event && m->event_len == s->event_lens[i] &&
-            memcmp(m->event, s->events[i], m->event_len) == 0)
+    if (!s->events) return true;
+    for (int i = 0; i < s->events->n; i++)
+        if (m->event && m->event_len == s->events->lens[i] &&
+            memcmp(m->event, s->events->names[i], m->event_len) == 0)
             return true;
     return false;
 }
@@ -309,8 +296,8 @@ void session_deliver(void *owner, hub_msg *m)
     if (s->catching_up && !s->in_replay) return;
     if (s->kind == SUB_LONGPOLL) {
         /* A poll's cursor moves past what filters drop, too. */
-        memcpy(s->t.lp.cursor, m->id, m->id_len);
-        s->t.lp.cursor_len = m->id_len;
+        memcpy(s->t.lp->cursor, m->id, m->id_len);
+        s->t.lp->cursor_len = m->id_len;
     }
     s->last_seq = m->seq;
     if (!wanted(s, m)) return;
@@ -346,14 +333,16 @@ void session_free(sub_session *s)
     if (s->hooks && s->hooks->on_close) s->hooks->on_close(s->hooks_ud, s);
     if (s->hooks && s->hooks->release) s->hooks->release(s->hooks_ud);
     free(s->events);
-    free_rtopics(s);
+    free_replay(s);
     if (s->kind == SUB_WS) {
         free(s->t.ws.dec);
         free(s->t.ws.msg);
-    } else if (s->kind == SUB_LONGPOLL) {
-        for (unsigned i = 0; i < s->t.lp.count; i++)
-            hub_msg_unref(s->t.lp.msgs[i]);
-        free(s->t.lp.msgs);
+    } else if (s->kind == SUB_LONGPOLL && s->t.lp) {
+        for (unsigned i = 0; i < s->t.lp->count; i++)
+            hub_msg_unref(s->t.lp->msgs[i]);
+        free(s->t.lp->msgs);
+        free(s->t.lp);
+        s->t.lp = NULL;
     }
     if (s->in_replay) {
         s->dead = true; /* replay_page frees it when its pass ends */
