@@ -124,36 +124,40 @@ static void find_last_id(hub *h)
     h->last_id_len = (uint8_t)store_id_format(epoch, best.last_seq, h->last_id);
 }
 
-hub *hub_new(struct store *st, const hub_opts *opts, char *err, size_t errlen)
+hub *hub_new(void)
 {
     hub *h = calloc(1, sizeof(hub));
-    if (!h) goto oom;
+    if (!h) return NULL;
     pthread_mutex_init(&h->lock, NULL);
     h->nbuckets = 1024;
     h->buckets = calloc(h->nbuckets, sizeof(hub_topic *));
-    if (!h->buckets) goto oom;
-    h->store = st;
-    if (opts) {
-        h->wake = opts->wake;
-        h->wake_ud = opts->wake_ud;
-    }
-    if (st) {
-        h->last_seq = store_last_seq(st);
-        find_last_id(h);
-        struct writer_opts wo = {
-            .done = on_committed, .ud = h, .max_queue = opts ? opts->max_queue : 0};
-        int rc = writer_start(&h->writer, st, &wo);
-        if (rc != 0) {
-            snprintf(err, errlen, "cannot start the storage writer: %s", store_errmsg(rc));
-            hub_free(h);
-            return NULL;
-        }
+    if (!h->buckets) {
+        hub_free(h);
+        return NULL;
     }
     return h;
-oom:
-    snprintf(err, errlen, "out of memory");
-    hub_free(h);
-    return NULL;
+}
+
+int hub_open(hub *h, struct store *st, const hub_opts *opts, char *err, size_t errlen)
+{
+    h->store = st;
+    h->wake = opts->wake;
+    h->wake_ud = opts->wake_ud;
+    h->last_seq = store_last_seq(st);
+    find_last_id(h);
+    struct writer_opts wo = {.done = on_committed, .ud = h, .max_queue = opts->max_queue};
+    int rc = writer_start(&h->writer, st, &wo);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot start the storage writer: %s", store_errmsg(rc));
+        h->store = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+bool hub_is_open(const hub *h)
+{
+    return h->writer != NULL;
 }
 
 static void topic_free(hub_topic *t)

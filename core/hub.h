@@ -87,10 +87,17 @@ typedef struct hub_opts {
     size_t max_queue; /* publishes waiting for a commit before 503; 0: 65536 */
 } hub_opts;
 
-/* A new hub over an open store (read-write); starts the writer thread.
- * NULL with a message in err on failure.  `st` may be NULL (--check): then
- * publishing fails and replay finds nothing. */
-hub *hub_new(struct store *st, const hub_opts *opts, char *err, size_t errlen);
+/* A new hub without storage: topics and retention rules can be set (the
+ * app loads), publishing fails and replay finds nothing until hub_open.
+ * NULL when out of memory. */
+hub *hub_new(void);
+
+/* Puts the hub on an open store (read-write) and starts the writer thread.
+ * Returns 0, or -1 with a message in err. */
+int hub_open(hub *h, struct store *st, const hub_opts *opts, char *err, size_t errlen);
+
+/* True once hub_open succeeded. */
+bool hub_is_open(const hub *h);
 
 /* Stops the writer after committing what is queued, then completes those
  * publishes (hub_poll).  Call before hub_free, on the loop thread. */

@@ -281,14 +281,20 @@ int main(int argc, char **argv)
         fprintf(stderr, "sluice: %s: %s\n", o.app, strerror(errno));
         return 1;
     }
-    /* The app loads first (its sluice.config names the data directory);
-     * the hub it publishes to is set once storage is open. */
-    hub *h = NULL;
+    /* The app loads once, before storage opens (its sluice.config may name
+     * the data directory): its retention rules go to the hub now, and the
+     * hub gets its storage below. */
     struct store *st = NULL;
-    lx_app *app = lx_app_load(o.app, NULL, &cfg, err, sizeof(err));
+    hub *h = hub_new();
+    if (!h) {
+        fprintf(stderr, "sluice: out of memory\n");
+        return 1;
+    }
+    lx_app *app = lx_app_load(o.app, h, &cfg, err, sizeof(err));
     if (!app) {
         fprintf(stderr, "sluice: %s\n", err);
         lx_config_free(&cfg);
+        hub_free(h);
         return 1;
     }
     if (o.check) {
@@ -296,6 +302,7 @@ int main(int argc, char **argv)
                lx_app_route_count(app));
         lx_app_release(app);
         lx_config_free(&cfg);
+        hub_free(h);
         return 0;
     }
 
@@ -347,21 +354,14 @@ int main(int argc, char **argv)
     ev_async_init(&a.committed, on_committed);
     ev_async_start(loop, &a.committed);
     hub_opts ho = {.wake = wake_loop, .wake_ud = &a};
-    h = hub_new(st, &ho, err, sizeof(err));
-    if (!h) {
+    if (hub_open(h, st, &ho, err, sizeof(err)) < 0) {
         fprintf(stderr, "sluice: %s\n", err);
         goto out_server;
     }
     a.hub = h;
-    /* The app was loaded before storage opened: load it again on the hub
-     * (its top-level code may publish or set retention). */
-    lx_app_release(app);
+    /* Timers the script made while loading start with the loop. */
     lx_set_loop(loop);
-    app = lx_app_load(o.app, h, NULL, err, sizeof(err));
-    if (!app) {
-        fprintf(stderr, "sluice: %s\n", err);
-        goto out_server;
-    }
+    lx_app_start_timers(app);
     /* Signals first: a test (or an operator) may signal as soon as the
      * "listening on" line appears. */
     ev_signal_init(&a.sighup, on_sighup, SIGHUP);
@@ -393,7 +393,7 @@ int main(int argc, char **argv)
             goto out_server;
         }
     }
-    lx_runtime_init(&a.rt, &a.srv, h, o.app, app, cfg.instruction_budget);
+    lx_runtime_init(&a.rt, &a.srv, h, o.app, app);
     app = NULL;
     a.srv.on_request = lx_on_request;
     a.srv.on_request_ud = &a.rt;

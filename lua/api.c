@@ -119,7 +119,6 @@ static void config_limits(lua_State *L, lx_config *cfg)
 #define LIMIT(name, field, conv)                                                                   \
     if (strcmp(k, name) == 0) {                                                                    \
         l->field = conv;                                                                           \
-        cfg->set.field = true;                                                                     \
     } else
         LIMIT("max_header_size", max_header, (size_t)v)
         LIMIT("max_uri_size", max_uri, (size_t)v)
@@ -479,8 +478,8 @@ static int l_publish(lua_State *L)
         if (!lua_isnil(L, m + 3) && (!event || !hub_event_valid(event, elen)))
             return luaL_error(L, "on_publish returned an invalid event name");
     }
-    if (!app->hub) {
-        /* --check, or the first load before storage opens: nothing to do. */
+    if (!app->hub || !hub_is_open(app->hub)) {
+        /* --check, or top-level code before storage opens: nothing to do. */
         lua_pushnil(L);
         lua_pushliteral(L, "not running");
         return 2;
@@ -1413,15 +1412,13 @@ void lx_set_loop(struct ev_loop *loop)
     lx_loop = loop;
 }
 
-void lx_runtime_init(lx_runtime *rt, server *srv, hub *h, const char *script_path, lx_app *app,
-                     long long instruction_budget)
+void lx_runtime_init(lx_runtime *rt, server *srv, hub *h, const char *script_path, lx_app *app)
 {
     rt->hub = h;
     current_rt = rt;
     rt->srv = srv;
     rt->script_path = script_path;
     rt->app = app;
-    rt->instruction_budget = instruction_budget;
 }
 
 int lx_reload(lx_runtime *rt)

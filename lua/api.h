@@ -22,7 +22,7 @@
 #define LX_MAX_LISTEN 16
 
 /* What a script declared with sluice.config{}; command-line flags override
- * it.  `set` flags tell which limits the script gave. */
+ * it. */
 typedef struct lx_config {
     char *listen[LX_MAX_LISTEN];
     int nlisten;
@@ -33,10 +33,6 @@ typedef struct lx_config {
     int relaxed; /* storage.durability = "relaxed": no fsync per commit */
     int workers;
     server_limits limits;
-    struct {
-        bool max_header, max_uri, max_body, max_output, max_connections, header_timeout,
-            idle_timeout, tls_handshake_timeout, shutdown_timeout;
-    } set;
     long long instruction_budget; /* Lua VM instructions per callback run */
 } lx_config;
 
@@ -47,7 +43,6 @@ typedef struct lx_runtime {
     hub *hub;                /* shared by every generation */
     const char *script_path; /* NULL: the built-in default app */
     server *srv;
-    long long instruction_budget;
 } lx_runtime;
 
 /* Frees the strings of a config. */
@@ -69,9 +64,11 @@ size_t lx_app_route_count(const lx_app *app);
  * will serve (an app loaded without one gets inert timers). */
 void lx_set_loop(struct ev_loop *loop);
 
+/* Starts the timers an app made before the loop was set (the first load). */
+void lx_app_start_timers(lx_app *app);
+
 /* Sets the runtime up to serve `app` (takes the reference). */
-void lx_runtime_init(lx_runtime *rt, server *srv, hub *h, const char *script_path, lx_app *app,
-                     long long instruction_budget);
+void lx_runtime_init(lx_runtime *rt, server *srv, hub *h, const char *script_path, lx_app *app);
 
 /* Script errors so far (for /metrics). */
 unsigned long long lx_script_errors(void);

@@ -101,6 +101,13 @@ static int l_cancel(lua_State *L)
     return 0;
 }
 
+void lx_app_start_timers(lx_app *app)
+{
+    if (!lx_loop) return;
+    for (lx_timer *t = app->timers; t; t = t->next)
+        if (!ev_is_active(&t->w)) ev_timer_start(lx_loop, &t->w);
+}
+
 void lx_cancel_timers(lx_app *app)
 {
     while (app->timers)
