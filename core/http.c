@@ -22,20 +22,27 @@ static int fail(http_parser *p, int status, const char *reason)
     return -1;
 }
 
+/* Appends to a growable buffer (doubling, room kept for a NUL). */
+static int buf_append(http_parser *p, char **buf, size_t *len, size_t *cap, size_t first,
+                      const char *at, size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        size_t ncap = *cap ? *cap : first;
+        while (ncap < *len + n + 1)
+            ncap *= 2;
+        char *nb = realloc(*buf, ncap);
+        if (!nb) return fail(p, 500, "out of memory");
+        *buf = nb;
+        *cap = ncap;
+    }
+    memcpy(*buf + *len, at, n);
+    *len += n;
+    return 0;
+}
+
 static int arena_append(http_parser *p, const char *at, size_t len)
 {
-    if (p->arena_len + len + 1 > p->arena_cap) {
-        size_t ncap = p->arena_cap ? p->arena_cap : 512;
-        while (ncap < p->arena_len + len + 1)
-            ncap *= 2;
-        char *na = realloc(p->arena, ncap);
-        if (!na) return fail(p, 500, "out of memory");
-        p->arena = na;
-        p->arena_cap = ncap;
-    }
-    memcpy(p->arena + p->arena_len, at, len);
-    p->arena_len += len;
-    return 0;
+    return buf_append(p, &p->arena, &p->arena_len, &p->arena_cap, 512, at, len);
 }
 
 static int on_message_begin(llhttp_t *l)
@@ -156,18 +163,7 @@ static int on_body(llhttp_t *l, const char *at, size_t len)
 {
     http_parser *p = parser_of(l);
     if (p->body_len + len > p->limits.max_body) return fail(p, 413, "body too large");
-    if (p->body_len + len + 1 > p->body_cap) {
-        size_t ncap = p->body_cap ? p->body_cap : 1024;
-        while (ncap < p->body_len + len + 1)
-            ncap *= 2;
-        char *nb = realloc(p->body, ncap);
-        if (!nb) return fail(p, 500, "out of memory");
-        p->body = nb;
-        p->body_cap = ncap;
-    }
-    memcpy(p->body + p->body_len, at, len);
-    p->body_len += len;
-    return 0;
+    return buf_append(p, &p->body, &p->body_len, &p->body_cap, 1024, at, len);
 }
 
 static int on_message_complete(llhttp_t *l)
