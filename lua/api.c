@@ -553,22 +553,27 @@ static int l_metrics(lua_State *L)
     ADD("sluice_connections{transport=\"sse\"} %u\n", ss.sse);
     ADD("sluice_connections{transport=\"longpoll\"} %u\n", ss.longpoll);
     ADD("sluice_connections{transport=\"http\"} %u\n", total > streams ? total - streams : 0);
-    HEAD("sluice_messages_published_total", "counter", "Messages committed to storage.");
-    ADD("sluice_messages_published_total %llu\n", (unsigned long long)hs.published);
-    HEAD("sluice_messages_delivered_total", "counter", "Messages queued to subscribers.");
-    ADD("sluice_messages_delivered_total %llu\n", (unsigned long long)hs.delivered);
-    HEAD("sluice_publish_failures_total", "counter", "Publishes refused by storage.");
-    ADD("sluice_publish_failures_total %llu\n", (unsigned long long)hs.publish_failures);
-    HEAD("sluice_topics", "gauge", "Topics with a subscriber.");
-    ADD("sluice_topics %llu\n", (unsigned long long)hs.topics);
-    HEAD("sluice_subscriptions", "gauge", "Topic subscriptions.");
-    ADD("sluice_subscriptions %llu\n", (unsigned long long)hs.subscribers);
-    HEAD("sluice_storage_bytes", "gauge", "Size of the LMDB data file.");
-    ADD("sluice_storage_bytes %llu\n", (unsigned long long)hs.store_file_bytes);
-    HEAD("sluice_storage_messages", "gauge", "Messages retained in storage.");
-    ADD("sluice_storage_messages %llu\n", (unsigned long long)hs.store_messages);
-    HEAD("sluice_storage_commits_total", "counter", "Storage write transactions.");
-    ADD("sluice_storage_commits_total %llu\n", (unsigned long long)hs.commits);
+    /* Scalars: one line each. */
+    const struct {
+        const char *name, *type, *help;
+        unsigned long long value;
+    } scalars[] = {
+        {"sluice_messages_published_total", "counter", "Messages committed to storage.",
+         hs.published},
+        {"sluice_messages_delivered_total", "counter", "Messages queued to subscribers.",
+         hs.delivered},
+        {"sluice_publish_failures_total", "counter", "Publishes refused by storage.",
+         hs.publish_failures},
+        {"sluice_topics", "gauge", "Topics with a subscriber.", hs.topics},
+        {"sluice_subscriptions", "gauge", "Topic subscriptions.", hs.subscribers},
+        {"sluice_storage_bytes", "gauge", "Size of the LMDB data file.", hs.store_file_bytes},
+        {"sluice_storage_messages", "gauge", "Messages retained in storage.", hs.store_messages},
+        {"sluice_storage_commits_total", "counter", "Storage write transactions.", hs.commits},
+    };
+    for (size_t i = 0; i < sizeof(scalars) / sizeof(scalars[0]); i++) {
+        HEAD(scalars[i].name, scalars[i].type, scalars[i].help);
+        ADD("%s %llu\n", scalars[i].name, scalars[i].value);
+    }
     HEAD("sluice_publish_latency_seconds", "histogram",
          "From publish to fan-out: storage queue, commit and sync.");
     for (int i = 0; i < HUB_LATENCY_BUCKETS; i++)
