@@ -56,6 +56,12 @@ static void ring_free(outq_seg *r, uint32_t cap)
         free(r);
 }
 
+void outq_pool_drain(void)
+{
+    while (ring_pool_len > 0)
+        free(ring_pool[--ring_pool_len]);
+}
+
 static int outq_grow(outq_t *q)
 {
     uint32_t ncap = q->cap ? q->cap * 2 : OUTQ_FIRST_CAP;

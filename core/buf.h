@@ -65,4 +65,8 @@ void outq_consume(outq_t *q, size_t n);
 /* Drops everything queued (references released, storage freed). */
 void outq_clear(outq_t *q);
 
+/* Frees the calling thread's pool of recycled rings: a thread that ends
+ * calls it last. */
+void outq_pool_drain(void);
+
 #endif

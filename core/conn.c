@@ -136,6 +136,7 @@ void conn_close(conn *c)
     if (c->next) c->next->prev = c->prev;
     c->next = c->prev = NULL;
     srv->nconns--;
+    server_count_connection(-1);
     outq_clear(&c->out);
     free_pending(c);
     free_parser(c);
@@ -179,6 +180,7 @@ void conn_accept(server *srv, int fd, const struct sockaddr *addr, socklen_t ale
     if (srv->conns) srv->conns->prev = c;
     srv->conns = c;
     srv->nconns++;
+    server_count_connection(1);
     if (tls) {
         if (!srv->tls_ctx || io_tls_start(&c->io, srv->tls_ctx) < 0) {
             conn_close(c);

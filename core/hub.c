@@ -1,6 +1,6 @@
-/* hub.c: the topic table (chained hash) of subscribers, publishing through
- * the storage writer, fan-out after commit, replay from LMDB, and the lazily
- * built wire forms (see hub.h). */
+/* hub.c: the bus (the writer thread and the hubs it hands commits to), the
+ * per-worker topic table (chained hash) of subscribers, fan-out after
+ * commit, replay from LMDB, and the lazily built wire forms (see hub.h). */
 #include "core/hub.h"
 
 #include "core/b64.h"
@@ -10,6 +10,7 @@
 #include "core/ws.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,32 +33,53 @@ typedef struct retention_rule {
     hub_retention r;
 } retention_rule;
 
-/* A publish between submit and commit. */
+/* A publish between submit and its acknowledgement. */
 typedef struct pending {
     struct writer_req req; /* first: the writer hands it back */
     double submitted;      /* monotonic seconds, for the latency histogram */
+    hub *origin;           /* the publisher's hub: it runs done */
     hub_msg *msg;
     hub_publish_fn done;
     void *ud;
-    struct pending *next;
 } pending;
+
+struct hub_bus {
+    struct store *store;
+    struct writer *writer;
+    pthread_mutex_t lock; /* guards hubs[] against attach/detach */
+    unsigned max_hubs;
+    hub *hubs[HUB_MAX_WORKERS]; /* by inbox index; NULL once detached */
+};
+
+/* Counters written by the hub's own thread only and read by any (metrics):
+ * relaxed atomics, which cost a plain add on the writing side. */
+typedef struct hub_counters {
+    uint64_t published, delivered, subscribers, publish_failures, ntopics;
+    uint64_t latency_buckets[HUB_LATENCY_BUCKETS + 1];
+    uint64_t latency_ns;
+} hub_counters;
+
+#define COUNT(field, n)                                                                            \
+    __atomic_store_n(&(field), __atomic_load_n(&(field), __ATOMIC_RELAXED) + (n), __ATOMIC_RELAXED)
+#define READ(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
 
 struct hub {
     hub_topic **buckets;
-    uint32_t nbuckets, ntopics;
-    struct store *store;
-    struct writer *writer;
+    uint32_t nbuckets;
+    hub_bus *bus;
+    unsigned index; /* inbox link of this hub in every message */
     hub_wake_fn wake;
     void *wake_ud;
+    unsigned inflight;        /* own publishes not yet acknowledged */
     uint64_t last_seq;        /* newest delivered */
     char last_id[HUB_ID_MAX]; /* ID of the newest message delivered: "now" */
     uint8_t last_id_len;
     retention_rule *rules;
     size_t nrules;
-    hub_stats stats;
-    hub_sub *prefix_subs; /* wildcard subscriptions */
-    pthread_mutex_t lock; /* guards the committed list */
-    pending *committed_head, *committed_tail;
+    hub_counters stats;
+    hub_sub *prefix_subs;       /* wildcard subscriptions */
+    pthread_mutex_t inbox_lock; /* the writer appends, the hub's thread takes */
+    hub_msg *inbox_head, *inbox_tail;
 };
 
 const double hub_latency_bounds[HUB_LATENCY_BUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
@@ -70,13 +92,13 @@ static double mono_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static void record_latency(hub_stats *st, double seconds)
+static void record_latency(hub_counters *st, double seconds)
 {
     int i = 0;
     while (i < HUB_LATENCY_BUCKETS && seconds > hub_latency_bounds[i])
         i++;
-    st->latency_buckets[i]++;
-    st->latency_sum += seconds;
+    COUNT(st->latency_buckets[i], 1);
+    COUNT(st->latency_ns, (uint64_t)(seconds * 1e9));
 }
 
 static uint32_t hash_name(const char *s, size_t len)
@@ -87,21 +109,52 @@ static uint32_t hash_name(const char *s, size_t len)
     return h;
 }
 
-/* Writer thread: queue the commit for the loop thread and wake it. */
+/* Writer thread: queue m (with a new reference) in h's inbox; wake h's
+ * worker when the inbox was empty. */
+static void inbox_push(hub *h, hub_msg *m)
+{
+    hub_msg_ref(m);
+    m->inbox_next[h->index] = NULL;
+    pthread_mutex_lock(&h->inbox_lock);
+    bool was_empty = h->inbox_head == NULL;
+    if (h->inbox_tail)
+        h->inbox_tail->inbox_next[h->index] = m;
+    else
+        h->inbox_head = m;
+    h->inbox_tail = m;
+    pthread_mutex_unlock(&h->inbox_lock);
+    if (was_empty && h->wake) h->wake(h->wake_ud);
+}
+
+/* Writer thread, in commit order: the message gets its ID here (before any
+ * worker sees it), then goes to every hub's inbox; a failed publish goes to
+ * its publisher's hub only. */
 static void on_committed(void *ud, struct writer_req *req)
 {
-    hub *h = ud;
+    hub_bus *b = ud;
     pending *p = (pending *)req;
-    p->next = NULL;
-    pthread_mutex_lock(&h->lock);
-    bool was_empty = h->committed_head == NULL;
-    if (h->committed_tail)
-        h->committed_tail->next = p;
-    else
-        h->committed_head = p;
-    h->committed_tail = p;
-    pthread_mutex_unlock(&h->lock);
-    if (was_empty && h->wake) h->wake(h->wake_ud);
+    /* Once m is in its publisher's inbox, that worker may acknowledge and
+     * free p at any moment: read p before the first push, never after. */
+    hub_msg *m = p->msg;
+    hub *origin = p->origin;
+    bool ok = req->status == 0;
+    if (ok) {
+        m->seq = req->seq;
+        m->time_ms = req->time_ms;
+        m->id_len = (uint8_t)store_id_format(req->epoch, req->seq, m->id);
+    }
+    pthread_mutex_lock(&b->lock);
+    bool origin_attached = false;
+    for (unsigned i = 0; i < b->max_hubs; i++)
+        if (b->hubs[i] == origin) origin_attached = true;
+    if (!origin_attached) /* cannot happen: a hub detaches with nothing in flight */
+        free(p);
+    for (unsigned i = 0; i < b->max_hubs; i++) {
+        hub *h = b->hubs[i];
+        if (h && (ok || h == origin)) inbox_push(h, m);
+    }
+    pthread_mutex_unlock(&b->lock);
+    hub_msg_unref(m); /* the publish's reference: the inboxes hold theirs */
 }
 
 /* The newest stored message's real ID, as "now" for cursors; on an empty
@@ -116,19 +169,53 @@ static int newest_topic(void *ud, const struct store_topic_info *t)
     return 0;
 }
 
-static void find_last_id(hub *h)
+static void find_last_id(hub *h, struct store *st)
 {
     struct store_topic_info best = {0};
-    store_topics(h->store, newest_topic, &best);
-    uint64_t epoch = best.last_seq ? best.last_epoch : store_epoch(h->store);
+    store_topics(st, newest_topic, &best);
+    uint64_t epoch = best.last_seq ? best.last_epoch : store_epoch(st);
     h->last_id_len = (uint8_t)store_id_format(epoch, best.last_seq, h->last_id);
+}
+
+hub_bus *hub_bus_open(struct store *st, unsigned max_hubs, size_t max_queue, char *err,
+                      size_t errlen)
+{
+    if (max_hubs < 1 || max_hubs > HUB_MAX_WORKERS) {
+        snprintf(err, errlen, "at most %d workers", HUB_MAX_WORKERS);
+        return NULL;
+    }
+    hub_bus *b = calloc(1, sizeof(hub_bus));
+    if (!b) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&b->lock, NULL);
+    b->store = st;
+    b->max_hubs = max_hubs;
+    struct writer_opts wo = {.done = on_committed, .ud = b, .max_queue = max_queue};
+    int rc = writer_start(&b->writer, st, &wo);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot start the storage writer: %s", store_errmsg(rc));
+        pthread_mutex_destroy(&b->lock);
+        free(b);
+        return NULL;
+    }
+    return b;
+}
+
+void hub_bus_close(hub_bus *b)
+{
+    if (!b) return;
+    writer_stop(b->writer);
+    pthread_mutex_destroy(&b->lock);
+    free(b);
 }
 
 hub *hub_new(void)
 {
     hub *h = calloc(1, sizeof(hub));
     if (!h) return NULL;
-    pthread_mutex_init(&h->lock, NULL);
+    pthread_mutex_init(&h->inbox_lock, NULL);
     h->nbuckets = 1024;
     h->buckets = calloc(h->nbuckets, sizeof(hub_topic *));
     if (!h->buckets) {
@@ -138,26 +225,33 @@ hub *hub_new(void)
     return h;
 }
 
-int hub_open(hub *h, struct store *st, const hub_opts *opts, char *err, size_t errlen)
+int hub_attach(hub *h, hub_bus *b, const hub_opts *opts)
 {
-    h->store = st;
     h->wake = opts->wake;
     h->wake_ud = opts->wake_ud;
-    h->last_seq = store_last_seq(st);
-    find_last_id(h);
-    struct writer_opts wo = {.done = on_committed, .ud = h, .max_queue = opts->max_queue};
-    int rc = writer_start(&h->writer, st, &wo);
-    if (rc != 0) {
-        snprintf(err, errlen, "cannot start the storage writer: %s", store_errmsg(rc));
-        h->store = NULL;
-        return -1;
+    h->last_seq = store_last_seq(b->store);
+    find_last_id(h, b->store);
+    pthread_mutex_lock(&b->lock);
+    unsigned i = 0;
+    while (i < b->max_hubs && b->hubs[i])
+        i++;
+    if (i < b->max_hubs) {
+        b->hubs[i] = h;
+        h->index = i;
+        h->bus = b;
     }
-    return 0;
+    pthread_mutex_unlock(&b->lock);
+    return h->bus ? 0 : -1;
 }
 
 bool hub_is_open(const hub *h)
 {
-    return h->writer != NULL;
+    return h->bus != NULL;
+}
+
+unsigned hub_inflight(const hub *h)
+{
+    return h->inflight;
 }
 
 static void topic_free(hub_topic *t)
@@ -165,19 +259,29 @@ static void topic_free(hub_topic *t)
     free(t);
 }
 
-void hub_stop(hub *h)
+void hub_detach(hub *h)
 {
-    if (h && h->writer) {
-        writer_stop(h->writer);
-        h->writer = NULL;
-        hub_poll(h);
+    if (!h || !h->bus) return;
+    pthread_mutex_lock(&h->bus->lock);
+    h->bus->hubs[h->index] = NULL;
+    pthread_mutex_unlock(&h->bus->lock);
+    /* Nothing arrives now: drop what waits (others' messages only). */
+    pthread_mutex_lock(&h->inbox_lock);
+    hub_msg *m = h->inbox_head;
+    h->inbox_head = h->inbox_tail = NULL;
+    pthread_mutex_unlock(&h->inbox_lock);
+    while (m) {
+        hub_msg *next = m->inbox_next[h->index];
+        hub_msg_unref(m);
+        m = next;
     }
+    h->bus = NULL;
 }
 
 void hub_free(hub *h)
 {
     if (!h) return;
-    hub_stop(h);
+    hub_detach(h);
     for (uint32_t i = 0; h->buckets && i < h->nbuckets; i++) {
         hub_topic *t = h->buckets[i];
         while (t) {
@@ -191,7 +295,7 @@ void hub_free(hub *h)
         free(h->rules[i].pattern);
     free(h->rules);
     free(h->buckets);
-    pthread_mutex_destroy(&h->lock);
+    pthread_mutex_destroy(&h->inbox_lock);
     free(h);
 }
 
@@ -300,10 +404,10 @@ static hub_topic *topic_get(hub *h, const char *name, size_t len)
     memcpy(t->name, name, len);
     t->name_len = len;
     t->hash = hash;
-    if (h->ntopics + 1 > h->nbuckets) grow_buckets(h);
+    if (h->stats.ntopics + 1 > h->nbuckets) grow_buckets(h);
     t->next_in_bucket = h->buckets[hash & (h->nbuckets - 1)];
     h->buckets[hash & (h->nbuckets - 1)] = t;
-    h->ntopics++;
+    COUNT(h->stats.ntopics, 1);
     return t;
 }
 
@@ -314,7 +418,7 @@ static void topic_maybe_drop(hub *h, hub_topic *t)
     while (*pp != t)
         pp = &(*pp)->next_in_bucket;
     *pp = t->next_in_bucket;
-    h->ntopics--;
+    COUNT(h->stats.ntopics, -1);
     topic_free(t);
 }
 
@@ -322,12 +426,12 @@ static void topic_maybe_drop(hub *h, hub_topic *t)
 
 void hub_msg_ref(hub_msg *m)
 {
-    m->refs++;
+    __atomic_add_fetch(&m->refs, 1, __ATOMIC_RELAXED);
 }
 
 void hub_msg_unref(hub_msg *m)
 {
-    if (!m || --m->refs > 0) return;
+    if (!m || __atomic_sub_fetch(&m->refs, 1, __ATOMIC_ACQ_REL) > 0) return;
     buf_unref(m->raw);
     buf_unref(m->json);
     buf_unref(m->sse);
@@ -336,13 +440,17 @@ void hub_msg_unref(hub_msg *m)
     free(m);
 }
 
-/* A message with its data copied once into a buffer with frame headroom. */
+static uint8_t put_ws_header(buf_t *b, int opcode, size_t len);
+
+/* A message with its data copied once into a buffer with frame headroom,
+ * and `ninbox` inbox links (0 for a message that stays on one worker). */
 static hub_msg *msg_new(const char *topic, size_t tlen, const char *event, size_t elen,
-                        const void *data, size_t len)
+                        const void *data, size_t len, unsigned ninbox)
 {
-    hub_msg *m = calloc(1, sizeof(hub_msg));
+    hub_msg *m = calloc(1, sizeof(hub_msg) + ninbox * sizeof(hub_msg *));
     if (!m) return NULL;
     m->refs = 1;
+    m->ninbox = (uint16_t)ninbox;
     m->raw = buf_new(HUB_HEADROOM + len);
     m->topic = strndup(topic, tlen);
     if (!m->raw || !m->topic || (event && elen && !(m->event = strndup(event, elen)))) {
@@ -354,13 +462,15 @@ static hub_msg *msg_new(const char *topic, size_t tlen, const char *event, size_
     if (len) memcpy(m->raw->data + HUB_HEADROOM, data, len);
     m->len = len;
     m->binary = !utf8_valid(m->raw->data + HUB_HEADROOM, len);
+    /* The raw frame header is written now, before any worker shares it. */
+    m->raw_hdr = put_ws_header(m->raw, m->binary ? WS_OP_BINARY : WS_OP_TEXT, len);
     return m;
 }
 
 hub_msg *hub_msg_derive(const hub_msg *m, const char *event, size_t elen, const void *data,
                         size_t len)
 {
-    hub_msg *d = msg_new(m->topic, m->topic_len, event, elen, data, len);
+    hub_msg *d = msg_new(m->topic, m->topic_len, event, elen, data, len, 0);
     if (!d) return NULL;
     d->time_ms = m->time_ms;
     d->seq = m->seq;
@@ -378,8 +488,8 @@ size_t hub_last_id(const hub *h, char out[HUB_ID_MAX])
 
 bool hub_id_parse(const hub *h, const char *id, size_t len, uint64_t *seq)
 {
-    if (!h->store) return false;
-    if (store_id_parse(h->store, id, len, seq) == 0) return true;
+    if (!h->bus) return false;
+    if (store_id_parse(h->bus->store, id, len, seq) == 0) return true;
     /* "<epoch>-0" is "before everything" in any store (an empty store's
      * cursor): replay all retained, no gap unless retention removed some. */
     if (len >= 3 && id[len - 1] == '0' && id[len - 2] == '-') {
@@ -401,15 +511,18 @@ int hub_publish(hub *h, const char *topic, size_t tlen, const char *event, size_
 {
     if (!hub_topic_valid(topic, tlen) || (event && elen && !hub_event_valid(event, elen)))
         return STORE_EINVAL;
-    if (!h->writer) return WRITER_ESTOPPED;
+    if (!h->bus) return WRITER_ESTOPPED;
     pending *p = calloc(1, sizeof(pending));
-    hub_msg *m = p ? msg_new(topic, tlen, event, elen, data, len) : NULL;
+    hub_msg *m = p ? msg_new(topic, tlen, event, elen, data, len, h->bus->max_hubs) : NULL;
     if (!m) {
         free(p);
         return STORE_ENOMEM;
     }
     hub_retention r = retention_for(h, topic, tlen);
     m->origin = origin;
+    m->home = h;
+    m->pending = p;
+    p->origin = h;
     p->msg = m;
     p->done = done;
     p->ud = ud;
@@ -423,35 +536,39 @@ int hub_publish(hub *h, const char *topic, size_t tlen, const char *event, size_
     p->req.max_count = r.backlog;
     p->req.max_age_ms = (uint64_t)(r.max_age * 1000);
     p->submitted = mono_now();
-    int rc = writer_submit(h->writer, &p->req);
+    int rc = writer_submit(h->bus->writer, &p->req);
     if (rc != 0) {
         hub_msg_unref(m);
         free(p);
         return rc;
     }
+    h->inflight++;
     return 0;
 }
 
 void hub_poll(hub *h)
 {
-    pthread_mutex_lock(&h->lock);
-    pending *p = h->committed_head;
-    h->committed_head = h->committed_tail = NULL;
-    pthread_mutex_unlock(&h->lock);
-    while (p) {
-        pending *next = p->next;
-        hub_msg *m = p->msg;
-        if (p->req.status == 0) {
-            m->seq = p->req.seq;
-            m->time_ms = p->req.time_ms;
-            m->id_len = (uint8_t)store_id_format(p->req.epoch, p->req.seq, m->id);
+    if (!h->bus) return;
+    pthread_mutex_lock(&h->inbox_lock);
+    hub_msg *m = h->inbox_head;
+    h->inbox_head = h->inbox_tail = NULL;
+    pthread_mutex_unlock(&h->inbox_lock);
+    while (m) {
+        hub_msg *next = m->inbox_next[h->index];
+        /* Only the publisher's hub was given a failed publish, and only it
+         * reads m->pending (set before the writer saw m). */
+        pending *p = m->home == h ? m->pending : NULL;
+        int status = p ? p->req.status : 0;
+        if (status == 0) {
             if (m->seq > h->last_seq) {
                 h->last_seq = m->seq;
                 memcpy(h->last_id, m->id, m->id_len);
                 h->last_id_len = m->id_len;
             }
-            h->stats.published++;
-            record_latency(&h->stats, mono_now() - p->submitted);
+            if (p) {
+                COUNT(h->stats.published, 1);
+                record_latency(&h->stats, mono_now() - p->submitted);
+            }
             hub_topic *t = topic_find(h, m->topic, m->topic_len, hash_name(m->topic, m->topic_len));
             /* `next` is read first: a delivery may unsubscribe itself. */
             for (hub_sub *s = t ? t->subs : NULL, *sn; s; s = sn) {
@@ -464,14 +581,16 @@ void hub_poll(hub *h)
                     memcmp(m->topic, s->prefix, s->prefix_len) == 0)
                     s->deliver(s->owner, m);
             }
-            if (p->done) p->done(p->ud, m, 0);
-        } else {
-            h->stats.publish_failures++;
-            if (p->done) p->done(p->ud, NULL, p->req.status);
+            } else {
+            COUNT(h->stats.publish_failures, 1);
+        }
+        if (p) {
+            h->inflight--;
+            if (p->done) p->done(p->ud, status == 0 ? m : NULL, status);
+            free(p);
         }
         hub_msg_unref(m);
-        free(p);
-        p = next;
+        m = next;
     }
 }
 
@@ -490,7 +609,7 @@ hub_sub *hub_subscribe(hub *h, const char *topic, size_t len, void *owner, hub_d
         s->next = h->prefix_subs;
         if (h->prefix_subs) h->prefix_subs->prev = s;
         h->prefix_subs = s;
-        h->stats.subscribers++;
+        COUNT(h->stats.subscribers, 1);
         return s;
     }
     hub_topic *t = topic_get(h, topic, len);
@@ -507,7 +626,7 @@ hub_sub *hub_subscribe(hub *h, const char *topic, size_t len, void *owner, hub_d
     if (t->subs) t->subs->prev = s;
     t->subs = s;
     t->nsubs++;
-    h->stats.subscribers++;
+    COUNT(h->stats.subscribers, 1);
     return s;
 }
 
@@ -520,7 +639,7 @@ void hub_unsubscribe(hub *h, hub_sub *s)
         else
             h->prefix_subs = s->next;
         if (s->next) s->next->prev = s->prev;
-        h->stats.subscribers--;
+        COUNT(h->stats.subscribers, -1);
         free(s->prefix);
         free(s);
         return;
@@ -532,7 +651,7 @@ void hub_unsubscribe(hub *h, hub_sub *s)
         t->subs = s->next;
     if (s->next) s->next->prev = s->prev;
     t->nsubs--;
-    h->stats.subscribers--;
+    COUNT(h->stats.subscribers, -1);
     free(s);
     topic_maybe_drop(h, t);
 }
@@ -564,7 +683,8 @@ static int collect(void *ud, const struct store_view *v)
         a->cap = ncap;
     }
     size_t i = v->topic_index;
-    hub_msg *m = msg_new(a->topics[i], a->lens[i], v->event, v->event_len, v->data, v->data_len);
+    hub_msg *m =
+        msg_new(a->topics[i], a->lens[i], v->event, v->event_len, v->data, v->data_len, 0);
     if (!m) {
         a->oom = true;
         return 1;
@@ -616,10 +736,10 @@ long hub_replay(hub *h, const char *const *topics, const size_t *lens, int n, ui
     int nn = 0;
     for (int i = 0; i < n && nn < HUB_REPLAY_MAX_TOPICS; i++) {
         if (lens[i] >= 1 && topics[i][lens[i] - 1] == '*') {
-            if (!h->store) continue;
+            if (!h->bus) continue;
             expand_acc a = {topics[i],  lens[i] - 1, names + nn,
                             nlens + nn, 0,           HUB_REPLAY_MAX_TOPICS - nn};
-            store_topics(h->store, expand_one, &a);
+            store_topics(h->bus->store, expand_one, &a);
             for (int j = 0; j < a.n; j++)
                 owned[nn + j] = true;
             nn += a.n;
@@ -635,10 +755,10 @@ long hub_replay(hub *h, const char *const *topics, const size_t *lens, int n, ui
     struct store_topic_ref refs[HUB_REPLAY_MAX_TOPICS];
     struct store_read_info infos[HUB_REPLAY_MAX_TOPICS];
     replay_acc acc = {.topics = (const char *const *)names, .lens = nlens, .max_bytes = max_bytes};
-    if (h->store && nn > 0) {
+    if (h->bus && nn > 0) {
         for (int i = 0; i < nn; i++)
             refs[i] = (struct store_topic_ref){names[i], nlens[i]};
-        int rc = store_read_multi(h->store, refs, (size_t)nn, known ? after_seq : 0, limit, collect,
+        int rc = store_read_multi(h->bus->store, refs, (size_t)nn, known ? after_seq : 0, limit, collect,
                                   &acc, infos);
         if (rc != 0 || acc.oom) result = -1;
         for (int i = 0; i < nn && result == 0; i++)
@@ -670,29 +790,69 @@ static uint8_t put_ws_header(buf_t *b, int opcode, size_t len)
     return (uint8_t)n;
 }
 
+/* A wire form is built once although several workers may want it at the
+ * same moment: the first to move its state from FORM_NONE to FORM_BUILDING
+ * builds it; the others wait (a few microseconds) and read it once
+ * FORM_READY is published with release order.  A build that fails (no
+ * memory) puts FORM_NONE back, so a later caller tries again. */
+enum { FORM_NONE, FORM_BUILDING, FORM_READY };
+
+/* True when the caller must build the form; false once it is ready. */
+static bool form_claim(uint8_t *state)
+{
+    for (;;) {
+        uint8_t st = __atomic_load_n(state, __ATOMIC_ACQUIRE);
+        if (st == FORM_READY) return false;
+        if (st == FORM_NONE) {
+            uint8_t expected = FORM_NONE;
+            if (__atomic_compare_exchange_n(state, &expected, FORM_BUILDING, false,
+                                            __ATOMIC_ACQUIRE, __ATOMIC_ACQUIRE))
+                return true;
+            continue;
+        }
+        sched_yield();
+    }
+}
+
+static void form_done(uint8_t *state, bool ok)
+{
+    __atomic_store_n(state, ok ? FORM_READY : FORM_NONE, __ATOMIC_RELEASE);
+}
+
+/* Builds the JSON object, with its WebSocket text frame header in the
+ * headroom. */
+static bool build_json(hub_msg *m)
+{
+    struct json_msg jm = {
+        .id = m->id,
+        .id_len = m->id_len,
+        .topic = m->topic,
+        .topic_len = m->topic_len,
+        .event = m->event,
+        .event_len = m->event_len,
+        .data = m->raw->data + HUB_HEADROOM,
+        .data_len = m->len,
+        .flags = JSON_MSG_TOPIC | (m->binary ? JSON_MSG_BASE64 : 0),
+    };
+    size_t n = json_msg_size(&jm);
+    buf_t *jb = buf_new(HUB_HEADROOM + n);
+    if (!jb) return false;
+    if (json_msg_encode(jb->data + HUB_HEADROOM, n, &jm) != (ssize_t)n) {
+        buf_unref(jb);
+        return false;
+    }
+    m->json = jb;
+    m->json_len = n;
+    m->json_hdr = put_ws_header(jb, WS_OP_TEXT, n);
+    return true;
+}
+
 int hub_msg_json(hub_msg *m, buf_t **b, size_t *off, size_t *len)
 {
-    if (!m->json) {
-        struct json_msg jm = {
-            .id = m->id,
-            .id_len = m->id_len,
-            .topic = m->topic,
-            .topic_len = m->topic_len,
-            .event = m->event,
-            .event_len = m->event_len,
-            .data = m->raw->data + HUB_HEADROOM,
-            .data_len = m->len,
-            .flags = JSON_MSG_TOPIC | (m->binary ? JSON_MSG_BASE64 : 0),
-        };
-        size_t n = json_msg_size(&jm);
-        buf_t *jb = buf_new(HUB_HEADROOM + n);
-        if (!jb) return -1;
-        if (json_msg_encode(jb->data + HUB_HEADROOM, n, &jm) != (ssize_t)n) {
-            buf_unref(jb);
-            return -1;
-        }
-        m->json = jb;
-        m->json_len = n;
+    if (form_claim(&m->json_state)) {
+        bool ok = build_json(m);
+        form_done(&m->json_state, ok);
+        if (!ok) return -1;
     }
     *b = m->json;
     *off = HUB_HEADROOM;
@@ -704,73 +864,98 @@ int hub_msg_ws(hub_msg *m, bool json, buf_t **b, size_t *off, size_t *len)
 {
     if (json) {
         if (hub_msg_json(m, b, off, len) < 0) return -1;
-        if (!m->json_hdr) m->json_hdr = put_ws_header(m->json, WS_OP_TEXT, m->json_len);
         *off = HUB_HEADROOM - m->json_hdr;
         *len = m->json_hdr + m->json_len;
         return 0;
     }
-    if (!m->raw_hdr)
-        m->raw_hdr = put_ws_header(m->raw, m->binary ? WS_OP_BINARY : WS_OP_TEXT, m->len);
     *b = m->raw;
     *off = HUB_HEADROOM - m->raw_hdr;
     *len = m->raw_hdr + m->len;
     return 0;
 }
 
+static bool build_sse(hub_msg *m)
+{
+    const char *data = m->raw->data + HUB_HEADROOM;
+    size_t dlen = m->len;
+    char *tmp = NULL;
+    char evbuf[HUB_EVENT_MAX + 16];
+    const char *ev = m->event;
+    size_t evlen = m->event_len;
+    if (m->binary) {
+        /* Binary data goes base64, flagged by the event name suffix. */
+        dlen = b64_encoded_size(m->len);
+        tmp = malloc(dlen ? dlen : 1);
+        if (!tmp) return false;
+        b64_encode(tmp, dlen, data, m->len);
+        data = tmp;
+        evlen = (size_t)snprintf(evbuf, sizeof(evbuf), "%.*s.base64", (int)(ev ? evlen : 7),
+                                 ev ? ev : "message");
+        ev = evbuf;
+    }
+    ssize_t n = sse_event_size(m->id, m->id_len, ev, evlen, data, dlen);
+    buf_t *sb = n > 0 ? buf_new((size_t)n) : NULL;
+    if (!sb || sse_event_encode(sb->data, (size_t)n, m->id, m->id_len, ev, evlen, data, dlen) != n) {
+        buf_unref(sb);
+        free(tmp);
+        return false;
+    }
+    free(tmp);
+    m->sse = sb;
+    return true;
+}
+
 int hub_msg_sse(hub_msg *m, buf_t **b)
 {
-    if (!m->sse) {
-        const char *data = m->raw->data + HUB_HEADROOM;
-        size_t dlen = m->len;
-        char *tmp = NULL;
-        char evbuf[HUB_EVENT_MAX + 16];
-        const char *ev = m->event;
-        size_t evlen = m->event_len;
-        if (m->binary) {
-            /* Binary data goes base64, flagged by the event name suffix. */
-            dlen = b64_encoded_size(m->len);
-            tmp = malloc(dlen ? dlen : 1);
-            if (!tmp) return -1;
-            b64_encode(tmp, dlen, data, m->len);
-            data = tmp;
-            evlen = (size_t)snprintf(evbuf, sizeof(evbuf), "%.*s.base64", (int)(ev ? evlen : 7),
-                                     ev ? ev : "message");
-            ev = evbuf;
-        }
-        ssize_t n = sse_event_size(m->id, m->id_len, ev, evlen, data, dlen);
-        buf_t *sb = n > 0 ? buf_new((size_t)n) : NULL;
-        if (!sb ||
-            sse_event_encode(sb->data, (size_t)n, m->id, m->id_len, ev, evlen, data, dlen) != n) {
-            buf_unref(sb);
-            free(tmp);
-            return -1;
-        }
-        free(tmp);
-        m->sse = sb;
+    if (form_claim(&m->sse_state)) {
+        bool ok = build_sse(m);
+        form_done(&m->sse_state, ok);
+        if (!ok) return -1;
     }
     *b = m->sse;
     return 0;
 }
 
+/* Adds one hub's counters to st. */
+static void add_counters(hub_stats *st, const hub_counters *c)
+{
+    st->published += READ(c->published);
+    st->delivered += READ(c->delivered);
+    st->subscribers += READ(c->subscribers);
+    st->publish_failures += READ(c->publish_failures);
+    st->topics += READ(c->ntopics);
+    for (int i = 0; i <= HUB_LATENCY_BUCKETS; i++)
+        st->latency_buckets[i] += READ(c->latency_buckets[i]);
+    st->latency_sum += (double)READ(c->latency_ns) / 1e9;
+}
+
 void hub_get_stats(const hub *h, hub_stats *st)
 {
-    *st = h->stats;
-    st->topics = h->ntopics;
+    memset(st, 0, sizeof(*st));
+    hub_bus *b = h->bus;
+    if (b) {
+        pthread_mutex_lock(&b->lock);
+        for (unsigned i = 0; i < b->max_hubs; i++)
+            if (b->hubs[i]) add_counters(st, &b->hubs[i]->stats);
+        pthread_mutex_unlock(&b->lock);
+    } else {
+        add_counters(st, &h->stats);
+    }
     for (int i = 1; i <= HUB_LATENCY_BUCKETS; i++) /* cumulative */
         st->latency_buckets[i] += st->latency_buckets[i - 1];
     struct store_stats ss;
-    if (h->store && store_stats(h->store, &ss) == 0) {
+    if (b && store_stats(b->store, &ss) == 0) {
         st->store_file_bytes = ss.file_bytes;
         st->store_messages = ss.messages;
     }
     struct writer_stats ws;
-    if (h->writer) {
-        writer_stats(h->writer, &ws);
+    if (b) {
+        writer_stats(b->writer, &ws);
         st->commits = ws.batches;
     }
 }
 
 void hub_count_delivery(hub *h)
 {
-    h->stats.delivered++;
+    COUNT(h->stats.delivered, 1);
 }

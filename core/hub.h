@@ -1,10 +1,16 @@
 /* hub.h: topics, subscribers, message IDs, the durable backlog and fan-out.
  *
- * A publish goes to the storage writer thread (storage/writer.h), which
- * appends whatever is queued in one LMDB transaction and one sync (group
- * commit).  Only after the commit does the loop thread fan the message out
- * and acknowledge the publisher, in commit order: hub_poll() does both,
- * woken through the `wake` callback the embedder gives (an ev_async).
+ * There is one hub per worker (event loop): its topic table holds that
+ * worker's subscribers only, and only that thread touches it.  What workers
+ * share is the bus: the store and its one writer thread.  A publish on any
+ * worker goes to the writer (storage/writer.h), which appends whatever is
+ * queued in one LMDB transaction and one sync (group commit).  After the
+ * commit the writer hands the message, by reference and in commit order, to
+ * the inbox of every hub on the bus (no copy, no allocation: the message
+ * carries one inbox link per hub) and wakes each worker through the `wake`
+ * callback its embedder gives (an ev_async).  Each worker then fans out to
+ * its own subscribers, and the publisher's worker acknowledges it:
+ * hub_poll() does both.
  *
  * IDs come from the store: "<epoch>-<seq>", one global seq across topics,
  * so one Last-Event-ID resumes a connection subscribed to several topics,
@@ -14,7 +20,9 @@
  * A message is encoded once per wire form, on first need, into a shared
  * buf_t: the raw data with headroom for a WebSocket frame header, the JSON
  * object (same trick: WebSocket JSON frames and long-poll items share it),
- * and the SSE event.  Subscribers queue references to those buffers.
+ * and the SSE event.  Subscribers on every worker queue references to those
+ * buffers; the first worker to need a form builds it, the others wait for
+ * it (a few microseconds), so each form is built exactly once.
  *
  * Replay then live is one path: hub_replay() reads the backlog after an ID
  * from LMDB and hands it over in seq order, then the subscriber is live;
@@ -38,10 +46,11 @@
 #define HUB_DEFAULT_BACKLOG 1000
 
 typedef struct hub hub;
+typedef struct hub_bus hub_bus;
 typedef struct hub_topic hub_topic;
 
 typedef struct hub_msg {
-    uint32_t refs;
+    uint32_t refs; /* atomic: workers share a message */
     uint64_t seq;
     char *topic; /* NUL-terminated */
     size_t topic_len;
@@ -51,13 +60,18 @@ typedef struct hub_msg {
     buf_t *raw;                /* HUB_HEADROOM bytes, then the data */
     size_t len;                /* data bytes */
     bool binary;               /* data is not valid UTF-8: base64 on text transports */
-    uint8_t raw_hdr, json_hdr; /* WebSocket header bytes in each headroom, 0: not yet */
-    buf_t *json;               /* HUB_HEADROOM bytes, then the JSON object */
+    uint8_t raw_hdr, json_hdr; /* WebSocket header bytes in each headroom */
+    uint8_t json_state, sse_state; /* built once across workers (see hub.c) */
+    buf_t *json;                   /* HUB_HEADROOM bytes, then the JSON object */
     size_t json_len;
     buf_t *sse;         /* the whole SSE event */
     const void *origin; /* who published it (skip_self); not stored */
     char id[HUB_ID_MAX];
     uint8_t id_len;
+    struct hub *home;             /* the publisher's hub; NULL: none */
+    struct pending *pending;      /* the ack to give; only `home` reads it */
+    uint16_t ninbox;              /* hubs it can be queued to */
+    struct hub_msg *inbox_next[]; /* one link per hub on the bus */
 } hub_msg;
 
 /* Called for each message a subscriber gets (live or replayed).  It may
@@ -78,34 +92,54 @@ typedef struct hub_retention {
     double max_age;   /* seconds; 0: no age limit */
 } hub_retention;
 
-/* Called on the writer thread when commits are ready for hub_poll(). */
+/* Called on the writer thread when a hub's inbox turns non-empty. */
 typedef void (*hub_wake_fn)(void *ud);
 
 typedef struct hub_opts {
     hub_wake_fn wake;
     void *wake_ud;
-    size_t max_queue; /* publishes waiting for a commit before 503; 0: 65536 */
 } hub_opts;
 
+#define HUB_MAX_WORKERS 256
+
+/* The shared part: starts the writer thread on an open store (read-write)
+ * for at most `max_hubs` hubs (1..HUB_MAX_WORKERS); max_queue is the
+ * publishes waiting for a commit before 503 (0: 65536).  Returns the bus,
+ * or NULL with a message in err. */
+hub_bus *hub_bus_open(struct store *st, unsigned max_hubs, size_t max_queue, char *err,
+                      size_t errlen);
+
+/* Stops the writer after committing what is queued (those commits still
+ * reach the attached hubs' inboxes), then frees the bus.  Call once every
+ * hub is detached or its worker has stopped publishing. */
+void hub_bus_close(hub_bus *b);
+
 /* A new hub without storage: topics and retention rules can be set (the
- * app loads), publishing fails and replay finds nothing until hub_open.
+ * app loads), publishing fails and replay finds nothing until hub_attach.
  * NULL when out of memory. */
 hub *hub_new(void);
 
-/* Puts the hub on an open store (read-write) and starts the writer thread.
- * Returns 0, or -1 with a message in err. */
-int hub_open(hub *h, struct store *st, const hub_opts *opts, char *err, size_t errlen);
+/* Puts the hub on the bus: its worker publishes through the bus and gets
+ * every commit in its inbox, announced by opts->wake (from the writer
+ * thread).  Returns 0, or -1 when the bus is full. */
+int hub_attach(hub *h, hub_bus *b, const hub_opts *opts);
 
-/* True once hub_open succeeded. */
+/* True once hub_attach succeeded. */
 bool hub_is_open(const hub *h);
 
-/* Stops the writer after committing what is queued, then completes those
- * publishes (hub_poll).  Call before hub_free, on the loop thread. */
-void hub_stop(hub *h);
+/* Publishes of this hub's worker not yet acknowledged: a worker that stops
+ * runs its loop until this is 0, so every publisher gets its answer. */
+unsigned hub_inflight(const hub *h);
+
+/* Takes the hub off the bus (no more commits arrive) and drops what its
+ * inbox holds.  Call on the hub's thread, with hub_inflight() == 0. */
+void hub_detach(hub *h);
+
+/* Detaches (if attached) and frees. */
 void hub_free(hub *h);
 
-/* On the loop thread: fans out and acknowledges every committed publish,
- * in commit order. */
+/* On the hub's thread: fans out every commit in the inbox to this worker's
+ * subscribers and acknowledges this worker's publishes, in commit order. */
 void hub_poll(hub *h);
 
 /* Sets the retention used for topics whose names start with `prefix` (an
@@ -189,13 +223,15 @@ int hub_msg_ws(hub_msg *m, bool json, buf_t **b, size_t *off, size_t *len);
 int hub_msg_json(hub_msg *m, buf_t **b, size_t *off, size_t *len);
 int hub_msg_sse(hub_msg *m, buf_t **b);
 
-/* Counters for /metrics (storage figures read from the store). */
+/* Counters for /metrics, summed over every hub on the bus (storage figures
+ * read from the store).  Any hub's thread. */
 #define HUB_LATENCY_BUCKETS 12
 /* Upper bounds (seconds) of the publish latency histogram's buckets. */
 extern const double hub_latency_bounds[HUB_LATENCY_BUCKETS];
 
 typedef struct hub_stats {
-    uint64_t published, delivered, topics, subscribers, publish_failures;
+    uint64_t published, delivered, subscribers, publish_failures;
+    uint64_t topics; /* topics with a subscriber, counted once per worker */
     uint64_t store_file_bytes, store_messages, commits;
     /* Publish to fan-out (storage queue + commit + sync), cumulative per
      * bucket as Prometheus wants; the last bucket is +Inf. */

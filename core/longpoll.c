@@ -88,7 +88,7 @@ static void lp_answer(sub_session *s)
     buf_unref(head);
     buf_unref(tb);
     free(parts);
-    sub_counts.longpoll--;
+    __atomic_sub_fetch(&sub_counts.longpoll, 1, __ATOMIC_RELAXED);
     session_free(s);
 }
 
@@ -130,7 +130,7 @@ int lp_session_start(sub_session *s, const sub_request *r, const http_request *r
     memcpy(s->t.lp->since, rp.id, rp.id_len);
     s->t.lp->since_len = rp.id_len;
     conn_attach(s->c, &lp_ops, s);
-    sub_counts.longpoll++;
+    __atomic_add_fetch(&sub_counts.longpoll, 1, __ATOMIC_RELAXED);
     bool gap;
     if (session_subscribe_and_replay(s, r, &rp, limit, &gap) < 0) {
         lp_answer(s);
@@ -166,6 +166,6 @@ static void lp_on_shutdown(conn *c, void *state)
 
 static void lp_on_close(conn *c, void *state)
 {
-    sub_counts.longpoll--;
+    __atomic_sub_fetch(&sub_counts.longpoll, 1, __ATOMIC_RELAXED);
     session_free(state);
 }

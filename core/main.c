@@ -1,12 +1,14 @@
 /* main.c: the sluice command line.  Parses flags, loads the app script,
- * merges its sluice.config{} with the flags (flags win), opens listeners,
- * and runs the event loop until SIGTERM/SIGINT.  SIGHUP reloads the script
- * and the TLS certificate. */
+ * merges its sluice.config{} with the flags (flags win), opens storage and
+ * the listeners, starts the workers (core/worker.h) and keeps the signals:
+ * SIGHUP reloads the script and the TLS certificate in every worker,
+ * SIGTERM/SIGINT stop them gracefully. */
 #include "core/admin.h"
 #include "core/conn.h"
 #include "core/hub.h"
 #include "core/log.h"
 #include "core/server.h"
+#include "core/worker.h"
 #include "lua/api.h"
 #include "storage/store.h"
 
@@ -117,9 +119,9 @@ static int parse_options(int argc, char **argv, options *o)
         case 'w': {
             char *end;
             long w = strtol(optarg, &end, 10);
-            if (*end || w < 1 || w > 1024) {
-                fprintf(stderr, "sluice: --workers wants a number from 1 to 1024, not '%s'\n",
-                        optarg);
+            if (*end || w < 1 || w > HUB_MAX_WORKERS) {
+                fprintf(stderr, "sluice: --workers wants a number from 1 to %d, not '%s'\n",
+                        HUB_MAX_WORKERS, optarg);
                 return -1;
             }
             o->workers = (int)w;
@@ -201,51 +203,81 @@ static void raise_fd_limit(void)
     }
 }
 
+/* The main thread: signals, --watch, and the workers. */
 typedef struct app_ctx {
-    server srv;
-    hub *hub;
-    ev_async committed; /* the storage writer has commits to fan out */
-    lx_runtime rt;
-    const char *tls_cert, *tls_key;
+    struct ev_loop *loop;
+    worker *workers[HUB_MAX_WORKERS];
+    int nworkers;
+    const char *script_path;
+    int reloads_pending;   /* workers still reloading (atomic) */
+    int reload_failures;   /* of this round (atomic) */
+    bool reload_again;     /* a signal came during a round */
+    ev_async reloaded;     /* the last worker of a round finished */
     ev_signal sighup, sigterm, sigint;
     ev_stat script_stat;   /* --watch */
     ev_timer watch_settle; /* reload once the file has stopped changing */
 } app_ctx;
 
-static void wake_loop(void *ud)
+/* Worker threads: count the round down; the last one wakes main. */
+static void on_worker_reloaded(void *ud, worker *w, int status)
 {
     app_ctx *a = ud;
-    ev_async_send(a->srv.loop, &a->committed);
+    if (status < 0) __atomic_add_fetch(&a->reload_failures, 1, __ATOMIC_RELAXED);
+    if (__atomic_sub_fetch(&a->reloads_pending, 1, __ATOMIC_ACQ_REL) == 0)
+        ev_async_send(a->loop, &a->reloaded);
 }
 
-static void on_committed(struct ev_loop *loop, ev_async *w, int revents)
+/* Reloads every worker.  The script is loaded here first, so that a
+ * broken script is reported once and no worker is asked; a round in
+ * progress is followed by one more. */
+static void reload_all(app_ctx *a)
 {
-    app_ctx *a = (app_ctx *)((char *)w - offsetof(app_ctx, committed));
-    hub_poll(a->hub);
+    if (__atomic_load_n(&a->reloads_pending, __ATOMIC_ACQUIRE) > 0) {
+        a->reload_again = true;
+        return;
+    }
+    char err[2048];
+    lx_set_worker(1, a->nworkers);
+    lx_app *probe = lx_app_load(a->script_path, NULL, NULL, err, sizeof(err));
+    if (!probe) {
+        LOG_KV(LOG_ERROR, "reload failed: the running app stays", LOG_S("error", err));
+        return;
+    }
+    lx_app_release(probe);
+    __atomic_store_n(&a->reload_failures, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&a->reloads_pending, a->nworkers, __ATOMIC_RELEASE);
+    for (int i = 0; i < a->nworkers; i++)
+        worker_reload(a->workers[i]);
+}
+
+static void on_reloaded(struct ev_loop *loop, ev_async *w, int revents)
+{
+    app_ctx *a = w->data;
+    int failed = __atomic_load_n(&a->reload_failures, __ATOMIC_RELAXED);
+    if (failed == 0)
+        LOG_KV(LOG_INFO, "reloaded app",
+               LOG_S("script", a->script_path ? a->script_path : "scripts/default.lua"),
+               LOG_I("workers", a->nworkers));
+    else /* the file changed between the check and a worker's load */
+        LOG_KV(LOG_ERROR, "reload failed on some workers: they keep the old app",
+               LOG_I("failed", failed), LOG_I("workers", a->nworkers));
+    if (a->reload_again) {
+        a->reload_again = false;
+        reload_all(a);
+    }
 }
 
 static void on_sighup(struct ev_loop *loop, ev_signal *w, int revents)
 {
-    app_ctx *a = w->data;
     LOG_KV(LOG_INFO, "SIGHUP: reloading");
-    lx_reload(&a->rt);
-    if (a->tls_cert) {
-        char err[512];
-        SSL_CTX *ctx = tls_ctx_new(a->tls_cert, a->tls_key, err, sizeof(err));
-        if (ctx) {
-            server_set_tls_ctx(&a->srv, ctx);
-            LOG_KV(LOG_INFO, "reloaded TLS certificate", LOG_S("cert", a->tls_cert));
-        } else {
-            LOG_KV(LOG_ERROR, "TLS reload failed: the old certificate stays", LOG_S("error", err));
-        }
-    }
+    reload_all(w->data);
 }
 
 static void on_watch_settled(struct ev_loop *loop, ev_timer *w, int revents)
 {
     app_ctx *a = w->data;
-    LOG_KV(LOG_INFO, "script changed: reloading", LOG_S("script", a->rt.script_path));
-    lx_reload(&a->rt);
+    LOG_KV(LOG_INFO, "script changed: reloading", LOG_S("script", a->script_path));
+    reload_all(a);
 }
 
 static void on_script_changed(struct ev_loop *loop, ev_stat *w, int revents)
@@ -261,7 +293,34 @@ static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
 {
     app_ctx *a = w->data;
     LOG_KV(LOG_INFO, "stopping", LOG_S("signal", w->signum == SIGTERM ? "SIGTERM" : "SIGINT"));
-    server_shutdown(&a->srv);
+    for (int i = 0; i < a->nworkers; i++)
+        worker_stop(a->workers[i]);
+    ev_break(loop, EVBREAK_ALL);
+}
+
+/* Loads the app for worker `id` of `count` into a new hub; the first
+ * worker's load also fills cfg.  NULL with a message in err. */
+static lx_app *load_for_worker(const char *path, int id, int count, hub **h, lx_config *cfg,
+                               char *err, size_t errlen)
+{
+    *h = hub_new();
+    if (!*h) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    lx_set_worker(id, count);
+    lx_app *app = lx_app_load(path, *h, cfg, err, errlen);
+    if (!app) {
+        hub_free(*h);
+        *h = NULL;
+    }
+    return app;
+}
+
+static int default_workers(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > HUB_MAX_WORKERS ? HUB_MAX_WORKERS : (int)n;
 }
 
 int main(int argc, char **argv)
@@ -281,28 +340,35 @@ int main(int argc, char **argv)
         fprintf(stderr, "sluice: %s: %s\n", o.app, strerror(errno));
         return 1;
     }
-    /* The app loads once, before storage opens (its sluice.config may name
-     * the data directory): its retention rules go to the hub now, and the
-     * hub gets its storage below. */
-    struct store *st = NULL;
-    hub *h = hub_new();
-    if (!h) {
-        fprintf(stderr, "sluice: out of memory\n");
-        return 1;
+    /* The app loads before storage opens (its sluice.config may name the
+     * data directory and the number of workers): its retention rules go to
+     * the first worker's hub now, which gets the bus below.  Loaded with
+     * the flag's worker count, or the CPU count; if the script asks for
+     * another count, it loads again so sluice.worker.count is true. */
+    static app_ctx a;
+    int nworkers = o.workers ? o.workers : default_workers();
+    hub *first_hub = NULL;
+    lx_app *first_app = load_for_worker(o.app, 1, nworkers, &first_hub, &cfg, err, sizeof(err));
+    if (first_app && !o.workers && cfg.workers > 0 && cfg.workers != nworkers) {
+        nworkers = cfg.workers > HUB_MAX_WORKERS ? HUB_MAX_WORKERS : cfg.workers;
+        lx_app_release(first_app);
+        hub_free(first_hub);
+        lx_config_free(&cfg);
+        memset(&cfg, 0, sizeof(cfg));
+        server_limits_default(&cfg.limits);
+        first_app = load_for_worker(o.app, 1, nworkers, &first_hub, &cfg, err, sizeof(err));
     }
-    lx_app *app = lx_app_load(o.app, h, &cfg, err, sizeof(err));
-    if (!app) {
+    if (!first_app) {
         fprintf(stderr, "sluice: %s\n", err);
         lx_config_free(&cfg);
-        hub_free(h);
         return 1;
     }
     if (o.check) {
         printf("%s: ok (%zu routes)\n", o.app ? o.app : "scripts/default.lua",
-               lx_app_route_count(app));
-        lx_app_release(app);
+               lx_app_route_count(first_app));
+        lx_app_release(first_app);
         lx_config_free(&cfg);
-        hub_free(h);
+        hub_free(first_hub);
         return 0;
     }
 
@@ -324,113 +390,136 @@ int main(int argc, char **argv)
         nlisten = 1;
     }
     int rc = 1;
+    struct store *st = NULL;
+    hub_bus *bus = NULL;
     if (ntls_listen > 0 && (!tls_cert || !tls_key)) {
         fprintf(stderr, "sluice: TLS listeners need --tls-cert and --tls-key\n");
-        goto out_app;
+        goto out;
     }
     if (make_dirs(data_dir) < 0) {
         fprintf(stderr, "sluice: cannot create data directory %s: %s\n", data_dir, strerror(errno));
-        goto out_app;
+        goto out;
     }
     struct store_opts so = {.relaxed = cfg.relaxed};
     int src = store_open(&st, data_dir, &so, err, sizeof(err));
     if (src != 0) {
         fprintf(stderr, "sluice: %s: %s\n", data_dir, err[0] ? err : store_errmsg(src));
-        goto out_app;
+        goto out;
     }
-    int workers = o.workers ? o.workers : cfg.workers;
-    if (workers > 1)
-        LOG_KV(LOG_INFO, "one event loop for now: --workers is accepted and runs 1",
-               LOG_I("requested", workers));
+    bus = hub_bus_open(st, (unsigned)nworkers, 0, err, sizeof(err));
+    if (!bus) {
+        fprintf(stderr, "sluice: %s\n", err);
+        goto out;
+    }
 
     signal(SIGPIPE, SIG_IGN);
     /* A file-size limit must fail a write (EFBIG: storage full, 503), not
      * kill the server. */
     signal(SIGXFSZ, SIG_IGN);
     raise_fd_limit();
-    struct ev_loop *loop = ev_default_loop(EVFLAG_AUTO);
-    static app_ctx a;
-    server_init(&a.srv, loop, &cfg.limits);
-    ev_async_init(&a.committed, on_committed);
-    ev_async_start(loop, &a.committed);
-    hub_opts ho = {.wake = wake_loop, .wake_ud = &a};
-    if (hub_open(h, st, &ho, err, sizeof(err)) < 0) {
-        fprintf(stderr, "sluice: %s\n", err);
-        goto out_server;
-    }
-    a.hub = h;
-    /* Timers the script made while loading start with the loop. */
-    lx_set_loop(loop);
-    lx_app_start_timers(app);
+    a.loop = ev_default_loop(EVFLAG_AUTO);
+    a.script_path = o.app;
     /* Signals first: a test (or an operator) may signal as soon as the
      * "listening on" line appears. */
     ev_signal_init(&a.sighup, on_sighup, SIGHUP);
     ev_signal_init(&a.sigterm, on_stop_signal, SIGTERM);
     ev_signal_init(&a.sigint, on_stop_signal, SIGINT);
     a.sighup.data = a.sigterm.data = a.sigint.data = &a;
-    ev_signal_start(loop, &a.sighup);
-    ev_signal_start(loop, &a.sigterm);
-    ev_signal_start(loop, &a.sigint);
-    a.tls_cert = tls_cert;
-    a.tls_key = tls_key;
-    if (ntls_listen > 0) {
-        SSL_CTX *ctx = tls_ctx_new(tls_cert, tls_key, err, sizeof(err));
-        if (!ctx) {
-            fprintf(stderr, "sluice: %s\n", err);
-            goto out_server;
-        }
-        server_set_tls_ctx(&a.srv, ctx);
-    }
-    for (int i = 0; i < nlisten; i++) {
-        if (server_listen(&a.srv, listen[i], false, err, sizeof(err)) < 0) {
-            fprintf(stderr, "sluice: %s\n", err);
-            goto out_server;
-        }
-    }
-    for (int i = 0; i < ntls_listen; i++) {
-        if (server_listen(&a.srv, tls_listen[i], true, err, sizeof(err)) < 0) {
-            fprintf(stderr, "sluice: %s\n", err);
-            goto out_server;
-        }
-    }
-    lx_runtime_init(&a.rt, &a.srv, h, o.app, app);
-    app = NULL;
-    a.srv.on_request = lx_on_request;
-    a.srv.on_request_ud = &a.rt;
+    ev_signal_start(a.loop, &a.sighup);
+    ev_signal_start(a.loop, &a.sigterm);
+    ev_signal_start(a.loop, &a.sigint);
+    ev_async_init(&a.reloaded, on_reloaded);
+    a.reloaded.data = &a;
+    ev_async_start(a.loop, &a.reloaded);
 
+    for (int i = 0; i < nworkers; i++) {
+        hub *h = first_hub;
+        lx_app *app = first_app;
+        first_hub = NULL;
+        first_app = NULL;
+        if (i > 0 && !(app = load_for_worker(o.app, i + 1, nworkers, &h, NULL, err, sizeof(err)))) {
+            fprintf(stderr, "sluice: %s\n", err);
+            goto out_workers;
+        }
+        worker_opts wo = {.id = i + 1,
+                          .count = nworkers,
+                          .script_path = o.app,
+                          .tls_cert = ntls_listen > 0 ? tls_cert : NULL,
+                          .tls_key = tls_key,
+                          .limits = &cfg.limits,
+                          .on_reloaded = on_worker_reloaded,
+                          .ud = &a};
+        worker *w = worker_new(&wo, app, h, bus, err, sizeof(err));
+        if (!w) {
+            fprintf(stderr, "sluice: %s\n", err);
+            goto out_workers;
+        }
+        a.workers[a.nworkers++] = w;
+        server *srv = worker_server(w);
+        if (ntls_listen > 0) {
+            SSL_CTX *ctx = tls_ctx_new(tls_cert, tls_key, err, sizeof(err));
+            if (!ctx) {
+                fprintf(stderr, "sluice: %s\n", err);
+                goto out_workers;
+            }
+            server_set_tls_ctx(srv, ctx);
+        }
+        /* The first worker opens each address; the others join its
+         * SO_REUSEPORT group on the port it got. */
+        server *first = worker_server(a.workers[0]);
+        for (int j = 0; j < nlisten + ntls_listen; j++) {
+            bool tls = j >= nlisten;
+            const char *addr = i == 0 ? (tls ? tls_listen[j - nlisten] : listen[j])
+                                      : first->listeners[j].name;
+            if (server_listen(srv, addr, tls, i > 0, err, sizeof(err)) < 0) {
+                fprintf(stderr, "sluice: %s\n", err);
+                goto out_workers;
+            }
+        }
+    }
+    for (int i = 0; i < a.nworkers; i++) {
+        if (worker_start(a.workers[i], err, sizeof(err)) < 0) {
+            fprintf(stderr, "sluice: %s\n", err);
+            for (int j = 0; j < i; j++)
+                worker_stop(a.workers[j]);
+            goto out_workers;
+        }
+    }
     if (o.watch) {
         if (!o.app) {
             LOG_KV(LOG_WARN, "--watch: the built-in app has no file to watch");
         } else {
             ev_stat_init(&a.script_stat, on_script_changed, o.app, 1.0);
             a.script_stat.data = &a;
-            ev_stat_start(loop, &a.script_stat);
+            ev_stat_start(a.loop, &a.script_stat);
             ev_init(&a.watch_settle, on_watch_settled);
             a.watch_settle.data = &a;
         }
     }
-    server_start(&a.srv);
     LOG_KV(LOG_INFO, "sluice started", LOG_S("version", SLUICE_VERSION),
-           LOG_S("app", o.app ? o.app : "scripts/default.lua"), LOG_S("data", data_dir));
-    ev_run(loop, 0);
+           LOG_S("app", o.app ? o.app : "scripts/default.lua"), LOG_S("data", data_dir),
+           LOG_I("workers", nworkers));
+    ev_run(a.loop, 0);
     rc = 0;
-    ev_signal_stop(loop, &a.sighup);
-    ev_signal_stop(loop, &a.sigterm);
-    ev_signal_stop(loop, &a.sigint);
+out_workers:
+    /* Each worker ends once its connections are gone and its publishes are
+     * acknowledged; then the writer commits whatever is left. */
+    for (int i = 0; i < a.nworkers; i++)
+        worker_free(a.workers[i]);
+    a.nworkers = 0;
+    ev_signal_stop(a.loop, &a.sighup);
+    ev_signal_stop(a.loop, &a.sigterm);
+    ev_signal_stop(a.loop, &a.sigint);
+    ev_async_stop(a.loop, &a.reloaded);
     if (o.watch && o.app) {
-        ev_stat_stop(loop, &a.script_stat);
-        ev_timer_stop(loop, &a.watch_settle);
+        ev_stat_stop(a.loop, &a.script_stat);
+        ev_timer_stop(a.loop, &a.watch_settle);
     }
-    /* Commit what is queued and answer whoever waits for it, then free. */
-    hub_stop(h);
-    lx_runtime_destroy(&a.rt);
-out_server:
-    server_destroy(&a.srv);
-    ev_async_stop(loop, &a.committed);
-out_app:
-    if (app) lx_app_release(app);
+out:
+    hub_bus_close(bus);
+    if (first_app) lx_app_release(first_app);
+    hub_free(first_hub);
     lx_config_free(&cfg);
-    hub_free(h);
     if (st) store_close(st);
     if (rc == 0) LOG_KV(LOG_INFO, "stopped");
     return rc;

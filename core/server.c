@@ -117,7 +117,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
             }
             return; /* EAGAIN: drained */
         }
-        if (srv->nconns >= srv->limits.max_connections || srv->stopping) {
+        if (server_count_connection(0) >= srv->limits.max_connections || srv->stopping) {
             refuse_busy(srv, fd, l->tls);
             continue;
         }
@@ -165,7 +165,32 @@ static int parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *sle
     return 0;
 }
 
-int server_listen(server *srv, const char *addr, bool tls, char *err, size_t errlen)
+static unsigned open_connections; /* every worker's: atomic */
+
+unsigned server_count_connection(int delta)
+{
+    if (delta == 0) return __atomic_load_n(&open_connections, __ATOMIC_RELAXED);
+    return __atomic_add_fetch(&open_connections, (unsigned)delta, __ATOMIC_RELAXED);
+}
+
+/* SO_REUSEPORT lets any socket of the same user join a group, another
+ * sluice started by mistake on our port included: before opening a group,
+ * bind a plain socket to prove nobody listens there. */
+static int check_address_free(const struct sockaddr_storage *ss, socklen_t slen)
+{
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (ss->ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    int rc = bind(fd, (const struct sockaddr *)ss, slen);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return rc;
+}
+
+int server_listen(server *srv, const char *addr, bool tls, bool join, char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
     socklen_t slen;
@@ -177,10 +202,15 @@ int server_listen(server *srv, const char *addr, bool tls, char *err, size_t err
         snprintf(err, errlen, "bad listen address '%s' (want ADDR:PORT or [V6ADDR]:PORT)", addr);
         return -1;
     }
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = -1;
+    bool any_port = ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port == 0
+                                             : ((struct sockaddr_in *)&ss)->sin_port == 0;
+    if (!join && !any_port && check_address_free(&ss, slen) < 0) goto fail;
+    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) goto fail;
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) goto fail;
     if (ss.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
     if (bind(fd, (struct sockaddr *)&ss, slen) < 0) goto fail;
     if (listen(fd, 4096) < 0) goto fail;
@@ -202,9 +232,11 @@ int server_listen(server *srv, const char *addr, bool tls, char *err, size_t err
     }
     ev_io_init(&l->watcher, accept_cb, fd, EV_READ);
     l->watcher.data = l;
-    char msg[96];
-    snprintf(msg, sizeof(msg), "listening on %s", l->name);
-    LOG_KV(LOG_INFO, msg, LOG_S("scheme", tls ? "https" : "http"));
+    if (!join) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "listening on %s", l->name);
+        LOG_KV(LOG_INFO, msg, LOG_S("scheme", tls ? "https" : "http"));
+    }
     return 0;
 fail:
     snprintf(err, errlen, "cannot listen on %s: %s", addr, strerror(errno));

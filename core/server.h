@@ -1,5 +1,7 @@
 /* server.h: listeners, the connection set, limits and graceful shutdown of
- * one event loop.
+ * one event loop (one worker: each worker has its own server, and its own
+ * socket on every listening address, in a SO_REUSEPORT group, so the
+ * kernel spreads new connections over the workers).
  *
  * The server owns the libev loop's accept watchers and every connection it
  * accepts.  It knows nothing of Lua: a request that is complete is handed
@@ -25,7 +27,7 @@ typedef struct server_limits {
     size_t max_uri;               /* request-target: 414 over it */
     size_t max_body;              /* request body: 413 over it */
     size_t max_output;            /* queued output per connection before it is cut off */
-    unsigned max_connections;     /* accepted connections; 503 over it */
+    unsigned max_connections;     /* accepted connections, all workers; 503 over it */
     double header_timeout;        /* seconds for a request head; 408 after it */
     double idle_timeout;          /* seconds a keep-alive connection may stay quiet */
     double tls_handshake_timeout; /* seconds for the TLS handshake */
@@ -72,10 +74,19 @@ typedef struct server {
 void server_init(server *srv, struct ev_loop *loop, const server_limits *limits);
 
 /* Opens a listener on "ADDR:PORT" ("[::1]:0" for IPv6; port 0 picks one)
- * and logs "listening on ADDR:PORT" with the chosen port.  TLS listeners
- * need srv->tls_ctx set before connections arrive.  Returns 0, or -1 with
- * a message in err. */
-int server_listen(server *srv, const char *addr, bool tls, char *err, size_t errlen);
+ * as a SO_REUSEPORT socket.  The first worker passes join = false: the
+ * address must be free (another process listening there is an error, not
+ * a silent share) and "listening on ADDR:PORT" is logged with the chosen
+ * port.  The other workers pass join = true and the first one's
+ * listener name (the real port), and add their own socket to the group.
+ * TLS listeners need srv->tls_ctx set before connections arrive.  Returns
+ * 0, or -1 with a message in err. */
+int server_listen(server *srv, const char *addr, bool tls, bool join, char *err, size_t errlen);
+
+/* Counts a connection opened (+1) or closed (-1) in the process, and
+ * returns how many are open over every worker (the connection limit and
+ * /metrics read it).  Any thread. */
+unsigned server_count_connection(int delta);
 
 /* Starts accepting on every listener. */
 void server_start(server *srv);

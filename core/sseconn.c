@@ -41,7 +41,7 @@ int sse_session_start(sub_session *s, const sub_request *r, const http_request *
     conn_log_access(s->c, 200);
     conn_start_stream(s->c, &sse_ops, s, hb);
     buf_unref(hb);
-    sub_counts.sse++;
+    __atomic_add_fetch(&sub_counts.sse, 1, __ATOMIC_RELAXED);
     bool gap;
     int rc = session_subscribe_and_replay(s, r, &rp, 0, &gap);
     if (rc == SESSION_GONE) return 0; /* cut off while replaying */
@@ -81,6 +81,6 @@ static void sse_on_timer(conn *c, void *state)
 
 static void sse_on_close(conn *c, void *state)
 {
-    sub_counts.sse--;
+    __atomic_sub_fetch(&sub_counts.sse, 1, __ATOMIC_RELAXED);
     session_free(state);
 }

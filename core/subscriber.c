@@ -16,11 +16,15 @@ sub_config sub_defaults = {
     .ws_max_message = 1024 * 1024,
 };
 
+/* Process-wide (every worker's connections): changed and read with
+ * relaxed atomics. */
 sub_stats sub_counts;
 
 void sub_get_stats(sub_stats *st)
 {
-    *st = sub_counts;
+    st->websocket = __atomic_load_n(&sub_counts.websocket, __ATOMIC_RELAXED);
+    st->sse = __atomic_load_n(&sub_counts.sse, __ATOMIC_RELAXED);
+    st->longpoll = __atomic_load_n(&sub_counts.longpoll, __ATOMIC_RELAXED);
 }
 
 conn *sub_conn(sub_session *s)
@@ -139,13 +143,16 @@ static void replay_one(void *owner, hub_msg *m);
 
 /* One page of a stream's catch-up.  Delivery may cut the client off and end
  * the session: freeing waits for the end of the pass (in_replay). */
-static int replay_page(sub_session *s, bool known, bool first)
+static int replay_page(sub_session *s, bool known)
 {
     bool more = false;
     s->in_replay = true;
+    /* Every page checks for a gap: while the subscriber drains one page,
+     * publishers go on and retention may delete what the next page would
+     * have read. */
     long n = hub_replay(s->hub, (const char *const *)s->replay->names, s->replay->lens,
                         s->replay->n, s->last_seq, known, 0, REPLAY_PAGE_BYTES, replay_one,
-                        first ? replay_gap : NULL, s, &more);
+                        replay_gap, s, &more);
     s->in_replay = false;
     if (s->dead) {
         free(s);
@@ -164,7 +171,7 @@ static int replay_page(sub_session *s, bool known, bool first)
 int session_replay_more(sub_session *s)
 {
     if (!s->catching_up || s->in_replay || s->ending) return 0;
-    return replay_page(s, true, false);
+    return replay_page(s, true);
 }
 
 static void replay_one(void *owner, hub_msg *m)
@@ -235,7 +242,7 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
         long n = 0;
         for (int page = 0; page < 100; page++) {
             n = hub_replay(s->hub, r->topics, r->topic_lens, r->ntopics, s->last_seq, known,
-                           replay_limit - s->t.lp->count, 0, replay_one, page ? NULL : replay_gap,
+                           replay_limit - s->t.lp->count, 0, replay_one, replay_gap,
                            s, &more);
             known = true;
             if (n < 0 || !more || s->t.lp->count > 0) break;
@@ -249,7 +256,7 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
     if (!s->replay) return -1;
     s->catching_up = true;
     s->last_seq = rp->known ? rp->after : 0;
-    return replay_page(s, rp->known, true);
+    return replay_page(s, rp->known);
 }
 
 /* ---- delivery ------------------------------------------------------------- */

@@ -106,7 +106,7 @@ int ws_session_start(sub_session *s, const sub_request *r, const http_request *r
     conn_log_access(s->c, 101);
     conn_start_stream(s->c, &ws_ops, s, hb);
     buf_unref(hb);
-    sub_counts.websocket++;
+    __atomic_add_fetch(&sub_counts.websocket, 1, __ATOMIC_RELAXED);
     bool gap;
     int rc = session_subscribe_and_replay(s, r, &rp, 0, &gap);
     if (rc == SESSION_GONE) return 0; /* cut off while replaying */
@@ -282,6 +282,6 @@ static void ws_on_shutdown(conn *c, void *state)
 
 static void ws_on_close(conn *c, void *state)
 {
-    sub_counts.websocket--;
+    __atomic_sub_fetch(&sub_counts.websocket, 1, __ATOMIC_RELAXED);
     session_free(state);
 }

@@ -24,14 +24,15 @@
 #include <strings.h>
 #include <ctype.h>
 
+/* Every worker's: changed and read with relaxed atomics. */
 static unsigned long long script_errors;
 unsigned long long lx_script_errors(void)
 {
-    return script_errors;
+    return __atomic_load_n(&script_errors, __ATOMIC_RELAXED);
 }
 void lx_count_error(void)
 {
-    script_errors++;
+    __atomic_add_fetch(&script_errors, 1, __ATOMIC_RELAXED);
 }
 
 #define SUB_MT "sluice.subscription"
@@ -39,7 +40,14 @@ void lx_count_error(void)
 #define REQ_MT "sluice.request"
 #define REF_NOT_FUNCTION (-100) /* opt_ref: the option is set but not a function */
 
-struct ev_loop *lx_loop;
+__thread struct ev_loop *lx_loop;
+static __thread int worker_id = 1, worker_count = 1;
+
+void lx_set_worker(int id, int count)
+{
+    worker_id = id;
+    worker_count = count;
+}
 
 void lx_budget_hook(lua_State *L, lua_Debug *ar)
 {
@@ -537,7 +545,7 @@ static int l_metrics(lua_State *L)
     if (app->hub) hub_get_stats(app->hub, &hs);
     sub_stats ss;
     sub_get_stats(&ss);
-    unsigned total = current_rt && current_rt->srv ? current_rt->srv->nconns : 0;
+    unsigned total = server_count_connection(0);
     unsigned streams = ss.websocket + ss.sse + ss.longpoll;
     luaL_Buffer b;
     luaL_buffinit(L, &b);
@@ -585,7 +593,7 @@ static int l_metrics(lua_State *L)
     ADD("sluice_publish_latency_seconds_count %llu\n",
         (unsigned long long)hs.latency_buckets[HUB_LATENCY_BUCKETS]);
     HEAD("sluice_script_errors_total", "counter", "Errors raised by the app's Lua code.");
-    ADD("sluice_script_errors_total %llu\n", script_errors);
+    ADD("sluice_script_errors_total %llu\n", lx_script_errors());
 #undef HEAD
 #undef ADD
     luaL_pushresult(&b);
@@ -633,7 +641,7 @@ static bool call_hook(lx_app *app, const char *what, int nargs, int nres)
     LOG_KV(LOG_ERROR, b.exceeded ? "script stopped: instruction budget exceeded" : "script error",
            LOG_S("script", app->script), LOG_S("callback", what),
            LOG_S("traceback", lua_tostring(L, -1)));
-    script_errors++;
+    lx_count_error();
     lua_pop(L, 1);
     return false;
 }
@@ -914,6 +922,13 @@ static int luaopen_sluice(lua_State *L)
     lua_setfield(L, -2, "json");
     lua_pushliteral(L, SLUICE_VERSION);
     lua_setfield(L, -2, "version");
+    lx_app *app = app_of(L);
+    lua_createtable(L, 0, 2);
+    lua_pushinteger(L, app->worker_id);
+    lua_setfield(L, -2, "id");
+    lua_pushinteger(L, app->worker_count);
+    lua_setfield(L, -2, "count");
+    lua_setfield(L, -2, "worker");
     return 1;
 }
 
@@ -961,6 +976,8 @@ lx_app *lx_app_load(const char *path, hub *h, lx_config *cfg, char *err, size_t 
     if (!app) goto oom;
     app->refs = 1;
     app->hub = h;
+    app->worker_id = worker_id;
+    app->worker_count = worker_count;
     app->on_publish = LUA_NOREF;
     app->budget = DEFAULT_BUDGET;
     app->routes = route_table_new();
@@ -1153,7 +1170,7 @@ static void task_fail(lx_task *t, const char *what)
     luaL_traceback(t->app->L, t->co, msg, 0);
     LOG_KV(LOG_ERROR, what, LOG_S("script", t->app->script), LOG_S("error", msg),
            LOG_S("traceback", lua_tostring(t->app->L, -1)));
-    script_errors++;
+    lx_count_error();
     lua_pop(t->app->L, 1);
     if (t->c && !conn_closed(t->c)) conn_respond_error(t->c, 500, "script error");
 }
@@ -1230,7 +1247,7 @@ static void start_subscription(lx_task *t, int idx)
             if (ref >= 0) luaL_unref(L, LUA_REGISTRYINDEX, ref);
         }
         LOG_KV(LOG_ERROR, "script error", LOG_S("script", app->script), LOG_S("error", problem));
-        script_errors++;
+        lx_count_error();
         conn_respond_error(c, 500, "script error");
         return;
     }
@@ -1279,7 +1296,7 @@ static void respond_from_results(lx_task *t, int nres)
         problem = "handler's headers must be a table or nil";
     if (problem) {
         LOG_KV(LOG_ERROR, "script error", LOG_S("script", t->app->script), LOG_S("error", problem));
-        script_errors++;
+        lx_count_error();
         conn_respond_error(c, 500, "script error");
         return;
     }
@@ -1320,7 +1337,7 @@ static void respond_from_results(lx_task *t, int nres)
     if (problem) {
         LOG_KV(LOG_ERROR, "script error", LOG_S("script", t->app->script),
                LOG_S("error", "invalid response header"), LOG_S("header", problem));
-        script_errors++;
+        lx_count_error();
         conn_respond_error(c, 500, "script error");
         return;
     }
@@ -1414,6 +1431,7 @@ void lx_on_request(conn *c, http_request *req, void *ud)
 
 void lx_set_loop(struct ev_loop *loop)
 {
+    /* This thread's: each worker has its loop. */
     lx_loop = loop;
 }
 
@@ -1446,9 +1464,14 @@ int lx_reload(lx_runtime *rt)
     rt->app = app;
     lx_cancel_timers(old); /* the new script set up its own */
     lx_app_release(old);
-    LOG_KV(LOG_INFO, "reloaded app", LOG_S("script", app->script),
-           LOG_I("routes", (long long)route_count(app->routes)));
+    LOG_KV(LOG_DEBUG, "worker reloaded app", LOG_S("script", app->script),
+           LOG_I("routes", (long long)route_count(app->routes)), LOG_I("worker", app->worker_id));
     return 0;
+}
+
+void lx_runtime_stop_timers(lx_runtime *rt)
+{
+    if (rt->app) lx_cancel_timers(rt->app);
 }
 
 void lx_runtime_destroy(lx_runtime *rt)

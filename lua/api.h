@@ -60,9 +60,15 @@ void lx_app_release(lx_app *app);
 /* Number of routes the app declared (for --check's report). */
 size_t lx_app_route_count(const lx_app *app);
 
-/* The event loop that timers run on; set it before loading the app that
- * will serve (an app loaded without one gets inert timers). */
+/* The calling thread's event loop, which its apps' timers run on; set it
+ * on the worker's thread (an app loaded where none is set gets timers
+ * that wait for lx_app_start_timers). */
 void lx_set_loop(struct ev_loop *loop);
+
+/* Which worker this thread loads apps for (1..count; 1 of 1 until set):
+ * sluice.worker in the script, and top-level timers fire on worker 1 only.
+ * Set it before lx_app_load / lx_reload. */
+void lx_set_worker(int id, int count);
 
 /* Starts the timers an app made before the loop was set (the first load). */
 void lx_app_start_timers(lx_app *app);
@@ -76,9 +82,13 @@ unsigned long long lx_script_errors(void);
 /* The server's request callback: ud is the lx_runtime. */
 void lx_on_request(conn *c, http_request *req, void *ud);
 
-/* Loads the script again and swaps it in; on failure the running app stays
- * and the error is logged.  Returns 0 or -1. */
+/* Loads the script again (for this thread's worker) and swaps it in; on
+ * failure the running app stays and the error is logged.  Returns 0 or
+ * -1; success is logged by the caller, once for all workers. */
 int lx_reload(lx_runtime *rt);
+
+/* Cancels the current app's timers (a worker that stops). */
+void lx_runtime_stop_timers(lx_runtime *rt);
 
 /* Releases the current app at exit. */
 void lx_runtime_destroy(lx_runtime *rt);

@@ -34,6 +34,7 @@ struct lx_app {
     long long budget;             /* per handler run */
     char *script;                 /* chunk name for logs */
     hub *hub;                     /* where sluice.publish goes (NULL under --check) */
+    int worker_id, worker_count;  /* the worker it was loaded for (1-based) */
     lx_timer *timers;             /* sluice.timer / sluice.every of this generation */
     int on_publish;               /* registry ref of a table pattern -> function */
     const void *origin;           /* publisher identity during on_message (skip_self) */
@@ -56,8 +57,9 @@ static inline lx_app *app_of(lua_State *L)
     return *(lx_app **)lua_getextraspace(L);
 }
 
-/* The loop timers run on (NULL under --check: timers are then inert). */
-extern struct ev_loop *lx_loop;
+/* This thread's loop, which its timers run on (NULL under --check and on
+ * the main thread: timers are then inert). */
+extern __thread struct ev_loop *lx_loop;
 
 /* A task on a new coroutine of app, pinning app and c (may be NULL).  The
  * caller pushes the body function and its arguments on t->co, then calls

@@ -4,7 +4,13 @@
  * budget), so it may publish and wait for the commit like a handler.  Timers
  * belong to the script generation that made them: a reload cancels them and
  * the new script sets up its own.  Without a running loop (--check, the
- * first load before storage opens) a timer is accepted and never fires. */
+ * first load before storage opens) a timer is accepted and never fires.
+ *
+ * The script runs once per worker, but a timer made by its top-level code
+ * is the app's, not the worker's: it fires on the first worker only, so a
+ * timer that publishes publishes once.  {all_workers = true} makes it fire
+ * on every worker (per-worker housekeeping); a timer made by a handler or
+ * another timer fires on the worker that made it. */
 #include "lua/internal.h"
 
 #include "core/log.h"
@@ -19,6 +25,7 @@ struct lx_timer {
     int fn_ref;
     int ud_ref; /* the script's handle, cleared when the timer goes */
     bool repeat;
+    bool inert; /* another worker's: never started */
     lx_timer *next;
 };
 
@@ -65,6 +72,13 @@ static int start_timer(lua_State *L, bool repeat)
     luaL_checktype(L, 2, LUA_TFUNCTION);
     if (!(secs >= 0.001 && secs <= 365 * 86400.0))
         return luaL_argerror(L, 1, "seconds from 0.001 to one year");
+    bool all_workers = false;
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        lua_getfield(L, 3, "all_workers");
+        all_workers = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    }
     lx_timer *t = calloc(1, sizeof(lx_timer));
     if (!t) return luaL_error(L, "out of memory");
     timer_ud *u = lua_newuserdatauv(L, sizeof(timer_ud), 0);
@@ -72,6 +86,7 @@ static int start_timer(lua_State *L, bool repeat)
     luaL_setmetatable(L, TIMER_MT);
     t->app = app;
     t->repeat = repeat;
+    t->inert = app->loading && app->worker_id > 1 && !all_workers;
     lua_pushvalue(L, 2);
     t->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushvalue(L, -1);
@@ -80,7 +95,7 @@ static int start_timer(lua_State *L, bool repeat)
     app->timers = t;
     ev_timer_init(&t->w, timer_cb, secs, repeat ? secs : 0.);
     t->w.data = t;
-    if (lx_loop) ev_timer_start(lx_loop, &t->w);
+    if (lx_loop && !t->inert) ev_timer_start(lx_loop, &t->w);
     return 1;
 }
 
@@ -105,7 +120,7 @@ void lx_app_start_timers(lx_app *app)
 {
     if (!lx_loop) return;
     for (lx_timer *t = app->timers; t; t = t->next)
-        if (!ev_is_active(&t->w)) ev_timer_start(lx_loop, &t->w);
+        if (!t->inert && !ev_is_active(&t->w)) ev_timer_start(lx_loop, &t->w);
 }
 
 void lx_cancel_timers(lx_app *app)

@@ -22,6 +22,10 @@
 -- roster in a shared store instead.
 local sluice = require "sluice"
 
+-- The roster is a table of this Lua state, and each worker has its own
+-- state: one worker, so every connection sees the same roster.
+sluice.config{ workers = 1 }
+
 sluice.topic("presence.*", { backlog = 100, max_age = 3600 })
 
 -- rooms[room][user] = number of open connections of that user in the room.

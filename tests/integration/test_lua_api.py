@@ -995,6 +995,10 @@ class JwtTest(ApiCase):
 # -- timers --------------------------------------------------------------------------------
 
 class TimerTest(ApiCase):
+    # These read back, over several requests, Lua state a timer changed:
+    # state is per worker, so one worker.
+    server_args = ("-w", "1")
+
     def test_timer_publishes_once(self):
         ws = WS.connect(self, self.s, "/sub/timer.once")
         r = http(self.s, "POST", "/timer/once?tag=t1")
@@ -1201,6 +1205,10 @@ class OnMessageTest(ApiCase):
 
 
 class OnCloseTest(ApiCase):
+    # /closes reads a Lua table that on_close filled on the subscriber's
+    # worker: state is per worker, so one worker.
+    server_args = ("-w", "1")
+
     def closes(self, tag):
         return http(self.s, "GET", "/closes/" + tag).json()
 
