@@ -289,13 +289,16 @@ static void on_drained(conn *c)
     }
 }
 
-/* Writes as much of the queue as the socket takes: one writev (or one TLS
- * record) per call, repeated until the queue is empty or the socket full. */
+/* Writes as much of the queue as the socket takes: one writev of up to
+ * FLUSH_IOV segments (or one TLS record), so one system call per connection
+ * per loop iteration however many messages are queued; it repeats only if
+ * the socket took everything and more is left. */
+#define FLUSH_IOV 1024 /* IOV_MAX on Linux */
 static void flush(conn *c)
 {
-    struct iovec iov[64];
+    struct iovec iov[FLUSH_IOV];
     while (c->out.bytes > 0 && c->state != CONN_CLOSED) {
-        int n = outq_iov(&c->out, iov, 64);
+        int n = outq_iov(&c->out, iov, FLUSH_IOV);
         ssize_t w = io_writev(&c->io, iov, n);
         if (w > 0) {
             outq_consume(&c->out, (size_t)w);
