@@ -4,6 +4,9 @@
 #   ./dev.sh run [sluice options]   install what is missing, build, run sluice
 #   ./dev.sh test                   install what is missing, build (plain and
 #                                   ASan/UBSan), run every test under ctest
+#   ./dev.sh bench [SCRIPT]         install the servers it compares against
+#                                   (nginx + nchan, Pushpin, gnuplot), build,
+#                                   run bench/SCRIPT (default compare.sh)
 #
 # Dependencies come from Debian's packages (and npm for the JavaScript test
 # clients); nothing is installed that is already there.
@@ -15,6 +18,7 @@ run_deps=(build-essential cmake pkg-config liblua5.4-dev lua-cjson-dev libev-dev
           libssl-dev liblmdb-dev zlib1g-dev)
 test_deps=(curl openssl util-linux python3 python3-websockets python3-autobahn chromium clang
            libclang-rt-14-dev)
+bench_deps=(nginx-light libnginx-mod-nchan pushpin gnuplot-nox wrk)
 
 sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -76,8 +80,14 @@ test)
     (cd "$top/build-asan" && ctest --output-on-failure -j2 --timeout 900) || status=1
     exit $status
     ;;
+bench)
+    script=${2:-compare.sh}
+    install_packages "${run_deps[@]}" "${bench_deps[@]}"
+    build "$top/build"
+    exec "$top/bench/$script"
+    ;;
 *)
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac
