@@ -125,3 +125,143 @@ bench_start_sluice() {
         return 1
     fi
 }
+
+# bench_start_floor MODE: run bench/floor (the fan-out floor: a minimal
+# epoll pub/sub server with nchan's paths, see floor.c; MODE direct or
+# batched) on a free loopback port, waiting until /healthz answers 200.
+# Builds nothing: `make -C bench` first. Sets FLOOR_PID and FLOOR_PORT.
+bench_start_floor() {
+    local mode=${1:-direct} dir
+    if [ ! -x "$BENCH_DIR/floor" ]; then
+        bench_log "no floor binary at $BENCH_DIR/floor (run make -C $BENCH_DIR first)"
+        return 1
+    fi
+    dir=$(mktemp -d "$BENCH_TMP/floor.XXXXXX")
+    FLOOR_PORT=$(bench_free_port)
+    "$BENCH_DIR/floor" -p "$FLOOR_PORT" -m "$mode" >"$dir/stderr.log" 2>&1 &
+    FLOOR_PID=$!
+    BENCH_PIDS+=("$FLOOR_PID")
+    if ! bench_wait_http "$FLOOR_PORT" /healthz 10; then
+        bench_log "floor did not come up; its stderr:"
+        cat "$dir/stderr.log" >&2
+        return 1
+    fi
+}
+
+# ---- Pushpin (bench/pushpin/) ----
+#
+# Pushpin is a runner (`pushpin`) that starts four processes of its own:
+# condure (client connections), zurl (HTTP client to the origin),
+# pushpin-proxy and pushpin-handler, each in its own process group; the
+# runner stops them on SIGTERM. Beside it runs the GRIP origin
+# (bench/pushpin/grip-origin), which tells Pushpin what to hold.
+
+# _bench_pushpin_ours PID: true if PID is still one of Pushpin's programs (a
+# pid recorded earlier may have been reused once the process exited).
+_bench_pushpin_ours() {
+    local comm
+    comm=$(cat "/proc/$1/comm" 2>/dev/null) || return 1
+    case $comm in pushpin | pushpin-* | condure | zurl | grip-origin) return 0 ;; esac
+    return 1
+}
+
+# bench_start_pushpin: run Pushpin (bench/pushpin/pushpin.conf.in) and its
+# GRIP origin on free loopback ports in a fresh mktemp dir under BENCH_TMP,
+# waiting until a request reaches the origin through the proxy and the
+# publish port answers. PUSHPIN_LOG_LEVEL (1: warnings) sets Pushpin's log
+# level. Sets PUSHPIN_PORT (clients), PUSHPIN_PUB_PORT (POST /publish/),
+# PUSHPIN_PID (the runner), PUSHPIN_PIDS (runner, condure, zurl, proxy,
+# handler: comma-separated for loadgen --pid; not the origin),
+# PUSHPIN_ORIGIN_PID, PUSHPIN_DIR (config, run/, log/) and PUSHPIN_LG_ARGS
+# (loadgen's -S/-P/--pub-port/--pub-format for Pushpin; long-poll takes
+# -S '/lp/{topic}' after them). All pids go to BENCH_PIDS.
+bench_start_pushpin() {
+    local dir hp pp op i kids n
+    if ! command -v pushpin >/dev/null || ! command -v condure >/dev/null ||
+        ! command -v zurl >/dev/null; then
+        bench_log "pushpin, condure or zurl missing (apt-get install -y pushpin)"
+        return 1
+    fi
+    if ! make -s -C "$BENCH_DIR/pushpin" grip-origin >&2; then
+        bench_log "cannot build bench/pushpin/grip-origin"
+        return 1
+    fi
+    dir=$(mktemp -d "$BENCH_TMP/pushpin.XXXXXX")
+    mkdir -p "$dir/run" "$dir/log"
+    # Three distinct free ports (the kernel could hand out one twice).
+    hp=$(bench_free_port)
+    for i in $(seq 20); do pp=$(bench_free_port); [ "$pp" != "$hp" ] && break; done
+    for i in $(seq 20); do op=$(bench_free_port); [ "$op" != "$hp" ] && [ "$op" != "$pp" ] && break; done
+    sed -e "s|@DIR@|$dir|g" -e "s|@HTTP_PORT@|$hp|g" -e "s|@PUB_PORT@|$pp|g" \
+        -e "s|@LOG_LEVEL@|${PUSHPIN_LOG_LEVEL:-1}|g" \
+        "$BENCH_DIR/pushpin/pushpin.conf.in" >"$dir/pushpin.conf"
+    sed "s|@ORIGIN_PORT@|$op|g" "$BENCH_DIR/pushpin/routes.in" >"$dir/routes"
+    PUSHPIN_DIR=$dir
+
+    "$BENCH_DIR/pushpin/grip-origin" -p "$op" >"$dir/origin.log" 2>&1 &
+    PUSHPIN_ORIGIN_PID=$!
+    BENCH_PIDS+=("$PUSHPIN_ORIGIN_PID")
+    # From the private dir (the runner looks for in-tree files relative to
+    # its cwd); with as many descriptors as allowed, for condure.
+    (cd "$dir" && ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec pushpin --config "$dir/pushpin.conf") \
+        >"$dir/runner.log" 2>&1 &
+    PUSHPIN_PID=$!
+    BENCH_PIDS+=("$PUSHPIN_PID")
+
+    # The runner starts its four services at once; wait for all of them.
+    kids=
+    for i in $(seq 100); do
+        kids=$(pgrep -P "$PUSHPIN_PID" | tr '\n' ' ')
+        n=$(echo "$kids" | wc -w)
+        [ "$n" -ge 4 ] && break
+        kill -0 "$PUSHPIN_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    for i in $kids; do BENCH_PIDS+=("$i"); done
+    if [ "$(echo "$kids" | wc -w)" -lt 4 ]; then
+        bench_log "pushpin did not start its services; $dir/runner.log:"
+        cat "$dir/runner.log" >&2
+        return 1
+    fi
+    PUSHPIN_PIDS=$PUSHPIN_PID,$(echo "$kids" | tr -s ' ' ',' | sed 's/,$//')
+    if ! bench_wait_http "$hp" /healthz 15; then
+        bench_log "pushpin: /healthz did not reach the origin; logs in $dir/log:"
+        tail -n 5 "$dir/runner.log" "$dir"/log/*.log "$dir/origin.log" >&2
+        return 1
+    fi
+    for i in $(seq 100); do
+        if curl -s -o /dev/null -m 1 -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
+            -d '{"items":[]}' "http://127.0.0.1:$pp/publish/" | grep -q 200; then
+            break
+        fi
+        sleep 0.1
+    done
+    PUSHPIN_PORT=$hp
+    PUSHPIN_PUB_PORT=$pp
+    # shellcheck disable=SC2034 # used by the scripts that source this file
+    PUSHPIN_LG_ARGS="-S /sub/{topic} -P /publish/ --pub-port $pp --pub-format pushpin"
+}
+
+# bench_stop_pushpin: stop what bench_start_pushpin started: the runner
+# first (it stops its services in order), then any service or origin left.
+bench_stop_pushpin() {
+    local p
+    [ -n "${PUSHPIN_PID:-}" ] && bench_stop "$PUSHPIN_PID"
+    for p in ${PUSHPIN_PIDS//,/ } ${PUSHPIN_ORIGIN_PID:-}; do
+        [ "$p" = "${PUSHPIN_PID:-}" ] && continue
+        if _bench_pushpin_ours "$p"; then
+            bench_stop "$p"
+        else
+            # Already gone: only forget it.
+            bench_stop_forget_pid "$p"
+        fi
+    done
+    PUSHPIN_PID= PUSHPIN_PIDS= PUSHPIN_ORIGIN_PID=
+}
+
+# bench_stop_forget_pid PID: drop PID from BENCH_PIDS without signalling it.
+bench_stop_forget_pid() {
+    local i keep=()
+    for i in "${BENCH_PIDS[@]}"; do [ "$i" = "$1" ] || keep+=("$i"); done
+    BENCH_PIDS=("${keep[@]}")
+}

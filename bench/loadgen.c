@@ -25,6 +25,13 @@
  * unchanged through text frames, SSE and JSON strings, and the receiver
  * finds it by scanning for the marker whatever the envelope.
  *
+ * Publishing may go to another port than subscribing (--pub-port) and wrap
+ * the body in another server's publish format (--pub-format): Pushpin takes
+ * a JSON item per message on its handler's port, in the format of the
+ * subscriber transport (ws-message, http-stream or http-response), and
+ * answers each request with Connection: close, without pipelining; there,
+ * every publish in flight has a connection of its own.
+ *
  * Everything is bounded: connection attempts in flight, connect and
  * subscribe timeouts, a drain period and an overall deadline. The exit
  * status says which part failed (see usage()).
@@ -57,6 +64,8 @@
 #define MAX_HEAD 65536        /* largest response head accepted */
 #define MAX_REOPENS 1000      /* reconnects per long-poll/publisher conn */
 #define MAX_PIDS 32
+
+enum pub_format { PF_RAW, PF_PUSHPIN };
 
 enum exit_code {
     EXIT_OK = 0,
@@ -94,7 +103,7 @@ struct conn {
     int fd;
     uint8_t kind, state;
     bool subscribed, streaming, ws_frag, counted_fail;
-    uint16_t reopens;
+    uint32_t reopens;
     uint32_t idx, topic;
     uint32_t gen; /* tags epoll events: a reopened conn ignores its old fd's */
     uint64_t t_start;
@@ -126,8 +135,8 @@ struct mem {
 static struct {
     /* options */
     char host[64];
-    int port;
-    int kind;
+    int port, pub_port;
+    int kind, pub_format;
     bool idle, json;
     uint32_t n, topics, m, size, pubconns, pipeline, batch;
     double rate, settle, drain, hold, deadline, connect_timeout, sub_timeout;
@@ -136,8 +145,8 @@ static struct {
     int npids;
 
     /* state */
-    struct sockaddr_storage addr;
-    socklen_t addrlen;
+    struct sockaddr_storage addr, pub_addr;
+    socklen_t addrlen, pub_addrlen;
     int ep;
     struct conn *subs, *pubs;
     struct conn **byfd; /* fd -> conn, for epoll events */
@@ -538,7 +547,9 @@ static int conn_open(struct conn *c)
     memset(&c->r, 0, sizeof c->r);
     c->streaming = c->ws_frag = false;
     c->t_start = mono_ns();
-    int fd = socket(G.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    const struct sockaddr_storage *to = c->kind == K_PUB ? &G.pub_addr : &G.addr;
+    socklen_t tolen = c->kind == K_PUB ? G.pub_addrlen : G.addrlen;
+    int fd = socket(to->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         c->state = S_CLOSED;
         conn_fail(c, "socket: %s", strerror(errno));
@@ -556,7 +567,7 @@ static int conn_open(struct conn *c)
     c->gen = ++G.gen;
     G.byfd[fd] = c;
     c->state = S_CONNECTING;
-    if (connect(fd, (struct sockaddr *)&G.addr, G.addrlen) < 0 && errno != EINPROGRESS) {
+    if (connect(fd, (const struct sockaddr *)to, tolen) < 0 && errno != EINPROGRESS) {
         conn_fail(c, "connect: %s", strerror(errno));
         return -1;
     }
@@ -571,11 +582,13 @@ static int conn_open(struct conn *c)
 }
 
 /* Reconnect a long-poller or publisher (the server may close keep-alive
- * connections); bounded per connection. */
+ * connections); bounded per connection. Pushpin's publishers reconnect
+ * after every answer by design: once per message more. */
 static void conn_reopen(struct conn *c)
 {
     conn_close_fd(c);
-    if (++c->reopens > MAX_REOPENS || G.phase == PH_DONE) {
+    uint32_t limit = MAX_REOPENS + (c->kind == K_PUB && G.pub_format == PF_PUSHPIN ? G.m : 0);
+    if (++c->reopens > limit || G.phase == PH_DONE) {
         conn_fail(c, "too many reconnects");
         return;
     }
@@ -985,25 +998,61 @@ static void lp_answer(struct conn *c, uint64_t now)
 
 /* ---- publishers ---- */
 
+/* Pushpin's publish envelope around a message for topic t: one JSON item
+ * in the format the subscribers' transport takes, the message as a JSON
+ * string (it is ASCII without quotes or backslashes; the topic name is
+ * escaped). SSE gets an event of one data line. */
+static void pushpin_envelope(uint32_t t, char *pre, size_t pn, char *post, size_t sn)
+{
+    static const char *const fmt[] = {"ws-message\":{\"content", "http-stream\":{\"content",
+                                      "http-response\":{\"body"};
+    char name[96], esc[200];
+    size_t o = 0;
+    topic_name(t, name, sizeof name);
+    for (const char *p = name; *p && o + 7 < sizeof esc; p++) {
+        if (*p == '"' || *p == '\\')
+            esc[o++] = '\\', esc[o++] = *p;
+        else if ((unsigned char)*p < 0x20)
+            o += (size_t)snprintf(esc + o, sizeof esc - o, "\\u%04x", *p);
+        else
+            esc[o++] = *p;
+    }
+    esc[o] = '\0';
+    int k = G.kind == K_SSE ? 1 : G.kind == K_LP ? 2 : 0;
+    snprintf(pre, pn, "{\"items\":[{\"channel\":\"%s\",\"formats\":{\"%s\":\"%s", esc, fmt[k],
+             k == 1 ? "data: " : "");
+    snprintf(post, sn, "%s\"}}}]}", k == 1 ? "\\n\\n" : "");
+}
+
 static void pub_send(struct conn *c, uint32_t seq)
 {
-    char path[1024], head[1200];
+    char path[1024], head[1200], pre[512] = "", post[32] = "";
     path_expand(G.pub_path, seq % G.topics, path, sizeof path);
-    int hn = snprintf(head, sizeof head,
-                      "POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: text/plain\r\n"
-                      "Content-Length: %u\r\n\r\n",
-                      path, G.host, G.port, G.size);
-    if (hn <= 0 || (size_t)hn >= sizeof head || !buf_reserve(&c->out, (size_t)hn + G.size + 1)) {
+    if (G.pub_format == PF_PUSHPIN)
+        pushpin_envelope(seq % G.topics, pre, sizeof pre, post, sizeof post);
+    size_t pl = strlen(pre), sl = strlen(post);
+    int hn =
+        snprintf(head, sizeof head,
+                 "POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: %s\r\n"
+                 "Content-Length: %zu\r\n\r\n",
+                 path, G.host, G.pub_port,
+                 G.pub_format == PF_PUSHPIN ? "application/json" : "text/plain", pl + G.size + sl);
+    if (hn <= 0 || (size_t)hn >= sizeof head ||
+        !buf_reserve(&c->out, (size_t)hn + pl + G.size + sl + 1)) {
         conn_fail(c, "publish request too large");
         return;
     }
     memcpy(c->out.p + c->out.len, head, (size_t)hn);
     c->out.len += (size_t)hn;
+    memcpy(c->out.p + c->out.len, pre, pl);
+    c->out.len += pl;
     uint64_t now = mono_ns();
     char *body = c->out.p + c->out.len;
     snprintf(body, MARK_LEN + 1, MARK "%08x%016" PRIx64, seq, now);
     memset(body + MARK_LEN, '.', G.size - MARK_LEN);
     c->out.len += G.size;
+    memcpy(c->out.p + c->out.len, post, sl);
+    c->out.len += sl;
     unsigned slot = (c->ring_head + c->ring_n) % G.pipeline;
     c->ring_seq[slot] = seq;
     c->ring_t[slot] = now;
@@ -1391,6 +1440,14 @@ static int report(void)
             kind_names[G.kind], G.n, G.topics, G.host, G.port, G.m, G.size, G.pubconns, G.pipeline,
             G.rate > 0 ? "limited" : "unlimited");
     if (G.rate > 0) fprintf(hout, "  rate limit    %.0f msgs/s\n", G.rate);
+    /* Only with --pub-port/--pub-format, so that other runs print (and
+     * scripts parse) what they always did. */
+    char pubinfo[80] = "";
+    if (G.pub_port != G.port || G.pub_format != PF_RAW) {
+        const char *f = G.pub_format == PF_PUSHPIN ? "pushpin" : "raw";
+        fprintf(hout, "  publishing    to %s:%d, %s format\n", G.host, G.pub_port, f);
+        snprintf(pubinfo, sizeof pubinfo, ",\"pub_port\":%d,\"pub_format\":\"%s\"", G.pub_port, f);
+    }
     fprintf(hout, "  subscribed    %u/%u in %.2f s\n", G.subscribed, G.n,
             secs(G.t0, G.t_subscribed));
     fprintf(hout,
@@ -1415,7 +1472,7 @@ static int report(void)
     if (G.first_error[0]) fprintf(hout, "  first error   %s\n", G.first_error);
     if (G.json)
         printf("{\"mode\":\"pubsub\",\"transport\":\"%s\",\"subs\":%u,\"topics\":%u,"
-               "\"messages\":%u,\"size\":%u,\"pub_conns\":%u,\"pipeline\":%u,\"rate\":%.0f,"
+               "\"messages\":%u,\"size\":%u,\"pub_conns\":%u,\"pipeline\":%u,\"rate\":%.0f%s,"
                "\"subscribed\":%u,\"acked\":%u,\"pub_errors\":%u,\"expected\":%" PRIu64 ","
                "\"received\":%" PRIu64 ",\"lost\":%" PRIu64 ",\"dups\":%" PRIu64 ","
                "\"dropped\":%u,\"deliveries_per_s\":%.0f,\"publish_s\":%.3f,"
@@ -1424,7 +1481,7 @@ static int report(void)
                "\"server_cpu_s\":%.3f,\"client_cpu_s\":%.3f,\"elapsed_s\":%.3f,"
                "\"status\":%d,\"reason\":\"%s\"}\n",
                kind_names[G.kind], G.n, G.topics, G.m, G.size, G.pubconns, G.pipeline, G.rate,
-               G.subscribed, G.acked, G.pub_errors, expected, G.received, lost, G.dups,
+               pubinfo, G.subscribed, G.acked, G.pub_errors, expected, G.received, lost, G.dups,
                G.sub_dropped, rate, psec, dsec, ms(p50), ms(p99), ms(G.lat.max),
                ms(hist_pct(&G.ack, 0.5)), ms(hist_pct(&G.ack, 0.99)), scpu, ccpu,
                secs(G.t0, G.t_end), code, json_safe(code ? G.fail_reason : ""));
@@ -1446,13 +1503,18 @@ static void usage(FILE *f)
             "      --topic-prefix STR   topic name prefix (unique per run)\n"
             "  -S, --sub-path TMPL      subscribe path, {topic} expanded (/topics/{topic})\n"
             "  -P, --pub-path TMPL      publish path (/topics/{topic})\n"
+            "      --pub-port PORT      publish to this port (the -p port)\n"
+            "      --pub-format F       raw: the message is the body (default); pushpin: a\n"
+            "                           Pushpin JSON item for the -k transport, one\n"
+            "                           connection per publish in flight (-c x -K of them),\n"
+            "                           --batch 32 unless given\n"
             "  -m, --messages M         messages to publish (1000); message i goes to topic i%%T\n"
             "  -s, --size S             message size in bytes, >= %d (64)\n"
             "  -c, --pub-conns P        keep-alive publisher connections (1)\n"
             "  -K, --pipeline K         requests in flight per publisher connection (1)\n"
             "  -r, --rate R             publish at most R msgs/s (0: as fast as acked)\n"
             "      --since-param NAME   long-poll resume query parameter (since; '' = none)\n"
-            "      --batch B            connection attempts in flight (256)\n"
+            "      --batch B            connection attempts in flight (256; pushpin 32)\n"
             "      --connect-timeout S  per subscriber, until subscribed (10)\n"
             "      --sub-timeout S      all subscribers (60)\n"
             "      --settle S           pause after subscribing (0.2; long-poll 1)\n"
@@ -1485,7 +1547,9 @@ static int parse_opts(int argc, char **argv)
         O_HOLD,
         O_DL,
         O_PID,
-        O_JSON
+        O_JSON,
+        O_PUBPORT,
+        O_PUBFMT
     };
     static const struct option lo[] = {{"host", 1, 0, 'H'},
                                        {"port", 1, 0, 'p'},
@@ -1511,6 +1575,8 @@ static int parse_opts(int argc, char **argv)
                                        {"deadline", 1, 0, O_DL},
                                        {"pid", 1, 0, O_PID},
                                        {"json", 0, 0, O_JSON},
+                                       {"pub-port", 1, 0, O_PUBPORT},
+                                       {"pub-format", 1, 0, O_PUBFMT},
                                        {"help", 0, 0, 'h'},
                                        {0, 0, 0, 0}};
     snprintf(G.host, sizeof G.host, "127.0.0.1");
@@ -1533,6 +1599,7 @@ static int parse_opts(int argc, char **argv)
     snprintf(G.pub_path, sizeof G.pub_path, "/topics/{topic}");
     snprintf(G.since_param, sizeof G.since_param, "since");
     int o;
+    bool batch_set = false;
     while ((o = getopt_long(argc, argv, "H:p:k:In:T:S:P:m:s:c:K:r:h", lo, NULL)) != -1) {
         switch (o) {
         case 'H':
@@ -1589,6 +1656,7 @@ static int parse_opts(int argc, char **argv)
             break;
         case O_BATCH:
             G.batch = (uint32_t)strtoul(optarg, NULL, 10);
+            batch_set = true;
             break;
         case O_CTO:
             G.connect_timeout = atof(optarg);
@@ -1620,6 +1688,18 @@ static int parse_opts(int argc, char **argv)
         case O_JSON:
             G.json = true;
             break;
+        case O_PUBPORT:
+            G.pub_port = atoi(optarg);
+            if (G.pub_port <= 0 || G.pub_port > 65535) return -1;
+            break;
+        case O_PUBFMT:
+            if (!strcmp(optarg, "raw"))
+                G.pub_format = PF_RAW;
+            else if (!strcmp(optarg, "pushpin"))
+                G.pub_format = PF_PUSHPIN;
+            else
+                return -1;
+            break;
         case 'h':
             usage(stdout);
             exit(0);
@@ -1637,6 +1717,22 @@ static int parse_opts(int argc, char **argv)
         return -1;
     }
     if (G.settle < 0) G.settle = G.kind == K_LP ? 1.0 : 0.2;
+    if (!G.pub_port) G.pub_port = G.port;
+    /* Pushpin's proxy queues at most 100 requests towards its origin (zhttp
+     * client OUT_HWM) and answers 502 beyond; 64 attempts in flight still
+     * met it now and then at 10,000 subscribers: subscribe in waves of 32. */
+    if (G.pub_format == PF_PUSHPIN && !batch_set) G.batch = 32;
+    if (G.pub_format == PF_PUSHPIN && G.pipeline > 1) {
+        /* Pushpin's publish server closes the connection after each answer
+         * and refuses pipelined requests: K requests in flight on one
+         * connection become K connections with one each. */
+        if ((uint64_t)G.pubconns * G.pipeline > 4096) {
+            fprintf(stderr, "loadgen: --pub-format pushpin: -c x -K above 4096\n");
+            return -1;
+        }
+        G.pubconns *= G.pipeline;
+        G.pipeline = 1;
+    }
     if (G.idle) G.pubconns = 0; /* no publishers: every pubs loop is empty */
     if (!G.idle && (uint64_t)G.n * ((G.m + 7) / 8) > (2ull << 30)) {
         fprintf(stderr, "loadgen: N x M too large for the per-subscriber bitmaps\n");
@@ -1645,25 +1741,31 @@ static int parse_opts(int argc, char **argv)
     return 0;
 }
 
-static int setup_addr(void)
+static int setup_one_addr(int port, struct sockaddr_storage *addr, socklen_t *len)
 {
-    struct sockaddr_in *a4 = (struct sockaddr_in *)&G.addr;
-    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&G.addr;
-    memset(&G.addr, 0, sizeof G.addr);
+    struct sockaddr_in *a4 = (struct sockaddr_in *)addr;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)addr;
+    memset(addr, 0, sizeof *addr);
     if (inet_pton(AF_INET, G.host, &a4->sin_addr) == 1) {
         a4->sin_family = AF_INET;
-        a4->sin_port = htons((uint16_t)G.port);
-        G.addrlen = sizeof *a4;
+        a4->sin_port = htons((uint16_t)port);
+        *len = sizeof *a4;
         return 0;
     }
     if (inet_pton(AF_INET6, G.host, &a6->sin6_addr) == 1) {
         a6->sin6_family = AF_INET6;
-        a6->sin6_port = htons((uint16_t)G.port);
-        G.addrlen = sizeof *a6;
+        a6->sin6_port = htons((uint16_t)port);
+        *len = sizeof *a6;
         return 0;
     }
     fprintf(stderr, "loadgen: --host takes a numeric address, not '%s'\n", G.host);
     return -1;
+}
+
+static int setup_addr(void)
+{
+    if (setup_one_addr(G.port, &G.addr, &G.addrlen) < 0) return -1;
+    return setup_one_addr(G.pub_port, &G.pub_addr, &G.pub_addrlen);
 }
 
 static int raise_nofile(void)
