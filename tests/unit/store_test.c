@@ -569,7 +569,8 @@ static void test_disk_full(void)
 struct reader_arg {
     struct store *s;
     atomic_int *stop;
-    int reads, errors, max_seen;
+    atomic_int reads; /* the writer waits for a read by each before it stops them */
+    int errors, max_seen;
 };
 
 struct walk {
@@ -600,7 +601,7 @@ static void *reader_main(void *p)
         if (store_read(a->s, "conc", 4, 0, 0, check_walk, &w, &info)) a->errors++;
         if (w.bad || (uint64_t)w.n != info.count) a->errors++;
         if (w.n > a->max_seen) a->max_seen = w.n;
-        a->reads++;
+        atomic_fetch_add(&a->reads, 1);
     }
     return NULL;
 }
@@ -630,11 +631,20 @@ static void test_concurrent_readers(void)
         CHECK_EQ_INT(store_append_batch(s, m, 10, 1), 0);
         usleep(500);
     }
+    /* On a loaded machine (sanitizers, parallel tests) a reader may not
+     * have been scheduled yet: give each time for one read (bounded). */
+    for (int w = 0; w < 1000; w++) {
+        int ready = 0;
+        for (int i = 0; i < 3; i++)
+            ready += atomic_load(&ra[i].reads) > 0;
+        if (ready == 3) break;
+        usleep(10000);
+    }
     atomic_store(&stop, 1);
     for (int i = 0; i < 3; i++) {
         pthread_join(th[i], NULL);
         CHECK_EQ_INT(ra[i].errors, 0);
-        CHECK(ra[i].reads > 0);
+        CHECK(atomic_load(&ra[i].reads) > 0);
     }
     struct store_stats st;
     CHECK_EQ_INT(store_stats(s, &st), 0);
