@@ -26,7 +26,7 @@
  * keep-alive and pipelining, bodies by Content-Length or chunked. Every
  * buffer is bounded; a malformed request closes its connection.
  *
- * usage: grip-origin [-l ADDR] -p PORT
+ * Functions carry the prefix org_. usage: grip-origin [-l ADDR] -p PORT
  */
 #define _GNU_SOURCE /* memmem, accept4 */
 #include <arpa/inet.h>
@@ -62,13 +62,13 @@ static struct {
     unsigned long requests;
 } O;
 
-static void on_signal(int sig)
+static void org_on_signal(int sig)
 {
     (void)sig;
     O.stop = 1;
 }
 
-static bool grow(char **p, size_t *cap, size_t need)
+static bool org_grow(char **p, size_t *cap, size_t need)
 {
     if (need <= *cap) return true;
     size_t c = *cap ? *cap : 4096;
@@ -82,15 +82,15 @@ static bool grow(char **p, size_t *cap, size_t need)
     return true;
 }
 
-static bool out_add(struct oconn *c, const char *data, size_t n)
+static bool org_out_add(struct oconn *c, const char *data, size_t n)
 {
-    if (!grow(&c->out, &c->out_cap, c->out_len + n)) return false;
+    if (!org_grow(&c->out, &c->out_cap, c->out_len + n)) return false;
     memcpy(c->out + c->out_len, data, n);
     c->out_len += n;
     return true;
 }
 
-static void conn_close(struct oconn *c)
+static void org_close(struct oconn *c)
 {
     epoll_ctl(O.ep, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
@@ -102,7 +102,7 @@ static void conn_close(struct oconn *c)
 
 /* Write what is queued; keep EPOLLOUT registered only while something is
  * left. Returns -1 when c was closed. */
-static int conn_flush(struct oconn *c)
+static int org_flush(struct oconn *c)
 {
     while (c->out_off < c->out_len) {
         ssize_t w = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
@@ -112,21 +112,21 @@ static int conn_flush(struct oconn *c)
         }
         if (w < 0 && errno == EINTR) continue;
         if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-        conn_close(c);
+        org_close(c);
         return -1;
     }
     bool pending = c->out_off < c->out_len;
     if (!pending) {
         c->out_off = c->out_len = 0;
         if (c->close_after) {
-            conn_close(c);
+            org_close(c);
             return -1;
         }
     }
     if (pending != c->want_out) {
         struct epoll_event ev = {.events = EPOLLIN | (pending ? EPOLLOUT : 0), .data.fd = c->fd};
         if (epoll_ctl(O.ep, EPOLL_CTL_MOD, c->fd, &ev) < 0) {
-            conn_close(c);
+            org_close(c);
             return -1;
         }
         c->want_out = pending;
@@ -135,19 +135,19 @@ static int conn_flush(struct oconn *c)
 }
 
 /* Queue a whole response. extra: more header lines, each ending in CRLF. */
-static bool respond(struct oconn *c, int status, const char *reason, const char *extra,
-                    const char *body, size_t blen)
+static bool org_respond(struct oconn *c, int status, const char *reason, const char *extra,
+                        const char *body, size_t blen)
 {
     char head[1024];
     int n = snprintf(head, sizeof head, "HTTP/1.1 %d %s\r\n%sContent-Length: %zu\r\n%s\r\n", status,
                      reason, extra, blen, c->close_after ? "Connection: close\r\n" : "");
     if (n <= 0 || (size_t)n >= sizeof head) return false;
-    return out_add(c, head, (size_t)n) && out_add(c, body, blen);
+    return org_out_add(c, head, (size_t)n) && org_out_add(c, body, blen);
 }
 
 /* The topic of "/PREFIX/{topic}[?query]" into out; false if target does not
  * start with prefix or the name has characters unsafe in a header. */
-static bool topic_of(const char *target, const char *prefix, char *out, size_t n)
+static bool org_topic(const char *target, const char *prefix, char *out, size_t n)
 {
     size_t pl = strlen(prefix), i = 0;
     if (strncmp(target, prefix, pl) != 0) return false;
@@ -164,7 +164,7 @@ static bool topic_of(const char *target, const char *prefix, char *out, size_t n
 
 /* WebSocket-over-HTTP: the body is a list of events, each "NAME\r\n" or
  * "NAME HEXLEN\r\nCONTENT\r\n". Returns false on a malformed body. */
-static bool ws_events(struct oconn *c, const char *topic, const char *body, size_t blen)
+static bool org_ws_events(struct oconn *c, const char *topic, const char *body, size_t blen)
 {
     bool open = false;
     char out[512];
@@ -202,37 +202,38 @@ static bool ws_events(struct oconn *c, const char *topic, const char *body, size
         on = (size_t)snprintf(out, sizeof out, "OPEN\r\nTEXT %x\r\n%s\r\n", ml, msg);
         hdrs = "Content-Type: application/websocket-events\r\nSec-WebSocket-Extensions: grip\r\n";
     }
-    return respond(c, 200, "OK", hdrs, out, on);
+    return org_respond(c, 200, "OK", hdrs, out, on);
 }
 
 /* One complete request: head (a C string, without the blank line) and body. */
-static bool handle(struct oconn *c, const char *head, const char *body, size_t blen, bool ws)
+static bool org_handle(struct oconn *c, const char *head, const char *body, size_t blen, bool ws)
 {
     char method[16], target[512], topic[MAX_TOPIC + 1], extra[512];
     if (sscanf(head, "%15s %511s", method, target) != 2) return false;
     O.requests++;
     if (strcmp(target, "/healthz") == 0)
-        return respond(c, 200, "OK", "Content-Type: text/plain\r\n", "ok\n", 3);
-    if (topic_of(target, "/sub/", topic, sizeof topic)) {
-        if (ws) return ws_events(c, topic, body, blen);
-        if (strcmp(method, "GET") != 0) return respond(c, 405, "Method Not Allowed", "", "", 0);
+        return org_respond(c, 200, "OK", "Content-Type: text/plain\r\n", "ok\n", 3);
+    if (org_topic(target, "/sub/", topic, sizeof topic)) {
+        if (ws) return org_ws_events(c, topic, body, blen);
+        if (strcmp(method, "GET") != 0) return org_respond(c, 405, "Method Not Allowed", "", "", 0);
         snprintf(extra, sizeof extra,
                  "Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
                  "Grip-Hold: stream\r\nGrip-Channel: %s\r\n",
                  topic);
-        return respond(c, 200, "OK", extra, "", 0);
+        return org_respond(c, 200, "OK", extra, "", 0);
     }
-    if (topic_of(target, "/lp/", topic, sizeof topic) && strcmp(method, "GET") == 0) {
+    if (org_topic(target, "/lp/", topic, sizeof topic) && strcmp(method, "GET") == 0) {
         snprintf(extra, sizeof extra,
                  "Content-Type: application/json\r\nGrip-Hold: response\r\n"
                  "Grip-Channel: %s\r\nGrip-Timeout: 30\r\n",
                  topic);
-        return respond(c, 200, "OK", extra, "{\"messages\":[]}\n", 16);
+        return org_respond(c, 200, "OK", extra, "{\"messages\":[]}\n", 16);
     }
-    return respond(c, 404, "Not Found", "Content-Type: text/plain\r\n", "not found\n", 10);
+    return org_respond(c, 404, "Not Found", "Content-Type: text/plain\r\n", "not found\n", 10);
 }
 
-static bool header_is(const char *line, size_t n, const char *name, const char **val, size_t *vl)
+static bool org_header_is(const char *line, size_t n, const char *name, const char **val,
+                          size_t *vl)
 {
     size_t k = strlen(name);
     if (n <= k || line[k] != ':' || strncasecmp(line, name, k) != 0) return false;
@@ -249,7 +250,7 @@ static bool header_is(const char *line, size_t n, const char *name, const char *
 /* Decode a chunked body in place at b (n bytes available). Returns the
  * bytes consumed from b (through the final CRLF), 0 if incomplete, -1 if
  * malformed; *out_len gets the decoded length (decoded data starts at b). */
-static long chunked_decode(char *b, size_t n, size_t *out_len)
+static long org_chunked_decode(char *b, size_t n, size_t *out_len)
 {
     size_t r = 0, w = 0;
     for (;;) {
@@ -278,7 +279,7 @@ static long chunked_decode(char *b, size_t n, size_t *out_len)
 
 /* The blank line ending a request head in p[0, n), or NULL. (A loop, not
  * memmem: gcc 12 with -fsanitize mistakes p for a null argument there.) */
-static char *head_end(char *p, size_t n)
+static char *org_head_end(char *p, size_t n)
 {
     for (size_t i = 0; i + 4 <= n; i++)
         if (p[i] == '\r' && p[i + 1] == '\n' && p[i + 2] == '\r' && p[i + 3] == '\n') return p + i;
@@ -286,15 +287,15 @@ static char *head_end(char *p, size_t n)
 }
 
 /* Handle every complete request in c->in. Returns false to drop c. */
-static bool parse_requests(struct oconn *c)
+static bool org_parse(struct oconn *c)
 {
     size_t off = 0;
-    char *base = c->in; /* handle() appends to c->out only: c->in stays put */
+    char *base = c->in; /* org_handle() appends to c->out only: c->in stays put */
     if (!base) return true;
     while (!c->close_after) {
         char *p = base + off;
         size_t avail = c->in_len - off;
-        char *e = head_end(p, avail);
+        char *e = org_head_end(p, avail);
         if (!e) {
             if (avail > 65536) return false;
             break;
@@ -310,14 +311,14 @@ static bool parse_requests(struct oconn *c)
             if (!eol) break;
             size_t n = (size_t)(eol - line), vl;
             const char *v;
-            if (header_is(line, n, "Content-Length", &v, &vl)) {
+            if (org_header_is(line, n, "Content-Length", &v, &vl)) {
                 clen = strtoul(v, NULL, 10);
                 if (clen > MAX_IN) return false;
-            } else if (header_is(line, n, "Transfer-Encoding", &v, &vl)) {
+            } else if (org_header_is(line, n, "Transfer-Encoding", &v, &vl)) {
                 chunked = vl >= 7 && strncasecmp(v + vl - 7, "chunked", 7) == 0;
-            } else if (header_is(line, n, "Content-Type", &v, &vl)) {
+            } else if (org_header_is(line, n, "Content-Type", &v, &vl)) {
                 ws = vl >= 25 && strncasecmp(v, "application/websocket-events", 25) == 0;
-            } else if (header_is(line, n, "Connection", &v, &vl)) {
+            } else if (org_header_is(line, n, "Connection", &v, &vl)) {
                 if (vl == 5 && strncasecmp(v, "close", 5) == 0) keep = false;
                 if (vl == 10 && strncasecmp(v, "keep-alive", 10) == 0) keep = true;
             }
@@ -326,7 +327,7 @@ static bool parse_requests(struct oconn *c)
         char *body = p + hlen + 2;
         size_t blen = clen, used = hlen + 2;
         if (chunked) {
-            long k = chunked_decode(body, avail - used, &blen);
+            long k = org_chunked_decode(body, avail - used, &blen);
             if (k < 0) return false;
             if (k == 0) break;
             used += (size_t)k;
@@ -336,7 +337,7 @@ static bool parse_requests(struct oconn *c)
         }
         p[hlen] = '\0'; /* the head is a C string for sscanf */
         c->close_after = !keep;
-        if (!handle(c, p, body, blen, ws)) return false;
+        if (!org_handle(c, p, body, blen, ws)) return false;
         off += used;
     }
     if (off) {
@@ -346,11 +347,11 @@ static bool parse_requests(struct oconn *c)
     return true;
 }
 
-static void on_readable(struct oconn *c)
+static void org_on_readable(struct oconn *c)
 {
     for (int rounds = 0; rounds < 16; rounds++) {
-        if (!grow(&c->in, &c->in_cap, c->in_len + 16384) || c->in_len > MAX_IN) {
-            conn_close(c);
+        if (!org_grow(&c->in, &c->in_cap, c->in_len + 16384) || c->in_len > MAX_IN) {
+            org_close(c);
             return;
         }
         size_t room = c->in_cap - c->in_len;
@@ -358,20 +359,20 @@ static void on_readable(struct oconn *c)
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
         if (n <= 0) {
-            conn_close(c);
+            org_close(c);
             return;
         }
         c->in_len += (size_t)n;
         if ((size_t)n < room) break; /* a short read drained the socket */
     }
-    if (!parse_requests(c)) {
-        conn_close(c);
+    if (!org_parse(c)) {
+        org_close(c);
         return;
     }
-    conn_flush(c);
+    org_flush(c);
 }
 
-static void on_accept(void)
+static void org_on_accept(void)
 {
     for (int i = 0; i < 256; i++) {
         int fd = accept4(O.lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -392,7 +393,7 @@ static void on_accept(void)
     }
 }
 
-static int listen_on(const char *addr, int port)
+static int org_listen(const char *addr, int port)
 {
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     if (inet_pton(AF_INET, addr, &sa.sin_addr) != 1) {
@@ -410,7 +411,7 @@ static int listen_on(const char *addr, int port)
     return fd;
 }
 
-static int usage(void)
+static int org_usage(void)
 {
     fprintf(stderr, "usage: grip-origin [-l ADDR] -p PORT\n");
     return 1;
@@ -426,9 +427,9 @@ int main(int argc, char **argv)
         else if (o == 'p')
             port = atoi(optarg);
         else
-            return usage();
+            return org_usage();
     }
-    if (optind != argc || port <= 0 || port > 65535) return usage();
+    if (optind != argc || port <= 0 || port > 65535) return org_usage();
 
     /* Pushpin's zurl may open as many connections as it has requests in
      * flight (max_open_requests): take what the hard limit allows. */
@@ -445,7 +446,7 @@ int main(int argc, char **argv)
         perror("grip-origin: setup");
         return 1;
     }
-    O.lfd = listen_on(addr, port);
+    O.lfd = org_listen(addr, port);
     if (O.lfd < 0) return 1;
     struct epoll_event lev = {.events = EPOLLIN, .data.fd = O.lfd};
     if (epoll_ctl(O.ep, EPOLL_CTL_ADD, O.lfd, &lev) < 0) {
@@ -453,8 +454,8 @@ int main(int argc, char **argv)
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
+    signal(SIGINT, org_on_signal);
+    signal(SIGTERM, org_on_signal);
 
     struct epoll_event evs[256];
     while (!O.stop) {
@@ -466,17 +467,17 @@ int main(int argc, char **argv)
         for (int i = 0; i < k; i++) {
             int fd = evs[i].data.fd;
             if (fd == O.lfd) {
-                on_accept();
+                org_on_accept();
                 continue;
             }
             struct oconn *c = (size_t)fd < O.nfd ? O.byfd[fd] : NULL;
             if (!c) continue;
-            if ((evs[i].events & EPOLLOUT) && conn_flush(c) < 0) continue;
-            if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) on_readable(c);
+            if ((evs[i].events & EPOLLOUT) && org_flush(c) < 0) continue;
+            if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) org_on_readable(c);
         }
     }
     for (size_t fd = 0; fd < O.nfd; fd++)
-        if (O.byfd[fd]) conn_close(O.byfd[fd]);
+        if (O.byfd[fd]) org_close(O.byfd[fd]);
     fprintf(stderr, "grip-origin: %lu requests\n", O.requests);
     free(O.byfd);
     close(O.lfd);
