@@ -70,8 +70,7 @@ bench_stop() {
     for i in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$p" 2>/dev/null
     wait "$p" 2>/dev/null
-    for i in "${BENCH_PIDS[@]}"; do [ "$i" = "$p" ] || keep+=("$i"); done
-    BENCH_PIDS=("${keep[@]}")
+    bench_stop_forget_pid "$p"
 }
 
 # bench_start_nginx TEMPLATE PORT: run nginx with the config TEMPLATE
