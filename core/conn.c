@@ -206,8 +206,16 @@ static void schedule_flush(conn *c)
     if (c->in_pending || c->write_want) return; /* a blocked write waits for the watcher */
     c->in_pending = true;
     conn_hold(c);
-    c->pending_next = c->srv->pending_head;
-    c->srv->pending_head = c;
+    /* First queued, first written: a publisher's answer, queued after its
+     * message's fan-out, goes out after it (as nchan's does), so a client
+     * publishing one message at a time does not overlap the next publish
+     * with this fan-out. */
+    c->pending_next = NULL;
+    if (c->srv->pending_tail)
+        c->srv->pending_tail->pending_next = c;
+    else
+        c->srv->pending_head = c;
+    c->srv->pending_tail = c;
 }
 
 int conn_send(conn *c, buf_t *b, size_t off, size_t len)
@@ -326,6 +334,7 @@ void server_flush_pending(server *srv)
     conn *c;
     while ((c = srv->pending_head)) {
         srv->pending_head = c->pending_next;
+        if (!srv->pending_head) srv->pending_tail = NULL;
         c->pending_next = NULL;
         c->in_pending = false;
         if (c->state != CONN_CLOSED && !c->write_want) flush(c);

@@ -60,7 +60,8 @@ typedef struct server {
 
     conn *conns; /* every open connection (for shutdown) */
     unsigned nconns;
-    conn *pending_head; /* connections with output queued this iteration */
+    conn *pending_head; /* connections with output queued this iteration, */
+    conn *pending_tail; /* in the order they were queued */
     ev_prepare flush_watcher;
     ev_timer accept_pause; /* after EMFILE: retry accepting later */
     ev_timer shutdown_timer;
