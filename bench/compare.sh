@@ -45,8 +45,13 @@
 # deliver to 10,000 WebSocket subscribers; the four other servers take about
 # 40 minutes together. LOADS, SERVERS, REPEATS and DELIVERIES shorten it.
 #
+# Servers: sluice (the default app, durable: each commit fsync'd before
+# fan-out), sluice-relaxed (the same app with durability "relaxed",
+# bench/apps/relaxed.lua: what the fsync costs, next to servers that keep
+# nothing on disk), nchan, pushpin, floor-direct and floor-batched.
+#
 # Knobs (environment):
-#   SERVERS     "sluice nchan pushpin floor-direct floor-batched"
+#   SERVERS     "sluice sluice-relaxed nchan pushpin floor-direct floor-batched"
 #   LOADS       all of the above (e.g. "ws-1k-64 sse-1k-64 idle-ws-10k"); any
 #               KIND-N[xM]-SIZE[-rRATE] or idle-KIND-N parses (N topics x M
 #               subscribers with xM; k = 1000 for counts, 1024 for sizes)
@@ -63,6 +68,8 @@
 #                          loadgen's stderr (.txt), table.md, chart .dat files
 #   CHART       docs/bench.png  ("none": no chart)
 #   PUSHPIN_LONGPOLL=1     run lp-* against Pushpin anyway (it loses messages)
+#   PUSHPIN_LOADS (all)    the loads Pushpin runs (the others print n/a):
+#                          its 10k runs take minutes each
 #   SLUICE_BIN, LOADGEN as in lib.sh / transports.sh
 #
 # Caveats: the machine has 2 cores, shared by the server, loadgen, the
@@ -81,7 +88,7 @@
 set -u
 . "$(dirname "$0")/lib.sh"
 
-SERVERS=${SERVERS:-"sluice nchan pushpin floor-direct floor-batched"}
+SERVERS=${SERVERS:-"sluice sluice-relaxed nchan pushpin floor-direct floor-batched"}
 ALL_LOADS="ws-100-64 ws-1k-64 ws-10k-64 ws-100-4k ws-1k-4k ws-10k-4k
 sse-100-64 sse-1k-64 sse-10k-64 sse-100-4k sse-1k-4k sse-10k-4k
 ws-1kx10-64 sse-1kx10-64 ws-1k-64-r100 sse-1k-64-r100 lp-1k-64
@@ -97,6 +104,7 @@ HOLD=${HOLD:-5}
 DRAIN=${DRAIN:-60}
 CHART=${CHART:-$REPO_DIR/docs/bench.png}
 PUSHPIN_LONGPOLL=${PUSHPIN_LONGPOLL:-0}
+PUSHPIN_LOADS=${PUSHPIN_LOADS:-}
 LOADGEN=${LOADGEN:-$BENCH_DIR/loadgen}
 
 if [ "$LOADGEN" = "$BENCH_DIR/loadgen" ] && ! make -s -C "$BENCH_DIR" loadgen >&2; then
@@ -157,7 +165,7 @@ start_server() {
     if ! _start_server "$1"; then
         # Stop whatever part of it did start.
         case $1 in
-        sluice) [ -n "${SLUICE_PID:-}" ] && bench_stop "$SLUICE_PID" ;;
+        sluice | sluice-relaxed) [ -n "${SLUICE_PID:-}" ] && bench_stop "$SLUICE_PID" ;;
         nchan) [ -n "${NGINX_PID:-}" ] && bench_stop "$NGINX_PID" ;;
         pushpin) declare -F bench_stop_pushpin >/dev/null && bench_stop_pushpin ;;
         floor-*) [ -n "${FLOOR_PID:-}" ] && bench_stop "$FLOOR_PID" ;;
@@ -171,9 +179,13 @@ start_server() {
 _start_server() {
     SLUICE_PID='' NGINX_PID='' FLOOR_PID=''
     case $1 in
-    sluice)
-        # shellcheck disable=SC2119 # the default app: no arguments
-        bench_start_sluice || return 1
+    sluice | sluice-relaxed)
+        if [ "$1" = sluice ]; then
+            # shellcheck disable=SC2119 # the default app: no arguments
+            bench_start_sluice || return 1
+        else
+            bench_start_sluice "$BENCH_DIR/apps/relaxed.lua" || return 1
+        fi
         PORT=$SLUICE_PORT PIDS=$SLUICE_PID SPID=$SLUICE_PID
         SRV_ARGS=(-S '/topics/{topic}' -P '/topics/{topic}')
         LP_ARGS=(-S '/topics/{topic}?timeout=30')
@@ -219,8 +231,13 @@ stop_server() {
     SRV_UP=
 }
 
-# unsupported SERVER KIND: prints why SERVER does not run KIND, or nothing.
+# unsupported SERVER KIND LOAD: prints why SERVER does not run LOAD (of
+# KIND), or nothing.
 unsupported() {
+    if [ "$1" = pushpin ] && [ -n "$PUSHPIN_LOADS" ] && [[ " $PUSHPIN_LOADS " != *" $3 "* ]]; then
+        echo "not run for Pushpin in this run (PUSHPIN_LOADS)"
+        return
+    fi
     case $1/$2 in
     floor-*/longpoll) echo "the floor server has no long-poll" ;;
     pushpin/longpoll)
@@ -297,7 +314,7 @@ run_pubsub() {
     local load=$1 srv why pubs pub rep args
     if [ "$L_RATE" -gt 0 ]; then pubs="r$L_RATE"; else pubs="1 16"; fi
     for srv in $SERVERS; do
-        why=$(unsupported "$srv" "$L_KIND")
+        why=$(unsupported "$srv" "$L_KIND" "$load")
         if [ -n "$why" ]; then
             for pub in $pubs; do mark_na "$load" "$pub" "$srv" "$why"; done
             continue
@@ -347,6 +364,11 @@ run_idle() {
         return
     fi
     for srv in $SERVERS; do
+        why=$(unsupported "$srv" idle "$load")
+        if [ -n "$why" ]; then
+            mark_na "$load" idle "$srv" "$why"
+            continue
+        fi
         for rep in $(seq "$REPEATS"); do
             if ! start_server "$srv"; then
                 bench_log "$srv failed to start"
@@ -369,8 +391,8 @@ for load in $LOADS; do
 done
 for srv in $SERVERS; do
     case $srv in
-    sluice | nchan | pushpin | floor-direct | floor-batched) ;;
-    *) bench_log "unknown server $srv (sluice nchan pushpin floor-direct floor-batched)"; exit 1 ;;
+    sluice | sluice-relaxed | nchan | pushpin | floor-direct | floor-batched) ;;
+    *) bench_log "unknown server $srv (sluice sluice-relaxed nchan pushpin floor-direct floor-batched)"; exit 1 ;;
     esac
 done
 
@@ -504,21 +526,24 @@ for l in loads:
                         ratio(st["p99"], ref.get("p99"))]
             out.append("| " + " | ".join(row) + " |")
 
-# sluice against the better (cheaper) floor mode, per throughput load.
+# sluice (each mode run) against the better (cheaper) floor mode, per
+# throughput load.
 floor = [s for s in ("floor-direct", "floor-batched") if s in servers]
+mine = [s for s in ("sluice", "sluice-relaxed") if s in servers]
 tput = [(l, p) for l in loads for p in pubs(l)
         if p in ("1", "16") and meta[l].get("kind") != "longpoll"]
-if "sluice" in servers and floor and tput:
+if mine and floor and tput:
     out.append("")
-    out.append("| load | pub | sluice CPU µs/deliv | " + " | ".join(f"{s} µs" for s in floor) +
-               " | sluice ÷ best floor |")
-    out.append("|---|---|--:|" + "--:|" * len(floor) + "--:|")
+    out.append("| load | pub | " + " | ".join(f"{s} µs/deliv" for s in mine) + " | " +
+               " | ".join(f"{s} µs" for s in floor) + " | " +
+               " | ".join(f"{s} ÷ best floor" for s in mine) + " |")
+    out.append("|---|---|" + "--:|" * (2 * len(mine) + len(floor)))
     for l, p in tput:
-        sl = stats[(l, p, "sluice")].get("cpu")
+        sl = [stats[(l, p, s)].get("cpu") for s in mine]
         fl = [stats[(l, p, s)].get("cpu") for s in floor]
         best = min([f for f in fl if f], default=None)
-        out.append(f"| {l} | {p} | {num(sl, '{:.2f}')} | " + " | ".join(num(f, "{:.2f}") for f in fl) +
-                   f" | {ratio(sl, best)} |")
+        out.append(f"| {l} | {p} | " + " | ".join(num(v, "{:.2f}") for v in sl + fl) + " | " +
+                   " | ".join(ratio(v, best) for v in sl) + " |")
 
 out.append("")
 out.append(f"Medians of {repeats} run(s). pub: 1 = one publish at a time ({one_args}); "
