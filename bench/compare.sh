@@ -38,12 +38,13 @@
 # CPU per delivery or bytes per connection, p99). A second table gives
 # sluice's CPU per delivery over the better of the two floor modes.
 #
-# Duration with the defaults: about 2 hours (about 450 runs), more when the
+# Duration with the defaults: over 2 hours (about 540 runs), more when the
 # machine is busy. Pushpin takes some 80 minutes of it: it delivers ~10,000
 # messages/s here (a run of 300,000 deliveries lasts ~30 s), takes ~25 s to
 # accept 10,000 subscribers and more than 2 minutes per run to (fail to)
-# deliver to 10,000 WebSocket subscribers; the four other servers take about
-# 40 minutes together. LOADS, SERVERS, REPEATS and DELIVERIES shorten it.
+# deliver to 10,000 WebSocket subscribers; the five other servers take about
+# 50 minutes together. LOADS, SERVERS, REPEATS, DELIVERIES and PUSHPIN_LOADS
+# shorten it (bench/README.md has the 56-minute run of the published table).
 #
 # Servers: sluice (the default app, durable: each commit fsync'd before
 # fan-out), sluice-relaxed (the same app with durability "relaxed",
