@@ -72,6 +72,7 @@ struct conn {
     bool in_process;    /* inside the request loop (no re-entry) */
     bool head_request;  /* the current request is HEAD: no body */
     uint16_t refs;
+    uint16_t resp_status; /* fills the padding here: a smaller conn */
     http_parser *http; /* while a request is being read or handled */
     char *pending;     /* unparsed bytes behind the current request */
     uint32_t pending_len, pending_off;
@@ -88,7 +89,6 @@ struct conn {
     } remote;
     char *resp_head; /* response head being built */
     uint32_t resp_len, resp_cap;
-    uint16_t resp_status;
 };
 
 /* Accepts `fd` (non-blocking, already accepted) into the server. */
