@@ -259,6 +259,17 @@ static void topic_free(hub_topic *t)
     free(t);
 }
 
+/* Empties h's inbox and returns what it held, oldest first (linked through
+ * inbox_next[h->index]). */
+static hub_msg *inbox_take(hub *h)
+{
+    pthread_mutex_lock(&h->inbox_lock);
+    hub_msg *m = h->inbox_head;
+    h->inbox_head = h->inbox_tail = NULL;
+    pthread_mutex_unlock(&h->inbox_lock);
+    return m;
+}
+
 void hub_detach(hub *h)
 {
     if (!h || !h->bus) return;
@@ -266,10 +277,7 @@ void hub_detach(hub *h)
     h->bus->hubs[h->index] = NULL;
     pthread_mutex_unlock(&h->bus->lock);
     /* Nothing arrives now: drop what waits (others' messages only). */
-    pthread_mutex_lock(&h->inbox_lock);
-    hub_msg *m = h->inbox_head;
-    h->inbox_head = h->inbox_tail = NULL;
-    pthread_mutex_unlock(&h->inbox_lock);
+    hub_msg *m = inbox_take(h);
     while (m) {
         hub_msg *next = m->inbox_next[h->index];
         hub_msg_unref(m);
@@ -549,10 +557,7 @@ int hub_publish(hub *h, const char *topic, size_t tlen, const char *event, size_
 void hub_poll(hub *h)
 {
     if (!h->bus) return;
-    pthread_mutex_lock(&h->inbox_lock);
-    hub_msg *m = h->inbox_head;
-    h->inbox_head = h->inbox_tail = NULL;
-    pthread_mutex_unlock(&h->inbox_lock);
+    hub_msg *m = inbox_take(h);
     while (m) {
         hub_msg *next = m->inbox_next[h->index];
         /* Only the publisher's hub was given a failed publish, and only it
