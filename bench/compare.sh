@@ -61,6 +61,8 @@
 #   MAX_MSGS    10000      cap on messages per run (1kx10: 100,000 deliveries)
 #   SLUICE_WORKERS 1       sluice -w
 #   BURST_ARGS  "-c 16 -K 1"  the "16 in flight" publisher options
+#   PUBS        "1 16"     the pub modes of the throughput loads (a rerun of
+#                          one mode: PUBS=16 CHART=none)
 #   HOLD        5          seconds idle connections are held
 #   DRAIN       60         loadgen --drain: seconds allowed for deliveries
 #                          after the last acknowledged publish (Pushpin
@@ -101,6 +103,7 @@ MAX_MSGS=${MAX_MSGS:-10000}
 export SLUICE_WORKERS=${SLUICE_WORKERS:-1}
 ONE_ARGS="-c 1 -K 1"
 BURST_ARGS=${BURST_ARGS:-"-c 16 -K 1"}
+PUBS=${PUBS:-"1 16"}
 HOLD=${HOLD:-5}
 DRAIN=${DRAIN:-60}
 CHART=${CHART:-$REPO_DIR/docs/bench.png}
@@ -313,7 +316,7 @@ run_one() {
 # died), every pub mode, REPEATS runs each.
 run_pubsub() {
     local load=$1 srv why pubs pub rep args
-    if [ "$L_RATE" -gt 0 ]; then pubs="r$L_RATE"; else pubs="1 16"; fi
+    if [ "$L_RATE" -gt 0 ]; then pubs="r$L_RATE"; else pubs=$PUBS; fi
     for srv in $SERVERS; do
         why=$(unsupported "$srv" "$L_KIND" "$load")
         if [ -n "$why" ]; then
@@ -420,10 +423,11 @@ done
 bench_log "runs took $(($(date +%s) - START)) s"
 
 "${PYTHON:-/usr/bin/python3}" - "$RESULTS_DIR" "$SERVERS" "${ORDER[*]}" "$REPEATS" \
-    "$ONE_ARGS" "$BURST_ARGS" >"$RESULTS_DIR/table.md" <<'EOF' || FAILED=1
+    "$ONE_ARGS" "$BURST_ARGS" "$PUBS" >"$RESULTS_DIR/table.md" <<'EOF' || FAILED=1
 import glob, json, os, statistics, sys
 rdir, servers, loads = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
 repeats, one_args, burst_args = int(sys.argv[4]), sys.argv[5], sys.argv[6]
+pub_modes = sys.argv[7].split()
 
 def jload(path):
     try:
@@ -438,7 +442,7 @@ def pubs(l):
     m = meta[l]
     if m.get("idle"):
         return ["idle"]
-    return ["r%d" % m["rate"]] if m.get("rate") else ["1", "16"]
+    return ["r%d" % m["rate"]] if m.get("rate") else pub_modes
 
 def cell(l, p, s):
     """(runs, failed runs, n/a reason) for one (load, pub, server)."""

@@ -206,10 +206,9 @@ static void schedule_flush(conn *c)
     if (c->in_pending || c->write_want) return; /* a blocked write waits for the watcher */
     c->in_pending = true;
     conn_hold(c);
-    /* First queued, first written: a publisher's answer, queued after its
-     * message's fan-out, goes out after it (as nchan's does), so a client
-     * publishing one message at a time does not overlap the next publish
-     * with this fan-out. */
+    /* First queued, first written: hub_poll() queues a lone publish's
+     * answer after its fan-out and a burst's answers before theirs, and
+     * the writes keep that order. */
     c->pending_next = NULL;
     if (c->srv->pending_tail)
         c->srv->pending_tail->pending_next = c;

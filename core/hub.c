@@ -554,46 +554,83 @@ int hub_publish(hub *h, const char *topic, size_t tlen, const char *event, size_
     return 0;
 }
 
+/* m's pending publish when this hub is its publisher's; only that hub was
+ * given a failed publish, and only it reads m->pending (set before the
+ * writer saw m). */
+static pending *own_pending(hub *h, hub_msg *m)
+{
+    return m->home == h ? m->pending : NULL;
+}
+
+/* Bookkeeping for a committed message before anyone hears of it. */
+static void note_committed(hub *h, hub_msg *m, pending *p)
+{
+    if (m->seq > h->last_seq) {
+        h->last_seq = m->seq;
+        memcpy(h->last_id, m->id, m->id_len);
+        h->last_id_len = m->id_len;
+    }
+    if (p) {
+        COUNT(h->stats.published, 1);
+        record_latency(&h->stats, mono_now() - p->submitted);
+    }
+}
+
+static void fan_out(hub *h, hub_msg *m)
+{
+    hub_topic *t = topic_find(h, m->topic, m->topic_len, hash_name(m->topic, m->topic_len));
+    /* `next` is read first: a delivery may unsubscribe itself. */
+    for (hub_sub *s = t ? t->subs : NULL, *sn; s; s = sn) {
+        sn = s->next;
+        s->deliver(s->owner, m);
+    }
+    for (hub_sub *s = h->prefix_subs, *sn; s; s = sn) {
+        sn = s->next;
+        if (m->topic_len >= s->prefix_len && memcmp(m->topic, s->prefix, s->prefix_len) == 0)
+            s->deliver(s->owner, m);
+    }
+}
+
+/* Tell m's publisher how its publish ended; frees p. */
+static void answer(hub *h, hub_msg *m, pending *p)
+{
+    int status = p->req.status;
+    if (status != 0) COUNT(h->stats.publish_failures, 1);
+    h->inflight--;
+    if (p->done) p->done(p->ud, status == 0 ? m : NULL, status);
+    free(p);
+}
+
 void hub_poll(hub *h)
 {
     if (!h->bus) return;
-    hub_msg *m = inbox_take(h);
+    hub_msg *first = inbox_take(h);
+    /* A publish alone is answered after its fan-out, as nchan answers:
+     * the publisher's next message then does not queue behind this
+     * fan-out.  With more of this worker's publishes in flight, each is
+     * answered before any fan-out, so those publishers' next messages
+     * reach the writer (the next group commit) while this fan-out is
+     * written, not after it. */
+    if (h->inflight > 1) {
+        for (hub_msg *m = first; m; m = m->inbox_next[h->index]) {
+            pending *p = own_pending(h, m);
+            if (!p) continue;
+            if (m->seq != 0) note_committed(h, m, p);
+            answer(h, m, p);
+            m->pending = NULL; /* answered: the loop below skips it */
+        }
+    }
+    hub_msg *m = first;
     while (m) {
         hub_msg *next = m->inbox_next[h->index];
-        /* Only the publisher's hub was given a failed publish, and only it
-         * reads m->pending (set before the writer saw m). */
-        pending *p = m->home == h ? m->pending : NULL;
-        int status = p ? p->req.status : 0;
-        if (status == 0) {
-            if (m->seq > h->last_seq) {
-                h->last_seq = m->seq;
-                memcpy(h->last_id, m->id, m->id_len);
-                h->last_id_len = m->id_len;
-            }
-            if (p) {
-                COUNT(h->stats.published, 1);
-                record_latency(&h->stats, mono_now() - p->submitted);
-            }
-            hub_topic *t = topic_find(h, m->topic, m->topic_len, hash_name(m->topic, m->topic_len));
-            /* `next` is read first: a delivery may unsubscribe itself. */
-            for (hub_sub *s = t ? t->subs : NULL, *sn; s; s = sn) {
-                sn = s->next;
-                s->deliver(s->owner, m);
-            }
-            for (hub_sub *s = h->prefix_subs, *sn; s; s = sn) {
-                sn = s->next;
-                if (m->topic_len >= s->prefix_len &&
-                    memcmp(m->topic, s->prefix, s->prefix_len) == 0)
-                    s->deliver(s->owner, m);
-            }
-            } else {
-            COUNT(h->stats.publish_failures, 1);
+        pending *p = own_pending(h, m);
+        /* A failed publish keeps seq 0 (stored IDs start at 1) and is in
+         * no other hub's inbox: it gets no fan-out. */
+        if (m->seq != 0) {
+            note_committed(h, m, p);
+            fan_out(h, m);
         }
-        if (p) {
-            h->inflight--;
-            if (p->done) p->done(p->ud, status == 0 ? m : NULL, status);
-            free(p);
-        }
+        if (p) answer(h, m, p);
         hub_msg_unref(m);
         m = next;
     }
