@@ -61,8 +61,8 @@
 #   MAX_MSGS    10000      cap on messages per run (1kx10: 100,000 deliveries)
 #   SLUICE_WORKERS 1       sluice -w
 #   BURST_ARGS  "-c 16 -K 1"  the "16 in flight" publisher options
-#   PUBS        "1 16"     the pub modes of the throughput loads (a rerun of
-#                          one mode: PUBS=16 CHART=none)
+#   PUBS        "1 16"     the pub modes of the throughput loads (PUBS=16
+#                          reruns one mode; the chart needs both)
 #   HOLD        5          seconds idle connections are held
 #   DRAIN       60         loadgen --drain: seconds allowed for deliveries
 #                          after the last acknowledged publish (Pushpin
@@ -589,6 +589,10 @@ cat "$RESULTS_DIR/table.md"
 echo
 echo "raw results: $RESULTS_DIR (table.md, LOAD.PUB.SERVER.REP.json, cpu-*.dat)"
 
+if [[ " $PUBS " != *" 1 "* || " $PUBS " != *" 16 "* ]] && [ "$CHART" != none ]; then
+    echo "no chart: it draws both pub modes, and PUBS is \"$PUBS\""
+    CHART=none
+fi
 if [ "$CHART" != none ]; then
     if command -v gnuplot >/dev/null; then
         if gnuplot -c "$BENCH_DIR/chart.gp" "$RESULTS_DIR/cpu-1.dat" "$RESULTS_DIR/cpu-16.dat" "$CHART" \
