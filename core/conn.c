@@ -296,7 +296,7 @@ static void on_drained(conn *c)
     }
 }
 
-/* Writes as much of the queue as the socket takes: one writev of up to
+/* Writes as much of the queue as the socket takes: one gathered send of up to
  * FLUSH_IOV segments (or one TLS record), so one system call per connection
  * per loop iteration however many messages are queued; it repeats only if
  * the socket took everything and more is left. */
