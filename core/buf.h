@@ -7,7 +7,8 @@
  *
  * outq_t is a ring of (buffer, offset, length) segments, allocated only while
  * the queue holds something: an idle connection keeps no memory here.  The
- * caller turns the head of the queue into an iovec array for one gathered send. */
+ * caller turns the head of the queue into an iovec array for one gathered
+ * send. */
 #ifndef SLUICE_BUF_H
 #define SLUICE_BUF_H
 

@@ -296,8 +296,8 @@ static void on_drained(conn *c)
     }
 }
 
-/* Writes as much of the queue as the socket takes: one gathered send of up to
- * FLUSH_IOV segments (or one TLS record), so one system call per connection
+/* Writes as much of the queue as the socket takes: one gathered send of up
+ * to FLUSH_IOV segments (or one TLS record), so one system call per connection
  * per loop iteration however many messages are queued; it repeats only if
  * the socket took everything and more is left. */
 #define FLUSH_IOV 1024 /* IOV_MAX on Linux */

@@ -32,10 +32,11 @@ typedef struct io {
  * or IO_ERROR. */
 ssize_t io_read(io_t *io, void *buf, size_t len);
 
-/* Writes from `iovcnt` iovecs (one send or sendmsg, never SIGPIPE).  Returns
- * the bytes written (maybe fewer than offered), IO_AGAIN or IO_ERROR.  For TLS the iovecs are gathered into one
- * record-sized write; after IO_AGAIN the caller must offer the same bytes
- * again (it does, since it consumes only what was written). */
+/* Writes from `iovcnt` iovecs in one send or sendmsg.  Returns the bytes
+ * written (maybe fewer than offered), IO_AGAIN or IO_ERROR.  For TLS the
+ * iovecs are gathered into one record-sized write; after IO_AGAIN the
+ * caller must offer the same bytes again (it does, since it consumes only
+ * what was written). */
 ssize_t io_writev(io_t *io, const struct iovec *iov, int iovcnt);
 
 /* Drives the TLS handshake.  Returns 1 when done, 0 to wait (see io->want),
