@@ -2,9 +2,11 @@
  *
  * One mutex-protected FIFO of caller-owned requests and one condition
  * variable.  The thread sleeps until requests arrive or a periodic job is
- * due, detaches up to one batch, builds the store_msg array outside the
- * lock (so submitters never wait for a commit), appends it in one
- * transaction and completes each request in order.  Submitters only hold
+ * due (after a batch to one topic it also lingers for that batch's
+ * publishers; see writer_main), detaches up to one batch, builds the
+ * store_msg array outside the lock (so submitters never wait for a
+ * commit), appends it in one transaction and completes each request in
+ * order.  Submitters only hold
  * the mutex to link a request, so 256 publishing threads contend on a
  * pointer swap, not on the disk.
  */
@@ -16,6 +18,9 @@
 #include <string.h>
 #include <time.h>
 
+/* Longest a commit waits for the publishers of the previous one (µs). */
+#define LINGER_MAX_US 1000
+
 struct writer {
     struct store *store;
     struct writer_opts o;
@@ -24,16 +29,27 @@ struct writer {
     pthread_cond_t cv;
     struct writer_req *head, *tail;
     size_t queued;
+    size_t linger_want; /* while lingering: wake the thread at this many queued */
     int stopping;
     struct store_msg *msgs; /* max_batch entries, storage thread only */
     struct writer_stats st; /* under mu */
 };
 
-static int64_t now_mono_ms(void)
+static int64_t now_mono_us(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static int64_t now_mono_ms(void)
+{
+    return now_mono_us() / 1000;
+}
+
+static struct timespec mono_us_timespec(int64_t us)
+{
+    return (struct timespec){(time_t)(us / 1000000), (long)(us % 1000000) * 1000};
 }
 
 static int64_t now_wall_ms(void)
@@ -43,15 +59,18 @@ static int64_t now_wall_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Commit one detached batch and complete its requests in order. */
-static void run_batch(struct writer *w, struct writer_req *batch, size_t n)
+/* Commit one detached batch and complete its requests in order.  Returns
+ * how many requests have the same topic as the one before them. */
+static size_t run_batch(struct writer *w, struct writer_req *batch, size_t n)
 {
     struct writer_req *r = batch;
     int64_t now = now_wall_ms();
-    size_t failed = 0;
+    size_t failed = 0, repeats = 0;
 
     for (size_t i = 0; i < n; i++, r = r->next_) {
         struct store_msg *m = &w->msgs[i];
+        if (i && r->topic_len == m[-1].topic_len && !memcmp(r->topic, m[-1].topic, r->topic_len))
+            repeats++;
         memset(m, 0, sizeof *m);
         m->topic = r->topic;
         m->topic_len = r->topic_len;
@@ -82,6 +101,7 @@ static void run_batch(struct writer *w, struct writer_req *batch, size_t n)
     w->st.failures += failed;
     if (n > w->st.max_batch) w->st.max_batch = n;
     pthread_mutex_unlock(&w->mu);
+    return repeats;
 }
 
 static void *writer_main(void *arg)
@@ -93,6 +113,21 @@ static void *writer_main(void *arg)
     int64_t next_sync = now_mono_ms() + w->o.sync_interval_ms;
     int64_t next_sweep = now_mono_ms() + w->o.sweep_interval_ms;
 
+    /* Group commit linger: the publishers of the batch just completed were
+     * answered and will likely submit again within a round trip.  Rather
+     * than commit the requests queued meanwhile and leave the returning
+     * ones for a commit of their own, wait until those queued plus as many
+     * as were just completed are in, for at most half a commit.  Publishers
+     * that wait for their answers then share commits instead of splitting
+     * into groups that alternate, and the fan-out of a commit's messages
+     * to one topic reaches each subscriber in one write.  That is where it
+     * pays (ws-100-64, 16 in flight: up to a third less server CPU); after
+     * batches spread over many topics it only added latency (ws-1kx10
+     * lost about a tenth of its deliveries/s), so those are not followed
+     * by a linger.  A lone publisher never waits: its group is itself. */
+    size_t linger_want = 0, linger_n = 0;
+    int64_t linger_until_us = 0;
+
     pthread_mutex_lock(&w->mu);
     for (;;) {
         if (!w->head) {
@@ -102,6 +137,13 @@ static void *writer_main(void *arg)
             struct timespec ts = {(time_t)(due / 1000), (long)(due % 1000) * 1000000};
             pthread_cond_timedwait(&w->cv, &w->mu, &ts);
         }
+        while (w->head && w->queued < linger_want && !w->stopping) {
+            if (now_mono_us() >= linger_until_us) break;
+            struct timespec ts = mono_us_timespec(linger_until_us);
+            w->linger_want = linger_want;
+            pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+        }
+        w->linger_want = 0;
         /* Detach at most one batch. */
         struct writer_req *batch = w->head, *last = NULL, *r = w->head;
         size_t n = 0, bytes = 0;
@@ -119,9 +161,13 @@ static void *writer_main(void *arg)
         }
         pthread_mutex_unlock(&w->mu);
 
+        linger_want = linger_n = 0;
         if (n) {
-            run_batch(w, batch, n);
+            int64_t start_us = now_mono_us();
+            if (2 * run_batch(w, batch, n) >= n) linger_n = n;
             dirty = 1;
+            int64_t end_us = now_mono_us(), linger_us = (end_us - start_us) / 2;
+            linger_until_us = end_us + (linger_us < LINGER_MAX_US ? linger_us : LINGER_MAX_US);
         }
         int64_t now = now_mono_ms();
         if (relaxed && dirty && now >= next_sync) {
@@ -142,6 +188,10 @@ static void *writer_main(void *arg)
             pthread_mutex_unlock(&w->mu);
         }
         pthread_mutex_lock(&w->mu);
+        if (linger_n) {
+            linger_want = w->queued + linger_n;
+            if (linger_want > w->o.max_batch) linger_want = w->o.max_batch;
+        }
     }
     pthread_mutex_unlock(&w->mu);
     if (relaxed && dirty) store_sync(w->store);
@@ -209,9 +259,11 @@ int writer_submit(struct writer *w, struct writer_req *req)
         else
             w->head = req;
         w->tail = req;
-        /* Wake only on the empty->non-empty edge: the thread takes the whole
-         * queue each round, so further signals would be wasted syscalls. */
-        if (w->queued++ == 0) pthread_cond_signal(&w->cv);
+        /* Wake only on the empty->non-empty edge, or when a lingering
+         * thread's group is complete: it takes the whole queue each round,
+         * so further signals would be wasted syscalls. */
+        size_t q = ++w->queued;
+        if (q == 1 || q == w->linger_want) pthread_cond_signal(&w->cv);
     }
     pthread_mutex_unlock(&w->mu);
     return rc;

@@ -9,7 +9,10 @@
  * request, on the storage thread, in queue order (hence in seq order per
  * topic, and in global seq order overall).  The server's callback pushes
  * the request to the loop's own queue and wakes the loop (ev_async_send);
- * this module knows nothing of libev.
+ * this module knows nothing of libev.  After a batch mostly to one topic
+ * the thread lingers briefly (at most half a commit) for the publishers it
+ * just answered, so that they share the next commit rather than split
+ * into alternating groups (see writer.c).
  *
  * The thread also runs the periodic jobs that must not run on the loop: the
  * sync of relaxed mode and the age-retention sweep of idle topics.

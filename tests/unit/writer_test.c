@@ -372,6 +372,69 @@ static void test_periodic(void)
     remove_dir(dir);
 }
 
+/* ---- the group commit linger ------------------------------------------------ */
+
+/* After a batch of 8 to one topic the writer waits for 8 requests (the
+ * publishers it just answered) before it commits again, but only for a
+ * while: a lone request that follows must still commit without anything
+ * else arriving, and without writer_stop. */
+static void test_linger_ends(void)
+{
+    char *dir = make_dir();
+    struct store *s = open_store(dir, 0);
+    struct gate g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    struct writer *w = NULL;
+    struct writer_opts o = {.done = gate_cb, .ud = &g};
+    CHECK_EQ_INT(writer_start(&w, s, &o), 0);
+    struct writer_req r[10];
+    memset(r, 0, sizeof r);
+    for (int i = 0; i < 10; i++) {
+        r[i].topic = "l";
+        r[i].topic_len = 1;
+        r[i].data = "d";
+        r[i].data_len = 1;
+    }
+    /* r[0] holds the thread in its completion while r[1..8] queue up, so
+     * they make one batch. */
+    CHECK_EQ_INT(writer_submit(w, &r[0]), 0);
+    pthread_mutex_lock(&g.mu);
+    for (int i = 0; i < 50 && !g.entered; i++) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 1;
+        pthread_cond_timedwait(&g.cv, &g.mu, &ts);
+    }
+    CHECK(g.entered);
+    pthread_mutex_unlock(&g.mu);
+    for (int i = 1; i <= 8; i++)
+        CHECK_EQ_INT(writer_submit(w, &r[i]), 0);
+    pthread_mutex_lock(&g.mu);
+    g.open = 1;
+    pthread_cond_broadcast(&g.cv);
+    pthread_mutex_unlock(&g.mu);
+    for (int i = 0; i < 500 && atomic_load(&g.completed) < 9; i++)
+        usleep(10000);
+    CHECK_EQ_INT(atomic_load(&g.completed), 9);
+
+    CHECK_EQ_INT(writer_submit(w, &r[9]), 0);
+    for (int i = 0; i < 500 && atomic_load(&g.completed) < 10; i++)
+        usleep(10000);
+    CHECK_EQ_INT(atomic_load(&g.completed), 10);
+    struct writer_stats st = {0};
+    for (int i = 0; i < 500 && st.batches < 3; i++) {
+        usleep(1000); /* the counters follow the completions */
+        writer_stats(w, &st);
+    }
+    CHECK_EQ_INT(st.batches, 3);
+    CHECK_EQ_INT(st.max_batch, 8);
+    writer_stop(w);
+    for (int i = 0; i < 10; i++)
+        CHECK_EQ_INT(r[i].status, 0);
+    CHECK(r[9].seq > r[8].seq);
+    store_close(s);
+    remove_dir(dir);
+}
+
 int main(void)
 {
     run_submitters(0); /* fire and forget */
@@ -379,5 +442,6 @@ int main(void)
     test_group_commit();
     test_busy();
     test_periodic();
+    test_linger_ends();
     return CHECK_DONE();
 }
