@@ -285,6 +285,41 @@ static void gate_cb(void *ud, struct writer_req *r)
     atomic_fetch_add(&g->completed, 1);
 }
 
+/* n requests of one byte ("d") to a one-letter topic. */
+static void one_byte_reqs(struct writer_req *r, int n, const char *topic)
+{
+    memset(r, 0, (size_t)n * sizeof *r);
+    for (int i = 0; i < n; i++) {
+        r[i].topic = topic;
+        r[i].topic_len = 1;
+        r[i].data = "d";
+        r[i].data_len = 1;
+    }
+}
+
+/* Waits (bounded) until a completion is held in gate_cb. */
+static void gate_wait_entered(struct gate *g)
+{
+    pthread_mutex_lock(&g->mu);
+    for (int i = 0; i < 50 && !g->entered; i++) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 1;
+        pthread_cond_timedwait(&g->cv, &g->mu, &ts);
+    }
+    CHECK(g->entered);
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* Lets every held and later completion through. */
+static void gate_open(struct gate *g)
+{
+    pthread_mutex_lock(&g->mu);
+    g->open = 1;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
 static void test_busy(void)
 {
     char *dir = make_dir();
@@ -294,35 +329,18 @@ static void test_busy(void)
     struct writer_opts o = {.done = gate_cb, .ud = &g, .max_queue = 4};
     CHECK_EQ_INT(writer_start(&w, s, &o), 0);
     struct writer_req r[8];
-    memset(r, 0, sizeof r);
-    for (int i = 0; i < 8; i++) {
-        r[i].topic = "b";
-        r[i].topic_len = 1;
-        r[i].data = "d";
-        r[i].data_len = 1;
-    }
+    one_byte_reqs(r, 8, "b");
     r[1].topic_len = 0; /* invalid: completes with STORE_EINVAL */
     /* The first request blocks the writer thread in its completion. */
     CHECK_EQ_INT(writer_submit(w, &r[0]), 0);
-    pthread_mutex_lock(&g.mu);
-    for (int i = 0; i < 50 && !g.entered; i++) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += 1;
-        pthread_cond_timedwait(&g.cv, &g.mu, &ts);
-    }
-    CHECK(g.entered);
-    pthread_mutex_unlock(&g.mu);
+    gate_wait_entered(&g);
     for (int i = 1; i <= 4; i++)
         CHECK_EQ_INT(writer_submit(w, &r[i]), 0);
     CHECK_EQ_INT(writer_submit(w, &r[5]), WRITER_EBUSY);
     struct writer_stats st;
     writer_stats(w, &st);
     CHECK_EQ_INT(st.queued, 4);
-    pthread_mutex_lock(&g.mu);
-    g.open = 1;
-    pthread_cond_broadcast(&g.cv);
-    pthread_mutex_unlock(&g.mu);
+    gate_open(&g);
     writer_stop(w);
     CHECK_EQ_INT(atomic_load(&g.completed), 5);
     CHECK_EQ_INT(r[0].status, 0);
@@ -387,31 +405,14 @@ static void test_linger_ends(void)
     struct writer_opts o = {.done = gate_cb, .ud = &g};
     CHECK_EQ_INT(writer_start(&w, s, &o), 0);
     struct writer_req r[10];
-    memset(r, 0, sizeof r);
-    for (int i = 0; i < 10; i++) {
-        r[i].topic = "l";
-        r[i].topic_len = 1;
-        r[i].data = "d";
-        r[i].data_len = 1;
-    }
+    one_byte_reqs(r, 10, "l");
     /* r[0] holds the thread in its completion while r[1..8] queue up, so
      * they make one batch. */
     CHECK_EQ_INT(writer_submit(w, &r[0]), 0);
-    pthread_mutex_lock(&g.mu);
-    for (int i = 0; i < 50 && !g.entered; i++) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += 1;
-        pthread_cond_timedwait(&g.cv, &g.mu, &ts);
-    }
-    CHECK(g.entered);
-    pthread_mutex_unlock(&g.mu);
+    gate_wait_entered(&g);
     for (int i = 1; i <= 8; i++)
         CHECK_EQ_INT(writer_submit(w, &r[i]), 0);
-    pthread_mutex_lock(&g.mu);
-    g.open = 1;
-    pthread_cond_broadcast(&g.cv);
-    pthread_mutex_unlock(&g.mu);
+    gate_open(&g);
     for (int i = 0; i < 500 && atomic_load(&g.completed) < 9; i++)
         usleep(10000);
     CHECK_EQ_INT(atomic_load(&g.completed), 9);
