@@ -6,9 +6,8 @@
  * publishers; see writer_main), detaches up to one batch, builds the
  * store_msg array outside the lock (so submitters never wait for a
  * commit), appends it in one transaction and completes each request in
- * order.  Submitters only hold
- * the mutex to link a request, so 256 publishing threads contend on a
- * pointer swap, not on the disk.
+ * order.  Submitters only hold the mutex to link a request, so 256
+ * publishing threads contend on a pointer swap, not on the disk.
  */
 #include "storage/writer.h"
 
@@ -134,7 +133,7 @@ static void *writer_main(void *arg)
             if (w->stopping) break;
             int64_t due = next_sweep;
             if (relaxed && dirty && next_sync < due) due = next_sync;
-            struct timespec ts = {(time_t)(due / 1000), (long)(due % 1000) * 1000000};
+            struct timespec ts = mono_us_timespec(due * 1000);
             pthread_cond_timedwait(&w->cv, &w->mu, &ts);
         }
         while (w->head && w->queued < linger_want && !w->stopping) {
