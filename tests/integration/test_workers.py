@@ -185,9 +185,16 @@ class WorkersTest(SluiceTestCase):
     def test_metrics_count_every_worker(self):
         subs = self.on_each_worker(lambda c: SSEOn(c, "m"), per_worker=2)
         n = sum(len(v) for v in subs.values())
-        with self.s.conn() as c:
-            text = c.get("/metrics").text
-        self.assertIn('sluice_connections{transport="sse"} %d\n' % n, text)
+        # on_each_worker closed the streams it had no use for; the server
+        # counts them until it has read those closes, so wait (bounded).
+        want = 'sluice_connections{transport="sse"} %d\n' % n
+        for _ in range(50):
+            with self.s.conn() as c:
+                text = c.get("/metrics").text
+            if want in text:
+                break
+            time.sleep(0.1)
+        self.assertIn(want, text)
         self.assertIn("sluice_subscriptions %d\n" % n, text)
 
     def test_sigterm_stops_every_worker(self):
