@@ -697,6 +697,9 @@ static void do_read(conn *c)
             default:
                 break; /* lingering: discard */
             }
+            /* The socket is empty: spare the read that would say so; the
+             * (level-triggered) watcher calls again when more arrives. */
+            if (c->io.drained) return;
             continue;
         }
         if (n == IO_AGAIN) {

@@ -47,6 +47,7 @@ static ssize_t tls_result(io_t *io, int ret)
 ssize_t io_read(io_t *io, void *buf, size_t len)
 {
     io->want = IO_WANT_NONE;
+    io->drained = 0;
     if (io->ssl) {
         ERR_clear_error();
         errno = 0;
@@ -56,7 +57,10 @@ ssize_t io_read(io_t *io, void *buf, size_t len)
     }
     for (;;) {
         ssize_t n = read(io->fd, buf, len);
-        if (n >= 0) return n;
+        if (n >= 0) {
+            io->drained = (size_t)n < len;
+            return n;
+        }
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
             io->want = IO_WANT_READ;

@@ -24,12 +24,15 @@ enum io_want { IO_WANT_NONE = 0, IO_WANT_READ = 1, IO_WANT_WRITE = 2 };
 typedef struct io {
     int fd;
     uint8_t want;           /* io_want after IO_AGAIN */
+    uint8_t drained;        /* the last read emptied a plain socket */
     SSL *ssl;               /* NULL for plain TCP */
     uint32_t tls_retry_len; /* TLS: length of an SSL_write to repeat */
 } io_t;
 
 /* Reads up to `len` bytes.  Returns the count, 0 at end of stream, IO_AGAIN
- * or IO_ERROR. */
+ * or IO_ERROR.  A plain socket that gave fewer than `len` bytes had no more
+ * queued: io->drained is then set, and another read would only say IO_AGAIN
+ * (never set for TLS, which may hold decrypted bytes). */
 ssize_t io_read(io_t *io, void *buf, size_t len);
 
 /* Writes from `iovcnt` iovecs in one send or sendmsg.  Returns the bytes

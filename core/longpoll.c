@@ -27,11 +27,17 @@ static const conn_stream_ops lp_ops = {
     .on_close = lp_on_close,
 };
 
-/* The comma between items: one immortal buffer shared by every answer. */
-static buf_t *comma(void)
+/* A literal part of every answer: one immortal buffer, made by whichever
+ * worker needs it first (buffer references are atomic). */
+static buf_t *literal(buf_t **slot, const char *text, size_t len)
 {
-    static buf_t *b;
-    if (!b) b = buf_from(",", 1);
+    buf_t *b = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+    if (b) return b;
+    buf_t *made = buf_from(text, len);
+    if (!made) return NULL;
+    if (__atomic_compare_exchange_n(slot, &b, made, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        return made;
+    buf_unref(made); /* another worker's came first: b is it */
     return b;
 }
 
@@ -64,10 +70,12 @@ static void lp_answer(sub_session *s)
     }
     int tl = snprintf(tail, sizeof(tail), "],\"last_id\":\"%.*s\"%s}", (int)last_len, last,
                       s->t.lp->gap ? ",\"gap\":true" : "");
-    buf_t *head = buf_from("{\"messages\":[", 13);
+    static buf_t *head_slot, *comma_slot;
+    buf_t *head = literal(&head_slot, "{\"messages\":[", 13);
+    buf_t *comma = literal(&comma_slot, ",", 1);
     buf_t *tb = buf_from(tail, (size_t)tl);
     conn_detach(c);
-    if (!parts || !head || !tb || !comma()) {
+    if (s->t.lp->oom || !parts || !head || !comma || !tb) {
         conn_respond_error(c, 503, "out of memory");
     } else {
         int np = 0;
@@ -76,7 +84,7 @@ static void lp_answer(sub_session *s)
             buf_t *b;
             size_t off, len;
             if (hub_msg_json(s->t.lp->msgs[i], &b, &off, &len) < 0) continue;
-            if (np > 1) parts[np++] = (conn_part){comma(), 0, 1};
+            if (np > 1) parts[np++] = (conn_part){comma, 0, 1};
             parts[np++] = (conn_part){b, off, len};
         }
         parts[np++] = (conn_part){tb, 0, tb->len};
@@ -85,7 +93,6 @@ static void lp_answer(sub_session *s)
         conn_response_header(c, "Cache-Control", 13, "no-store", 8);
         conn_response_finish_parts(c, parts, np);
     }
-    buf_unref(head);
     buf_unref(tb);
     free(parts);
     __atomic_sub_fetch(&sub_counts.longpoll, 1, __ATOMIC_RELAXED);
@@ -118,8 +125,7 @@ int lp_session_start(sub_session *s, const sub_request *r, const http_request *r
     }
     s->short_poll = timeout == 0;
     s->t.lp = calloc(1, sizeof(lp_state));
-    if (s->t.lp) s->t.lp->msgs = calloc(limit, sizeof(hub_msg *));
-    if (!s->t.lp || !s->t.lp->msgs) {
+    if (!s->t.lp) {
         *why = "out of memory";
         return 503;
     }
@@ -136,7 +142,7 @@ int lp_session_start(sub_session *s, const sub_request *r, const http_request *r
         lp_answer(s);
         return 0;
     }
-    if (s->t.lp->count > 0 || s->t.lp->gap || s->short_poll) {
+    if (s->t.lp->count > 0 || s->t.lp->gap || s->t.lp->oom || s->short_poll) {
         lp_answer(s);
         return 0;
     }
@@ -147,11 +153,26 @@ int lp_session_start(sub_session *s, const sub_request *r, const http_request *r
 
 void lp_session_add_msg(sub_session *s, hub_msg *m)
 {
-    if (s->t.lp->count >= s->t.lp->limit) return;
+    lp_state *lp = s->t.lp;
+    if (lp->count >= lp->limit) return;
+    if (lp->count == lp->cap) {
+        unsigned cap = lp->cap ? 2 * lp->cap : 4;
+        if (cap > lp->limit) cap = lp->limit;
+        hub_msg **msgs = realloc(lp->msgs, cap * sizeof(hub_msg *));
+        if (!msgs) {
+            /* The cursor has moved past m: a 503 keeps the client's own. */
+            lp->oom = true;
+            lp->limit = lp->count;
+            if (lp->waiting) lp_answer(s);
+            return;
+        }
+        lp->msgs = msgs;
+        lp->cap = cap;
+    }
     hub_msg_ref(m);
-    s->t.lp->msgs[s->t.lp->count++] = m;
+    lp->msgs[lp->count++] = m;
     /* Live: answer at once.  During replay the caller answers after it. */
-    if (s->t.lp->waiting) lp_answer(s);
+    if (lp->waiting) lp_answer(s);
 }
 
 static void lp_on_timer(conn *c, void *state)

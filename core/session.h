@@ -22,8 +22,10 @@ sub_names *sub_names_copy(const char *const *names, const size_t *lens, int n);
 typedef struct lp_state {
     unsigned limit;
     unsigned count;
+    unsigned cap;    /* msgs grows on demand: most polls answer one message */
     hub_msg **msgs;
     bool gap;
+    bool oom;           /* a message could not be held: answer 503 */
     bool waiting;       /* replay done: a live message answers at once */
     uint8_t since_len;  /* the cursor to answer when nothing came */
     uint8_t cursor_len; /* 0: no message examined yet */

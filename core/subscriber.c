@@ -231,6 +231,13 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
         s->nsubs++;
     }
     if (!rp->present) return 0;
+    /* Resuming at or after the newest message this worker has seen (the
+     * usual re-poll or reconnect): whatever is newer has yet to reach this
+     * hub and comes live, so there is nothing to read. */
+    if (rp->known && rp->after >= s->last_seq) {
+        s->last_seq = rp->after;
+        return 0;
+    }
 
     if (s->kind == SUB_LONGPOLL) {
         /* Pages until a message passes the filters (or none is left): the

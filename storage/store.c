@@ -63,6 +63,7 @@ struct store {
     pthread_rwlock_t maplock; /* read side: any open txn; write side: resize */
     int read_only, relaxed;
     uint64_t epoch;
+    uint64_t epoch_first; /* the first seq of this handle's epoch */
     size_t map_max;
     _Atomic uint64_t last_seq; /* read-write handle: mirror of meta last_seq */
     _Atomic uint64_t grows;
@@ -345,6 +346,7 @@ static int epoch_start(struct store *s, MDB_txn *txn, uint64_t last_seq)
         goto out;
     }
     s->epoch = random_epoch(prev);
+    s->epoch_first = last_seq + 1;
     put_be64(key, last_seq + 1);
     k.mv_size = 8;
     k.mv_data = key;
@@ -667,6 +669,12 @@ int store_id_parse(struct store *s, const char *id, size_t len, uint64_t *seq)
     int rc, code = STORE_EUNKNOWN;
 
     if (id_text_parse(id, len, &e, &q)) return STORE_EINVAL;
+    /* This handle's own epoch, up to what it has committed: the common
+     * resume, and no read transaction needed to know it. */
+    if (!s->read_only && e == s->epoch && q >= s->epoch_first && q <= atomic_load(&s->last_seq)) {
+        *seq = q;
+        return STORE_OK;
+    }
     if ((rc = txn_begin(s, MDB_RDONLY, &txn))) return map_rc(rc);
     if ((rc = meta_get_u64(s, txn, "last_seq", &last))) goto out;
     if (q > last) goto out; /* never committed here (or lost in a crash) */

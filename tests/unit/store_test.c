@@ -274,6 +274,9 @@ static void test_ids(void)
     /* The old epoch paired with a seq of the new one is not ours. */
     store_id_format(e1, m.seq, idx);
     CHECK_EQ_INT(store_id_parse(s, idx, strlen(idx), &seq), STORE_EUNKNOWN);
+    /* Nor the new epoch paired with a seq committed before it began. */
+    store_id_format(store_epoch(s), s1, idx);
+    CHECK_EQ_INT(store_id_parse(s, idx, strlen(idx), &seq), STORE_EUNKNOWN);
     /* A reopen that commits nothing does not grow the epoch table, and the
      * replaced epoch's IDs stay unknown. */
     store_close(s);
