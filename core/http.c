@@ -70,11 +70,27 @@ static int on_url_complete(llhttp_t *l)
     return 0;
 }
 
+static int grow_headers(http_parser *p)
+{
+    int cap = p->hdr_cap ? 2 * p->hdr_cap : 16;
+    if (cap > HTTP_MAX_HEADERS) cap = HTTP_MAX_HEADERS;
+    uint32_t(*off)[4] = realloc(p->hdr_off, (size_t)cap * sizeof(*off));
+    if (!off) return -1;
+    p->hdr_off = off;
+    http_header *views = realloc(p->headers, (size_t)cap * sizeof(*views));
+    if (!views) return -1;
+    p->headers = views;
+    p->hdr_cap = cap;
+    return 0;
+}
+
 static int on_header_field(llhttp_t *l, const char *at, size_t len)
 {
     http_parser *p = parser_of(l);
     if (!p->field_open) {
         if (p->nheaders >= HTTP_MAX_HEADERS) return fail(p, 431, "too many headers");
+        if (p->nheaders == p->hdr_cap && grow_headers(p) < 0)
+            return fail(p, 500, "out of memory");
         uint32_t *h = p->hdr_off[p->nheaders++];
         h[0] = (uint32_t)p->arena_len;
         h[1] = h[2] = h[3] = 0;
@@ -191,7 +207,7 @@ static const llhttp_settings_t http_settings = {
 
 void http_parser_init(http_parser *p, const http_limits *limits)
 {
-    memset(p, 0, offsetof(http_parser, headers));
+    memset(p, 0, sizeof(*p));
     p->limits = *limits;
     llhttp_init(&p->llhttp, HTTP_REQUEST, &http_settings);
     p->llhttp.data = p;
@@ -201,8 +217,13 @@ void http_parser_free(http_parser *p)
 {
     free(p->arena);
     free(p->body);
+    free(p->hdr_off);
+    free(p->headers);
     p->arena = p->body = NULL;
     p->arena_cap = p->body_cap = 0;
+    p->hdr_off = NULL;
+    p->headers = NULL;
+    p->hdr_cap = 0;
 }
 
 static void reset_request(http_parser *p)

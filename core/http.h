@@ -65,8 +65,12 @@ typedef struct http_parser {
     http_request req;
     char *arena; /* url and header text */
     size_t arena_len, arena_cap;
-    uint32_t hdr_off[HTTP_MAX_HEADERS][4]; /* name off/len, value off/len */
-    int nheaders;
+    /* Per header: name off/len, value off/len in the arena; and the header
+     * views built from them.  Both grow with the request (most have a few
+     * headers), up to HTTP_MAX_HEADERS, and are kept for the next one. */
+    uint32_t (*hdr_off)[4];
+    http_header *headers;
+    int nheaders, hdr_cap;
     bool field_open, value_open; /* a header name/value spans callbacks */
     http_event pause_event;      /* what the current pause reports */
     size_t header_bytes;         /* request line and headers so far */
@@ -77,7 +81,6 @@ typedef struct http_parser {
     bool paused;
     int error_status;
     const char *error_reason;
-    http_header headers[HTTP_MAX_HEADERS];
 } http_parser;
 
 /* Initialises `p` (owned by the caller) with the given limits. */

@@ -117,6 +117,28 @@ static void test_limits(size_t step)
     CHECK_EQ_INT(feed(&p, many, strlen(many), step, &used), HTTP_EV_ERROR);
     CHECK_EQ_INT(p.error_status, 431);
     http_parser_free(&p);
+
+    /* Exactly the limit, twice on one parser: the header arrays grow past
+     * their first size and are kept, and every header still reads back. */
+    char full[8192] = "GET / HTTP/1.1\r\n";
+    for (int i = 0; i < HTTP_MAX_HEADERS; i++)
+        snprintf(full + strlen(full), sizeof full - strlen(full), "h%d: v%d\r\n", i, i);
+    strcat(full, "\r\n");
+    http_parser_init(&p, &wide);
+    for (int round = 0; round < 2; round++) {
+        CHECK_EQ_INT(feed(&p, full, strlen(full), step, &used), HTTP_EV_REQUEST);
+        CHECK_EQ_INT(p.req.nheaders, HTTP_MAX_HEADERS);
+        for (int i = 0; i < HTTP_MAX_HEADERS; i += 33) {
+            char name[16], want[16];
+            snprintf(name, sizeof name, "h%d", i);
+            snprintf(want, sizeof want, "v%d", i);
+            size_t vl = 0;
+            const char *v = http_header_get(&p.req, name, &vl);
+            CHECK(v && vl == strlen(want) && memcmp(v, want, vl) == 0);
+        }
+        http_next(&p);
+    }
+    http_parser_free(&p);
 }
 
 static void test_expect_continue(size_t step)
