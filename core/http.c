@@ -70,6 +70,7 @@ static int on_url_complete(llhttp_t *l)
     return 0;
 }
 
+/* Room for more headers: doubles from 16 up to HTTP_MAX_HEADERS. */
 static int grow_headers(http_parser *p)
 {
     int cap = p->hdr_cap ? 2 * p->hdr_cap : 16;
@@ -89,8 +90,7 @@ static int on_header_field(llhttp_t *l, const char *at, size_t len)
     http_parser *p = parser_of(l);
     if (!p->field_open) {
         if (p->nheaders >= HTTP_MAX_HEADERS) return fail(p, 431, "too many headers");
-        if (p->nheaders == p->hdr_cap && grow_headers(p) < 0)
-            return fail(p, 500, "out of memory");
+        if (p->nheaders == p->hdr_cap && grow_headers(p) < 0) return fail(p, 500, "out of memory");
         uint32_t *h = p->hdr_off[p->nheaders++];
         h[0] = (uint32_t)p->arena_len;
         h[1] = h[2] = h[3] = 0;

@@ -22,7 +22,7 @@ sub_names *sub_names_copy(const char *const *names, const size_t *lens, int n);
 typedef struct lp_state {
     unsigned limit;
     unsigned count;
-    unsigned cap;    /* msgs grows on demand: most polls answer one message */
+    unsigned cap; /* msgs grows on demand: most polls answer one message */
     hub_msg **msgs;
     bool gap;
     bool oom;           /* a message could not be held: answer 503 */
