@@ -147,8 +147,39 @@ void conn_close(conn *c)
     if (c->refs == 0) conn_free(c);
 }
 
+/* Response heads and remote addresses are built for every request; by hand,
+ * since snprintf and inet_ntop stood out in the long-poll profile. These
+ * write at p and return the end. */
+static char *put_decimal(char *p, uint64_t v)
+{
+    char digits[20];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n) *p++ = digits[--n];
+    return p;
+}
+
+static char *put_bytes(char *p, const char *s, size_t n)
+{
+    memcpy(p, s, n);
+    return p + n;
+}
+
 const char *conn_remote_addr(const conn *c, char *out, size_t len)
 {
+    if (c->remote.sa.sa_family == AF_INET && len >= sizeof("255.255.255.255:65535")) {
+        const unsigned char *a = (const unsigned char *)&c->remote.in.sin_addr;
+        char *p = out;
+        for (int i = 0; i < 4; i++) {
+            p = put_decimal(p, a[i]);
+            *p++ = i < 3 ? '.' : ':';
+        }
+        *put_decimal(p, ntohs(c->remote.in.sin_port)) = '\0';
+        return out;
+    }
     char ip[INET6_ADDRSTRLEN] = "?";
     if (c->remote.sa.sa_family == AF_INET6) {
         inet_ntop(AF_INET6, &c->remote.in6.sin6_addr, ip, sizeof(ip));
@@ -369,8 +400,15 @@ void conn_response_start(conn *c, int status)
     char line[64];
     c->resp_len = 0;
     c->resp_status = (uint16_t)status;
-    int n = snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\n", status, http_status_text(status));
-    resp_append(c, line, (size_t)n);
+    const char *text = http_status_text(status);
+    size_t tl = strlen(text);
+    if (tl > 40) tl = 40; /* the longest standard reason phrase has 31 */
+    char *p = put_bytes(line, "HTTP/1.1 ", 9);
+    p = put_decimal(p, (uint64_t)(status > 0 ? status : 0));
+    *p++ = ' ';
+    p = put_bytes(p, text, tl);
+    p = put_bytes(p, "\r\n", 2);
+    resp_append(c, line, (size_t)(p - line));
 }
 
 static bool is_tchar(unsigned char ch)
@@ -445,21 +483,24 @@ static void finish_head(conn *c, size_t *len)
     int status = c->resp_status;
     bool no_body = status == 204 || status == 304 || (status >= 100 && status < 200);
     bool close = !c->keep_alive || c->srv->stopping;
-    int n;
+    const char *date = server_date(c->srv);
+    size_t dl = strlen(date);
+    if (dl > 40) dl = 40; /* an IMF-fixdate has 29 */
+    char *p = put_bytes(hdr, "Date: ", 6);
+    p = put_bytes(put_bytes(p, date, dl), "\r\n", 2);
+    const char *connection = close ? "Connection: close\r\n" : "";
     if (no_body) {
-        n = snprintf(hdr, sizeof(hdr), "Date: %s\r\n%s\r\n", server_date(c->srv),
-                     close ? "Connection: close\r\n" : "");
         *len = 0;
     } else {
+        p = put_bytes(p, "Content-Length: ", 16);
+        p = put_bytes(put_decimal(p, *len), "\r\n", 2);
         const http_request *r = conn_request(c);
         bool http10 = r && r->version_major == 1 && r->version_minor == 0;
-        n = snprintf(hdr, sizeof(hdr), "Date: %s\r\nContent-Length: %zu\r\n%s\r\n",
-                     server_date(c->srv), *len,
-                     close    ? "Connection: close\r\n"
-                     : http10 ? "Connection: keep-alive\r\n"
-                              : "");
+        if (!close && http10) connection = "Connection: keep-alive\r\n";
     }
-    resp_append(c, hdr, (size_t)n);
+    p = put_bytes(p, connection, strlen(connection));
+    p = put_bytes(p, "\r\n", 2);
+    resp_append(c, hdr, (size_t)(p - hdr));
     if (close) c->keep_alive = false;
 }
 

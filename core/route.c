@@ -218,10 +218,6 @@ route_result route_find(const route_table *t, const char *method, const char *pa
             bool method_ok = strcmp(r->method, "*") == 0 || strcmp(r->method, want) == 0;
             if (!method_ok) {
                 other_method = true;
-                size_t al = strlen(m->allow);
-                if (!strstr(m->allow, r->method) && al + strlen(r->method) + 3 < sizeof(m->allow))
-                    snprintf(m->allow + al, sizeof(m->allow) - al, "%s%s", al ? ", " : "",
-                             r->method);
                 continue;
             }
             if (!best || score > best_score) {
@@ -233,5 +229,15 @@ route_result route_find(const route_table *t, const char *method, const char *pa
         }
     }
     if (best) return ROUTE_FOUND;
-    return other_method ? ROUTE_NO_METHOD : ROUTE_NOT_FOUND;
+    if (!other_method) return ROUTE_NOT_FOUND;
+    /* Only a 405 needs the Allow list. */
+    for (size_t i = 0; i < t->count; i++) {
+        const route *r = &t->routes[i];
+        uint64_t score;
+        if (!match_route(r, path, path_len, &tmp, &score)) continue;
+        size_t al = strlen(m->allow);
+        if (!strstr(m->allow, r->method) && al + strlen(r->method) + 3 < sizeof(m->allow))
+            snprintf(m->allow + al, sizeof(m->allow) - al, "%s%s", al ? ", " : "", r->method);
+    }
+    return ROUTE_NO_METHOD;
 }

@@ -1056,6 +1056,10 @@ static void push_lower(lua_State *L, const char *s, size_t n)
 
 static void push_decoded(lua_State *L, const char *s, size_t n, bool plus_space)
 {
+    if (n == 0 || (!memchr(s, '%', n) && !(plus_space && memchr(s, '+', n)))) {
+        lua_pushlstring(L, s, n); /* the common case: nothing to decode */
+        return;
+    }
     luaL_Buffer b;
     char *p = luaL_buffinitsize(L, &b, n);
     luaL_pushresultsize(&b, http_pct_decode(s, n, p, plus_space));
@@ -1155,9 +1159,19 @@ static int task_main(lua_State *L)
     return task_main_k(L, LUA_OK, 0);
 }
 
-static void task_end(lx_task *t)
+/* `finished`: the coroutine returned, so it can serve another task. One
+ * that failed is dropped: its stack may hold anything. */
+static void task_end(lx_task *t, bool finished)
 {
-    luaL_unref(t->app->L, LUA_REGISTRYINDEX, t->co_ref);
+    lx_app *app = t->app;
+    if (finished && app->nidle_co < LX_IDLE_COROUTINES) {
+        lua_settop(t->co, 0);
+        app->idle_co[app->nidle_co].co = t->co;
+        app->idle_co[app->nidle_co].ref = t->co_ref;
+        app->nidle_co++;
+    } else {
+        luaL_unref(app->L, LUA_REGISTRYINDEX, t->co_ref);
+    }
     if (t->c) conn_release(t->c);
     lx_app_release(t->app);
     free(t);
@@ -1373,11 +1387,13 @@ void lx_task_run(lx_task *t, int nargs)
         task_fail(t, "script stopped: instruction budget exceeded");
     } else if (st == LUA_OK) {
         if (t->c && !conn_closed(t->c)) respond_from_results(t, nres);
+        task_end(t, true);
+        return;
     } else {
         task_fail(t, t->budget.exceeded ? "script stopped: instruction budget exceeded"
                                         : "script error");
     }
-    task_end(t);
+    task_end(t, false);
 }
 
 lx_task *lx_task_new(lx_app *app, conn *c)
@@ -1389,9 +1405,17 @@ lx_task *lx_task_new(lx_app *app, conn *c)
     app->refs++;
     t->c = c;
     if (c) conn_hold(c);
-    lua_State *L = app->L;
-    t->co = lua_newthread(L);
-    t->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (app->nidle_co > 0) {
+        app->nidle_co--;
+        t->co = app->idle_co[app->nidle_co].co;
+        t->co_ref = app->idle_co[app->nidle_co].ref;
+    } else {
+        lua_State *L = app->L;
+        t->co = lua_newthread(L);
+        t->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    /* Set again on reuse: it restarts the count, so no step of the last
+     * task is charged to this one. */
     lua_sethook(t->co, lx_budget_hook, LUA_MASKCOUNT, HOOK_STEP);
     return t;
 }

@@ -22,6 +22,8 @@ typedef struct lx_budget {
 
 typedef struct lx_timer lx_timer;
 
+#define LX_IDLE_COROUTINES 32
+
 struct lx_app {
     lua_State *L;
     lua_State *hookL; /* runs subscriber callbacks (anchored in the registry) */
@@ -38,6 +40,14 @@ struct lx_app {
     lx_timer *timers;             /* sluice.timer / sluice.every of this generation */
     int on_publish;               /* registry ref of a table pattern -> function */
     const void *origin;           /* publisher identity during on_message (skip_self) */
+    /* Coroutines whose task returned, kept for the next task: a new
+     * thread, its registry slot and its later collection cost more than
+     * the handler itself on a re-poll. */
+    struct {
+        lua_State *co;
+        int ref;
+    } idle_co[LX_IDLE_COROUTINES];
+    int nidle_co;
 };
 
 /* A coroutine running app code: a request handler (c set) or a timer. */

@@ -43,8 +43,12 @@ sluice.route("GET", "/topics/:topic", function(req)
   if not valid_topic(topic) then
     return sluice.json(400, { error = "bad topic name" })
   end
+  if req.transport ~= "websocket" then
+    return req:subscribe(topic)
+  end
   return req:subscribe(topic, {
-    -- What a WebSocket client sends is published to the topic.
+    -- What a WebSocket client sends is published to the topic.  (Only a
+    -- WebSocket sends; the others go without the closure and its hooks.)
     on_message = function(conn, data)
       sluice.publish(topic, data)
     end,
