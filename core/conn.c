@@ -40,6 +40,11 @@ static bool wants_read(const conn *c)
         return !c->drain_wait;
     case CONN_STREAM:
         return true;
+    case CONN_HANDLING:
+        /* Watched while the app holds the request: do_read then only
+         * looks (held_request_input), and the watcher is not stopped and
+         * started again around every held request. */
+        return !c->held_input;
     case CONN_CLOSING:
         return c->lingering;
     case CONN_TLS_HANDSHAKE:
@@ -61,7 +66,10 @@ static void update_io(conn *c)
     }
     if (ev == c->io_events) return;
     ev_io_stop(c->srv->loop, &c->watcher);
-    ev_io_set(&c->watcher, c->io.fd, ev);
+    /* Not ev_io_set: that marks the fd as new, and libev then issues an
+     * EPOLL_CTL_ADD (failing with EEXIST) even when the events are back
+     * to what the kernel already has, as on every long-poll. */
+    ev_io_modify(&c->watcher, ev);
     if (ev) ev_io_start(c->srv->loop, &c->watcher);
     c->io_events = (uint8_t)ev;
 }
@@ -81,6 +89,7 @@ static void arm_timer(conn *c, int kind, double seconds)
 static void set_state(conn *c, conn_state s)
 {
     c->state = (uint8_t)s;
+    if (s != CONN_HANDLING) c->held_input = false;
     update_io(c);
 }
 
@@ -721,10 +730,33 @@ static void on_eof(conn *c)
     conn_close(c);
 }
 
+/* The socket turned readable while the app holds a request. If the peer
+ * has gone and the request is a held long-poll, close now: nothing would
+ * read the answer, and the poll would sit until its timeout. Otherwise
+ * (a pipelined request, a TLS record, a half-close under a handler) the
+ * bytes stay in the socket until the answer is out. */
+static void held_request_input(conn *c)
+{
+    char byte;
+    ssize_t n = recv(c->io.fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+    if (n < 0 || (n == 0 && c->stream)) {
+        LOG_KV(LOG_DEBUG, "peer closed a held request");
+        conn_close(c);
+        return;
+    }
+    c->held_input = true;
+    update_io(c);
+}
+
 static void do_read(conn *c)
 {
+    if (c->state == CONN_HANDLING) {
+        held_request_input(c);
+        return;
+    }
     for (int i = 0; i < READS_PER_EVENT; i++) {
-        if (c->state == CONN_CLOSED || !wants_read(c)) return;
+        if (c->state == CONN_CLOSED || c->state == CONN_HANDLING || !wants_read(c)) return;
         ssize_t n = io_read(&c->io, read_buf, sizeof(read_buf));
         if (n > 0) {
             c->read_want_w = false;

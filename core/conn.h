@@ -71,6 +71,7 @@ struct conn {
     bool in_pending;    /* on srv's pending-write list */
     bool in_process;    /* inside the request loop (no re-entry) */
     bool head_request;  /* the current request is HEAD: no body */
+    bool held_input;    /* HANDLING: bytes wait behind the held request */
     uint16_t refs;
     uint16_t resp_status; /* fills the padding here: a smaller conn */
     http_parser *http; /* while a request is being read or handled */

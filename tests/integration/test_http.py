@@ -46,6 +46,61 @@ class DefaultAppTest(SluiceTestCase):
         self.assertEqual(r.status, 200, r)
 
 
+    # -- held requests: the connection is watched while the app holds one ---------
+
+    def metric(self, s, name):
+        body = self.conn(s).get("/metrics").body.decode()
+        m = re.search(r"^%s (\d+)$" % re.escape(name), body, re.M)
+        self.assertIsNotNone(m, body)
+        return int(m.group(1))
+
+    def wait_metric(self, s, name, want, seconds=10.0):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.metric(s, name) == want:
+                return
+            time.sleep(0.05)
+        self.fail("%s did not reach %d" % (name, want))
+
+    def test_held_long_poll_dropped_when_the_client_goes(self):
+        s = self.start()
+        polls = 'sluice_connections{transport="longpoll"}'
+        for leave in ("close", "abort"):
+            c = s.conn()
+            c.send(build_request("GET", "/topics/held?timeout=120"))
+            self.wait_metric(s, polls, 1)
+            getattr(c, leave)()
+            # Dropped on the close itself: the poll's timeout is far off.
+            self.wait_metric(s, polls, 0)
+        self.assertServes(s, "/healthz", b"ok")
+
+    def test_request_pipelined_behind_held_long_poll(self):
+        s = self.start()
+        c = self.conn(s)
+        c.send(build_request("GET", "/topics/pipe?timeout=60") +
+               build_request("GET", "/healthz"))
+        self.wait_metric(s, 'sluice_connections{transport="longpoll"}', 1)
+        pub = self.conn(s).request("POST", "/topics/pipe", body=b"m1")
+        self.assertEqual(pub.status, 200, pub)
+        r = c.read_response()
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual([m["data"] for m in r.json()["messages"]], ["m1"])
+        r = c.read_response()
+        self.assertEqual((r.status, r.body.strip()), (200, b"ok"))
+
+    def test_half_closed_publisher_still_gets_its_answer(self):
+        # The publish is answered after the sync, with the client's write
+        # side already shut: a half-close is not a vanished client.
+        s = self.start()
+        c = self.conn(s)
+        c.send(build_request("POST", "/topics/half", body=b"x",
+                             headers=[("Connection", "close")]))
+        c.sock.shutdown(socket.SHUT_WR)
+        r = c.read_response()
+        self.assertEqual(r.status, 200, r)
+        self.assertIn("id", r.json())
+
+
 class HttpCoreTest(SluiceTestCase):
     def setUp(self):
         self.s = self.start(app("routes.lua"))
