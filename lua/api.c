@@ -842,6 +842,7 @@ static int l_conn_index(lua_State *L)
 static int l_req_subscribe(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 3); /* opts at 3, nil when not given, below the topics */
     lua_createtable(L, 1, 0);
     int topics = lua_gettop(L);
     if (lua_type(L, 2) == LUA_TSTRING) {
