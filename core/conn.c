@@ -167,7 +167,8 @@ static char *put_decimal(char *p, uint64_t v)
         digits[n++] = (char)('0' + v % 10);
         v /= 10;
     } while (v);
-    while (n) *p++ = digits[--n];
+    while (n)
+        *p++ = digits[--n];
     return p;
 }
 

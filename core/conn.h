@@ -70,12 +70,13 @@ struct conn {
     bool keep_alive;    /* the current request allows another one */
     bool in_pending;    /* on srv's pending-write list */
     bool in_process;    /* inside the request loop (no re-entry) */
-    bool head_request;  /* the current request is HEAD: no body */
-    bool held_input;    /* HANDLING: bytes wait behind the held request */
+    /* One byte for these two: a further byte would cost the struct 8. */
+    bool head_request : 1; /* the current request is HEAD: no body */
+    bool held_input : 1;   /* HANDLING: bytes wait behind the held request */
     uint16_t refs;
     uint16_t resp_status; /* fills the padding here: a smaller conn */
-    http_parser *http; /* while a request is being read or handled */
-    char *pending;     /* unparsed bytes behind the current request */
+    http_parser *http;    /* while a request is being read or handled */
+    char *pending;        /* unparsed bytes behind the current request */
     uint32_t pending_len, pending_off;
     outq_t out;
     ev_tstamp req_start;

@@ -68,16 +68,16 @@ static void lp_answer(sub_session *s)
         last = cursor;
     }
     /* By hand: snprintf showed in the long-poll profile. */
-    static const char open[] = "],\"last_id\":\"", gap[] = "\",\"gap\":true}";
+    static const char id_key[] = "],\"last_id\":\"", gap_end[] = "\",\"gap\":true}";
     if (last_len > HUB_ID_MAX) last_len = HUB_ID_MAX;
     size_t tl = 0;
-    memcpy(tail, open, sizeof(open) - 1);
-    tl += sizeof(open) - 1;
+    memcpy(tail, id_key, sizeof(id_key) - 1);
+    tl += sizeof(id_key) - 1;
     memcpy(tail + tl, last, last_len);
     tl += last_len;
     if (s->t.lp->gap) {
-        memcpy(tail + tl, gap, sizeof(gap) - 1);
-        tl += sizeof(gap) - 1;
+        memcpy(tail + tl, gap_end, sizeof(gap_end) - 1);
+        tl += sizeof(gap_end) - 1;
     } else {
         memcpy(tail + tl, "\"}", 2);
         tl += 2;

@@ -41,8 +41,8 @@ struct lx_app {
     int on_publish;               /* registry ref of a table pattern -> function */
     const void *origin;           /* publisher identity during on_message (skip_self) */
     /* Coroutines whose task returned, kept for the next task: a new
-     * thread, its registry slot and its later collection cost more than
-     * the handler itself on a re-poll. */
+     * thread, its registry slot and its collection were about 6k of the
+     * 52k instructions of a long-poll (callgrind). */
     struct {
         lua_State *co;
         int ref;
