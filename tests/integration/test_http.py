@@ -45,7 +45,6 @@ class DefaultAppTest(SluiceTestCase):
         r = c.get("/healthz")
         self.assertEqual(r.status, 200, r)
 
-
     # -- held requests: the connection is watched while the app holds one ---------
 
     def metric(self, s, name):
