@@ -59,15 +59,35 @@ int query_param(const http_request *req, const char *name, char *out, size_t cap
     return -1;
 }
 
-static bool wants_sse(const http_request *req)
+/* Whether header `name` holds `token`, case-insensitively. */
+static bool header_contains(const http_request *req, const char *name, const char *token)
 {
     size_t len;
-    const char *accept = http_header_get(req, "accept", &len);
-    if (!accept) return false;
-    static const char es[] = "text/event-stream";
-    for (size_t i = 0; i + sizeof(es) - 1 <= len; i++)
-        if (strncasecmp(accept + i, es, sizeof(es) - 1) == 0) return true;
+    const char *v = http_header_get(req, name, &len);
+    if (!v) return false;
+    size_t tl = strlen(token);
+    for (size_t i = 0; i + tl <= len; i++)
+        if (strncasecmp(v + i, token, tl) == 0) return true;
     return false;
+}
+
+static bool wants_sse(const http_request *req)
+{
+    return header_contains(req, "accept", "text/event-stream");
+}
+
+const char *sub_transport_of(const http_request *req)
+{
+    if (req->upgrade && header_contains(req, "upgrade", "websocket")) return "websocket";
+    if (wants_sse(req)) return "sse";
+    if (strcmp(req->method, "GET") != 0) return "http";
+    char v[32];
+    if (query_param(req, "timeout", v, sizeof(v)) >= 0) {
+        char *end;
+        double t = strtod(v, &end);
+        if (end != v && !*end && t == 0) return "poll";
+    }
+    return "longpoll";
 }
 
 int sub_start(conn *c, hub *h, const sub_request *r, const char **why)

@@ -63,6 +63,12 @@ extern sub_config sub_defaults;
  * owns hooks_ud). */
 int sub_start(conn *c, hub *h, const sub_request *r, const char **why);
 
+/* What a subscription on `req` becomes, by the names of req.transport:
+ * "websocket" (Upgrade: websocket), "sse" (Accept: text/event-stream),
+ * else for a GET "longpoll", or "poll" with ?timeout=0; "http" for any
+ * other method. */
+const char *sub_transport_of(const http_request *req);
+
 /* The session as a publisher identity (hub_publish's origin), so that
  * skip_self can recognise its own messages. */
 static inline const void *sub_origin(const sub_session *s)

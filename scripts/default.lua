@@ -7,10 +7,9 @@
 --   GET  /healthz, GET /metrics
 local sluice = require "sluice"
 
--- Topic names: 1 to 200 bytes of [A-Za-z0-9_.:-].
-local function valid_topic(name)
-  return #name >= 1 and #name <= 200 and not name:find("[^%w_.:%-]")
-end
+-- Topic names: 1 to 200 bytes of [A-Za-z0-9_.:-] (checked in C: a Lua
+-- pattern here was about a tenth of a long-poll's instructions).
+local valid_topic = sluice.valid_topic
 
 sluice.route("GET", "/healthz", function()
   return 200, "ok"

@@ -627,6 +627,15 @@ class RequestTest(ApiCase):
     def test_req_transport(self):
         v = http(self.s, "GET", "/inspect", headers=[("Accept", "text/event-stream")]).json()
         self.assertEqual(v["transport"], "sse")
+        # A plain GET would be a poll: long unless ?timeout=0.
+        self.assertEqual(http(self.s, "GET", "/inspect").json()["transport"], "longpoll")
+        for q in ("timeout=0", "timeout=0.0", "a=1&timeout=0"):
+            self.assertEqual(http(self.s, "GET", "/inspect?" + q).json()["transport"], "poll", q)
+        self.assertEqual(http(self.s, "GET", "/inspect?timeout=5").json()["transport"],
+                         "longpoll")
+        # Any other method: "http".
+        self.assertEqual(http(self.s, "POST", "/inspect/a/b", body=b"x").json()["transport"],
+                         "http")
         ws = WS.handshake(self.s, "/inspect")
         # The handler answered a plain response to an upgrade request.
         self.assertEqual(ws.status, 200, ws.body)
@@ -894,6 +903,12 @@ class UtilTest(ApiCase):
     def test_hex(self):
         r = http(self.s, "GET", "/hex?bytes=00ff10ab")
         self.assertEqual(r.text, "00ff10ab|")
+
+    def test_valid_topic(self):
+        names = [b"a", b"rooms.lobby:2-x_Y", b"x" * 200,  # valid
+                 b"", b"x" * 201, b"a b", b"a/b", b"rooms.*", b"caf\xc3\xa9", b"a\x00"]
+        r = http(self.s, "GET", "/valid_topic?names=" + ",".join(n.hex() for n in names))
+        self.assertEqual(r.text.split(), ["true"] * 3 + ["false"] * 7 + ["false", "false"])
 
     def test_version_and_metrics(self):
         r = http(self.s, "GET", "/version")

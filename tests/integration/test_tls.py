@@ -67,7 +67,7 @@ class TlsTest(SluiceTestCase):
         r = curl(self.s.url("/ping"))
         self.assertEqual((r.status, r.body), (200, b"pong"), r)
         r = curl(self.s.url("/transport"))
-        self.assertEqual(r.body, b"http", r)
+        self.assertEqual(r.body, b"longpoll", r)  # a plain GET (see req.transport)
 
     def test_alpn_http11(self):
         rc, out = s_client(self.s.tls_port, "-alpn", "http/1.1")
@@ -126,7 +126,7 @@ class TlsTest(SluiceTestCase):
         c.send(build_request("GET", "/ping") * 3)
         for i in range(3):
             self.assertEqual(c.read_response().body, b"pong")
-        self.assertEqual(c.get("/transport").body, b"http")
+        self.assertEqual(c.get("/transport").body, b"longpoll")
 
     def test_silent_handshake_does_not_block_others(self):
         silent = RawConn.tcp("127.0.0.1", self.s.tls_port)

@@ -206,6 +206,18 @@ sluice.route("GET", "/hex", function(req)
   return 200, sluice.hex(unhex(req.query.bytes)) .. "|" .. sluice.hex("")
 end)
 
+-- sluice.valid_topic on each name of ?names= (comma-separated, hex each),
+-- then on values that are not strings.
+sluice.route("GET", "/valid_topic", function(req)
+  local out = {}
+  for name in (req.query.names or ""):gmatch("[^,]*") do
+    out[#out + 1] = tostring(sluice.valid_topic(unhex(name)))
+  end
+  out[#out + 1] = tostring(sluice.valid_topic(nil))
+  out[#out + 1] = tostring(sluice.valid_topic(42))
+  return 200, table.concat(out, " ")
+end)
+
 sluice.route("POST", "/jwt", function(req)
   local claims, reason = sluice.jwt.verify(req.body, req.query.key)
   if claims then return sluice.json(200, { ok = true, claims = claims }) end
