@@ -738,10 +738,9 @@ static void on_eof(conn *c)
  * bytes stay in the socket until the answer is out. */
 static void held_request_input(conn *c)
 {
-    char byte;
-    ssize_t n = recv(c->io.fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
-    if (n < 0 || (n == 0 && c->stream)) {
+    int n = io_peek(&c->io);
+    if (n == IO_AGAIN) return;
+    if (n == IO_ERROR || (n == 0 && c->stream)) {
         LOG_KV(LOG_DEBUG, "peer closed a held request");
         conn_close(c);
         return;

@@ -70,6 +70,17 @@ ssize_t io_read(io_t *io, void *buf, size_t len)
     }
 }
 
+int io_peek(io_t *io)
+{
+    char byte;
+    for (;;) {
+        ssize_t n = recv(io->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (n >= 0) return (int)n;
+        if (errno == EINTR) continue;
+        return errno == EAGAIN || errno == EWOULDBLOCK ? IO_AGAIN : IO_ERROR;
+    }
+}
+
 ssize_t io_writev(io_t *io, const struct iovec *iov, int iovcnt)
 {
     io->want = IO_WANT_NONE;

@@ -35,6 +35,11 @@ typedef struct io {
  * (never set for TLS, which may hold decrypted bytes). */
 ssize_t io_read(io_t *io, void *buf, size_t len);
 
+/* Looks at the socket without reading: 1 when bytes wait (for TLS, record
+ * bytes not yet decrypted), 0 when the peer has closed, IO_AGAIN when
+ * nothing has come, IO_ERROR when the connection is broken. */
+int io_peek(io_t *io);
+
 /* Writes from `iovcnt` iovecs in one send or sendmsg.  Returns the bytes
  * written (maybe fewer than offered), IO_AGAIN or IO_ERROR.  For TLS the
  * iovecs are gathered into one record-sized write; after IO_AGAIN the

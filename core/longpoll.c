@@ -68,20 +68,16 @@ static void lp_answer(sub_session *s)
         last = cursor;
     }
     /* By hand: snprintf showed in the long-poll profile. */
-    static const char id_key[] = "],\"last_id\":\"", gap_end[] = "\",\"gap\":true}";
+    static const char id_key[] = "],\"last_id\":\"";
+    const char *end = s->t.lp->gap ? "\",\"gap\":true}" : "\"}";
     if (last_len > HUB_ID_MAX) last_len = HUB_ID_MAX;
-    size_t tl = 0;
+    size_t el = strlen(end), tl = 0;
     memcpy(tail, id_key, sizeof(id_key) - 1);
     tl += sizeof(id_key) - 1;
     memcpy(tail + tl, last, last_len);
     tl += last_len;
-    if (s->t.lp->gap) {
-        memcpy(tail + tl, gap_end, sizeof(gap_end) - 1);
-        tl += sizeof(gap_end) - 1;
-    } else {
-        memcpy(tail + tl, "\"}", 2);
-        tl += 2;
-    }
+    memcpy(tail + tl, end, el);
+    tl += el;
     static buf_t *head_slot, *comma_slot;
     buf_t *head = literal(&head_slot, "{\"messages\":[", 13);
     buf_t *comma = literal(&comma_slot, ",", 1);

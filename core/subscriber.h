@@ -63,10 +63,11 @@ extern sub_config sub_defaults;
  * owns hooks_ud). */
 int sub_start(conn *c, hub *h, const sub_request *r, const char **why);
 
-/* What a subscription on `req` becomes, by the names of req.transport:
- * "websocket" (Upgrade: websocket), "sse" (Accept: text/event-stream),
- * else for a GET "longpoll", or "poll" with ?timeout=0; "http" for any
- * other method. */
+/* req.transport: "websocket" (Upgrade: websocket), "sse" (Accept:
+ * text/event-stream), else for a GET "longpoll", or "poll" with
+ * ?timeout=0; "http" for any other method.  The same tests as sub_start's
+ * choice, except that sub_start sends any Upgrade to the WebSocket
+ * handshake, which refuses what is not WebSocket. */
 const char *sub_transport_of(const http_request *req);
 
 /* The session as a publisher identity (hub_publish's origin), so that
