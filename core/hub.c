@@ -47,6 +47,7 @@ struct hub_bus {
     struct store *store;
     struct writer *writer;
     pthread_mutex_t lock; /* guards hubs[] against attach/detach */
+    bool commit_here;     /* relaxed store: workers commit (writer.h) */
     unsigned max_hubs;
     hub *hubs[HUB_MAX_WORKERS]; /* by inbox index; NULL once detached */
 };
@@ -71,6 +72,7 @@ struct hub {
     hub_wake_fn wake;
     void *wake_ud;
     unsigned inflight;        /* own publishes not yet acknowledged */
+    bool uncommitted;         /* commit_here: own publishes queued since the last commit */
     uint64_t last_seq;        /* newest delivered */
     char last_id[HUB_ID_MAX]; /* ID of the newest message delivered: "now" */
     uint8_t last_id_len;
@@ -109,8 +111,12 @@ static uint32_t hash_name(const char *s, size_t len)
     return h;
 }
 
-/* Writer thread: queue m (with a new reference) in h's inbox; wake h's
- * worker when the inbox was empty. */
+/* The hub whose own thread is committing (hub_commit_pending): it polls
+ * its inbox right after, so it needs no wake. */
+static __thread hub *committing_hub;
+
+/* Writer thread (or a committing worker): queue m (with a new reference)
+ * in h's inbox; wake h's worker when the inbox was empty. */
 static void inbox_push(hub *h, hub_msg *m)
 {
     hub_msg_ref(m);
@@ -123,7 +129,7 @@ static void inbox_push(hub *h, hub_msg *m)
         h->inbox_head = m;
     h->inbox_tail = m;
     pthread_mutex_unlock(&h->inbox_lock);
-    if (was_empty && h->wake) h->wake(h->wake_ud);
+    if (was_empty && h->wake && h != committing_hub) h->wake(h->wake_ud);
 }
 
 /* Writer thread, in commit order: the message gets its ID here (before any
@@ -192,7 +198,10 @@ hub_bus *hub_bus_open(struct store *st, unsigned max_hubs, size_t max_queue, cha
     pthread_mutex_init(&b->lock, NULL);
     b->store = st;
     b->max_hubs = max_hubs;
-    struct writer_opts wo = {.done = on_committed, .ud = b, .max_queue = max_queue};
+    struct store_stats ss;
+    b->commit_here = store_stats(st, &ss) == 0 && ss.relaxed;
+    struct writer_opts wo = {
+        .done = on_committed, .ud = b, .max_queue = max_queue, .commit_on_submitter = b->commit_here};
     int rc = writer_start(&b->writer, st, &wo);
     if (rc != 0) {
         snprintf(err, errlen, "cannot start the storage writer: %s", store_errmsg(rc));
@@ -551,6 +560,7 @@ int hub_publish(hub *h, const char *topic, size_t tlen, const char *event, size_
         return rc;
     }
     h->inflight++;
+    if (h->bus->commit_here) h->uncommitted = true;
     return 0;
 }
 
@@ -634,6 +644,20 @@ void hub_poll(hub *h)
         hub_msg_unref(m);
         m = next;
     }
+}
+
+void hub_commit_pending(hub *h)
+{
+    /* Answers resume Lua tasks, which may publish again: a few rounds
+     * here, then the next loop pass. */
+    for (int round = 0; round < 4 && h->uncommitted && h->bus; round++) {
+        h->uncommitted = false;
+        committing_hub = h;
+        writer_commit_queued(h->bus->writer);
+        committing_hub = NULL;
+        hub_poll(h);
+    }
+    if (h->uncommitted && h->wake) h->wake(h->wake_ud);
 }
 
 hub_sub *hub_subscribe(hub *h, const char *topic, size_t len, void *owner, hub_deliver_fn fn)

@@ -10,7 +10,11 @@
  * carries one inbox link per hub) and wakes each worker through the `wake`
  * callback its embedder gives (an ev_async).  Each worker then fans out to
  * its own subscribers, and the publisher's worker acknowledges it:
- * hub_poll() does both.
+ * hub_poll() does both.  With relaxed durability (no fsync, a commit of
+ * microseconds) the writer thread is not woken per publish: each worker
+ * commits its own queued publishes at the end of its loop pass
+ * (hub_commit_pending), then fans out, in one pass and with no thread
+ * hand-off.
  *
  * IDs come from the store: "<epoch>-<seq>", one global seq across topics,
  * so one Last-Event-ID resumes a connection subscribed to several topics,
@@ -141,6 +145,13 @@ void hub_free(hub *h);
 /* On the hub's thread: fans out every commit in the inbox to this worker's
  * subscribers and acknowledges this worker's publishes, in commit order. */
 void hub_poll(hub *h);
+
+/* On the hub's thread, at the end of each loop pass (an ev_prepare): with
+ * a relaxed store, commits the publishes queued since the last call and
+ * does what hub_poll does; otherwise nothing.  When publishes made by
+ * that fan-out's callbacks are still queued after a few rounds, wakes the
+ * worker so that the loop does not block on them. */
+void hub_commit_pending(hub *h);
 
 /* Sets the retention used for topics whose names start with `prefix` (an
  * exact name, or a prefix when `prefix_match`); the longest match wins. */

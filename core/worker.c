@@ -19,6 +19,7 @@ struct worker {
     pthread_t thread;
     bool started;
     ev_async committed; /* the bus put commits in our hub's inbox */
+    ev_prepare commit;  /* end of a loop pass: relaxed store, commit here */
     ev_async reload, stop;
 };
 
@@ -32,6 +33,12 @@ static void on_committed(struct ev_loop *loop, ev_async *a, int revents)
 {
     worker *w = a->data;
     hub_poll(w->hub);
+}
+
+static void on_pass_end(struct ev_loop *loop, ev_prepare *p, int revents)
+{
+    worker *w = p->data;
+    hub_commit_pending(w->hub);
 }
 
 static void on_reload(struct ev_loop *loop, ev_async *a, int revents)
@@ -74,7 +81,9 @@ worker *worker_new(const worker_opts *o, lx_app *app, hub *h, hub_bus *bus, char
     ev_async_init(&w->committed, on_committed);
     ev_async_init(&w->reload, on_reload);
     ev_async_init(&w->stop, on_stop);
-    w->committed.data = w->reload.data = w->stop.data = w;
+    ev_prepare_init(&w->commit, on_pass_end);
+    w->committed.data = w->reload.data = w->stop.data = w->commit.data = w;
+    ev_prepare_start(w->loop, &w->commit);
     ev_async_start(w->loop, &w->committed);
     ev_async_start(w->loop, &w->reload);
     ev_async_start(w->loop, &w->stop);
@@ -164,6 +173,7 @@ void worker_free(worker *w)
     if (w->started) pthread_join(w->thread, NULL);
     if (w->app) lx_app_release(w->app);
     if (!w->started) server_destroy(&w->srv);
+    ev_prepare_stop(w->loop, &w->commit);
     ev_async_stop(w->loop, &w->committed);
     ev_async_stop(w->loop, &w->reload);
     ev_async_stop(w->loop, &w->stop);

@@ -8,6 +8,12 @@
  * commit), appends it in one transaction and completes each request in
  * order.  Submitters only hold the mutex to link a request, so 256
  * publishing threads contend on a pointer swap, not on the disk.
+ *
+ * A second mutex, commit_mu, is held from detaching a batch to its last
+ * completion, and around a sweep: with commits on the submitters, batches
+ * then still run one at a time and in queue order, whichever thread runs
+ * them.  Lock order: commit_mu, then mu.  The sync takes neither: LMDB's
+ * sync is a flush of the file, safe beside a commit.
  */
 #include "storage/writer.h"
 
@@ -25,12 +31,14 @@ struct writer {
     struct writer_opts o;
     pthread_t thread;
     pthread_mutex_t mu;
+    pthread_mutex_t commit_mu; /* one batch or sweep at a time (see above) */
     pthread_cond_t cv;
     struct writer_req *head, *tail;
     size_t queued;
     size_t linger_want; /* while lingering: wake the thread at this many queued */
     int stopping;
-    struct store_msg *msgs; /* max_batch entries, storage thread only */
+    int dirty;              /* under mu: committed since the last sync */
+    struct store_msg *msgs; /* max_batch entries, under commit_mu */
     struct writer_stats st; /* under mu */
 };
 
@@ -95,6 +103,10 @@ static size_t run_batch(struct writer *w, struct writer_req *batch, size_t n)
         r = next;
     }
     pthread_mutex_lock(&w->mu);
+    /* A relaxed store's thread sleeps past the sync when nothing was
+     * dirty; with commits on the submitters it is told of the first. */
+    if (!w->dirty && w->o.commit_on_submitter) pthread_cond_signal(&w->cv);
+    w->dirty = 1;
     w->st.batches++;
     w->st.messages += n;
     w->st.failures += failed;
@@ -103,10 +115,42 @@ static size_t run_batch(struct writer *w, struct writer_req *batch, size_t n)
     return repeats;
 }
 
+/* Detach at most one batch from the queue and commit it; the caller holds
+ * commit_mu, not mu.  Returns the batch's size, and in *repeats how many of
+ * its requests have the topic of the one before. */
+static size_t commit_one_batch(struct writer *w, size_t *repeats)
+{
+    pthread_mutex_lock(&w->mu);
+    struct writer_req *batch = w->head, *last = NULL, *r = w->head;
+    size_t n = 0, bytes = 0;
+    while (r && n < w->o.max_batch && (n == 0 || bytes + r->data_len <= w->o.max_batch_bytes)) {
+        bytes += r->data_len;
+        last = r;
+        r = r->next_;
+        n++;
+    }
+    if (n) {
+        w->head = r;
+        if (!r) w->tail = NULL;
+        last->next_ = NULL;
+        w->queued -= n;
+    }
+    pthread_mutex_unlock(&w->mu);
+    *repeats = n ? run_batch(w, batch, n) : 0;
+    return n;
+}
+
+/* Requests for the storage thread to commit (under mu).  With commits on
+ * the submitters, the queue is theirs until the stop. */
+static int has_work(const struct writer *w)
+{
+    return w->head && (!w->o.commit_on_submitter || w->stopping);
+}
+
 static void *writer_main(void *arg)
 {
     struct writer *w = arg;
-    int relaxed = 0, dirty = 0;
+    int relaxed = 0;
     struct store_stats ss;
     if (store_stats(w->store, &ss) == 0) relaxed = ss.relaxed;
     int64_t next_sync = now_mono_ms() + w->o.sync_interval_ms;
@@ -129,58 +173,56 @@ static void *writer_main(void *arg)
 
     pthread_mutex_lock(&w->mu);
     for (;;) {
-        if (!w->head) {
-            if (w->stopping) break;
+        if (!has_work(w)) {
+            if (w->stopping && !w->head) break;
             int64_t due = next_sweep;
-            if (relaxed && dirty && next_sync < due) due = next_sync;
+            if (relaxed && w->dirty && next_sync < due) due = next_sync;
             struct timespec ts = mono_us_timespec(due * 1000);
             pthread_cond_timedwait(&w->cv, &w->mu, &ts);
         }
-        while (w->head && w->queued < linger_want && !w->stopping) {
+        int take = has_work(w);
+        while (take && w->queued < linger_want && !w->stopping) {
             if (now_mono_us() >= linger_until_us) break;
             struct timespec ts = mono_us_timespec(linger_until_us);
             w->linger_want = linger_want;
             pthread_cond_timedwait(&w->cv, &w->mu, &ts);
         }
         w->linger_want = 0;
-        /* Detach at most one batch. */
-        struct writer_req *batch = w->head, *last = NULL, *r = w->head;
-        size_t n = 0, bytes = 0;
-        while (r && n < w->o.max_batch && (n == 0 || bytes + r->data_len <= w->o.max_batch_bytes)) {
-            bytes += r->data_len;
-            last = r;
-            r = r->next_;
-            n++;
-        }
-        if (n) {
-            w->head = r;
-            if (!r) w->tail = NULL;
-            last->next_ = NULL;
-            w->queued -= n;
-        }
         pthread_mutex_unlock(&w->mu);
 
         linger_want = linger_n = 0;
+        int64_t start_us = now_mono_us();
+        size_t repeats, n = 0;
+        if (take) {
+            pthread_mutex_lock(&w->commit_mu);
+            n = commit_one_batch(w, &repeats);
+            pthread_mutex_unlock(&w->commit_mu);
+        }
         if (n) {
-            int64_t start_us = now_mono_us();
-            if (2 * run_batch(w, batch, n) >= n) linger_n = n;
-            dirty = 1;
+            if (2 * repeats >= n) linger_n = n;
             int64_t end_us = now_mono_us(), linger_us = (end_us - start_us) / 2;
             linger_until_us = end_us + (linger_us < LINGER_MAX_US ? linger_us : LINGER_MAX_US);
         }
         int64_t now = now_mono_ms();
-        if (relaxed && dirty && now >= next_sync) {
-            if (store_sync(w->store) == 0) dirty = 0;
+        pthread_mutex_lock(&w->mu);
+        int dirty = w->dirty, sync_due = relaxed && dirty && now >= next_sync;
+        if (sync_due) w->dirty = 0; /* a commit during the sync sets it again */
+        pthread_mutex_unlock(&w->mu);
+        if (sync_due) {
+            int rc = store_sync(w->store);
             next_sync = now + w->o.sync_interval_ms;
             pthread_mutex_lock(&w->mu);
             w->st.syncs++;
+            if (rc) w->dirty = 1;
             pthread_mutex_unlock(&w->mu);
         } else if (!dirty) {
             next_sync = now + w->o.sync_interval_ms;
         }
         if (now >= next_sweep) {
             uint64_t deleted = 0;
+            pthread_mutex_lock(&w->commit_mu);
             store_sweep(w->store, now_wall_ms(), w->o.sweep_budget, &deleted);
+            pthread_mutex_unlock(&w->commit_mu);
             next_sweep = now + w->o.sweep_interval_ms;
             pthread_mutex_lock(&w->mu);
             w->st.swept += deleted;
@@ -192,6 +234,7 @@ static void *writer_main(void *arg)
             if (linger_want > w->o.max_batch) linger_want = w->o.max_batch;
         }
     }
+    int dirty = w->dirty;
     pthread_mutex_unlock(&w->mu);
     if (relaxed && dirty) store_sync(w->store);
     return NULL;
@@ -201,7 +244,7 @@ int writer_start(struct writer **out, struct store *store, const struct writer_o
 {
     struct writer *w;
     pthread_condattr_t ca;
-    int mu_ok = 0, cv_ok = 0;
+    int mu_ok = 0, commit_mu_ok = 0, cv_ok = 0;
 
     *out = NULL;
     if (!store || !opts || !opts->done) return STORE_EINVAL;
@@ -219,6 +262,8 @@ int writer_start(struct writer **out, struct store *store, const struct writer_o
     if (!w->msgs) goto fail;
     if (pthread_mutex_init(&w->mu, NULL)) goto fail;
     mu_ok = 1;
+    if (pthread_mutex_init(&w->commit_mu, NULL)) goto fail;
+    commit_mu_ok = 1;
     /* Deadlines are monotonic so a wall-clock jump cannot stall the syncs. */
     if (pthread_condattr_init(&ca)) goto fail;
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -228,6 +273,7 @@ int writer_start(struct writer **out, struct store *store, const struct writer_o
     cv_ok = 1;
     if (pthread_create(&w->thread, NULL, writer_main, w)) {
         pthread_cond_destroy(&w->cv);
+        pthread_mutex_destroy(&w->commit_mu);
         pthread_mutex_destroy(&w->mu);
         free(w->msgs);
         free(w);
@@ -237,6 +283,7 @@ int writer_start(struct writer **out, struct store *store, const struct writer_o
     return 0;
 fail:
     if (cv_ok) pthread_cond_destroy(&w->cv);
+    if (commit_mu_ok) pthread_mutex_destroy(&w->commit_mu);
     if (mu_ok) pthread_mutex_destroy(&w->mu);
     free(w->msgs);
     free(w);
@@ -260,12 +307,27 @@ int writer_submit(struct writer *w, struct writer_req *req)
         w->tail = req;
         /* Wake only on the empty->non-empty edge, or when a lingering
          * thread's group is complete: it takes the whole queue each round,
-         * so further signals would be wasted syscalls. */
+         * so further signals would be wasted syscalls.  With commits on
+         * the submitters, not at all. */
         size_t q = ++w->queued;
-        if (q == 1 || q == w->linger_want) pthread_cond_signal(&w->cv);
+        if (!w->o.commit_on_submitter && (q == 1 || q == w->linger_want))
+            pthread_cond_signal(&w->cv);
     }
     pthread_mutex_unlock(&w->mu);
     return rc;
+}
+
+size_t writer_commit_queued(struct writer *w)
+{
+    size_t done = 0, n, repeats;
+    pthread_mutex_lock(&w->commit_mu);
+    pthread_mutex_lock(&w->mu);
+    size_t want = w->queued; /* not those its completions submit */
+    pthread_mutex_unlock(&w->mu);
+    while (done < want && (n = commit_one_batch(w, &repeats)) > 0)
+        done += n;
+    pthread_mutex_unlock(&w->commit_mu);
+    return done;
 }
 
 void writer_stop(struct writer *w)
@@ -277,6 +339,7 @@ void writer_stop(struct writer *w)
     pthread_mutex_unlock(&w->mu);
     pthread_join(w->thread, NULL);
     pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->commit_mu);
     pthread_mutex_destroy(&w->mu);
     free(w->msgs);
     free(w);

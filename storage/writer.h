@@ -16,6 +16,15 @@
  *
  * The thread also runs the periodic jobs that must not run on the loop: the
  * sync of relaxed mode and the age-retention sweep of idle topics.
+ *
+ * Commits on the submitter (opts.commit_on_submitter, for a relaxed store,
+ * whose commit has no fsync and takes microseconds): the thread is not
+ * woken per request; instead each submitting thread calls
+ * writer_commit_queued() at the end of its loop pass, and the commit and
+ * its completions run there.  That saves the two thread hand-offs per
+ * publish (a futex wake of this thread, a wake of the loop back), which
+ * cost more than the commit itself.  One commit runs at a time, on
+ * whichever thread, in queue order: still one writer.
  */
 #ifndef SLUICE_WRITER_H
 #define SLUICE_WRITER_H
@@ -69,6 +78,7 @@ struct writer_opts {
     unsigned sync_interval_ms;  /* relaxed store: sync period; 0 = 1000 */
     unsigned sweep_interval_ms; /* age-retention sweep period; 0 = 1000 */
     size_t sweep_budget;        /* topics visited per sweep; 0 = 1000 */
+    int commit_on_submitter;    /* submitters commit (writer_commit_queued) */
 };
 
 struct writer;
@@ -83,6 +93,14 @@ int writer_start(struct writer **out, struct store *store, const struct writer_o
  * WRITER_EBUSY (done will not be called; the request is the caller's
  * again). */
 int writer_submit(struct writer *w, struct writer_req *req);
+
+/* writer_commit_queued: commit the requests queued now, on the calling
+ * thread, and call their completions there before returning.  It waits
+ * while another thread commits (a batch or a sweep: one at a time), never
+ * for a sync.  Any thread, not from the completion callback.  Returns the
+ * number of requests completed.  Meant for opts.commit_on_submitter; in
+ * the other mode it only takes work from the storage thread. */
+size_t writer_commit_queued(struct writer *w);
 
 /* writer_stop: refuse new requests, commit everything queued (calling each
  * completion), sync in relaxed mode, join the thread and free the writer.

@@ -4,7 +4,10 @@ Judged from outside: connections land on every worker; a message published
 on any worker reaches subscribers on every worker, once, in order; timers
 made by the script's top level fire once for the app; a reload reaches
 every worker before it is reported; /metrics counts every worker; SIGTERM
-stops them all; a second server cannot silently share the port."""
+stops them all; a second server cannot silently share the port.  All of
+it again with relaxed durability, where each worker commits its own
+publishes at the end of its loop pass, so the workers' commits interleave
+on the one store (RelaxedWorkersTest)."""
 
 import json
 import os
@@ -80,6 +83,8 @@ class SSEOn:
 
 
 class WorkersTest(SluiceTestCase):
+    APP = APP
+
     def setUp(self):
         self.dir = self.tmpdir()
         self.path = os.path.join(self.dir, "app.lua")
@@ -89,7 +94,7 @@ class WorkersTest(SluiceTestCase):
     def write(self, version):
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
-            f.write(APP % version)
+            f.write(self.APP % version)
         os.replace(tmp, self.path)
 
     def on_each_worker(self, make, per_worker=1, max_conns=200):
@@ -136,6 +141,36 @@ class WorkersTest(SluiceTestCase):
                                  "worker %d" % wid)
                 self.assertEqual([g[0] for g in got], ids)
         self.assertTrue(self.s.alive())
+
+    def test_concurrent_publishes_on_every_worker_one_order(self):
+        """Publishers on both workers, all in flight at once, ROUNDS times:
+        every subscriber, whatever its worker, gets every message once, in
+        the same order, which is the order of the answered IDs."""
+        subs = self.on_each_worker(lambda c: SSEOn(c, "race"), per_worker=2)
+        pubs = self.on_each_worker(lambda c: c, per_worker=4)
+        answered = []
+        for r in range(10):
+            sent = []
+            for wid, lst in pubs.items():
+                for i, c in enumerate(lst):
+                    body = "r%d-w%d-%d" % (r, wid, i)
+                    c.send(build_request("POST", "/topics/race", body=body.encode()))
+                    sent.append((c, body))
+            for c, body in sent:
+                resp = c.read_response()
+                self.assertEqual(resp.status, 200, resp)
+                answered.append((resp.json()["id"], body))
+        first = None
+        for wid, lst in subs.items():
+            for sub in lst:
+                got = [sub.next() for _ in range(len(answered))]
+                self.assertNotIn(None, got, "worker %d" % wid)
+                self.assertEqual(sorted(got), sorted(answered), "worker %d" % wid)
+                first = first or got
+                self.assertEqual(got, first, "worker %d" % wid)
+        # The stream's order is the IDs' order: each ID is "<epoch>-<seq>".
+        seqs = [int(i.rsplit("-", 1)[1], 36) for i, _ in first]
+        self.assertEqual(seqs, sorted(set(seqs)))
 
     def test_top_level_timer_fires_once_per_tick(self):
         subs = self.on_each_worker(lambda c: SSEOn(c, "ticks"))
@@ -212,6 +247,11 @@ class WorkersTest(SluiceTestCase):
         for _ in range(20):  # every connection still lands on our server
             with self.s.conn() as c:
                 self.assertEqual(c.get("/version").body, b"v1")
+
+
+class RelaxedWorkersTest(WorkersTest):
+    APP = ('local sluice = require "sluice"\n'
+           'sluice.config{ storage = { durability = "relaxed" } }\n') + APP
 
 
 class WorkerCountTest(SluiceTestCase):

@@ -4,7 +4,9 @@
  * exactly once, completions arrive in seq order (so per topic and per
  * submitter in submit order), many concurrent submitters end up sharing
  * commits, a stop commits what was queued, a full queue says EBUSY, and the
- * periodic sync and age sweep run.  Meant to run under -fsanitize=thread
+ * periodic sync and age sweep run.  With commits on the submitters, the
+ * same, and each submitter's requests are complete when its
+ * writer_commit_queued returns, their completions run on the submitters.  Meant to run under -fsanitize=thread
  * as well.
  */
 #ifndef _GNU_SOURCE
@@ -69,8 +71,11 @@ struct req {
     pthread_cond_t *cv;
 };
 
+/* Set on the submitter threads: where a completion runs. */
+static __thread int on_submitter_thread;
+
 struct ctx {
-    atomic_int completed, out_of_order, failed;
+    atomic_int completed, out_of_order, failed, off_submitter;
     atomic_ullong last_seq; /* written on the writer thread only */
 };
 
@@ -81,6 +86,7 @@ static void done_cb(void *ud, struct writer_req *wr)
     struct ctx *c = ud;
     struct req *r = wr->user;
     if (wr->status) atomic_fetch_add(&c->failed, 1);
+    if (!on_submitter_thread) atomic_fetch_add(&c->off_submitter, 1);
     if (wr->seq <= atomic_load(&c->last_seq)) atomic_fetch_add(&c->out_of_order, 1);
     atomic_store(&c->last_seq, wr->seq);
     atomic_fetch_add(&r->completions, 1);
@@ -96,8 +102,8 @@ static void done_cb(void *ud, struct writer_req *wr)
 struct submitter {
     struct writer *w;
     struct req *reqs;
-    int id, wait_each;
-    int submit_errors;
+    int id, wait_each, commit_here;
+    int submit_errors, not_done; /* not_done: incomplete after commit_queued */
     pthread_mutex_t mu;
     pthread_cond_t cv;
 };
@@ -105,6 +111,7 @@ struct submitter {
 static void *submit_main(void *p)
 {
     struct submitter *sb = p;
+    on_submitter_thread = 1;
     for (int i = 0; i < PER_SUBMITTER; i++) {
         struct req *r = &sb->reqs[i];
         snprintf(r->data, sizeof r->data, "%d:%d", sb->id, i);
@@ -121,7 +128,13 @@ static void *submit_main(void *p)
             sb->submit_errors++;
             continue;
         }
-        if (sb->wait_each) {
+        if (sb->commit_here) {
+            /* Fire and forget commits every 8th; waiting commits each. */
+            if (!sb->wait_each && i % 8 != 7 && i != PER_SUBMITTER - 1) continue;
+            writer_commit_queued(sb->w);
+            for (int k = i; k >= 0 && atomic_load(&sb->reqs[k].completions) == 0; k--)
+                sb->not_done++;
+        } else if (sb->wait_each) {
             pthread_mutex_lock(&sb->mu);
             for (int k = 0; k < 5000 && !atomic_load(&r->acked); k++) {
                 struct timespec ts;
@@ -161,13 +174,13 @@ static int order_cb(void *ud, const struct store_view *v)
     return 0;
 }
 
-static void run_submitters(int wait_each)
+static void run_submitters(int wait_each, int commit_here)
 {
     char *dir = make_dir();
-    struct store *s = open_store(dir, 0);
+    struct store *s = open_store(dir, commit_here);
     struct ctx c = {0};
     struct writer *w = NULL;
-    struct writer_opts o = {.done = done_cb, .ud = &c};
+    struct writer_opts o = {.done = done_cb, .ud = &c, .commit_on_submitter = commit_here};
     CHECK_EQ_INT(writer_start(&w, s, &o), 0);
 
     static struct submitter sb[SUBMITTERS];
@@ -177,6 +190,7 @@ static void run_submitters(int wait_each)
         sb[i].w = w;
         sb[i].id = i;
         sb[i].wait_each = wait_each;
+        sb[i].commit_here = commit_here;
         sb[i].reqs = calloc(PER_SUBMITTER, sizeof(struct req));
         pthread_mutex_init(&sb[i].mu, NULL);
         pthread_cond_init(&sb[i].cv, NULL);
@@ -190,6 +204,7 @@ static void run_submitters(int wait_each)
     int once = 1;
     for (int i = 0; i < SUBMITTERS; i++) {
         CHECK_EQ_INT(sb[i].submit_errors, 0);
+        CHECK_EQ_INT(sb[i].not_done, 0);
         for (int j = 0; j < PER_SUBMITTER; j++)
             if (atomic_load(&sb[i].reqs[j].completions) != 1) once = 0;
     }
@@ -197,6 +212,9 @@ static void run_submitters(int wait_each)
     CHECK_EQ_INT(atomic_load(&c.completed), SUBMITTERS * PER_SUBMITTER);
     CHECK_EQ_INT(atomic_load(&c.failed), 0);
     CHECK_EQ_INT(atomic_load(&c.out_of_order), 0);
+    /* Committed by the submitters, never left for the storage thread
+     * (which is not woken for them and sleeps a second at a time). */
+    if (commit_here) CHECK_EQ_INT(atomic_load(&c.off_submitter), 0);
 
     int total = 0;
     for (int t = 0; t < TOPICS; t++) {
@@ -438,8 +456,10 @@ static void test_linger_ends(void)
 
 int main(void)
 {
-    run_submitters(0); /* fire and forget */
-    run_submitters(1); /* each waits for its ack, as a publisher does */
+    run_submitters(0, 0); /* fire and forget */
+    run_submitters(1, 0); /* each waits for its ack, as a publisher does */
+    run_submitters(0, 1); /* the same, committed by the submitters */
+    run_submitters(1, 1);
     test_group_commit();
     test_busy();
     test_periodic();
