@@ -80,6 +80,7 @@ struct hub {
     size_t nrules;
     hub_counters stats;
     hub_sub *prefix_subs;       /* wildcard subscriptions */
+    uint32_t nprefix_subs;
     pthread_mutex_t inbox_lock; /* the writer appends, the hub's thread takes */
     hub_msg *inbox_head, *inbox_tail;
 };
@@ -200,8 +201,10 @@ hub_bus *hub_bus_open(struct store *st, unsigned max_hubs, size_t max_queue, cha
     b->max_hubs = max_hubs;
     struct store_stats ss;
     b->commit_here = store_stats(st, &ss) == 0 && ss.relaxed;
-    struct writer_opts wo = {
-        .done = on_committed, .ud = b, .max_queue = max_queue, .commit_on_submitter = b->commit_here};
+    struct writer_opts wo = {.done = on_committed,
+                             .ud = b,
+                             .max_queue = max_queue,
+                             .commit_on_submitter = b->commit_here};
     int rc = writer_start(&b->writer, st, &wo);
     if (rc != 0) {
         snprintf(err, errlen, "cannot start the storage writer: %s", store_errmsg(rc));
@@ -611,17 +614,39 @@ static void answer(hub *h, hub_msg *m, pending *p)
     free(p);
 }
 
+/* Local subscribers a lone publish's fan-out may reach and still be
+ * answered first: writing to this many takes about as long as the
+ * publisher's round trip on loopback (~12 µs a write here). */
+#define SMALL_FANOUT 16
+
+static bool small_fanout(const hub *h, const hub_msg *m)
+{
+    if (h->nprefix_subs) return false;
+    const hub_topic *t = topic_find(h, m->topic, m->topic_len, hash_name(m->topic, m->topic_len));
+    return !t || t->nsubs <= SMALL_FANOUT;
+}
+
 void hub_poll(hub *h)
 {
     if (!h->bus) return;
     hub_msg *first = inbox_take(h);
-    /* A publish alone is answered after its fan-out, as nchan answers:
-     * the publisher's next message then does not queue behind this
-     * fan-out.  With more of this worker's publishes in flight, each is
-     * answered before any fan-out, so those publishers' next messages
-     * reach the writer (the next group commit) while this fan-out is
-     * written, not after it. */
-    if (h->inflight > 1) {
+    /* A publish alone is answered after its fan-out when that is large,
+     * as nchan answers: the publisher's next message then does not wait
+     * behind the rest of it (1,000 writes take milliseconds).  A small
+     * fan-out is answered first: the next publish arrives while it is
+     * written, and the loop does not sleep and wake between two publishes
+     * (1,000 topics of 10 subscribers, one publish at a time: about 40%
+     * more deliveries/s).  With more of this worker's publishes in
+     * flight, each is answered before any fan-out, so those publishers'
+     * next messages reach the writer (the next group commit) while this
+     * fan-out is written, not after it. */
+    bool answer_first = h->inflight > 1;
+    for (hub_msg *m = first; !answer_first && h->inflight == 1 && m; m = m->inbox_next[h->index])
+        if (own_pending(h, m)) {
+            answer_first = m->seq != 0 && small_fanout(h, m);
+            break;
+        }
+    if (answer_first) {
         for (hub_msg *m = first; m; m = m->inbox_next[h->index]) {
             pending *p = own_pending(h, m);
             if (!p) continue;
@@ -675,6 +700,7 @@ hub_sub *hub_subscribe(hub *h, const char *topic, size_t len, void *owner, hub_d
         s->next = h->prefix_subs;
         if (h->prefix_subs) h->prefix_subs->prev = s;
         h->prefix_subs = s;
+        h->nprefix_subs++;
         COUNT(h->stats.subscribers, 1);
         return s;
     }
@@ -705,6 +731,7 @@ void hub_unsubscribe(hub *h, hub_sub *s)
         else
             h->prefix_subs = s->next;
         if (s->next) s->next->prev = s->prev;
+        h->nprefix_subs--;
         COUNT(h->stats.subscribers, -1);
         free(s->prefix);
         free(s);

@@ -82,6 +82,9 @@ worker *worker_new(const worker_opts *o, lx_app *app, hub *h, hub_bus *bus, char
     ev_async_init(&w->reload, on_reload);
     ev_async_init(&w->stop, on_stop);
     ev_prepare_init(&w->commit, on_pass_end);
+    /* Before the server's flush (a prepare watcher too), so the fan-out
+     * and answers it queues are written in this same pass. */
+    ev_set_priority(&w->commit, EV_MAXPRI);
     w->committed.data = w->reload.data = w->stop.data = w->commit.data = w;
     ev_prepare_start(w->loop, &w->commit);
     ev_async_start(w->loop, &w->committed);

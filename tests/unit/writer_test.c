@@ -6,8 +6,8 @@
  * commits, a stop commits what was queued, a full queue says EBUSY, and the
  * periodic sync and age sweep run.  With commits on the submitters, the
  * same, and each submitter's requests are complete when its
- * writer_commit_queued returns, their completions run on the submitters.  Meant to run under -fsanitize=thread
- * as well.
+ * writer_commit_queued returns, their completions run on the submitters.
+ * Meant to run under -fsanitize=thread as well.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* mkdtemp, clock_gettime */
