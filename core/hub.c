@@ -80,7 +80,7 @@ struct hub {
     size_t nrules;
     hub_counters stats;
     hub_sub *prefix_subs;       /* wildcard subscriptions */
-    uint32_t nprefix_subs;
+    uint32_t nprefix_subs;      /* and how many */
     pthread_mutex_t inbox_lock; /* the writer appends, the hub's thread takes */
     hub_msg *inbox_head, *inbox_tail;
 };
