@@ -523,7 +523,8 @@ bool hub_id_parse(const hub *h, const char *id, size_t len, uint64_t *seq)
 
 uint64_t hub_last_seq(const hub *h)
 {
-    return h->last_seq;
+    uint64_t committed = h->bus ? store_last_seq(h->bus->store) : 0;
+    return committed > h->last_seq ? committed : h->last_seq;
 }
 
 int hub_publish(hub *h, const char *topic, size_t tlen, const char *event, size_t elen,

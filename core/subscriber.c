@@ -233,7 +233,9 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
                                  unsigned replay_limit, bool *gap)
 {
     *gap = false;
-    /* Where live delivery starts: nothing before now is live. */
+    /* Where live delivery starts: nothing committed before now is live
+     * (this worker may not have delivered all of it yet; a resume reads it
+     * from the store, and the inbox's copies are then dropped by seq). */
     s->last_seq = hub_last_seq(s->hub);
 
     s->subs = calloc((size_t)r->ntopics, sizeof(hub_sub *));
@@ -251,9 +253,9 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
         s->nsubs++;
     }
     if (!rp->present) return 0;
-    /* Resuming at or after the newest message this worker has seen (the
-     * usual re-poll or reconnect): whatever is newer has yet to reach this
-     * hub and comes live, so there is nothing to read. */
+    /* Resuming at or after the newest committed message (the usual
+     * re-poll or reconnect): whatever is newer comes live, so there is
+     * nothing to read. */
     if (rp->known && rp->after >= s->last_seq) {
         s->last_seq = rp->after;
         return 0;

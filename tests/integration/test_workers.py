@@ -172,6 +172,28 @@ class WorkersTest(SluiceTestCase):
         seqs = [int(i.rsplit("-", 1)[1], 36) for i, _ in first]
         self.assertEqual(seqs, sorted(set(seqs)))
 
+    def test_answered_publish_is_in_a_poll_on_the_other_worker(self):
+        """Once a publish is answered, a short poll on the other worker
+        finds it, whether or not that worker has taken the message from its
+        inbox yet: the poll reads the store up to the newest commit, not up
+        to what its own worker has delivered.  The race this guards (the
+        writer thread had not yet reached the other worker's inbox when the
+        publisher's worker answered) showed once in CI under load, in
+        test_lua_api's test_drop; it cannot be forced from outside, so the
+        check is repeated, in both directions."""
+        conns = self.on_each_worker(lambda c: c, per_worker=1)
+        for i in range(40):
+            pub_w = 1 + i % WORKERS
+            poll_w = 1 + (i + 1) % WORKERS
+            r = conns[pub_w][0].request("POST", "/topics/seen%d" % i, body=b"m%d" % i)
+            self.assertEqual(r.status, 200, r)
+            pid = r.json()["id"]
+            epoch = pid.rsplit("-", 1)[0]
+            r = conns[poll_w][0].get("/topics/seen%d?since=%s-0&timeout=0" % (i, epoch))
+            self.assertEqual(r.status, 200, r)
+            got = [(m["id"], m["data"]) for m in r.json()["messages"]]
+            self.assertEqual(got, [(pid, "m%d" % i)], "publish %d on worker %d" % (i, pub_w))
+
     def test_top_level_timer_fires_once_per_tick(self):
         subs = self.on_each_worker(lambda c: SSEOn(c, "ticks"))
         for wid, (sub,) in subs.items():
