@@ -523,6 +523,11 @@ bool hub_id_parse(const hub *h, const char *id, size_t len, uint64_t *seq)
 
 uint64_t hub_last_seq(const hub *h)
 {
+    return h->last_seq;
+}
+
+uint64_t hub_committed_seq(const hub *h)
+{
     uint64_t committed = h->bus ? store_last_seq(h->bus->store) : 0;
     return committed > h->last_seq ? committed : h->last_seq;
 }

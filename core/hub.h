@@ -200,12 +200,14 @@ bool hub_id_parse(const hub *h, const char *id, size_t len, uint64_t *seq);
  * restarts; "<epoch>-0" before any) into out; returns its length. */
 size_t hub_last_id(const hub *h, char out[HUB_ID_MAX]);
 
-/* The seq of the newest message committed so far (0: none): where a
- * subscriber without a resume point starts, and up to where a resuming one
- * reads the backlog.  It can be ahead of what this worker has delivered:
- * another worker's publish may be answered before this worker's inbox is
- * read, and a poll here right after must still find it. */
+/* The seq of the newest message delivered so far (0: none): where a
+ * subscriber without a resume point starts. */
 uint64_t hub_last_seq(const hub *h);
+
+/* The seq of the newest message committed (0: none).  It can be ahead of
+ * hub_last_seq: another worker's publish may be answered before this
+ * worker has taken it from its inbox. */
+uint64_t hub_committed_seq(const hub *h);
 
 #define HUB_REPLAY_MAX_TOPICS 64
 

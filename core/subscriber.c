@@ -233,10 +233,14 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
                                  unsigned replay_limit, bool *gap)
 {
     *gap = false;
-    /* Where live delivery starts: nothing committed before now is live
-     * (this worker may not have delivered all of it yet; a resume reads it
-     * from the store, and the inbox's copies are then dropped by seq). */
-    s->last_seq = hub_last_seq(s->hub);
+    /* Where live delivery starts: nothing before now is live.  For most,
+     * "now" is the newest message this worker has delivered: anything
+     * newer reaches them live, and a re-poll or reconnect at that point
+     * reads nothing from the store.  A short poll has no live part, so
+     * its "now" is the newest commit: a publish answered on another
+     * worker must be in it even before this worker's inbox has it (the
+     * read finds it; the inbox's copy is then dropped by seq). */
+    s->last_seq = s->short_poll ? hub_committed_seq(s->hub) : hub_last_seq(s->hub);
 
     s->subs = calloc((size_t)r->ntopics, sizeof(hub_sub *));
     if (!s->subs) return -1;
@@ -253,9 +257,8 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
         s->nsubs++;
     }
     if (!rp->present) return 0;
-    /* Resuming at or after the newest committed message (the usual
-     * re-poll or reconnect): whatever is newer comes live, so there is
-     * nothing to read. */
+    /* Resuming at or after "now" (the usual re-poll or reconnect):
+     * whatever is newer comes live, so there is nothing to read. */
     if (rp->known && rp->after >= s->last_seq) {
         s->last_seq = rp->after;
         return 0;
