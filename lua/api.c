@@ -850,16 +850,43 @@ static int l_conn_index(lua_State *L)
 }
 
 /* req:subscribe(topics [, opts]) -> a value the handler returns */
+static int bad_topic(lua_State *L)
+{
+    return luaL_argerror(
+        L, 2, "invalid topic name (1 to 200 bytes of A-Z a-z 0-9 _ . : -, or a prefix and *)");
+}
+
+/* The value req:subscribe returns: topics (at index `topics`) and opts (at
+ * index 3) as its user values. */
+static int new_sub(lua_State *L, int topics)
+{
+    lua_newuserdatauv(L, 1, 2);
+    luaL_setmetatable(L, SUB_MT);
+    lua_pushvalue(L, topics);
+    lua_setiuservalue(L, -2, 1);
+    lua_pushvalue(L, 3);
+    lua_setiuservalue(L, -2, 2);
+    return 1;
+}
+
+/* req:subscribe(topics [, opts]): a userdata that the handler returns, its
+ * user values the topic (one name as a string, several as a list) and the
+ * options. */
 static int l_req_subscribe(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 3); /* opts at 3, nil when not given, below the topics */
+    if (lua_type(L, 2) == LUA_TSTRING) {
+        /* The usual case: one name, no table to build. */
+        size_t len;
+        const char *t = lua_tolstring(L, 2, &len);
+        if (!hub_pattern_valid(t, len)) return bad_topic(L);
+        if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+        return new_sub(L, 2);
+    }
     lua_createtable(L, 1, 0);
     int topics = lua_gettop(L);
-    if (lua_type(L, 2) == LUA_TSTRING) {
-        lua_pushvalue(L, 2);
-        lua_rawseti(L, topics, 1);
-    } else if (lua_istable(L, 2)) {
+    if (lua_istable(L, 2)) {
         lua_Integer n = luaL_len(L, 2);
         if (n < 1 || n > 64) return luaL_argerror(L, 2, "1 to 64 topics");
         for (lua_Integer i = 1; i <= n; i++) {
@@ -874,20 +901,11 @@ static int l_req_subscribe(lua_State *L)
         size_t len;
         lua_rawgeti(L, topics, i);
         const char *t = lua_tolstring(L, -1, &len);
-        if (!hub_pattern_valid(t, len))
-            return luaL_argerror(
-                L, 2,
-                "invalid topic name (1 to 200 bytes of A-Z a-z 0-9 _ . : -, or a prefix and *)");
+        if (!hub_pattern_valid(t, len)) return bad_topic(L);
         lua_pop(L, 1);
     }
     if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
-    lua_newuserdatauv(L, 1, 2);
-    luaL_setmetatable(L, SUB_MT);
-    lua_pushvalue(L, topics);
-    lua_setiuservalue(L, -2, 1);
-    lua_pushvalue(L, 3);
-    lua_setiuservalue(L, -2, 2);
-    return 1;
+    return new_sub(L, topics);
 }
 
 static int opt_ref(lua_State *L, int opts, const char *name)
@@ -1095,7 +1113,7 @@ static void push_req(lua_State *L, lx_task *t)
     lua_pushlstring(L, r->path, r->path_len);
     lua_setfield(L, -2, "path");
 
-    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, r->query ? 4 : 0);
     if (r->query) {
         size_t pos = 0, kl, vl;
         const char *k, *v;
@@ -1195,14 +1213,15 @@ static void start_subscription(lx_task *t, int idx)
     lua_State *L = t->co;
     lx_app *app = t->app;
     conn *c = t->c;
-    lua_getiuservalue(L, idx, 1);
+    bool one = lua_getiuservalue(L, idx, 1) == LUA_TSTRING; /* else a list */
     int topics = lua_gettop(L);
     lua_getiuservalue(L, idx, 2);
     int opts = lua_istable(L, -1) ? lua_gettop(L) : 0;
-    int n = (int)lua_rawlen(L, topics);
+    int n = one ? 1 : (int)lua_rawlen(L, topics);
     const char *names[64];
     size_t lens[64];
-    for (int i = 0; i < n && i < 64; i++) {
+    if (one) names[0] = lua_tolstring(L, topics, &lens[0]);
+    for (int i = 0; !one && i < n && i < 64; i++) {
         lua_rawgeti(L, topics, i + 1);
         names[i] = lua_tolstring(L, -1, &lens[i]); /* kept alive by the topics table */
         lua_pop(L, 1);
