@@ -849,7 +849,6 @@ static int l_conn_index(lua_State *L)
     return 1;
 }
 
-/* req:subscribe(topics [, opts]) -> a value the handler returns */
 static int bad_topic(lua_State *L)
 {
     return luaL_argerror(
