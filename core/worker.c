@@ -135,8 +135,12 @@ static void *worker_main(void *arg)
      * of our own publishes so each publisher (a Lua task) gets its
      * answer.  No timer may start new ones meanwhile. */
     lx_runtime_stop_timers(&w->rt);
-    while (hub_inflight(w->hub) > 0)
-        ev_run(w->loop, EVRUN_ONCE);
+    while (hub_inflight(w->hub) > 0) {
+        /* A relaxed store commits here, not on the writer's wake: commit
+         * first, or the loop would block with nothing left to wake it. */
+        hub_commit_pending(w->hub);
+        if (hub_inflight(w->hub) > 0) ev_run(w->loop, EVRUN_ONCE);
+    }
     hub_detach(w->hub);
     lx_runtime_destroy(&w->rt);
     server_destroy(&w->srv);

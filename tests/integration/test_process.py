@@ -220,6 +220,39 @@ class ShutdownTest(SluiceTestCase):
             s = self.start(app("routes.lua"), ready_probe=False)
             self.assertStopsCleanly(s)
 
+    def test_sigterm_with_a_publish_in_the_last_pass_relaxed(self):
+        """With relaxed durability each worker commits its own publishes at
+        the end of a loop pass.  A timer that publishes every millisecond
+        makes a publish in the pass that ends the loop at SIGTERM: the
+        worker must still commit and answer it and exit at once (it used to
+        wait in the loop for a wake that never came), and every publish
+        the timer made must be stored, in order."""
+        d = self.tmpdir()
+        path = os.path.join(d, "app.lua")
+        with open(path, "w") as f:
+            f.write('local sluice = require "sluice"\n'
+                    'sluice.config{ storage = { durability = "relaxed" } }\n'
+                    'local n = 0\n'
+                    'sluice.every(0.001, function()\n'
+                    '  n = n + 1\n'
+                    '  sluice.publish("ticks", tostring(n))\n'
+                    'end)\n')
+        data = os.path.join(d, "data")
+        for _ in range(3):
+            s = self.start(path, args=["-w", "1"], data_dir=data)
+            time.sleep(0.2)
+            s.signal(signal.SIGTERM)
+            self.assertEqual(s.wait_exit(timeout=5), 0, s.log_text())
+        s2 = self.start(data_dir=data)
+        r = curl(s2.url("/topics/ticks?last_event_id=0-0&timeout=0&limit=1000"))
+        self.assertEqual(r.status, 200, r)
+        got = [int(m["data"]) for m in json.loads(r.body)["messages"]]
+        # Three runs, each counting from 1 with nothing missing.
+        starts = [i for i, v in enumerate(got) if v == 1] + [len(got)]
+        self.assertEqual(len(starts), 4, got)
+        for a, b in zip(starts, starts[1:]):
+            self.assertEqual(got[a:b], list(range(1, b - a + 1)), got)
+
     def test_sigterm_answer_in_flight_finishes(self):
         s = self.start(app("routes.lua"))
         c = self.conn(s, timeout=30)
