@@ -93,12 +93,50 @@ static void set_state(conn *c, conn_state s)
     update_io(c);
 }
 
+/* Parsers given back by connections between two requests (an idle
+ * connection holds none), kept with their buffers for the next request on
+ * this thread: a keep-alive client's next request, a long-poll's next
+ * poll, would otherwise allocate and free four blocks each time.  Only
+ * parsers whose buffers are small are kept, and at most PARSER_POOL. */
+#define PARSER_POOL 64
+#define PARSER_POOL_MAX_BUF 4096
+static __thread http_parser *parser_pool[PARSER_POOL];
+static __thread int parser_pool_n;
+
+static http_parser *parser_get(const server *srv)
+{
+    http_limits hl = {srv->limits.max_uri, srv->limits.max_header, srv->limits.max_body};
+    if (parser_pool_n > 0) {
+        http_parser *p = parser_pool[--parser_pool_n];
+        http_parser_reuse(p, &hl);
+        return p;
+    }
+    http_parser *p = malloc(sizeof(http_parser));
+    if (p) http_parser_init(p, &hl);
+    return p;
+}
+
 static void free_parser(conn *c)
 {
-    if (!c->http) return;
-    http_parser_free(c->http);
-    free(c->http);
+    http_parser *p = c->http;
+    if (!p) return;
     c->http = NULL;
+    if (parser_pool_n < PARSER_POOL && p->arena_cap <= PARSER_POOL_MAX_BUF &&
+        p->body_cap <= PARSER_POOL_MAX_BUF) {
+        parser_pool[parser_pool_n++] = p;
+        return;
+    }
+    http_parser_free(p);
+    free(p);
+}
+
+void conn_parser_pool_drain(void)
+{
+    while (parser_pool_n > 0) {
+        http_parser *p = parser_pool[--parser_pool_n];
+        http_parser_free(p);
+        free(p);
+    }
 }
 
 static void free_pending(conn *c)
@@ -668,14 +706,9 @@ static void http_input(conn *c, const char *data, size_t len)
             update_io(c);
             break;
         }
-        if (!c->http) {
-            c->http = malloc(sizeof(http_parser));
-            if (!c->http) {
-                conn_close(c);
-                break;
-            }
-            http_limits hl = {srv->limits.max_uri, srv->limits.max_header, srv->limits.max_body};
-            http_parser_init(c->http, &hl);
+        if (!c->http && !(c->http = parser_get(srv))) {
+            conn_close(c);
+            break;
         }
         bool was_started = http_in_request(c->http);
         size_t used = 0;

@@ -96,6 +96,9 @@ struct conn {
 /* Accepts `fd` (non-blocking, already accepted) into the server. */
 void conn_accept(server *srv, int fd, const struct sockaddr *addr, socklen_t alen, bool tls);
 
+/* Frees the parsers this thread keeps for reuse (at the thread's end). */
+void conn_parser_pool_drain(void);
+
 /* Pins `c` (see above).  Every hold needs one release. */
 void conn_hold(conn *c);
 void conn_release(conn *c);

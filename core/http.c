@@ -213,6 +213,23 @@ void http_parser_init(http_parser *p, const http_limits *limits)
     p->llhttp.data = p;
 }
 
+void http_parser_reuse(http_parser *p, const http_limits *limits)
+{
+    char *arena = p->arena, *body = p->body;
+    size_t arena_cap = p->arena_cap, body_cap = p->body_cap;
+    uint32_t(*hdr_off)[4] = p->hdr_off;
+    http_header *headers = p->headers;
+    int hdr_cap = p->hdr_cap;
+    http_parser_init(p, limits);
+    p->arena = arena;
+    p->arena_cap = arena_cap;
+    p->body = body;
+    p->body_cap = body_cap;
+    p->hdr_off = hdr_off;
+    p->headers = headers;
+    p->hdr_cap = hdr_cap;
+}
+
 void http_parser_free(http_parser *p)
 {
     free(p->arena);

@@ -89,6 +89,11 @@ void http_parser_init(http_parser *p, const http_limits *limits);
 /* Frees the arena and body; `p` may be initialised again. */
 void http_parser_free(http_parser *p);
 
+/* Initialises `p` again for a new connection, at any point of its use,
+ * keeping the buffers it has grown (a pool of parsers saves their
+ * allocation per request). */
+void http_parser_reuse(http_parser *p, const http_limits *limits);
+
 /* Feeds `len` bytes.  Sets *consumed to how many were used; the rest must be
  * fed again (after http_next() for HTTP_EV_REQUEST, or as is for
  * HTTP_EV_CONTINUE).  On HTTP_EV_REQUEST the request is in p->req until

@@ -145,6 +145,7 @@ static void *worker_main(void *arg)
     lx_runtime_destroy(&w->rt);
     server_destroy(&w->srv);
     outq_pool_drain();
+    conn_parser_pool_drain();
     return NULL;
 }
 
