@@ -112,15 +112,11 @@ int lp_session_start(sub_session *s, const sub_request *r, const http_request *r
 {
     char v[32];
     double timeout = LP_DEFAULT_TIMEOUT;
-    if (query_param(req, "timeout", v, sizeof(v)) >= 0) {
-        char *end;
-        timeout = strtod(v, &end);
-        if (end == v || *end || timeout < 0 || timeout != timeout) {
-            *why = "timeout must be a number of seconds";
-            return 400;
-        }
-        if (timeout > LP_MAX_TIMEOUT) timeout = LP_MAX_TIMEOUT;
+    if (poll_timeout_param(req, &timeout) < 0) {
+        *why = "timeout must be a number of seconds";
+        return 400;
     }
+    if (timeout > LP_MAX_TIMEOUT) timeout = LP_MAX_TIMEOUT;
     unsigned limit = LP_MAX_LIMIT;
     if (query_param(req, "limit", v, sizeof(v)) >= 0) {
         char *end;

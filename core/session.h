@@ -116,6 +116,10 @@ void sse_session_send_gap(sub_session *s, const char *topic, size_t len);
  * length, -1 when absent, -2 when longer than cap - 1. */
 int query_param(const http_request *req, const char *name, char *out, size_t cap);
 
+/* A poll's ?timeout: 0 when absent (*seconds untouched), 1 with the value
+ * in *seconds, -1 when it is not a number of seconds. */
+int poll_timeout_param(const http_request *req, double *seconds);
+
 /* Counters by transport. */
 extern sub_stats sub_counts;
 

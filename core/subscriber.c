@@ -59,6 +59,17 @@ int query_param(const http_request *req, const char *name, char *out, size_t cap
     return -1;
 }
 
+int poll_timeout_param(const http_request *req, double *seconds)
+{
+    char v[32];
+    if (query_param(req, "timeout", v, sizeof(v)) < 0) return 0;
+    char *end;
+    double t = strtod(v, &end);
+    if (end == v || *end || t < 0 || t != t) return -1;
+    *seconds = t;
+    return 1;
+}
+
 /* Whether header `name` holds `token`, case-insensitively. */
 static bool header_contains(const http_request *req, const char *name, const char *token)
 {
@@ -81,13 +92,8 @@ const char *sub_transport_of(const http_request *req)
     if (req->upgrade && header_contains(req, "upgrade", "websocket")) return "websocket";
     if (wants_sse(req)) return "sse";
     if (strcmp(req->method, "GET") != 0) return "http";
-    char v[32];
-    if (query_param(req, "timeout", v, sizeof(v)) >= 0) {
-        char *end;
-        double t = strtod(v, &end);
-        if (end != v && !*end && t == 0) return "poll";
-    }
-    return "longpoll";
+    double t;
+    return poll_timeout_param(req, &t) > 0 && t == 0 ? "poll" : "longpoll";
 }
 
 int sub_start(conn *c, hub *h, const sub_request *r, const char **why)

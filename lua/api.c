@@ -849,16 +849,41 @@ static int l_conn_index(lua_State *L)
     return 1;
 }
 
-static int bad_topic(lua_State *L)
+/* req:subscribe(topics [, opts]): a userdata that the handler returns, its
+ * user values the topics and the options.  One name is kept as the string
+ * it is (the usual case: no table to build), several as a list. */
+static int l_req_subscribe(lua_State *L)
 {
-    return luaL_argerror(
-        L, 2, "invalid topic name (1 to 200 bytes of A-Z a-z 0-9 _ . : -, or a prefix and *)");
-}
-
-/* The value req:subscribe returns: topics (at index `topics`) and opts (at
- * index 3) as its user values. */
-static int new_sub(lua_State *L, int topics)
-{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 3); /* opts at 3, nil when not given, below the topics */
+    int topics = 2;
+    if (lua_istable(L, 2)) {
+        lua_Integer n = luaL_len(L, 2);
+        if (n < 1 || n > 64) return luaL_argerror(L, 2, "1 to 64 topics");
+        lua_createtable(L, (int)n, 0);
+        topics = lua_gettop(L);
+        for (lua_Integer i = 1; i <= n; i++) {
+            if (lua_geti(L, 2, i) != LUA_TSTRING)
+                return luaL_argerror(L, 2, "topic names are strings");
+            lua_rawseti(L, topics, i);
+        }
+    } else if (lua_type(L, 2) != LUA_TSTRING) {
+        return luaL_argerror(L, 2, "a topic name or a list of names");
+    }
+    bool one = topics == 2;
+    lua_Integer n = one ? 1 : (lua_Integer)lua_rawlen(L, topics);
+    int base = lua_gettop(L);
+    for (lua_Integer i = 1; i <= n; i++) {
+        size_t len;
+        if (!one) lua_rawgeti(L, topics, i);
+        const char *t = lua_tolstring(L, one ? 2 : -1, &len);
+        if (!hub_pattern_valid(t, len))
+            return luaL_argerror(
+                L, 2,
+                "invalid topic name (1 to 200 bytes of A-Z a-z 0-9 _ . : -, or a prefix and *)");
+        lua_settop(L, base);
+    }
+    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
     lua_newuserdatauv(L, 1, 2);
     luaL_setmetatable(L, SUB_MT);
     lua_pushvalue(L, topics);
@@ -866,45 +891,6 @@ static int new_sub(lua_State *L, int topics)
     lua_pushvalue(L, 3);
     lua_setiuservalue(L, -2, 2);
     return 1;
-}
-
-/* req:subscribe(topics [, opts]): a userdata that the handler returns, its
- * user values the topic (one name as a string, several as a list) and the
- * options. */
-static int l_req_subscribe(lua_State *L)
-{
-    luaL_checktype(L, 1, LUA_TTABLE);
-    lua_settop(L, 3); /* opts at 3, nil when not given, below the topics */
-    if (lua_type(L, 2) == LUA_TSTRING) {
-        /* The usual case: one name, no table to build. */
-        size_t len;
-        const char *t = lua_tolstring(L, 2, &len);
-        if (!hub_pattern_valid(t, len)) return bad_topic(L);
-        if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
-        return new_sub(L, 2);
-    }
-    lua_createtable(L, 1, 0);
-    int topics = lua_gettop(L);
-    if (lua_istable(L, 2)) {
-        lua_Integer n = luaL_len(L, 2);
-        if (n < 1 || n > 64) return luaL_argerror(L, 2, "1 to 64 topics");
-        for (lua_Integer i = 1; i <= n; i++) {
-            if (lua_geti(L, 2, i) != LUA_TSTRING)
-                return luaL_argerror(L, 2, "topic names are strings");
-            lua_rawseti(L, topics, i);
-        }
-    } else {
-        return luaL_argerror(L, 2, "a topic name or a list of names");
-    }
-    for (lua_Integer i = 1; i <= (lua_Integer)lua_rawlen(L, topics); i++) {
-        size_t len;
-        lua_rawgeti(L, topics, i);
-        const char *t = lua_tolstring(L, -1, &len);
-        if (!hub_pattern_valid(t, len)) return bad_topic(L);
-        lua_pop(L, 1);
-    }
-    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
-    return new_sub(L, topics);
 }
 
 static int opt_ref(lua_State *L, int opts, const char *name)
