@@ -239,14 +239,16 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
                                  unsigned replay_limit, bool *gap)
 {
     *gap = false;
-    /* Where live delivery starts: nothing before now is live.  For most,
-     * "now" is the newest message this worker has delivered: anything
-     * newer reaches them live, and a re-poll or reconnect at that point
-     * reads nothing from the store.  A short poll has no live part, so
-     * its "now" is the newest commit: a publish answered on another
-     * worker must be in it even before this worker's inbox has it (the
-     * read finds it; the inbox's copy is then dropped by seq). */
-    s->last_seq = s->short_poll ? hub_committed_seq(s->hub) : hub_last_seq(s->hub);
+    /* Where live delivery starts: nothing before now is live.  A client
+     * that resumes compares its cursor with the newest message this worker
+     * has delivered: anything newer reaches it live, and a re-poll or
+     * reconnect at that point reads nothing from the store.  Otherwise
+     * "now" is the newest commit, which can be ahead of this worker's
+     * inbox (a publish answered on another worker): a subscription
+     * without a resume point is owed nothing committed before it, and a
+     * short poll, which has no live part, reads what is committed (the
+     * inbox's copies are then dropped by seq). */
+    s->last_seq = rp->present && !s->short_poll ? hub_last_seq(s->hub) : hub_committed_seq(s->hub);
 
     s->subs = calloc((size_t)r->ntopics, sizeof(hub_sub *));
     if (!s->subs) return -1;
