@@ -285,15 +285,27 @@ static void schedule_flush(conn *c)
     if (c->in_pending || c->write_want) return; /* a blocked write waits for the watcher */
     c->in_pending = true;
     conn_hold(c);
-    /* First queued, first written: hub_poll() queues a lone publish's
-     * answer after its fan-out and a burst's answers before theirs, and
-     * the writes keep that order. */
+    /* First queued, first written: hub_poll() queues a publish's answer
+     * before its fan-out, and after whatever earlier output is still
+     * waiting, so a publisher is not answered ahead of the fan-out of its
+     * last message. */
     c->pending_next = NULL;
     if (c->srv->pending_tail)
         c->srv->pending_tail->pending_next = c;
     else
         c->srv->pending_head = c;
     c->srv->pending_tail = c;
+}
+
+void conn_want_turn(conn *c)
+{
+    if (c->turn_wanted || conn_closed(c) || !c->stream || !c->stream->on_turn) return;
+    if (c->write_want) { /* not on the list until the socket drains: now */
+        c->stream->on_turn(c, c->stream_state);
+        return;
+    }
+    c->turn_wanted = true;
+    schedule_flush(c);
 }
 
 int conn_send(conn *c, buf_t *b, size_t off, size_t len)
@@ -407,17 +419,28 @@ static void flush(conn *c)
     on_drained(c);
 }
 
-void server_flush_pending(server *srv)
+size_t server_flush_pending(server *srv, size_t budget)
 {
     conn *c;
-    while ((c = srv->pending_head)) {
+    size_t n = 0;
+    while (n < budget && (c = srv->pending_head)) {
         srv->pending_head = c->pending_next;
         if (!srv->pending_head) srv->pending_tail = NULL;
         c->pending_next = NULL;
+        if (c->turn_wanted) {
+            c->turn_wanted = false;
+            /* Still in_pending: what on_turn queues stays in this place. */
+            if (c->state != CONN_CLOSED && c->stream && c->stream->on_turn)
+                c->stream->on_turn(c, c->stream_state);
+        }
         c->in_pending = false;
-        if (c->state != CONN_CLOSED && !c->write_want) flush(c);
+        if (c->state != CONN_CLOSED && !c->write_want) {
+            flush(c);
+            n++;
+        }
         conn_release(c);
     }
+    return n;
 }
 
 /* ---- responses -------------------------------------------------------- */
@@ -654,6 +677,7 @@ void conn_detach(conn *c)
 {
     c->stream = NULL;
     c->stream_state = NULL;
+    c->turn_wanted = false; /* a later stream on c must not get this turn */
     if (c->timer_kind == T_STREAM) arm_timer(c, T_NONE, 0);
 }
 

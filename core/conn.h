@@ -48,6 +48,9 @@ typedef struct conn_stream_ops {
     void (*on_timer)(conn *c, void *state);
     /* The output queue was fully written (optional). */
     void (*on_drain)(conn *c, void *state);
+    /* Its turn in the server's write order came, asked for with
+     * conn_want_turn() (optional): what it queues now is written now. */
+    void (*on_turn)(conn *c, void *state);
     /* The server is stopping: end the stream politely (optional). */
     void (*on_shutdown)(conn *c, void *state);
     /* The connection is closing or the stream ended: free `state`. */
@@ -73,6 +76,7 @@ struct conn {
     /* One byte for these two: a further byte would cost the struct 8. */
     bool head_request : 1; /* the current request is HEAD: no body */
     bool held_input : 1;   /* HANDLING: bytes wait behind the held request */
+    bool turn_wanted : 1;  /* on the pending-write list for the stream's on_turn */
     uint16_t refs;
     uint16_t resp_status; /* fills the padding here: a smaller conn */
     http_parser *http;    /* while a request is being read or handled */
@@ -178,10 +182,17 @@ void conn_send_final(conn *c, const void *data, size_t len);
 /* Closes after the queued output is written (a final frame, an error). */
 void conn_close_after_write(conn *c);
 
+/* Puts `c` last in the server's write order, as if it had queued output,
+ * and calls its stream's on_turn when its turn comes: a long-poll that got
+ * a message answers then, with whatever else reached it meanwhile. */
+void conn_want_turn(conn *c);
+
 /* --- For server.c ------------------------------------------------------ */
 
-/* Writes the output of every connection that queued some this iteration. */
-void server_flush_pending(server *srv);
+/* Writes the output of the connections that queued some, oldest first,
+ * until `budget` of them have written; returns how many did.  The rest
+ * stay queued, in order, for the next call. */
+size_t server_flush_pending(server *srv, size_t budget);
 
 /* Asks a connection to end as the server stops: idle ones close, requests
  * in flight finish first, streams end through their on_shutdown. */

@@ -21,6 +21,7 @@ struct hub_topic {
     hub_topic *next_in_bucket;
     uint32_t hash;
     uint32_t nsubs;
+    uint32_t noneshot; /* of which oneshot */
     hub_sub *subs;
     size_t name_len;
     char name[];
@@ -80,7 +81,7 @@ struct hub {
     size_t nrules;
     hub_counters stats;
     hub_sub *prefix_subs;       /* wildcard subscriptions */
-    uint32_t nprefix_subs;      /* and how many */
+    uint32_t noneshot_prefix;   /* of which oneshot */
     pthread_mutex_t inbox_lock; /* the writer appends, the hub's thread takes */
     hub_msg *inbox_head, *inbox_tail;
 };
@@ -620,50 +621,46 @@ static void answer(hub *h, hub_msg *m, pending *p)
     free(p);
 }
 
-/* Local subscribers a lone publish's fan-out may reach and still be
- * answered first: writing to this many takes about as long as the
- * publisher's round trip on loopback (~12 µs a write here). */
-#define SMALL_FANOUT 16
-
-static bool small_fanout(const hub *h, const hub_msg *m)
+/* Whether m's local fan-out reaches a subscriber that ends with it. */
+static bool reaches_oneshot(const hub *h, const hub_msg *m)
 {
-    if (h->nprefix_subs) return false;
+    if (h->noneshot_prefix) return true;
     const hub_topic *t = topic_find(h, m->topic, m->topic_len, hash_name(m->topic, m->topic_len));
-    return !t || t->nsubs <= SMALL_FANOUT;
+    return t && t->noneshot;
 }
 
 void hub_poll(hub *h)
 {
     if (!h->bus) return;
     hub_msg *first = inbox_take(h);
-    /* A publish alone is answered after its fan-out when that is large,
-     * as nchan answers: the publisher's next message then does not wait
-     * behind the rest of it (1,000 writes take milliseconds).  A small
-     * fan-out is answered first: the next publish arrives while it is
-     * written, and the loop does not sleep and wake between two publishes
-     * (1,000 topics of 10 subscribers, one publish at a time: about 40%
-     * more deliveries/s).  With more of this worker's publishes in
-     * flight, each is answered before any fan-out, so those publishers'
-     * next messages reach the writer (the next group commit) while this
-     * fan-out is written, not after it. */
+    /* Publishers are answered first, fan-outs follow.  The server writes
+     * output first queued, first written, and a large fan-out over several
+     * loop passes with input read in between (server.c, FLUSH_PER_PASS).
+     * So an answer goes out after the output queued before it (the rest of
+     * the publisher's last fan-out) and before its own fan-out: the
+     * publisher's next message reaches the store while this fan-out is
+     * written, a durable commit's flush overlaps the writes, and a message
+     * that finds a subscriber's output still unwritten shares its write.
+     *
+     * Except a lone publish whose fan-out reaches long-polls: each poll
+     * ends with it, and a next message published before the polls come
+     * back would reach most of them only by a read of the store.  That one
+     * is answered after its fan-out, which paces its publisher by it. */
     bool answer_first = h->inflight > 1;
-    for (hub_msg *m = first; !answer_first && h->inflight == 1 && m; m = m->inbox_next[h->index])
+    for (hub_msg *m = first; !answer_first && m; m = m->inbox_next[h->index])
         if (own_pending(h, m)) {
-            answer_first = m->seq != 0 && small_fanout(h, m);
+            answer_first = m->seq == 0 || !reaches_oneshot(h, m);
             break;
         }
-    if (answer_first) {
-        for (hub_msg *m = first; m; m = m->inbox_next[h->index]) {
-            pending *p = own_pending(h, m);
-            if (!p) continue;
-            if (m->seq != 0) note_committed(h, m, p);
-            answer(h, m, p);
-            m->pending = NULL; /* answered: the loop below skips it */
-        }
+    for (hub_msg *m = first; answer_first && m; m = m->inbox_next[h->index]) {
+        pending *p = own_pending(h, m);
+        if (!p) continue;
+        if (m->seq != 0) note_committed(h, m, p);
+        answer(h, m, p);
+        m->pending = NULL; /* freed by answer() */
     }
-    hub_msg *m = first;
-    while (m) {
-        hub_msg *next = m->inbox_next[h->index];
+    for (hub_msg *m = first, *next; m; m = next) {
+        next = m->inbox_next[h->index];
         pending *p = own_pending(h, m);
         /* A failed publish keeps seq 0 (stored IDs start at 1) and is in
          * no other hub's inbox: it gets no fan-out. */
@@ -673,7 +670,6 @@ void hub_poll(hub *h)
         }
         if (p) answer(h, m, p);
         hub_msg_unref(m);
-        m = next;
     }
 }
 
@@ -691,7 +687,8 @@ void hub_commit_pending(hub *h)
     if (h->uncommitted && h->wake) h->wake(h->wake_ud);
 }
 
-hub_sub *hub_subscribe(hub *h, const char *topic, size_t len, void *owner, hub_deliver_fn fn)
+hub_sub *hub_subscribe(hub *h, const char *topic, size_t len, void *owner, hub_deliver_fn fn,
+                       bool oneshot)
 {
     if (len >= 1 && topic[len - 1] == '*') {
         if (!hub_pattern_valid(topic, len)) return NULL;
@@ -703,10 +700,11 @@ hub_sub *hub_subscribe(hub *h, const char *topic, size_t len, void *owner, hub_d
         s->prefix_len = len - 1;
         s->owner = owner;
         s->deliver = fn;
+        s->oneshot = oneshot;
+        h->noneshot_prefix += oneshot;
         s->next = h->prefix_subs;
         if (h->prefix_subs) h->prefix_subs->prev = s;
         h->prefix_subs = s;
-        h->nprefix_subs++;
         COUNT(h->stats.subscribers, 1);
         return s;
     }
@@ -720,6 +718,8 @@ hub_sub *hub_subscribe(hub *h, const char *topic, size_t len, void *owner, hub_d
     s->topic = t;
     s->owner = owner;
     s->deliver = fn;
+    s->oneshot = oneshot;
+    t->noneshot += oneshot;
     s->next = t->subs;
     if (t->subs) t->subs->prev = s;
     t->subs = s;
@@ -737,7 +737,7 @@ void hub_unsubscribe(hub *h, hub_sub *s)
         else
             h->prefix_subs = s->next;
         if (s->next) s->next->prev = s->prev;
-        h->nprefix_subs--;
+        h->noneshot_prefix -= s->oneshot;
         COUNT(h->stats.subscribers, -1);
         free(s->prefix);
         free(s);
@@ -750,6 +750,7 @@ void hub_unsubscribe(hub *h, hub_sub *s)
         t->subs = s->next;
     if (s->next) s->next->prev = s->prev;
     t->nsubs--;
+    t->noneshot -= s->oneshot;
     COUNT(h->stats.subscribers, -1);
     free(s);
     topic_maybe_drop(h, t);

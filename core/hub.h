@@ -89,6 +89,7 @@ typedef struct hub_sub {
     struct hub_sub *prev, *next; /* in the topic */
     void *owner;
     hub_deliver_fn deliver;
+    bool oneshot; /* ends at its first delivery (a long-poll) */
 } hub_sub;
 
 typedef struct hub_retention {
@@ -186,8 +187,12 @@ int hub_publish(hub *h, const char *topic, size_t tlen, const char *event, size_
                 const void *data, size_t len, const void *origin, hub_publish_fn done, void *ud);
 
 /* Subscribes `owner` to a topic or a wildcard (see hub_pattern_valid).
- * Returns the subscription, or NULL for an invalid name or no memory. */
-hub_sub *hub_subscribe(hub *h, const char *topic, size_t len, void *owner, hub_deliver_fn fn);
+ * `oneshot`: the subscriber ends at its first delivery and must come back
+ * for the next (a long-poll); a lone publish to such subscribers is
+ * answered after its fan-out (see hub_poll).  Returns the subscription,
+ * or NULL for an invalid name or no memory. */
+hub_sub *hub_subscribe(hub *h, const char *topic, size_t len, void *owner, hub_deliver_fn fn,
+                       bool oneshot);
 
 /* Detaches and frees a subscription (NULL is a no-op). */
 void hub_unsubscribe(hub *h, hub_sub *s);

@@ -15,6 +15,7 @@
 
 static void lp_on_data(conn *c, void *state, char *data, size_t len) {}
 static void lp_on_timer(conn *c, void *state);
+static void lp_on_turn(conn *c, void *state);
 static void lp_on_shutdown(conn *c, void *state);
 static void lp_on_close(conn *c, void *state);
 
@@ -22,6 +23,7 @@ static const conn_stream_ops lp_ops = {
     .name = "longpoll",
     .on_data = lp_on_data,
     .on_timer = lp_on_timer,
+    .on_turn = lp_on_turn,
     .on_shutdown = lp_on_shutdown,
     .on_close = lp_on_close,
 };
@@ -175,8 +177,16 @@ void lp_session_add_msg(sub_session *s, hub_msg *m)
     }
     hub_msg_ref(m);
     lp->msgs[lp->count++] = m;
-    /* Live: answer at once.  During replay the caller answers after it. */
-    if (lp->waiting) lp_answer(s);
+    /* Live: answer when this connection's turn to write comes, with
+     * what else arrives before it (a large fan-out is written over several
+     * loop passes: the next message may come first).  During replay the
+     * caller answers after it. */
+    if (lp->waiting) conn_want_turn(s->c);
+}
+
+static void lp_on_turn(conn *c, void *state)
+{
+    lp_answer(state);
 }
 
 static void lp_on_timer(conn *c, void *state)

@@ -63,6 +63,7 @@ typedef struct server {
     conn *pending_head; /* connections with output queued this iteration, */
     conn *pending_tail; /* in the order they were queued */
     ev_prepare flush_watcher;
+    ev_idle flush_more; /* active while output is left for the next pass */
     ev_timer accept_pause; /* after EMFILE: retry accepting later */
     ev_timer shutdown_timer;
     bool stopping;

@@ -260,7 +260,8 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
                 dup = true;
         if (dup) continue;
         s->subs[s->nsubs] =
-            hub_subscribe(s->hub, r->topics[i], r->topic_lens[i], s, session_deliver);
+            hub_subscribe(s->hub, r->topics[i], r->topic_lens[i], s, session_deliver,
+                          s->kind == SUB_LONGPOLL);
         if (!s->subs[s->nsubs]) return -1;
         s->nsubs++;
     }
