@@ -144,7 +144,11 @@ void hub_detach(hub *h);
 void hub_free(hub *h);
 
 /* On the hub's thread: fans out every commit in the inbox to this worker's
- * subscribers and acknowledges this worker's publishes, in commit order. */
+ * subscribers and acknowledges this worker's publishes, in commit order.
+ * The answers are queued before the fan-outs (after them for a lone
+ * publish that reaches long-polls): the server writes first queued, first
+ * written, so a publisher hears back after the rest of its last fan-out
+ * and before its new one is written. */
 void hub_poll(hub *h);
 
 /* On the hub's thread, at the end of each loop pass (an ev_prepare): with
