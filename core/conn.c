@@ -419,7 +419,7 @@ static void flush(conn *c)
     on_drained(c);
 }
 
-size_t server_flush_pending(server *srv, size_t budget)
+void server_flush_pending(server *srv, size_t budget)
 {
     conn *c;
     size_t n = 0;
@@ -440,7 +440,6 @@ size_t server_flush_pending(server *srv, size_t budget)
         }
         conn_release(c);
     }
-    return n;
 }
 
 /* ---- responses -------------------------------------------------------- */

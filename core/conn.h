@@ -190,9 +190,9 @@ void conn_want_turn(conn *c);
 /* --- For server.c ------------------------------------------------------ */
 
 /* Writes the output of the connections that queued some, oldest first,
- * until `budget` of them have written; returns how many did.  The rest
- * stay queued, in order, for the next call. */
-size_t server_flush_pending(server *srv, size_t budget);
+ * until `budget` of them have written.  The rest stay queued, in order,
+ * for the next call. */
+void server_flush_pending(server *srv, size_t budget);
 
 /* Asks a connection to end as the server stops: idle ones close, requests
  * in flight finish first, streams end through their on_shutdown. */
