@@ -1046,9 +1046,18 @@ static void pub_send(struct conn *c, uint32_t seq)
     c->out.len += (size_t)hn;
     memcpy(c->out.p + c->out.len, pre, pl);
     c->out.len += pl;
-    uint64_t now = mono_ns();
+    uint64_t now = mono_ns(), stamp = now;
+    if (G.rate > 0) {
+        /* Rate-limited: latency counts from the message's slot in the
+         * schedule, not from when it could be sent.  A message held back
+         * by a late answer has been waiting since its slot; counting from
+         * the send would leave that wait out (coordinated omission) and
+         * favour servers that answer later. */
+        uint64_t slot = G.t_pub_start + (uint64_t)((double)seq / G.rate * 1e9);
+        if (slot < stamp) stamp = slot;
+    }
     char *body = c->out.p + c->out.len;
-    snprintf(body, MARK_LEN + 1, MARK "%08x%016" PRIx64, seq, now);
+    snprintf(body, MARK_LEN + 1, MARK "%08x%016" PRIx64, seq, stamp);
     memset(body + MARK_LEN, '.', G.size - MARK_LEN);
     c->out.len += G.size;
     memcpy(c->out.p + c->out.len, post, sl);
@@ -1512,7 +1521,8 @@ static void usage(FILE *f)
             "  -s, --size S             message size in bytes, >= %d (64)\n"
             "  -c, --pub-conns P        keep-alive publisher connections (1)\n"
             "  -K, --pipeline K         requests in flight per publisher connection (1)\n"
-            "  -r, --rate R             publish at most R msgs/s (0: as fast as acked)\n"
+            "  -r, --rate R             publish at most R msgs/s (0: as fast as acked); latency\n"
+            "                           then counts from each message's slot in the schedule\n"
             "      --since-param NAME   long-poll resume query parameter (since; '' = none)\n"
             "      --batch B            connection attempts in flight (256; pushpin 32)\n"
             "      --connect-timeout S  per subscriber, until subscribed (10)\n"
