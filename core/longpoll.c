@@ -14,17 +14,17 @@
 #define LP_MAX_LIMIT 1000
 
 static void lp_on_data(conn *c, void *state, char *data, size_t len) {}
-static void lp_on_timer(conn *c, void *state);
-static void lp_on_turn(conn *c, void *state);
-static void lp_on_shutdown(conn *c, void *state);
+static void lp_answer_now(conn *c, void *state);
 static void lp_on_close(conn *c, void *state);
 
 static const conn_stream_ops lp_ops = {
     .name = "longpoll",
     .on_data = lp_on_data,
-    .on_timer = lp_on_timer,
-    .on_turn = lp_on_turn,
-    .on_shutdown = lp_on_shutdown,
+    /* The poll's timeout, its turn to be written after a message, and the
+     * server's stop all end it the same way: an answer with what it has. */
+    .on_timer = lp_answer_now,
+    .on_turn = lp_answer_now,
+    .on_shutdown = lp_answer_now,
     .on_close = lp_on_close,
 };
 
@@ -184,17 +184,7 @@ void lp_session_add_msg(sub_session *s, hub_msg *m)
     if (lp->waiting) conn_want_turn(s->c);
 }
 
-static void lp_on_turn(conn *c, void *state)
-{
-    lp_answer(state);
-}
-
-static void lp_on_timer(conn *c, void *state)
-{
-    lp_answer(state);
-}
-
-static void lp_on_shutdown(conn *c, void *state)
+static void lp_answer_now(conn *c, void *state)
 {
     lp_answer(state);
 }
