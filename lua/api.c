@@ -40,6 +40,14 @@ void lx_count_error(void)
 #define REQ_MT "sluice.request"
 #define REF_NOT_FUNCTION (-100) /* opt_ref: the option is set but not a function */
 
+/* req and its fields built on demand (see push_req). */
+static int l_req_index(lua_State *L);
+static int l_req_pairs(lua_State *L);
+static int l_req_newindex(lua_State *L);
+static bool is_req(lua_State *L, int idx);
+static void build_all_lazy(lua_State *L, int idx);
+static const char req_src_key = 0; /* registry: the weak table req -> req_src */
+
 __thread struct ev_loop *lx_loop;
 static __thread int worker_id = 1, worker_count = 1;
 
@@ -293,6 +301,7 @@ static int l_json_call(lua_State *L)
 {
     lua_Integer status = luaL_checkinteger(L, 2);
     luaL_checkany(L, 3);
+    if (is_req(L, 3)) build_all_lazy(L, 3); /* cjson reads tables raw */
     lua_pushinteger(L, status);
     lua_pushvalue(L, lua_upvalueindex(1)); /* cjson.encode */
     lua_pushvalue(L, 3);
@@ -916,11 +925,19 @@ static void create_metatables(lua_State *L)
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
     luaL_newmetatable(L, REQ_MT);
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, l_req_subscribe);
-    lua_setfield(L, -2, "subscribe");
+    lua_pushcfunction(L, l_req_index);
     lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_req_pairs);
+    lua_setfield(L, -2, "__pairs");
+    lua_pushcfunction(L, l_req_newindex);
+    lua_setfield(L, -2, "__newindex");
     lua_pop(L, 1);
+    lua_createtable(L, 0, 0); /* req -> its req_src, as long as req lives */
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &req_src_key);
 }
 
 static int luaopen_sluice(lua_State *L)
@@ -1066,6 +1083,48 @@ fail:
 
 /* ---- requests ---------------------------------------------------------- */
 
+/* req.query, req.headers and req.remote_addr are built when a handler
+ * first reads them; the other fields, which handlers read most, when req is
+ * made.  Building every field was 12.7k of the 29k instructions of an
+ * answered long-poll (bench/instructions.sh), and a browser sends ten or
+ * more headers.  What the lazy fields are built from is copied into a
+ * req_src when the request comes, so a field read after the handler
+ * yielded, or by a closure long after, is the request as it came.  The
+ * req_src is found through a weak-keyed registry table, not a field of
+ * req: req stays a plain table of the documented fields. */
+typedef struct req_src {
+    uint32_t query_len; /* text: the raw query, then the headers as */
+    uint16_t nheaders;  /* (u32 length, u32 length, name, value) */
+    uint8_t built;      /* LAZY_* bits of the fields made so far */
+    char remote_addr[64];
+    char text[];
+} req_src;
+
+enum { LAZY_QUERY, LAZY_HEADERS, LAZY_REMOTE_ADDR, NLAZY };
+static const struct {
+    const char *name;
+    size_t len;
+} lazy_fields[NLAZY] = {{"query", 5}, {"headers", 7}, {"remote_addr", 11}};
+
+static char *put_pair(char *p, const char *a, uint32_t alen, const char *b, uint32_t blen)
+{
+    memcpy(p, &alen, 4);
+    memcpy(p + 4, &blen, 4);
+    memcpy(p + 8, a, alen);
+    memcpy(p + 8 + alen, b, blen);
+    return p + 8 + alen + blen;
+}
+
+static const char *get_pair(const char *p, const char **a, uint32_t *alen, const char **b,
+                            uint32_t *blen)
+{
+    memcpy(alen, p, 4);
+    memcpy(blen, p + 4, 4);
+    *a = p + 8;
+    *b = p + 8 + *alen;
+    return *b + *blen;
+}
+
 static void push_lower(lua_State *L, const char *s, size_t n)
 {
     luaL_Buffer b;
@@ -1086,63 +1145,191 @@ static void push_decoded(lua_State *L, const char *s, size_t n, bool plus_space)
     luaL_pushresultsize(&b, http_pct_decode(s, n, p, plus_space));
 }
 
+static void push_query(lua_State *L, const req_src *s)
+{
+    lua_createtable(L, 0, s->query_len ? 4 : 0);
+    size_t pos = 0, kl, vl;
+    const char *k, *v;
+    while (http_query_next(s->text, s->query_len, &pos, &k, &kl, &v, &vl)) {
+        push_decoded(L, k, kl, true);
+        push_decoded(L, v, vl, true);
+        lua_rawset(L, -3);
+    }
+}
+
+static void push_headers(lua_State *L, const req_src *s)
+{
+    lua_createtable(L, 0, s->nheaders);
+    const char *p = s->text + s->query_len, *name, *value;
+    uint32_t name_len, value_len;
+    for (int i = 0; i < s->nheaders; i++) {
+        p = get_pair(p, &name, &name_len, &value, &value_len);
+        push_lower(L, name, name_len);
+        lua_pushvalue(L, -1);
+        if (lua_rawget(L, -3) == LUA_TSTRING) {
+            /* A repeated header: values joined as RFC 9110 allows. */
+            lua_pushliteral(L, ", ");
+            lua_pushlstring(L, value, value_len);
+            lua_concat(L, 3);
+        } else {
+            lua_pop(L, 1);
+            lua_pushlstring(L, value, value_len);
+        }
+        lua_rawset(L, -3);
+    }
+}
+
+/* The req_src of the req at idx, or NULL (not a req). */
+static req_src *req_source(lua_State *L, int idx)
+{
+    idx = lua_absindex(L, idx);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &req_src_key);
+    lua_pushvalue(L, idx);
+    lua_rawget(L, -2);
+    req_src *s = lua_touserdata(L, -1);
+    lua_pop(L, 2); /* the weak table keeps s while req lives, and req is at idx */
+    return s;
+}
+
+/* Builds lazy field f of the req at idx unless it was built before (a
+ * script may have set it to nil since), stores it in req and leaves it on
+ * the stack.  Returns false, pushing nothing, when there is nothing to build. */
+static bool build_lazy(lua_State *L, int idx, req_src *s, int f)
+{
+    if (!s || (s->built & (1u << f))) return false;
+    switch (f) {
+    case LAZY_QUERY:
+        push_query(L, s);
+        break;
+    case LAZY_HEADERS:
+        push_headers(L, s);
+        break;
+    default:
+        lua_pushstring(L, s->remote_addr);
+        break;
+    }
+    s->built |= (uint8_t)(1u << f);
+    lua_pushlstring(L, lazy_fields[f].name, lazy_fields[f].len);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, idx);
+    return true;
+}
+
+/* Builds every field not built yet: what pairs() and sluice.json see. */
+static void build_all_lazy(lua_State *L, int idx)
+{
+    idx = lua_absindex(L, idx);
+    req_src *s = req_source(L, idx);
+    for (int f = 0; f < NLAZY; f++)
+        if (build_lazy(L, idx, s, f)) lua_pop(L, 1);
+}
+
+static bool is_req(lua_State *L, int idx)
+{
+    if (!lua_getmetatable(L, idx)) return false;
+    luaL_getmetatable(L, REQ_MT);
+    bool same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    return same;
+}
+
+/* REQ_MT.__index: req:subscribe, and the fields not built yet. */
+static int l_req_index(lua_State *L)
+{
+    if (lua_type(L, 2) != LUA_TSTRING) return 0;
+    size_t n;
+    const char *k = lua_tolstring(L, 2, &n);
+    if (n == 9 && memcmp(k, "subscribe", 9) == 0) {
+        lua_pushcfunction(L, l_req_subscribe);
+        return 1;
+    }
+    for (int f = 0; f < NLAZY; f++)
+        if (n == lazy_fields[f].len && memcmp(k, lazy_fields[f].name, n) == 0)
+            return build_lazy(L, 1, req_source(L, 1), f) ? 1 : 0;
+    return 0;
+}
+
+/* REQ_MT.__newindex: a field the handler sets before reading it is its
+ * own from then on, even nil: mark it built. */
+static int l_req_newindex(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    if (lua_type(L, 2) == LUA_TSTRING) {
+        size_t n;
+        const char *k = lua_tolstring(L, 2, &n);
+        for (int f = 0; f < NLAZY; f++) {
+            if (n == lazy_fields[f].len && memcmp(k, lazy_fields[f].name, n) == 0) {
+                req_src *s = req_source(L, 1);
+                if (s) s->built |= (uint8_t)(1u << f);
+            }
+        }
+    }
+    lua_settop(L, 3);
+    lua_rawset(L, 1);
+    return 0;
+}
+
+static int req_next(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 2);
+    if (lua_next(L, 1)) return 2;
+    lua_pushnil(L);
+    return 1;
+}
+
+/* REQ_MT.__pairs: every field, built or not. */
+static int l_req_pairs(lua_State *L)
+{
+    build_all_lazy(L, 1);
+    lua_pushcfunction(L, req_next);
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    return 3;
+}
+
 /* Builds `req` on the task's coroutine (inside lua_resume, so a memory
  * error is an ordinary Lua error). */
 static void push_req(lua_State *L, lx_task *t)
 {
     const http_request *r = t->req;
     const route_match *m = t->match;
-    lua_createtable(L, 0, 9);
+    size_t query_len = r->query ? r->query_len : 0, text = query_len;
+    for (int i = 0; i < r->nheaders; i++)
+        text += 8 + r->headers[i].name_len + r->headers[i].value_len;
+
+    lua_createtable(L, 0, 8); /* room for the lazy fields: no rehash */
     lua_pushstring(L, r->method);
     lua_setfield(L, -2, "method");
     lua_pushlstring(L, r->path, r->path_len);
     lua_setfield(L, -2, "path");
-
-    lua_createtable(L, 0, r->query ? 4 : 0);
-    if (r->query) {
-        size_t pos = 0, kl, vl;
-        const char *k, *v;
-        while (http_query_next(r->query, r->query_len, &pos, &k, &kl, &v, &vl)) {
-            push_decoded(L, k, kl, true);
-            push_decoded(L, v, vl, true);
-            lua_rawset(L, -3);
-        }
-    }
-    lua_setfield(L, -2, "query");
-
-    lua_createtable(L, 0, r->nheaders);
-    for (int i = 0; i < r->nheaders; i++) {
-        const http_header *h = &r->headers[i];
-        push_lower(L, h->name, h->name_len);
-        lua_pushvalue(L, -1);
-        if (lua_rawget(L, -3) == LUA_TSTRING) {
-            /* A repeated header: values joined as RFC 9110 allows. */
-            lua_pushliteral(L, ", ");
-            lua_pushlstring(L, h->value, h->value_len);
-            lua_concat(L, 3);
-        } else {
-            lua_pop(L, 1);
-            lua_pushlstring(L, h->value, h->value_len);
-        }
-        lua_rawset(L, -3);
-    }
-    lua_setfield(L, -2, "headers");
-
     lua_createtable(L, 0, m->nparams);
     for (int i = 0; i < m->nparams; i++) {
         push_decoded(L, m->params[i].value, m->params[i].value_len, false);
         lua_setfield(L, -2, m->params[i].name);
     }
     lua_setfield(L, -2, "params");
-
     lua_pushlstring(L, r->body ? r->body : "", r->body_len);
     lua_setfield(L, -2, "body");
-    char addr[64];
-    lua_pushstring(L, conn_remote_addr(t->c, addr, sizeof(addr)));
-    lua_setfield(L, -2, "remote_addr");
     lua_pushstring(L, sub_transport_of(r));
     lua_setfield(L, -2, "transport");
     luaL_setmetatable(L, REQ_MT);
+
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &req_src_key);
+    lua_pushvalue(L, -2);
+    req_src *s = lua_newuserdatauv(L, sizeof(req_src) + text, 0);
+    s->query_len = (uint32_t)query_len;
+    s->nheaders = (uint16_t)r->nheaders;
+    s->built = 0;
+    conn_remote_addr(t->c, s->remote_addr, sizeof(s->remote_addr));
+    if (query_len) memcpy(s->text, r->query, query_len);
+    char *p = s->text + query_len;
+    for (int i = 0; i < r->nheaders; i++) {
+        const http_header *h = &r->headers[i];
+        p = put_pair(p, h->name, h->name_len, h->value, h->value_len);
+    }
+    lua_rawset(L, -3);
+    lua_pop(L, 1); /* the weak table */
 }
 
 static int task_main_k(lua_State *L, int status, lua_KContext ctx)

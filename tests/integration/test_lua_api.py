@@ -641,6 +641,42 @@ class RequestTest(ApiCase):
         self.assertEqual(ws.status, 200, ws.body)
         self.assertEqual(json.loads(ws.body)["transport"], "websocket")
 
+    def test_req_lazy_fields_after_a_yield_and_after_the_request(self):
+        # query, headers and remote_addr are built when first read: after the
+        # handler yielded, and from a later request, they are the first one's.
+        # Both requests on one connection, so on one worker (state is per
+        # worker), and the second is parsed where the first was.
+        with RawConn.tcp(self.s.host, self.s.port) as c:
+            r = c.request("GET", "/lazy/after-yield?q=one%20two&z", [("X-First", "a")])
+            port = c.local_port()
+            self.assertEqual(r.status, 200, r)
+            v2 = c.request("GET", "/lazy/kept?q=other", [("X-Second", "b")]).json()
+        v = r.json()
+        self.assertEqual(v["query"], {"q": "one two", "z": ""})
+        self.assertEqual(v["headers"]["x-first"], "a")
+        self.assertEqual(v["remote_addr"], "127.0.0.1:%d" % port)
+        self.assertEqual(v2["path"], "/lazy/after-yield")
+        self.assertEqual(v2["query"], {"q": "one two", "z": ""})
+        self.assertEqual(v2["headers"]["x-first"], "a")
+        self.assertNotIn("x-second", v2["headers"])
+        self.assertEqual(v2["remote_addr"], "127.0.0.1:%d" % port)
+
+    def test_req_pairs_and_json_see_every_field(self):
+        fields = ["body=string", "headers=table", "method=string", "params=table",
+                  "path=string", "query=table", "remote_addr=string", "transport=string"]
+        r = http(self.s, "GET", "/lazy/pairs?a=1")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.body.decode().split(","), fields)
+        v = http(self.s, "GET", "/lazy/json?a=1", headers=[("X-J", "j")]).json()
+        self.assertEqual(sorted(v), [f.split("=")[0] for f in fields])
+        self.assertEqual(v["query"], {"a": "1"})
+        self.assertEqual(v["headers"]["x-j"], "j")
+        self.assertEqual(v["transport"], "longpoll")
+
+    def test_req_fields_set_by_the_handler_stay(self):
+        v = http(self.s, "GET", "/lazy/assign?q=1", headers=[("X-A", "a")]).json()
+        self.assertEqual(v, {"query": {"mine": "yes"}, "headers": "cleared"})
+
     @unittest.skipUnless(have_ipv6_loopback(), "no IPv6 loopback")
     def test_req_remote_addr_ipv6(self):
         s6 = self.start(MAIN, listen=["[::1]:0"])

@@ -78,6 +78,38 @@ local function inspect(req)
   })
 end
 sluice.route("*", "/inspect/:a/:b", inspect)
+
+-- req.query, req.headers and req.remote_addr are built on first read, from a
+-- copy of the request: read after the handler yielded in sluice.publish,
+-- and by a later request (kept_req), they are still this request's.
+local kept_req
+sluice.route("GET", "/lazy/after-yield", function(req)
+  sluice.publish("lazy.yield", "x")
+  kept_req = req
+  return sluice.json(200, { query = req.query, headers = req.headers,
+                            remote_addr = req.remote_addr })
+end)
+sluice.route("GET", "/lazy/kept", function(req)
+  return sluice.json(200, { query = kept_req.query, headers = kept_req.headers,
+                            remote_addr = kept_req.remote_addr, path = kept_req.path })
+end)
+-- pairs(req) lists every field once, built or not; sluice.json(status, req)
+-- encodes them all.
+sluice.route("GET", "/lazy/pairs", function(req)
+  local keys = {}
+  for k, v in pairs(req) do keys[#keys + 1] = k .. "=" .. type(v) end
+  table.sort(keys)
+  return 200, table.concat(keys, ",")
+end)
+sluice.route("GET", "/lazy/json", function(req)
+  return sluice.json(200, req)
+end)
+-- A field the handler set (or cleared) stays as it set it.
+sluice.route("GET", "/lazy/assign", function(req)
+  req.query = { mine = "yes" }
+  req.headers = nil
+  return sluice.json(200, { query = req.query, headers = req.headers or "cleared" })
+end)
 sluice.route("GET", "/inspect", inspect)
 sluice.route("POST", "/inspect", inspect)
 sluice.route("GET", "/splat/*", inspect)
