@@ -21,7 +21,7 @@ struct hub_topic {
     hub_topic *next_in_bucket;
     uint32_t hash;
     uint32_t nsubs;
-    uint32_t noneshot; /* of which oneshot */
+    uint32_t oneshot_subs; /* subscribers that are oneshot (long-polls) */
     hub_sub *subs;
     size_t name_len;
     char name[];
@@ -80,9 +80,9 @@ struct hub {
     retention_rule *rules;
     size_t nrules;
     hub_counters stats;
-    hub_sub *prefix_subs;       /* wildcard subscriptions */
-    uint32_t noneshot_prefix;   /* of which oneshot */
-    pthread_mutex_t inbox_lock; /* the writer appends, the hub's thread takes */
+    hub_sub *prefix_subs;         /* wildcard subscriptions */
+    uint32_t oneshot_prefix_subs; /* wildcard subscriptions that are oneshot */
+    pthread_mutex_t inbox_lock;   /* the writer appends, the hub's thread takes */
     hub_msg *inbox_head, *inbox_tail;
 };
 
@@ -624,9 +624,9 @@ static void answer(hub *h, hub_msg *m, pending *p)
 /* Whether m's local fan-out reaches a subscriber that ends with it. */
 static bool reaches_oneshot(const hub *h, const hub_msg *m)
 {
-    if (h->noneshot_prefix) return true;
+    if (h->oneshot_prefix_subs) return true;
     const hub_topic *t = topic_find(h, m->topic, m->topic_len, hash_name(m->topic, m->topic_len));
-    return t && t->noneshot;
+    return t && t->oneshot_subs;
 }
 
 void hub_poll(hub *h)
@@ -701,7 +701,7 @@ hub_sub *hub_subscribe(hub *h, const char *topic, size_t len, void *owner, hub_d
         s->owner = owner;
         s->deliver = fn;
         s->oneshot = oneshot;
-        h->noneshot_prefix += oneshot;
+        h->oneshot_prefix_subs += oneshot;
         s->next = h->prefix_subs;
         if (h->prefix_subs) h->prefix_subs->prev = s;
         h->prefix_subs = s;
@@ -719,7 +719,7 @@ hub_sub *hub_subscribe(hub *h, const char *topic, size_t len, void *owner, hub_d
     s->owner = owner;
     s->deliver = fn;
     s->oneshot = oneshot;
-    t->noneshot += oneshot;
+    t->oneshot_subs += oneshot;
     s->next = t->subs;
     if (t->subs) t->subs->prev = s;
     t->subs = s;
@@ -737,7 +737,7 @@ void hub_unsubscribe(hub *h, hub_sub *s)
         else
             h->prefix_subs = s->next;
         if (s->next) s->next->prev = s->prev;
-        h->noneshot_prefix -= s->oneshot;
+        h->oneshot_prefix_subs -= s->oneshot;
         COUNT(h->stats.subscribers, -1);
         free(s->prefix);
         free(s);
@@ -750,7 +750,7 @@ void hub_unsubscribe(hub *h, hub_sub *s)
         t->subs = s->next;
     if (s->next) s->next->prev = s->prev;
     t->nsubs--;
-    t->noneshot -= s->oneshot;
+    t->oneshot_subs -= s->oneshot;
     COUNT(h->stats.subscribers, -1);
     free(s);
     topic_maybe_drop(h, t);

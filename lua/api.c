@@ -1179,6 +1179,14 @@ static void push_headers(lua_State *L, const req_src *s)
     }
 }
 
+/* The LAZY_* field named k, or -1. */
+static int lazy_field(const char *k, size_t n)
+{
+    for (int f = 0; f < NLAZY; f++)
+        if (n == lazy_fields[f].len && memcmp(k, lazy_fields[f].name, n) == 0) return f;
+    return -1;
+}
+
 /* The req_src of the req at idx, or NULL (not a req). */
 static req_src *req_source(lua_State *L, int idx)
 {
@@ -1243,10 +1251,8 @@ static int l_req_index(lua_State *L)
         lua_pushcfunction(L, l_req_subscribe);
         return 1;
     }
-    for (int f = 0; f < NLAZY; f++)
-        if (n == lazy_fields[f].len && memcmp(k, lazy_fields[f].name, n) == 0)
-            return build_lazy(L, 1, req_source(L, 1), f) ? 1 : 0;
-    return 0;
+    int f = lazy_field(k, n);
+    return f >= 0 && build_lazy(L, 1, req_source(L, 1), f) ? 1 : 0;
 }
 
 /* REQ_MT.__newindex: a field the handler sets before reading it is its
@@ -1257,12 +1263,9 @@ static int l_req_newindex(lua_State *L)
     if (lua_type(L, 2) == LUA_TSTRING) {
         size_t n;
         const char *k = lua_tolstring(L, 2, &n);
-        for (int f = 0; f < NLAZY; f++) {
-            if (n == lazy_fields[f].len && memcmp(k, lazy_fields[f].name, n) == 0) {
-                req_src *s = req_source(L, 1);
-                if (s) s->built |= (uint8_t)(1u << f);
-            }
-        }
+        int f = lazy_field(k, n);
+        req_src *s = f >= 0 ? req_source(L, 1) : NULL;
+        if (s) s->built |= (uint8_t)(1u << f);
     }
     lua_settop(L, 3);
     lua_rawset(L, 1);
