@@ -44,7 +44,7 @@
 # accept 10,000 subscribers and more than 2 minutes per run to (fail to)
 # deliver to 10,000 WebSocket subscribers; the five other servers take about
 # 50 minutes together. LOADS, SERVERS, REPEATS, DELIVERIES and PUSHPIN_LOADS
-# shorten it (bench/README.md has the 56-minute run of the published table).
+# shorten it (bench/HISTORY.md has the 56-minute run of the full table).
 #
 # Servers: sluice (the default app, durable: each commit fsync'd before
 # fan-out), sluice-relaxed (the same app with durability "relaxed",
