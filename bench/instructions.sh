@@ -72,6 +72,10 @@ total_ir() {
         NGINX_BIN=$wrap bench_start_nginx "$BENCH_DIR/nchan/nchan.conf.in" "$port" >/dev/null ||
             return 1
         ;;
+    *)
+        bench_log "unknown server $srv (sluice sluice-relaxed nchan)"
+        return 1
+        ;;
     esac
     if [ "$srv" = nchan ]; then
         pids=$NGINX_PID sub='/sub/{topic}' pub='/pub/{topic}'
