@@ -112,15 +112,18 @@ static void lp_answer(sub_session *s)
 int lp_session_start(sub_session *s, const sub_request *r, const http_request *req,
                      const char **why)
 {
+    static const char *const names[] = {"timeout", "limit", "last_event_id", "since"};
+    query_span sp[4];
+    query_find(req, names, 4, sp);
     char v[32];
     double timeout = LP_DEFAULT_TIMEOUT;
-    if (poll_timeout_param(req, &timeout) < 0) {
+    if (poll_timeout_parse(&sp[0], &timeout) < 0) {
         *why = "timeout must be a number of seconds";
         return 400;
     }
     if (timeout > LP_MAX_TIMEOUT) timeout = LP_MAX_TIMEOUT;
     unsigned limit = LP_MAX_LIMIT;
-    if (query_param(req, "limit", v, sizeof(v)) >= 0) {
+    if (query_decode(&sp[1], v, sizeof(v)) >= 0) {
         char *end;
         long l = strtol(v, &end, 10);
         if (end == v || *end || l < 1) {
@@ -137,7 +140,7 @@ int lp_session_start(sub_session *s, const sub_request *r, const http_request *r
     }
     s->t.lp->limit = limit;
     resume_point rp;
-    session_resume_point(s, r, req, &rp);
+    session_resume_point(s, r, req, &sp[2], &rp);
     /* The cursor of an empty answer: the resume ID if it is ours. */
     memcpy(s->t.lp->since, rp.id, rp.id_len);
     s->t.lp->since_len = rp.id_len;

@@ -202,42 +202,43 @@ route_result route_find(const route_table *t, const char *method, const char *pa
 {
     const route *best = NULL;
     uint64_t best_score = 0;
-    bool other_method = false;
     route_match tmp;
     m->allow[0] = '\0';
     if (path_len == 0 || path[0] != '/') return ROUTE_NOT_FOUND;
     bool head = strcmp(method, "HEAD") == 0;
     for (int pass = 0; pass < 2 && !best; pass++) {
-        /* Pass 0: the request's own method (and "*"); pass 1: HEAD as GET. */
+        /* Pass 0: the request's own method (and "*"); pass 1: HEAD as GET.
+         * The method first: it is cheaper to compare than the path. */
         if (pass == 1 && !head) break;
         const char *want = pass == 0 ? method : "GET";
         for (size_t i = 0; i < t->count; i++) {
             const route *r = &t->routes[i];
             uint64_t score;
+            if (strcmp(r->method, "*") != 0 && strcmp(r->method, want) != 0) continue;
             if (!match_route(r, path, path_len, &tmp, &score)) continue;
-            bool method_ok = strcmp(r->method, "*") == 0 || strcmp(r->method, want) == 0;
-            if (!method_ok) {
-                other_method = true;
-                continue;
-            }
             if (!best || score > best_score) {
                 best = r;
                 best_score = score;
-                *m = (route_match){.handler = r->handler, .nparams = tmp.nparams};
+                /* Fields, not the whole struct: allow[] and the unused
+                 * params need no copy. */
+                m->handler = r->handler;
+                m->nparams = tmp.nparams;
                 memcpy(m->params, tmp.params, sizeof(route_param) * (size_t)tmp.nparams);
             }
         }
     }
     if (best) return ROUTE_FOUND;
-    if (!other_method) return ROUTE_NOT_FOUND;
-    /* Only a 405 needs the Allow list. */
+    /* No route of this method: a 405 with its Allow list when the path has
+     * routes of other methods, else a 404. */
+    bool other_method = false;
     for (size_t i = 0; i < t->count; i++) {
         const route *r = &t->routes[i];
         uint64_t score;
         if (!match_route(r, path, path_len, &tmp, &score)) continue;
+        other_method = true;
         size_t al = strlen(m->allow);
         if (!strstr(m->allow, r->method) && al + strlen(r->method) + 3 < sizeof(m->allow))
             snprintf(m->allow + al, sizeof(m->allow) - al, "%s%s", al ? ", " : "", r->method);
     }
-    return ROUTE_NO_METHOD;
+    return other_method ? ROUTE_NO_METHOD : ROUTE_NOT_FOUND;
 }

@@ -67,8 +67,16 @@ struct sub_session {
 /* Delivers a message to the session (the hub's callback). */
 void session_deliver(void *owner, hub_msg *m);
 
+/* A query parameter's raw (still encoded) value; v is NULL when absent. */
+typedef struct query_span {
+    const char *v;
+    size_t len;
+} query_span;
+
 /* Where a subscriber resumes: read from the request before the transport
- * takes the connection (the request is freed then). */
+ * takes the connection (the request is freed then).  `ids` is NULL, or the
+ * ?last_event_id and ?since values the caller found with its own
+ * query_find (one pass over the query for all a poll reads). */
 typedef struct resume_point {
     bool present; /* a resume ID was given */
     bool known;   /* ...and it is one of ours: replay after `after` */
@@ -77,7 +85,7 @@ typedef struct resume_point {
     uint8_t id_len;
 } resume_point;
 void session_resume_point(const sub_session *s, const sub_request *r, const http_request *req,
-                          resume_point *rp);
+                          const query_span ids[2], resume_point *rp);
 
 #define SESSION_GONE (-2)              /* the session ended (and was freed) during replay */
 #define REPLAY_PAGE_BYTES (256 * 1024) /* data replayed per page to a stream */
@@ -112,13 +120,23 @@ void ws_session_close(sub_session *s, unsigned code, const char *reason);
 void ws_session_send_gap(sub_session *s, const char *topic, size_t len);
 void sse_session_send_gap(sub_session *s, const char *topic, size_t len);
 
-/* A query parameter's decoded value into out (NUL-terminated); returns its
- * length, -1 when absent, -2 when longer than cap - 1. */
+/* The first value of each of names[0..n) (n <= 8), in one pass over the
+ * query: a poll reads several parameters, and the query was scanned once
+ * per name. */
+void query_find(const http_request *req, const char *const *names, int n, query_span *out);
+
+/* A found value decoded into out (NUL-terminated); returns its length, -1
+ * when absent, -2 when longer than cap - 1. */
+int query_decode(const query_span *sp, char *out, size_t cap);
+
+/* query_find and query_decode for one name. */
 int query_param(const http_request *req, const char *name, char *out, size_t cap);
 
 /* A poll's ?timeout: 0 when absent (*seconds untouched), 1 with the value
- * in *seconds, -1 when it is not a number of seconds. */
+ * in *seconds, -1 when it is not a number of seconds.  The _parse form
+ * takes the value query_find found. */
 int poll_timeout_param(const http_request *req, double *seconds);
+int poll_timeout_parse(const query_span *sp, double *seconds);
 
 /* Counters by transport. */
 extern sub_stats sub_counts;

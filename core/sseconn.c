@@ -29,7 +29,7 @@ static const conn_stream_ops sse_ops = {
 int sse_session_start(sub_session *s, const sub_request *r, const http_request *req)
 {
     resume_point rp;
-    session_resume_point(s, r, req, &rp);
+    session_resume_point(s, r, req, NULL, &rp);
     char head[512];
     int n = snprintf(head, sizeof(head),
                      "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"

@@ -44,30 +44,63 @@ const char *sub_transport(const sub_session *s)
     }
 }
 
-int query_param(const http_request *req, const char *name, char *out, size_t cap)
+void query_find(const http_request *req, const char *const *names, int n, query_span *out)
 {
-    if (!req->query) return -1;
-    size_t pos = 0, kl, vl, nl = strlen(name);
-    const char *k, *v;
-    while (http_query_next(req->query, req->query_len, &pos, &k, &kl, &v, &vl)) {
-        if (kl != nl || memcmp(k, name, nl) != 0) continue;
-        if (vl >= cap) return -2;
-        size_t n = http_pct_decode(v, vl, out, true);
-        out[n] = '\0';
-        return (int)n;
+    for (int i = 0; i < n; i++) {
+        out[i].v = NULL;
+        out[i].len = 0;
     }
-    return -1;
+    if (!req->query) return;
+    size_t nl[8];
+    for (int i = 0; i < n; i++)
+        nl[i] = strlen(names[i]);
+    size_t pos = 0, kl, vl;
+    const char *k, *v;
+    int left = n;
+    while (left && http_query_next(req->query, req->query_len, &pos, &k, &kl, &v, &vl)) {
+        for (int i = 0; i < n; i++) {
+            if (out[i].v || kl != nl[i] || memcmp(k, names[i], kl) != 0) continue;
+            out[i].v = v;
+            out[i].len = vl;
+            left--;
+            break;
+        }
+    }
 }
 
-int poll_timeout_param(const http_request *req, double *seconds)
+int query_decode(const query_span *sp, char *out, size_t cap)
+{
+    if (!sp->v) return -1;
+    if (sp->len >= cap) return -2;
+    size_t n = http_pct_decode(sp->v, sp->len, out, true);
+    out[n] = '\0';
+    return (int)n;
+}
+
+int query_param(const http_request *req, const char *name, char *out, size_t cap)
+{
+    query_span sp;
+    query_find(req, &name, 1, &sp);
+    return query_decode(&sp, out, cap);
+}
+
+int poll_timeout_parse(const query_span *sp, double *seconds)
 {
     char v[32];
-    if (query_param(req, "timeout", v, sizeof(v)) < 0) return 0;
+    if (query_decode(sp, v, sizeof(v)) < 0) return 0; /* absent, or too long to be one */
     char *end;
     double t = strtod(v, &end);
     if (end == v || *end || t < 0 || t != t) return -1;
     *seconds = t;
     return 1;
+}
+
+int poll_timeout_param(const http_request *req, double *seconds)
+{
+    static const char *const name = "timeout";
+    query_span sp;
+    query_find(req, &name, 1, &sp);
+    return poll_timeout_parse(&sp, seconds);
 }
 
 /* Whether header `name` holds `token`, case-insensitively. */
@@ -207,7 +240,7 @@ static void replay_one(void *owner, hub_msg *m)
 }
 
 void session_resume_point(const sub_session *s, const sub_request *r, const http_request *req,
-                          resume_point *rp)
+                          const query_span ids[2], resume_point *rp)
 {
     /* The app's resume ID, then the standard places. */
     char idbuf[256];
@@ -215,8 +248,14 @@ void session_resume_point(const sub_session *s, const sub_request *r, const http
     size_t idlen = r->last_event_id_len;
     if (!id) id = http_header_get(req, "last-event-id", &idlen);
     if (!id) {
-        int n = query_param(req, "last_event_id", idbuf, sizeof(idbuf));
-        if (n == -1) n = query_param(req, "since", idbuf, sizeof(idbuf));
+        static const char *const names[] = {"last_event_id", "since"};
+        query_span found[2];
+        if (!ids) {
+            query_find(req, names, 2, found);
+            ids = found;
+        }
+        int n = query_decode(&ids[0], idbuf, sizeof(idbuf));
+        if (n == -1) n = query_decode(&ids[1], idbuf, sizeof(idbuf));
         if (n >= 0) {
             id = idbuf;
             idlen = (size_t)n;

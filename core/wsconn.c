@@ -102,7 +102,7 @@ int ws_session_start(sub_session *s, const sub_request *r, const http_request *r
     }
     /* The 101 goes first; replayed frames queue behind it. */
     resume_point rp;
-    session_resume_point(s, r, req, &rp);
+    session_resume_point(s, r, req, NULL, &rp);
     conn_log_access(s->c, 101);
     conn_start_stream(s->c, &ws_ops, s, hb);
     buf_unref(hb);

@@ -894,7 +894,8 @@ static int l_req_subscribe(lua_State *L)
     }
     if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
     lua_newuserdatauv(L, 1, 2);
-    luaL_setmetatable(L, SUB_MT);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, app_of(L)->sub_mt_ref);
+    lua_setmetatable(L, -2);
     lua_pushvalue(L, topics);
     lua_setiuservalue(L, -2, 1);
     lua_pushvalue(L, 3);
@@ -916,10 +917,11 @@ static int opt_ref(lua_State *L, int opts, const char *name)
     return luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
-static void create_metatables(lua_State *L)
+static void create_metatables(lx_app *app, lua_State *L)
 {
     luaL_newmetatable(L, SUB_MT);
-    lua_pop(L, 1);
+    app->sub_mt = lua_topointer(L, -1); /* the registry keeps it alive */
+    app->sub_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     luaL_newmetatable(L, CONN_MT);
     lua_pushcfunction(L, l_conn_index);
     lua_setfield(L, -2, "__index");
@@ -931,7 +933,7 @@ static void create_metatables(lua_State *L)
     lua_setfield(L, -2, "__pairs");
     lua_pushcfunction(L, l_req_newindex);
     lua_setfield(L, -2, "__newindex");
-    lua_pop(L, 1);
+    app->req_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_createtable(L, 0, 0); /* req -> its req_src, as long as req lives */
     lua_createtable(L, 0, 1);
     lua_pushliteral(L, "k");
@@ -1033,7 +1035,7 @@ lx_app *lx_app_load(const char *path, hub *h, lx_config *cfg, char *err, size_t 
     lua_pushcfunction(L, luaopen_sluice);
     lua_setfield(L, -2, "sluice");
     lua_pop(L, 1);
-    create_metatables(L);
+    create_metatables(app, L);
     app->hookL = lua_newthread(L);
     luaL_ref(L, LUA_REGISTRYINDEX); /* anchored for the state's life */
     lua_sethook(app->hookL, lx_budget_hook, LUA_MASKCOUNT, HOOK_STEP);
@@ -1235,7 +1237,7 @@ static void build_all_lazy(lua_State *L, int idx)
 static bool is_req(lua_State *L, int idx)
 {
     if (!lua_getmetatable(L, idx)) return false;
-    luaL_getmetatable(L, REQ_MT);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, app_of(L)->req_mt_ref);
     bool same = lua_rawequal(L, -1, -2);
     lua_pop(L, 2);
     return same;
@@ -1316,7 +1318,8 @@ static void push_req(lua_State *L, lx_task *t)
     lua_setfield(L, -2, "body");
     lua_pushstring(L, sub_transport_of(r));
     lua_setfield(L, -2, "transport");
-    luaL_setmetatable(L, REQ_MT);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->app->req_mt_ref);
+    lua_setmetatable(L, -2);
 
     lua_rawgetp(L, LUA_REGISTRYINDEX, &req_src_key);
     lua_pushvalue(L, -2);
@@ -1484,12 +1487,21 @@ static void start_subscription(lx_task *t, int idx)
     conn_respond_error(c, status, why);
 }
 
+/* luaL_testudata(L, idx, SUB_MT), without its lookup of the name. */
+static bool is_subscription(const lx_app *app, lua_State *L, int idx)
+{
+    if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return false;
+    bool sub = lua_topointer(L, -1) == app->sub_mt;
+    lua_pop(L, 1);
+    return sub;
+}
+
 static void respond_from_results(lx_task *t, int nres)
 {
     lua_State *L = t->co;
     conn *c = t->c;
     int base = lua_gettop(L) - nres + 1;
-    if (nres >= 1 && luaL_testudata(L, base, SUB_MT)) {
+    if (nres >= 1 && is_subscription(t->app, L, base)) {
         start_subscription(t, base);
         return;
     }

@@ -638,12 +638,18 @@ static int id_text_parse(const char *id, size_t len, uint64_t *epoch, uint64_t *
     uint64_t e = 0, q = 0;
     if (!id || len == 0 || len >= STORE_ID_MAX) return -1;
     if (id[0] == '0') return -1;
+    /* Range checks and overflow builtins: this runs for every resuming
+     * poll, where a table search and a division per digit showed. */
     for (; i < len && id[i] != '-'; i++) {
-        const char *p = memchr(b36, id[i], 36);
-        if (!p || id[i] == 0) return -1;
-        unsigned d = (unsigned)(p - b36);
-        if (e > (UINT64_MAX - d) / 36) return -1;
-        e = e * 36 + d;
+        char c = id[i];
+        unsigned d;
+        if (c >= '0' && c <= '9')
+            d = (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'z')
+            d = (unsigned)(c - 'a') + 10;
+        else
+            return -1;
+        if (__builtin_mul_overflow(e, 36, &e) || __builtin_add_overflow(e, d, &e)) return -1;
     }
     if (i == 0 || i == len) return -1;
     i++;
@@ -651,8 +657,7 @@ static int id_text_parse(const char *id, size_t len, uint64_t *epoch, uint64_t *
     for (; i < len; i++) {
         if (id[i] < '0' || id[i] > '9') return -1;
         unsigned d = (unsigned)(id[i] - '0');
-        if (q > (UINT64_MAX - d) / 10) return -1;
-        q = q * 10 + d;
+        if (__builtin_mul_overflow(q, 10, &q) || __builtin_add_overflow(q, d, &q)) return -1;
     }
     *epoch = e;
     *seq = q;
