@@ -512,6 +512,11 @@ int conn_response_header(conn *c, const char *name, size_t nlen, const char *val
     return 0;
 }
 
+void conn_response_lines(conn *c, const char *lines, size_t len)
+{
+    resp_append(c, lines, len);
+}
+
 static void access_log(conn *c, size_t body_len);
 
 void conn_log_access(conn *c, int status)
@@ -642,9 +647,9 @@ void conn_respond_error(conn *c, int status, const char *msg)
     memcpy(body + o, "\"}", 2);
     o += 2;
     conn_response_start(c, status);
-    static const char ct[] = "application/json";
-    conn_response_header(c, "Content-Type", 12, ct, sizeof(ct) - 1);
-    if (status == 503) conn_response_header(c, "Retry-After", 11, "1", 1);
+    static const char ct[] = "Content-Type: application/json\r\n";
+    conn_response_lines(c, ct, sizeof(ct) - 1);
+    if (status == 503) conn_response_lines(c, "Retry-After: 1\r\n", 15);
     conn_response_finish(c, body, o);
 }
 

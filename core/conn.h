@@ -132,6 +132,10 @@ void conn_response_start(conn *c, int status);
  * token or the value holds CR, LF or NUL. */
 int conn_response_header(conn *c, const char *name, size_t nlen, const char *value, size_t vlen);
 
+/* Adds header lines the server wrote itself ("Name: value\r\n"...), as
+ * they are: no checks, for the constant headers of every poll answer. */
+void conn_response_lines(conn *c, const char *lines, size_t len);
+
 /* Finishes the response with `body` (copied; omitted on the wire for HEAD),
  * logs the access line and lets the connection read the next request. */
 void conn_response_finish(conn *c, const char *body, size_t len);

@@ -99,8 +99,9 @@ static void lp_answer(sub_session *s)
         }
         parts[np++] = (conn_part){tb, 0, tb->len};
         conn_response_start(c, 200);
-        conn_response_header(c, "Content-Type", 12, "application/json", 16);
-        conn_response_header(c, "Cache-Control", 13, "no-store", 8);
+        static const char lines[] = "Content-Type: application/json\r\n"
+                                    "Cache-Control: no-store\r\n";
+        conn_response_lines(c, lines, sizeof(lines) - 1);
         conn_response_finish_parts(c, parts, np);
     }
     buf_unref(tb);

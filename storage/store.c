@@ -802,12 +802,11 @@ static int msg_valid(const struct store_msg *m)
 static int append_op(struct store *s, MDB_txn *txn, void *argp)
 {
     struct append_arg *a = argp;
-    uint64_t last, next_topic;
+    uint64_t last, next_topic = 0;
     int rc, new_topics = 0;
 
     memset(a->t, 0, a->cap * sizeof *a->t);
     if ((rc = meta_get_u64(s, txn, "last_seq", &last))) return rc;
-    if ((rc = meta_get_u64(s, txn, "next_topic", &next_topic))) return rc;
 
     for (size_t i = 0; i < a->n; i++) {
         struct store_msg *m = &a->msgs[i];
@@ -831,6 +830,9 @@ static int append_op(struct store *s, MDB_txn *txn, void *argp)
             t->hash = h;
             rc = topic_get(s, txn, m->topic, m->topic_len, &t->rec);
             if (rc == MDB_NOTFOUND) {
+                /* Read only when a batch makes a topic: most make none. */
+                if (!new_topics && (rc = meta_get_u64(s, txn, "next_topic", &next_topic)))
+                    return rc;
                 if (next_topic >= UINT32_MAX) return EOVERFLOW;
                 memset(&t->rec, 0, sizeof t->rec);
                 t->rec.number = (uint32_t)next_topic++;
