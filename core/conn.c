@@ -481,7 +481,9 @@ void conn_response_start(conn *c, int status)
     resp_append(c, line, (size_t)(p - line));
 }
 
-/* RFC 9110 tchar, as a table: every header a response sets is checked. */
+/* RFC 9110 tchar, as a table (one row per kind, not one line per byte):
+ * every header a response sets is checked. */
+/* clang-format off */
 #define TCHAR_RANGE(lo, hi) [(lo)...(hi)] = 1
 static const unsigned char tchar[256] = {
     TCHAR_RANGE('a', 'z'), TCHAR_RANGE('A', 'Z'), TCHAR_RANGE('0', '9'),
@@ -489,6 +491,7 @@ static const unsigned char tchar[256] = {
     ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
 };
 #undef TCHAR_RANGE
+/* clang-format on */
 
 static bool name_is(const char *name, size_t nlen, const char *what)
 {

@@ -322,12 +322,14 @@ void hub_free(hub *h)
 
 /* The bytes a topic name may hold: a table, since every publish and every
  * subscription checks its names two or three times. */
+/* clang-format off */
 #define TOPIC_RANGE(lo, hi) [(lo)...(hi)] = 1
 static const unsigned char topic_byte_ok[256] = {
     TOPIC_RANGE('a', 'z'), TOPIC_RANGE('A', 'Z'), TOPIC_RANGE('0', '9'),
     ['_'] = 1, ['.'] = 1, [':'] = 1, ['-'] = 1,
 };
 #undef TOPIC_RANGE
+/* clang-format on */
 
 bool hub_topic_valid(const char *name, size_t len)
 {
@@ -691,6 +693,13 @@ void hub_commit_pending(hub *h)
         hub_poll(h);
     }
     if (h->uncommitted && h->wake) h->wake(h->wake_ud);
+}
+
+const char *hub_sub_name(const hub_sub *s, size_t *len, bool *wildcard)
+{
+    *wildcard = !s->topic;
+    *len = s->topic ? s->topic->name_len : s->prefix_len;
+    return s->topic ? s->topic->name : s->prefix;
 }
 
 hub_sub *hub_subscribe(hub *h, const char *topic, size_t len, void *owner, hub_deliver_fn fn,

@@ -201,6 +201,10 @@ hub_sub *hub_subscribe(hub *h, const char *topic, size_t len, void *owner, hub_d
 /* Detaches and frees a subscription (NULL is a no-op). */
 void hub_unsubscribe(hub *h, hub_sub *s);
 
+/* The name a subscription follows: its topic, or for a wildcard its prefix
+ * (*wildcard set; the name is without the '*'). */
+const char *hub_sub_name(const hub_sub *s, size_t *len, bool *wildcard);
+
 /* Parses a resume ID.  Returns true and the seq when the ID is of this
  * hub's epoch; false for anything else (unknown: resume from the oldest). */
 bool hub_id_parse(const hub *h, const char *id, size_t len, uint64_t *seq);

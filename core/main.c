@@ -171,7 +171,8 @@ static int parse_options(int argc, char **argv, options *o)
             break;
         case 'V': {
             char alloc[32];
-            printf("sluice %s (allocator: %s)\n", SLUICE_VERSION, allocator_name(alloc, sizeof(alloc)));
+            printf("sluice %s (allocator: %s)\n", SLUICE_VERSION,
+                   allocator_name(alloc, sizeof(alloc)));
             exit(0);
         }
         case 'h':

@@ -77,6 +77,12 @@ int query_decode(const query_span *sp, char *out, size_t cap)
     return (int)n;
 }
 
+const char *sub_first_topic(const sub_session *s, size_t *len, bool *wildcard)
+{
+    if (s->nsubs < 1 || !s->subs[0]) return NULL;
+    return hub_sub_name(s->subs[0], len, wildcard);
+}
+
 int query_param(const http_request *req, const char *name, char *out, size_t cap)
 {
     query_span sp;

@@ -82,6 +82,11 @@ static inline const void *sub_origin(const sub_session *s)
 conn *sub_conn(sub_session *s);
 const char *sub_transport(const sub_session *s);
 
+/* The first topic the session subscribed to, as the app named it: a name,
+ * or a prefix when *wildcard (the pattern is the prefix and '*').  NULL
+ * when it follows none. */
+const char *sub_first_topic(const sub_session *s, size_t *len, bool *wildcard);
+
 /* WebSocket only: sends one message to this client.  Returns 0, or -1 when
  * the session is not a WebSocket or the client is too slow (it is then
  * being closed with 1013). */

@@ -840,6 +840,26 @@ static int l_conn_close(lua_State *L)
     return 0;
 }
 
+/* conn.topic: the first name req:subscribe was given (a pattern keeps its
+ * '*'), or nil once the connection is gone.  With it one on_message
+ * function serves every connection, instead of a closure for each. */
+static void push_conn_topic(lua_State *L, const lx_connud *u)
+{
+    size_t len;
+    bool wildcard;
+    const char *name =
+        u->hooks && u->hooks->session ? sub_first_topic(u->hooks->session, &len, &wildcard) : NULL;
+    if (!name) {
+        lua_pushnil(L);
+    } else if (!wildcard) {
+        lua_pushlstring(L, name, len);
+    } else {
+        lua_pushlstring(L, name, len);
+        lua_pushliteral(L, "*");
+        lua_concat(L, 2);
+    }
+}
+
 static int l_conn_index(lua_State *L)
 {
     lx_connud *u = check_conn(L);
@@ -853,6 +873,8 @@ static int l_conn_index(lua_State *L)
                        u->hooks && u->hooks->session ? sub_transport(u->hooks->session) : "closed");
     else if (strcmp(k, "closed") == 0)
         lua_pushboolean(L, !u->hooks || !u->hooks->session);
+    else if (strcmp(k, "topic") == 0)
+        push_conn_topic(L, u);
     else
         lua_pushnil(L);
     return 1;

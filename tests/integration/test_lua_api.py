@@ -1183,6 +1183,14 @@ class OnMessageTest(ApiCase):
         a.send_text("transport")
         self.assertEqual(a.recv_text(), "transport=websocket closed=false")
 
+    def test_conn_topic_names_the_subscription(self):
+        a = WS.connect(self, self.s, "/sub/om")
+        a.send_text("topic")
+        self.assertEqual(a.recv_text(), "topic=om")
+        b = WS.connect(self, self.s, "/sub/om.*")  # a pattern keeps its '*'
+        b.send_text("topic")
+        self.assertEqual(b.recv_text(), "topic=om.*")
+
     def test_publish_in_on_message_returns_nothing_but_publishes(self):
         a = WS.connect(self, self.s, "/sub/omp?format=json")
         b = WS.connect(self, self.s, "/sub/omp?format=json")

@@ -364,6 +364,8 @@ local function on_message_for(topic)
       conn:close(999)
     elseif cmd == "transport" then
       conn:send("transport=" .. conn.transport .. " closed=" .. tostring(conn.closed))
+    elseif cmd == "topic" then
+      conn:send("topic=" .. tostring(conn.topic))
     elseif cmd == "pub" then
       local n = select("#", sluice.publish(topic, arg))
       conn:send("returned " .. n)
