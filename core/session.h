@@ -120,9 +120,10 @@ void ws_session_close(sub_session *s, unsigned code, const char *reason);
 void ws_session_send_gap(sub_session *s, const char *topic, size_t len);
 void sse_session_send_gap(sub_session *s, const char *topic, size_t len);
 
-/* The first value of each of names[0..n) (n <= 8), in one pass over the
- * query: a poll reads several parameters, and the query was scanned once
- * per name. */
+/* The first value of each of names[0..n), in one pass over the query: a
+ * poll reads several parameters, and the query was scanned once per name.
+ * Names past QUERY_FIND_MAX are not looked for (their v stays NULL). */
+#define QUERY_FIND_MAX 8
 void query_find(const http_request *req, const char *const *names, int n, query_span *out);
 
 /* A found value decoded into out (NUL-terminated); returns its length, -1

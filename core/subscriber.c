@@ -44,6 +44,12 @@ const char *sub_transport(const sub_session *s)
     }
 }
 
+const char *sub_first_topic(const sub_session *s, size_t *len, bool *wildcard)
+{
+    if (s->nsubs < 1 || !s->subs[0]) return NULL;
+    return hub_sub_name(s->subs[0], len, wildcard);
+}
+
 void query_find(const http_request *req, const char *const *names, int n, query_span *out)
 {
     for (int i = 0; i < n; i++) {
@@ -51,7 +57,8 @@ void query_find(const http_request *req, const char *const *names, int n, query_
         out[i].len = 0;
     }
     if (!req->query) return;
-    size_t nl[8];
+    size_t nl[QUERY_FIND_MAX];
+    if (n > QUERY_FIND_MAX) n = QUERY_FIND_MAX;
     for (int i = 0; i < n; i++)
         nl[i] = strlen(names[i]);
     size_t pos = 0, kl, vl;
@@ -75,12 +82,6 @@ int query_decode(const query_span *sp, char *out, size_t cap)
     size_t n = http_pct_decode(sp->v, sp->len, out, true);
     out[n] = '\0';
     return (int)n;
-}
-
-const char *sub_first_topic(const sub_session *s, size_t *len, bool *wildcard)
-{
-    if (s->nsubs < 1 || !s->subs[0]) return NULL;
-    return hub_sub_name(s->subs[0], len, wildcard);
 }
 
 int query_param(const http_request *req, const char *name, char *out, size_t cap)

@@ -851,10 +851,10 @@ static void push_conn_topic(lua_State *L, const lx_connud *u)
         u->hooks && u->hooks->session ? sub_first_topic(u->hooks->session, &len, &wildcard) : NULL;
     if (!name) {
         lua_pushnil(L);
-    } else if (!wildcard) {
-        lua_pushlstring(L, name, len);
-    } else {
-        lua_pushlstring(L, name, len);
+        return;
+    }
+    lua_pushlstring(L, name, len);
+    if (wildcard) {
         lua_pushliteral(L, "*");
         lua_concat(L, 2);
     }
