@@ -133,7 +133,8 @@ void conn_response_start(conn *c, int status);
 int conn_response_header(conn *c, const char *name, size_t nlen, const char *value, size_t vlen);
 
 /* Adds header lines the server wrote itself ("Name: value\r\n"...), as
- * they are: no checks, for the constant headers of every poll answer. */
+ * they are: no checks, for the constant headers of poll answers and
+ * error bodies. */
 void conn_response_lines(conn *c, const char *lines, size_t len);
 
 /* Finishes the response with `body` (copied; omitted on the wire for HEAD),

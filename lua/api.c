@@ -942,7 +942,6 @@ static int opt_ref(lua_State *L, int opts, const char *name)
 static void create_metatables(lx_app *app, lua_State *L)
 {
     luaL_newmetatable(L, SUB_MT);
-    app->sub_mt = lua_topointer(L, -1); /* the registry keeps it alive */
     app->sub_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     luaL_newmetatable(L, CONN_MT);
     lua_pushcfunction(L, l_conn_index);
@@ -1256,13 +1255,20 @@ static void build_all_lazy(lua_State *L, int idx)
         if (build_lazy(L, idx, s, f)) lua_pop(L, 1);
 }
 
-static bool is_req(lua_State *L, int idx)
+/* Whether the value at idx has the metatable at registry slot mt_ref:
+ * luaL_testudata without its lookup of the name. */
+static bool has_metatable(lua_State *L, int idx, int mt_ref)
 {
     if (!lua_getmetatable(L, idx)) return false;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, app_of(L)->req_mt_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, mt_ref);
     bool same = lua_rawequal(L, -1, -2);
     lua_pop(L, 2);
     return same;
+}
+
+static bool is_req(lua_State *L, int idx)
+{
+    return has_metatable(L, idx, app_of(L)->req_mt_ref);
 }
 
 /* REQ_MT.__index: req:subscribe, and the fields not built yet. */
@@ -1509,21 +1515,13 @@ static void start_subscription(lx_task *t, int idx)
     conn_respond_error(c, status, why);
 }
 
-/* luaL_testudata(L, idx, SUB_MT), without its lookup of the name. */
-static bool is_subscription(const lx_app *app, lua_State *L, int idx)
-{
-    if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return false;
-    bool sub = lua_topointer(L, -1) == app->sub_mt;
-    lua_pop(L, 1);
-    return sub;
-}
-
 static void respond_from_results(lx_task *t, int nres)
 {
     lua_State *L = t->co;
     conn *c = t->c;
     int base = lua_gettop(L) - nres + 1;
-    if (nres >= 1 && is_subscription(t->app, L, base)) {
+    if (nres >= 1 && lua_type(L, base) == LUA_TUSERDATA &&
+        has_metatable(L, base, t->app->sub_mt_ref)) {
         start_subscription(t, base);
         return;
     }

@@ -41,11 +41,8 @@ struct lx_app {
     int on_publish;               /* registry ref of a table pattern -> function */
     const void *origin;           /* publisher identity during on_message (skip_self) */
     /* The metatables every request uses, by registry ref (an array slot)
-     * rather than by name (a string lookup: about 150 instructions), and
-     * SUB_MT's address, to recognise a subscription among a handler's
-     * results. */
+     * rather than by name (a string lookup: about 150 instructions). */
     int req_mt_ref, sub_mt_ref;
-    const void *sub_mt;
     /* Coroutines whose task returned, kept for the next task: a new
      * thread, its registry slot and its collection were about 6k of the
      * 52k instructions of a long-poll (callgrind). */
