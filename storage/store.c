@@ -1,7 +1,7 @@
 /* store.c: the LMDB backlog behind store.h.
  *
  * Four named databases in one environment:
- *   meta    "version", "last_seq", "next_topic" -> u64 each
+ *   meta    "version", "last_seq", "next_topic", "wal_salt" -> u64 each
  *   epochs  start seq (BE u64) -> epoch (u64): the epoch in force from that
  *           seq on; used only to tell our IDs from foreign ones
  *   topics  name -> struct topic_rec (number, count, first/last/dropped seq,
@@ -20,11 +20,18 @@
  * re-enter the store (a nested read lock behind a waiting grower deadlocks).
  * Growth happens ahead of need (past 3/4 of the map, after a commit) and, as
  * a fallback, on MDB_MAP_FULL, after which the transaction is redone.
+ *
+ * Durable mode puts a log in front (wal.h; docs/storage.md, "Durability
+ * modes"): a batch is appended to the log and flushed, and kept in memory
+ * (the tail) until a checkpoint commits the tail to LMDB.  Reads take the
+ * tail's read lock, then their LMDB transaction, and serve LMDB's part
+ * then the tail's: every seq in the tail is above every seq in LMDB.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* asprintf, pthread_rwlockattr_setkind_np, getrandom */
 #endif
 #include "storage/store.h"
+#include "storage/wal.h"
 
 #include <errno.h>
 #include <lmdb.h>
@@ -57,6 +64,36 @@ struct topic_rec {
     uint64_t max_age_ms;
 };
 
+/* A logged message that LMDB does not have yet. */
+struct tail_msg {
+    struct tail_msg *next;       /* all topics, seq order */
+    struct tail_msg *topic_next; /* this topic, seq order */
+    struct tail_topic *topic;
+    uint64_t seq, epoch;
+    int64_t time_ms;
+    uint64_t max_count, max_age_ms;
+    size_t event_len, data_len;
+    char bytes[]; /* event, then data */
+};
+
+struct tail_topic {
+    struct tail_topic *hnext;
+    struct tail_msg *first, *last;
+    size_t count;
+    uint64_t hash;
+    size_t len;
+    char name[];
+};
+
+struct tail {
+    pthread_rwlock_t lock;
+    struct tail_topic **buckets; /* nbuckets, a power of two */
+    size_t nbuckets, ntopics;
+    struct tail_msg *first, *last;
+    size_t count;
+    uint64_t last_seq;
+};
+
 struct store {
     MDB_env *env;
     MDB_dbi meta, epochs, topics, msgs;
@@ -72,7 +109,30 @@ struct store {
     size_t sweep_pos_len;
     char *data_path;
     int lock_fd; /* flock'd sluice.lock of a read-write handle, else -1 */
+    /* Durable read-write handle: the log (wal.h) and the messages it holds
+     * that LMDB does not yet (the tail).  A read-only handle loads the tail
+     * of the running server's log at open.  Only the writing thread
+     * changes the tail; readers take its lock before their LMDB txn. */
+    struct wal *wal;
+    int wal_failed;        /* a log write failed: commits go to LMDB directly */
+    uint64_t salt_pending; /* the salt the next commit gives the log */
+    uint64_t wal_salt;     /* meta "wal_salt": this store's log records only */
+    unsigned char *walbuf;
+    size_t walbuf_cap;
+    struct tail tail;
+    int tail_inited;
 };
+
+static int wal_replay(struct store *s, const char *dir, uint64_t *last);
+static int append_commit(struct store *s, struct store_msg *msgs, size_t n, int64_t now_ms,
+                         const int64_t *times);
+static int wal_scan(const unsigned char *buf, size_t len, uint64_t salt, uint64_t after,
+                    int (*fn)(void *ud, const struct wal_rec *r), void *ud, size_t *end);
+static int tail_load(struct store *s, uint64_t after, size_t *end);
+static int checkpoint(struct store *s, int64_t now_ms);
+static int append_direct(struct store *s, struct store_msg *msgs, size_t n, int64_t now_ms);
+static void tail_clear(struct tail *t);
+static int read_last_seq(struct store *s, uint64_t *last);
 
 /* ---- small helpers ---------------------------------------------------- */
 
@@ -371,7 +431,7 @@ static int open_dbs(struct store *s, MDB_txn *txn, unsigned flags)
     return 0;
 }
 
-static int init_rw(struct store *s, char *errbuf, size_t errlen)
+static int init_rw(struct store *s, const char *dir, char *errbuf, size_t errlen)
 {
     MDB_txn *txn;
     uint64_t version, last;
@@ -389,6 +449,29 @@ static int init_rw(struct store *s, char *errbuf, size_t errlen)
         goto fail;
     }
     if ((rc = meta_get_u64(s, txn, "last_seq", &last))) goto fail;
+    if ((rc = meta_get_u64(s, txn, "wal_salt", &s->wal_salt))) goto fail;
+    if (!s->wal_salt) {
+        s->wal_salt = random_epoch(0);
+        if ((rc = meta_put_u64(s, txn, "wal_salt", s->wal_salt))) goto fail;
+    }
+    /* The log's messages belong to the epoch before this one: replay them
+     * before this epoch starts after them. */
+    if ((rc = mdb_txn_commit(txn))) {
+        set_err(errbuf, errlen, "commit", rc);
+        return rc;
+    }
+    if ((rc = wal_replay(s, dir, &last))) {
+        if (rc == MDB_CORRUPTED && errbuf && errlen)
+            snprintf(errbuf, errlen, "%s/wal: the log does not follow the store's last message",
+                     dir);
+        else
+            set_err(errbuf, errlen, "replaying the log", rc);
+        return rc;
+    }
+    if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn))) {
+        set_err(errbuf, errlen, "begin", rc);
+        return rc;
+    }
     if ((rc = epoch_start(s, txn, last))) goto fail;
     if ((rc = mdb_txn_commit(txn))) {
         set_err(errbuf, errlen, "commit", rc);
@@ -399,6 +482,103 @@ static int init_rw(struct store *s, char *errbuf, size_t errlen)
 fail:
     set_err(errbuf, errlen, "init", rc);
     mdb_txn_abort(txn);
+    return rc;
+}
+
+struct replay {
+    struct store_msg *msgs;
+    int64_t *times;
+    size_t n, cap;
+};
+
+static int replay_one(void *ud, const struct wal_rec *r)
+{
+    struct replay *rp = ud;
+    if (rp->n == rp->cap) {
+        size_t cap = rp->cap ? rp->cap * 2 : 256;
+        struct store_msg *m = realloc(rp->msgs, cap * sizeof *m);
+        if (m) rp->msgs = m;
+        int64_t *t = realloc(rp->times, cap * sizeof *t);
+        if (t) rp->times = t;
+        if (!m || !t) return ENOMEM;
+        rp->cap = cap;
+    }
+    rp->msgs[rp->n] = (struct store_msg){.topic = r->topic,
+                                         .topic_len = r->topic_len,
+                                         .event = r->event,
+                                         .event_len = r->event_len,
+                                         .data = r->data,
+                                         .data_len = r->data_len,
+                                         .max_count = r->max_count,
+                                         .max_age_ms = r->max_age_ms,
+                                         .seq = r->seq,
+                                         .epoch = r->epoch};
+    rp->times[rp->n++] = r->time_ms;
+    return 0;
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* At a read-write open: commit what the log holds past LMDB's last seq (a
+ * crash came before its checkpoint), synced even in relaxed mode.  A
+ * durable handle keeps the log open for its appends; a relaxed one only
+ * reads an existing log. */
+static int wal_replay(struct store *s, const char *dir, uint64_t *last)
+{
+    struct wal *w;
+    int rc = wal_open(&w, dir, s->relaxed, WAL_DEFAULT_SIZE);
+    if (rc || !w) return rc;
+    unsigned char *buf = NULL;
+    size_t len;
+    struct replay rp = {0};
+    int keep = 0;
+    if (!(rc = wal_read(w, &buf, &len)) &&
+        !(rc = wal_scan(buf, len, s->wal_salt, *last, replay_one, &rp, NULL)) && rp.n) {
+        int code = append_commit(s, rp.msgs, rp.n, wall_ms(), rp.times);
+        if (code == 0 && s->relaxed) code = map_rc(mdb_env_sync(s->env, 1));
+        if (code == STORE_EFULL && !s->relaxed) {
+            /* No room in LMDB (a full disk, the map at its bound): keep
+             * the records in the log and the tail, and open all the same;
+             * checkpoints retry, publishes hear "full" until they pass. */
+            size_t end = 0;
+            s->wal = w;
+            if ((rc = tail_load(s, *last, &end)) == 0) {
+                wal_seek(w, end);
+                *last = s->tail.last_seq;
+                keep = 1;
+            }
+            s->wal = NULL;
+        } else if (code) {
+            rc = EIO;
+        } else {
+            *last = rp.msgs[rp.n - 1].seq;
+        }
+    }
+    free(rp.msgs);
+    free(rp.times);
+    free(buf);
+    if (rc || (s->relaxed && !keep))
+        wal_close(w);
+    else
+        s->wal = w;
+    return rc;
+}
+
+/* A read-only handle beside a running durable server: what its log holds
+ * past LMDB, as of now, so that a dump shows every acknowledged message. */
+static int load_server_tail(struct store *s, const char *dir)
+{
+    uint64_t last;
+    int rc = wal_open(&s->wal, dir, 1, 0);
+    if (rc || !s->wal) return rc;
+    if (!(rc = read_last_seq(s, &last))) rc = tail_load(s, last, NULL);
+    wal_close(s->wal);
+    s->wal = NULL;
     return rc;
 }
 
@@ -417,6 +597,7 @@ static int init_ro(struct store *s, char *errbuf, size_t errlen)
         rc = MDB_INCOMPATIBLE;
         goto fail;
     }
+    if ((rc = meta_get_u64(s, txn, "wal_salt", &s->wal_salt))) goto fail;
     /* Commit, not abort: DBI handles opened in an aborted txn are closed. */
     if ((rc = mdb_txn_commit(txn))) {
         set_err(errbuf, errlen, "commit", rc);
@@ -521,6 +702,15 @@ int store_open(struct store **out, const char *dir, const struct store_opts *opt
         goto fail;
     }
     lock_inited = 1;
+    pthread_rwlockattr_init(&attr);
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    rc = pthread_rwlock_init(&s->tail.lock, &attr);
+    pthread_rwlockattr_destroy(&attr);
+    if (rc) {
+        code = STORE_ENOMEM;
+        goto fail;
+    }
+    s->tail_inited = 1;
 
     if ((rc = mdb_env_create(&s->env))) {
         set_err(errbuf, errbuf_len, "mdb_env_create", rc);
@@ -548,15 +738,26 @@ int store_open(struct store **out, const char *dir, const struct store_opts *opt
         goto fail;
     }
     if (!s->read_only) open_headroom(s);
-    rc = s->read_only ? init_ro(s, errbuf, errbuf_len) : init_rw(s, errbuf, errbuf_len);
+    rc = s->read_only ? init_ro(s, errbuf, errbuf_len) : init_rw(s, dir, errbuf, errbuf_len);
     if (rc) {
         code = (s->read_only && rc == MDB_NOTFOUND) ? STORE_ENOTFOUND : map_rc(rc);
+        goto fail;
+    }
+    if (s->read_only && (rc = load_server_tail(s, dir))) {
+        set_err(errbuf, errbuf_len, "reading the log", rc);
+        code = map_rc(rc);
         goto fail;
     }
     *out = s;
     return STORE_OK;
 
 fail:
+    wal_close(s->wal);
+    if (s->tail_inited) {
+        tail_clear(&s->tail);
+        free(s->tail.buckets);
+        pthread_rwlock_destroy(&s->tail.lock);
+    }
     if (s->env) mdb_env_close(s->env);
     if (lock_inited) pthread_rwlock_destroy(&s->maplock);
     if (s->lock_fd >= 0) close(s->lock_fd);
@@ -569,6 +770,13 @@ void store_close(struct store *s)
 {
     if (!s) return;
     if (s->relaxed && !s->read_only) mdb_env_sync(s->env, 1);
+    /* A failed checkpoint loses nothing: the next open replays the log. */
+    if (s->wal && !s->wal_failed) checkpoint(s, wall_ms());
+    wal_close(s->wal);
+    free(s->walbuf);
+    tail_clear(&s->tail);
+    free(s->tail.buckets);
+    pthread_rwlock_destroy(&s->tail.lock);
     mdb_env_close(s->env);
     pthread_rwlock_destroy(&s->maplock);
     if (s->lock_fd >= 0) close(s->lock_fd);
@@ -596,7 +804,7 @@ uint64_t store_last_seq(struct store *s)
     uint64_t last = 0;
     if (!s->read_only) return atomic_load(&s->last_seq);
     if (read_last_seq(s, &last)) return 0;
-    return last;
+    return last > s->tail.last_seq ? last : s->tail.last_seq;
 }
 
 int store_sync(struct store *s)
@@ -682,6 +890,7 @@ int store_id_parse(struct store *s, const char *id, size_t len, uint64_t *seq)
     }
     if ((rc = txn_begin(s, MDB_RDONLY, &txn))) return map_rc(rc);
     if ((rc = meta_get_u64(s, txn, "last_seq", &last))) goto out;
+    if (s->read_only && last < s->tail.last_seq) last = s->tail.last_seq; /* the server's log */
     if (q > last) goto out; /* never committed here (or lost in a crash) */
     if ((rc = mdb_cursor_open(txn, s->epochs, &c))) goto out;
     /* The epoch in force at q: the last entry whose start is <= q. */
@@ -771,12 +980,16 @@ struct touched {
     uint64_t hash;
     struct topic_rec rec;
     uint64_t max_count, max_age_ms;
+    int64_t now_ms; /* of its last message: age retention counts from it */
 };
 
 struct append_arg {
     struct store_msg *msgs;
     size_t n;
     int64_t now_ms;
+    /* A checkpoint (NULL otherwise): the messages come with their seqs and
+     * epochs (in msgs) and publish times (here) from the log. */
+    const int64_t *times;
     uint64_t last_seq;
     struct touched *t; /* open-addressed by name, cap slots */
     size_t cap;
@@ -841,7 +1054,9 @@ static int append_op(struct store *s, MDB_txn *txn, void *argp)
                 return rc;
             }
         }
-        uint64_t seq = ++last;
+        uint64_t seq = a->times ? m->seq : last + 1;
+        if (seq <= last) return MDB_CORRUPTED; /* a log behind the store */
+        last = seq;
         unsigned char key[12];
         msg_key(key, t->rec.number, seq);
         size_t ev = m->event ? m->event_len : 0;
@@ -849,8 +1064,9 @@ static int append_op(struct store *s, MDB_txn *txn, void *argp)
         if ((rc = mdb_put(txn, s->msgs, &k, &d, MDB_RESERVE))) return rc;
         unsigned char *p = d.mv_data;
         uint16_t ev16 = (uint16_t)ev;
-        memcpy(p, &s->epoch, 8);
-        memcpy(p + 8, &a->now_ms, 8);
+        uint64_t epoch = a->times ? m->epoch : s->epoch;
+        memcpy(p, &epoch, 8);
+        memcpy(p + 8, a->times ? &a->times[i] : &a->now_ms, 8);
         memcpy(p + 16, &ev16, 2);
         if (ev) memcpy(p + MSG_HDR, m->event, ev);
         if (m->data_len) memcpy(p + MSG_HDR + ev, m->data, m->data_len);
@@ -860,40 +1076,340 @@ static int append_op(struct store *s, MDB_txn *txn, void *argp)
         t->rec.last_seq = seq;
         t->max_count = m->max_count;
         t->max_age_ms = m->max_age_ms;
+        t->now_ms = a->times ? a->times[i] : a->now_ms;
         m->status = 0;
         m->seq = seq;
-        m->epoch = s->epoch;
+        m->epoch = epoch;
     }
     for (size_t i = 0; i < a->cap; i++) {
         struct touched *t = &a->t[i];
         if (!t->name) continue;
         t->rec.max_count = t->max_count;
         t->rec.max_age_ms = t->max_age_ms;
-        if ((rc = trim_txn(s, txn, &t->rec, t->max_count, t->max_age_ms, a->now_ms, NULL)))
+        if ((rc = trim_txn(s, txn, &t->rec, t->max_count, t->max_age_ms, t->now_ms, NULL)))
             return rc;
         if ((rc = topic_put(s, txn, t->name, t->len, &t->rec))) return rc;
     }
     if ((rc = meta_put_u64(s, txn, "last_seq", last))) return rc;
     if (new_topics && (rc = meta_put_u64(s, txn, "next_topic", next_topic))) return rc;
+    if (s->salt_pending && (rc = meta_put_u64(s, txn, "wal_salt", s->salt_pending))) return rc;
     a->last_seq = last;
     return 0;
 }
 
-int store_append_batch(struct store *s, struct store_msg *msgs, size_t n, int64_t now_ms)
+/* Append msgs in one synced LMDB commit; times NULL: new messages, given
+ * seqs now, else a checkpoint's (see struct append_arg). */
+static int append_commit(struct store *s, struct store_msg *msgs, size_t n, int64_t now_ms,
+                         const int64_t *times)
 {
-    struct append_arg a = {.msgs = msgs, .n = n, .now_ms = now_ms};
-    int code;
-    if (s->read_only) return STORE_EROFS;
-    if (n == 0) return STORE_OK;
-    if (!msgs) return STORE_EINVAL;
+    struct append_arg a = {.msgs = msgs, .n = n, .now_ms = now_ms, .times = times};
     a.cap = 8;
     while (a.cap < n * 2)
         a.cap <<= 1;
     a.t = malloc(a.cap * sizeof *a.t);
     if (!a.t) return STORE_ENOMEM;
-    code = write_txn(s, append_op, &a, &a.last_seq);
+    int code = write_txn(s, append_op, &a, times ? NULL : &a.last_seq);
     free(a.t);
+    if (code == 0 && s->salt_pending) {
+        /* The log's old records are now another salt's: start it anew. */
+        s->wal_salt = s->salt_pending;
+        s->salt_pending = 0;
+        s->wal_failed = 0;
+        if (s->wal) wal_rewind(s->wal);
+    }
     return code;
+}
+
+/* ---- the tail: logged, not yet in LMDB --------------------------------------- */
+
+static struct tail_topic *tail_find(struct tail *t, const char *name, size_t len, uint64_t h)
+{
+    if (!t->nbuckets) return NULL;
+    for (struct tail_topic *tt = t->buckets[h & (t->nbuckets - 1)]; tt; tt = tt->hnext)
+        if (tt->hash == h && tt->len == len && !memcmp(tt->name, name, len)) return tt;
+    return NULL;
+}
+
+/* The topic's entry, made if missing (writer, under the write lock). */
+static struct tail_topic *tail_topic_get(struct tail *t, const char *name, size_t len)
+{
+    uint64_t h = fnv1a(name, len);
+    struct tail_topic *tt = tail_find(t, name, len, h);
+    if (tt) return tt;
+    if (t->ntopics >= t->nbuckets) {
+        size_t nb = t->nbuckets ? t->nbuckets * 2 : 256;
+        struct tail_topic **b = calloc(nb, sizeof *b);
+        if (!b) return NULL;
+        for (size_t i = 0; i < t->nbuckets; i++)
+            for (struct tail_topic *x = t->buckets[i], *nx; x; x = nx) {
+                nx = x->hnext;
+                x->hnext = b[x->hash & (nb - 1)];
+                b[x->hash & (nb - 1)] = x;
+            }
+        free(t->buckets);
+        t->buckets = b;
+        t->nbuckets = nb;
+    }
+    tt = calloc(1, sizeof *tt + len);
+    if (!tt) return NULL;
+    memcpy(tt->name, name, len);
+    tt->len = len;
+    tt->hash = h;
+    tt->hnext = t->buckets[h & (t->nbuckets - 1)];
+    t->buckets[h & (t->nbuckets - 1)] = tt;
+    t->ntopics++;
+    return tt;
+}
+
+static void tail_link(struct tail *t, struct tail_msg *m)
+{
+    struct tail_topic *tt = m->topic;
+    m->next = m->topic_next = NULL;
+    if (t->last)
+        t->last->next = m;
+    else
+        t->first = m;
+    t->last = m;
+    if (tt->last)
+        tt->last->topic_next = m;
+    else
+        tt->first = m;
+    tt->last = m;
+    tt->count++;
+    t->count++;
+    t->last_seq = m->seq;
+}
+
+/* Free every message and topic entry (under the write lock). */
+static void tail_clear(struct tail *t)
+{
+    for (struct tail_msg *m = t->first, *next; m; m = next) {
+        next = m->next;
+        free(m);
+    }
+    for (size_t i = 0; i < t->nbuckets; i++)
+        for (struct tail_topic *x = t->buckets[i], *nx; x; x = nx) {
+            nx = x->hnext;
+            free(x);
+        }
+    if (t->buckets) memset(t->buckets, 0, t->nbuckets * sizeof *t->buckets);
+    t->ntopics = t->count = 0;
+    t->first = t->last = NULL;
+}
+
+/* A copy of r for the tail, its topic entry made (under the write lock). */
+static struct tail_msg *tail_msg_new(struct tail *t, const struct wal_rec *r)
+{
+    struct tail_topic *tt = tail_topic_get(t, r->topic, r->topic_len);
+    if (!tt) return NULL;
+    struct tail_msg *m = malloc(sizeof *m + r->event_len + r->data_len);
+    if (!m) return NULL;
+    m->topic = tt;
+    m->seq = r->seq;
+    m->epoch = r->epoch;
+    m->time_ms = r->time_ms;
+    m->max_count = r->max_count;
+    m->max_age_ms = r->max_age_ms;
+    m->event_len = r->event_len;
+    m->data_len = r->data_len;
+    if (r->event_len) memcpy(m->bytes, r->event, r->event_len);
+    if (r->data_len) memcpy(m->bytes + r->event_len, r->data, r->data_len);
+    return m;
+}
+
+/* Move the tail into LMDB in one synced commit, then start the log again.
+ * Writer only.  On failure the tail and the log stay as they were. */
+static int checkpoint(struct store *s, int64_t now_ms)
+{
+    struct tail *t = &s->tail;
+    if (!s->wal || t->count == 0) return STORE_OK;
+    struct store_msg *msgs = calloc(t->count, sizeof *msgs);
+    int64_t *times = malloc(t->count * sizeof *times);
+    int code = STORE_ENOMEM;
+    if (msgs && times) {
+        size_t i = 0;
+        for (struct tail_msg *m = t->first; m; m = m->next, i++) {
+            msgs[i].topic = m->topic->name;
+            msgs[i].topic_len = m->topic->len;
+            msgs[i].event = m->event_len ? m->bytes : NULL;
+            msgs[i].event_len = m->event_len;
+            msgs[i].data = m->bytes + m->event_len;
+            msgs[i].data_len = m->data_len;
+            msgs[i].max_count = m->max_count;
+            msgs[i].max_age_ms = m->max_age_ms;
+            msgs[i].seq = m->seq;
+            msgs[i].epoch = m->epoch;
+            times[i] = m->time_ms;
+        }
+        code = append_commit(s, msgs, t->count, now_ms, times);
+    }
+    free(msgs);
+    free(times);
+    if (code) return code;
+    pthread_rwlock_wrlock(&t->lock);
+    tail_clear(t);
+    pthread_rwlock_unlock(&t->lock);
+    wal_rewind(s->wal);
+    return STORE_OK;
+}
+
+/* The most messages the tail holds before a checkpoint: it bounds what a
+ * read skips for retention (store_read_multi). */
+#define TAIL_MAX 16384
+
+/* Append in durable mode: log the batch (one write, one fdatasync), then
+ * make it readable in the tail.  LMDB gets it at the next checkpoint. */
+static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int64_t now_ms)
+{
+    struct tail *t = &s->tail;
+    uint64_t last = atomic_load(&s->last_seq);
+    size_t bytes = 0, valid = 0;
+    int code;
+
+    if (s->wal_failed) return append_direct(s, msgs, n, now_ms);
+    for (size_t i = 0; i < n; i++) {
+        struct store_msg *m = &msgs[i];
+        m->seq = 0;
+        if (!msg_valid(m)) {
+            m->status = STORE_EINVAL;
+            continue;
+        }
+        m->status = 0;
+        valid++;
+        bytes += wal_rec_size(m->topic_len, m->event ? m->event_len : 0, m->data_len);
+    }
+    if (!valid) return STORE_OK;
+    if (t->count + valid > TAIL_MAX || bytes > wal_room(s->wal)) {
+        if ((code = checkpoint(s, now_ms))) return code;
+        /* Bigger than the whole log: straight into LMDB. */
+        if (bytes > wal_room(s->wal)) return append_direct(s, msgs, n, now_ms);
+    }
+    if (bytes > s->walbuf_cap) {
+        unsigned char *b = realloc(s->walbuf, bytes);
+        if (!b) return STORE_ENOMEM;
+        s->walbuf = b;
+        s->walbuf_cap = bytes;
+    }
+
+    struct tail_msg *first = NULL, **link = &first;
+    size_t off = 0;
+    code = STORE_OK;
+    pthread_rwlock_wrlock(&t->lock);
+    for (size_t i = 0; i < n; i++) {
+        struct store_msg *m = &msgs[i];
+        if (m->status) continue;
+        struct wal_rec r = {.seq = ++last,
+                            .epoch = s->epoch,
+                            .time_ms = now_ms,
+                            .max_count = m->max_count,
+                            .max_age_ms = m->max_age_ms,
+                            .topic = m->topic,
+                            .topic_len = m->topic_len,
+                            .event = m->event,
+                            .event_len = m->event ? m->event_len : 0,
+                            .data = m->data,
+                            .data_len = m->data_len};
+        struct tail_msg *tm = tail_msg_new(t, &r);
+        if (!tm) {
+            code = STORE_ENOMEM;
+            break;
+        }
+        *link = tm;
+        link = &tm->next;
+        off += wal_rec_encode(s->walbuf + off, &r, s->wal_salt);
+        m->seq = r.seq;
+        m->epoch = r.epoch;
+    }
+    pthread_rwlock_unlock(&t->lock);
+    *link = NULL;
+
+    int logged = code == STORE_OK && wal_append(s->wal, s->walbuf, off) == 0;
+    if (!logged) {
+        for (struct tail_msg *tm = first, *next; tm; tm = next) {
+            next = tm->next;
+            free(tm);
+        }
+        if (code) return code;
+        /* Part of the batch may be in the file, records that a replay
+         * would take for acknowledged ones.  The next commit gives the
+         * log a new salt, which voids them; until then LMDB takes every
+         * batch directly, this one first. */
+        s->wal_failed = 1;
+        s->salt_pending = random_epoch(s->wal_salt);
+        return append_direct(s, msgs, n, now_ms);
+    }
+    pthread_rwlock_wrlock(&t->lock);
+    for (struct tail_msg *tm = first, *next; tm; tm = next) {
+        next = tm->next;
+        tail_link(t, tm);
+    }
+    pthread_rwlock_unlock(&t->lock);
+    atomic_store(&s->last_seq, last);
+    return STORE_OK;
+}
+
+/* A batch straight into LMDB, after the tail so that seqs stay in order. */
+static int append_direct(struct store *s, struct store_msg *msgs, size_t n, int64_t now_ms)
+{
+    int code = checkpoint(s, now_ms);
+    return code ? code : append_commit(s, msgs, n, now_ms, NULL);
+}
+
+int store_append_batch(struct store *s, struct store_msg *msgs, size_t n, int64_t now_ms)
+{
+    if (s->read_only) return STORE_EROFS;
+    if (n == 0) return STORE_OK;
+    if (!msgs) return STORE_EINVAL;
+    if (s->wal) return append_logged(s, msgs, n, now_ms);
+    return append_commit(s, msgs, n, now_ms, NULL);
+}
+
+/* Scan the log buffer: the run of consecutive seqs from its start, calling
+ * fn for the records after `after`.  Returns 0, or MDB_CORRUPTED when the
+ * run skips past after + 1 (a log ahead of its store: a store restored
+ * from a backup beside a newer log, say). */
+static int wal_scan(const unsigned char *buf, size_t len, uint64_t salt, uint64_t after,
+                    int (*fn)(void *ud, const struct wal_rec *r), void *ud, size_t *end)
+{
+    struct wal_rec r;
+    size_t off = 0, sz;
+    uint64_t expect = 0;
+    int rc;
+    while ((sz = wal_rec_decode(buf + off, len - off, &r, salt)) > 0) {
+        if (expect && r.seq != expect) break; /* a stale record of an older round */
+        expect = r.seq + 1;
+        off += sz;
+        if (r.seq <= after) continue;
+        if (r.seq != after + 1) return MDB_CORRUPTED;
+        after = r.seq;
+        if ((rc = fn(ud, &r))) return rc;
+        if (end) *end = off;
+    }
+    return 0;
+}
+
+static int tail_load_one(void *ud, const struct wal_rec *r)
+{
+    struct tail *t = ud;
+    struct tail_msg *m = tail_msg_new(t, r);
+    if (!m) return ENOMEM;
+    tail_link(t, m);
+    return 0;
+}
+
+/* Read the log's messages after seq `after` into the tail; *end (may be
+ * NULL) gets the offset after the last. */
+static int tail_load(struct store *s, uint64_t after, size_t *end)
+{
+    unsigned char *buf;
+    size_t len;
+    int rc = wal_read(s->wal, &buf, &len);
+    if (rc) return rc;
+    pthread_rwlock_wrlock(&s->tail.lock);
+    rc = wal_scan(buf, len, s->wal_salt, after, tail_load_one, &s->tail, end);
+    pthread_rwlock_unlock(&s->tail.lock);
+    free(buf);
+    return rc;
 }
 
 /* ---- trim and sweep ---------------------------------------------------------- */
@@ -925,6 +1441,8 @@ int store_trim(struct store *s, const char *topic, size_t topic_len, uint64_t ma
     struct trim_arg a = {topic, topic_len, max_count, max_age_ms, now_ms, 0};
     if (deleted) *deleted = 0;
     if (!topic || topic_len == 0 || topic_len > STORE_TOPIC_MAX) return STORE_EINVAL;
+    int rc = checkpoint(s, now_ms); /* retention applies to LMDB */
+    if (rc) return rc;
     int code = write_txn(s, trim_op, &a, NULL);
     if (code == 0 && deleted) *deleted = a.deleted;
     return code;
@@ -989,8 +1507,12 @@ static int sweep_op(struct store *s, MDB_txn *txn, void *argp)
 
 int store_sweep(struct store *s, int64_t now_ms, size_t budget, uint64_t *deleted)
 {
-    struct sweep_arg *a = calloc(1, sizeof *a);
     if (deleted) *deleted = 0;
+    /* The writer's periodic call: it bounds how long a message stays in
+     * the tail to the sweep interval. */
+    int rc = checkpoint(s, now_ms);
+    if (rc) return rc;
+    struct sweep_arg *a = calloc(1, sizeof *a);
     if (!a) return STORE_ENOMEM;
     a->now_ms = now_ms;
     a->budget = budget;
@@ -1030,7 +1552,57 @@ struct head {
     uint64_t seq; /* seq under the cursor */
     uint64_t last_delivered, last_seq;
     MDB_val k, d;
+    struct tail_msg *tm; /* next message from the tail, after LMDB's */
 };
+
+/* Retention over LMDB's part and the tail together, as the next
+ * checkpoint will apply it: the topic's newest max_count, none older than
+ * max_age before its newest.  LMDB applied it at its own last append, so
+ * only messages in the tail make more of it expire. */
+struct visible {
+    uint64_t hidden_db;   /* oldest LMDB messages past the count limit */
+    uint64_t hidden_tail; /* and of the tail's */
+    int64_t cutoff;       /* older than this is past max_age (INT64_MIN: none) */
+};
+
+/* Walk LMDB's part of the topic from its front over what retention hides
+ * from readers; *last_hidden gets the newest such seq (0: none),
+ * *first_visible the next one (0: none), *nhidden how many.  O(hidden). */
+static int skip_hidden(struct store *s, MDB_txn *txn, const struct topic_rec *rec,
+                       const struct visible *v, uint64_t *last_hidden, uint64_t *first_visible,
+                       uint64_t *nhidden)
+{
+    MDB_cursor *c;
+    MDB_val k, d;
+    unsigned char key[12];
+    uint64_t n = 0;
+    int rc;
+    *last_hidden = *first_visible = 0;
+    if ((rc = mdb_cursor_open(txn, s->msgs, &c))) return rc;
+    msg_key(key, rec->number, 0);
+    k.mv_size = sizeof key;
+    k.mv_data = key;
+    rc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
+    while (rc == 0 && k.mv_size == 12 && get_be32(k.mv_data) == rec->number) {
+        int64_t t;
+        if (d.mv_size < MSG_HDR) {
+            rc = MDB_CORRUPTED;
+            break;
+        }
+        memcpy(&t, (const char *)d.mv_data + 8, 8);
+        uint64_t seq = get_be64((const unsigned char *)k.mv_data + 4);
+        if (n >= v->hidden_db && t >= v->cutoff) {
+            *first_visible = seq;
+            break;
+        }
+        *last_hidden = seq;
+        n++;
+        rc = mdb_cursor_get(c, &k, &d, MDB_NEXT);
+    }
+    mdb_cursor_close(c);
+    *nhidden = n;
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
 
 static int head_valid(const struct head *h)
 {
@@ -1069,6 +1641,9 @@ int store_read_multi(struct store *s, const struct store_topic_ref *topics, size
     for (size_t i = 0; i < n; i++)
         if (!topics[i].name || topics[i].len == 0 || topics[i].len > STORE_TOPIC_MAX)
             return STORE_EINVAL;
+    /* The tail before the transaction: a checkpoint that empties the tail
+     * has committed first, so this snapshot then has what it emptied. */
+    pthread_rwlock_rdlock(&s->tail.lock);
     if (n > 4) {
         hs = calloc(n, sizeof *hs);
         heap = calloc(n, sizeof *heap);
@@ -1092,22 +1667,68 @@ int store_read_multi(struct store *s, const struct store_topic_ref *topics, size
         struct head *h = &hs[i];
         unsigned char key[12];
         rc = topic_get(s, txn, topics[i].name, topics[i].len, &rec);
-        if (rc == MDB_NOTFOUND) {
-            rc = 0;
-            continue;
+        if (rc == MDB_NOTFOUND)
+            memset(&rec, 0, sizeof rec);
+        else if (rc)
+            goto done;
+        else
+            infos[i].exists = 1;
+        rc = 0;
+
+        /* The tail's messages of the topic that this snapshot lacks. */
+        struct tail_topic *tt = s->tail.count ? tail_find(&s->tail, topics[i].name, topics[i].len,
+                                                          fnv1a(topics[i].name, topics[i].len))
+                                              : NULL;
+        struct tail_msg *tm = tt ? tt->first : NULL;
+        uint64_t tn = tt ? tt->count : 0;
+        for (; tm && tm->seq <= rec.last_seq; tm = tm->topic_next)
+            tn--;
+        uint64_t first_visible = rec.first_seq, dropped = rec.dropped_seq, from = after_seq;
+        if (tn) {
+            const struct tail_msg *newest = tt->last;
+            uint64_t total = rec.count + tn, max = newest->max_count;
+            uint64_t hidden = max && total > max ? total - max : 0;
+            struct visible v = {.hidden_db = hidden < rec.count ? hidden : rec.count,
+                                .cutoff = newest->max_age_ms
+                                              ? newest->time_ms - (int64_t)newest->max_age_ms
+                                              : INT64_MIN};
+            v.hidden_tail = hidden - v.hidden_db;
+            infos[i].exists = 1;
+            infos[i].last_seq = newest->seq;
+            /* LMDB's part: walked only when the reader starts inside it;
+             * past it, what retention hides there is behind the reader. */
+            uint64_t keep_db = rec.count - v.hidden_db;
+            if (rec.count && (v.hidden_db || v.cutoff != INT64_MIN) && after_seq < rec.last_seq) {
+                uint64_t last_hidden, nhidden;
+                if ((rc = skip_hidden(s, txn, &rec, &v, &last_hidden, &first_visible, &nhidden)))
+                    goto done;
+                if (last_hidden > dropped) dropped = last_hidden;
+                keep_db = rec.count - nhidden;
+            } else if (keep_db == 0) {
+                first_visible = 0;
+            }
+            for (uint64_t k = v.hidden_tail; k && tm; k--, tn--, tm = tm->topic_next)
+                dropped = tm->seq;
+            for (; tm && tm->time_ms < v.cutoff; tn--, tm = tm->topic_next)
+                dropped = tm->seq;
+            infos[i].count = keep_db + tn;
+            if (!first_visible && tm) first_visible = tm->seq;
+        } else {
+            infos[i].last_seq = rec.last_seq;
+            infos[i].count = rec.count;
         }
-        if (rc) goto done;
-        infos[i].exists = 1;
-        infos[i].count = rec.count;
-        infos[i].first_seq = rec.first_seq;
-        infos[i].last_seq = rec.last_seq;
-        infos[i].gap = after_seq < rec.dropped_seq;
-        if (rec.count == 0 || after_seq >= rec.last_seq) continue;
+        infos[i].first_seq = infos[i].count ? first_visible : 0;
+        infos[i].gap = after_seq < dropped;
+        if (dropped > from) from = dropped;
+        h->tm = tm;
+        while (h->tm && h->tm->seq <= from)
+            h->tm = h->tm->topic_next;
+        if (rec.count == 0 || from >= rec.last_seq) continue;
         if ((rc = mdb_cursor_open(txn, s->msgs, &h->c))) goto done;
         h->number = rec.number;
         h->last_seq = rec.last_seq;
-        h->last_delivered = after_seq;
-        msg_key(key, rec.number, after_seq + 1);
+        h->last_delivered = from;
+        msg_key(key, rec.number, from + 1);
         h->k.mv_size = sizeof key;
         h->k.mv_data = key;
         rc = mdb_cursor_get(h->c, &h->k, &h->d, MDB_SET_RANGE);
@@ -1144,15 +1765,40 @@ int store_read_multi(struct store *s, const struct store_topic_ref *topics, size
         rc = 0;
         heap_down(heap, nheap, 0, hs);
     }
+    /* Then the tail: every seq in it is above every seq in the snapshot. */
+    while (!stopped && !(limit && delivered == limit)) {
+        struct head *h = NULL;
+        size_t at = 0;
+        for (size_t i = 0; i < n; i++)
+            if (hs[i].tm && (!h || hs[i].tm->seq < h->tm->seq)) {
+                h = &hs[i];
+                at = i;
+            }
+        if (!h) break;
+        struct tail_msg *m = h->tm;
+        struct store_view v = {.topic_index = at,
+                               .seq = m->seq,
+                               .epoch = m->epoch,
+                               .time_ms = m->time_ms,
+                               .event = m->event_len ? m->bytes : NULL,
+                               .event_len = m->event_len,
+                               .data = m->bytes + m->event_len,
+                               .data_len = m->data_len};
+        delivered++;
+        infos[at].delivered++;
+        h->tm = m->topic_next;
+        stopped = fn(ud, &v);
+    }
     /* Retention only removes from the front, so while a topic has messages
      * its newest retained one is last_seq. */
     for (size_t i = 0; i < n; i++)
-        if (hs[i].c) infos[i].more = hs[i].last_delivered < hs[i].last_seq;
+        infos[i].more = (hs[i].c && hs[i].last_delivered < hs[i].last_seq) || hs[i].tm;
 
 done:
     for (size_t i = 0; i < n && hs; i++)
         if (hs[i].c) mdb_cursor_close(hs[i].c);
     if (txn) txn_end(s, txn);
+    pthread_rwlock_unlock(&s->tail.lock);
     if (n > 4) {
         free(hs);
         free(heap);
@@ -1185,26 +1831,122 @@ static int msg_epoch(struct store *s, MDB_txn *txn, uint32_t number, uint64_t se
     return 0;
 }
 
+/* LMDB's default key order: bytes, then length. */
+static int name_cmp(const char *a, size_t alen, const char *b, size_t blen)
+{
+    int c = memcmp(a, b, alen < blen ? alen : blen);
+    return c ? c : (alen > blen) - (alen < blen);
+}
+
+static int tail_topic_cmp(const void *x, const void *y)
+{
+    const struct tail_topic *a = *(struct tail_topic *const *)x,
+                            *b = *(struct tail_topic *const *)y;
+    return name_cmp(a->name, a->len, b->name, b->len);
+}
+
+/* Add to ti what the tail holds past LMDB's part of the topic (rec, or
+ * zeroes), with retention over both applied as in store_read_multi. */
+static int tail_topic_info(struct store *s, MDB_txn *txn, const struct topic_rec *rec,
+                           const struct tail_topic *tt, struct store_topic_info *ti)
+{
+    const struct tail_msg *m = tt->first;
+    uint64_t tn = tt->count;
+    for (; m && m->seq <= rec->last_seq; m = m->topic_next)
+        tn--;
+    if (!tn) return 0;
+    const struct tail_msg *newest = tt->last;
+    uint64_t total = rec->count + tn, max = newest->max_count;
+    uint64_t hidden = max && total > max ? total - max : 0;
+    struct visible v = {.hidden_db = hidden < rec->count ? hidden : rec->count,
+                        .cutoff = newest->max_age_ms ? newest->time_ms - (int64_t)newest->max_age_ms
+                                                     : INT64_MIN};
+    uint64_t keep_db = rec->count - v.hidden_db;
+    if (rec->count && (v.hidden_db || v.cutoff != INT64_MIN)) {
+        uint64_t last_hidden, first_visible, nhidden;
+        int rc = skip_hidden(s, txn, rec, &v, &last_hidden, &first_visible, &nhidden);
+        if (rc) return rc;
+        keep_db = rec->count - nhidden;
+        if (last_hidden > ti->dropped_seq) ti->dropped_seq = last_hidden;
+        if (keep_db && (rc = msg_epoch(s, txn, rec->number, first_visible, &ti->first_epoch)))
+            return rc;
+        ti->first_seq = keep_db ? first_visible : 0;
+    }
+    for (uint64_t k = hidden - v.hidden_db; k && m; k--, tn--, m = m->topic_next)
+        ti->dropped_seq = m->seq;
+    for (; m && m->time_ms < v.cutoff; tn--, m = m->topic_next)
+        ti->dropped_seq = m->seq;
+    if (!keep_db && m) {
+        ti->first_seq = m->seq;
+        ti->first_epoch = m->epoch;
+    }
+    ti->count = keep_db + tn;
+    ti->last_seq = newest->seq;
+    ti->last_epoch = newest->epoch;
+    ti->max_count = newest->max_count;
+    ti->max_age_ms = newest->max_age_ms;
+    return 0;
+}
+
 int store_topics(struct store *s, store_topic_fn fn, void *ud)
 {
-    MDB_txn *txn;
+    MDB_txn *txn = NULL;
     MDB_cursor *c = NULL;
     MDB_val k, d;
-    int rc;
+    struct tail_topic **extra = NULL;
+    size_t nextra = 0, ei = 0;
+    int rc, stop = 0;
 
     if (!fn) return STORE_EINVAL;
-    if ((rc = txn_begin(s, MDB_RDONLY, &txn))) return map_rc(rc);
+    pthread_rwlock_rdlock(&s->tail.lock);
+    if ((rc = txn_begin(s, MDB_RDONLY, &txn))) {
+        txn = NULL;
+        goto out;
+    }
+    /* Topics only the tail has yet, in LMDB's order, to merge in. */
+    if (s->tail.ntopics) {
+        extra = malloc(s->tail.ntopics * sizeof *extra);
+        if (!extra) {
+            rc = ENOMEM;
+            goto out;
+        }
+        for (size_t b = 0; b < s->tail.nbuckets; b++)
+            for (struct tail_topic *tt = s->tail.buckets[b]; tt; tt = tt->hnext) {
+                MDB_val key = {tt->len, tt->name};
+                if (!tt->count) continue;
+                rc = mdb_get(txn, s->topics, &key, &d);
+                if (rc == MDB_NOTFOUND)
+                    extra[nextra++] = tt;
+                else if (rc)
+                    goto out;
+            }
+        rc = 0;
+        qsort(extra, nextra, sizeof *extra, tail_topic_cmp);
+    }
     if ((rc = mdb_cursor_open(txn, s->topics, &c))) goto out;
     rc = mdb_cursor_get(c, &k, &d, MDB_FIRST);
-    while (rc == 0) {
+    while (!stop) {
         struct topic_rec rec;
         struct store_topic_info ti;
+        memset(&ti, 0, sizeof ti);
+        int from_db = rc == 0;
+        if (rc && rc != MDB_NOTFOUND) break;
+        if (ei < nextra &&
+            (!from_db || name_cmp(extra[ei]->name, extra[ei]->len, k.mv_data, k.mv_size) < 0)) {
+            struct topic_rec none = {0};
+            ti.name = extra[ei]->name;
+            ti.name_len = extra[ei]->len;
+            if ((rc = tail_topic_info(s, txn, &none, extra[ei++], &ti))) break;
+            stop = fn(ud, &ti);
+            rc = from_db ? 0 : MDB_NOTFOUND;
+            continue;
+        }
+        if (!from_db) break;
         if (d.mv_size != sizeof rec) {
             rc = MDB_CORRUPTED;
             break;
         }
         memcpy(&rec, d.mv_data, sizeof rec);
-        memset(&ti, 0, sizeof ti);
         ti.name = k.mv_data;
         ti.name_len = k.mv_size;
         ti.number = rec.number;
@@ -1213,19 +1955,26 @@ int store_topics(struct store *s, store_topic_fn fn, void *ud)
         ti.max_count = rec.max_count;
         ti.max_age_ms = rec.max_age_ms;
         if (rec.count) {
-            ti.first_seq = rec.first_seq;
             ti.last_seq = rec.last_seq;
+            ti.first_seq = rec.first_seq;
             if ((rc = msg_epoch(s, txn, rec.number, rec.first_seq, &ti.first_epoch)) ||
                 (rc = msg_epoch(s, txn, rec.number, rec.last_seq, &ti.last_epoch)))
                 break;
         }
-        if (fn(ud, &ti)) break;
+        struct tail_topic *tt =
+            s->tail.count ? tail_find(&s->tail, k.mv_data, k.mv_size, fnv1a(k.mv_data, k.mv_size))
+                          : NULL;
+        if (tt && (rc = tail_topic_info(s, txn, &rec, tt, &ti))) break;
+        if (!ti.count) ti.first_seq = ti.last_seq = ti.first_epoch = ti.last_epoch = 0;
+        stop = fn(ud, &ti);
         rc = mdb_cursor_get(c, &k, &d, MDB_NEXT);
     }
     if (rc == MDB_NOTFOUND) rc = 0;
 out:
     if (c) mdb_cursor_close(c);
-    txn_end(s, txn);
+    if (txn) txn_end(s, txn);
+    pthread_rwlock_unlock(&s->tail.lock);
+    free(extra);
     return map_rc(rc);
 }
 
@@ -1238,7 +1987,11 @@ int store_stats(struct store *s, struct store_stats *st)
     int rc;
 
     memset(st, 0, sizeof *st);
-    if ((rc = txn_begin(s, MDB_RDONLY, &txn))) return map_rc(rc);
+    pthread_rwlock_rdlock(&s->tail.lock); /* before the txn, as every reader */
+    if ((rc = txn_begin(s, MDB_RDONLY, &txn))) {
+        pthread_rwlock_unlock(&s->tail.lock);
+        return map_rc(rc);
+    }
     if ((rc = mdb_env_info(s->env, &info))) goto out;
     if ((rc = mdb_stat(txn, s->msgs, &ms))) goto out;
     st->messages = ms.ms_entries;
@@ -1246,6 +1999,21 @@ int store_stats(struct store *s, struct store_stats *st)
     if ((rc = mdb_stat(txn, s->topics, &ms))) goto out;
     st->topics = ms.ms_entries;
     if ((rc = meta_get_u64(s, txn, "last_seq", &st->last_seq))) goto out;
+    /* The tail's messages count as stored (retention trims some of them at
+     * the checkpoint); topics only it has count too. */
+    st->messages += s->tail.count;
+    if (st->last_seq < s->tail.last_seq && s->tail.count) st->last_seq = s->tail.last_seq;
+    for (size_t b = 0; b < s->tail.nbuckets && rc == 0; b++)
+        for (struct tail_topic *tt = s->tail.buckets[b]; tt && rc == 0; tt = tt->hnext) {
+            MDB_val key = {tt->len, tt->name}, val;
+            if (!tt->count) continue;
+            rc = mdb_get(txn, s->topics, &key, &val);
+            if (rc == MDB_NOTFOUND) {
+                st->topics++;
+                rc = 0;
+            }
+        }
+    if (rc) goto out;
     st->map_bytes = info.me_mapsize;
     st->used_bytes = (uint64_t)(info.me_last_pgno + 1) * st->page_size;
     if (stat(s->data_path, &sb) == 0) st->file_bytes = (uint64_t)sb.st_blocks * 512;
@@ -1254,5 +2022,6 @@ int store_stats(struct store *s, struct store_stats *st)
     st->relaxed = s->relaxed;
 out:
     txn_end(s, txn);
+    pthread_rwlock_unlock(&s->tail.lock);
     return map_rc(rc);
 }

@@ -15,6 +15,9 @@
  * - Messages are keyed (topic number BE32, seq BE64), so reading a topic
  *   from an ID is one cursor walk, and retention deletes from the front of
  *   a topic in O(deleted).
+ * - Durable mode logs each batch (wal.h: one write, one fdatasync) and
+ *   moves what it logged into LMDB at checkpoints, about once a second;
+ *   reads see LMDB and the logged tail together.
  * - One process writes (the server); others may open read-only at the same
  *   time (`sluice topics`, `sluice dump`).  Within the writing process any
  *   thread may read while one thread writes.
@@ -81,7 +84,8 @@ int store_open(struct store **out, const char *dir, const struct store_opts *opt
                size_t errbuf_len);
 
 /* store_close: close the handle.  All other threads must be done with it.
- * In relaxed mode it syncs first, so a clean stop loses nothing. */
+ * It checkpoints the log (durable) or syncs (relaxed) first, so a clean
+ * stop leaves everything in LMDB. */
 void store_close(struct store *s);
 
 /* store_errmsg: text for a STORE_E* code (static string). */
@@ -133,17 +137,21 @@ struct store_msg {
     uint64_t epoch; /* with seq, forms the ID (store_id_format) */
 };
 
-/* store_append_batch: append msgs[0..n) in one write transaction and one
- * commit (one fsync unless relaxed), assigning seqs in array order, then
- * apply each touched topic's retention (that of its last message in the
- * batch) inside the same transaction, deleting only what expires.  All
- * messages get publish time now_ms (wall clock, ms since the epoch).
+/* store_append_batch: append msgs[0..n), assigning seqs in array order,
+ * and apply each touched topic's retention (that of its last message in
+ * the batch), deleting only what expires.  All messages get publish time
+ * now_ms (wall clock, ms since the epoch).
+ * Durable mode: the batch is written to the log and flushed (one
+ * fdatasync); LMDB takes it at the next checkpoint, which runs here when
+ * the log is full and in store_sweep, store_trim and store_close.
+ * Relaxed mode: one LMDB write transaction and commit, without fsync.
  * Grows the map when it fills and retries.
- * Returns 0 when the commit succeeded: every message with status 0 is then
- * durable (in relaxed mode: committed).  Otherwise nothing of the batch is
- * stored and the code is returned (STORE_EFULL: disk or map full; STORE_EIO;
- * STORE_EPANIC; STORE_EROFS); earlier commits are intact; statuses and
- * seqs are then meaningless.  Messages that fail validation get status
+ * Returns 0 when the batch is stored: every message with status 0 is then
+ * durable (in relaxed mode: committed) and readable.  Otherwise nothing of
+ * the batch is stored and the code is returned (STORE_EFULL: disk or map
+ * full, found by the commit or the checkpoint; STORE_EIO; STORE_EPANIC;
+ * STORE_EROFS); earlier batches are intact; statuses and seqs are then
+ * meaningless.  Messages that fail validation get status
  * STORE_EINVAL and are skipped while the rest commit.  Message pointers are
  * only read during the call.  n is bounded by what one transaction can
  * dirty (keep batches to thousands of messages, not millions). */
@@ -176,7 +184,10 @@ struct store_read_info {
     int more;           /* stopped by limit or callback with messages left */
     size_t delivered;   /* callbacks made */
     uint64_t count;     /* messages retained */
-    uint64_t first_seq; /* oldest retained (0 if none) */
+    uint64_t first_seq; /* oldest retained (0 if none); for a reader that
+                           starts past LMDB's part of the topic, retention
+                           due at the next checkpoint is not walked for it
+                           and an older one may be named */
     uint64_t last_seq;  /* newest ever appended (0 if none) */
 };
 
@@ -214,7 +225,8 @@ int store_read_multi(struct store *s, const struct store_topic_ref *topics, size
 int store_trim(struct store *s, const char *topic, size_t topic_len, uint64_t max_count,
                uint64_t max_age_ms, int64_t now_ms, uint64_t *deleted);
 
-/* store_sweep: age-based retention for topics that get no publishes.  Each
+/* store_sweep: checkpoint the log (durable mode), then age-based retention
+ * for topics that get no publishes.  Each
  * topic remembers the retention of its last publish; this visits at most
  * `budget` topics (0 = all), resuming where the previous call stopped,
  * trimming those whose oldest message is past its max_age, in one write

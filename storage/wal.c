@@ -1,0 +1,228 @@
+/* wal.c: the write-ahead log behind wal.h.
+ *
+ * Record layout (host byte order, like the LMDB values beside it):
+ *   u32 size        whole record, padding included, a multiple of 8
+ *   u32 crc         CRC-32C of bytes [8, size)
+ *   u64 seq, u64 epoch, i64 time_ms, u64 max_count, u64 max_age_ms
+ *   u16 topic_len, u16 event_len, u32 data_len
+ *   topic, event, data, zero padding
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* asprintf */
+#endif
+#include "storage/wal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct wal {
+    int fd;
+    size_t size; /* file size */
+    size_t pos;  /* next append */
+};
+
+/* CRC-32C (Castagnoli), reflected, one table: the log's few hundred bytes
+ * a batch do not call for more. */
+static uint32_t crc_table[256];
+
+static void crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1)));
+        crc_table[i] = c;
+    }
+}
+
+static uint32_t crc32c(uint64_t salt, const unsigned char *p, size_t n)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, crc_init);
+    uint32_t c = 0xFFFFFFFFu;
+    for (int i = 0; i < 8; i++, salt >>= 8)
+        c = crc_table[(c ^ (unsigned char)salt) & 0xFF] ^ (c >> 8);
+    while (n--)
+        c = crc_table[(c ^ *p++) & 0xFF] ^ (c >> 8);
+    return ~c;
+}
+
+size_t wal_rec_size(size_t topic_len, size_t event_len, size_t data_len)
+{
+    return (WAL_REC_HEADER + topic_len + event_len + data_len + 7) & ~(size_t)7;
+}
+
+size_t wal_rec_encode(unsigned char *out, const struct wal_rec *r, uint64_t salt)
+{
+    size_t size = wal_rec_size(r->topic_len, r->event_len, r->data_len);
+    uint32_t size32 = (uint32_t)size, data32 = (uint32_t)r->data_len;
+    uint16_t tl = (uint16_t)r->topic_len, el = (uint16_t)r->event_len;
+    unsigned char *p = out + 8;
+    memcpy(p, &r->seq, 8);
+    memcpy(p + 8, &r->epoch, 8);
+    memcpy(p + 16, &r->time_ms, 8);
+    memcpy(p + 24, &r->max_count, 8);
+    memcpy(p + 32, &r->max_age_ms, 8);
+    memcpy(p + 40, &tl, 2);
+    memcpy(p + 42, &el, 2);
+    memcpy(p + 44, &data32, 4);
+    p = out + WAL_REC_HEADER;
+    memcpy(p, r->topic, r->topic_len);
+    p += r->topic_len;
+    if (r->event_len) memcpy(p, r->event, r->event_len);
+    p += r->event_len;
+    if (r->data_len) memcpy(p, r->data, r->data_len);
+    p += r->data_len;
+    memset(p, 0, (size_t)(out + size - p));
+    uint32_t crc = crc32c(salt, out + 8, size - 8);
+    memcpy(out, &size32, 4);
+    memcpy(out + 4, &crc, 4);
+    return size;
+}
+
+size_t wal_rec_decode(const unsigned char *p, size_t avail, struct wal_rec *r, uint64_t salt)
+{
+    uint32_t size, crc, data32;
+    uint16_t tl, el;
+    if (avail < WAL_REC_HEADER) return 0;
+    memcpy(&size, p, 4);
+    memcpy(&crc, p + 4, 4);
+    if (size < WAL_REC_HEADER || size > avail || size % 8) return 0;
+    memcpy(&tl, p + 48, 2);
+    memcpy(&el, p + 50, 2);
+    memcpy(&data32, p + 52, 4);
+    if (tl == 0 || wal_rec_size(tl, el, data32) != size) return 0;
+    if (crc32c(salt, p + 8, size - 8) != crc) return 0;
+    memcpy(&r->seq, p + 8, 8);
+    memcpy(&r->epoch, p + 16, 8);
+    memcpy(&r->time_ms, p + 24, 8);
+    memcpy(&r->max_count, p + 32, 8);
+    memcpy(&r->max_age_ms, p + 40, 8);
+    r->topic = (const char *)p + WAL_REC_HEADER;
+    r->topic_len = tl;
+    r->event = el ? r->topic + tl : NULL;
+    r->event_len = el;
+    r->data = p + WAL_REC_HEADER + tl + el;
+    r->data_len = data32;
+    return size;
+}
+
+/* Extend the file to size with written zeroes, so that later overwrites
+ * allocate nothing and their flush has no metadata to write. */
+static int zero_fill(int fd, size_t from, size_t size)
+{
+    static const unsigned char zeros[65536];
+    while (from < size) {
+        size_t n = size - from < sizeof zeros ? size - from : sizeof zeros;
+        ssize_t w = pwrite(fd, zeros, n, (off_t)from);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return errno;
+        }
+        from += (size_t)w;
+    }
+    return fsync(fd) ? errno : 0;
+}
+
+int wal_open(struct wal **out, const char *dir, int read_only, size_t size)
+{
+    char *path;
+    struct stat st;
+    int e;
+    *out = NULL;
+    if (asprintf(&path, "%s/wal", dir) < 0) return ENOMEM;
+    int fd = open(path, (read_only ? O_RDONLY : O_RDWR | O_CREAT) | O_CLOEXEC, 0644);
+    e = errno;
+    free(path);
+    if (fd < 0) return read_only && e == ENOENT ? 0 : e;
+    if (fstat(fd, &st)) goto fail;
+    if (!read_only && (size_t)st.st_size < size) {
+        if ((e = zero_fill(fd, (size_t)st.st_size, size))) goto fail_e;
+        st.st_size = (off_t)size;
+    }
+    struct wal *w = calloc(1, sizeof *w);
+    if (!w) {
+        e = ENOMEM;
+        goto fail_e;
+    }
+    w->fd = fd;
+    w->size = (size_t)st.st_size;
+    *out = w;
+    return 0;
+fail:
+    e = errno;
+fail_e:
+    close(fd);
+    return e;
+}
+
+size_t wal_room(const struct wal *w)
+{
+    return w->size - w->pos;
+}
+
+int wal_append(struct wal *w, const void *buf, size_t len)
+{
+    const unsigned char *p = buf;
+    size_t done = 0;
+    if (len > wal_room(w)) return ENOSPC;
+    while (done < len) {
+        ssize_t n = pwrite(w->fd, p + done, len - done, (off_t)(w->pos + done));
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return errno;
+        }
+        done += (size_t)n;
+    }
+    if (fdatasync(w->fd)) return errno;
+    w->pos += len;
+    return 0;
+}
+
+void wal_rewind(struct wal *w)
+{
+    w->pos = 0;
+}
+
+void wal_seek(struct wal *w, size_t pos)
+{
+    w->pos = pos < w->size ? pos : w->size;
+}
+
+int wal_read(struct wal *w, unsigned char **buf, size_t *len)
+{
+    struct stat st;
+    *buf = NULL;
+    *len = 0;
+    if (fstat(w->fd, &st)) return errno;
+    size_t size = (size_t)st.st_size, done = 0;
+    unsigned char *b = malloc(size ? size : 1);
+    if (!b) return ENOMEM;
+    while (done < size) {
+        ssize_t n = pread(w->fd, b + done, size - done, (off_t)done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            int e = n < 0 ? errno : 0;
+            if (n == 0) break; /* shrank meanwhile: read what there is */
+            free(b);
+            return e;
+        }
+        done += (size_t)n;
+    }
+    *buf = b;
+    *len = done;
+    return 0;
+}
+
+void wal_close(struct wal *w)
+{
+    if (!w) return;
+    close(w->fd);
+    free(w);
+}

@@ -1,0 +1,90 @@
+/* wal.h: the write-ahead log of a durable store.
+ *
+ * Why: an LMDB commit that must survive an OS crash flushes the device
+ * twice (the pages, then the meta page that points at them), about 0.45 ms
+ * here, and a lone publisher waits for both.  The log needs one flush: a
+ * batch's records are written in place into a preallocated, zero-filled
+ * file and fdatasync'd, which is when the batch is durable and may be
+ * acknowledged.  LMDB takes the messages later, many batches in one
+ * ordinary synced commit (a checkpoint; store.c), after which the log
+ * starts again at offset 0.
+ *
+ * The file never grows once made, so a flush has no metadata to write
+ * and a write cannot fail for want of space.  Records carry their global
+ * seq: after a checkpoint up to seq L, what follows L in the file is the
+ * current round and everything else is stale, so the log needs no header
+ * and no truncation.  A record is valid when its length and CRC-32C hold;
+ * a torn or zeroed one ends the log.  The CRC is seeded with a salt of the
+ * store's own, so the log of a wiped or replaced store reads as empty.
+ *
+ * This module is the codec (pure, I/O-free: wal_rec_*) and the file; it
+ * knows nothing of LMDB, topics or threads.  One thread appends.
+ */
+#ifndef SLUICE_WAL_H
+#define SLUICE_WAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* One message as logged. */
+struct wal_rec {
+    uint64_t seq, epoch;
+    int64_t time_ms;
+    uint64_t max_count, max_age_ms; /* the topic's retention at publish */
+    const char *topic;
+    size_t topic_len; /* 1..65535 */
+    const char *event;
+    size_t event_len; /* 0..65535 */
+    const void *data;
+    size_t data_len; /* < 4 GiB */
+};
+
+/* Bytes of a record's fixed part. */
+#define WAL_REC_HEADER 56
+
+/* wal_rec_size: bytes the record takes in the log (a multiple of 8). */
+size_t wal_rec_size(size_t topic_len, size_t event_len, size_t data_len);
+
+/* wal_rec_encode: write r at out (wal_rec_size bytes, padding zeroed),
+ * its CRC seeded with salt; returns the size. */
+size_t wal_rec_encode(unsigned char *out, const struct wal_rec *r, uint64_t salt);
+
+/* wal_rec_decode: the record at p, of at most avail bytes.  Returns its
+ * size and fills *r (pointers into p), or 0 when no valid record with this
+ * salt starts there: zeroes, a torn write, garbage, another store's. */
+size_t wal_rec_decode(const unsigned char *p, size_t avail, struct wal_rec *r, uint64_t salt);
+
+/* Size of the log file: 2 MiB, a checkpoint at the latest every 2 MiB of
+ * records (and every second: the writer's sweep). */
+#define WAL_DEFAULT_SIZE ((size_t)2 << 20)
+
+struct wal;
+
+/* wal_open: open <dir>/wal.  Read-write: create it, or extend a shorter
+ * one, to `size` bytes of written zeroes (synced).  Read-only: open it if
+ * it exists; *out is NULL and 0 is returned when it does not.  Returns 0
+ * or an errno value. */
+int wal_open(struct wal **out, const char *dir, int read_only, size_t size);
+
+/* wal_room: bytes left after the current position. */
+size_t wal_room(const struct wal *w);
+
+/* wal_append: write len bytes at the current position and fdatasync them;
+ * the position advances only on success.  Returns 0, ENOSPC when len is
+ * more than wal_room, or the errno of the failed write or flush (after
+ * which the file's state past the position is unknown). */
+int wal_append(struct wal *w, const void *buf, size_t len);
+
+/* wal_rewind: the next append goes to offset 0 (after a checkpoint). */
+void wal_rewind(struct wal *w);
+
+/* wal_seek: the next append goes to pos (after records kept at open). */
+void wal_seek(struct wal *w, size_t pos);
+
+/* wal_read: the whole file into a new buffer (*buf, free() it) of *len
+ * bytes.  Returns 0 or an errno value. */
+int wal_read(struct wal *w, unsigned char **buf, size_t *len);
+
+void wal_close(struct wal *w);
+
+#endif
