@@ -1560,9 +1560,8 @@ struct head {
  * max_age before its newest.  LMDB applied it at its own last append, so
  * only messages in the tail make more of it expire. */
 struct visible {
-    uint64_t hidden_db;   /* oldest LMDB messages past the count limit */
-    uint64_t hidden_tail; /* and of the tail's */
-    int64_t cutoff;       /* older than this is past max_age (INT64_MIN: none) */
+    uint64_t hidden_db; /* oldest LMDB messages past the count limit */
+    int64_t cutoff;     /* older than this is past max_age (INT64_MIN: none) */
 };
 
 /* Walk LMDB's part of the topic from its front over what retention hides
@@ -1624,6 +1623,58 @@ static void heap_down(size_t *heap, size_t n, size_t i, const struct head *hs)
     }
 }
 
+/* A topic as readers see it: LMDB's part (rec, zeroes when it has none)
+ * and the tail's messages after it, with retention over both applied. */
+struct topic_view {
+    struct tail_msg *tm;           /* first visible tail message (NULL: none) */
+    uint64_t tn;                   /* visible tail messages */
+    uint64_t keep_db;              /* visible LMDB messages */
+    uint64_t first_db;             /* oldest visible LMDB seq (0: none) */
+    uint64_t dropped;              /* newest seq removed or hidden by retention */
+    const struct tail_msg *newest; /* the tail's newest (NULL: the tail adds none) */
+};
+
+/* Fill *tv.  walk: also walk LMDB's part over what retention hides there
+ * (O(hidden)); without it keep_db and first_db ignore max_age there, and
+ * first_db may name a message the next checkpoint trims. */
+static int topic_view(struct store *s, MDB_txn *txn, const struct topic_rec *rec,
+                      const struct tail_topic *tt, int walk, struct topic_view *tv)
+{
+    memset(tv, 0, sizeof *tv);
+    tv->keep_db = rec->count;
+    tv->first_db = rec->count ? rec->first_seq : 0;
+    tv->dropped = rec->dropped_seq;
+    struct tail_msg *tm = tt ? tt->first : NULL;
+    uint64_t tn = tt ? tt->count : 0;
+    for (; tm && tm->seq <= rec->last_seq; tm = tm->topic_next)
+        tn--;
+    if (!tn) return 0;
+    const struct tail_msg *newest = tt->last;
+    uint64_t total = rec->count + tn, max = newest->max_count;
+    uint64_t hidden = max && total > max ? total - max : 0;
+    struct visible v = {.hidden_db = hidden < rec->count ? hidden : rec->count,
+                        .cutoff = newest->max_age_ms ? newest->time_ms - (int64_t)newest->max_age_ms
+                                                     : INT64_MIN};
+    tv->keep_db = rec->count - v.hidden_db;
+    if (rec->count && (v.hidden_db || v.cutoff != INT64_MIN) && walk) {
+        uint64_t last_hidden, nhidden;
+        int rc = skip_hidden(s, txn, rec, &v, &last_hidden, &tv->first_db, &nhidden);
+        if (rc) return rc;
+        if (last_hidden > tv->dropped) tv->dropped = last_hidden;
+        tv->keep_db = rec->count - nhidden;
+    } else if (tv->keep_db == 0) {
+        tv->first_db = 0;
+    }
+    for (uint64_t k = hidden - v.hidden_db; k && tm; k--, tn--, tm = tm->topic_next)
+        tv->dropped = tm->seq;
+    for (; tm && tm->time_ms < v.cutoff; tn--, tm = tm->topic_next)
+        tv->dropped = tm->seq;
+    tv->tm = tm;
+    tv->tn = tn;
+    tv->newest = newest;
+    return 0;
+}
+
 int store_read_multi(struct store *s, const struct store_topic_ref *topics, size_t n,
                      uint64_t after_seq, size_t limit, store_read_fn fn, void *ud,
                      struct store_read_info *infos)
@@ -1675,51 +1726,22 @@ int store_read_multi(struct store *s, const struct store_topic_ref *topics, size
             infos[i].exists = 1;
         rc = 0;
 
-        /* The tail's messages of the topic that this snapshot lacks. */
+        /* The tail's messages of the topic that this snapshot lacks.  LMDB's
+         * part is walked for retention only when the reader starts inside
+         * it: past it, what retention hides there is behind the reader. */
         struct tail_topic *tt = s->tail.count ? tail_find(&s->tail, topics[i].name, topics[i].len,
                                                           fnv1a(topics[i].name, topics[i].len))
                                               : NULL;
-        struct tail_msg *tm = tt ? tt->first : NULL;
-        uint64_t tn = tt ? tt->count : 0;
-        for (; tm && tm->seq <= rec.last_seq; tm = tm->topic_next)
-            tn--;
-        uint64_t first_visible = rec.first_seq, dropped = rec.dropped_seq, from = after_seq;
-        if (tn) {
-            const struct tail_msg *newest = tt->last;
-            uint64_t total = rec.count + tn, max = newest->max_count;
-            uint64_t hidden = max && total > max ? total - max : 0;
-            struct visible v = {.hidden_db = hidden < rec.count ? hidden : rec.count,
-                                .cutoff = newest->max_age_ms
-                                              ? newest->time_ms - (int64_t)newest->max_age_ms
-                                              : INT64_MIN};
-            v.hidden_tail = hidden - v.hidden_db;
-            infos[i].exists = 1;
-            infos[i].last_seq = newest->seq;
-            /* LMDB's part: walked only when the reader starts inside it;
-             * past it, what retention hides there is behind the reader. */
-            uint64_t keep_db = rec.count - v.hidden_db;
-            if (rec.count && (v.hidden_db || v.cutoff != INT64_MIN) && after_seq < rec.last_seq) {
-                uint64_t last_hidden, nhidden;
-                if ((rc = skip_hidden(s, txn, &rec, &v, &last_hidden, &first_visible, &nhidden)))
-                    goto done;
-                if (last_hidden > dropped) dropped = last_hidden;
-                keep_db = rec.count - nhidden;
-            } else if (keep_db == 0) {
-                first_visible = 0;
-            }
-            for (uint64_t k = v.hidden_tail; k && tm; k--, tn--, tm = tm->topic_next)
-                dropped = tm->seq;
-            for (; tm && tm->time_ms < v.cutoff; tn--, tm = tm->topic_next)
-                dropped = tm->seq;
-            infos[i].count = keep_db + tn;
-            if (!first_visible && tm) first_visible = tm->seq;
-        } else {
-            infos[i].last_seq = rec.last_seq;
-            infos[i].count = rec.count;
-        }
-        infos[i].first_seq = infos[i].count ? first_visible : 0;
-        infos[i].gap = after_seq < dropped;
-        if (dropped > from) from = dropped;
+        struct topic_view tv;
+        if ((rc = topic_view(s, txn, &rec, tt, after_seq < rec.last_seq, &tv))) goto done;
+        if (tv.newest) infos[i].exists = 1;
+        infos[i].last_seq = tv.newest ? tv.newest->seq : rec.last_seq;
+        infos[i].count = tv.keep_db + tv.tn;
+        uint64_t first = tv.keep_db ? tv.first_db : tv.tm ? tv.tm->seq : 0;
+        infos[i].first_seq = infos[i].count ? first : 0;
+        infos[i].gap = after_seq < tv.dropped;
+        uint64_t from = after_seq > tv.dropped ? after_seq : tv.dropped;
+        struct tail_msg *tm = tv.tm;
         h->tm = tm;
         while (h->tm && h->tm->seq <= from)
             h->tm = h->tm->topic_next;
@@ -1850,41 +1872,24 @@ static int tail_topic_cmp(const void *x, const void *y)
 static int tail_topic_info(struct store *s, MDB_txn *txn, const struct topic_rec *rec,
                            const struct tail_topic *tt, struct store_topic_info *ti)
 {
-    const struct tail_msg *m = tt->first;
-    uint64_t tn = tt->count;
-    for (; m && m->seq <= rec->last_seq; m = m->topic_next)
-        tn--;
-    if (!tn) return 0;
-    const struct tail_msg *newest = tt->last;
-    uint64_t total = rec->count + tn, max = newest->max_count;
-    uint64_t hidden = max && total > max ? total - max : 0;
-    struct visible v = {.hidden_db = hidden < rec->count ? hidden : rec->count,
-                        .cutoff = newest->max_age_ms ? newest->time_ms - (int64_t)newest->max_age_ms
-                                                     : INT64_MIN};
-    uint64_t keep_db = rec->count - v.hidden_db;
-    if (rec->count && (v.hidden_db || v.cutoff != INT64_MIN)) {
-        uint64_t last_hidden, first_visible, nhidden;
-        int rc = skip_hidden(s, txn, rec, &v, &last_hidden, &first_visible, &nhidden);
-        if (rc) return rc;
-        keep_db = rec->count - nhidden;
-        if (last_hidden > ti->dropped_seq) ti->dropped_seq = last_hidden;
-        if (keep_db && (rc = msg_epoch(s, txn, rec->number, first_visible, &ti->first_epoch)))
+    struct topic_view tv;
+    int rc = topic_view(s, txn, rec, tt, 1, &tv);
+    if (rc || !tv.newest) return rc;
+    ti->count = tv.keep_db + tv.tn;
+    ti->dropped_seq = tv.dropped;
+    if (tv.keep_db) {
+        if (tv.first_db != rec->first_seq &&
+            (rc = msg_epoch(s, txn, rec->number, tv.first_db, &ti->first_epoch)))
             return rc;
-        ti->first_seq = keep_db ? first_visible : 0;
+        ti->first_seq = tv.first_db;
+    } else if (tv.tm) {
+        ti->first_seq = tv.tm->seq;
+        ti->first_epoch = tv.tm->epoch;
     }
-    for (uint64_t k = hidden - v.hidden_db; k && m; k--, tn--, m = m->topic_next)
-        ti->dropped_seq = m->seq;
-    for (; m && m->time_ms < v.cutoff; tn--, m = m->topic_next)
-        ti->dropped_seq = m->seq;
-    if (!keep_db && m) {
-        ti->first_seq = m->seq;
-        ti->first_epoch = m->epoch;
-    }
-    ti->count = keep_db + tn;
-    ti->last_seq = newest->seq;
-    ti->last_epoch = newest->epoch;
-    ti->max_count = newest->max_count;
-    ti->max_age_ms = newest->max_age_ms;
+    ti->last_seq = tv.newest->seq;
+    ti->last_epoch = tv.newest->epoch;
+    ti->max_count = tv.newest->max_count;
+    ti->max_age_ms = tv.newest->max_age_ms;
     return 0;
 }
 

@@ -98,6 +98,8 @@ size_t wal_rec_decode(const unsigned char *p, size_t avail, struct wal_rec *r, u
     memcpy(&el, p + 50, 2);
     memcpy(&data32, p + 52, 4);
     if (tl == 0 || wal_rec_size(tl, el, data32) != size) return 0;
+    for (size_t i = WAL_REC_HEADER + tl + el + (size_t)data32; i < size; i++)
+        if (p[i]) return 0; /* padding is zeroes: one encoding per record */
     if (crc32c(salt, p + 8, size - 8) != crc) return 0;
     memcpy(&r->seq, p + 8, 8);
     memcpy(&r->epoch, p + 16, 8);

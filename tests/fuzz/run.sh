@@ -17,9 +17,10 @@ declare -A srcs=(
     [fuzz_http]="core/http.c ${llhttp[*]}"
     [fuzz_ws]="core/ws.c core/utf8.c"
     [fuzz_sse]="core/sse.c core/b64.c core/utf8.c"
+    [fuzz_wal]="storage/wal.c"
 )
 status=0
-for name in fuzz_http fuzz_ws fuzz_sse; do
+for name in fuzz_http fuzz_ws fuzz_sse fuzz_wal; do
     files=()
     for f in ${srcs[$name]}; do
         case $f in /*) files+=("$f") ;; *) files+=("$top/$f") ;; esac
