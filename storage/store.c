@@ -771,7 +771,7 @@ void store_close(struct store *s)
     if (!s) return;
     if (s->relaxed && !s->read_only) mdb_env_sync(s->env, 1);
     /* A failed checkpoint loses nothing: the next open replays the log. */
-    if (s->wal && !s->wal_failed) checkpoint(s, wall_ms());
+    if (s->wal) checkpoint(s, wall_ms()); /* also voids a failed write's records */
     wal_close(s->wal);
     free(s->walbuf);
     tail_clear(&s->tail);

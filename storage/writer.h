@@ -1,6 +1,7 @@
 /* writer.h: the storage thread, sluice's one writer to the store.
  *
- * Why a thread: a durable commit ends in fsync, which takes milliseconds and
+ * Why a thread: a durable commit ends in fdatasync (of the log, and once a
+ * second of LMDB's checkpoint; store.h), which takes milliseconds and
  * would stall every connection if the event loop waited for it.  Any thread
  * submits append requests to a queue; the storage thread takes everything
  * queued (up to a batch bound) into one transaction and one commit, so group
