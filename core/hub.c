@@ -1062,6 +1062,9 @@ void hub_get_stats(const hub *h, hub_stats *st)
     if (b && store_stats(b->store, &ss) == 0) {
         st->store_file_bytes = ss.file_bytes;
         st->store_messages = ss.messages;
+        st->store_log_messages = ss.log_messages;
+        st->checkpoints = ss.checkpoints;
+        st->checkpoint_failures = ss.checkpoint_failures;
     }
     struct writer_stats ws;
     if (b) {

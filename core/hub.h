@@ -262,6 +262,7 @@ typedef struct hub_stats {
     uint64_t published, delivered, subscribers, publish_failures;
     uint64_t topics; /* topics with a subscriber, counted once per worker */
     uint64_t store_file_bytes, store_messages, commits;
+    uint64_t store_log_messages, checkpoints, checkpoint_failures; /* durable mode's log */
     /* Publish to fan-out (storage queue + commit + sync), cumulative per
      * bucket as Prometheus wants; the last bucket is +Inf. */
     uint64_t latency_buckets[HUB_LATENCY_BUCKETS + 1];

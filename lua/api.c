@@ -597,6 +597,13 @@ static int l_metrics(lua_State *L)
         {"sluice_storage_bytes", "gauge", "Size of the LMDB data file.", hs.store_file_bytes},
         {"sluice_storage_messages", "gauge", "Messages retained in storage.", hs.store_messages},
         {"sluice_storage_commits_total", "counter", "Storage write transactions.", hs.commits},
+        {"sluice_storage_log_messages", "gauge", "Logged messages awaiting a checkpoint into LMDB.",
+         hs.store_log_messages},
+        {"sluice_storage_checkpoints_total", "counter", "Checkpoints of the log into LMDB.",
+         hs.checkpoints},
+        {"sluice_storage_checkpoint_failures_total", "counter",
+         "Checkpoints that failed (disk or map full: publishes are refused until one passes).",
+         hs.checkpoint_failures},
     };
     for (size_t i = 0; i < sizeof(scalars) / sizeof(scalars[0]); i++) {
         HEAD(scalars[i].name, scalars[i].type, scalars[i].help);

@@ -104,6 +104,7 @@ struct store {
     size_t map_max;
     _Atomic uint64_t last_seq; /* read-write handle: mirror of meta last_seq */
     _Atomic uint64_t grows;
+    _Atomic uint64_t checkpoints, checkpoint_failures;
     /* store_sweep's resume point (one sweeping thread at a time) */
     char sweep_pos[STORE_TOPIC_MAX];
     size_t sweep_pos_len;
@@ -1245,7 +1246,11 @@ static int checkpoint(struct store *s, int64_t now_ms)
     }
     free(msgs);
     free(times);
-    if (code) return code;
+    if (code) {
+        atomic_fetch_add(&s->checkpoint_failures, 1);
+        return code;
+    }
+    atomic_fetch_add(&s->checkpoints, 1);
     pthread_rwlock_wrlock(&t->lock);
     tail_clear(t);
     pthread_rwlock_unlock(&t->lock);
@@ -2007,6 +2012,9 @@ int store_stats(struct store *s, struct store_stats *st)
     /* The tail's messages count as stored (retention trims some of them at
      * the checkpoint); topics only it has count too. */
     st->messages += s->tail.count;
+    st->log_messages = s->tail.count;
+    st->checkpoints = atomic_load(&s->checkpoints);
+    st->checkpoint_failures = atomic_load(&s->checkpoint_failures);
     if (st->last_seq < s->tail.last_seq && s->tail.count) st->last_seq = s->tail.last_seq;
     for (size_t b = 0; b < s->tail.nbuckets && rc == 0; b++)
         for (struct tail_topic *tt = s->tail.buckets[b]; tt && rc == 0; tt = tt->hnext) {

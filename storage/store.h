@@ -269,6 +269,11 @@ struct store_stats {
     uint64_t epoch;     /* this handle's epoch (0 if read-only) */
     uint64_t map_grows; /* times this handle grew the map */
     int relaxed;
+    /* Durable mode's log (0 otherwise): messages in it that LMDB does not
+     * have yet, checkpoints that moved some there, and those that failed
+     * (a full disk or map: publishes are refused until one passes). */
+    uint64_t log_messages;
+    uint64_t checkpoints, checkpoint_failures;
 };
 
 /* store_stats: fill *st.  Any thread.  Returns 0 or STORE_E*. */
