@@ -1198,14 +1198,12 @@ static void tail_clear(struct tail *t)
     t->first = t->last = NULL;
 }
 
-/* A copy of r for the tail, its topic entry made (under the write lock). */
-static struct tail_msg *tail_msg_new(struct tail *t, const struct wal_rec *r)
+/* A copy of r for the tail, its topic not yet set (no lock needed). */
+static struct tail_msg *tail_msg_copy(const struct wal_rec *r)
 {
-    struct tail_topic *tt = tail_topic_get(t, r->topic, r->topic_len);
-    if (!tt) return NULL;
     struct tail_msg *m = malloc(sizeof *m + r->event_len + r->data_len);
     if (!m) return NULL;
-    m->topic = tt;
+    m->topic = NULL;
     m->seq = r->seq;
     m->epoch = r->epoch;
     m->time_ms = r->time_ms;
@@ -1215,6 +1213,15 @@ static struct tail_msg *tail_msg_new(struct tail *t, const struct wal_rec *r)
     m->data_len = r->data_len;
     if (r->event_len) memcpy(m->bytes, r->event, r->event_len);
     if (r->data_len) memcpy(m->bytes + r->event_len, r->data, r->data_len);
+    return m;
+}
+
+/* A copy of r with its topic entry, made if missing (under the write lock). */
+static struct tail_msg *tail_msg_new(struct tail *t, const struct wal_rec *r)
+{
+    struct tail_topic *tt = tail_topic_get(t, r->topic, r->topic_len);
+    struct tail_msg *m = tt ? tail_msg_copy(r) : NULL;
+    if (m) m->topic = tt;
     return m;
 }
 
@@ -1296,10 +1303,11 @@ static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int6
         s->walbuf_cap = bytes;
     }
 
+    /* Copies and log records outside the tail's lock: readers wait only
+     * for the topic lookups and the links. */
     struct tail_msg *first = NULL, **link = &first;
     size_t off = 0;
     code = STORE_OK;
-    pthread_rwlock_wrlock(&t->lock);
     for (size_t i = 0; i < n; i++) {
         struct store_msg *m = &msgs[i];
         if (m->status) continue;
@@ -1314,7 +1322,7 @@ static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int6
                             .event_len = m->event ? m->event_len : 0,
                             .data = m->data,
                             .data_len = m->data_len};
-        struct tail_msg *tm = tail_msg_new(t, &r);
+        struct tail_msg *tm = tail_msg_copy(&r);
         if (!tm) {
             code = STORE_ENOMEM;
             break;
@@ -1325,8 +1333,20 @@ static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int6
         m->seq = r.seq;
         m->epoch = r.epoch;
     }
-    pthread_rwlock_unlock(&t->lock);
     *link = NULL;
+    /* Topic entries before the log write: once a batch is logged, linking
+     * it must not fail. */
+    if (code == STORE_OK) {
+        struct tail_msg *tm = first;
+        pthread_rwlock_wrlock(&t->lock);
+        for (size_t i = 0; i < n && code == STORE_OK; i++) {
+            if (msgs[i].status) continue;
+            tm->topic = tail_topic_get(t, msgs[i].topic, msgs[i].topic_len);
+            if (!tm->topic) code = STORE_ENOMEM;
+            tm = tm->next;
+        }
+        pthread_rwlock_unlock(&t->lock);
+    }
 
     int logged = code == STORE_OK && wal_append(s->wal, s->walbuf, off) == 0;
     if (!logged) {
