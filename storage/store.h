@@ -139,8 +139,9 @@ struct store_msg {
 
 /* store_append_batch: append msgs[0..n), assigning seqs in array order,
  * and apply each touched topic's retention (that of its last message in
- * the batch), deleting only what expires.  All messages get publish time
- * now_ms (wall clock, ms since the epoch).
+ * the batch), deleting only what expires (durable mode: readers see it
+ * applied at once, LMDB deletes at the checkpoint).  All messages get
+ * publish time now_ms (wall clock, ms since the epoch).
  * Durable mode: the batch is written to the log and flushed (one
  * fdatasync); LMDB takes it at the next checkpoint, which runs here when
  * the log is full and in store_sweep, store_trim and store_close.
@@ -225,9 +226,9 @@ int store_read_multi(struct store *s, const struct store_topic_ref *topics, size
 int store_trim(struct store *s, const char *topic, size_t topic_len, uint64_t max_count,
                uint64_t max_age_ms, int64_t now_ms, uint64_t *deleted);
 
-/* store_sweep: checkpoint the log (durable mode), then age-based retention
- * for topics that get no publishes.  Each
- * topic remembers the retention of its last publish; this visits at most
+/* store_sweep: checkpoint the log (durable mode), then age-based
+ * retention for topics that get no publishes.  Each topic remembers the
+ * retention of its last publish; this visits at most
  * `budget` topics (0 = all), resuming where the previous call stopped,
  * trimming those whose oldest message is past its max_age, in one write
  * transaction.  Cost: O(budget + deleted), never a scan of messages.
