@@ -127,8 +127,6 @@ struct store {
 static int wal_replay(struct store *s, const char *dir, uint64_t *last);
 static int append_commit(struct store *s, struct store_msg *msgs, size_t n, int64_t now_ms,
                          const int64_t *times);
-static int wal_scan(const unsigned char *buf, size_t len, uint64_t salt, uint64_t after,
-                    int (*fn)(void *ud, const struct wal_rec *r), void *ud, size_t *end);
 static int tail_load(struct store *s, uint64_t after, size_t *end);
 static int checkpoint(struct store *s, int64_t now_ms);
 static int append_direct(struct store *s, struct store_msg *msgs, size_t n, int64_t now_ms);
@@ -486,38 +484,6 @@ fail:
     return rc;
 }
 
-struct replay {
-    struct store_msg *msgs;
-    int64_t *times;
-    size_t n, cap;
-};
-
-static int replay_one(void *ud, const struct wal_rec *r)
-{
-    struct replay *rp = ud;
-    if (rp->n == rp->cap) {
-        size_t cap = rp->cap ? rp->cap * 2 : 256;
-        struct store_msg *m = realloc(rp->msgs, cap * sizeof *m);
-        if (m) rp->msgs = m;
-        int64_t *t = realloc(rp->times, cap * sizeof *t);
-        if (t) rp->times = t;
-        if (!m || !t) return ENOMEM;
-        rp->cap = cap;
-    }
-    rp->msgs[rp->n] = (struct store_msg){.topic = r->topic,
-                                         .topic_len = r->topic_len,
-                                         .event = r->event,
-                                         .event_len = r->event_len,
-                                         .data = r->data,
-                                         .data_len = r->data_len,
-                                         .max_count = r->max_count,
-                                         .max_age_ms = r->max_age_ms,
-                                         .seq = r->seq,
-                                         .epoch = r->epoch};
-    rp->times[rp->n++] = r->time_ms;
-    return 0;
-}
-
 static int64_t wall_ms(void)
 {
     struct timespec ts;
@@ -525,48 +491,31 @@ static int64_t wall_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* At a read-write open: commit what the log holds past LMDB's last seq (a
- * crash came before its checkpoint), synced even in relaxed mode.  A
- * durable handle keeps the log open for its appends; a relaxed one only
+/* At a read-write open: checkpoint what the log holds past LMDB's last
+ * seq (a crash came before its checkpoint), synced even in relaxed mode.
+ * A durable handle keeps the log open for its appends; a relaxed one only
  * reads an existing log. */
 static int wal_replay(struct store *s, const char *dir, uint64_t *last)
 {
-    struct wal *w;
-    int rc = wal_open(&w, dir, s->relaxed, WAL_DEFAULT_SIZE);
-    if (rc || !w) return rc;
-    unsigned char *buf = NULL;
-    size_t len;
-    struct replay rp = {0};
-    int keep = 0;
-    if (!(rc = wal_read(w, &buf, &len)) &&
-        !(rc = wal_scan(buf, len, s->wal_salt, *last, replay_one, &rp, NULL)) && rp.n) {
-        int code = append_commit(s, rp.msgs, rp.n, wall_ms(), rp.times);
+    size_t end = 0;
+    int rc = wal_open(&s->wal, dir, s->relaxed, WAL_DEFAULT_SIZE);
+    if (rc || !s->wal) return rc;
+    if (!(rc = tail_load(s, *last, &end)) && s->tail.count) {
+        *last = s->tail.last_seq;
+        int code = checkpoint(s, wall_ms());
         if (code == 0 && s->relaxed) code = map_rc(mdb_env_sync(s->env, 1));
-        if (code == STORE_EFULL && !s->relaxed) {
+        if (code == STORE_EFULL && !s->relaxed)
             /* No room in LMDB (a full disk, the map at its bound): keep
              * the records in the log and the tail, and open all the same;
              * checkpoints retry, publishes hear "full" until they pass. */
-            size_t end = 0;
-            s->wal = w;
-            if ((rc = tail_load(s, *last, &end)) == 0) {
-                wal_seek(w, end);
-                *last = s->tail.last_seq;
-                keep = 1;
-            }
-            s->wal = NULL;
-        } else if (code) {
+            wal_seek(s->wal, end);
+        else if (code)
             rc = EIO;
-        } else {
-            *last = rp.msgs[rp.n - 1].seq;
-        }
     }
-    free(rp.msgs);
-    free(rp.times);
-    free(buf);
-    if (rc || (s->relaxed && !keep))
-        wal_close(w);
-    else
-        s->wal = w;
+    if (rc || (s->relaxed && !s->tail.count)) {
+        wal_close(s->wal);
+        s->wal = NULL;
+    }
     return rc;
 }
 
@@ -1098,8 +1047,8 @@ static int append_op(struct store *s, MDB_txn *txn, void *argp)
     return 0;
 }
 
-/* Append msgs in one synced LMDB commit; times NULL: new messages, given
- * seqs now, else a checkpoint's (see struct append_arg). */
+/* Append msgs in one LMDB commit (synced unless relaxed); times NULL: new
+ * messages, given seqs now, else a checkpoint's (see struct append_arg). */
 static int append_commit(struct store *s, struct store_msg *msgs, size_t n, int64_t now_ms,
                          const int64_t *times)
 {
@@ -1389,49 +1338,38 @@ int store_append_batch(struct store *s, struct store_msg *msgs, size_t n, int64_
     return append_commit(s, msgs, n, now_ms, NULL);
 }
 
-/* Scan the log buffer: the run of consecutive seqs from its start, calling
- * fn for the records after `after`.  Returns 0, or MDB_CORRUPTED when the
- * run skips past after + 1 (a log ahead of its store: a store restored
- * from a backup beside a newer log, say). */
-static int wal_scan(const unsigned char *buf, size_t len, uint64_t salt, uint64_t after,
-                    int (*fn)(void *ud, const struct wal_rec *r), void *ud, size_t *end)
+/* Read the log's messages after seq `after` into the tail: the run of
+ * consecutive seqs from the file's start (what follows is an older
+ * round's).  *end (may be NULL) gets the offset after the last.  Returns 0,
+ * or MDB_CORRUPTED when the run skips past after + 1 (a log ahead of its
+ * store: a store restored from a backup beside a newer log, say). */
+static int tail_load(struct store *s, uint64_t after, size_t *end)
 {
+    unsigned char *buf;
+    size_t len, off = 0, sz;
     struct wal_rec r;
-    size_t off = 0, sz;
     uint64_t expect = 0;
-    int rc;
-    while ((sz = wal_rec_decode(buf + off, len - off, &r, salt)) > 0) {
+    int rc = wal_read(s->wal, &buf, &len);
+    if (rc) return rc;
+    pthread_rwlock_wrlock(&s->tail.lock);
+    while ((sz = wal_rec_decode(buf + off, len - off, &r, s->wal_salt)) > 0) {
         if (expect && r.seq != expect) break; /* a stale record of an older round */
         expect = r.seq + 1;
         off += sz;
         if (r.seq <= after) continue;
-        if (r.seq != after + 1) return MDB_CORRUPTED;
+        if (r.seq != after + 1) {
+            rc = MDB_CORRUPTED;
+            break;
+        }
+        struct tail_msg *m = tail_msg_new(&s->tail, &r);
+        if (!m) {
+            rc = ENOMEM;
+            break;
+        }
+        tail_link(&s->tail, m);
         after = r.seq;
-        if ((rc = fn(ud, &r))) return rc;
         if (end) *end = off;
     }
-    return 0;
-}
-
-static int tail_load_one(void *ud, const struct wal_rec *r)
-{
-    struct tail *t = ud;
-    struct tail_msg *m = tail_msg_new(t, r);
-    if (!m) return ENOMEM;
-    tail_link(t, m);
-    return 0;
-}
-
-/* Read the log's messages after seq `after` into the tail; *end (may be
- * NULL) gets the offset after the last. */
-static int tail_load(struct store *s, uint64_t after, size_t *end)
-{
-    unsigned char *buf;
-    size_t len;
-    int rc = wal_read(s->wal, &buf, &len);
-    if (rc) return rc;
-    pthread_rwlock_wrlock(&s->tail.lock);
-    rc = wal_scan(buf, len, s->wal_salt, after, tail_load_one, &s->tail, end);
     pthread_rwlock_unlock(&s->tail.lock);
     free(buf);
     return rc;
