@@ -1,11 +1,15 @@
-/* log.c: formatting of log lines into one stack buffer, then one write(). */
+/* log.c: formatting of log lines into one stack buffer, then one write():
+ * of the line, or, on a thread that batches (a worker), of the lines of a
+ * loop pass.  Formatting avoids stdio: an access line per request is the
+ * most frequent thing sluice writes. */
 #include "core/log.h"
 
+#include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -50,19 +54,42 @@ static void puts_(line *l, const char *s)
     put(l, s, strlen(s));
 }
 
-static void putf(line *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void putf(line *l, const char *fmt, ...)
+/* Numbers by hand: vsnprintf was most of an access line's cost. */
+static void put_int(line *l, long long v)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    size_t room = sizeof(l->buf) - 2 - l->len;
-    int n = vsnprintf(l->buf + l->len, room, fmt, ap);
-    va_end(ap);
-    if (n > 0) l->len += (size_t)n < room ? (size_t)n : room - 1;
+    char d[24], *p = d + sizeof d;
+    unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0) *--p = '-';
+    put(l, p, (size_t)(d + sizeof d - p));
+}
+
+/* Three decimals, as "%.3f" prints them, rounded half away from zero. */
+static void put_fixed3(line *l, double v)
+{
+    if (!(v > -1e15 && v < 1e15)) { /* NaN, infinities, huge: the slow way */
+        char b[320]; /* DBL_MAX has 309 digits */
+        int n = snprintf(b, sizeof b, "%.3f", v);
+        if (n > 0) put(l, b, (size_t)n < sizeof b ? (size_t)n : sizeof b - 1);
+        return;
+    }
+    if (signbit(v)) { /* "-0.000" too, as printf has it */
+        put(l, "-", 1);
+        v = -v;
+    }
+    unsigned long long a = (unsigned long long)(v * 1000.0 + 0.5);
+    put_int(l, (long long)(a / 1000));
+    char frac[4] = {'.', (char)('0' + a / 100 % 10), (char)('0' + a / 10 % 10),
+                    (char)('0' + a % 10)};
+    put(l, frac, 4);
 }
 
 static void put_json_str(line *l, const char *s, size_t n)
 {
+    static const char hex[] = "0123456789abcdef";
     put(l, "\"", 1);
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
@@ -74,7 +101,8 @@ static void put_json_str(line *l, const char *s, size_t n)
         } else if (c == '\t') {
             put(l, "\\t", 2);
         } else if (c < 0x20 || c == 0x7f) {
-            putf(l, "\\u%04x", c);
+            char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+            put(l, e, 6);
         } else {
             put(l, (const char *)&c, 1);
         }
@@ -97,14 +125,86 @@ static void put_text_value(line *l, const char *s, size_t n)
     put_json_str(l, s, n);
 }
 
+static void put_2(char *p, int v)
+{
+    p[0] = (char)('0' + v / 10 % 10);
+    p[1] = (char)('0' + v % 10);
+}
+
+/* The date and time to the second change once a second: each thread keeps
+ * the last one formatted and adds the milliseconds. */
+static __thread struct {
+    time_t sec;
+    char text[20]; /* 2026-11-24T06:30:00 */
+} ts_cache = {-1, ""};
+
 static void put_timestamp(line *l)
 {
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    struct tm tm;
-    gmtime_r(&tv.tv_sec, &tm);
-    putf(l, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-         tm.tm_hour, tm.tm_min, tm.tm_sec, (long)(tv.tv_usec / 1000));
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    if (ts.tv_sec != ts_cache.sec) {
+        struct tm tm;
+        gmtime_r(&ts.tv_sec, &tm);
+        char *t = ts_cache.text;
+        int year = tm.tm_year + 1900;
+        if (year < 0 || year > 9999) year = 0;
+        put_2(t, year / 100);
+        put_2(t + 2, year % 100);
+        t[4] = '-';
+        put_2(t + 5, tm.tm_mon + 1);
+        t[7] = '-';
+        put_2(t + 8, tm.tm_mday);
+        t[10] = 'T';
+        put_2(t + 11, tm.tm_hour);
+        t[13] = ':';
+        put_2(t + 14, tm.tm_min);
+        t[16] = ':';
+        put_2(t + 17, tm.tm_sec);
+        ts_cache.sec = ts.tv_sec;
+    }
+    int ms = (int)(ts.tv_nsec / 1000000);
+    char frac[5] = {'.', (char)('0' + ms / 100), (char)('0' + ms / 10 % 10), (char)('0' + ms % 10),
+                    'Z'};
+    put(l, ts_cache.text, 19);
+    put(l, frac, 5);
+}
+
+static void write_out(const char *p, size_t n)
+{
+    ssize_t w = write(STDERR_FILENO, p, n);
+    (void)w; /* nowhere to report a failed log write */
+}
+
+/* A thread that batches keeps its info and debug lines here until
+ * log_flush, at most PIPE_BUF bytes, so that one write() of whole lines
+ * stays atomic on a pipe and cannot interleave with another thread's. */
+static __thread struct {
+    bool on;
+    size_t len;
+    char buf[PIPE_BUF];
+} batch;
+
+void log_batch_begin(void)
+{
+    batch.on = true;
+}
+
+void log_flush(void)
+{
+    if (batch.len) write_out(batch.buf, batch.len);
+    batch.len = 0;
+}
+
+static void emit(log_level level, const char *p, size_t n)
+{
+    if (!batch.on || level > LOG_INFO || n > sizeof batch.buf) {
+        log_flush(); /* this thread's lines stay in order */
+        write_out(p, n);
+        return;
+    }
+    if (batch.len + n > sizeof batch.buf) log_flush();
+    memcpy(batch.buf + batch.len, p, n);
+    batch.len += n;
 }
 
 void log_fields(log_level level, const char *msg, const log_field *f, int n)
@@ -115,7 +215,9 @@ void log_fields(log_level level, const char *msg, const log_field *f, int n)
     if (log_fmt == LOG_JSON) {
         puts_(&l, "{\"ts\":\"");
         put_timestamp(&l);
-        putf(&l, "\",\"level\":\"%s\",\"msg\":", level_names[level]);
+        puts_(&l, "\",\"level\":\"");
+        puts_(&l, level_names[level]);
+        puts_(&l, "\",\"msg\":");
         put_json_str(&l, msg, strlen(msg));
         for (int i = 0; i < n; i++) {
             put(&l, ",", 1);
@@ -125,31 +227,34 @@ void log_fields(log_level level, const char *msg, const log_field *f, int n)
                 const char *s = f[i].v.s ? f[i].v.s : "";
                 put_json_str(&l, s, f[i].slen >= 0 ? (size_t)f[i].slen : strlen(s));
             } else if (f[i].type == LF_INT) {
-                putf(&l, "%lld", f[i].v.i);
+                put_int(&l, f[i].v.i);
             } else {
-                putf(&l, "%.3f", f[i].v.d);
+                put_fixed3(&l, f[i].v.d);
             }
         }
         put(&l, "}", 1);
     } else {
         put_timestamp(&l);
-        putf(&l, " %s ", level_names[level]);
+        put(&l, " ", 1);
+        puts_(&l, level_names[level]);
+        put(&l, " ", 1);
         puts_(&l, msg);
         for (int i = 0; i < n; i++) {
-            putf(&l, " %s=", f[i].key);
+            put(&l, " ", 1);
+            puts_(&l, f[i].key);
+            put(&l, "=", 1);
             if (f[i].type == LF_STR) {
                 const char *s = f[i].v.s ? f[i].v.s : "";
                 put_text_value(&l, s, f[i].slen >= 0 ? (size_t)f[i].slen : strlen(s));
             } else if (f[i].type == LF_INT) {
-                putf(&l, "%lld", f[i].v.i);
+                put_int(&l, f[i].v.i);
             } else {
-                putf(&l, "%.3f", f[i].v.d);
+                put_fixed3(&l, f[i].v.d);
             }
         }
     }
     l.buf[l.len++] = '\n';
-    ssize_t w = write(STDERR_FILENO, l.buf, l.len);
-    (void)w;
+    emit(level, l.buf, l.len);
 }
 
 void log_printf(log_level level, const char *fmt, ...)

@@ -2,8 +2,10 @@
  *
  * A line is a level, a message and key/value fields.  Text lines read
  * `2026-11-24T06:30:00.123Z info access method=GET status=200`; JSON lines
- * hold `ts`, `level`, `msg` and the fields.  One write() per line so lines
- * from several threads never interleave. */
+ * hold `ts`, `level`, `msg` and the fields.  Lines are written whole, one
+ * write() each or, on a thread that batches, several lines in one write()
+ * of at most PIPE_BUF bytes, so lines from several threads never
+ * interleave. */
 #ifndef SLUICE_LOG_H
 #define SLUICE_LOG_H
 
@@ -40,6 +42,16 @@ bool log_enabled(log_level level);
 
 /* Writes one line with `n` fields. */
 void log_fields(log_level level, const char *msg, const log_field *fields, int n);
+
+/* log_batch_begin: from now on the calling thread's info and debug lines
+ * wait in a per-thread buffer (up to PIPE_BUF bytes) for log_flush, which
+ * the thread must call at the end of each loop pass and before it exits:
+ * an event loop then makes one write() a pass, not one a request.  Warn
+ * and error lines flush the buffer and go out at once. */
+void log_batch_begin(void);
+
+/* log_flush: write what the calling thread's batch holds (if anything). */
+void log_flush(void);
 
 /* Writes one line whose message is formatted printf-style, no fields. */
 void log_printf(log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

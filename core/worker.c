@@ -20,6 +20,7 @@ struct worker {
     bool started;
     ev_async committed; /* the bus put commits in our hub's inbox */
     ev_prepare commit;  /* end of a loop pass: relaxed store, commit here */
+    ev_prepare log;     /* the very end of a pass: write its log lines */
     ev_async reload, stop;
 };
 
@@ -39,6 +40,11 @@ static void on_pass_end(struct ev_loop *loop, ev_prepare *p, int revents)
 {
     worker *w = p->data;
     hub_commit_pending(w->hub);
+}
+
+static void on_log_flush(struct ev_loop *loop, ev_prepare *p, int revents)
+{
+    log_flush();
 }
 
 static void on_reload(struct ev_loop *loop, ev_async *a, int revents)
@@ -85,8 +91,12 @@ worker *worker_new(const worker_opts *o, lx_app *app, hub *h, hub_bus *bus, char
     /* Before the server's flush (a prepare watcher too), so the fan-out
      * and answers it queues are written in this same pass. */
     ev_set_priority(&w->commit, EV_MAXPRI);
+    /* After every other prepare watcher (the server's flush may log). */
+    ev_prepare_init(&w->log, on_log_flush);
+    ev_set_priority(&w->log, EV_MINPRI);
     w->committed.data = w->reload.data = w->stop.data = w->commit.data = w;
     ev_prepare_start(w->loop, &w->commit);
+    ev_prepare_start(w->loop, &w->log);
     ev_async_start(w->loop, &w->committed);
     ev_async_start(w->loop, &w->reload);
     ev_async_start(w->loop, &w->stop);
@@ -122,6 +132,7 @@ int worker_id(const worker *w)
 static void *worker_main(void *arg)
 {
     worker *w = arg;
+    log_batch_begin();
     lx_set_loop(w->loop);
     lx_set_worker(w->o.id, w->o.count);
     lx_runtime_init(&w->rt, &w->srv, w->hub, w->o.script_path, w->app);
@@ -146,6 +157,7 @@ static void *worker_main(void *arg)
     server_destroy(&w->srv);
     outq_pool_drain();
     conn_parser_pool_drain();
+    log_flush();
     return NULL;
 }
 
@@ -182,6 +194,7 @@ void worker_free(worker *w)
     if (w->app) lx_app_release(w->app);
     if (!w->started) server_destroy(&w->srv);
     ev_prepare_stop(w->loop, &w->commit);
+    ev_prepare_stop(w->loop, &w->log);
     ev_async_stop(w->loop, &w->committed);
     ev_async_stop(w->loop, &w->reload);
     ev_async_stop(w->loop, &w->stop);
