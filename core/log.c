@@ -70,8 +70,9 @@ static void put_int(line *l, long long v)
 /* Three decimals, as "%.3f" prints them, rounded half away from zero. */
 static void put_fixed3(line *l, double v)
 {
-    if (!(v > -1e15 && v < 1e15)) { /* NaN, infinities, huge: the slow way */
-        char b[320]; /* DBL_MAX has 309 digits */
+    /* NaN, infinities, huge values: the slow way (DBL_MAX has 309 digits). */
+    if (!(v > -1e15 && v < 1e15)) {
+        char b[320];
         int n = snprintf(b, sizeof b, "%.3f", v);
         if (n > 0) put(l, b, (size_t)n < sizeof b ? (size_t)n : sizeof b - 1);
         return;

@@ -46,7 +46,7 @@ static uint32_t crc32c_table(uint32_t c, const unsigned char *p, size_t n)
 #define HAVE_CRC32C_SSE42 1
 
 __attribute__((target("sse4.2"))) static uint32_t crc32c_sse42(uint32_t c, const unsigned char *p,
-                                                                size_t n)
+                                                               size_t n)
 {
     uint64_t c64 = c;
     for (; n >= 8; n -= 8, p += 8) {

@@ -92,10 +92,9 @@ static void test_json_line(void)
 /* put_fixed3 must print what "%.3f" prints (away from exact ties). */
 static void test_decimals(void)
 {
-    static const double values[] = {0,       0.0004,   0.0006, 0.052345, 1,
-                                    9.9996,  123.4567, -2.25,  -0.0004,  -1234.5678,
-                                    1e14,    99999.9994, 7e-9, INFINITY, -INFINITY,
-                                    NAN,     1e300,      -0.0};
+    static const double values[] = {0,        0.0004,   0.0006,    0.052345,   1,     9.9996,
+                                    123.4567, -2.25,    -0.0004,   -1234.5678, 1e14,  99999.9994,
+                                    7e-9,     INFINITY, -INFINITY, NAN,        1e300, -0.0};
     for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
         char out[512], want[512];
         snprintf(want, sizeof want, "v=%.3f\n", values[i]);
