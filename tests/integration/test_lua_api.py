@@ -1647,8 +1647,12 @@ class ReloadTest(SluiceTestCase):
         def publisher():
             try:
                 with RawConn.tcp(s.host, s.port, 15) as c:
+                    # Paced (about 1,000 a second at most) so that the
+                    # count bound, a safety net, is far beyond the test's
+                    # few seconds however fast publishes are acknowledged:
+                    # an unpaced publisher once reached it mid-plan.
                     i = 0
-                    while not stop.is_set() and i < 5000:
+                    while not stop.is_set() and i < 50000:
                         data = "m%d" % i
                         r = c.request("POST", "/pub/loop", body=data.encode())
                         if r.status != 200:
@@ -1656,6 +1660,7 @@ class ReloadTest(SluiceTestCase):
                             return
                         acked.append((r.json()["id"], data))
                         i += 1
+                        time.sleep(0.001)
             except Exception as e:
                 errors.append("publisher: %r" % e)
             finally:
