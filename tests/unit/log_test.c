@@ -131,7 +131,7 @@ static void test_batching(void)
 
     /* 200 lines of about 60 bytes: more than one batch; every line whole. */
     for (int i = 0; i < 200; i++)
-        LOG_KV(LOG_INFO, "many", LOG_I("i", i), LOG_S("pad", "xxxxxxxxxxxxxxxxxxxx"));
+        LOG_KV(LOG_INFO, "many", LOG_I("i", i), LOG_S("pad", "paddingpaddingpaddin"));
     size_t early = capture_read(out, sizeof out);
     log_flush();
     size_t len = early + capture_read(out + early, sizeof out - early);
