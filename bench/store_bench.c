@@ -26,19 +26,18 @@
 #include <time.h>
 #include <unistd.h>
 
-static double now_s(void)
+/* Seconds on `clock`: CLOCK_MONOTONIC for time, CLOCK_PROCESS_CPUTIME_ID
+ * for the CPU of every thread of the process, user and system. */
+static double clock_s(clockid_t clock)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(clock, &ts);
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-/* CPU seconds of the whole process (every thread), user and system. */
-static double cpu_s(void)
+static double now_s(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+    return clock_s(CLOCK_MONOTONIC);
 }
 
 static char *make_dir(const char *parent)
@@ -143,7 +142,7 @@ static void bench_publish(const char *parent, int relaxed, int nthreads, double 
     struct pub *p = calloc((size_t)nthreads, sizeof *p);
     pthread_t *th = calloc((size_t)nthreads, sizeof *th);
     if (!p || !th) exit(2);
-    double t0 = now_s(), c0 = cpu_s();
+    double t0 = now_s(), c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
     for (int i = 0; i < nthreads; i++) {
         p[i].w = w;
         p[i].id = i;
@@ -159,7 +158,7 @@ static void bench_publish(const char *parent, int relaxed, int nthreads, double 
         failed += p[i].failed;
         nlat += p[i].nlat;
     }
-    double elapsed = now_s() - t0, cpu = cpu_s() - c0;
+    double elapsed = now_s() - t0, cpu = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
     struct writer_stats st;
     writer_stats(w, &st);
     writer_stop(w);

@@ -4,7 +4,6 @@
 #include "check.h"
 #include "core/log.h"
 
-#include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
