@@ -61,6 +61,8 @@ static void remove_dir(char *dir)
     unlink(p);
     snprintf(p, sizeof p, "%s/wal", dir);
     unlink(p);
+    snprintf(p, sizeof p, "%s/wal2", dir);
+    unlink(p);
     rmdir(dir);
     free(dir);
 }

@@ -23,9 +23,14 @@
  *
  * Durable mode puts a log in front (wal.h; docs/storage.md, "Durability
  * modes"): a batch is appended to the log and flushed, and kept in memory
- * (the tail) until a checkpoint commits the tail to LMDB.  Reads take the
- * tail's read lock, then their LMDB transaction, and serve LMDB's part
- * then the tail's: every seq in the tail is above every seq in LMDB.
+ * (the tail) until a checkpoint has committed it to LMDB.  There are two
+ * logs: when the one taking appends fills (or at the periodic sweep) it
+ * is sealed, a checkpoint thread moves its messages into LMDB in one
+ * synced commit, and appends go on in the other meanwhile, so a publish
+ * never waits for LMDB's flushes.  Reads take the tail's read lock, then
+ * their LMDB transaction, and serve LMDB's part then the tail's after it:
+ * a tail message that the snapshot already has (a checkpoint committed,
+ * its messages not yet dropped from the tail) is skipped by seq.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* asprintf, pthread_rwlockattr_setkind_np, getrandom */
@@ -64,7 +69,7 @@ struct topic_rec {
     uint64_t max_age_ms;
 };
 
-/* A logged message that LMDB does not have yet. */
+/* A logged message that LMDB may not have yet. */
 struct tail_msg {
     struct tail_msg *next;       /* all topics, seq order */
     struct tail_msg *topic_next; /* this topic, seq order */
@@ -94,6 +99,22 @@ struct tail {
     uint64_t last_seq;
 };
 
+/* The checkpoint thread's one job: a sealed log's messages (pointing into
+ * the tail, which keeps them until the job is reaped) for one commit. */
+enum { CKPT_IDLE, CKPT_BUSY, CKPT_DONE };
+struct ckpt {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_t thread;
+    int running, stop;
+    _Atomic int state;
+    int log; /* the sealed log */
+    struct store_msg *msgs;
+    int64_t *times;
+    size_t n;
+    int code; /* the commit's outcome, once CKPT_DONE */
+};
+
 struct store {
     MDB_env *env;
     MDB_dbi meta, epochs, topics, msgs;
@@ -110,11 +131,15 @@ struct store {
     size_t sweep_pos_len;
     char *data_path;
     int lock_fd; /* flock'd sluice.lock of a read-write handle, else -1 */
-    /* Durable read-write handle: the log (wal.h) and the messages it holds
-     * that LMDB does not yet (the tail).  A read-only handle loads the tail
-     * of the running server's log at open.  Only the writing thread
-     * changes the tail; readers take its lock before their LMDB txn. */
-    struct wal *wal;
+    /* Durable read-write handle: the two logs (wal.h), appends going to
+     * logs[cur], and the messages they hold that LMDB lacks (the tail).
+     * A read-only handle loads the tail of the running server's logs at
+     * open.  Only the writing thread changes the tail and these fields;
+     * readers take the tail's lock before their LMDB txn. */
+    struct wal *logs[2];
+    int cur;
+    size_t log_msgs[2];    /* messages of each log LMDB lacks; 0: free */
+    struct ckpt ckpt;      /* the checkpoint beside appends */
     int wal_failed;        /* a log write failed: commits go to LMDB directly */
     uint64_t salt_pending; /* the salt the next commit gives the log */
     uint64_t wal_salt;     /* meta "wal_salt": this store's log records only */
@@ -127,8 +152,11 @@ struct store {
 static int wal_replay(struct store *s, const char *dir, uint64_t *last);
 static int append_commit(struct store *s, struct store_msg *msgs, size_t n, int64_t now_ms,
                          const int64_t *times);
-static int tail_load(struct store *s, uint64_t after, size_t *end);
-static int checkpoint(struct store *s, int64_t now_ms);
+static int tail_load(struct store *s, uint64_t after, size_t ends[2], size_t counts[2],
+                     int *last_log);
+static int checkpoint_all(struct store *s, int64_t now_ms);
+static int ckpt_start(struct store *s);
+static void ckpt_stop(struct store *s);
 static int append_direct(struct store *s, struct store_msg *msgs, size_t n, int64_t now_ms);
 static void tail_clear(struct tail *t);
 static int read_last_seq(struct store *s, uint64_t *last);
@@ -461,8 +489,8 @@ static int init_rw(struct store *s, const char *dir, char *errbuf, size_t errlen
     }
     if ((rc = wal_replay(s, dir, &last))) {
         if (rc == MDB_CORRUPTED && errbuf && errlen)
-            snprintf(errbuf, errlen, "%s/wal: the log does not follow the store's last message",
-                     dir);
+            snprintf(errbuf, errlen,
+                     "%s/wal, wal2: the logs do not follow the store's last message", dir);
         else
             set_err(errbuf, errlen, "replaying the log", rc);
         return rc;
@@ -491,44 +519,77 @@ static int64_t wall_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* At a read-write open: checkpoint what the log holds past LMDB's last
- * seq (a crash came before its checkpoint), synced even in relaxed mode.
- * A durable handle keeps the log open for its appends; a relaxed one only
- * reads an existing log. */
-static int wal_replay(struct store *s, const char *dir, uint64_t *last)
+/* The two logs' file names in the data directory. */
+static const char *const log_names[2] = {"wal", "wal2"};
+
+static int logs_open(struct store *s, const char *dir, int read_only)
 {
-    size_t end = 0;
-    int rc = wal_open(&s->wal, dir, s->relaxed, WAL_DEFAULT_SIZE);
-    if (rc || !s->wal) return rc;
-    if (!(rc = tail_load(s, *last, &end)) && s->tail.count) {
-        *last = s->tail.last_seq;
-        int code = checkpoint(s, wall_ms());
-        if (code == 0 && s->relaxed) code = map_rc(mdb_env_sync(s->env, 1));
-        if (code == STORE_EFULL && !s->relaxed)
-            /* No room in LMDB (a full disk, the map at its bound): keep
-             * the records in the log and the tail, and open all the same;
-             * checkpoints retry, publishes hear "full" until they pass. */
-            wal_seek(s->wal, end);
-        else if (code)
-            rc = EIO;
-    }
-    if (rc || (s->relaxed && !s->tail.count)) {
-        wal_close(s->wal);
-        s->wal = NULL;
-    }
+    int rc = 0;
+    for (int i = 0; i < 2 && !rc; i++)
+        rc = wal_open(&s->logs[i], dir, log_names[i], read_only, WAL_DEFAULT_SIZE);
     return rc;
 }
 
-/* A read-only handle beside a running durable server: what its log holds
- * past LMDB, as of now, so that a dump shows every acknowledged message. */
+static void logs_close(struct store *s)
+{
+    for (int i = 0; i < 2; i++) {
+        wal_close(s->logs[i]);
+        s->logs[i] = NULL;
+    }
+}
+
+/* At a read-write open: checkpoint what the logs hold past LMDB's last
+ * seq (a crash came before its checkpoint), synced even in relaxed mode.
+ * A durable handle keeps the logs open for its appends; a relaxed one
+ * only reads existing ones. */
+static int wal_replay(struct store *s, const char *dir, uint64_t *last)
+{
+    size_t ends[2] = {0, 0}, counts[2] = {0, 0};
+    int last_log = -1;
+    int rc = logs_open(s, dir, s->relaxed);
+    if (!rc && !(rc = tail_load(s, *last, ends, counts, &last_log)) && s->tail.count) {
+        *last = s->tail.last_seq;
+        s->log_msgs[0] = counts[0];
+        s->log_msgs[1] = counts[1];
+        int code = checkpoint_all(s, wall_ms());
+        if (code == 0 && s->relaxed) code = map_rc(mdb_env_sync(s->env, 1));
+        if (code == STORE_EFULL && !s->relaxed) {
+            /* No room in LMDB (a full disk, the map at its bound): keep
+             * the records in the logs and the tail, and open all the same;
+             * checkpoints retry, publishes hear "full" until they pass.
+             * Appends go on after the newest record. */
+            for (int i = 0; i < 2; i++)
+                if (counts[i]) wal_seek(s->logs[i], ends[i]);
+            s->cur = last_log;
+        } else if (code) {
+            rc = EIO;
+        }
+    }
+    if (rc || s->relaxed) logs_close(s);
+    return rc;
+}
+
+/* A read-only handle beside a running durable server: what its logs hold
+ * past LMDB, as of now, so that a dump shows every acknowledged message.
+ * The server may checkpoint and reuse a log between our reads of LMDB and
+ * of the files, which leaves a chain that does not follow LMDB's last
+ * seq: read again (bounded). */
 static int load_server_tail(struct store *s, const char *dir)
 {
-    uint64_t last;
-    int rc = wal_open(&s->wal, dir, 1, 0);
-    if (rc || !s->wal) return rc;
-    if (!(rc = read_last_seq(s, &last))) rc = tail_load(s, last, NULL);
-    wal_close(s->wal);
-    s->wal = NULL;
+    size_t ends[2], counts[2];
+    int last_log, rc = logs_open(s, dir, 1);
+    for (int attempt = 1; rc == 0; attempt++) {
+        uint64_t last;
+        if ((rc = read_last_seq(s, &last))) break;
+        rc = tail_load(s, last, ends, counts, &last_log);
+        if (rc != MDB_CORRUPTED || attempt == 20) break;
+        rc = 0;
+        pthread_rwlock_wrlock(&s->tail.lock);
+        tail_clear(&s->tail);
+        pthread_rwlock_unlock(&s->tail.lock);
+        usleep(2000);
+    }
+    logs_close(s);
     return rc;
 }
 
@@ -698,11 +759,15 @@ int store_open(struct store **out, const char *dir, const struct store_opts *opt
         code = map_rc(rc);
         goto fail;
     }
+    if (s->logs[0] && (code = ckpt_start(s))) {
+        set_err(errbuf, errbuf_len, "starting the checkpoint thread", EAGAIN);
+        goto fail;
+    }
     *out = s;
     return STORE_OK;
 
 fail:
-    wal_close(s->wal);
+    logs_close(s);
     if (s->tail_inited) {
         tail_clear(&s->tail);
         free(s->tail.buckets);
@@ -720,9 +785,10 @@ void store_close(struct store *s)
 {
     if (!s) return;
     if (s->relaxed && !s->read_only) mdb_env_sync(s->env, 1);
-    /* A failed checkpoint loses nothing: the next open replays the log. */
-    if (s->wal) checkpoint(s, wall_ms()); /* also voids a failed write's records */
-    wal_close(s->wal);
+    /* A failed checkpoint loses nothing: the next open replays the logs. */
+    if (s->logs[0]) checkpoint_all(s, wall_ms()); /* also voids a failed write's records */
+    ckpt_stop(s);
+    logs_close(s);
     free(s->walbuf);
     tail_clear(&s->tail);
     free(s->tail.buckets);
@@ -867,6 +933,30 @@ out:
     return rc ? map_rc(rc) : code;
 }
 
+/* The epoch and publish time of one message in LMDB (zeroes if missing). */
+static int msg_head(struct store *s, MDB_txn *txn, uint32_t number, uint64_t seq, uint64_t *epoch,
+                    int64_t *time_ms)
+{
+    unsigned char key[12];
+    MDB_val k = {sizeof key, key}, d;
+    msg_key(key, number, seq);
+    *epoch = 0;
+    *time_ms = 0;
+    int rc = mdb_get(txn, s->msgs, &k, &d);
+    if (rc == MDB_NOTFOUND) return 0;
+    if (rc) return rc;
+    if (d.mv_size < MSG_HDR) return MDB_CORRUPTED;
+    *epoch = get_u64(d.mv_data);
+    memcpy(time_ms, (const char *)d.mv_data + 8, 8);
+    return 0;
+}
+
+static int msg_epoch(struct store *s, MDB_txn *txn, uint32_t number, uint64_t seq, uint64_t *epoch)
+{
+    int64_t time_ms;
+    return msg_head(s, txn, number, seq, epoch, &time_ms);
+}
+
 /* ---- retention inside a write transaction -------------------------------- */
 
 /* Delete from the front of the topic while over max_count or older than
@@ -940,6 +1030,7 @@ struct append_arg {
     /* A checkpoint (NULL otherwise): the messages come with their seqs and
      * epochs (in msgs) and publish times (here) from the log. */
     const int64_t *times;
+    uint64_t salt; /* the log's next salt, to record (0: none) */
     uint64_t last_seq;
     struct touched *t; /* open-addressed by name, cap slots */
     size_t cap;
@@ -1042,17 +1133,19 @@ static int append_op(struct store *s, MDB_txn *txn, void *argp)
     }
     if ((rc = meta_put_u64(s, txn, "last_seq", last))) return rc;
     if (new_topics && (rc = meta_put_u64(s, txn, "next_topic", next_topic))) return rc;
-    if (s->salt_pending && (rc = meta_put_u64(s, txn, "wal_salt", s->salt_pending))) return rc;
+    if (a->salt && (rc = meta_put_u64(s, txn, "wal_salt", a->salt))) return rc;
     a->last_seq = last;
     return 0;
 }
 
-/* Append msgs in one LMDB commit (synced unless relaxed); times NULL: new
- * messages, given seqs now, else a checkpoint's (see struct append_arg). */
-static int append_commit(struct store *s, struct store_msg *msgs, size_t n, int64_t now_ms,
-                         const int64_t *times)
+/* msgs in one LMDB commit (synced unless relaxed), recording salt unless
+ * 0; times NULL: new messages, given seqs now, else a checkpoint's (see
+ * struct append_arg).  Any one thread at a time: it touches no field of
+ * the log's. */
+static int commit_msgs(struct store *s, struct store_msg *msgs, size_t n, int64_t now_ms,
+                       const int64_t *times, uint64_t salt)
 {
-    struct append_arg a = {.msgs = msgs, .n = n, .now_ms = now_ms, .times = times};
+    struct append_arg a = {.msgs = msgs, .n = n, .now_ms = now_ms, .times = times, .salt = salt};
     a.cap = 8;
     while (a.cap < n * 2)
         a.cap <<= 1;
@@ -1060,12 +1153,23 @@ static int append_commit(struct store *s, struct store_msg *msgs, size_t n, int6
     if (!a.t) return STORE_ENOMEM;
     int code = write_txn(s, append_op, &a, times ? NULL : &a.last_seq);
     free(a.t);
+    return code;
+}
+
+/* commit_msgs for the writing thread, which gives the log a salt that is
+ * pending (after a failed log write). */
+static int append_commit(struct store *s, struct store_msg *msgs, size_t n, int64_t now_ms,
+                         const int64_t *times)
+{
+    int code = commit_msgs(s, msgs, n, now_ms, times, s->salt_pending);
     if (code == 0 && s->salt_pending) {
-        /* The log's old records are now another salt's: start it anew. */
+        /* The logs' old records are now another salt's: start them anew.
+         * (Only ever with no checkpoint in flight and the tail empty.) */
         s->wal_salt = s->salt_pending;
         s->salt_pending = 0;
         s->wal_failed = 0;
-        if (s->wal) wal_rewind(s->wal);
+        for (int i = 0; i < 2; i++)
+            if (s->logs[i]) wal_rewind(s->logs[i]);
     }
     return code;
 }
@@ -1174,34 +1278,164 @@ static struct tail_msg *tail_msg_new(struct tail *t, const struct wal_rec *r)
     return m;
 }
 
-/* Move the tail into LMDB in one synced commit, then start the log again.
- * Writer only.  On failure the tail and the log stay as they were. */
-static int checkpoint(struct store *s, int64_t now_ms)
+/* Drop the tail's first n messages (a checkpoint has moved them), and the
+ * topic entries left empty (writer, under the write lock). */
+static void tail_drop(struct tail *t, size_t n)
 {
-    struct tail *t = &s->tail;
-    if (!s->wal || t->count == 0) return STORE_OK;
+    while (n-- && t->first) {
+        struct tail_msg *m = t->first;
+        struct tail_topic *tt = m->topic;
+        t->first = m->next;
+        t->count--;
+        tt->first = m->topic_next;
+        if (--tt->count == 0) {
+            struct tail_topic **at = &t->buckets[tt->hash & (t->nbuckets - 1)];
+            while (*at != tt)
+                at = &(*at)->hnext;
+            *at = tt->hnext;
+            t->ntopics--;
+            free(tt);
+        }
+        free(m);
+    }
+    if (!t->first) t->last = NULL;
+}
+
+/* The tail's messages as a checkpoint commits them (pointers into the
+ * tail, which must keep them until the commit is done). */
+static int tail_batch(const struct tail *t, struct store_msg **msgs_out, int64_t **times_out)
+{
     struct store_msg *msgs = calloc(t->count, sizeof *msgs);
     int64_t *times = malloc(t->count * sizeof *times);
-    int code = STORE_ENOMEM;
-    if (msgs && times) {
-        size_t i = 0;
-        for (struct tail_msg *m = t->first; m; m = m->next, i++) {
-            msgs[i].topic = m->topic->name;
-            msgs[i].topic_len = m->topic->len;
-            msgs[i].event = m->event_len ? m->bytes : NULL;
-            msgs[i].event_len = m->event_len;
-            msgs[i].data = m->bytes + m->event_len;
-            msgs[i].data_len = m->data_len;
-            msgs[i].max_count = m->max_count;
-            msgs[i].max_age_ms = m->max_age_ms;
-            msgs[i].seq = m->seq;
-            msgs[i].epoch = m->epoch;
-            times[i] = m->time_ms;
-        }
-        code = append_commit(s, msgs, t->count, now_ms, times);
+    if (!msgs || !times) {
+        free(msgs);
+        free(times);
+        return STORE_ENOMEM;
     }
-    free(msgs);
-    free(times);
+    size_t i = 0;
+    for (const struct tail_msg *m = t->first; m; m = m->next, i++) {
+        msgs[i].topic = m->topic->name;
+        msgs[i].topic_len = m->topic->len;
+        msgs[i].event = m->event_len ? m->bytes : NULL;
+        msgs[i].event_len = m->event_len;
+        msgs[i].data = m->bytes + m->event_len;
+        msgs[i].data_len = m->data_len;
+        msgs[i].max_count = m->max_count;
+        msgs[i].max_age_ms = m->max_age_ms;
+        msgs[i].seq = m->seq;
+        msgs[i].epoch = m->epoch;
+        times[i] = m->time_ms;
+    }
+    *msgs_out = msgs;
+    *times_out = times;
+    return STORE_OK;
+}
+
+static void *ckpt_main(void *arg)
+{
+    struct store *s = arg;
+    struct ckpt *c = &s->ckpt;
+    pthread_mutex_lock(&c->mu);
+    for (;;) {
+        while (atomic_load(&c->state) != CKPT_BUSY && !c->stop)
+            pthread_cond_wait(&c->cv, &c->mu);
+        if (atomic_load(&c->state) != CKPT_BUSY) break;
+        pthread_mutex_unlock(&c->mu);
+        /* Seqs, epochs and times come from the log; now is unused. */
+        int code = commit_msgs(s, c->msgs, c->n, 0, c->times, 0);
+        pthread_mutex_lock(&c->mu);
+        c->code = code;
+        atomic_store(&c->state, CKPT_DONE);
+        pthread_cond_broadcast(&c->cv);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return NULL;
+}
+
+static int ckpt_start(struct store *s)
+{
+    struct ckpt *c = &s->ckpt;
+    if (pthread_mutex_init(&c->mu, NULL)) return STORE_ENOMEM;
+    if (pthread_cond_init(&c->cv, NULL)) {
+        pthread_mutex_destroy(&c->mu);
+        return STORE_ENOMEM;
+    }
+    if (pthread_create(&c->thread, NULL, ckpt_main, s)) {
+        pthread_cond_destroy(&c->cv);
+        pthread_mutex_destroy(&c->mu);
+        return STORE_EIO;
+    }
+    c->running = 1;
+    return STORE_OK;
+}
+
+/* Take the outcome of a finished job (writer): on success its messages
+ * leave the tail and its log is free again; on failure both stay, and the
+ * next checkpoint moves them with the rest (checkpoint_all). */
+static void ckpt_reap(struct store *s)
+{
+    struct ckpt *c = &s->ckpt;
+    if (atomic_load(&c->state) != CKPT_DONE) return;
+    if (c->code == STORE_OK) {
+        pthread_rwlock_wrlock(&s->tail.lock);
+        tail_drop(&s->tail, c->n);
+        pthread_rwlock_unlock(&s->tail.lock);
+        wal_rewind(s->logs[c->log]);
+        s->log_msgs[c->log] = 0;
+        atomic_fetch_add(&s->checkpoints, 1);
+    } else {
+        atomic_fetch_add(&s->checkpoint_failures, 1);
+    }
+    free(c->msgs);
+    free(c->times);
+    c->msgs = NULL;
+    c->times = NULL;
+    atomic_store(&c->state, CKPT_IDLE);
+}
+
+/* Wait for the job in flight, if any, and reap it (writer). */
+static void ckpt_wait(struct store *s)
+{
+    struct ckpt *c = &s->ckpt;
+    if (atomic_load(&c->state) == CKPT_IDLE) return;
+    pthread_mutex_lock(&c->mu);
+    while (atomic_load(&c->state) == CKPT_BUSY)
+        pthread_cond_wait(&c->cv, &c->mu);
+    pthread_mutex_unlock(&c->mu);
+    ckpt_reap(s);
+}
+
+static void ckpt_stop(struct store *s)
+{
+    struct ckpt *c = &s->ckpt;
+    if (!c->running) return;
+    ckpt_wait(s);
+    pthread_mutex_lock(&c->mu);
+    c->stop = 1;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    pthread_join(c->thread, NULL);
+    pthread_cond_destroy(&c->cv);
+    pthread_mutex_destroy(&c->mu);
+    c->running = 0;
+}
+
+/* Move the whole tail into LMDB in one synced commit on this thread, after
+ * the job in flight, then start both logs again.  Writer only.  On failure
+ * the tail and the logs stay as they were. */
+static int checkpoint_all(struct store *s, int64_t now_ms)
+{
+    struct tail *t = &s->tail;
+    struct store_msg *msgs;
+    int64_t *times;
+    ckpt_wait(s);
+    if (t->count == 0) return STORE_OK;
+    int code = tail_batch(t, &msgs, &times);
+    if (code == STORE_OK) {
+        code = append_commit(s, msgs, t->count, now_ms, times);
+        free(msgs);
+        free(times);
+    }
     if (code) {
         atomic_fetch_add(&s->checkpoint_failures, 1);
         return code;
@@ -1210,16 +1444,50 @@ static int checkpoint(struct store *s, int64_t now_ms)
     pthread_rwlock_wrlock(&t->lock);
     tail_clear(t);
     pthread_rwlock_unlock(&t->lock);
-    wal_rewind(s->wal);
+    for (int i = 0; i < 2; i++) {
+        if (s->logs[i]) wal_rewind(s->logs[i]);
+        s->log_msgs[i] = 0;
+    }
     return STORE_OK;
 }
 
-/* The most messages the tail holds before a checkpoint: it bounds what a
- * read skips for retention (store_read_multi). */
+/* Seal the log taking appends and hand its messages to the checkpoint
+ * thread; appends go on in the other log, which is free.  When it is not
+ * (its own checkpoint failed), or after a failed log write, everything is
+ * checkpointed here and now.  A job still in flight is waited for when
+ * `must` (the log is full), else left alone (the periodic call).  Writer
+ * only. */
+static int checkpoint_begin(struct store *s, int64_t now_ms, int must)
+{
+    struct ckpt *c = &s->ckpt;
+    int other = s->cur ^ 1;
+    ckpt_reap(s);
+    if (s->log_msgs[s->cur] == 0) return STORE_OK;
+    if (atomic_load(&c->state) == CKPT_BUSY) {
+        if (!must) return STORE_OK;
+        ckpt_wait(s);
+    }
+    if (!c->running || s->wal_failed || s->log_msgs[other] || s->tail.count != s->log_msgs[s->cur])
+        return checkpoint_all(s, now_ms);
+    /* Reaped and the other log free: the tail is this log's messages. */
+    int code = tail_batch(&s->tail, &c->msgs, &c->times);
+    if (code) return code;
+    pthread_mutex_lock(&c->mu);
+    c->log = s->cur;
+    c->n = s->tail.count;
+    atomic_store(&c->state, CKPT_BUSY);
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    s->cur = other;
+    return STORE_OK;
+}
+
+/* The most messages a log holds before a checkpoint: it bounds what a
+ * read skips for retention (store_read_multi) to twice this. */
 #define TAIL_MAX 16384
 
 /* Append in durable mode: log the batch (one write, one fdatasync), then
- * make it readable in the tail.  LMDB gets it at the next checkpoint. */
+ * make it readable in the tail.  LMDB gets it at a later checkpoint. */
 static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int64_t now_ms)
 {
     struct tail *t = &s->tail;
@@ -1228,6 +1496,7 @@ static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int6
     int code;
 
     if (s->wal_failed) return append_direct(s, msgs, n, now_ms);
+    ckpt_reap(s);
     for (size_t i = 0; i < n; i++) {
         struct store_msg *m = &msgs[i];
         m->seq = 0;
@@ -1240,10 +1509,10 @@ static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int6
         bytes += wal_rec_size(m->topic_len, m->event ? m->event_len : 0, m->data_len);
     }
     if (!valid) return STORE_OK;
-    if (t->count + valid > TAIL_MAX || bytes > wal_room(s->wal)) {
-        if ((code = checkpoint(s, now_ms))) return code;
-        /* Bigger than the whole log: straight into LMDB. */
-        if (bytes > wal_room(s->wal)) return append_direct(s, msgs, n, now_ms);
+    if (s->log_msgs[s->cur] + valid > TAIL_MAX || bytes > wal_room(s->logs[s->cur])) {
+        if ((code = checkpoint_begin(s, now_ms, 1))) return code;
+        /* Bigger than a whole log: straight into LMDB. */
+        if (bytes > wal_room(s->logs[s->cur])) return append_direct(s, msgs, n, now_ms);
     }
     if (bytes > s->walbuf_cap) {
         unsigned char *b = realloc(s->walbuf, bytes);
@@ -1297,7 +1566,7 @@ static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int6
         pthread_rwlock_unlock(&t->lock);
     }
 
-    int logged = code == STORE_OK && wal_append(s->wal, s->walbuf, off) == 0;
+    int logged = code == STORE_OK && wal_append(s->logs[s->cur], s->walbuf, off) == 0;
     if (!logged) {
         for (struct tail_msg *tm = first, *next; tm; tm = next) {
             next = tm->next;
@@ -1318,6 +1587,7 @@ static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int6
         tail_link(t, tm);
     }
     pthread_rwlock_unlock(&t->lock);
+    s->log_msgs[s->cur] += valid;
     atomic_store(&s->last_seq, last);
     return STORE_OK;
 }
@@ -1325,7 +1595,7 @@ static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int6
 /* A batch straight into LMDB, after the tail so that seqs stay in order. */
 static int append_direct(struct store *s, struct store_msg *msgs, size_t n, int64_t now_ms)
 {
-    int code = checkpoint(s, now_ms);
+    int code = checkpoint_all(s, now_ms);
     return code ? code : append_commit(s, msgs, n, now_ms, NULL);
 }
 
@@ -1334,44 +1604,82 @@ int store_append_batch(struct store *s, struct store_msg *msgs, size_t n, int64_
     if (s->read_only) return STORE_EROFS;
     if (n == 0) return STORE_OK;
     if (!msgs) return STORE_EINVAL;
-    if (s->wal) return append_logged(s, msgs, n, now_ms);
+    if (s->logs[0]) return append_logged(s, msgs, n, now_ms);
     return append_commit(s, msgs, n, now_ms, NULL);
 }
 
-/* Read the log's messages after seq `after` into the tail: the run of
- * consecutive seqs from the file's start (what follows is an older
- * round's).  *end (may be NULL) gets the offset after the last.  Returns 0,
- * or MDB_CORRUPTED when the run skips past after + 1 (a log ahead of its
- * store: a store restored from a backup beside a newer log, say). */
-static int tail_load(struct store *s, uint64_t after, size_t *end)
+/* The run of log records at the start of buf: consecutive seqs (what
+ * follows is an older round's).  *first and *last get its bounds (0 when
+ * empty).  With t, its records after seq `after` are linked into t, and
+ * *end gets the offset after the last of them. */
+static int log_run(const unsigned char *buf, size_t len, uint64_t salt, uint64_t after,
+                   struct tail *t, uint64_t *first, uint64_t *last, size_t *end)
 {
-    unsigned char *buf;
-    size_t len, off = 0, sz;
     struct wal_rec r;
+    size_t off = 0, sz;
     uint64_t expect = 0;
-    int rc = wal_read(s->wal, &buf, &len);
-    if (rc) return rc;
-    pthread_rwlock_wrlock(&s->tail.lock);
-    while ((sz = wal_rec_decode(buf + off, len - off, &r, s->wal_salt)) > 0) {
+    *first = *last = 0;
+    while ((sz = wal_rec_decode(buf + off, len - off, &r, salt)) > 0) {
         if (expect && r.seq != expect) break; /* a stale record of an older round */
         expect = r.seq + 1;
         off += sz;
-        if (r.seq <= after) continue;
-        if (r.seq != after + 1) {
-            rc = MDB_CORRUPTED;
+        if (!*first) *first = r.seq;
+        *last = r.seq;
+        if (!t || r.seq <= after) continue;
+        struct tail_msg *m = tail_msg_new(t, &r);
+        if (!m) return ENOMEM;
+        tail_link(t, m);
+        *end = off;
+    }
+    return 0;
+}
+
+/* Read the logs' messages after seq `after` into the tail.  Each log
+ * starts with a run of consecutive seqs; the runs that matter chain from
+ * after + 1, one log's into the other's, and every other run is stale
+ * (LMDB has it).  ends[i] gets the offset after the last record taken from
+ * log i, counts[i] how many, *last_log the log the chain ends in (-1:
+ * none).  Returns 0, or MDB_CORRUPTED when a run starts past where the
+ * chain stops (a log ahead of its store: a store restored from a backup
+ * beside newer logs, say). */
+static int tail_load(struct store *s, uint64_t after, size_t ends[2], size_t counts[2],
+                     int *last_log)
+{
+    unsigned char *buf[2] = {NULL, NULL};
+    size_t len[2] = {0, 0};
+    int rc = 0, used[2] = {0, 0};
+    *last_log = -1;
+    for (int i = 0; i < 2; i++) {
+        ends[i] = counts[i] = 0;
+        if (!rc && s->logs[i]) rc = wal_read(s->logs[i], &buf[i], &len[i]);
+    }
+    pthread_rwlock_wrlock(&s->tail.lock);
+    while (rc == 0) {
+        int next = -1, ahead = 0;
+        uint64_t first, last;
+        for (int i = 0; i < 2; i++) {
+            if (used[i] || !buf[i]) continue;
+            log_run(buf[i], len[i], s->wal_salt, 0, NULL, &first, &last, NULL);
+            if (first && first <= after + 1 && last > after)
+                next = i;
+            else if (first > after + 1)
+                ahead = 1;
+        }
+        if (next < 0) {
+            if (ahead) rc = MDB_CORRUPTED;
             break;
         }
-        struct tail_msg *m = tail_msg_new(&s->tail, &r);
-        if (!m) {
-            rc = ENOMEM;
-            break;
-        }
-        tail_link(&s->tail, m);
-        after = r.seq;
-        if (end) *end = off;
+        size_t before = s->tail.count;
+        used[next] = 1;
+        rc =
+            log_run(buf[next], len[next], s->wal_salt, after, &s->tail, &first, &last, &ends[next]);
+        counts[next] = s->tail.count - before;
+        after = last;
+        *last_log = next;
     }
     pthread_rwlock_unlock(&s->tail.lock);
-    free(buf);
+    free(buf[0]);
+    free(buf[1]);
     return rc;
 }
 
@@ -1404,16 +1712,24 @@ int store_trim(struct store *s, const char *topic, size_t topic_len, uint64_t ma
     struct trim_arg a = {topic, topic_len, max_count, max_age_ms, now_ms, 0};
     if (deleted) *deleted = 0;
     if (!topic || topic_len == 0 || topic_len > STORE_TOPIC_MAX) return STORE_EINVAL;
-    int rc = checkpoint(s, now_ms); /* retention applies to LMDB */
+    int rc = checkpoint_all(s, now_ms); /* retention applies to LMDB */
     if (rc) return rc;
     int code = write_txn(s, trim_op, &a, NULL);
     if (code == 0 && deleted) *deleted = a.deleted;
     return code;
 }
 
+int store_checkpoint(struct store *s)
+{
+    if (s->read_only) return STORE_EROFS;
+    return s->logs[0] ? checkpoint_all(s, wall_ms()) : STORE_OK;
+}
+
 struct sweep_arg {
     int64_t now_ms;
     size_t budget;
+    int dry; /* only look: set `due` if a visited topic has messages to drop */
+    int due;
     uint64_t deleted;
     char pos[STORE_TOPIC_MAX];
     size_t pos_len;
@@ -1453,7 +1769,15 @@ static int sweep_op(struct store *s, MDB_txn *txn, void *argp)
             break;
         }
         memcpy(&rec, d.mv_data, sizeof rec);
-        if (rec.max_age_ms && rec.count) {
+        if (rec.max_age_ms && rec.count && a->dry) {
+            uint64_t epoch;
+            int64_t t;
+            if ((rc = msg_head(s, txn, rec.number, rec.first_seq, &epoch, &t))) break;
+            if (t < a->now_ms - (int64_t)rec.max_age_ms) {
+                a->due = 1;
+                break;
+            }
+        } else if (rec.max_age_ms && rec.count) {
             uint64_t before = a->deleted;
             /* max_count is enforced at append; only age expires with time. */
             if ((rc = trim_txn(s, txn, &rec, 0, rec.max_age_ms, a->now_ms, &a->deleted))) break;
@@ -1470,16 +1794,27 @@ static int sweep_op(struct store *s, MDB_txn *txn, void *argp)
 
 int store_sweep(struct store *s, int64_t now_ms, size_t budget, uint64_t *deleted)
 {
+    MDB_txn *txn;
     if (deleted) *deleted = 0;
+    if (s->read_only) return STORE_EROFS;
     /* The writer's periodic call: it bounds how long a message stays in
-     * the tail to the sweep interval. */
-    int rc = checkpoint(s, now_ms);
+     * a log to about the sweep interval. */
+    int rc = s->logs[0] ? checkpoint_begin(s, now_ms, 0) : STORE_OK;
     if (rc) return rc;
     struct sweep_arg *a = calloc(1, sizeof *a);
     if (!a) return STORE_ENOMEM;
     a->now_ms = now_ms;
     a->budget = budget;
-    int code = write_txn(s, sweep_op, a, NULL);
+    /* Look first in a read transaction: most sweeps find nothing to drop,
+     * and then take no write lock (which a checkpoint in flight holds). */
+    a->dry = 1;
+    int code = map_rc(txn_begin(s, MDB_RDONLY, &txn));
+    if (code == 0) {
+        code = map_rc(sweep_op(s, txn, a));
+        txn_end(s, txn);
+    }
+    a->dry = 0;
+    if (code == 0 && a->due) code = write_txn(s, sweep_op, a, NULL);
     if (code == 0) {
         memcpy(s->sweep_pos, a->pos, a->pos_len);
         s->sweep_pos_len = a->pos_len;
@@ -1802,20 +2137,6 @@ int store_read(struct store *s, const char *topic, size_t topic_len, uint64_t af
     return store_read_multi(s, &ref, 1, after_seq, limit, fn, ud, info);
 }
 
-static int msg_epoch(struct store *s, MDB_txn *txn, uint32_t number, uint64_t seq, uint64_t *epoch)
-{
-    unsigned char key[12];
-    MDB_val k = {sizeof key, key}, d;
-    msg_key(key, number, seq);
-    *epoch = 0;
-    int rc = mdb_get(txn, s->msgs, &k, &d);
-    if (rc == MDB_NOTFOUND) return 0;
-    if (rc) return rc;
-    if (d.mv_size < MSG_HDR) return MDB_CORRUPTED;
-    *epoch = get_u64(d.mv_data);
-    return 0;
-}
-
 /* LMDB's default key order: bytes, then length. */
 static int name_cmp(const char *a, size_t alen, const char *b, size_t blen)
 {
@@ -1967,10 +2288,14 @@ int store_stats(struct store *s, struct store_stats *st)
     if ((rc = mdb_stat(txn, s->topics, &ms))) goto out;
     st->topics = ms.ms_entries;
     if ((rc = meta_get_u64(s, txn, "last_seq", &st->last_seq))) goto out;
-    /* The tail's messages count as stored (retention trims some of them at
-     * the checkpoint); topics only it has count too. */
-    st->messages += s->tail.count;
-    st->log_messages = s->tail.count;
+    /* The tail's messages that this snapshot lacks count as stored
+     * (retention trims some of them at the checkpoint); topics only the
+     * tail has count too. */
+    uint64_t in_db = 0;
+    for (const struct tail_msg *m = s->tail.first; m && m->seq <= st->last_seq; m = m->next)
+        in_db++;
+    st->messages += s->tail.count - in_db;
+    st->log_messages = s->tail.count - in_db;
     st->checkpoints = atomic_load(&s->checkpoints);
     st->checkpoint_failures = atomic_load(&s->checkpoint_failures);
     if (st->last_seq < s->tail.last_seq && s->tail.count) st->last_seq = s->tail.last_seq;

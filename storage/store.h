@@ -16,15 +16,17 @@
  *   from an ID is one cursor walk, and retention deletes from the front of
  *   a topic in O(deleted).
  * - Durable mode logs each batch (wal.h: one write, one fdatasync) and
- *   moves what it logged into LMDB at checkpoints, about once a second;
- *   reads see LMDB and the logged tail together.
+ *   moves what it logged into LMDB at checkpoints, about once a second,
+ *   on a thread of its own while appends go on in a second log; reads see
+ *   LMDB and the logged tail together.
  * - One process writes (the server); others may open read-only at the same
  *   time (`sluice topics`, `sluice dump`).  Within the writing process any
  *   thread may read while one thread writes.
  *
  * Thread rules: a store handle may be shared by threads.  Write functions
- * (store_append_batch, store_trim, store_sweep) are serialised by LMDB; in
- * the server only the writer thread (writer.h) calls them.  Read functions
+ * (store_append_batch, store_trim, store_sweep, store_checkpoint) must be
+ * called one at a time; in the server only the writer thread (writer.h)
+ * calls them.  Read functions
  * may run on any thread at any time.  No store function may be called from
  * inside a store callback (store_read_fn, store_topic_fn): the callback
  * runs while the store holds a read lock that map growth waits for.
@@ -143,8 +145,11 @@ struct store_msg {
  * applied at once, LMDB deletes at the checkpoint).  All messages get
  * publish time now_ms (wall clock, ms since the epoch).
  * Durable mode: the batch is written to the log and flushed (one
- * fdatasync); LMDB takes it at the next checkpoint, which runs here when
- * the log is full and in store_sweep, store_trim and store_close.
+ * fdatasync); LMDB takes it at a checkpoint.  One begins when the log is
+ * full and in store_sweep, and runs beside later appends, which go to a
+ * second log meanwhile; this call waits for it only when the second log
+ * fills too.  store_checkpoint, store_trim and store_close run one to the
+ * end.
  * Relaxed mode: one LMDB write transaction and commit, without fsync.
  * Grows the map when it fills and retries.
  * Returns 0 when the batch is stored: every message with status 0 is then
@@ -226,8 +231,14 @@ int store_read_multi(struct store *s, const struct store_topic_ref *topics, size
 int store_trim(struct store *s, const char *topic, size_t topic_len, uint64_t max_count,
                uint64_t max_age_ms, int64_t now_ms, uint64_t *deleted);
 
-/* store_sweep: checkpoint the log (durable mode), then age-based
- * retention for topics that get no publishes.  Each topic remembers the
+/* store_checkpoint: move everything logged into LMDB now, in one synced
+ * commit, after any checkpoint in flight (durable mode; a no-op otherwise).
+ * Returns 0 or STORE_E*. */
+int store_checkpoint(struct store *s);
+
+/* store_sweep: begin a checkpoint of the log (durable mode; it runs beside
+ * later appends, see store_append_batch; none begins while one is in
+ * flight), then age-based retention for topics that get no publishes.  Each topic remembers the
  * retention of its last publish; this visits at most
  * `budget` topics (0 = all), resuming where the previous call stopped,
  * trimming those whose oldest message is past its max_age, in one write

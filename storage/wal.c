@@ -167,13 +167,13 @@ static int zero_fill(int fd, size_t from, size_t size)
     return fsync(fd) ? errno : 0;
 }
 
-int wal_open(struct wal **out, const char *dir, int read_only, size_t size)
+int wal_open(struct wal **out, const char *dir, const char *name, int read_only, size_t size)
 {
     char *path;
     struct stat st;
     int e;
     *out = NULL;
-    if (asprintf(&path, "%s/wal", dir) < 0) return ENOMEM;
+    if (asprintf(&path, "%s/%s", dir, name) < 0) return ENOMEM;
     int fd = open(path, (read_only ? O_RDONLY : O_RDWR | O_CREAT) | O_CLOEXEC, 0644);
     e = errno;
     free(path);

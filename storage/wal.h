@@ -7,7 +7,8 @@
  * file and fdatasync'd, which is when the batch is durable and may be
  * acknowledged.  LMDB takes the messages later, many batches in one
  * ordinary synced commit (a checkpoint; store.c), after which the log
- * starts again at offset 0.
+ * starts again at offset 0.  A durable store has two such files, so that
+ * appends go on in one while the other's checkpoint runs.
  *
  * The file never grows once made, so a flush has no metadata to write
  * and a write cannot fail for want of space.  Records carry their global
@@ -60,11 +61,11 @@ size_t wal_rec_decode(const unsigned char *p, size_t avail, struct wal_rec *r, u
 
 struct wal;
 
-/* wal_open: open <dir>/wal.  Read-write: create it, or extend a shorter
+/* wal_open: open <dir>/<name>.  Read-write: create it, or extend a shorter
  * one, to `size` bytes of written zeroes (synced).  Read-only: open it if
  * it exists; *out is NULL and 0 is returned when it does not.  Returns 0
  * or an errno value. */
-int wal_open(struct wal **out, const char *dir, int read_only, size_t size);
+int wal_open(struct wal **out, const char *dir, const char *name, int read_only, size_t size);
 
 /* wal_room: bytes left after the current position. */
 size_t wal_room(const struct wal *w);

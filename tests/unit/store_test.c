@@ -15,6 +15,7 @@
 #include "storage/wal.h"
 
 #include <errno.h>
+#include <lmdb.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -52,6 +53,8 @@ static void remove_dir(char *dir)
 {
     char p[512];
     snprintf(p, sizeof p, "%s/wal", dir);
+    unlink(p);
+    snprintf(p, sizeof p, "%s/wal2", dir);
     unlink(p);
     wipe_dir(dir);
     rmdir(dir);
@@ -778,7 +781,7 @@ static void test_tail_retention(void)
         m.max_count = 10;
         CHECK_EQ_INT(store_append_batch(s, &m, 1, 1 + i), 0);
         seqs[i] = m.seq;
-        if (i == 14) CHECK_EQ_INT(store_sweep(s, 100, 0, NULL), 0); /* r5..r14 into LMDB */
+        if (i == 14) CHECK_EQ_INT(store_checkpoint(s), 0); /* r5..r14 into LMDB */
     }
     /* LMDB holds r5..r14, the tail r15..r29: r20..r29 are what stays. */
     CHECK_EQ_INT(read_topic(s, "ret", 0, 0, &info), 0);
@@ -802,13 +805,187 @@ static void test_tail_retention(void)
     CHECK_STR(G.data[0], "r25");
     CHECK(info.more);
     /* The same after the checkpoint. */
-    CHECK_EQ_INT(store_sweep(s, 100, 0, NULL), 0);
+    CHECK_EQ_INT(store_checkpoint(s), 0);
     CHECK_EQ_INT(read_topic(s, "ret", 0, 0, &info), 0);
     CHECK_EQ_INT(G.n, 10);
     CHECK_STR(G.data[0], "r20");
     CHECK_EQ_INT(info.first_seq, seqs[20]);
     store_close(s);
     remove_dir(dir);
+}
+
+/* Wait (bounded) until the checkpoint begun by a sweep has committed: the
+ * log then holds `left` messages LMDB lacks.  Nothing here reaps it. */
+static int wait_log_messages(struct store *s, uint64_t left)
+{
+    for (int i = 0; i < 5000; i++) {
+        struct store_stats st;
+        if (store_stats(s, &st)) return 0;
+        if (st.log_messages == left) return 1;
+        usleep(1000);
+    }
+    return 0;
+}
+
+static int topic_count_cb(void *ud, const struct store_topic_info *t)
+{
+    struct store_topic_info *want = ud;
+    if (t->name_len == want->name_len && !memcmp(t->name, want->name, t->name_len)) *want = *t;
+    return 0;
+}
+
+/* The checkpoint runs beside appends and its messages leave the tail only
+ * when the writer next comes by: in between, LMDB and the tail both hold
+ * them.  Reads, topics and stats must count each once, with retention
+ * over the whole. */
+static void test_checkpoint_window(void)
+{
+    char *dir = make_dir();
+    struct store *s = open_store(dir, 0, 0, 0);
+    struct store_read_info info;
+    char text[30][8];
+    uint64_t seqs[30];
+    for (int i = 0; i < 30; i++) {
+        snprintf(text[i], sizeof text[i], "w%d", i);
+        struct store_msg m = mk("win", NULL, text[i]);
+        m.max_count = 10;
+        CHECK_EQ_INT(store_append_batch(s, &m, 1, 1 + i), 0);
+        seqs[i] = m.seq;
+    }
+    CHECK_EQ_INT(store_sweep(s, 100, 0, NULL), 0); /* seals the log: w0..w29 */
+    CHECK(wait_log_messages(s, 0));
+    for (int pass = 0; pass < 2; pass++) {
+        CHECK_EQ_INT(read_topic(s, "win", 0, 0, &info), 0);
+        CHECK_EQ_INT(G.n, 10);
+        CHECK_STR(G.data[0], "w20");
+        CHECK_STR(G.data[9], "w29");
+        CHECK(info.gap);
+        CHECK_EQ_INT(info.count, 10);
+        CHECK_EQ_INT(info.first_seq, seqs[20]);
+        CHECK_EQ_INT(info.last_seq, seqs[29]);
+        CHECK_EQ_INT(read_topic(s, "win", seqs[25], 0, &info), 0);
+        CHECK_EQ_INT(G.n, 4);
+        CHECK(!info.gap);
+        struct store_topic_info ti = {.name = "win", .name_len = 3};
+        CHECK_EQ_INT(store_topics(s, topic_count_cb, &ti), 0);
+        CHECK_EQ_INT(ti.count, 10);
+        CHECK_EQ_INT(ti.first_seq, seqs[20]);
+        CHECK_EQ_INT(ti.last_seq, seqs[29]);
+        struct store_stats st;
+        CHECK_EQ_INT(store_stats(s, &st), 0);
+        CHECK_EQ_INT(st.messages, 10 + pass); /* and "other" once appended */
+        CHECK_EQ_INT(st.log_messages, pass);
+        CHECK_EQ_INT(st.checkpoints, pass);
+        /* An append reaps the checkpoint: the same view after it. */
+        if (pass == 0) {
+            struct store_msg m = mk("other", NULL, "x");
+            CHECK_EQ_INT(store_append_batch(s, &m, 1, 50), 0);
+        }
+    }
+    store_close(s);
+    remove_dir(dir);
+}
+
+/* Child: append t0..t9, then u0..u9 after a sweep has sealed the log of
+ * t*, whose checkpoint cannot commit: the parent holds LMDB's write lock.
+ * With `flip`, one checkpoint first, so that the sealed log is the second
+ * file and the chain runs wal2 -> wal.  Then die: both logs hold
+ * messages LMDB lacks. */
+static int two_logs_child(const char *dir, int flip, int to_parent, int from_parent)
+{
+    struct store *s = NULL;
+    struct store_opts o = {0};
+    static char text[2][10][8];
+    char c = 0;
+    if (store_open(&s, dir, &o, NULL, 0)) return 10;
+    if (flip) {
+        struct store_msg m = mk("two", NULL, "f");
+        if (store_append_batch(s, &m, 1, 1)) return 11;
+        if (store_sweep(s, 1, 0, NULL)) return 12;
+        if (!wait_log_messages(s, 0)) return 13;
+    }
+    for (int round = 0; round < 2; round++) {
+        if (round == 1) {
+            /* Hold here while the parent takes LMDB's write lock. */
+            if (write(to_parent, "r", 1) != 1 || read(from_parent, &c, 1) != 1) return 14;
+            if (store_sweep(s, 1, 0, NULL)) return 15;
+        }
+        for (int i = 0; i < 10; i++) {
+            snprintf(text[round][i], sizeof text[0][0], "%c%d", round ? 'u' : 't', i);
+            struct store_msg m = mk("two", NULL, text[round][i]);
+            if (store_append_batch(s, &m, 1, 10 + round * 10 + i)) return 16;
+        }
+    }
+    _exit(0);
+}
+
+static void run_two_logs(int flip)
+{
+    char *dir = make_dir();
+    int up[2], down[2];
+    char c, arg[3][16];
+    CHECK_EQ_INT(pipe(up), 0);
+    CHECK_EQ_INT(pipe(down), 0);
+    snprintf(arg[0], sizeof arg[0], "%d", flip);
+    snprintf(arg[1], sizeof arg[1], "%d", up[1]);
+    snprintf(arg[2], sizeof arg[2], "%d", down[0]);
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl("/proc/self/exe", "store_test", "--two-logs-child", dir, arg[0], arg[1], arg[2],
+              (char *)NULL);
+        _exit(127);
+    }
+    CHECK(pid > 0);
+    close(up[1]);
+    close(down[0]);
+    /* LMDB's writer lock is shared between processes: hold it so the
+     * child's checkpoint waits, and its messages stay in the logs only. */
+    MDB_env *env = NULL;
+    MDB_txn *txn = NULL;
+    CHECK_EQ_INT(read(up[0], &c, 1), 1);
+    CHECK_EQ_INT(mdb_env_create(&env), 0);
+    CHECK_EQ_INT(mdb_env_set_maxdbs(env, 8), 0);
+    CHECK_EQ_INT(mdb_env_open(env, dir, MDB_NOTLS, 0644), 0);
+    CHECK_EQ_INT(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    CHECK_EQ_INT(write(down[1], "g", 1), 1);
+    int status = 0;
+    CHECK_EQ_INT(waitpid(pid, &status, 0), pid);
+    CHECK(WIFEXITED(status));
+    CHECK_EQ_INT(WEXITSTATUS(status), 0);
+    mdb_txn_abort(txn);
+    mdb_env_close(env);
+    close(up[0]);
+    close(down[1]);
+
+    struct store *s = open_store(dir, 0, 0, 0);
+    struct store_read_info info;
+    CHECK_EQ_INT(read_topic(s, "two", 0, 0, &info), 0);
+    CHECK_EQ_INT(G.n, 20 + flip);
+    CHECK_STR(G.data[flip], "t0");
+    CHECK_STR(G.data[flip + 9], "t9");
+    CHECK_STR(G.data[flip + 10], "u0");
+    CHECK_STR(G.data[flip + 19], "u9");
+    for (int i = 1; i < G.n; i++)
+        CHECK(G.seq[i] == G.seq[i - 1] + 1);
+    CHECK_EQ_INT(store_last_seq(s), G.seq[G.n - 1]);
+    struct store_msg m = mk("two", NULL, "after");
+    CHECK_EQ_INT(store_append_batch(s, &m, 1, 100), 0);
+    CHECK_EQ_INT(m.seq, G.seq[G.n - 1] + 1);
+    store_close(s);
+    /* Replayed once: a second open finds the same, and no more. */
+    s = open_store(dir, 0, 0, 0);
+    CHECK_EQ_INT(read_topic(s, "two", 0, 0, &info), 0);
+    CHECK_EQ_INT(G.n, 21 + flip);
+    store_close(s);
+    remove_dir(dir);
+}
+
+/* A crash while a sealed log's checkpoint has not committed: the next
+ * open replays the sealed log and then the other, in either file order. */
+static void test_two_logs_recovery(void)
+{
+    run_two_logs(0);
+    run_two_logs(1);
 }
 
 /* ---- read-only handle in another process ------------------------------- */
@@ -884,12 +1061,14 @@ static void test_read_only_process(void)
             m[10 + i].data_len = sizeof pad;
         }
         CHECK_EQ_INT(store_append_batch(s, m, 20, 1), 0);
-        /* The writer's periodic call, which checkpoints the log into LMDB:
-         * what a read-only handle sees after its open. */
+        /* The writer's periodic call, which begins a checkpoint of the
+         * log into LMDB: what a read-only handle sees after its open. */
         CHECK_EQ_INT(store_sweep(s, 1, 1, NULL), 0);
         next += 10;
         usleep(2000);
     }
+    /* The last sweeps may have found a checkpoint in flight. */
+    CHECK_EQ_INT(store_checkpoint(s), 0);
     struct store_stats st;
     CHECK_EQ_INT(store_stats(s, &st), 0);
     CHECK(st.map_grows > 0);
@@ -910,6 +1089,8 @@ int main(int argc, char **argv)
 {
     if (argc == 4 && !strcmp(argv[1], "--ro-child")) return ro_child(argv[2], atol(argv[3]));
     if (argc == 4 && !strcmp(argv[1], "--crash-child")) return crash_child(argv[2], atol(argv[3]));
+    if (argc == 6 && !strcmp(argv[1], "--two-logs-child"))
+        return two_logs_child(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
     test_append_read_order();
     test_read_multi();
     test_ids();
@@ -921,6 +1102,8 @@ int main(int argc, char **argv)
     test_read_only_process();
     test_log_recovery();
     test_tail_retention();
+    test_checkpoint_window();
+    test_two_logs_recovery();
     test_disk_full();
     return CHECK_DONE();
 }
