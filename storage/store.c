@@ -500,9 +500,16 @@ static int init_rw(struct store *s, const char *dir, char *errbuf, size_t errlen
         return rc;
     }
     if ((rc = epoch_start(s, txn, last))) goto fail;
+    /* A salt that voids log records the replay could not use, if the
+     * replay's own commit did not record it. */
+    if (s->salt_pending && (rc = meta_put_u64(s, txn, "wal_salt", s->salt_pending))) goto fail;
     if ((rc = mdb_txn_commit(txn))) {
         set_err(errbuf, errlen, "commit", rc);
         return rc;
+    }
+    if (s->salt_pending) {
+        s->wal_salt = s->salt_pending;
+        s->salt_pending = 0;
     }
     atomic_store(&s->last_seq, last);
     return 0;
@@ -539,21 +546,28 @@ static void logs_close(struct store *s)
 }
 
 /* At a read-write open: checkpoint what the logs hold past LMDB's last
- * seq (a crash came before its checkpoint), synced even in relaxed mode.
- * A durable handle keeps the logs open for its appends; a relaxed one
- * only reads existing ones. */
+ * seq (a crash came before its checkpoint).  The logs stay open for
+ * appends. */
 static int wal_replay(struct store *s, const char *dir, uint64_t *last)
 {
     size_t ends[2] = {0, 0}, counts[2] = {0, 0};
     int last_log = -1;
-    int rc = logs_open(s, dir, s->relaxed);
-    if (!rc && !(rc = tail_load(s, *last, ends, counts, &last_log)) && s->tail.count) {
+    int rc = logs_open(s, dir, 0);
+    if (!rc) rc = tail_load(s, *last, ends, counts, &last_log);
+    if (rc == MDB_CORRUPTED && s->relaxed) {
+        /* A relaxed log is not flushed per batch: an OS crash can lose a
+         * sealed log's records and keep the next one's, which then follow
+         * a hole.  Replay up to the hole (what was loaded); the next
+         * commit gives the logs a new salt, which voids the rest. */
+        s->salt_pending = random_epoch(s->wal_salt);
+        rc = 0;
+    }
+    if (!rc && s->tail.count) {
         *last = s->tail.last_seq;
         s->log_msgs[0] = counts[0];
         s->log_msgs[1] = counts[1];
         int code = checkpoint_all(s, wall_ms());
-        if (code == 0 && s->relaxed) code = map_rc(mdb_env_sync(s->env, 1));
-        if (code == STORE_EFULL && !s->relaxed) {
+        if (code == STORE_EFULL && !s->salt_pending) {
             /* No room in LMDB (a full disk, the map at its bound): keep
              * the records in the logs and the tail, and open all the same;
              * checkpoints retry, publishes hear "full" until they pass.
@@ -565,7 +579,7 @@ static int wal_replay(struct store *s, const char *dir, uint64_t *last)
             rc = EIO;
         }
     }
-    if (rc || s->relaxed) logs_close(s);
+    if (rc) logs_close(s);
     return rc;
 }
 
@@ -742,7 +756,6 @@ int store_open(struct store **out, const char *dir, const struct store_opts *opt
     }
     unsigned flags = MDB_NOTLS;
     if (s->read_only) flags |= MDB_RDONLY;
-    if (s->relaxed) flags |= MDB_NOSYNC;
     if ((rc = mdb_env_open(s->env, dir, flags, 0644))) {
         set_err(errbuf, errbuf_len, dir, rc);
         code = rc == ENOENT ? STORE_ENOTFOUND : map_rc(rc);
@@ -784,7 +797,6 @@ fail:
 void store_close(struct store *s)
 {
     if (!s) return;
-    if (s->relaxed && !s->read_only) mdb_env_sync(s->env, 1);
     /* A failed checkpoint loses nothing: the next open replays the logs. */
     if (s->logs[0]) checkpoint_all(s, wall_ms()); /* also voids a failed write's records */
     ckpt_stop(s);
@@ -825,8 +837,11 @@ uint64_t store_last_seq(struct store *s)
 
 int store_sync(struct store *s)
 {
-    if (s->read_only) return STORE_OK;
-    return map_rc(mdb_env_sync(s->env, 1));
+    int rc = 0;
+    if (s->read_only || !s->relaxed) return STORE_OK;
+    for (int i = 0; i < 2 && !rc; i++)
+        if (s->logs[i]) rc = wal_sync(s->logs[i]);
+    return map_rc(rc);
 }
 
 /* ---- IDs ------------------------------------------------------------------ */
@@ -1138,7 +1153,7 @@ static int append_op(struct store *s, MDB_txn *txn, void *argp)
     return 0;
 }
 
-/* msgs in one LMDB commit (synced unless relaxed), recording salt unless
+/* msgs in one synced LMDB commit, recording salt unless
  * 0; times NULL: new messages, given seqs now, else a checkpoint's (see
  * struct append_arg).  Any one thread at a time: it touches no field of
  * the log's. */
@@ -1566,7 +1581,11 @@ static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int6
         pthread_rwlock_unlock(&t->lock);
     }
 
-    int logged = code == STORE_OK && wal_append(s->logs[s->cur], s->walbuf, off) == 0;
+    /* Relaxed: no flush; store_sync's, about once a second, bounds what
+     * an OS crash can take. */
+    struct wal *log = s->logs[s->cur];
+    int logged = code == STORE_OK && (s->relaxed ? wal_write(log, s->walbuf, off)
+                                                 : wal_append(log, s->walbuf, off)) == 0;
     if (!logged) {
         for (struct tail_msg *tm = first, *next; tm; tm = next) {
             next = tm->next;

@@ -15,10 +15,10 @@
  * - Messages are keyed (topic number BE32, seq BE64), so reading a topic
  *   from an ID is one cursor walk, and retention deletes from the front of
  *   a topic in O(deleted).
- * - Durable mode logs each batch (wal.h: one write, one fdatasync) and
- *   moves what it logged into LMDB at checkpoints, about once a second,
- *   on a thread of its own while appends go on in a second log; reads see
- *   LMDB and the logged tail together.
+ * - Each batch is logged (wal.h: one write, and in durable mode one
+ *   fdatasync); checkpoints move what was logged into LMDB about once a
+ *   second, on a thread of their own while appends go on in a second
+ *   log.  Reads see LMDB and the logged tail together.
  * - One process writes (the server); others may open read-only at the same
  *   time (`sluice topics`, `sluice dump`).  Within the writing process any
  *   thread may read while one thread writes.
@@ -65,10 +65,10 @@ struct store_opts {
     size_t map_size; /* initial map size in bytes; 0 = 64 MiB.  Rounded up
                         to the page size; grown by doubling as needed */
     size_t map_max;  /* growth stops here (STORE_EFULL); 0 = no limit */
-    int relaxed;     /* nonzero: commits do not fsync (MDB_NOSYNC); the
+    int relaxed;     /* nonzero: batches are logged without a flush; the
                         caller must call store_sync() periodically.  A
                         process crash loses nothing; an OS crash or power
-                        loss loses the commits since the last sync */
+                        loss loses the batches since the last sync */
     int read_only;   /* nonzero: open an existing store read-only, beside a
                         running server; no epoch is started */
 };
@@ -86,8 +86,8 @@ int store_open(struct store **out, const char *dir, const struct store_opts *opt
                size_t errbuf_len);
 
 /* store_close: close the handle.  All other threads must be done with it.
- * It checkpoints the log (durable) or syncs (relaxed) first, so a clean
- * stop leaves everything in LMDB. */
+ * It checkpoints the logs first, so a clean stop leaves everything in
+ * LMDB. */
 void store_close(struct store *s);
 
 /* store_errmsg: text for a STORE_E* code (static string). */
@@ -141,19 +141,19 @@ struct store_msg {
 
 /* store_append_batch: append msgs[0..n), assigning seqs in array order,
  * and apply each touched topic's retention (that of its last message in
- * the batch), deleting only what expires (durable mode: readers see it
+ * the batch), deleting only what expires (readers see it
  * applied at once, LMDB deletes at the checkpoint).  All messages get
  * publish time now_ms (wall clock, ms since the epoch).
- * Durable mode: the batch is written to the log and flushed (one
- * fdatasync); LMDB takes it at a checkpoint.  One begins when the log is
+ * The batch is written to the log and flushed (one fdatasync; relaxed
+ * mode: no flush, see store_sync); LMDB takes it at a checkpoint.  One begins when the log is
  * full and in store_sweep, and runs beside later appends, which go to a
  * second log meanwhile; this call waits for it only when the second log
  * fills too.  store_checkpoint, store_trim and store_close run one to the
  * end.
- * Relaxed mode: one LMDB write transaction and commit, without fsync.
- * Grows the map when it fills and retries.
+ * Checkpoints are synced LMDB commits in both modes, and grow the map
+ * when it fills.
  * Returns 0 when the batch is stored: every message with status 0 is then
- * durable (in relaxed mode: committed) and readable.  Otherwise nothing of
+ * durable (in relaxed mode: safe from a process crash) and readable.  Otherwise nothing of
  * the batch is stored and the code is returned (STORE_EFULL: disk or map
  * full, found by the commit or the checkpoint; STORE_EIO; STORE_EPANIC;
  * STORE_EROFS); earlier batches are intact; statuses and seqs are then
@@ -232,11 +232,11 @@ int store_trim(struct store *s, const char *topic, size_t topic_len, uint64_t ma
                uint64_t max_age_ms, int64_t now_ms, uint64_t *deleted);
 
 /* store_checkpoint: move everything logged into LMDB now, in one synced
- * commit, after any checkpoint in flight (durable mode; a no-op otherwise).
+ * commit, after any checkpoint in flight.
  * Returns 0 or STORE_E*. */
 int store_checkpoint(struct store *s);
 
-/* store_sweep: begin a checkpoint of the log (durable mode; it runs beside
+/* store_sweep: begin a checkpoint of the log (it runs beside
  * later appends, see store_append_batch; none begins while one is in
  * flight), then age-based retention for topics that get no publishes.  Each topic remembers the
  * retention of its last publish; this visits at most
@@ -246,8 +246,8 @@ int store_checkpoint(struct store *s);
  * Returns 0 or STORE_E*; *deleted (may be NULL) gets the number removed. */
 int store_sweep(struct store *s, int64_t now_ms, size_t budget, uint64_t *deleted);
 
-/* store_sync: flush committed data to disk (the periodic sync of relaxed
- * mode; a no-op cost in durable mode).  Returns 0 or STORE_E*. */
+/* store_sync: flush the logs (the periodic sync of relaxed mode; a no-op
+ * in durable mode).  Any thread, beside appends.  Returns 0 or STORE_E*. */
 int store_sync(struct store *s);
 
 /* ---- Operator view ------------------------------------------------------ */
@@ -281,9 +281,9 @@ struct store_stats {
     uint64_t epoch;     /* this handle's epoch (0 if read-only) */
     uint64_t map_grows; /* times this handle grew the map */
     int relaxed;
-    /* Durable mode's log (0 otherwise): messages in it that LMDB does not
-     * have yet, checkpoints that moved some there, and those that failed
-     * (a full disk or map: publishes are refused until one passes). */
+    /* The logs: messages in them that LMDB does not have yet,
+     * checkpoints that moved some there, and those that failed (a full
+     * disk or map: publishes are refused until one passes). */
     uint64_t log_messages;
     uint64_t checkpoints, checkpoint_failures;
 };

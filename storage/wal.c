@@ -204,7 +204,8 @@ size_t wal_room(const struct wal *w)
     return w->size - w->pos;
 }
 
-int wal_append(struct wal *w, const void *buf, size_t len)
+/* Write at the position; the caller advances it. */
+static int write_at_pos(struct wal *w, const void *buf, size_t len)
 {
     const unsigned char *p = buf;
     size_t done = 0;
@@ -217,9 +218,29 @@ int wal_append(struct wal *w, const void *buf, size_t len)
         }
         done += (size_t)n;
     }
+    return 0;
+}
+
+int wal_append(struct wal *w, const void *buf, size_t len)
+{
+    int e = write_at_pos(w, buf, len);
+    if (e) return e;
     if (fdatasync(w->fd)) return errno;
     w->pos += len;
     return 0;
+}
+
+int wal_write(struct wal *w, const void *buf, size_t len)
+{
+    int e = write_at_pos(w, buf, len);
+    if (e) return e;
+    w->pos += len;
+    return 0;
+}
+
+int wal_sync(struct wal *w)
+{
+    return fdatasync(w->fd) ? errno : 0;
 }
 
 void wal_rewind(struct wal *w)

@@ -76,6 +76,14 @@ size_t wal_room(const struct wal *w);
  * which the file's state past the position is unknown). */
 int wal_append(struct wal *w, const void *buf, size_t len);
 
+/* wal_write: wal_append without the flush (a relaxed store's): the
+ * records reach the disk at wal_sync, or whenever the kernel writes them
+ * back.  The position advances on success. */
+int wal_write(struct wal *w, const void *buf, size_t len);
+
+/* wal_sync: fdatasync what was written.  Any thread, beside writes. */
+int wal_sync(struct wal *w);
+
 /* wal_rewind: the next append goes to offset 0 (after a checkpoint). */
 void wal_rewind(struct wal *w);
 
