@@ -46,10 +46,11 @@
 # 50 minutes together. LOADS, SERVERS, REPEATS, DELIVERIES and PUSHPIN_LOADS
 # shorten it (bench/HISTORY.md has the 56-minute run of the full table).
 #
-# Servers: sluice (the default app, durable: each commit fsync'd before
-# fan-out), sluice-relaxed (the same app with durability "relaxed",
-# bench/apps/relaxed.lua: what the fsync costs, next to servers that keep
-# nothing on disk), nchan, pushpin, floor-direct and floor-batched.
+# Servers: sluice (the default app, durable: each batch's log write
+# fsync'd before fan-out), sluice-relaxed (the same app with durability
+# "relaxed", bench/apps/relaxed.lua: what the fsync costs, next to servers
+# that keep nothing on disk), nchan, pushpin, floor-direct and
+# floor-batched.
 #
 # Knobs (environment):
 #   SERVERS     "sluice sluice-relaxed nchan pushpin floor-direct floor-batched"

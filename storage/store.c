@@ -21,9 +21,10 @@
  * Growth happens ahead of need (past 3/4 of the map, after a commit) and, as
  * a fallback, on MDB_MAP_FULL, after which the transaction is redone.
  *
- * Durable mode puts a log in front (wal.h; docs/storage.md, "Durability
- * modes"): a batch is appended to the log and flushed, and kept in memory
- * (the tail) until a checkpoint has committed it to LMDB.  There are two
+ * A log is in front (wal.h; docs/storage.md, "Durability modes"): a batch
+ * is appended to the log and flushed (relaxed mode: about once a second),
+ * and kept in memory (the tail) until a checkpoint has committed it to
+ * LMDB.  There are two
  * logs: when the one taking appends fills (or at the periodic sweep) it
  * is sealed, a checkpoint thread moves its messages into LMDB in one
  * synced commit, and appends go on in the other meanwhile, so a publish
@@ -131,7 +132,7 @@ struct store {
     size_t sweep_pos_len;
     char *data_path;
     int lock_fd; /* flock'd sluice.lock of a read-write handle, else -1 */
-    /* Durable read-write handle: the two logs (wal.h), appends going to
+    /* Read-write handle: the two logs (wal.h), appends going to
      * logs[cur], and the messages they hold that LMDB lacks (the tail).
      * A read-only handle loads the tail of the running server's logs at
      * open.  Only the writing thread changes the tail and these fields;
@@ -1501,8 +1502,8 @@ static int checkpoint_begin(struct store *s, int64_t now_ms, int must)
  * read skips for retention (store_read_multi) to twice this. */
 #define TAIL_MAX 16384
 
-/* Append in durable mode: log the batch (one write, one fdatasync), then
- * make it readable in the tail.  LMDB gets it at a later checkpoint. */
+/* Log the batch (one write and, durable, one fdatasync), then make it
+ * readable in the tail.  LMDB gets it at a later checkpoint. */
 static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int64_t now_ms)
 {
     struct tail *t = &s->tail;
@@ -1623,8 +1624,7 @@ int store_append_batch(struct store *s, struct store_msg *msgs, size_t n, int64_
     if (s->read_only) return STORE_EROFS;
     if (n == 0) return STORE_OK;
     if (!msgs) return STORE_EINVAL;
-    if (s->logs[0]) return append_logged(s, msgs, n, now_ms);
-    return append_commit(s, msgs, n, now_ms, NULL);
+    return append_logged(s, msgs, n, now_ms); /* a read-write handle has its logs */
 }
 
 /* The run of log records at the start of buf: consecutive seqs (what

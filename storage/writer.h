@@ -1,8 +1,9 @@
 /* writer.h: the storage thread, sluice's one writer to the store.
  *
- * Why a thread: a durable commit ends in fdatasync (of the log, and once a
- * second of LMDB's checkpoint; store.h), which takes milliseconds and
- * would stall every connection if the event loop waited for it.  Any thread
+ * Why a thread: a durable commit ends in an fdatasync of the log (store.h;
+ * LMDB's checkpoints have a thread of their own), which takes a tenth of a
+ * millisecond or more and would stall every connection if the event loop
+ * waited for it.  Any thread
  * submits append requests to a queue; the storage thread takes everything
  * queued (up to a batch bound) into one transaction and one commit, so group
  * commit falls out of the queue: the slower the disk, the larger the
@@ -19,8 +20,8 @@
  * sync of relaxed mode and the age-retention sweep of idle topics.
  *
  * Commits on the submitter (opts.commit_on_submitter, for a relaxed store,
- * whose commit has no fsync and takes microseconds): the thread is not
- * woken per request; instead each submitting thread calls
+ * whose commit is a log write without fsync and takes microseconds): the
+ * thread is not woken per request; instead each submitting thread calls
  * writer_commit_queued() at the end of its loop pass, and the commit and
  * its completions run there.  That saves the two thread hand-offs per
  * publish (a futex wake of this thread, a wake of the loop back), which
