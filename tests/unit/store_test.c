@@ -769,6 +769,22 @@ static void test_log_recovery(void)
     remove_dir(dir);
 }
 
+/* Append <prefix>0..<prefix>29 to topic, one batch each, keeping the
+ * newest 10; a synchronous checkpoint after index checkpoint_at (-1:
+ * none). */
+static void append_thirty(struct store *s, const char *topic, char prefix, char text[30][8],
+                          uint64_t seqs[30], int checkpoint_at)
+{
+    for (int i = 0; i < 30; i++) {
+        snprintf(text[i], 8, "%c%d", prefix, i);
+        struct store_msg m = mk(topic, NULL, text[i]);
+        m.max_count = 10;
+        CHECK_EQ_INT(store_append_batch(s, &m, 1, 1 + i), 0);
+        seqs[i] = m.seq;
+        if (i == checkpoint_at) CHECK_EQ_INT(store_checkpoint(s), 0);
+    }
+}
+
 /* Retention over the tail and LMDB together, read before a checkpoint:
  * the newest N, as if each append had trimmed. */
 static void test_tail_retention(void)
@@ -778,14 +794,7 @@ static void test_tail_retention(void)
     struct store_read_info info;
     char text[30][8];
     uint64_t seqs[30];
-    for (int i = 0; i < 30; i++) {
-        snprintf(text[i], sizeof text[i], "r%d", i);
-        struct store_msg m = mk("ret", NULL, text[i]);
-        m.max_count = 10;
-        CHECK_EQ_INT(store_append_batch(s, &m, 1, 1 + i), 0);
-        seqs[i] = m.seq;
-        if (i == 14) CHECK_EQ_INT(store_checkpoint(s), 0); /* r5..r14 into LMDB */
-    }
+    append_thirty(s, "ret", 'r', text, seqs, 14); /* r5..r14 into LMDB */
     /* LMDB holds r5..r14, the tail r15..r29: r20..r29 are what stays. */
     CHECK_EQ_INT(read_topic(s, "ret", 0, 0, &info), 0);
     CHECK_EQ_INT(G.n, 10);
@@ -848,13 +857,7 @@ static void test_checkpoint_window(void)
     struct store_read_info info;
     char text[30][8];
     uint64_t seqs[30];
-    for (int i = 0; i < 30; i++) {
-        snprintf(text[i], sizeof text[i], "w%d", i);
-        struct store_msg m = mk("win", NULL, text[i]);
-        m.max_count = 10;
-        CHECK_EQ_INT(store_append_batch(s, &m, 1, 1 + i), 0);
-        seqs[i] = m.seq;
-    }
+    append_thirty(s, "win", 'w', text, seqs, -1);
     CHECK_EQ_INT(store_sweep(s, 100, 0, NULL), 0); /* seals the log: w0..w29 */
     CHECK(wait_log_messages(s, 0));
     for (int pass = 0; pass < 2; pass++) {
