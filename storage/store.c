@@ -1741,7 +1741,7 @@ int store_trim(struct store *s, const char *topic, size_t topic_len, uint64_t ma
 int store_checkpoint(struct store *s)
 {
     if (s->read_only) return STORE_EROFS;
-    return s->logs[0] ? checkpoint_all(s, wall_ms()) : STORE_OK;
+    return checkpoint_all(s, wall_ms());
 }
 
 struct sweep_arg {
@@ -1818,7 +1818,7 @@ int store_sweep(struct store *s, int64_t now_ms, size_t budget, uint64_t *delete
     if (s->read_only) return STORE_EROFS;
     /* The writer's periodic call: it bounds how long a message stays in
      * a log to about the sweep interval. */
-    int rc = s->logs[0] ? checkpoint_begin(s, now_ms, 0) : STORE_OK;
+    int rc = checkpoint_begin(s, now_ms, 0);
     if (rc) return rc;
     struct sweep_arg *a = calloc(1, sizeof *a);
     if (!a) return STORE_ENOMEM;
