@@ -612,7 +612,9 @@ static int init_ro(struct store *s, char *errbuf, size_t errlen)
 {
     MDB_txn *txn;
     uint64_t version;
-    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    /* txn_begin, not mdb_txn_begin: the server may grow the map between
+     * our env open and this begin (MDB_MAP_RESIZED). */
+    int rc = txn_begin(s, MDB_RDONLY, &txn);
     if (rc) {
         set_err(errbuf, errlen, "begin", rc);
         return rc;
@@ -625,14 +627,13 @@ static int init_ro(struct store *s, char *errbuf, size_t errlen)
     }
     if ((rc = meta_get_u64(s, txn, "wal_salt", &s->wal_salt))) goto fail;
     /* Commit, not abort: DBI handles opened in an aborted txn are closed. */
-    if ((rc = mdb_txn_commit(txn))) {
-        set_err(errbuf, errlen, "commit", rc);
-        return rc;
-    }
-    return 0;
+    rc = mdb_txn_commit(txn);
+    pthread_rwlock_unlock(&s->maplock);
+    if (rc) set_err(errbuf, errlen, "commit", rc);
+    return rc;
 fail:
     set_err(errbuf, errlen, "init", rc);
-    mdb_txn_abort(txn);
+    txn_end(s, txn);
     return rc;
 }
 
