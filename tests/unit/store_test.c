@@ -8,12 +8,13 @@
  * size fail like a full disk, without root or a small filesystem.
  */
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* mkdtemp, clock_gettime */
+#define _GNU_SOURCE /* mkdtemp, clock_gettime, RTLD_NEXT */
 #endif
 #include "check.h"
 #include "storage/store.h"
 #include "storage/wal.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <lmdb.h>
 #include <pthread.h>
@@ -1082,6 +1083,92 @@ static int ro_child(const char *dir, long want)
     return 15;
 }
 
+/* This executable's mdb_txn_begin wins over the library's, so a test can
+ * act just before a transaction begins: between a read-only handle's env
+ * open and its first transaction, where another process growing the map
+ * shows as MDB_MAP_RESIZED. */
+typedef int txn_begin_fn(MDB_env *, MDB_txn *, unsigned, MDB_txn **);
+static txn_begin_fn *real_txn_begin;
+static void (*before_next_begin)(void);
+
+int mdb_txn_begin(MDB_env *env, MDB_txn *parent, unsigned flags, MDB_txn **txn)
+{
+    void (*hook)(void) = before_next_begin;
+    before_next_begin = NULL;
+    if (hook) hook();
+    return real_txn_begin(env, parent, flags, txn);
+}
+
+static int grow_pipe[2], grown_pipe[2];
+
+/* Ask the parent to grow the map, and wait until it has. */
+static void wait_for_growth(void)
+{
+    char c = 'r';
+    if (write(grow_pipe[1], &c, 1) != 1 || read(grown_pipe[0], &c, 1) != 1) _exit(20);
+}
+
+/* `sluice dump` opening while the server grows the map: the read-only
+ * open must adopt the new size, not fail. */
+static void test_read_only_open_meets_growth(void)
+{
+    char *dir = make_dir();
+    struct store *s = open_store(dir, 64 << 10, 0, 0);
+    /* Each "ro" message's data is its seq, as check_walk wants. */
+    uint64_t next = store_last_seq(s) + 1;
+    char text[61][24];
+    snprintf(text[0], sizeof text[0], "%llu", (unsigned long long)next++);
+    struct store_msg first = mk("ro", NULL, text[0]);
+    CHECK_EQ_INT(store_append_batch(s, &first, 1, 1), 0);
+    CHECK_EQ_INT(store_checkpoint(s), 0);
+    CHECK(pipe(grow_pipe) == 0 && pipe(grown_pipe) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct store *r = NULL;
+        struct store_opts o = {.read_only = 1};
+        char err[256];
+        before_next_begin = wait_for_growth;
+        if (store_open(&r, dir, &o, err, sizeof err)) {
+            fprintf(stderr, "ro open: %s\n", err);
+            _exit(10);
+        }
+        struct walk w = {.sparse = 1};
+        int rc = store_read(r, "ro", 2, 0, 0, check_walk, &w, NULL);
+        store_close(r);
+        _exit(rc || w.bad || w.n != 61 ? 11 : 0);
+    }
+    CHECK(pid > 0);
+    char c;
+    CHECK_EQ_INT(read(grow_pipe[0], &c, 1), 1);
+    /* 60 more messages with 2 KiB each of padding: far past the 64 KiB map
+     * the child's env opened with, committed before the child begins. */
+    char pad[2048];
+    memset(pad, 'p', sizeof pad);
+    for (int i = 1; i <= 60; i++) {
+        snprintf(text[i], sizeof text[i], "%llu", (unsigned long long)next);
+        next += 2;
+        struct store_msg m[2] = {mk("ro", NULL, text[i]), mk("pad", NULL, "")};
+        m[1].data = pad;
+        m[1].data_len = sizeof pad;
+        CHECK_EQ_INT(store_append_batch(s, m, 2, 1), 0);
+    }
+    CHECK_EQ_INT(store_checkpoint(s), 0);
+    struct store_stats st;
+    CHECK_EQ_INT(store_stats(s, &st), 0);
+    CHECK(st.map_grows > 0);
+    CHECK_EQ_INT(write(grown_pipe[1], &c, 1), 1);
+    int status = 0;
+    CHECK_EQ_INT(waitpid(pid, &status, 0), pid);
+    CHECK(WIFEXITED(status));
+    CHECK_EQ_INT(WEXITSTATUS(status), 0);
+    for (int i = 0; i < 2; i++) {
+        close(grow_pipe[i]);
+        close(grown_pipe[i]);
+    }
+    store_close(s);
+    remove_dir(dir);
+}
+
 static void test_read_only_process(void)
 {
     char *dir = make_dir();
@@ -1136,6 +1223,8 @@ static void test_read_only_process(void)
 
 int main(int argc, char **argv)
 {
+    real_txn_begin = (txn_begin_fn *)dlsym(RTLD_NEXT, "mdb_txn_begin");
+    if (!real_txn_begin) return 2;
     if (argc == 4 && !strcmp(argv[1], "--ro-child")) return ro_child(argv[2], atol(argv[3]));
     if (argc == 4 && !strcmp(argv[1], "--crash-child")) return crash_child(argv[2], atol(argv[3]));
     if (argc == 7 && !strcmp(argv[1], "--two-logs-child"))
@@ -1149,6 +1238,7 @@ int main(int argc, char **argv)
     test_concurrent_readers(1);
     test_concurrent_readers(0);
     test_read_only_process();
+    test_read_only_open_meets_growth();
     test_log_recovery();
     test_tail_retention();
     test_checkpoint_window();
