@@ -4,8 +4,8 @@
  * twice (the pages, then the meta page that points at them), about 0.45 ms
  * here, and a lone publisher waits for both.  The log needs one flush: a
  * batch's records are written in place into a preallocated, zero-filled
- * file and fdatasync'd, which is when the batch is durable and may be
- * acknowledged.  LMDB takes the messages later, many batches in one
+ * file and flushed (O_DSYNC, or fdatasync), which is when the batch is
+ * durable and may be acknowledged.  LMDB takes the messages later, many batches in one
  * ordinary synced commit (a checkpoint; store.c), after which the log
  * starts again at offset 0.  A durable store has two such files, so that
  * appends go on in one while the other's checkpoint runs.
@@ -70,15 +70,23 @@ int wal_open(struct wal **out, const char *dir, const char *name, int read_only,
 /* wal_room: bytes left after the current position. */
 size_t wal_room(const struct wal *w);
 
-/* wal_append: write len bytes at the current position and fdatasync them;
- * the position advances only on success.  Returns 0, ENOSPC when len is
- * more than wal_room, or the errno of the failed write or flush (after
- * which the file's state past the position is unknown). */
+/* wal_append: write len bytes at the current position and make them
+ * durable; the position advances only on success.  Where the filesystem
+ * allows, one O_DIRECT | O_DSYNC write of whole 4 KiB blocks (the rest of
+ * the last block zeroed), else pwrite and fdatasync.  Returns 0, ENOSPC
+ * when len is more than wal_room, or the errno of the failed write or
+ * flush (after which the file's state past the position is unknown). */
 int wal_append(struct wal *w, const void *buf, size_t len);
 
-/* wal_write: wal_append without the flush (a relaxed store's): the
- * records reach the disk at wal_sync, or whenever the kernel writes them
- * back.  The position advances on success. */
+/* wal_direct: 1 while wal_append writes with O_DIRECT | O_DSYNC; 0 on a
+ * filesystem without O_DIRECT, with SLUICE_WAL_NO_DIRECT set in the
+ * environment, or once wal_write was used. */
+int wal_direct(const struct wal *w);
+
+/* wal_write: wal_append without the flush (a relaxed store's), always
+ * through the page cache: the records reach the disk at wal_sync, or
+ * whenever the kernel writes them back.  The position advances on
+ * success. */
 int wal_write(struct wal *w, const void *buf, size_t len);
 
 /* wal_sync: fdatasync what was written.  Any thread, beside writes. */

@@ -1,8 +1,17 @@
-/* wal_test.c: unit tests of the log's record codec (storage/wal.c). */
+/* wal_test.c: unit tests of the log's record codec and file
+ * (storage/wal.c).  ctest also runs it with SLUICE_WAL_NO_DIRECT=1, so the
+ * file's two append paths (O_DIRECT | O_DSYNC, and pwrite + fdatasync) are
+ * both checked. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* mkdtemp */
+#endif
 #include "check.h"
 #include "storage/wal.h"
 
+#include <errno.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static void test_round_trip(void)
 {
@@ -100,10 +109,102 @@ static void test_golden_crc(void)
     CHECK_EQ_INT(crc, 0xdde51e13u);
 }
 
+/* ---- the file ------------------------------------------------------------ */
+
+#define FILE_SIZE (64 << 10)
+
+/* What the file must hold: [0, pos) exactly as appended; past pos, for
+ * each byte, zero or what an earlier round left there. */
+static unsigned char want[FILE_SIZE], stale[FILE_SIZE];
+
+static void check_file(struct wal *w, size_t pos)
+{
+    unsigned char *buf;
+    size_t len;
+    CHECK_EQ_INT(wal_read(w, &buf, &len), 0);
+    CHECK_EQ_INT(len, FILE_SIZE);
+    CHECK_EQ_MEM(buf, pos, want, pos);
+    size_t odd = 0;
+    for (size_t i = pos; i < len; i++)
+        if (buf[i] && buf[i] != stale[i]) odd++;
+    CHECK_EQ_INT(odd, 0);
+    CHECK_EQ_INT(wal_room(w), FILE_SIZE - pos);
+    free(buf);
+}
+
+/* Append n bytes of a pattern of its own and check the whole file. */
+static size_t append(struct wal *w, size_t pos, size_t n, int buffered)
+{
+    unsigned char *b = malloc(n);
+    for (size_t i = 0; i < n; i++)
+        b[i] = (unsigned char)(pos + i * 13 + n);
+    CHECK_EQ_INT(buffered ? wal_write(w, b, n) : wal_append(w, b, n), 0);
+    memcpy(want + pos, b, n);
+    free(b);
+    check_file(w, pos + n);
+    return pos + n;
+}
+
+static void test_file(void)
+{
+    char dir[] = "/tmp/sluice_wal_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    struct wal *w = NULL;
+    CHECK_EQ_INT(wal_open(&w, dir, "wal", 0, FILE_SIZE), 0);
+    int direct = wal_direct(w);
+    if (getenv("SLUICE_WAL_NO_DIRECT")) CHECK_EQ_INT(direct, 0);
+    printf("wal_test: appends %s\n", direct ? "O_DIRECT | O_DSYNC" : "pwrite + fdatasync");
+
+    /* Sizes that start and end inside blocks, cross one or several block
+     * boundaries, and end on one. */
+    static const size_t sizes[] = {24, 40, 4000, 8, 5000, 9000, 1, 2407};
+    size_t pos = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+        pos = append(w, pos, sizes[i], 0);
+    CHECK_EQ_INT(pos % 4096, 0);
+    pos = append(w, pos, 3, 0);
+    pos = append(w, pos, 500, 0);
+
+    /* Too big for the room left: refused, nothing moves. */
+    static unsigned char big[FILE_SIZE];
+    CHECK_EQ_INT(wal_append(w, big, wal_room(w) + 1), ENOSPC);
+    check_file(w, pos);
+
+    /* A restart: reopen and go on from mid-block, where the direct path
+     * must rewrite the block's earlier bytes as they were. */
+    wal_close(w);
+    CHECK_EQ_INT(wal_open(&w, dir, "wal", 0, FILE_SIZE), 0);
+    pos -= 500; /* as if the last record had not been kept: mid-block */
+    memcpy(stale + pos, want + pos, 500);
+    wal_seek(w, pos);
+    check_file(w, pos);
+    pos = append(w, pos, 100, 0);
+    pos = append(w, pos, 7000, 0);
+
+    /* A checkpoint's rewind: the new round overwrites the old from 0. */
+    memcpy(stale, want, FILE_SIZE);
+    wal_rewind(w);
+    pos = append(w, 0, 10, 0);
+    pos = append(w, pos, 4200, 0);
+
+    /* Unflushed writes (a relaxed store's), then appends again. */
+    pos = append(w, pos, 50, 1);
+    CHECK_EQ_INT(wal_sync(w), 0);
+    CHECK_EQ_INT(wal_direct(w), 0);
+    pos = append(w, pos, 60, 0);
+    wal_close(w);
+
+    char path[64];
+    snprintf(path, sizeof path, "%s/wal", dir);
+    CHECK_EQ_INT(unlink(path), 0);
+    CHECK_EQ_INT(rmdir(dir), 0);
+}
+
 int main(void)
 {
     test_golden_crc();
     test_round_trip();
     test_invalid();
+    test_file();
     return CHECK_DONE();
 }
