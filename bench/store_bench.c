@@ -2,8 +2,8 @@
  *
  * Publishers: P threads (1, 16, 256), each submitting one 100-byte message
  * through the writer and waiting for its acknowledgement before the next,
- * as an HTTP publisher does; durable (fsync per commit) and relaxed
- * (MDB_NOSYNC, sync every second).  Group commit shows as the mean batch
+ * as an HTTP publisher does; durable (the log flushed per batch) and
+ * relaxed (the log flushed every second).  Group commit shows as the mean batch
  * size.  Replay: 100,000 messages of one topic read back with store_read,
  * in one walk and in pages of 1000 as a resuming subscriber would.
  *

@@ -24,6 +24,8 @@
 /* Direct appends write whole blocks of this size at aligned offsets from
  * an aligned buffer: 4096 suits every logical block size up to a page. */
 #define WAL_BLOCK 4096
+/* Staging grows to a batch's size; past this it is not kept. */
+#define WAL_STAGE_KEEP (64 << 10)
 
 struct wal {
     int fd;
@@ -272,9 +274,18 @@ static int append_direct(struct wal *w, const void *buf, size_t len)
         if ((size_t)k % WAL_BLOCK) return EIO; /* a short direct write must stay aligned */
         done += (size_t)k;
     }
-    /* Keep the new position's block prefix at the buffer's start. */
+    /* Keep the new position's block prefix at the buffer's start, in a
+     * buffer of one block again after a large batch. */
     size_t next = w->pos + len, next_start = next - next % WAL_BLOCK;
-    memmove(w->blk, w->blk + (next_start - start), next - next_start);
+    void *small;
+    if (w->blk_cap > WAL_STAGE_KEEP && !posix_memalign(&small, WAL_BLOCK, WAL_BLOCK)) {
+        memcpy(small, w->blk + (next_start - start), next - next_start);
+        free(w->blk);
+        w->blk = small;
+        w->blk_cap = WAL_BLOCK;
+    } else {
+        memmove(w->blk, w->blk + (next_start - start), next - next_start);
+    }
     return 0;
 }
 

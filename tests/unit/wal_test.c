@@ -111,7 +111,7 @@ static void test_golden_crc(void)
 
 /* ---- the file ------------------------------------------------------------ */
 
-#define FILE_SIZE (64 << 10)
+#define FILE_SIZE (256 << 10)
 
 /* What the file must hold: [0, pos) exactly as appended; past pos, for
  * each byte, zero or what an earlier round left there. */
@@ -180,6 +180,10 @@ static void test_file(void)
     check_file(w, pos);
     pos = append(w, pos, 100, 0);
     pos = append(w, pos, 7000, 0);
+    /* A batch larger than the staging buffer keeps, then small ones. */
+    pos = append(w, pos, 100000, 0);
+    pos = append(w, pos, 30, 0);
+    pos = append(w, pos, 5000, 0);
 
     /* A checkpoint's rewind: the new round overwrites the old from 0. */
     memcpy(stale, want, FILE_SIZE);
