@@ -256,8 +256,8 @@ static int reserve_blk(struct wal *w, size_t cap)
 /* Write and flush in one: the blocks from pos's block to the end of the
  * append, the prefix before pos rewritten as it was and the rest of the
  * last block zeroed (past pos is stale or zero anyway).  O_DSYNC on a file
- * whose blocks are all written costs one device write and no page-cache
- * writeback: about 35% less CPU than pwrite + fdatasync here. */
+ * whose blocks are all written is one device write with no page-cache
+ * writeback (bench/HISTORY.md, "Direct writes for the log"). */
 static int append_direct(struct wal *w, const void *buf, size_t len)
 {
     size_t start = w->pos - w->pos % WAL_BLOCK, head = w->pos - start;
