@@ -14,6 +14,7 @@
 #endif
 #include "storage/wal.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,15 +32,25 @@ static double clock_s(clockid_t clock)
 static int run(const char *parent, int direct, long count, size_t record)
 {
     char *dir, *path;
-    if (asprintf(&dir, "%s/sluice-wal-bench-XXXXXX", parent) < 0 || !mkdtemp(dir)) return 1;
+    if (asprintf(&dir, "%s/sluice-wal-bench-XXXXXX", parent) < 0) return ENOMEM;
+    if (!mkdtemp(dir)) {
+        int e = errno;
+        free(dir);
+        return e;
+    }
     if (direct)
         unsetenv("SLUICE_WAL_NO_DIRECT");
     else
         setenv("SLUICE_WAL_NO_DIRECT", "1", 1);
     struct wal *w;
-    int e = wal_open(&w, dir, "wal", 0, WAL_DEFAULT_SIZE);
-    if (e) return e;
     unsigned char *rec = malloc(record);
+    int e = rec ? wal_open(&w, dir, "wal", 0, WAL_DEFAULT_SIZE) : ENOMEM;
+    if (e) {
+        free(rec);
+        rmdir(dir);
+        free(dir);
+        return e;
+    }
     memset(rec, 'r', record);
     double t0 = clock_s(CLOCK_MONOTONIC), c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
     for (long i = 0; i < count && !e; i++) {
