@@ -14,6 +14,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* asprintf, mkdtemp */
 #endif
+#include "bench/bench_util.h"
 #include "storage/store.h"
 #include "storage/writer.h"
 
@@ -26,45 +27,9 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Seconds on `clock`: CLOCK_MONOTONIC for time, CLOCK_PROCESS_CPUTIME_ID
- * for the CPU of every thread of the process, user and system. */
-static double clock_s(clockid_t clock)
-{
-    struct timespec ts;
-    clock_gettime(clock, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static double now_s(void)
 {
     return clock_s(CLOCK_MONOTONIC);
-}
-
-static char *make_dir(const char *parent)
-{
-    char *d;
-    if (asprintf(&d, "%s/sluice_bench_XXXXXX", parent) < 0 || !mkdtemp(d)) {
-        perror("mkdtemp");
-        exit(2);
-    }
-    return d;
-}
-
-static void remove_dir(char *dir)
-{
-    char p[1024];
-    snprintf(p, sizeof p, "%s/data.mdb", dir);
-    unlink(p);
-    snprintf(p, sizeof p, "%s/lock.mdb", dir);
-    unlink(p);
-    snprintf(p, sizeof p, "%s/sluice.lock", dir);
-    unlink(p);
-    snprintf(p, sizeof p, "%s/wal", dir);
-    unlink(p);
-    snprintf(p, sizeof p, "%s/wal2", dir);
-    unlink(p);
-    rmdir(dir);
-    free(dir);
 }
 
 static struct store *open_store(const char *dir, int relaxed)

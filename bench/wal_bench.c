@@ -10,34 +10,20 @@
  * makes are removed at the end.
  */
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* asprintf, mkdtemp */
+#define _GNU_SOURCE /* setenv, asprintf and mkdtemp (bench_util.h) */
 #endif
+#include "bench/bench_util.h"
 #include "storage/wal.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
-
-static double clock_s(clockid_t clock)
-{
-    struct timespec ts;
-    clock_gettime(clock, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 /* One round on one path; returns 0 or an errno value. */
 static int run(const char *parent, int direct, long count, size_t record)
 {
-    char *dir, *path;
-    if (asprintf(&dir, "%s/sluice-wal-bench-XXXXXX", parent) < 0) return ENOMEM;
-    if (!mkdtemp(dir)) {
-        int e = errno;
-        free(dir);
-        return e;
-    }
+    char *dir = make_dir(parent);
     if (direct)
         unsetenv("SLUICE_WAL_NO_DIRECT");
     else
@@ -47,8 +33,7 @@ static int run(const char *parent, int direct, long count, size_t record)
     int e = rec ? wal_open(&w, dir, "wal", 0, WAL_DEFAULT_SIZE) : ENOMEM;
     if (e) {
         free(rec);
-        rmdir(dir);
-        free(dir);
+        remove_dir(dir);
         return e;
     }
     memset(rec, 'r', record);
@@ -64,12 +49,7 @@ static int run(const char *parent, int direct, long count, size_t record)
     if (direct && !wal_direct(w)) printf("  (no O_DIRECT on this filesystem)\n");
     wal_close(w);
     free(rec);
-    if (asprintf(&path, "%s/wal", dir) >= 0) {
-        unlink(path);
-        free(path);
-    }
-    rmdir(dir);
-    free(dir);
+    remove_dir(dir);
     return e;
 }
 
