@@ -48,7 +48,6 @@ struct hub_bus {
     struct store *store;
     struct writer *writer;
     pthread_mutex_t lock; /* guards hubs[] against attach/detach */
-    bool commit_here;     /* relaxed store: workers commit (writer.h) */
     unsigned max_hubs;
     hub *hubs[HUB_MAX_WORKERS]; /* by inbox index; NULL once detached */
 };
@@ -73,7 +72,7 @@ struct hub {
     hub_wake_fn wake;
     void *wake_ud;
     unsigned inflight;        /* own publishes not yet acknowledged */
-    bool uncommitted;         /* commit_here: own publishes queued since the last commit */
+    bool uncommitted;         /* own publishes queued since the last hub_commit_pending */
     uint64_t last_seq;        /* newest delivered */
     char last_id[HUB_ID_MAX]; /* ID of the newest message delivered: "now" */
     uint8_t last_id_len;
@@ -201,11 +200,12 @@ hub_bus *hub_bus_open(struct store *st, unsigned max_hubs, size_t max_queue, cha
     b->store = st;
     b->max_hubs = max_hubs;
     struct store_stats ss;
-    b->commit_here = store_stats(st, &ss) == 0 && ss.relaxed;
+    bool relaxed = store_stats(st, &ss) == 0 && ss.relaxed;
     struct writer_opts wo = {.done = on_committed,
                              .ud = b,
                              .max_queue = max_queue,
-                             .commit_on_submitter = b->commit_here};
+                             .commit_on_submitter = relaxed,
+                             .lone_commit_max_us = relaxed ? 0 : HUB_LONE_COMMIT_MAX_US};
     int rc = writer_start(&b->writer, st, &wo);
     if (rc != 0) {
         snprintf(err, errlen, "cannot start the storage writer: %s", store_errmsg(rc));
@@ -578,7 +578,7 @@ int hub_publish(hub *h, const char *topic, size_t tlen, const char *event, size_
         return rc;
     }
     h->inflight++;
-    if (h->bus->commit_here) h->uncommitted = true;
+    h->uncommitted = true;
     return 0;
 }
 

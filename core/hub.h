@@ -14,7 +14,9 @@
  * microseconds) the writer thread is not woken per publish: each worker
  * commits its own queued publishes at the end of its loop pass
  * (hub_commit_pending), then fans out, in one pass and with no thread
- * hand-off.
+ * hand-off.  A durable store does the same for a publish that is alone in
+ * the queue while the disk flushes fast (HUB_LONE_COMMIT_MAX_US): one
+ * publish at a time then pays the flush but not the hand-offs.
  *
  * IDs come from the store: "<epoch>-<seq>", one global seq across topics,
  * so one Last-Event-ID resumes a connection subscribed to several topics,
@@ -107,6 +109,12 @@ typedef struct hub_opts {
 
 #define HUB_MAX_WORKERS 256
 
+/* A durable publish alone in the queue is committed on its worker's loop,
+ * which stalls for the flush, while such commits take under this (µs):
+ * a fast disk's flush costs less than the two thread hand-offs it saves,
+ * and stalls the loop less than a fan-out to a few hundred does. */
+#define HUB_LONE_COMMIT_MAX_US 500
+
 /* The shared part: starts the writer thread on an open store (read-write)
  * for at most `max_hubs` hubs (1..HUB_MAX_WORKERS); max_queue is the
  * publishes waiting for a commit before 503 (0: 65536).  Returns the bus,
@@ -151,9 +159,11 @@ void hub_free(hub *h);
  * and before its new one is written. */
 void hub_poll(hub *h);
 
-/* On the hub's thread, at the end of each loop pass (an ev_prepare): with
- * a relaxed store, commits the publishes queued since the last call and
- * does what hub_poll does; otherwise nothing.  When publishes made by
+/* On the hub's thread, at the end of each loop pass (an ev_prepare):
+ * commits the publishes queued since the last call (a relaxed store's
+ * always; a durable store's when one alone is queued and recent lone
+ * commits took under HUB_LONE_COMMIT_MAX_US, see writer.h; the rest go to
+ * the writer thread) and does what hub_poll does.  When publishes made by
  * that fan-out's callbacks are still queued after a few rounds, wakes the
  * worker so that the loop does not block on them. */
 void hub_commit_pending(hub *h);

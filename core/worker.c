@@ -147,8 +147,9 @@ static void *worker_main(void *arg)
      * answer.  No timer may start new ones meanwhile. */
     lx_runtime_stop_timers(&w->rt);
     while (hub_inflight(w->hub) > 0) {
-        /* A relaxed store commits here, not on the writer's wake: commit
-         * first, or the loop would block with nothing left to wake it. */
+        /* Publishes may wait for their worker to commit them (or to hand
+         * them to the writer thread): do that first, or the loop would
+         * block with nothing left to wake it. */
         hub_commit_pending(w->hub);
         if (hub_inflight(w->hub) > 0) ev_run(w->loop, EVRUN_ONCE);
     }

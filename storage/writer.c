@@ -36,17 +36,23 @@ struct writer {
     struct writer_req *head, *tail;
     size_t queued;
     size_t linger_want; /* while lingering: wake the thread at this many queued */
+    int64_t lone_ns;    /* under mu: recent commits of one request, ns (moving average) */
     int stopping;
     int dirty;              /* under mu: committed since the last sync */
     struct store_msg *msgs; /* max_batch entries, under commit_mu */
     struct writer_stats st; /* under mu */
 };
 
-static int64_t now_mono_us(void)
+static int64_t now_mono_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int64_t now_mono_us(void)
+{
+    return now_mono_ns() / 1000;
 }
 
 static int64_t now_mono_ms(void)
@@ -88,7 +94,9 @@ static size_t run_batch(struct writer *w, struct writer_req *batch, size_t n)
         m->max_count = r->max_count;
         m->max_age_ms = r->max_age_ms;
     }
+    int64_t start_ns = n == 1 ? now_mono_ns() : 0;
     int rc = store_append_batch(w->store, w->msgs, n, now);
+    int64_t lone_ns = n == 1 ? now_mono_ns() - start_ns : -1;
     r = batch;
     for (size_t i = 0; i < n; i++) {
         /* Read next before done(): the request may be freed from then on. */
@@ -107,6 +115,7 @@ static size_t run_batch(struct writer *w, struct writer_req *batch, size_t n)
      * dirty; with commits on the submitters it is told of the first. */
     if (!w->dirty && w->o.commit_on_submitter) pthread_cond_signal(&w->cv);
     w->dirty = 1;
+    if (lone_ns >= 0) w->lone_ns += (lone_ns - w->lone_ns) / 4;
     w->st.batches++;
     w->st.messages += n;
     w->st.failures += failed;
@@ -305,28 +314,59 @@ int writer_submit(struct writer *w, struct writer_req *req)
         else
             w->head = req;
         w->tail = req;
-        /* Wake only on the empty->non-empty edge, or when a lingering
+        /* Wake only on the empty->non-empty edge (with lone commits on
+         * the submitter, on the lone->batch edge), or when a lingering
          * thread's group is complete: it takes the whole queue each round,
          * so further signals would be wasted syscalls.  With commits on
          * the submitters, not at all. */
-        size_t q = ++w->queued;
-        if (!w->o.commit_on_submitter && (q == 1 || q == w->linger_want))
+        size_t q = ++w->queued, wake_at = w->o.lone_commit_max_us ? 2 : 1;
+        if (!w->o.commit_on_submitter && (q == wake_at || q == w->linger_want))
             pthread_cond_signal(&w->cv);
     }
     pthread_mutex_unlock(&w->mu);
     return rc;
 }
 
+/* writer_commit_queued with lone commits on the submitter (writer.h). */
+static size_t commit_lone(struct writer *w)
+{
+    size_t n = 0, repeats;
+    /* A commit running now (the thread's, or another submitter's) would
+     * make this loop wait: leave the queue to the thread instead. */
+    int free_to_commit = pthread_mutex_trylock(&w->commit_mu) == 0;
+    pthread_mutex_lock(&w->mu);
+    int here = free_to_commit && w->queued == 1 &&
+               w->lone_ns < (int64_t)w->o.lone_commit_max_us * 1000;
+    if (!here && w->queued) pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    if (here) n = commit_one_batch(w, &repeats);
+    if (free_to_commit) pthread_mutex_unlock(&w->commit_mu);
+    if (n) {
+        pthread_mutex_lock(&w->mu);
+        w->st.on_submitter++;
+        pthread_mutex_unlock(&w->mu);
+    }
+    return n;
+}
+
 size_t writer_commit_queued(struct writer *w)
 {
-    size_t done = 0, n, repeats;
+    if (w->o.lone_commit_max_us && !w->o.commit_on_submitter) return commit_lone(w);
+    size_t done = 0, n, repeats, batches = 0;
     pthread_mutex_lock(&w->commit_mu);
     pthread_mutex_lock(&w->mu);
     size_t want = w->queued; /* not those its completions submit */
     pthread_mutex_unlock(&w->mu);
-    while (done < want && (n = commit_one_batch(w, &repeats)) > 0)
+    while (done < want && (n = commit_one_batch(w, &repeats)) > 0) {
         done += n;
+        batches++;
+    }
     pthread_mutex_unlock(&w->commit_mu);
+    if (batches) {
+        pthread_mutex_lock(&w->mu);
+        w->st.on_submitter += batches;
+        pthread_mutex_unlock(&w->mu);
+    }
     return done;
 }
 

@@ -27,6 +27,17 @@
  * publish (a futex wake of this thread, a wake of the loop back), which
  * cost more than the commit itself.  One commit runs at a time, on
  * whichever thread, in queue order: still one writer.
+ *
+ * Lone commits on the submitter (opts.lone_commit_max_us, for a durable
+ * store): the thread is woken only once two requests are queued; a
+ * request alone in the queue is committed by the submitter's
+ * writer_commit_queued() while lone commits lately took less than that
+ * many microseconds, and handed to the thread otherwise.  A publisher
+ * that sends one message at a time then pays no hand-off, and its
+ * submitter's loop stalls only for a flush known to be short; batches,
+ * and every commit on a slow disk, still run on the thread while the
+ * loop goes on.  Each submit must then be followed by a call to
+ * writer_commit_queued() on that thread.
  */
 #ifndef SLUICE_WRITER_H
 #define SLUICE_WRITER_H
@@ -81,6 +92,7 @@ struct writer_opts {
     unsigned sweep_interval_ms; /* age-retention sweep period; 0 = 1000 */
     size_t sweep_budget;        /* topics visited per sweep; 0 = 1000 */
     int commit_on_submitter;    /* submitters commit (writer_commit_queued) */
+    unsigned lone_commit_max_us; /* else: lone requests too, while this quick; 0 = no */
 };
 
 struct writer;
@@ -100,8 +112,11 @@ int writer_submit(struct writer *w, struct writer_req *req);
  * thread, and call their completions there before returning.  It waits
  * while another thread commits (a batch or a sweep: one at a time), never
  * for a sync.  Any thread, not from the completion callback.  Returns the
- * number of requests completed.  Meant for opts.commit_on_submitter; in
- * the other mode it only takes work from the storage thread. */
+ * number of requests completed.  Meant for opts.commit_on_submitter.  With
+ * opts.lone_commit_max_us it commits only a lone request, and only when
+ * lone commits are quick and no other commit is running; otherwise it
+ * wakes the storage thread for whatever is queued and returns 0.  In the
+ * remaining mode it only takes work from the storage thread. */
 size_t writer_commit_queued(struct writer *w);
 
 /* writer_stop: refuse new requests, commit everything queued (calling each
@@ -116,6 +131,7 @@ struct writer_stats {
     uint64_t max_batch; /* largest batch so far */
     uint64_t syncs;     /* periodic syncs (relaxed) */
     uint64_t swept;     /* messages removed by the age sweep */
+    uint64_t on_submitter; /* batches committed by writer_commit_queued */
     size_t queued;      /* requests waiting now */
 };
 

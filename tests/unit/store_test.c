@@ -11,6 +11,7 @@
 #define _GNU_SOURCE /* mkdtemp, clock_gettime, RTLD_NEXT */
 #endif
 #include "check.h"
+#include "scratch_dir.h"
 #include "storage/store.h"
 #include "storage/wal.h"
 
@@ -31,12 +32,7 @@
 
 static char *make_dir(void)
 {
-    char *d = strdup("/tmp/sluice_store_XXXXXX");
-    if (!d || !mkdtemp(d)) {
-        perror("mkdtemp");
-        exit(2);
-    }
-    return d;
+    return scratch_dir_new("store");
 }
 
 static void wipe_dir(const char *dir)
@@ -52,14 +48,7 @@ static void wipe_dir(const char *dir)
 
 static void remove_dir(char *dir)
 {
-    char p[512];
-    snprintf(p, sizeof p, "%s/wal", dir);
-    unlink(p);
-    snprintf(p, sizeof p, "%s/wal2", dir);
-    unlink(p);
-    wipe_dir(dir);
-    rmdir(dir);
-    free(dir);
+    scratch_dir_remove(dir);
 }
 
 static struct store *open_store(const char *dir, size_t map, size_t map_max, int relaxed)

@@ -7,12 +7,16 @@
  * periodic sync and age sweep run.  With commits on the submitters, the
  * same, and each submitter's requests are complete when its
  * writer_commit_queued returns, their completions run on the submitters.
+ * With lone commits on the submitters (a durable store's), the same
+ * order and exactly-once, a lone request committed by its submitter and
+ * anything else by the thread, woken for it.
  * Meant to run under -fsanitize=thread as well.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* mkdtemp, clock_gettime */
 #endif
 #include "check.h"
+#include "scratch_dir.h"
 #include "storage/writer.h"
 
 #include <pthread.h>
@@ -24,25 +28,12 @@
 
 static char *make_dir(void)
 {
-    char *d = strdup("/tmp/sluice_writer_XXXXXX");
-    if (!d || !mkdtemp(d)) {
-        perror("mkdtemp");
-        exit(2);
-    }
-    return d;
+    return scratch_dir_new("writer");
 }
 
 static void remove_dir(char *dir)
 {
-    char p[512];
-    snprintf(p, sizeof p, "%s/data.mdb", dir);
-    unlink(p);
-    snprintf(p, sizeof p, "%s/lock.mdb", dir);
-    unlink(p);
-    snprintf(p, sizeof p, "%s/sluice.lock", dir);
-    unlink(p);
-    rmdir(dir);
-    free(dir);
+    scratch_dir_remove(dir);
 }
 
 static struct store *open_store(const char *dir, int relaxed)
@@ -102,8 +93,8 @@ static void done_cb(void *ud, struct writer_req *wr)
 struct submitter {
     struct writer *w;
     struct req *reqs;
-    int id, wait_each, commit_here;
-    int submit_errors, not_done; /* not_done: incomplete after commit_queued */
+    int id, wait_each, commit_here, lone;
+    int submit_errors, not_done; /* incomplete after commit_queued, or unacked */
     pthread_mutex_t mu;
     pthread_cond_t cv;
 };
@@ -134,7 +125,10 @@ static void *submit_main(void *p)
             writer_commit_queued(sb->w);
             for (int k = i; k >= 0 && atomic_load(&sb->reqs[k].completions) == 0; k--)
                 sb->not_done++;
-        } else if (sb->wait_each) {
+            continue;
+        }
+        if (sb->lone) writer_commit_queued(sb->w); /* as a loop pass ends */
+        if (sb->wait_each) {
             pthread_mutex_lock(&sb->mu);
             for (int k = 0; k < 5000 && !atomic_load(&r->acked); k++) {
                 struct timespec ts;
@@ -147,6 +141,8 @@ static void *submit_main(void *p)
                 pthread_cond_timedwait(&sb->cv, &sb->mu, &ts);
             }
             pthread_mutex_unlock(&sb->mu);
+            /* Handed to the thread, it must have been woken for it. */
+            if (sb->lone && !atomic_load(&r->acked)) sb->not_done++;
         }
     }
     return NULL;
@@ -174,13 +170,18 @@ static int order_cb(void *ud, const struct store_view *v)
     return 0;
 }
 
-static void run_submitters(int wait_each, int commit_here)
+/* commit_here: a relaxed store committed by the submitters; lone: a
+ * durable one with lone commits on the submitters, always quick enough. */
+static void run_submitters(int wait_each, int commit_here, int lone)
 {
     char *dir = make_dir();
     struct store *s = open_store(dir, commit_here);
     struct ctx c = {0};
     struct writer *w = NULL;
-    struct writer_opts o = {.done = done_cb, .ud = &c, .commit_on_submitter = commit_here};
+    struct writer_opts o = {.done = done_cb,
+                            .ud = &c,
+                            .commit_on_submitter = commit_here,
+                            .lone_commit_max_us = lone ? 10000000 : 0};
     CHECK_EQ_INT(writer_start(&w, s, &o), 0);
 
     static struct submitter sb[SUBMITTERS];
@@ -191,6 +192,7 @@ static void run_submitters(int wait_each, int commit_here)
         sb[i].id = i;
         sb[i].wait_each = wait_each;
         sb[i].commit_here = commit_here;
+        sb[i].lone = lone;
         sb[i].reqs = calloc(PER_SUBMITTER, sizeof(struct req));
         pthread_mutex_init(&sb[i].mu, NULL);
         pthread_cond_init(&sb[i].cv, NULL);
@@ -454,15 +456,105 @@ static void test_linger_ends(void)
     remove_dir(dir);
 }
 
+/* ---- lone commits on the submitter ------------------------------------------ */
+
+/* Waits (bounded) until c has n completions. */
+static void wait_completed(struct ctx *c, int n)
+{
+    for (int i = 0; i < 500 && atomic_load(&c->completed) < n; i++)
+        usleep(10000);
+    CHECK_EQ_INT(atomic_load(&c->completed), n);
+}
+
+static void submit_one(struct writer *w, struct req *r, const char *data)
+{
+    memset(r, 0, sizeof *r);
+    snprintf(r->data, sizeof r->data, "%s", data);
+    r->r.topic = "t0";
+    r->r.topic_len = 2;
+    r->r.data = r->data;
+    r->r.data_len = strlen(r->data);
+    r->r.user = r;
+    CHECK_EQ_INT(writer_submit(w, &r->r), 0);
+}
+
+/* A durable store with lone_commit_max_us: a request alone in the queue is
+ * not the thread's (it stays queued) and is committed by the submitter's
+ * writer_commit_queued; two queued wake the thread, which commits them;
+ * and once lone commits are slower than the bound, a lone request goes to
+ * the thread too.  Seq order holds throughout. */
+static void test_lone_commits(void)
+{
+    char *dir = make_dir();
+    struct store *s = open_store(dir, 0);
+    struct ctx c = {0};
+    struct writer *w = NULL;
+    /* No periodic wake of the thread while the test looks. */
+    struct writer_opts o = {
+        .done = done_cb, .ud = &c, .lone_commit_max_us = 10000000, .sweep_interval_ms = 600000};
+    CHECK_EQ_INT(writer_start(&w, s, &o), 0);
+    on_submitter_thread = 1;
+    static struct req r[16];
+    usleep(100000); /* the thread asleep: it would take a request it finds */
+
+    submit_one(w, &r[0], "lone");
+    usleep(50000);
+    CHECK_EQ_INT(atomic_load(&c.completed), 0); /* the thread was not woken */
+    CHECK_EQ_INT(writer_commit_queued(w), 1);
+    CHECK_EQ_INT(atomic_load(&c.completed), 1);
+    CHECK_EQ_INT(atomic_load(&c.off_submitter), 0);
+    CHECK_EQ_INT(r[0].r.status, 0);
+
+    submit_one(w, &r[1], "pair 1");
+    submit_one(w, &r[2], "pair 2");
+    CHECK_EQ_INT(writer_commit_queued(w), 0); /* a batch: the thread's */
+    wait_completed(&c, 3);
+    CHECK_EQ_INT(atomic_load(&c.off_submitter), 2);
+
+    struct writer_stats st;
+    writer_stats(w, &st);
+    CHECK_EQ_INT(st.on_submitter, 1);
+    CHECK_EQ_INT(st.messages, 3);
+    writer_stop(w);
+
+    /* A bound no real commit meets: after at most a few lone commits
+     * here (the average starts at zero), lone requests go to the thread. */
+    memset(&c, 0, sizeof c);
+    o.lone_commit_max_us = 1;
+    CHECK_EQ_INT(writer_start(&w, s, &o), 0);
+    usleep(100000);
+    int here = 0, handed = 0;
+    for (int i = 0; i < 12 && !handed; i++) {
+        submit_one(w, &r[3 + i], "slow");
+        if (writer_commit_queued(w) == 1) {
+            here++;
+        } else {
+            handed = 1;
+            wait_completed(&c, i + 1);
+        }
+    }
+    CHECK(handed);
+    CHECK(here >= 1);
+    CHECK_EQ_INT(atomic_load(&c.off_submitter), 1);
+    CHECK_EQ_INT(atomic_load(&c.out_of_order), 0);
+    writer_stop(w);
+    on_submitter_thread = 0;
+    store_close(s);
+    remove_dir(dir);
+}
+
 int main(void)
 {
-    run_submitters(0, 0); /* fire and forget */
-    run_submitters(1, 0); /* each waits for its ack, as a publisher does */
-    run_submitters(0, 1); /* the same, committed by the submitters */
-    run_submitters(1, 1);
+    run_submitters(0, 0, 0); /* fire and forget */
+    run_submitters(1, 0, 0); /* each waits for its ack, as a publisher does */
+    run_submitters(0, 1, 0); /* the same, committed by the submitters */
+    run_submitters(1, 1, 0);
+    run_submitters(0, 0, 1); /* lone requests committed by their submitters */
+    run_submitters(1, 0, 1);
     test_group_commit();
     test_busy();
     test_periodic();
     test_linger_ends();
+    test_lone_commits();
     return CHECK_DONE();
 }
