@@ -8,6 +8,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "tests/unit/scratch_dir.h"
+
 /* Seconds on `clock`: CLOCK_MONOTONIC for time, CLOCK_PROCESS_CPUTIME_ID
  * for the CPU of every thread of the process, user and system. */
 static inline double clock_s(clockid_t clock)
@@ -17,29 +19,16 @@ static inline double clock_s(clockid_t clock)
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-/* A fresh directory under parent (free it with remove_dir); exits on
- * failure. */
+/* A fresh directory under parent (free it with remove_dir, which also
+ * removes what a store or a log left in it); exits on failure. */
 static inline char *make_dir(const char *parent)
 {
-    char *d;
-    if (asprintf(&d, "%s/sluice_bench_XXXXXX", parent) < 0 || !mkdtemp(d)) {
-        perror("mkdtemp");
-        exit(2);
-    }
-    return d;
+    return scratch_dir_new(parent, "bench");
 }
 
-/* Remove what a store (or a log alone) leaves in dir, then dir. */
 static inline void remove_dir(char *dir)
 {
-    static const char *const files[] = {"data.mdb", "lock.mdb", "sluice.lock", "wal", "wal2"};
-    char p[1024];
-    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
-        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
-        unlink(p);
-    }
-    rmdir(dir);
-    free(dir);
+    scratch_dir_remove(dir);
 }
 
 #endif

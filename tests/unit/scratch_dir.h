@@ -1,6 +1,7 @@
-/* scratch_dir.h: a fresh directory per test case under /tmp, and its
- * removal together with every file a store leaves in it (LMDB's two, the
- * lock file and the two logs), so that runs leave nothing behind. */
+/* scratch_dir.h: a fresh directory per test case (or benchmark run), and
+ * its removal together with every file a store leaves in it (LMDB's two,
+ * the lock file and the two logs), so that runs leave nothing behind.
+ * The unit tests and bench/bench_util.h share it. */
 #ifndef SLUICE_TEST_SCRATCH_DIR_H
 #define SLUICE_TEST_SCRATCH_DIR_H
 
@@ -9,12 +10,12 @@
 #include <string.h>
 #include <unistd.h>
 
-/* A new directory /tmp/sluice_NAME_XXXXXX (free it with
+/* A new directory PARENT/sluice_NAME_XXXXXX (free it with
  * scratch_dir_remove); exits on failure. */
-static inline char *scratch_dir_new(const char *name)
+static inline char *scratch_dir_new(const char *parent, const char *name)
 {
     char *d = NULL;
-    if (asprintf(&d, "/tmp/sluice_%s_XXXXXX", name) < 0 || !mkdtemp(d)) {
+    if (asprintf(&d, "%s/sluice_%s_XXXXXX", parent, name) < 0 || !mkdtemp(d)) {
         perror("mkdtemp");
         exit(2);
     }

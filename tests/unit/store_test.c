@@ -32,7 +32,7 @@
 
 static char *make_dir(void)
 {
-    return scratch_dir_new("store");
+    return scratch_dir_new("/tmp", "store");
 }
 
 static void wipe_dir(const char *dir)

@@ -28,7 +28,7 @@
 
 static char *make_dir(void)
 {
-    return scratch_dir_new("writer");
+    return scratch_dir_new("/tmp", "writer");
 }
 
 static void remove_dir(char *dir)
