@@ -72,9 +72,10 @@ static int64_t now_wall_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Commit one detached batch and complete its requests in order.  Returns
- * how many requests have the same topic as the one before them. */
-static size_t run_batch(struct writer *w, struct writer_req *batch, size_t n)
+/* Commit one detached batch and complete its requests in order (on a
+ * submitter's thread when on_submitter).  Returns how many requests have
+ * the same topic as the one before them. */
+static size_t run_batch(struct writer *w, struct writer_req *batch, size_t n, int on_submitter)
 {
     struct writer_req *r = batch;
     int64_t now = now_wall_ms();
@@ -117,6 +118,7 @@ static size_t run_batch(struct writer *w, struct writer_req *batch, size_t n)
     w->dirty = 1;
     if (lone_ns >= 0) w->lone_ns += (lone_ns - w->lone_ns) / 4;
     w->st.batches++;
+    w->st.on_submitter += on_submitter != 0;
     w->st.messages += n;
     w->st.failures += failed;
     if (n > w->st.max_batch) w->st.max_batch = n;
@@ -127,7 +129,7 @@ static size_t run_batch(struct writer *w, struct writer_req *batch, size_t n)
 /* Detach at most one batch from the queue and commit it; the caller holds
  * commit_mu, not mu.  Returns the batch's size, and in *repeats how many of
  * its requests have the topic of the one before. */
-static size_t commit_one_batch(struct writer *w, size_t *repeats)
+static size_t commit_one_batch(struct writer *w, size_t *repeats, int on_submitter)
 {
     pthread_mutex_lock(&w->mu);
     struct writer_req *batch = w->head, *last = NULL, *r = w->head;
@@ -145,7 +147,7 @@ static size_t commit_one_batch(struct writer *w, size_t *repeats)
         w->queued -= n;
     }
     pthread_mutex_unlock(&w->mu);
-    *repeats = n ? run_batch(w, batch, n) : 0;
+    *repeats = n ? run_batch(w, batch, n, on_submitter) : 0;
     return n;
 }
 
@@ -204,7 +206,7 @@ static void *writer_main(void *arg)
         size_t repeats, n = 0;
         if (take) {
             pthread_mutex_lock(&w->commit_mu);
-            n = commit_one_batch(w, &repeats);
+            n = commit_one_batch(w, &repeats, 0);
             pthread_mutex_unlock(&w->commit_mu);
         }
         if (n) {
@@ -339,34 +341,22 @@ static size_t commit_lone(struct writer *w)
                w->lone_ns < (int64_t)w->o.lone_commit_max_us * 1000;
     if (!here && w->queued) pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
-    if (here) n = commit_one_batch(w, &repeats);
+    if (here) n = commit_one_batch(w, &repeats, 1);
     if (free_to_commit) pthread_mutex_unlock(&w->commit_mu);
-    if (n) {
-        pthread_mutex_lock(&w->mu);
-        w->st.on_submitter++;
-        pthread_mutex_unlock(&w->mu);
-    }
     return n;
 }
 
 size_t writer_commit_queued(struct writer *w)
 {
     if (w->o.lone_commit_max_us && !w->o.commit_on_submitter) return commit_lone(w);
-    size_t done = 0, n, repeats, batches = 0;
+    size_t done = 0, n, repeats;
     pthread_mutex_lock(&w->commit_mu);
     pthread_mutex_lock(&w->mu);
     size_t want = w->queued; /* not those its completions submit */
     pthread_mutex_unlock(&w->mu);
-    while (done < want && (n = commit_one_batch(w, &repeats)) > 0) {
+    while (done < want && (n = commit_one_batch(w, &repeats, 1)) > 0)
         done += n;
-        batches++;
-    }
     pthread_mutex_unlock(&w->commit_mu);
-    if (batches) {
-        pthread_mutex_lock(&w->mu);
-        w->st.on_submitter += batches;
-        pthread_mutex_unlock(&w->mu);
-    }
     return done;
 }
 
