@@ -16,7 +16,7 @@ top=$PWD
 
 run_deps=(build-essential cmake pkg-config liblua5.4-dev lua-cjson-dev libev-dev node-llhttp
           libssl-dev liblmdb-dev zlib1g-dev libmimalloc-dev)
-test_deps=(curl openssl util-linux python3 python3-websockets python3-autobahn chromium clang
+test_deps=(curl openssl util-linux strace python3 python3-websockets python3-autobahn chromium clang
            libclang-rt-14-dev)
 bench_deps=(nginx-light libnginx-mod-nchan pushpin gnuplot-nox wrk)
 

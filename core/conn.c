@@ -390,7 +390,9 @@ static void on_drained(conn *c)
 /* Writes as much of the queue as the socket takes: one gathered send of up
  * to FLUSH_IOV segments (or one TLS record), so one system call per connection
  * per loop iteration however many messages are queued; it repeats only if
- * the socket took everything and more is left. */
+ * the socket took everything and more is left.  A socket that took less is
+ * full: the rest waits for it to turn writable, without a send that would
+ * only say EAGAIN. */
 #define FLUSH_IOV 1024 /* IOV_MAX on Linux */
 static void flush(conn *c)
 {
@@ -400,9 +402,9 @@ static void flush(conn *c)
         ssize_t w = io_writev(&c->io, iov, n);
         if (w > 0) {
             outq_consume(&c->out, (size_t)w);
-            continue;
+            if (!c->io.full) continue;
         }
-        if (w == IO_AGAIN) {
+        if (w == IO_AGAIN || c->io.full) {
             c->write_want = c->io.want;
             update_io(c);
             return;

@@ -84,6 +84,7 @@ int io_peek(io_t *io)
 ssize_t io_writev(io_t *io, const struct iovec *iov, int iovcnt)
 {
     io->want = IO_WANT_NONE;
+    io->full = 0;
     if (io->ssl) {
         const void *data;
         size_t len;
@@ -122,7 +123,14 @@ ssize_t io_writev(io_t *io, const struct iovec *iov, int iovcnt)
     for (;;) {
         ssize_t n = iovcnt == 1 ? send(io->fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL)
                                 : sendmsg(io->fd, &mh, MSG_NOSIGNAL);
-        if (n >= 0) return n;
+        if (n >= 0) {
+            size_t offered = 0;
+            for (int i = 0; i < iovcnt; i++)
+                offered += iov[i].iov_len;
+            io->full = (size_t)n < offered;
+            if (io->full) io->want = IO_WANT_WRITE;
+            return n;
+        }
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
             io->want = IO_WANT_WRITE;

@@ -23,8 +23,9 @@ enum io_want { IO_WANT_NONE = 0, IO_WANT_READ = 1, IO_WANT_WRITE = 2 };
 
 typedef struct io {
     int fd;
-    uint8_t want;           /* io_want after IO_AGAIN */
+    uint8_t want;           /* io_want after IO_AGAIN or a full write */
     uint8_t drained;        /* the last read emptied a plain socket */
+    uint8_t full;           /* the last write filled a plain socket */
     SSL *ssl;               /* NULL for plain TCP */
     uint32_t tls_retry_len; /* TLS: length of an SSL_write to repeat */
 } io_t;
@@ -41,7 +42,11 @@ ssize_t io_read(io_t *io, void *buf, size_t len);
 int io_peek(io_t *io);
 
 /* Writes from `iovcnt` iovecs in one send or sendmsg.  Returns the bytes
- * written (maybe fewer than offered), IO_AGAIN or IO_ERROR.  For TLS the
+ * written (maybe fewer than offered), IO_AGAIN or IO_ERROR.  A plain socket
+ * that took fewer bytes than offered is full: io->full is then set and
+ * io->want is IO_WANT_WRITE, since another write before the socket turns
+ * writable would only say IO_AGAIN (never set for TLS, whose writes stop
+ * at a record by design).  For TLS the
  * iovecs are gathered into one record-sized write; after IO_AGAIN the
  * caller must offer the same bytes again (it does, since it consumes only
  * what was written). */
