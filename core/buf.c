@@ -36,30 +36,58 @@ void buf_unref(buf_t *b)
 
 /* Rings of the first size are recycled per thread: a subscriber that
  * receives one message at a time would otherwise allocate and free its
- * ring on every delivery. */
+ * ring on every delivery.  The pool is a list threaded through the free
+ * rings themselves; it keeps at most ring_pool_max of them, which the
+ * server raises to its number of connections (outq_pool_limit), so that a
+ * fan-out to all of them takes every ring from the pool once it is warm. */
 #define OUTQ_FIRST_CAP 4
-#define OUTQ_POOL_MAX 1024
-static __thread outq_seg *ring_pool[OUTQ_POOL_MAX];
-static __thread unsigned ring_pool_len;
+#define OUTQ_POOL_MIN 1024
+static __thread outq_seg *ring_pool;
+static __thread size_t ring_pool_len, ring_pool_max = OUTQ_POOL_MIN;
+static __thread uint64_t ring_allocs;
+
+static outq_seg *ring_pool_pop(void)
+{
+    outq_seg *r = ring_pool;
+    memcpy(&ring_pool, r, sizeof ring_pool);
+    ring_pool_len--;
+    return r;
+}
 
 static outq_seg *ring_alloc(uint32_t cap)
 {
-    if (cap == OUTQ_FIRST_CAP && ring_pool_len > 0) return ring_pool[--ring_pool_len];
+    if (cap == OUTQ_FIRST_CAP && ring_pool) return ring_pool_pop();
+    ring_allocs++;
     return malloc(sizeof(outq_seg) * cap);
 }
 
 static void ring_free(outq_seg *r, uint32_t cap)
 {
-    if (r && cap == OUTQ_FIRST_CAP && ring_pool_len < OUTQ_POOL_MAX)
-        ring_pool[ring_pool_len++] = r;
-    else
+    if (r && cap == OUTQ_FIRST_CAP && ring_pool_len < ring_pool_max) {
+        memcpy(r, &ring_pool, sizeof ring_pool);
+        ring_pool = r;
+        ring_pool_len++;
+    } else {
         free(r);
+    }
+}
+
+void outq_pool_limit(size_t n)
+{
+    ring_pool_max = n > OUTQ_POOL_MIN ? n : OUTQ_POOL_MIN;
+    while (ring_pool_len > ring_pool_max)
+        free(ring_pool_pop());
+}
+
+uint64_t outq_ring_allocs(void)
+{
+    return ring_allocs;
 }
 
 void outq_pool_drain(void)
 {
-    while (ring_pool_len > 0)
-        free(ring_pool[--ring_pool_len]);
+    while (ring_pool)
+        free(ring_pool_pop());
 }
 
 static int outq_grow(outq_t *q)

@@ -70,4 +70,14 @@ void outq_clear(outq_t *q);
  * calls it last. */
 void outq_pool_drain(void);
 
+/* Sets how many drained rings the calling thread keeps for reuse: n, but
+ * at least 1,024 (freeing any beyond).  A server keeps it at its number of
+ * connections, so that a fan-out to all of them allocates no ring once
+ * each has had one: the pool then holds 64 bytes per connection at most. */
+void outq_pool_limit(size_t n);
+
+/* Rings the calling thread has allocated (not taken from its pool) so far:
+ * for tests. */
+uint64_t outq_ring_allocs(void);
+
 #endif

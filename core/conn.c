@@ -185,6 +185,7 @@ void conn_close(conn *c)
     srv->nconns--;
     server_count_connection(-1);
     outq_clear(&c->out);
+    outq_pool_limit(srv->nconns);
     free_pending(c);
     free_parser(c);
     free(c->resp_head);
@@ -260,6 +261,7 @@ void conn_accept(server *srv, int fd, const struct sockaddr *addr, socklen_t ale
     srv->conns = c;
     srv->nconns++;
     server_count_connection(1);
+    outq_pool_limit(srv->nconns);
     if (tls) {
         if (!srv->tls_ctx || io_tls_start(&c->io, srv->tls_ctx) < 0) {
             conn_close(c);

@@ -1,6 +1,55 @@
-/* buf_test.c: shared buffers and the output queue ring. */
+/* buf_test.c: shared buffers, the output queue ring and its pool. */
 #include "check.h"
 #include "core/buf.h"
+
+#include <stdlib.h>
+
+/* One message to each of n queues, then each drained: a fan-out to n
+ * subscribers that read it.  Returns the rings allocated meanwhile. */
+static uint64_t fan_out_rings(outq_t *qs, size_t n, buf_t *msg)
+{
+    uint64_t before = outq_ring_allocs();
+    for (size_t i = 0; i < n; i++)
+        outq_push(&qs[i], msg, 0, msg->len);
+    for (size_t i = 0; i < n; i++)
+        outq_consume(&qs[i], msg->len);
+    return outq_ring_allocs() - before;
+}
+
+static void test_pool_follows_connections(void)
+{
+    enum { MANY = 5000 };
+    outq_t *qs = calloc(MANY, sizeof(outq_t));
+    buf_t *msg = buf_from("event", 5);
+
+    /* Within the least pool, the second fan-out allocates nothing. */
+    outq_pool_drain();
+    fan_out_rings(qs, 1000, msg);
+    CHECK_EQ_INT(fan_out_rings(qs, 1000, msg), 0);
+
+    /* Beyond it, every fan-out allocates what the pool cannot keep... */
+    outq_pool_limit(0);
+    fan_out_rings(qs, MANY, msg);
+    CHECK_EQ_INT(fan_out_rings(qs, MANY, msg), MANY - 1024);
+
+    /* ...until the limit follows the connections: then once warm, none. */
+    outq_pool_limit(MANY);
+    fan_out_rings(qs, MANY, msg);
+    CHECK_EQ_INT(fan_out_rings(qs, MANY, msg), 0);
+    CHECK_EQ_INT(msg->refs, 1);
+
+    /* Fewer connections: the pool shrinks to what it may keep. */
+    outq_pool_limit(2000);
+    fan_out_rings(qs, 2000, msg);
+    CHECK_EQ_INT(fan_out_rings(qs, 2000, msg), 0);
+    CHECK_EQ_INT(fan_out_rings(qs, 2001, msg), 1);
+
+    outq_pool_drain();
+    CHECK_EQ_INT(fan_out_rings(qs, 1, msg), 1);
+    outq_pool_drain();
+    buf_unref(msg);
+    free(qs);
+}
 
 int main(void)
 {
@@ -42,5 +91,6 @@ int main(void)
     buf_unref(a);
     buf_unref(b);
     CHECK(buf_new((size_t)UINT32_MAX) == NULL);
+    test_pool_follows_connections();
     return CHECK_DONE();
 }
