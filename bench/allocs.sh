@@ -3,22 +3,23 @@
 # counted by uprobes on the allocator's malloc, calloc and realloc.
 #
 # Issue 6 asks that the fan-out allocate nothing per delivery. SUBS
-# WebSocket subscribers of one topic get MSGS messages, published one at a
+# WebSocket (or SSE) subscribers of one topic get MSGS messages, published one at a
 # time; then a second run (new subscribers) gets MSGS * 4. The difference
 # of the two counts over the difference in messages is what one publish
 # allocates, subscribing and start-up left out: per delivery it is that
 # over SUBS, and a fan-out that allocated per subscriber would show it at
 # 1 or more.
 #
-# Environment: SUBS (10000), MSGS (10), SLUICE_BIN. Needs perf with
-# uprobes (linux-perf; root): the probes are added for the run and removed
-# after. The counts are exact; the run is slower than usual (each
+# Environment: SUBS (10000), MSGS (10), KIND (ws or sse), SLUICE_BIN.
+# Needs perf with uprobes (linux-perf; root): the probes are added for the
+# run and removed after. The counts are exact; the run is slower than usual (each
 # allocation traps), so it prints no rates.
 set -u
 . "$(dirname "$0")/lib.sh"
 
 SUBS=${SUBS:-10000}
 MSGS=${MSGS:-10}
+KIND=${KIND:-ws}
 LOADGEN=${LOADGEN:-$BENCH_DIR/loadgen}
 command -v perf >/dev/null || { bench_log "perf is not installed (Debian: linux-perf)"; exit 1; }
 [ -x "$LOADGEN" ] || make -s -C "$BENCH_DIR" loadgen >&2 || exit 1
@@ -46,7 +47,7 @@ allocs() {
     perf stat -x, -e "$group:malloc,$group:calloc,$group:realloc" -p "$SLUICE_PID" -o "$out" &
     stat=$!
     sleep 0.5 # perf attaches
-    "$LOADGEN" -p "$SLUICE_PORT" -k ws -n "$SUBS" -T 1 -m "$msgs" -s 64 -c 1 -K 1 \
+    "$LOADGEN" -p "$SLUICE_PORT" -k "$KIND" -n "$SUBS" -T 1 -m "$msgs" -s 64 -c 1 -K 1 \
         -S '/topics/{topic}' -P '/topics/{topic}' >/dev/null 2>&1 || bench_log "loadgen failed"
     kill -INT "$stat"
     wait "$stat"
@@ -60,8 +61,8 @@ lo=$(allocs "$MSGS")
 hi=$(allocs $((MSGS * 4)))
 extra=$((MSGS * 3))
 bench_log "allocator: $lib"
-awk -v lo="$lo" -v hi="$hi" -v m="$extra" -v subs="$SUBS" -v msgs="$MSGS" 'BEGIN {
-    printf "%d subscribers: %d allocations with %d messages, %d with %d\n", subs, lo, msgs, hi, msgs * 4
+awk -v lo="$lo" -v hi="$hi" -v m="$extra" -v subs="$SUBS" -v msgs="$MSGS" -v kind="$KIND" 'BEGIN {
+    printf "%d %s subscribers: %d allocations with %d messages, %d with %d\n", subs, kind, lo, msgs, hi, msgs * 4
     printf "per publish (its request, Lua task and tables, message, answer): %.1f; per delivery: %.4f\n",
         (hi - lo) / m, (hi - lo) / m / subs
 }'
