@@ -3,17 +3,17 @@
 # counted by uprobes on the allocator's malloc, calloc and realloc.
 #
 # Issue 6 asks that the fan-out allocate nothing per delivery. SUBS
-# WebSocket (or SSE) subscribers of one topic get MSGS messages, published one at a
-# time; then a second run (new subscribers) gets MSGS * 4. The difference
-# of the two counts over the difference in messages is what one publish
-# allocates, subscribing and start-up left out: per delivery it is that
-# over SUBS, and a fan-out that allocated per subscriber would show it at
-# 1 or more.
+# WebSocket (or SSE) subscribers of one topic get MSGS messages, published
+# one at a time; then a second run (new subscribers) gets MSGS * 4. The
+# difference of the two counts over the difference in messages is what one
+# publish allocates, subscribing and start-up left out: per delivery it is
+# that over SUBS, and a fan-out that allocated per subscriber would show it
+# at 1 or more.
 #
 # Environment: SUBS (10000), MSGS (10), KIND (ws or sse), SLUICE_BIN.
 # Needs perf with uprobes (linux-perf; root): the probes are added for the
-# run and removed after. The counts are exact; the run is slower than usual (each
-# allocation traps), so it prints no rates.
+# run and removed after. The counts are exact; the run is slower than usual
+# (each allocation traps), so it prints no rates.
 set -u
 . "$(dirname "$0")/lib.sh"
 
