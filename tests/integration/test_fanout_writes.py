@@ -28,6 +28,9 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import IO_TIMEOUT, RawConn, SluiceTestCase, app, build_request
 
+# Fewer than the 1,024 segments one send takes (FLUSH_IOV), so a queue
+# always fits one send: the one case where a second send in a pass is right
+# (the socket took all of a full send and more is left) cannot arise.
 MESSAGES = 1000
 SIZE = 8000  # 8 MB in all: more than the server's send buffer grows to (4 MiB here)
 RCVBUF = 8192  # the subscribers' receive buffers, kept small (no autotuning)
