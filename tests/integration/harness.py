@@ -705,13 +705,15 @@ def insecure_tls_context():
     return ctx
 
 
-def make_cert(dirname, name="server", cn="localhost"):
-    """Generate a self-signed EC certificate for localhost/127.0.0.1 with the
-    openssl CLI; returns (cert_path, key_path)."""
+def make_cert(dirname, name="server", cn="localhost", kind="ec"):
+    """Generate a self-signed certificate (kind "ec": P-256, or "rsa": 2048
+    bits) for localhost/127.0.0.1 with the openssl CLI; returns (cert_path,
+    key_path)."""
     cert = os.path.join(dirname, name + ".crt")
     key = os.path.join(dirname, name + ".key")
-    p = run(["openssl", "req", "-x509", "-newkey", "ec",
-             "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+    keyopts = (["-newkey", "rsa:2048"] if kind == "rsa" else
+               ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+    p = run(["openssl", "req", "-x509"] + keyopts + ["-nodes",
              "-subj", "/CN=" + cn,
              "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
              "-days", "2", "-keyout", key, "-out", cert], timeout=30)

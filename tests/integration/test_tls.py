@@ -1,10 +1,12 @@
 """TLS: --tls-listen/--tls-cert/--tls-key, curl --cacert, openssl s_client
-(ALPN http/1.1, TLS 1.2 and 1.3 accepted, 1.1 refused), the handshake
+(ALPN http/1.1, TLS 1.2 and 1.3 accepted, 1.1 refused, TLS 1.2 only with
+forward-secret AEAD suites), the handshake
 timeout, and SIGHUP reloading the certificate for new connections while
 open ones go on."""
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import ssl
@@ -221,6 +223,63 @@ class TlsTest(SluiceTestCase):
         c = self.tls_conn()
         self.assertEqual(c.sock.getpeercert(binary_form=True), old_der)
         self.assertEqual(c.get("/ping").body, b"pong")
+
+
+class TlsCipherTest(SluiceTestCase):
+    """TLS 1.2 offers only forward-secret AEAD suites (Mozilla's
+    intermediate profile: ECDHE with AES-GCM or ChaCha20-Poly1305), for an
+    RSA and for an ECDSA certificate.  Each refused suite is one that
+    OpenSSL's default list accepts."""
+
+    REQUEST = b"GET /ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+
+    def serve(self, kind):
+        d = self.tmpdir()
+        cert, key = make_cert(d, kind=kind, name=kind)
+        return self.start(app("tls.lua"), listen=["127.0.0.1:0"], tls_listen=["127.0.0.1:0"],
+                          args=["--tls-cert", cert, "--tls-key", key])
+
+    def negotiated(self, s, cipher):
+        rc, out = s_client(s.tls_port, "-tls1_2", "-cipher", cipher, request=self.REQUEST)
+        m = re.search(r"Cipher is ([A-Z0-9-]+)", out)
+        return (m.group(1) if m and m.group(1) != "0000" else None), out
+
+    def check(self, kind, refused, accepted):
+        s = self.serve(kind)
+        for cipher in refused:
+            got, out = self.negotiated(s, cipher)
+            self.assertIsNone(got, "%s (%s certificate) was accepted:\n%s" % (cipher, kind, out))
+        for cipher in accepted:
+            got, out = self.negotiated(s, cipher)
+            self.assertEqual(got, cipher, out)
+            self.assertIn("pong", out)
+        # With everything offered, the server picks an AEAD suite.
+        got, out = self.negotiated(s, "ALL:@SECLEVEL=0")
+        self.assertRegex(got or "", r"^ECDHE-.*(GCM|CHACHA20)", out)
+        self.assertServes(s)
+
+    def test_rsa_certificate(self):
+        self.check("rsa",
+                   refused=["AES128-SHA256", "AES256-GCM-SHA384", "AES128-SHA",
+                            "ECDHE-RSA-AES128-SHA256", "ECDHE-RSA-AES256-SHA",
+                            "DHE-RSA-AES128-GCM-SHA256"],
+                   accepted=["ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384",
+                             "ECDHE-RSA-CHACHA20-POLY1305"])
+
+    def test_ecdsa_certificate(self):
+        self.check("ec",
+                   refused=["ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384"],
+                   accepted=["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
+                             "ECDHE-ECDSA-CHACHA20-POLY1305"])
+
+    def test_tls13_unchanged(self):
+        s = self.serve("rsa")
+        for suite in ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
+                      "TLS_CHACHA20_POLY1305_SHA256"):
+            rc, out = s_client(s.tls_port, "-tls1_3", "-ciphersuites", suite,
+                               request=self.REQUEST)
+            self.assertIn("Cipher is " + suite, out)
+            self.assertIn("pong", out)
 
 
 class TlsConfigTest(SluiceTestCase):
