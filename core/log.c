@@ -268,3 +268,28 @@ void log_printf(log_level level, const char *fmt, ...)
     va_end(ap);
     log_fields(level, msg, NULL, 0);
 }
+
+bool log_limit_pass_at(log_limit *l, long long now_ms, double interval,
+                       unsigned long long *suppressed)
+{
+    long long next = __atomic_load_n(&l->next_ms, __ATOMIC_RELAXED);
+    long long want = now_ms + (long long)(interval * 1000.0);
+    if (now_ms < next ||
+        !__atomic_compare_exchange_n(&l->next_ms, &next, want, false, __ATOMIC_RELAXED,
+                                     __ATOMIC_RELAXED)) {
+        __atomic_add_fetch(&l->suppressed, 1, __ATOMIC_RELAXED);
+        return false;
+    }
+    unsigned long long n = __atomic_exchange_n(&l->suppressed, 0, __ATOMIC_RELAXED);
+    if (suppressed) *suppressed = n;
+    return true;
+}
+
+bool log_limit_pass(log_limit *l, double interval, unsigned long long *suppressed)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    /* +1: a zeroed limit (next_ms 0) lets the first line through at once. */
+    long long now_ms = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + 1;
+    return log_limit_pass_at(l, now_ms, interval, suppressed);
+}

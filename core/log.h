@@ -56,6 +56,42 @@ void log_flush(void);
 /* Writes one line whose message is formatted printf-style, no fields. */
 void log_printf(log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* A rate limit for one kind of line that a peer or a script can cause at
+ * any rate (a refused request, a dropped message): one line per `interval`
+ * seconds gets through, and the lines held back meanwhile are counted and
+ * reported by the next line that passes.  Keep one log_limit per kind of
+ * line, static and zero-initialised (LOG_LIMIT_INIT); any thread may use it
+ * (relaxed atomics: two threads may both pass at the same instant, never
+ * more). */
+typedef struct log_limit {
+    long long next_ms;             /* monotonic ms before which lines are held */
+    unsigned long long suppressed; /* held back since the last line */
+} log_limit;
+#define LOG_LIMIT_INIT {0, 0}
+
+/* True when a line may be written now; *suppressed (may be NULL) then
+ * receives how many lines were held back since the last one (log it as a
+ * field, LOG_I("suppressed", n)).  False (the line is counted as held back)
+ * within `interval` seconds of the last line that passed. */
+bool log_limit_pass(log_limit *l, double interval, unsigned long long *suppressed);
+
+/* The same at a given time (monotonic milliseconds), for tests. */
+bool log_limit_pass_at(log_limit *l, long long now_ms, double interval,
+                       unsigned long long *suppressed);
+
+/* LOG_KV for lines under a limit: adds the `suppressed` field when lines
+ * were held back.  The limit is passed (and counts) even when `level` is
+ * not logged, so that turning a level on does not report old counts. */
+#define LOG_KV_LIMITED(lim, interval, level, msg, ...)                                             \
+    do {                                                                                           \
+        unsigned long long log_sup_;                                                               \
+        if (log_limit_pass((lim), (interval), &log_sup_) && log_enabled(level)) {                  \
+            const log_field log_kv_f_[] = {__VA_ARGS__, LOG_I("suppressed", log_sup_)};            \
+            int log_kv_n_ = (int)(sizeof(log_kv_f_) / sizeof(log_field));                          \
+            log_fields((level), (msg), log_kv_f_, log_sup_ ? log_kv_n_ : log_kv_n_ - 1);          \
+        }                                                                                          \
+    } while (0)
+
 #define LOG_KV(level, msg, ...)                                                                    \
     do {                                                                                           \
         if (log_enabled(level)) {                                                                  \

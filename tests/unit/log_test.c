@@ -149,11 +149,46 @@ static void test_batching(void)
     CHECK(ok);
 }
 
+/* One line per interval, the held-back count reported by the next one. */
+static void test_limit(void)
+{
+    log_limit l = LOG_LIMIT_INIT;
+    unsigned long long sup = 99;
+    CHECK(log_limit_pass_at(&l, 1000, 1.0, &sup));
+    CHECK_EQ_INT(sup, 0);
+    for (int i = 0; i < 20; i++)
+        CHECK(!log_limit_pass_at(&l, 1000 + 50 * i, 1.0, &sup)); /* 1000..1950 */
+    CHECK(log_limit_pass_at(&l, 2000, 1.0, &sup));
+    CHECK_EQ_INT(sup, 20);
+    CHECK(!log_limit_pass_at(&l, 2999, 1.0, &sup));
+    CHECK(log_limit_pass_at(&l, 60000, 1.0, &sup));
+    CHECK_EQ_INT(sup, 1);
+
+    /* Through the macro: 1,000 calls in a burst write one line. */
+    static log_limit burst = LOG_LIMIT_INIT;
+    log_setup(LOG_INFO, LOG_TEXT);
+    char out[4096];
+    capture_begin();
+    for (int i = 0; i < 1000; i++)
+        LOG_KV_LIMITED(&burst, 60.0, LOG_WARN, "dropped", LOG_I("i", i));
+    size_t n = capture_end(out, sizeof out);
+    CHECK(n > 0);
+    CHECK(matches(out, "^[-0-9T:.]+Z warn dropped i=0\n$"));
+    CHECK_EQ_INT(burst.suppressed, 999);
+    /* The next line that passes says how many were held back. */
+    burst.next_ms = 0;
+    capture_begin();
+    LOG_KV_LIMITED(&burst, 60.0, LOG_WARN, "dropped", LOG_I("i", 1000));
+    capture_end(out, sizeof out);
+    CHECK(matches(out, " warn dropped i=1000 suppressed=999\n$"));
+}
+
 int main(void)
 {
     test_text_line();
     test_json_line();
     test_decimals();
     test_batching();
+    test_limit();
     return CHECK_DONE();
 }
