@@ -1523,7 +1523,7 @@ static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int6
         }
         m->status = 0;
         valid++;
-        bytes += wal_rec_size(m->topic_len, m->event ? m->event_len : 0, m->data_len);
+        bytes += wal_rec_size(m->topic_len, m->event ? m->event_len : 0, m->data_len, 0);
     }
     if (!valid) return STORE_OK;
     if (s->log_msgs[s->cur] + valid > TAIL_MAX || bytes > wal_room(s->logs[s->cur])) {

@@ -2,10 +2,16 @@
  *
  * Record layout (host byte order, like the LMDB values beside it):
  *   u32 size        whole record, padding included, a multiple of 8
- *   u32 crc         CRC-32C of bytes [8, size)
+ *   u32 crc         CRC-32C of bytes [8, size), seeded with the salt and
+ *                   the format's number
  *   u64 seq, u64 epoch, i64 time_ms, u64 max_count, u64 max_age_ms
  *   u16 topic_len, u16 event_len, u32 data_len
- *   topic, event, data, zero padding
+ *   u16 ikey_len, u16 flags, u32 zero
+ *   topic, ikey, event, data, zero padding
+ * The first format (before 2026-12-06) stopped after data_len (56 bytes)
+ * and had no key and no flags; its CRC is seeded with the salt alone.  It
+ * is still decoded, so that a log a crash left before an upgrade is
+ * replayed; a record matches one format only (the CRCs differ).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* asprintf */
@@ -86,27 +92,32 @@ static void crc_init(void)
 #endif
 }
 
-/* The salt's 8 bytes (least significant first), then the bytes. */
-static uint32_t crc32c(uint64_t salt, const unsigned char *p, size_t n)
+/* The salt's 8 bytes (least significant first), the format's number
+ * (none for the first format), then the bytes. */
+static uint32_t crc32c(uint64_t salt, int format, const unsigned char *p, size_t n)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, crc_init);
-    unsigned char seed[8];
+    unsigned char seed[9];
     for (int i = 0; i < 8; i++, salt >>= 8)
         seed[i] = (unsigned char)salt;
-    return ~crc32c_update(crc32c_update(0xFFFFFFFFu, seed, 8), p, n);
+    seed[8] = (unsigned char)format;
+    return ~crc32c_update(crc32c_update(0xFFFFFFFFu, seed, format > 1 ? 9 : 8), p, n);
 }
 
-size_t wal_rec_size(size_t topic_len, size_t event_len, size_t data_len)
+#define WAL_REC_HEADER_V1 56
+
+size_t wal_rec_size(size_t topic_len, size_t event_len, size_t data_len, size_t ikey_len)
 {
-    return (WAL_REC_HEADER + topic_len + event_len + data_len + 7) & ~(size_t)7;
+    return (WAL_REC_HEADER + topic_len + ikey_len + event_len + data_len + 7) & ~(size_t)7;
 }
 
 size_t wal_rec_encode(unsigned char *out, const struct wal_rec *r, uint64_t salt)
 {
-    size_t size = wal_rec_size(r->topic_len, r->event_len, r->data_len);
-    uint32_t size32 = (uint32_t)size, data32 = (uint32_t)r->data_len;
+    size_t size = wal_rec_size(r->topic_len, r->event_len, r->data_len, r->ikey_len);
+    uint32_t size32 = (uint32_t)size, data32 = (uint32_t)r->data_len, zero = 0;
     uint16_t tl = (uint16_t)r->topic_len, el = (uint16_t)r->event_len;
+    uint16_t kl = (uint16_t)r->ikey_len, flags = (uint16_t)r->flags;
     unsigned char *p = out + 8;
     memcpy(p, &r->seq, 8);
     memcpy(p + 8, &r->epoch, 8);
@@ -116,46 +127,77 @@ size_t wal_rec_encode(unsigned char *out, const struct wal_rec *r, uint64_t salt
     memcpy(p + 40, &tl, 2);
     memcpy(p + 42, &el, 2);
     memcpy(p + 44, &data32, 4);
+    memcpy(p + 48, &kl, 2);
+    memcpy(p + 50, &flags, 2);
+    memcpy(p + 52, &zero, 4);
     p = out + WAL_REC_HEADER;
     memcpy(p, r->topic, r->topic_len);
     p += r->topic_len;
+    if (r->ikey_len) memcpy(p, r->ikey, r->ikey_len);
+    p += r->ikey_len;
     if (r->event_len) memcpy(p, r->event, r->event_len);
     p += r->event_len;
     if (r->data_len) memcpy(p, r->data, r->data_len);
     p += r->data_len;
     memset(p, 0, (size_t)(out + size - p));
-    uint32_t crc = crc32c(salt, out + 8, size - 8);
+    uint32_t crc = crc32c(salt, 2, out + 8, size - 8);
     memcpy(out, &size32, 4);
     memcpy(out + 4, &crc, 4);
     return size;
 }
 
+/* Padding is zeroes: one encoding per record. */
+static int zero_from(const unsigned char *p, size_t from, size_t size)
+{
+    for (size_t i = from; i < size; i++)
+        if (p[i]) return 0;
+    return 1;
+}
+
 size_t wal_rec_decode(const unsigned char *p, size_t avail, struct wal_rec *r, uint64_t salt)
 {
-    uint32_t size, crc, data32;
-    uint16_t tl, el;
-    if (avail < WAL_REC_HEADER) return 0;
+    uint32_t size, crc, data32, zero;
+    uint16_t tl, el, kl = 0, flags = 0;
+    size_t hdr;
+    if (avail < WAL_REC_HEADER_V1) return 0;
     memcpy(&size, p, 4);
     memcpy(&crc, p + 4, 4);
-    if (size < WAL_REC_HEADER || size > avail || size % 8) return 0;
+    if (size < WAL_REC_HEADER_V1 || size > avail || size % 8) return 0;
     memcpy(&tl, p + 48, 2);
     memcpy(&el, p + 50, 2);
     memcpy(&data32, p + 52, 4);
-    if (tl == 0 || wal_rec_size(tl, el, data32) != size) return 0;
-    for (size_t i = WAL_REC_HEADER + tl + el + (size_t)data32; i < size; i++)
-        if (p[i]) return 0; /* padding is zeroes: one encoding per record */
-    if (crc32c(salt, p + 8, size - 8) != crc) return 0;
+    if (tl == 0) return 0;
+    if (size >= WAL_REC_HEADER) {
+        memcpy(&kl, p + 56, 2);
+        memcpy(&flags, p + 58, 2);
+        memcpy(&zero, p + 60, 4);
+    }
+    if (size >= WAL_REC_HEADER && zero == 0 && wal_rec_size(tl, el, data32, kl) == size &&
+        zero_from(p, WAL_REC_HEADER + tl + kl + el + (size_t)data32, size) &&
+        crc32c(salt, 2, p + 8, size - 8) == crc) {
+        hdr = WAL_REC_HEADER;
+    } else {
+        /* The first format. */
+        kl = flags = 0;
+        hdr = WAL_REC_HEADER_V1;
+        if (((hdr + tl + el + (size_t)data32 + 7) & ~(size_t)7) != size) return 0;
+        if (!zero_from(p, hdr + tl + el + (size_t)data32, size)) return 0;
+        if (crc32c(salt, 1, p + 8, size - 8) != crc) return 0;
+    }
     memcpy(&r->seq, p + 8, 8);
     memcpy(&r->epoch, p + 16, 8);
     memcpy(&r->time_ms, p + 24, 8);
     memcpy(&r->max_count, p + 32, 8);
     memcpy(&r->max_age_ms, p + 40, 8);
-    r->topic = (const char *)p + WAL_REC_HEADER;
+    r->topic = (const char *)p + hdr;
     r->topic_len = tl;
-    r->event = el ? r->topic + tl : NULL;
+    r->ikey = kl ? r->topic + tl : NULL;
+    r->ikey_len = kl;
+    r->event = el ? r->topic + tl + kl : NULL;
     r->event_len = el;
-    r->data = p + WAL_REC_HEADER + tl + el;
+    r->data = p + hdr + tl + kl + el;
     r->data_len = data32;
+    r->flags = flags;
     return size;
 }
 
@@ -201,6 +243,9 @@ int wal_open(struct wal **out, const char *dir, const char *name, int read_only,
     if (fstat(fd, &st)) goto fail;
     if (!read_only && (size_t)st.st_size < size) {
         if ((e = zero_fill(fd, (size_t)st.st_size, size))) goto fail_e;
+        /* The file may be new: its directory entry must survive a power
+         * cut as well as its blocks. */
+        if ((e = wal_sync_dir(dir))) goto fail_e;
         st.st_size = (off_t)size;
     }
     if (!read_only) dfd = open_direct(path, (size_t)st.st_size);
@@ -392,6 +437,21 @@ int wal_read(struct wal *w, unsigned char **buf, size_t *len)
     *buf = b;
     *len = done;
     return 0;
+}
+
+int wal_zero(struct wal *w, size_t from)
+{
+    if (from >= w->size) return 0;
+    return zero_fill(w->fd, from, w->size);
+}
+
+int wal_sync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return errno;
+    int e = fsync(fd) ? errno : 0;
+    close(fd);
+    return e;
 }
 
 void wal_close(struct wal *w)

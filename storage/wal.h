@@ -16,7 +16,12 @@
  * current round and everything else is stale, so the log needs no header
  * and no truncation.  A record is valid when its length and CRC-32C hold;
  * a torn or zeroed one ends the log.  The CRC is seeded with a salt of the
- * store's own, so the log of a wiped or replaced store reads as empty.
+ * store's own, so the log of a wiped or replaced store reads as empty; the
+ * store draws a new salt at every read-write open, so records an open did
+ * not replay can never be read again.  The first record of every batch
+ * says so (WAL_REC_BATCH_FIRST): a good batch-first record behind a bad
+ * record proves the bad one was written and flushed before it, i.e.
+ * damage, not a write torn by a crash (docs/storage.md, "Damage").
  *
  * This module is the codec (pure, I/O-free: wal_rec_*) and the file; it
  * knows nothing of LMDB, topics or threads.  One thread appends.
@@ -26,6 +31,9 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+/* wal_rec.flags: the record is its batch's first (one write, one flush). */
+#define WAL_REC_BATCH_FIRST 1u
 
 /* One message as logged. */
 struct wal_rec {
@@ -38,13 +46,17 @@ struct wal_rec {
     size_t event_len; /* 0..65535 */
     const void *data;
     size_t data_len; /* < 4 GiB */
+    const char *ikey;
+    size_t ikey_len; /* 0..65535: the publish's idempotency key, if any */
+    unsigned flags;  /* WAL_REC_BATCH_FIRST; a record of the first format
+                        (before the flag, read for an upgrade) has 0 */
 };
 
-/* Bytes of a record's fixed part. */
-#define WAL_REC_HEADER 56
+/* Bytes of a record's fixed part (the first format's: 56). */
+#define WAL_REC_HEADER 64
 
 /* wal_rec_size: bytes the record takes in the log (a multiple of 8). */
-size_t wal_rec_size(size_t topic_len, size_t event_len, size_t data_len);
+size_t wal_rec_size(size_t topic_len, size_t event_len, size_t data_len, size_t ikey_len);
 
 /* wal_rec_encode: write r at out (wal_rec_size bytes, padding zeroed),
  * its CRC seeded with salt; returns the size. */
@@ -52,7 +64,9 @@ size_t wal_rec_encode(unsigned char *out, const struct wal_rec *r, uint64_t salt
 
 /* wal_rec_decode: the record at p, of at most avail bytes.  Returns its
  * size and fills *r (pointers into p), or 0 when no valid record with this
- * salt starts there: zeroes, a torn write, garbage, another store's. */
+ * salt starts there: zeroes, a torn write, garbage, another store's.
+ * Records of the first format (56-byte header, no key, no flags) decode
+ * too, so that a log left by a crash before an upgrade is replayed. */
 size_t wal_rec_decode(const unsigned char *p, size_t avail, struct wal_rec *r, uint64_t salt);
 
 /* Size of the log file: 2 MiB, a checkpoint at the latest every 2 MiB of
@@ -62,9 +76,10 @@ size_t wal_rec_decode(const unsigned char *p, size_t avail, struct wal_rec *r, u
 struct wal;
 
 /* wal_open: open <dir>/<name>.  Read-write: create it, or extend a shorter
- * one, to `size` bytes of written zeroes (synced).  Read-only: open it if
- * it exists; *out is NULL and 0 is returned when it does not.  Returns 0
- * or an errno value. */
+ * one, to `size` bytes of written zeroes (synced, and the directory synced
+ * after a creation, so that the file survives a power cut).  Read-only:
+ * open it if it exists; *out is NULL and 0 is returned when it does not.
+ * Returns 0 or an errno value. */
 int wal_open(struct wal **out, const char *dir, const char *name, int read_only, size_t size);
 
 /* wal_room: bytes left after the current position. */
@@ -101,6 +116,15 @@ void wal_seek(struct wal *w, size_t pos);
 /* wal_read: the whole file into a new buffer (*buf, free() it) of *len
  * bytes.  Returns 0 or an errno value. */
 int wal_read(struct wal *w, unsigned char **buf, size_t *len);
+
+/* wal_zero: write zeroes over [from, end of file) and flush them (not
+ * through the direct path).  The position is unchanged.  Returns 0 or an
+ * errno value. */
+int wal_zero(struct wal *w, size_t from);
+
+/* wal_sync_dir: fsync the directory dir, so that files created or renamed
+ * in it survive a power cut.  Returns 0 or an errno value. */
+int wal_sync_dir(const char *dir);
 
 void wal_close(struct wal *w);
 

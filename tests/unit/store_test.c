@@ -734,7 +734,7 @@ static void test_log_recovery(void)
     snprintf(path, sizeof path, "%s/wal", dir);
     FILE *f = fopen(path, "r+b");
     CHECK(f != NULL);
-    size_t rec = wal_rec_size(3, 0, 2); /* "log", "c0".."c9" */
+    size_t rec = wal_rec_size(3, 0, 2, 0); /* "log", "c0".."c9" */
     if (f) {
         fseek(f, (long)(8 * rec + WAL_REC_HEADER + 3), SEEK_SET); /* c8's data */
         fputc('X', f);

@@ -26,9 +26,12 @@ static void test_round_trip(void)
                          .event = "ev",
                          .event_len = 2,
                          .data = "hello",
-                         .data_len = 5};
+                         .data_len = 5,
+                         .ikey = "k-1",
+                         .ikey_len = 3,
+                         .flags = WAL_REC_BATCH_FIRST};
     size_t n = wal_rec_encode(buf, &in, 99);
-    CHECK_EQ_INT(n, wal_rec_size(4, 2, 5));
+    CHECK_EQ_INT(n, wal_rec_size(4, 2, 5, 3));
     CHECK_EQ_INT(n % 8, 0);
     struct wal_rec out;
     CHECK_EQ_INT(wal_rec_decode(buf, n, &out, 99), n);
@@ -40,18 +43,31 @@ static void test_round_trip(void)
     CHECK(out.topic_len == 4 && !memcmp(out.topic, "room", 4));
     CHECK(out.event_len == 2 && !memcmp(out.event, "ev", 2));
     CHECK(out.data_len == 5 && !memcmp(out.data, "hello", 5));
+    CHECK(out.ikey_len == 3 && !memcmp(out.ikey, "k-1", 3));
+    CHECK_EQ_INT(out.flags, WAL_REC_BATCH_FIRST);
 
-    /* No event, no data. */
+    /* No event, no data, no key, no flag. */
     struct wal_rec bare = {.seq = 1, .topic = "t", .topic_len = 1};
     n = wal_rec_encode(buf, &bare, 0);
     CHECK_EQ_INT(wal_rec_decode(buf, n, &out, 0), n);
     CHECK(out.event == NULL && out.event_len == 0 && out.data_len == 0);
+    CHECK(out.ikey == NULL && out.ikey_len == 0 && out.flags == 0);
+    /* The flag is under the CRC: flipped, the record is refused. */
+    buf[58] ^= 1;
+    CHECK_EQ_INT(wal_rec_decode(buf, n, &out, 0), 0);
 }
 
 static void test_invalid(void)
 {
     unsigned char buf[256], zero[256] = {0};
-    struct wal_rec in = {.seq = 9, .topic = "abc", .topic_len = 3, .data = "xyz", .data_len = 3};
+    struct wal_rec in = {.seq = 9,
+                         .topic = "abc",
+                         .topic_len = 3,
+                         .data = "xyz",
+                         .data_len = 3,
+                         .ikey = "key",
+                         .ikey_len = 3,
+                         .flags = WAL_REC_BATCH_FIRST};
     struct wal_rec out;
     size_t n = wal_rec_encode(buf, &in, 5);
     CHECK_EQ_INT(wal_rec_decode(zero, sizeof zero, &out, 5), 0); /* preallocated zeroes */
@@ -73,11 +89,36 @@ static void test_invalid(void)
     CHECK_EQ_INT(wal_rec_decode(bad, sizeof bad, &out, 5), 0);
 }
 
-/* Records encoded by the first log format (a byte-at-a-time table CRC):
- * every CRC implementation must give the same bytes, or a log written
- * before an upgrade or on another CPU would read as empty.  ctest runs this
- * twice: with the CPU's crc32 instruction where it has one, and with the
- * table (SLUICE_NO_SSE42=1). */
+/* A record of the first log format (56-byte header, no key, no flags),
+ * laid out by hand with the CRC that format's encoder wrote. */
+static size_t v1_record(unsigned char *out, const struct wal_rec *r, uint32_t crc)
+{
+    size_t size = (56 + r->topic_len + r->event_len + r->data_len + 7) & ~(size_t)7;
+    uint32_t size32 = (uint32_t)size, data32 = (uint32_t)r->data_len;
+    uint16_t tl = (uint16_t)r->topic_len, el = (uint16_t)r->event_len;
+    memset(out, 0, size);
+    memcpy(out, &size32, 4);
+    memcpy(out + 4, &crc, 4);
+    memcpy(out + 8, &r->seq, 8);
+    memcpy(out + 16, &r->epoch, 8);
+    memcpy(out + 24, &r->time_ms, 8);
+    memcpy(out + 32, &r->max_count, 8);
+    memcpy(out + 40, &r->max_age_ms, 8);
+    memcpy(out + 48, &tl, 2);
+    memcpy(out + 50, &el, 2);
+    memcpy(out + 52, &data32, 4);
+    memcpy(out + 56, r->topic, r->topic_len);
+    if (r->event_len) memcpy(out + 56 + r->topic_len, r->event, r->event_len);
+    if (r->data_len) memcpy(out + 56 + r->topic_len + r->event_len, r->data, r->data_len);
+    return size;
+}
+
+/* Golden records: every CRC implementation must give the same bytes, or
+ * a log written before an upgrade or on another CPU would read as empty.
+ * ctest runs this twice: with the CPU's crc32 instruction where it has
+ * one, and with the table (SLUICE_NO_SSE42=1).  The first format's
+ * records (a log left by a crash before the upgrade) still decode, with
+ * no key and no flags. */
 static void test_golden_crc(void)
 {
     unsigned char buf[512];
@@ -95,18 +136,37 @@ static void test_golden_crc(void)
                          .event_len = 3,
                          .data = data,
                          .data_len = 301};
-    uint32_t crc;
-    size_t n = wal_rec_encode(buf, &in, 0x0123456789abcdefull);
-    memcpy(&crc, buf + 4, 4);
-    CHECK_EQ_INT(n, 376);
-    CHECK_EQ_INT(crc, 0xb2cef0cfu);
     struct wal_rec out;
+    uint32_t crc;
+    /* The first format. */
+    size_t n = v1_record(buf, &in, 0xb2cef0cfu);
+    CHECK_EQ_INT(n, 376);
     CHECK_EQ_INT(wal_rec_decode(buf, n, &out, 0x0123456789abcdefull), n);
+    CHECK_EQ_INT(out.seq, 123456789);
+    CHECK(out.data_len == 301 && !memcmp(out.data, data, 301));
+    CHECK(out.event_len == 3 && !memcmp(out.event, "msg", 3));
+    CHECK(out.ikey_len == 0 && out.flags == 0);
     struct wal_rec bare = {.seq = 1, .topic = "t", .topic_len = 1};
+    n = v1_record(buf, &bare, 0xdde51e13u);
+    CHECK_EQ_INT(n, 64);
+    CHECK_EQ_INT(wal_rec_decode(buf, n, &out, 0), n);
+    CHECK(out.seq == 1 && out.topic_len == 1 && out.flags == 0);
+    buf[20] ^= 1;
+    CHECK_EQ_INT(wal_rec_decode(buf, n, &out, 0), 0);
+
+    /* The second format. */
+    in.ikey = "idem-7";
+    in.ikey_len = 6;
+    in.flags = WAL_REC_BATCH_FIRST;
+    n = wal_rec_encode(buf, &in, 0x0123456789abcdefull);
+    memcpy(&crc, buf + 4, 4);
+    CHECK_EQ_INT(n, 392);
+    CHECK_EQ_INT(crc, 0x4777e40au);
+    CHECK_EQ_INT(wal_rec_decode(buf, n, &out, 0x0123456789abcdefull), n);
     n = wal_rec_encode(buf, &bare, 0);
     memcpy(&crc, buf + 4, 4);
-    CHECK_EQ_INT(n, 64);
-    CHECK_EQ_INT(crc, 0xdde51e13u);
+    CHECK_EQ_INT(n, 72);
+    CHECK_EQ_INT(crc, 0xb33ebeceu);
 }
 
 /* ---- the file ------------------------------------------------------------ */
