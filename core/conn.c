@@ -7,9 +7,11 @@
  * timer_kind says what its expiry means in the current state. */
 #include "core/conn.h"
 
+#include "core/defs.h"
 #include "core/log.h"
 
 #include <arpa/inet.h>
+#include <stddef.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -153,14 +155,21 @@ void conn_hold(conn *c)
     c->refs++;
 }
 
-static void conn_free(conn *c)
+static void conn_reap(server_deferred *d)
 {
-    free(c);
+    free((char *)d - offsetof(conn, reap));
+}
+
+/* Closed and unheld: the memory goes back at the end of the loop pass. */
+static void conn_free_later(conn *c)
+{
+    server_defer(c->srv, &c->reap, conn_reap);
 }
 
 void conn_release(conn *c)
 {
-    if (--c->refs == 0 && c->state == CONN_CLOSED) conn_free(c);
+    SLUICE_ASSERT(c->refs > 0);
+    if (--c->refs == 0 && c->state == CONN_CLOSED) conn_free_later(c);
 }
 
 void conn_close(conn *c)
@@ -192,7 +201,7 @@ void conn_close(conn *c)
     c->resp_head = NULL;
     io_close(&c->io);
     if (srv->stopping && srv->nconns == 0) ev_break(srv->loop, EVBREAK_ALL);
-    if (c->refs == 0) conn_free(c);
+    if (c->refs == 0) conn_free_later(c);
 }
 
 /* Response heads and remote addresses are built for every request; by hand,
@@ -282,9 +291,12 @@ void conn_accept(server *srv, int fd, const struct sockaddr *addr, socklen_t ale
 
 /* ---- output ----------------------------------------------------------- */
 
-static void schedule_flush(conn *c)
+/* Puts c last on the server's pending list: server_flush_pending then
+ * gives it its turn (stream input left behind a request, on_turn) and
+ * writes its output. */
+static void schedule_turn(conn *c)
 {
-    if (c->in_pending || c->write_want) return; /* a blocked write waits for the watcher */
+    if (c->in_pending) return;
     c->in_pending = true;
     conn_hold(c);
     /* First queued, first written: hub_poll() queues a publish's answer
@@ -297,6 +309,29 @@ static void schedule_flush(conn *c)
     else
         c->srv->pending_head = c;
     c->srv->pending_tail = c;
+}
+
+static void schedule_flush(conn *c)
+{
+    if (c->write_want) return; /* a blocked write waits for the watcher */
+    schedule_turn(c);
+}
+
+/* STREAM: hands the bytes the client sent behind its request to the
+ * transport (conn_start_stream left them for the loop). */
+static void deliver_stream_input(conn *c)
+{
+    c->input_waiting = false;
+    if (c->state != CONN_STREAM || !c->pending) {
+        free_pending(c);
+        return;
+    }
+    char *p = c->pending;
+    size_t off = c->pending_off, len = c->pending_len - c->pending_off;
+    c->pending = NULL;
+    c->pending_len = c->pending_off = 0;
+    if (len) c->stream->on_data(c, c->stream_state, p + off, len);
+    free(p);
 }
 
 void conn_want_turn(conn *c)
@@ -431,6 +466,7 @@ void server_flush_pending(server *srv, size_t budget)
         srv->pending_head = c->pending_next;
         if (!srv->pending_head) srv->pending_tail = NULL;
         c->pending_next = NULL;
+        if (c->input_waiting) deliver_stream_input(c);
         if (c->turn_wanted) {
             c->turn_wanted = false;
             /* Still in_pending: what on_turn queues stays in this place. */
@@ -656,7 +692,7 @@ void conn_respond_error(conn *c, int status, const char *msg)
     conn_response_start(c, status);
     static const char ct[] = "Content-Type: application/json\r\n";
     conn_response_lines(c, ct, sizeof(ct) - 1);
-    if (status == 503) conn_response_lines(c, "Retry-After: 1\r\n", 15);
+    if (status == 503) conn_response_lines(c, STRLIT("Retry-After: 1\r\n"));
     conn_response_finish(c, body, o);
 }
 
@@ -671,13 +707,11 @@ void conn_start_stream(conn *c, const conn_stream_ops *ops, void *state, buf_t *
     if (head) conn_send(c, head, 0, head->len);
     free_parser(c);
     if (c->pending) {
-        /* Bytes the client sent right after its request (a first frame). */
-        char *p = c->pending;
-        size_t off = c->pending_off, len = c->pending_len - c->pending_off;
-        c->pending = NULL;
-        c->pending_len = c->pending_off = 0;
-        if (len) ops->on_data(c, state, p + off, len);
-        free(p);
+        /* Bytes the client sent right after its request (a first frame):
+         * the transport gets them once its start is over (see conn.h), and
+         * before any later read (do_read). */
+        c->input_waiting = true;
+        schedule_turn(c);
     }
 }
 
@@ -826,6 +860,7 @@ static void do_read(conn *c)
         held_request_input(c);
         return;
     }
+    if (c->input_waiting) deliver_stream_input(c); /* older bytes first */
     for (int i = 0; i < READS_PER_EVENT; i++) {
         if (c->state == CONN_CLOSED || c->state == CONN_HANDLING || !wants_read(c)) return;
         ssize_t n = io_read(&c->io, read_buf, sizeof(read_buf));

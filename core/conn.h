@@ -14,10 +14,13 @@
  * leftover bytes of pipelined requests and the output ring are allocated
  * while in use and freed when drained.
  *
- * Lifetime: conn_hold()/conn_release() pin a connection while something
- * (a Lua coroutine, a storage commit) will come back to it; conn_close()
- * then closes the socket at once but frees the struct at the last release,
- * so a late callback sees conn_closed() instead of freed memory. */
+ * Lifetime: conn_close() closes the socket at once and takes the
+ * connection off every list, but never frees the struct under a caller:
+ * the memory goes back at the end of the loop pass (server_defer), and
+ * only once no hold is left: conn_hold()/conn_release() pin a connection
+ * across loop passes while something (a Lua coroutine, a storage commit)
+ * will come back to it.  A late callback sees conn_closed() instead of
+ * freed memory. */
 #ifndef SLUICE_CONN_H
 #define SLUICE_CONN_H
 
@@ -77,6 +80,8 @@ struct conn {
     bool head_request : 1; /* the current request is HEAD: no body */
     bool held_input : 1;   /* HANDLING: bytes wait behind the held request */
     bool turn_wanted : 1;  /* on the pending-write list for the stream's on_turn */
+    bool input_waiting : 1; /* STREAM: `pending` bytes wait for on_data (see
+                             * conn_start_stream) */
     uint16_t refs;
     uint16_t resp_status; /* fills the padding here: a smaller conn */
     http_parser *http;    /* while a request is being read or handled */
@@ -88,6 +93,7 @@ struct conn {
     void *stream_state;
     conn *next, *prev;  /* srv->conns */
     conn *pending_next; /* srv->pending_head */
+    server_deferred reap; /* closed, no hold left: freed at the pass's end */
     union {
         struct sockaddr sa;
         struct sockaddr_in in;
@@ -148,7 +154,10 @@ void conn_respond_error(conn *c, int status, const char *msg);
 
 /* Switches a connection in CONN_HANDLING to a transport.  `head` (may be
  * NULL) is queued first: the 101 or 200 response head.  Bytes the client
- * already sent after the request are delivered to ops->on_data. */
+ * already sent after the request (a first WebSocket frame in the same
+ * packet as the Upgrade) are delivered to ops->on_data later, from the
+ * loop, before anything read after them: never inside this call, so the
+ * transport finishes its start (subscribing) before it sees any input. */
 void conn_start_stream(conn *c, const conn_stream_ops *ops, void *state, buf_t *head);
 
 /* Attaches transport state to a connection still in CONN_HANDLING (a held

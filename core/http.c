@@ -281,6 +281,17 @@ http_event http_feed(http_parser *p, const char *data, size_t len, size_t *consu
     }
     if (len == 0) return HTTP_EV_NEED_MORE;
     llhttp_errno_t err = llhttp_execute(&p->llhttp, data, len);
+    if (err == HPE_PAUSED_UPGRADE && !p->started) {
+        /* The request before these bytes asked for an Upgrade and was
+         * answered as plain HTTP (http_next was called): llhttp stops at
+         * the first byte after such a request; what follows is the next
+         * request, on the same connection. */
+        size_t skip = (size_t)(llhttp_get_error_pos(&p->llhttp) - data);
+        llhttp_resume_after_upgrade(&p->llhttp);
+        http_event ev = http_feed(p, data + skip, len - skip, consumed);
+        *consumed += skip;
+        return ev;
+    }
     if (err == HPE_OK) {
         *consumed = len;
         return HTTP_EV_NEED_MORE;

@@ -3,6 +3,8 @@
  * commit, replay from LMDB, and the lazily built wire forms (see hub.h). */
 #include "core/hub.h"
 
+#include "core/defs.h"
+
 #include "core/b64.h"
 #include "core/jsonenc.h"
 #include "core/sse.h"
@@ -83,6 +85,12 @@ struct hub {
     uint32_t oneshot_prefix_subs; /* wildcard subscriptions that are oneshot */
     pthread_mutex_t inbox_lock;   /* the writer appends, the hub's thread takes */
     hub_msg *inbox_head, *inbox_tail;
+    /* Fan-out in progress (a depth: a delivery may run another): an
+     * unsubscribe then only marks its subscription dead and lists it in
+     * `dead`; the lists are mended and the memory freed once the outermost
+     * fan-out returns (see hub_unsubscribe). */
+    unsigned fanning;
+    hub_sub *dead;
 };
 
 const double hub_latency_bounds[HUB_LATENCY_BUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
@@ -307,8 +315,11 @@ void hub_free(hub *h)
         hub_topic *t = h->buckets[i];
         while (t) {
             hub_topic *next = t->next_in_bucket;
-            while (t->subs)
-                hub_unsubscribe(h, t->subs);
+            /* The last unsubscribe frees t: stop before reading it again. */
+            for (hub_sub *s = t->subs, *sn; s; s = sn) {
+                sn = s->next;
+                hub_unsubscribe(h, s);
+            }
             t = next;
         }
     }
@@ -604,18 +615,29 @@ static void note_committed(hub *h, hub_msg *m, pending *p)
     }
 }
 
+static void unlink_sub(hub *h, hub_sub *s);
+
+/* A delivery may unsubscribe anyone (itself, another subscriber of the
+ * topic, a wildcard) or subscribe new ones: while `fanning`, unsubscribed
+ * entries stay linked, marked dead, so `next` is always valid; they are
+ * unlinked and freed when the outermost fan-out ends. */
 static void fan_out(hub *h, hub_msg *m)
 {
     hub_topic *t = topic_find(h, m->topic, m->topic_len, hash_name(m->topic, m->topic_len));
-    /* `next` is read first: a delivery may unsubscribe itself. */
-    for (hub_sub *s = t ? t->subs : NULL, *sn; s; s = sn) {
-        sn = s->next;
-        s->deliver(s->owner, m);
-    }
-    for (hub_sub *s = h->prefix_subs, *sn; s; s = sn) {
-        sn = s->next;
-        if (m->topic_len >= s->prefix_len && memcmp(m->topic, s->prefix, s->prefix_len) == 0)
+    h->fanning++;
+    for (hub_sub *s = t ? t->subs : NULL; s; s = s->next)
+        if (!s->dead) s->deliver(s->owner, m);
+    for (hub_sub *s = h->prefix_subs; s; s = s->next)
+        if (!s->dead && m->topic_len >= s->prefix_len &&
+            memcmp(m->topic, s->prefix, s->prefix_len) == 0)
             s->deliver(s->owner, m);
+    SLUICE_ASSERT(h->fanning > 0);
+    if (--h->fanning == 0) {
+        while (h->dead) {
+            hub_sub *s = h->dead;
+            h->dead = s->dead_next;
+            unlink_sub(h, s);
+        }
     }
 }
 
@@ -743,17 +765,15 @@ hub_sub *hub_subscribe(hub *h, const char *topic, size_t len, void *owner, hub_d
     return s;
 }
 
-void hub_unsubscribe(hub *h, hub_sub *s)
+/* Takes s off its list, frees it and drops its topic if that was the last. */
+static void unlink_sub(hub *h, hub_sub *s)
 {
-    if (!s) return;
     if (!s->topic) {
         if (s->prev)
             s->prev->next = s->next;
         else
             h->prefix_subs = s->next;
         if (s->next) s->next->prev = s->prev;
-        h->oneshot_prefix_subs -= s->oneshot;
-        COUNT(h->stats.subscribers, -1);
         free(s->prefix);
         free(s);
         return;
@@ -764,11 +784,30 @@ void hub_unsubscribe(hub *h, hub_sub *s)
     else
         t->subs = s->next;
     if (s->next) s->next->prev = s->prev;
-    t->nsubs--;
-    t->oneshot_subs -= s->oneshot;
-    COUNT(h->stats.subscribers, -1);
     free(s);
     topic_maybe_drop(h, t);
+}
+
+void hub_unsubscribe(hub *h, hub_sub *s)
+{
+    if (!s) return;
+    SLUICE_ASSERT(!s->dead);
+    /* Counted out at once: a dead entry is no subscriber, even while a
+     * fan-out keeps it linked. */
+    if (s->topic) {
+        s->topic->nsubs--;
+        s->topic->oneshot_subs -= s->oneshot;
+    } else {
+        h->oneshot_prefix_subs -= s->oneshot;
+    }
+    COUNT(h->stats.subscribers, -1);
+    s->dead = true;
+    if (h->fanning) {
+        s->dead_next = h->dead;
+        h->dead = s;
+        return;
+    }
+    unlink_sub(h, s);
 }
 
 /* ---- replay ------------------------------------------------------------- */

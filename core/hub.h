@@ -81,7 +81,9 @@ typedef struct hub_msg {
 } hub_msg;
 
 /* Called for each message a subscriber gets (live or replayed).  It may
- * unsubscribe (even close the connection) but must not free other subs. */
+ * do anything to any subscription, its own or others' (unsubscribe,
+ * subscribe, close a connection): a fan-out in progress skips what was
+ * unsubscribed and frees it once it is over. */
 typedef void (*hub_deliver_fn)(void *owner, hub_msg *msg);
 
 typedef struct hub_sub {
@@ -92,6 +94,8 @@ typedef struct hub_sub {
     void *owner;
     hub_deliver_fn deliver;
     bool oneshot; /* ends at its first delivery (a long-poll) */
+    bool dead;    /* unsubscribed during a fan-out: freed after it */
+    struct hub_sub *dead_next;
 } hub_sub;
 
 typedef struct hub_retention {
@@ -208,7 +212,9 @@ int hub_publish(hub *h, const char *topic, size_t tlen, const char *event, size_
 hub_sub *hub_subscribe(hub *h, const char *topic, size_t len, void *owner, hub_deliver_fn fn,
                        bool oneshot);
 
-/* Detaches and frees a subscription (NULL is a no-op). */
+/* Detaches and frees a subscription (NULL is a no-op).  During a fan-out
+ * on this hub, the entry is only marked dead and freed when the fan-out
+ * ends: `s` must not be used after this call either way. */
 void hub_unsubscribe(hub *h, hub_sub *s);
 
 /* The name a subscription follows: its topic, or for a wildcard its prefix

@@ -107,7 +107,7 @@ static void lp_answer(sub_session *s)
     buf_unref(tb);
     free(parts);
     __atomic_sub_fetch(&sub_counts.longpoll, 1, __ATOMIC_RELAXED);
-    session_free(s);
+    session_end(s);
 }
 
 int lp_session_start(sub_session *s, const sub_request *r, const http_request *req,
@@ -196,5 +196,5 @@ static void lp_answer_now(conn *c, void *state)
 static void lp_on_close(conn *c, void *state)
 {
     __atomic_sub_fetch(&sub_counts.longpoll, 1, __ATOMIC_RELAXED);
-    session_free(state);
+    session_end(state);
 }

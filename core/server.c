@@ -43,6 +43,7 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     server *srv = w->data;
     server_flush_pending(srv, FLUSH_PER_PASS);
+    server_reap(srv);
     if (srv->pending_head)
         ev_idle_start(loop, &srv->flush_more);
     else
@@ -86,6 +87,28 @@ void server_init(server *srv, struct ev_loop *loop, const server_limits *limits)
     srv->accept_pause.data = srv;
     ev_init(&srv->shutdown_timer, shutdown_timeout_cb);
     srv->shutdown_timer.data = srv;
+}
+
+void server_defer(server *srv, server_deferred *d, void (*fn)(server_deferred *d))
+{
+    d->fn = fn;
+    d->next = srv->graveyard;
+    srv->graveyard = d;
+}
+
+void server_reap(server *srv)
+{
+    /* A release may defer more (a session's reap never does today, but
+     * the list is taken whole each round so that it could). */
+    while (srv->graveyard) {
+        server_deferred *d = srv->graveyard;
+        srv->graveyard = NULL;
+        while (d) {
+            server_deferred *next = d->next;
+            d->fn(d);
+            d = next;
+        }
+    }
 }
 
 const char *server_date(server *srv)
@@ -306,6 +329,7 @@ void server_destroy(server *srv)
     while (srv->conns)
         conn_close(srv->conns);
     server_flush_pending(srv, SIZE_MAX); /* releases the closed ones */
+    server_reap(srv);
     for (int i = 0; i < srv->nlisteners; i++)
         if (srv->listeners[i].fd >= 0) close(srv->listeners[i].fd);
     ev_prepare_stop(srv->loop, &srv->flush_watcher);

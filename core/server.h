@@ -49,6 +49,17 @@ typedef struct listener {
 
 typedef void (*server_request_fn)(conn *c, http_request *req, void *ud);
 
+/* Deferred release: the one rule for connections and sessions (see
+ * docs/architecture.md, "Never free under a caller").  Closing an object
+ * takes it off every list at once, but its memory is handed to the server
+ * with server_defer() and released at the end of the loop pass, when no
+ * callback that might still hold a pointer to it is on the stack.  The
+ * node is embedded in the object; `fn` frees the object. */
+typedef struct server_deferred {
+    struct server_deferred *next;
+    void (*fn)(struct server_deferred *d);
+} server_deferred;
+
 typedef struct server {
     struct ev_loop *loop;
     server_limits limits;
@@ -65,6 +76,7 @@ typedef struct server {
     ev_prepare flush_watcher;
     ev_idle flush_more; /* active while output is left for the next pass */
     ev_timer accept_pause; /* after EMFILE: retry accepting later */
+    server_deferred *graveyard; /* closed objects to free at the pass's end */
     ev_timer shutdown_timer;
     bool stopping;
 
@@ -101,6 +113,13 @@ void server_set_tls_ctx(server *srv, SSL_CTX *ctx);
  * lets requests in flight finish and streams end, and breaks the loop when
  * the last connection is gone or shutdown_timeout passes. */
 void server_shutdown(server *srv);
+
+/* Hands a closed object to the server: `fn(d)` runs at the end of this
+ * loop pass (after the flush), or in server_destroy.  Loop thread only. */
+void server_defer(server *srv, server_deferred *d, void (*fn)(server_deferred *d));
+
+/* Runs every deferred release (the flush watcher calls it each pass). */
+void server_reap(server *srv);
 
 /* The cached Date header value for responses. */
 const char *server_date(server *srv);

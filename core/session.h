@@ -33,6 +33,16 @@ typedef struct lp_state {
     char cursor[HUB_ID_MAX]; /* ID of the last message examined */
 } lp_state;
 
+/* A session's life.  Every change goes through the functions below:
+ * LIVE or CATCHING_UP from sub_start, CATCHING_UP -> LIVE when a stream's
+ * replay is done, any -> ENDED through session_end. */
+typedef enum session_state {
+    SESSION_LIVE,        /* subscribed: messages are delivered as they come */
+    SESSION_CATCHING_UP, /* replaying the backlog in pages: live waits for it */
+    SESSION_ENDED        /* unsubscribed, hooks released: delivers nothing,
+                          * its memory is freed at the end of the loop pass */
+} session_state;
+
 /* Kept small: every subscriber has one, and most sit idle. */
 struct sub_session {
     conn *c;
@@ -43,15 +53,14 @@ struct sub_session {
     void *hooks_ud;
     sub_names *replay; /* while catching up: the topics to read */
     sub_names *events; /* the events option: deliver only these names */
+    server_deferred reap; /* how session_end hands it to the server */
     int nsubs;
     uint8_t kind;
-    bool json;        /* WebSocket JSON envelopes */
-    bool short_poll;  /* long-poll with timeout=0 */
-    bool ending;      /* being torn down: deliver nothing more */
-    bool catching_up; /* replaying the backlog in pages: live waits for it */
-    bool in_replay;   /* inside a replay pass: freeing must wait */
-    bool dead;        /* torn down during a replay pass: free after it */
-    bool skip_self;   /* not the messages this session's client published */
+    uint8_t state;   /* session_state */
+    bool json;       /* WebSocket JSON envelopes */
+    bool short_poll; /* long-poll with timeout=0 */
+    bool in_replay;  /* inside a replay pass: no nested one */
+    bool skip_self;  /* not the messages this session's client published */
     union {
         struct {
             ws_decoder *dec; /* only while a frame is partly received */
@@ -87,7 +96,7 @@ typedef struct resume_point {
 void session_resume_point(const sub_session *s, const sub_request *r, const http_request *req,
                           const query_span ids[2], resume_point *rp);
 
-#define SESSION_GONE (-2)              /* the session ended (and was freed) during replay */
+#define SESSION_GONE (-2) /* the session ended during replay (still readable until the pass ends) */
 #define REPLAY_PAGE_BYTES (256 * 1024) /* data replayed per page to a stream */
 
 /* Subscribes to every topic and replays after the resume point in global
@@ -104,8 +113,17 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
  * 0, -1, or SESSION_GONE as above. */
 int session_replay_more(sub_session *s);
 
-/* Unsubscribes everything, runs on_close and release, frees the session. */
-void session_free(sub_session *s);
+static inline bool session_ended(const sub_session *s)
+{
+    return s->state == SESSION_ENDED;
+}
+
+/* Ends the session: unsubscribes everything, runs on_close and release, and
+ * hands the memory to the server, which frees it at the end of the loop
+ * pass (server_defer): whoever called in with `s` (a frame decoder, a
+ * fan-out, a replay) may still read it, and sees session_ended().  A
+ * second call does nothing. */
+void session_end(sub_session *s);
 
 /* Per-transport starts and sends (each in its own file). */
 int ws_session_start(sub_session *s, const sub_request *r, const http_request *req,

@@ -49,8 +49,7 @@ int sse_session_start(sub_session *s, const sub_request *r, const http_request *
         conn_close_after_write(s->c);
         return 0;
     }
-    if (!conn_closed(s->c) && s->c->stream == &sse_ops)
-        conn_stream_timer(s->c, sub_defaults.sse_heartbeat);
+    if (!session_ended(s)) conn_stream_timer(s->c, sub_defaults.sse_heartbeat);
     return 0;
 }
 
@@ -82,5 +81,5 @@ static void sse_on_timer(conn *c, void *state)
 static void sse_on_close(conn *c, void *state)
 {
     __atomic_sub_fetch(&sub_counts.sse, 1, __ATOMIC_RELAXED);
-    session_free(state);
+    session_end(state);
 }

@@ -5,6 +5,7 @@
 
 #include "core/log.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -65,6 +66,12 @@ void query_find(const http_request *req, const char *const *names, int n, query_
     const char *k, *v;
     int left = n;
     while (left && http_query_next(req->query, req->query_len, &pos, &k, &kl, &v, &vl)) {
+        /* Keys compare decoded, as req.query has them ("time%6Fut"). */
+        char kbuf[32];
+        if (kl < sizeof kbuf && (memchr(k, '%', kl) || memchr(k, '+', kl))) {
+            kl = http_pct_decode(k, kl, kbuf, true);
+            k = kbuf;
+        }
         for (int i = 0; i < n; i++) {
             if (out[i].v || kl != nl[i] || memcmp(k, names[i], kl) != 0) continue;
             out[i].v = v;
@@ -165,7 +172,9 @@ int sub_start(conn *c, hub *h, const sub_request *r, const char **why)
         return 503;
     }
     int status;
-    if (req->upgrade && http_header_get(req, "upgrade", NULL)) {
+    /* The transport sub_transport_of() named: an Upgrade to anything
+     * but websocket (h2c) is ignored, as RFC 9110 lets a server do. */
+    if (req->upgrade && header_contains(req, "upgrade", "websocket")) {
         s->kind = SUB_WS;
         status = ws_session_start(s, r, req, why);
     } else if (wants_sse(req)) {
@@ -180,7 +189,7 @@ int sub_start(conn *c, hub *h, const sub_request *r, const char **why)
         /* Not started: the caller keeps hooks_ud and answers the error. */
         s->hooks = NULL;
         s->hooks_ud = NULL;
-        session_free(s);
+        session_end(s);
     }
     return status;
 }
@@ -190,7 +199,7 @@ int sub_start(conn *c, hub *h, const sub_request *r, const char **why)
 static void replay_gap(void *owner, const char *topic, size_t len)
 {
     sub_session *s = owner;
-    if (s->ending || conn_closed(s->c)) return;
+    if (session_ended(s) || conn_closed(s->c)) return;
     if (s->kind == SUB_SSE)
         sse_session_send_gap(s, topic, len);
     else if (s->kind == SUB_WS)
@@ -208,7 +217,7 @@ static void free_replay(sub_session *s)
 static void replay_one(void *owner, hub_msg *m);
 
 /* One page of a stream's catch-up.  Delivery may cut the client off and end
- * the session: freeing waits for the end of the pass (in_replay). */
+ * the session, whose memory lasts until the end of the loop pass. */
 static int replay_page(sub_session *s, bool known)
 {
     bool more = false;
@@ -220,15 +229,12 @@ static int replay_page(sub_session *s, bool known)
                         s->replay->n, s->last_seq, known, 0, REPLAY_PAGE_BYTES, replay_one,
                         replay_gap, s, &more);
     s->in_replay = false;
-    if (s->dead) {
-        free(s);
-        return SESSION_GONE;
-    }
+    if (session_ended(s)) return SESSION_GONE;
     if (n < 0) return -1;
     if (!more) {
         /* Caught up: everything committed so far was read, so live
          * delivery (deduplicated by last_seq) continues without a seam. */
-        s->catching_up = false;
+        s->state = SESSION_LIVE;
         free_replay(s);
     }
     return 0;
@@ -236,14 +242,14 @@ static int replay_page(sub_session *s, bool known)
 
 int session_replay_more(sub_session *s)
 {
-    if (!s->catching_up || s->in_replay || s->ending) return 0;
+    if (s->state != SESSION_CATCHING_UP || s->in_replay) return 0;
     return replay_page(s, true);
 }
 
 static void replay_one(void *owner, hub_msg *m)
 {
     sub_session *s = owner;
-    if (!s->ending && !conn_closed(s->c)) session_deliver(s, m);
+    if (!session_ended(s) && !conn_closed(s->c)) session_deliver(s, m);
 }
 
 void session_resume_point(const sub_session *s, const sub_request *r, const http_request *req,
@@ -341,7 +347,7 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
     /* A stream catches up page by page: keep the topic names for later pages. */
     s->replay = sub_names_copy(r->topics, r->topic_lens, r->ntopics);
     if (!s->replay) return -1;
-    s->catching_up = true;
+    s->state = SESSION_CATCHING_UP;
     s->last_seq = rp->known ? rp->after : 0;
     return replay_page(s, rp->known);
 }
@@ -384,10 +390,10 @@ static bool wanted(const sub_session *s, const hub_msg *m)
 void session_deliver(void *owner, hub_msg *m)
 {
     sub_session *s = owner;
-    hub *h = s->hub; /* sending may end (free) the session */
-    if (s->ending || m->seq <= s->last_seq) return;
+    hub *h = s->hub;
+    if (session_ended(s) || m->seq <= s->last_seq) return;
     /* Catching up, live messages come from the backlog pages instead. */
-    if (s->catching_up && !s->in_replay) return;
+    if (s->state == SESSION_CATCHING_UP && !s->in_replay) return;
     if (s->kind == SUB_LONGPOLL) {
         /* A poll's cursor moves past what filters drop, too. */
         memcpy(s->t.lp->cursor, m->id, m->id_len);
@@ -415,17 +421,10 @@ void session_deliver(void *owner, hub_msg *m)
     hub_count_delivery(h);
 }
 
-void session_free(sub_session *s)
+/* The second half of session_end, at the end of the loop pass. */
+static void session_reap(server_deferred *d)
 {
-    if (s->dead) return;
-    s->ending = true;
-    for (int i = 0; i < s->nsubs; i++)
-        hub_unsubscribe(s->hub, s->subs[i]);
-    free(s->subs);
-    s->subs = NULL;
-    s->nsubs = 0;
-    if (s->hooks && s->hooks->on_close) s->hooks->on_close(s->hooks_ud, s);
-    if (s->hooks && s->hooks->release) s->hooks->release(s->hooks_ud);
+    sub_session *s = (sub_session *)((char *)d - offsetof(sub_session, reap));
     free(s->events);
     free_replay(s);
     if (s->kind == SUB_WS) {
@@ -436,18 +435,28 @@ void session_free(sub_session *s)
             hub_msg_unref(s->t.lp->msgs[i]);
         free(s->t.lp->msgs);
         free(s->t.lp);
-        s->t.lp = NULL;
-    }
-    if (s->in_replay) {
-        s->dead = true; /* replay_page frees it when its pass ends */
-        return;
     }
     free(s);
 }
 
+void session_end(sub_session *s)
+{
+    if (session_ended(s)) return;
+    s->state = SESSION_ENDED;
+    for (int i = 0; i < s->nsubs; i++)
+        hub_unsubscribe(s->hub, s->subs[i]);
+    free(s->subs);
+    s->subs = NULL;
+    s->nsubs = 0;
+    if (s->hooks && s->hooks->on_close) s->hooks->on_close(s->hooks_ud, s);
+    if (s->hooks && s->hooks->release) s->hooks->release(s->hooks_ud);
+    s->hooks = NULL;
+    server_defer(s->c->srv, &s->reap, session_reap);
+}
+
 int sub_send(sub_session *s, const char *data, size_t len, bool binary)
 {
-    if (s->kind != SUB_WS || s->ending || conn_closed(s->c)) return -1;
+    if (s->kind != SUB_WS || session_ended(s) || conn_closed(s->c)) return -1;
     uint8_t hdr[WS_MAX_HEADER];
     size_t h = ws_frame_header(hdr, binary ? WS_OP_BINARY : WS_OP_TEXT, true, len);
     buf_t *b = buf_new(h + len);
@@ -462,7 +471,7 @@ int sub_send(sub_session *s, const char *data, size_t len, bool binary)
 
 void sub_close(sub_session *s, unsigned code, const char *reason)
 {
-    if (s->ending || conn_closed(s->c)) return;
+    if (session_ended(s) || conn_closed(s->c)) return;
     if (s->kind == SUB_WS)
         ws_session_close(s, code, reason);
     else

@@ -114,8 +114,7 @@ int ws_session_start(sub_session *s, const sub_request *r, const http_request *r
         ws_session_close(s, WS_CLOSE_INTERNAL_ERROR, "storage error");
         return 0;
     }
-    if (!conn_closed(s->c) && s->c->stream == &ws_ops)
-        conn_stream_timer(s->c, sub_defaults.ws_ping);
+    if (!session_ended(s)) conn_stream_timer(s->c, sub_defaults.ws_ping);
     return 0;
 }
 
@@ -123,10 +122,10 @@ int ws_session_start(sub_session *s, const sub_request *r, const http_request *r
  * and closes once it is written. */
 void ws_session_close(sub_session *s, unsigned code, const char *reason)
 {
-    if (s->ending || conn_closed(s->c)) return;
+    if (session_ended(s) || conn_closed(s->c)) return;
     uint8_t frame[WS_MAX_CONTROL_FRAME];
     size_t n = ws_close_frame(frame, code, reason, reason ? strlen(reason) : 0);
-    conn_send_final(s->c, frame, n); /* runs ws_on_close: s is freed */
+    conn_send_final(s->c, frame, n); /* runs ws_on_close: s ends */
 }
 
 static void ws_send_control(sub_session *s, int opcode, const void *payload, size_t len)
@@ -183,11 +182,10 @@ static int on_frame_data(void *ud, int opcode, const uint8_t *data, size_t len, 
         s->t.ws.msg_len += len;
     }
     if (!fin) return 0;
-    conn *c = s->c;
     if (s->hooks && s->hooks->on_message)
         s->hooks->on_message(s->hooks_ud, s, s->t.ws.msg ? s->t.ws.msg : "", s->t.ws.msg_len,
                              s->t.ws.msg_op == WS_OP_BINARY);
-    if (conn_closed(c) || c->stream != &ws_ops) return 1; /* the hook closed it */
+    if (session_ended(s)) return 1; /* the hook closed it */
     /* An idle connection keeps no message buffer. */
     free(s->t.ws.msg);
     s->t.ws.msg = NULL;
@@ -199,7 +197,7 @@ static int on_frame_ping(void *ud, const uint8_t *payload, size_t len)
 {
     sub_session *s = ud;
     ws_send_control(s, WS_OP_PONG, payload, len);
-    return conn_closed(s->c) || s->c->stream != &ws_ops;
+    return session_ended(s); /* a pong over the output limit cut it off */
 }
 
 static int on_frame_pong(void *ud, const uint8_t *payload, size_t len)
@@ -236,8 +234,7 @@ static void ws_on_data(conn *c, void *state, char *data, size_t len)
         ws_decoder_init(s->t.ws.dec, sub_defaults.ws_max_message, true);
     }
     size_t pos = 0;
-    conn_hold(c);
-    while (pos < len && !conn_closed(c) && c->stream == &ws_ops) {
+    while (pos < len && !session_ended(s)) {
         ssize_t n =
             ws_decoder_feed(s->t.ws.dec, (uint8_t *)data + pos, len - pos, &frame_callbacks, s);
         if (n < 0) {
@@ -249,11 +246,10 @@ static void ws_on_data(conn *c, void *state, char *data, size_t len)
         pos += (size_t)n;
     }
     /* Between frames the decoder holds nothing worth keeping. */
-    if (!conn_closed(c) && c->stream == &ws_ops && ws_decoder_idle(s->t.ws.dec)) {
+    if (!session_ended(s) && ws_decoder_idle(s->t.ws.dec)) {
         free(s->t.ws.dec);
         s->t.ws.dec = NULL;
     }
-    conn_release(c);
 }
 
 static void ws_on_timer(conn *c, void *state)
@@ -266,7 +262,7 @@ static void ws_on_timer(conn *c, void *state)
     }
     s->t.ws.pong_pending = true;
     ws_send_control(s, WS_OP_PING, NULL, 0);
-    if (!conn_closed(c) && c->stream == &ws_ops) conn_stream_timer(c, sub_defaults.ws_ping);
+    if (!session_ended(s)) conn_stream_timer(c, sub_defaults.ws_ping);
 }
 
 static void ws_on_drain(conn *c, void *state)
@@ -283,5 +279,5 @@ static void ws_on_shutdown(conn *c, void *state)
 static void ws_on_close(conn *c, void *state)
 {
     __atomic_sub_fetch(&sub_counts.websocket, 1, __ATOMIC_RELAXED);
-    session_free(state);
+    session_end(state);
 }

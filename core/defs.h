@@ -1,0 +1,31 @@
+/* defs.h: the few conventions every C module of sluice shares.
+ *
+ * - STRLIT(s): a string literal and its length, counted by the compiler
+ *   (a hand-counted length was once wrong: "Retry-After: 1\r\n" sent as 15
+ *   bytes).  Use it wherever a literal goes with its length.
+ * - SLUICE_ASSERT(cond): an invariant of our own code.  Checked in the
+ *   sanitizer and debug builds (SLUICE_ASSERTS), where a broken one aborts
+ *   with the file and line; compiled out of release builds, which must not
+ *   pay for checks on the hot path.  Never for what a peer sends: that is
+ *   an error with a status or close code, not an abort. */
+#ifndef SLUICE_DEFS_H
+#define SLUICE_DEFS_H
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#define STRLIT(s) ("" s), (sizeof(s) - 1)
+
+#if defined(SLUICE_ASSERTS) || !defined(NDEBUG)
+#define SLUICE_ASSERT(cond)                                                                        \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: invariant broken: %s\n", __FILE__, __LINE__, #cond);          \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
+#else
+#define SLUICE_ASSERT(cond) ((void)0)
+#endif
+
+#endif
