@@ -757,6 +757,7 @@ static void stash(conn *c, const char *data, size_t len)
 static void http_error(conn *c, int status, const char *reason)
 {
     LOG_KV(LOG_DEBUG, "bad request", LOG_I("status", status), LOG_S("reason", reason));
+    server_count_refusal(status);
     c->keep_alive = false;
     c->head_request = false;
     conn_respond_error(c, status, reason);
@@ -789,9 +790,15 @@ static void http_input(conn *c, const char *data, size_t len)
         data += used;
         len -= used;
         if (ev == HTTP_EV_NEED_MORE) {
-            if (c->http->req.method)
-                arm_timer(c, T_BODY, srv->limits.header_timeout);
-            else if (c->timer_kind != T_HEADER)
+            if (c->http->req.method) {
+                /* The body: the head's time, plus a second for every
+                 * min_body_rate bytes that came, counted from the first
+                 * byte of the request (re-arming at each read would let a
+                 * byte every few seconds hold the connection for good). */
+                double left = c->req_start + srv->limits.header_timeout +
+                              (double)c->http->body_len / srv->limits.min_body_rate - ev_now(srv->loop);
+                arm_timer(c, T_BODY, left > 0.001 ? left : 0.001);
+            } else if (c->timer_kind != T_HEADER)
                 arm_timer(c, T_HEADER, srv->limits.header_timeout);
             break;
         }
@@ -942,7 +949,7 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     switch (kind) {
     case T_HEADER:
     case T_BODY:
-        LOG_KV(LOG_DEBUG, "request timeout");
+        LOG_KV(LOG_DEBUG, "request timeout", LOG_S("phase", kind == T_BODY ? "body" : "head"));
         if (c->state == CONN_HTTP)
             http_error(c, 408, "request timeout");
         else

@@ -85,9 +85,44 @@ static int grow_headers(http_parser *p)
     return 0;
 }
 
+/* Trailer fields (after a chunked body) and chunk extensions: counted
+ * against the header limits, never kept.  Trailers must not grow the arena:
+ * the request's url and header views point into it since
+ * on_headers_complete. */
+static int count_trailer(http_parser *p, size_t len, bool new_line)
+{
+    if (new_line) {
+        if (++p->trailer_lines + p->nheaders > HTTP_MAX_HEADERS)
+            return fail(p, 431, "too many headers");
+        p->header_bytes += HTTP_LINE_OVERHEAD;
+    }
+    p->header_bytes += len;
+    if (p->header_bytes > p->limits.max_header) return fail(p, 431, "header block too large");
+    return 0;
+}
+
+static int on_chunk_extension(llhttp_t *l, const char *at, size_t len)
+{
+    http_parser *p = parser_of(l);
+    p->header_bytes += len;
+    if (p->header_bytes > p->limits.max_header) return fail(p, 431, "chunk extensions too large");
+    return 0;
+}
+
+static int on_chunk_extension_complete(llhttp_t *l)
+{
+    /* The ';' or '=' before it: a run of empty extensions counts too. */
+    return on_chunk_extension(l, NULL, 1);
+}
+
 static int on_header_field(llhttp_t *l, const char *at, size_t len)
 {
     http_parser *p = parser_of(l);
+    if (p->in_trailers) {
+        bool first = !p->field_open;
+        p->field_open = true;
+        return count_trailer(p, len, first);
+    }
     if (!p->field_open) {
         if (p->nheaders >= HTTP_MAX_HEADERS) return fail(p, 431, "too many headers");
         if (p->nheaders == p->hdr_cap && grow_headers(p) < 0) return fail(p, 500, "out of memory");
@@ -112,6 +147,7 @@ static int on_header_field_complete(llhttp_t *l)
 static int on_header_value(llhttp_t *l, const char *at, size_t len)
 {
     http_parser *p = parser_of(l);
+    if (p->in_trailers) return count_trailer(p, len, false);
     uint32_t *h = p->hdr_off[p->nheaders - 1];
     if (!p->value_open) {
         h[2] = (uint32_t)p->arena_len;
@@ -134,26 +170,68 @@ static bool token_eq(const char *s, size_t len, const char *tok)
     return strlen(tok) == len && strncasecmp(s, tok, len) == 0;
 }
 
+/* Length of the "scheme://authority" of an absolute-form target
+ * ("http://host:8080/a?b" -> 16), 0 for any other form, -1 when the
+ * target starts like one but has no authority. */
+static long absolute_prefix(const char *url, size_t len)
+{
+    size_t s;
+    if (len >= 7 && strncasecmp(url, "http://", 7) == 0)
+        s = 7;
+    else if (len >= 8 && strncasecmp(url, "https://", 8) == 0)
+        s = 8;
+    else
+        return 0;
+    size_t e = s;
+    while (e < len && url[e] != '/' && url[e] != '?' && url[e] != '#')
+        e++;
+    return e > s ? (long)e : -1;
+}
+
 static int on_headers_complete(llhttp_t *l)
 {
     http_parser *p = parser_of(l);
     http_request *r = &p->req;
+    /* HTTP/2 has its own connection preface, and any other major version is
+     * not this protocol: RFC 9110 15.6.6 has 505 for both. */
+    if (l->http_major != 1) return fail(p, 505, "HTTP version not supported");
     /* The arena no longer grows for this request: pointers are now stable. */
+    p->in_trailers = true;
     r->url = p->arena;
     r->url_len = p->url_bytes;
-    r->path = r->url;
-    const char *qm = memchr(r->url, '?', r->url_len);
-    r->path_len = qm ? (size_t)(qm - r->url) : r->url_len;
+    /* Absolute form (RFC 9112 3.2.2, what a proxy sends): the path and
+     * query are taken from it; the authority is not used (no virtual
+     * hosts), and Host is still required below. */
+    long abs = absolute_prefix(r->url, r->url_len);
+    if (abs < 0) return fail(p, 400, "bad request target");
+    const char *target = r->url + abs;
+    size_t tlen = r->url_len - (size_t)abs;
+    const char *hash = memchr(target, '#', tlen); /* never sent by browsers; not ours */
+    if (hash) tlen = (size_t)(hash - target);
+    const char *qm = memchr(target, '?', tlen);
+    r->path = target;
+    r->path_len = qm ? (size_t)(qm - target) : tlen;
     r->query = qm ? qm + 1 : NULL;
-    r->query_len = qm ? r->url_len - r->path_len - 1 : 0;
+    r->query_len = qm ? tlen - r->path_len - 1 : 0;
+    if (abs && r->path_len == 0) {
+        r->path = "/"; /* "http://host?x": the path is "/" (RFC 9112 3.2.1) */
+        r->path_len = 1;
+    }
+    int hosts = 0;
     for (int i = 0; i < p->nheaders; i++) {
-        p->headers[i].name = p->arena + p->hdr_off[i][0];
-        p->headers[i].name_len = p->hdr_off[i][1];
-        p->headers[i].value = p->arena + p->hdr_off[i][2];
-        p->headers[i].value_len = p->hdr_off[i][3];
+        http_header *h = &p->headers[i];
+        h->name = p->arena + p->hdr_off[i][0];
+        h->name_len = p->hdr_off[i][1];
+        h->value = p->arena + p->hdr_off[i][2];
+        h->value_len = p->hdr_off[i][3];
+        if (h->name_len == 4 && strncasecmp(h->name, "host", 4) == 0) hosts++;
     }
     r->headers = p->headers;
     r->nheaders = p->nheaders;
+    /* RFC 9112 3.2: a 400 for an HTTP/1.1 request without Host, and for
+     * any request with more than one (HTTP/1.0 may omit it). */
+    if (hosts > 1) return fail(p, 400, "more than one Host header");
+    if (hosts == 0 && l->http_minor >= 1) return fail(p, 400, "missing Host header");
     r->method_id = l->method;
     r->method = llhttp_method_name((llhttp_method_t)l->method);
     r->version_major = l->http_major;
@@ -203,6 +281,10 @@ static const llhttp_settings_t http_settings = {
     .on_headers_complete = on_headers_complete,
     .on_body = on_body,
     .on_message_complete = on_message_complete,
+    .on_chunk_extension_name = on_chunk_extension,
+    .on_chunk_extension_value = on_chunk_extension,
+    .on_chunk_extension_name_complete = on_chunk_extension_complete,
+    .on_chunk_extension_value_complete = on_chunk_extension_complete,
 };
 
 void http_parser_init(http_parser *p, const http_limits *limits)
@@ -249,6 +331,8 @@ static void reset_request(http_parser *p)
     p->arena_len = 0;
     p->nheaders = 0;
     p->field_open = p->value_open = false;
+    p->in_trailers = false;
+    p->trailer_lines = 0;
     p->header_bytes = 0;
     p->url_bytes = 0;
     p->body_len = 0;
@@ -306,6 +390,15 @@ http_event http_feed(http_parser *p, const char *data, size_t len, size_t *consu
         return HTTP_EV_REQUEST;
     }
     *consumed = (size_t)(llhttp_get_error_pos(&p->llhttp) - data);
+    if (!p->error_status && err == HPE_PAUSED_H2_UPGRADE) {
+        /* "PRI * HTTP/2.0", the HTTP/2 preface: not spoken on this listener. */
+        fail(p, 505, "HTTP version not supported");
+    } else if (!p->error_status && err == HPE_INVALID_VERSION && p->llhttp.http_major != 1 &&
+               strcmp(llhttp_get_error_reason(&p->llhttp), "Invalid HTTP version") == 0) {
+        /* llhttp parsed both digits and knows no such version ("HTTP/3.0");
+         * a malformed one ("HTTP/x") stays a 400. */
+        fail(p, 505, "HTTP version not supported");
+    }
     if (!p->error_status) {
         p->error_status = 400;
         p->error_reason = llhttp_get_error_reason(&p->llhttp);

@@ -5,7 +5,12 @@
  * arena owned by the parser (llhttp hands them over in pieces that may span
  * reads), the body into a second buffer.  Limits are checked as bytes
  * arrive, so an oversized request is refused before it is buffered, with the
- * status SPEC.md names (414, 431, 413; 400 for malformed input).
+ * status SPEC.md names (414, 431, 413; 400 for malformed input).  Chunk
+ * extensions and trailer fields are counted against the header limit and
+ * dropped.  RFC 9112's rules for the head are applied here: an HTTP/1.1
+ * request needs exactly one Host (400), a major version other than 1 gets
+ * 505, and an absolute-form target ("http://host/path?q") gives its path
+ * and query.
  *
  * One request at a time: the parser pauses after each complete request, the
  * caller answers it, calls http_next() and feeds the remaining bytes, so
@@ -42,7 +47,8 @@ typedef struct http_request {
     bool expect_continue; /* Expect: 100-continue with a body to come */
     const char *url;      /* request-target, NUL-terminated */
     size_t url_len;
-    const char *path; /* url up to '?' (not NUL-terminated) */
+    const char *path; /* url's path, up to '?' (not NUL-terminated; "/" for
+                       * an absolute form without one) */
     size_t path_len;
     const char *query; /* after '?', or NULL */
     size_t query_len;
@@ -72,8 +78,10 @@ typedef struct http_parser {
     http_header *headers;
     int nheaders, hdr_cap;
     bool field_open, value_open; /* a header name/value spans callbacks */
+    bool in_trailers;            /* past the head: trailers are counted, not kept */
+    int trailer_lines;
     http_event pause_event;      /* what the current pause reports */
-    size_t header_bytes;         /* request line and headers so far */
+    size_t header_bytes;         /* request line, headers, chunk extensions, trailers */
     size_t url_bytes;
     char *body;
     size_t body_len, body_cap;

@@ -26,6 +26,7 @@ void server_limits_default(server_limits *l)
     l->max_output = 1024 * 1024;
     l->max_connections = 100000;
     l->header_timeout = 10;
+    l->min_body_rate = 1024;
     l->idle_timeout = 60;
     l->tls_handshake_timeout = 10;
     l->shutdown_timeout = 5;
@@ -214,6 +215,28 @@ unsigned server_count_connection(int delta)
 {
     if (delta == 0) return __atomic_load_n(&open_connections, __ATOMIC_RELAXED);
     return __atomic_add_fetch(&open_connections, (unsigned)delta, __ATOMIC_RELAXED);
+}
+
+static const int refusal_status[SERVER_REFUSAL_KINDS] = SERVER_REFUSAL_STATUSES;
+static unsigned long long refusals[SERVER_REFUSAL_KINDS]; /* atomic */
+
+static int refusal_index(int status)
+{
+    for (int i = 0; i < SERVER_REFUSAL_KINDS; i++)
+        if (refusal_status[i] == status) return i;
+    return -1;
+}
+
+void server_count_refusal(int status)
+{
+    int i = refusal_index(status);
+    if (i >= 0) __atomic_add_fetch(&refusals[i], 1, __ATOMIC_RELAXED);
+}
+
+unsigned long long server_refusals(int status)
+{
+    int i = refusal_index(status);
+    return i < 0 ? 0 : __atomic_load_n(&refusals[i], __ATOMIC_RELAXED);
 }
 
 /* SO_REUSEPORT lets any socket of the same user join a group, another

@@ -29,6 +29,7 @@ typedef struct server_limits {
     size_t max_output;            /* queued output per connection before it is cut off */
     unsigned max_connections;     /* accepted connections, all workers; 503 over it */
     double header_timeout;        /* seconds for a request head; 408 after it */
+    double min_body_rate;         /* body bytes a second past header_timeout; 408 under it */
     double idle_timeout;          /* seconds a keep-alive connection may stay quiet */
     double tls_handshake_timeout; /* seconds for the TLS handshake */
     double shutdown_timeout;      /* seconds to finish in-flight work on SIGTERM */
@@ -101,6 +102,15 @@ int server_listen(server *srv, const char *addr, bool tls, bool join, char *err,
  * returns how many are open over every worker (the connection limit and
  * /metrics read it).  Any thread. */
 unsigned server_count_connection(int delta);
+
+/* Requests the HTTP layer refused (answered 400, 408, 413, 414, 417, 431
+ * or 505 before the app saw them), counted by status over every worker for
+ * /metrics.  Any thread. */
+#define SERVER_REFUSAL_STATUSES {400, 408, 413, 414, 417, 431, 505}
+#define SERVER_REFUSAL_KINDS 7
+void server_count_refusal(int status);
+/* How many were refused with `status` (0 for a status not counted). */
+unsigned long long server_refusals(int status);
 
 /* Starts accepting on every listener. */
 void server_start(server *srv);

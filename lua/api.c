@@ -142,6 +142,7 @@ static void config_limits(lua_State *L, lx_config *cfg)
         LIMIT("max_output_buffer", max_output, (size_t)v)
         LIMIT("max_connections", max_connections, (unsigned)v)
         LIMIT("header_timeout", header_timeout, v)
+        LIMIT("min_body_rate", min_body_rate, v)
         LIMIT("idle_timeout", idle_timeout, v)
         LIMIT("tls_handshake_timeout", tls_handshake_timeout, v)
         LIMIT("shutdown_timeout", shutdown_timeout, v)
@@ -621,6 +622,12 @@ static int l_metrics(lua_State *L)
         (unsigned long long)hs.latency_buckets[HUB_LATENCY_BUCKETS]);
     HEAD("sluice_script_errors_total", "counter", "Errors raised by the app's Lua code.");
     ADD("sluice_script_errors_total %llu\n", lx_script_errors());
+    HEAD("sluice_http_refused_total", "counter",
+         "Requests refused by the HTTP layer before the app saw them, by status.");
+    static const int refused[SERVER_REFUSAL_KINDS] = SERVER_REFUSAL_STATUSES;
+    for (int i = 0; i < SERVER_REFUSAL_KINDS; i++)
+        ADD("sluice_http_refused_total{status=\"%d\"} %llu\n", refused[i],
+            server_refusals(refused[i]));
 #undef HEAD
 #undef ADD
     luaL_pushresult(&b);
@@ -1175,6 +1182,8 @@ static void push_decoded(lua_State *L, const char *s, size_t n, bool plus_space)
     luaL_pushresultsize(&b, http_pct_decode(s, n, p, plus_space));
 }
 
+/* A parameter given more than once: the first occurrence counts, as in the
+ * C code that reads a poll's parameters (docs/protocol.md). */
 static void push_query(lua_State *L, const req_src *s)
 {
     lua_createtable(L, 0, s->query_len ? 4 : 0);
@@ -1182,6 +1191,12 @@ static void push_query(lua_State *L, const req_src *s)
     const char *k, *v;
     while (http_query_next(s->text, s->query_len, &pos, &k, &kl, &v, &vl)) {
         push_decoded(L, k, kl, true);
+        lua_pushvalue(L, -1);
+        if (lua_rawget(L, -3) != LUA_TNIL) {
+            lua_pop(L, 2);
+            continue;
+        }
+        lua_pop(L, 1);
         push_decoded(L, v, vl, true);
         lua_rawset(L, -3);
     }

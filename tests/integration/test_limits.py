@@ -1,8 +1,9 @@
-"""Limits: header block (431), URI (414), body (413), slow headers (408 and
-close), idle keep-alive timeout, connection limit (503), instruction budget.
+"""Limits: header block (431), URI (414), body (413), slow headers and
+bodies (408 and close, counted in sluice_http_refused_total), idle keep-alive timeout, connection limit (503), instruction budget.
 Both the default limits and limits set by the script's sluice.config."""
 
 import os
+import re
 import select
 import socket
 import sys
@@ -166,6 +167,55 @@ class ConfiguredLimitsTest(SluiceTestCase):
         self.assertLess(i, len(data) - 1, "whole request trickled in without a 408")
         got = c.wait_closed(10)
         self.assertTrue(got.startswith(b"HTTP/1.1 408"), got[:100])
+
+    def refused(self, status):
+        body = self.conn(self.s).get("/metrics").body.decode()
+        m = re.search(r'^sluice_http_refused_total\{status="%d"\} (\d+)$' % status, body, re.M)
+        self.assertIsNotNone(m, body)
+        return int(m.group(1))
+
+    def trickle_body(self, c, length, pause, seconds, chunked_body=False):
+        """Sends a head announcing LENGTH body bytes, then one byte every
+        PAUSE seconds for at most SECONDS or until the server answers;
+        returns the seconds it took and what came back."""
+        head = [("Transfer-Encoding", "chunked")] if chunked_body else \
+            [("Content-Length", str(length))]
+        c.send(build_request("POST", "/len", head))
+        start = time.monotonic()
+        sent = 0
+        while sent < length and time.monotonic() - start < seconds:
+            if c.readable(pause):
+                break
+            c.send_quietly(b"1\r\nx\r\n" if chunked_body else b"x")
+            sent += 1
+        return time.monotonic() - start, c.wait_closed(10)
+
+    def test_trickled_body_times_out(self):
+        # header_timeout is 1 s here: a byte every 0.3 s used to re-arm it
+        # at every read and hold the connection for as long as it lasted
+        before = self.refused(408)
+        c = self.conn(self.s)
+        took, got = self.trickle_body(c, 1000, 0.3, 6)
+        self.assertTrue(got.startswith(b"HTTP/1.1 408"), got[:100])
+        self.assertLess(took, 3.5)
+        c = self.conn(self.s)
+        took, got = self.trickle_body(c, 1000, 0.3, 6, chunked_body=True)
+        self.assertTrue(got.startswith(b"HTTP/1.1 408"), got[:100])
+        self.assertLess(took, 3.5)
+        self.assertEqual(self.refused(408), before + 2)
+        self.assertTrue(self.s.find_logs(r"access .*status=408"), self.s.log_text())
+        self.assertServes(self.s)
+
+    def test_body_at_a_fair_rate_passes(self):
+        # 4,000 bytes over about 2.5 s (1,600 B/s): past header_timeout, but
+        # above the minimum rate (1,024 B/s by default)
+        c = self.conn(self.s)
+        c.send(build_request("POST", "/len", [("Content-Length", "4000")]))
+        for i in range(10):
+            time.sleep(0.25)
+            c.send(b"b" * 400)
+        r = c.read_response()
+        self.assertEqual((r.status, r.body), (200, b"4000"))
 
     def test_silent_connection_closed(self):
         c = self.conn(self.s)

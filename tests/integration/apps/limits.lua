@@ -13,6 +13,7 @@ sluice.config{
 }
 
 sluice.route("GET", "/ping", function(req) return 200, "pong" end)
+sluice.route("GET", "/metrics", function(req) return 200, sluice.metrics() end)
 sluice.route("POST", "/len", function(req) return 200, tostring(#(req.body or "")) end)
 sluice.route("GET", "/runaway", function(req) while true do end end)
 sluice.route("GET", "/loop/:n", function(req)
