@@ -6,6 +6,7 @@
 #include "core/defs.h"
 
 #include "core/b64.h"
+#include "core/log.h"
 #include "core/jsonenc.h"
 #include "core/sse.h"
 #include "core/utf8.h"
@@ -359,7 +360,14 @@ bool hub_pattern_valid(const char *name, size_t len)
 
 bool hub_event_valid(const char *event, size_t len)
 {
-    if (len < 1 || len > HUB_EVENT_MAX || !sse_field_valid(event, len)) return false;
+    /* Every client sees the name as text: in JSON, in a WebSocket text
+     * frame (where invalid UTF-8 fails the connection), as an SSE field. */
+    if (len < 1 || len > HUB_EVENT_MAX || !utf8_valid(event, len)) return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)event[i];
+        if (c < 0x20 || c == 0x7f) return false; /* C0 (CR, LF, NUL...) and DEL */
+        if (c == 0xc2 && (unsigned char)event[i + 1] < 0xa0) return false; /* C1: U+0080..9F */
+    }
     static const char reserved[] = ".base64";
     size_t rl = sizeof(reserved) - 1;
     return !(len >= rl && memcmp(event + len - rl, reserved, rl) == 0);
@@ -837,8 +845,16 @@ static int collect(void *ud, const struct store_view *v)
         a->cap = ncap;
     }
     size_t i = v->topic_index;
-    hub_msg *m =
-        msg_new(a->topics[i], a->lens[i], v->event, v->event_len, v->data, v->data_len, 0);
+    /* A name stored before names had to be UTF-8 without controls would
+     * break the clients that resume past it: served without it. */
+    bool bad_event = v->event && v->event_len && !hub_event_valid(v->event, v->event_len);
+    if (bad_event) {
+        static log_limit lim;
+        LOG_KV_LIMITED(&lim, 10.0, LOG_WARN, "stored message with an invalid event name",
+                       LOG_SN("topic", a->topics[i], a->lens[i]), LOG_I("seq", v->seq));
+    }
+    hub_msg *m = msg_new(a->topics[i], a->lens[i], bad_event ? NULL : v->event,
+                         bad_event ? 0 : v->event_len, v->data, v->data_len, 0);
     if (!m) {
         a->oom = true;
         return 1;

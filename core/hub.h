@@ -185,8 +185,10 @@ bool hub_topic_valid(const char *name, size_t len);
  * starts with the prefix. */
 bool hub_pattern_valid(const char *name, size_t len);
 
-/* True when `event` is a valid event name: 1..HUB_EVENT_MAX bytes without
- * CR, LF or NUL, not ending in ".base64" (reserved for binary on SSE). */
+/* True when `event` is a valid event name: 1..HUB_EVENT_MAX bytes of valid
+ * UTF-8 without control characters (U+0000..U+001F, U+007F..U+009F), not
+ * ending in ".base64" (reserved for binary on SSE).  The one check for
+ * every publish (hub_publish refuses others) and every filter's change. */
 bool hub_event_valid(const char *event, size_t len);
 
 /* Called on the loop thread once a publish is durable (status 0, m the

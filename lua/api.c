@@ -35,6 +35,25 @@ void lx_count_error(void)
     __atomic_add_fetch(&script_errors, 1, __ATOMIC_RELAXED);
 }
 
+/* Event names refused by hub_event_valid, by where they came from: the
+ * one check every path to storage or to a subscriber goes through
+ * (sluice.publish, so HTTP and WebSocket publishes too; on_publish; a
+ * filter).  Counted and logged, at most a line per 10 s each: a peer or a
+ * script can cause them at any rate.  The name itself is not logged (it is
+ * not valid text), its length is. */
+enum { BADEV_PUBLISH, BADEV_ON_PUBLISH, BADEV_FILTER, BADEV_KINDS };
+static const char *const badev_source[BADEV_KINDS] = {"publish", "on_publish", "filter"};
+static unsigned long long bad_events[BADEV_KINDS];
+static log_limit bad_event_log[BADEV_KINDS];
+
+static void count_bad_event(int kind, const char *topic, size_t tlen, size_t elen)
+{
+    __atomic_add_fetch(&bad_events[kind], 1, __ATOMIC_RELAXED);
+    LOG_KV_LIMITED(&bad_event_log[kind], 10.0, kind == BADEV_PUBLISH ? LOG_INFO : LOG_WARN,
+                   "invalid event name", LOG_S("source", badev_source[kind]),
+                   LOG_SN("topic", topic, tlen), LOG_I("event_bytes", elen));
+}
+
 #define SUB_MT "sluice.subscription"
 #define CONN_MT "sluice.conn"
 #define REQ_MT "sluice.request"
@@ -460,8 +479,14 @@ static int l_publish(lua_State *L)
     }
     if (!hub_topic_valid(topic, tlen))
         return luaL_argerror(L, 1, "invalid topic name (1 to 200 bytes of A-Z a-z 0-9 _ . : -)");
-    if (event && !hub_event_valid(event, elen))
-        return luaL_argerror(L, 3, "invalid event name (1 to 128 bytes, no CR/LF, not *.base64)");
+    if (event && !hub_event_valid(event, elen)) {
+        /* A runtime failure, not misuse: the name often comes from a
+         * client (?event=, a WebSocket message). */
+        count_bad_event(BADEV_PUBLISH, topic, tlen, elen);
+        lua_pushnil(L);
+        lua_pushliteral(L, "invalid event name");
+        return 2;
+    }
     if (push_on_publish(L, app, topic, tlen)) {
         /* The app's transform runs before storage, so what is stored,
          * replayed and delivered is the same message.  The ID does not
@@ -493,8 +518,14 @@ static int l_publish(lua_State *L)
         if (!topic || !hub_topic_valid(topic, tlen))
             return luaL_error(L, "on_publish returned an invalid topic");
         if (!data) return luaL_error(L, "on_publish returned a message without data");
-        if (!lua_isnil(L, m + 3) && (!event || !hub_event_valid(event, elen)))
-            return luaL_error(L, "on_publish returned an invalid event name");
+        if (!lua_isnil(L, m + 3) && !event)
+            return luaL_error(L, "on_publish returned an event that is not a string");
+        if (event && !hub_event_valid(event, elen)) {
+            count_bad_event(BADEV_ON_PUBLISH, topic, tlen, elen);
+            lua_pushnil(L);
+            lua_pushliteral(L, "on_publish returned an invalid event name");
+            return 2;
+        }
     }
     if (!app->hub || !hub_is_open(app->hub)) {
         /* --check, or top-level code before storage opens: nothing to do. */
@@ -524,6 +555,16 @@ static int l_valid_topic(lua_State *L)
     size_t len = 0;
     const char *name = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &len) : NULL;
     lua_pushboolean(L, name && hub_topic_valid(name, len));
+    return 1;
+}
+
+/* sluice.valid_event(name): the check sluice.publish makes of an event
+ * name, for an app that answers 400 itself. */
+static int l_valid_event(lua_State *L)
+{
+    size_t len = 0;
+    const char *name = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &len) : NULL;
+    lua_pushboolean(L, name && hub_event_valid(name, len));
     return 1;
 }
 
@@ -622,6 +663,11 @@ static int l_metrics(lua_State *L)
         (unsigned long long)hs.latency_buckets[HUB_LATENCY_BUCKETS]);
     HEAD("sluice_script_errors_total", "counter", "Errors raised by the app's Lua code.");
     ADD("sluice_script_errors_total %llu\n", lx_script_errors());
+    HEAD("sluice_invalid_events_total", "counter",
+         "Event names refused (not UTF-8, control characters, too long), by source.");
+    for (int i = 0; i < BADEV_KINDS; i++)
+        ADD("sluice_invalid_events_total{source=\"%s\"} %llu\n", badev_source[i],
+            __atomic_load_n(&bad_events[i], __ATOMIC_RELAXED));
     HEAD("sluice_http_refused_total", "counter",
          "Requests refused by the HTTP layer before the app saw them, by status.");
     static const int refused[SERVER_REFUSAL_KINDS] = SERVER_REFUSAL_STATUSES;
@@ -750,6 +796,10 @@ static hub_msg *hook_filter(void *ud, sub_session *s, hub_msg *m)
             out = m; /* unchanged: the shared encodings serve */
         } else if (data && (!event || hub_event_valid(event, elen))) {
             out = hub_msg_derive(m, event, elen, data, dlen);
+        } else if (data) {
+            /* Not delivered to this subscriber: what it would send could
+             * break the client (invalid UTF-8 closes a WebSocket). */
+            count_bad_event(BADEV_FILTER, m->topic, m->topic_len, elen);
         }
         lua_pop(L, 2);
     }
@@ -988,6 +1038,7 @@ static int luaopen_sluice(lua_State *L)
         {"metrics", l_metrics},
         {"on_publish", l_on_publish},
         {"valid_topic", l_valid_topic},
+        {"valid_event", l_valid_event},
         {NULL, NULL},
     };
     luaL_newlib(L, fns);

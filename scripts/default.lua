@@ -10,6 +10,7 @@ local sluice = require "sluice"
 -- Topic names: 1 to 200 bytes of [A-Za-z0-9_.:-] (checked in C: a Lua
 -- pattern here was about a tenth of a long-poll's instructions).
 local valid_topic = sluice.valid_topic
+local valid_event = sluice.valid_event
 
 sluice.route("GET", "/healthz", function()
   return 200, "ok"
@@ -25,8 +26,8 @@ sluice.route("POST", "/topics/:topic", function(req)
     return sluice.json(400, { error = "bad topic name" })
   end
   local event = req.query.event
-  if event ~= nil and (#event < 1 or #event > 128 or event:find("[%c]")
-                       or event:sub(-7) == ".base64") then
+  if event ~= nil and not valid_event(event) then
+    -- 1 to 128 bytes of UTF-8 without control characters, not *.base64
     return sluice.json(400, { error = "bad event name" })
   end
   -- Returns once the message is in LMDB and synced (group commit).
