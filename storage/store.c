@@ -7,7 +7,12 @@
  *   topics  name -> struct topic_rec (number, count, first/last/dropped seq,
  *           retention of the last publish)
  *   msgs    (topic number BE u32, seq BE u64) -> epoch u64, time i64,
- *           event length u16, event bytes, data bytes
+ *           event length u8, idempotency key length u8, event bytes, key
+ *           bytes, data bytes, CRC-32C u32 of the key and all that
+ *           (format 1 had no key and no CRC: see "migrate" below)
+ *   idem    topic number BE u32 ‖ idempotency key -> seq, epoch, time
+ *   idem_time  time BE u64 ‖ seq BE u64 -> topic number BE u32 ‖ key: the
+ *           keys in the order they leave the dedup window
  * Big-endian keys make LMDB's memcmp order the numeric order, so one topic's
  * messages are one contiguous, seq-ordered run: reading from an ID is a
  * SET_RANGE and a walk, retention deletes from the run's front.
@@ -37,11 +42,14 @@
 #define _GNU_SOURCE /* asprintf, pthread_rwlockattr_setkind_np, getrandom */
 #endif
 #include "storage/store.h"
+#include "storage/crc32c.h"
 #include "storage/wal.h"
 
 #include <errno.h>
 #include <lmdb.h>
 #include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,9 +62,15 @@
 #include <time.h>
 #include <unistd.h>
 
-#define STORE_FORMAT_VERSION 1u
+/* 2: every message ends with its CRC and may carry an idempotency key.
+ * A store of format 1 is read as it is by a read-only handle and
+ * rewritten to format 2 by the first read-write open (migrate_v1). */
+#define STORE_FORMAT_VERSION 2u
 #define DEFAULT_MAP_SIZE ((size_t)64 << 20)
-#define MSG_HDR 18 /* epoch u64, time i64, event length u16 */
+#define MSG_HDR 18 /* epoch u64, time i64, event length u8, key length u8 */
+#define MSG_SUM 4  /* the CRC-32C at the end of a format 2 value */
+/* msg_parse's answer for a message whose bytes are wrong. */
+#define MSG_BAD 1
 #define GROW_RETRIES 40
 
 struct topic_rec {
@@ -127,6 +141,13 @@ struct store {
     _Atomic uint64_t last_seq; /* read-write handle: mirror of meta last_seq */
     _Atomic uint64_t grows;
     _Atomic uint64_t checkpoints, checkpoint_failures;
+    _Atomic uint64_t damaged, duplicates;
+    _Atomic int all_summed; /* format 2 seen: every message has its CRC */
+    int has_idem;           /* the idem databases exist (not in format 1) */
+    MDB_dbi idem, idem_time;
+    uint64_t dedup_window_ms;
+    store_damage_fn damage_fn;
+    void *damage_ud;
     /* store_sweep's resume point (one sweeping thread at a time) */
     char sweep_pos[STORE_TOPIC_MAX];
     size_t sweep_pos_len;
@@ -219,6 +240,9 @@ static int map_rc(int rc)
         return STORE_EROFS;
     case MDB_PANIC:
         return STORE_EPANIC;
+    case MDB_CORRUPTED:
+    case MDB_PAGE_NOTFOUND:
+        return STORE_ECORRUPT;
     default:
         return STORE_EIO;
     }
@@ -247,6 +271,8 @@ const char *store_errmsg(int code)
         return "storage environment failed, reopen needed";
     case STORE_EBUSY:
         return "data directory in use by another writer";
+    case STORE_ECORRUPT:
+        return "the store is damaged (see sluice check)";
     default:
         return "unknown error";
     }
@@ -286,6 +312,61 @@ static void txn_end(struct store *s, MDB_txn *txn)
 {
     mdb_txn_abort(txn);
     pthread_rwlock_unlock(&s->maplock);
+}
+
+/* ---- LMDB's assertions on damaged pages ----------------------------------- */
+
+/* LMDB 0.9 does not check the type of a page it steps or searches to: on a
+ * damaged page (a zeroed one is no leaf) an assertion fails and LMDB
+ * aborts the process, after calling the environment's assert function.
+ * Every lookup and cursor move here is made through the two wrappers
+ * below, which arm a jump: the assert function (on_lmdb_assert) jumps
+ * back and the lookup returns MDB_CORRUPTED, so a damaged page fails the
+ * read that meets it (reported, see report_damage) instead of stopping
+ * the server.  Lookups and moves only read pages and hold no lock inside
+ * LMDB, so leaving them midway leaves nothing half-done: the cursor is
+ * abandoned (closed by its owner) and the transaction aborted as after
+ * any error.  Puts and deletes are not wrapped: there the abort stays. */
+static __thread jmp_buf *lmdb_guard;
+
+static int lmdb_cursor_get(MDB_cursor *c, MDB_val *k, MDB_val *d, MDB_cursor_op op)
+{
+    jmp_buf jb, *volatile prev = lmdb_guard;
+    if (setjmp(jb)) {
+        lmdb_guard = prev;
+        return MDB_CORRUPTED;
+    }
+    lmdb_guard = &jb;
+    int rc = mdb_cursor_get(c, k, d, op);
+    lmdb_guard = prev;
+    return rc;
+}
+
+static int lmdb_get(MDB_txn *txn, MDB_dbi dbi, MDB_val *k, MDB_val *d)
+{
+    jmp_buf jb, *volatile prev = lmdb_guard;
+    if (setjmp(jb)) {
+        lmdb_guard = prev;
+        return MDB_CORRUPTED;
+    }
+    lmdb_guard = &jb;
+    int rc = mdb_get(txn, dbi, k, d);
+    lmdb_guard = prev;
+    return rc;
+}
+
+/* The environment's assert function: back to the guarded lookup, or,
+ * where there is none, a line that says why LMDB is about to abort. */
+static void on_lmdb_assert(MDB_env *env, const char *msg)
+{
+    const char *path = NULL;
+    if (lmdb_guard) longjmp(*lmdb_guard, 1);
+    if (mdb_env_get_path(env, &path) || !path) path = "?";
+    fprintf(stderr,
+            "sluice: LMDB stopped the process at a damaged page of %s/data.mdb (%s); "
+            "`sluice check -d %s` tells what is damaged\n",
+            path, msg, path);
+    fflush(stderr);
 }
 
 /* Grow the map to at least twice its size (bounded by map_max).  No
@@ -361,7 +442,7 @@ static int write_txn(struct store *s, write_op op, void *arg, uint64_t *last_seq
 static int meta_get_u64(struct store *s, MDB_txn *txn, const char *name, uint64_t *v)
 {
     MDB_val k = {strlen(name), (void *)name}, d;
-    int rc = mdb_get(txn, s->meta, &k, &d);
+    int rc = lmdb_get(txn, s->meta, &k, &d);
     if (rc == MDB_NOTFOUND) {
         *v = 0;
         return 0;
@@ -382,7 +463,7 @@ static int topic_get(struct store *s, MDB_txn *txn, const char *name, size_t len
                      struct topic_rec *rec)
 {
     MDB_val k = {len, (void *)name}, d;
-    int rc = mdb_get(txn, s->topics, &k, &d);
+    int rc = lmdb_get(txn, s->topics, &k, &d);
     if (rc) return rc;
     if (d.mv_size != sizeof *rec) return MDB_CORRUPTED;
     memcpy(rec, d.mv_data, sizeof *rec);
@@ -422,7 +503,7 @@ static int epoch_start(struct store *s, MDB_txn *txn, uint64_t last_seq)
     uint64_t prev = 0;
     int rc = mdb_cursor_open(txn, s->epochs, &c);
     if (rc) return rc;
-    rc = mdb_cursor_get(c, &k, &d, MDB_LAST);
+    rc = lmdb_cursor_get(c, &k, &d, MDB_LAST);
     if (rc == 0 && k.mv_size == 8 && d.mv_size == 8) {
         prev = get_u64(d.mv_data);
         if (get_be64(k.mv_data) > last_seq) {
@@ -456,7 +537,227 @@ static int open_dbs(struct store *s, MDB_txn *txn, unsigned flags)
         (rc = mdb_dbi_open(txn, "topics", flags, &s->topics)) ||
         (rc = mdb_dbi_open(txn, "msgs", flags, &s->msgs)))
         return rc;
+    /* Made by format 2: a read-only handle on a store of format 1 (no
+     * read-write open since the upgrade) has none, and no keys. */
+    rc = mdb_dbi_open(txn, "idem", flags, &s->idem);
+    if (rc == 0) rc = mdb_dbi_open(txn, "idem_time", flags, &s->idem_time);
+    if (rc == MDB_NOTFOUND && !(flags & MDB_CREATE)) return 0;
+    if (rc) return rc;
+    s->has_idem = 1;
     return 0;
+}
+
+/* ---- messages: format, checksum ------------------------------------------ */
+
+/* Which messages of a read transaction's snapshot carry a CRC: all of a
+ * format 2 store; of a store of format 1 being migrated (a read-only
+ * handle beside the read-write open that migrates it), those whose key
+ * sorts before meta "migrated". */
+struct fmt {
+    int all;
+    int has_below;
+    unsigned char below[12];
+};
+
+static int fmt_load(struct store *s, MDB_txn *txn, struct fmt *f)
+{
+    uint64_t version;
+    f->all = 1;
+    f->has_below = 0;
+    if (atomic_load(&s->all_summed)) return 0;
+    MDB_val k = {8, "migrated"}, d;
+    int rc = meta_get_u64(s, txn, "version", &version);
+    if (rc) return rc;
+    if (version >= 2) {
+        atomic_store(&s->all_summed, 1);
+        return 0;
+    }
+    f->all = 0;
+    rc = lmdb_get(txn, s->meta, &k, &d);
+    if (rc == MDB_NOTFOUND) return 0;
+    if (rc) return rc;
+    if (d.mv_size != 12) return MDB_CORRUPTED;
+    memcpy(f->below, d.mv_data, 12);
+    f->has_below = 1;
+    return 0;
+}
+
+static int fmt_summed(const struct fmt *f, const MDB_val *k)
+{
+    return f->all || (f->has_below && k->mv_size == 12 && memcmp(k->mv_data, f->below, 12) < 0);
+}
+
+/* The CRC of a format 2 message: its key, then its value but the CRC. */
+static uint32_t msg_sum(const void *key, const void *val, size_t len)
+{
+    return crc32c_end(crc32c_update(crc32c_update(crc32c_begin(), key, 12), val, len));
+}
+
+/* A stored message, taken apart. */
+struct msg_parts {
+    uint64_t epoch;
+    int64_t time_ms;
+    const char *event, *ikey;
+    size_t event_len, ikey_len;
+    const void *data;
+    size_t data_len;
+};
+
+/* Check and take apart the message (k, d): 0, or MSG_BAD when its layout
+ * or its CRC is wrong (damaged: never to be served). */
+static int msg_parse(const struct fmt *f, const MDB_val *k, const MDB_val *d, struct msg_parts *m)
+{
+    const unsigned char *p = d->mv_data;
+    size_t size = d->mv_size, sum = 0;
+    if (k->mv_size != 12 || size < MSG_HDR) return MSG_BAD;
+    if (fmt_summed(f, k)) {
+        uint32_t crc;
+        sum = MSG_SUM;
+        if (size < MSG_HDR + MSG_SUM) return MSG_BAD;
+        memcpy(&crc, p + size - MSG_SUM, 4);
+        if (crc != msg_sum(k->mv_data, p, size - MSG_SUM)) return MSG_BAD;
+    }
+    size_t ev = p[16], kl = p[17];
+    if (!sum && kl) return MSG_BAD; /* format 1: a u16 event length, at most 255 */
+    if (MSG_HDR + ev + kl + sum > size) return MSG_BAD;
+    memcpy(&m->epoch, p, 8);
+    memcpy(&m->time_ms, p + 8, 8);
+    m->event = ev ? (const char *)p + MSG_HDR : NULL;
+    m->event_len = ev;
+    m->ikey = kl ? (const char *)p + MSG_HDR + ev : NULL;
+    m->ikey_len = kl;
+    m->data = p + MSG_HDR + ev + kl;
+    m->data_len = size - MSG_HDR - ev - kl - sum;
+    return 0;
+}
+
+/* Bytes of a format 2 value. */
+static size_t msg_size(size_t event_len, size_t ikey_len, size_t data_len)
+{
+    return MSG_HDR + event_len + ikey_len + data_len + MSG_SUM;
+}
+
+/* Write a format 2 value at p (msg_size bytes) for key. */
+static void msg_write(unsigned char *p, const unsigned char key[12], uint64_t epoch,
+                      int64_t time_ms, const char *event, size_t ev, const char *ikey, size_t kl,
+                      const void *data, size_t dl)
+{
+    size_t n = MSG_HDR + ev + kl + dl;
+    memcpy(p, &epoch, 8);
+    memcpy(p + 8, &time_ms, 8);
+    p[16] = (unsigned char)ev;
+    p[17] = (unsigned char)kl;
+    if (ev) memcpy(p + MSG_HDR, event, ev);
+    if (kl) memcpy(p + MSG_HDR + ev, ikey, kl);
+    if (dl) memcpy(p + MSG_HDR + ev + kl, data, dl);
+    uint32_t crc = msg_sum(key, p, n);
+    memcpy(p + n, &crc, 4);
+}
+
+/* A damaged message or page met by a read: counted, and told. */
+static void report_damage(struct store *s, const char *topic, size_t topic_len, uint64_t seq,
+                          const char *what)
+{
+    atomic_fetch_add(&s->damaged, 1);
+    if (s->damage_fn) {
+        struct store_damage d = {topic, topic_len, seq, what};
+        s->damage_fn(s->damage_ud, &d);
+    }
+}
+
+/* LMDB's answers that mean a damaged file rather than a failed call. */
+static int lmdb_damage(int rc)
+{
+    return rc == MDB_CORRUPTED || rc == MDB_PAGE_NOTFOUND;
+}
+
+/* ---- migration from format 1 --------------------------------------------- */
+
+#define MIGRATE_CHUNK 4096 /* messages per transaction: bounded dirty pages */
+
+struct migrate_arg {
+    unsigned char *buf;
+    size_t cap;
+    int done;
+    uint64_t moved;
+};
+
+/* Rewrite up to MIGRATE_CHUNK messages from meta "migrated" on (from the
+ * first without it) in format 2; the last chunk sets version 2.  Each
+ * chunk is one commit, so a crash mid-way resumes where it stopped, and a
+ * read-only reader tells the two formats apart by "migrated" (fmt_load).
+ * A message too short for format 1 is left as it is: read as format 2, it
+ * fails its CRC and is reported, never blessed with a checksum. */
+static int migrate_op(struct store *s, MDB_txn *txn, void *argp)
+{
+    struct migrate_arg *a = argp;
+    MDB_cursor *c;
+    MDB_val k = {8, "migrated"}, d;
+    unsigned char key[12];
+    int rc = lmdb_get(txn, s->meta, &k, &d), n = 0;
+    a->done = 0;
+    if (rc == 0 && d.mv_size == 12) {
+        memcpy(key, d.mv_data, 12);
+        k.mv_size = 12;
+        k.mv_data = key;
+    } else if (rc == 0 || rc == MDB_NOTFOUND) {
+        k.mv_size = 0;
+    } else {
+        return rc;
+    }
+    if ((rc = mdb_cursor_open(txn, s->msgs, &c))) return rc;
+    rc = k.mv_size ? lmdb_cursor_get(c, &k, &d, MDB_SET_RANGE) : lmdb_cursor_get(c, &k, &d, MDB_FIRST);
+    for (; rc == 0 && n < MIGRATE_CHUNK; n++) {
+        const unsigned char *p = d.mv_data;
+        if (k.mv_size == 12 && d.mv_size >= MSG_HDR && p[17] == 0 &&
+            MSG_HDR + (size_t)p[16] <= d.mv_size) {
+            size_t len = d.mv_size + MSG_SUM;
+            if (len > a->cap) {
+                unsigned char *b = realloc(a->buf, len);
+                if (!b) {
+                    rc = ENOMEM;
+                    break;
+                }
+                a->buf = b;
+                a->cap = len;
+            }
+            memcpy(key, k.mv_data, 12);
+            memcpy(a->buf, p, d.mv_size);
+            uint32_t crc = msg_sum(key, a->buf, d.mv_size);
+            memcpy(a->buf + d.mv_size, &crc, 4);
+            MDB_val kk = {12, key}, nd = {len, a->buf};
+            if ((rc = mdb_cursor_put(c, &kk, &nd, MDB_CURRENT))) break;
+            a->moved++;
+        }
+        rc = lmdb_cursor_get(c, &k, &d, MDB_NEXT);
+    }
+    if (rc == MDB_NOTFOUND) {
+        MDB_val mk = {8, "migrated"};
+        rc = mdb_del(txn, s->meta, &mk, NULL);
+        if (rc == MDB_NOTFOUND) rc = 0;
+        if (!rc) rc = meta_put_u64(s, txn, "version", STORE_FORMAT_VERSION);
+        if (!rc) a->done = 1;
+    } else if (rc == 0) {
+        MDB_val mk = {8, "migrated"}, mv = {12, key};
+        memcpy(key, k.mv_data, 12); /* the first message not rewritten */
+        rc = mdb_put(txn, s->meta, &mk, &mv, 0);
+    }
+    mdb_cursor_close(c);
+    return rc;
+}
+
+static int migrate_v1(struct store *s, char *errbuf, size_t errlen)
+{
+    struct migrate_arg a = {0};
+    int code = 0;
+    while (!a.done && !code)
+        code = write_txn(s, migrate_op, &a, NULL);
+    free(a.buf);
+    if (code && errbuf && errlen)
+        snprintf(errbuf, errlen, "adding checksums to the messages of format 1: %s",
+                 store_errmsg(code));
+    if (!code) atomic_store(&s->all_summed, 1);
+    return code;
 }
 
 static int init_rw(struct store *s, const char *dir, char *errbuf, size_t errlen)
@@ -472,7 +773,7 @@ static int init_rw(struct store *s, const char *dir, char *errbuf, size_t errlen
     if ((rc = meta_get_u64(s, txn, "version", &version))) goto fail;
     if (version == 0) {
         if ((rc = meta_put_u64(s, txn, "version", STORE_FORMAT_VERSION))) goto fail;
-    } else if (version != STORE_FORMAT_VERSION) {
+    } else if (version > STORE_FORMAT_VERSION) {
         rc = MDB_INCOMPATIBLE;
         goto fail;
     }
@@ -487,6 +788,13 @@ static int init_rw(struct store *s, const char *dir, char *errbuf, size_t errlen
     if ((rc = mdb_txn_commit(txn))) {
         set_err(errbuf, errlen, "commit", rc);
         return rc;
+    }
+    /* Before anything is written in format 2 (the replay, below). */
+    if (version && version < STORE_FORMAT_VERSION) {
+        int code = migrate_v1(s, errbuf, errlen);
+        if (code) return code == STORE_EFULL ? MDB_MAP_FULL : code == STORE_ENOMEM ? ENOMEM : EIO;
+    } else {
+        atomic_store(&s->all_summed, 1);
     }
     if ((rc = wal_replay(s, dir, &last))) {
         if (rc == MDB_CORRUPTED && errbuf && errlen)
@@ -621,7 +929,7 @@ static int init_ro(struct store *s, char *errbuf, size_t errlen)
     }
     if ((rc = open_dbs(s, txn, 0))) goto fail;
     if ((rc = meta_get_u64(s, txn, "version", &version))) goto fail;
-    if (version != STORE_FORMAT_VERSION) {
+    if (version < 1 || version > STORE_FORMAT_VERSION) {
         rc = MDB_INCOMPATIBLE;
         goto fail;
     }
@@ -653,6 +961,26 @@ static void open_headroom(struct store *s)
     if (s->map_max && want > s->map_max) want = s->map_max;
     if (want < used + ((size_t)1 << 20)) want = used + ((size_t)1 << 20);
     mdb_env_set_mapsize(s->env, want);
+}
+
+/* A data file shorter than its pages (truncated, or a page count damaged
+ * in the meta page) would make a read of the map past its end die with
+ * SIGBUS: refuse it at open, with a message, instead. */
+static int check_file_size(struct store *s, char *errbuf, size_t errlen)
+{
+    MDB_envinfo info;
+    MDB_stat st;
+    struct stat sb;
+    if (mdb_env_info(s->env, &info) || mdb_env_stat(s->env, &st) || stat(s->data_path, &sb))
+        return STORE_EIO;
+    uint64_t need = ((uint64_t)info.me_last_pgno + 1) * st.ms_psize;
+    if ((uint64_t)sb.st_size >= need) return 0;
+    if (errbuf && errlen)
+        snprintf(errbuf, errlen,
+                 "%s is %llu bytes but its pages reach %llu: the file is truncated or damaged "
+                 "(sluice check tells more)",
+                 s->data_path, (unsigned long long)sb.st_size, (unsigned long long)need);
+    return STORE_ECORRUPT;
 }
 
 /* One read-write handle per data directory: a second server (or a second
@@ -698,6 +1026,9 @@ int store_open(struct store **out, const char *dir, const struct store_opts *opt
     s->read_only = !!opts->read_only;
     s->relaxed = !!opts->relaxed;
     s->map_max = opts->map_max;
+    s->dedup_window_ms = opts->dedup_window_ms ? opts->dedup_window_ms : STORE_DEDUP_WINDOW_MS;
+    s->damage_fn = opts->damage;
+    s->damage_ud = opts->damage_ud;
     if (asprintf(&s->data_path, "%s/data.mdb", dir) < 0) {
         s->data_path = NULL;
         code = STORE_ENOMEM;
@@ -744,6 +1075,7 @@ int store_open(struct store **out, const char *dir, const struct store_opts *opt
         code = map_rc(rc);
         goto fail;
     }
+    mdb_env_set_assert(s->env, on_lmdb_assert);
     if ((rc = mdb_env_set_maxdbs(s->env, 8)) || (rc = mdb_env_set_maxreaders(s->env, 510))) {
         set_err(errbuf, errbuf_len, "mdb_env_set", rc);
         goto fail;
@@ -761,6 +1093,10 @@ int store_open(struct store **out, const char *dir, const struct store_opts *opt
     if ((rc = mdb_env_open(s->env, dir, flags, 0644))) {
         set_err(errbuf, errbuf_len, dir, rc);
         code = rc == ENOENT ? STORE_ENOTFOUND : map_rc(rc);
+        goto fail;
+    }
+    if ((rc = check_file_size(s, errbuf, errbuf_len))) {
+        code = rc;
         goto fail;
     }
     if (!s->read_only) open_headroom(s);
@@ -930,11 +1266,11 @@ int store_id_parse(struct store *s, const char *id, size_t len, uint64_t *seq)
     put_be64(key, q + 1);
     k.mv_size = 8;
     k.mv_data = key;
-    rc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
+    rc = lmdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
     if (rc == 0)
-        rc = mdb_cursor_get(c, &k, &d, MDB_PREV);
+        rc = lmdb_cursor_get(c, &k, &d, MDB_PREV);
     else if (rc == MDB_NOTFOUND)
-        rc = mdb_cursor_get(c, &k, &d, MDB_LAST);
+        rc = lmdb_cursor_get(c, &k, &d, MDB_LAST);
     if (rc == MDB_NOTFOUND) {
         rc = 0;
         goto out;
@@ -959,7 +1295,7 @@ static int msg_head(struct store *s, MDB_txn *txn, uint32_t number, uint64_t seq
     msg_key(key, number, seq);
     *epoch = 0;
     *time_ms = 0;
-    int rc = mdb_get(txn, s->msgs, &k, &d);
+    int rc = lmdb_get(txn, s->msgs, &k, &d);
     if (rc == MDB_NOTFOUND) return 0;
     if (rc) return rc;
     if (d.mv_size < MSG_HDR) return MDB_CORRUPTED;
@@ -993,7 +1329,7 @@ static int trim_txn(struct store *s, MDB_txn *txn, struct topic_rec *rec, uint64
     msg_key(key, rec->number, 0);
     k.mv_size = sizeof key;
     k.mv_data = key;
-    rc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
+    rc = lmdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
     while (rc == 0) {
         if (k.mv_size != 12 || get_be32(k.mv_data) != rec->number) break;
         uint64_t seq = get_be64((const unsigned char *)k.mv_data + 4);
@@ -1014,7 +1350,7 @@ static int trim_txn(struct store *s, MDB_txn *txn, struct topic_rec *rec, uint64
         if (deleted) (*deleted)++;
         /* After a delete LMDB's cursor already sits on the next item and
          * MDB_NEXT returns it without moving. */
-        rc = mdb_cursor_get(c, &k, &d, MDB_NEXT);
+        rc = lmdb_cursor_get(c, &k, &d, MDB_NEXT);
     }
     if (rc == MDB_NOTFOUND) rc = 0;
     if (rc == 0) {
@@ -1067,6 +1403,7 @@ static int msg_valid(const struct store_msg *m)
     if (m->event_len > STORE_EVENT_MAX || (m->event_len && !m->event)) return 0;
     if (m->data_len && !m->data) return 0;
     if (m->data_len > (size_t)1 << 31) return 0;
+    if (m->ikey_len > STORE_IKEY_MAX || (m->ikey_len && !m->ikey)) return 0;
     return 1;
 }
 
@@ -1117,17 +1454,12 @@ static int append_op(struct store *s, MDB_txn *txn, void *argp)
         last = seq;
         unsigned char key[12];
         msg_key(key, t->rec.number, seq);
-        size_t ev = m->event ? m->event_len : 0;
-        MDB_val k = {sizeof key, key}, d = {MSG_HDR + ev + m->data_len, NULL};
+        size_t ev = m->event ? m->event_len : 0, kl = m->ikey ? m->ikey_len : 0;
+        MDB_val k = {sizeof key, key}, d = {msg_size(ev, kl, m->data_len), NULL};
         if ((rc = mdb_put(txn, s->msgs, &k, &d, MDB_RESERVE))) return rc;
-        unsigned char *p = d.mv_data;
-        uint16_t ev16 = (uint16_t)ev;
         uint64_t epoch = a->times ? m->epoch : s->epoch;
-        memcpy(p, &epoch, 8);
-        memcpy(p + 8, a->times ? &a->times[i] : &a->now_ms, 8);
-        memcpy(p + 16, &ev16, 2);
-        if (ev) memcpy(p + MSG_HDR, m->event, ev);
-        if (m->data_len) memcpy(p + MSG_HDR + ev, m->data, m->data_len);
+        int64_t time_ms = a->times ? a->times[i] : a->now_ms;
+        msg_write(d.mv_data, key, epoch, time_ms, m->event, ev, m->ikey, kl, m->data, m->data_len);
 
         t->rec.count++;
         if (!t->rec.first_seq) t->rec.first_seq = seq;
@@ -1523,7 +1855,8 @@ static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int6
         }
         m->status = 0;
         valid++;
-        bytes += wal_rec_size(m->topic_len, m->event ? m->event_len : 0, m->data_len, 0);
+        bytes += wal_rec_size(m->topic_len, m->event ? m->event_len : 0, m->data_len,
+                              m->ikey ? m->ikey_len : 0);
     }
     if (!valid) return STORE_OK;
     if (s->log_msgs[s->cur] + valid > TAIL_MAX || bytes > wal_room(s->logs[s->cur])) {
@@ -1556,7 +1889,9 @@ static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int6
                             .event = m->event,
                             .event_len = m->event ? m->event_len : 0,
                             .data = m->data,
-                            .data_len = m->data_len};
+                            .data_len = m->data_len,
+                            .ikey = m->ikey_len ? m->ikey : NULL,
+                            .ikey_len = m->ikey ? m->ikey_len : 0};
         struct tail_msg *tm = tail_msg_copy(&r);
         if (!tm) {
             code = STORE_ENOMEM;
@@ -1769,9 +2104,9 @@ static int sweep_op(struct store *s, MDB_txn *txn, void *argp)
     if (s->sweep_pos_len) {
         k.mv_size = s->sweep_pos_len;
         k.mv_data = s->sweep_pos;
-        rc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
+        rc = lmdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
     } else {
-        rc = mdb_cursor_get(c, &k, &d, MDB_FIRST);
+        rc = lmdb_cursor_get(c, &k, &d, MDB_FIRST);
     }
     while (rc == 0) {
         if (a->budget && visited == a->budget) {
@@ -1806,7 +2141,7 @@ static int sweep_op(struct store *s, MDB_txn *txn, void *argp)
                 if ((rc = mdb_cursor_put(c, &k, &nd, MDB_CURRENT))) break;
             }
         }
-        rc = mdb_cursor_get(c, &k, &d, MDB_NEXT);
+        rc = lmdb_cursor_get(c, &k, &d, MDB_NEXT);
     }
     mdb_cursor_close(c);
     return rc == MDB_NOTFOUND ? 0 : rc;
@@ -1846,20 +2181,19 @@ int store_sweep(struct store *s, int64_t now_ms, size_t budget, uint64_t *delete
 
 /* ---- reads ----------------------------------------------------------------- */
 
-static int decode_msg(const MDB_val *k, const MDB_val *d, struct store_view *v)
+/* The message (k, d) as a reader sees it; MSG_BAD when damaged. */
+static int decode_msg(const struct fmt *f, const MDB_val *k, const MDB_val *d,
+                      struct store_view *v)
 {
-    const unsigned char *p = d->mv_data;
-    uint16_t ev;
-    if (d->mv_size < MSG_HDR) return MDB_CORRUPTED;
+    struct msg_parts m;
+    if (msg_parse(f, k, d, &m)) return MSG_BAD;
     v->seq = get_be64((const unsigned char *)k->mv_data + 4);
-    memcpy(&v->epoch, p, 8);
-    memcpy(&v->time_ms, p + 8, 8);
-    memcpy(&ev, p + 16, 2);
-    if (MSG_HDR + (size_t)ev > d->mv_size) return MDB_CORRUPTED;
-    v->event = ev ? (const char *)p + MSG_HDR : NULL;
-    v->event_len = ev;
-    v->data = p + MSG_HDR + ev;
-    v->data_len = d->mv_size - MSG_HDR - ev;
+    v->epoch = m.epoch;
+    v->time_ms = m.time_ms;
+    v->event = m.event;
+    v->event_len = m.event_len;
+    v->data = m.data;
+    v->data_len = m.data_len;
     return 0;
 }
 
@@ -1899,7 +2233,7 @@ static int skip_hidden(struct store *s, MDB_txn *txn, const struct topic_rec *re
     msg_key(key, rec->number, 0);
     k.mv_size = sizeof key;
     k.mv_data = key;
-    rc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
+    rc = lmdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
     while (rc == 0 && k.mv_size == 12 && get_be32(k.mv_data) == rec->number) {
         int64_t t;
         if (d.mv_size < MSG_HDR) {
@@ -1914,7 +2248,7 @@ static int skip_hidden(struct store *s, MDB_txn *txn, const struct topic_rec *re
         }
         *last_hidden = seq;
         n++;
-        rc = mdb_cursor_get(c, &k, &d, MDB_NEXT);
+        rc = lmdb_cursor_get(c, &k, &d, MDB_NEXT);
     }
     mdb_cursor_close(c);
     *nhidden = n;
@@ -2004,7 +2338,7 @@ int store_read_multi(struct store *s, const struct store_topic_ref *topics, size
     size_t *heap = heap_local, nheap = 0, delivered = 0;
     MDB_txn *txn = NULL;
     struct store_read_info *own_infos = NULL;
-    int rc = 0, stopped = 0;
+    int rc = 0, stopped = 0, broken = 0;
 
     if (!topics || n == 0 || !fn) return STORE_EINVAL;
     for (size_t i = 0; i < n; i++)
@@ -2030,6 +2364,8 @@ int store_read_multi(struct store *s, const struct store_topic_ref *topics, size
         txn = NULL;
         goto done;
     }
+    struct fmt fmt;
+    if ((rc = fmt_load(s, txn, &fmt))) goto done;
 
     for (size_t i = 0; i < n; i++) {
         struct topic_rec rec;
@@ -2071,10 +2407,18 @@ int store_read_multi(struct store *s, const struct store_topic_ref *topics, size
         msg_key(key, rec.number, from + 1);
         h->k.mv_size = sizeof key;
         h->k.mv_data = key;
-        rc = mdb_cursor_get(h->c, &h->k, &h->d, MDB_SET_RANGE);
+        rc = lmdb_cursor_get(h->c, &h->k, &h->d, MDB_SET_RANGE);
         if (rc == MDB_NOTFOUND) {
             rc = 0;
             continue;
+        }
+        if (lmdb_damage(rc)) {
+            /* The transaction is dead: serve nothing more, say so. */
+            report_damage(s, topics[i].name, topics[i].len, from, "damaged page");
+            infos[i].gap = 1;
+            rc = 0;
+            broken = 1;
+            break;
         }
         if (rc) goto done;
         if (!head_valid(h)) continue;
@@ -2084,18 +2428,31 @@ int store_read_multi(struct store *s, const struct store_topic_ref *topics, size
     for (size_t i = nheap / 2; i-- > 0;)
         heap_down(heap, nheap, i, hs);
 
-    while (nheap && !stopped) {
+    while (nheap && !stopped && !broken) {
         struct store_view v;
         size_t i = heap[0];
         struct head *h = &hs[i];
         if (limit && delivered == limit) break;
-        if ((rc = decode_msg(&h->k, &h->d, &v))) goto done;
-        v.topic_index = i;
-        delivered++;
-        infos[i].delivered++;
-        h->last_delivered = v.seq;
-        stopped = fn(ud, &v);
-        rc = mdb_cursor_get(h->c, &h->k, &h->d, MDB_NEXT);
+        if (decode_msg(&fmt, &h->k, &h->d, &v) == 0) {
+            v.topic_index = i;
+            delivered++;
+            infos[i].delivered++;
+            h->last_delivered = v.seq;
+            stopped = fn(ud, &v);
+        } else {
+            /* Never served: skipped, and the reader told of a gap. */
+            h->last_delivered = h->seq;
+            infos[i].gap = 1;
+            report_damage(s, topics[i].name, topics[i].len, h->seq, "message checksum mismatch");
+        }
+        rc = lmdb_cursor_get(h->c, &h->k, &h->d, MDB_NEXT);
+        if (lmdb_damage(rc)) {
+            report_damage(s, topics[i].name, topics[i].len, h->last_delivered, "damaged page");
+            infos[i].gap = 1;
+            broken = 1;
+            rc = 0;
+            break;
+        }
         if (rc && rc != MDB_NOTFOUND) goto done;
         if (rc == 0 && head_valid(h)) {
             h->seq = get_be64((const unsigned char *)h->k.mv_data + 4);
@@ -2106,7 +2463,7 @@ int store_read_multi(struct store *s, const struct store_topic_ref *topics, size
         heap_down(heap, nheap, 0, hs);
     }
     /* Then the tail: every seq in it is above every seq in the snapshot. */
-    while (!stopped && !(limit && delivered == limit)) {
+    while (!stopped && !broken && !(limit && delivered == limit)) {
         struct head *h = NULL;
         size_t at = 0;
         for (size_t i = 0; i < n; i++)
@@ -2223,7 +2580,7 @@ int store_topics(struct store *s, store_topic_fn fn, void *ud)
             for (struct tail_topic *tt = s->tail.buckets[b]; tt; tt = tt->hnext) {
                 MDB_val key = {tt->len, tt->name};
                 if (!tt->count) continue;
-                rc = mdb_get(txn, s->topics, &key, &d);
+                rc = lmdb_get(txn, s->topics, &key, &d);
                 if (rc == MDB_NOTFOUND)
                     extra[nextra++] = tt;
                 else if (rc)
@@ -2233,7 +2590,7 @@ int store_topics(struct store *s, store_topic_fn fn, void *ud)
         qsort(extra, nextra, sizeof *extra, tail_topic_cmp);
     }
     if ((rc = mdb_cursor_open(txn, s->topics, &c))) goto out;
-    rc = mdb_cursor_get(c, &k, &d, MDB_FIRST);
+    rc = lmdb_cursor_get(c, &k, &d, MDB_FIRST);
     while (!stop) {
         struct topic_rec rec;
         struct store_topic_info ti;
@@ -2276,7 +2633,7 @@ int store_topics(struct store *s, store_topic_fn fn, void *ud)
         if (tt && (rc = tail_topic_info(s, txn, &rec, tt, &ti))) break;
         if (!ti.count) ti.first_seq = ti.last_seq = ti.first_epoch = ti.last_epoch = 0;
         stop = fn(ud, &ti);
-        rc = mdb_cursor_get(c, &k, &d, MDB_NEXT);
+        rc = lmdb_cursor_get(c, &k, &d, MDB_NEXT);
     }
     if (rc == MDB_NOTFOUND) rc = 0;
 out:
@@ -2318,12 +2675,14 @@ int store_stats(struct store *s, struct store_stats *st)
     st->log_messages = s->tail.count - in_db;
     st->checkpoints = atomic_load(&s->checkpoints);
     st->checkpoint_failures = atomic_load(&s->checkpoint_failures);
+    st->damaged = atomic_load(&s->damaged);
+    st->duplicates = atomic_load(&s->duplicates);
     if (st->last_seq < s->tail.last_seq && s->tail.count) st->last_seq = s->tail.last_seq;
     for (size_t b = 0; b < s->tail.nbuckets && rc == 0; b++)
         for (struct tail_topic *tt = s->tail.buckets[b]; tt && rc == 0; tt = tt->hnext) {
             MDB_val key = {tt->len, tt->name}, val;
             if (!tt->count) continue;
-            rc = mdb_get(txn, s->topics, &key, &val);
+            rc = lmdb_get(txn, s->topics, &key, &val);
             if (rc == MDB_NOTFOUND) {
                 st->topics++;
                 rc = 0;
@@ -2340,4 +2699,252 @@ out:
     txn_end(s, txn);
     pthread_rwlock_unlock(&s->tail.lock);
     return map_rc(rc);
+}
+
+uint64_t store_wal_salt(const struct store *s)
+{
+    return s->wal_salt;
+}
+
+/* ---- verification ------------------------------------------------------------ */
+
+struct verify {
+    struct store *s;
+    MDB_txn *txn;
+    store_verify_fn fn;
+    void *ud;
+    struct store_verify_report *r;
+};
+
+static void vreport(struct verify *v, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void vreport(struct verify *v, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    v->r->problems++;
+    if (v->fn) v->fn(v->ud, line);
+}
+
+/* Walk one database, calling each(v, k, d) per item; a cursor error (a
+ * damaged page) is reported with the last good key's position and ends
+ * the walk.  Compares the count with the database's own. */
+static void vwalk(struct verify *v, MDB_dbi dbi, const char *name,
+                  void (*each)(struct verify *v, const MDB_val *k, const MDB_val *d, void *arg),
+                  void *arg)
+{
+    MDB_cursor *c;
+    MDB_val k, d;
+    MDB_stat st;
+    uint64_t n = 0;
+    int rc = mdb_cursor_open(v->txn, dbi, &c);
+    if (rc) {
+        vreport(v, "%s: cannot open a cursor: %s", name, mdb_strerror(rc));
+        return;
+    }
+    for (rc = lmdb_cursor_get(c, &k, &d, MDB_FIRST); rc == 0;
+         rc = lmdb_cursor_get(c, &k, &d, MDB_NEXT)) {
+        n++;
+        if (each) each(v, &k, &d, arg);
+    }
+    mdb_cursor_close(c);
+    if (rc != MDB_NOTFOUND) {
+        vreport(v, "%s: the walk stopped after %llu items: %s", name, (unsigned long long)n,
+                mdb_strerror(rc));
+        return;
+    }
+    if (mdb_stat(v->txn, dbi, &st) == 0 && st.ms_entries != n)
+        vreport(v, "%s: %llu items found, %llu recorded", name, (unsigned long long)n,
+                (unsigned long long)st.ms_entries);
+}
+
+struct vtopic {
+    uint32_t number;
+    struct topic_rec rec;
+    uint64_t count, first, last;
+    char name[STORE_TOPIC_MAX + 1];
+};
+
+struct vstate {
+    uint64_t last_seq, next_topic;
+    struct vtopic *topics; /* by number, sorted */
+    size_t ntopics, cap;
+    struct fmt fmt;
+    uint64_t prev_epoch_start;
+};
+
+static void v_meta(struct verify *v, const MDB_val *k, const MDB_val *d, void *arg)
+{
+    (void)arg;
+    int migrated = k->mv_size == 8 && !memcmp(k->mv_data, "migrated", 8);
+    if (migrated ? d->mv_size != 12 : d->mv_size != 8)
+        vreport(v, "meta: value of \"%.*s\" has %zu bytes", (int)(k->mv_size > 40 ? 40 : k->mv_size),
+                (const char *)k->mv_data, d->mv_size);
+}
+
+static void v_epoch(struct verify *v, const MDB_val *k, const MDB_val *d, void *arg)
+{
+    struct vstate *vs = arg;
+    if (k->mv_size != 8 || d->mv_size != 8) {
+        vreport(v, "epochs: an entry of %zu/%zu bytes", k->mv_size, d->mv_size);
+        return;
+    }
+    uint64_t start = get_be64(k->mv_data);
+    if (get_u64(d->mv_data) == 0) vreport(v, "epochs: epoch 0 from seq %llu", (unsigned long long)start);
+    if (start > vs->last_seq + 1)
+        vreport(v, "epochs: an epoch starts at seq %llu, past the last seq %llu",
+                (unsigned long long)start, (unsigned long long)vs->last_seq);
+}
+
+static int vtopic_cmp(const void *a, const void *b)
+{
+    const struct vtopic *x = a, *y = b;
+    return (x->number > y->number) - (x->number < y->number);
+}
+
+static void v_topic(struct verify *v, const MDB_val *k, const MDB_val *d, void *arg)
+{
+    struct vstate *vs = arg;
+    struct topic_rec rec;
+    v->r->topics++;
+    if (k->mv_size == 0 || k->mv_size > STORE_TOPIC_MAX || d->mv_size != sizeof rec) {
+        vreport(v, "topics: a record of %zu bytes under a name of %zu bytes", d->mv_size,
+                k->mv_size);
+        return;
+    }
+    memcpy(&rec, d->mv_data, sizeof rec);
+    if (rec.number >= vs->next_topic)
+        vreport(v, "topic %.*s: number %u not below next_topic %llu", (int)k->mv_size,
+                (const char *)k->mv_data, rec.number, (unsigned long long)vs->next_topic);
+    if (vs->ntopics == vs->cap) {
+        size_t nc = vs->cap ? vs->cap * 2 : 64;
+        struct vtopic *t = realloc(vs->topics, nc * sizeof *t);
+        if (!t) {
+            vreport(v, "out of memory");
+            return;
+        }
+        vs->topics = t;
+        vs->cap = nc;
+    }
+    struct vtopic *t = &vs->topics[vs->ntopics++];
+    memset(t, 0, sizeof *t);
+    t->number = rec.number;
+    t->rec = rec;
+    memcpy(t->name, k->mv_data, k->mv_size);
+}
+
+static struct vtopic *vtopic_find(struct vstate *vs, uint32_t number)
+{
+    struct vtopic key = {.number = number};
+    return vs->ntopics ? bsearch(&key, vs->topics, vs->ntopics, sizeof key, vtopic_cmp) : NULL;
+}
+
+static void v_msg(struct verify *v, const MDB_val *k, const MDB_val *d, void *arg)
+{
+    struct vstate *vs = arg;
+    struct msg_parts m;
+    v->r->messages++;
+    if (k->mv_size != 12) {
+        vreport(v, "msgs: a key of %zu bytes", k->mv_size);
+        return;
+    }
+    uint32_t number = get_be32(k->mv_data);
+    uint64_t seq = get_be64((const unsigned char *)k->mv_data + 4);
+    struct vtopic *t = vtopic_find(vs, number);
+    const char *name = t ? t->name : "?";
+    if (msg_parse(&vs->fmt, k, d, &m)) {
+        v->r->bad_messages++;
+        vreport(v, "topic %s (number %u), seq %llu: damaged message (%s)", name, number,
+                (unsigned long long)seq,
+                fmt_summed(&vs->fmt, k) ? "checksum or layout wrong" : "layout wrong");
+    }
+    if (!t) {
+        vreport(v, "msgs: seq %llu under topic number %u, which has no record",
+                (unsigned long long)seq, number);
+        return;
+    }
+    if (seq > vs->last_seq)
+        vreport(v, "topic %s: seq %llu past the store's last seq %llu", name,
+                (unsigned long long)seq, (unsigned long long)vs->last_seq);
+    if (seq <= t->rec.dropped_seq)
+        vreport(v, "topic %s: seq %llu kept although retention dropped up to %llu", name,
+                (unsigned long long)seq, (unsigned long long)t->rec.dropped_seq);
+    t->count++;
+    if (!t->first) t->first = seq;
+    t->last = seq;
+}
+
+static void v_idem(struct verify *v, const MDB_val *k, const MDB_val *d, void *arg)
+{
+    struct vstate *vs = arg;
+    if (k->mv_size < 5 || k->mv_size > 4 + STORE_IKEY_MAX || d->mv_size != 24) {
+        vreport(v, "idem: an entry of %zu/%zu bytes", k->mv_size, d->mv_size);
+        return;
+    }
+    if (get_u64(d->mv_data) > vs->last_seq)
+        vreport(v, "idem: a key answers seq %llu, past the last seq",
+                (unsigned long long)get_u64(d->mv_data));
+}
+
+static void v_idem_time(struct verify *v, const MDB_val *k, const MDB_val *d, void *arg)
+{
+    (void)arg;
+    if (k->mv_size != 16 || d->mv_size < 5 || d->mv_size > 4 + STORE_IKEY_MAX)
+        vreport(v, "idem_time: an entry of %zu/%zu bytes", k->mv_size, d->mv_size);
+}
+
+int store_verify(struct store *s, store_verify_fn fn, void *ud, struct store_verify_report *report)
+{
+    struct store_verify_report local;
+    struct vstate vs;
+    MDB_txn *txn;
+    char err[512];
+    if (!report) report = &local;
+    memset(report, 0, sizeof *report);
+    memset(&vs, 0, sizeof vs);
+    struct verify v = {s, NULL, fn, ud, report};
+    int rc = check_file_size(s, err, sizeof err);
+    if (rc) {
+        vreport(&v, "%s", err);
+        return 0; /* walking would read past the file's end */
+    }
+    if ((rc = txn_begin(s, MDB_RDONLY, &txn))) return map_rc(rc);
+    v.txn = txn;
+    if ((rc = fmt_load(s, txn, &vs.fmt))) {
+        vreport(&v, "meta: %s", mdb_strerror(rc));
+        vs.fmt.all = 1;
+    }
+    if ((rc = meta_get_u64(s, txn, "last_seq", &vs.last_seq)) ||
+        (rc = meta_get_u64(s, txn, "next_topic", &vs.next_topic)))
+        vreport(&v, "meta: %s", mdb_strerror(rc));
+    vwalk(&v, s->meta, "meta", v_meta, &vs);
+    vwalk(&v, s->epochs, "epochs", v_epoch, &vs);
+    vwalk(&v, s->topics, "topics", v_topic, &vs);
+    if (vs.ntopics) qsort(vs.topics, vs.ntopics, sizeof *vs.topics, vtopic_cmp);
+    for (size_t i = 1; i < vs.ntopics; i++)
+        if (vs.topics[i].number == vs.topics[i - 1].number)
+            vreport(&v, "topics %s and %s share number %u", vs.topics[i - 1].name,
+                    vs.topics[i].name, vs.topics[i].number);
+    vwalk(&v, s->msgs, "msgs", v_msg, &vs);
+    for (size_t i = 0; i < vs.ntopics; i++) {
+        struct vtopic *t = &vs.topics[i];
+        uint64_t first = t->rec.count ? t->rec.first_seq : 0, last = t->rec.count ? t->rec.last_seq : 0;
+        if (t->count != t->rec.count || t->first != first || (t->count && t->last != last))
+            vreport(&v,
+                    "topic %s: its record says %llu messages (seqs %llu to %llu), found %llu "
+                    "(%llu to %llu)",
+                    t->name, (unsigned long long)t->rec.count, (unsigned long long)first,
+                    (unsigned long long)last, (unsigned long long)t->count,
+                    (unsigned long long)t->first, (unsigned long long)t->last);
+    }
+    if (s->has_idem) {
+        vwalk(&v, s->idem, "idem", v_idem, &vs);
+        vwalk(&v, s->idem_time, "idem_time", v_idem_time, &vs);
+    }
+    txn_end(s, txn);
+    free(vs.topics);
+    return STORE_OK;
 }

@@ -50,6 +50,8 @@ enum {
     STORE_EROFS = -7,     /* write attempted on a read-only handle */
     STORE_EPANIC = -8,    /* LMDB declared the environment unusable: reopen it */
     STORE_EBUSY = -9,     /* another read-write handle has the directory */
+    STORE_ECORRUPT = -10, /* LMDB's file is damaged (a bad page, a truncated
+                             file): `sluice check -d DIR` tells what */
 };
 
 /* Longest ID text including its NUL: 13 base-36 digits, '-', 20 digits. */
@@ -58,6 +60,25 @@ enum {
 #define STORE_TOPIC_MAX 400
 /* Longest event name accepted. */
 #define STORE_EVENT_MAX 255
+/* Longest idempotency key accepted (SPEC.md, "Publishing exactly once"). */
+#define STORE_IKEY_MAX 200
+/* How long an idempotency key is remembered by default: 10 minutes. */
+#define STORE_DEDUP_WINDOW_MS 600000u
+
+/* A damaged message or page met by a read (see store_opts.damage). */
+struct store_damage {
+    const char *topic; /* the topic being read (NULL: not known) */
+    size_t topic_len;
+    uint64_t seq;     /* the damaged message's seq, or the last good one
+                         before a damaged page (0: none) */
+    const char *what; /* "checksum mismatch", "malformed message",
+                         "damaged page: ..." (static text) */
+};
+
+/* Called on the reading thread, inside the read, for each damaged message
+ * or page a read meets: it must be quick and must not call the store.
+ * The server logs it (store.h knows no logger). */
+typedef void (*store_damage_fn)(void *ud, const struct store_damage *d);
 
 struct store;
 
@@ -71,6 +92,10 @@ struct store_opts {
                         loss loses the batches since the last sync */
     int read_only;   /* nonzero: open an existing store read-only, beside a
                         running server; no epoch is started */
+    uint64_t dedup_window_ms; /* how long an idempotency key makes a retry a
+                                 duplicate; 0 = STORE_DEDUP_WINDOW_MS */
+    store_damage_fn damage;   /* NULL, or told of each damaged message read */
+    void *damage_ud;
 };
 
 /* store_open: open (creating the directory and the environment if missing,
@@ -133,13 +158,22 @@ struct store_msg {
     size_t data_len;
     uint64_t max_count;  /* retention for this topic: keep the newest N (0 = no limit) */
     uint64_t max_age_ms; /* and/or drop messages older than this (0 = no limit) */
+    const char *ikey;    /* NULL or empty: no idempotency key */
+    size_t ikey_len;     /* 0..STORE_IKEY_MAX */
     /* out */
     int status;     /* 0, or STORE_EINVAL for this message alone */
     uint64_t seq;   /* assigned seq when status == 0 */
     uint64_t epoch; /* with seq, forms the ID (store_id_format) */
+    int duplicate;  /* 1: a message of this topic with this idempotency key
+                       was stored within the dedup window (earlier, or
+                       earlier in this batch): seq and epoch are its ID and
+                       nothing new was stored */
 };
 
 /* store_append_batch: append msgs[0..n), assigning seqs in array order,
+ * except to duplicates (store_msg.duplicate: same topic and idempotency
+ * key as a message stored less than the dedup window before now_ms,
+ * across restarts; the key is logged and committed with its message),
  * and apply each touched topic's retention (that of its last message in
  * the batch), deleting only what expires (readers see it
  * applied at once, LMDB deletes at the checkpoint).  All messages get
@@ -286,9 +320,37 @@ struct store_stats {
      * disk or map: publishes are refused until one passes). */
     uint64_t log_messages;
     uint64_t checkpoints, checkpoint_failures;
+    /* Damaged messages and pages that reads of this handle met and
+     * skipped (each also told to store_opts.damage). */
+    uint64_t damaged;
+    uint64_t duplicates; /* publishes answered as duplicates (idempotency) */
 };
 
 /* store_stats: fill *st.  Any thread.  Returns 0 or STORE_E*. */
 int store_stats(struct store *s, struct store_stats *st);
+
+/* ---- Verification (`sluice check`) --------------------------------------- */
+
+struct store_verify_report {
+    uint64_t topics, messages; /* walked */
+    uint64_t bad_messages;     /* checksum or layout wrong */
+    uint64_t problems;         /* everything reported, bad messages included */
+};
+
+/* Called once per problem found, with a one-line description. */
+typedef void (*store_verify_fn)(void *ud, const char *problem);
+
+/* store_verify: walk the whole store in one read transaction: every
+ * database and key, every message's checksum and layout, every topic's
+ * record against its messages (count, first and last seq), the IDs' epochs
+ * and the meta values.  Slow (reads every page); for `sluice check`.  A
+ * damaged page that LMDB refuses ends the walk of its database (reported).
+ * Returns 0 when the walk ran (look at report->problems), else STORE_E*.
+ * Any thread; a read-only handle beside a running server is fine. */
+int store_verify(struct store *s, store_verify_fn fn, void *ud, struct store_verify_report *report);
+
+/* store_wal_salt: the salt of this store's log records (wal.h), for a
+ * check of the logs. */
+uint64_t store_wal_salt(const struct store *s);
 
 #endif
