@@ -1,0 +1,232 @@
+#!/usr/bin/python3
+"""tests/fuzz/make_conn_seeds.py: writes the seed corpus of fuzz_conn
+(tests/fuzz/seeds/fuzz_conn/) in the input format fuzz_conn.c describes.
+
+The seeds are the exchanges the integration tests make (test_http.py,
+test_ws_protocol.py, test_sse.mjs, test_longpoll.mjs, test_limits.py,
+test_lua_api.py, test_slow_consumer.py), one client script each, on the
+default app and on tests/fuzz/fuzz_conn_app.lua: requests for each
+transport, an Upgrade with a frame behind it in the same packet, pipelined
+requests, pings, close frames, slow readers, shutdown and reload with
+streams open.  Run it again after changing the format:
+
+    /usr/bin/python3 tests/fuzz/make_conn_seeds.py
+"""
+import os
+import struct
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seeds", "fuzz_conn")
+
+DEFAULT, LUA = 0, 1
+SMALL_LIMITS, SMALL_BUFFERS = 2, 4
+KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def send(ci, data):
+    return bytes([0 | ci << 3]) + struct.pack("<H", len(data)) + data
+
+
+def run(n=1):
+    return bytes([1, n - 1])
+
+
+def mute(ci):
+    return bytes([2 | ci << 3])
+
+
+def shut(ci):
+    return bytes([3 | ci << 3])
+
+
+def close(ci):
+    return bytes([4 | ci << 3])
+
+
+def timer(ci):
+    return bytes([5 | ci << 3])
+
+
+STOP = bytes([6])
+RELOAD = bytes([7])
+
+
+def frame(op, payload=b"", fin=True, mask=b"\0\0\0\0"):
+    """A client frame (masked, as clients must; a zero key keeps the
+    payload readable and lets mutations stay valid)."""
+    b0 = (0x80 if fin else 0) | op
+    n = len(payload)
+    if n < 126:
+        head = bytes([b0, 0x80 | n])
+    elif n < 65536:
+        head = bytes([b0, 0x80 | 126]) + struct.pack(">H", n)
+    else:
+        head = bytes([b0, 0x80 | 127]) + struct.pack(">Q", n)
+    masked = bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+    return head + mask + masked
+
+
+def text(s):
+    return frame(1, s.encode() if isinstance(s, str) else s)
+
+
+PING = lambda p=b"": frame(9, p)
+CLOSE = lambda code=1000: frame(8, struct.pack(">H", code))
+
+
+def get(path, *headers, method="GET", body=b"", version="1.1"):
+    lines = [f"{method} {path} HTTP/{version}", "Host: x"] + list(headers)
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def ws(path, *headers):
+    return get(path, "Upgrade: websocket", "Connection: Upgrade", f"Sec-WebSocket-Key: {KEY.decode()}",
+               "Sec-WebSocket-Version: 13", *headers)
+
+
+def post(path, body, *headers):
+    return get(path, *headers, method="POST", body=body)
+
+
+SEEDS = {}
+
+
+def seed(name, settings, *ops):
+    SEEDS[name] = bytes([settings]) + b"".join(ops)
+
+
+# --- plain HTTP (test_http.py) ------------------------------------------------
+seed("healthz", DEFAULT, send(0, get("/healthz")), run(2))
+seed("pipelined", DEFAULT,
+     send(0, get("/healthz") + get("/metrics") + get("/nope") + get("/healthz", method="HEAD")), run(3))
+seed("pipelined_split", DEFAULT,
+     send(0, get("/healthz")[:7]), run(), send(0, get("/healthz")[7:] + get("/healthz")[:20]), run(),
+     send(0, get("/healthz")[20:]), run())
+seed("http10", DEFAULT, send(0, get("/healthz", version="1.0")),
+     send(1, get("/healthz", "Connection: keep-alive", version="1.0") + get("/healthz")), run(2))
+seed("chunked_post", DEFAULT,
+     send(0, b"POST /topics/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+             b"5;ext=1\r\nhello\r\n0\r\n\r\n" + get("/healthz")), run(3))
+seed("expect_continue", DEFAULT,
+     send(0, b"POST /topics/a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"),
+     run(), send(0, b"abc"), run(3))
+seed("bad_requests", DEFAULT, send(0, b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+     send(1, b"\x00\x01garbage\r\n\r\n"), send(2, b"GET /topics/a HTTP/2.0\r\n\r\n"),
+     send(3, get("/topics/bad%20name") + get("/topics/a?timeout=abc")), run(2))
+seed("big_header", DEFAULT | SMALL_LIMITS, send(0, get("/healthz", "X-Pad: " + "p" * 3000)), run(2))
+seed("half_close", DEFAULT, send(0, get("/healthz")[:10]), shut(0), run(2),
+     send(1, get("/healthz")), shut(1), run(2))
+seed("header_timeout", DEFAULT, send(0, b"GET /healthz HTTP/1.1\r\nHo"), timer(0), run(2),
+     send(1, get("/healthz")), run(), timer(1), run())
+# An Upgrade the app answers as plain HTTP, then a pipelined request.
+seed("upgrade_h2c_pipelined", DEFAULT,
+     send(0, get("/healthz", "Upgrade: h2c", "Connection: Upgrade") + get("/healthz")), run(2))
+seed("upgrade_post_pipelined", DEFAULT,
+     send(0, post("/topics/a", b"m", "Upgrade: websocket", "Connection: Upgrade") + get("/healthz")), run(3))
+seed("upgrade_longpoll_pipelined", DEFAULT,
+     send(0, get("/topics/a?timeout=0", "Upgrade: h2c", "Connection: Upgrade") + get("/healthz")), run(3))
+seed("slow_reader_pipelined", DEFAULT | SMALL_LIMITS | SMALL_BUFFERS, mute(0),
+     send(0, get("/metrics") * 12), run(3), mute(0), run(4))
+seed("lua_routes", LUA, send(0, get("/h?v=1", "X-A: a") + get("/e") + get("/bad-header") +
+                             post("/echo", b"body", "Content-Type: text/x")), run(3))
+seed("lua_big_muted", LUA | SMALL_LIMITS | SMALL_BUFFERS, mute(0), send(0, get("/big") * 4), run(3),
+     mute(0), run(3))
+
+# --- WebSocket (test_ws_protocol.py) ------------------------------------------
+seed("ws_basic", DEFAULT, send(0, ws("/topics/a")), run(), send(0, text("hello")), run(2),
+     send(0, PING(b"p")), run(), send(0, CLOSE()), run(2))
+seed("ws_frame_behind_upgrade", DEFAULT, send(0, ws("/topics/a") + text("first")), run(3))
+seed("ws_close_behind_upgrade", DEFAULT, send(0, ws("/topics/a") + CLOSE()), run(3))
+seed("ws_get_behind_upgrade", DEFAULT, send(0, ws("/topics/a") + get("/healthz")), run(3))
+seed("ws_json_resume", DEFAULT, send(0, post("/topics/j", b"one")), run(2),
+     send(1, ws("/topics/j?format=json&last_event_id=0-0")), run(2), send(1, text("two")), run(3))
+seed("ws_fragments", DEFAULT, send(0, ws("/topics/f")), run(),
+     send(0, frame(1, b"par", fin=False) + PING() + frame(0, b"ts", fin=False) + frame(0, b"!")), run(2),
+     send(0, frame(2, bytes(range(40)))), run(2), send(0, frame(1, b"\xff\xfe")), run(2))
+seed("ws_bad_frames", DEFAULT, send(0, ws("/topics/a")), run(),
+     send(0, bytes([0x81, 0x05]) + b"hello"), run(2),
+     send(1, ws("/topics/a")), run(), send(1, frame(9, b"x" * 126)), run(2),
+     send(2, ws("/topics/a")), run(), send(2, frame(3, b"x")), run(2))
+seed("ws_bad_handshake", DEFAULT, send(0, get("/topics/a", "Upgrade: websocket", "Connection: Upgrade")),
+     send(1, get("/topics/a", "Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Version: 8",
+                 f"Sec-WebSocket-Key: {KEY.decode()}")), run(2))
+seed("ws_ping_flood", DEFAULT | SMALL_LIMITS, send(0, ws("/topics/a")), run(),
+     send(0, PING(b"q" * 125) * 40), run(3))
+seed("ws_ping_flood_muted", DEFAULT | SMALL_LIMITS | SMALL_BUFFERS, send(0, ws("/topics/a")), run(), mute(0),
+     send(0, PING(b"q" * 100) * 30), run(2), send(0, PING(b"q" * 100) * 30), run(3))
+seed("ws_ping_timer", DEFAULT, send(0, ws("/topics/a")), run(), timer(0), run(), timer(0), run(),
+     send(1, ws("/topics/b")), run(), timer(1), run(), send(1, frame(10, b"")), run(), timer(1), run())
+seed("ws_slow_consumer", DEFAULT | SMALL_LIMITS | SMALL_BUFFERS, send(0, ws("/topics/s")), run(), mute(0),
+     send(1, b"".join(post("/topics/s", b"m" * 1000) for _ in range(14))), run(4))
+seed("ws_handshake_refusals", LUA, send(0, ws("/s/a?proto=chat")),
+     send(1, get("/s/a", "Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Version: 13",
+                 "Sec-WebSocket-Key: short")),
+     send(2, get("/s/a", "Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Version: 13",
+                 f"Sec-WebSocket-Key: {KEY.decode()}", method="HEAD")),
+     send(3, get("/s/a", "Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Version: 13",
+                 f"Sec-WebSocket-Key: {KEY.decode()}", version="1.0")), run(3))
+seed("ws_gap_json", LUA, send(1, b"".join(post("/p/g", b"m%d" % i) for i in range(12))), run(3),
+     send(0, ws("/s/g?format=json&last_event_id=zz-1")), run(3), send(2, ws("/s/g?format=json", "Last-Event-ID: 0-0")),
+     run(3))
+seed("ws_too_big", DEFAULT | SMALL_LIMITS, send(0, ws("/topics/a")), run(), send(0, text("t" * 3000)), run(2))
+
+# --- SSE and long-poll (test_sse.mjs, test_longpoll.mjs) ----------------------
+seed("sse", DEFAULT, send(0, get("/topics/e", "Accept: text/event-stream")), run(),
+     send(1, post("/topics/e?event=ev", b"line1\nline2")), run(3), timer(0), run(),
+     send(0, b"ignored"), run())
+seed("sse_resume", DEFAULT, send(1, post("/topics/r", b"a") + post("/topics/r", b"\xff\xfe")), run(3),
+     send(0, get("/topics/r", "Accept: text/event-stream", "Last-Event-ID: 0-0")), run(3))
+seed("sse_slow", DEFAULT | SMALL_LIMITS | SMALL_BUFFERS, send(0, get("/topics/q", "Accept: text/event-stream")),
+     run(), mute(0), send(1, b"".join(post("/topics/q", b"z" * 900) for _ in range(10))), run(4))
+seed("longpoll", DEFAULT, send(0, get("/topics/l?timeout=5")), run(),
+     send(1, post("/topics/l", b"msg")), run(3), send(0, get("/topics/l?since=0-0&limit=2")), run(2))
+seed("longpoll_timeout", DEFAULT, send(0, get("/topics/l?timeout=5") + get("/healthz")), run(), timer(0),
+     run(2))
+seed("shortpoll", DEFAULT, send(0, get("/topics/l?timeout=0") + get("/topics/l?timeout=0&last_event_id=x")),
+     run(3))
+seed("longpoll_pipelined_behind", DEFAULT, send(0, get("/topics/l?timeout=5")), run(), send(0, get("/healthz")),
+     run(2), send(1, post("/topics/l", b"wake")), run(3))
+seed("longpoll_peer_gone", DEFAULT, send(0, get("/topics/l?timeout=5")), run(), close(0), run(2))
+seed("publish_held_then_close", DEFAULT, send(0, post("/topics/h", b"x") + get("/healthz")), close(0), run(3))
+
+# --- the Lua app's callbacks (test_lua_api.py) ---------------------------------
+seed("lua_ws_callbacks", LUA, send(0, ws("/s/room")), run(),
+     send(0, text("Secho") + text("B") + text("Pnews") + text("R")), run(3),
+     send(0, text("E")), run(2))
+seed("lua_ws_budget", LUA, send(0, ws("/s/room")), run(), send(0, text("L")), run(2))
+seed("lua_filter_closes_other", LUA, send(0, ws("/s/room")), send(1, ws("/s/room")), run(),
+     send(0, text("R")), send(1, text("R")), run(2), send(2, post("/p/room", b"Kbye")), run(3))
+seed("lua_filter_closes_all", LUA, send(0, ws("/s/room")), send(1, ws("/s/room")), run(),
+     send(0, text("R")), send(1, text("R")), run(2), send(0, text("Aall")), run(3))
+seed("lua_filter_forms", LUA, send(0, ws("/s/t?format=json")), send(1, get("/s/t", "Accept: text/event-stream")),
+     send(2, get("/s/t?timeout=5")), run(),
+     send(3, post("/p/t", b"Xup") + post("/p/t", b"Ddrop") + post("/p/t", b"Vbad") + post("/p/t", b"Efail") +
+          post("/p/t", b"Pagain") + post("/p/t", b"C")), run(4))
+seed("lua_options", LUA,
+     send(0, ws("/s/a?skip=1&ev=e1&also=b*&bye=gone", "Sec-WebSocket-Protocol: chat, x") + text("Pself")),
+     send(1, ws("/s/a?proto=chat", "Sec-WebSocket-Protocol: chat")), run(2),
+     send(2, post("/p/a?event=e1", b"one") + post("/p/bx", b"two") + post("/p/op.z", b"Xyz") +
+          post("/p/op.z", b"Dno")), run(4), send(1, CLOSE(4000)), run(2))
+seed("lua_on_close_publishes", LUA, send(0, ws("/s/c?bye=log&nofilter=1")), send(1, ws("/s/log")), run(),
+     send(0, text("C")), run(3))
+
+# --- shutdown and reload with everything open ----------------------------------
+seed("stop_with_streams", DEFAULT, send(0, ws("/topics/z")), send(1, get("/topics/z", "Accept: text/event-stream")),
+     send(2, get("/topics/z?timeout=5")), send(3, get("/healthz")[:10]), run(2), STOP, run(4))
+seed("reload_with_streams", LUA, send(0, ws("/s/y")), send(1, get("/s/y?timeout=5")), run(), RELOAD, run(),
+     send(2, post("/p/y", b"Xafter")), run(3), send(0, text("Shi")), run(2))
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    for name in os.listdir(OUT):
+        os.remove(os.path.join(OUT, name))
+    for name, data in SEEDS.items():
+        with open(os.path.join(OUT, name), "wb") as f:
+            f.write(data)
+    print(f"{len(SEEDS)} seeds in {OUT}")
+
+
+if __name__ == "__main__":
+    main()
