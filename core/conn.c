@@ -41,7 +41,7 @@ static bool wants_read(const conn *c)
     case CONN_HTTP:
         return !c->drain_wait;
     case CONN_STREAM:
-        return true;
+        return !c->input_paused;
     case CONN_HANDLING:
         /* Watched while the app holds the request: do_read then only
          * looks (held_request_input), and the watcher is not stopped and
@@ -326,6 +326,7 @@ static void deliver_stream_input(conn *c)
         free_pending(c);
         return;
     }
+    if (c->input_paused) return; /* conn_pause_input(false) asks again */
     char *p = c->pending;
     size_t off = c->pending_off, len = c->pending_len - c->pending_off;
     c->pending = NULL;
@@ -727,6 +728,35 @@ void conn_detach(conn *c)
     c->stream_state = NULL;
     c->turn_wanted = false; /* a later stream on c must not get this turn */
     if (c->timer_kind == T_STREAM) arm_timer(c, T_NONE, 0);
+}
+
+void conn_pause_input(conn *c, bool pause)
+{
+    if (c->input_paused == pause || c->state != CONN_STREAM) return;
+    c->input_paused = pause;
+    update_io(c);
+    if (!pause && c->pending) { /* what an on_data gave back comes first */
+        c->input_waiting = true;
+        schedule_turn(c);
+    }
+}
+
+int conn_unread(conn *c, const char *data, size_t len)
+{
+    SLUICE_ASSERT(c->state == CONN_STREAM && !c->pending);
+    if (len == 0) return 0;
+    if (!(c->pending = malloc(len))) {
+        conn_close(c);
+        return -1;
+    }
+    memcpy(c->pending, data, len);
+    c->pending_len = (uint32_t)len;
+    c->pending_off = 0;
+    if (!c->input_paused) { /* not paused after all: deliver from the loop */
+        c->input_waiting = true;
+        schedule_turn(c);
+    }
+    return 0;
 }
 
 void conn_stream_timer(conn *c, double seconds)

@@ -82,6 +82,7 @@ struct conn {
     bool turn_wanted : 1;  /* on the pending-write list for the stream's on_turn */
     bool input_waiting : 1; /* STREAM: `pending` bytes wait for on_data (see
                              * conn_start_stream) */
+    bool input_paused : 1;  /* STREAM: not read (conn_pause_input) */
     uint16_t refs;
     uint16_t resp_status; /* fills the padding here: a smaller conn */
     http_parser *http;    /* while a request is being read or handled */
@@ -177,6 +178,18 @@ void conn_response_finish_parts(conn *c, const conn_part *parts, int nparts);
 
 /* Logs the access line for a stream that starts (101, 200). */
 void conn_log_access(conn *c, int status);
+
+/* STREAM: stops (true) or resumes (false) reading the peer, for
+ * backpressure on what it sends: its bytes wait in the kernel, and its
+ * TCP window closes. */
+void conn_pause_input(conn *c, bool pause);
+
+/* STREAM, inside on_data: gives back the bytes from `data` on that
+ * on_data did not take (it paused input in the middle of a read): they
+ * come again, before anything read later, once input resumes.  At most
+ * one read's worth is held.  Returns 0, or -1 when out of memory (the
+ * connection is then closed). */
+int conn_unread(conn *c, const char *data, size_t len);
 
 /* (Re)arms the connection timer for the stream; 0 stops it. */
 void conn_stream_timer(conn *c, double seconds);

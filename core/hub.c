@@ -7,6 +7,7 @@
 
 #include "core/b64.h"
 #include "core/log.h"
+#include "core/log.h"
 #include "core/jsonenc.h"
 #include "core/sse.h"
 #include "core/utf8.h"
@@ -560,6 +561,22 @@ uint64_t hub_committed_seq(const hub *h)
     return committed > h->last_seq ? committed : h->last_seq;
 }
 
+const char *hub_strerror(int code)
+{
+    switch (code) {
+    case STORE_EFULL:
+        return "storage full";
+    case WRITER_EBUSY:
+        return "too many publishes waiting for storage";
+    case WRITER_ESTOPPED:
+        return "shutting down";
+    case STORE_ENOMEM:
+        return "out of memory";
+    default:
+        return store_errmsg(code);
+    }
+}
+
 int hub_publish(hub *h, const char *topic, size_t tlen, const char *event, size_t elen,
                 const void *data, size_t len, const void *origin, hub_publish_fn done, void *ud)
 {
@@ -592,6 +609,10 @@ int hub_publish(hub *h, const char *topic, size_t tlen, const char *event, size_
     p->submitted = mono_now();
     int rc = writer_submit(h->bus->writer, &p->req);
     if (rc != 0) {
+        COUNT(h->stats.publish_failures, 1); /* refused before it was queued */
+        static log_limit refused = LOG_LIMIT_INIT;
+        LOG_KV_LIMITED(&refused, 1.0, LOG_WARN, "publish refused", LOG_S("reason", hub_strerror(rc)),
+                       LOG_SN("topic", topic, tlen));
         hub_msg_unref(m);
         free(p);
         return rc;

@@ -191,6 +191,10 @@ bool hub_pattern_valid(const char *name, size_t len);
  * every publish (hub_publish refuses others) and every filter's change. */
 bool hub_event_valid(const char *event, size_t len);
 
+/* Text for a publish's failure: a STORE_E* or WRITER_E* code ("storage
+ * full", "too many publishes waiting for storage", "shutting down"...). */
+const char *hub_strerror(int code);
+
 /* Called on the loop thread once a publish is durable (status 0, m the
  * message, borrowed for the call) or failed (status STORE_E* or WRITER_E*,
  * m NULL): STORE_EFULL and WRITER_EBUSY mean "try later" (503). */

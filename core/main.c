@@ -427,7 +427,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "sluice: %s: %s\n", data_dir, err[0] ? err : store_errmsg(src));
         goto out;
     }
-    bus = hub_bus_open(st, (unsigned)nworkers, 0, err, sizeof(err));
+    bus = hub_bus_open(st, (unsigned)nworkers, cfg.max_publish_queue, err, sizeof(err));
     if (!bus) {
         fprintf(stderr, "sluice: %s\n", err);
         goto out;

@@ -68,6 +68,7 @@ struct sub_session {
             size_t msg_len, msg_cap;
             uint8_t msg_op;
             bool pong_pending;
+            uint16_t publishing; /* its publishes not yet committed */
         } ws;
         lp_state *lp;
     } t;

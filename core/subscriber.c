@@ -3,9 +3,11 @@
  * The transport-specific parts are in wsconn.c, sseconn.c and longpoll.c. */
 #include "core/session.h"
 
+#include "core/defs.h"
 #include "core/log.h"
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -26,6 +28,7 @@ void sub_get_stats(sub_stats *st)
     st->websocket = __atomic_load_n(&sub_counts.websocket, __ATOMIC_RELAXED);
     st->sse = __atomic_load_n(&sub_counts.sse, __ATOMIC_RELAXED);
     st->longpoll = __atomic_load_n(&sub_counts.longpoll, __ATOMIC_RELAXED);
+    st->publish_refused = __atomic_load_n(&sub_counts.publish_refused, __ATOMIC_RELAXED);
 }
 
 conn *sub_conn(sub_session *s)
@@ -451,7 +454,55 @@ void session_end(sub_session *s)
     if (s->hooks && s->hooks->on_close) s->hooks->on_close(s->hooks_ud, s);
     if (s->hooks && s->hooks->release) s->hooks->release(s->hooks_ud);
     s->hooks = NULL;
-    server_defer(s->c->srv, &s->reap, session_reap);
+    /* With publishes in flight, the last answer (sub_publish_done) hands
+     * it over instead. */
+    if (s->kind != SUB_WS || s->t.ws.publishing == 0)
+        server_defer(s->c->srv, &s->reap, session_reap);
+}
+
+hub_publish_fn sub_publish_pacer(const sub_session *s)
+{
+    return s && s->kind == SUB_WS && !session_ended(s) ? sub_publish_done : NULL;
+}
+
+void sub_publish_queued(sub_session *s)
+{
+    SLUICE_ASSERT(s->kind == SUB_WS && !session_ended(s));
+    /* One hold for all of them: the session's end hands its memory over
+     * through s->c->srv, which must outlive the last answer. */
+    if (s->t.ws.publishing++ == 0) conn_hold(s->c);
+    if (s->t.ws.publishing >= SUB_MAX_PUBLISHING) conn_pause_input(s->c, true);
+}
+
+static log_limit refused_log = LOG_LIMIT_INIT;
+
+void sub_publish_refused(sub_session *s, const char *reason)
+{
+    __atomic_add_fetch(&sub_counts.publish_refused, 1, __ATOMIC_RELAXED);
+    char remote[64];
+    LOG_KV_LIMITED(&refused_log, 1.0, LOG_WARN, "websocket client cut off: its publish was refused",
+                   LOG_S("reason", reason),
+                   LOG_S("remote", conn_remote_addr(s->c, remote, sizeof(remote))));
+    char why[64];
+    snprintf(why, sizeof(why), "publish refused: %s", reason);
+    sub_close(s, WS_CLOSE_TRY_AGAIN_LATER, why);
+}
+
+void sub_publish_done(void *ud, hub_msg *m, int status)
+{
+    sub_session *s = ud;
+    conn *c = s->c;
+    SLUICE_ASSERT(s->kind == SUB_WS && s->t.ws.publishing > 0);
+    s->t.ws.publishing--;
+    if (!session_ended(s)) {
+        if (status != 0)
+            sub_publish_refused(s, hub_strerror(status));
+        else if (s->t.ws.publishing < SUB_MAX_PUBLISHING / 2)
+            conn_pause_input(c, false);
+    }
+    if (s->t.ws.publishing > 0) return;
+    if (session_ended(s)) server_defer(c->srv, &s->reap, session_reap);
+    conn_release(c);
 }
 
 int sub_send(sub_session *s, const char *data, size_t len, bool binary)

@@ -66,8 +66,7 @@ int sub_start(conn *c, hub *h, const sub_request *r, const char **why);
 /* req.transport: "websocket" (Upgrade: websocket), "sse" (Accept:
  * text/event-stream), else for a GET "longpoll", or "poll" with
  * ?timeout=0; "http" for any other method.  The same tests as sub_start's
- * choice, except that sub_start sends any Upgrade to the WebSocket
- * handshake, which refuses what is not WebSocket. */
+ * choice (an Upgrade to anything but websocket is ignored). */
 const char *sub_transport_of(const http_request *req);
 
 /* The session as a publisher identity (hub_publish's origin), so that
@@ -96,9 +95,32 @@ int sub_send(sub_session *s, const char *data, size_t len, bool binary);
  * long-poll end the response. */
 void sub_close(sub_session *s, unsigned code, const char *reason);
 
-/* Connections by transport, for /metrics. */
+/* Backpressure on what a WebSocket client publishes (from its
+ * on_message): the app passes sub_publish_done and the session to
+ * hub_publish, then calls sub_publish_queued(s) once hub_publish accepted
+ * the message.  While SUB_MAX_PUBLISHING of a client's publishes wait for
+ * their commit, its connection is not read, so a client that sends faster
+ * than storage commits is slowed down instead of losing messages.  A
+ * publish that storage refuses after it was queued closes the connection
+ * with 1013 (try again later), is logged and counted.  The session stays
+ * in memory until its last publish is answered. */
+#define SUB_MAX_PUBLISHING 64
+/* The done callback for a publish by s's on_message (NULL when s has
+ * ended: nothing left to pace). */
+hub_publish_fn sub_publish_pacer(const sub_session *s);
+void sub_publish_queued(sub_session *s);
+void sub_publish_done(void *ud, hub_msg *m, int status);
+
+/* Closes a WebSocket client whose publish was refused (1013, the reason
+ * given), logs it (rate-limited) and counts it; for the app, when
+ * hub_publish itself refuses. */
+void sub_publish_refused(sub_session *s, const char *reason);
+
+/* Connections by transport, and WebSocket clients cut off because their
+ * publishes were refused, for /metrics. */
 typedef struct sub_stats {
     unsigned websocket, sse, longpoll;
+    unsigned long long publish_refused;
 } sub_stats;
 void sub_get_stats(sub_stats *st);
 

@@ -186,11 +186,14 @@ static int on_frame_data(void *ud, int opcode, const uint8_t *data, size_t len, 
         s->hooks->on_message(s->hooks_ud, s, s->t.ws.msg ? s->t.ws.msg : "", s->t.ws.msg_len,
                              s->t.ws.msg_op == WS_OP_BINARY);
     if (session_ended(s)) return 1; /* the hook closed it */
+    /* Its publishes wait for storage (sub_publish_queued paused input):
+     * stop at this message; ws_on_data gives the rest back. */
+    bool paused = s->t.ws.publishing >= SUB_MAX_PUBLISHING;
     /* An idle connection keeps no message buffer. */
     free(s->t.ws.msg);
     s->t.ws.msg = NULL;
     s->t.ws.msg_len = s->t.ws.msg_cap = 0;
-    return 0;
+    return paused;
 }
 
 static int on_frame_ping(void *ud, const uint8_t *payload, size_t len)
@@ -244,6 +247,10 @@ static void ws_on_data(conn *c, void *state, char *data, size_t len)
             break;
         }
         pos += (size_t)n;
+        if (pos < len && !session_ended(s) && s->t.ws.publishing >= SUB_MAX_PUBLISHING) {
+            conn_unread(c, data + pos, len - pos); /* after the publishes commit */
+            break;
+        }
     }
     /* Between frames the decoder holds nothing worth keeping. */
     if (!session_ended(s) && ws_decoder_idle(s->t.ws.dec)) {

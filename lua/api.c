@@ -165,7 +165,9 @@ static void config_limits(lua_State *L, lx_config *cfg)
         LIMIT("idle_timeout", idle_timeout, v)
         LIMIT("tls_handshake_timeout", tls_handshake_timeout, v)
         LIMIT("shutdown_timeout", shutdown_timeout, v)
-        if (strcmp(k, "instruction_budget") == 0)
+        if (strcmp(k, "max_publish_queue") == 0)
+            cfg->max_publish_queue = (size_t)v;
+        else if (strcmp(k, "instruction_budget") == 0)
             cfg->instruction_budget = (long long)v;
         else
             luaL_error(L, "sluice.config: unknown limit '%s'", k);
@@ -420,22 +422,6 @@ static bool push_on_publish(lua_State *L, lx_app *app, const char *topic, size_t
     return true;
 }
 
-static const char *publish_error(int status)
-{
-    switch (status) {
-    case STORE_EFULL:
-        return "storage full";
-    case WRITER_EBUSY:
-        return "too many publishes waiting for storage";
-    case WRITER_ESTOPPED:
-        return "shutting down";
-    case STORE_ENOMEM:
-        return "out of memory";
-    default:
-        return store_errmsg(status);
-    }
-}
-
 /* The commit of a publish a handler waits for: resume it with the ID, or
  * with nil and the reason. */
 static void publish_resume(void *ud, hub_msg *m, int status)
@@ -447,7 +433,7 @@ static void publish_resume(void *ud, hub_msg *m, int status)
         lx_task_run(t, 1);
     } else {
         lua_pushnil(t->co);
-        lua_pushstring(t->co, publish_error(status));
+        lua_pushstring(t->co, hub_strerror(status));
         lx_task_run(t, 2);
     }
 }
@@ -535,14 +521,21 @@ static int l_publish(lua_State *L)
     }
     lx_task *t = app->running_task;
     bool can_wait = t && t->co == L && lua_isyieldable(L);
+    /* A WebSocket client's on_message: its publishes pace its reading. */
+    hub_publish_fn pacer = can_wait ? NULL : sub_publish_pacer(app->publisher);
     int rc = hub_publish(app->hub, topic, tlen, event, elen, data, dlen, app->origin,
-                         can_wait ? publish_resume : NULL, can_wait ? t : NULL);
+                         can_wait ? publish_resume : pacer,
+                         can_wait ? (void *)t : pacer ? (void *)app->publisher : NULL);
     if (rc != 0) {
         lua_pushnil(L);
-        lua_pushstring(L, publish_error(rc));
+        lua_pushstring(L, hub_strerror(rc));
         return 2;
     }
-    if (!can_wait) return 0;
+    if (pacer) sub_publish_queued(app->publisher);
+    if (!can_wait) {
+        lua_pushboolean(L, 1); /* queued: the ID does not exist yet */
+        return 1;
+    }
     t->waiting = true;
     return lua_yieldk(L, 0, lua_gettop(L), publish_k);
 }
@@ -634,6 +627,9 @@ static int l_metrics(lua_State *L)
          hs.delivered},
         {"sluice_publish_failures_total", "counter", "Publishes refused by storage.",
          hs.publish_failures},
+        {"sluice_ws_publish_refused_total", "counter",
+         "WebSocket clients closed (1013) because storage refused their publish.",
+         ss.publish_refused},
         {"sluice_topics", "gauge", "Topics with a subscriber.", hs.topics},
         {"sluice_subscriptions", "gauge", "Topic subscriptions.", hs.subscribers},
         {"sluice_storage_bytes", "gauge", "Size of the LMDB data file.", hs.store_file_bytes},
@@ -818,10 +814,13 @@ static void hook_on_message(void *ud, sub_session *s, const char *data, size_t l
     lua_pushboolean(L, binary);
     /* What the callback publishes comes from this client (skip_self). */
     const void *prev = h->app->origin;
+    sub_session *prev_publisher = h->app->publisher;
     h->app->origin = sub_origin(s);
+    h->app->publisher = s; /* its publishes pace its reading (sub_publish_queued) */
     hooks_enter(h);
     bool ok = call_hook(h->app, "on_message", 3, 0);
     h->app->origin = prev;
+    h->app->publisher = prev_publisher;
     if (!ok && h->session) sub_close(h->session, 1011, "script error");
     hooks_leave(h);
 }
@@ -898,8 +897,12 @@ static int l_conn_close(lua_State *L)
     lx_connud *u = check_conn(L);
     lua_Integer code = luaL_optinteger(L, 2, 1000);
     const char *reason = luaL_optstring(L, 3, NULL);
-    if (code != 1000 && (code < 3000 || code > 4999))
-        return luaL_argerror(L, 2, "1000, or an application code from 3000 to 4999");
+    /* The codes RFC 6455 lets a server send for its own reasons (normal,
+     * going away, policy, internal error, try again later), and the
+     * application range. */
+    bool standard = code == 1000 || code == 1001 || code == 1008 || code == 1011 || code == 1013;
+    if (!standard && (code < 3000 || code > 4999))
+        return luaL_argerror(L, 2, "1000, 1001, 1008, 1011, 1013, or 3000 to 4999");
     if (u->hooks && u->hooks->session) sub_close(u->hooks->session, (unsigned)code, reason);
     return 0;
 }

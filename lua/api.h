@@ -34,6 +34,7 @@ typedef struct lx_config {
     int workers;
     server_limits limits;
     long long instruction_budget; /* Lua VM instructions per callback run */
+    size_t max_publish_queue;     /* publishes waiting for storage before 503 (0: 65536) */
 } lx_config;
 
 typedef struct lx_app lx_app;

@@ -40,6 +40,7 @@ struct lx_app {
     lx_timer *timers;             /* sluice.timer / sluice.every of this generation */
     int on_publish;               /* registry ref of a table pattern -> function */
     const void *origin;           /* publisher identity during on_message (skip_self) */
+    struct sub_session *publisher; /* the WebSocket client whose on_message runs */
     /* The metatables every request uses, by registry ref (an array slot)
      * rather than by name (a string lookup: about 150 instructions). */
     int req_mt_ref, sub_mt_ref;

@@ -41,9 +41,16 @@ end)
 -- What a WebSocket client sends is published to its topic.  One function
 -- for every connection (conn.topic names the topic): a closure per
 -- connection would cost each idle WebSocket about 150 bytes more.
+-- The server paces such a client by its commits (it stops reading it while
+-- its publishes wait for storage); a publish that storage refuses at once
+-- (its queue is full) closes the connection with 1013, so the client knows
+-- and retries, instead of losing the message silently.
 local ws_opts = {
   on_message = function(conn, data)
-    sluice.publish(conn.topic, data)
+    local ok, err = sluice.publish(conn.topic, data)
+    if not ok then
+      conn:close(1013, "publish refused: " .. err)
+    end
   end,
 }
 

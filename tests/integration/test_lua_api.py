@@ -816,7 +816,7 @@ class OnPublishTest(ApiCase):
         ws.send_text("pub:from-ws")
         got = [ws.recv() for _ in range(2)]
         texts = sorted(x[1] for x in got)
-        self.assertEqual(texts[0], "returned 0")
+        self.assertEqual(texts[0], "returned 1")
         self.assertEqual(json.loads(texts[1])["data"], "xf:from-ws")
 
 
@@ -1193,12 +1193,12 @@ class OnMessageTest(ApiCase):
         b.send_text("topic")
         self.assertEqual(b.recv_text(), "topic=om.*")
 
-    def test_publish_in_on_message_returns_nothing_but_publishes(self):
+    def test_publish_in_on_message_returns_true_and_publishes(self):
         a = WS.connect(self, self.s, "/sub/omp?format=json")
         b = WS.connect(self, self.s, "/sub/omp?format=json")
         a.send_text("pub:hello")
         first = a.recv_text()
-        self.assertEqual(first, "returned 0")
+        self.assertEqual(first, "returned 1")
         m = a.recv_json()
         self.assertEqual(m["data"], "hello")
         self.assertEqual(b.recv_json(), m)
@@ -1341,12 +1341,12 @@ class SubscribeOptionsTest(ApiCase):
         a = WS.connect(self, self.s, "/sub/ss?format=json&skip_self=1")
         b = WS.connect(self, self.s, "/sub/ss?format=json")
         a.send_text("pub:from-a")
-        self.assertEqual(a.recv_text(), "returned 0")
+        self.assertEqual(a.recv_text(), "returned 1")
         m = b.recv_json()
         self.assertEqual(m["data"], "from-a")
         self.assertTrue(a.quiet(0.3))
         b.send_text("pub:from-b")
-        self.assertEqual(b.recv_text(), "returned 0")
+        self.assertEqual(b.recv_text(), "returned 1")
         self.assertEqual(a.recv_json()["data"], "from-b")
         self.assertEqual(b.recv_json()["data"], "from-b")
         # Published from HTTP: both get it.
