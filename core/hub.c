@@ -1141,6 +1141,8 @@ void hub_get_stats(const hub *h, hub_stats *st)
         st->store_log_messages = ss.log_messages;
         st->checkpoints = ss.checkpoints;
         st->checkpoint_failures = ss.checkpoint_failures;
+        st->store_damaged = ss.damaged;
+        st->publish_duplicates = ss.duplicates;
     }
     struct writer_stats ws;
     if (b) {

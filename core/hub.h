@@ -285,6 +285,8 @@ typedef struct hub_stats {
     uint64_t topics; /* topics with a subscriber, counted once per worker */
     uint64_t store_file_bytes, store_messages, commits;
     uint64_t store_log_messages, checkpoints, checkpoint_failures; /* durable mode's log */
+    uint64_t store_damaged;      /* damaged messages or pages that reads skipped */
+    uint64_t publish_duplicates; /* publishes answered with an earlier ID (Idempotency-Key) */
     /* Publish to fan-out (storage queue + commit + sync), cumulative per
      * bucket as Prometheus wants; the last bucket is +Inf. */
     uint64_t latency_buckets[HUB_LATENCY_BUCKETS + 1];

@@ -346,7 +346,8 @@ static int default_workers(void)
 
 int main(int argc, char **argv)
 {
-    if (argc > 1 && (strcmp(argv[1], "topics") == 0 || strcmp(argv[1], "dump") == 0))
+    if (argc > 1 && (strcmp(argv[1], "topics") == 0 || strcmp(argv[1], "dump") == 0 ||
+                     strcmp(argv[1], "check") == 0))
         return admin_main(argc, argv);
     options o;
     memset(&o, 0, sizeof(o));
@@ -421,7 +422,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "sluice: cannot create data directory %s: %s\n", data_dir, strerror(errno));
         goto out;
     }
-    struct store_opts so = {.relaxed = cfg.relaxed};
+    struct store_opts so = {.relaxed = cfg.relaxed, .damage = admin_log_damage};
+    admin_catch_bus_errors(data_dir);
     int src = store_open(&st, data_dir, &so, err, sizeof(err));
     if (src != 0) {
         fprintf(stderr, "sluice: %s: %s\n", data_dir, err[0] ? err : store_errmsg(src));

@@ -642,6 +642,12 @@ static int l_metrics(lua_State *L)
         {"sluice_storage_checkpoint_failures_total", "counter",
          "Checkpoints that failed (disk or map full: publishes are refused until one passes).",
          hs.checkpoint_failures},
+        {"sluice_storage_damaged_total", "counter",
+         "Damaged stored messages or pages that reads skipped (see sluice check).",
+         hs.store_damaged},
+        {"sluice_publish_duplicates_total", "counter",
+         "Publishes answered with the ID of an earlier one (same Idempotency-Key).",
+         hs.publish_duplicates},
     };
     for (size_t i = 0; i < sizeof(scalars) / sizeof(scalars[0]); i++) {
         HEAD(scalars[i].name, scalars[i].type, scalars[i].help);
