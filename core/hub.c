@@ -54,6 +54,10 @@ struct hub_bus {
     pthread_mutex_t lock; /* guards hubs[] against attach/detach */
     unsigned max_hubs;
     hub *hubs[HUB_MAX_WORKERS]; /* by inbox index; NULL once detached */
+    /* Storage refusing writes (on_committed's, in commit order). */
+    bool refusing;
+    uint64_t refused;
+    double refusing_since;
 };
 
 /* Counters written by the hub's own thread only and read by any (metrics):
@@ -146,10 +150,34 @@ static void inbox_push(hub *h, hub_msg *m)
 /* Writer thread, in commit order: the message gets its ID here (before any
  * worker sees it), then goes to every hub's inbox; a failed publish goes to
  * its publisher's hub only. */
+/* A full disk (or a failing one) refuses every publish until space is
+ * back: logged at error when it starts and once when it ends, not per
+ * publish.  Seen here, where every result passes in commit order. */
+static void note_storage_state(hub_bus *b, int status)
+{
+    bool refusing = status == STORE_EFULL || status == STORE_EIO;
+    if (status != 0 && !refusing) return; /* not the disk's state */
+    if (refusing == b->refusing) {
+        b->refused += refusing;
+        return;
+    }
+    b->refusing = refusing;
+    if (refusing) {
+        b->refused = 1;
+        b->refusing_since = mono_now();
+        LOG_KV(LOG_ERROR, "storage refuses writes: publishes are answered 503 until it takes them",
+               LOG_S("reason", store_errmsg(status)));
+    } else {
+        LOG_KV(LOG_WARN, "storage takes writes again", LOG_I("refused", b->refused),
+               LOG_D("seconds", mono_now() - b->refusing_since));
+    }
+}
+
 static void on_committed(void *ud, struct writer_req *req)
 {
     hub_bus *b = ud;
     pending *p = (pending *)req;
+    note_storage_state(b, req->status);
     /* Once m is in its publisher's inbox, that worker may acknowledge and
      * free p at any moment: read p before the first push, never after. */
     hub_msg *m = p->msg;

@@ -17,6 +17,8 @@
 #include <unistd.h>
 
 #define ACCEPTS_PER_EVENT 64
+#define ACCEPT_RETRY 0.1 /* seconds between accepts while descriptors are short */
+#define ACCEPT_QUIET 1.0 /* seconds of working accepts that end such an episode */
 
 void server_limits_default(server_limits *l)
 {
@@ -57,12 +59,22 @@ static void flush_more_cb(struct ev_loop *loop, ev_idle *w, int revents)
      * and the flush watcher writes the next part. */
 }
 
+static void accept_cb(struct ev_loop *loop, ev_io *w, int revents);
+
 static void accept_resume_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     server *srv = w->data;
     if (srv->stopping) return;
     for (int i = 0; i < srv->nlisteners; i++)
         ev_io_start(loop, &srv->listeners[i].watcher);
+    /* Try at once, whether or not a connection waits: a failure pauses
+     * again; while the episode is not over, look again later. */
+    for (int i = 0; i < srv->nlisteners && !ev_is_active(&srv->accept_pause); i++)
+        accept_cb(loop, &srv->listeners[i].watcher, EV_READ);
+    if (srv->accept_failing && !ev_is_active(&srv->accept_pause)) {
+        ev_timer_set(&srv->accept_pause, ACCEPT_QUIET / 4, 0.);
+        ev_timer_start(loop, &srv->accept_pause);
+    }
 }
 
 static void shutdown_timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -142,6 +154,38 @@ static void refuse_busy(server *srv, int fd, bool tls)
     close(fd);
 }
 
+/* Out of descriptors (or memory) is an episode, logged when it starts and
+ * when it ends, not at every retry (ten a second).  It ends once accept
+ * has worked for ACCEPT_QUIET seconds without failing, so that a server
+ * at the edge of its limit, where accepts fail and pass in turn, logs one
+ * episode, not one per flap.  Workers in one at the same time share it,
+ * since the limit is the process's. */
+#define ACCEPT_RETRY 0.1
+#define ACCEPT_QUIET 1.0
+static int accept_failing_workers; /* atomic */
+
+static void accept_failed(server *srv, int err)
+{
+    srv->accept_failed_last = ev_now(srv->loop);
+    if (srv->accept_failing) return;
+    srv->accept_failing = true;
+    srv->accept_failed_at = srv->accept_failed_last;
+    if (__atomic_add_fetch(&accept_failing_workers, 1, __ATOMIC_RELAXED) == 1)
+        LOG_KV(LOG_WARN, "accept paused: new connections wait until descriptors are freed",
+               LOG_S("error", strerror(err)), LOG_D("retry_ms", ACCEPT_RETRY * 1000));
+}
+
+/* An accept worked (or found the queue empty, which means a descriptor was
+ * free: Linux takes it before it looks at the queue). */
+static void accept_worked(server *srv)
+{
+    if (ev_now(srv->loop) - srv->accept_failed_last < ACCEPT_QUIET) return;
+    srv->accept_failing = false;
+    if (__atomic_sub_fetch(&accept_failing_workers, 1, __ATOMIC_RELAXED) == 0)
+        LOG_KV(LOG_WARN, "accept resumed",
+               LOG_D("paused_ms", (srv->accept_failed_last - srv->accept_failed_at) * 1000.0));
+}
+
 static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     listener *l = w->data;
@@ -153,14 +197,17 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED) continue;
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                LOG_KV(LOG_WARN, "accept paused", LOG_S("error", strerror(errno)));
+                accept_failed(srv, errno);
                 for (int j = 0; j < srv->nlisteners; j++)
                     ev_io_stop(loop, &srv->listeners[j].watcher);
-                ev_timer_set(&srv->accept_pause, 0.1, 0.);
+                ev_timer_set(&srv->accept_pause, ACCEPT_RETRY, 0.);
                 ev_timer_start(loop, &srv->accept_pause);
+            } else if (errno == EAGAIN && srv->accept_failing) {
+                accept_worked(srv); /* drained */
             }
-            return; /* EAGAIN: drained */
+            return;
         }
+        if (srv->accept_failing) accept_worked(srv);
         if (server_count_connection(0) >= srv->limits.max_connections || srv->stopping) {
             refuse_busy(srv, fd, l->tls);
             continue;

@@ -80,6 +80,8 @@ typedef struct server {
     server_deferred *graveyard; /* closed objects to free at the pass's end */
     ev_timer shutdown_timer;
     bool stopping;
+    bool accept_failing;   /* an accept failed for want of descriptors or memory */
+    ev_tstamp accept_failed_at, accept_failed_last; /* the episode's first and last */
 
     char date[30]; /* cached IMF-fixdate, refreshed once a second */
     ev_tstamp date_at;
