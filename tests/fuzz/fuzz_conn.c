@@ -15,13 +15,19 @@
  *   byte 0     settings: bit 0 the Lua app (else the default app), bit 1
  *              small limits (4 KiB of output per connection, 2 KiB
  *              headers, 2 KiB WebSocket messages: the cut-off paths), bit 2
- *              small socket buffers (a peer that stops reading fills them)
+ *              small socket buffers (a peer that stops reading fills them),
+ *              bits 3-5 all set: TLS (the connections are a TLS listener's;
+ *              each client is an OpenSSL client on its socket, with a
+ *              self-signed certificate made at start; three bits, so that
+ *              only an eighth of the inputs pay ten times the cost)
  *   then ops   one byte each: the low 3 bits are the op, the next 2 the
- *              client (0..3); a client's socket pair and connection are
- *              made when it is first used
+ *              client (0..3), bit 7 "raw" (below); a client's socket pair
+ *              and connection are made when it is first used
  *     0 SEND   a 16-bit little-endian length N, then N bytes (fewer if the
  *              input ends) written to the client's socket (what the
- *              socket does not take waits and is written at later passes)
+ *              socket does not take waits and is written at later passes);
+ *              through the client's TLS session, or raw onto the socket
+ *              (records the server must refuse) when bit 7 is set
  *     1 RUN    the next byte & 7, plus 1, loop passes
  *     2 MUTE   toggles whether the client reads what the server sends
  *     3 SHUT   shutdown(SHUT_WR) on the client's socket (a half-close)
@@ -50,6 +56,10 @@
 
 #include <errno.h>
 #include <ev.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <ftw.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -77,6 +87,7 @@ typedef struct client {
     bool mute;   /* does not read what the server sends */
     char *outbox; /* bytes the socket did not take yet */
     size_t out_len;
+    SSL *ssl; /* TLS inputs: the client's session on fd */
 } client;
 
 static bool echo; /* SLUICE_FUZZ_ECHO=1: what each client reads goes to stderr */
@@ -93,6 +104,7 @@ static struct {
     const char *app_path;
     ev_async committed;
     ev_prepare commit;
+    SSL_CTX *client_tls;
     server_limits normal, small;
     sub_config sub_normal;
     client cl[NCLIENTS];
@@ -144,6 +156,7 @@ static void teardown(void)
     outq_pool_drain();
     conn_parser_pool_drain();
     ev_loop_destroy(F.loop);
+    SSL_CTX_free(F.client_tls);
     nftw(F.dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
@@ -151,6 +164,32 @@ static void die(const char *what, const char *err)
 {
     fprintf(stderr, "fuzz_conn: %s: %s\n", what, err);
     abort();
+}
+
+/* A self-signed P-256 certificate and its key, written as PEM files into
+ * dir for tls_ctx_new, as an operator's would be. */
+static void make_cert(const char *cert, const char *key)
+{
+    EVP_PKEY *pk = EVP_EC_gen("P-256");
+    X509 *x = X509_new();
+    if (!pk || !x) die("make_cert", "cannot make a key");
+    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+    X509_gmtime_adj(X509_getm_notAfter(x), 3600L * 24 * 365);
+    X509_set_pubkey(x, pk);
+    X509_NAME *name = X509_get_subject_name(x);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"localhost", -1,
+                               -1, 0);
+    X509_set_issuer_name(x, name);
+    if (!X509_sign(x, pk, EVP_sha256())) die("make_cert", "cannot sign");
+    FILE *f = fopen(cert, "w");
+    if (!f || !PEM_write_X509(f, x)) die("make_cert", cert);
+    fclose(f);
+    f = fopen(key, "w");
+    if (!f || !PEM_write_PrivateKey(f, pk, NULL, NULL, 0, NULL, NULL)) die("make_cert", key);
+    fclose(f);
+    X509_free(x);
+    EVP_PKEY_free(pk);
 }
 
 static void setup(void)
@@ -199,6 +238,20 @@ static void setup(void)
     F.sub_normal = sub_defaults;
     server_init(&F.srv, F.loop, &F.normal);
 
+    char cert[300], key[300];
+    snprintf(cert, sizeof(cert), "%s/cert.pem", F.dir);
+    snprintf(key, sizeof(key), "%s/key.pem", F.dir);
+    make_cert(cert, key);
+    SSL_CTX *tls = tls_ctx_new(cert, key, err, sizeof(err));
+    if (!tls) die("tls_ctx_new", err);
+    server_set_tls_ctx(&F.srv, tls);
+    F.client_tls = SSL_CTX_new(TLS_client_method());
+    if (!F.client_tls) die("SSL_CTX_new", "no client context");
+    SSL_CTX_set_verify(F.client_tls, SSL_VERIFY_NONE, NULL);
+    /* The outbox moves its bytes down as the session takes them. */
+    SSL_CTX_set_mode(F.client_tls, SSL_MODE_ENABLE_PARTIAL_WRITE |
+                                       SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+
     ev_async_init(&F.committed, on_committed);
     ev_prepare_init(&F.commit, on_pass_end);
     ev_set_priority(&F.commit, EV_MAXPRI); /* before the server's flush */
@@ -226,7 +279,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
 /* ---- clients ------------------------------------------------------------ */
 
-static bool small_buffers;
+static bool small_buffers, tls;
 
 static client *client_get(int i)
 {
@@ -247,7 +300,13 @@ static client *client_get(int i)
     k->sfd = sv[1];
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)(40000 + i))};
     a.sin_addr.s_addr = htonl(0x7f000001);
-    conn_accept(&F.srv, sv[1], (struct sockaddr *)&a, sizeof(a), false);
+    if (tls && (k->ssl = SSL_new(F.client_tls))) {
+        SSL_set_fd(k->ssl, k->fd);
+        SSL_set_connect_state(k->ssl);
+        SSL_do_handshake(k->ssl); /* the ClientHello: nothing to wait for yet */
+        ERR_clear_error(); /* the thread's queue is the server's too (io.c) */
+    }
+    conn_accept(&F.srv, sv[1], (struct sockaddr *)&a, sizeof(a), tls);
     return k;
 }
 
@@ -263,7 +322,14 @@ static void client_write(client *k)
 {
     size_t off = 0;
     while (off < k->out_len) {
-        ssize_t n = send(k->fd, k->outbox + off, k->out_len - off, MSG_NOSIGNAL);
+        ssize_t n;
+        if (k->ssl) {
+            size_t want = k->out_len - off > 16384 ? 16384 : k->out_len - off;
+            n = SSL_write(k->ssl, k->outbox + off, (int)want);
+        } else {
+            n = send(k->fd, k->outbox + off, k->out_len - off, MSG_NOSIGNAL);
+        }
+        if (k->ssl) ERR_clear_error(); /* the thread's queue is the server's too */
         if (n <= 0) break; /* full (the server is not reading), or the peer is gone */
         off += (size_t)n;
     }
@@ -271,8 +337,13 @@ static void client_write(client *k)
     k->out_len -= off;
 }
 
-static void client_send(client *k, const uint8_t *data, size_t len)
+static void client_send(client *k, const uint8_t *data, size_t len, bool raw)
 {
+    if (raw && k->ssl) { /* beside the session: bytes that are no record of it */
+        ssize_t n = send(k->fd, data, len, MSG_NOSIGNAL);
+        (void)n;
+        return;
+    }
     if (k->out_len + len > OUTBOX_MAX) len = OUTBOX_MAX - k->out_len;
     if (!len) return;
     char *nb = realloc(k->outbox, k->out_len + len);
@@ -287,7 +358,9 @@ static void client_read(client *k)
 {
     static char sink[65536];
     for (int i = 0; i < 64; i++) {
-        ssize_t n = recv(k->fd, sink, sizeof(sink), MSG_DONTWAIT);
+        ssize_t n = k->ssl ? SSL_read(k->ssl, sink, sizeof(sink))
+                           : recv(k->fd, sink, sizeof(sink), MSG_DONTWAIT);
+        if (k->ssl) ERR_clear_error();
         if (n <= 0) return;
         if (echo) {
             fprintf(stderr, "--- client %d reads %zd bytes:\n", (int)(k - F.cl), n);
@@ -299,6 +372,8 @@ static void client_read(client *k)
 
 static void client_close(client *k)
 {
+    SSL_free(k->ssl);
+    k->ssl = NULL;
     if (k->fd >= 0) close(k->fd);
     k->fd = -1;
     free(k->outbox);
@@ -312,8 +387,15 @@ static void client_close(client *k)
  * publishes are committed and fanned out and output is written. */
 static void pass(void)
 {
-    for (int i = 0; i < NCLIENTS; i++)
-        if (F.cl[i].fd >= 0 && F.cl[i].out_len) client_write(&F.cl[i]);
+    for (int i = 0; i < NCLIENTS; i++) {
+        client *k = &F.cl[i];
+        if (k->fd < 0) continue;
+        if (k->ssl && !SSL_is_init_finished(k->ssl) && !k->mute) {
+            SSL_do_handshake(k->ssl);
+            ERR_clear_error();
+        }
+        if (k->out_len) client_write(k);
+    }
     ev_run(F.loop, EVRUN_NOWAIT);
     ev_run(F.loop, EVRUN_NOWAIT);
     for (int i = 0; i < NCLIENTS; i++)
@@ -365,6 +447,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     sub_defaults = F.sub_normal;
     if (settings & 2) sub_defaults.ws_max_message = 2048;
     small_buffers = settings & 4;
+    tls = (settings & 0x38) == 0x38;
     F.srv.on_request_ud = rt;
     size_t pos = 1;
     while (pos < size) {
@@ -377,7 +460,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (pos < size) n = data[pos++];
             if (pos < size) n |= (size_t)data[pos++] << 8;
             if (n > size - pos) n = size - pos;
-            if ((k = client_get(ci))) client_send(k, data + pos, n);
+            if ((k = client_get(ci))) client_send(k, data + pos, n, op & 0x80);
             pos += n;
             break;
         }

@@ -18,12 +18,17 @@ import struct
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seeds", "fuzz_conn")
 
 DEFAULT, LUA = 0, 1
-SMALL_LIMITS, SMALL_BUFFERS = 2, 4
+SMALL_LIMITS, SMALL_BUFFERS, TLS = 2, 4, 0x38
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 
 
 def send(ci, data):
     return bytes([0 | ci << 3]) + struct.pack("<H", len(data)) + data
+
+
+def send_raw(ci, data):
+    """Onto the socket, beside the client's TLS session."""
+    return bytes([0x80 | ci << 3]) + struct.pack("<H", len(data)) + data
 
 
 def run(n=1):
@@ -210,6 +215,17 @@ seed("lua_options", LUA,
           post("/p/op.z", b"Dno")), run(4), send(1, CLOSE(4000)), run(2))
 seed("lua_on_close_publishes", LUA, send(0, ws("/s/c?bye=log&nofilter=1")), send(1, ws("/s/log")), run(),
      send(0, text("C")), run(3))
+
+# --- TLS (test_tls.py) ---------------------------------------------------------
+seed("tls_requests", DEFAULT | TLS, send(0, get("/healthz") + get("/metrics")), run(3),
+     send(1, post("/topics/t", b"m") + get("/topics/t?since=0-0&timeout=0")), run(4))
+seed("tls_streams", LUA | TLS, send(0, ws("/s/t")), send(1, get("/s/t", "Accept: text/event-stream")), run(4),
+     send(0, text("Secho") + PING(b"p")), send(2, post("/p/t", b"Xhello")), run(4), send(0, CLOSE()), run(3))
+seed("tls_garbage", DEFAULT | TLS, send_raw(0, b"\x16\x03\x01\x00\x05hello"), run(2),
+     send(1, get("/healthz")), run(3), send_raw(1, b"\x17\x03\x03\x00\x10" + b"x" * 16), run(2),
+     send(2, b"GET /healthz HTTP/1.1\r\nHost"), timer(2), run(2), send(3, b""), timer(3), run())
+seed("tls_slow_reader", DEFAULT | TLS | SMALL_LIMITS | SMALL_BUFFERS, send(0, get("/topics/s", "Accept: text/event-stream")),
+     run(4), mute(0), send(1, b"".join(post("/topics/s", b"m" * 900) for _ in range(12))), run(4), mute(0), run(4))
 
 # --- shutdown and reload with everything open ----------------------------------
 seed("stop_with_streams", DEFAULT, send(0, ws("/topics/z")), send(1, get("/topics/z", "Accept: text/event-stream")),
