@@ -8,7 +8,8 @@
 #   FUZZ_KEEP=/tmp/fz tests/fuzz/run.sh 600 fuzz_conn
 #   tests/fuzz/coverage.sh /tmp/fz/fuzz_conn.corpus
 # FUZZ_KEEP=DIR keeps the build, the profile and the line-by-line report
-# (DIR/conn.txt) there.
+# (DIR/conn.txt) there.  Needs clang and Debian's llvm (llvm-profdata,
+# llvm-cov); no test runs it.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 [ $# -gt 0 ] || set -- "$top/tests/fuzz/seeds/fuzz_conn"
@@ -24,7 +25,7 @@ cov=(-fprofile-instr-generate -fcoverage-mapping)
 cmake -S "$top" -B "$out/cov-build" -DCMAKE_C_COMPILER="$cc" -DCMAKE_BUILD_TYPE=Debug \
       -DCMAKE_C_FLAGS="-g -O1 ${cov[*]}" -DSLUICE_MIMALLOC=OFF -DBUILD_TESTING=OFF \
       >"$out/cov-build.log" 2>&1 &&
-    cmake --build "$out/cov-build" --target sluice_lua -j"${FUZZ_JOBS:-2}" >>"$out/cov-build.log" 2>&1 ||
+    cmake --build "$out/cov-build" --target sluice_lua -j"${FUZZ_JOBS:-$(nproc)}" >>"$out/cov-build.log" 2>&1 ||
     { tail -40 "$out/cov-build.log"; exit 1; }
 b=$out/cov-build
 # -fsanitize=fuzzer only for libFuzzer's main, which runs each input once.

@@ -39,7 +39,7 @@ build_conn() {
     cmake -S "$top" -B "$out/build" -DCMAKE_C_COMPILER="$cc" -DCMAKE_BUILD_TYPE=Debug \
           -DCMAKE_C_FLAGS="-g -O1 ${san[*]}" -DSLUICE_MIMALLOC=OFF -DBUILD_TESTING=OFF \
           >"$out/build.log" 2>&1 &&
-        cmake --build "$out/build" --target sluice_lua -j"${FUZZ_JOBS:-2}" >>"$out/build.log" 2>&1 ||
+        cmake --build "$out/build" --target sluice_lua -j"${FUZZ_JOBS:-$(nproc)}" >>"$out/build.log" 2>&1 ||
         { tail -40 "$out/build.log"; return 1; }
     local b=$out/build
     "$cc" "${flags[@]}" -I/usr/include/lua5.4 \
