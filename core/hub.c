@@ -46,6 +46,7 @@ typedef struct pending {
     hub_msg *msg;
     hub_publish_fn done;
     void *ud;
+    char ikey[STORE_IKEY_MAX]; /* the writer reads it until the commit */
 } pending;
 
 struct hub_bus {
@@ -187,6 +188,7 @@ static void on_committed(void *ud, struct writer_req *req)
         m->seq = req->seq;
         m->time_ms = req->time_ms;
         m->id_len = (uint8_t)store_id_format(req->epoch, req->seq, m->id);
+        m->duplicate = req->duplicate != 0;
     }
     pthread_mutex_lock(&b->lock);
     bool origin_attached = false;
@@ -196,7 +198,7 @@ static void on_committed(void *ud, struct writer_req *req)
         free(p);
     for (unsigned i = 0; i < b->max_hubs; i++) {
         hub *h = b->hubs[i];
-        if (h && (ok || h == origin)) inbox_push(h, m);
+        if (h && ((ok && !req->duplicate) || h == origin)) inbox_push(h, m);
     }
     pthread_mutex_unlock(&b->lock);
     hub_msg_unref(m); /* the publish's reference: the inboxes hold theirs */
@@ -608,8 +610,16 @@ const char *hub_strerror(int code)
 int hub_publish(hub *h, const char *topic, size_t tlen, const char *event, size_t elen,
                 const void *data, size_t len, const void *origin, hub_publish_fn done, void *ud)
 {
+    return hub_publish_keyed(h, topic, tlen, event, elen, data, len, NULL, 0, origin, done, ud);
+}
+
+int hub_publish_keyed(hub *h, const char *topic, size_t tlen, const char *event, size_t elen,
+                      const void *data, size_t len, const char *ikey, size_t iklen,
+                      const void *origin, hub_publish_fn done, void *ud)
+{
     if (!hub_topic_valid(topic, tlen) || (event && elen && !hub_event_valid(event, elen)))
         return STORE_EINVAL;
+    if (ikey && (iklen < 1 || iklen > STORE_IKEY_MAX)) return STORE_EINVAL;
     if (!h->bus) return WRITER_ESTOPPED;
     pending *p = calloc(1, sizeof(pending));
     hub_msg *m = p ? msg_new(topic, tlen, event, elen, data, len, h->bus->max_hubs) : NULL;
@@ -634,6 +644,11 @@ int hub_publish(hub *h, const char *topic, size_t tlen, const char *event, size_
     p->req.data_len = len;
     p->req.max_count = r.backlog;
     p->req.max_age_ms = (uint64_t)(r.max_age * 1000);
+    if (ikey) {
+        memcpy(p->ikey, ikey, iklen);
+        p->req.ikey = p->ikey;
+        p->req.ikey_len = iklen;
+    }
     p->submitted = mono_now();
     int rc = writer_submit(h->bus->writer, &p->req);
     if (rc != 0) {
@@ -736,13 +751,13 @@ void hub_poll(hub *h)
     bool answer_first = h->inflight > 1;
     for (hub_msg *m = first; !answer_first && m; m = m->inbox_next[h->index])
         if (own_pending(h, m)) {
-            answer_first = m->seq == 0 || !reaches_oneshot(h, m);
+            answer_first = m->seq == 0 || m->duplicate || !reaches_oneshot(h, m);
             break;
         }
     for (hub_msg *m = first; answer_first && m; m = m->inbox_next[h->index]) {
         pending *p = own_pending(h, m);
         if (!p) continue;
-        if (m->seq != 0) note_committed(h, m, p);
+        if (m->seq != 0 && !m->duplicate) note_committed(h, m, p);
         answer(h, m, p);
         m->pending = NULL; /* freed by answer() */
     }
@@ -750,8 +765,9 @@ void hub_poll(hub *h)
         next = m->inbox_next[h->index];
         pending *p = own_pending(h, m);
         /* A failed publish keeps seq 0 (stored IDs start at 1) and is in
-         * no other hub's inbox: it gets no fan-out. */
-        if (m->seq != 0) {
+         * no other hub's inbox: it gets no fan-out; nor does a duplicate,
+         * whose first publish had it. */
+        if (m->seq != 0 && !m->duplicate) {
             note_committed(h, m, p);
             fan_out(h, m);
         }

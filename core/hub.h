@@ -77,6 +77,8 @@ typedef struct hub_msg {
     struct hub *home;             /* the publisher's hub; NULL: none */
     struct pending *pending;      /* the ack to give; only `home` reads it */
     uint16_t ninbox;              /* hubs it can be queued to */
+    bool duplicate;               /* a retry answered with the first publish's ID
+                                     (Idempotency-Key): not stored, no fan-out */
     struct hub_msg *inbox_next[]; /* one link per hub on the bus */
 } hub_msg;
 
@@ -209,6 +211,15 @@ typedef void (*hub_publish_fn)(void *ud, hub_msg *m, int status);
  * not run. */
 int hub_publish(hub *h, const char *topic, size_t tlen, const char *event, size_t elen,
                 const void *data, size_t len, const void *origin, hub_publish_fn done, void *ud);
+
+/* hub_publish with an idempotency key (1..STORE_IKEY_MAX bytes, copied;
+ * NULL: none): a publish of the same topic and key within the store's
+ * dedup window (SPEC.md, "Publishing exactly once") stores nothing and
+ * is delivered to no one; `done` gets a message with the first publish's
+ * ID and `duplicate` set.  STORE_EINVAL for a key of a bad length. */
+int hub_publish_keyed(hub *h, const char *topic, size_t tlen, const char *event, size_t elen,
+                      const void *data, size_t len, const char *ikey, size_t iklen,
+                      const void *origin, hub_publish_fn done, void *ud);
 
 /* Subscribes `owner` to a topic or a wildcard (see hub_pattern_valid).
  * `oneshot`: the subscriber ends at its first delivery and must come back

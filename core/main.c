@@ -422,7 +422,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "sluice: cannot create data directory %s: %s\n", data_dir, strerror(errno));
         goto out;
     }
-    struct store_opts so = {.relaxed = cfg.relaxed, .damage = admin_log_damage};
+    struct store_opts so = {
+        .relaxed = cfg.relaxed, .dedup_window_ms = cfg.dedup_window_ms, .damage = admin_log_damage};
     admin_catch_bus_errors(data_dir);
     int src = store_open(&st, data_dir, &so, err, sizeof(err));
     if (src != 0) {

@@ -256,6 +256,15 @@ static int l_config(lua_State *L)
                         L, "sluice.config: storage.durability is \"durable\" or \"relaxed\"");
             }
             lua_pop(L, 1);
+            if (lua_getfield(L, -1, "dedup_window") != LUA_TNIL) {
+                check_field(L, 1, LUA_TNUMBER, "storage.dedup_window");
+                lua_Number w = lua_tonumber(L, -1);
+                if (!(w >= 0.001 && w <= 2592000))
+                    return luaL_error(
+                        L, "sluice.config: storage.dedup_window is 0.001 to 2592000 seconds");
+                cfg->dedup_window_ms = (uint64_t)(w * 1000);
+            }
+            lua_pop(L, 1);
         } else if (strcmp(k, "workers") == 0) {
             lua_Integer w = field_integer(L, 1, "workers");
             if (w < 1 || w > 1024) return luaL_error(L, "sluice.config: workers must be 1..1024");
@@ -443,18 +452,22 @@ static int publish_k(lua_State *L, int status, lua_KContext ctx)
     return lua_gettop(L) - (int)ctx;
 }
 
-/* sluice.publish(topic, data [, {event = NAME}]) -> id | nil, reason.
+/* sluice.publish(topic, data [, {event = NAME, idempotency_key = KEY}])
+ * -> id | nil, reason.
  * In a request handler it returns once the message is durable.  Where
  * nothing can wait (filters, WebSocket callbacks) it queues the message and
- * returns nothing: the message is still stored before anyone receives it. */
+ * returns nothing: the message is still stored before anyone receives it.
+ * A key (1 to 200 bytes) makes a retry within the dedup window answer the
+ * first publish's ID and store nothing (SPEC.md, "Publishing exactly
+ * once"). */
 static int l_publish(lua_State *L)
 {
     check_budget(L);
     lx_app *app = app_of(L);
-    size_t tlen, dlen, elen = 0;
+    size_t tlen, dlen, elen = 0, iklen = 0;
     const char *topic = luaL_checklstring(L, 1, &tlen);
     const char *data = luaL_checklstring(L, 2, &dlen);
-    const char *event = NULL;
+    const char *event = NULL, *ikey = NULL;
     if (!lua_isnoneornil(L, 3)) {
         luaL_checktype(L, 3, LUA_TTABLE);
         if (lua_getfield(L, 3, "event") != LUA_TNIL) {
@@ -462,9 +475,20 @@ static int l_publish(lua_State *L)
                 return luaL_argerror(L, 3, "event must be a string");
             event = lua_tolstring(L, -1, &elen);
         }
+        if (lua_getfield(L, 3, "idempotency_key") != LUA_TNIL) {
+            if (lua_type(L, -1) != LUA_TSTRING)
+                return luaL_argerror(L, 3, "idempotency_key must be a string");
+            ikey = lua_tolstring(L, -1, &iklen);
+        }
     }
     if (!hub_topic_valid(topic, tlen))
         return luaL_argerror(L, 1, "invalid topic name (1 to 200 bytes of A-Z a-z 0-9 _ . : -)");
+    if (ikey && (iklen < 1 || iklen > STORE_IKEY_MAX)) {
+        /* A runtime failure: the key comes from a client's header. */
+        lua_pushnil(L);
+        lua_pushliteral(L, "invalid idempotency key (1 to 200 bytes)");
+        return 2;
+    }
     if (event && !hub_event_valid(event, elen)) {
         /* A runtime failure, not misuse: the name often comes from a
          * client (?event=, a WebSocket message). */
@@ -523,9 +547,9 @@ static int l_publish(lua_State *L)
     bool can_wait = t && t->co == L && lua_isyieldable(L);
     /* A WebSocket client's on_message: its publishes pace its reading. */
     hub_publish_fn pacer = can_wait ? NULL : sub_publish_pacer(app->publisher);
-    int rc = hub_publish(app->hub, topic, tlen, event, elen, data, dlen, app->origin,
-                         can_wait ? publish_resume : pacer,
-                         can_wait ? (void *)t : pacer ? (void *)app->publisher : NULL);
+    int rc = hub_publish_keyed(app->hub, topic, tlen, event, elen, data, dlen, ikey, iklen,
+                               app->origin, can_wait ? publish_resume : pacer,
+                               can_wait ? (void *)t : pacer ? (void *)app->publisher : NULL);
     if (rc != 0) {
         lua_pushnil(L);
         lua_pushstring(L, hub_strerror(rc));

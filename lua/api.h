@@ -31,6 +31,7 @@ typedef struct lx_config {
     char *tls_cert, *tls_key;
     char *data_dir;
     int relaxed; /* storage.durability = "relaxed": no fsync per commit */
+    uint64_t dedup_window_ms; /* storage.dedup_window: Idempotency-Key (0: 10 min) */
     int workers;
     server_limits limits;
     long long instruction_budget; /* Lua VM instructions per callback run */

@@ -3,6 +3,7 @@
 -- written on the public Lua API like any user app (see docs/lua-api.md):
 --
 --   POST /topics/{topic}[?event=NAME]   publish the body     -> {"id": "..."}
+--        (with Idempotency-Key: a retry answers the first publish's ID)
 --   GET  /topics/{topic}                subscribe: WebSocket, SSE, long-poll
 --   GET  /healthz, GET /metrics
 local sluice = require "sluice"
@@ -30,8 +31,14 @@ sluice.route("POST", "/topics/:topic", function(req)
     -- 1 to 128 bytes of UTF-8 without control characters, not *.base64
     return sluice.json(400, { error = "bad event name" })
   end
+  -- A retry with the same key within the dedup window gets the first
+  -- publish's ID and stores nothing (SPEC.md, "Publishing exactly once").
+  local key = req.headers["idempotency-key"]
+  if key ~= nil and (#key < 1 or #key > 200) then
+    return sluice.json(400, { error = "Idempotency-Key must be 1 to 200 bytes" })
+  end
   -- Returns once the message is in LMDB and synced (group commit).
-  local id, err = sluice.publish(topic, req.body, { event = event })
+  local id, err = sluice.publish(topic, req.body, { event = event, idempotency_key = key })
   if not id then
     return sluice.json(503, { error = err })
   end

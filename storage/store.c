@@ -93,7 +93,9 @@ struct tail_msg {
     int64_t time_ms;
     uint64_t max_count, max_age_ms;
     size_t event_len, data_len;
-    char bytes[]; /* event, then data */
+    size_t ikey_len;              /* idempotency key (0: none) */
+    struct tail_msg *ikey_next;   /* struct tail's key index, newest first */
+    char bytes[]; /* event, then data, then the key */
 };
 
 struct tail_topic {
@@ -112,7 +114,13 @@ struct tail {
     struct tail_msg *first, *last;
     size_t count;
     uint64_t last_seq;
+    /* Messages with an idempotency key by (topic, key), for the dedup of
+     * a retry whose first publish is not in LMDB yet (made at the first
+     * keyed message, TAIL_IKEY_BUCKETS chains). */
+    struct tail_msg **ikeys;
 };
+
+#define TAIL_IKEY_BUCKETS 4096
 
 /* The checkpoint thread's one job: a sealed log's messages (pointing into
  * the tail, which keeps them until the job is reaped) for one commit. */
@@ -1122,6 +1130,7 @@ fail:
     if (s->tail_inited) {
         tail_clear(&s->tail);
         free(s->tail.buckets);
+        free(s->tail.ikeys);
         pthread_rwlock_destroy(&s->tail.lock);
     }
     if (s->env) mdb_env_close(s->env);
@@ -1142,6 +1151,7 @@ void store_close(struct store *s)
     free(s->walbuf);
     tail_clear(&s->tail);
     free(s->tail.buckets);
+    free(s->tail.ikeys);
     pthread_rwlock_destroy(&s->tail.lock);
     mdb_env_close(s->env);
     pthread_rwlock_destroy(&s->maplock);
@@ -1407,6 +1417,89 @@ static int msg_valid(const struct store_msg *m)
     return 1;
 }
 
+/* ---- idempotency keys ----------------------------------------------------- */
+
+/* idem: topic number BE32 ‖ key -> seq, epoch, time (24 bytes), the
+ * newest message of the topic with that key; idem_time: time BE64 ‖ seq
+ * BE64 -> topic number BE32 ‖ key, in the order they leave the window
+ * (store_sweep removes both then).  Written in the message's own
+ * transaction, so a key is never without its message nor the reverse. */
+static size_t idem_key(unsigned char *out, uint32_t number, const char *key, size_t len)
+{
+    put_be32(out, number);
+    memcpy(out + 4, key, len);
+    return 4 + len;
+}
+
+/* The message of the topic with this key, if published at or after
+ * now_ms - the window: 0 and its ID, or MDB_NOTFOUND. */
+static int idem_find(struct store *s, MDB_txn *txn, uint32_t number, const char *key, size_t len,
+                     int64_t now_ms, uint64_t *seq, uint64_t *epoch)
+{
+    unsigned char kb[4 + STORE_IKEY_MAX];
+    MDB_val k = {idem_key(kb, number, key, len), kb}, d;
+    int64_t t;
+    if (!s->has_idem) return MDB_NOTFOUND;
+    int rc = lmdb_get(txn, s->idem, &k, &d);
+    if (rc) return rc;
+    if (d.mv_size != 24) return MDB_NOTFOUND; /* damaged: not a duplicate */
+    memcpy(&t, (const char *)d.mv_data + 16, 8);
+    if (t < now_ms - (int64_t)s->dedup_window_ms) return MDB_NOTFOUND;
+    *seq = get_u64(d.mv_data);
+    *epoch = get_u64((const char *)d.mv_data + 8);
+    return 0;
+}
+
+static int idem_put(struct store *s, MDB_txn *txn, uint32_t number, const char *key, size_t len,
+                    uint64_t seq, uint64_t epoch, int64_t time_ms)
+{
+    unsigned char kb[4 + STORE_IKEY_MAX], tk[16];
+    uint64_t v[3] = {seq, epoch, (uint64_t)time_ms};
+    MDB_val k = {idem_key(kb, number, key, len), kb}, d = {24, v};
+    int rc = mdb_put(txn, s->idem, &k, &d, 0);
+    if (rc) return rc;
+    put_be64(tk, (uint64_t)time_ms);
+    put_be64(tk + 8, seq);
+    MDB_val tkv = {16, tk};
+    return mdb_put(txn, s->idem_time, &tkv, &k, 0);
+}
+
+/* Remove up to `budget` keys that left the window before now_ms; *due
+ * (dry: look only) says whether one has.  O(removed). */
+static int idem_expire(struct store *s, MDB_txn *txn, int64_t now_ms, size_t budget, int dry,
+                       int *due)
+{
+    MDB_cursor *c;
+    MDB_val k, d;
+    int64_t cutoff = now_ms - (int64_t)s->dedup_window_ms;
+    int rc;
+    if (!s->has_idem) return 0;
+    if ((rc = mdb_cursor_open(txn, s->idem_time, &c))) return rc;
+    rc = lmdb_cursor_get(c, &k, &d, MDB_FIRST);
+    for (size_t n = 0; rc == 0 && n < budget; n++) {
+        if (k.mv_size != 16 || (int64_t)get_be64(k.mv_data) >= cutoff) break;
+        if (dry) {
+            *due = 1;
+            break;
+        }
+        uint64_t seq = get_be64((const unsigned char *)k.mv_data + 8);
+        unsigned char kb[4 + STORE_IKEY_MAX];
+        if (d.mv_size > sizeof kb) break;
+        memcpy(kb, d.mv_data, d.mv_size);
+        MDB_val ik = {d.mv_size, kb}, iv;
+        /* Only if no newer message of the topic took the key since. */
+        rc = lmdb_get(txn, s->idem, &ik, &iv);
+        if (rc == 0 && iv.mv_size == 24 && get_u64(iv.mv_data) == seq)
+            rc = mdb_del(txn, s->idem, &ik, NULL);
+        if (rc && rc != MDB_NOTFOUND) break;
+        if ((rc = mdb_cursor_del(c, 0))) break;
+        /* After a delete the cursor sits on the next item already. */
+        rc = lmdb_cursor_get(c, &k, &d, MDB_NEXT);
+    }
+    mdb_cursor_close(c);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
 static int append_op(struct store *s, MDB_txn *txn, void *argp)
 {
     struct append_arg *a = argp;
@@ -1418,6 +1511,7 @@ static int append_op(struct store *s, MDB_txn *txn, void *argp)
 
     for (size_t i = 0; i < a->n; i++) {
         struct store_msg *m = &a->msgs[i];
+        m->duplicate = 0; /* (again, if the transaction is redone) */
         if (!msg_valid(m)) {
             m->status = STORE_EINVAL;
             m->seq = 0;
@@ -1448,18 +1542,36 @@ static int append_op(struct store *s, MDB_txn *txn, void *argp)
             } else if (rc) {
                 return rc;
             }
+            /* Kept as they are if the batch brings only duplicates. */
+            t->max_count = t->rec.max_count;
+            t->max_age_ms = t->rec.max_age_ms;
+            t->now_ms = a->now_ms;
+        }
+        size_t kl = m->ikey ? m->ikey_len : 0;
+        if (kl && !a->times) {
+            /* A retry of a publish stored within the window?  (An entry
+             * of this batch is found too: it is put in this txn.) */
+            rc = idem_find(s, txn, t->rec.number, m->ikey, kl, a->now_ms, &m->seq, &m->epoch);
+            if (rc == 0) {
+                m->status = 0;
+                m->duplicate = 1;
+                continue;
+            }
+            if (rc != MDB_NOTFOUND) return rc;
         }
         uint64_t seq = a->times ? m->seq : last + 1;
         if (seq <= last) return MDB_CORRUPTED; /* a log behind the store */
         last = seq;
         unsigned char key[12];
         msg_key(key, t->rec.number, seq);
-        size_t ev = m->event ? m->event_len : 0, kl = m->ikey ? m->ikey_len : 0;
+        size_t ev = m->event ? m->event_len : 0;
         MDB_val k = {sizeof key, key}, d = {msg_size(ev, kl, m->data_len), NULL};
         if ((rc = mdb_put(txn, s->msgs, &k, &d, MDB_RESERVE))) return rc;
         uint64_t epoch = a->times ? m->epoch : s->epoch;
         int64_t time_ms = a->times ? a->times[i] : a->now_ms;
         msg_write(d.mv_data, key, epoch, time_ms, m->event, ev, m->ikey, kl, m->data, m->data_len);
+        if (kl && (rc = idem_put(s, txn, t->rec.number, m->ikey, kl, seq, epoch, time_ms)))
+            return rc;
 
         t->rec.count++;
         if (!t->rec.first_seq) t->rec.first_seq = seq;
@@ -1564,10 +1676,45 @@ static struct tail_topic *tail_topic_get(struct tail *t, const char *name, size_
     return tt;
 }
 
+static const char *tail_msg_ikey(const struct tail_msg *m)
+{
+    return m->bytes + m->event_len + m->data_len;
+}
+
+static size_t ikey_bucket(const struct tail_topic *tt, const char *key, size_t len)
+{
+    return (size_t)((tt->hash * 31) ^ fnv1a(key, len)) & (TAIL_IKEY_BUCKETS - 1);
+}
+
+/* The key index, made if missing (before linking a keyed message). */
+static int tail_ikeys_ready(struct tail *t)
+{
+    if (!t->ikeys) t->ikeys = calloc(TAIL_IKEY_BUCKETS, sizeof *t->ikeys);
+    return t->ikeys ? 0 : ENOMEM;
+}
+
+/* The newest tail message of the topic with this key (writer). */
+static struct tail_msg *tail_ikey_find(const struct tail *t, const char *topic, size_t topic_len,
+                                       const char *key, size_t len)
+{
+    if (!t->ikeys) return NULL;
+    struct tail_topic *tt = tail_find((struct tail *)t, topic, topic_len, fnv1a(topic, topic_len));
+    if (!tt) return NULL;
+    for (struct tail_msg *m = t->ikeys[ikey_bucket(tt, key, len)]; m; m = m->ikey_next)
+        if (m->topic == tt && m->ikey_len == len && !memcmp(tail_msg_ikey(m), key, len)) return m;
+    return NULL;
+}
+
 static void tail_link(struct tail *t, struct tail_msg *m)
 {
     struct tail_topic *tt = m->topic;
     m->next = m->topic_next = NULL;
+    m->ikey_next = NULL;
+    if (m->ikey_len && t->ikeys) {
+        struct tail_msg **b = &t->ikeys[ikey_bucket(tt, tail_msg_ikey(m), m->ikey_len)];
+        m->ikey_next = *b;
+        *b = m;
+    }
     if (t->last)
         t->last->next = m;
     else
@@ -1596,6 +1743,7 @@ static void tail_clear(struct tail *t)
             free(x);
         }
     if (t->buckets) memset(t->buckets, 0, t->nbuckets * sizeof *t->buckets);
+    if (t->ikeys) memset(t->ikeys, 0, TAIL_IKEY_BUCKETS * sizeof *t->ikeys);
     t->ntopics = t->count = 0;
     t->first = t->last = NULL;
 }
@@ -1603,9 +1751,11 @@ static void tail_clear(struct tail *t)
 /* A copy of r for the tail, its topic not yet set (no lock needed). */
 static struct tail_msg *tail_msg_copy(const struct wal_rec *r)
 {
-    struct tail_msg *m = malloc(sizeof *m + r->event_len + r->data_len);
+    struct tail_msg *m = malloc(sizeof *m + r->event_len + r->data_len + r->ikey_len);
     if (!m) return NULL;
     m->topic = NULL;
+    m->ikey_len = r->ikey_len;
+    if (r->ikey_len) memcpy(m->bytes + r->event_len + r->data_len, r->ikey, r->ikey_len);
     m->seq = r->seq;
     m->epoch = r->epoch;
     m->time_ms = r->time_ms;
@@ -1622,7 +1772,7 @@ static struct tail_msg *tail_msg_copy(const struct wal_rec *r)
 static struct tail_msg *tail_msg_new(struct tail *t, const struct wal_rec *r)
 {
     struct tail_topic *tt = tail_topic_get(t, r->topic, r->topic_len);
-    struct tail_msg *m = tt ? tail_msg_copy(r) : NULL;
+    struct tail_msg *m = tt && !(r->ikey_len && tail_ikeys_ready(t)) ? tail_msg_copy(r) : NULL;
     if (m) m->topic = tt;
     return m;
 }
@@ -1634,6 +1784,12 @@ static void tail_drop(struct tail *t, size_t n)
     while (n-- && t->first) {
         struct tail_msg *m = t->first;
         struct tail_topic *tt = m->topic;
+        if (m->ikey_len && t->ikeys) {
+            struct tail_msg **at = &t->ikeys[ikey_bucket(tt, tail_msg_ikey(m), m->ikey_len)];
+            while (*at && *at != m)
+                at = &(*at)->ikey_next;
+            if (*at) *at = m->ikey_next;
+        }
         t->first = m->next;
         t->count--;
         tt->first = m->topic_next;
@@ -1671,6 +1827,8 @@ static int tail_batch(const struct tail *t, struct store_msg **msgs_out, int64_t
         msgs[i].data_len = m->data_len;
         msgs[i].max_count = m->max_count;
         msgs[i].max_age_ms = m->max_age_ms;
+        msgs[i].ikey = m->ikey_len ? tail_msg_ikey(m) : NULL;
+        msgs[i].ikey_len = m->ikey_len;
         msgs[i].seq = m->seq;
         msgs[i].epoch = m->epoch;
         times[i] = m->time_ms;
@@ -1835,6 +1993,65 @@ static int checkpoint_begin(struct store *s, int64_t now_ms, int must)
  * read skips for retention (store_read_multi) to twice this. */
 #define TAIL_MAX 16384
 
+static int same_key(const struct store_msg *a, const struct store_msg *b)
+{
+    return a->topic_len == b->topic_len && a->ikey_len == b->ikey_len &&
+           !memcmp(a->topic, b->topic, a->topic_len) && !memcmp(a->ikey, b->ikey, a->ikey_len);
+}
+
+/* msgs[i] repeats the key of an earlier message of its batch, now given
+ * its ID: take that ID. */
+static void dedup_in_batch(struct store_msg *msgs, size_t i)
+{
+    for (size_t j = 0; j < i; j++)
+        if (!msgs[j].status && msgs[j].seq && same_key(&msgs[j], &msgs[i])) {
+            msgs[i].seq = msgs[j].seq;
+            msgs[i].epoch = msgs[j].epoch;
+            return;
+        }
+}
+
+/* Is msgs[i] (valid, with a key) a retry?  Of a message in the tail (the
+ * newest), earlier in this batch (its ID comes once it is logged:
+ * dedup_in_batch), or in LMDB (*rtxn: a read transaction begun at the
+ * first need).  Sets duplicate, and seq and epoch when known.  Returns 0
+ * or STORE_E*. */
+static int dedup_logged(struct store *s, struct store_msg *msgs, size_t i, int64_t now_ms,
+                        MDB_txn **rtxn)
+{
+    struct store_msg *m = &msgs[i];
+    int64_t since = now_ms - (int64_t)s->dedup_window_ms;
+    m->duplicate = 0;
+    struct tail_msg *tm = tail_ikey_find(&s->tail, m->topic, m->topic_len, m->ikey, m->ikey_len);
+    if (tm && tm->time_ms >= since) {
+        m->duplicate = 1;
+        m->seq = tm->seq;
+        m->epoch = tm->epoch;
+        return 0;
+    }
+    for (size_t j = 0; j < i; j++)
+        if (!msgs[j].status && msgs[j].ikey_len && same_key(&msgs[j], m)) {
+            m->duplicate = 1; /* seq 0 until msgs[j] (or what it repeats) has one */
+            m->seq = msgs[j].duplicate ? msgs[j].seq : 0;
+            m->epoch = msgs[j].duplicate ? msgs[j].epoch : 0;
+            return 0;
+        }
+    if (tm) return 0; /* the tail has a newer one than LMDB, past the window */
+    struct topic_rec rec;
+    int rc = *rtxn ? 0 : txn_begin(s, MDB_RDONLY, rtxn);
+    if (rc) {
+        *rtxn = NULL;
+        return map_rc(rc);
+    }
+    rc = topic_get(s, *rtxn, m->topic, m->topic_len, &rec);
+    if (rc == 0) rc = idem_find(s, *rtxn, rec.number, m->ikey, m->ikey_len, now_ms, &m->seq, &m->epoch);
+    if (rc == 0) {
+        m->duplicate = 1;
+        return 0;
+    }
+    return rc == MDB_NOTFOUND ? 0 : map_rc(rc);
+}
+
 /* Log the batch (one write and, durable, one fdatasync), then make it
  * readable in the tail.  LMDB gets it at a later checkpoint. */
 static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int64_t now_ms)
@@ -1842,7 +2059,8 @@ static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int6
     struct tail *t = &s->tail;
     uint64_t last = atomic_load(&s->last_seq);
     size_t bytes = 0, valid = 0;
-    int code;
+    int code, keyed = 0;
+    MDB_txn *rtxn = NULL;
 
     if (s->wal_failed) return append_direct(s, msgs, n, now_ms);
     ckpt_reap(s);
@@ -1854,11 +2072,19 @@ static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int6
             continue;
         }
         m->status = 0;
+        if (m->ikey_len && (code = dedup_logged(s, msgs, i, now_ms, &rtxn))) {
+            if (rtxn) txn_end(s, rtxn);
+            return code;
+        }
+        if (m->duplicate) continue;
+        if (m->ikey_len) keyed = 1;
         valid++;
         bytes += wal_rec_size(m->topic_len, m->event ? m->event_len : 0, m->data_len,
                               m->ikey ? m->ikey_len : 0);
     }
+    if (rtxn) txn_end(s, rtxn);
     if (!valid) return STORE_OK;
+    if (keyed && tail_ikeys_ready(t)) return STORE_ENOMEM;
     if (s->log_msgs[s->cur] + valid > TAIL_MAX || bytes > wal_room(s->logs[s->cur])) {
         if ((code = checkpoint_begin(s, now_ms, 1))) return code;
         /* Bigger than a whole log: straight into LMDB. */
@@ -1879,6 +2105,10 @@ static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int6
     for (size_t i = 0; i < n; i++) {
         struct store_msg *m = &msgs[i];
         if (m->status) continue;
+        if (m->duplicate) {
+            if (!m->seq) dedup_in_batch(msgs, i); /* of one logged just above */
+            continue;
+        }
         struct wal_rec r = {.seq = ++last,
                             .epoch = s->epoch,
                             .time_ms = now_ms,
@@ -1910,7 +2140,7 @@ static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int6
         struct tail_msg *tm = first;
         pthread_rwlock_wrlock(&t->lock);
         for (size_t i = 0; i < n && code == STORE_OK; i++) {
-            if (msgs[i].status) continue;
+            if (msgs[i].status || msgs[i].duplicate) continue;
             tm->topic = tail_topic_get(t, msgs[i].topic, msgs[i].topic_len);
             if (!tm->topic) code = STORE_ENOMEM;
             tm = tm->next;
@@ -1960,7 +2190,12 @@ int store_append_batch(struct store *s, struct store_msg *msgs, size_t n, int64_
     if (s->read_only) return STORE_EROFS;
     if (n == 0) return STORE_OK;
     if (!msgs) return STORE_EINVAL;
-    return append_logged(s, msgs, n, now_ms); /* a read-write handle has its logs */
+    for (size_t i = 0; i < n; i++)
+        msgs[i].duplicate = 0;
+    int code = append_logged(s, msgs, n, now_ms); /* a read-write handle has its logs */
+    for (size_t i = 0; i < n && code == STORE_OK; i++)
+        if (msgs[i].duplicate && !msgs[i].status) atomic_fetch_add(&s->duplicates, 1);
+    return code;
 }
 
 /* The run of log records at the start of buf: consecutive seqs (what
@@ -2144,7 +2379,11 @@ static int sweep_op(struct store *s, MDB_txn *txn, void *argp)
         rc = lmdb_cursor_get(c, &k, &d, MDB_NEXT);
     }
     mdb_cursor_close(c);
-    return rc == MDB_NOTFOUND ? 0 : rc;
+    if (rc == MDB_NOTFOUND) rc = 0;
+    /* Idempotency keys past the window go too (a lookup ignores them
+     * already: this only bounds their room). */
+    if (rc == 0 && !(a->dry && a->due)) rc = idem_expire(s, txn, a->now_ms, 10000, a->dry, &a->due);
+    return rc;
 }
 
 int store_sweep(struct store *s, int64_t now_ms, size_t budget, uint64_t *deleted)

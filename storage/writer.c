@@ -94,6 +94,8 @@ static size_t run_batch(struct writer *w, struct writer_req *batch, size_t n, in
         m->data_len = r->data_len;
         m->max_count = r->max_count;
         m->max_age_ms = r->max_age_ms;
+        m->ikey = r->ikey;
+        m->ikey_len = r->ikey ? r->ikey_len : 0;
     }
     int64_t start_ns = n == 1 ? now_mono_ns() : 0;
     int rc = store_append_batch(w->store, w->msgs, n, now);
@@ -105,6 +107,7 @@ static size_t run_batch(struct writer *w, struct writer_req *batch, size_t n, in
         r->status = rc ? rc : w->msgs[i].status;
         r->seq = r->status ? 0 : w->msgs[i].seq;
         r->epoch = r->status ? 0 : w->msgs[i].epoch;
+        r->duplicate = r->status ? 0 : w->msgs[i].duplicate;
         r->time_ms = now;
         r->next_ = NULL;
         if (r->status) failed++;

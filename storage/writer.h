@@ -67,12 +67,17 @@ struct writer_req {
     size_t data_len;
     uint64_t max_count;  /* topic retention: newest N (0 = no limit) */
     uint64_t max_age_ms; /* and/or max age (0 = no limit) */
+    const char *ikey;    /* NULL: no idempotency key; else 1..STORE_IKEY_MAX bytes */
+    size_t ikey_len;
     void *user;          /* for the caller; untouched */
     /* out, valid in and after the callback */
     int status;   /* 0, or STORE_E* (STORE_EFULL: answer 503) */
     uint64_t seq; /* with epoch, the message ID (store_id_format) */
     uint64_t epoch;
     int64_t time_ms; /* publish time */
+    int duplicate;   /* 1: a retry (same topic and ikey within the store's
+                        dedup window): seq and epoch are the first
+                        publish's, nothing new was stored */
     /* private */
     struct writer_req *next_;
 };

@@ -1557,7 +1557,9 @@ static void test_format1_store(void)
     CHECK_EQ_INT(mdb_dbi_open(txn, "meta", 0, &meta), 0);
     MDB_val vk = {7, "version"}, vv;
     CHECK_EQ_INT(mdb_get(txn, meta, &vk, &vv), 0);
-    CHECK_EQ_INT(*(uint64_t *)vv.mv_data, 2);
+    uint64_t version = 0;
+    if (vv.mv_size == 8) memcpy(&version, vv.mv_data, 8);
+    CHECK_EQ_INT(version, 2);
     MDB_val mgk = {8, "migrated"};
     CHECK_EQ_INT(mdb_get(txn, meta, &mgk, &vv), MDB_NOTFOUND);
     mdb_txn_abort(txn);
@@ -1581,12 +1583,214 @@ static void test_format1_store(void)
     remove_dir(dir);
 }
 
+/* ---- idempotency keys (issue 25, item 15) ------------------------------ */
+
+static struct store_msg mkk(const char *topic, const char *data, const char *key)
+{
+    struct store_msg m = mk(topic, NULL, data);
+    m.ikey = key;
+    m.ikey_len = key ? strlen(key) : 0;
+    return m;
+}
+
+static struct store *open_window(const char *dir, int relaxed, uint64_t window_ms)
+{
+    struct store_opts o = {.relaxed = relaxed, .dedup_window_ms = window_ms};
+    struct store *s = NULL;
+    char err[256];
+    int rc = store_open(&s, dir, &o, err, sizeof err);
+    if (rc) fprintf(stderr, "store_open(%s): %d %s\n", dir, rc, err);
+    CHECK_EQ_INT(rc, 0);
+    return s;
+}
+
+static int count_topic(struct store *s, const char *topic)
+{
+    struct store_read_info info;
+    CHECK_EQ_INT(read_topic(s, topic, 0, 0, &info), 0);
+    return G.n;
+}
+
+/* The child: publishes with a key and dies without closing (the message
+ * is only in the log); prints its seq. */
+static int idem_child(const char *dir)
+{
+    struct store *s = NULL;
+    if (store_open(&s, dir, NULL, NULL, 0)) return 10;
+    struct store_msg m = mkk("idem", "crash", "key-crash");
+    if (store_append_batch(s, &m, 1, 50000)) return 11;
+    printf("%llu\n", (unsigned long long)m.seq);
+    fflush(stdout);
+    _exit(0);
+}
+
+static uint64_t run_idem_child(const char *dir)
+{
+    char cmd[1200], self[512];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    CHECK(n > 0);
+    self[n > 0 ? n : 0] = 0;
+    snprintf(cmd, sizeof cmd, "%s --idem-child %s", self, dir);
+    FILE *p = popen(cmd, "r");
+    unsigned long long seq = 0;
+    CHECK(p != NULL);
+    if (p) {
+        CHECK_EQ_INT(fscanf(p, "%llu", &seq), 1);
+        CHECK_EQ_INT(pclose(p), 0);
+    }
+    return seq;
+}
+
+static void test_idempotency(int relaxed)
+{
+    char *dir = make_dir();
+    struct store *s = open_window(dir, relaxed, 0);
+
+    /* A retry within the window: the first ID, nothing stored. */
+    struct store_msg a = mkk("idem", "first", "key-1");
+    CHECK_EQ_INT(store_append_batch(s, &a, 1, 1000), 0);
+    CHECK_EQ_INT(a.duplicate, 0);
+    struct store_msg b = mkk("idem", "retry", "key-1");
+    CHECK_EQ_INT(store_append_batch(s, &b, 1, 2000), 0);
+    CHECK_EQ_INT(b.duplicate, 1);
+    CHECK_EQ_INT(b.seq, a.seq);
+    CHECK_EQ_INT(b.epoch, a.epoch);
+    CHECK_EQ_INT(count_topic(s, "idem"), 1);
+    CHECK(strcmp(G.data[0], "first") == 0);
+
+    /* Another topic, the same key: a message of its own.  No key: always. */
+    struct store_msg c[3] = {mkk("idem2", "other", "key-1"), mkk("idem", "nokey", NULL),
+                             mkk("idem", "nokey", NULL)};
+    CHECK_EQ_INT(store_append_batch(s, c, 3, 3000), 0);
+    CHECK(!c[0].duplicate && !c[1].duplicate && !c[2].duplicate);
+    CHECK(c[0].seq != a.seq && c[1].seq != c[2].seq);
+
+    /* Within one batch: the second and third take the first's ID. */
+    struct store_msg d[4] = {mkk("idem", "d0", "key-2"), mkk("idem", "d1", "key-2"),
+                             mkk("idem", "d2", "key-3"), mkk("idem", "d3", "key-2")};
+    CHECK_EQ_INT(store_append_batch(s, d, 4, 4000), 0);
+    CHECK(!d[0].duplicate && d[1].duplicate && !d[2].duplicate && d[3].duplicate);
+    CHECK_EQ_INT(d[1].seq, d[0].seq);
+    CHECK_EQ_INT(d[3].seq, d[0].seq);
+    CHECK_EQ_INT(count_topic(s, "idem"), 5); /* first, nokey x2, d0, d2 */
+
+    /* From LMDB after a checkpoint, and after a restart. */
+    CHECK_EQ_INT(store_checkpoint(s), 0);
+    struct store_msg e = mkk("idem", "retry2", "key-1");
+    CHECK_EQ_INT(store_append_batch(s, &e, 1, 5000), 0);
+    CHECK_EQ_INT(e.duplicate, 1);
+    CHECK_EQ_INT(e.seq, a.seq);
+    store_close(s);
+    s = open_window(dir, relaxed, 0);
+    struct store_msg f[2] = {mkk("idem", "retry3", "key-1"), mkk("idem", "retry3", "key-3")};
+    CHECK_EQ_INT(store_append_batch(s, f, 2, 6000), 0);
+    CHECK(f[0].duplicate && f[1].duplicate);
+    CHECK_EQ_INT(f[0].seq, a.seq);
+    CHECK_EQ_INT(f[1].seq, d[2].seq);
+    CHECK_EQ_INT(count_topic(s, "idem"), 5);
+    struct store_stats st;
+    CHECK_EQ_INT(store_stats(s, &st), 0);
+    CHECK_EQ_INT(st.duplicates, 2);
+
+    /* Past the window (10 minutes by default): a new message, which
+     * takes the key for the next window. */
+    int64_t later = 1000 + STORE_DEDUP_WINDOW_MS + 1;
+    struct store_msg g = mkk("idem", "late", "key-1");
+    CHECK_EQ_INT(store_append_batch(s, &g, 1, later), 0);
+    CHECK_EQ_INT(g.duplicate, 0);
+    CHECK(g.seq > a.seq);
+    struct store_msg h = mkk("idem", "late-retry", "key-1");
+    CHECK_EQ_INT(store_append_batch(s, &h, 1, later + 10), 0);
+    CHECK_EQ_INT(h.duplicate, 1);
+    CHECK_EQ_INT(h.seq, g.seq);
+    /* The sweep drops the keys past the window; the store verifies clean. */
+    CHECK_EQ_INT(store_checkpoint(s), 0);
+    CHECK_EQ_INT(store_sweep(s, later + STORE_DEDUP_WINDOW_MS, 0, NULL), 0);
+    struct store_msg i2 = mkk("idem", "after-sweep", "key-2");
+    CHECK_EQ_INT(store_append_batch(s, &i2, 1, later + STORE_DEDUP_WINDOW_MS), 0);
+    CHECK_EQ_INT(i2.duplicate, 0);
+    struct verify_seen vs = {0};
+    struct store_verify_report r;
+    CHECK_EQ_INT(store_verify(s, on_problem, &vs, &r), 0);
+    if (r.problems) fprintf(stderr, "verify: %s\n", vs.first);
+    CHECK_EQ_INT(r.problems, 0);
+    store_close(s);
+
+    /* A batch bigger than a log goes straight to LMDB: deduplicated there. */
+    s = open_window(dir, relaxed, 0);
+    size_t big_len = WAL_DEFAULT_SIZE + 4096;
+    char *big = malloc(big_len + 1);
+    CHECK(big != NULL);
+    if (big) {
+        memset(big, 'b', big_len);
+        big[big_len] = 0;
+        struct store_msg j = mkk("idem-big", big, "key-big");
+        CHECK_EQ_INT(store_append_batch(s, &j, 1, 7000), 0);
+        struct store_msg k = mkk("idem-big", big, "key-big");
+        CHECK_EQ_INT(store_append_batch(s, &k, 1, 7001), 0);
+        CHECK_EQ_INT(k.duplicate, 1);
+        CHECK_EQ_INT(k.seq, j.seq);
+        free(big);
+    }
+    /* A bad key length is refused for that message alone. */
+    char longkey[STORE_IKEY_MAX + 2];
+    memset(longkey, 'k', sizeof longkey - 1);
+    longkey[sizeof longkey - 1] = 0;
+    struct store_msg bad = mkk("idem", "x", longkey);
+    CHECK_EQ_INT(store_append_batch(s, &bad, 1, 8000), 0);
+    CHECK_EQ_INT(bad.status, STORE_EINVAL);
+    store_close(s);
+    remove_dir(dir);
+
+    /* A crash before any checkpoint: the key comes back with the log. */
+    if (!relaxed) {
+        dir = make_dir();
+        uint64_t seq = run_idem_child(dir);
+        CHECK(seq > 0);
+        s = open_window(dir, 0, 0);
+        struct store_msg m = mkk("idem", "after-crash", "key-crash");
+        CHECK_EQ_INT(store_append_batch(s, &m, 1, 51000), 0);
+        CHECK_EQ_INT(m.duplicate, 1);
+        CHECK_EQ_INT(m.seq, seq);
+        CHECK_EQ_INT(count_topic(s, "idem"), 1);
+        store_close(s);
+        remove_dir(dir);
+    }
+}
+
+/* A shorter window (store_opts.dedup_window_ms), through the tail and LMDB. */
+static void test_idempotency_window(void)
+{
+    char *dir = make_dir();
+    struct store *s = open_window(dir, 0, 1000);
+    struct store_msg a = mkk("w", "a", "k");
+    CHECK_EQ_INT(store_append_batch(s, &a, 1, 10000), 0);
+    struct store_msg b = mkk("w", "b", "k");
+    CHECK_EQ_INT(store_append_batch(s, &b, 1, 11000), 0); /* the window's last ms */
+    CHECK_EQ_INT(b.duplicate, 1);
+    struct store_msg c = mkk("w", "c", "k");
+    CHECK_EQ_INT(store_append_batch(s, &c, 1, 11001), 0);
+    CHECK_EQ_INT(c.duplicate, 0);
+    CHECK_EQ_INT(store_checkpoint(s), 0);
+    struct store_msg d = mkk("w", "d", "k");
+    CHECK_EQ_INT(store_append_batch(s, &d, 1, 12001), 0);
+    CHECK_EQ_INT(d.duplicate, 1);
+    CHECK_EQ_INT(d.seq, c.seq);
+    struct store_msg e = mkk("w", "e", "k");
+    CHECK_EQ_INT(store_append_batch(s, &e, 1, 12002), 0);
+    CHECK_EQ_INT(e.duplicate, 0);
+    CHECK_EQ_INT(count_topic(s, "w"), 3);
+    store_close(s);
+    remove_dir(dir);
+}
+
 int main(int argc, char **argv)
 {
     real_txn_begin = (txn_begin_fn *)dlsym(RTLD_NEXT, "mdb_txn_begin");
     if (!real_txn_begin) return 2;
     if (argc == 4 && !strcmp(argv[1], "--ro-child")) return ro_child(argv[2], atol(argv[3]));
     if (argc == 4 && !strcmp(argv[1], "--crash-child")) return crash_child(argv[2], atol(argv[3]));
+    if (argc == 3 && !strcmp(argv[1], "--idem-child")) return idem_child(argv[2]);
     if (argc == 7 && !strcmp(argv[1], "--two-logs-child"))
         return two_logs_child(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atoi(argv[6]));
     test_append_read_order();
@@ -1610,5 +1814,8 @@ int main(int argc, char **argv)
     test_truncated_file();
     test_zeroed_page();
     test_format1_store();
+    test_idempotency(0);
+    test_idempotency(1);
+    test_idempotency_window();
     return CHECK_DONE();
 }
