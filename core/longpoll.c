@@ -110,8 +110,13 @@ static void lp_answer(sub_session *s)
     session_end(s);
 }
 
-int lp_session_start(sub_session *s, const sub_request *r, const http_request *req,
-                     const char **why)
+static bool lp_serves(const http_request *req)
+{
+    return true; /* the fallback: what is neither WebSocket nor SSE */
+}
+
+static int lp_start(sub_session *s, const sub_request *r, const http_request *req,
+                    const char **why)
 {
     static const char *const names[] = {"timeout", "limit", "last_event_id", "since"};
     query_span sp[4];
@@ -147,8 +152,7 @@ int lp_session_start(sub_session *s, const sub_request *r, const http_request *r
     s->t.lp->since_len = rp.id_len;
     conn_attach(s->c, &lp_ops, s);
     __atomic_add_fetch(&sub_counts.longpoll, 1, __ATOMIC_RELAXED);
-    bool gap;
-    if (session_subscribe_and_replay(s, r, &rp, limit, &gap) < 0) {
+    if (session_subscribe_and_replay(s, r, &rp, limit) < 0) {
         lp_answer(s);
         return 0;
     }
@@ -161,7 +165,7 @@ int lp_session_start(sub_session *s, const sub_request *r, const http_request *r
     return 0;
 }
 
-void lp_session_add_msg(sub_session *s, hub_msg *m)
+static void lp_add_msg(sub_session *s, hub_msg *m)
 {
     lp_state *lp = s->t.lp;
     if (lp->count >= lp->limit) return;
@@ -198,3 +202,47 @@ static void lp_on_close(conn *c, void *state)
     __atomic_sub_fetch(&sub_counts.longpoll, 1, __ATOMIC_RELAXED);
     session_end(state);
 }
+
+/* A poll's cursor moves past what filters drop, too. */
+static void lp_seen(sub_session *s, const hub_msg *m)
+{
+    memcpy(s->t.lp->cursor, m->id, m->id_len);
+    s->t.lp->cursor_len = m->id_len;
+}
+
+static void lp_gap(sub_session *s, const char *topic, size_t len)
+{
+    s->t.lp->gap = true; /* the answer says "gap":true */
+}
+
+static unsigned lp_held(const sub_session *s)
+{
+    return s->t.lp->count;
+}
+
+static void lp_close(sub_session *s, unsigned code, const char *reason)
+{
+    conn_close_after_write(s->c);
+}
+
+static void lp_reap(sub_session *s)
+{
+    if (!s->t.lp) return;
+    for (unsigned i = 0; i < s->t.lp->count; i++)
+        hub_msg_unref(s->t.lp->msgs[i]);
+    free(s->t.lp->msgs);
+    free(s->t.lp);
+}
+
+const sub_transport_ops lp_transport = {
+    .name = "longpoll",
+    .oneshot = true,
+    .serves = lp_serves,
+    .start = lp_start,
+    .seen = lp_seen,
+    .send_msg = lp_add_msg,
+    .send_gap = lp_gap,
+    .held = lp_held,
+    .close = lp_close,
+    .reap = lp_reap,
+};

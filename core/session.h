@@ -6,7 +6,36 @@
 #include "core/subscriber.h"
 #include "core/ws.h"
 
-enum sub_kind { SUB_WS, SUB_SSE, SUB_LONGPOLL };
+/* A transport, as the session layer sees it: wsconn.c, sseconn.c and
+ * longpoll.c each define one, and subscriber.c reaches them only through
+ * this table (it picks the first whose `serves` accepts the request). */
+typedef struct sub_transport_ops {
+    const char *name; /* "websocket", "sse", "longpoll": logs, req.transport */
+    /* Ends at its first delivery and replays one page (a poll), instead of
+     * streaming the backlog page by page then live. */
+    bool oneshot;
+    bool (*serves)(const http_request *req);
+    /* Answers the handshake and subscribes (session_subscribe_and_replay);
+     * returns 0, or an HTTP status and *why when it cannot start. */
+    int (*start)(sub_session *s, const sub_request *r, const http_request *req,
+                 const char **why);
+    /* Every message the subscriber examines, before the filters (a poll's
+     * cursor moves past what they drop); may be NULL. */
+    void (*seen)(sub_session *s, const hub_msg *m);
+    void (*send_msg)(sub_session *s, hub_msg *m);
+    /* The gap signal: messages before the first replayed one were missed. */
+    void (*send_gap)(sub_session *s, const char *topic, size_t len);
+    /* Messages held for the answer (a poll's page), 0 for streams. */
+    unsigned (*held)(const sub_session *s);
+    /* sub_send (NULL: the transport carries no app messages). */
+    int (*send_data)(sub_session *s, const char *data, size_t len, bool binary);
+    /* sub_close: a WebSocket close, or the end of the response. */
+    void (*close)(sub_session *s, unsigned code, const char *reason);
+    /* Frees the transport's part of the session (at the reap). */
+    void (*reap)(sub_session *s);
+} sub_transport_ops;
+
+extern const sub_transport_ops ws_transport, sse_transport, lp_transport;
 
 /* A list of names copied into one allocation (pointers, lengths, bytes). */
 typedef struct sub_names {
@@ -53,9 +82,10 @@ struct sub_session {
     void *hooks_ud;
     sub_names *replay; /* while catching up: the topics to read */
     sub_names *events; /* the events option: deliver only these names */
+    const sub_transport_ops *tp;
     server_deferred reap; /* how session_end hands it to the server */
     int nsubs;
-    uint8_t kind;
+    uint16_t holds;  /* session_hold: work that comes back to it later */
     uint8_t state;   /* session_state */
     bool json;       /* WebSocket JSON envelopes */
     bool short_poll; /* long-poll with timeout=0 */
@@ -102,13 +132,13 @@ void session_resume_point(const sub_session *s, const sub_request *r, const http
 
 /* Subscribes to every topic and replays after the resume point in global
  * seq order, sending the transport's gap signal first when messages were
- * missed.  A long-poll gets one page of `replay_limit` messages; a stream
- * gets pages of REPLAY_PAGE_BYTES, the next one each time its output has
- * drained (session_replay_more), and live messages flow once it has caught
- * up.  Returns 0, -1 (no memory), or SESSION_GONE: the client was cut off
- * during the replay and `s` no longer exists. */
+ * missed.  A oneshot transport (a poll) gets one page of `replay_limit`
+ * messages; a stream gets pages of REPLAY_PAGE_BYTES, the next one each
+ * time its output has drained (session_replay_more), and live messages
+ * flow once it has caught up.  Returns 0, -1 (no memory), or SESSION_GONE:
+ * the client was cut off during the replay (s has ended). */
 int session_subscribe_and_replay(sub_session *s, const sub_request *r, const resume_point *rp,
-                                 unsigned replay_limit, bool *gap);
+                                 unsigned replay_limit);
 
 /* A stream's output drained: replay the next page if catching up.  Returns
  * 0, -1, or SESSION_GONE as above. */
@@ -126,18 +156,14 @@ static inline bool session_ended(const sub_session *s)
  * second call does nothing. */
 void session_end(sub_session *s);
 
-/* Per-transport starts and sends (each in its own file). */
-int ws_session_start(sub_session *s, const sub_request *r, const http_request *req,
-                     const char **why);
-int sse_session_start(sub_session *s, const sub_request *r, const http_request *req);
-int lp_session_start(sub_session *s, const sub_request *r, const http_request *req,
-                     const char **why);
-void ws_session_send_msg(sub_session *s, hub_msg *m);
-void sse_session_send_msg(sub_session *s, hub_msg *m);
-void lp_session_add_msg(sub_session *s, hub_msg *m);
-void ws_session_close(sub_session *s, unsigned code, const char *reason);
-void ws_session_send_gap(sub_session *s, const char *topic, size_t len);
-void sse_session_send_gap(sub_session *s, const char *topic, size_t len);
+/* Pins the session (and its connection) for work that comes back to it
+ * in a later loop pass (a WebSocket client's publishes waiting for their
+ * commit): an ended session is handed to the reap at the last release. */
+void session_hold(sub_session *s);
+void session_release(sub_session *s);
+
+/* Whether a header holds `token`, case-insensitively (transport choice). */
+bool header_contains(const http_request *req, const char *name, const char *token);
 
 /* The first value of each of names[0..n), in one pass over the query: a
  * poll reads several parameters, and the query was scanned once per name.

@@ -26,7 +26,13 @@ static const conn_stream_ops sse_ops = {
     .on_close = sse_on_close,
 };
 
-int sse_session_start(sub_session *s, const sub_request *r, const http_request *req)
+static bool sse_serves(const http_request *req)
+{
+    return header_contains(req, "accept", "text/event-stream");
+}
+
+static int sse_start(sub_session *s, const sub_request *r, const http_request *req,
+                     const char **why)
 {
     resume_point rp;
     session_resume_point(s, r, req, NULL, &rp);
@@ -37,13 +43,15 @@ int sse_session_start(sub_session *s, const sub_request *r, const http_request *
                      "Date: %s\r\n\r\nretry: %u\n\n",
                      server_date(s->c->srv), sub_defaults.sse_retry_ms);
     buf_t *hb = buf_from(head, (size_t)n);
-    if (!hb) return 503;
+    if (!hb) {
+        *why = "out of memory";
+        return 503;
+    }
     conn_log_access(s->c, 200);
     conn_start_stream(s->c, &sse_ops, s, hb);
     buf_unref(hb);
     __atomic_add_fetch(&sub_counts.sse, 1, __ATOMIC_RELAXED);
-    bool gap;
-    int rc = session_subscribe_and_replay(s, r, &rp, 0, &gap);
+    int rc = session_subscribe_and_replay(s, r, &rp, 0);
     if (rc == SESSION_GONE) return 0; /* cut off while replaying */
     if (rc < 0) {
         conn_close_after_write(s->c);
@@ -53,7 +61,7 @@ int sse_session_start(sub_session *s, const sub_request *r, const http_request *
     return 0;
 }
 
-void sse_session_send_msg(sub_session *s, hub_msg *m)
+static void sse_send_msg(sub_session *s, hub_msg *m)
 {
     buf_t *b;
     if (hub_msg_sse(m, &b) < 0 || conn_send(s->c, b, 0, b->len) < 0) {
@@ -63,7 +71,7 @@ void sse_session_send_msg(sub_session *s, hub_msg *m)
     }
 }
 
-void sse_session_send_gap(sub_session *s, const char *topic, size_t len)
+static void sse_send_gap(sub_session *s, const char *topic, size_t len)
 {
     char ev[HUB_TOPIC_MAX + 64];
     int n = snprintf(ev, sizeof(ev), "event: sluice.gap\ndata: {\"topic\":\"%.*s\"}\n\n", (int)len,
@@ -83,3 +91,20 @@ static void sse_on_close(conn *c, void *state)
     __atomic_sub_fetch(&sub_counts.sse, 1, __ATOMIC_RELAXED);
     session_end(state);
 }
+
+static void sse_close(sub_session *s, unsigned code, const char *reason)
+{
+    conn_close_after_write(s->c); /* an SSE stream ends by closing */
+}
+
+static void sse_reap(sub_session *s) {}
+
+const sub_transport_ops sse_transport = {
+    .name = "sse",
+    .serves = sse_serves,
+    .start = sse_start,
+    .send_msg = sse_send_msg,
+    .send_gap = sse_send_gap,
+    .close = sse_close,
+    .reap = sse_reap,
+};

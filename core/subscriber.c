@@ -38,14 +38,7 @@ conn *sub_conn(sub_session *s)
 
 const char *sub_transport(const sub_session *s)
 {
-    switch (s->kind) {
-    case SUB_WS:
-        return "websocket";
-    case SUB_SSE:
-        return "sse";
-    default:
-        return s->short_poll ? "poll" : "longpoll";
-    }
+    return s->short_poll ? "poll" : s->tp->name;
 }
 
 const char *sub_first_topic(const sub_session *s, size_t *len, bool *wildcard)
@@ -120,8 +113,7 @@ int poll_timeout_param(const http_request *req, double *seconds)
     return poll_timeout_parse(&sp, seconds);
 }
 
-/* Whether header `name` holds `token`, case-insensitively. */
-static bool header_contains(const http_request *req, const char *name, const char *token)
+bool header_contains(const http_request *req, const char *name, const char *token)
 {
     size_t len;
     const char *v = http_header_get(req, name, &len);
@@ -132,15 +124,20 @@ static bool header_contains(const http_request *req, const char *name, const cha
     return false;
 }
 
-static bool wants_sse(const http_request *req)
+/* In order of preference: the first that serves a request gets it (the
+ * long-poll serves any). */
+static const sub_transport_ops *const transports[] = {&ws_transport, &sse_transport, &lp_transport};
+
+static const sub_transport_ops *transport_for(const http_request *req)
 {
-    return header_contains(req, "accept", "text/event-stream");
+    for (size_t i = 0;; i++)
+        if (transports[i]->serves(req)) return transports[i];
 }
 
 const char *sub_transport_of(const http_request *req)
 {
-    if (req->upgrade && header_contains(req, "upgrade", "websocket")) return "websocket";
-    if (wants_sse(req)) return "sse";
+    const sub_transport_ops *tp = transport_for(req);
+    if (!tp->oneshot) return tp->name;
     if (strcmp(req->method, "GET") != 0) return "http";
     double t;
     return poll_timeout_param(req, &t) > 0 && t == 0 ? "poll" : "longpoll";
@@ -174,20 +171,8 @@ int sub_start(conn *c, hub *h, const sub_request *r, const char **why)
         *why = "out of memory";
         return 503;
     }
-    int status;
-    /* The transport sub_transport_of() named: an Upgrade to anything
-     * but websocket (h2c) is ignored, as RFC 9110 lets a server do. */
-    if (req->upgrade && header_contains(req, "upgrade", "websocket")) {
-        s->kind = SUB_WS;
-        status = ws_session_start(s, r, req, why);
-    } else if (wants_sse(req)) {
-        s->kind = SUB_SSE;
-        status = sse_session_start(s, r, req);
-        if (status) *why = "cannot subscribe";
-    } else {
-        s->kind = SUB_LONGPOLL;
-        status = lp_session_start(s, r, req, why);
-    }
+    s->tp = transport_for(req);
+    int status = s->tp->start(s, r, req, why);
     if (status) {
         /* Not started: the caller keeps hooks_ud and answers the error. */
         s->hooks = NULL;
@@ -203,12 +188,7 @@ static void replay_gap(void *owner, const char *topic, size_t len)
 {
     sub_session *s = owner;
     if (session_ended(s) || conn_closed(s->c)) return;
-    if (s->kind == SUB_SSE)
-        sse_session_send_gap(s, topic, len);
-    else if (s->kind == SUB_WS)
-        ws_session_send_gap(s, topic, len);
-    else
-        s->t.lp->gap = true;
+    s->tp->send_gap(s, topic, len);
 }
 
 static void free_replay(sub_session *s)
@@ -291,9 +271,8 @@ void session_resume_point(const sub_session *s, const sub_request *r, const http
 }
 
 int session_subscribe_and_replay(sub_session *s, const sub_request *r, const resume_point *rp,
-                                 unsigned replay_limit, bool *gap)
+                                 unsigned replay_limit)
 {
-    *gap = false;
     /* Where live delivery starts: nothing before now is live.  A client
      * that resumes compares its cursor with the newest message this worker
      * has delivered: anything newer reaches it live, and a re-poll or
@@ -316,7 +295,7 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
         if (dup) continue;
         s->subs[s->nsubs] =
             hub_subscribe(s->hub, r->topics[i], r->topic_lens[i], s, session_deliver,
-                          s->kind == SUB_LONGPOLL);
+                          s->tp->oneshot);
         if (!s->subs[s->nsubs]) return -1;
         s->nsubs++;
     }
@@ -328,7 +307,7 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
         return 0;
     }
 
-    if (s->kind == SUB_LONGPOLL) {
+    if (s->tp->oneshot) {
         /* Pages until a message passes the filters (or none is left): the
          * client asks again from the last ID examined, so messages a
          * filter drops never stall it. */
@@ -338,12 +317,11 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
         long n = 0;
         for (int page = 0; page < 100; page++) {
             n = hub_replay(s->hub, r->topics, r->topic_lens, r->ntopics, s->last_seq, known,
-                           replay_limit - s->t.lp->count, 0, replay_one, replay_gap,
-                           s, &more);
+                           replay_limit - s->tp->held(s), 0, replay_one, replay_gap, s,
+                           &more);
             known = true;
-            if (n < 0 || !more || s->t.lp->count > 0) break;
+            if (n < 0 || !more || s->tp->held(s) > 0 || session_ended(s)) break;
         }
-        *gap = s->t.lp->gap;
         if (!more && s->last_seq < live_from) s->last_seq = live_from;
         return n < 0 ? -1 : 0;
     }
@@ -397,11 +375,7 @@ void session_deliver(void *owner, hub_msg *m)
     if (session_ended(s) || m->seq <= s->last_seq) return;
     /* Catching up, live messages come from the backlog pages instead. */
     if (s->state == SESSION_CATCHING_UP && !s->in_replay) return;
-    if (s->kind == SUB_LONGPOLL) {
-        /* A poll's cursor moves past what filters drop, too. */
-        memcpy(s->t.lp->cursor, m->id, m->id_len);
-        s->t.lp->cursor_len = m->id_len;
-    }
+    if (s->tp->seen) s->tp->seen(s, m);
     s->last_seq = m->seq;
     if (!wanted(s, m)) return;
     hub_msg *out = m;
@@ -409,17 +383,7 @@ void session_deliver(void *owner, hub_msg *m)
         out = s->hooks->filter(s->hooks_ud, s, m);
         if (!out) return;
     }
-    switch (s->kind) {
-    case SUB_WS:
-        ws_session_send_msg(s, out);
-        break;
-    case SUB_SSE:
-        sse_session_send_msg(s, out);
-        break;
-    default:
-        lp_session_add_msg(s, out);
-        break;
-    }
+    s->tp->send_msg(s, out);
     if (out != m) hub_msg_unref(out);
     hub_count_delivery(h);
 }
@@ -430,15 +394,7 @@ static void session_reap(server_deferred *d)
     sub_session *s = (sub_session *)((char *)d - offsetof(sub_session, reap));
     free(s->events);
     free_replay(s);
-    if (s->kind == SUB_WS) {
-        free(s->t.ws.dec);
-        free(s->t.ws.msg);
-    } else if (s->kind == SUB_LONGPOLL && s->t.lp) {
-        for (unsigned i = 0; i < s->t.lp->count; i++)
-            hub_msg_unref(s->t.lp->msgs[i]);
-        free(s->t.lp->msgs);
-        free(s->t.lp);
-    }
+    if (s->tp) s->tp->reap(s);
     free(s);
 }
 
@@ -456,75 +412,31 @@ void session_end(sub_session *s)
     s->hooks = NULL;
     /* With publishes in flight, the last answer (sub_publish_done) hands
      * it over instead. */
-    if (s->kind != SUB_WS || s->t.ws.publishing == 0)
-        server_defer(s->c->srv, &s->reap, session_reap);
+    if (s->holds == 0) server_defer(s->c->srv, &s->reap, session_reap);
 }
 
-hub_publish_fn sub_publish_pacer(const sub_session *s)
+void session_hold(sub_session *s)
 {
-    return s && s->kind == SUB_WS && !session_ended(s) ? sub_publish_done : NULL;
+    s->holds++;
+    conn_hold(s->c);
 }
 
-void sub_publish_queued(sub_session *s)
+void session_release(sub_session *s)
 {
-    SLUICE_ASSERT(s->kind == SUB_WS && !session_ended(s));
-    /* One hold for all of them: the session's end hands its memory over
-     * through s->c->srv, which must outlive the last answer. */
-    if (s->t.ws.publishing++ == 0) conn_hold(s->c);
-    if (s->t.ws.publishing >= SUB_MAX_PUBLISHING) conn_pause_input(s->c, true);
-}
-
-static log_limit refused_log = LOG_LIMIT_INIT;
-
-void sub_publish_refused(sub_session *s, const char *reason)
-{
-    __atomic_add_fetch(&sub_counts.publish_refused, 1, __ATOMIC_RELAXED);
-    char remote[64];
-    LOG_KV_LIMITED(&refused_log, 1.0, LOG_WARN, "websocket client cut off: its publish was refused",
-                   LOG_S("reason", reason),
-                   LOG_S("remote", conn_remote_addr(s->c, remote, sizeof(remote))));
-    char why[64];
-    snprintf(why, sizeof(why), "publish refused: %s", reason);
-    sub_close(s, WS_CLOSE_TRY_AGAIN_LATER, why);
-}
-
-void sub_publish_done(void *ud, hub_msg *m, int status)
-{
-    sub_session *s = ud;
+    SLUICE_ASSERT(s->holds > 0);
     conn *c = s->c;
-    SLUICE_ASSERT(s->kind == SUB_WS && s->t.ws.publishing > 0);
-    s->t.ws.publishing--;
-    if (!session_ended(s)) {
-        if (status != 0)
-            sub_publish_refused(s, hub_strerror(status));
-        else if (s->t.ws.publishing < SUB_MAX_PUBLISHING / 2)
-            conn_pause_input(c, false);
-    }
-    if (s->t.ws.publishing > 0) return;
-    if (session_ended(s)) server_defer(c->srv, &s->reap, session_reap);
-    conn_release(c);
+    if (--s->holds == 0 && session_ended(s)) server_defer(c->srv, &s->reap, session_reap);
+    conn_release(c); /* last: the reap above needs c->srv */
 }
 
 int sub_send(sub_session *s, const char *data, size_t len, bool binary)
 {
-    if (s->kind != SUB_WS || session_ended(s) || conn_closed(s->c)) return -1;
-    uint8_t hdr[WS_MAX_HEADER];
-    size_t h = ws_frame_header(hdr, binary ? WS_OP_BINARY : WS_OP_TEXT, true, len);
-    buf_t *b = buf_new(h + len);
-    if (!b) return -1;
-    memcpy(b->data, hdr, h);
-    if (len) memcpy(b->data + h, data, len);
-    int rc = conn_send(s->c, b, 0, b->len);
-    buf_unref(b);
-    if (rc < 0) ws_session_close(s, WS_CLOSE_TRY_AGAIN_LATER, "slow consumer");
-    return rc;
+    if (!s->tp->send_data || session_ended(s) || conn_closed(s->c)) return -1;
+    return s->tp->send_data(s, data, len, binary);
 }
 
 void sub_close(sub_session *s, unsigned code, const char *reason)
 {
     if (session_ended(s) || conn_closed(s->c)) return;
-    if (s->kind == SUB_WS)
-        ws_session_close(s, code, reason);
-    else
-        conn_close_after_write(s->c);
+    s->tp->close(s, code, reason);
 }

@@ -4,6 +4,7 @@
  * off a subscriber whose queue stays over the output limit (1013). */
 #include "core/session.h"
 
+#include "core/defs.h"
 #include "core/log.h"
 
 #include <stdio.h>
@@ -36,8 +37,17 @@ static bool header_has(const http_request *req, const char *name, const char *to
     return false;
 }
 
-int ws_session_start(sub_session *s, const sub_request *r, const http_request *req,
-                     const char **why)
+static void ws_session_close(sub_session *s, unsigned code, const char *reason);
+
+/* An Upgrade to anything but websocket (h2c) is ignored, as RFC 9110 lets
+ * a server do: the request goes on as plain HTTP. */
+static bool ws_serves(const http_request *req)
+{
+    return req->upgrade && header_contains(req, "upgrade", "websocket");
+}
+
+static int ws_start(sub_session *s, const sub_request *r, const http_request *req,
+                    const char **why)
 {
     size_t klen, vlen;
     const char *key = http_header_get(req, "sec-websocket-key", &klen);
@@ -107,8 +117,7 @@ int ws_session_start(sub_session *s, const sub_request *r, const http_request *r
     conn_start_stream(s->c, &ws_ops, s, hb);
     buf_unref(hb);
     __atomic_add_fetch(&sub_counts.websocket, 1, __ATOMIC_RELAXED);
-    bool gap;
-    int rc = session_subscribe_and_replay(s, r, &rp, 0, &gap);
+    int rc = session_subscribe_and_replay(s, r, &rp, 0);
     if (rc == SESSION_GONE) return 0; /* cut off while replaying */
     if (rc < 0) {
         ws_session_close(s, WS_CLOSE_INTERNAL_ERROR, "storage error");
@@ -120,7 +129,7 @@ int ws_session_start(sub_session *s, const sub_request *r, const http_request *r
 
 /* Queues a close frame (past the output limit: it is the last thing sent)
  * and closes once it is written. */
-void ws_session_close(sub_session *s, unsigned code, const char *reason)
+static void ws_session_close(sub_session *s, unsigned code, const char *reason)
 {
     if (session_ended(s) || conn_closed(s->c)) return;
     uint8_t frame[WS_MAX_CONTROL_FRAME];
@@ -136,7 +145,7 @@ static void ws_send_control(sub_session *s, int opcode, const void *payload, siz
         ws_session_close(s, WS_CLOSE_TRY_AGAIN_LATER, "slow consumer");
 }
 
-void ws_session_send_msg(sub_session *s, hub_msg *m)
+static void ws_send_msg(sub_session *s, hub_msg *m)
 {
     buf_t *b;
     size_t off, len;
@@ -147,7 +156,7 @@ void ws_session_send_msg(sub_session *s, hub_msg *m)
     }
 }
 
-void ws_session_send_gap(sub_session *s, const char *topic, size_t len)
+static void ws_send_gap(sub_session *s, const char *topic, size_t len)
 {
     if (!s->json) return; /* raw frames carry only data: see docs/protocol.md */
     char frame[WS_MAX_HEADER + HUB_TOPIC_MAX + 64];
@@ -287,4 +296,79 @@ static void ws_on_close(conn *c, void *state)
 {
     __atomic_sub_fetch(&sub_counts.websocket, 1, __ATOMIC_RELAXED);
     session_end(state);
+}
+
+static int ws_send_data(sub_session *s, const char *data, size_t len, bool binary)
+{
+    uint8_t hdr[WS_MAX_HEADER];
+    size_t h = ws_frame_header(hdr, binary ? WS_OP_BINARY : WS_OP_TEXT, true, len);
+    buf_t *b = buf_new(h + len);
+    if (!b) return -1;
+    memcpy(b->data, hdr, h);
+    if (len) memcpy(b->data + h, data, len);
+    int rc = conn_send(s->c, b, 0, b->len);
+    buf_unref(b);
+    if (rc < 0) ws_session_close(s, WS_CLOSE_TRY_AGAIN_LATER, "slow consumer");
+    return rc;
+}
+
+static void ws_reap(sub_session *s)
+{
+    free(s->t.ws.dec);
+    free(s->t.ws.msg);
+}
+
+const sub_transport_ops ws_transport = {
+    .name = "websocket",
+    .serves = ws_serves,
+    .start = ws_start,
+    .send_msg = ws_send_msg,
+    .send_gap = ws_send_gap,
+    .send_data = ws_send_data,
+    .close = ws_session_close,
+    .reap = ws_reap,
+};
+
+/* ---- backpressure on the client's publishes (subscriber.h) ---------------- */
+
+hub_publish_fn sub_publish_pacer(const sub_session *s)
+{
+    return s && s->tp == &ws_transport && !session_ended(s) ? sub_publish_done : NULL;
+}
+
+void sub_publish_queued(sub_session *s)
+{
+    SLUICE_ASSERT(s->tp == &ws_transport && !session_ended(s));
+    /* One hold for all of them: an ended session stays readable until
+     * the last answer. */
+    if (s->t.ws.publishing++ == 0) session_hold(s);
+    if (s->t.ws.publishing >= SUB_MAX_PUBLISHING) conn_pause_input(s->c, true);
+}
+
+static log_limit refused_log = LOG_LIMIT_INIT;
+
+void sub_publish_refused(sub_session *s, const char *reason)
+{
+    __atomic_add_fetch(&sub_counts.publish_refused, 1, __ATOMIC_RELAXED);
+    char remote[64];
+    LOG_KV_LIMITED(&refused_log, 1.0, LOG_WARN, "websocket client cut off: its publish was refused",
+                   LOG_S("reason", reason),
+                   LOG_S("remote", conn_remote_addr(s->c, remote, sizeof(remote))));
+    char why[64];
+    snprintf(why, sizeof(why), "publish refused: %s", reason);
+    sub_close(s, WS_CLOSE_TRY_AGAIN_LATER, why);
+}
+
+void sub_publish_done(void *ud, hub_msg *m, int status)
+{
+    sub_session *s = ud;
+    SLUICE_ASSERT(s->tp == &ws_transport && s->t.ws.publishing > 0);
+    s->t.ws.publishing--;
+    if (!session_ended(s)) {
+        if (status != 0)
+            sub_publish_refused(s, hub_strerror(status));
+        else if (s->t.ws.publishing < SUB_MAX_PUBLISHING / 2)
+            conn_pause_input(s->c, false);
+    }
+    if (s->t.ws.publishing == 0) session_release(s);
 }
