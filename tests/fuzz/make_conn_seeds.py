@@ -47,6 +47,11 @@ def close(ci):
     return bytes([4 | ci << 3])
 
 
+def no_pass(op):
+    """The op without the loop pass that follows it."""
+    return bytes([op[0] | 0x40]) + op[1:]
+
+
 def timer(ci):
     return bytes([5 | ci << 3])
 
@@ -193,7 +198,13 @@ seed("shortpoll", DEFAULT, send(0, get("/topics/l?timeout=0") + get("/topics/l?t
 seed("longpoll_pipelined_behind", DEFAULT, send(0, get("/topics/l?timeout=5")), run(), send(0, get("/healthz")),
      run(2), send(1, post("/topics/l", b"wake")), run(3))
 seed("longpoll_peer_gone", DEFAULT, send(0, get("/topics/l?timeout=5")), run(), close(0), run(2))
-seed("publish_held_then_close", DEFAULT, send(0, post("/topics/h", b"x") + get("/healthz")), close(0), run(3))
+seed("publish_held_then_close", DEFAULT, no_pass(send(0, post("/topics/h", b"x") + get("/healthz"))), close(0),
+     run(3))
+seed("publish_held_then_shut", LUA, no_pass(send(0, post("/p/h", b"Px") + post("/p/h", b"y"))), shut(0), run(3))
+seed("ws_message_then_close", LUA, send(0, ws("/s/m")), run(), no_pass(send(0, text("Pm") + text("Secho"))), close(0),
+     run(3))
+seed("longpoll_then_close_same_pass", DEFAULT, no_pass(send(0, get("/topics/l?timeout=5"))),
+     no_pass(send(1, post("/topics/l", b"x"))), close(0), run(3))
 
 # --- the Lua app's callbacks (test_lua_api.py) ---------------------------------
 seed("lua_ws_callbacks", LUA, send(0, ws("/s/room")), run(),
