@@ -171,6 +171,7 @@ int sub_start(conn *c, hub *h, const sub_request *r, const char **why)
         *why = "out of memory";
         return 503;
     }
+    if (s->hooks && s->hooks->on_start) s->hooks->on_start(s->hooks_ud, s);
     s->tp = transport_for(req);
     int status = s->tp->start(s, r, req, why);
     if (status) {

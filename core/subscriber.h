@@ -30,6 +30,10 @@ typedef struct sub_hooks {
     void (*on_close)(void *ud, sub_session *s);
     /* Frees ud; called once, last. */
     void (*release)(void *ud);
+    /* Optional: the session exists and is about to start (before any
+     * other hook, and before it can end): `s` is the handle for
+     * sub_close() from then until on_close. */
+    void (*on_start)(void *ud, sub_session *s);
 } sub_hooks;
 
 typedef struct sub_request {

@@ -715,6 +715,7 @@ typedef struct lx_hooks {
     sub_session *session;             /* NULL once the subscription ended */
     int busy;                         /* callbacks running: release waits */
     bool released;                    /* release came while busy */
+    ev_timer expiry;                  /* opts.expires: ends the subscription */
 } lx_hooks;
 
 typedef struct lx_connud {
@@ -779,6 +780,19 @@ static void hooks_leave(lx_hooks *h)
     if (--h->busy == 0 && h->released) hook_release(h);
 }
 
+static void hook_on_start(void *ud, sub_session *s)
+{
+    ((lx_hooks *)ud)->session = s;
+}
+
+/* opts.expires came: a WebSocket is closed with 4001 "expired", a stream
+ * or a held poll ends (docs/protocol.md). */
+static void expiry_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    lx_hooks *h = w->data;
+    if (h->session) sub_close(h->session, 4001, "expired");
+}
+
 static hub_msg *hook_filter(void *ud, sub_session *s, hub_msg *m)
 {
     lx_hooks *h = ud;
@@ -836,6 +850,7 @@ static hub_msg *hook_filter(void *ud, sub_session *s, hub_msg *m)
 static void hook_on_message(void *ud, sub_session *s, const char *data, size_t len, bool binary)
 {
     lx_hooks *h = ud;
+    if (h->on_message == LUA_NOREF) return; /* hooks for a filter or expires only */
     lua_State *L = h->app->hookL;
     h->session = s;
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->on_message);
@@ -871,6 +886,7 @@ static void hook_release(void *ud)
 {
     lx_hooks *h = ud;
     h->session = NULL;
+    ev_timer_stop(lx_loop, &h->expiry);
     if (h->busy) {
         h->released = true; /* hooks_leave finishes it */
         return;
@@ -889,8 +905,10 @@ static void hook_release(void *ud)
     free(h);
 }
 
-static const sub_hooks lua_hooks = {hook_filter, hook_on_message, hook_on_close, hook_release};
-static const sub_hooks lua_hooks_nofilter = {NULL, hook_on_message, hook_on_close, hook_release};
+static const sub_hooks lua_hooks = {hook_filter, hook_on_message, hook_on_close, hook_release,
+                                    hook_on_start};
+static const sub_hooks lua_hooks_nofilter = {NULL, hook_on_message, hook_on_close, hook_release,
+                                             hook_on_start};
 
 static lx_connud *check_conn(lua_State *L)
 {
@@ -1539,6 +1557,7 @@ static void start_subscription(lx_task *t, int idx)
         lua_pop(L, 1);
     }
     sub_request r = {.topics = names, .topic_lens = lens, .ntopics = n, .json = -1};
+    double expires = 0; /* opts.expires, unix time; 0: none */
     const char *event_names[32];
     size_t event_lens[32];
     const char *problem = NULL;
@@ -1552,6 +1571,10 @@ static void start_subscription(lx_task *t, int idx)
         else if (!lua_isnil(L, -1))
             problem = "opts.protocol must be a string";
         if (lua_getfield(L, opts, "skip_self") != LUA_TNIL) r.skip_self = lua_toboolean(L, -1);
+        if (lua_getfield(L, opts, "expires") == LUA_TNUMBER)
+            expires = lua_tonumber(L, -1);
+        else if (!lua_isnil(L, -1))
+            problem = "opts.expires must be a number (unix time)";
         if (lua_getfield(L, opts, "events") == LUA_TTABLE) {
             int ev = lua_gettop(L);
             int ne = (int)lua_rawlen(L, ev);
@@ -1582,7 +1605,7 @@ static void start_subscription(lx_task *t, int idx)
         cref = opt_ref(L, opts, "on_close");
     if (fref == REF_NOT_FUNCTION || mref == REF_NOT_FUNCTION || cref == REF_NOT_FUNCTION)
         problem = "opts.filter, opts.on_message and opts.on_close must be functions";
-    if (!problem && (fref != LUA_NOREF || mref != LUA_NOREF || cref != LUA_NOREF)) {
+    if (!problem && (fref != LUA_NOREF || mref != LUA_NOREF || cref != LUA_NOREF || expires)) {
         h = calloc(1, sizeof(lx_hooks));
         if (!h) problem = "out of memory";
     }
@@ -1605,6 +1628,15 @@ static void start_subscription(lx_task *t, int idx)
         h->conn_ref = LUA_NOREF;
         r.hooks = fref != LUA_NOREF ? &lua_hooks : &lua_hooks_nofilter;
         r.hooks_ud = h;
+        ev_timer_init(&h->expiry, expiry_cb, 0., 0.);
+        h->expiry.data = h;
+        if (expires) {
+            /* Armed before the session starts: the start may end it (a
+             * poll answered at once), and release stops the timer. */
+            double left = expires - ev_time();
+            ev_timer_set(&h->expiry, left > 0 ? left : 0., 0.);
+            ev_timer_start(lx_loop, &h->expiry);
+        }
     }
     const char *why = "cannot subscribe";
     int status = sub_start(c, app->hub, &r, &why);

@@ -1,7 +1,8 @@
 -- examples/chat/app.lua: a chat with rooms and JWT auth.
 --
 --   GET  /                       the chat page (index.html beside this file)
---   POST /login                  {"name":"alice"} -> {"token":"<HS256 JWT>", ...}
+--   POST /login                  {"name":"alice","room":"lobby"}
+--                                -> {"token":"<HS256 JWT>", ...}
 --   GET  /rooms/:room?token=JWT  subscribe to room.<room> (WebSocket; SSE and
 --                                long-poll work too, read-only); a WebSocket
 --                                client's text frames are chat messages
@@ -10,13 +11,17 @@
 -- Why it is shaped so: the browser cannot set headers on a WebSocket, so the
 -- token rides in the query string; the server signs it itself (a demo: a
 -- real deployment gets tokens from its identity provider and keeps only
--- sluice.jwt.verify).  Every frame a client sees is a JSON envelope with the
+-- sluice.jwt.verify).  A token names the one room it opens (claim "room"):
+-- a token for one room is refused (403) by every other.  A token lasts
+-- TOKEN_TTL seconds, and so does what it opened: the subscription ends at
+-- the token's "exp" (opts.expires), a WebSocket with close code 4001, and
+-- the page logs in again and resumes.  Every frame a client sees is a JSON envelope with the
 -- message ID (format = "json"), so the page can resume with
 -- ?last_event_id=ID after a reconnect and get exactly what it missed.
 local sluice = require "sluice"
 
 local SECRET = os.getenv("CHAT_SECRET") or "change-me: demo secret"
-local TOKEN_TTL = 3600 -- seconds
+local TOKEN_TTL = tonumber(os.getenv("CHAT_TOKEN_TTL") or "") or 3600 -- seconds
 local MAX_TEXT = 500 -- characters per message
 
 -- Each room keeps its newest 200 messages for a day: the history a client
@@ -64,16 +69,20 @@ local function valid_room(s)
   return type(s) == "string" and #s >= 1 and #s <= 64 and not s:find("[^%w_%-]")
 end
 
--- The user a request's token names, or nil and why.
-local function authenticate(req)
+-- The claims of a request's token if it opens `room` (claims.sub is the
+-- user); else nil, the HTTP status (401: no valid token, 403: a token for
+-- another room) and why.
+local function authenticate(req, room)
   local token = req.query.token
   local auth = req.headers["authorization"]
   if not token and auth then token = auth:match("^[Bb]earer%s+(%S+)$") end
-  if not token then return nil, "missing token" end
+  if not token then return nil, 401, "missing token" end
   local claims, err = sluice.jwt.verify(token, SECRET)
-  if not claims then return nil, err end
-  if not valid_name(claims.sub) then return nil, "bad subject" end
-  return claims.sub
+  if not claims then return nil, 401, err end
+  if not valid_name(claims.sub) then return nil, 401, "bad subject" end
+  if not valid_room(claims.room) then return nil, 401, "token names no room" end
+  if claims.room ~= room then return nil, 403, "token is for another room" end
+  return claims
 end
 
 -- Checks a chat text; returns the JSON to publish, or nil and an error.
@@ -95,24 +104,29 @@ sluice.route("GET", "/healthz", function()
   return 200, "ok"
 end)
 
--- Login: a demo that trusts any well-formed name.  The name comes as JSON
--- {"name": ...}, a form field or ?name=.
+-- Login: a demo that trusts any well-formed name, for the one room asked.
+-- Name and room come as JSON {"name": ..., "room": ...}, form fields or
+-- ?name=&room=.
 sluice.route("POST", "/login", function(req)
-  local name = req.query.name
+  local name, room = req.query.name, req.query.room
   if req.body ~= "" then
     local ok, v = pcall(sluice.json.decode, req.body)
     if ok and type(v) == "table" then
-      name = v.name
+      name, room = v.name, v.room
     else
-      name = req.body:match("^name=([%w_%-]+)$") or name
+      name = req.body:match("name=([%w_%-]+)") or name
+      room = req.body:match("room=([%w_%-]+)") or room
     end
   end
   if not valid_name(name) then
     return sluice.json(400, { error = "name: 1 to 32 letters, digits, _ or -" })
   end
+  if not valid_room(room) then
+    return sluice.json(400, { error = "room: 1 to 64 letters, digits, _ or -" })
+  end
   local now = os.time()
-  local token = jwt_sign({ sub = name, iat = now, exp = now + TOKEN_TTL }, SECRET)
-  return sluice.json(200, { token = token, user = name, expires_in = TOKEN_TTL })
+  local token = jwt_sign({ sub = name, room = room, iat = now, exp = now + TOKEN_TTL }, SECRET)
+  return sluice.json(200, { token = token, user = name, room = room, expires_in = TOKEN_TTL })
 end)
 
 sluice.route("GET", "/rooms/:room", function(req)
@@ -120,14 +134,17 @@ sluice.route("GET", "/rooms/:room", function(req)
   if not valid_room(room) then
     return sluice.json(400, { error = "room: 1 to 64 letters, digits, _ or -" })
   end
-  local user, why = authenticate(req)
-  if not user then
-    return sluice.json(401, { error = why })
+  local claims, status, why = authenticate(req, room)
+  if not claims then
+    return sluice.json(status, { error = why })
   end
+  local user = claims.sub
   local topic = "room." .. room
   sluice.log("info", "chat join user=" .. user, "room=" .. room, "transport=" .. req.transport)
   return req:subscribe(topic, {
     format = "json",
+    -- The socket lasts as long as its token: closed with 4001 at "exp".
+    expires = claims.exp,
     on_message = function(conn, data, binary)
       local msg, err
       if binary then
@@ -152,11 +169,11 @@ sluice.route("POST", "/rooms/:room/messages", function(req)
   if not valid_room(room) then
     return sluice.json(400, { error = "room: 1 to 64 letters, digits, _ or -" })
   end
-  local user, why = authenticate(req)
-  if not user then
-    return sluice.json(401, { error = why })
+  local claims, status, why = authenticate(req, room)
+  if not claims then
+    return sluice.json(status, { error = why })
   end
-  local msg, err = chat_message(user, req.body)
+  local msg, err = chat_message(claims.sub, req.body)
   if not msg then
     return sluice.json(400, { error = err })
   end

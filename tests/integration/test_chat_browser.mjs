@@ -5,8 +5,10 @@
 // type, send, the other page shows it, and back), the recent history a
 // late joiner sees, the page's reconnect after its connection is cut (it
 // resumes with ?last_event_id= and shows what it missed exactly once,
-// through lib.mjs's CutProxy), and the server's refusal of a too long
-// message shown on the page.
+// through lib.mjs's CutProxy), a token that opens its own room only, the
+// page renewing its token when the server closes its socket at expiry
+// (4001) and resuming without a loss or a duplicate, and the server's
+// refusal of a too long message shown on the page.
 //
 // Why it is shaped so: the test only uses what a user has (the form, the
 // button, the list of messages), so it checks the page and the server
@@ -17,7 +19,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { chromium } from 'playwright-core';
-import { CutProxy, SOURCE_DIR, startServer, waitFor } from './lib.mjs';
+import { CutProxy, SOURCE_DIR, request, startServer, waitFor } from './lib.mjs';
 
 const CHROMIUM = process.env.SLUICE_CHROMIUM || '/usr/bin/chromium';
 const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
@@ -150,6 +152,71 @@ describe('chat page in Chromium', () => {
     assert.deepEqual(await shown(bob), [
       ['alice', 'before the cut'], ['alice', 'while bob was away'], ['alice', 'after the reconnect']]);
     assert.equal(await bob.locator('#messages li.error').count(), 0);
+  });
+
+  test('a token opens one room only', async (t) => {
+    const page = await openChat(t);
+    // what the page's login gives: a token for the room asked for
+    const status = await page.evaluate(async () => {
+      const r = await fetch('/login', { method: 'POST', body: JSON.stringify({ name: 'eve', room: 'mine' }) });
+      const { token } = await r.json();
+      const own = await fetch(`/rooms/mine?token=${token}&timeout=0`);
+      const other = await fetch(`/rooms/theirs?token=${token}&timeout=0`);
+      const post = await fetch('/rooms/theirs/messages',
+        { method: 'POST', headers: { authorization: `Bearer ${token}` }, body: 'hi' });
+      return [own.status, other.status, post.status];
+    });
+    assert.deepEqual(status, [200, 403, 403]);
+  });
+
+  test('when its token expires the page gets a new one and goes on, missing nothing', async (t) => {
+    // A server whose tokens last 2 s: the socket is closed with 4001 at
+    // expiry and the page logs in again and resumes.
+    process.env.CHAT_TOKEN_TTL = '2';
+    let short;
+    try {
+      short = await startServer(t, { app: path.join(SOURCE_DIR, 'examples', 'chat', 'app.lua') });
+    } finally {
+      delete process.env.CHAT_TOKEN_TTL;
+    }
+    const room = newRoom();
+    // alice posts over HTTP, with a fresh token each time (hers expire too)
+    const post = async (text) => {
+      const login = await request(short.url('/login'),
+        { method: 'POST', body: JSON.stringify({ name: 'alice', room }) });
+      const { token } = JSON.parse(login.body);
+      const r = await request(short.url(`/rooms/${room}/messages`),
+        { method: 'POST', headers: { authorization: `Bearer ${token}` }, body: text });
+      assert.equal(r.status, 200, r.body.toString());
+    };
+    const proxy = await CutProxy.open(t, short.port);
+    const bob = await openChat(t, proxy.url('/'));
+    await join(bob, 'bob', room);
+    await post('first');
+    await waitShown(bob, 1);
+    // bob's socket expires (about 2 s after it opened) and is opened again
+    // with a new token, resuming from the last ID; alice talks meanwhile
+    const opens = () => proxy.heads.filter((h) => /^GET \/rooms\//.test(h));
+    const deadline = Date.now() + WAIT;
+    const want = [['alice', 'first']];
+    while (opens().length < 3 && Date.now() < deadline) {
+      const text = `during ${want.length}`;
+      await post(text);
+      want.push(['alice', text]);
+      await new Promise((r) => setTimeout(r, 150));
+    }
+    assert.ok(opens().length >= 3, `bob's page reopened its socket: ${opens().length}`);
+    await post('last');
+    want.push(['alice', 'last']);
+    assert.deepEqual(await waitShown(bob, want.length), want);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.deepEqual(await shown(bob), want, 'nothing twice');
+    const [first, second] = opens();
+    const token = (h) => /token=([^&\s]+)/.exec(h)[1];
+    assert.notEqual(token(first), token(second), 'a new token for the new socket');
+    assert.match(second, /last_event_id=[0-9a-z]+-\d+/);
+    assert.equal(await bob.locator('#messages li.error').count(), 0);
+    assert.ok(short.logText().includes('status=101'));
   });
 
   test('the server refuses a too long message and the page says so', async (t) => {

@@ -5,9 +5,11 @@ its README tells users to drive it: HTTP with urllib, WebSocket with
 Debian's python3-websockets, Server-Sent Events over a raw socket (parsed
 here, so the wire format is checked too).
 
-  chat      login (JWT), 401 without a valid token (missing, garbage, wrong
-            secret, expired, alg none), two sockets talking in one room, room
-            isolation, the length limit, history by resuming with
+  chat      login (JWT for one room), 401 without a valid token (missing,
+            garbage, wrong secret, expired, alg none, no room), 403 with a
+            token for another room, the socket closed with 4001 and the SSE
+            stream ended when the token expires, two sockets talking in one
+            room, room isolation, the length limit, history by resuming with
             ?last_event_id=, posting over HTTP
   feed      timer-fed SSE with rotating event names, resume with
             Last-Event-ID (no gap, no duplicate), the sluice.gap event when
@@ -239,8 +241,8 @@ class ChatTest(ExampleCase):
     APP = "chat"
     ENV = {"CHAT_SECRET": CHAT_SECRET}
 
-    def login(self, name):
-        r = http("POST", self.url("/login"), json.dumps({"name": name}),
+    def login(self, name, room):
+        r = http("POST", self.url("/login"), json.dumps({"name": name, "room": room}),
                  {"Content-Type": "application/json"})
         self.assertEqual(r.status, 200, r)
         return r.json()["token"]
@@ -262,26 +264,29 @@ class ChatTest(ExampleCase):
         self.assertIn(b"new WebSocket", r.body)
 
     def test_login_signs_an_hs256_jwt(self):
-        tok = self.login("alice")
+        tok = self.login("alice", "lobby")
         parts = tok.split(".")
         self.assertEqual(len(parts), 3, tok)
         self.assertEqual(json.loads(b64url_decode(parts[0]))["alg"], "HS256")
         claims = json.loads(b64url_decode(parts[1]))
         self.assertEqual(claims["sub"], "alice")
+        self.assertEqual(claims["room"], "lobby")
         self.assertGreater(claims["exp"], time.time())
         # signed with CHAT_SECRET from the environment, in base64url
         want = hmac.new(CHAT_SECRET.encode(), (parts[0] + "." + parts[1]).encode(),
                         hashlib.sha256).digest()
         self.assertEqual(b64url_decode(parts[2]), want)
         self.assertNotRegex(tok, r"[+/=]")
-        # the other ways to give the name
-        r = http("POST", self.url("/login?name=bob"))
+        # the other ways to give the name and room
+        r = http("POST", self.url("/login?name=bob&room=r1"))
         self.assertEqual(r.status, 200, r)
-        r = http("POST", self.url("/login"), "name=carol",
+        r = http("POST", self.url("/login"), "name=carol&room=r2",
                  {"Content-Type": "application/x-www-form-urlencoded"})
         self.assertEqual(r.status, 200, r)
-        self.assertEqual(r.json()["user"], "carol")
-        for bad in ('{"name":"no spaces"}', '{"name":""}', '{}', '{"name":"%s"}' % ("x" * 33)):
+        self.assertEqual((r.json()["user"], r.json()["room"]), ("carol", "r2"))
+        for bad in ('{"name":"no spaces","room":"r"}', '{"name":"","room":"r"}', '{}',
+                    '{"name":"%s","room":"r"}' % ("x" * 33), '{"name":"dave"}',
+                    '{"name":"dave","room":"a.b"}', '{"name":"dave","room":"%s"}' % ("r" * 65)):
             r = http("POST", self.url("/login"), bad)
             self.assertEqual(r.status, 400, (bad, r))
             self.assertIn("error", r.json())
@@ -290,8 +295,9 @@ class ChatTest(ExampleCase):
         # the base64url encoder pads nothing and handles 1, 2 and 3-byte tails
         for n in range(1, 13):
             name = "u" * n
-            tok = self.login(name)
-            r = http("POST", self.url("/rooms/%s/messages" % unique("len")),
+            room = unique("len")
+            tok = self.login(name, room)
+            r = http("POST", self.url("/rooms/%s/messages" % room),
                      "x", {"Authorization": "Bearer " + tok})
             self.assertEqual(r.status, 200, (name, r))
 
@@ -301,11 +307,13 @@ class ChatTest(ExampleCase):
         bad = {
             "missing": None,
             "garbage": "not-a-jwt",
-            "wrong secret": make_jwt({"sub": "alice", "exp": now + 60}, secret="other"),
-            "expired": make_jwt({"sub": "alice", "exp": now - 10}),
-            "alg none": make_jwt({"sub": "alice", "exp": now + 60}, alg="none"),
-            "bad subject": make_jwt({"sub": "has space", "exp": now + 60}),
-            "tampered": self.login("alice")[:-2] + "AA",
+            "wrong secret": make_jwt({"sub": "alice", "room": room, "exp": now + 60},
+                                     secret="other"),
+            "expired": make_jwt({"sub": "alice", "room": room, "exp": now - 10}),
+            "alg none": make_jwt({"sub": "alice", "room": room, "exp": now + 60}, alg="none"),
+            "bad subject": make_jwt({"sub": "has space", "room": room, "exp": now + 60}),
+            "no room": make_jwt({"sub": "alice", "exp": now + 60}),
+            "tampered": self.login("alice", room)[:-2] + "AA",
         }
 
         async def body():
@@ -315,7 +323,7 @@ class ChatTest(ExampleCase):
                     url += "?token=" + tok
                 self.assertEqual(await ws_status(url), 401, what)
             # a token the test signed with the same secret is accepted
-            good = make_jwt({"sub": "zed", "exp": now + 60})
+            good = make_jwt({"sub": "zed", "room": room, "exp": now + 60})
             self.assertIsNone(await ws_status(self.room_url(room, good)))
 
         arun(body())
@@ -326,13 +334,13 @@ class ChatTest(ExampleCase):
         r = http("POST", self.url("/rooms/%s/messages" % room), "hi",
                  {"Authorization": "Bearer nope"})
         self.assertEqual(r.status, 401, r)
-        r = http("GET", self.url("/rooms/bad.room?token=" + self.login("alice")))
+        r = http("GET", self.url("/rooms/bad.room?token=" + self.login("alice", room)))
         self.assertEqual(r.status, 400, r)
         self.assertAlive()
 
     def test_two_sockets_talk_in_one_room(self):
         room = unique("talk")
-        ta, tb = self.login("alice"), self.login("bob")
+        ta, tb = self.login("alice", room), self.login("bob", room)
 
         async def body():
             a = await ws_open(self.room_url(room, ta))
@@ -361,7 +369,7 @@ class ChatTest(ExampleCase):
 
     def test_rooms_are_isolated(self):
         r1, r2 = unique("iso"), unique("iso")
-        ta, tc = self.login("alice"), self.login("carol")
+        ta, tc = self.login("alice", r1), self.login("carol", r2)
 
         async def body():
             a = await ws_open(self.room_url(r1, ta))
@@ -383,7 +391,7 @@ class ChatTest(ExampleCase):
 
     def test_long_messages_are_refused(self):
         room = unique("long")
-        ta, tb = self.login("alice"), self.login("bob")
+        ta, tb = self.login("alice", room), self.login("bob", room)
 
         async def body():
             a = await ws_open(self.room_url(room, ta))
@@ -413,7 +421,7 @@ class ChatTest(ExampleCase):
 
     def test_history_by_resuming(self):
         room = unique("hist")
-        ta, tb = self.login("alice"), self.login("bob")
+        ta, tb = self.login("alice", room), self.login("bob", room)
 
         async def body():
             a = await ws_open(self.room_url(room, ta))
@@ -458,7 +466,7 @@ class ChatTest(ExampleCase):
 
     def test_post_over_http_reaches_sockets(self):
         room = unique("post")
-        ta, tb = self.login("alice"), self.login("bob")
+        ta, tb = self.login("alice", room), self.login("bob", room)
 
         async def body():
             b = await ws_open(self.room_url(room, tb))
@@ -481,7 +489,7 @@ class ChatTest(ExampleCase):
 
     def test_sse_reader_sees_the_room(self):
         room = unique("sse")
-        ta = self.login("alice")
+        ta = self.login("alice", room)
         s = self.sse("/rooms/%s?token=%s" % (room, ta))
         self.assertEqual(s.status, 200)
         r = http("POST", self.url("/rooms/%s/messages" % room), "hello sse",
@@ -490,6 +498,80 @@ class ChatTest(ExampleCase):
         ev = s.event()
         self.assertEqual(ev["id"], r.json()["id"])
         self.assertEqual(json.loads(ev["data"]), {"from": "alice", "text": "hello sse"})
+
+
+    def test_token_opens_only_its_room(self):
+        mine, other = unique("own"), unique("other")
+        tok = self.login("alice", mine)
+
+        async def body():
+            # subscribe: WebSocket, SSE and long-poll all refused with 403
+            self.assertEqual(await ws_status(self.room_url(other, tok)), 403)
+            self.assertIsNone(await ws_status(self.room_url(mine, tok)))
+            # a valid token with another room, signed by the test
+            forged = make_jwt({"sub": "alice", "room": mine, "exp": int(time.time()) + 60})
+            self.assertEqual(await ws_status(self.room_url(other, forged)), 403)
+
+        arun(body())
+        r = http("GET", self.url("/rooms/%s?token=%s&timeout=0" % (other, tok)))
+        self.assertEqual(r.status, 403, r)
+        self.assertEqual(r.json(), {"error": "token is for another room"})
+        s = Sse(self.server, "/rooms/%s?token=%s" % (other, tok))
+        self.addCleanup(s.close)
+        self.assertEqual(s.status, 403)
+        # post: refused in the other room, accepted in its own
+        r = http("POST", self.url("/rooms/%s/messages" % other), "intruder",
+                 {"Authorization": "Bearer " + tok})
+        self.assertEqual(r.status, 403, r)
+        r = http("POST", self.url("/rooms/%s/messages" % mine), "home",
+                 {"Authorization": "Bearer " + tok})
+        self.assertEqual(r.status, 200, r)
+        # nothing reached the other room
+        r = http("GET", self.url("/rooms/%s?token=%s&since=0&timeout=0"
+                                 % (other, self.login("bob", other))))
+        self.assertEqual(r.json()["messages"], [], r)
+
+    def test_socket_closed_when_its_token_expires(self):
+        room = unique("exp")
+        exp = int(time.time()) + 2
+        tok = make_jwt({"sub": "alice", "room": room, "exp": exp})
+        other = self.login("bob", room)  # an hour's token: stays open
+
+        async def body():
+            a = await ws_open(self.room_url(room, tok))
+            b = await ws_open(self.room_url(room, other))
+            try:
+                await a.send("before expiry")
+                self.assertEqual(self.chat(await recv_json(a))["text"], "before expiry")
+                self.assertEqual(self.chat(await recv_json(b))["text"], "before expiry")
+                # idle from here: the server closes it at exp, with 4001
+                with self.assertRaises(websockets.exceptions.ConnectionClosed) as cm:
+                    await asyncio.wait_for(a.recv(), timeout=WAIT)
+                closed_at = time.time()
+                self.assertEqual(a.close_code, 4001)
+                self.assertEqual(a.close_reason, "expired")
+                self.assertGreaterEqual(closed_at, exp - 1.0)
+                self.assertLess(closed_at, exp + 3.0)
+                # the other socket goes on
+                await b.send("after")
+                self.assertEqual(self.chat(await recv_json(b))["text"], "after")
+            finally:
+                await a.close()
+                await b.close()
+            # the expired token opens nothing any more
+            self.assertEqual(await ws_status(self.room_url(room, tok)), 401)
+
+        arun(body())
+
+    def test_sse_stream_ends_when_its_token_expires(self):
+        room = unique("sexp")
+        tok = make_jwt({"sub": "alice", "room": room, "exp": int(time.time()) + 2})
+        s = self.sse("/rooms/%s?token=%s" % (room, tok))
+        self.assertEqual(s.status, 200)
+        start = time.monotonic()
+        s.conn.wait_closed(WAIT)
+        self.assertLess(time.monotonic() - start, 5.0)
+        self.assertAlive()
 
 
 # ================================================================================
