@@ -76,16 +76,59 @@ void lx_set_worker(int id, int count)
     worker_count = count;
 }
 
+static double now_mono(void)
+{
+    struct timespec ts;
+    /* The coarse clock costs no system call and no TSC read; its tick
+     * (a few ms) is far below any deadline. */
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+void lx_budget_arm(lx_budget *b, long long limit, double timeout)
+{
+    b->limit = limit;
+    b->timeout = timeout;
+    b->deadline = timeout > 0 ? now_mono() + timeout : 0;
+}
+
+static const char *over_what(int exceeded)
+{
+    return exceeded == LX_OVER_TIME ? "time limit exceeded" : "instruction budget exceeded";
+}
+
+/* Raises the overrun's error on L and makes every further instruction of
+ * L raise it again, until control is back in C: a pcall, an xpcall
+ * handler or a loop around them gets at most one instruction before the
+ * next error, so an overrun unwinds to the task however deep the pcalls
+ * nest.  Another coroutine of the run, resumed from L, hits its own next
+ * hook within HOOK_STEP instructions and is switched the same way. */
+static void mark_stopped(lua_State *L);
+
+static int budget_raise(lua_State *L, lx_budget *b)
+{
+    if (lua_gethookcount(L) != 1) lua_sethook(L, lx_budget_hook, LUA_MASKCOUNT, 1);
+    mark_stopped(L);
+    if (b->exceeded == LX_OVER_TIME)
+        return luaL_error(L, "time limit exceeded (%f s)", (lua_Number)b->timeout);
+    return luaL_error(L, "instruction budget exceeded (%I instructions)", (lua_Integer)b->limit);
+}
+
 void lx_budget_hook(lua_State *L, lua_Debug *ar)
 {
     lx_app *app = app_of(L);
     lx_budget *b = app ? app->running : NULL;
     if (!b) return;
-    b->used += HOOK_STEP;
-    if (b->used > b->limit || b->exceeded) {
-        b->exceeded = true;
-        luaL_error(L, "instruction budget exceeded (%I instructions)", (lua_Integer)b->limit);
+    if (!b->exceeded) {
+        b->used += HOOK_STEP;
+        if (b->used > b->limit)
+            b->exceeded = LX_OVER_INSTRUCTIONS;
+        else if (b->deadline > 0 && now_mono() > b->deadline)
+            b->exceeded = LX_OVER_TIME;
+        else
+            return;
     }
+    budget_raise(L, b);
 }
 
 static int traceback_handler(lua_State *L)
@@ -111,27 +154,55 @@ void lx_config_free(lx_config *cfg)
     cfg->tls_cert = cfg->tls_key = cfg->data_dir = NULL;
 }
 
-/* Reads a string or a list of strings at the top of the stack into out. */
+/* Replaces out with a copy of the string or list of strings at the top of
+ * the stack.  Every element is checked before the old list is freed, so an
+ * error leaves out as it was (a Lua error is a longjmp: nothing half-done
+ * may stay behind for lx_config_free). */
 static void config_addr_list(lua_State *L, const char *what, char **out, int *n)
 {
+    char *fresh[LX_MAX_LISTEN];
+    int nfresh = 0;
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        fresh[nfresh++] = strdup(lua_tostring(L, -1));
+    } else {
+        if (!lua_istable(L, -1)) luaL_error(L, "sluice.config: %s must be a string or a list", what);
+        lua_Integer len = luaL_len(L, -1);
+        if (len > LX_MAX_LISTEN)
+            luaL_error(L, "sluice.config: at most %d %s addresses", LX_MAX_LISTEN, what);
+        for (lua_Integer i = 1; i <= len; i++) {
+            int type = lua_geti(L, -1, i);
+            lua_pop(L, 1);
+            if (type != LUA_TSTRING)
+                luaL_error(L, "sluice.config: %s[%d] must be a string", what, (int)i);
+        }
+        for (lua_Integer i = 1; i <= len; i++) {
+            lua_geti(L, -1, i);
+            fresh[nfresh++] = strdup(lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+    }
+    bool oom = false;
+    for (int i = 0; i < nfresh; i++)
+        oom |= fresh[i] == NULL;
+    if (oom) {
+        for (int i = 0; i < nfresh; i++)
+            free(fresh[i]);
+        luaL_error(L, "sluice.config: out of memory");
+    }
     for (int i = 0; i < *n; i++)
         free(out[i]);
-    *n = 0;
-    if (lua_type(L, -1) == LUA_TSTRING) {
-        out[(*n)++] = strdup(lua_tostring(L, -1));
-        return;
-    }
-    if (!lua_istable(L, -1)) luaL_error(L, "sluice.config: %s must be a string or a list", what);
-    lua_Integer len = luaL_len(L, -1);
-    if (len > LX_MAX_LISTEN)
-        luaL_error(L, "sluice.config: at most %d %s addresses", LX_MAX_LISTEN, what);
-    for (lua_Integer i = 1; i <= len; i++) {
-        lua_geti(L, -1, i);
-        if (lua_type(L, -1) != LUA_TSTRING)
-            luaL_error(L, "sluice.config: %s[%d] must be a string", what, (int)i);
-        out[(*n)++] = strdup(lua_tostring(L, -1));
-        lua_pop(L, 1);
-    }
+    memcpy(out, fresh, sizeof(fresh[0]) * (size_t)nfresh);
+    *n = nfresh;
+}
+
+/* Replaces *out with a copy of the string at the top of the stack, which
+ * the caller has checked. */
+static void config_string(lua_State *L, char **out)
+{
+    char *copy = strdup(lua_tostring(L, -1));
+    if (!copy) luaL_error(L, "sluice.config: out of memory");
+    free(*out);
+    *out = copy;
 }
 
 static double config_positive(lua_State *L, const char *key)
@@ -165,10 +236,14 @@ static void config_limits(lua_State *L, lx_config *cfg)
         LIMIT("idle_timeout", idle_timeout, v)
         LIMIT("tls_handshake_timeout", tls_handshake_timeout, v)
         LIMIT("shutdown_timeout", shutdown_timeout, v)
-        if (strcmp(k, "max_publish_queue") == 0)
-            cfg->max_publish_queue = (size_t)v;
-        else if (strcmp(k, "instruction_budget") == 0)
+        if (strcmp(k, "instruction_budget") == 0)
             cfg->instruction_budget = (long long)v;
+        else if (strcmp(k, "script_timeout") == 0)
+            cfg->script_timeout = v;
+        else if (strcmp(k, "max_publish_queue") == 0)
+            cfg->max_publish_queue = (size_t)v;
+        else if (strcmp(k, "script_memory") == 0)
+            cfg->script_memory = v < 1024 * 1024 ? 1024 * 1024 : (size_t)v;
         else
             luaL_error(L, "sluice.config: unknown limit '%s'", k);
 #undef LIMIT
@@ -200,9 +275,54 @@ static lua_Integer field_integer(lua_State *L, int arg, const char *key)
 static void check_budget(lua_State *L)
 {
     lx_app *app = app_of(L);
-    if (app && app->running && app->running->exceeded)
-        luaL_error(L, "instruction budget exceeded (%I instructions)",
-                   (lua_Integer)app->running->limit);
+    if (app && app->running && app->running->exceeded) budget_raise(L, app->running);
+}
+
+/* A protected run of script code (a resume or a pcall): its budget is the
+ * one the hook charges, and the memory limit holds. */
+typedef struct lx_run {
+    lx_budget *prev;
+    lx_task *prev_task;
+    bool prev_enforce;
+    unsigned long long refused; /* app->mem.refused when the run began */
+} lx_run;
+
+static void run_enter(lx_app *app, lx_run *r, lx_budget *b)
+{
+    r->prev = app->running;
+    r->prev_task = app->running_task;
+    r->prev_enforce = app->mem.enforce;
+    r->refused = app->mem.refused;
+    app->running = b;
+    app->mem.enforce = true;
+}
+
+/* Ends the run: what follows is C working outside a protected call (the
+ * limit is lifted until the caller's scope ends), and thread L counts in
+ * steps of HOOK_STEP again if the run left it raising at every
+ * instruction.  (An enclosing run on the same thread that is over budget
+ * itself is switched back at its next hook, HOOK_STEP instructions on.) */
+static void run_leave(lx_app *app, lx_run *r, lua_State *L)
+{
+    app->running = r->prev;
+    app->running_task = r->prev_task;
+    app->mem.enforce = false;
+    if (lua_gethookcount(L) != HOOK_STEP) lua_sethook(L, lx_budget_hook, LUA_MASKCOUNT, HOOK_STEP);
+    /* A run that met the limit leaves its garbage behind (a failed run's
+     * whole heap): collect it now, since a buffer that lauxlib grows
+     * through the allocator directly is refused without the collection
+     * Lua makes before it refuses its own allocations. */
+    if (app->mem.refused != r->refused) lua_gc(app->L, LUA_GCCOLLECT);
+}
+
+/* The log message for a run that failed with status st. */
+static const char *run_failure(lx_app *app, const lx_run *r, const lx_budget *b, int st)
+{
+    if (b->exceeded == LX_OVER_TIME) return "script stopped: time limit exceeded";
+    if (b->exceeded) return "script stopped: instruction budget exceeded";
+    if (st == LUA_ERRMEM || app->mem.refused != r->refused)
+        return "script stopped: memory limit exceeded";
+    return "script error";
 }
 
 /* sluice.config{...}: only while the script loads; unknown keys are errors
@@ -222,26 +342,23 @@ static int l_config(lua_State *L)
             config_addr_list(L, "listen", cfg->listen, &cfg->nlisten);
         } else if (strcmp(k, "tls") == 0) {
             check_field(L, 1, LUA_TTABLE, "tls");
-            lua_getfield(L, -1, "cert");
-            if (!lua_isnil(L, -1)) {
-                free(cfg->tls_cert);
+            /* Every type is checked before anything changes (a second
+             * call with a bad type once freed the first call's strings
+             * and left them to be freed again). */
+            if (lua_getfield(L, -1, "cert") != LUA_TNIL)
                 check_field(L, 1, LUA_TSTRING, "tls.cert");
-                cfg->tls_cert = strdup(lua_tostring(L, -1));
-            }
-            lua_getfield(L, -2, "key");
-            if (!lua_isnil(L, -1)) {
-                free(cfg->tls_key);
-                check_field(L, 1, LUA_TSTRING, "tls.key");
-                cfg->tls_key = strdup(lua_tostring(L, -1));
-            }
+            if (lua_getfield(L, -2, "key") != LUA_TNIL) check_field(L, 1, LUA_TSTRING, "tls.key");
             lua_getfield(L, -3, "listen");
             if (!lua_isnil(L, -1))
                 config_addr_list(L, "tls.listen", cfg->tls_listen, &cfg->ntls_listen);
-            lua_pop(L, 3);
+            lua_pop(L, 1);
+            if (!lua_isnil(L, -1)) config_string(L, &cfg->tls_key);
+            lua_pop(L, 1);
+            if (!lua_isnil(L, -1)) config_string(L, &cfg->tls_cert);
+            lua_pop(L, 1);
         } else if (strcmp(k, "data") == 0) {
-            free(cfg->data_dir);
             check_field(L, 1, LUA_TSTRING, "data");
-            cfg->data_dir = strdup(lua_tostring(L, -1));
+            config_string(L, &cfg->data_dir);
         } else if (strcmp(k, "storage") == 0) {
             check_field(L, 1, LUA_TTABLE, "storage");
             if (lua_getfield(L, -1, "durability") != LUA_TNIL) {
@@ -271,6 +388,8 @@ static int l_config(lua_State *L)
             cfg->workers = (int)w;
         } else if (strcmp(k, "limits") == 0) {
             config_limits(L, cfg);
+            /* At once: the rest of the chunk runs under it too. */
+            if (cfg->script_memory) app->mem.limit = cfg->script_memory;
         } else {
             return luaL_error(L, "sluice.config: unknown setting '%s'", k);
         }
@@ -436,6 +555,9 @@ static bool push_on_publish(lua_State *L, lx_app *app, const char *topic, size_t
 static void publish_resume(void *ud, hub_msg *m, int status)
 {
     lx_task *t = ud;
+    lx_app *app = t->app; /* pinned by the task, which may end below */
+    app->refs++;
+    bool enforce = lx_unprotected_begin(app);
     t->waiting = false;
     if (status == 0) {
         lua_pushlstring(t->co, m->id, m->id_len);
@@ -445,6 +567,8 @@ static void publish_resume(void *ud, hub_msg *m, int status)
         lua_pushstring(t->co, hub_strerror(status));
         lx_task_run(t, 2);
     }
+    lx_unprotected_end(app, enforce);
+    lx_app_release(app);
 }
 
 static int publish_k(lua_State *L, int status, lua_KContext ctx)
@@ -731,23 +855,25 @@ static bool call_hook(lx_app *app, const char *what, int nargs, int nres)
     int base = lua_gettop(L) - nargs;
     lua_pushcfunction(L, traceback_handler);
     lua_insert(L, base);
-    lx_budget b = {.limit = app->budget};
-    lx_budget *prev = app->running;
-    app->running = &b;
+    lx_budget b = {0};
+    lx_budget_arm(&b, app->budget, app->timeout);
+    lx_run run;
+    run_enter(app, &run, &b);
     int st = lua_pcall(L, nargs, nres, base);
-    app->running = prev;
+    run_leave(app, &run, L);
     lua_remove(L, base);
     if (st == LUA_OK && b.exceeded) {
         /* The overrun was caught with pcall and the code returned before
          * the next check: still a failure. */
         lua_pop(L, nres);
-        luaL_traceback(L, L, "instruction budget exceeded (caught by pcall)", 0);
+        lua_pushfstring(L, "%s (caught by pcall)", over_what(b.exceeded));
+        luaL_traceback(L, L, lua_tostring(L, -1), 0);
+        lua_remove(L, -2);
         st = LUA_ERRRUN;
     }
     if (st == LUA_OK) return true;
-    LOG_KV(LOG_ERROR, b.exceeded ? "script stopped: instruction budget exceeded" : "script error",
-           LOG_S("script", app->script), LOG_S("callback", what),
-           LOG_S("traceback", lua_tostring(L, -1)));
+    LOG_KV(LOG_ERROR, run_failure(app, &run, &b, st), LOG_S("script", app->script),
+           LOG_S("callback", what), LOG_S("traceback", lua_tostring(L, -1)));
     lx_count_error();
     lua_pop(L, 1);
     return false;
@@ -768,6 +894,7 @@ static void push_conn(lx_hooks *h)
 }
 
 static void hook_release(void *ud);
+static hub_msg *run_filter(lx_hooks *h, sub_session *s, hub_msg *m);
 
 /* Whatever a callback does (conn:close ends the session, which releases
  * the hooks), the hooks outlive the call. */
@@ -796,6 +923,17 @@ static void expiry_cb(struct ev_loop *loop, ev_timer *w, int revents)
 static hub_msg *hook_filter(void *ud, sub_session *s, hub_msg *m)
 {
     lx_hooks *h = ud;
+    lx_app *app = h->app; /* pinned by h, and by the subscription past h */
+    app->refs++;
+    bool enforce = lx_unprotected_begin(app);
+    hub_msg *out = run_filter(h, s, m);
+    lx_unprotected_end(app, enforce);
+    lx_app_release(app);
+    return out;
+}
+
+static hub_msg *run_filter(lx_hooks *h, sub_session *s, hub_msg *m)
+{
     lua_State *L = h->app->hookL;
     h->session = s;
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->filter);
@@ -851,6 +989,9 @@ static void hook_on_message(void *ud, sub_session *s, const char *data, size_t l
 {
     lx_hooks *h = ud;
     if (h->on_message == LUA_NOREF) return; /* hooks for a filter or expires only */
+    lx_app *app = h->app;
+    app->refs++;
+    bool enforce = lx_unprotected_begin(app);
     lua_State *L = h->app->hookL;
     h->session = s;
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->on_message);
@@ -868,6 +1009,8 @@ static void hook_on_message(void *ud, sub_session *s, const char *data, size_t l
     h->app->publisher = prev_publisher;
     if (!ok && h->session) sub_close(h->session, 1011, "script error");
     hooks_leave(h);
+    lx_unprotected_end(app, enforce);
+    lx_app_release(app);
 }
 
 static void hook_on_close(void *ud, sub_session *s)
@@ -875,11 +1018,16 @@ static void hook_on_close(void *ud, sub_session *s)
     lx_hooks *h = ud;
     h->session = NULL; /* the conn object can no longer send */
     if (h->on_close == LUA_NOREF) return;
+    lx_app *app = h->app;
+    app->refs++;
+    bool enforce = lx_unprotected_begin(app);
     lua_rawgeti(h->app->hookL, LUA_REGISTRYINDEX, h->on_close);
     push_conn(h);
     hooks_enter(h);
     call_hook(h->app, "on_close", 1, 0);
     hooks_leave(h);
+    lx_unprotected_end(app, enforce);
+    lx_app_release(app);
 }
 
 static void hook_release(void *ud)
@@ -891,7 +1039,9 @@ static void hook_release(void *ud)
         h->released = true; /* hooks_leave finishes it */
         return;
     }
-    lua_State *L = h->app->L;
+    lx_app *app = h->app;
+    lua_State *L = app->L;
+    bool enforce = lx_unprotected_begin(app);
     if (h->conn_ref != LUA_NOREF) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, h->conn_ref);
         ((lx_connud *)lua_touserdata(L, -1))->hooks = NULL;
@@ -901,8 +1051,9 @@ static void hook_release(void *ud)
     luaL_unref(L, LUA_REGISTRYINDEX, h->on_message);
     luaL_unref(L, LUA_REGISTRYINDEX, h->on_close);
     luaL_unref(L, LUA_REGISTRYINDEX, h->conn_ref);
-    lx_app_release(h->app);
     free(h);
+    lx_unprotected_end(app, enforce);
+    lx_app_release(app);
 }
 
 static const sub_hooks lua_hooks = {hook_filter, hook_on_message, hook_on_close, hook_release,
@@ -1076,6 +1227,9 @@ static void create_metatables(lx_app *app, lua_State *L)
     lua_setfield(L, -2, "__mode");
     lua_setmetatable(L, -2);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &req_src_key);
+    lx_hide_metatable(L, SUB_MT);
+    lx_hide_metatable(L, CONN_MT);
+    lx_hide_metatable(L, REQ_MT);
 }
 
 static int luaopen_sluice(lua_State *L)
@@ -1107,6 +1261,280 @@ static int luaopen_sluice(lua_State *L)
     lua_setfield(L, -2, "count");
     lua_setfield(L, -2, "worker");
     return 1;
+}
+
+/* ---- the state: memory, and what a script may not switch off ------------ */
+
+/* Every state's allocator: counts what it holds and, while script code
+ * runs, refuses to grow past the limit.  Lua then collects in full and
+ * tries once more before it raises "not enough memory", so a refusal
+ * happens only when the live data does not fit. */
+static void *lx_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    lx_mem *m = ud;
+    size_t old = ptr ? osize : 0; /* without ptr, osize is a type tag */
+    if (nsize == 0) {
+        free(ptr);
+        m->used -= old;
+        return NULL;
+    }
+    if (nsize > old && m->enforce && m->used - old + nsize > m->limit) {
+        m->refused++;
+        return NULL;
+    }
+    void *p = realloc(ptr, nsize);
+    if (p) m->used = m->used - old + nsize;
+    return p;
+}
+
+/* A Lua error outside any protected call: a bug of the C side (the memory
+ * limit is lifted there, see lx_mem). */
+static int lx_panic(lua_State *L)
+{
+    const char *msg = lua_tostring(L, -1);
+    LOG_KV(LOG_ERROR, "Lua panic: unprotected error", LOG_S("error", msg ? msg : "?"));
+    abort();
+}
+
+/* collectgarbage(opt, ...) without the options that would stop the
+ * collector or slow it down for good: "stop" (a state that no longer
+ * collects grows to its memory limit and stays there), "incremental",
+ * "generational" (with their pause and step parameters), "setpause",
+ * "setstepmul".  The server chose the mode; "collect", "step", "count",
+ * "isrunning" and "restart" stay. */
+static int l_collectgarbage(lua_State *L)
+{
+    static const char *const allowed[] = {"collect", "step", "count", "isrunning", "restart"};
+    const char *opt = luaL_optstring(L, 1, "collect");
+    bool ok = false;
+    for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++)
+        ok |= strcmp(opt, allowed[i]) == 0;
+    if (!ok)
+        return luaL_argerror(
+            L, 1, lua_pushfstring(L, "'%s' is not allowed: the server runs the collector", opt));
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/* setmetatable refuses a metatable with a __gc field: Lua runs finalizers
+ * with hooks off, so a finalizer is code the budget could never stop (run
+ * at any allocation, or when the state closes).  A __gc added to a
+ * metatable afterwards is never called for that object: Lua marks an
+ * object for finalization when its metatable is set.  So that nothing
+ * marks objects on the script's behalf, the metatables C code gives its
+ * objects are hidden from getmetatable (see hide_metatable), and the debug
+ * functions that reach past that are gone (see guard_libraries). */
+static int l_setmetatable_guard(lua_State *L)
+{
+    if (lua_istable(L, 2)) {
+        lua_pushliteral(L, "__gc");
+        if (lua_rawget(L, 2) != LUA_TNIL)
+            return luaL_argerror(L, 2, "__gc metamethods are not allowed (they would run "
+                                       "outside the instruction budget)");
+    }
+    lua_settop(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, 2, 1);
+    return 1;
+}
+
+/* What the removed debug functions do instead (upvalue 1: the name). */
+static int l_debug_refused(lua_State *L)
+{
+    return luaL_error(L,
+                      "debug.%s is not available: it would reach past the instruction budget "
+                      "or the memory limit",
+                      lua_tostring(L, lua_upvalueindex(1)));
+}
+
+/* Wraps function `name` of the table on top of the stack with fn (the
+ * original as its upvalue). */
+static void wrap_function(lua_State *L, const char *name, lua_CFunction fn)
+{
+    lua_getfield(L, -1, name);
+    lua_pushcclosure(L, fn, 1);
+    lua_setfield(L, -2, name);
+}
+
+/* getmetatable(obj) returns false for an object made by C code (a file, a
+ * timer, req...), so that a script cannot add a __gc that objects made
+ * later would get. */
+void lx_hide_metatable(lua_State *L, const char *tname)
+{
+    if (luaL_getmetatable(L, tname) == LUA_TTABLE) {
+        lua_pushboolean(L, 0);
+        lua_setfield(L, -2, "__metatable");
+    }
+    lua_pop(L, 1);
+}
+
+/* An error raised from inside a hook leaves the thread with hooks off
+ * (Lua turns them off while a hook runs and turns them back on when the
+ * hook returns, or when a pcall catches the error).  Script code that
+ * would run in that window runs unbounded: an xpcall message handler (it
+ * runs before the unwinding), and the __close handlers of a coroutine
+ * that died of the overrun, run when it is closed (coroutine.close,
+ * coroutine.wrap).  So: message handlers are skipped while the run is
+ * over budget, and a coroutine the budget stopped is never closed (its
+ * __close handlers do not run).  The registry's weak table below marks
+ * those coroutines. */
+static const char stopped_key = 0;
+
+static void mark_stopped(lua_State *L)
+{
+    lx_app *app = app_of(L);
+    bool enforce = lx_unprotected_begin(app); /* a mark that cannot fail */
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &stopped_key) == LUA_TTABLE) {
+        lua_pushthread(L);
+        lua_pushboolean(L, 1);
+        lua_rawset(L, -3);
+    }
+    lua_pop(L, 1);
+    lx_unprotected_end(app, enforce);
+}
+
+static bool was_stopped(lua_State *L, lua_State *co)
+{
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &stopped_key);
+    lua_pushthread(co);
+    lua_xmove(co, L, 1);
+    bool stopped = lua_rawget(L, -2) != LUA_TNIL;
+    lua_pop(L, 2);
+    return stopped;
+}
+
+static bool over_budget(lua_State *L)
+{
+    lx_app *app = app_of(L);
+    return app && app->running && app->running->exceeded;
+}
+
+static int msgh_guard(lua_State *L)
+{
+    if (over_budget(L)) return 1; /* the error as it is */
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
+static int xpcall_k(lua_State *L, int status, lua_KContext ctx)
+{
+    return lua_gettop(L);
+}
+
+/* xpcall(f, msgh, ...) with msgh behind msgh_guard (upvalue: xpcall). */
+static int l_xpcall(lua_State *L)
+{
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushvalue(L, 2);
+    lua_pushcclosure(L, msgh_guard, 1);
+    lua_replace(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, xpcall_k); /* a handler may yield */
+    return xpcall_k(L, LUA_OK, 0);
+}
+
+/* coroutine.close(co) (upvalue: the original) refuses a coroutine the
+ * budget stopped. */
+static int l_coclose(lua_State *L)
+{
+    lua_State *co = lua_tothread(L, 1);
+    if (co && was_stopped(L, co)) {
+        luaL_pushfail(L);
+        lua_pushliteral(L, "coroutine stopped by the instruction budget");
+        return 2;
+    }
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/* The function coroutine.wrap returns (upvalue: the coroutine): Lua's own,
+ * but a coroutine the budget stopped is not closed. */
+static int wrap_call(lua_State *L)
+{
+    lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+    int n = lua_gettop(L), nres;
+    if (!lua_checkstack(co, n)) return luaL_error(L, "too many arguments to resume");
+    lua_xmove(L, co, n);
+    int st = lua_resume(co, L, n, &nres);
+    if (st == LUA_OK || st == LUA_YIELD) {
+        if (!lua_checkstack(L, nres + 1)) {
+            lua_pop(co, nres);
+            return luaL_error(L, "too many results to resume");
+        }
+        lua_xmove(co, L, nres);
+        return nres;
+    }
+    int cst = lua_status(co);
+    if (cst != LUA_OK && cst != LUA_YIELD && !was_stopped(L, co))
+        st = lua_resetthread(co); /* close its to-be-closed variables */
+    lua_xmove(co, L, 1);
+    if (st != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
+        luaL_where(L, 1);
+        lua_insert(L, -2);
+        lua_concat(L, 2);
+    }
+    return lua_error(L);
+}
+
+static int l_cowrap(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_State *co = lua_newthread(L);
+    lua_pushvalue(L, 1);
+    lua_xmove(L, co, 1);
+    lua_pushcclosure(L, wrap_call, 1);
+    return 1;
+}
+
+/* What keeps the budget and the memory limit unbeatable from Lua. */
+static void guard_libraries(lua_State *L)
+{
+    lua_newtable(L); /* coroutine -> true, weak keys */
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &stopped_key);
+    lua_pushglobaltable(L);
+    wrap_function(L, "collectgarbage", l_collectgarbage);
+    wrap_function(L, "setmetatable", l_setmetatable_guard);
+    wrap_function(L, "xpcall", l_xpcall);
+    lua_pop(L, 1);
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    if (lua_getfield(L, -1, "coroutine") == LUA_TTABLE) {
+        wrap_function(L, "close", l_coclose);
+        lua_pushcfunction(L, l_cowrap);
+        lua_setfield(L, -2, "wrap");
+    }
+    lua_pop(L, 2);
+    lx_hide_metatable(L, LUA_FILEHANDLE);
+    /* debug keeps what reads (traceback, getinfo, getlocal, gethook,
+     * getuservalue, upvalueid); the rest would remove the hook
+     * (sethook), or reach metatables and values that C code owns:
+     * getregistry, getmetatable, setmetatable, getupvalue (a library's
+     * private userdata), setupvalue, upvaluejoin, setlocal, setuservalue,
+     * setcstacklimit. */
+    static const char *const refused[] = {
+        "sethook",    "getregistry", "getmetatable", "setmetatable", "getupvalue",
+        "setupvalue", "upvaluejoin", "setlocal",     "setuservalue", "setcstacklimit",
+    };
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    if (lua_getfield(L, -1, "debug") == LUA_TTABLE) {
+        for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+            lua_pushstring(L, refused[i]);
+            lua_pushcclosure(L, l_debug_refused, 1);
+            lua_setfield(L, -2, refused[i]);
+        }
+    }
+    lua_pop(L, 2);
 }
 
 /* ---- loading ----------------------------------------------------------- */
@@ -1157,13 +1585,17 @@ lx_app *lx_app_load(const char *path, hub *h, lx_config *cfg, char *err, size_t 
     app->worker_count = worker_count;
     app->on_publish = LUA_NOREF;
     app->budget = DEFAULT_BUDGET;
+    app->timeout = DEFAULT_TIMEOUT;
+    app->mem.limit = DEFAULT_MEMORY;
     app->routes = route_table_new();
     app->script = strdup(path ? path : "scripts/default.lua");
-    app->L = luaL_newstate();
+    app->L = lua_newstate(lx_alloc, &app->mem);
     if (!app->routes || !app->script || !app->L) goto oom;
     lua_State *L = app->L;
     *(lx_app **)lua_getextraspace(L) = app;
+    lua_atpanic(L, lx_panic);
     luaL_openlibs(L);
+    guard_libraries(L);
     /* Each request runs in a coroutine that dies young: the generational
      * collector frees those at once instead of letting garbage grow to
      * twice the live heap. */
@@ -1195,20 +1627,37 @@ lx_app *lx_app_load(const char *path, hub *h, lx_config *cfg, char *err, size_t 
         cfg = &scratch;
     }
     cfg->instruction_budget = 0;
+    cfg->script_timeout = 0;
+    cfg->script_memory = 0;
     app->cfg = cfg;
     app->loading = true;
-    lx_budget load = {.limit = LOAD_BUDGET};
-    app->running = &load;
+    lx_budget load = {0};
+    lx_budget_arm(&load, LOAD_BUDGET, LOAD_TIMEOUT);
+    lx_run run;
+    run_enter(app, &run, &load);
     lua_sethook(L, lx_budget_hook, LUA_MASKCOUNT, HOOK_STEP);
     st = lua_pcall(L, 0, 0, -2);
+    run_leave(app, &run, L);
     lua_sethook(L, NULL, 0, 0);
-    app->running = NULL;
     app->loading = false;
     app->cfg = NULL;
     if (cfg->instruction_budget > 0) app->budget = cfg->instruction_budget;
+    if (cfg->script_timeout > 0) app->timeout = cfg->script_timeout;
+    /* (the memory limit took effect when sluice.config set it) */
     if (cfg == &scratch) lx_config_free(&scratch);
+    if (st == LUA_OK && load.exceeded) {
+        /* Caught by pcall, and the chunk ended before the next check. */
+        lua_pushfstring(L, "%s: %s (caught by pcall)", app->script, over_what(load.exceeded));
+        st = LUA_ERRRUN;
+    }
     if (st != LUA_OK) {
-        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        const char *msg = lua_tostring(L, -1);
+        if (!msg) msg = "(error object is not a string)";
+        if (!load.exceeded && (st == LUA_ERRMEM || app->mem.refused != run.refused))
+            snprintf(err, errlen, "%s: memory limit exceeded (%zu bytes): %s", app->script,
+                     app->mem.limit, msg);
+        else
+            snprintf(err, errlen, "%s", msg);
         goto fail;
     }
     lua_settop(L, 0);
@@ -1730,34 +2179,37 @@ static void respond_from_results(lx_task *t, int nres)
 void lx_task_run(lx_task *t, int nargs)
 {
     lx_app *app = t->app;
-    lx_budget *prev = app->running;
-    lx_task *prev_task = app->running_task;
-    app->running = &t->budget;
+    app->refs++; /* task_end may drop the task's reference */
+    /* Each resume has its own deadline; the instructions add up. */
+    lx_budget_arm(&t->budget, t->budget.limit, app->timeout);
+    lx_run run;
+    run_enter(app, &run, &t->budget);
     app->running_task = t;
     int nres = 0;
     int st = lua_resume(t->co, app->L, nargs, &nres);
-    app->running = prev;
-    app->running_task = prev_task;
+    run_leave(app, &run, t->co);
     if (st == LUA_YIELD && t->waiting) {
-        return; /* a sluice call resumes it later */
+        /* a sluice call resumes it later */
     } else if (st == LUA_YIELD) {
         /* Nothing resumes a bare coroutine.yield from a handler. */
         lua_pushliteral(t->co, "handler yielded outside a sluice call");
         task_fail(t, "script error");
+        task_end(t, false);
     } else if (st == LUA_OK && t->budget.exceeded) {
         /* The overrun was caught with pcall and the code returned before
          * the next check: still a failure. */
-        lua_pushliteral(t->co, "instruction budget exceeded (caught by pcall)");
-        task_fail(t, "script stopped: instruction budget exceeded");
+        lua_pushfstring(t->co, "%s (caught by pcall)", over_what(t->budget.exceeded));
+        task_fail(t, run_failure(app, &run, &t->budget, st));
+        task_end(t, false);
     } else if (st == LUA_OK) {
         if (t->c && !conn_closed(t->c)) respond_from_results(t, nres);
         task_end(t, true);
-        return;
     } else {
-        task_fail(t, t->budget.exceeded ? "script stopped: instruction budget exceeded"
-                                        : "script error");
+        task_fail(t, run_failure(app, &run, &t->budget, st));
+        task_end(t, false);
     }
-    task_end(t, false);
+    app->mem.enforce = run.prev_enforce;
+    lx_app_release(app);
 }
 
 lx_task *lx_task_new(lx_app *app, conn *c)
@@ -1803,16 +2255,20 @@ void lx_on_request(conn *c, http_request *req, void *ud)
         conn_response_finish(c, body, (size_t)n);
         return;
     }
+    app->refs++;
+    bool enforce = lx_unprotected_begin(app);
     lx_task *t = lx_task_new(app, c);
     if (!t) {
         conn_respond_error(c, 503, "out of memory");
-        return;
+    } else {
+        t->req = req;
+        t->match = &m;
+        lua_pushcfunction(t->co, task_main);
+        lua_pushlightuserdata(t->co, t);
+        lx_task_run(t, 1);
     }
-    t->req = req;
-    t->match = &m;
-    lua_pushcfunction(t->co, task_main);
-    lua_pushlightuserdata(t->co, t);
-    lx_task_run(t, 1);
+    lx_unprotected_end(app, enforce);
+    lx_app_release(app);
 }
 
 /* ---- runtime ----------------------------------------------------------- */

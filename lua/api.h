@@ -35,6 +35,8 @@ typedef struct lx_config {
     int workers;
     server_limits limits;
     long long instruction_budget; /* Lua VM instructions per callback run */
+    double script_timeout;        /* seconds of wall clock per run (0: default) */
+    size_t script_memory;         /* bytes per Lua state (0: default) */
     size_t max_publish_queue;     /* publishes waiting for storage before 503 (0: 65536) */
 } lx_config;
 

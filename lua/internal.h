@@ -13,18 +13,40 @@
 
 #define HOOK_STEP 1000
 #define LOAD_BUDGET 100000000LL /* the top-level chunk at start or reload */
+#define LOAD_TIMEOUT 5.0        /* seconds of wall clock for that chunk */
 #define DEFAULT_BUDGET 10000000LL
+#define DEFAULT_TIMEOUT 2.0                    /* seconds per run of a handler or callback */
+#define DEFAULT_MEMORY (64 * 1024 * 1024ULL) /* bytes per Lua state */
 
+/* Why a run was stopped (lx_budget.exceeded). */
+enum { LX_WITHIN = 0, LX_OVER_INSTRUCTIONS, LX_OVER_TIME };
+
+/* What one run of script code may spend: VM instructions (charged by the
+ * count hook, HOOK_STEP at a time) and wall-clock time (checked by the
+ * same hook). */
 typedef struct lx_budget {
     long long used, limit;
-    bool exceeded;
+    double deadline; /* CLOCK_MONOTONIC seconds; 0: none */
+    double timeout;  /* what the deadline was set from, for the message */
+    int exceeded;    /* LX_OVER_*: the hook then raises at every instruction */
 } lx_budget;
+
+/* The allocator's account of one Lua state.  The limit is enforced only
+ * while script code runs in protected mode (enforce): an allocation the C
+ * side makes outside any pcall must not fail, since a failure there would
+ * have nowhere to go but the panic function. */
+typedef struct lx_mem {
+    size_t used, limit;
+    bool enforce;
+    unsigned long long refused; /* allocations refused so far */
+} lx_mem;
 
 typedef struct lx_timer lx_timer;
 
 #define LX_IDLE_COROUTINES 32
 
 struct lx_app {
+    lx_mem mem; /* the allocator's ud: lives as long as L */
     lua_State *L;
     lua_State *hookL; /* runs subscriber callbacks (anchored in the registry) */
     route_table *routes;
@@ -34,6 +56,7 @@ struct lx_app {
     lx_budget *running;           /* the budget charged by the hook */
     struct lx_task *running_task; /* the coroutine being resumed */
     long long budget;             /* per handler run */
+    double timeout;               /* seconds per resume of a handler or callback */
     char *script;                 /* chunk name for logs */
     hub *hub;                     /* where sluice.publish goes (NULL under --check) */
     int worker_id, worker_count;  /* the worker it was loaded for (1-based) */
@@ -84,8 +107,32 @@ void lx_task_run(lx_task *t, int nargs);
 /* Counts a script error for /metrics. */
 void lx_count_error(void);
 
-/* The count hook that enforces the instruction budget. */
+/* The count hook that enforces the instruction budget and the deadline. */
 void lx_budget_hook(lua_State *L, lua_Debug *ar);
+
+/* Starts b for one run: `limit` instructions (kept if b already counts),
+ * and a deadline `timeout` seconds from now. */
+void lx_budget_arm(lx_budget *b, long long limit, double timeout);
+
+/* The C side of the Lua layer, entered from the core (a callback, a
+ * commit, a timer), may work on a state whose script is running further
+ * up the stack, outside that script's protected call: the memory limit
+ * is lifted until the matching lx_unprotected_end. */
+static inline bool lx_unprotected_begin(lx_app *app)
+{
+    bool was = app->mem.enforce;
+    app->mem.enforce = false;
+    return was;
+}
+static inline void lx_unprotected_end(lx_app *app, bool was)
+{
+    app->mem.enforce = was;
+}
+
+/* getmetatable() of the objects with metatable `tname` (made by C code)
+ * returns false, so that a script cannot add a finalizer to objects made
+ * later (finalizers run outside the budget). */
+void lx_hide_metatable(lua_State *L, const char *tname);
 
 /* Adds sluice.timer, sluice.every (timer.c) and sluice.hmac_sha256,
  * sluice.jwt, sluice.hex (crypto.c) to the module table on the stack top. */

@@ -38,6 +38,7 @@ static void timer_release(lx_timer *t);
 static void timer_release(lx_timer *t)
 {
     lx_app *app = t->app;
+    bool enforce = lx_unprotected_begin(app);
     if (lx_loop) ev_timer_stop(lx_loop, &t->w);
     luaL_unref(app->L, LUA_REGISTRYINDEX, t->fn_ref);
     lua_rawgeti(app->L, LUA_REGISTRYINDEX, t->ud_ref);
@@ -49,20 +50,25 @@ static void timer_release(lx_timer *t)
         pp = &(*pp)->next;
     if (*pp) *pp = t->next;
     free(t);
+    lx_unprotected_end(app, enforce);
 }
 
 static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     lx_timer *t = w->data;
     lx_app *app = t->app;
+    app->refs++;
+    bool enforce = lx_unprotected_begin(app);
     lx_task *task = lx_task_new(app, NULL);
     if (!task) {
         LOG_KV(LOG_ERROR, "timer skipped: out of memory");
-        return;
+    } else {
+        lua_rawgeti(task->co, LUA_REGISTRYINDEX, t->fn_ref);
+        if (!t->repeat) timer_release(t); /* the task's stack keeps fn alive */
+        lx_task_run(task, 0);
     }
-    lua_rawgeti(task->co, LUA_REGISTRYINDEX, t->fn_ref);
-    if (!t->repeat) timer_release(t); /* the task's stack keeps fn alive */
-    lx_task_run(task, 0);
+    lx_unprotected_end(app, enforce);
+    lx_app_release(app);
 }
 
 static int start_timer(lua_State *L, bool repeat)
@@ -138,6 +144,7 @@ void lx_open_timers(lua_State *L)
         lua_setfield(L, -2, "__index");
     }
     lua_pop(L, 1);
+    lx_hide_metatable(L, TIMER_MT);
     lua_pushcfunction(L, l_timer);
     lua_setfield(L, -2, "timer");
     lua_pushcfunction(L, l_every);

@@ -10,7 +10,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import SluiceTestCase, build_request
+from harness import SluiceTestCase, build_request, run_sluice
 
 APP_V = """local sluice = require "sluice"
 sluice.route("GET", "/version", function(req) return 200, "%s" end)
@@ -28,6 +28,21 @@ LOAD_ERROR = """local sluice = require "sluice"
 sluice.route("GET", "/version", function(req) return 200, "broken" end)
 error("failing at load")
 """
+
+# sluice.config setting a string twice, the second time with a wrong type:
+# the first value was freed before the type check and freed again with the
+# config (issue 25, item 5).
+CONFIG_TWICE = """local sluice = require "sluice"
+sluice.route("GET", "/version", function(req) return 200, "broken" end)
+sluice.config{ %s }
+sluice.config{ %s }
+"""
+CONFIG_CASES = [
+    ('data = "/tmp/sluice-a"', "data = 5", "data must be a string"),
+    ('tls = { cert = "a.pem" }', "tls = { cert = {} }", "tls.cert must be a string"),
+    ('tls = { key = "k.pem" }', "tls = { key = 1 }", "tls.key must be a string"),
+    ('listen = "127.0.0.1:1"', 'listen = { "127.0.0.1:2", 3 }', r"listen\[2\] must be a string"),
+]
 
 
 class ReloadTest(SluiceTestCase):
@@ -96,6 +111,25 @@ class ReloadTest(SluiceTestCase):
         self.assertIn("failing at load", "\n".join(self.s.logs()))
         self.assertEqual(self.version(), b"v1")
 
+    def test_config_twice_with_bad_type_keeps_old(self):
+        for _ in range(3):
+            for first, second, why in CONFIG_CASES:
+                self.write(CONFIG_TWICE % (first, second))
+                line = self.reload(r"reload failed")
+                self.assertRegex(line, r"app\.lua:4:.*" + why)
+                self.assertEqual(self.version(), b"v1")
+                self.assertTrue(self.s.alive())
+        self.write(APP_V % ("v2", ""))
+        self.reload(r"reloaded")
+        self.assertEqual(self.version(), b"v2")
+
+    def test_check_reports_config_twice_with_file_line(self):
+        for first, second, why in CONFIG_CASES:
+            self.write(CONFIG_TWICE % (first, second))
+            rc, out, err = run_sluice(["--check", self.path])
+            self.assertEqual(rc, 1, err)
+            self.assertRegex(err, r"app\.lua:4:.*" + why)
+
     def test_missing_file_keeps_old(self):
         os.unlink(self.path)
         self.reload(r"reload failed")
@@ -128,6 +162,25 @@ class ReloadTest(SluiceTestCase):
             self.assertIn(r.body, (b"v1", b"v2"))
         self.s.wait_log(r"reloaded")
         self.assertEqual(self.version(), b"v2")
+
+
+class WatchTest(SluiceTestCase):
+    def test_watch_config_twice_with_bad_type_keeps_old(self):
+        d = self.tmpdir()
+        path = os.path.join(d, "app.lua")
+        with open(path, "w") as f:
+            f.write(APP_V % ("v1", ""))
+        s = self.start(path, args=["--watch"])
+        for first, second, why in CONFIG_CASES:
+            mark = s.mark()
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(CONFIG_TWICE % (first, second))
+            os.replace(tmp, path)
+            s.wait_log(r"reload failed", since=mark)
+            with s.conn() as c:
+                self.assertEqual(c.get("/version").body, b"v1")
+        self.assertTrue(s.alive())
 
 
 if __name__ == "__main__":

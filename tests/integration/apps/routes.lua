@@ -111,7 +111,11 @@ end)
 
 -- A big response (32 MiB) so that a client reading slowly keeps an answer
 -- in flight for as long as it likes.
-local big = string.rep("0123456789abcdef", 2 * 1024 * 1024)
+-- (Built as two halves: string.rep would hold its 32 MiB buffer and the
+-- 32 MiB string at once, past the state's 64 MiB memory limit.)
+local half = string.rep("0123456789abcdef", 1024 * 1024)
+local big = half .. half
+half = nil
 sluice.route("GET", "/big", function(req)
   return 200, big, { ["Content-Type"] = "application/octet-stream" }
 end)
