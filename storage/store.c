@@ -991,6 +991,53 @@ static int check_file_size(struct store *s, char *errbuf, size_t errlen)
     return STORE_ECORRUPT;
 }
 
+/* At a read-write open, each topic's first and last message: readable
+ * and whole (two lookups a topic).  A damaged page under a topic's ends
+ * is reported now (store_opts.damage: the server logs it at error) rather
+ * than met by the first reader; the store opens all the same, since reads
+ * skip what is damaged, and `sluice check` walks everything. */
+static void probe_topics(struct store *s)
+{
+    MDB_txn *txn;
+    MDB_cursor *c;
+    MDB_val k, d;
+    struct fmt f;
+    int rc, stop = 0;
+    if (txn_begin(s, MDB_RDONLY, &txn)) return;
+    if (fmt_load(s, txn, &f) || mdb_cursor_open(txn, s->topics, &c)) {
+        txn_end(s, txn);
+        return;
+    }
+    for (rc = lmdb_cursor_get(c, &k, &d, MDB_FIRST); rc == 0 && !stop;
+         rc = lmdb_cursor_get(c, &k, &d, MDB_NEXT)) {
+        struct topic_rec rec;
+        if (d.mv_size != sizeof rec) {
+            report_damage(s, k.mv_data, k.mv_size, 0, "damaged topic record (found at open)");
+            continue;
+        }
+        memcpy(&rec, d.mv_data, sizeof rec);
+        uint64_t ends[2] = {rec.first_seq, rec.last_seq};
+        for (int i = 0; i < 2 && rec.count && !stop; i++) {
+            unsigned char key[12];
+            MDB_val mk = {sizeof key, key}, mv;
+            struct msg_parts m;
+            msg_key(key, rec.number, ends[i]);
+            int r = lmdb_get(txn, s->msgs, &mk, &mv);
+            const char *what = r == MDB_NOTFOUND ? "message missing (found at open)"
+                               : r               ? "damaged page (found at open)"
+                               : msg_parse(&f, &mk, &mv, &m)
+                                   ? "message checksum mismatch (found at open)"
+                                   : NULL;
+            if (what) report_damage(s, k.mv_data, k.mv_size, ends[i], what);
+            stop = r && r != MDB_NOTFOUND; /* the transaction may be spent */
+        }
+    }
+    if (rc && rc != MDB_NOTFOUND && !stop)
+        report_damage(s, NULL, 0, 0, "damaged page in the topics database (found at open)");
+    mdb_cursor_close(c);
+    txn_end(s, txn);
+}
+
 /* One read-write handle per data directory: a second server (or a second
  * open in this process) on the same directory would interleave epochs.
  * flock on a file of our own, so LMDB's fcntl locks are not disturbed. */
@@ -1122,6 +1169,7 @@ int store_open(struct store **out, const char *dir, const struct store_opts *opt
         set_err(errbuf, errbuf_len, "starting the checkpoint thread", EAGAIN);
         goto fail;
     }
+    if (!s->read_only) probe_topics(s);
     *out = s;
     return STORE_OK;
 

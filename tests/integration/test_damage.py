@@ -155,6 +155,15 @@ class DamageTest(SluiceTestCase):
         self.assertGreaterEqual(self.metric(s, "sluice_storage_damaged_total"), 1)
         s.wait_log("damaged data skipped")
         self.assertTrue(s.alive())
+        s.stop()
+
+        # Under the topic's last message: the server says so as it starts,
+        # before any reader comes.
+        for off in offsets_of(d, payload(N - 1).encode()):
+            poke(d, off // 4096 * 4096, b"\0" * 4096)
+        s = self.start(data_dir=d)
+        s.wait_log("found at open")
+        self.assertTrue(s.alive())
 
     def test_truncated_file(self):
         d, ids = self.make_store()

@@ -1459,6 +1459,18 @@ static void test_zeroed_page(void)
     CHECK(r.problems >= 1);
     CHECK(strstr(vs.first, "msgs") != NULL || strstr(vs.first, "zp") != NULL);
     store_close(s);
+
+    /* Under the topic's last message: a read-write open tells of it at
+     * once, and opens. */
+    at = find_in_data(dir, "zeroed-page-0299-");
+    CHECK(at > 0);
+    poke_data(dir, at / 4096 * 4096, 0, 4096);
+    memset(&ds, 0, sizeof ds);
+    s = open_watched(dir, 0, &ds);
+    CHECK_EQ_INT(ds.n, 1);
+    CHECK(strstr(ds.what, "at open") != NULL);
+    CHECK(strcmp(ds.topic, "zp") == 0);
+    store_close(s);
     remove_dir(dir);
 }
 
