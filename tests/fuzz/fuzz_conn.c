@@ -429,8 +429,18 @@ static void finish(void)
         hub_commit_pending(F.hub);
         ev_run(F.loop, EVRUN_NOWAIT);
     }
+    ev_run(F.loop, EVRUN_NOWAIT); /* the pass's end frees what closed */
+    ev_run(F.loop, EVRUN_NOWAIT);
+    /* Everything is gone: a subscription or a stream left behind would be
+     * fanned out to later (freed memory, or a leak). */
     if (hub_inflight(F.hub) > 0) die("end of input", "a publish was never acknowledged");
     if (F.srv.nconns || F.srv.pending_head) die("end of input", "connections left");
+    hub_stats hs;
+    hub_get_stats(F.hub, &hs);
+    sub_stats ss;
+    sub_get_stats(&ss);
+    if (hs.subscribers || ss.websocket || ss.sse || ss.longpoll)
+        die("end of input", "subscribers left");
     ev_timer_stop(F.loop, &F.srv.shutdown_timer);
     F.srv.stopping = false;
     for (int i = 0; i < NCLIENTS; i++) {
