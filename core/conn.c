@@ -514,11 +514,11 @@ void conn_response_start(conn *c, int status)
     const char *text = http_status_text(status);
     size_t tl = strlen(text);
     if (tl > 40) tl = 40; /* the longest standard reason phrase has 31 */
-    char *p = put_bytes(line, "HTTP/1.1 ", 9);
+    char *p = put_bytes(line, STRLIT("HTTP/1.1 "));
     p = put_decimal(p, (uint64_t)(status > 0 ? status : 0));
     *p++ = ' ';
     p = put_bytes(p, text, tl);
-    p = put_bytes(p, "\r\n", 2);
+    p = put_bytes(p, STRLIT("\r\n"));
     resp_append(c, line, (size_t)(p - line));
 }
 
@@ -550,7 +550,7 @@ int conn_response_header(conn *c, const char *name, size_t nlen, const char *val
     if (name_is(name, nlen, "content-length") || name_is(name, nlen, "connection") ||
         name_is(name, nlen, "date") || name_is(name, nlen, "transfer-encoding"))
         return 0;
-    if (resp_append(c, name, nlen) < 0 || resp_append(c, ": ", 2) < 0 ||
+    if (resp_append(c, name, nlen) < 0 || resp_append(c, STRLIT(": ")) < 0 ||
         resp_append(c, value, vlen) < 0 || resp_append(c, "\r\n", 2) < 0)
         return -1;
     return 0;
@@ -608,20 +608,20 @@ static void finish_head(conn *c, size_t *len)
     const char *date = server_date(c->srv);
     size_t dl = strlen(date);
     if (dl > 40) dl = 40; /* an IMF-fixdate has 29 */
-    char *p = put_bytes(hdr, "Date: ", 6);
-    p = put_bytes(put_bytes(p, date, dl), "\r\n", 2);
+    char *p = put_bytes(hdr, STRLIT("Date: "));
+    p = put_bytes(put_bytes(p, date, dl), STRLIT("\r\n"));
     const char *connection = close ? "Connection: close\r\n" : "";
     if (no_body) {
         *len = 0;
     } else {
-        p = put_bytes(p, "Content-Length: ", 16);
-        p = put_bytes(put_decimal(p, *len), "\r\n", 2);
+        p = put_bytes(p, STRLIT("Content-Length: "));
+        p = put_bytes(put_decimal(p, *len), STRLIT("\r\n"));
         const http_request *r = conn_request(c);
         bool http10 = r && r->version_major == 1 && r->version_minor == 0;
         if (!close && http10) connection = "Connection: keep-alive\r\n";
     }
     p = put_bytes(p, connection, strlen(connection));
-    p = put_bytes(p, "\r\n", 2);
+    p = put_bytes(p, STRLIT("\r\n"));
     resp_append(c, hdr, (size_t)(p - hdr));
     if (close) c->keep_alive = false;
 }
@@ -677,8 +677,8 @@ void conn_respond_error(conn *c, int status, const char *msg)
     char body[512];
     size_t o = 0;
     body[o++] = '{';
-    memcpy(body + o, "\"error\":\"", 9);
-    o += 9;
+    memcpy(body + o, STRLIT("\"error\":\""));
+    o += sizeof("\"error\":\"") - 1;
     for (const char *p = msg; *p && o < sizeof(body) - 8; p++) {
         unsigned char ch = (unsigned char)*p;
         if (ch == '"' || ch == '\\') {
@@ -688,8 +688,8 @@ void conn_respond_error(conn *c, int status, const char *msg)
             body[o++] = (char)ch;
         }
     }
-    memcpy(body + o, "\"}", 2);
-    o += 2;
+    memcpy(body + o, STRLIT("\"}"));
+    o += sizeof("\"}") - 1;
     conn_response_start(c, status);
     static const char ct[] = "Content-Type: application/json\r\n";
     conn_response_lines(c, ct, sizeof(ct) - 1);

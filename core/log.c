@@ -4,6 +4,8 @@
  * most frequent thing sluice writes. */
 #include "core/log.h"
 
+#include "core/defs.h"
+
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -98,9 +100,9 @@ static void put_json_str(line *l, const char *s, size_t n)
             char e[2] = {'\\', (char)c};
             put(l, e, 2);
         } else if (c == '\n') {
-            put(l, "\\n", 2);
+            put(l, STRLIT("\\n"));
         } else if (c == '\t') {
-            put(l, "\\t", 2);
+            put(l, STRLIT("\\t"));
         } else if (c < 0x20 || c == 0x7f) {
             char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
             put(l, e, 6);

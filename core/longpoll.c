@@ -4,6 +4,7 @@
  * joined by literal separators, without copying them. */
 #include "core/session.h"
 
+#include "core/defs.h"
 #include "core/log.h"
 
 #include <stdlib.h>
@@ -81,8 +82,8 @@ static void lp_answer(sub_session *s)
     memcpy(tail + tl, end, el);
     tl += el;
     static buf_t *head_slot, *comma_slot;
-    buf_t *head = literal(&head_slot, "{\"messages\":[", 13);
-    buf_t *comma = literal(&comma_slot, ",", 1);
+    buf_t *head = literal(&head_slot, STRLIT("{\"messages\":["));
+    buf_t *comma = literal(&comma_slot, STRLIT(","));
     buf_t *tb = buf_from(tail, tl);
     conn_detach(c);
     if (s->t.lp->oom || !parts || !head || !comma || !tb) {
