@@ -164,7 +164,10 @@ static void teardown(void)
 
 static void die(const char *what, const char *err)
 {
+    /* stdout too: run.sh sends stderr to /dev/null (-close_fd_mask=2). */
     fprintf(stderr, "fuzz_conn: %s: %s\n", what, err);
+    printf("fuzz_conn: %s: %s\n", what, err);
+    fflush(stdout);
     abort();
 }
 
