@@ -5,10 +5,10 @@
 --                 message "kill" makes each subscriber's filter close every
 --                 listed connection (the other subscribers of the topic,
 --                 in the middle of the fan-out), then deliver it.
--- /chaos/:topic   WebSocket; what a client sends is published; its filter
---                 and callbacks close, send and publish pseudo-randomly
---                 (seeded by the message), so one fan-out meets every kind
---                 of change at once.
+-- /chaos/:topic   WebSocket; what a client sends is published; its filter,
+--                 callbacks and a timer close, send and publish
+--                 pseudo-randomly (seeded by the message), so one fan-out
+--                 meets every kind of change at once.
 -- The default app's routes come too (publish, /healthz).
 local sluice = require "sluice"
 
@@ -44,6 +44,11 @@ local function pick(seed)
   n = n + 1
   return (seed + n * 7919) % 13
 end
+
+-- A timer closes one of them now and then, from outside any request.
+sluice.every(0.05, function()
+  if #conns > 0 and pick(1) == 7 then conns[#conns]:close(4005, "chaos") end
+end)
 
 sluice.route("GET", "/chaos/:topic", function(req)
   local topic = req.params.topic
