@@ -214,7 +214,9 @@ static void setup(void)
     struct store_opts so = {.relaxed = 1, .map_size = 8 << 20};
     int rc = store_open(&F.st, F.dir, &so, err, sizeof(err));
     if (rc != 0) die("store_open", err[0] ? err : store_errmsg(rc));
-    F.bus = hub_bus_open(F.st, 1, 0, err, sizeof(err));
+    /* A short queue (sluice.config's max_publish_queue): a few clients
+     * flooding publishes reach the refusals (503, WebSocket 1013). */
+    F.bus = hub_bus_open(F.st, 1, 100, err, sizeof(err));
     if (!F.bus) die("hub_bus_open", err);
 
     F.loop = ev_loop_new(EVFLAG_AUTO);

@@ -179,6 +179,18 @@ seed("ws_handshake_refusals", LUA, send(0, ws("/s/a?proto=chat")),
 seed("ws_gap_json", LUA, send(1, b"".join(post("/p/g", b"m%d" % i) for i in range(12))), run(3),
      send(0, ws("/s/g?format=json&last_event_id=zz-1")), run(3), send(2, ws("/s/g?format=json", "Last-Event-ID: 0-0")),
      run(3))
+# A client sending faster than its publishes commit: paced, not dropped
+# (more than SUB_MAX_PUBLISHING messages in one read), and refused past the
+# publish queue (100 in the fuzzer) by several at once.
+seed("ws_publish_flood", DEFAULT, send(0, ws("/topics/f")), run(), send(0, b"".join(text("m%d" % i) for i in range(150))),
+     run(4))
+seed("ws_publish_flood_many", DEFAULT, send(0, ws("/topics/f")), send(1, ws("/topics/g")), send(2, ws("/topics/h")),
+     run(), no_pass(send(0, b"".join(text("a%d" % i) for i in range(70)))),
+     no_pass(send(1, b"".join(text("b%d" % i) for i in range(70)))),
+     no_pass(send(2, b"".join(text("c%d" % i) for i in range(70)))),
+     send(3, b"".join(post("/topics/f", b"p") for i in range(20))), run(5))
+seed("lua_publish_flood", LUA, send(0, ws("/s/f")), run(), send(0, b"".join(text("Pp%d" % i) for i in range(90))),
+     run(2), close(0), run(3))
 seed("ws_too_big", DEFAULT | SMALL_LIMITS, send(0, ws("/topics/a")), run(), send(0, text("t" * 3000)), run(2))
 
 # --- SSE and long-poll (test_sse.mjs, test_longpoll.mjs) ----------------------
