@@ -39,12 +39,14 @@
  *     6 STOP   graceful shutdown of the server (server_shutdown)
  *     7 RELOAD reloads the app (lx_reload), its subscribers stay open
  *
- * Each op (without bit 6) is followed by two loop passes (ev_run EVRUN_NOWAIT, which runs
- * the prepare watchers: the commit of relaxed publishes, then the output
- * flush) and a read of every client that reads.  At the end every client
- * closes, the loop runs until the connections are gone (bounded), what is
- * left is closed as the shutdown timeout would, and the loop runs until
- * every publish is acknowledged: AddressSanitizer sees every free.
+ * Each op (without bit 6) is followed by two loop passes (ev_run
+ * EVRUN_NOWAIT, which runs the prepare watchers: the commit of relaxed
+ * publishes, then the output flush) and a read of every client that reads.
+ * At the end every client closes, the loop runs until the connections are
+ * gone (bounded), what is left is closed as the shutdown timeout would, and
+ * the loop runs until every publish is acknowledged: AddressSanitizer sees
+ * every free.  Then nothing may be left: no connection, publish in flight,
+ * subscription or stream (an abort names what was).
  *
  * tests/fuzz/make_conn_seeds.py writes the seed corpus
  * (tests/fuzz/seeds/fuzz_conn/); tests/fuzz/run.sh builds and runs this. */
@@ -58,12 +60,12 @@
 
 #include <errno.h>
 #include <ev.h>
+#include <ftw.h>
+#include <netinet/in.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
-#include <ftw.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
