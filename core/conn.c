@@ -155,15 +155,22 @@ void conn_hold(conn *c)
     c->refs++;
 }
 
-static void conn_reap(server_deferred *d)
-{
-    free((char *)d - offsetof(conn, reap));
-}
-
-/* Closed and unheld: the memory goes back at the end of the loop pass. */
+/* Closed and unheld: the memory goes back at the end of the loop pass.
+ * pending_next is free for the link: being on the pending list holds. */
 static void conn_free_later(conn *c)
 {
-    server_defer(c->srv, &c->reap, conn_reap);
+    c->pending_next = c->srv->closed_conns;
+    c->srv->closed_conns = c;
+}
+
+void server_free_closed(server *srv)
+{
+    while (srv->closed_conns) {
+        conn *c = srv->closed_conns;
+        srv->closed_conns = c->pending_next;
+        SLUICE_ASSERT(c->state == CONN_CLOSED && c->refs == 0);
+        free(c);
+    }
 }
 
 void conn_release(conn *c)

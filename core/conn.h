@@ -93,8 +93,8 @@ struct conn {
     const conn_stream_ops *stream;
     void *stream_state;
     conn *next, *prev;  /* srv->conns */
-    conn *pending_next; /* srv->pending_head */
-    server_deferred reap; /* closed, no hold left: freed at the pass's end */
+    conn *pending_next; /* srv->pending_head; once closed and unheld,
+                         * srv->closed_conns (freed at the pass's end) */
     union {
         struct sockaddr sa;
         struct sockaddr_in in;
@@ -220,6 +220,10 @@ void conn_want_turn(conn *c);
  * until `budget` of them have written.  The rest stay queued, in order,
  * for the next call. */
 void server_flush_pending(server *srv, size_t budget);
+
+/* Frees the connections closed during this loop pass that nothing holds
+ * (server_reap calls it). */
+void server_free_closed(server *srv);
 
 /* Asks a connection to end as the server stops: idle ones close, requests
  * in flight finish first, streams end through their on_shutdown. */

@@ -111,6 +111,7 @@ void server_defer(server *srv, server_deferred *d, void (*fn)(server_deferred *d
 
 void server_reap(server *srv)
 {
+    server_free_closed(srv);
     /* A release may defer more (a session's reap never does today, but
      * the list is taken whole each round so that it could). */
     while (srv->graveyard) {

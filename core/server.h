@@ -55,7 +55,9 @@ typedef void (*server_request_fn)(conn *c, http_request *req, void *ud);
  * takes it off every list at once, but its memory is handed to the server
  * with server_defer() and released at the end of the loop pass, when no
  * callback that might still hold a pointer to it is on the stack.  The
- * node is embedded in the object; `fn` frees the object. */
+ * node is embedded in the object; `fn` frees the object.  (Connections
+ * use their own list, closed_conns, linked through a field they no longer
+ * need: 16 bytes less per connection.) */
 typedef struct server_deferred {
     struct server_deferred *next;
     void (*fn)(struct server_deferred *d);
@@ -78,6 +80,7 @@ typedef struct server {
     ev_idle flush_more; /* active while output is left for the next pass */
     ev_timer accept_pause; /* after EMFILE: retry accepting later */
     server_deferred *graveyard; /* closed objects to free at the pass's end */
+    conn *closed_conns;         /* closed connections, the same (conn.c) */
     ev_timer shutdown_timer;
     bool stopping;
     bool accept_failing;   /* an accept failed for want of descriptors or memory */

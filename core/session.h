@@ -78,12 +78,20 @@ struct sub_session {
     hub *hub;
     hub_sub **subs;
     uint64_t last_seq; /* newest seq delivered: older ones are duplicates */
-    const sub_hooks *hooks;
-    void *hooks_ud;
+    /* The app's hooks while the session lives.  Once it has ended the same
+     * bytes are the node that hands it to the server (server_defer): an
+     * ended session's hooks are never read (every call checks
+     * session_ended first), and an idle subscriber stays 16 bytes smaller. */
+    union {
+        struct {
+            const sub_hooks *hooks;
+            void *hooks_ud;
+        };
+        server_deferred reap;
+    };
     sub_names *replay; /* while catching up: the topics to read */
     sub_names *events; /* the events option: deliver only these names */
     const sub_transport_ops *tp;
-    server_deferred reap; /* how session_end hands it to the server */
     int nsubs;
     uint16_t holds;  /* session_hold: work that comes back to it later */
     uint8_t state;   /* session_state */

@@ -408,9 +408,12 @@ void session_end(sub_session *s)
     free(s->subs);
     s->subs = NULL;
     s->nsubs = 0;
-    if (s->hooks && s->hooks->on_close) s->hooks->on_close(s->hooks_ud, s);
-    if (s->hooks && s->hooks->release) s->hooks->release(s->hooks_ud);
-    s->hooks = NULL;
+    const sub_hooks *hooks = s->hooks;
+    void *ud = s->hooks_ud;
+    if (hooks && hooks->on_close) hooks->on_close(ud, s);
+    if (hooks && hooks->release) hooks->release(ud);
+    s->hooks = NULL; /* until server_defer reuses the bytes */
+    s->hooks_ud = NULL;
     /* With publishes in flight, the last answer (sub_publish_done) hands
      * it over instead. */
     if (s->holds == 0) server_defer(s->c->srv, &s->reap, session_reap);

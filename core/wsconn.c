@@ -191,6 +191,7 @@ static int on_frame_data(void *ud, int opcode, const uint8_t *data, size_t len, 
         s->t.ws.msg_len += len;
     }
     if (!fin) return 0;
+    if (session_ended(s)) return 1;
     if (s->hooks && s->hooks->on_message)
         s->hooks->on_message(s->hooks_ud, s, s->t.ws.msg ? s->t.ws.msg : "", s->t.ws.msg_len,
                              s->t.ws.msg_op == WS_OP_BINARY);
