@@ -184,6 +184,9 @@ static void on_committed(void *ud, struct writer_req *req)
     hub_msg *m = p->msg;
     hub *origin = p->origin;
     bool ok = req->status == 0;
+    /* A duplicate (Idempotency-Key) goes, like a failure, to its
+     * publisher only: its first publish had the fan-out. */
+    bool to_all = ok && !req->duplicate;
     if (ok) {
         m->seq = req->seq;
         m->time_ms = req->time_ms;
@@ -198,7 +201,7 @@ static void on_committed(void *ud, struct writer_req *req)
         free(p);
     for (unsigned i = 0; i < b->max_hubs; i++) {
         hub *h = b->hubs[i];
-        if (h && ((ok && !req->duplicate) || h == origin)) inbox_push(h, m);
+        if (h && (to_all || h == origin)) inbox_push(h, m);
     }
     pthread_mutex_unlock(&b->lock);
     hub_msg_unref(m); /* the publish's reference: the inboxes hold theirs */
