@@ -23,6 +23,7 @@
 #include <string.h>
 #include <strings.h>
 #include <ctype.h>
+#include <limits.h>
 
 /* Every worker's: changed and read with relaxed atomics. */
 static unsigned long long script_errors;
@@ -112,6 +113,24 @@ static int budget_raise(lua_State *L, lx_budget *b)
     if (b->exceeded == LX_OVER_TIME)
         return luaL_error(L, "time limit exceeded (%f s)", (lua_Number)b->timeout);
     return luaL_error(L, "instruction budget exceeded (%I instructions)", (lua_Integer)b->limit);
+}
+
+void lx_budget_charge(lua_State *L, long long n)
+{
+    lx_app *app = app_of(L);
+    lx_budget *b = app ? app->running : NULL;
+    if (!b) return;
+    if (!b->exceeded) {
+        if (n > b->limit - b->used) /* (no overflow for any n) */
+            b->exceeded = LX_OVER_INSTRUCTIONS;
+        else if ((b->used += n) > b->limit)
+            b->exceeded = LX_OVER_INSTRUCTIONS;
+        else if (b->deadline > 0 && now_mono() > b->deadline)
+            b->exceeded = LX_OVER_TIME;
+        else
+            return;
+    }
+    budget_raise(L, b);
 }
 
 void lx_budget_hook(lua_State *L, lua_Debug *ar)
@@ -1328,6 +1347,10 @@ static int l_collectgarbage(lua_State *L)
  * functions that reach past that are gone (see guard_libraries). */
 static int l_setmetatable_guard(lua_State *L)
 {
+    /* The original's checks, here so that errors name 'setmetatable' (a
+     * C function called from C has no name to give). */
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_argexpected(L, lua_isnoneornil(L, 2) || lua_istable(L, 2), 2, "nil or table");
     if (lua_istable(L, 2)) {
         lua_pushliteral(L, "__gc");
         if (lua_rawget(L, 2) != LUA_TNIL)
@@ -1444,7 +1467,8 @@ static int l_xpcall(lua_State *L)
 static int l_coclose(lua_State *L)
 {
     lua_State *co = lua_tothread(L, 1);
-    if (co && was_stopped(L, co)) {
+    luaL_argexpected(L, co, 1, "coroutine");
+    if (was_stopped(L, co)) {
         luaL_pushfail(L);
         lua_pushliteral(L, "coroutine stopped by the instruction budget");
         return 2;
@@ -1494,6 +1518,42 @@ static int l_cowrap(lua_State *L)
     return 1;
 }
 
+/* string.rep(s, n [, sep]) with an empty result returns at once: Lua's
+ * loop would copy nothing n times (n up to 2^63), the one standard call
+ * the memory limit does not bound that way.  (upvalue: the original) */
+static int l_rep_guard(lua_State *L)
+{
+    size_t len, seplen = 0;
+    luaL_checklstring(L, 1, &len);
+    lua_Integer n = luaL_checkinteger(L, 2);
+    if (!lua_isnoneornil(L, 3)) luaL_checklstring(L, 3, &seplen);
+    if (n > 0 && len == 0 && seplen == 0) {
+        lua_pushliteral(L, "");
+        return 1;
+    }
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
+/* table.move(a1, f, e, t [, a2]) charges its e - f + 1 steps first:
+ * moving a range of nils allocates nothing, so only the budget bounds
+ * table.move({}, 1, 1e15, 2).  (upvalue: the original) */
+static int l_move_guard(lua_State *L)
+{
+    lua_Integer f = luaL_checkinteger(L, 2), e = luaL_checkinteger(L, 3);
+    luaL_checkinteger(L, 4);
+    if (e >= f) {
+        lua_Unsigned n = (lua_Unsigned)e - (lua_Unsigned)f + 1; /* 0: all 2^64 */
+        lx_budget_charge(L, n == 0 || n > (lua_Unsigned)LLONG_MAX ? LLONG_MAX : (long long)n);
+    }
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
 /* What keeps the budget and the memory limit unbeatable from Lua. */
 static void guard_libraries(lua_State *L)
 {
@@ -1514,6 +1574,10 @@ static void guard_libraries(lua_State *L)
         lua_pushcfunction(L, l_cowrap);
         lua_setfield(L, -2, "wrap");
     }
+    lua_pop(L, 1);
+    if (lua_getfield(L, -1, "string") == LUA_TTABLE) wrap_function(L, "rep", l_rep_guard);
+    lua_pop(L, 1);
+    if (lua_getfield(L, -1, "table") == LUA_TTABLE) wrap_function(L, "move", l_move_guard);
     lua_pop(L, 2);
     lx_hide_metatable(L, LUA_FILEHANDLE);
     /* debug keeps what reads (traceback, getinfo, getlocal, gethook,
@@ -1596,6 +1660,7 @@ lx_app *lx_app_load(const char *path, hub *h, lx_config *cfg, char *err, size_t 
     lua_atpanic(L, lx_panic);
     luaL_openlibs(L);
     guard_libraries(L);
+    lx_open_patterns(L);
     /* Each request runs in a coroutine that dies young: the generational
      * collector frees those at once instead of letting garbage grow to
      * twice the live heap. */

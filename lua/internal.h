@@ -1,6 +1,7 @@
 /* internal.h: what the files of the Lua layer share (not a public face:
  * the rest of sluice uses lua/api.h).  api.c holds the runtime, requests and
- * subscriptions; timer.c the timers; crypto.c HMAC and JWT. */
+ * subscriptions; timer.c the timers; crypto.c HMAC and JWT; pattern.c the
+ * string library's pattern functions, with their work counted. */
 #ifndef SLUICE_LUA_INTERNAL_H
 #define SLUICE_LUA_INTERNAL_H
 
@@ -109,6 +110,15 @@ void lx_count_error(void);
 
 /* The count hook that enforces the instruction budget and the deadline. */
 void lx_budget_hook(lua_State *L, lua_Debug *ar);
+
+/* Charges n instructions of work done in C (the pattern matcher) to the
+ * running budget; raises, as the hook does, when the budget or the
+ * deadline is past.  Nothing when no script code runs. */
+void lx_budget_charge(lua_State *L, long long n);
+
+/* Replaces string.find, match, gmatch and gsub with the counted matcher
+ * (pattern.c). */
+void lx_open_patterns(lua_State *L);
 
 /* Starts b for one run: `limit` instructions (kept if b already counts),
  * and a deadline `timeout` seconds from now. */

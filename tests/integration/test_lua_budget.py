@@ -29,7 +29,7 @@ APP = app("lua_budget.lua")
 
 # Ways the app's /spin/:shape tries to go on past an overrun.
 SHAPES = ["pcall", "nested", "xpcall", "coroutine", "resume", "load", "gsub", "sort",
-          "sethook", "wrap_close", "close"]
+          "sethook", "wrap_close", "close", "move", "rep"]
 
 # An answer within this many seconds means the budget stopped the script
 # (the app's budget is 2 million instructions and 0.5 s per run).
@@ -73,10 +73,21 @@ class HandlerTest(BudgetCase):
         self.assertStopped("/spin/close_dead", r"instruction budget exceeded")
 
     def test_deadline_stops_long_c_calls(self):
-        """Few instructions, each a long C call (a 2 MiB scan): only the
-        wall-clock deadline (0.5 s here) stops it."""
+        """Few instructions, each long (comparing two 2 MiB strings): only
+        the wall-clock deadline (0.5 s here) stops it."""
         took = self.assertStopped("/slow_c", r"script stopped: time limit exceeded")
         self.assertGreater(took, 0.4)
+
+    def test_quadratic_pattern_stopped(self):
+        """A quadratic pattern on a 60 KB body: the matcher's steps count
+        as instructions, so the budget stops it (Lua's own matcher ran
+        8 s here); a linear pattern on the same body passes."""
+        body = b"a" * 60000
+        took = self.assertStopped("/quadratic", r"instruction budget exceeded",
+                                  method="POST", body=body)
+        self.assertLess(took, 1.0)
+        r = http(self.s, "POST", "/linear", body)
+        self.assertEqual((r.status, r.body), (200, b"60000"))
 
     def test_finalizers_and_hook_out_of_reach(self):
         r = http(self.s, "GET", "/gc/finalizer")
@@ -155,8 +166,9 @@ LOOPS = {
     "pcall": "while true do pcall(function() while true do end end) end",
     "xpcall": "while true do xpcall(function() while true do end end, "
               "function() while true do end end) end",
-    "deadline": 'local s = string.rep("x", 2 * 1024 * 1024)\n'
-                'for _ = 1, 1e8 do s:find("y", 1, true) end',
+    "deadline": 'local s, t = string.rep("x", 2 * 1024 * 1024), string.rep("x", 2 * 1024 * 1024)\n'
+                'local same = 0\n'
+                'for _ = 1, 1e8 do if s == t then same = same + 1 end end',
 }
 
 

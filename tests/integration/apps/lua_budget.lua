@@ -57,6 +57,9 @@ local shapes = {
     if dead then coroutine.close(dead) end
     spin()
   end,
+  -- Standard calls that would loop in C without allocating.
+  move = function() table.move({}, 1, 1e15, 2) end,
+  rep = function() while true do pcall(string.rep, "", 1e15) end end,
   close = function()
     while true do
       pcall(function()
@@ -74,11 +77,24 @@ sluice.route("GET", "/spin/:shape", function(req)
   return 200, "escaped"
 end)
 
--- Many C calls, each long but few instructions: only the deadline stops it.
+-- Few instructions, each long (the comparison of two equal 2 MiB strings
+-- is one VM instruction): only the deadline stops it.
 sluice.route("GET", "/slow_c", function()
-  local s = string.rep("x", 2 * 1024 * 1024)
-  for _ = 1, 1e7 do s:find("y", 1, true) end
-  return 200, "finished"
+  local s, t = string.rep("x", 2 * 1024 * 1024), string.rep("x", 2 * 1024 * 1024)
+  local same = 0
+  for _ = 1, 1e7 do if s == t then same = same + 1 end end
+  return 200, "finished " .. same
+end)
+
+-- Work inside one C call: a quadratic pattern (Lua's own matcher took 8 s
+-- on 60 KB here), and a linear one that must pass.
+sluice.route("POST", "/quadratic", function(req)
+  return 200, tostring(req.body:find(".-b"))
+end)
+
+sluice.route("POST", "/linear", function(req)
+  local out, n = req.body:gsub("a", "b")
+  return 200, tostring(n)
 end)
 
 sluice.route("GET", "/timer/:shape", function(req)
