@@ -161,8 +161,6 @@ static void refuse_busy(server *srv, int fd, bool tls)
  * at the edge of its limit, where accepts fail and pass in turn, logs one
  * episode, not one per flap.  Workers in one at the same time share it,
  * since the limit is the process's. */
-#define ACCEPT_RETRY 0.1
-#define ACCEPT_QUIET 1.0
 static int accept_failing_workers; /* atomic */
 
 static void accept_failed(server *srv, int err)
