@@ -156,9 +156,8 @@ static int check_main(const char *dir)
         printf("result: the check failed: %s\n", store_errmsg(rc));
         return 1;
     }
-    printf("  data.mdb: %llu topics, %llu messages, %llu damaged\n",
-           (unsigned long long)r.topics, (unsigned long long)r.messages,
-           (unsigned long long)r.bad_messages);
+    printf("  data.mdb: %llu topics, %llu messages, %llu damaged\n", (unsigned long long)r.topics,
+           (unsigned long long)r.messages, (unsigned long long)r.bad_messages);
     if (r.problems == 0) {
         printf("result: clean\n");
         return 0;

@@ -692,7 +692,9 @@ static int l_publish(lua_State *L)
     hub_publish_fn pacer = can_wait ? NULL : sub_publish_pacer(app->publisher);
     int rc = hub_publish_keyed(app->hub, topic, tlen, event, elen, data, dlen, ikey, iklen,
                                app->origin, can_wait ? publish_resume : pacer,
-                               can_wait ? (void *)t : pacer ? (void *)app->publisher : NULL);
+                               can_wait ? (void *)t
+                               : pacer  ? (void *)app->publisher
+                                        : NULL);
     if (rc != 0) {
         lua_pushnil(L);
         lua_pushstring(L, hub_strerror(rc));

@@ -30,7 +30,7 @@ typedef struct lx_config {
     int ntls_listen;
     char *tls_cert, *tls_key;
     char *data_dir;
-    int relaxed; /* storage.durability = "relaxed": no fsync per commit */
+    int relaxed;              /* storage.durability = "relaxed": no fsync per commit */
     uint64_t dedup_window_ms; /* storage.dedup_window: Idempotency-Key (0: 10 min) */
     int workers;
     server_limits limits;

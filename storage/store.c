@@ -93,9 +93,9 @@ struct tail_msg {
     int64_t time_ms;
     uint64_t max_count, max_age_ms;
     size_t event_len, data_len;
-    size_t ikey_len;              /* idempotency key (0: none) */
-    struct tail_msg *ikey_next;   /* struct tail's key index, newest first */
-    char bytes[]; /* event, then data, then the key */
+    size_t ikey_len;            /* idempotency key (0: none) */
+    struct tail_msg *ikey_next; /* struct tail's key index, newest first */
+    char bytes[];               /* event, then data, then the key */
 };
 
 struct tail_topic {
@@ -714,7 +714,8 @@ static int migrate_op(struct store *s, MDB_txn *txn, void *argp)
         return rc;
     }
     if ((rc = mdb_cursor_open(txn, s->msgs, &c))) return rc;
-    rc = k.mv_size ? lmdb_cursor_get(c, &k, &d, MDB_SET_RANGE) : lmdb_cursor_get(c, &k, &d, MDB_FIRST);
+    rc = k.mv_size ? lmdb_cursor_get(c, &k, &d, MDB_SET_RANGE)
+                   : lmdb_cursor_get(c, &k, &d, MDB_FIRST);
     for (; rc == 0 && n < MIGRATE_CHUNK; n++) {
         const unsigned char *p = d.mv_data;
         if (k.mv_size == 12 && d.mv_size >= MSG_HDR && p[17] == 0 &&
@@ -2092,7 +2093,8 @@ static int dedup_logged(struct store *s, struct store_msg *msgs, size_t i, int64
         return map_rc(rc);
     }
     rc = topic_get(s, *rtxn, m->topic, m->topic_len, &rec);
-    if (rc == 0) rc = idem_find(s, *rtxn, rec.number, m->ikey, m->ikey_len, now_ms, &m->seq, &m->epoch);
+    if (rc == 0)
+        rc = idem_find(s, *rtxn, rec.number, m->ikey, m->ikey_len, now_ms, &m->seq, &m->epoch);
     if (rc == 0) {
         m->duplicate = 1;
         return 0;
@@ -2469,8 +2471,7 @@ int store_sweep(struct store *s, int64_t now_ms, size_t budget, uint64_t *delete
 /* ---- reads ----------------------------------------------------------------- */
 
 /* The message (k, d) as a reader sees it; MSG_BAD when damaged. */
-static int decode_msg(const struct fmt *f, const MDB_val *k, const MDB_val *d,
-                      struct store_view *v)
+static int decode_msg(const struct fmt *f, const MDB_val *k, const MDB_val *d, struct store_view *v)
 {
     struct msg_parts m;
     if (msg_parse(f, k, d, &m)) return MSG_BAD;
@@ -3068,8 +3069,8 @@ static void v_meta(struct verify *v, const MDB_val *k, const MDB_val *d, void *a
     (void)arg;
     int migrated = k->mv_size == 8 && !memcmp(k->mv_data, "migrated", 8);
     if (migrated ? d->mv_size != 12 : d->mv_size != 8)
-        vreport(v, "meta: value of \"%.*s\" has %zu bytes", (int)(k->mv_size > 40 ? 40 : k->mv_size),
-                (const char *)k->mv_data, d->mv_size);
+        vreport(v, "meta: value of \"%.*s\" has %zu bytes",
+                (int)(k->mv_size > 40 ? 40 : k->mv_size), (const char *)k->mv_data, d->mv_size);
 }
 
 static void v_epoch(struct verify *v, const MDB_val *k, const MDB_val *d, void *arg)
@@ -3080,7 +3081,8 @@ static void v_epoch(struct verify *v, const MDB_val *k, const MDB_val *d, void *
         return;
     }
     uint64_t start = get_be64(k->mv_data);
-    if (get_u64(d->mv_data) == 0) vreport(v, "epochs: epoch 0 from seq %llu", (unsigned long long)start);
+    if (get_u64(d->mv_data) == 0)
+        vreport(v, "epochs: epoch 0 from seq %llu", (unsigned long long)start);
     if (start > vs->last_seq + 1)
         vreport(v, "epochs: an epoch starts at seq %llu, past the last seq %llu",
                 (unsigned long long)start, (unsigned long long)vs->last_seq);
@@ -3218,7 +3220,8 @@ int store_verify(struct store *s, store_verify_fn fn, void *ud, struct store_ver
     vwalk(&v, s->msgs, "msgs", v_msg, &vs);
     for (size_t i = 0; i < vs.ntopics; i++) {
         struct vtopic *t = &vs.topics[i];
-        uint64_t first = t->rec.count ? t->rec.first_seq : 0, last = t->rec.count ? t->rec.last_seq : 0;
+        uint64_t first = t->rec.count ? t->rec.first_seq : 0,
+                 last = t->rec.count ? t->rec.last_seq : 0;
         if (t->count != t->rec.count || t->first != first || (t->count && t->last != last))
             vreport(&v,
                     "topic %s: its record says %llu messages (seqs %llu to %llu), found %llu "

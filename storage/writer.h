@@ -69,7 +69,7 @@ struct writer_req {
     uint64_t max_age_ms; /* and/or max age (0 = no limit) */
     const char *ikey;    /* NULL: no idempotency key; else 1..STORE_IKEY_MAX bytes */
     size_t ikey_len;
-    void *user;          /* for the caller; untouched */
+    void *user; /* for the caller; untouched */
     /* out, valid in and after the callback */
     int status;   /* 0, or STORE_E* (STORE_EFULL: answer 503) */
     uint64_t seq; /* with epoch, the message ID (store_id_format) */

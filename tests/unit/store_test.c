@@ -1496,8 +1496,8 @@ static void test_format1_store(void)
     struct {
         const char *k;
         uint64_t *v;
-    } metas[] = {{"version", &one}, {"last_seq", &last}, {"next_topic", &next_topic},
-                 {"wal_salt", &salt}};
+    } metas[] = {
+        {"version", &one}, {"last_seq", &last}, {"next_topic", &next_topic}, {"wal_salt", &salt}};
     for (int i = 0; i < 4; i++) {
         MDB_val k = {strlen(metas[i].k), (void *)metas[i].k}, v = {8, metas[i].v};
         CHECK_EQ_INT(mdb_put(txn, meta, &k, &v, 0), 0);
