@@ -2148,8 +2148,10 @@ static void start_subscription(lx_task *t, int idx)
         h->expiry.data = h;
         if (expires) {
             /* Armed before the session starts: the start may end it (a
-             * poll answered at once), and release stops the timer. */
-            double left = expires - ev_time();
+             * poll answered at once), and release stops the timer.  From
+             * the loop's time, which lags the clock: never early (a token
+             * is valid until its exp). */
+            double left = expires - ev_now(lx_loop);
             ev_timer_set(&h->expiry, left > 0 ? left : 0., 0.);
             ev_timer_start(lx_loop, &h->expiry);
         }
