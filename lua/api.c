@@ -184,7 +184,8 @@ static void config_addr_list(lua_State *L, const char *what, char **out, int *n)
     if (lua_type(L, -1) == LUA_TSTRING) {
         fresh[nfresh++] = strdup(lua_tostring(L, -1));
     } else {
-        if (!lua_istable(L, -1)) luaL_error(L, "sluice.config: %s must be a string or a list", what);
+        if (!lua_istable(L, -1))
+            luaL_error(L, "sluice.config: %s must be a string or a list", what);
         lua_Integer len = luaL_len(L, -1);
         if (len > LX_MAX_LISTEN)
             luaL_error(L, "sluice.config: at most %d %s addresses", LX_MAX_LISTEN, what);
@@ -364,8 +365,7 @@ static int l_config(lua_State *L)
             /* Every type is checked before anything changes (a second
              * call with a bad type once freed the first call's strings
              * and left them to be freed again). */
-            if (lua_getfield(L, -1, "cert") != LUA_TNIL)
-                check_field(L, 1, LUA_TSTRING, "tls.cert");
+            if (lua_getfield(L, -1, "cert") != LUA_TNIL) check_field(L, 1, LUA_TSTRING, "tls.cert");
             if (lua_getfield(L, -2, "key") != LUA_TNIL) check_field(L, 1, LUA_TSTRING, "tls.key");
             lua_getfield(L, -3, "listen");
             if (!lua_isnil(L, -1))
@@ -1356,8 +1356,9 @@ static int l_setmetatable_guard(lua_State *L)
     if (lua_istable(L, 2)) {
         lua_pushliteral(L, "__gc");
         if (lua_rawget(L, 2) != LUA_TNIL)
-            return luaL_argerror(L, 2, "__gc metamethods are not allowed (they would run "
-                                       "outside the instruction budget)");
+            return luaL_argerror(L, 2,
+                                 "__gc metamethods are not allowed (they would run "
+                                 "outside the instruction budget)");
     }
     lua_settop(L, 2);
     lua_pushvalue(L, lua_upvalueindex(1));

@@ -16,7 +16,7 @@
 #define LOAD_BUDGET 100000000LL /* the top-level chunk at start or reload */
 #define LOAD_TIMEOUT 5.0        /* seconds of wall clock for that chunk */
 #define DEFAULT_BUDGET 10000000LL
-#define DEFAULT_TIMEOUT 2.0                    /* seconds per run of a handler or callback */
+#define DEFAULT_TIMEOUT 2.0                  /* seconds per run of a handler or callback */
 #define DEFAULT_MEMORY (64 * 1024 * 1024ULL) /* bytes per Lua state */
 
 /* Why a run was stopped (lx_budget.exceeded). */
@@ -51,19 +51,19 @@ struct lx_app {
     lua_State *L;
     lua_State *hookL; /* runs subscriber callbacks (anchored in the registry) */
     route_table *routes;
-    int refs;                     /* the runtime's, plus one per running task */
-    bool loading;                 /* the chunk runs: config and route are allowed */
-    lx_config *cfg;               /* filled while loading */
-    lx_budget *running;           /* the budget charged by the hook */
-    struct lx_task *running_task; /* the coroutine being resumed */
-    long long budget;             /* per handler run */
-    double timeout;               /* seconds per resume of a handler or callback */
-    char *script;                 /* chunk name for logs */
-    hub *hub;                     /* where sluice.publish goes (NULL under --check) */
-    int worker_id, worker_count;  /* the worker it was loaded for (1-based) */
-    lx_timer *timers;             /* sluice.timer / sluice.every of this generation */
-    int on_publish;               /* registry ref of a table pattern -> function */
-    const void *origin;           /* publisher identity during on_message (skip_self) */
+    int refs;                      /* the runtime's, plus one per running task */
+    bool loading;                  /* the chunk runs: config and route are allowed */
+    lx_config *cfg;                /* filled while loading */
+    lx_budget *running;            /* the budget charged by the hook */
+    struct lx_task *running_task;  /* the coroutine being resumed */
+    long long budget;              /* per handler run */
+    double timeout;                /* seconds per resume of a handler or callback */
+    char *script;                  /* chunk name for logs */
+    hub *hub;                      /* where sluice.publish goes (NULL under --check) */
+    int worker_id, worker_count;   /* the worker it was loaded for (1-based) */
+    lx_timer *timers;              /* sluice.timer / sluice.every of this generation */
+    int on_publish;                /* registry ref of a table pattern -> function */
+    const void *origin;            /* publisher identity during on_message (skip_self) */
     struct sub_session *publisher; /* the WebSocket client whose on_message runs */
     /* The metatables every request uses, by registry ref (an array slot)
      * rather than by name (a string lookup: about 150 instructions). */

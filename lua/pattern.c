@@ -65,18 +65,41 @@ static bool in_class(int c, int cl)
 {
     bool in;
     switch (tolower(cl)) {
-    case 'a': in = isalpha(c); break;
-    case 'c': in = iscntrl(c); break;
-    case 'd': in = isdigit(c); break;
-    case 'g': in = isgraph(c); break;
-    case 'l': in = islower(c); break;
-    case 'p': in = ispunct(c); break;
-    case 's': in = isspace(c); break;
-    case 'u': in = isupper(c); break;
-    case 'w': in = isalnum(c); break;
-    case 'x': in = isxdigit(c); break;
-    case 'z': in = c == 0; break; /* deprecated, still Lua 5.4's */
-    default: return cl == c;
+    case 'a':
+        in = isalpha(c);
+        break;
+    case 'c':
+        in = iscntrl(c);
+        break;
+    case 'd':
+        in = isdigit(c);
+        break;
+    case 'g':
+        in = isgraph(c);
+        break;
+    case 'l':
+        in = islower(c);
+        break;
+    case 'p':
+        in = ispunct(c);
+        break;
+    case 's':
+        in = isspace(c);
+        break;
+    case 'u':
+        in = isupper(c);
+        break;
+    case 'w':
+        in = isalnum(c);
+        break;
+    case 'x':
+        in = isxdigit(c);
+        break;
+    case 'z':
+        in = c == 0;
+        break; /* deprecated, still Lua 5.4's */
+    default:
+        return cl == c;
     }
     return isupper(cl) ? !in : in;
 }
@@ -131,10 +154,14 @@ static bool item_matches(const matcher *m, const char *s, const char *p, const c
     if (s >= m->src_end) return false;
     int c = (unsigned char)*s;
     switch (*p) {
-    case '.': return true;
-    case ESC: return in_class(c, (unsigned char)p[1]);
-    case '[': return in_set(c, p, ep - 1);
-    default: return (unsigned char)*p == c;
+    case '.':
+        return true;
+    case ESC:
+        return in_class(c, (unsigned char)p[1]);
+    case '[':
+        return in_set(c, p, ep - 1);
+    default:
+        return (unsigned char)*p == c;
     }
 }
 
@@ -284,10 +311,19 @@ static const char *do_match(matcher *m, const char *s, const char *p)
             p = ep + 1;
             continue;
         }
-        case '+': s = match_longest(m, s + 1, p, ep); goto done;
-        case '*': s = match_longest(m, s, p, ep); goto done;
-        case '-': s = match_shortest(m, s, p, ep); goto done;
-        default: s++; p = ep; continue;
+        case '+':
+            s = match_longest(m, s + 1, p, ep);
+            goto done;
+        case '*':
+            s = match_longest(m, s, p, ep);
+            goto done;
+        case '-':
+            s = match_shortest(m, s, p, ep);
+            goto done;
+        default:
+            s++;
+            p = ep;
+            continue;
         }
     }
 done:
@@ -415,8 +451,8 @@ static int l_match(lua_State *L)
 }
 
 typedef struct gmatch_state {
-    const char *at;        /* where the next search starts */
-    const char *last_end;  /* the end of the last match: no empty match there */
+    const char *at;       /* where the next search starts */
+    const char *last_end; /* the end of the last match: no empty match there */
     const char *p;
     matcher m;
 } gmatch_state;
