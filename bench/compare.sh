@@ -44,7 +44,7 @@
 # accept 10,000 subscribers and more than 2 minutes per run to (fail to)
 # deliver to 10,000 WebSocket subscribers; the five other servers take about
 # 50 minutes together. LOADS, SERVERS, REPEATS, DELIVERIES and PUSHPIN_LOADS
-# shorten it (bench/HISTORY.md has the 56-minute run of the full table).
+# shorten it (bench/runs/ has the 56-minute run of the full table).
 #
 # Servers: sluice (the default app, durable: each batch's log write
 # fsync'd before fan-out), sluice-relaxed (the same app with durability
