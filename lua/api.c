@@ -1557,6 +1557,46 @@ static int l_move_guard(lua_State *L)
     return 1;
 }
 
+/* load(chunk, name, mode, env) and loadfile(name, mode, env) with the mode
+ * forced to "t": precompiled chunks are not checked by the VM, and a
+ * crafted one can break its invariants (the budget's among them).  The
+ * upvalue is the original; `modearg` is where its mode goes. */
+static int text_only(lua_State *L, int modearg)
+{
+    if (lua_gettop(L) < modearg) lua_settop(L, modearg); /* env stays absent */
+    lua_pushliteral(L, "t");
+    lua_replace(L, modearg);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+static int l_load_text(lua_State *L)
+{
+    return text_only(L, 3);
+}
+
+static int l_loadfile_text(lua_State *L)
+{
+    return text_only(L, 2);
+}
+
+/* dofile(name), text chunks only (see text_only). */
+static int dofile_k(lua_State *L, int status, lua_KContext ctx)
+{
+    return lua_gettop(L) - 1;
+}
+
+static int l_dofile_text(lua_State *L)
+{
+    const char *name = luaL_optstring(L, 1, NULL);
+    lua_settop(L, 1);
+    if (luaL_loadfilex(L, name, "t") != LUA_OK) return lua_error(L);
+    lua_callk(L, 0, LUA_MULTRET, 0, dofile_k);
+    return dofile_k(L, 0, 0);
+}
+
 /* What keeps the budget and the memory limit unbeatable from Lua. */
 static void guard_libraries(lua_State *L)
 {
@@ -1570,6 +1610,10 @@ static void guard_libraries(lua_State *L)
     wrap_function(L, "collectgarbage", l_collectgarbage);
     wrap_function(L, "setmetatable", l_setmetatable_guard);
     wrap_function(L, "xpcall", l_xpcall);
+    wrap_function(L, "load", l_load_text);
+    wrap_function(L, "loadfile", l_loadfile_text);
+    lua_pushcfunction(L, l_dofile_text);
+    lua_setfield(L, -2, "dofile");
     lua_pop(L, 1);
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
     if (lua_getfield(L, -1, "coroutine") == LUA_TTABLE) {

@@ -95,6 +95,13 @@ class HandlerTest(BudgetCase):
         # hidden, debug.getregistry refused
         self.assertEqual(r.body, b"false false false false")
 
+    def test_bytecode_refused(self):
+        r = http(self.s, "GET", "/bytecode")
+        f, err, g, err2 = r.body.decode().split("|")
+        self.assertEqual(f, "nil")
+        self.assertIn("binary chunk", err)
+        self.assertEqual((g, err2), ("2", "nil"))  # text chunks still load
+
 
 class CallbackTest(BudgetCase):
     def test_timer(self):

@@ -138,6 +138,15 @@ sluice.route("GET", "/gc/garbage", function()
   return 200, string.format("%.0f", collectgarbage("count") * 1024)
 end)
 
+-- Precompiled chunks are refused (load, loadfile): crafted bytecode could
+-- break the VM's invariants, the budget's among them.
+sluice.route("GET", "/bytecode", function()
+  local f, err = load(string.dump(function() return 1 end))
+  local g, err2 = load("return 2", "=text", "bt")
+  return 200, string.format("%s|%s|%s|%s", tostring(f), tostring(err), tostring(g and g()),
+                            tostring(err2))
+end)
+
 sluice.route("GET", "/gc/finalizer", function(req)
   local ok = pcall(setmetatable, {}, { __gc = spin })
   local dbg = pcall(debug.getregistry)
