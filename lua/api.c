@@ -1212,10 +1212,12 @@ static int l_req_subscribe(lua_State *L)
     return 1;
 }
 
+static int opt_get(lua_State *L, int opts, const char *key);
+
 static int opt_ref(lua_State *L, int opts, const char *name)
 {
     if (opts == 0) return LUA_NOREF;
-    if (lua_getfield(L, opts, name) == LUA_TNIL) {
+    if (opt_get(L, opts, name) == LUA_TNIL) {
         lua_pop(L, 1);
         return LUA_NOREF;
     }
@@ -2099,6 +2101,14 @@ static void task_fail(lx_task *t, const char *what)
 }
 
 /* The handler returned req:subscribe(...): hand the connection over. */
+/* opts[key], raw: start_subscription runs outside any protected call, where
+ * an __index metamethod that raised would abort the process. */
+static int opt_get(lua_State *L, int opts, const char *key)
+{
+    lua_pushstring(L, key);
+    return lua_rawget(L, opts);
+}
+
 static void start_subscription(lx_task *t, int idx)
 {
     lua_State *L = t->co;
@@ -2123,20 +2133,20 @@ static void start_subscription(lx_task *t, int idx)
     size_t event_lens[32];
     const char *problem = NULL;
     if (opts) {
-        if (lua_getfield(L, opts, "last_event_id") == LUA_TSTRING)
+        if (opt_get(L, opts, "last_event_id") == LUA_TSTRING)
             r.last_event_id = lua_tolstring(L, -1, &r.last_event_id_len);
         else if (!lua_isnil(L, -1))
             problem = "opts.last_event_id must be a string";
-        if (lua_getfield(L, opts, "protocol") == LUA_TSTRING)
+        if (opt_get(L, opts, "protocol") == LUA_TSTRING)
             r.protocol = lua_tostring(L, -1);
         else if (!lua_isnil(L, -1))
             problem = "opts.protocol must be a string";
-        if (lua_getfield(L, opts, "skip_self") != LUA_TNIL) r.skip_self = lua_toboolean(L, -1);
-        if (lua_getfield(L, opts, "expires") == LUA_TNUMBER)
+        if (opt_get(L, opts, "skip_self") != LUA_TNIL) r.skip_self = lua_toboolean(L, -1);
+        if (opt_get(L, opts, "expires") == LUA_TNUMBER)
             expires = lua_tonumber(L, -1);
         else if (!lua_isnil(L, -1))
             problem = "opts.expires must be a number (unix time)";
-        if (lua_getfield(L, opts, "events") == LUA_TTABLE) {
+        if (opt_get(L, opts, "events") == LUA_TTABLE) {
             int ev = lua_gettop(L);
             int ne = (int)lua_rawlen(L, ev);
             if (ne > 32) problem = "opts.events: at most 32 event names";
@@ -2156,7 +2166,7 @@ static void start_subscription(lx_task *t, int idx)
         } else if (!lua_isnil(L, -1)) {
             problem = "opts.events must be a list of event names";
         }
-        if (lua_getfield(L, opts, "format") == LUA_TSTRING)
+        if (opt_get(L, opts, "format") == LUA_TSTRING)
             r.json = strcmp(lua_tostring(L, -1), "json") == 0;
         else if (!lua_isnil(L, -1))
             problem = "opts.format must be a string";

@@ -95,6 +95,11 @@ class HandlerTest(BudgetCase):
         # hidden, debug.getregistry refused
         self.assertEqual(r.body, b"false false false false")
 
+    def test_subscribe_options_with_raising_index(self):
+        r = http(self.s, "GET", "/metaopts/mo?timeout=0")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(http(self.s, "GET", "/healthz").status, 200)
+
     def test_bytecode_refused(self):
         r = http(self.s, "GET", "/bytecode")
         f, err, g, err2 = r.body.decode().split("|")

@@ -153,3 +153,10 @@ sluice.route("GET", "/gc/finalizer", function(req)
   return 200, string.format("%s %s %s %s", tostring(ok), tostring(getmetatable(io.stdout)),
                             tostring(getmetatable(req)), tostring(dbg))
 end)
+
+-- Subscribe options behind an __index that raises: read raw, outside any
+-- protected call (an abort of the process before).
+sluice.route("GET", "/metaopts/:topic", function(req)
+  return req:subscribe(req.params.topic,
+                       setmetatable({}, { __index = function() error("boom") end }))
+end)
