@@ -9,6 +9,7 @@
 #include "lua/internal.h"
 
 #include "core/log.h"
+#include "core/metrics.h"
 #include "core/route.h"
 #include "core/subscriber.h"
 #include "storage/store.h"
@@ -760,94 +761,28 @@ static int l_topic(lua_State *L)
 
 static __thread lx_runtime *current_rt;
 
-/* sluice.metrics() -> the Prometheus text exposition of the counters. */
+/* sluice.metrics() -> the Prometheus text exposition of the counters
+ * (core/metrics.c), with the Lua layer's own. */
 static int l_metrics(lua_State *L)
 {
     lx_app *app = app_of(L);
-    hub_stats hs;
-    memset(&hs, 0, sizeof(hs));
-    if (app->hub) hub_get_stats(app->hub, &hs);
-    sub_stats ss;
-    sub_get_stats(&ss);
-    unsigned total = server_count_connection(0);
-    unsigned streams = ss.websocket + ss.sse + ss.longpoll;
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    char line[256];
-#define ADD(...)                                                                                   \
-    do {                                                                                           \
-        snprintf(line, sizeof(line), __VA_ARGS__);                                                 \
-        luaL_addstring(&b, line);                                                                  \
-    } while (0)
-#define HEAD(name, type, help) ADD("# HELP %s %s\n# TYPE %s %s\n", name, help, name, type)
-    HEAD("sluice_connections", "gauge", "Open connections by transport.");
-    ADD("sluice_connections{transport=\"websocket\"} %u\n", ss.websocket);
-    ADD("sluice_connections{transport=\"sse\"} %u\n", ss.sse);
-    ADD("sluice_connections{transport=\"longpoll\"} %u\n", ss.longpoll);
-    ADD("sluice_connections{transport=\"http\"} %u\n", total > streams ? total - streams : 0);
-    /* Scalars: one line each. */
-    const struct {
-        const char *name, *type, *help;
-        unsigned long long value;
-    } scalars[] = {
-        {"sluice_messages_published_total", "counter", "Messages committed to storage.",
-         hs.published},
-        {"sluice_messages_delivered_total", "counter", "Messages queued to subscribers.",
-         hs.delivered},
-        {"sluice_publish_failures_total", "counter", "Publishes refused by storage.",
-         hs.publish_failures},
-        {"sluice_ws_publish_refused_total", "counter",
-         "WebSocket clients closed (1013) because storage refused their publish.",
-         ss.publish_refused},
-        {"sluice_topics", "gauge", "Topics with a subscriber.", hs.topics},
-        {"sluice_subscriptions", "gauge", "Topic subscriptions.", hs.subscribers},
-        {"sluice_storage_bytes", "gauge", "Size of the LMDB data file.", hs.store_file_bytes},
-        {"sluice_storage_messages", "gauge", "Messages retained in storage.", hs.store_messages},
-        {"sluice_storage_commits_total", "counter", "Storage write transactions.", hs.commits},
-        {"sluice_storage_log_messages", "gauge", "Logged messages awaiting a checkpoint into LMDB.",
-         hs.store_log_messages},
-        {"sluice_storage_checkpoints_total", "counter", "Checkpoints of the log into LMDB.",
-         hs.checkpoints},
-        {"sluice_storage_checkpoint_failures_total", "counter",
-         "Checkpoints that failed (disk or map full: publishes are refused until one passes).",
-         hs.checkpoint_failures},
-        {"sluice_storage_damaged_total", "counter",
-         "Damaged stored messages or pages that reads skipped (see sluice check).",
-         hs.store_damaged},
-        {"sluice_publish_duplicates_total", "counter",
-         "Publishes answered with the ID of an earlier one (same Idempotency-Key).",
-         hs.publish_duplicates},
-    };
-    for (size_t i = 0; i < sizeof(scalars) / sizeof(scalars[0]); i++) {
-        HEAD(scalars[i].name, scalars[i].type, scalars[i].help);
-        ADD("%s %llu\n", scalars[i].name, scalars[i].value);
-    }
-    HEAD("sluice_publish_latency_seconds", "histogram",
-         "From publish to fan-out: storage queue, commit and sync.");
-    for (int i = 0; i < HUB_LATENCY_BUCKETS; i++)
-        ADD("sluice_publish_latency_seconds_bucket{le=\"%g\"} %llu\n", hub_latency_bounds[i],
-            (unsigned long long)hs.latency_buckets[i]);
-    ADD("sluice_publish_latency_seconds_bucket{le=\"+Inf\"} %llu\n",
-        (unsigned long long)hs.latency_buckets[HUB_LATENCY_BUCKETS]);
-    ADD("sluice_publish_latency_seconds_sum %.6f\n", hs.latency_sum);
-    ADD("sluice_publish_latency_seconds_count %llu\n",
-        (unsigned long long)hs.latency_buckets[HUB_LATENCY_BUCKETS]);
-    HEAD("sluice_script_errors_total", "counter", "Errors raised by the app's Lua code.");
-    ADD("sluice_script_errors_total %llu\n", lx_script_errors());
-    HEAD("sluice_invalid_events_total", "counter",
-         "Event names refused (not UTF-8, control characters, too long), by source.");
+    metrics_extra extra[1 + BADEV_KINDS];
+    size_t n = 0;
+    extra[n++] = (metrics_extra){"sluice_script_errors_total", "counter",
+                                 "Errors raised by the app's Lua code.", NULL,
+                                 lx_script_errors()};
+    static const char *const labels[BADEV_KINDS] = {
+        "source=\"publish\"", "source=\"on_publish\"", "source=\"filter\""};
     for (int i = 0; i < BADEV_KINDS; i++)
-        ADD("sluice_invalid_events_total{source=\"%s\"} %llu\n", badev_source[i],
-            __atomic_load_n(&bad_events[i], __ATOMIC_RELAXED));
-    HEAD("sluice_http_refused_total", "counter",
-         "Requests refused by the HTTP layer before the app saw them, by status.");
-    static const int refused[SERVER_REFUSAL_KINDS] = SERVER_REFUSAL_STATUSES;
-    for (int i = 0; i < SERVER_REFUSAL_KINDS; i++)
-        ADD("sluice_http_refused_total{status=\"%d\"} %llu\n", refused[i],
-            server_refusals(refused[i]));
-#undef HEAD
-#undef ADD
-    luaL_pushresult(&b);
+        extra[n++] = (metrics_extra){
+            "sluice_invalid_events_total", "counter",
+            "Event names refused (not UTF-8, control characters, too long), by source.", labels[i],
+            __atomic_load_n(&bad_events[i], __ATOMIC_RELAXED)};
+    size_t len;
+    char *text = metrics_render(app->hub, extra, n, &len);
+    if (!text) return luaL_error(L, "out of memory");
+    lua_pushlstring(L, text, len);
+    free(text);
     return 1;
 }
 

@@ -1,0 +1,137 @@
+/* metrics.c: the Prometheus text of /metrics (see metrics.h).  Built with
+ * snprintf into a growing buffer: it runs once per scrape, not per
+ * message, so clarity wins over speed here. */
+#include "core/metrics.h"
+
+#include "core/server.h"
+#include "core/subscriber.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct text {
+    char *p;
+    size_t len, cap;
+    bool oom;
+} text;
+
+static void add(text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void add(text *t, const char *fmt, ...)
+{
+    if (t->oom) return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(t->p + t->len, t->cap - t->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            t->oom = true;
+            return;
+        }
+        if ((size_t)n < t->cap - t->len) {
+            t->len += (size_t)n;
+            return;
+        }
+        size_t ncap = t->cap * 2 > t->len + (size_t)n + 1 ? t->cap * 2 : t->len + (size_t)n + 1;
+        char *np = realloc(t->p, ncap);
+        if (!np) {
+            t->oom = true;
+            return;
+        }
+        t->p = np;
+        t->cap = ncap;
+    }
+}
+
+static void head(text *t, const char *name, const char *type, const char *help)
+{
+    add(t, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+char *metrics_render(const hub *h, const metrics_extra *extra, size_t nextra, size_t *len)
+{
+    text t = {.cap = 8192};
+    if (!(t.p = malloc(t.cap))) return NULL;
+    hub_stats hs;
+    memset(&hs, 0, sizeof(hs));
+    if (h) hub_get_stats(h, &hs);
+    sub_stats ss;
+    sub_get_stats(&ss);
+    unsigned total = server_count_connection(0);
+    unsigned streams = ss.websocket + ss.sse + ss.longpoll;
+
+    head(&t, "sluice_connections", "gauge", "Open connections by transport.");
+    add(&t, "sluice_connections{transport=\"websocket\"} %u\n", ss.websocket);
+    add(&t, "sluice_connections{transport=\"sse\"} %u\n", ss.sse);
+    add(&t, "sluice_connections{transport=\"longpoll\"} %u\n", ss.longpoll);
+    add(&t, "sluice_connections{transport=\"http\"} %u\n", total > streams ? total - streams : 0);
+    const struct {
+        const char *name, *type, *help;
+        unsigned long long value;
+    } scalars[] = {
+        {"sluice_messages_published_total", "counter", "Messages committed to storage.",
+         hs.published},
+        {"sluice_messages_delivered_total", "counter", "Messages queued to subscribers.",
+         hs.delivered},
+        {"sluice_publish_failures_total", "counter", "Publishes refused by storage.",
+         hs.publish_failures},
+        {"sluice_ws_publish_refused_total", "counter",
+         "WebSocket clients closed (1013) because storage refused their publish.",
+         ss.publish_refused},
+        {"sluice_topics", "gauge", "Topics with a subscriber.", hs.topics},
+        {"sluice_subscriptions", "gauge", "Topic subscriptions.", hs.subscribers},
+        {"sluice_storage_bytes", "gauge", "Size of the LMDB data file.", hs.store_file_bytes},
+        {"sluice_storage_messages", "gauge", "Messages retained in storage.", hs.store_messages},
+        {"sluice_storage_commits_total", "counter", "Storage write transactions.", hs.commits},
+        {"sluice_storage_log_messages", "gauge", "Logged messages awaiting a checkpoint into LMDB.",
+         hs.store_log_messages},
+        {"sluice_storage_checkpoints_total", "counter", "Checkpoints of the log into LMDB.",
+         hs.checkpoints},
+        {"sluice_storage_checkpoint_failures_total", "counter",
+         "Checkpoints that failed (disk or map full: publishes are refused until one passes).",
+         hs.checkpoint_failures},
+        {"sluice_storage_damaged_total", "counter",
+         "Damaged stored messages or pages that reads skipped (see sluice check).",
+         hs.store_damaged},
+        {"sluice_publish_duplicates_total", "counter",
+         "Publishes answered with the ID of an earlier one (same Idempotency-Key).",
+         hs.publish_duplicates},
+    };
+    for (size_t i = 0; i < sizeof(scalars) / sizeof(scalars[0]); i++) {
+        head(&t, scalars[i].name, scalars[i].type, scalars[i].help);
+        add(&t, "%s %llu\n", scalars[i].name, scalars[i].value);
+    }
+    head(&t, "sluice_publish_latency_seconds", "histogram",
+         "From publish to fan-out: storage queue, commit and sync.");
+    for (int i = 0; i < HUB_LATENCY_BUCKETS; i++)
+        add(&t, "sluice_publish_latency_seconds_bucket{le=\"%g\"} %llu\n", hub_latency_bounds[i],
+            (unsigned long long)hs.latency_buckets[i]);
+    add(&t, "sluice_publish_latency_seconds_bucket{le=\"+Inf\"} %llu\n",
+        (unsigned long long)hs.latency_buckets[HUB_LATENCY_BUCKETS]);
+    add(&t, "sluice_publish_latency_seconds_sum %.6f\n", hs.latency_sum);
+    add(&t, "sluice_publish_latency_seconds_count %llu\n",
+        (unsigned long long)hs.latency_buckets[HUB_LATENCY_BUCKETS]);
+    head(&t, "sluice_http_refused_total", "counter",
+         "Requests refused by the HTTP layer before the app saw them, by status.");
+    static const int refused[SERVER_REFUSAL_KINDS] = SERVER_REFUSAL_STATUSES;
+    for (int i = 0; i < SERVER_REFUSAL_KINDS; i++)
+        add(&t, "sluice_http_refused_total{status=\"%d\"} %llu\n", refused[i],
+            server_refusals(refused[i]));
+    for (size_t i = 0; i < nextra; i++) {
+        const metrics_extra *e = &extra[i];
+        if (i == 0 || strcmp(extra[i - 1].name, e->name) != 0) head(&t, e->name, e->type, e->help);
+        if (e->label)
+            add(&t, "%s{%s} %llu\n", e->name, e->label, e->value);
+        else
+            add(&t, "%s %llu\n", e->name, e->value);
+    }
+    if (t.oom) {
+        free(t.p);
+        return NULL;
+    }
+    *len = t.len;
+    return t.p;
+}
