@@ -170,6 +170,8 @@ struct store {
     int cur;
     size_t log_msgs[2];    /* messages of each log LMDB lacks; 0: free */
     struct ckpt ckpt;      /* the checkpoint beside appends */
+    int salvage;           /* store_opts.salvage: the open keeps every good record */
+    size_t log_size;       /* bytes of a log file made by this handle */
     int wal_failed;        /* a log write failed: commits go to LMDB directly */
     uint64_t salt_pending; /* the salt the next commit gives the log */
     uint64_t wal_salt;     /* meta "wal_salt": this store's log records only */
@@ -179,11 +181,27 @@ struct store {
     int tail_inited;
 };
 
-static int wal_replay(struct store *s, const char *dir, uint64_t *last);
+static int wal_replay(struct store *s, const char *dir, uint64_t *last, int salvage, char *errbuf,
+                      size_t errlen);
 static int append_commit(struct store *s, struct store_msg *msgs, size_t n, int64_t now_ms,
                          const int64_t *times);
-static int tail_load(struct store *s, uint64_t after, size_t ends[2], size_t counts[2],
-                     int *last_log);
+/* What the logs hold past LMDB's last seq (logs_judge). */
+enum { LOGS_OK, LOGS_AHEAD, LOGS_DAMAGED };
+
+struct log_verdict {
+    int state;
+    int chain[2], nchain;  /* the logs of the chain, in order */
+    uint64_t chain_last;   /* its last seq (LMDB's if empty) */
+    uint64_t behind;       /* good records behind it */
+    uint64_t torn;         /* LOGS_OK: of them, a torn batch's (dropped) */
+    int log;               /* LOGS_DAMAGED: the log where the chain stops, */
+    size_t offset;         /* the offset of the first record it lacks, */
+    uint64_t behind_first; /* the lowest seq behind it */
+    uint64_t ahead_first;  /* LOGS_AHEAD: the first seq the logs have */
+};
+
+static int tail_load(struct store *s, uint64_t after, int salvage, size_t ends[2],
+                     size_t counts[2], int *last_log, struct log_verdict *v);
 static int checkpoint_all(struct store *s, int64_t now_ms);
 static int ckpt_start(struct store *s);
 static void ckpt_stop(struct store *s);
@@ -805,12 +823,8 @@ static int init_rw(struct store *s, const char *dir, char *errbuf, size_t errlen
     } else {
         atomic_store(&s->all_summed, 1);
     }
-    if ((rc = wal_replay(s, dir, &last))) {
-        if (rc == MDB_CORRUPTED && errbuf && errlen)
-            snprintf(errbuf, errlen,
-                     "%s/wal, wal2: the logs do not follow the store's last message", dir);
-        else
-            set_err(errbuf, errlen, "replaying the log", rc);
+    if ((rc = wal_replay(s, dir, &last, s->salvage, errbuf, errlen))) {
+        if (rc != MDB_CORRUPTED) set_err(errbuf, errlen, "replaying the log", rc);
         return rc;
     }
     if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn))) {
@@ -818,8 +832,8 @@ static int init_rw(struct store *s, const char *dir, char *errbuf, size_t errlen
         return rc;
     }
     if ((rc = epoch_start(s, txn, last))) goto fail;
-    /* A salt that voids log records the replay could not use, if the
-     * replay's own commit did not record it. */
+    /* The logs' new salt, if the replay's own commit did not record it:
+     * durable before the first append. */
     if (s->salt_pending && (rc = meta_put_u64(s, txn, "wal_salt", s->salt_pending))) goto fail;
     if ((rc = mdb_txn_commit(txn))) {
         set_err(errbuf, errlen, "commit", rc);
@@ -851,7 +865,7 @@ static int logs_open(struct store *s, const char *dir, int read_only)
 {
     int rc = 0;
     for (int i = 0; i < 2 && !rc; i++)
-        rc = wal_open(&s->logs[i], dir, log_names[i], read_only, WAL_DEFAULT_SIZE);
+        rc = wal_open(&s->logs[i], dir, log_names[i], read_only, s->log_size);
     return rc;
 }
 
@@ -863,38 +877,77 @@ static void logs_close(struct store *s)
     }
 }
 
+/* What is wrong with logs judged unsound, in one line. */
+static void verdict_text(const char *dir, const struct log_verdict *v, uint64_t after, char *buf,
+                         size_t len)
+{
+    if (!buf || !len) return;
+    if (v->state == LOGS_AHEAD)
+        snprintf(buf, len,
+                 "%s/wal, wal2: the logs do not follow the store's last message (seq %llu; the "
+                 "logs start at %llu): a data.mdb restored from a backup? Move both files away "
+                 "to open the store as it is",
+                 dir, (unsigned long long)after, (unsigned long long)v->ahead_first);
+    else
+        snprintf(buf, len,
+                 "%s/%s: damaged log record at offset %zu (seq %llu expected), followed by %llu "
+                 "good records from seq %llu on: refusing to lose acknowledged messages. "
+                 "`sluice check -d %s` reports, `sluice check --repair -d %s` keeps every good "
+                 "record",
+                 dir, log_names[v->log], v->offset, (unsigned long long)v->chain_last + 1,
+                 (unsigned long long)v->behind, (unsigned long long)v->behind_first, dir, dir);
+}
+
 /* At a read-write open: checkpoint what the logs hold past LMDB's last
- * seq (a crash came before its checkpoint).  The logs stay open for
- * appends. */
-static int wal_replay(struct store *s, const char *dir, uint64_t *last)
+ * seq (a crash came before its checkpoint), and give the logs a new salt
+ * in the same commit (or in the epoch's, when there is nothing to
+ * replay), before anything is appended: records this open did not
+ * replay (behind a torn write, or a relaxed log's hole) can then never
+ * be read again, whatever lands in front of them later.  The logs stay
+ * open for appends.  Returns 0, an errno value, or MDB_CORRUPTED with
+ * errbuf saying what is wrong. */
+static int wal_replay(struct store *s, const char *dir, uint64_t *last, int salvage, char *errbuf,
+                      size_t errlen)
 {
     size_t ends[2] = {0, 0}, counts[2] = {0, 0};
+    struct log_verdict v;
     int last_log = -1;
     int rc = logs_open(s, dir, 0);
-    if (!rc) rc = tail_load(s, *last, ends, counts, &last_log);
-    if (rc == MDB_CORRUPTED && s->relaxed) {
-        /* A relaxed log is not flushed per batch: an OS crash can lose a
-         * sealed log's records and keep the next one's, which then follow
-         * a hole.  Replay up to the hole (what was loaded); the next
-         * commit gives the logs a new salt, which voids the rest. */
-        s->salt_pending = random_epoch(s->wal_salt);
-        rc = 0;
+    if (!rc) rc = tail_load(s, *last, salvage, ends, counts, &last_log, &v);
+    if (!rc && v.state != LOGS_OK && !salvage && !s->relaxed) {
+        /* Durable: a record acknowledged behind the cut would be lost. */
+        verdict_text(dir, &v, *last, errbuf, errlen);
+        rc = MDB_CORRUPTED;
     }
+    if (!rc && v.state != LOGS_OK && s->relaxed && s->damage_fn) {
+        /* Relaxed: an OS crash can lose any unflushed write and keep a
+         * later one; the hole ends the replay.  Said, not refused. */
+        struct store_damage d = {NULL, 0, v.chain_last + 1,
+                                 "log: records behind a hole not replayed (relaxed mode: "
+                                 "writes since the last sync were lost)"};
+        s->damage_fn(s->damage_ud, &d);
+    }
+    if (!rc) s->salt_pending = random_epoch(s->wal_salt);
     if (!rc && s->tail.count) {
         *last = s->tail.last_seq;
         s->log_msgs[0] = counts[0];
         s->log_msgs[1] = counts[1];
         int code = checkpoint_all(s, wall_ms());
-        if (code == STORE_EFULL && !s->salt_pending) {
-            /* No room in LMDB (a full disk, the map at its bound): keep
-             * the records in the logs and the tail, and open all the same;
-             * checkpoints retry, publishes hear "full" until they pass.
-             * Appends go on after the newest record. */
-            for (int i = 0; i < 2; i++)
+        if (code && !salvage && code != STORE_ENOMEM) {
+            /* No room in LMDB (a full disk: ENOSPC, or EIO from a write
+             * the limit cut short; the map at its bound): keep the
+             * records in the logs and the tail, under the old salt, and
+             * open all the same; checkpoints retry, publishes hear "full"
+             * once the log fills.  What lies past the kept records is
+             * zeroed (flushed) instead: appends go on after them. */
+            s->salt_pending = 0;
+            for (int i = 0; i < 2 && !rc; i++) {
+                rc = wal_zero(s->logs[i], counts[i] ? ends[i] : 0);
                 if (counts[i]) wal_seek(s->logs[i], ends[i]);
+            }
             s->cur = last_log;
         } else if (code) {
-            rc = EIO;
+            rc = code == STORE_ENOMEM ? ENOMEM : EIO;
         }
     }
     if (rc) logs_close(s);
@@ -905,17 +958,18 @@ static int wal_replay(struct store *s, const char *dir, uint64_t *last)
  * past LMDB, as of now, so that a dump shows every acknowledged message.
  * The server may checkpoint and reuse a log between our reads of LMDB and
  * of the files, which leaves a chain that does not follow LMDB's last
- * seq: read again (bounded). */
+ * seq: read again (bounded).  Logs that stay unsound (damage: the server
+ * will not start on them) are served up to the damage. */
 static int load_server_tail(struct store *s, const char *dir)
 {
     size_t ends[2], counts[2];
+    struct log_verdict v;
     int last_log, rc = logs_open(s, dir, 1);
     for (int attempt = 1; rc == 0; attempt++) {
         uint64_t last;
         if ((rc = read_last_seq(s, &last))) break;
-        rc = tail_load(s, last, ends, counts, &last_log);
-        if (rc != MDB_CORRUPTED || attempt == 20) break;
-        rc = 0;
+        rc = tail_load(s, last, 0, ends, counts, &last_log, &v);
+        if (rc || v.state == LOGS_OK || attempt == 20) break;
         pthread_rwlock_wrlock(&s->tail.lock);
         tail_clear(&s->tail);
         pthread_rwlock_unlock(&s->tail.lock);
@@ -1062,6 +1116,50 @@ static int take_dir_lock(struct store *s, const char *dir, char *errbuf, size_t 
     return 0;
 }
 
+/* A new data directory's environment.  LMDB writes a new file's two meta
+ * pages with one write that it does not flush, and a power cut before the
+ * first synced commit can leave a file that LMDB refuses for good (its
+ * first page lost: MDB_INVALID).  So the file is made under another name,
+ * given a first commit (synced), and only then renamed to data.mdb, the
+ * directory synced: data.mdb is whole or absent.  Returns 0, an errno
+ * value or an LMDB code. */
+static int create_env(const char *dir, const char *data_path)
+{
+    char *tmp = NULL, *tmp_lock = NULL;
+    MDB_env *env = NULL;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    int rc = ENOMEM;
+    if (asprintf(&tmp, "%s/data.mdb.new", dir) < 0) tmp = NULL;
+    if (!tmp || asprintf(&tmp_lock, "%s/data.mdb.new-lock", dir) < 0) {
+        tmp_lock = NULL;
+        goto out;
+    }
+    unlink(tmp); /* a creation a crash cut short */
+    if ((rc = mdb_env_create(&env)) || (rc = mdb_env_set_maxdbs(env, 8)) ||
+        (rc = mdb_env_open(env, tmp, MDB_NOSUBDIR, 0644)))
+        goto out;
+    if ((rc = mdb_txn_begin(env, NULL, 0, &txn))) goto out;
+    if ((rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &dbi))) {
+        mdb_txn_abort(txn);
+        goto out;
+    }
+    if ((rc = mdb_txn_commit(txn))) goto out;
+    mdb_env_close(env);
+    env = NULL;
+    if (rename(tmp, data_path)) {
+        rc = errno;
+        goto out;
+    }
+    rc = wal_sync_dir(dir);
+out:
+    if (env) mdb_env_close(env);
+    if (tmp_lock) unlink(tmp_lock);
+    free(tmp);
+    free(tmp_lock);
+    return rc;
+}
+
 int store_open(struct store **out, const char *dir, const struct store_opts *opts, char *errbuf,
                size_t errbuf_len)
 {
@@ -1082,6 +1180,8 @@ int store_open(struct store **out, const char *dir, const struct store_opts *opt
     s->read_only = !!opts->read_only;
     s->relaxed = !!opts->relaxed;
     s->map_max = opts->map_max;
+    s->salvage = !!opts->salvage;
+    s->log_size = opts->log_size ? opts->log_size : WAL_DEFAULT_SIZE;
     s->dedup_window_ms = opts->dedup_window_ms ? opts->dedup_window_ms : STORE_DEDUP_WINDOW_MS;
     s->damage_fn = opts->damage;
     s->damage_ud = opts->damage_ud;
@@ -1105,6 +1205,12 @@ int store_open(struct store **out, const char *dir, const struct store_opts *opt
         }
         if ((code = take_dir_lock(s, dir, errbuf, errbuf_len))) goto fail;
         code = STORE_EIO;
+        if (stat(s->data_path, &sb) != 0 && errno == ENOENT &&
+            (rc = create_env(dir, s->data_path))) {
+            set_err(errbuf, errbuf_len, "creating data.mdb", rc);
+            code = map_rc(rc);
+            goto fail;
+        }
     }
 
     pthread_rwlockattr_init(&attr);
@@ -1149,6 +1255,13 @@ int store_open(struct store **out, const char *dir, const struct store_opts *opt
     if ((rc = mdb_env_open(s->env, dir, flags, 0644))) {
         set_err(errbuf, errbuf_len, dir, rc);
         code = rc == ENOENT ? STORE_ENOTFOUND : map_rc(rc);
+        goto fail;
+    }
+    /* LMDB may have just made lock.mdb; data.mdb's entry was synced by
+     * create_env.  Cheap, and what a store relies on is then on disk. */
+    if (!s->read_only && (rc = wal_sync_dir(dir))) {
+        set_err(errbuf, errbuf_len, "fsync of the data directory", rc);
+        code = map_rc(rc);
         goto fail;
     }
     if ((rc = check_file_size(s, errbuf, errbuf_len))) {
@@ -1319,6 +1432,9 @@ int store_id_parse(struct store *s, const char *id, size_t len, uint64_t *seq)
     if ((rc = txn_begin(s, MDB_RDONLY, &txn))) return map_rc(rc);
     if ((rc = meta_get_u64(s, txn, "last_seq", &last))) goto out;
     if (s->read_only && last < s->tail.last_seq) last = s->tail.last_seq; /* the server's log */
+    /* Ours: messages of an earlier run that an open kept in the log (no
+     * room in LMDB to replay them) are past LMDB's last seq. */
+    if (!s->read_only && last < atomic_load(&s->last_seq)) last = atomic_load(&s->last_seq);
     if (q > last) goto out; /* never committed here (or lost in a crash) */
     if ((rc = mdb_cursor_open(txn, s->epochs, &c))) goto out;
     /* The epoch in force at q: the last entry whose start is <= q. */
@@ -2171,7 +2287,9 @@ static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int6
                             .data = m->data,
                             .data_len = m->data_len,
                             .ikey = m->ikey_len ? m->ikey : NULL,
-                            .ikey_len = m->ikey ? m->ikey_len : 0};
+                            .ikey_len = m->ikey ? m->ikey_len : 0,
+                            /* The replay tells damage from a torn write by it. */
+                            .flags = off ? 0 : WAL_REC_BATCH_FIRST};
         struct tail_msg *tm = tail_msg_copy(&r);
         if (!tm) {
             code = STORE_ENOMEM;
@@ -2248,18 +2366,21 @@ int store_append_batch(struct store *s, struct store_msg *msgs, size_t n, int64_
     return code;
 }
 
+/* ---- reading the logs back --------------------------------------------------- */
+
 /* The run of log records at the start of buf: consecutive seqs (what
- * follows is an older round's).  *first and *last get its bounds (0 when
- * empty).  With t, its records after seq `after` are linked into t, and
- * *end gets the offset after the last of them. */
+ * follows is an older round's, or damage).  *first and *last get its
+ * bounds (0 when empty), *stop the offset after it.  With t, its records
+ * after seq `after` are linked into t, and *end gets the offset after the
+ * last of them. */
 static int log_run(const unsigned char *buf, size_t len, uint64_t salt, uint64_t after,
-                   struct tail *t, uint64_t *first, uint64_t *last, size_t *end)
+                   struct tail *t, uint64_t *first, uint64_t *last, size_t *end, size_t *stop)
 {
     struct wal_rec r;
     size_t off = 0, sz;
     uint64_t expect = 0;
     *first = *last = 0;
-    while ((sz = wal_rec_decode(buf + off, len - off, &r, salt)) > 0) {
+    while (buf && (sz = wal_rec_decode(buf + off, len - off, &r, salt)) > 0) {
         if (expect && r.seq != expect) break; /* a stale record of an older round */
         expect = r.seq + 1;
         off += sz;
@@ -2271,56 +2392,258 @@ static int log_run(const unsigned char *buf, size_t len, uint64_t salt, uint64_t
         tail_link(t, m);
         *end = off;
     }
+    if (stop) *stop = off;
     return 0;
 }
 
-/* Read the logs' messages after seq `after` into the tail.  Each log
- * starts with a run of consecutive seqs; the runs that matter chain from
- * after + 1, one log's into the other's, and every other run is stale
- * (LMDB has it).  ends[i] gets the offset after the last record taken from
+/* Every good record of buf with a seq past `after`: *n of them, *batch
+ * when one is a batch's first, *low the lowest seq (0: none). */
+static void log_behind(const unsigned char *buf, size_t len, uint64_t salt, uint64_t after,
+                       uint64_t *n, int *batch, uint64_t *low)
+{
+    struct wal_rec r;
+    size_t off = 0, sz;
+    *n = 0;
+    *batch = 0;
+    *low = 0;
+    while (buf && off + WAL_REC_HEADER <= len) {
+        sz = wal_rec_decode(buf + off, len - off, &r, salt);
+        if (!sz) {
+            off += 8; /* records are 8-aligned: look for the next one */
+            continue;
+        }
+        if (r.seq > after) {
+            (*n)++;
+            if (r.flags & WAL_REC_BATCH_FIRST) *batch = 1;
+            if (!*low || r.seq < *low) *low = r.seq;
+        }
+        off += sz;
+    }
+}
+
+/* What the logs hold past LMDB's last seq, and whether it reads as a
+ * log that only a crash has touched (docs/storage.md, "Damage").
+ *
+ * Each log starts with a run of consecutive seqs; the runs that matter
+ * chain from LMDB's last seq + 1, one log's into the other's.  Every good
+ * record (this salt) with a later seq than the chain's end is *behind*
+ * it.  In durable mode a crash leaves such records only inside the batch
+ * whose write it cut (the last write: earlier writes had returned, which
+ * is when they were on the disk), and that batch's first record is before
+ * the cut.  That batch is in the chain's last log, or it is the first
+ * batch of the other log's round (which the chain then does not reach).
+ * So records behind the chain are a torn tail when they all lie in one
+ * such log and none of them is a batch's first record; otherwise the
+ * chain was cut by damage (or the logs are ahead of a store restored from
+ * a backup). */
+static void logs_judge(unsigned char *const buf[2], const size_t len[2], uint64_t salt,
+                       uint64_t after, struct log_verdict *v)
+{
+    uint64_t first[2], last[2], n[2], low[2];
+    size_t stop[2];
+    int used[2] = {0, 0}, batch[2];
+    memset(v, 0, sizeof *v);
+    v->log = -1;
+    for (int i = 0; i < 2; i++)
+        log_run(buf[i], len[i], salt, 0, NULL, &first[i], &last[i], NULL, &stop[i]);
+    for (;;) {
+        int next = -1;
+        for (int i = 0; i < 2; i++)
+            if (!used[i] && first[i] && first[i] <= after + 1 && last[i] > after) next = i;
+        if (next < 0) break;
+        used[next] = 1;
+        v->chain[v->nchain++] = next;
+        after = last[next];
+    }
+    v->chain_last = after;
+    for (int i = 0; i < 2; i++) {
+        log_behind(buf[i], len[i], salt, after, &n[i], &batch[i], &low[i]);
+        v->behind += n[i];
+    }
+    if (!v->behind) return;
+    /* The cut batch is in the chain's last log, after its run, or at the
+     * start of a log that the chain does not reach (its first sectors
+     * lost: the first batch of a log's round). */
+    int tail_log = v->nchain ? v->chain[v->nchain - 1] : -1;
+    for (int i = 0; i < 2; i++) {
+        int in_chain = 0;
+        for (int k = 0; k < v->nchain; k++)
+            in_chain |= v->chain[k] == i;
+        if (v->behind == n[i] && !batch[i] && (i == tail_log || !in_chain)) {
+            v->torn = v->behind;
+            return;
+        }
+    }
+    if (!v->nchain) {
+        /* A log whose run starts cleanly, at its first byte, past
+         * LMDB's end: the store is behind its logs. */
+        for (int i = 0; i < 2; i++)
+            if (first[i] > after + 1 && (!v->ahead_first || first[i] < v->ahead_first))
+                v->ahead_first = first[i];
+        if (v->ahead_first) {
+            v->state = LOGS_AHEAD;
+            return;
+        }
+    }
+    v->state = LOGS_DAMAGED;
+    if (tail_log < 0)
+        tail_log = n[0] && (!n[1] || low[0] < low[1]) ? 0 : 1;
+    v->log = tail_log;
+    v->offset = stop[tail_log];
+    v->behind_first = n[0] && n[1] ? (low[0] < low[1] ? low[0] : low[1]) : n[0] ? low[0] : low[1];
+}
+
+/* A good record found by a salvage. */
+struct salvaged {
+    uint64_t seq;
+    const unsigned char *at;
+    size_t len;
+    int log;
+};
+
+static int salvaged_cmp(const void *x, const void *y)
+{
+    const struct salvaged *a = x, *b = y;
+    return a->seq < b->seq ? -1 : a->seq > b->seq;
+}
+
+/* Every good record of both logs past `after`, in seq order (one per
+ * seq), into the tail: what a repair keeps of damaged logs. */
+static int salvage_load(struct store *s, unsigned char *const buf[2], const size_t len[2],
+                        uint64_t after, size_t counts[2])
+{
+    struct salvaged *v = NULL;
+    size_t n = 0, cap = 0;
+    int rc = 0;
+    for (int i = 0; i < 2; i++) {
+        size_t off = 0, sz;
+        struct wal_rec r;
+        while (buf[i] && off + WAL_REC_HEADER <= len[i]) {
+            if (!(sz = wal_rec_decode(buf[i] + off, len[i] - off, &r, s->wal_salt))) {
+                off += 8;
+                continue;
+            }
+            if (r.seq > after) {
+                if (n == cap) {
+                    size_t nc = cap ? cap * 2 : 256;
+                    struct salvaged *nv = realloc(v, nc * sizeof *v);
+                    if (!nv) {
+                        free(v);
+                        return ENOMEM;
+                    }
+                    v = nv;
+                    cap = nc;
+                }
+                v[n++] = (struct salvaged){r.seq, buf[i] + off, sz, i};
+            }
+            off += sz;
+        }
+    }
+    if (n) qsort(v, n, sizeof *v, salvaged_cmp);
+    for (size_t i = 0; i < n && !rc; i++) {
+        struct wal_rec r;
+        if (i && v[i].seq == v[i - 1].seq) continue;
+        wal_rec_decode(v[i].at, v[i].len, &r, s->wal_salt);
+        struct tail_msg *m = tail_msg_new(&s->tail, &r);
+        if (!m) {
+            rc = ENOMEM;
+            break;
+        }
+        tail_link(&s->tail, m);
+        counts[v[i].log]++;
+    }
+    free(v);
+    return rc;
+}
+
+/* Read the logs' messages after seq `after` into the tail: the chain
+ * (logs_judge), or with `salvage` every good record when the chain is
+ * not sound.  ends[i] gets the offset after the last record taken from
  * log i, counts[i] how many, *last_log the log the chain ends in (-1:
- * none).  Returns 0, or MDB_CORRUPTED when a run starts past where the
- * chain stops (a log ahead of its store: a store restored from a backup
- * beside newer logs, say). */
-static int tail_load(struct store *s, uint64_t after, size_t ends[2], size_t counts[2],
-                     int *last_log)
+ * none), *v the verdict.  Returns 0 or an errno value. */
+static int tail_load(struct store *s, uint64_t after, int salvage, size_t ends[2],
+                     size_t counts[2], int *last_log, struct log_verdict *v)
 {
     unsigned char *buf[2] = {NULL, NULL};
     size_t len[2] = {0, 0};
-    int rc = 0, used[2] = {0, 0};
+    int rc = 0;
     *last_log = -1;
     for (int i = 0; i < 2; i++) {
         ends[i] = counts[i] = 0;
         if (!rc && s->logs[i]) rc = wal_read(s->logs[i], &buf[i], &len[i]);
     }
+    if (!rc) logs_judge(buf, len, s->wal_salt, after, v);
     pthread_rwlock_wrlock(&s->tail.lock);
-    while (rc == 0) {
-        int next = -1, ahead = 0;
-        uint64_t first, last;
-        for (int i = 0; i < 2; i++) {
-            if (used[i] || !buf[i]) continue;
-            log_run(buf[i], len[i], s->wal_salt, 0, NULL, &first, &last, NULL);
-            if (first && first <= after + 1 && last > after)
-                next = i;
-            else if (first > after + 1)
-                ahead = 1;
+    if (!rc && salvage && v->state != LOGS_OK) {
+        rc = salvage_load(s, buf, len, after, counts);
+    } else {
+        for (int k = 0; !rc && k < v->nchain; k++) {
+            int i = v->chain[k];
+            uint64_t first, last;
+            size_t before = s->tail.count;
+            rc = log_run(buf[i], len[i], s->wal_salt, after, &s->tail, &first, &last, &ends[i],
+                         NULL);
+            counts[i] = s->tail.count - before;
+            after = last;
+            *last_log = i;
         }
-        if (next < 0) {
-            if (ahead) rc = MDB_CORRUPTED;
-            break;
-        }
-        size_t before = s->tail.count;
-        used[next] = 1;
-        rc =
-            log_run(buf[next], len[next], s->wal_salt, after, &s->tail, &first, &last, &ends[next]);
-        counts[next] = s->tail.count - before;
-        after = last;
-        *last_log = next;
     }
     pthread_rwlock_unlock(&s->tail.lock);
     free(buf[0]);
     free(buf[1]);
     return rc;
+}
+
+/* ---- checking the logs (`sluice check`) ------------------------------------- */
+
+int store_log_check(struct store *s, store_log_fn fn, void *ud, struct store_log_report *r)
+{
+    struct wal *logs[2] = {NULL, NULL};
+    unsigned char *buf[2] = {NULL, NULL};
+    size_t len[2] = {0, 0};
+    struct log_verdict v;
+    uint64_t last;
+    char line[768];
+    memset(r, 0, sizeof *r);
+    size_t dlen = strlen(s->data_path) - strlen("/data.mdb");
+    char *dir = strndup(s->data_path, dlen);
+    if (!dir) return STORE_ENOMEM;
+    int rc = read_last_seq(s, &last);
+    for (int i = 0; i < 2 && !rc; i++)
+        if (!(rc = wal_open(&logs[i], dir, log_names[i], 1, 0)) && logs[i])
+            rc = wal_read(logs[i], &buf[i], &len[i]);
+    if (!rc) {
+        logs_judge(buf, len, s->wal_salt, last, &v);
+        r->pending = v.chain_last - last;
+        if (r->pending && fn) {
+            snprintf(line, sizeof line,
+                     "%s/wal, wal2: %llu messages after the store's last seq (%llu) are in the "
+                     "logs: the next read-write open moves them into data.mdb",
+                     dir, (unsigned long long)r->pending, (unsigned long long)last);
+            fn(ud, line);
+        }
+        if (v.state == LOGS_OK && v.torn) {
+            r->torn = v.torn;
+            if (fn) {
+                snprintf(line, sizeof line,
+                         "%s/wal, wal2: %llu records of a write a crash cut short (never "
+                         "acknowledged): the next open drops them",
+                         dir, (unsigned long long)v.torn);
+                fn(ud, line);
+            }
+        } else if (v.state != LOGS_OK) {
+            r->damaged = 1;
+            r->stranded = v.behind;
+            verdict_text(dir, &v, last, line, sizeof line);
+            if (fn) fn(ud, line);
+        }
+    }
+    for (int i = 0; i < 2; i++) {
+        free(buf[i]);
+        wal_close(logs[i]);
+    }
+    free(dir);
+    return rc ? map_rc(rc) : STORE_OK;
 }
 
 /* ---- trim and sweep ---------------------------------------------------------- */

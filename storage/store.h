@@ -92,6 +92,12 @@ struct store_opts {
                         loss loses the batches since the last sync */
     int read_only;   /* nonzero: open an existing store read-only, beside a
                         running server; no epoch is started */
+    int salvage;     /* read-write: where the logs are damaged (a bad record
+                        with good ones of later batches behind it), keep
+                        every good record instead of refusing to open
+                        (`sluice check --repair`; docs/storage.md, "Damage") */
+    size_t log_size; /* bytes of each log file a read-write open makes; 0 =
+                        WAL_DEFAULT_SIZE (2 MiB).  Tests use small ones */
     uint64_t dedup_window_ms; /* how long an idempotency key makes a retry a
                                  duplicate; 0 = STORE_DEDUP_WINDOW_MS */
     store_damage_fn damage;   /* NULL, or told of each damaged message read */
@@ -352,5 +358,28 @@ int store_verify(struct store *s, store_verify_fn fn, void *ud, struct store_ver
 /* store_wal_salt: the salt of this store's log records (wal.h), for a
  * check of the logs. */
 uint64_t store_wal_salt(const struct store *s);
+
+/* ---- The logs (`sluice check`) ------------------------------------------- */
+
+struct store_log_report {
+    uint64_t pending;  /* messages in the logs past data.mdb's last: the next
+                          read-write open replays them */
+    uint64_t torn;     /* records of a write a crash cut short (never
+                          acknowledged): the next open drops them */
+    int damaged;       /* the logs are damaged (a bad record with records of
+                          later batches behind it), or ahead of data.mdb: a
+                          durable read-write open refuses them */
+    uint64_t stranded; /* damaged: good records behind the damage, which an
+                          open with store_opts.salvage keeps */
+};
+
+/* Called once per finding, with a line naming the file (and offset). */
+typedef void (*store_log_fn)(void *ud, const char *line);
+
+/* store_log_check: read the logs of s's directory and judge them as a
+ * read-write open would (docs/storage.md, "Damage"), without changing
+ * anything.  Meant for a read-only handle (`sluice check`; a read-write
+ * handle has already replayed them).  Returns 0 (see *r) or STORE_E*. */
+int store_log_check(struct store *s, store_log_fn fn, void *ud, struct store_log_report *r);
 
 #endif

@@ -1,5 +1,7 @@
 """A full disk: publishers get 503, nothing acknowledged is lost, the
-server goes on serving.  The disk is made "full" with a file-size limit
+server goes on serving, and it starts again on the full disk (serving
+reads, refusing writes) and takes writes once space is back (issue 25,
+item 12).  The disk is made "full" with a file-size limit
 (RLIMIT_FSIZE through util-linux prlimit) on the server process, so LMDB's
 writes fail with EFBIG as they would with ENOSPC."""
 import json
@@ -72,6 +74,58 @@ class DiskFullTest(unittest.TestCase):
             seen += [m["id"] for m in ans["messages"]]
             since = ans["last_id"]
         self.assertEqual(seen, acked)
+
+    def test_restart_on_a_full_disk(self):
+        data = tempfile.mkdtemp(prefix="sluice-full-")
+        self.addCleanup(shutil.rmtree, data, True)
+        body = os.urandom(16 * 1024)
+        acked = []
+        s = LimitedServer(data_dir=data)
+        s.start()
+        for i in range(1000):  # bounded: the limit holds far fewer
+            status, ans = post(s.port, "full", body + str(i).encode())
+            if status != 200:
+                break
+            acked.append(ans["id"])
+        self.assertGreater(len(acked), 10, "the limit left no room at all")
+        # A stop checkpoints what it can; the rest stays in the log.
+        self.assertEqual(s.stop(), 0)
+        s.kill()
+
+        # Still full: it starts, serves every acknowledged message, and
+        # refuses (or logs) new ones without losing them.
+        s = LimitedServer(data_dir=data)
+        s.start()
+        self.assertEqual(read_all(s.port, "full"), acked)
+        for i in range(3):
+            status, ans = post(s.port, "full", b"while full %d" % i)
+            if status == 200:
+                acked.append(ans["id"])
+            else:
+                self.assertEqual(status, 503, ans)
+        self.assertEqual(s.stop(), 0)
+        s.kill()
+
+        # Space is back: writes are taken, nothing was lost.
+        s = Server(data_dir=data)
+        s.start()
+        self.addCleanup(s.kill)
+        self.assertEqual(read_all(s.port, "full"), acked)
+        status, ans = post(s.port, "full", b"space is back")
+        self.assertEqual(status, 200, ans)
+        acked.append(ans["id"])
+        self.assertEqual(read_all(s.port, "full"), acked)
+
+
+def read_all(port, topic):
+    seen, since = [], "0-0"
+    for _ in range(200):
+        ans = get_json(port, "/topics/%s?since=%s&timeout=0&limit=50" % (topic, since))
+        if not ans["messages"]:
+            break
+        seen += [m["id"] for m in ans["messages"]]
+        since = ans["last_id"]
+    return seen
 
 
 if __name__ == "__main__":
