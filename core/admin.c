@@ -125,7 +125,7 @@ static void admin_usage(void)
 {
     fprintf(stderr, "usage: sluice topics [-d DIR]\n"
                     "       sluice dump TOPIC [--since ID] [-d DIR]\n"
-                    "       sluice check [-d DIR]\n");
+                    "       sluice check [--repair] [-d DIR]\n");
 }
 
 static void print_problem(void *ud, const char *problem)
@@ -135,13 +135,15 @@ static void print_problem(void *ud, const char *problem)
 }
 
 /* sluice check: every message's checksum and LMDB's structure as far as a
- * walk of every key reaches.  Exit 0 when clean, 1 otherwise. */
-static int check_main(const char *dir)
+ * walk of every key reaches, and the logs as a read-write open would judge
+ * them.  Exit 0 when clean, 1 otherwise. */
+static int check_once(const char *dir, uint64_t *log_damage)
 {
     struct store *st;
     char err[512] = "";
     struct store_opts so = {.read_only = 1, .damage = print_damage};
     admin_catch_bus_errors(dir);
+    *log_damage = 0;
     printf("sluice check %s\n", dir);
     int rc = store_open(&st, dir, &so, err, sizeof(err));
     if (rc != 0) {
@@ -150,20 +152,48 @@ static int check_main(const char *dir)
         return 1;
     }
     struct store_verify_report r;
+    struct store_log_report lr;
     rc = store_verify(st, print_problem, NULL, &r);
+    int lrc = rc ? 0 : store_log_check(st, print_problem, NULL, &lr);
     store_close(st);
-    if (rc != 0) {
-        printf("result: the check failed: %s\n", store_errmsg(rc));
+    if (rc != 0 || lrc != 0) {
+        printf("result: the check failed: %s\n", store_errmsg(rc ? rc : lrc));
         return 1;
     }
     printf("  data.mdb: %llu topics, %llu messages, %llu damaged\n", (unsigned long long)r.topics,
            (unsigned long long)r.messages, (unsigned long long)r.bad_messages);
-    if (r.problems == 0) {
+    printf("  logs: %llu messages to replay, %llu records of a cut write, %s\n",
+           (unsigned long long)lr.pending, (unsigned long long)lr.torn,
+           lr.damaged ? "damaged" : "sound");
+    uint64_t problems = r.problems + (lr.damaged ? 1 : 0);
+    if (lr.damaged) *log_damage = 1 + lr.stranded;
+    if (problems == 0) {
         printf("result: clean\n");
         return 0;
     }
-    printf("result: %llu problems\n", (unsigned long long)r.problems);
+    printf("result: %llu problems\n", (unsigned long long)problems);
     return 1;
+}
+
+/* sluice check --repair: damaged logs are replayed keeping every good
+ * record (store_opts.salvage: a read-write open, so no server may run on
+ * the directory), then the store is checked again. */
+static int check_main(const char *dir, bool repair)
+{
+    uint64_t log_damage;
+    int rc = check_once(dir, &log_damage);
+    if (!repair || !log_damage) return rc;
+    struct store *st;
+    char err[512] = "";
+    struct store_opts so = {.salvage = 1, .damage = print_damage};
+    printf("sluice check --repair: replaying the logs, keeping every good record\n");
+    int orc = store_open(&st, dir, &so, err, sizeof(err));
+    if (orc != 0) {
+        printf("result: the repair failed: %s\n", err[0] ? err : store_errmsg(orc));
+        return 1;
+    }
+    store_close(st);
+    return check_once(dir, &log_damage);
 }
 
 int admin_main(int argc, char **argv)
@@ -171,11 +201,13 @@ int admin_main(int argc, char **argv)
     static const struct option longopts[] = {
         {"data", required_argument, NULL, 'd'},
         {"since", required_argument, NULL, 's'},
+        {"repair", no_argument, NULL, 'r'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *cmd = argv[1];
     const char *dir = "./sluice-data", *since = NULL;
+    bool repair = false;
     int ch;
     optind = 2;
     opterr = 0;
@@ -186,6 +218,9 @@ int admin_main(int argc, char **argv)
             break;
         case 's':
             since = optarg;
+            break;
+        case 'r':
+            repair = true;
             break;
         case 'h':
             admin_usage();
@@ -201,7 +236,11 @@ int admin_main(int argc, char **argv)
             admin_usage();
             return 1;
         }
-        return check_main(dir);
+        return check_main(dir, repair);
+    }
+    if (repair) {
+        admin_usage();
+        return 1;
     }
     if (strcmp(cmd, "topics") == 0) {
         if (optind != argc || since) {
