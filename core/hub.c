@@ -7,7 +7,6 @@
 
 #include "core/b64.h"
 #include "core/log.h"
-#include "core/log.h"
 #include "core/jsonenc.h"
 #include "core/sse.h"
 #include "core/utf8.h"
