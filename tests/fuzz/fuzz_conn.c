@@ -2,7 +2,7 @@
  * the HTTP glue, the upgrade hand-off, the three transports (wsconn.c,
  * sseconn.c, longpoll.c), the hub's fan-out and the Lua callbacks, driven
  * in-process through socket pairs, as a worker of the real binary runs
- * them (core/worker.c: one libev loop, one server, one hub on a bus with a
+ * them (cmd/worker.c: one libev loop, one server, one hub on a bus with a
  * real LMDB store, the app runtime as server.on_request).
  *
  * Once per process: a relaxed store in a temporary directory ($TMPDIR),
@@ -114,7 +114,7 @@ static struct {
     client cl[NCLIENTS];
 } F;
 
-/* As core/worker.c does for its worker. */
+/* As cmd/worker.c does for its worker. */
 static void wake_worker(void *ud)
 {
     ev_async_send(F.loop, &F.committed);

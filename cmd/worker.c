@@ -1,5 +1,5 @@
 /* worker.c: a worker thread and its loop (see worker.h). */
-#include "core/worker.h"
+#include "cmd/worker.h"
 
 #include "core/log.h"
 

@@ -5,7 +5,7 @@
  * found, so their output pipes into jq or grep.  Also the server's side of
  * a damaged store: the log line for a damaged message a read skipped, and
  * a last word on SIGBUS. */
-#include "core/admin.h"
+#include "cmd/admin.h"
 
 #include "core/jsonenc.h"
 #include "core/log.h"

@@ -1,14 +1,14 @@
 /* main.c: the sluice command line.  Parses flags, loads the app script,
  * merges its sluice.config{} with the flags (flags win), opens storage and
- * the listeners, starts the workers (core/worker.h) and keeps the signals:
+ * the listeners, starts the workers (cmd/worker.h) and keeps the signals:
  * SIGHUP reloads the script and the TLS certificate in every worker,
  * SIGTERM/SIGINT stop them gracefully. */
-#include "core/admin.h"
+#include "cmd/admin.h"
 #include "core/conn.h"
 #include "core/hub.h"
 #include "core/log.h"
 #include "core/server.h"
-#include "core/worker.h"
+#include "cmd/worker.h"
 #include "lua/api.h"
 #include "storage/store.h"
 
