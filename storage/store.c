@@ -919,13 +919,15 @@ static int wal_replay(struct store *s, const char *dir, uint64_t *last, int salv
         verdict_text(dir, &v, *last, errbuf, errlen);
         rc = MDB_CORRUPTED;
     }
-    if (!rc && v.state != LOGS_OK && s->relaxed && s->damage_fn) {
+    if (!rc && v.state != LOGS_OK && s->relaxed) {
         /* Relaxed: an OS crash can lose any unflushed write and keep a
-         * later one; the hole ends the replay.  Said, not refused. */
+         * later one; the hole ends the replay.  Counted and said, not
+         * refused. */
         struct store_damage d = {NULL, 0, v.chain_last + 1,
                                  "log: records behind a hole not replayed (relaxed mode: "
                                  "writes since the last sync were lost)"};
-        s->damage_fn(s->damage_ud, &d);
+        atomic_fetch_add(&s->damaged, v.behind);
+        if (s->damage_fn) s->damage_fn(s->damage_ud, &d);
     }
     if (!rc) s->salt_pending = random_epoch(s->wal_salt);
     if (!rc && s->tail.count) {

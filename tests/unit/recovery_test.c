@@ -241,6 +241,15 @@ static void test_torn_last_batch(void)
     remove_dir(dir);
 }
 
+static int told;
+
+static void on_damage(void *ud, const struct store_damage *d)
+{
+    (void)ud;
+    (void)d;
+    told++;
+}
+
 /* Relaxed mode: an OS crash may lose any write since the last sync and
  * keep a later one, so a hole is not refused: the replay stops there, and
  * what lies behind it never comes back. */
@@ -251,7 +260,13 @@ static void test_relaxed_hole(void)
     struct store *s;
     crash_run(dir, 1, 1, 10, 1);
     poke(dir, "wal", 4 * 256 + WAL_REC_HEADER + 4, 1, -1);
-    CHECK_EQ_INT(open_store(&s, dir, 1, 0, 0, err, sizeof err), 0);
+    struct store_opts o = {.relaxed = 1, .log_size = LOG_SIZE, .damage = on_damage};
+    told = 0;
+    CHECK_EQ_INT(store_open(&s, dir, &o, err, sizeof err), 0);
+    CHECK_EQ_INT(told, 1); /* said (the server logs it) */
+    struct store_stats st;
+    CHECK_EQ_INT(store_stats(s, &st), 0);
+    CHECK_EQ_INT(st.damaged, 5); /* and counted: the five behind the hole */
     read_all(s);
     CHECK_EQ_INT(ngot, 4);
     CHECK_EQ_INT(publish(s, 2, 1, 1, 1), 0);

@@ -258,6 +258,19 @@ static void test_file(void)
     pos = append(w, pos, 60, 0);
     wal_close(w);
 
+    /* Zeroes from an offset to the end, the position left alone (what an
+     * open that keeps records does past them). */
+    CHECK_EQ_INT(wal_open(&w, dir, "wal", 0, FILE_SIZE), 0);
+    wal_seek(w, 100);
+    CHECK_EQ_INT(wal_zero(w, 100), 0);
+    memset(want + 100, 0, FILE_SIZE - 100);
+    memset(stale, 0, sizeof stale);
+    check_file(w, 100);
+    CHECK_EQ_INT(wal_zero(w, FILE_SIZE), 0);
+    wal_close(w);
+    CHECK_EQ_INT(wal_sync_dir(dir), 0);
+    CHECK(wal_sync_dir("/nonexistent/sluice") != 0);
+
     char path[64];
     snprintf(path, sizeof path, "%s/wal", dir);
     CHECK_EQ_INT(unlink(path), 0);
