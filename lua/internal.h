@@ -1,7 +1,11 @@
 /* internal.h: what the files of the Lua layer share (not a public face:
- * the rest of sluice uses lua/api.h).  api.c holds the runtime, requests and
- * subscriptions; timer.c the timers; crypto.c HMAC and JWT; pattern.c the
- * string library's pattern functions, with their work counted. */
+ * the rest of sluice uses lua/api.h).  api.c holds the runtime (budget,
+ * loading, reload, the module table); config.c sluice.config; publish.c
+ * sluice.publish, topics and /metrics; subscribe.c req:subscribe, the
+ * callbacks and the conn object; request.c a request's task, the lazy req
+ * object and the answer; sandbox.c the allocator and the library guards;
+ * timer.c the timers; crypto.c HMAC and JWT; pattern.c the string
+ * library's pattern functions, with their work counted. */
 #ifndef SLUICE_LUA_INTERNAL_H
 #define SLUICE_LUA_INTERNAL_H
 
@@ -151,5 +155,86 @@ void lx_open_crypto(lua_State *L);
 
 /* Stops and frees a generation's timers (reload, exit). */
 void lx_cancel_timers(lx_app *app);
+
+#define SUB_MT "sluice.subscription"
+#define CONN_MT "sluice.conn"
+#define REQ_MT "sluice.request"
+
+/* A protected run of script code (a resume or a pcall): its budget is the
+ * one the hook charges, and the memory limit holds. */
+typedef struct lx_run {
+    lx_budget *prev;
+    lx_task *prev_task;
+    bool prev_enforce;
+    unsigned long long refused; /* app->mem.refused when the run began */
+} lx_run;
+
+/* ---- api.c ---- */
+
+/* The text of an overrun (LX_OVER_*), for logs. */
+const char *lx_over_what(int exceeded);
+/* The message handler of every protected call: the error with a traceback. */
+int lx_traceback(lua_State *L);
+/* Raises when the running budget is spent: side effects (publish, send)
+ * stop once a run is over, even when the script catches the error. */
+void lx_check_budget(lua_State *L);
+/* A protected run of script code begins (b charged by the hook, the memory
+ * limit enforced) and ends; lx_run_failure is the log message of one that
+ * failed with status st. */
+void lx_run_enter(lx_app *app, lx_run *r, lx_budget *b);
+void lx_run_leave(lx_app *app, lx_run *r, lua_State *L);
+const char *lx_run_failure(lx_app *app, const lx_run *r, const lx_budget *b, int st);
+
+/* ---- config.c ---- */
+
+/* Argument checks whose errors name the argument and the option:
+ * lx_check_field (the value on the stack top has type `type`) and
+ * lx_field_integer (it is an integer). */
+void lx_check_field(lua_State *L, int arg, int type, const char *key);
+lua_Integer lx_field_integer(lua_State *L, int arg, const char *key);
+/* Adds sluice.config to the module table on the stack top. */
+void lx_open_config(lua_State *L);
+
+/* ---- publish.c ---- */
+
+/* Where a refused event name came from (sluice_invalid_events_total). */
+enum { BADEV_PUBLISH, BADEV_ON_PUBLISH, BADEV_FILTER, BADEV_KINDS };
+/* Counts and logs (rate-limited) an event name hub_event_valid refused. */
+void lx_count_bad_event(int kind, const char *topic, size_t tlen, size_t elen);
+/* Adds publish, topic, metrics, on_publish, valid_topic, valid_event. */
+void lx_open_publish(lua_State *L);
+
+/* ---- subscribe.c ---- */
+
+/* req:subscribe(topics [, opts]): the subscription value a handler returns. */
+int lx_req_subscribe(lua_State *L);
+/* The handler returned the subscription at idx: start it on t's connection
+ * (or answer the error). */
+void lx_start_subscription(lx_task *t, int idx);
+/* The subscription's and the conn object's metatables. */
+void lx_sub_metatables(lx_app *app, lua_State *L);
+
+/* ---- request.c ---- */
+
+/* Whether the value at idx has the metatable registered at mt_ref. */
+bool lx_has_metatable(lua_State *L, int idx, int mt_ref);
+/* Whether the value at idx is a req, and makes all its lazy fields (for
+ * code that reads tables raw, as lua-cjson does). */
+bool lx_is_req(lua_State *L, int idx);
+void lx_req_build_all(lua_State *L, int idx);
+/* The req metatable and the registry table behind the lazy fields. */
+void lx_req_metatable(lx_app *app, lua_State *L);
+
+/* ---- sandbox.c ---- */
+
+/* The allocator of every Lua state (ud: its lx_mem) and its panic function. */
+void *lx_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+int lx_panic(lua_State *L);
+/* Makes the budget and the memory limit unbeatable from Lua: the library
+ * functions that could switch them off are wrapped or refused. */
+void lx_guard_libraries(lua_State *L);
+/* Marks L's run as stopped by the budget (its coroutines are never closed
+ * hookless). */
+void lx_mark_stopped(lua_State *L);
 
 #endif

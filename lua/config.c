@@ -1,0 +1,233 @@
+/* config.c: sluice.config{...} and the settings it fills (lx_config), with
+ * every check made before anything changes (a second, wrong setting must
+ * leave the first one whole), and the argument checks the other sluice.*
+ * functions share. */
+#include "lua/api.h"
+#include "lua/internal.h"
+
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/route.h"
+#include "core/subscriber.h"
+#include "storage/store.h"
+#include "storage/writer.h"
+
+#include <lauxlib.h>
+#include <lua-cjson.h>
+#include <lua.h>
+#include <lualib.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+void lx_config_free(lx_config *cfg)
+{
+    for (int i = 0; i < cfg->nlisten; i++)
+        free(cfg->listen[i]);
+    for (int i = 0; i < cfg->ntls_listen; i++)
+        free(cfg->tls_listen[i]);
+    free(cfg->tls_cert);
+    free(cfg->tls_key);
+    free(cfg->data_dir);
+    cfg->nlisten = cfg->ntls_listen = 0;
+    cfg->tls_cert = cfg->tls_key = cfg->data_dir = NULL;
+}
+
+/* Replaces out with a copy of the string or list of strings at the top of
+ * the stack.  Every element is checked before the old list is freed, so an
+ * error leaves out as it was (a Lua error is a longjmp: nothing half-done
+ * may stay behind for lx_config_free). */
+static void config_addr_list(lua_State *L, const char *what, char **out, int *n)
+{
+    char *fresh[LX_MAX_LISTEN];
+    int nfresh = 0;
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        fresh[nfresh++] = strdup(lua_tostring(L, -1));
+    } else {
+        if (!lua_istable(L, -1))
+            luaL_error(L, "sluice.config: %s must be a string or a list", what);
+        lua_Integer len = luaL_len(L, -1);
+        if (len > LX_MAX_LISTEN)
+            luaL_error(L, "sluice.config: at most %d %s addresses", LX_MAX_LISTEN, what);
+        for (lua_Integer i = 1; i <= len; i++) {
+            int type = lua_geti(L, -1, i);
+            lua_pop(L, 1);
+            if (type != LUA_TSTRING)
+                luaL_error(L, "sluice.config: %s[%d] must be a string", what, (int)i);
+        }
+        for (lua_Integer i = 1; i <= len; i++) {
+            lua_geti(L, -1, i);
+            fresh[nfresh++] = strdup(lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+    }
+    bool oom = false;
+    for (int i = 0; i < nfresh; i++)
+        oom |= fresh[i] == NULL;
+    if (oom) {
+        for (int i = 0; i < nfresh; i++)
+            free(fresh[i]);
+        luaL_error(L, "sluice.config: out of memory");
+    }
+    for (int i = 0; i < *n; i++)
+        free(out[i]);
+    memcpy(out, fresh, sizeof(fresh[0]) * (size_t)nfresh);
+    *n = nfresh;
+}
+
+/* Replaces *out with a copy of the string at the top of the stack, which
+ * the caller has checked. */
+static void config_string(lua_State *L, char **out)
+{
+    char *copy = strdup(lua_tostring(L, -1));
+    if (!copy) luaL_error(L, "sluice.config: out of memory");
+    free(*out);
+    *out = copy;
+}
+
+static double config_positive(lua_State *L, const char *key)
+{
+    int isnum;
+    lua_Number v = lua_tonumberx(L, -1, &isnum);
+    if (!isnum || v <= 0) luaL_error(L, "sluice.config: limits.%s must be a positive number", key);
+    return v;
+}
+
+static void config_limits(lua_State *L, lx_config *cfg)
+{
+    if (!lua_istable(L, -1)) luaL_error(L, "sluice.config: limits must be a table");
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "sluice.config: limits keys are names");
+        const char *k = lua_tostring(L, -2);
+        double v = config_positive(L, k);
+        server_limits *l = &cfg->limits;
+#define LIMIT(name, field, conv)                                                                   \
+    if (strcmp(k, name) == 0) {                                                                    \
+        l->field = conv;                                                                           \
+    } else
+        LIMIT("max_header_size", max_header, (size_t)v)
+        LIMIT("max_uri_size", max_uri, (size_t)v)
+        LIMIT("max_body_size", max_body, (size_t)v)
+        LIMIT("max_output_buffer", max_output, (size_t)v)
+        LIMIT("max_connections", max_connections, (unsigned)v)
+        LIMIT("header_timeout", header_timeout, v)
+        LIMIT("min_body_rate", min_body_rate, v)
+        LIMIT("idle_timeout", idle_timeout, v)
+        LIMIT("tls_handshake_timeout", tls_handshake_timeout, v)
+        LIMIT("shutdown_timeout", shutdown_timeout, v)
+        if (strcmp(k, "instruction_budget") == 0)
+            cfg->instruction_budget = (long long)v;
+        else if (strcmp(k, "script_timeout") == 0)
+            cfg->script_timeout = v;
+        else if (strcmp(k, "max_publish_queue") == 0)
+            cfg->max_publish_queue = (size_t)v;
+        else if (strcmp(k, "script_memory") == 0)
+            cfg->script_memory = v < 1024 * 1024 ? 1024 * 1024 : (size_t)v;
+        else
+            luaL_error(L, "sluice.config: unknown limit '%s'", k);
+#undef LIMIT
+        lua_pop(L, 1);
+    }
+}
+
+/* Checks that the value on top of the stack, option `key` of argument
+ * `arg`, has the type wanted; the error names both ("bad argument #2 to
+ * 'topic' (backlog must be an integer, not string)"). */
+void lx_check_field(lua_State *L, int arg, int type, const char *key)
+{
+    if (lua_type(L, -1) != type)
+        luaL_argerror(L, arg,
+                      lua_pushfstring(L, "%s must be a %s, not %s", key, lua_typename(L, type),
+                                      luaL_typename(L, -1)));
+}
+
+lua_Integer lx_field_integer(lua_State *L, int arg, const char *key)
+{
+    if (!lua_isinteger(L, -1))
+        luaL_argerror(
+            L, arg, lua_pushfstring(L, "%s must be an integer, not %s", key, luaL_typename(L, -1)));
+    return lua_tointeger(L, -1);
+}
+
+/* sluice.config{...}: only while the script loads; unknown keys are errors
+ * so a typo is caught at --check instead of silently ignored. */
+static int l_config(lua_State *L)
+{
+    lx_app *app = app_of(L);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    if (!app->loading || !app->cfg)
+        return luaL_error(L, "sluice.config must be called when the script loads");
+    lx_config *cfg = app->cfg;
+    lua_pushnil(L);
+    while (lua_next(L, 1)) {
+        if (lua_type(L, -2) != LUA_TSTRING) return luaL_error(L, "sluice.config: keys are names");
+        const char *k = lua_tostring(L, -2);
+        if (strcmp(k, "listen") == 0) {
+            config_addr_list(L, "listen", cfg->listen, &cfg->nlisten);
+        } else if (strcmp(k, "tls") == 0) {
+            lx_check_field(L, 1, LUA_TTABLE, "tls");
+            /* Every type is checked before anything changes (a second
+             * call with a bad type once freed the first call's strings
+             * and left them to be freed again). */
+            if (lua_getfield(L, -1, "cert") != LUA_TNIL)
+                lx_check_field(L, 1, LUA_TSTRING, "tls.cert");
+            if (lua_getfield(L, -2, "key") != LUA_TNIL)
+                lx_check_field(L, 1, LUA_TSTRING, "tls.key");
+            lua_getfield(L, -3, "listen");
+            if (!lua_isnil(L, -1))
+                config_addr_list(L, "tls.listen", cfg->tls_listen, &cfg->ntls_listen);
+            lua_pop(L, 1);
+            if (!lua_isnil(L, -1)) config_string(L, &cfg->tls_key);
+            lua_pop(L, 1);
+            if (!lua_isnil(L, -1)) config_string(L, &cfg->tls_cert);
+            lua_pop(L, 1);
+        } else if (strcmp(k, "data") == 0) {
+            lx_check_field(L, 1, LUA_TSTRING, "data");
+            config_string(L, &cfg->data_dir);
+        } else if (strcmp(k, "storage") == 0) {
+            lx_check_field(L, 1, LUA_TTABLE, "storage");
+            if (lua_getfield(L, -1, "durability") != LUA_TNIL) {
+                lx_check_field(L, 1, LUA_TSTRING, "storage.durability");
+                const char *d = lua_tostring(L, -1);
+                if (strcmp(d, "relaxed") == 0)
+                    cfg->relaxed = 1;
+                else if (strcmp(d, "durable") == 0)
+                    cfg->relaxed = 0;
+                else
+                    return luaL_error(
+                        L, "sluice.config: storage.durability is \"durable\" or \"relaxed\"");
+            }
+            lua_pop(L, 1);
+            if (lua_getfield(L, -1, "dedup_window") != LUA_TNIL) {
+                lx_check_field(L, 1, LUA_TNUMBER, "storage.dedup_window");
+                lua_Number w = lua_tonumber(L, -1);
+                if (!(w >= 0.001 && w <= 2592000))
+                    return luaL_error(
+                        L, "sluice.config: storage.dedup_window is 0.001 to 2592000 seconds");
+                cfg->dedup_window_ms = (uint64_t)(w * 1000);
+            }
+            lua_pop(L, 1);
+        } else if (strcmp(k, "workers") == 0) {
+            lua_Integer w = lx_field_integer(L, 1, "workers");
+            if (w < 1 || w > 1024) return luaL_error(L, "sluice.config: workers must be 1..1024");
+            cfg->workers = (int)w;
+        } else if (strcmp(k, "limits") == 0) {
+            config_limits(L, cfg);
+            /* At once: the rest of the chunk runs under it too. */
+            if (cfg->script_memory) app->mem.limit = cfg->script_memory;
+        } else {
+            return luaL_error(L, "sluice.config: unknown setting '%s'", k);
+        }
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
+void lx_open_config(lua_State *L)
+{
+    lua_pushcfunction(L, l_config);
+    lua_setfield(L, -2, "config");
+}

@@ -1,0 +1,537 @@
+/* subscribe.c: req:subscribe, the app's callbacks on a subscription
+ * (filter, on_message, on_close, expiry), each run under its own budget,
+ * and the conn object handed to them. */
+#include "lua/api.h"
+#include "lua/internal.h"
+
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/route.h"
+#include "core/subscriber.h"
+#include "storage/store.h"
+#include "storage/writer.h"
+
+#include <lauxlib.h>
+#include <lua-cjson.h>
+#include <lua.h>
+#include <lualib.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+typedef struct lx_hooks {
+    lx_app *app;
+    int filter, on_message, on_close; /* registry refs or LUA_NOREF */
+    int conn_ref;                     /* the conn object handed to callbacks */
+    sub_session *session;             /* NULL once the subscription ended */
+    int busy;                         /* callbacks running: release waits */
+    bool released;                    /* release came while busy */
+    ev_timer expiry;                  /* opts.expires: ends the subscription */
+} lx_hooks;
+
+typedef struct lx_connud {
+    lx_hooks *hooks; /* NULL once the connection is gone */
+} lx_connud;
+
+/* Runs a callback (function and `nargs` arguments on app->hookL) under its
+ * own budget.  Returns true on success with `nres` results left on the
+ * stack; on error logs the traceback and returns false with nothing left. */
+static bool call_hook(lx_app *app, const char *what, int nargs, int nres)
+{
+    lua_State *L = app->hookL;
+    int base = lua_gettop(L) - nargs;
+    lua_pushcfunction(L, lx_traceback);
+    lua_insert(L, base);
+    lx_budget b = {0};
+    lx_budget_arm(&b, app->budget, app->timeout);
+    lx_run run;
+    lx_run_enter(app, &run, &b);
+    int st = lua_pcall(L, nargs, nres, base);
+    lx_run_leave(app, &run, L);
+    lua_remove(L, base);
+    if (st == LUA_OK && b.exceeded) {
+        /* The overrun was caught with pcall and the code returned before
+         * the next check: still a failure. */
+        lua_pop(L, nres);
+        lua_pushfstring(L, "%s (caught by pcall)", lx_over_what(b.exceeded));
+        luaL_traceback(L, L, lua_tostring(L, -1), 0);
+        lua_remove(L, -2);
+        st = LUA_ERRRUN;
+    }
+    if (st == LUA_OK) return true;
+    LOG_KV(LOG_ERROR, lx_run_failure(app, &run, &b, st), LOG_S("script", app->script),
+           LOG_S("callback", what), LOG_S("traceback", lua_tostring(L, -1)));
+    lx_count_error();
+    lua_pop(L, 1);
+    return false;
+}
+
+static void push_conn(lx_hooks *h)
+{
+    lua_State *L = h->app->hookL;
+    if (h->conn_ref == LUA_NOREF) {
+        lx_connud *u = lua_newuserdatauv(L, sizeof(lx_connud), 0);
+        u->hooks = h;
+        luaL_setmetatable(L, CONN_MT);
+        lua_pushvalue(L, -1);
+        h->conn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        return;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->conn_ref);
+}
+
+static void hook_release(void *ud);
+static hub_msg *run_filter(lx_hooks *h, sub_session *s, hub_msg *m);
+
+/* Whatever a callback does (conn:close ends the session, which releases
+ * the hooks), the hooks outlive the call. */
+static void hooks_enter(lx_hooks *h)
+{
+    h->busy++;
+}
+static void hooks_leave(lx_hooks *h)
+{
+    if (--h->busy == 0 && h->released) hook_release(h);
+}
+
+static void hook_on_start(void *ud, sub_session *s)
+{
+    ((lx_hooks *)ud)->session = s;
+}
+
+/* opts.expires came: a WebSocket is closed with 4001 "expired", a stream
+ * or a held poll ends (docs/protocol.md). */
+static void expiry_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    lx_hooks *h = w->data;
+    if (h->session) sub_close(h->session, 4001, "expired");
+}
+
+static hub_msg *hook_filter(void *ud, sub_session *s, hub_msg *m)
+{
+    lx_hooks *h = ud;
+    lx_app *app = h->app; /* pinned by h, and by the subscription past h */
+    app->refs++;
+    bool enforce = lx_unprotected_begin(app);
+    hub_msg *out = run_filter(h, s, m);
+    lx_unprotected_end(app, enforce);
+    lx_app_release(app);
+    return out;
+}
+
+static hub_msg *run_filter(lx_hooks *h, sub_session *s, hub_msg *m)
+{
+    lua_State *L = h->app->hookL;
+    h->session = s;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->filter);
+    lua_createtable(L, 0, 4);
+    lua_pushlstring(L, m->id, m->id_len);
+    lua_setfield(L, -2, "id");
+    lua_pushlstring(L, m->topic, m->topic_len);
+    lua_setfield(L, -2, "topic");
+    if (m->event)
+        lua_pushlstring(L, m->event, m->event_len);
+    else
+        lua_pushnil(L);
+    lua_setfield(L, -2, "event");
+    lua_pushlstring(L, m->raw->data + HUB_HEADROOM, m->len);
+    lua_setfield(L, -2, "data");
+    lua_pushvalue(L, -1); /* keep the table to compare after the call */
+    lua_insert(L, -3);
+    hooks_enter(h);
+    if (!call_hook(h->app, "filter", 1, 1)) {
+        lua_pop(L, 1);
+        if (h->session) sub_close(h->session, 1011, "script error");
+        hooks_leave(h);
+        return NULL;
+    }
+    hooks_leave(h); /* h may be gone now: only L and m below */
+    hub_msg *out = NULL;
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "data");
+        lua_getfield(L, -2, "event");
+        size_t dlen = 0, elen = 0;
+        const char *data = lua_tolstring(L, -2, &dlen);
+        const char *event = lua_tolstring(L, -1, &elen);
+        bool same_data =
+            data && dlen == m->len && memcmp(data, m->raw->data + HUB_HEADROOM, dlen) == 0;
+        bool same_event = (!event && !m->event) || (event && m->event && elen == m->event_len &&
+                                                    memcmp(event, m->event, elen) == 0);
+        if (same_data && same_event) {
+            out = m; /* unchanged: the shared encodings serve */
+        } else if (data && (!event || hub_event_valid(event, elen))) {
+            out = hub_msg_derive(m, event, elen, data, dlen);
+        } else if (data) {
+            /* Not delivered to this subscriber: what it would send could
+             * break the client (invalid UTF-8 closes a WebSocket). */
+            lx_count_bad_event(BADEV_FILTER, m->topic, m->topic_len, elen);
+        }
+        lua_pop(L, 2);
+    }
+    lua_pop(L, 2); /* result and the kept table */
+    return out;
+}
+
+static void hook_on_message(void *ud, sub_session *s, const char *data, size_t len, bool binary)
+{
+    lx_hooks *h = ud;
+    if (h->on_message == LUA_NOREF) return; /* hooks for a filter or expires only */
+    lx_app *app = h->app;
+    app->refs++;
+    bool enforce = lx_unprotected_begin(app);
+    lua_State *L = h->app->hookL;
+    h->session = s;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->on_message);
+    push_conn(h);
+    lua_pushlstring(L, data, len);
+    lua_pushboolean(L, binary);
+    /* What the callback publishes comes from this client (skip_self). */
+    const void *prev = h->app->origin;
+    sub_session *prev_publisher = h->app->publisher;
+    h->app->origin = sub_origin(s);
+    h->app->publisher = s; /* its publishes pace its reading (sub_publish_queued) */
+    hooks_enter(h);
+    bool ok = call_hook(h->app, "on_message", 3, 0);
+    h->app->origin = prev;
+    h->app->publisher = prev_publisher;
+    if (!ok && h->session) sub_close(h->session, 1011, "script error");
+    hooks_leave(h);
+    lx_unprotected_end(app, enforce);
+    lx_app_release(app);
+}
+
+static void hook_on_close(void *ud, sub_session *s)
+{
+    lx_hooks *h = ud;
+    h->session = NULL; /* the conn object can no longer send */
+    if (h->on_close == LUA_NOREF) return;
+    lx_app *app = h->app;
+    app->refs++;
+    bool enforce = lx_unprotected_begin(app);
+    lua_rawgeti(h->app->hookL, LUA_REGISTRYINDEX, h->on_close);
+    push_conn(h);
+    hooks_enter(h);
+    call_hook(h->app, "on_close", 1, 0);
+    hooks_leave(h);
+    lx_unprotected_end(app, enforce);
+    lx_app_release(app);
+}
+
+static void hook_release(void *ud)
+{
+    lx_hooks *h = ud;
+    h->session = NULL;
+    ev_timer_stop(lx_loop, &h->expiry);
+    if (h->busy) {
+        h->released = true; /* hooks_leave finishes it */
+        return;
+    }
+    lx_app *app = h->app;
+    lua_State *L = app->L;
+    bool enforce = lx_unprotected_begin(app);
+    if (h->conn_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, h->conn_ref);
+        ((lx_connud *)lua_touserdata(L, -1))->hooks = NULL;
+        lua_pop(L, 1);
+    }
+    luaL_unref(L, LUA_REGISTRYINDEX, h->filter);
+    luaL_unref(L, LUA_REGISTRYINDEX, h->on_message);
+    luaL_unref(L, LUA_REGISTRYINDEX, h->on_close);
+    luaL_unref(L, LUA_REGISTRYINDEX, h->conn_ref);
+    free(h);
+    lx_unprotected_end(app, enforce);
+    lx_app_release(app);
+}
+
+static const sub_hooks lua_hooks = {hook_filter, hook_on_message, hook_on_close, hook_release,
+                                    hook_on_start};
+static const sub_hooks lua_hooks_nofilter = {NULL, hook_on_message, hook_on_close, hook_release,
+                                             hook_on_start};
+
+static lx_connud *check_conn(lua_State *L)
+{
+    lx_connud *u = luaL_checkudata(L, 1, CONN_MT);
+    return u;
+}
+
+/* conn:send(data [, binary]) -> true, or nil and a reason */
+static int l_conn_send(lua_State *L)
+{
+    lx_check_budget(L);
+    lx_connud *u = check_conn(L);
+    size_t len;
+    const char *data = luaL_checklstring(L, 2, &len);
+    bool binary = lua_toboolean(L, 3);
+    if (!u->hooks || !u->hooks->session) {
+        luaL_pushfail(L);
+        lua_pushliteral(L, "connection closed");
+        return 2;
+    }
+    if (sub_send(u->hooks->session, data, len, binary) < 0) {
+        luaL_pushfail(L);
+        lua_pushliteral(L, "cannot send");
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* conn:close([code [, reason]]) */
+static int l_conn_close(lua_State *L)
+{
+    lx_check_budget(L);
+    lx_connud *u = check_conn(L);
+    lua_Integer code = luaL_optinteger(L, 2, 1000);
+    const char *reason = luaL_optstring(L, 3, NULL);
+    /* The codes RFC 6455 lets a server send for its own reasons (normal,
+     * going away, policy, internal error, try again later), and the
+     * application range. */
+    bool standard = code == 1000 || code == 1001 || code == 1008 || code == 1011 || code == 1013;
+    if (!standard && (code < 3000 || code > 4999))
+        return luaL_argerror(L, 2, "1000, 1001, 1008, 1011, 1013, or 3000 to 4999");
+    if (u->hooks && u->hooks->session) sub_close(u->hooks->session, (unsigned)code, reason);
+    return 0;
+}
+
+/* conn.topic: the first name req:subscribe was given (a pattern keeps its
+ * '*'), or nil once the connection is gone.  With it one on_message
+ * function serves every connection, instead of a closure for each. */
+static void push_conn_topic(lua_State *L, const lx_connud *u)
+{
+    size_t len;
+    bool wildcard;
+    const char *name =
+        u->hooks && u->hooks->session ? sub_first_topic(u->hooks->session, &len, &wildcard) : NULL;
+    if (!name) {
+        lua_pushnil(L);
+        return;
+    }
+    lua_pushlstring(L, name, len);
+    if (wildcard) {
+        lua_pushliteral(L, "*");
+        lua_concat(L, 2);
+    }
+}
+
+static int l_conn_index(lua_State *L)
+{
+    lx_connud *u = check_conn(L);
+    const char *k = luaL_checkstring(L, 2);
+    if (strcmp(k, "send") == 0)
+        lua_pushcfunction(L, l_conn_send);
+    else if (strcmp(k, "close") == 0)
+        lua_pushcfunction(L, l_conn_close);
+    else if (strcmp(k, "transport") == 0)
+        lua_pushstring(L,
+                       u->hooks && u->hooks->session ? sub_transport(u->hooks->session) : "closed");
+    else if (strcmp(k, "closed") == 0)
+        lua_pushboolean(L, !u->hooks || !u->hooks->session);
+    else if (strcmp(k, "topic") == 0)
+        push_conn_topic(L, u);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+/* req:subscribe(topics [, opts]): a userdata that the handler returns, its
+ * user values the topics and the options.  One name is kept as the string
+ * it is (the usual case: no table to build), several as a list. */
+int lx_req_subscribe(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 3); /* opts at 3, nil when not given, below the topics */
+    int topics = 2;
+    if (lua_istable(L, 2)) {
+        lua_Integer n = luaL_len(L, 2);
+        if (n < 1 || n > 64) return luaL_argerror(L, 2, "1 to 64 topics");
+        lua_createtable(L, (int)n, 0);
+        topics = lua_gettop(L);
+        for (lua_Integer i = 1; i <= n; i++) {
+            if (lua_geti(L, 2, i) != LUA_TSTRING)
+                return luaL_argerror(L, 2, "topic names are strings");
+            lua_rawseti(L, topics, i);
+        }
+    } else if (lua_type(L, 2) != LUA_TSTRING) {
+        return luaL_argerror(L, 2, "a topic name or a list of names");
+    }
+    bool one = topics == 2;
+    lua_Integer n = one ? 1 : (lua_Integer)lua_rawlen(L, topics);
+    int base = lua_gettop(L);
+    for (lua_Integer i = 1; i <= n; i++) {
+        size_t len;
+        if (!one) lua_rawgeti(L, topics, i);
+        const char *t = lua_tolstring(L, one ? 2 : -1, &len);
+        if (!hub_pattern_valid(t, len))
+            return luaL_argerror(
+                L, 2,
+                "invalid topic name (1 to 200 bytes of A-Z a-z 0-9 _ . : -, or a prefix and *)");
+        lua_settop(L, base);
+    }
+    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+    lua_newuserdatauv(L, 1, 2);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, app_of(L)->sub_mt_ref);
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, topics);
+    lua_setiuservalue(L, -2, 1);
+    lua_pushvalue(L, 3);
+    lua_setiuservalue(L, -2, 2);
+    return 1;
+}
+
+static int opt_get(lua_State *L, int opts, const char *key);
+
+#define REF_NOT_FUNCTION (-100) /* opt_ref: the option is set but not a function */
+
+static int opt_ref(lua_State *L, int opts, const char *name)
+{
+    if (opts == 0) return LUA_NOREF;
+    if (opt_get(L, opts, name) == LUA_TNIL) {
+        lua_pop(L, 1);
+        return LUA_NOREF;
+    }
+    if (!lua_isfunction(L, -1)) {
+        lua_pop(L, 1);
+        return REF_NOT_FUNCTION;
+    }
+    return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+/* The handler returned req:subscribe(...): hand the connection over. */
+/* opts[key], raw: lx_start_subscription runs outside any protected call, where
+ * an __index metamethod that raised would abort the process. */
+static int opt_get(lua_State *L, int opts, const char *key)
+{
+    lua_pushstring(L, key);
+    return lua_rawget(L, opts);
+}
+
+void lx_start_subscription(lx_task *t, int idx)
+{
+    lua_State *L = t->co;
+    lx_app *app = t->app;
+    conn *c = t->c;
+    bool one = lua_getiuservalue(L, idx, 1) == LUA_TSTRING; /* else a list */
+    int topics = lua_gettop(L);
+    lua_getiuservalue(L, idx, 2);
+    int opts = lua_istable(L, -1) ? lua_gettop(L) : 0;
+    int n = one ? 1 : (int)lua_rawlen(L, topics);
+    const char *names[64];
+    size_t lens[64];
+    if (one) names[0] = lua_tolstring(L, topics, &lens[0]);
+    for (int i = 0; !one && i < n && i < 64; i++) {
+        lua_rawgeti(L, topics, i + 1);
+        names[i] = lua_tolstring(L, -1, &lens[i]); /* kept alive by the topics table */
+        lua_pop(L, 1);
+    }
+    sub_request r = {.topics = names, .topic_lens = lens, .ntopics = n, .json = -1};
+    double expires = 0; /* opts.expires, unix time; 0: none */
+    const char *event_names[32];
+    size_t event_lens[32];
+    const char *problem = NULL;
+    if (opts) {
+        if (opt_get(L, opts, "last_event_id") == LUA_TSTRING)
+            r.last_event_id = lua_tolstring(L, -1, &r.last_event_id_len);
+        else if (!lua_isnil(L, -1))
+            problem = "opts.last_event_id must be a string";
+        if (opt_get(L, opts, "protocol") == LUA_TSTRING)
+            r.protocol = lua_tostring(L, -1);
+        else if (!lua_isnil(L, -1))
+            problem = "opts.protocol must be a string";
+        if (opt_get(L, opts, "skip_self") != LUA_TNIL) r.skip_self = lua_toboolean(L, -1);
+        if (opt_get(L, opts, "expires") == LUA_TNUMBER)
+            expires = lua_tonumber(L, -1);
+        else if (!lua_isnil(L, -1))
+            problem = "opts.expires must be a number (unix time)";
+        if (opt_get(L, opts, "events") == LUA_TTABLE) {
+            int ev = lua_gettop(L);
+            int ne = (int)lua_rawlen(L, ev);
+            if (ne > 32) problem = "opts.events: at most 32 event names";
+            for (int i = 0; i < ne && i < 32 && !problem; i++) {
+                lua_rawgeti(L, ev, i + 1);
+                if (lua_type(L, -1) != LUA_TSTRING)
+                    problem = "opts.events must list strings";
+                else
+                    event_names[i] = lua_tolstring(L, -1, &event_lens[i]);
+                lua_pop(L, 1); /* the table keeps the string alive */
+            }
+            if (!problem) {
+                r.events = event_names;
+                r.event_lens = event_lens;
+                r.nevents = ne;
+            }
+        } else if (!lua_isnil(L, -1)) {
+            problem = "opts.events must be a list of event names";
+        }
+        if (opt_get(L, opts, "format") == LUA_TSTRING)
+            r.json = strcmp(lua_tostring(L, -1), "json") == 0;
+        else if (!lua_isnil(L, -1))
+            problem = "opts.format must be a string";
+    }
+    lx_hooks *h = NULL;
+    int fref = opt_ref(L, opts, "filter"), mref = opt_ref(L, opts, "on_message"),
+        cref = opt_ref(L, opts, "on_close");
+    if (fref == REF_NOT_FUNCTION || mref == REF_NOT_FUNCTION || cref == REF_NOT_FUNCTION)
+        problem = "opts.filter, opts.on_message and opts.on_close must be functions";
+    if (!problem && (fref != LUA_NOREF || mref != LUA_NOREF || cref != LUA_NOREF || expires)) {
+        h = calloc(1, sizeof(lx_hooks));
+        if (!h) problem = "out of memory";
+    }
+    if (problem) {
+        for (int i = 0; i < 3; i++) {
+            int ref = i == 0 ? fref : i == 1 ? mref : cref;
+            if (ref >= 0) luaL_unref(L, LUA_REGISTRYINDEX, ref);
+        }
+        LOG_KV(LOG_ERROR, "script error", LOG_S("script", app->script), LOG_S("error", problem));
+        lx_count_error();
+        conn_respond_error(c, 500, "script error");
+        return;
+    }
+    if (h) {
+        h->app = app;
+        app->refs++;
+        h->filter = fref;
+        h->on_message = mref;
+        h->on_close = cref;
+        h->conn_ref = LUA_NOREF;
+        r.hooks = fref != LUA_NOREF ? &lua_hooks : &lua_hooks_nofilter;
+        r.hooks_ud = h;
+        ev_timer_init(&h->expiry, expiry_cb, 0., 0.);
+        h->expiry.data = h;
+        if (expires) {
+            /* Armed before the session starts: the start may end it (a
+             * poll answered at once), and release stops the timer.  From
+             * the loop's time, which lags the clock: never early (a token
+             * is valid until its exp). */
+            double left = expires - ev_now(lx_loop);
+            ev_timer_set(&h->expiry, left > 0 ? left : 0., 0.);
+            ev_timer_start(lx_loop, &h->expiry);
+        }
+    }
+    const char *why = "cannot subscribe";
+    int status = sub_start(c, app->hub, &r, &why);
+    if (status == 0) return;
+    if (h) hook_release(h);
+    if (status == 426) {
+        static const char body[] = "{\"error\":\"unsupported WebSocket version (13 only)\"}";
+        conn_response_start(c, 426);
+        conn_response_header(c, "Sec-WebSocket-Version", 21, "13", 2);
+        conn_response_header(c, "Content-Type", 12, "application/json", 16);
+        conn_response_finish(c, body, sizeof(body) - 1);
+        return;
+    }
+    conn_respond_error(c, status, why);
+}
+
+void lx_sub_metatables(lx_app *app, lua_State *L)
+{
+    luaL_newmetatable(L, SUB_MT);
+    app->sub_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    luaL_newmetatable(L, CONN_MT);
+    lua_pushcfunction(L, l_conn_index);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+    lx_hide_metatable(L, SUB_MT);
+    lx_hide_metatable(L, CONN_MT);
+}
