@@ -7,7 +7,9 @@ writes fail with EFBIG as they would with ENOSPC."""
 import json
 import os
 import shutil
+import subprocess
 import tempfile
+import time
 import unittest
 import urllib.error
 import urllib.request
@@ -19,7 +21,9 @@ LIMIT = 3 * 1024 * 1024  # bytes the data file may reach
 
 class LimitedServer(Server):
     def command(self):
-        return ["prlimit", "--fsize=%d" % LIMIT, "--"] + super().command()
+        # The soft limit only, so that a test can raise it again under the
+        # running server (no privilege needed up to the hard limit).
+        return ["prlimit", "--fsize=%d:unlimited" % LIMIT, "--"] + super().command()
 
 
 def post(port, topic, body):
@@ -97,12 +101,35 @@ class DiskFullTest(unittest.TestCase):
         s = LimitedServer(data_dir=data)
         s.start()
         self.assertEqual(read_all(s.port, "full"), acked)
-        for i in range(3):
-            status, ans = post(s.port, "full", b"while full %d" % i)
+        # Publishes fill what room the log has left, then are refused.
+        refused = 0
+        for i in range(400):  # bounded: a log holds about 128 of these
+            status, ans = post(s.port, "full", body + b"while full %d" % i)
             if status == 200:
+                self.assertEqual(refused, 0, "taken after a refusal, on a full disk")
                 acked.append(ans["id"])
             else:
                 self.assertEqual(status, 503, ans)
+                refused += 1
+                if refused == 3:
+                    break
+        self.assertEqual(refused, 3, "the disk never filled up")
+        self.assertEqual(read_all(s.port, "full"), acked)
+        # Space comes back under the running server (prlimit execs sluice:
+        # same pid): the checkpoint retried every second passes, and
+        # publishes are taken again.
+        subprocess.run(["prlimit", "--pid", str(s.proc.pid), "--fsize=unlimited"], check=True,
+                       timeout=10)
+        deadline = time.monotonic() + 15
+        while True:
+            status, ans = post(s.port, "full", b"space is back, same process")
+            if status == 200:
+                acked.append(ans["id"])
+                break
+            self.assertEqual(status, 503, ans)
+            self.assertLess(time.monotonic(), deadline, "no publish taken once space was back")
+            time.sleep(0.2)
+        self.assertEqual(read_all(s.port, "full"), acked)
         self.assertEqual(s.stop(), 0)
         s.kill()
 
