@@ -370,6 +370,10 @@ int main(int argc, char **argv)
     static app_ctx a;
     int nworkers = o.workers ? o.workers : default_workers();
     hub *first_hub = NULL;
+    /* --watch: the script as loaded, to catch a change made before the
+     * watcher starts (ev_stat's first stat would take it as the base). */
+    struct stat loaded_stat;
+    bool have_loaded_stat = o.watch && o.app && stat(o.app, &loaded_stat) == 0;
     lx_app *first_app = load_for_worker(o.app, 1, nworkers, &first_hub, &cfg, err, sizeof(err));
     if (first_app && !o.workers && cfg.workers > 0 && cfg.workers != nworkers) {
         nworkers = cfg.workers > HUB_MAX_WORKERS ? HUB_MAX_WORKERS : cfg.workers;
@@ -518,6 +522,12 @@ int main(int argc, char **argv)
             ev_stat_start(a.loop, &a.script_stat);
             ev_init(&a.watch_settle, on_watch_settled);
             a.watch_settle.data = &a;
+            const struct stat *now = &a.script_stat.attr;
+            if (have_loaded_stat &&
+                (now->st_ino != loaded_stat.st_ino || now->st_size != loaded_stat.st_size ||
+                 now->st_mtim.tv_sec != loaded_stat.st_mtim.tv_sec ||
+                 now->st_mtim.tv_nsec != loaded_stat.st_mtim.tv_nsec))
+                on_script_changed(a.loop, &a.script_stat, 0); /* changed while starting */
         }
     }
     char alloc[32];
