@@ -132,7 +132,12 @@ static int l_jwt_verify(lua_State *L)
 
     if (!push_json_part(L, dot1 + 1, (size_t)(dot2 - dot1 - 1)) || !lua_istable(L, -1))
         return jwt_fail(L, "malformed token");
-    double now = (double)time(NULL);
+    /* The precise clock: time() reads the coarse one, up to a tick behind,
+     * so a token could pass its exp by a few ms after an expiry timer (on
+     * ev_time's clock) had already ended its subscription. */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    double now = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
     lua_getfield(L, -1, "exp");
     if (!lua_isnil(L, -1) && (!lua_isnumber(L, -1) || now >= lua_tonumber(L, -1)))
         return jwt_fail(L, "token expired");
