@@ -13,7 +13,7 @@
  * An input is a script for up to four clients:
  *
  *   byte 0     settings: bit 0 the Lua app (else the default app), bit 1
- *              small limits (4 KiB of output per connection, 2 KiB
+ *              small limits (1 KiB of output per connection, 2 KiB
  *              headers, 2 KiB WebSocket messages: the cut-off paths), bit 2
  *              small socket buffers (a peer that stops reading fills them),
  *              bits 3-5 all set: TLS (the connections are a TLS listener's;
@@ -243,7 +243,7 @@ static void setup(void)
     F.small.max_header = 2048;
     F.small.max_uri = 1024;
     F.small.max_body = 4096;
-    F.small.max_output = 4096;
+    F.small.max_output = 1024; /* a few pongs or messages reach it */
     F.sub_normal = sub_defaults;
     server_init(&F.srv, F.loop, &F.normal);
 
