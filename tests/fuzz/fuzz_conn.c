@@ -446,8 +446,13 @@ static void finish(void)
     hub_get_stats(F.hub, &hs);
     sub_stats ss;
     sub_get_stats(&ss);
-    if (hs.subscribers || ss.websocket || ss.sse || ss.longpoll)
-        die("end of input", "subscribers left");
+    if (hs.subscribers || ss.websocket || ss.sse || ss.longpoll) {
+        char left[160];
+        snprintf(left, sizeof(left),
+                 "left: %llu hub subscriptions, %u websocket, %u sse, %u long-poll sessions",
+                 (unsigned long long)hs.subscribers, ss.websocket, ss.sse, ss.longpoll);
+        die("end of input", left);
+    }
     ev_timer_stop(F.loop, &F.srv.shutdown_timer);
     F.srv.stopping = false;
     for (int i = 0; i < NCLIENTS; i++) {
