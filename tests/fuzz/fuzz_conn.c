@@ -48,6 +48,13 @@
  * every free.  Then nothing may be left: no connection, publish in flight,
  * subscription or stream (an abort names what was).
  *
+ * What one input leaves for the next: the messages it stored (the Lua
+ * app's retention keeps 8 per topic, for both apps, since they share the
+ * hub), and the Lua states' globals.  A crash that needs a stored message
+ * (a resume replays it through a filter) then passes when its input runs
+ * alone: prime it with the publishes it needs (see the long-poll finding
+ * of issue 25's fuzzing, which needed a message starting with `E`).
+ *
  * tests/fuzz/make_conn_seeds.py writes the seed corpus
  * (tests/fuzz/seeds/fuzz_conn/); tests/fuzz/run.sh builds and runs this. */
 #include "core/conn.h"
