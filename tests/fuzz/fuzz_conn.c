@@ -52,8 +52,9 @@
  * app's retention keeps 8 per topic, for both apps, since they share the
  * hub), and the Lua states' globals.  A crash that needs a stored message
  * (a resume replays it through a filter) then passes when its input runs
- * alone: prime it with the publishes it needs (see the long-poll finding
- * of issue 25's fuzzing, which needed a message starting with `E`).
+ * alone: prime it with the publishes it needs (a long-poll whose filter
+ * failed on a replayed message needed a message starting with `E` stored
+ * in its topic first).
  *
  * tests/fuzz/make_conn_seeds.py writes the seed corpus
  * (tests/fuzz/seeds/fuzz_conn/); tests/fuzz/run.sh builds and runs this. */
