@@ -4,6 +4,7 @@
 #include "lua/api.h"
 #include "lua/internal.h"
 
+#include "core/defs.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/route.h"
@@ -28,7 +29,10 @@ typedef struct lx_hooks {
     sub_session *session;             /* NULL once the subscription ended */
     int busy;                         /* callbacks running: release waits */
     bool released;                    /* release came while busy */
-    ev_timer expiry;                  /* opts.expires: ends the subscription */
+    /* opts.expires only (most subscriptions have none, and an ev_timer is
+     * 56 bytes of every idle WebSocket): ends the subscription; allocated
+     * with the hooks, just behind them. */
+    ev_timer *expiry;
 } lx_hooks;
 
 typedef struct lx_connud {
@@ -223,7 +227,7 @@ static void hook_release(void *ud)
 {
     lx_hooks *h = ud;
     h->session = NULL;
-    ev_timer_stop(lx_loop, &h->expiry);
+    if (h->expiry) ev_timer_stop(lx_loop, h->expiry);
     if (h->busy) {
         h->released = true; /* hooks_leave finishes it */
         return;
@@ -475,8 +479,9 @@ void lx_start_subscription(lx_task *t, int idx)
     if (fref == REF_NOT_FUNCTION || mref == REF_NOT_FUNCTION || cref == REF_NOT_FUNCTION)
         problem = "opts.filter, opts.on_message and opts.on_close must be functions";
     if (!problem && (fref != LUA_NOREF || mref != LUA_NOREF || cref != LUA_NOREF || expires)) {
-        h = calloc(1, sizeof(lx_hooks));
+        h = calloc(1, sizeof(lx_hooks) + (expires ? sizeof(ev_timer) : 0));
         if (!h) problem = "out of memory";
+        else if (expires) h->expiry = (ev_timer *)(h + 1);
     }
     if (problem) {
         for (int i = 0; i < 3; i++) {
@@ -497,16 +502,15 @@ void lx_start_subscription(lx_task *t, int idx)
         h->conn_ref = LUA_NOREF;
         r.hooks = fref != LUA_NOREF ? &lua_hooks : &lua_hooks_nofilter;
         r.hooks_ud = h;
-        ev_timer_init(&h->expiry, expiry_cb, 0., 0.);
-        h->expiry.data = h;
         if (expires) {
             /* Armed before the session starts: the start may end it (a
              * poll answered at once), and release stops the timer.  From
              * the loop's time, which lags the clock: never early (a token
              * is valid until its exp). */
             double left = expires - ev_now(lx_loop);
-            ev_timer_set(&h->expiry, left > 0 ? left : 0., 0.);
-            ev_timer_start(lx_loop, &h->expiry);
+            ev_timer_init(h->expiry, expiry_cb, left > 0 ? left : 0., 0.);
+            h->expiry->data = h;
+            ev_timer_start(lx_loop, h->expiry);
         }
     }
     const char *why = "cannot subscribe";
@@ -516,8 +520,8 @@ void lx_start_subscription(lx_task *t, int idx)
     if (status == 426) {
         static const char body[] = "{\"error\":\"unsupported WebSocket version (13 only)\"}";
         conn_response_start(c, 426);
-        conn_response_header(c, "Sec-WebSocket-Version", 21, "13", 2);
-        conn_response_header(c, "Content-Type", 12, "application/json", 16);
+        conn_response_header(c, STRLIT("Sec-WebSocket-Version"), STRLIT("13"));
+        conn_response_header(c, STRLIT("Content-Type"), STRLIT("application/json"));
         conn_response_finish(c, body, sizeof(body) - 1);
         return;
     }

@@ -33,7 +33,7 @@ sluice.route("POST", "/topics/:topic", function(req)
   end
   -- A retry with the same key within the dedup window gets the first
   -- publish's ID and stores nothing (SPEC.md, "Publishing exactly once").
-  local key = req.headers["idempotency-key"]
+  local key = req:header("idempotency-key") -- one header, no req.headers table
   if key ~= nil and (#key < 1 or #key > 200) then
     return sluice.json(400, { error = "Idempotency-Key must be 1 to 200 bytes" })
   end

@@ -660,6 +660,15 @@ class RequestTest(ApiCase):
         self.assertNotIn("x-second", v2["headers"])
         self.assertEqual(v2["remote_addr"], "127.0.0.1:%d" % port)
 
+    def test_req_header_one_header_without_the_table(self):
+        hdrs = [("X-Twice", "a"), ("x-twice", "b"), ("X-One", "1")]
+        v = http(self.s, "GET", "/header?name=x-twice", headers=hdrs).json()
+        self.assertEqual(v, {"value": "a, b", "headers_built": False})
+        v = http(self.s, "GET", "/header?name=X-ONE", headers=hdrs).json()
+        self.assertEqual(v["value"], "1")
+        v = http(self.s, "GET", "/header?name=x-none", headers=hdrs).json()
+        self.assertEqual(v["value"], "absent")
+
     def test_req_pairs_and_json_see_every_field(self):
         fields = ["body=string", "headers=table", "method=string", "params=table",
                   "path=string", "query=table", "remote_addr=string", "transport=string"]

@@ -101,6 +101,13 @@ sluice.route("GET", "/lazy/pairs", function(req)
   table.sort(keys)
   return 200, table.concat(keys, ",")
 end)
+-- req:header(name): one header, any case, repeated ones joined; nil when
+-- absent; the req.headers table is not built by it.
+sluice.route("GET", "/header", function(req)
+  local v = req:header(req.query.name)
+  local built = rawget(req, "headers") ~= nil
+  return sluice.json(200, { value = v or "absent", headers_built = built })
+end)
 sluice.route("GET", "/lazy/json", function(req)
   return sluice.json(200, req)
 end)
