@@ -46,6 +46,7 @@ static buf_t *literal(buf_t **slot, const char *text, size_t len)
 /* Answers with what was collected and frees the session. */
 static void lp_answer(sub_session *s)
 {
+    SLUICE_ASSERT(!session_ended(s)); /* answered once, counted out once */
     conn *c = s->c;
     unsigned n = s->t.lp->count;
     conn_part *parts = calloc(2 * (size_t)n + 2, sizeof(conn_part));
@@ -153,7 +154,11 @@ static int lp_start(sub_session *s, const sub_request *r, const http_request *re
     s->t.lp->since_len = rp.id_len;
     conn_attach(s->c, &lp_ops, s);
     __atomic_add_fetch(&sub_counts.longpoll, 1, __ATOMIC_RELAXED);
-    if (session_subscribe_and_replay(s, r, &rp, limit) < 0) {
+    int rc = session_subscribe_and_replay(s, r, &rp, limit);
+    /* A filter that failed (or closed it) during the replay ended the
+     * poll: its close counted it out, and there is nothing to answer. */
+    if (rc == SESSION_GONE) return 0;
+    if (rc < 0) {
         lp_answer(s);
         return 0;
     }

@@ -324,6 +324,7 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
             if (n < 0 || !more || s->tp->held(s) > 0 || session_ended(s)) break;
         }
         if (!more && s->last_seq < live_from) s->last_seq = live_from;
+        if (session_ended(s)) return SESSION_GONE;
         return n < 0 ? -1 : 0;
     }
     /* A stream catches up page by page: keep the topic names for later pages. */

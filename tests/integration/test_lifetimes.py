@@ -173,5 +173,25 @@ class LifetimeTest(SluiceTestCase):
         self.alive()
 
 
+
+class LongPollFilterTest(SluiceTestCase):
+    """Found by fuzz_conn: a long-poll with a filter and a resume point
+    replays a stored message whose filter raises.  The error closes the
+    poll inside its replay; the start then answered the ended session
+    anyway (counted out twice: the long-poll gauge wrapped to 2^32-1, and
+    a 200 was queued on a connection already closing)."""
+
+    def test_filter_error_during_a_polls_replay(self):
+        s = self.start(app=app("lp_filter.lua"), args=["-w", "1"])
+        with s.conn() as c:
+            self.assertEqual(c.request("POST", "/topics/a", body=b"Edata").status, 200)
+        with s.conn() as c:
+            c.send(build_request("GET", "/s/a?since=x&timeout=1"))
+            c.wait_closed(10)  # ended by the script error, no answer owed
+        with s.conn() as c:
+            body = c.get("/metrics").body.decode()
+        self.assertIn('sluice_connections{transport="longpoll"} 0\n', body)
+        self.assertServes(s, "/healthz", b"ok")
+
 if __name__ == "__main__":
     unittest.main()
