@@ -236,6 +236,10 @@ seed("lua_options", LUA,
      send(1, ws("/s/a?proto=chat", "Sec-WebSocket-Protocol: chat")), run(2),
      send(2, post("/p/a?event=e1", b"one") + post("/p/bx", b"two") + post("/p/op.z", b"Xyz") +
           post("/p/op.z", b"Dno")), run(4), send(1, CLOSE(4000)), run(2))
+# A long-poll whose filter fails on a message its resume replays (found by
+# this fuzzer: the poll was answered after the filter had ended it).
+seed("lp_filter_error_in_replay", LUA, send(3, post("/p/a", b"Edata")), run(2), send(0, get("/s/a?since=x")), run(2),
+     send(1, post("/p/a", b"Ldata")), run(2), send(2, get("/s/a?last_event_id=zz-1&also=*")), run(2))
 seed("lua_on_close_publishes", LUA, send(0, ws("/s/c?bye=log&nofilter=1")), send(1, ws("/s/log")), run(),
      send(0, text("C")), run(3))
 
