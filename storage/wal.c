@@ -18,9 +18,10 @@
 #endif
 #include "storage/wal.h"
 
+#include "storage/crc32c.h"
+
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,67 +43,16 @@ struct wal {
     size_t blk_cap;      /* bytes allocated at blk, a multiple of WAL_BLOCK */
 };
 
-/* CRC-32C (Castagnoli), reflected.  The SSE4.2 crc32 instruction takes 8
- * bytes a step (a 150-byte record: about 20 instructions, not 1,100);
- * elsewhere (or with SLUICE_NO_SSE42 set, which the tests use) one table,
- * a byte a step.  Both give the same value, so a log written on one
- * machine reads on another. */
-static uint32_t crc_table[256];
-
-static uint32_t crc32c_table(uint32_t c, const unsigned char *p, size_t n)
-{
-    while (n--)
-        c = crc_table[(c ^ *p++) & 0xFF] ^ (c >> 8);
-    return c;
-}
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <nmmintrin.h>
-#define HAVE_CRC32C_SSE42 1
-
-__attribute__((target("sse4.2"))) static uint32_t crc32c_sse42(uint32_t c, const unsigned char *p,
-                                                               size_t n)
-{
-    uint64_t c64 = c;
-    for (; n >= 8; n -= 8, p += 8) {
-        uint64_t v;
-        memcpy(&v, p, 8);
-        c64 = _mm_crc32_u64(c64, v);
-    }
-    c = (uint32_t)c64;
-    while (n--)
-        c = _mm_crc32_u8(c, *p++);
-    return c;
-}
-#endif
-
-static uint32_t (*crc32c_update)(uint32_t c, const unsigned char *p, size_t n) = crc32c_table;
-
-static void crc_init(void)
-{
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++)
-            c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1)));
-        crc_table[i] = c;
-    }
-#ifdef HAVE_CRC32C_SSE42
-    if (!getenv("SLUICE_NO_SSE42") && __builtin_cpu_supports("sse4.2"))
-        crc32c_update = crc32c_sse42;
-#endif
-}
-
 /* The salt's 8 bytes (least significant first), the format's number
  * (none for the first format), then the bytes. */
-static uint32_t crc32c(uint64_t salt, int format, const unsigned char *p, size_t n)
+static uint32_t rec_crc(uint64_t salt, int format, const unsigned char *p, size_t n)
 {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, crc_init);
     unsigned char seed[9];
     for (int i = 0; i < 8; i++, salt >>= 8)
         seed[i] = (unsigned char)salt;
     seed[8] = (unsigned char)format;
-    return ~crc32c_update(crc32c_update(0xFFFFFFFFu, seed, format > 1 ? 9 : 8), p, n);
+    uint32_t c = crc32c_update(crc32c_begin(), seed, format > 1 ? 9 : 8);
+    return crc32c_end(crc32c_update(c, p, n));
 }
 
 #define WAL_REC_HEADER_V1 56
@@ -140,7 +90,7 @@ size_t wal_rec_encode(unsigned char *out, const struct wal_rec *r, uint64_t salt
     if (r->data_len) memcpy(p, r->data, r->data_len);
     p += r->data_len;
     memset(p, 0, (size_t)(out + size - p));
-    uint32_t crc = crc32c(salt, 2, out + 8, size - 8);
+    uint32_t crc = rec_crc(salt, 2, out + 8, size - 8);
     memcpy(out, &size32, 4);
     memcpy(out + 4, &crc, 4);
     return size;
@@ -174,7 +124,7 @@ size_t wal_rec_decode(const unsigned char *p, size_t avail, struct wal_rec *r, u
     }
     if (size >= WAL_REC_HEADER && zero == 0 && wal_rec_size(tl, el, data32, kl) == size &&
         zero_from(p, WAL_REC_HEADER + tl + kl + el + (size_t)data32, size) &&
-        crc32c(salt, 2, p + 8, size - 8) == crc) {
+        rec_crc(salt, 2, p + 8, size - 8) == crc) {
         hdr = WAL_REC_HEADER;
     } else {
         /* The first format. */
@@ -182,7 +132,7 @@ size_t wal_rec_decode(const unsigned char *p, size_t avail, struct wal_rec *r, u
         hdr = WAL_REC_HEADER_V1;
         if (((hdr + tl + el + (size_t)data32 + 7) & ~(size_t)7) != size) return 0;
         if (!zero_from(p, hdr + tl + el + (size_t)data32, size)) return 0;
-        if (crc32c(salt, 1, p + 8, size - 8) != crc) return 0;
+        if (rec_crc(salt, 1, p + 8, size - 8) != crc) return 0;
     }
     memcpy(&r->seq, p + 8, 8);
     memcpy(&r->epoch, p + 16, 8);

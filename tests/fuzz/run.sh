@@ -29,7 +29,7 @@ declare -A srcs=(
     [fuzz_http]="core/http.c ${llhttp[*]}"
     [fuzz_ws]="core/ws.c core/utf8.c"
     [fuzz_sse]="core/sse.c core/b64.c core/utf8.c"
-    [fuzz_wal]="storage/wal.c"
+    [fuzz_wal]="storage/wal.c storage/crc32c.c"
 )
 # fuzz_conn links the server's libraries as CMakeLists.txt makes them (every
 # layer but the command line: main.c, admin.c, worker.c), built here with
