@@ -119,7 +119,8 @@ static inline bool conn_closed(const conn *c)
 }
 
 /* Closes the connection now: the stream's on_close runs, queued output is
- * dropped, the socket closed.  The struct lives until the last release. */
+ * dropped, the socket closed.  The struct lives until the end of the loop
+ * pass, or of the last release if later (see "Lifetime" above). */
 void conn_close(conn *c);
 
 /* Writes "ADDR:PORT" of the peer into out; returns out. */
