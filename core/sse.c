@@ -14,6 +14,8 @@
  * scratch. */
 #include "core/sse.h"
 
+#include "core/defs.h"
+
 #include <string.h>
 
 bool sse_field_valid(const char *s, size_t len)
@@ -142,13 +144,10 @@ ssize_t sse_comment_encode(char *out, size_t cap, const char *text, size_t len)
     ssize_t n = sse_comment_size(text, len);
     if (n < 0) return n;
     if (cap < (size_t)n) return SSE_ESPACE;
-    if (len) {
-        memcpy(out, ": ", 2);
-        memcpy(out + 2, text, len);
-        memcpy(out + 2 + len, "\n\n", 2);
-    } else {
-        memcpy(out, ":\n\n", 3);
-    }
+    if (len)
+        mempcpy(mempcpy(mempcpy(out, STRLIT(": ")), text, len), STRLIT("\n\n"));
+    else
+        mempcpy(out, STRLIT(":\n\n"));
     return n;
 }
 
@@ -171,12 +170,12 @@ ssize_t sse_retry_encode(char *out, size_t cap, uint32_t ms)
 {
     size_t n = sse_retry_size(ms), d = sse_digits(ms);
     if (cap < n) return SSE_ESPACE;
-    memcpy(out, "retry: ", 7);
+    char *digits = mempcpy(out, STRLIT("retry: "));
     for (size_t i = d; i > 0; i--) {
-        out[7 + i - 1] = (char)('0' + ms % 10);
+        digits[i - 1] = (char)('0' + ms % 10);
         ms /= 10;
     }
-    memcpy(out + 7 + d, "\n\n", 2);
+    mempcpy(digits + d, STRLIT("\n\n"));
     return (ssize_t)n;
 }
 
