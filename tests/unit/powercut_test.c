@@ -39,6 +39,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -91,10 +92,20 @@ static struct {
     char names[MAX_FILES][32];
     int nfiles;
     int unsupported; /* calls the model does not know on a recorded file */
+    int writing;     /* recorded writes between write_begin and write_done */
 } rec = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
+/* Under rec.mu.  Once recording has stopped (a store thread, the
+ * checkpoint's, may still write and flush after the workload), what it
+ * does goes to a scratch op: the trace was taken, and an op added to it
+ * then would be lost (leaked) or land in the next trace. */
 static struct op *op_add(int kind)
 {
+    static struct op discard;
+    if (!rec.on) {
+        memset(&discard, 0, sizeof discard);
+        return &discard;
+    }
     if (rec.n == rec.cap) {
         rec.cap = rec.cap ? rec.cap * 2 : 1024;
         rec.ops = realloc(rec.ops, rec.cap * sizeof *rec.ops);
@@ -189,6 +200,8 @@ static int tracked(int fd, int *dsync)
     return f;
 }
 
+#define NOT_RECORDED ((size_t)-1)
+
 /* Record a write of len bytes at off; the caller fixes the length after
  * the call (a short or failed write) with write_done. */
 static size_t write_begin(int file, uint64_t off, const void *const *bufs, const size_t *lens,
@@ -202,28 +215,36 @@ static size_t write_begin(int file, uint64_t off, const void *const *bufs, const
     for (int i = 0, at = 0; i < nbufs; at += (int)lens[i], i++)
         memcpy(copy + at, bufs[i], lens[i]);
     pthread_mutex_lock(&rec.mu);
+    if (!rec.on) { /* stopped since the caller looked */
+        pthread_mutex_unlock(&rec.mu);
+        free(copy);
+        return NOT_RECORDED;
+    }
     struct op *o = op_add(OP_WRITE);
     o->file = file;
     o->off = off;
     o->len = len;
     o->data = copy;
     size_t id = rec.n - 1;
+    rec.writing++; /* rec_stop waits for its write_done */
     pthread_mutex_unlock(&rec.mu);
     return id;
 }
 
 static void write_done(size_t id, ssize_t r, int dsync)
 {
+    if (id == NOT_RECORDED) return;
     pthread_mutex_lock(&rec.mu);
     rec.ops[id].len = r > 0 ? (size_t)r : 0;
     if (dsync && r > 0) op_add(OP_PERSIST)->target = id;
+    rec.writing--;
     pthread_mutex_unlock(&rec.mu);
 }
 
 static ssize_t traced_write(int fd, uint64_t off, int use_off, const struct iovec *iov, int cnt)
 {
     int dsync = 0, f = rec.on ? tracked(fd, &dsync) : -1;
-    size_t id = 0;
+    size_t id = NOT_RECORDED;
     if (f >= 0) {
         const void *bufs[64];
         size_t lens[64];
@@ -240,7 +261,7 @@ static ssize_t traced_write(int fd, uint64_t off, int use_off, const struct iove
         r = syscall(SYS_pwritev, fd, iov, cnt, (unsigned long)off, 0ul);
     else
         r = syscall(SYS_writev, fd, iov, cnt);
-    if (f >= 0) write_done(id, r, dsync);
+    write_done(id, r, dsync);
     return r;
 }
 
@@ -375,9 +396,20 @@ static void rec_start(const char *dir)
     rec.on = 1;
 }
 
+/* Stops recording, then waits for the recorded writes still in flight
+ * (another thread's): their write_done must land before the trace is
+ * taken, or it would index an array trace_take has handed over (a crash
+ * seen once under load). */
 static void rec_stop(void)
 {
+    pthread_mutex_lock(&rec.mu);
     rec.on = 0;
+    while (rec.writing) {
+        pthread_mutex_unlock(&rec.mu);
+        sched_yield();
+        pthread_mutex_lock(&rec.mu);
+    }
+    pthread_mutex_unlock(&rec.mu);
 }
 
 static void rec_free(struct op *ops, size_t n)
