@@ -32,6 +32,7 @@
 #define _GNU_SOURCE
 #endif
 #include "check.h"
+#include "scratch_dir.h"
 #include "storage/store.h"
 #include "storage/wal.h"
 
@@ -456,37 +457,15 @@ static void img_copy(struct image *dst, const struct image *src)
 static char *scratch_dir(const char *what)
 {
     const char *base = getenv("TMPDIR");
-    char *d;
-    if (asprintf(&d, "%s/sluice_powercut_%s_XXXXXX", base && *base ? base : "/tmp", what) < 0)
-        abort();
-    if (!mkdtemp(d)) abort();
-    return d;
-}
-
-static void clear_dir(const char *dir)
-{
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    char p[600];
-    while (d && (e = readdir(d))) {
-        if (e->d_name[0] == '.') continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    if (d) closedir(d);
-}
-
-static void remove_dir(char *dir)
-{
-    clear_dir(dir);
-    rmdir(dir);
-    free(dir);
+    char name[64];
+    snprintf(name, sizeof name, "powercut_%s", what);
+    return scratch_dir_new(base && *base ? base : "/tmp", name);
 }
 
 static void save_files(const char *dir, char names[][32], const struct image *im, int n)
 {
     char p[600];
-    clear_dir(dir);
+    scratch_dir_wipe(dir);
     for (int i = 0; i < n; i++) {
         if (!im[i].present) continue;
         snprintf(p, sizeof p, "%s/%s", dir, names[i]);
@@ -1016,7 +995,7 @@ static void run_traced(const struct config *c, const struct trace *prior_trace,
         fail(F_OPEN, c->name, "traced open", "%s", err);
         trace_take(t);
         trace_index(t);
-        remove_dir(dir);
+        scratch_dir_remove(dir);
         return;
     }
     if (found_out) {
@@ -1038,7 +1017,7 @@ static void run_traced(const struct config *c, const struct trace *prior_trace,
         for (int f = 0; f < prior_trace->nfiles; f++)
             img_copy(&t->base[f], &base[f]);
     trace_index(t);
-    remove_dir(dir);
+    scratch_dir_remove(dir);
 }
 
 static void free_trace(struct trace *t)
@@ -1081,7 +1060,7 @@ static void check_cuts(const struct config *c, const struct trace *t, const stru
     }
     for (int f = 0; f < MAX_FILES; f++)
         free(im[f].data);
-    remove_dir(rdir);
+    scratch_dir_remove(rdir);
 }
 
 static int count_found(const unsigned char *found)

@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #endif
 #include "check.h"
+#include "scratch_dir.h"
 #include "storage/store.h"
 #include "storage/wal.h"
 
@@ -26,24 +27,12 @@
 
 static char *make_dir(void)
 {
-    char *d = strdup("/tmp/sluice_recovery_XXXXXX");
-    if (!d || !mkdtemp(d)) abort();
-    return d;
+    return scratch_dir_new("/tmp", "recovery");
 }
 
 static void remove_dir(char *dir)
 {
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    char p[600];
-    while (d && (e = readdir(d))) {
-        if (e->d_name[0] == '.') continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    if (d) closedir(d);
-    rmdir(dir);
-    free(dir);
+    scratch_dir_remove(dir);
 }
 
 static int open_store(struct store **s, const char *dir, int relaxed, int salvage, int read_only,

@@ -1,10 +1,12 @@
 /* scratch_dir.h: a fresh directory per test case (or benchmark run), and
- * its removal together with every file a store leaves in it (LMDB's two,
- * the lock file and the two logs), so that runs leave nothing behind.
- * The unit tests and bench/bench_util.h share it. */
+ * its removal together with every file a store leaves in it (whatever
+ * their names: LMDB's, the lock file, the logs, a data.mdb.new a cut open
+ * left), so that runs leave nothing behind.  The unit tests and
+ * bench/bench_util.h share it. */
 #ifndef SLUICE_TEST_SCRATCH_DIR_H
 #define SLUICE_TEST_SCRATCH_DIR_H
 
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,15 +24,19 @@ static inline char *scratch_dir_new(const char *parent, const char *name)
     return d;
 }
 
-/* Removes a store's files from dir, leaving the directory. */
+/* Removes every file in dir (a store makes no subdirectories), leaving
+ * the directory. */
 static inline void scratch_dir_wipe(const char *dir)
 {
-    static const char *const files[] = {"data.mdb", "lock.mdb", "sluice.lock", "wal", "wal2"};
+    DIR *d = opendir(dir);
+    struct dirent *e;
     char p[1024];
-    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
-        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
         unlink(p);
     }
+    if (d) closedir(d);
 }
 
 static inline void scratch_dir_remove(char *dir)
