@@ -8,6 +8,7 @@
 #include "core/conn.h"
 
 #include "core/defs.h"
+#include "core/h2.h"
 #include "core/log.h"
 
 #include <arpa/inet.h>
@@ -58,7 +59,7 @@ static bool wants_read(const conn *c)
 
 static void update_io(conn *c)
 {
-    if (c->state == CONN_CLOSED) return;
+    if (c->state == CONN_CLOSED || c->h2_stream) return; /* a stream has no socket */
     int ev = 0;
     if (c->state == CONN_TLS_HANDSHAKE) {
         ev = c->io.want == IO_WANT_WRITE ? EV_WRITE : EV_READ;
@@ -188,6 +189,18 @@ void conn_close(conn *c)
         c->stream = NULL;
         ops->on_close(c, c->stream_state);
         c->stream_state = NULL;
+    }
+    if (c->h2_stream) { /* no socket, not on the server's list */
+        ev_timer_stop(srv->loop, &c->timer);
+        c->state = CONN_CLOSED;
+        h2_stream_closed(c);
+        outq_clear(&c->out);
+        free_pending(c);
+        free_parser(c);
+        free(c->resp_head);
+        c->resp_head = NULL;
+        if (c->refs == 0) conn_free_later(c);
+        return;
     }
     ev_io_stop(srv->loop, &c->watcher);
     ev_timer_stop(srv->loop, &c->timer);
@@ -358,6 +371,9 @@ int conn_send(conn *c, buf_t *b, size_t off, size_t len)
     if (c->state == CONN_CLOSED) return -1;
     /* Over the limit a stream is cut off; an empty queue takes any one
      * message, so the largest message allowed always fits. */
+    bool over = c->state == CONN_STREAM && c->out.bytes > 0 &&
+                c->out.bytes + len > c->srv->limits.max_output;
+    if (over && c->h2_stream) h2_stream_cut(c); /* reset, not finished, at its end */
     if (c->state == CONN_STREAM && c->out.bytes > 0 &&
         c->out.bytes + len > c->srv->limits.max_output)
         return -1;
@@ -404,6 +420,11 @@ void conn_close_after_write(conn *c)
     free_pending(c);
     free_parser(c);
     set_state(c, CONN_CLOSING);
+    if (c->h2_stream) { /* END_STREAM once the queue is sent (h2.c) */
+        arm_timer(c, T_LINGER, CLOSING_WRITE_SECONDS); /* or reset, if its window stays shut */
+        h2_stream_end(c);
+        return;
+    }
     if (c->out.bytes == 0)
         start_linger(c);
     else
@@ -414,7 +435,7 @@ static void on_drained(conn *c)
 {
     switch (c->state) {
     case CONN_CLOSING:
-        if (!c->lingering) start_linger(c);
+        if (!c->lingering && !c->h2_stream) start_linger(c);
         break;
     case CONN_STREAM:
         if (c->stream->on_drain) c->stream->on_drain(c, c->stream_state);
@@ -441,6 +462,10 @@ static void on_drained(conn *c)
 #define FLUSH_IOV 1024 /* IOV_MAX on Linux */
 static void flush(conn *c)
 {
+    if (c->h2_stream) { /* the carrier's session takes it from the queue */
+        h2_stream_flush(c);
+        return;
+    }
     struct iovec iov[FLUSH_IOV];
     while (c->out.bytes > 0 && c->state != CONN_CLOSED) {
         int n = outq_iov(&c->out, iov, FLUSH_IOV);
@@ -591,7 +616,7 @@ static void access_log(conn *c, size_t body_len)
 static void request_done(conn *c)
 {
     if (c->http) http_next(c->http);
-    if (!c->keep_alive || c->srv->stopping) {
+    if (!c->keep_alive || c->srv->stopping || c->h2_stream) { /* one request a stream */
         conn_close_after_write(c);
         return;
     }
@@ -808,6 +833,14 @@ static void http_input(conn *c, const char *data, size_t len)
     server *srv = c->srv;
     conn_hold(c);
     c->in_process = true;
+    if (!c->h2_stream && !c->pending && (!c->http || !http_in_request(c->http)) &&
+        h2_is_preface(data, len)) {
+        /* h2c with prior knowledge: the connection is HTTP/2 from here. */
+        c->in_process = false;
+        h2_start(c, data, len);
+        conn_release(c);
+        return;
+    }
     while (c->state == CONN_HTTP && len > 0) {
         if (c->out.bytes > srv->limits.max_output) {
             /* The client sends requests faster than it reads answers. */
@@ -950,6 +983,13 @@ static void do_handshake(conn *c)
     if (r == 1) {
         set_state(c, CONN_HTTP);
         arm_timer(c, T_IDLE, c->srv->limits.header_timeout);
+        const unsigned char *proto = NULL;
+        unsigned plen = 0;
+        SSL_get0_alpn_selected(c->io.ssl, &proto, &plen);
+        if (plen == 2 && memcmp(proto, "h2", 2) == 0) {
+            arm_timer(c, T_NONE, 0);
+            if (h2_start(c, NULL, 0) < 0) return;
+        }
         do_read(c);
     } else if (r == 0) {
         update_io(c);
@@ -1035,4 +1075,49 @@ void conn_shutdown(conn *c)
     default:
         break;
     }
+}
+
+/* ---- carried connections (HTTP/2 streams, h2.c) ----------------------- */
+
+void conn_carried_init(conn *c, conn *parent)
+{
+    c->srv = parent->srv;
+    c->io.fd = -1;
+    c->tls = parent->tls;
+    c->h2_stream = true;
+    c->remote = parent->remote;
+    ev_init(&c->timer, timer_cb);
+    c->timer.data = c;
+    c->state = CONN_HTTP;
+    c->req_start = ev_time();
+}
+
+void conn_carried_request(conn *c, const char *data, size_t len)
+{
+    http_input(c, data, len);
+}
+
+int conn_carried_input(conn *c, const char *data, size_t len, size_t max)
+{
+    if (len == 0 || c->state == CONN_CLOSED || c->state == CONN_CLOSING) return 0;
+    size_t have = c->pending ? c->pending_len - c->pending_off : 0;
+    if (have + len > max) return -1;
+    char *p = malloc(have + len);
+    if (!p) return -1;
+    if (have) memcpy(p, c->pending + c->pending_off, have);
+    memcpy(p + have, data, len);
+    free(c->pending);
+    c->pending = p;
+    c->pending_len = (uint32_t)(have + len);
+    c->pending_off = 0;
+    if (c->state == CONN_STREAM && !c->input_paused) {
+        c->input_waiting = true;
+        schedule_turn(c);
+    }
+    return 0;
+}
+
+void conn_carried_drained(conn *c)
+{
+    if (c->state != CONN_CLOSED) on_drained(c);
 }

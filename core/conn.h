@@ -83,6 +83,8 @@ struct conn {
     bool input_waiting : 1; /* STREAM: `pending` bytes wait for on_data (see
                              * conn_start_stream) */
     bool input_paused : 1;  /* STREAM: not read (conn_pause_input) */
+    bool h2_stream : 1;     /* an HTTP/2 stream carried by another conn (h2.h):
+                             * no socket of its own */
     uint16_t refs;
     uint16_t resp_status; /* fills the padding here: a smaller conn */
     http_parser *http;    /* while a request is being read or handled */
@@ -231,3 +233,24 @@ void server_free_closed(server *srv);
 void conn_shutdown(conn *c);
 
 #endif
+/* --- For h2.c: a connection carried inside another -------------------- */
+
+/* Initialises `c` (zeroed, the first member of the caller's stream
+ * struct, freed with it) as an HTTP/2 stream of `parent`: same server,
+ * peer and TLS flag, no socket, not in the server's connection list (the
+ * limit and the gauges count sockets), state CONN_HTTP. */
+void conn_carried_init(conn *c, conn *parent);
+
+/* Feeds a carried conn its request, written as HTTP/1.1 (head and body):
+ * parsed and handed to the app as a request read from a socket. */
+void conn_carried_request(conn *c, const char *data, size_t len);
+
+/* Bytes the peer sent on the stream after its request (WebSocket frames):
+ * kept, and given to the transport's on_data from the loop.  Returns 0, or
+ * -1 when more than `max` bytes would wait or out of memory (nothing
+ * kept). */
+int conn_carried_input(conn *c, const char *data, size_t len, size_t max);
+
+/* The carried conn's output queue was emptied by its carrier. */
+void conn_carried_drained(conn *c);
+

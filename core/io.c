@@ -174,7 +174,8 @@ void io_close(io_t *io)
 static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                        const unsigned char *in, unsigned int inlen, void *arg)
 {
-    static const unsigned char ours[] = "\x08http/1.1";
+    /* HTTP/2 first (h2.h), HTTP/1.1 for the clients without it. */
+    static const unsigned char ours[] = "\x02h2\x08http/1.1";
     unsigned char *sel;
     if (SSL_select_next_proto(&sel, outlen, ours, sizeof(ours) - 1, in, inlen) !=
         OPENSSL_NPN_NEGOTIATED)

@@ -65,7 +65,7 @@ void io_close(io_t *io);
 
 /* Builds a server context from PEM files: TLS 1.2 and 1.3 only, TLS 1.2
  * with forward-secret AEAD suites only (ECDHE with AES-GCM or
- * ChaCha20-Poly1305), ALPN http/1.1.  Returns NULL with a message in err on failure. */
+ * ChaCha20-Poly1305), ALPN h2 (preferred) and http/1.1.  Returns NULL with a message in err on failure. */
 SSL_CTX *tls_ctx_new(const char *cert_file, const char *key_file, char *err, size_t errlen);
 
 /* Starts a server-side TLS session on io->fd.  Returns 0 or IO_ERROR. */

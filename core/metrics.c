@@ -3,6 +3,7 @@
  * message, so clarity wins over speed here. */
 #include "core/metrics.h"
 
+#include "core/h2.h"
 #include "core/server.h"
 #include "core/subscriber.h"
 
@@ -120,6 +121,28 @@ char *metrics_render(const hub *h, const metrics_extra *extra, size_t nextra, si
     for (int i = 0; i < SERVER_REFUSAL_KINDS; i++)
         add(&t, "sluice_http_refused_total{status=\"%d\"} %llu\n", refused[i],
             server_refusals(refused[i]));
+    h2_stats h2;
+    h2_get_stats(&h2);
+    head(&t, "sluice_http2_connections", "gauge", "Open HTTP/2 connections.");
+    add(&t, "sluice_http2_connections %llu\n", h2.connections);
+    head(&t, "sluice_http2_streams", "gauge", "Open HTTP/2 streams.");
+    add(&t, "sluice_http2_streams %llu\n", h2.streams);
+    head(&t, "sluice_http2_streams_total", "counter", "HTTP/2 streams opened.");
+    add(&t, "sluice_http2_streams_total %llu\n", h2.streams_total);
+    head(&t, "sluice_http2_streams_cut_total", "counter",
+         "HTTP/2 streams reset because their reader fell past the output limit.");
+    add(&t, "sluice_http2_streams_cut_total %llu\n", h2.streams_cut);
+    head(&t, "sluice_http2_refused_total", "counter",
+         "HTTP/2 connections ended (GOAWAY) or streams refused, by cause.");
+    const struct {
+        const char *cause;
+        unsigned long long n;
+    } h2r[] = {{"rapid_reset", h2.rapid_reset},     {"continuation_flood", h2.continuation_flood},
+               {"header_list", h2.header_list},     {"too_many_streams", h2.too_many_streams},
+               {"settings_flood", h2.settings_flood}, {"ping_flood", h2.ping_flood},
+               {"flood", h2.flood},                 {"protocol_error", h2.protocol_error}};
+    for (size_t i = 0; i < sizeof(h2r) / sizeof(h2r[0]); i++)
+        add(&t, "sluice_http2_refused_total{cause=\"%s\"} %llu\n", h2r[i].cause, h2r[i].n);
     for (size_t i = 0; i < nextra; i++) {
         const metrics_extra *e = &extra[i];
         if (i == 0 || strcmp(extra[i - 1].name, e->name) != 0) head(&t, e->name, e->type, e->help);
