@@ -29,6 +29,7 @@
 #include "core/log.h"
 
 #include <nghttp2/nghttp2.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -136,14 +137,21 @@ static void h2_send(h2_conn *h);
 
 /* Ends the connection for an attack or a protocol error: GOAWAY with
  * `code`, counted once under `counter`, and nothing more is read. */
-static void h2_refuse(h2_conn *h, uint32_t code, unsigned long long *counter, const char *why)
+static void count_refusal(h2_conn *h, unsigned long long *counter, const char *why)
 {
-    if (h->terminating) return;
-    h->terminating = true;
+    if (h->counted) return;
+    h->counted = true;
     if (counter) __atomic_add_fetch(counter, 1, __ATOMIC_RELAXED);
     char remote[64];
     LOG_KV_LIMITED(&refusal_log, 1.0, LOG_INFO, "http2 connection refused", LOG_S("reason", why),
                    LOG_S("remote", conn_remote_addr(h->c, remote, sizeof(remote))));
+}
+
+static void h2_refuse(h2_conn *h, uint32_t code, unsigned long long *counter, const char *why)
+{
+    count_refusal(h, counter, why);
+    if (h->terminating) return;
+    h->terminating = true;
     nghttp2_session_terminate_session(h->session, code);
 }
 
@@ -662,6 +670,19 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
 static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *ud)
 {
     h2_conn *h = ud;
+    if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != NGHTTP2_NO_ERROR) {
+        /* nghttp2 ended the connection itself (a protocol error it found,
+         * with its reason as the debug data): counted here. */
+        h->terminating = true;
+        const char *dbg = (const char *)frame->goaway.opaque_data;
+        size_t dl = frame->goaway.opaque_data_len;
+        char why[96];
+        snprintf(why, sizeof(why), "%.*s", (int)(dl < 95 ? dl : 95), dbg ? dbg : "");
+        if (strstr(why, "max concurrent streams"))
+            count_refusal(h, &stats.too_many_streams, "too many streams");
+        else
+            count_refusal(h, &stats.protocol_error, why[0] ? why : "protocol error");
+    }
     if (frame->hd.type == NGHTTP2_RST_STREAM &&
         frame->rst_stream.error_code == NGHTTP2_REFUSED_STREAM) {
         COUNT(too_many_streams, 1);
