@@ -640,8 +640,12 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
         bool end = frame->hd.flags & NGHTTP2_FLAG_END_STREAM;
         bool headers_done = frame->hd.type == NGHTTP2_HEADERS &&
                             frame->headers.cat == NGHTTP2_HCAT_REQUEST;
-        if (!s->dispatched && (end || (headers_done && s->connect_ws))) {
+        /* A CONNECT's stream stays open: it is answered at its headers. */
+        bool connect = headers_done && strcmp(s->method, "CONNECT") == 0;
+        if (!s->dispatched && (end || connect)) {
             dispatch(s);
+        } else if (!s->dispatched && headers_done) {
+            conn_stream_timer(h->c, 1.0); /* its body has header_timeout to come */
         } else if (s->dispatched && end && s->connect_ws && s->c.state != CONN_CLOSED) {
             conn_close_after_write(&s->c); /* the client ended its side */
         }

@@ -20,7 +20,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import SluiceTestCase, app, curl, make_cert, run  # noqa: E402
+from harness import SIGTERM, SluiceTestCase, app, curl, make_cert, run  # noqa: E402
 
 import hpack  # noqa: E402
 
@@ -157,6 +157,17 @@ class H2Raw:
 
     def body(self, sid):
         return self.data.get(sid, b"")
+
+
+def ws_frame(opcode, payload, mask=b"\x01\x02\x03\x04"):
+    """A client WebSocket frame (masked, FIN)."""
+    n = len(payload)
+    head = bytes([0x80 | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    else:
+        head += bytes([0x80 | 126]) + struct.pack(">H", n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 def metric(text, name):
@@ -313,6 +324,66 @@ class H2Test(SluiceTestCase):
         self.assertTrue(c.until(lambda: b"data: after" in c.body(b)))
         self.assertEqual(metric(self.metrics(), "sluice_http2_streams_cut_total"), before + 1)
         self.assertTrue(self.s.wait_log(r"http2 stream cut off"))
+
+    def test_websocket_over_h2(self):
+        """RFC 8441: SETTINGS_ENABLE_CONNECT_PROTOCOL, then an extended
+        CONNECT opens a WebSocket whose frames ride in DATA frames, beside
+        an SSE stream on the same connection."""
+        c = self.h2()
+        self.assertEqual(c.settings.get(8), 1)
+        ws = c.new_id()
+        c.send(c.headers_frame(ws, [(":method", "CONNECT"), (":protocol", "websocket"),
+                                    (":scheme", "http"), (":path", "/topics/wsh2"),
+                                    (":authority", "localhost"),
+                                    ("sec-websocket-version", "13")], end_stream=False))
+        sse, _ = c.request("GET", "/topics/wsh2", [("accept", "text/event-stream")])
+        self.assertTrue(c.until(lambda: ws in c.status and b"retry" in c.body(sse)))
+        self.assertEqual(c.status[ws], 200, c.heads[ws])
+        self.assertNotIn("sec-websocket-accept", dict(c.heads[ws]))
+        r = curl(self.url("/topics/wsh2"), "--data-binary", "hello-ws")
+        self.assertEqual(r.status, 200, r)
+        self.assertTrue(c.until(lambda: b"\x81\x08hello-ws" in c.body(ws)), c.body(ws))
+        # A client message is published (and reaches the SSE sibling).
+        c.send(frame(DATA, 0, ws, ws_frame(1, b"from-client")))
+        self.assertTrue(c.until(lambda: b"data: from-client" in c.body(sse)), c.body(sse))
+        # The close handshake ends the stream.
+        c.send(frame(DATA, 0, ws, ws_frame(8, struct.pack(">H", 1000))))
+        self.assertTrue(c.until(lambda: ws in c.ended or ws in c.resets))
+        self.assertIn(b"\x88\x02\x03\xe8", c.body(ws))
+        self.assertNotIn(ws, c.resets)
+        # A CONNECT for anything else is refused.
+        bad = c.new_id()
+        c.send(c.headers_frame(bad, [(":method", "CONNECT"), (":authority", "example.com:443")],
+                               end_stream=False))
+        self.assertTrue(c.until(lambda: bad in c.status or bad in c.resets))
+        self.assertTrue(c.status.get(bad, 400) >= 400)
+
+    def test_graceful_stop(self):
+        """SIGTERM: GOAWAY (NO_ERROR), the SSE stream ends, the WebSocket
+        gets 1001, the server exits 0 in time."""
+        c = self.h2()
+        sse, _ = c.request("GET", "/topics/bye", [("accept", "text/event-stream")])
+        ws = c.new_id()
+        c.send(c.headers_frame(ws, [(":method", "CONNECT"), (":protocol", "websocket"),
+                                    (":scheme", "http"), (":path", "/topics/bye"),
+                                    (":authority", "localhost"),
+                                    ("sec-websocket-version", "13")], end_stream=False))
+        self.assertTrue(c.until(lambda: ws in c.status and b"retry" in c.body(sse)))
+        self.s.signal(SIGTERM)
+        self.assertTrue(c.until(lambda: c.goaway is not None and sse in c.ended, 10),
+                        (c.goaway, c.ended))
+        self.assertEqual(c.goaway, NO_ERROR)
+        self.assertIn(b"\x88\x16\x03\xe9server shutting down", c.body(ws))  # close 1001
+        self.assertEqual(self.s.wait_exit(10), 0)
+
+    def test_body_that_stops_gets_408(self):
+        c = self.h2()
+        sid = c.new_id()
+        c.send(c.headers_frame(sid, [(":method", "POST"), (":scheme", "http"),
+                                     (":path", "/topics/slow"), (":authority", "localhost")],
+                               end_stream=False) + frame(DATA, 0, sid, b"part"))
+        self.assertTrue(c.until(lambda: sid in c.ended, 10))
+        self.assertEqual(c.status[sid], 408)
 
     def test_header_list_over_limit_gets_431(self):
         c = self.h2()

@@ -3,7 +3,7 @@
 -- Lua route to check that routes run on streams too.
 local sluice = require "sluice"
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
-sluice.config { limits = { max_output_buffer = 64 * 1024 } }
+sluice.config { limits = { max_output_buffer = 64 * 1024, header_timeout = 2 } }
 sluice.route("GET", "/hello/:name", function(req)
     return 200, "hello " .. req.params.name .. " via " .. req.transport,
         { ["X-Test"] = "h2" }
