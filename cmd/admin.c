@@ -75,7 +75,7 @@ static int open_ro(const char *dir, struct store **st)
     admin_catch_bus_errors(dir);
     int rc = store_open(st, dir, &so, err, sizeof(err));
     if (rc != 0) {
-        fprintf(stderr, "sluice: %s: %s\n", dir, err[0] ? err : store_errmsg(rc));
+        fprintf(stderr, "sluice: %s: %s\n", dir, err[0] ? err : err_str(rc));
         return -1;
     }
     return 0;
@@ -148,7 +148,7 @@ static int check_once(const char *dir, uint64_t *log_damage)
     int rc = store_open(&st, dir, &so, err, sizeof(err));
     if (rc != 0) {
         printf("  problem: %s\nresult: cannot open the store: %s\n", err[0] ? err : "",
-               store_errmsg(rc));
+               err_str(rc));
         return 1;
     }
     struct store_verify_report r;
@@ -157,7 +157,7 @@ static int check_once(const char *dir, uint64_t *log_damage)
     int lrc = rc ? 0 : store_log_check(st, print_problem, NULL, &lr);
     store_close(st);
     if (rc != 0 || lrc != 0) {
-        printf("result: the check failed: %s\n", store_errmsg(rc ? rc : lrc));
+        printf("result: the check failed: %s\n", err_str(rc ? rc : lrc));
         return 1;
     }
     printf("  data.mdb: %llu topics, %llu messages, %llu damaged\n", (unsigned long long)r.topics,
@@ -189,7 +189,7 @@ static int check_main(const char *dir, bool repair)
     printf("sluice check --repair: replaying the logs, keeping every good record\n");
     int orc = store_open(&st, dir, &so, err, sizeof(err));
     if (orc != 0) {
-        printf("result: the repair failed: %s\n", err[0] ? err : store_errmsg(orc));
+        printf("result: the repair failed: %s\n", err[0] ? err : err_str(orc));
         return 1;
     }
     store_close(st);
@@ -251,7 +251,7 @@ int admin_main(int argc, char **argv)
         printf("# topic\tmessages\toldest_id\tnewest_id\n");
         int rc = store_topics(st, print_topic, NULL);
         store_close(st);
-        if (rc != 0) fprintf(stderr, "sluice: %s: %s\n", dir, store_errmsg(rc));
+        if (rc != 0) fprintf(stderr, "sluice: %s: %s\n", dir, err_str(rc));
         return rc == 0 ? 0 : 1;
     }
     if (optind != argc - 1) {
@@ -270,7 +270,7 @@ int admin_main(int argc, char **argv)
     int rc = store_read(st, topic, strlen(topic), after, 0, print_message, (void *)topic, &info);
     store_close(st);
     if (rc != 0) {
-        fprintf(stderr, "sluice: %s\n", store_errmsg(rc));
+        fprintf(stderr, "sluice: %s\n", err_str(rc));
         return 1;
     }
     if (!info.exists) fprintf(stderr, "sluice: no topic named %s\n", topic);

@@ -140,7 +140,7 @@ static int parse_options(int argc, char **argv, options *o)
             if (*end || w < 1 || w > HUB_MAX_WORKERS) {
                 fprintf(stderr, "sluice: --workers wants a number from 1 to %d, not '%s'\n",
                         HUB_MAX_WORKERS, optarg);
-                return -1;
+                return SL_EINVAL;
             }
             o->workers = (int)w;
             break;
@@ -156,7 +156,7 @@ static int parse_options(int argc, char **argv, options *o)
             if (o->log_level < 0) {
                 fprintf(stderr, "sluice: --log-level wants debug, info, warn or error, not '%s'\n",
                         optarg);
-                return -1;
+                return SL_EINVAL;
             }
             break;
         case OPT_LOG_FORMAT:
@@ -166,7 +166,7 @@ static int parse_options(int argc, char **argv, options *o)
                 o->log_format = LOG_JSON;
             else {
                 fprintf(stderr, "sluice: --log-format wants text or json, not '%s'\n", optarg);
-                return -1;
+                return SL_EINVAL;
             }
             break;
         case 'V': {
@@ -180,37 +180,37 @@ static int parse_options(int argc, char **argv, options *o)
             exit(0);
         case ':':
             fprintf(stderr, "sluice: option '%s' needs a value\n", argv[optind - 1]);
-            return -1;
+            return SL_EINVAL;
         default:
             fprintf(stderr, "sluice: unknown option '%s' (see sluice --help)\n", argv[optind - 1]);
-            return -1;
+            return SL_EINVAL;
         }
     }
     if (optind < argc) o->app = argv[optind++];
     if (optind < argc) {
         fprintf(stderr, "sluice: unexpected argument '%s' (one app script at most)\n",
                 argv[optind]);
-        return -1;
+        return SL_EINVAL;
     }
     return 0;
 too_many:
     fprintf(stderr, "sluice: at most %d addresses per listener option\n", MAX_ADDRS);
-    return -1;
+    return SL_EINVAL;
 }
 
 /* mkdir -p */
 static int make_dirs(const char *path)
 {
     char tmp[4096];
-    if (strlen(path) >= sizeof(tmp)) return -1;
+    if (strlen(path) >= sizeof(tmp)) return SL_EINVAL;
     strcpy(tmp, path);
     for (char *p = tmp + 1; *p; p++) {
         if (*p != '/') continue;
         *p = '\0';
-        if (mkdir(tmp, 0755) < 0 && errno != EEXIST) return -1;
+        if (mkdir(tmp, 0755) < 0 && errno != EEXIST) return SL_ESYS;
         *p = '/';
     }
-    if (mkdir(tmp, 0755) < 0 && errno != EEXIST) return -1;
+    if (mkdir(tmp, 0755) < 0 && errno != EEXIST) return SL_ESYS;
     return 0;
 }
 
@@ -431,7 +431,7 @@ int main(int argc, char **argv)
     admin_catch_bus_errors(data_dir);
     int src = store_open(&st, data_dir, &so, err, sizeof(err));
     if (src != 0) {
-        fprintf(stderr, "sluice: %s: %s\n", data_dir, err[0] ? err : store_errmsg(src));
+        fprintf(stderr, "sluice: %s: %s\n", data_dir, err[0] ? err : err_str(src));
         goto out;
     }
     bus = hub_bus_open(st, (unsigned)nworkers, cfg.max_publish_queue, err, sizeof(err));

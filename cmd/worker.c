@@ -172,7 +172,7 @@ int worker_start(worker *w, char *err, size_t errlen)
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
         snprintf(err, errlen, "cannot start worker %d: %s", w->o.id, strerror(rc));
-        return -1;
+        return SL_ESYS;
     }
     w->started = true;
     return 0;

@@ -21,7 +21,7 @@
 typedef struct worker worker;
 
 /* Called on the worker's thread when a reload it was asked for ended
- * (status 0, or -1 when the script failed and the old one stays). */
+ * (status 0, or SL_EINVAL when the script failed and the old one stays). */
 typedef void (*worker_reloaded_fn)(void *ud, worker *w, int status);
 
 typedef struct worker_opts {
@@ -43,7 +43,7 @@ worker *worker_new(const worker_opts *o, lx_app *app, hub *h, hub_bus *bus, char
 /* The worker's server, for listening and TLS before worker_start. */
 server *worker_server(worker *w);
 
-/* Starts the thread.  Returns 0, or -1 with a message in err. */
+/* Starts the thread.  Returns 0, or SL_ESYS with a message in err. */
 int worker_start(worker *w, char *err, size_t errlen);
 
 /* Asks the worker to reload its script and TLS certificate; it reports

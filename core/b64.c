@@ -275,7 +275,7 @@ static const uint8_t b64_value[256] = {
 ssize_t b64_encode(char *out, size_t cap, const void *in, size_t len)
 {
     size_t need = b64_encoded_size(len);
-    if (cap < need) return B64_ESPACE;
+    if (cap < need) return SL_ESPACE;
     const uint8_t *s = in;
     char *o = out;
     size_t i = 0;
@@ -307,18 +307,18 @@ ssize_t b64_encode(char *out, size_t cap, const void *in, size_t len)
 
 ssize_t b64_decode(void *out, size_t cap, const char *in, size_t len)
 {
-    if (len % 4 != 0) return B64_EINPUT;
+    if (len % 4 != 0) return SL_EINPUT;
     if (len == 0) return 0;
     const uint8_t *s = (const uint8_t *)in;
     size_t pad = (s[len - 1] == '=') + (s[len - 1] == '=' && s[len - 2] == '=');
     size_t need = len / 4 * 3 - pad;
-    if (cap < need) return B64_ESPACE;
+    if (cap < need) return SL_ESPACE;
     uint8_t *o = out;
     size_t full = pad ? len - 4 : len; /* quanta without padding */
     for (size_t i = 0; i < full; i += 4) {
         uint8_t a = b64_value[s[i]], b = b64_value[s[i + 1]], c = b64_value[s[i + 2]],
                 d = b64_value[s[i + 3]];
-        if ((a | b | c | d) == 0xff) return B64_EINPUT;
+        if ((a | b | c | d) == 0xff) return SL_EINPUT;
         uint32_t v = (uint32_t)a << 18 | (uint32_t)b << 12 | (uint32_t)c << 6 | d;
         o[0] = (uint8_t)(v >> 16);
         o[1] = (uint8_t)(v >> 8);
@@ -328,14 +328,14 @@ ssize_t b64_decode(void *out, size_t cap, const char *in, size_t len)
     if (pad) {
         const uint8_t *q = s + len - 4;
         uint8_t a = b64_value[q[0]], b = b64_value[q[1]];
-        if ((a | b) == 0xff) return B64_EINPUT;
+        if ((a | b) == 0xff) return SL_EINPUT;
         if (pad == 2) {
             if (b & 0x0f) /* pad bits must be zero */
-                return B64_EINPUT;
+                return SL_EINPUT;
             o[0] = (uint8_t)(a << 2 | b >> 4);
         } else {
             uint8_t c = b64_value[q[2]];
-            if (c == 0xff || (c & 0x03)) return B64_EINPUT;
+            if (c == 0xff || (c & 0x03)) return SL_EINPUT;
             o[0] = (uint8_t)(a << 2 | b >> 4);
             o[1] = (uint8_t)(b << 4 | c >> 2);
         }

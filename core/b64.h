@@ -13,10 +13,9 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-enum {
-    B64_EINPUT = -1, /* b64_decode: not canonical padded base64 */
-    B64_ESPACE = -2, /* the output buffer is smaller than needed */
-};
+#include "core/err.h"
+
+/* Errors: SL_E* codes of core/err.h, named with each function. */
 
 /* b64_encoded_size: the exact number of characters b64_encode writes for len
  * input bytes, 4 * ceil(len / 3) (no terminating NUL).  len must be at most
@@ -28,7 +27,7 @@ static inline size_t b64_encoded_size(size_t len)
 
 /* b64_encode: writes the base64 text of the len bytes at in (in may be NULL
  * when len is 0) to out, no NUL added.  Returns the number of characters
- * written (b64_encoded_size(len)), or B64_ESPACE when cap is smaller than
+ * written (b64_encoded_size(len)), or SL_ESPACE when cap is smaller than
  * that, in which case nothing is written.  in and out must not overlap. */
 ssize_t b64_encode(char *out, size_t cap, const void *in, size_t len);
 
@@ -44,8 +43,8 @@ static inline size_t b64_decoded_max(size_t len)
  * 0) to out.  The text must be canonical padded base64: len a multiple of 4,
  * only "A-Za-z0-9+/", "=" only as the last one or two characters, and the
  * bits the padding leaves over zero.  Returns the number of bytes written,
- * B64_EINPUT when the text breaks a rule (out may then hold partial output),
- * or B64_ESPACE when cap < the decoded size (nothing written); cap >=
+ * SL_EINPUT when the text breaks a rule (out may then hold partial output),
+ * or SL_ESPACE when cap < the decoded size (nothing written); cap >=
  * b64_decoded_max(len) always suffices.  in and out must not overlap. */
 ssize_t b64_decode(void *out, size_t cap, const char *in, size_t len);
 

@@ -94,7 +94,7 @@ static int outq_grow(outq_t *q)
 {
     uint32_t ncap = q->cap ? q->cap * 2 : OUTQ_FIRST_CAP;
     outq_seg *ns = ring_alloc(ncap);
-    if (!ns) return -1;
+    if (!ns) return SL_ENOMEM;
     for (uint32_t i = 0; i < q->count; i++)
         ns[i] = q->segs[(q->head + i) & (q->cap - 1)];
     ring_free(q->segs, q->cap);
@@ -107,7 +107,7 @@ static int outq_grow(outq_t *q)
 int outq_push(outq_t *q, buf_t *b, size_t off, size_t len)
 {
     if (len == 0) return 0;
-    if (q->count == q->cap && outq_grow(q) < 0) return -1;
+    if (q->count == q->cap && outq_grow(q) < 0) return SL_ENOMEM;
     outq_seg *s = &q->segs[(q->head + q->count) & (q->cap - 1)];
     s->buf = buf_ref(b);
     s->off = (uint32_t)off;

@@ -16,6 +16,8 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#include "core/err.h"
+
 typedef struct buf {
     uint32_t refs; /* atomic */
     uint32_t len;  /* bytes used in data */
@@ -51,7 +53,7 @@ typedef struct outq {
 } outq_t;
 
 /* Appends `len` bytes of `b` from `off`, taking a new reference on `b`.
- * Returns 0, or -1 when out of memory (nothing queued, no reference taken).
+ * Returns 0, or SL_ENOMEM when out of memory (nothing queued, no reference taken).
  * An empty range (len 0) is accepted and ignored. */
 int outq_push(outq_t *q, buf_t *b, size_t off, size_t len);
 

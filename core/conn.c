@@ -368,7 +368,7 @@ void conn_want_turn(conn *c)
 
 int conn_send(conn *c, buf_t *b, size_t off, size_t len)
 {
-    if (c->state == CONN_CLOSED) return -1;
+    if (c->state == CONN_CLOSED) return SL_EGONE;
     /* Over the limit a stream is cut off; an empty queue takes any one
      * message, so the largest message allowed always fits. */
     bool over = c->state == CONN_STREAM && c->out.bytes > 0 &&
@@ -376,8 +376,8 @@ int conn_send(conn *c, buf_t *b, size_t off, size_t len)
     if (over && c->h2_stream) h2_stream_cut(c); /* reset, not finished, at its end */
     if (c->state == CONN_STREAM && c->out.bytes > 0 &&
         c->out.bytes + len > c->srv->limits.max_output)
-        return -1;
-    if (outq_push(&c->out, b, off, len) < 0) return -1;
+        return SL_ELIMIT;
+    if (outq_push(&c->out, b, off, len) < 0) return SL_ENOMEM;
     schedule_flush(c);
     return 0;
 }
@@ -385,7 +385,7 @@ int conn_send(conn *c, buf_t *b, size_t off, size_t len)
 int conn_send_copy(conn *c, const void *data, size_t len)
 {
     buf_t *b = buf_from(data, len);
-    if (!b) return -1;
+    if (!b) return SL_ENOMEM;
     int r = conn_send(c, b, 0, len);
     buf_unref(b);
     return r;
@@ -524,7 +524,7 @@ static int resp_append(conn *c, const char *s, size_t n)
         while (ncap < c->resp_len + n)
             ncap *= 2;
         char *nh = realloc(c->resp_head, ncap);
-        if (!nh) return -1;
+        if (!nh) return SL_ENOMEM;
         c->resp_head = nh;
         c->resp_cap = (uint32_t)ncap;
     }
@@ -573,18 +573,18 @@ static bool name_is(const char *name, size_t nlen, const char *what)
 
 int conn_response_header(conn *c, const char *name, size_t nlen, const char *value, size_t vlen)
 {
-    if (nlen == 0) return -1;
+    if (nlen == 0) return SL_EINVAL;
     for (size_t i = 0; i < nlen; i++)
-        if (!tchar[(unsigned char)name[i]]) return -1;
+        if (!tchar[(unsigned char)name[i]]) return SL_EINVAL;
     for (size_t i = 0; i < vlen; i++)
-        if (value[i] == '\r' || value[i] == '\n' || value[i] == '\0') return -1;
+        if (value[i] == '\r' || value[i] == '\n' || value[i] == '\0') return SL_EINVAL;
     /* Framing headers are the connection's to set. */
     if (name_is(name, nlen, "content-length") || name_is(name, nlen, "connection") ||
         name_is(name, nlen, "date") || name_is(name, nlen, "transfer-encoding"))
         return 0;
     if (resp_append(c, name, nlen) < 0 || resp_append(c, STRLIT(": ")) < 0 ||
-        resp_append(c, value, vlen) < 0 || resp_append(c, "\r\n", 2) < 0)
-        return -1;
+        resp_append(c, value, vlen) < 0 || resp_append(c, STRLIT("\r\n")) < 0)
+        return SL_ENOMEM;
     return 0;
 }
 
@@ -779,7 +779,7 @@ int conn_unread(conn *c, const char *data, size_t len)
     if (len == 0) return 0;
     if (!(c->pending = malloc(len))) {
         conn_close(c);
-        return -1;
+        return SL_ENOMEM;
     }
     memcpy(c->pending, data, len);
     c->pending_len = (uint32_t)len;

@@ -138,8 +138,8 @@ http_request *conn_request(conn *c);
  * the connection. */
 void conn_response_start(conn *c, int status);
 
-/* Adds a header.  Returns -1 (header not added) when the name is not a
- * token or the value holds CR, LF or NUL. */
+/* Adds a header.  Returns 0, SL_EINVAL (header not added) when the name
+ * is not a token or the value holds CR, LF or NUL, or SL_ENOMEM. */
 int conn_response_header(conn *c, const char *name, size_t nlen, const char *value, size_t vlen);
 
 /* Adds header lines the server wrote itself ("Name: value\r\n"...), as
@@ -190,16 +190,17 @@ void conn_pause_input(conn *c, bool pause);
 /* STREAM, inside on_data: gives back the bytes from `data` on that
  * on_data did not take (it paused input in the middle of a read): they
  * come again, before anything read later, once input resumes.  At most
- * one read's worth is held.  Returns 0, or -1 when out of memory (the
- * connection is then closed). */
+ * one read's worth is held.  Returns 0, or SL_ENOMEM (the connection is
+ * then closed). */
 int conn_unread(conn *c, const char *data, size_t len);
 
 /* (Re)arms the connection timer for the stream; 0 stops it. */
 void conn_stream_timer(conn *c, double seconds);
 
 /* Queues `len` bytes of `b` from `off` (a reference is taken).  Returns 0,
- * or -1 when the connection is over its output limit (the caller decides:
- * a stream usually closes then) or out of memory. */
+ * SL_ELIMIT when the connection is over its output limit (the caller
+ * decides: a stream usually closes then), SL_ENOMEM, or SL_EGONE when it
+ * is closed. */
 int conn_send(conn *c, buf_t *b, size_t off, size_t len);
 
 /* Queues a copy of `data`.  Same returns as conn_send(). */

@@ -155,7 +155,7 @@ static void inbox_push(hub *h, hub_msg *m)
  * publish.  Seen here, where every result passes in commit order. */
 static void note_storage_state(hub_bus *b, int status)
 {
-    bool refusing = status == STORE_EFULL || status == STORE_EIO;
+    bool refusing = status == SL_EFULL || status == SL_EIO;
     if (status != 0 && !refusing) return; /* not the disk's state */
     if (refusing == b->refusing) {
         b->refused += refusing;
@@ -166,7 +166,7 @@ static void note_storage_state(hub_bus *b, int status)
         b->refused = 1;
         b->refusing_since = mono_now();
         LOG_KV(LOG_ERROR, "storage refuses writes: publishes are answered 503 until it takes them",
-               LOG_S("reason", store_errmsg(status)));
+               LOG_S("reason", err_str(status)));
     } else {
         LOG_KV(LOG_WARN, "storage takes writes again", LOG_I("refused", b->refused),
                LOG_D("seconds", mono_now() - b->refusing_since));
@@ -250,7 +250,7 @@ hub_bus *hub_bus_open(struct store *st, unsigned max_hubs, size_t max_queue, cha
                              .lone_commit_max_us = relaxed ? 0 : HUB_LONE_COMMIT_MAX_US};
     int rc = writer_start(&b->writer, st, &wo);
     if (rc != 0) {
-        snprintf(err, errlen, "cannot start the storage writer: %s", store_errmsg(rc));
+        snprintf(err, errlen, "cannot start the storage writer: %s", err_str(rc));
         pthread_mutex_destroy(&b->lock);
         free(b);
         return NULL;
@@ -296,7 +296,7 @@ int hub_attach(hub *h, hub_bus *b, const hub_opts *opts)
         h->bus = b;
     }
     pthread_mutex_unlock(&b->lock);
-    return h->bus ? 0 : -1;
+    return h->bus ? 0 : SL_ELIMIT;
 }
 
 bool hub_is_open(const hub *h)
@@ -417,11 +417,11 @@ int hub_set_retention(hub *h, const char *pattern, size_t len, bool prefix_match
         }
     }
     retention_rule *nr = realloc(h->rules, (h->nrules + 1) * sizeof(*nr));
-    if (!nr) return -1;
+    if (!nr) return SL_ENOMEM;
     h->rules = nr;
     retention_rule *x = &h->rules[h->nrules];
     x->pattern = strndup(pattern, len);
-    if (!x->pattern) return -1;
+    if (!x->pattern) return SL_ENOMEM;
     x->len = len;
     x->prefix = prefix_match;
     x->r = *r;
@@ -593,22 +593,6 @@ uint64_t hub_committed_seq(const hub *h)
     return committed > h->last_seq ? committed : h->last_seq;
 }
 
-const char *hub_strerror(int code)
-{
-    switch (code) {
-    case STORE_EFULL:
-        return "storage full";
-    case WRITER_EBUSY:
-        return "too many publishes waiting for storage";
-    case WRITER_ESTOPPED:
-        return "shutting down";
-    case STORE_ENOMEM:
-        return "out of memory";
-    default:
-        return store_errmsg(code);
-    }
-}
-
 int hub_publish(hub *h, const char *topic, size_t tlen, const char *event, size_t elen,
                 const void *data, size_t len, const void *origin, hub_publish_fn done, void *ud)
 {
@@ -620,14 +604,14 @@ int hub_publish_keyed(hub *h, const char *topic, size_t tlen, const char *event,
                       const void *origin, hub_publish_fn done, void *ud)
 {
     if (!hub_topic_valid(topic, tlen) || (event && elen && !hub_event_valid(event, elen)))
-        return STORE_EINVAL;
-    if (ikey && (iklen < 1 || iklen > STORE_IKEY_MAX)) return STORE_EINVAL;
-    if (!h->bus) return WRITER_ESTOPPED;
+        return SL_EINVAL;
+    if (ikey && (iklen < 1 || iklen > STORE_IKEY_MAX)) return SL_EINVAL;
+    if (!h->bus) return SL_ESTOPPED;
     pending *p = calloc(1, sizeof(pending));
     hub_msg *m = p ? msg_new(topic, tlen, event, elen, data, len, h->bus->max_hubs) : NULL;
     if (!m) {
         free(p);
-        return STORE_ENOMEM;
+        return SL_ENOMEM;
     }
     hub_retention r = retention_for(h, topic, tlen);
     m->origin = origin;
@@ -656,7 +640,7 @@ int hub_publish_keyed(hub *h, const char *topic, size_t tlen, const char *event,
     if (rc != 0) {
         COUNT(h->stats.publish_failures, 1); /* refused before it was queued */
         static log_limit refused = LOG_LIMIT_INIT;
-        LOG_KV_LIMITED(&refused, 1.0, LOG_WARN, "publish refused", LOG_S("reason", hub_strerror(rc)),
+        LOG_KV_LIMITED(&refused, 1.0, LOG_WARN, "publish refused", LOG_S("reason", err_str(rc)),
                        LOG_SN("topic", topic, tlen));
         hub_msg_unref(m);
         free(p);
@@ -997,7 +981,7 @@ long hub_replay(hub *h, const char *const *topics, const size_t *lens, int n, ui
             refs[i] = (struct store_topic_ref){names[i], nlens[i]};
         int rc = store_read_multi(h->bus->store, refs, (size_t)nn, known ? after_seq : 0, limit, collect,
                                   &acc, infos);
-        if (rc != 0 || acc.oom) result = -1;
+        if (rc != 0 || acc.oom) result = rc != 0 ? rc : SL_ENOMEM;
         for (int i = 0; i < nn && result == 0; i++)
             if (known && infos[i].gap) gaps[i] = true;
     }
@@ -1012,7 +996,7 @@ long hub_replay(hub *h, const char *const *topics, const size_t *lens, int n, ui
     free(acc.msgs);
     for (int i = 0; i < nn; i++)
         if (owned[i]) free(names[i]);
-    return result == 0 ? (long)acc.n : -1;
+    return result == 0 ? (long)acc.n : result;
 }
 
 /* ---- wire forms ----------------------------------------------------------- */
@@ -1089,7 +1073,7 @@ int hub_msg_json(hub_msg *m, buf_t **b, size_t *off, size_t *len)
     if (form_claim(&m->json_state)) {
         bool ok = build_json(m);
         form_done(&m->json_state, ok);
-        if (!ok) return -1;
+        if (!ok) return SL_ENOMEM;
     }
     *b = m->json;
     *off = HUB_HEADROOM;
@@ -1100,7 +1084,7 @@ int hub_msg_json(hub_msg *m, buf_t **b, size_t *off, size_t *len)
 int hub_msg_ws(hub_msg *m, bool json, buf_t **b, size_t *off, size_t *len)
 {
     if (json) {
-        if (hub_msg_json(m, b, off, len) < 0) return -1;
+        if (hub_msg_json(m, b, off, len) < 0) return SL_ENOMEM;
         *off = HUB_HEADROOM - m->json_hdr;
         *len = m->json_hdr + m->json_len;
         return 0;
@@ -1147,7 +1131,7 @@ int hub_msg_sse(hub_msg *m, buf_t **b)
     if (form_claim(&m->sse_state)) {
         bool ok = build_sse(m);
         form_done(&m->sse_state, ok);
-        if (!ok) return -1;
+        if (!ok) return SL_ENOMEM;
     }
     *b = m->sse;
     return 0;

@@ -140,7 +140,7 @@ hub *hub_new(void);
 
 /* Puts the hub on the bus: its worker publishes through the bus and gets
  * every commit in its inbox, announced by opts->wake (from the writer
- * thread).  Returns 0, or -1 when the bus is full. */
+ * thread).  Returns 0, or SL_ELIMIT when the bus has no room (max_hubs). */
 int hub_attach(hub *h, hub_bus *b, const hub_opts *opts);
 
 /* True once hub_attach succeeded. */
@@ -175,7 +175,8 @@ void hub_poll(hub *h);
 void hub_commit_pending(hub *h);
 
 /* Sets the retention used for topics whose names start with `prefix` (an
- * exact name, or a prefix when `prefix_match`); the longest match wins. */
+ * exact name, or a prefix when `prefix_match`); the longest match wins.
+ * Returns 0 or SL_ENOMEM. */
 int hub_set_retention(hub *h, const char *pattern, size_t len, bool prefix_match,
                       const hub_retention *r);
 
@@ -193,21 +194,17 @@ bool hub_pattern_valid(const char *name, size_t len);
  * every publish (hub_publish refuses others) and every filter's change. */
 bool hub_event_valid(const char *event, size_t len);
 
-/* Text for a publish's failure: a STORE_E* or WRITER_E* code ("storage
- * full", "too many publishes waiting for storage", "shutting down"...). */
-const char *hub_strerror(int code);
-
 /* Called on the loop thread once a publish is durable (status 0, m the
- * message, borrowed for the call) or failed (status STORE_E* or WRITER_E*,
- * m NULL): STORE_EFULL and WRITER_EBUSY mean "try later" (503). */
+ * message, borrowed for the call) or failed (status an SL_E* code,
+ * m NULL; err_str gives its text): SL_EFULL and SL_EBUSY mean "try later" (503). */
 typedef void (*hub_publish_fn)(void *ud, hub_msg *m, int status);
 
 /* Publishes a message (`origin` identifies the publisher for skip_self, or
  * NULL): the data is copied once, into the buffer that later
  * carries it to subscribers; the writer stores it; after the commit it is
  * delivered to every subscriber and `done` runs (may be NULL).  Returns 0,
- * or a negative code (STORE_EINVAL for a bad name, STORE_ENOMEM,
- * WRITER_EBUSY, WRITER_ESTOPPED) when nothing was queued and `done` will
+ * or a negative code (SL_EINVAL for a bad name, SL_ENOMEM,
+ * SL_EBUSY, SL_ESTOPPED) when nothing was queued and `done` will
  * not run. */
 int hub_publish(hub *h, const char *topic, size_t tlen, const char *event, size_t elen,
                 const void *data, size_t len, const void *origin, hub_publish_fn done, void *ud);
@@ -216,7 +213,7 @@ int hub_publish(hub *h, const char *topic, size_t tlen, const char *event, size_
  * NULL: none): a publish of the same topic and key within the store's
  * dedup window (SPEC.md, "Publishing exactly once") stores nothing and
  * is delivered to no one; `done` gets a message with the first publish's
- * ID and `duplicate` set.  STORE_EINVAL for a key of a bad length. */
+ * ID and `duplicate` set.  SL_EINVAL for a key of a bad length. */
 int hub_publish_keyed(hub *h, const char *topic, size_t tlen, const char *event, size_t elen,
                       const void *data, size_t len, const char *ikey, size_t iklen,
                       const void *origin, hub_publish_fn done, void *ud);
@@ -265,7 +262,7 @@ uint64_t hub_committed_seq(const hub *h);
  * at most HUB_REPLAY_MAX_TOPICS topics in all are replayed.  Before any
  * message, on_gap(owner, topic, len) runs for each topic that lost messages
  * after the resume point (every topic when the ID was unknown).  Returns
- * the messages replayed, or -1 on a storage error. */
+ * the messages replayed, or the store's SL_E* code, or SL_ENOMEM. */
 long hub_replay(hub *h, const char *const *topics, const size_t *lens, int n, uint64_t after_seq,
                 bool known, size_t limit, size_t max_bytes, hub_deliver_fn fn,
                 void (*on_gap)(void *owner, const char *topic, size_t len), void *owner,
@@ -280,7 +277,7 @@ void hub_msg_ref(hub_msg *m);
 void hub_msg_unref(hub_msg *m);
 
 /* Wire forms, built on first use and shared.  Each sets the buffer and the
- * byte range to send; they return -1 when memory is short. */
+ * byte range to send; they return 0, or SL_ENOMEM when memory is short. */
 int hub_msg_ws(hub_msg *m, bool json, buf_t **b, size_t *off, size_t *len);
 int hub_msg_json(hub_msg *m, buf_t **b, size_t *off, size_t *len);
 int hub_msg_sse(hub_msg *m, buf_t **b);

@@ -4,7 +4,7 @@
  * (0 for bytes that go out as they are).  Both passes skip plain bytes
  * eight at a time (a SWAR test per 64-bit word) and the encode pass copies
  * whole runs of them with memcpy, which is what most payloads are.  Output is bounds-checked per
- * run and per escape, so a wrong cap yields JSON_ESPACE, never an overrun. */
+ * run and per escape, so a wrong cap yields SL_ESPACE, never an overrun. */
 #include "core/jsonenc.h"
 
 #include <assert.h>
@@ -69,7 +69,7 @@ struct jw {
 
 static inline int jw_put(struct jw *w, const void *src, size_t n)
 {
-    if ((size_t)(w->end - w->o) < n) return -1;
+    if ((size_t)(w->end - w->o) < n) return SL_ESPACE;
     if (n) memcpy(w->o, src, n);
     w->o += n;
     return 0;
@@ -85,11 +85,11 @@ static int jw_string(struct jw *w, const char *s, size_t len)
 #ifndef NDEBUG
     assert(utf8_valid(s, len) && "json: input must be valid UTF-8 (base64 it first)");
 #endif
-    if (JW_LIT(w, "\"")) return -1;
+    if (JW_LIT(w, "\"")) return SL_ESPACE;
     const uint8_t *p = (const uint8_t *)s, *end = p + len;
     while (p < end) {
         const uint8_t *r = p + json_plain_run(p, end);
-        if (jw_put(w, p, (size_t)(r - p))) return -1;
+        if (jw_put(w, p, (size_t)(r - p))) return SL_ESPACE;
         if (r == end) break;
         char e[6] = {'\\', 0, '0', '0', 0, 0};
         size_t n = 2;
@@ -121,7 +121,7 @@ static int jw_string(struct jw *w, const char *s, size_t len)
             e[5] = hex[*r & 15];
             n = 6;
         }
-        if (jw_put(w, e, n)) return -1;
+        if (jw_put(w, e, n)) return SL_ESPACE;
         p = r + 1;
     }
     return JW_LIT(w, "\"");
@@ -130,7 +130,7 @@ static int jw_string(struct jw *w, const char *s, size_t len)
 ssize_t json_string_encode(char *out, size_t cap, const char *s, size_t len)
 {
     struct jw w = {out, out + cap};
-    if (jw_string(&w, s, len)) return JSON_ESPACE;
+    if (jw_string(&w, s, len)) return SL_ESPACE;
     return w.o - out;
 }
 
@@ -163,23 +163,23 @@ size_t json_msg_size(const struct json_msg *m)
 ssize_t json_msg_encode(char *out, size_t cap, const struct json_msg *m)
 {
     struct jw w = {out, out + cap};
-    if (JW_LIT(&w, "{\"id\":") || jw_string(&w, m->id, m->id_len)) return JSON_ESPACE;
+    if (JW_LIT(&w, "{\"id\":") || jw_string(&w, m->id, m->id_len)) return SL_ESPACE;
     if (m->flags & JSON_MSG_TOPIC) {
         if (JW_LIT(&w, ",\"topic\":") || jw_opt_string(&w, m->topic, m->topic_len))
-            return JSON_ESPACE;
+            return SL_ESPACE;
     }
     if (JW_LIT(&w, ",\"event\":") || jw_opt_string(&w, m->event, m->event_len) ||
         JW_LIT(&w, ",\"data\":"))
-        return JSON_ESPACE;
+        return SL_ESPACE;
     if (m->flags & JSON_MSG_BASE64) {
         /* The base64 alphabet needs no JSON escaping: encode in place. */
-        if (JW_LIT(&w, "\"")) return JSON_ESPACE;
+        if (JW_LIT(&w, "\"")) return SL_ESPACE;
         ssize_t n = b64_encode(w.o, (size_t)(w.end - w.o), m->data, m->data_len);
-        if (n < 0) return JSON_ESPACE;
+        if (n < 0) return SL_ESPACE;
         w.o += n;
-        if (JW_LIT(&w, "\",\"encoding\":\"base64\"}")) return JSON_ESPACE;
+        if (JW_LIT(&w, "\",\"encoding\":\"base64\"}")) return SL_ESPACE;
     } else {
-        if (jw_string(&w, m->data, m->data_len) || JW_LIT(&w, "}")) return JSON_ESPACE;
+        if (jw_string(&w, m->data, m->data_len) || JW_LIT(&w, "}")) return SL_ESPACE;
     }
     return w.o - out;
 }

@@ -25,9 +25,9 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-enum {
-    JSON_ESPACE = -2, /* the output buffer is smaller than needed */
-};
+#include "core/err.h"
+
+/* Errors: SL_E* codes of core/err.h, named with each function. */
 
 /* json_string_size: the exact number of bytes json_string_encode writes for
  * the len bytes at s, both quotes included.  s may be NULL when len is 0. */
@@ -35,7 +35,7 @@ size_t json_string_size(const char *s, size_t len);
 
 /* json_string_encode: writes s (len bytes, valid UTF-8; NULL allowed when
  * len is 0) as a JSON string literal with its quotes to out, no NUL added.
- * Returns the bytes written (json_string_size(s, len)), or JSON_ESPACE when
+ * Returns the bytes written (json_string_size(s, len)), or SL_ESPACE when
  * cap is too small (out then holds a partial literal).  s and out must not
  * overlap. */
 ssize_t json_string_encode(char *out, size_t cap, const char *s, size_t len);
@@ -72,7 +72,7 @@ struct json_msg {
 size_t json_msg_size(const struct json_msg *m);
 
 /* json_msg_encode: writes m as one JSON object to out, no NUL added.
- * Returns the bytes written (json_msg_size(m)), or JSON_ESPACE when cap is
+ * Returns the bytes written (json_msg_size(m)), or SL_ESPACE when cap is
  * too small (out then holds a partial object). */
 ssize_t json_msg_encode(char *out, size_t cap, const struct json_msg *m);
 

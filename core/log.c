@@ -30,7 +30,7 @@ int log_level_parse(const char *s)
     for (int i = LOG_DEBUG; i <= LOG_OFF; i++)
         if (strcasecmp(s, level_names[i]) == 0) return i;
     if (strcasecmp(s, "warning") == 0) return LOG_WARN;
-    return -1;
+    return SL_EINVAL;
 }
 
 bool log_enabled(log_level level)

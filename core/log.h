@@ -12,6 +12,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "core/err.h"
+
 typedef enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR, LOG_OFF } log_level;
 typedef enum log_format { LOG_TEXT, LOG_JSON } log_format;
 
@@ -34,7 +36,7 @@ typedef struct log_field {
 /* Sets the threshold and the format; call before any thread logs. */
 void log_setup(log_level level, log_format format);
 
-/* Parses "debug", "info", "warn", "error"; returns -1 if unknown. */
+/* Parses "debug", "info", "warn", "error"; returns SL_EINVAL if unknown. */
 int log_level_parse(const char *s);
 
 /* True when lines of `level` are written (skip building costly fields). */

@@ -157,7 +157,7 @@ static int lp_start(sub_session *s, const sub_request *r, const http_request *re
     int rc = session_subscribe_and_replay(s, r, &rp, limit);
     /* A filter that failed (or closed it) during the replay ended the
      * poll: its close counted it out, and there is nothing to answer. */
-    if (rc == SESSION_GONE) return 0;
+    if (rc == SL_EGONE) return 0;
     if (rc < 0) {
         lp_answer(s);
         return 0;

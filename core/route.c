@@ -62,13 +62,13 @@ static int compile(route *r, const char *pattern, char *err, size_t errlen)
     size_t plen = strlen(pattern);
     if (plen == 0 || pattern[0] != '/') {
         snprintf(err, errlen, "pattern must start with '/': %s", pattern);
-        return -1;
+        return SL_EINVAL;
     }
     int maxsegs = 1;
     for (size_t i = 0; i < plen; i++)
         maxsegs += pattern[i] == '/';
     r->segs = calloc((size_t)maxsegs, sizeof(route_seg));
-    if (!r->segs) return -1;
+    if (!r->segs) return SL_ENOMEM;
     int nparams = 0;
     const char *s = pattern + 1;
     for (;;) {
@@ -78,7 +78,7 @@ static int compile(route *r, const char *pattern, char *err, size_t errlen)
         if (len == 1 && s[0] == '*') {
             if (slash) {
                 snprintf(err, errlen, "'*' must be the last segment: %s", pattern);
-                return -1;
+                return SL_EINVAL;
             }
             seg->kind = SEG_SPLAT;
             seg->text = strdup("*");
@@ -87,7 +87,7 @@ static int compile(route *r, const char *pattern, char *err, size_t errlen)
         } else if (len > 0 && s[0] == ':') {
             if (len == 1) {
                 snprintf(err, errlen, "empty parameter name: %s", pattern);
-                return -1;
+                return SL_EINVAL;
             }
             seg->kind = SEG_PARAM;
             seg->text = strndup(s + 1, len - 1);
@@ -98,11 +98,11 @@ static int compile(route *r, const char *pattern, char *err, size_t errlen)
             seg->text = strndup(s, len);
             seg->len = len;
         }
-        if (!seg->text) return -1;
+        if (!seg->text) return SL_ENOMEM;
         r->nsegs++;
         if (nparams > ROUTE_MAX_PARAMS) {
             snprintf(err, errlen, "too many parameters: %s", pattern);
-            return -1;
+            return SL_EINVAL;
         }
         if (!slash) break;
         s = slash + 1;
@@ -115,13 +115,13 @@ int route_add(route_table *t, const char *method, const char *pattern, intptr_t 
 {
     if (strlen(method) == 0 || strlen(method) >= sizeof(((route *)0)->method)) {
         snprintf(err, errlen, "bad method: %s", method);
-        return -1;
+        return SL_EINVAL;
     }
     for (size_t i = 0; i < t->count; i++) {
         if (strcmp(t->routes[i].method, method) == 0 &&
             strcmp(t->routes[i].pattern, pattern) == 0) {
             snprintf(err, errlen, "duplicate route: %s %s", method, pattern);
-            return -1;
+            return SL_EINVAL;
         }
     }
     if (t->count == t->cap) {
@@ -137,16 +137,17 @@ int route_add(route_table *t, const char *method, const char *pattern, intptr_t 
     r->handler = handler;
     r->pattern = strdup(pattern);
     if (!r->pattern) goto oom;
-    if (compile(r, pattern, err, errlen) < 0) {
-        if (!err[0]) snprintf(err, errlen, "out of memory");
+    int rc = compile(r, pattern, err, errlen);
+    if (rc < 0) {
+        if (rc == SL_ENOMEM) snprintf(err, errlen, "out of memory");
         route_destroy(r);
-        return -1;
+        return rc;
     }
     t->count++;
     return 0;
 oom:
     snprintf(err, errlen, "out of memory");
-    return -1;
+    return SL_ENOMEM;
 }
 
 /* Matches `r` against the path; on success fills params and a score where

@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/err.h"
+
 #define ROUTE_MAX_PARAMS 16
 
 typedef struct route_table route_table;
@@ -41,9 +43,9 @@ route_table *route_table_new(void);
 void route_table_free(route_table *t, void (*release)(intptr_t handler, void *ud), void *ud);
 
 /* Adds a route.  `method` is an HTTP method name in capitals or "*" (any);
- * `pattern` starts with '/'.  Returns 0, or -1 with a message in err for a
- * malformed pattern (empty :name, `*` not last, too many params) or a
- * duplicate of an existing (method, pattern). */
+ * `pattern` starts with '/'.  Returns 0, or with a message in err
+ * SL_EINVAL for a malformed pattern (empty :name, `*` not last, too many
+ * params) or a duplicate of an existing (method, pattern), SL_ENOMEM. */
 int route_add(route_table *t, const char *method, const char *pattern, intptr_t handler, char *err,
               size_t errlen);
 

@@ -222,24 +222,24 @@ static int parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *sle
 {
     char host[INET6_ADDRSTRLEN + 2];
     const char *colon = strrchr(s, ':');
-    if (!colon || colon == s) return -1;
+    if (!colon || colon == s) return SL_EINVAL;
     size_t hlen = (size_t)(colon - s);
     char *end;
     long port = strtol(colon + 1, &end, 10);
-    if (*end || end == colon + 1 || port < 0 || port > 65535) return -1;
+    if (*end || end == colon + 1 || port < 0 || port > 65535) return SL_EINVAL;
     memset(ss, 0, sizeof(*ss));
     if (s[0] == '[') {
-        if (hlen < 3 || s[hlen - 1] != ']' || hlen - 2 >= sizeof(host)) return -1;
+        if (hlen < 3 || s[hlen - 1] != ']' || hlen - 2 >= sizeof(host)) return SL_EINVAL;
         memcpy(host, s + 1, hlen - 2);
         host[hlen - 2] = '\0';
         struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
         a->sin6_family = AF_INET6;
         a->sin6_port = htons((uint16_t)port);
-        if (inet_pton(AF_INET6, host, &a->sin6_addr) != 1) return -1;
+        if (inet_pton(AF_INET6, host, &a->sin6_addr) != 1) return SL_EINVAL;
         *slen = sizeof(*a);
         return 0;
     }
-    if (hlen >= sizeof(host)) return -1;
+    if (hlen >= sizeof(host)) return SL_EINVAL;
     memcpy(host, s, hlen);
     host[hlen] = '\0';
     struct sockaddr_in *a = (struct sockaddr_in *)ss;
@@ -250,7 +250,7 @@ static int parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *sle
     else if (strcmp(host, "localhost") == 0)
         a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     else if (inet_pton(AF_INET, host, &a->sin_addr) != 1)
-        return -1;
+        return SL_EINVAL;
     *slen = sizeof(*a);
     return 0;
 }
@@ -308,11 +308,11 @@ int server_listen(server *srv, const char *addr, bool tls, bool join, char *err,
     socklen_t slen;
     if (srv->nlisteners >= SERVER_MAX_LISTENERS) {
         snprintf(err, errlen, "too many listeners (at most %d)", SERVER_MAX_LISTENERS);
-        return -1;
+        return SL_ELIMIT;
     }
     if (parse_addr(addr, &ss, &slen) < 0) {
         snprintf(err, errlen, "bad listen address '%s' (want ADDR:PORT or [V6ADDR]:PORT)", addr);
-        return -1;
+        return SL_EINVAL;
     }
     int fd = -1;
     bool any_port = ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port == 0
@@ -353,7 +353,7 @@ int server_listen(server *srv, const char *addr, bool tls, bool join, char *err,
 fail:
     snprintf(err, errlen, "cannot listen on %s: %s", addr, strerror(errno));
     if (fd >= 0) close(fd);
-    return -1;
+    return SL_ESYS;
 }
 
 void server_start(server *srv)

@@ -100,7 +100,8 @@ void server_init(server *srv, struct ev_loop *loop, const server_limits *limits)
  * port.  The other workers pass join = true and the first one's
  * listener name (the real port), and add their own socket to the group.
  * TLS listeners need srv->tls_ctx set before connections arrive.  Returns
- * 0, or -1 with a message in err. */
+ * 0, or with a message in err SL_EINVAL (a bad address), SL_ELIMIT (too
+ * many listeners) or SL_ESYS (the socket calls failed: errno's text). */
 int server_listen(server *srv, const char *addr, bool tls, bool join, char *err, size_t errlen);
 
 /* Counts a connection opened (+1) or closed (-1) in the process, and

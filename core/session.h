@@ -135,7 +135,6 @@ typedef struct resume_point {
 void session_resume_point(const sub_session *s, const sub_request *r, const http_request *req,
                           const query_span ids[2], resume_point *rp);
 
-#define SESSION_GONE (-2) /* the session ended during replay (still readable until the pass ends) */
 #define REPLAY_PAGE_BYTES (256 * 1024) /* data replayed per page to a stream */
 
 /* Subscribes to every topic and replays after the resume point in global
@@ -143,13 +142,14 @@ void session_resume_point(const sub_session *s, const sub_request *r, const http
  * missed.  A oneshot transport (a poll) gets one page of `replay_limit`
  * messages; a stream gets pages of REPLAY_PAGE_BYTES, the next one each
  * time its output has drained (session_replay_more), and live messages
- * flow once it has caught up.  Returns 0, -1 (no memory), or SESSION_GONE:
- * the client was cut off during the replay (s has ended). */
+ * flow once it has caught up.  Returns 0, SL_EGONE when the client was
+ * cut off during the replay (s has ended, still readable until the pass
+ * ends), or another SL_E* code (no memory, a storage error). */
 int session_subscribe_and_replay(sub_session *s, const sub_request *r, const resume_point *rp,
                                  unsigned replay_limit);
 
 /* A stream's output drained: replay the next page if catching up.  Returns
- * 0, -1, or SESSION_GONE as above. */
+ * 0, SL_EGONE or another SL_E* code as above. */
 int session_replay_more(sub_session *s);
 
 static inline bool session_ended(const sub_session *s)
@@ -179,15 +179,15 @@ bool header_contains(const http_request *req, const char *name, const char *toke
 #define QUERY_FIND_MAX 8
 void query_find(const http_request *req, const char *const *names, int n, query_span *out);
 
-/* A found value decoded into out (NUL-terminated); returns its length, -1
- * when absent, -2 when longer than cap - 1. */
+/* A found value decoded into out (NUL-terminated); returns its length,
+ * SL_ENOTFOUND when absent, SL_ESPACE when longer than cap - 1. */
 int query_decode(const query_span *sp, char *out, size_t cap);
 
 /* query_find and query_decode for one name. */
 int query_param(const http_request *req, const char *name, char *out, size_t cap);
 
 /* A poll's ?timeout: 0 when absent (*seconds untouched), 1 with the value
- * in *seconds, -1 when it is not a number of seconds.  The _parse form
+ * in *seconds, SL_EINVAL when it is not a number of seconds.  The _parse form
  * takes the value query_find found. */
 int poll_timeout_param(const http_request *req, double *seconds);
 int poll_timeout_parse(const query_span *sp, double *seconds);

@@ -81,7 +81,7 @@ struct sse_w {
 
 static inline int sse_put(struct sse_w *w, const void *src, size_t n)
 {
-    if ((size_t)(w->end - w->o) < n) return -1;
+    if ((size_t)(w->end - w->o) < n) return SL_ESPACE;
     if (n) memcpy(w->o, src, n);
     w->o += n;
     return 0;
@@ -95,7 +95,7 @@ ssize_t sse_event_size(const char *id, size_t id_len, const char *event, size_t 
                        const char *data, size_t data_len)
 {
     if (!event) event_len = 0;
-    if (!sse_field_valid(id, id_len) || !sse_field_valid(event, event_len)) return SSE_EFIELD;
+    if (!sse_field_valid(id, id_len) || !sse_field_valid(event, event_len)) return SL_EFIELD;
     size_t n = 1; /* the blank line that dispatches */
     if (id_len) n += sizeof("id: \n") - 1 + id_len;
     if (event_len) n += sizeof("event: \n") - 1 + event_len;
@@ -112,12 +112,12 @@ ssize_t sse_event_encode(char *out, size_t cap, const char *id, size_t id_len, c
                          size_t event_len, const char *data, size_t data_len)
 {
     if (!event) event_len = 0;
-    if (!sse_field_valid(id, id_len) || !sse_field_valid(event, event_len)) return SSE_EFIELD;
+    if (!sse_field_valid(id, id_len) || !sse_field_valid(event, event_len)) return SL_EFIELD;
     struct sse_w w = {out, out + cap};
     if (id_len && (SSE_LIT(&w, "id: ") || sse_put(&w, id, id_len) || SSE_LIT(&w, "\n")))
-        return SSE_ESPACE;
+        return SL_ESPACE;
     if (event_len && (SSE_LIT(&w, "event: ") || sse_put(&w, event, event_len) || SSE_LIT(&w, "\n")))
-        return SSE_ESPACE;
+        return SL_ESPACE;
     struct sse_lines ls;
     const char *line;
     size_t len;
@@ -125,9 +125,9 @@ ssize_t sse_event_encode(char *out, size_t cap, const char *id, size_t id_len, c
     while (sse_lines_next(&ls, &line, &len)) {
         if (len ? SSE_LIT(&w, "data: ") || sse_put(&w, line, len) || SSE_LIT(&w, "\n")
                 : SSE_LIT(&w, "data:\n"))
-            return SSE_ESPACE;
+            return SL_ESPACE;
     }
-    if (SSE_LIT(&w, "\n")) return SSE_ESPACE;
+    if (SSE_LIT(&w, "\n")) return SL_ESPACE;
     return w.o - out;
 }
 
@@ -135,7 +135,7 @@ ssize_t sse_event_encode(char *out, size_t cap, const char *id, size_t id_len, c
 
 ssize_t sse_comment_size(const char *text, size_t len)
 {
-    if (!sse_field_valid(text, len)) return SSE_EFIELD;
+    if (!sse_field_valid(text, len)) return SL_EFIELD;
     return (ssize_t)(len ? sizeof(": \n\n") - 1 + len : sizeof(":\n\n") - 1);
 }
 
@@ -143,7 +143,7 @@ ssize_t sse_comment_encode(char *out, size_t cap, const char *text, size_t len)
 {
     ssize_t n = sse_comment_size(text, len);
     if (n < 0) return n;
-    if (cap < (size_t)n) return SSE_ESPACE;
+    if (cap < (size_t)n) return SL_ESPACE;
     if (len)
         mempcpy(mempcpy(mempcpy(out, STRLIT(": ")), text, len), STRLIT("\n\n"));
     else
@@ -169,7 +169,7 @@ size_t sse_retry_size(uint32_t ms)
 ssize_t sse_retry_encode(char *out, size_t cap, uint32_t ms)
 {
     size_t n = sse_retry_size(ms), d = sse_digits(ms);
-    if (cap < n) return SSE_ESPACE;
+    if (cap < n) return SL_ESPACE;
     char *digits = mempcpy(out, STRLIT("retry: "));
     for (size_t i = d; i > 0; i--) {
         digits[i - 1] = (char)('0' + ms % 10);
@@ -189,7 +189,7 @@ static bool sse_name_is(const char *name, size_t len, const char *lit)
 int sse_parse(const char *in, size_t len, char *scratch, size_t scratch_cap,
               const struct sse_parse_cb *cb, void *ud)
 {
-    if (scratch_cap < len) return SSE_ESPACE;
+    if (scratch_cap < len) return SL_ESPACE;
     if (len == 0) return 0;
     const char *p = in, *end = in + len;
     if (len >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0) p += 3;

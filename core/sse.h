@@ -28,7 +28,7 @@
  *
  * id, event and comments are single-line fields: they must not contain CR,
  * LF or NUL (a NUL in an id makes EventSource ignore the id; CR/LF would let
- * one field inject others).  The encoders reject them with SSE_EFIELD;
+ * one field inject others).  The encoders reject them with SL_EFIELD;
  * sse_field_valid lets a publisher reject a bad event name up front. */
 #ifndef SLUICE_CORE_SSE_H
 #define SLUICE_CORE_SSE_H
@@ -38,17 +38,16 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-enum {
-    SSE_EFIELD = -1, /* id, event or comment contains CR, LF or NUL */
-    SSE_ESPACE = -2, /* the output (or parser scratch) buffer is too small */
-};
+#include "core/err.h"
+
+/* Errors: SL_E* codes of core/err.h, named with each function. */
 
 /* sse_field_valid: true iff the len bytes at s (NULL allowed when len is 0)
  * contain no CR, LF or NUL, i.e. can be an id, event name or comment. */
 bool sse_field_valid(const char *s, size_t len);
 
 /* sse_event_size: the exact number of bytes sse_event_encode writes for the
- * same arguments, or SSE_EFIELD when id or event is not a valid field.
+ * same arguments, or SL_EFIELD when id or event is not a valid field.
  *   id, id_len:       the event id; id_len 0 writes no id line (id may then
  *                     be NULL).
  *   event, event_len: the event name, or NULL (or event_len 0) for none.
@@ -60,19 +59,19 @@ ssize_t sse_event_size(const char *id, size_t id_len, const char *event, size_t 
 
 /* sse_event_encode: writes the event to out (cap bytes), no NUL added.
  * Returns the bytes written, equal to sse_event_size of the same arguments;
- * SSE_EFIELD when id or event is not a valid field (nothing written); or
- * SSE_ESPACE when cap is too small (out then holds a partial event).
+ * SL_EFIELD when id or event is not a valid field (nothing written); or
+ * SL_ESPACE when cap is too small (out then holds a partial event).
  * Inputs must not overlap out. */
 ssize_t sse_event_encode(char *out, size_t cap, const char *id, size_t id_len, const char *event,
                          size_t event_len, const char *data, size_t data_len);
 
 /* sse_comment_size: the exact size of the comment ": <text>\n\n" (":\n\n" when
  * len is 0), the heartbeat that keeps proxies from timing the stream out;
- * EventSource ignores it.  SSE_EFIELD when text is not a valid field. */
+ * EventSource ignores it.  SL_EFIELD when text is not a valid field. */
 ssize_t sse_comment_size(const char *text, size_t len);
 
 /* sse_comment_encode: writes that comment to out; returns the bytes written,
- * SSE_EFIELD (nothing written) or SSE_ESPACE (nothing written). */
+ * SL_EFIELD (nothing written) or SL_ESPACE (nothing written). */
 ssize_t sse_comment_encode(char *out, size_t cap, const char *text, size_t len);
 
 /* sse_retry_size: the exact size of "retry: <ms>\n\n", the hint that sets the
@@ -80,7 +79,7 @@ ssize_t sse_comment_encode(char *out, size_t cap, const char *text, size_t len);
 size_t sse_retry_size(uint32_t ms);
 
 /* sse_retry_encode: writes that hint to out; returns the bytes written or
- * SSE_ESPACE (nothing written). */
+ * SL_ESPACE (nothing written). */
 ssize_t sse_retry_encode(char *out, size_t cap, uint32_t ms);
 
 /* ---- Parser ----
@@ -106,7 +105,7 @@ struct sse_parsed {
 
 /* Callbacks of sse_parse; any may be NULL.  A non-zero return stops the
  * parse, and sse_parse returns that value (use positive values, so they
- * cannot be mistaken for SSE_ESPACE). */
+ * cannot be mistaken for SL_ESPACE). */
 struct sse_parse_cb {
     int (*on_event)(void *ud, const struct sse_parsed *ev);
     int (*on_retry)(void *ud, uint64_t ms);                    /* saturates at UINT64_MAX */
@@ -117,7 +116,7 @@ struct sse_parse_cb {
  * complete event stream, calling cb with ud.  scratch (scratch_cap bytes)
  * holds the data buffer being assembled; scratch_cap >= len always
  * suffices and is required.  Returns 0, a callback's non-zero value, or
- * SSE_ESPACE when scratch_cap < len (nothing parsed). */
+ * SL_ESPACE when scratch_cap < len (nothing parsed). */
 int sse_parse(const char *in, size_t len, char *scratch, size_t scratch_cap,
               const struct sse_parse_cb *cb, void *ud);
 

@@ -15,7 +15,8 @@ static void sse_on_timer(conn *c, void *state);
 static void sse_on_close(conn *c, void *state);
 static void sse_on_drain(conn *c, void *state)
 {
-    if (session_replay_more(state) == -1) conn_close_after_write(c);
+    int rc = session_replay_more(state);
+    if (rc < 0 && rc != SL_EGONE) conn_close_after_write(c);
 }
 
 static const conn_stream_ops sse_ops = {
@@ -52,7 +53,7 @@ static int sse_start(sub_session *s, const sub_request *r, const http_request *r
     buf_unref(hb);
     __atomic_add_fetch(&sub_counts.sse, 1, __ATOMIC_RELAXED);
     int rc = session_subscribe_and_replay(s, r, &rp, 0);
-    if (rc == SESSION_GONE) return 0; /* cut off while replaying */
+    if (rc == SL_EGONE) return 0; /* cut off while replaying */
     if (rc < 0) {
         conn_close_after_write(s->c);
         return 0;

@@ -80,8 +80,8 @@ void query_find(const http_request *req, const char *const *names, int n, query_
 
 int query_decode(const query_span *sp, char *out, size_t cap)
 {
-    if (!sp->v) return -1;
-    if (sp->len >= cap) return -2;
+    if (!sp->v) return SL_ENOTFOUND;
+    if (sp->len >= cap) return SL_ESPACE;
     size_t n = http_pct_decode(sp->v, sp->len, out, true);
     out[n] = '\0';
     return (int)n;
@@ -100,7 +100,7 @@ int poll_timeout_parse(const query_span *sp, double *seconds)
     if (query_decode(sp, v, sizeof(v)) < 0) return 0; /* absent, or too long to be one */
     char *end;
     double t = strtod(v, &end);
-    if (end == v || *end || t < 0 || t != t) return -1;
+    if (end == v || *end || t < 0 || t != t) return SL_EINVAL;
     *seconds = t;
     return 1;
 }
@@ -213,8 +213,8 @@ static int replay_page(sub_session *s, bool known)
                         s->replay->n, s->last_seq, known, 0, REPLAY_PAGE_BYTES, replay_one,
                         replay_gap, s, &more);
     s->in_replay = false;
-    if (session_ended(s)) return SESSION_GONE;
-    if (n < 0) return -1;
+    if (session_ended(s)) return SL_EGONE;
+    if (n < 0) return (int)n;
     if (!more) {
         /* Caught up: everything committed so far was read, so live
          * delivery (deduplicated by last_seq) continues without a seam. */
@@ -252,11 +252,11 @@ void session_resume_point(const sub_session *s, const sub_request *r, const http
             ids = found;
         }
         int n = query_decode(&ids[0], idbuf, sizeof(idbuf));
-        if (n == -1) n = query_decode(&ids[1], idbuf, sizeof(idbuf));
+        if (n == SL_ENOTFOUND) n = query_decode(&ids[1], idbuf, sizeof(idbuf));
         if (n >= 0) {
             id = idbuf;
             idlen = (size_t)n;
-        } else if (n == -2) {
+        } else if (n == SL_ESPACE) {
             id = "?"; /* too long to be ours: unknown */
             idlen = 1;
         }
@@ -286,7 +286,7 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
     s->last_seq = rp->present && !s->short_poll ? hub_last_seq(s->hub) : hub_committed_seq(s->hub);
 
     s->subs = calloc((size_t)r->ntopics, sizeof(hub_sub *));
-    if (!s->subs) return -1;
+    if (!s->subs) return SL_ENOMEM;
     for (int i = 0; i < r->ntopics; i++) {
         bool dup = false;
         for (int j = 0; j < i; j++)
@@ -297,7 +297,7 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
         s->subs[s->nsubs] =
             hub_subscribe(s->hub, r->topics[i], r->topic_lens[i], s, session_deliver,
                           s->tp->oneshot);
-        if (!s->subs[s->nsubs]) return -1;
+        if (!s->subs[s->nsubs]) return SL_ENOMEM;
         s->nsubs++;
     }
     if (!rp->present) return 0;
@@ -324,12 +324,12 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
             if (n < 0 || !more || s->tp->held(s) > 0 || session_ended(s)) break;
         }
         if (!more && s->last_seq < live_from) s->last_seq = live_from;
-        if (session_ended(s)) return SESSION_GONE;
-        return n < 0 ? -1 : 0;
+        if (session_ended(s)) return SL_EGONE;
+        return n < 0 ? (int)n : 0;
     }
     /* A stream catches up page by page: keep the topic names for later pages. */
     s->replay = sub_names_copy(r->topics, r->topic_lens, r->ntopics);
-    if (!s->replay) return -1;
+    if (!s->replay) return SL_ENOMEM;
     s->state = SESSION_CATCHING_UP;
     s->last_seq = rp->known ? rp->after : 0;
     return replay_page(s, rp->known);
@@ -436,7 +436,7 @@ void session_release(sub_session *s)
 
 int sub_send(sub_session *s, const char *data, size_t len, bool binary)
 {
-    if (!s->tp->send_data || session_ended(s) || conn_closed(s->c)) return -1;
+    if (!s->tp->send_data || session_ended(s) || conn_closed(s->c)) return SL_EGONE;
     return s->tp->send_data(s, data, len, binary);
 }
 

@@ -90,9 +90,9 @@ const char *sub_transport(const sub_session *s);
  * when it follows none. */
 const char *sub_first_topic(const sub_session *s, size_t *len, bool *wildcard);
 
-/* WebSocket only: sends one message to this client.  Returns 0, or -1 when
- * the session is not a WebSocket or the client is too slow (it is then
- * being closed with 1013). */
+/* WebSocket only: sends one message to this client.  Returns 0, SL_EGONE
+ * when the session is not a WebSocket or has ended, SL_ELIMIT when the
+ * client is too slow (it is then being closed with 1013), or SL_ENOMEM. */
 int sub_send(sub_session *s, const char *data, size_t len, bool binary);
 
 /* Ends the session: WebSocket close with `code` and `reason`; SSE and

@@ -118,7 +118,7 @@ static int ws_start(sub_session *s, const sub_request *r, const http_request *re
     buf_unref(hb);
     __atomic_add_fetch(&sub_counts.websocket, 1, __ATOMIC_RELAXED);
     int rc = session_subscribe_and_replay(s, r, &rp, 0);
-    if (rc == SESSION_GONE) return 0; /* cut off while replaying */
+    if (rc == SL_EGONE) return 0; /* cut off while replaying */
     if (rc < 0) {
         ws_session_close(s, WS_CLOSE_INTERNAL_ERROR, "storage error");
         return 0;
@@ -284,8 +284,8 @@ static void ws_on_timer(conn *c, void *state)
 
 static void ws_on_drain(conn *c, void *state)
 {
-    if (session_replay_more(state) == -1)
-        ws_session_close(state, WS_CLOSE_INTERNAL_ERROR, "storage error");
+    int rc = session_replay_more(state);
+    if (rc < 0 && rc != SL_EGONE) ws_session_close(state, WS_CLOSE_INTERNAL_ERROR, "storage error");
 }
 
 static void ws_on_shutdown(conn *c, void *state)
@@ -304,7 +304,7 @@ static int ws_send_data(sub_session *s, const char *data, size_t len, bool binar
     uint8_t hdr[WS_MAX_HEADER];
     size_t h = ws_frame_header(hdr, binary ? WS_OP_BINARY : WS_OP_TEXT, true, len);
     buf_t *b = buf_new(h + len);
-    if (!b) return -1;
+    if (!b) return SL_ENOMEM;
     memcpy(b->data, hdr, h);
     if (len) memcpy(b->data + h, data, len);
     int rc = conn_send(s->c, b, 0, b->len);
@@ -367,7 +367,7 @@ void sub_publish_done(void *ud, hub_msg *m, int status)
     s->t.ws.publishing--;
     if (!session_ended(s)) {
         if (status != 0)
-            sub_publish_refused(s, hub_strerror(status));
+            sub_publish_refused(s, err_str(status));
         else if (s->t.ws.publishing < SUB_MAX_PUBLISHING / 2)
             conn_pause_input(s->c, false);
     }

@@ -429,7 +429,7 @@ int lx_reload(lx_runtime *rt)
     if (!app) {
         LOG_KV(LOG_ERROR, "reload failed: the running app stays", LOG_S("error", err));
         lx_config_free(&cfg);
-        return -1;
+        return SL_EINVAL;
     }
     /* Limits follow the new script; addresses, TLS files, data and workers
      * are read at start only. */

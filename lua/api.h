@@ -88,7 +88,7 @@ void lx_on_request(conn *c, http_request *req, void *ud);
 
 /* Loads the script again (for this thread's worker) and swaps it in; on
  * failure the running app stays and the error is logged.  Returns 0 or
- * -1; success is logged by the caller, once for all workers. */
+ * SL_EINVAL; success is logged by the caller, once for all workers. */
 int lx_reload(lx_runtime *rt);
 
 /* Cancels the current app's timers (a worker that stops). */

@@ -114,7 +114,7 @@ static void publish_resume(void *ud, hub_msg *m, int status)
         lx_task_run(t, 1);
     } else {
         lua_pushnil(t->co);
-        lua_pushstring(t->co, hub_strerror(status));
+        lua_pushstring(t->co, err_str(status));
         lx_task_run(t, 2);
     }
     lx_unprotected_end(app, enforce);
@@ -228,7 +228,7 @@ static int l_publish(lua_State *L)
                                         : NULL);
     if (rc != 0) {
         lua_pushnil(L);
-        lua_pushstring(L, hub_strerror(rc));
+        lua_pushstring(L, err_str(rc));
         return 2;
     }
     if (pacer) sub_publish_queued(app->publisher);

@@ -68,14 +68,14 @@ int store_id_parse(struct store *s, const char *id, size_t len, uint64_t *seq)
     MDB_cursor *c = NULL;
     MDB_val k, d;
     unsigned char key[8];
-    int rc, code = STORE_EUNKNOWN;
+    int rc, code = SL_EUNKNOWN;
 
-    if (id_text_parse(id, len, &e, &q)) return STORE_EINVAL;
+    if (id_text_parse(id, len, &e, &q)) return SL_EINVAL;
     /* This handle's own epoch, up to what it has committed: the common
      * resume, and no read transaction needed to know it. */
     if (!s->read_only && e == s->epoch && q >= s->epoch_first && q <= atomic_load(&s->last_seq)) {
         *seq = q;
-        return STORE_OK;
+        return SL_OK;
     }
     if ((rc = st_txn_begin(s, MDB_RDONLY, &txn))) return st_map_rc(rc);
     if ((rc = st_meta_get_u64(s, txn, "last_seq", &last))) goto out;
@@ -101,7 +101,7 @@ int store_id_parse(struct store *s, const char *id, size_t len, uint64_t *seq)
     if (rc) goto out;
     if (d.mv_size == 8 && st_get_u64(d.mv_data) == e) {
         *seq = q;
-        code = STORE_OK;
+        code = SL_OK;
     }
 out:
     if (c) mdb_cursor_close(c);

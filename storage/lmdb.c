@@ -129,7 +129,7 @@ static void grow_ahead(struct store *s)
 int st_write_txn(struct store *s, write_op op, void *arg, uint64_t *last_seq_out)
 {
     int rc = MDB_MAP_FULL;
-    if (s->read_only) return STORE_EROFS;
+    if (s->read_only) return SL_EROFS;
     for (int attempt = 0; attempt < GROW_RETRIES && rc == MDB_MAP_FULL; attempt++) {
         MDB_txn *txn;
         rc = st_txn_begin(s, 0, &txn);
@@ -541,7 +541,7 @@ static int append_op(struct store *s, MDB_txn *txn, void *argp)
         struct store_msg *m = &a->msgs[i];
         m->duplicate = 0; /* (again, if the transaction is redone) */
         if (!st_msg_valid(m)) {
-            m->status = STORE_EINVAL;
+            m->status = SL_EINVAL;
             m->seq = 0;
             continue;
         }
@@ -639,7 +639,7 @@ int st_commit_msgs(struct store *s, struct store_msg *msgs, size_t n, int64_t no
     while (a.cap < n * 2)
         a.cap <<= 1;
     a.t = malloc(a.cap * sizeof *a.t);
-    if (!a.t) return STORE_ENOMEM;
+    if (!a.t) return SL_ENOMEM;
     int code = st_write_txn(s, append_op, &a, times ? NULL : &a.last_seq);
     free(a.t);
     return code;

@@ -242,7 +242,7 @@ int store_log_check(struct store *s, store_log_fn fn, void *ud, struct store_log
     memset(r, 0, sizeof *r);
     size_t dlen = strlen(s->data_path) - strlen("/data.mdb");
     char *dir = strndup(s->data_path, dlen);
-    if (!dir) return STORE_ENOMEM;
+    if (!dir) return SL_ENOMEM;
     int rc = st_read_last_seq(s, &last);
     for (int i = 0; i < 2 && !rc; i++)
         if (!(rc = wal_open(&logs[i], dir, st_log_names[i], 1, 0)) && logs[i])
@@ -278,5 +278,5 @@ int store_log_check(struct store *s, store_log_fn fn, void *ud, struct store_log
         wal_close(logs[i]);
     }
     free(dir);
-    return rc ? st_map_rc(rc) : STORE_OK;
+    return rc ? st_map_rc(rc) : SL_OK;
 }

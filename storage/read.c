@@ -162,10 +162,10 @@ int store_read_multi(struct store *s, const struct store_topic_ref *topics, size
     struct store_read_info *own_infos = NULL;
     int rc = 0, stopped = 0, broken = 0;
 
-    if (!topics || n == 0 || !fn) return STORE_EINVAL;
+    if (!topics || n == 0 || !fn) return SL_EINVAL;
     for (size_t i = 0; i < n; i++)
         if (!topics[i].name || topics[i].len == 0 || topics[i].len > STORE_TOPIC_MAX)
-            return STORE_EINVAL;
+            return SL_EINVAL;
     /* The tail before the transaction: a checkpoint that empties the tail
      * has committed first, so this snapshot then has what it emptied. */
     pthread_rwlock_rdlock(&s->tail.lock);
@@ -386,7 +386,7 @@ int store_topics(struct store *s, store_topic_fn fn, void *ud)
     size_t nextra = 0, ei = 0;
     int rc, stop = 0;
 
-    if (!fn) return STORE_EINVAL;
+    if (!fn) return SL_EINVAL;
     pthread_rwlock_rdlock(&s->tail.lock);
     if ((rc = st_txn_begin(s, MDB_RDONLY, &txn))) {
         txn = NULL;

@@ -104,54 +104,24 @@ int st_map_rc(int rc)
 {
     switch (rc) {
     case 0:
-        return STORE_OK;
+        return SL_OK;
     case ENOSPC:
     case EDQUOT:
     case EFBIG:
     case MDB_MAP_FULL:
-        return STORE_EFULL;
+        return SL_EFULL;
     case ENOMEM:
-        return STORE_ENOMEM;
+        return SL_ENOMEM;
     case EROFS:
     case EACCES:
-        return STORE_EROFS;
+        return SL_EROFS;
     case MDB_PANIC:
-        return STORE_EPANIC;
+        return SL_EPANIC;
     case MDB_CORRUPTED:
     case MDB_PAGE_NOTFOUND:
-        return STORE_ECORRUPT;
+        return SL_ECORRUPT;
     default:
-        return STORE_EIO;
-    }
-}
-
-const char *store_errmsg(int code)
-{
-    switch (code) {
-    case STORE_OK:
-        return "ok";
-    case STORE_EINVAL:
-        return "invalid argument";
-    case STORE_ENOMEM:
-        return "out of memory";
-    case STORE_EFULL:
-        return "storage full";
-    case STORE_EIO:
-        return "storage I/O error";
-    case STORE_ENOTFOUND:
-        return "no store there";
-    case STORE_EUNKNOWN:
-        return "unknown ID";
-    case STORE_EROFS:
-        return "store is read-only";
-    case STORE_EPANIC:
-        return "storage environment failed, reopen needed";
-    case STORE_EBUSY:
-        return "data directory in use by another writer";
-    case STORE_ECORRUPT:
-        return "the store is damaged (see sluice check)";
-    default:
-        return "unknown error";
+        return SL_EIO;
     }
 }
 
@@ -265,7 +235,7 @@ static int migrate_v1(struct store *s, char *errbuf, size_t errlen)
     free(a.buf);
     if (code && errbuf && errlen)
         snprintf(errbuf, errlen, "adding checksums to the messages of format 1: %s",
-                 store_errmsg(code));
+                 err_str(code));
     if (!code) atomic_store(&s->all_summed, 1);
     return code;
 }
@@ -302,7 +272,7 @@ static int init_rw(struct store *s, const char *dir, char *errbuf, size_t errlen
     /* Before anything is written in format 2 (the replay, below). */
     if (version && version < STORE_FORMAT_VERSION) {
         int code = migrate_v1(s, errbuf, errlen);
-        if (code) return code == STORE_EFULL ? MDB_MAP_FULL : code == STORE_ENOMEM ? ENOMEM : EIO;
+        if (code) return code == SL_EFULL ? MDB_MAP_FULL : code == SL_ENOMEM ? ENOMEM : EIO;
     } else {
         atomic_store(&s->all_summed, 1);
     }
@@ -418,7 +388,7 @@ int st_wal_replay(struct store *s, const char *dir, uint64_t *last, int salvage,
         s->log_msgs[0] = counts[0];
         s->log_msgs[1] = counts[1];
         int code = st_checkpoint_all(s, st_wall_ms());
-        if (code && !salvage && code != STORE_ENOMEM) {
+        if (code && !salvage && code != SL_ENOMEM) {
             /* No room in LMDB (a full disk: ENOSPC, or EIO from a write
              * the limit cut short; the map at its bound): keep the
              * records in the logs and the tail, under the old salt, and
@@ -432,7 +402,7 @@ int st_wal_replay(struct store *s, const char *dir, uint64_t *last, int salvage,
             }
             s->cur = last_log;
         } else if (code) {
-            rc = code == STORE_ENOMEM ? ENOMEM : EIO;
+            rc = code == SL_ENOMEM ? ENOMEM : EIO;
         }
     }
     if (rc) logs_close(s);
@@ -520,7 +490,7 @@ int st_check_file_size(struct store *s, char *errbuf, size_t errlen)
     MDB_stat st;
     struct stat sb;
     if (mdb_env_info(s->env, &info) || mdb_env_stat(s->env, &st) || stat(s->data_path, &sb))
-        return STORE_EIO;
+        return SL_EIO;
     uint64_t need = ((uint64_t)info.me_last_pgno + 1) * st.ms_psize;
     if ((uint64_t)sb.st_size >= need) return 0;
     if (errbuf && errlen)
@@ -528,7 +498,7 @@ int st_check_file_size(struct store *s, char *errbuf, size_t errlen)
                  "%s is %llu bytes but its pages reach %llu: the file is truncated or damaged "
                  "(sluice check tells more)",
                  s->data_path, (unsigned long long)sb.st_size, (unsigned long long)need);
-    return STORE_ECORRUPT;
+    return SL_ECORRUPT;
 }
 
 /* At a read-write open, each topic's first and last message: readable
@@ -584,7 +554,7 @@ static void probe_topics(struct store *s)
 static int take_dir_lock(struct store *s, const char *dir, char *errbuf, size_t errlen)
 {
     char *path;
-    if (asprintf(&path, "%s/sluice.lock", dir) < 0) return STORE_ENOMEM;
+    if (asprintf(&path, "%s/sluice.lock", dir) < 0) return SL_ENOMEM;
     s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     free(path);
     if (s->lock_fd < 0) {
@@ -596,7 +566,7 @@ static int take_dir_lock(struct store *s, const char *dir, char *errbuf, size_t 
         if (errbuf && errlen)
             snprintf(errbuf, errlen, "%s: %s", dir,
                      e == EWOULDBLOCK ? "in use by another writer" : strerror(e));
-        return e == EWOULDBLOCK ? STORE_EBUSY : st_map_rc(e);
+        return e == EWOULDBLOCK ? SL_ELOCKED : st_map_rc(e);
     }
     return 0;
 }
@@ -652,15 +622,15 @@ int store_open(struct store **out, const char *dir, const struct store_opts *opt
     struct store *s = NULL;
     pthread_rwlockattr_t attr;
     struct stat sb;
-    int rc, code = STORE_EIO, lock_inited = 0;
+    int rc, code = SL_EIO, lock_inited = 0;
 
     if (errbuf && errbuf_len) errbuf[0] = 0;
     *out = NULL;
-    if (!dir || !*dir) return STORE_EINVAL;
+    if (!dir || !*dir) return SL_EINVAL;
     if (!opts) opts = &defaults;
 
     s = calloc(1, sizeof *s);
-    if (!s) return STORE_ENOMEM;
+    if (!s) return SL_ENOMEM;
     s->lock_fd = -1;
     s->read_only = !!opts->read_only;
     s->relaxed = !!opts->relaxed;
@@ -672,13 +642,13 @@ int store_open(struct store **out, const char *dir, const struct store_opts *opt
     s->damage_ud = opts->damage_ud;
     if (asprintf(&s->data_path, "%s/data.mdb", dir) < 0) {
         s->data_path = NULL;
-        code = STORE_ENOMEM;
+        code = SL_ENOMEM;
         goto fail;
     }
     if (s->read_only) {
         if (stat(s->data_path, &sb) != 0) {
             if (errbuf && errbuf_len) snprintf(errbuf, errbuf_len, "%s: no store", dir);
-            code = STORE_ENOTFOUND;
+            code = SL_ENOTFOUND;
             goto fail;
         }
     } else {
@@ -689,7 +659,7 @@ int store_open(struct store **out, const char *dir, const struct store_opts *opt
             goto fail;
         }
         if ((code = take_dir_lock(s, dir, errbuf, errbuf_len))) goto fail;
-        code = STORE_EIO;
+        code = SL_EIO;
         if (stat(s->data_path, &sb) != 0 && errno == ENOENT &&
             (rc = create_env(dir, s->data_path))) {
             set_err(errbuf, errbuf_len, "creating data.mdb", rc);
@@ -703,7 +673,7 @@ int store_open(struct store **out, const char *dir, const struct store_opts *opt
     rc = pthread_rwlock_init(&s->maplock, &attr);
     pthread_rwlockattr_destroy(&attr);
     if (rc) {
-        code = STORE_ENOMEM;
+        code = SL_ENOMEM;
         goto fail;
     }
     lock_inited = 1;
@@ -712,7 +682,7 @@ int store_open(struct store **out, const char *dir, const struct store_opts *opt
     rc = pthread_rwlock_init(&s->tail.lock, &attr);
     pthread_rwlockattr_destroy(&attr);
     if (rc) {
-        code = STORE_ENOMEM;
+        code = SL_ENOMEM;
         goto fail;
     }
     s->tail_inited = 1;
@@ -739,7 +709,7 @@ int store_open(struct store **out, const char *dir, const struct store_opts *opt
     if (s->read_only) flags |= MDB_RDONLY;
     if ((rc = mdb_env_open(s->env, dir, flags, 0644))) {
         set_err(errbuf, errbuf_len, dir, rc);
-        code = rc == ENOENT ? STORE_ENOTFOUND : st_map_rc(rc);
+        code = rc == ENOENT ? SL_ENOTFOUND : st_map_rc(rc);
         goto fail;
     }
     /* LMDB may have just made lock.mdb; data.mdb's entry was synced by
@@ -756,7 +726,7 @@ int store_open(struct store **out, const char *dir, const struct store_opts *opt
     if (!s->read_only) open_headroom(s);
     rc = s->read_only ? init_ro(s, errbuf, errbuf_len) : init_rw(s, dir, errbuf, errbuf_len);
     if (rc) {
-        code = (s->read_only && rc == MDB_NOTFOUND) ? STORE_ENOTFOUND : st_map_rc(rc);
+        code = (s->read_only && rc == MDB_NOTFOUND) ? SL_ENOTFOUND : st_map_rc(rc);
         goto fail;
     }
     if (s->read_only && (rc = load_server_tail(s, dir))) {
@@ -770,7 +740,7 @@ int store_open(struct store **out, const char *dir, const struct store_opts *opt
     }
     if (!s->read_only) probe_topics(s);
     *out = s;
-    return STORE_OK;
+    return SL_OK;
 
 fail:
     logs_close(s);
@@ -833,7 +803,7 @@ uint64_t store_last_seq(struct store *s)
 int store_sync(struct store *s)
 {
     int rc = 0;
-    if (s->read_only || !s->relaxed) return STORE_OK;
+    if (s->read_only || !s->relaxed) return SL_OK;
     for (int i = 0; i < 2 && !rc; i++)
         if (s->logs[i]) rc = wal_sync(s->logs[i]);
     return st_map_rc(rc);

@@ -37,22 +37,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Return codes: 0 is success, errors are negative and distinct from errno. */
-enum {
-    STORE_OK = 0,
-    STORE_EINVAL = -1,    /* bad argument or malformed ID */
-    STORE_ENOMEM = -2,    /* allocation failed */
-    STORE_EFULL = -3,     /* disk full (ENOSPC/EDQUOT/EFBIG) or map cannot grow:
-                             the batch is not stored, earlier commits are intact */
-    STORE_EIO = -4,       /* other I/O or LMDB failure; see store_errmsg() */
-    STORE_ENOTFOUND = -5, /* no store in the directory (read-only open) */
-    STORE_EUNKNOWN = -6,  /* a well-formed ID that this store never issued */
-    STORE_EROFS = -7,     /* write attempted on a read-only handle */
-    STORE_EPANIC = -8,    /* LMDB declared the environment unusable: reopen it */
-    STORE_EBUSY = -9,     /* another read-write handle has the directory */
-    STORE_ECORRUPT = -10, /* LMDB's file is damaged (a bad page, a truncated
-                             file): `sluice check -d DIR` tells what */
-};
+#include "core/err.h"
+
+/* Errors are the SL_E* codes of core/err.h; the ones a store returns:
+ *   SL_EINVAL    bad argument or malformed ID
+ *   SL_ENOMEM    allocation failed
+ *   SL_EFULL     disk full (ENOSPC/EDQUOT/EFBIG) or map cannot grow: the
+ *                batch is not stored, earlier commits are intact
+ *   SL_EIO       other I/O or LMDB failure
+ *   SL_ENOTFOUND no store in the directory (read-only open)
+ *   SL_EUNKNOWN  a well-formed ID that this store never issued
+ *   SL_EROFS     write attempted on a read-only handle
+ *   SL_EPANIC    LMDB declared the environment unusable: reopen it
+ *   SL_ELOCKED   another read-write handle has the directory
+ *   SL_ECORRUPT  LMDB's file is damaged (a bad page, a truncated file):
+ *                `sluice check -d DIR` tells what */
 
 /* Longest ID text including its NUL: 13 base-36 digits, '-', 20 digits. */
 #define STORE_ID_MAX 40
@@ -85,7 +84,7 @@ struct store;
 struct store_opts {
     size_t map_size; /* initial map size in bytes; 0 = 64 MiB.  Rounded up
                         to the page size; grown by doubling as needed */
-    size_t map_max;  /* growth stops here (STORE_EFULL); 0 = no limit */
+    size_t map_max;  /* growth stops here (SL_EFULL); 0 = no limit */
     int relaxed;     /* nonzero: batches are logged without a flush; the
                         caller must call store_sync() periodically.  A
                         process crash loses nothing; an OS crash or power
@@ -106,11 +105,11 @@ struct store_opts {
 
 /* store_open: open (creating the directory and the environment if missing,
  * unless read_only) the store in `dir`.  opts may be NULL for defaults.
- * On success *out is the handle and 0 is returned; otherwise a STORE_E*
+ * On success *out is the handle and 0 is returned; otherwise an SL_E*
  * code, with a human-readable reason in errbuf (if errbuf_len > 0).
  * A read-write open starts a new epoch (see the file comment) and takes an
  * exclusive flock on <dir>/sluice.lock: a second read-write open, from any
- * process, fails with STORE_EBUSY.  A read-only open must come from another
+ * process, fails with SL_ELOCKED.  A read-only open must come from another
  * process than any open handle on the directory: LMDB forbids opening the
  * same environment twice in one process. */
 int store_open(struct store **out, const char *dir, const struct store_opts *opts, char *errbuf,
@@ -120,9 +119,6 @@ int store_open(struct store **out, const char *dir, const struct store_opts *opt
  * It checkpoints the logs first, so a clean stop leaves everything in
  * LMDB. */
 void store_close(struct store *s);
-
-/* store_errmsg: text for a STORE_E* code (static string). */
-const char *store_errmsg(int code);
 
 /* ---- IDs ---------------------------------------------------------------- */
 
@@ -135,9 +131,9 @@ size_t store_id_format(uint64_t epoch, uint64_t seq, char *buf);
 /* store_id_parse: decide what an ID a client sent means here.
  * Returns 0 and sets *seq when the ID was issued by this store (its epoch
  * was in force for that seq, and that seq was committed); the caller resumes
- * every topic after *seq.  STORE_EUNKNOWN for a well-formed ID from a
+ * every topic after *seq.  SL_EUNKNOWN for a well-formed ID from a
  * different data directory, a restored or wiped one, or a commit lost to a
- * crash in relaxed mode; STORE_EINVAL for a malformed one (only canonical
+ * crash in relaxed mode; SL_EINVAL for a malformed one (only canonical
  * text is accepted).  In both error cases the caller replays from the
  * oldest retained message and signals a gap.  Any thread. */
 int store_id_parse(struct store *s, const char *id, size_t len, uint64_t *seq);
@@ -167,7 +163,7 @@ struct store_msg {
     const char *ikey;    /* NULL or empty: no idempotency key */
     size_t ikey_len;     /* 0..STORE_IKEY_MAX */
     /* out */
-    int status;     /* 0, or STORE_EINVAL for this message alone */
+    int status;     /* 0, or SL_EINVAL for this message alone */
     uint64_t seq;   /* assigned seq when status == 0 */
     uint64_t epoch; /* with seq, forms the ID (store_id_format) */
     int duplicate;  /* 1: a message of this topic with this idempotency key
@@ -194,11 +190,11 @@ struct store_msg {
  * when it fills.
  * Returns 0 when the batch is stored: every message with status 0 is then
  * durable (in relaxed mode: safe from a process crash) and readable.  Otherwise nothing of
- * the batch is stored and the code is returned (STORE_EFULL: disk or map
- * full, found by the commit or the checkpoint; STORE_EIO; STORE_EPANIC;
- * STORE_EROFS); earlier batches are intact; statuses and seqs are then
+ * the batch is stored and the code is returned (SL_EFULL: disk or map
+ * full, found by the commit or the checkpoint; SL_EIO; SL_EPANIC;
+ * SL_EROFS); earlier batches are intact; statuses and seqs are then
  * meaningless.  Messages that fail validation get status
- * STORE_EINVAL and are skipped while the rest commit.  Message pointers are
+ * SL_EINVAL and are skipped while the rest commit.  Message pointers are
  * only read during the call.  n is bounded by what one transaction can
  * dirty (keep batches to thousands of messages, not millions). */
 int store_append_batch(struct store *s, struct store_msg *msgs, size_t n, int64_t now_ms);
@@ -242,7 +238,7 @@ struct store_read_info {
  * transaction.  after_seq 0 means from the oldest.  info may be NULL.
  * The callback runs on the calling thread inside the read transaction, so
  * it should be quick and must not call the store.  Any thread, concurrently
- * with the writer.  Returns 0 or a STORE_E* code. */
+ * with the writer.  Returns 0 or an SL_E* code. */
 int store_read(struct store *s, const char *topic, size_t topic_len, uint64_t after_seq,
                size_t limit, store_read_fn fn, void *ud, struct store_read_info *info);
 
@@ -267,13 +263,13 @@ int store_read_multi(struct store *s, const struct store_topic_ref *topics, size
 /* store_trim: apply retention to one topic now, in its own write
  * transaction: keep at most max_count newest (0 = any), drop those older
  * than now_ms - max_age_ms (0 = any age).  *deleted (may be NULL) gets the
- * number removed.  Costs O(deleted).  Returns 0 or STORE_E*. */
+ * number removed.  Costs O(deleted).  Returns 0 or SL_E*. */
 int store_trim(struct store *s, const char *topic, size_t topic_len, uint64_t max_count,
                uint64_t max_age_ms, int64_t now_ms, uint64_t *deleted);
 
 /* store_checkpoint: move everything logged into LMDB now, in one synced
  * commit, after any checkpoint in flight.
- * Returns 0 or STORE_E*. */
+ * Returns 0 or SL_E*. */
 int store_checkpoint(struct store *s);
 
 /* store_sweep: begin a checkpoint of the log (it runs beside
@@ -283,11 +279,11 @@ int store_checkpoint(struct store *s);
  * `budget` topics (0 = all), resuming where the previous call stopped,
  * trimming those whose oldest message is past its max_age, in one write
  * transaction.  Cost: O(budget + deleted), never a scan of messages.
- * Returns 0 or STORE_E*; *deleted (may be NULL) gets the number removed. */
+ * Returns 0 or SL_E*; *deleted (may be NULL) gets the number removed. */
 int store_sweep(struct store *s, int64_t now_ms, size_t budget, uint64_t *deleted);
 
 /* store_sync: flush the logs (the periodic sync of relaxed mode; a no-op
- * in durable mode).  Any thread, beside appends.  Returns 0 or STORE_E*. */
+ * in durable mode).  Any thread, beside appends.  Returns 0 or SL_E*. */
 int store_sync(struct store *s);
 
 /* ---- Operator view ------------------------------------------------------ */
@@ -307,7 +303,7 @@ struct store_topic_info {
 typedef int (*store_topic_fn)(void *ud, const struct store_topic_info *t);
 
 /* store_topics: call fn for every topic in name order, in one read
- * transaction.  Same callback rules as store_read.  Returns 0 or STORE_E*. */
+ * transaction.  Same callback rules as store_read.  Returns 0 or SL_E*. */
 int store_topics(struct store *s, store_topic_fn fn, void *ud);
 
 struct store_stats {
@@ -332,7 +328,7 @@ struct store_stats {
     uint64_t duplicates; /* publishes answered as duplicates (idempotency) */
 };
 
-/* store_stats: fill *st.  Any thread.  Returns 0 or STORE_E*. */
+/* store_stats: fill *st.  Any thread.  Returns 0 or SL_E*. */
 int store_stats(struct store *s, struct store_stats *st);
 
 /* ---- Verification (`sluice check`) --------------------------------------- */
@@ -351,7 +347,7 @@ typedef void (*store_verify_fn)(void *ud, const char *problem);
  * record against its messages (count, first and last seq), the IDs' epochs
  * and the meta values.  Slow (reads every page); for `sluice check`.  A
  * damaged page that LMDB refuses ends the walk of its database (reported).
- * Returns 0 when the walk ran (look at report->problems), else STORE_E*.
+ * Returns 0 when the walk ran (look at report->problems), else SL_E*.
  * Any thread; a read-only handle beside a running server is fine. */
 int store_verify(struct store *s, store_verify_fn fn, void *ud, struct store_verify_report *report);
 
@@ -379,7 +375,7 @@ typedef void (*store_log_fn)(void *ud, const char *line);
 /* store_log_check: read the logs of s's directory and judge them as a
  * read-write open would (docs/storage.md, "Damage"), without changing
  * anything.  Meant for a read-only handle (`sluice check`; a read-write
- * handle has already replayed them).  Returns 0 (see *r) or STORE_E*. */
+ * handle has already replayed them).  Returns 0 (see *r) or SL_E*. */
 int store_log_check(struct store *s, store_log_fn fn, void *ud, struct store_log_report *r);
 
 #endif

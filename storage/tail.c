@@ -183,7 +183,7 @@ static int tail_batch(const struct tail *t, struct store_msg **msgs_out, int64_t
     if (!msgs || !times) {
         free(msgs);
         free(times);
-        return STORE_ENOMEM;
+        return SL_ENOMEM;
     }
     size_t i = 0;
     for (const struct tail_msg *m = t->first; m; m = m->next, i++) {
@@ -203,7 +203,7 @@ static int tail_batch(const struct tail *t, struct store_msg **msgs_out, int64_t
     }
     *msgs_out = msgs;
     *times_out = times;
-    return STORE_OK;
+    return SL_OK;
 }
 
 static void *ckpt_main(void *arg)
@@ -230,18 +230,18 @@ static void *ckpt_main(void *arg)
 int st_ckpt_start(struct store *s)
 {
     struct ckpt *c = &s->ckpt;
-    if (pthread_mutex_init(&c->mu, NULL)) return STORE_ENOMEM;
+    if (pthread_mutex_init(&c->mu, NULL)) return SL_ENOMEM;
     if (pthread_cond_init(&c->cv, NULL)) {
         pthread_mutex_destroy(&c->mu);
-        return STORE_ENOMEM;
+        return SL_ENOMEM;
     }
     if (pthread_create(&c->thread, NULL, ckpt_main, s)) {
         pthread_cond_destroy(&c->cv);
         pthread_mutex_destroy(&c->mu);
-        return STORE_EIO;
+        return SL_EIO;
     }
     c->running = 1;
-    return STORE_OK;
+    return SL_OK;
 }
 
 /* Take the outcome of a finished job (writer): on success its messages
@@ -251,7 +251,7 @@ static void ckpt_reap(struct store *s)
 {
     struct ckpt *c = &s->ckpt;
     if (atomic_load(&c->state) != CKPT_DONE) return;
-    if (c->code == STORE_OK) {
+    if (c->code == SL_OK) {
         pthread_rwlock_wrlock(&s->tail.lock);
         tail_drop(&s->tail, c->n);
         pthread_rwlock_unlock(&s->tail.lock);
@@ -304,9 +304,9 @@ int st_checkpoint_all(struct store *s, int64_t now_ms)
     struct store_msg *msgs;
     int64_t *times;
     ckpt_wait(s);
-    if (t->count == 0) return STORE_OK;
+    if (t->count == 0) return SL_OK;
     int code = tail_batch(t, &msgs, &times);
-    if (code == STORE_OK) {
+    if (code == SL_OK) {
         code = st_append_commit(s, msgs, t->count, now_ms, times);
         free(msgs);
         free(times);
@@ -323,7 +323,7 @@ int st_checkpoint_all(struct store *s, int64_t now_ms)
         if (s->logs[i]) wal_rewind(s->logs[i]);
         s->log_msgs[i] = 0;
     }
-    return STORE_OK;
+    return SL_OK;
 }
 
 /* Seal the log taking appends and hand its messages to the checkpoint
@@ -337,9 +337,9 @@ static int checkpoint_begin(struct store *s, int64_t now_ms, int must)
     struct ckpt *c = &s->ckpt;
     int other = s->cur ^ 1;
     ckpt_reap(s);
-    if (s->log_msgs[s->cur] == 0) return STORE_OK;
+    if (s->log_msgs[s->cur] == 0) return SL_OK;
     if (atomic_load(&c->state) == CKPT_BUSY) {
-        if (!must) return STORE_OK;
+        if (!must) return SL_OK;
         ckpt_wait(s);
     }
     if (!c->running || s->wal_failed || s->log_msgs[other] || s->tail.count != s->log_msgs[s->cur])
@@ -354,7 +354,7 @@ static int checkpoint_begin(struct store *s, int64_t now_ms, int must)
     pthread_cond_signal(&c->cv);
     pthread_mutex_unlock(&c->mu);
     s->cur = other;
-    return STORE_OK;
+    return SL_OK;
 }
 
 /* The most messages a log holds before a checkpoint: it bounds what a
@@ -383,7 +383,7 @@ static void dedup_in_batch(struct store_msg *msgs, size_t i)
  * newest), earlier in this batch (its ID comes once it is logged:
  * dedup_in_batch), or in LMDB (*rtxn: a read transaction begun at the
  * first need).  Sets duplicate, and seq and epoch when known.  Returns 0
- * or STORE_E*. */
+ * or SL_E*. */
 static int dedup_logged(struct store *s, struct store_msg *msgs, size_t i, int64_t now_ms,
                         MDB_txn **rtxn)
 {
@@ -437,7 +437,7 @@ static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int6
         struct store_msg *m = &msgs[i];
         m->seq = 0;
         if (!st_msg_valid(m)) {
-            m->status = STORE_EINVAL;
+            m->status = SL_EINVAL;
             continue;
         }
         m->status = 0;
@@ -452,8 +452,8 @@ static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int6
                               m->ikey ? m->ikey_len : 0);
     }
     if (rtxn) st_txn_end(s, rtxn);
-    if (!valid) return STORE_OK;
-    if (keyed && tail_ikeys_ready(t)) return STORE_ENOMEM;
+    if (!valid) return SL_OK;
+    if (keyed && tail_ikeys_ready(t)) return SL_ENOMEM;
     if (s->log_msgs[s->cur] + valid > TAIL_MAX || bytes > wal_room(s->logs[s->cur])) {
         if ((code = checkpoint_begin(s, now_ms, 1))) return code;
         /* Bigger than a whole log: straight into LMDB. */
@@ -461,7 +461,7 @@ static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int6
     }
     if (bytes > s->walbuf_cap) {
         unsigned char *b = realloc(s->walbuf, bytes);
-        if (!b) return STORE_ENOMEM;
+        if (!b) return SL_ENOMEM;
         s->walbuf = b;
         s->walbuf_cap = bytes;
     }
@@ -470,7 +470,7 @@ static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int6
      * for the topic lookups and the links. */
     struct tail_msg *first = NULL, **link = &first;
     size_t off = 0;
-    code = STORE_OK;
+    code = SL_OK;
     for (size_t i = 0; i < n; i++) {
         struct store_msg *m = &msgs[i];
         if (m->status) continue;
@@ -495,7 +495,7 @@ static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int6
                             .flags = off ? 0 : WAL_REC_BATCH_FIRST};
         struct tail_msg *tm = tail_msg_copy(&r);
         if (!tm) {
-            code = STORE_ENOMEM;
+            code = SL_ENOMEM;
             break;
         }
         *link = tm;
@@ -507,13 +507,13 @@ static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int6
     *link = NULL;
     /* Topic entries before the log write: once a batch is logged, linking
      * it must not fail. */
-    if (code == STORE_OK) {
+    if (code == SL_OK) {
         struct tail_msg *tm = first;
         pthread_rwlock_wrlock(&t->lock);
-        for (size_t i = 0; i < n && code == STORE_OK; i++) {
+        for (size_t i = 0; i < n && code == SL_OK; i++) {
             if (msgs[i].status || msgs[i].duplicate) continue;
             tm->topic = tail_topic_get(t, msgs[i].topic, msgs[i].topic_len);
-            if (!tm->topic) code = STORE_ENOMEM;
+            if (!tm->topic) code = SL_ENOMEM;
             tm = tm->next;
         }
         pthread_rwlock_unlock(&t->lock);
@@ -522,7 +522,7 @@ static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int6
     /* Relaxed: no flush; store_sync's, about once a second, bounds what
      * an OS crash can take. */
     struct wal *log = s->logs[s->cur];
-    int logged = code == STORE_OK && (s->relaxed ? wal_write(log, s->walbuf, off)
+    int logged = code == SL_OK && (s->relaxed ? wal_write(log, s->walbuf, off)
                                                  : wal_append(log, s->walbuf, off)) == 0;
     if (!logged) {
         for (struct tail_msg *tm = first, *next; tm; tm = next) {
@@ -546,7 +546,7 @@ static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int6
     pthread_rwlock_unlock(&t->lock);
     s->log_msgs[s->cur] += valid;
     atomic_store(&s->last_seq, last);
-    return STORE_OK;
+    return SL_OK;
 }
 
 /* A batch straight into LMDB, after the tail so that seqs stay in order. */
@@ -558,13 +558,13 @@ int st_append_direct(struct store *s, struct store_msg *msgs, size_t n, int64_t 
 
 int store_append_batch(struct store *s, struct store_msg *msgs, size_t n, int64_t now_ms)
 {
-    if (s->read_only) return STORE_EROFS;
-    if (n == 0) return STORE_OK;
-    if (!msgs) return STORE_EINVAL;
+    if (s->read_only) return SL_EROFS;
+    if (n == 0) return SL_OK;
+    if (!msgs) return SL_EINVAL;
     for (size_t i = 0; i < n; i++)
         msgs[i].duplicate = 0;
     int code = append_logged(s, msgs, n, now_ms); /* a read-write handle has its logs */
-    for (size_t i = 0; i < n && code == STORE_OK; i++)
+    for (size_t i = 0; i < n && code == SL_OK; i++)
         if (msgs[i].duplicate && !msgs[i].status) atomic_fetch_add(&s->duplicates, 1);
     return code;
 }
@@ -597,7 +597,7 @@ int store_trim(struct store *s, const char *topic, size_t topic_len, uint64_t ma
 {
     struct trim_arg a = {topic, topic_len, max_count, max_age_ms, now_ms, 0};
     if (deleted) *deleted = 0;
-    if (!topic || topic_len == 0 || topic_len > STORE_TOPIC_MAX) return STORE_EINVAL;
+    if (!topic || topic_len == 0 || topic_len > STORE_TOPIC_MAX) return SL_EINVAL;
     int rc = st_checkpoint_all(s, now_ms); /* retention applies to LMDB */
     if (rc) return rc;
     int code = st_write_txn(s, trim_op, &a, NULL);
@@ -607,7 +607,7 @@ int store_trim(struct store *s, const char *topic, size_t topic_len, uint64_t ma
 
 int store_checkpoint(struct store *s)
 {
-    if (s->read_only) return STORE_EROFS;
+    if (s->read_only) return SL_EROFS;
     return st_checkpoint_all(s, st_wall_ms());
 }
 
@@ -687,13 +687,13 @@ int store_sweep(struct store *s, int64_t now_ms, size_t budget, uint64_t *delete
 {
     MDB_txn *txn;
     if (deleted) *deleted = 0;
-    if (s->read_only) return STORE_EROFS;
+    if (s->read_only) return SL_EROFS;
     /* The writer's periodic call: it bounds how long a message stays in
      * a log to about the sweep interval. */
     int rc = checkpoint_begin(s, now_ms, 0);
     if (rc) return rc;
     struct sweep_arg *a = calloc(1, sizeof *a);
-    if (!a) return STORE_ENOMEM;
+    if (!a) return SL_ENOMEM;
     a->now_ms = now_ms;
     a->budget = budget;
     /* Look first in a read transaction: most sweeps find nothing to drop,

@@ -244,5 +244,5 @@ int store_verify(struct store *s, store_verify_fn fn, void *ud, struct store_ver
     }
     st_txn_end(s, txn);
     free(vs.topics);
-    return STORE_OK;
+    return SL_OK;
 }

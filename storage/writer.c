@@ -261,9 +261,9 @@ int writer_start(struct writer **out, struct store *store, const struct writer_o
     int mu_ok = 0, commit_mu_ok = 0, cv_ok = 0;
 
     *out = NULL;
-    if (!store || !opts || !opts->done) return STORE_EINVAL;
+    if (!store || !opts || !opts->done) return SL_EINVAL;
     w = calloc(1, sizeof *w);
-    if (!w) return STORE_ENOMEM;
+    if (!w) return SL_ENOMEM;
     w->store = store;
     w->o = *opts;
     if (!w->o.max_batch) w->o.max_batch = 1024;
@@ -291,7 +291,7 @@ int writer_start(struct writer **out, struct store *store, const struct writer_o
         pthread_mutex_destroy(&w->mu);
         free(w->msgs);
         free(w);
-        return STORE_EIO;
+        return SL_EIO;
     }
     *out = w;
     return 0;
@@ -301,7 +301,7 @@ fail:
     if (mu_ok) pthread_mutex_destroy(&w->mu);
     free(w->msgs);
     free(w);
-    return STORE_ENOMEM;
+    return SL_ENOMEM;
 }
 
 int writer_submit(struct writer *w, struct writer_req *req)
@@ -310,9 +310,9 @@ int writer_submit(struct writer *w, struct writer_req *req)
     req->next_ = NULL;
     pthread_mutex_lock(&w->mu);
     if (w->stopping) {
-        rc = WRITER_ESTOPPED;
+        rc = SL_ESTOPPED;
     } else if (w->queued >= w->o.max_queue) {
-        rc = WRITER_EBUSY;
+        rc = SL_EBUSY;
     } else {
         if (w->tail)
             w->tail->next_ = req;

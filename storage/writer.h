@@ -47,10 +47,9 @@
 
 #include "storage/store.h"
 
-enum {
-    WRITER_ESTOPPED = -100, /* writer_stop has begun: no new requests */
-    WRITER_EBUSY = -101,    /* queue at max_queue: shed load (HTTP 503) */
-};
+/* Besides the store's codes, writer_submit refuses with SL_ESTOPPED
+ * (writer_stop has begun: no new requests) or SL_EBUSY (queue at max_queue:
+ * shed load, HTTP 503). */
 
 /* One append request, owned by the caller (intrusive: the writer allocates
  * nothing per request and copies no payload).  The caller fills the inputs
@@ -71,7 +70,7 @@ struct writer_req {
     size_t ikey_len;
     void *user; /* for the caller; untouched */
     /* out, valid in and after the callback */
-    int status;   /* 0, or STORE_E* (STORE_EFULL: answer 503) */
+    int status;   /* 0, or SL_E* (SL_EFULL: answer 503) */
     uint64_t seq; /* with epoch, the message ID (store_id_format) */
     uint64_t epoch;
     int64_t time_ms; /* publish time */
@@ -92,7 +91,7 @@ struct writer_opts {
     void *ud;                   /* first argument of done */
     size_t max_batch;           /* requests per transaction; 0 = 1024 */
     size_t max_batch_bytes;     /* payload bytes per transaction; 0 = 16 MiB */
-    size_t max_queue;           /* queued requests before WRITER_EBUSY; 0 = 65536 */
+    size_t max_queue;           /* queued requests before SL_EBUSY; 0 = 65536 */
     unsigned sync_interval_ms;  /* relaxed store: sync period; 0 = 1000 */
     unsigned sweep_interval_ms; /* age-retention sweep period; 0 = 1000 */
     size_t sweep_budget;        /* topics visited per sweep; 0 = 1000 */
@@ -104,12 +103,12 @@ struct writer;
 
 /* writer_start: start the storage thread writing to `store`, which must
  * outlive the writer and get no other writer.  Returns 0 and *out, or
- * STORE_EINVAL / STORE_ENOMEM / STORE_EIO (thread creation). */
+ * SL_EINVAL / SL_ENOMEM / SL_EIO (thread creation). */
 int writer_start(struct writer **out, struct store *store, const struct writer_opts *opts);
 
 /* writer_submit: queue req (see struct writer_req for ownership).  Any
- * thread.  Returns 0 (done will be called exactly once), WRITER_ESTOPPED or
- * WRITER_EBUSY (done will not be called; the request is the caller's
+ * thread.  Returns 0 (done will be called exactly once), SL_ESTOPPED or
+ * SL_EBUSY (done will not be called; the request is the caller's
  * again). */
 int writer_submit(struct writer *w, struct writer_req *req);
 

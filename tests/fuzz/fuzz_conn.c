@@ -223,7 +223,7 @@ static void setup(void)
     if (!mkdtemp(F.dir)) die("mkdtemp", strerror(errno));
     struct store_opts so = {.relaxed = 1, .map_size = 8 << 20};
     int rc = store_open(&F.st, F.dir, &so, err, sizeof(err));
-    if (rc != 0) die("store_open", err[0] ? err : store_errmsg(rc));
+    if (rc != 0) die("store_open", err[0] ? err : err_str(rc));
     /* A short queue (sluice.config's max_publish_queue): a few clients
      * flooding publishes reach the refusals (503, WebSocket 1013). */
     F.bus = hub_bus_open(F.st, 1, 100, err, sizeof(err));

@@ -4,7 +4,7 @@
  * Properties checked, each with abort() on violation:
  *   - sse_parse survives any stream (ASan/UBSan watch it).
  *   - For any id/event/data cut from the input: sse_event_size and
- *     sse_event_encode agree, both say SSE_EFIELD exactly when id or event
+ *     sse_event_encode agree, both say SL_EFIELD exactly when id or event
  *     holds CR/LF/NUL, and otherwise parsing the output dispatches exactly
  *     one event with that id, that type ("message" when none) and the data
  *     with CRLF/CR turned into LF.
@@ -97,7 +97,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size)
     ssize_t n = sse_event_size(id, il, event, el, data, dl);
     int valid = sse_field_valid(id, il) && (ev_null || sse_field_valid(event, el));
     if (!valid) {
-        if (n != SSE_EFIELD || sse_event_encode(NULL, 0, id, il, event, el, data, dl) != SSE_EFIELD)
+        if (n != SL_EFIELD || sse_event_encode(NULL, 0, id, il, event, el, data, dl) != SL_EFIELD)
             abort();
         return 0;
     }
@@ -110,7 +110,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size)
         sse_retry_encode(buf + 3, total - 3, 1234) != (ssize_t)sse_retry_size(1234))
         abort();
     /* One byte short must fail, the exact size must succeed. */
-    if (sse_event_encode(buf + pre, (size_t)n - 1, id, il, event, el, data, dl) != SSE_ESPACE)
+    if (sse_event_encode(buf + pre, (size_t)n - 1, id, il, event, el, data, dl) != SL_ESPACE)
         abort();
     if (sse_event_encode(buf + pre, (size_t)n, id, il, event, el, data, dl) != n) abort();
 

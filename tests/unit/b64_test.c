@@ -32,12 +32,12 @@ static void test_vectors(void)
         CHECK_EQ_INT(b64_decode(back, pl, vec[i][1], el), pl);
         if (el) {
             memset(out, '#', sizeof out);
-            CHECK_EQ_INT(b64_encode(out, el - 1, vec[i][0], pl), B64_ESPACE);
+            CHECK_EQ_INT(b64_encode(out, el - 1, vec[i][0], pl), SL_ESPACE);
             CHECK(out[0] == '#');
         }
         if (pl) {
             memset(back, '#', sizeof back);
-            CHECK_EQ_INT(b64_decode(back, pl - 1, vec[i][1], el), B64_ESPACE);
+            CHECK_EQ_INT(b64_decode(back, pl - 1, vec[i][1], el), SL_ESPACE);
             CHECK(back[0] == '#');
         }
     }
@@ -71,11 +71,11 @@ static void test_rejects(void)
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         size_t l = i == sizeof bad / sizeof bad[0] - 1 ? 8 : strlen(bad[i]);
         ssize_t r = b64_decode(out, sizeof out, bad[i], l);
-        CHECK_EQ_INT(r, B64_EINPUT);
-        if (r != B64_EINPUT) fprintf(stderr, "  accepted: \"%s\"\n", bad[i]);
+        CHECK_EQ_INT(r, SL_EINPUT);
+        if (r != SL_EINPUT) fprintf(stderr, "  accepted: \"%s\"\n", bad[i]);
     }
     /* A NUL inside a quantum. */
-    CHECK_EQ_INT(b64_decode(out, sizeof out, "Zm\0v", 4), B64_EINPUT);
+    CHECK_EQ_INT(b64_decode(out, sizeof out, "Zm\0v", 4), SL_EINPUT);
 }
 
 static uint64_t rng = 88172645463325252ull;
@@ -108,7 +108,7 @@ static void test_round_trip(void)
             size_t pos = rnd() % (size_t)(n - 2);
             char save = enc[pos];
             enc[pos] = (char)"!*.-_ \n"[rnd() % 7];
-            CHECK_EQ_INT(b64_decode(back, sizeof back, enc, (size_t)n), B64_EINPUT);
+            CHECK_EQ_INT(b64_decode(back, sizeof back, enc, (size_t)n), SL_EINPUT);
             enc[pos] = save;
         }
     }

@@ -21,7 +21,7 @@ static void check_string(const char *s, size_t len, const char *want, size_t wan
     for (size_t cap = 0; cap < n; cap++) /* exact-size mallocs: ASan sees overruns */
     {
         char *t = malloc(cap);
-        CHECK_EQ_INT(json_string_encode(t, cap, s, len), JSON_ESPACE);
+        CHECK_EQ_INT(json_string_encode(t, cap, s, len), SL_ESPACE);
         free(t);
     }
     free(b);
@@ -75,7 +75,7 @@ static void check_msg(const struct json_msg *m, const char *want)
     free(b);
     for (size_t cap = 0; cap < n; cap++) {
         char *t = malloc(cap);
-        CHECK_EQ_INT(json_msg_encode(t, cap, m), JSON_ESPACE);
+        CHECK_EQ_INT(json_msg_encode(t, cap, m), SL_ESPACE);
         free(t);
     }
 }

@@ -158,26 +158,26 @@ static void test_encode_errors(void)
     char out[64];
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         size_t l = strlen(bad[i]);
-        CHECK_EQ_INT(sse_event_size(bad[i], l, NULL, 0, "d", 1), SSE_EFIELD);
-        CHECK_EQ_INT(sse_event_size("1", 1, bad[i], l, "d", 1), SSE_EFIELD);
-        CHECK_EQ_INT(sse_event_encode(out, sizeof out, bad[i], l, NULL, 0, "d", 1), SSE_EFIELD);
-        CHECK_EQ_INT(sse_event_encode(out, sizeof out, "1", 1, bad[i], l, "d", 1), SSE_EFIELD);
-        CHECK_EQ_INT(sse_comment_size(bad[i], l), SSE_EFIELD);
-        CHECK_EQ_INT(sse_comment_encode(out, sizeof out, bad[i], l), SSE_EFIELD);
+        CHECK_EQ_INT(sse_event_size(bad[i], l, NULL, 0, "d", 1), SL_EFIELD);
+        CHECK_EQ_INT(sse_event_size("1", 1, bad[i], l, "d", 1), SL_EFIELD);
+        CHECK_EQ_INT(sse_event_encode(out, sizeof out, bad[i], l, NULL, 0, "d", 1), SL_EFIELD);
+        CHECK_EQ_INT(sse_event_encode(out, sizeof out, "1", 1, bad[i], l, "d", 1), SL_EFIELD);
+        CHECK_EQ_INT(sse_comment_size(bad[i], l), SL_EFIELD);
+        CHECK_EQ_INT(sse_comment_encode(out, sizeof out, bad[i], l), SL_EFIELD);
         CHECK(!sse_field_valid(bad[i], l));
     }
     /* NUL: rejected in id, event and comment. */
-    CHECK_EQ_INT(sse_event_size("a\0b", 3, NULL, 0, "d", 1), SSE_EFIELD);
-    CHECK_EQ_INT(sse_event_size("1", 1, "a\0", 2, "d", 1), SSE_EFIELD);
-    CHECK_EQ_INT(sse_event_encode(out, sizeof out, "\0", 1, NULL, 0, "d", 1), SSE_EFIELD);
-    CHECK_EQ_INT(sse_comment_size("\0", 1), SSE_EFIELD);
+    CHECK_EQ_INT(sse_event_size("a\0b", 3, NULL, 0, "d", 1), SL_EFIELD);
+    CHECK_EQ_INT(sse_event_size("1", 1, "a\0", 2, "d", 1), SL_EFIELD);
+    CHECK_EQ_INT(sse_event_encode(out, sizeof out, "\0", 1, NULL, 0, "d", 1), SL_EFIELD);
+    CHECK_EQ_INT(sse_comment_size("\0", 1), SL_EFIELD);
     CHECK(!sse_field_valid("\0", 1));
     CHECK(sse_field_valid("ok: \t\x7f\xff", 7));
     CHECK(sse_field_valid(NULL, 0));
     /* event NULL with a stale length is "no event", not a read of NULL. */
     CHECK_EQ_INT(sse_event_size("1", 1, NULL, 5, "d", 1), (ssize_t)strlen("id: 1\ndata: d\n\n"));
 
-    /* Every cap below the size fails with SSE_ESPACE and writes within cap
+    /* Every cap below the size fails with SL_ESPACE and writes within cap
      * (each buffer is malloc'd to exactly cap bytes so ASan sees overruns). */
     const char *data = "line one\r\nline two\rthree\n\nend\n";
     ssize_t n = sse_event_size("123", 3, "ev", 2, data, strlen(data));
@@ -185,7 +185,7 @@ static void test_encode_errors(void)
     for (ssize_t cap = 0; cap < n; cap++) {
         char *b = malloc((size_t)cap);
         CHECK_EQ_INT(sse_event_encode(b, (size_t)cap, "123", 3, "ev", 2, data, strlen(data)),
-                     SSE_ESPACE);
+                     SL_ESPACE);
         free(b);
     }
     char *b = malloc((size_t)n);
@@ -204,8 +204,8 @@ static void test_comment_retry(void)
     CHECK_EQ_INT(sse_comment_size("hb", 2), 6);
     CHECK_EQ_INT(sse_comment_encode(out, sizeof out, "hb", 2), 6);
     CHECK_EQ_MEM(out, 6, ": hb\n\n", 6);
-    CHECK_EQ_INT(sse_comment_encode(out, 5, "hb", 2), SSE_ESPACE);
-    CHECK_EQ_INT(sse_comment_encode(out, 2, NULL, 0), SSE_ESPACE);
+    CHECK_EQ_INT(sse_comment_encode(out, 5, "hb", 2), SL_ESPACE);
+    CHECK_EQ_INT(sse_comment_encode(out, 2, NULL, 0), SL_ESPACE);
 
     CHECK_EQ_INT(sse_retry_size(0), 10);
     CHECK_EQ_INT(sse_retry_encode(out, sizeof out, 0), 10);
@@ -215,7 +215,7 @@ static void test_comment_retry(void)
     CHECK_EQ_MEM(out, 13, "retry: 3000\n\n", 13);
     CHECK_EQ_INT(sse_retry_encode(out, sizeof out, UINT32_MAX), 19);
     CHECK_EQ_MEM(out, 19, "retry: 4294967295\n\n", 19);
-    CHECK_EQ_INT(sse_retry_encode(out, 12, 3000), SSE_ESPACE);
+    CHECK_EQ_INT(sse_retry_encode(out, 12, 3000), SL_ESPACE);
     for (uint32_t v = 1; v < 100000000u; v *= 10) {
         CHECK_EQ_INT(sse_retry_size(v - 1), sse_retry_encode(out, sizeof out, v - 1));
         CHECK_EQ_INT(sse_retry_size(v), sse_retry_encode(out, sizeof out, v));
@@ -288,9 +288,9 @@ static void test_parser(void)
     CHECK_EQ_INT(c->n_ev, 1);
     /* Scratch smaller than the input is refused up front. */
     char scratch[4];
-    CHECK_EQ_INT(sse_parse("data: a\n\n", 9, scratch, sizeof scratch, &cbs, c), SSE_ESPACE);
+    CHECK_EQ_INT(sse_parse("data: a\n\n", 9, scratch, sizeof scratch, &cbs, c), SL_ESPACE);
     CHECK_EQ_INT(sse_parse(NULL, 0, NULL, 0, &cbs, c), 0);
-    CHECK_EQ_INT(sse_parse("data: a\n\n", 9, scratch, 0, NULL, NULL), SSE_ESPACE);
+    CHECK_EQ_INT(sse_parse("data: a\n\n", 9, scratch, 0, NULL, NULL), SL_ESPACE);
 #undef P
     free(c);
 }

@@ -112,7 +112,7 @@ static void test_append_read_order(void)
     struct store_msg m[5] = {mk("a", "e1", "one"), mk("b", NULL, "two"), mk("a", NULL, "three"),
                              mk("", NULL, "bad"), mk("a", "e4", "")};
     CHECK_EQ_INT(store_append_batch(s, m, 5, 1234), 0);
-    CHECK_EQ_INT(m[3].status, STORE_EINVAL);
+    CHECK_EQ_INT(m[3].status, SL_EINVAL);
     CHECK(m[0].seq < m[1].seq && m[1].seq < m[2].seq && m[2].seq < m[4].seq);
     CHECK(m[0].epoch == store_epoch(s) && m[0].epoch != 0);
     CHECK_EQ_INT(store_last_seq(s), m[4].seq);
@@ -250,7 +250,7 @@ static void test_ids(void)
     uint64_t s1 = m.seq;
     /* A seq not yet committed in our epoch is unknown. */
     store_id_format(m.epoch, m.seq + 1, idx);
-    CHECK_EQ_INT(store_id_parse(s, idx, strlen(idx), &seq), STORE_EUNKNOWN);
+    CHECK_EQ_INT(store_id_parse(s, idx, strlen(idx), &seq), SL_EUNKNOWN);
     store_close(s);
 
     /* Reopen: new epoch, larger seqs, old IDs still ours. */
@@ -259,7 +259,7 @@ static void test_ids(void)
     /* A second writer on the same directory is refused. */
     struct store *twice = NULL;
     char err[128];
-    CHECK_EQ_INT(store_open(&twice, dir, NULL, err, sizeof err), STORE_EBUSY);
+    CHECK_EQ_INT(store_open(&twice, dir, NULL, err, sizeof err), SL_ELOCKED);
     CHECK(twice == NULL);
     CHECK_EQ_INT(store_id_parse(s, id1, strlen(id1), &seq), 0);
     CHECK_EQ_INT(seq, s1);
@@ -270,10 +270,10 @@ static void test_ids(void)
     CHECK_EQ_INT(store_id_parse(s, id2, strlen(id2), &seq), 0);
     /* The old epoch paired with a seq of the new one is not ours. */
     store_id_format(e1, m.seq, idx);
-    CHECK_EQ_INT(store_id_parse(s, idx, strlen(idx), &seq), STORE_EUNKNOWN);
+    CHECK_EQ_INT(store_id_parse(s, idx, strlen(idx), &seq), SL_EUNKNOWN);
     /* Nor the new epoch paired with a seq committed before it began. */
     store_id_format(store_epoch(s), s1, idx);
-    CHECK_EQ_INT(store_id_parse(s, idx, strlen(idx), &seq), STORE_EUNKNOWN);
+    CHECK_EQ_INT(store_id_parse(s, idx, strlen(idx), &seq), SL_EUNKNOWN);
     /* A reopen that commits nothing does not grow the epoch table, and the
      * replaced epoch's IDs stay unknown. */
     store_close(s);
@@ -284,7 +284,7 @@ static void test_ids(void)
     store_id_format(e3, m.seq + 1, idx);
     m = mk("t", NULL, "3");
     CHECK_EQ_INT(store_append_batch(s, &m, 1, 3), 0);
-    CHECK_EQ_INT(store_id_parse(s, idx, strlen(idx), &seq), STORE_EUNKNOWN);
+    CHECK_EQ_INT(store_id_parse(s, idx, strlen(idx), &seq), SL_EUNKNOWN);
     store_close(s);
 
     /* Malformed. */
@@ -304,7 +304,7 @@ static void test_ids(void)
                          "zzzzzzzzzzzzzz-1",
                          "abc-99999999999999999999"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
-        CHECK_EQ_INT(store_id_parse(s, bad[i], strlen(bad[i]), &seq), STORE_EINVAL);
+        CHECK_EQ_INT(store_id_parse(s, bad[i], strlen(bad[i]), &seq), SL_EINVAL);
     /* Round trip at the extremes. */
     store_id_format(UINT64_MAX, UINT64_MAX, idx);
     CHECK_STR(idx, "3w5e11264sgsf-18446744073709551615");
@@ -320,8 +320,8 @@ static void test_ids(void)
         CHECK_EQ_INT(store_append_batch(s, &m, 1, 4), 0);
     }
     CHECK(m.seq >= s1);
-    CHECK_EQ_INT(store_id_parse(s, id1, strlen(id1), &seq), STORE_EUNKNOWN);
-    CHECK_EQ_INT(store_id_parse(s, id2, strlen(id2), &seq), STORE_EUNKNOWN);
+    CHECK_EQ_INT(store_id_parse(s, id1, strlen(id1), &seq), SL_EUNKNOWN);
+    CHECK_EQ_INT(store_id_parse(s, id2, strlen(id2), &seq), SL_EUNKNOWN);
     store_close(s);
     remove_dir(dir);
 }
@@ -370,7 +370,7 @@ static void test_restore(void)
         CHECK_EQ_INT(store_append_batch(s, &r, 1, 3), 0);
     }
     CHECK(store_last_seq(s) >= m.seq);
-    CHECK_EQ_INT(store_id_parse(s, id, strlen(id), &seq), STORE_EUNKNOWN);
+    CHECK_EQ_INT(store_id_parse(s, id, strlen(id), &seq), SL_EUNKNOWN);
     store_close(s);
     remove_dir(dir);
 }
@@ -481,7 +481,7 @@ static void test_map_growth(void)
     CHECK_EQ_INT(st.messages, acked);
     store_close(s);
 
-    /* A bounded map ends in STORE_EFULL, and keeps what was acknowledged.
+    /* A bounded map ends in SL_EFULL, and keeps what was acknowledged.
      * The bound shows at a checkpoint: at the latest when the 2 MiB log
      * fills, so write more than that. */
     wipe_dir(dir);
@@ -497,7 +497,7 @@ static void test_map_growth(void)
         rc = store_append_batch(s, m, 10, 1);
         if (rc == 0) acked += 10;
     }
-    CHECK_EQ_INT(rc, STORE_EFULL);
+    CHECK_EQ_INT(rc, SL_EFULL);
     CHECK(acked > 0);
     store_close(s);
     /* A store filled to its bound still opens under the same bound. */
@@ -512,7 +512,7 @@ static void test_map_growth(void)
 }
 
 /* Writes past RLIMIT_FSIZE fail with EFBIG, as a full disk fails with
- * ENOSPC: the batch fails with STORE_EFULL, the store stays usable, and
+ * ENOSPC: the batch fails with SL_EFULL, the store stays usable, and
  * what was acknowledged survives a reopen. */
 static void test_disk_full(void)
 {
@@ -548,13 +548,13 @@ static void test_disk_full(void)
     }
     /* The log's write fails first (EFBIG), then LMDB's, which a write cut
      * short by the limit reaches as EIO: either way the batch is refused. */
-    CHECK(rc == STORE_EFULL || rc == STORE_EIO);
+    CHECK(rc == SL_EFULL || rc == SL_EIO);
     /* Still full: fails again, cleanly. */
     struct store_msg again = mk("full", NULL, "");
     again.data = payload;
     again.data_len = sizeof payload;
     rc = store_append_batch(s, &again, 1, 3);
-    CHECK(rc == STORE_EFULL || rc == STORE_EIO);
+    CHECK(rc == SL_EFULL || rc == SL_EIO);
     CHECK_EQ_INT(setrlimit(RLIMIT_FSIZE, &old), 0);
     /* Space is back: the same handle writes again. */
     CHECK_EQ_INT(store_append_batch(s, &again, 1, 4), 0);
@@ -1057,7 +1057,7 @@ static int ro_child(const char *dir, long want)
         return 10;
     }
     struct store_msg m = mk("ro", NULL, "x");
-    if (store_append_batch(s, &m, 1, 1) != STORE_EROFS) return 11;
+    if (store_append_batch(s, &m, 1, 1) != SL_EROFS) return 11;
     for (int i = 0; i < 2000; i++) {
         struct topics_seen ts = {0};
         struct walk w = {.sparse = 1};
@@ -1208,7 +1208,7 @@ static void test_read_only_process(void)
     /* Read-only open of a missing store. */
     struct store *r = NULL;
     struct store_opts o = {.read_only = 1};
-    CHECK_EQ_INT(store_open(&r, "/tmp/sluice-no-such-store", &o, NULL, 0), STORE_ENOTFOUND);
+    CHECK_EQ_INT(store_open(&r, "/tmp/sluice-no-such-store", &o, NULL, 0), SL_ENOTFOUND);
     remove_dir(dir);
 }
 
@@ -1420,7 +1420,7 @@ static void test_truncated_file(void)
         struct store_opts o = {.read_only = ro};
         char err[512] = "";
         s = NULL;
-        CHECK_EQ_INT(store_open(&s, dir, &o, err, sizeof err), STORE_ECORRUPT);
+        CHECK_EQ_INT(store_open(&s, dir, &o, err, sizeof err), SL_ECORRUPT);
         CHECK(strstr(err, "truncated") != NULL);
         CHECK(s == NULL);
     }
@@ -1750,7 +1750,7 @@ static void test_idempotency(int relaxed)
     longkey[sizeof longkey - 1] = 0;
     struct store_msg bad = mkk("idem", "x", longkey);
     CHECK_EQ_INT(store_append_batch(s, &bad, 1, 8000), 0);
-    CHECK_EQ_INT(bad.status, STORE_EINVAL);
+    CHECK_EQ_INT(bad.status, SL_EINVAL);
     store_close(s);
     remove_dir(dir);
 

@@ -350,13 +350,13 @@ static void test_busy(void)
     CHECK_EQ_INT(writer_start(&w, s, &o), 0);
     struct writer_req r[8];
     one_byte_reqs(r, 8, "b");
-    r[1].topic_len = 0; /* invalid: completes with STORE_EINVAL */
+    r[1].topic_len = 0; /* invalid: completes with SL_EINVAL */
     /* The first request blocks the writer thread in its completion. */
     CHECK_EQ_INT(writer_submit(w, &r[0]), 0);
     gate_wait_entered(&g);
     for (int i = 1; i <= 4; i++)
         CHECK_EQ_INT(writer_submit(w, &r[i]), 0);
-    CHECK_EQ_INT(writer_submit(w, &r[5]), WRITER_EBUSY);
+    CHECK_EQ_INT(writer_submit(w, &r[5]), SL_EBUSY);
     struct writer_stats st;
     writer_stats(w, &st);
     CHECK_EQ_INT(st.queued, 4);
@@ -364,7 +364,7 @@ static void test_busy(void)
     writer_stop(w);
     CHECK_EQ_INT(atomic_load(&g.completed), 5);
     CHECK_EQ_INT(r[0].status, 0);
-    CHECK_EQ_INT(r[1].status, STORE_EINVAL);
+    CHECK_EQ_INT(r[1].status, SL_EINVAL);
     CHECK_EQ_INT(r[2].status, 0);
     CHECK(r[4].seq > r[2].seq);
     store_close(s);
