@@ -1,5 +1,5 @@
 """TLS: --tls-listen/--tls-cert/--tls-key, curl --cacert, openssl s_client
-(ALPN http/1.1, TLS 1.2 and 1.3 accepted, 1.1 refused, TLS 1.2 only with
+(ALPN h2 first, then http/1.1; TLS 1.2 and 1.3 accepted, 1.1 refused, TLS 1.2 only with
 forward-secret AEAD suites), the handshake
 timeout, and SIGHUP reloading the certificate for new connections while
 open ones go on."""
@@ -75,14 +75,20 @@ class TlsTest(SluiceTestCase):
         rc, out = s_client(self.s.tls_port, "-alpn", "http/1.1")
         self.assertIn("ALPN protocol: http/1.1", out)
 
-    def test_alpn_h2_not_selected(self):
+    def test_alpn_h2_selected(self):
+        """HTTP/2 is offered first (test_h2.py covers it)."""
         rc, out = s_client(self.s.tls_port, "-alpn", "h2")
-        self.assertNotIn("ALPN protocol: h2", out)
+        self.assertIn("ALPN protocol: h2", out)
         self.assertServes(self.s)
 
     def test_alpn_python(self):
         ctx = insecure_tls_context()
         ctx.set_alpn_protocols(["h2", "http/1.1"])
+        c = self.tls_conn(context=ctx)
+        self.assertEqual(c.sock.selected_alpn_protocol(), "h2")
+        c.close()
+        ctx = insecure_tls_context()
+        ctx.set_alpn_protocols(["http/1.1"])
         c = self.tls_conn(context=ctx)
         self.assertEqual(c.sock.selected_alpn_protocol(), "http/1.1")
         self.assertEqual(c.get("/ping").body, b"pong")

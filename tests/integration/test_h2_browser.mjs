@@ -1,0 +1,91 @@
+// HTTP/2 in a real browser (Debian's Chromium through playwright-core): a
+// page served by sluice over HTTPS opens 20 EventSources and one WebSocket
+// to its own origin; over HTTP/2 (ALPN h2) all of them open and receive.
+// The same page over plain HTTP/1.1 shows why that matters: Chromium opens
+// at most 6 connections per origin, so only 6 EventSources get through and
+// the other 14 wait.  apps/h2_browser_app.lua serves the page.
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import { after, before, describe, test } from 'node:test';
+import { chromium } from 'playwright-core';
+import { app, makeCert, publish, sleep, startServer, tmpdir, waitFor } from './lib.mjs';
+
+const CHROMIUM = process.env.SLUICE_CHROMIUM || '/usr/bin/chromium';
+const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync', '--no-first-run'];
+const N = 20;
+
+let srv;
+let browser;
+
+before(async () => {
+  await waitFor(() => fs.existsSync(CHROMIUM), 180000, `${CHROMIUM} to be installed`);
+  const certs = makeCert(tmpdir());
+  srv = await startServer(null, { app: app('h2_browser_app.lua'), tls: certs });
+  const spki = execFileSync('openssl', ['x509', '-in', certs.cert, '-pubkey', '-noout']).toString();
+  const der = crypto.createPublicKey(spki).export({ type: 'spki', format: 'der' });
+  const pin = crypto.createHash('sha256').update(der).digest('base64');
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [...ARGS, `--ignore-certificate-errors-spki-list=${pin}`],
+    timeout: 60000,
+  });
+});
+
+after(async () => {
+  if (browser) await browser.close().catch(() => {});
+  await srv?.kill();
+});
+
+async function openPage(t, url) {
+  const context = await browser.newContext();
+  t.after(() => context.close().catch(() => {}));
+  const page = await context.newPage();
+  page.setDefaultTimeout(15000);
+  const res = await page.goto(url, { timeout: 15000 });
+  assert.equal(res.status(), 200);
+  await page.waitForFunction(() => document.getElementById('status')?.textContent === 'running');
+  return page;
+}
+
+const rec = (page) => page.evaluate(() => window.received);
+
+async function metric(name) {
+  const res = await fetch(srv.url('/metrics'));
+  const m = (await res.text()).match(new RegExp(`^${name} (\\d+)$`, 'm'));
+  return m ? Number(m[1]) : null;
+}
+
+describe('HTTP/2 in Chromium', () => {
+  test('20 EventSources and a WebSocket on one origin over HTTPS all receive', async (t) => {
+    const tp = `h2br.${process.pid}.a`;
+    const page = await openPage(t, srv.httpsUrl(`/many?topic=${tp}&n=${N}`));
+    await page.waitForFunction((n) => window.received.opened.length === n && window.received.wsOpen,
+      N, { timeout: 15000 });
+    assert.equal((await rec(page)).protocol, 'h2');
+    for (let i = 0; i < N; i++) await publish(srv, `${tp}.${i}`, `hello ${i}`);
+    await publish(srv, `${tp}.ws`, 'hello ws');
+    await page.waitForFunction((n) => window.received.got.every((g, i) => g.includes(`hello ${i}`)) &&
+      window.received.ws.includes('hello ws') && window.received.got.length === n, N,
+    { timeout: 15000 });
+    // The streams are HTTP/2 streams of sluice (20 SSE, and the WebSocket
+    // too when Chromium used RFC 8441 for it).
+    assert.ok(await metric('sluice_http2_streams') >= N);
+  });
+
+  test('the same page over HTTP/1.1 stalls at 6 connections', async (t) => {
+    const tp = `h2br.${process.pid}.b`;
+    const page = await openPage(t, srv.url(`/many?topic=${tp}&n=${N}`));
+    assert.equal((await rec(page)).protocol, 'http/1.1');
+    await page.waitForFunction(() => window.received.opened.length >= 5 && window.received.wsOpen);
+    for (let i = 0; i < N; i++) await publish(srv, `${tp}.${i}`, `hello ${i}`);
+    await sleep(2000); // what can arrive has arrived by now
+    const r = await rec(page);
+    const got = r.got.filter((g, i) => g.includes(`hello ${i}`)).length;
+    assert.ok(r.opened.length <= 6, `opened ${r.opened.length}`);
+    assert.ok(got <= 6 && got >= 5, `received on ${got} of ${N}`);
+  });
+});
