@@ -261,6 +261,66 @@ seed("reload_with_streams", LUA, send(0, ws("/s/y")), send(1, get("/s/y?timeout=
      send(2, post("/p/y", b"Xafter")), run(3), send(0, text("Shi")), run(2))
 
 
+# --- HTTP/2 (test_h2.py): h2c with prior knowledge, streams as conns ---------------
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def h2(typ, flags, sid, payload=b""):
+    return struct.pack(">I", len(payload))[1:] + bytes([typ, flags]) + struct.pack(">I", sid) + payload
+
+
+def hpack_lit(headers):
+    """A header block of literals without indexing (no Huffman, no table):
+    every mutation of it stays readable."""
+    out = b""
+    for k, v in headers:
+        k, v = k.encode(), v.encode()
+        out += b"\x00" + bytes([len(k)]) + k + bytes([len(v)]) + v
+    return out
+
+
+def h2req(sid, method, path, *extra, end=True):
+    block = hpack_lit([(":method", method), (":scheme", "http"), (":path", path),
+                       (":authority", "x")] + list(extra))
+    return h2(1, 0x4 | (0x1 if end else 0), sid, block)
+
+
+H2_SETTINGS = h2(4, 0, 0)
+H2_SSE = ("accept", "text/event-stream")
+seed("h2_requests", DEFAULT, send(0, H2_PREFACE + H2_SETTINGS + h2req(1, "GET", "/healthz") +
+                                  h2req(3, "GET", "/topics/h", H2_SSE) +
+                                  h2req(5, "POST", "/topics/h", end=False) + h2(0, 1, 5, b"hello") +
+                                  h2req(7, "GET", "/topics/h?timeout=5")),
+     run(3), send(0, h2(3, 0, 7, b"\0\0\0\x08") + h2(6, 0, 0, b"12345678") +
+                  h2(8, 0, 3, b"\0\0\x10\0")), run(2),
+     send(0, h2(7, 0, 0, b"\0\0\0\x03\0\0\0\0")), run(2))
+seed("h2_lua", LUA, send(0, H2_PREFACE + H2_SETTINGS + h2req(1, "GET", "/s/y?timeout=5") +
+                            h2req(3, "POST", "/p/y", end=False) + h2(0, 1, 3, b"Xhi")), run(4), close(0))
+seed("h2_websocket", DEFAULT,
+     send(0, H2_PREFACE + H2_SETTINGS + h2req(1, "CONNECT", "/topics/w", (":protocol", "websocket"),
+                                               ("sec-websocket-version", "13"), end=False)),
+     run(2), send(0, h2(0, 0, 1, text("Sws") + PING(b"p"))), run(2), send(0, h2(0, 0, 1, CLOSE())), run(2))
+seed("h2_slow_reader", DEFAULT | SMALL_LIMITS | SMALL_BUFFERS,
+     send(0, H2_PREFACE + h2(4, 0, 0, b"\0\x04\0\0\x01\0") + h2req(1, "GET", "/topics/s", H2_SSE) +
+          h2req(3, "GET", "/topics/t", H2_SSE)),
+     run(2), mute(0), send(1, b"".join(post("/topics/s", b"m" * 900) for _ in range(8))), run(4),
+     send(1, post("/topics/t", b"tick")), mute(0), run(4))
+seed("h2_attacks", DEFAULT,
+     send(0, H2_PREFACE + H2_SETTINGS + h2(1, 0x1, 1, b"\x00") + h2(9, 0, 1) * 12), run(2),
+     send(1, H2_PREFACE + H2_SETTINGS * 120), run(2),
+     send(2, H2_PREFACE + b"".join(h2req(2 * i + 1, "GET", "/topics/r", H2_SSE) +
+                                   h2(3, 0, 2 * i + 1, b"\0\0\0\x08") for i in range(40))), run(2),
+     send(3, H2_PREFACE[:10]), run(), send(3, H2_PREFACE[10:] + b"garbage!" * 3), run(2))
+seed("h2_stop", DEFAULT, send(0, H2_PREFACE + H2_SETTINGS + h2req(1, "GET", "/topics/z", H2_SSE) +
+                              h2req(3, "GET", "/topics/z?timeout=5") +
+                              h2req(5, "CONNECT", "/topics/z", (":protocol", "websocket"),
+                                    ("sec-websocket-version", "13"), end=False)),
+     run(2), STOP, run(4))
+seed("h2_tls", DEFAULT | TLS, send(0, H2_PREFACE + H2_SETTINGS + h2req(1, "GET", "/topics/q", H2_SSE) +
+                                   h2req(3, "POST", "/topics/q", end=False) + h2(0, 1, 3, b"over tls")),
+     run(4), close(0))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     for name in os.listdir(OUT):
