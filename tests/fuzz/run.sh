@@ -43,6 +43,7 @@ build_conn() {
         { tail -40 "$out/build.log"; return 1; }
     local b=$out/build
     "$cc" "${flags[@]}" -I/usr/include/lua5.4 \
+        -Wl,--no-as-needed -lnghttp2 -Wl,--as-needed \
         "-DSLUICE_FUZZ_APP=\"$top/tests/fuzz/fuzz_conn_app.lua\"" "$top/tests/fuzz/fuzz_conn.c" \
         "$b/libsluice_lua.a" "$b/libsluice_core.a" "$b/libsluice_codec.a" "$b/libsluice_store.a" \
         "$b/libllhttp.a" -llua5.4-cjson -llua5.4 -llmdb -lev -lssl -lcrypto -lpthread -lm \
