@@ -233,7 +233,6 @@ void server_free_closed(server *srv);
  * in flight finish first, streams end through their on_shutdown. */
 void conn_shutdown(conn *c);
 
-#endif
 /* --- For h2.c: a connection carried inside another -------------------- */
 
 /* Initialises `c` (zeroed, the first member of the caller's stream
@@ -255,3 +254,4 @@ int conn_carried_input(conn *c, const char *data, size_t len, size_t max);
 /* The carried conn's output queue was emptied by its carrier. */
 void conn_carried_drained(conn *c);
 
+#endif
