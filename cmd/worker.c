@@ -2,6 +2,7 @@
 #include "cmd/worker.h"
 
 #include "core/log.h"
+#include "lua/http.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -146,6 +147,7 @@ static void *worker_main(void *arg)
      * of our own publishes so each publisher (a Lua task) gets its
      * answer.  No timer may start new ones meanwhile. */
     lx_runtime_stop_timers(&w->rt);
+    lx_http_shutdown(); /* requests still waiting (timers' tasks) are answered */
     while (hub_inflight(w->hub) > 0) {
         /* Publishes may wait for their worker to commit them (or to hand
          * them to the writer thread): do that first, or the loop would

@@ -9,6 +9,7 @@
  * Once a task is over budget every further hook raises again, so a script
  * that catches the error with pcall is stopped anyway. */
 #include "lua/api.h"
+#include "lua/http.h"
 #include "lua/internal.h"
 
 #include "core/log.h"
@@ -473,6 +474,8 @@ static int luaopen_sluice(lua_State *L)
     lx_open_publish(L);
     lx_open_timers(L);
     lx_open_crypto(L);
+    lx_open_http(L);
+    lx_open_jwt(L);
     push_json_table(L);
     lua_setfield(L, -2, "json");
     lua_pushliteral(L, SLUICE_VERSION);

@@ -3,6 +3,7 @@
  * leave the first one whole), and the argument checks the other sluice.*
  * functions share. */
 #include "lua/api.h"
+#include "lua/http.h"
 #include "lua/internal.h"
 
 #include "core/log.h"
@@ -214,6 +215,8 @@ static int l_config(lua_State *L)
             lua_Integer w = lx_field_integer(L, 1, "workers");
             if (w < 1 || w > 1024) return luaL_error(L, "sluice.config: workers must be 1..1024");
             cfg->workers = (int)w;
+        } else if (strcmp(k, "http") == 0) {
+            lx_http_config(L, app);
         } else if (strcmp(k, "limits") == 0) {
             config_limits(L, cfg);
             /* At once: the rest of the chunk runs under it too. */

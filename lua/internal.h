@@ -72,6 +72,10 @@ struct lx_app {
     /* The metatables every request uses, by registry ref (an array slot)
      * rather than by name (a string lookup: about 150 instructions). */
     int req_mt_ref, sub_mt_ref;
+    /* sluice.config{http = {...}} (http.c; 0: the default). */
+    struct {
+        int max_in_flight, max_webhooks, webhook_queue;
+    } http;
     /* Coroutines whose task returned, kept for the next task: a new
      * thread, its registry slot and its collection were about 6k of the
      * 52k instructions of a long-poll (callgrind). */
@@ -152,6 +156,9 @@ void lx_hide_metatable(lua_State *L, const char *tname);
  * sluice.jwt, sluice.hex (crypto.c) to the module table on the stack top. */
 void lx_open_timers(lua_State *L);
 void lx_open_crypto(lua_State *L);
+/* Adds sluice.jwt and sluice.jws (jwt.c), after sluice.http (they fetch
+ * key sets with it). */
+void lx_open_jwt(lua_State *L);
 
 /* Stops and frees a generation's timers (reload, exit). */
 void lx_cancel_timers(lx_app *app);

@@ -2,6 +2,7 @@
  * (on_publish, the checks of names), sluice.topic (retention), and the
  * Lua side of /metrics. */
 #include "lua/api.h"
+#include "lua/http.h"
 #include "lua/internal.h"
 
 #include "core/log.h"
@@ -294,7 +295,7 @@ static int l_topic(lua_State *L)
 static int l_metrics(lua_State *L)
 {
     lx_app *app = app_of(L);
-    metrics_extra extra[1 + BADEV_KINDS];
+    metrics_extra extra[1 + BADEV_KINDS + LX_HTTP_METRICS];
     size_t n = 0;
     extra[n++] = (metrics_extra){"sluice_script_errors_total", "counter",
                                  "Errors raised by the app's Lua code.", NULL, lx_script_errors()};
@@ -305,6 +306,7 @@ static int l_metrics(lua_State *L)
             "sluice_invalid_events_total", "counter",
             "Event names refused (not UTF-8, control characters, too long), by source.", labels[i],
             __atomic_load_n(&bad_events[i], __ATOMIC_RELAXED)};
+    n += lx_http_metrics(extra + n);
     size_t len;
     char *text = metrics_render(app->hub, extra, n, &len);
     if (!text) return luaL_error(L, "out of memory");
