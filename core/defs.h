@@ -2,7 +2,9 @@
  *
  * - STRLIT(s): a string literal and its length, counted by the compiler
  *   (a hand-counted length was once wrong: "Retry-After: 1\r\n" sent as 15
- *   bytes).  Use it wherever a literal goes with its length.
+ *   bytes).  Use it wherever a literal goes with its length; STR_IS and
+ *   STR_STARTS (and their _CASE forms, ASCII case-insensitive) compare n
+ *   bytes at p with a literal the same way.
  * - SLUICE_ASSERT(cond): an invariant of our own code.  Checked in the
  *   sanitizer and debug builds (SLUICE_ASSERTS), where a broken one aborts
  *   with the file and line; compiled out of release builds, which must not
@@ -13,8 +15,17 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <strings.h>
 
 #define STRLIT(s) ("" s), (sizeof(s) - 1)
+#define STR_IS(p, n, lit) ((size_t)(n) == sizeof(lit) - 1 && memcmp((p), "" lit, sizeof(lit) - 1) == 0)
+#define STR_IS_CASE(p, n, lit)                                                                     \
+    ((size_t)(n) == sizeof(lit) - 1 && strncasecmp((p), "" lit, sizeof(lit) - 1) == 0)
+#define STR_STARTS(p, n, lit)                                                                      \
+    ((size_t)(n) >= sizeof(lit) - 1 && memcmp((p), "" lit, sizeof(lit) - 1) == 0)
+#define STR_STARTS_CASE(p, n, lit)                                                                 \
+    ((size_t)(n) >= sizeof(lit) - 1 && strncasecmp((p), "" lit, sizeof(lit) - 1) == 0)
 
 #if defined(SLUICE_ASSERTS) || !defined(NDEBUG)
 #define SLUICE_ASSERT(cond)                                                                        \

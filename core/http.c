@@ -3,6 +3,8 @@
  * texts, dates, percent-decoding, query iteration) that have no I/O. */
 #include "core/http.h"
 
+#include "core/defs.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,7 +68,7 @@ static int on_url_complete(llhttp_t *l)
 {
     /* NUL after the URL so it can be used as a C string. */
     http_parser *p = parser_of(l);
-    if (arena_append(p, "", 1) < 0) return -1;
+    if (arena_append(p, "", 1) < 0) return -1; /* the NUL, 1 byte */
     return 0;
 }
 
@@ -176,10 +178,10 @@ static bool token_eq(const char *s, size_t len, const char *tok)
 static long absolute_prefix(const char *url, size_t len)
 {
     size_t s;
-    if (len >= 7 && strncasecmp(url, "http://", 7) == 0)
-        s = 7;
-    else if (len >= 8 && strncasecmp(url, "https://", 8) == 0)
-        s = 8;
+    if (STR_STARTS_CASE(url, len, "http://"))
+        s = sizeof("http://") - 1;
+    else if (STR_STARTS_CASE(url, len, "https://"))
+        s = sizeof("https://") - 1;
     else
         return 0;
     size_t e = s;
@@ -224,7 +226,7 @@ static int on_headers_complete(llhttp_t *l)
         h->name_len = p->hdr_off[i][1];
         h->value = p->arena + p->hdr_off[i][2];
         h->value_len = p->hdr_off[i][3];
-        if (h->name_len == 4 && strncasecmp(h->name, "host", 4) == 0) hosts++;
+        if (STR_IS_CASE(h->name, h->name_len, "host")) hosts++;
     }
     r->headers = p->headers;
     r->nheaders = p->nheaders;

@@ -80,7 +80,7 @@ static void put_fixed3(line *l, double v)
         return;
     }
     if (signbit(v)) { /* "-0.000" too, as printf has it */
-        put(l, "-", 1);
+        put(l, STRLIT("-"));
         v = -v;
     }
     unsigned long long a = (unsigned long long)(v * 1000.0 + 0.5);
@@ -93,7 +93,7 @@ static void put_fixed3(line *l, double v)
 static void put_json_str(line *l, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
-    put(l, "\"", 1);
+    put(l, STRLIT("\""));
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c == '"' || c == '\\') {
@@ -110,7 +110,7 @@ static void put_json_str(line *l, const char *s, size_t n)
             put(l, (const char *)&c, 1);
         }
     }
-    put(l, "\"", 1);
+    put(l, STRLIT("\""));
 }
 
 /* Text values are quoted when they hold spaces, quotes or control bytes, so
@@ -223,9 +223,9 @@ void log_fields(log_level level, const char *msg, const log_field *f, int n)
         puts_(&l, "\",\"msg\":");
         put_json_str(&l, msg, strlen(msg));
         for (int i = 0; i < n; i++) {
-            put(&l, ",", 1);
+            put(&l, STRLIT(","));
             put_json_str(&l, f[i].key, strlen(f[i].key));
-            put(&l, ":", 1);
+            put(&l, STRLIT(":"));
             if (f[i].type == LF_STR) {
                 const char *s = f[i].v.s ? f[i].v.s : "";
                 put_json_str(&l, s, f[i].slen >= 0 ? (size_t)f[i].slen : strlen(s));
@@ -235,17 +235,17 @@ void log_fields(log_level level, const char *msg, const log_field *f, int n)
                 put_fixed3(&l, f[i].v.d);
             }
         }
-        put(&l, "}", 1);
+        put(&l, STRLIT("}"));
     } else {
         put_timestamp(&l);
-        put(&l, " ", 1);
+        put(&l, STRLIT(" "));
         puts_(&l, level_names[level]);
-        put(&l, " ", 1);
+        put(&l, STRLIT(" "));
         puts_(&l, msg);
         for (int i = 0; i < n; i++) {
-            put(&l, " ", 1);
+            put(&l, STRLIT(" "));
             puts_(&l, f[i].key);
-            put(&l, "=", 1);
+            put(&l, STRLIT("="));
             if (f[i].type == LF_STR) {
                 const char *s = f[i].v.s ? f[i].v.s : "";
                 put_text_value(&l, s, f[i].slen >= 0 ? (size_t)f[i].slen : strlen(s));

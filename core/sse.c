@@ -192,7 +192,7 @@ int sse_parse(const char *in, size_t len, char *scratch, size_t scratch_cap,
     if (scratch_cap < len) return SL_ESPACE;
     if (len == 0) return 0;
     const char *p = in, *end = in + len;
-    if (len >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0) p += 3;
+    if (STR_STARTS(p, len, "\xEF\xBB\xBF")) p += 3; /* a UTF-8 BOM */
     size_t dlen = 0;         /* data buffer, in scratch */
     const char *type = NULL; /* event type buffer; NULL = empty */
     size_t type_len = 0;

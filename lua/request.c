@@ -232,11 +232,11 @@ static int l_req_index(lua_State *L)
     if (lua_type(L, 2) != LUA_TSTRING) return 0;
     size_t n;
     const char *k = lua_tolstring(L, 2, &n);
-    if (n == 9 && memcmp(k, "subscribe", 9) == 0) {
+    if (STR_IS(k, n, "subscribe")) {
         lua_pushcfunction(L, lx_req_subscribe);
         return 1;
     }
-    if (n == 6 && memcmp(k, "header", 6) == 0) {
+    if (STR_IS(k, n, "header")) {
         lua_pushcfunction(L, l_req_header);
         return 1;
     }
@@ -410,7 +410,7 @@ static void respond_from_results(lx_task *t, int nres)
                 lua_pop(L, 1);
                 continue;
             }
-            if (nl == 12 && strncasecmp(name, "content-type", 12) == 0) has_ctype = true;
+            if (STR_IS_CASE(name, nl, "content-type")) has_ctype = true;
             if (lua_istable(L, -1)) {
                 /* A list gives the header once per value (Set-Cookie). */
                 lua_Integer n = (lua_Integer)lua_rawlen(L, -1);

@@ -2,6 +2,8 @@
  * checksum, every database key by key, topics against their messages. */
 #include "storage/store_internal.h"
 
+#include "core/defs.h"
+
 /* ---- verification ------------------------------------------------------------ */
 
 struct verify {
@@ -75,7 +77,7 @@ struct vstate {
 static void v_meta(struct verify *v, const MDB_val *k, const MDB_val *d, void *arg)
 {
     (void)arg;
-    int migrated = k->mv_size == 8 && !memcmp(k->mv_data, "migrated", 8);
+    int migrated = STR_IS(k->mv_data, k->mv_size, "migrated");
     if (migrated ? d->mv_size != 12 : d->mv_size != 8)
         vreport(v, "meta: value of \"%.*s\" has %zu bytes",
                 (int)(k->mv_size > 40 ? 40 : k->mv_size), (const char *)k->mv_data, d->mv_size);
