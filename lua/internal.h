@@ -4,7 +4,8 @@
  * sluice.publish, topics and /metrics; subscribe.c req:subscribe, the
  * callbacks and the conn object; request.c a request's task, the lazy req
  * object and the answer; sandbox.c the allocator and the library guards;
- * timer.c the timers; crypto.c HMAC and JWT; pattern.c the string
+ * timer.c the timers; crypto.c HMAC; jwt.c JWT and JWS (RFC 7515, 7519);
+ * http.c sluice.http (its face: lua/http.h); pattern.c the string
  * library's pattern functions, with their work counted. */
 #ifndef SLUICE_LUA_INTERNAL_H
 #define SLUICE_LUA_INTERNAL_H

@@ -209,6 +209,10 @@ class JwtCase(SluiceTestCase):
     def setUp(self):
         self.s = self.start(APP)
 
+    def tearDown(self):
+        # Exit 0: under ASan, no key set or OpenSSL object leaked.
+        self.assertStopsCleanly(self.s)
+
     def verify(self, token, keys, opts=None, jws=False, path="/verify"):
         body = {"token": token, "keys": keys}
         if opts:

@@ -122,6 +122,10 @@ class HttpCase(SluiceTestCase):
         self.addCleanup(self.b.close)
         self.s = self.start(APP)
 
+    def tearDown(self):
+        # Exit 0 (under ASan: no leak, whatever was in flight).
+        self.assertStopsCleanly(self.s)
+
     def call(self, path, **kw):
         with self.s.conn(timeout=20) as c:
             r = c.get(path + ("?" + q(**kw) if kw else ""))
