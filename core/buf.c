@@ -3,6 +3,8 @@
  * connection's backlog instead of its lifetime. */
 #include "core/buf.h"
 
+#include "core/defs.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,13 +27,18 @@ buf_t *buf_from(const void *data, size_t len)
 
 buf_t *buf_ref(buf_t *b)
 {
-    __atomic_add_fetch(&b->refs, 1, __ATOMIC_RELAXED);
+    uint32_t was = __atomic_fetch_add(&b->refs, 1, __ATOMIC_RELAXED);
+    SLUICE_ASSERT(was > 0); /* a reference to a freed buffer */
+    (void)was;
     return b;
 }
 
 void buf_unref(buf_t *b)
 {
-    if (b && __atomic_sub_fetch(&b->refs, 1, __ATOMIC_ACQ_REL) == 0) free(b);
+    if (!b) return;
+    uint32_t was = __atomic_fetch_sub(&b->refs, 1, __ATOMIC_ACQ_REL);
+    SLUICE_ASSERT(was > 0); /* one unref too many */
+    if (was == 1) free(b);
 }
 
 /* Rings of the first size are recycled per thread: a subscriber that
@@ -106,6 +113,7 @@ static int outq_grow(outq_t *q)
 
 int outq_push(outq_t *q, buf_t *b, size_t off, size_t len)
 {
+    SLUICE_ASSERT(off <= b->len && len <= b->len - off);
     if (len == 0) return 0;
     if (q->count == q->cap && outq_grow(q) < 0) return SL_ENOMEM;
     outq_seg *s = &q->segs[(q->head + q->count) & (q->cap - 1)];

@@ -507,12 +507,17 @@ static void topic_maybe_drop(hub *h, hub_topic *t)
 
 void hub_msg_ref(hub_msg *m)
 {
-    __atomic_add_fetch(&m->refs, 1, __ATOMIC_RELAXED);
+    uint32_t was = __atomic_fetch_add(&m->refs, 1, __ATOMIC_RELAXED);
+    SLUICE_ASSERT(was > 0); /* a reference to a freed message */
+    (void)was;
 }
 
 void hub_msg_unref(hub_msg *m)
 {
-    if (!m || __atomic_sub_fetch(&m->refs, 1, __ATOMIC_ACQ_REL) > 0) return;
+    if (!m) return;
+    uint32_t was = __atomic_fetch_sub(&m->refs, 1, __ATOMIC_ACQ_REL);
+    SLUICE_ASSERT(was > 0); /* one unref too many */
+    if (was > 1) return;
     buf_unref(m->raw);
     buf_unref(m->json);
     buf_unref(m->sse);

@@ -242,6 +242,7 @@ void session_resume_point(const sub_session *s, const sub_request *r, const http
     /* The app's resume ID, then the standard places. */
     char idbuf[256];
     const char *id = r->last_event_id;
+        SLUICE_ASSERT(s->state == SESSION_CATCHING_UP);
     size_t idlen = r->last_event_id_len;
     if (!id) id = http_header_get(req, "last-event-id", &idlen);
     if (!id) {
@@ -354,6 +355,7 @@ sub_names *sub_names_copy(const char *const *names, const size_t *lens, int n)
         l->names[i] = p;
         l->lens[i] = lens[i];
         p += lens[i] + 1;
+    SLUICE_ASSERT(s->state == SESSION_LIVE); /* a session subscribes once */
     }
     return l;
 }

@@ -2,6 +2,8 @@
  * checkpoint thread that commits a sealed log, and trim and sweep. */
 #include "storage/store_internal.h"
 
+#include "core/defs.h"
+
 /* ---- the tail: logged, not yet in LMDB --------------------------------------- */
 
 struct tail_topic *st_tail_find(struct tail *t, const char *name, size_t len, uint64_t h)
@@ -76,6 +78,7 @@ static struct tail_msg *tail_ikey_find(const struct tail *t, const char *topic, 
 void st_tail_link(struct tail *t, struct tail_msg *m)
 {
     struct tail_topic *tt = m->topic;
+    SLUICE_ASSERT(!t->last || t->last->seq < m->seq); /* readers rely on seq order */
     m->next = m->topic_next = NULL;
     m->ikey_next = NULL;
     if (m->ikey_len && t->ikeys) {
