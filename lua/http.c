@@ -68,6 +68,10 @@ typedef struct http_ctx {
 } http_ctx;
 
 static __thread http_ctx *ctx;
+/* The thread's client has been shut down: calls that come later (a task
+ * resumed by the shutdown, an on_close as the server ends its connections)
+ * are refused instead of starting a client no loop will run. */
+static __thread bool ctx_closed;
 
 /* Process-wide counters for /metrics. */
 static struct {
@@ -156,7 +160,7 @@ static int timer_cb(CURLM *multi, long ms, void *userp)
 static http_ctx *get_ctx(void)
 {
     if (ctx) return ctx->closing ? NULL : ctx;
-    if (!lx_loop) return NULL;
+    if (!lx_loop || ctx_closed) return NULL;
     pthread_once(&curl_once, curl_init_once);
     if (!curl_ok) return NULL;
     http_ctx *x = calloc(1, sizeof(http_ctx));
@@ -444,9 +448,10 @@ static const char *read_opts(lua_State *L, call_opts *o, struct curl_slist **hea
     o->timeout = DEFAULT_TIMEOUT_S;
     o->max_body = DEFAULT_MAX_BODY;
     if (lua_type(L, 1) == LUA_TSTRING) {
-        o->url = lua_tostring(L, 1);
+        size_t ulen;
+        o->url = lua_tolstring(L, 1, &ulen);
         o->method = "GET";
-        return NULL;
+        return strlen(o->url) == ulen ? NULL : "malformed URL";
     }
     luaL_checktype(L, 1, LUA_TTABLE);
     static const char *const known[] = {"method", "url", "headers", "body", "timeout",
@@ -463,7 +468,9 @@ static const char *read_opts(lua_State *L, call_opts *o, struct curl_slist **hea
     }
     if (lua_getfield(L, 1, "url") != LUA_TSTRING)
         luaL_argerror(L, 1, "url must be a string");
-    o->url = lua_tostring(L, -1);
+    size_t ulen;
+    o->url = lua_tolstring(L, -1, &ulen);
+    if (strlen(o->url) != ulen) return "malformed URL"; /* a NUL would cut it short */
     lua_pop(L, 1); /* the table keeps it */
     if (lua_getfield(L, 1, "body") != LUA_TNIL) {
         if (lua_type(L, -1) != LUA_TSTRING) luaL_argerror(L, 1, "body must be a string");
@@ -501,7 +508,9 @@ static const char *read_opts(lua_State *L, call_opts *o, struct curl_slist **hea
     lua_pop(L, 1);
     if (lua_getfield(L, 1, "ca") != LUA_TNIL) {
         lx_check_field(L, 1, LUA_TSTRING, "ca");
-        o->ca = lua_tostring(L, -1);
+        size_t cl;
+        o->ca = lua_tolstring(L, -1, &cl);
+        if (strlen(o->ca) != cl) luaL_argerror(L, 1, "ca must be a file name");
     }
     lua_pop(L, 1);
     /* Headers last: they are the only part that allocates in C, and
@@ -761,6 +770,7 @@ void lx_http_shutdown(void)
         free(s);
     }
     ctx = NULL;
+    ctx_closed = true;
     free(x);
 }
 

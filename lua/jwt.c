@@ -896,6 +896,38 @@ static int keyset_len(lua_State *L)
     return 1;
 }
 
+/* The body of a JWKS URL -> key set | nil, reason: JSON of a JWK Set only.
+ * Never a secret (an error page served with 200 must not become an HMAC
+ * key anyone who can read it could sign with), and the set's "oct" keys
+ * are dropped: a symmetric key published at a URL is no secret. */
+static int l_parse_jwks(lua_State *L)
+{
+    size_t len;
+    const char *text = luaL_checklstring(L, 1, &len);
+    lua_settop(L, 1);
+    if (!push_json(L, text, len) || !lua_istable(L, -1)) return fail(L, "not a JWK Set");
+    if (lua_getfield(L, 2, "keys") != LUA_TTABLE) return fail(L, "not a JWK Set");
+    lua_pop(L, 1);
+    const char *why = keyset_from(L, 2);
+    if (why) return fail(L, why);
+    keyset *s = lua_touserdata(L, -1);
+    int kept = 0;
+    for (int i = 0; i < s->n; i++) {
+        if (s->keys[i].type == KT_OCT) {
+            jwk_clear(&s->keys[i]);
+        } else {
+            if (kept != i) {
+                s->keys[kept] = s->keys[i];
+                memset(&s->keys[i], 0, sizeof(s->keys[i])); /* one owner */
+            }
+            kept++;
+        }
+    }
+    s->n = kept;
+    if (kept == 0) return fail(L, "no public key in the JWK Set");
+    return 1;
+}
+
 /* Whether the running code may wait (a handler's or timer's own
  * coroutine): the JWKS layer fetches only there. */
 static int l_can_wait(lua_State *L)
@@ -1002,7 +1034,7 @@ static void push_jwks_layer(lua_State *L, lua_CFunction fn, int http)
     if (luaL_loadbuffer(L, JWKS_LUA, sizeof(JWKS_LUA) - 1, "=sluice.jwt") != LUA_OK)
         lua_error(L);
     lua_pushcfunction(L, fn);
-    lua_pushcfunction(L, l_jwt_keys);
+    lua_pushcfunction(L, l_parse_jwks);
     lua_getfield(L, http, "request");
     lua_pushcfunction(L, l_can_wait);
     lua_pushcfunction(L, l_clock);

@@ -323,9 +323,17 @@ class JwksTest(JwtCase):
         self.assertEqual(self.verify(t, url)["reason"], "key set fetch failed: cannot connect")
         self.assertEqual(self.verify(t, url)["reason"],
                          "key set not available (its last fetch failed)")
-        # A body that is no key set.
-        self.j.jwks = {"nothing": True}
-        self.assertIn("key set fetch failed", self.verify(t, self.j.url)["reason"])
+        # A body that is no key set is never taken for a secret (an HS256
+        # token signed with the page's text is refused), and a set's
+        # symmetric keys are dropped: a key published at a URL is public.
+        for i, (body, why) in enumerate((
+                ({"nothing": True}, "not a JWK Set"),
+                ("a-page-anyone-can-read", "not a JWK Set"),
+                ({"keys": [{"kty": "oct", "k": b64u("k" * 32)}]}, "no public key in the JWK Set"))):
+            self.j.jwks = body
+            url = self.j.url + "?%d" % i
+            forged = self.keys.token("HS256", json.dumps(body) if i else "x", {"sub": "x"})
+            self.assertEqual(self.verify(forged, url)["reason"], "key set fetch failed: " + why)
 
     def test_no_fetch_where_nothing_can_wait(self):
         self.j.jwks = {"keys": [dict(self.keys.jwk["rsa"], kid="k1")]}

@@ -334,6 +334,8 @@ class LifetimeTest(HttpCase):
             t.get("/timer?" + q(url=self.b.url("/slow?s=30")))
         self.b.wait_hits("/slow", 1)
         self.assertStopsCleanly(self.s)
+        self.assertTrue(self.s.find_logs(r"timer retry while stopping: shutting down"),
+                        self.s.log_text())
 
 
 class WebhookTest(HttpCase):

@@ -48,6 +48,14 @@ sluice.route("GET", "/timer", function(req)
   local o = opts_of(req.query)
   sluice.timer(0.001, function()
     local res, err = sluice.http.request(o)
+    -- Stopping: a second try, after a publish that waits for its commit
+    -- (resumed once the client is gone), is refused at once: no new
+    -- client starts on a loop that no longer runs.
+    if err == "shutting down" then
+      sluice.publish("hc.stopping", "x")
+      res, err = sluice.http.request(o)
+      sluice.log("info", "timer retry while stopping:", err)
+    end
     timer_result = res and { ok = true, status = res.status, body = res.body }
                        or { ok = false, err = err }
   end)
