@@ -334,6 +334,12 @@ static void schedule_turn(conn *c)
 static void schedule_flush(conn *c)
 {
     if (c->write_want) return; /* a blocked write waits for the watcher */
+    if (c->h2_stream) {
+        /* Straight to the session, which asks for its socket's turn: the
+         * socket's turn then finds every stream a fan-out reached. */
+        h2_stream_flush(c);
+        return;
+    }
     schedule_turn(c);
 }
 
@@ -363,7 +369,7 @@ void conn_want_turn(conn *c)
         return;
     }
     c->turn_wanted = true;
-    schedule_flush(c);
+    schedule_turn(c); /* write_want is not set (above) */
 }
 
 int conn_send(conn *c, buf_t *b, size_t off, size_t len)
@@ -471,7 +477,6 @@ static void flush(conn *c)
         int n = outq_iov(&c->out, iov, FLUSH_IOV);
         ssize_t w = io_writev(&c->io, iov, n);
         if (w > 0) {
-            c->sent += (uint64_t)w;
             outq_consume(&c->out, (size_t)w);
             if (!c->io.full) continue;
         }
@@ -510,7 +515,7 @@ void server_flush_pending(server *srv, size_t budget)
         c->in_pending = false;
         if (c->state != CONN_CLOSED && !c->write_want) {
             flush(c);
-            n++;
+            if (!c->h2_stream) n++; /* a stream's flush only hands its queue to the session */
         }
         conn_release(c);
     }

@@ -86,7 +86,6 @@ struct h2_conn {
     double rst_tokens, ctrl_tokens;
     ev_tstamp tokens_at;
     ev_tstamp active_at; /* last input, for the idle timeout */
-    buf_t *batch; /* frames gathered for the socket */
     bool dead;     /* its connection closed */
     bool in_recv, in_send, send_again;
     bool terminating; /* GOAWAY for an error submitted: read no more */
@@ -454,17 +453,22 @@ static ssize_t read_body(nghttp2_session *session, int32_t id, uint8_t *buf, siz
     return (ssize_t)n;
 }
 
+/* Frames are gathered here while a session writes, and pushed to the
+ * socket's queue in one buffer of their exact size: one allocation per
+ * batch, not per frame.  One connection owns the batch at a time; a send
+ * that nests inside another's (a stream's close callback reaching a
+ * second connection) writes its frames one by one. */
+static __thread char batch[SEND_BATCH];
+static __thread size_t batch_len;
+static __thread h2_conn *batch_owner;
+
 static int push_batch(h2_conn *h)
 {
-    buf_t *b = h->batch;
-    h->batch = NULL;
-    if (!b || b->len == 0) {
-        buf_unref(b);
-        return 0;
-    }
-    int r = conn_send(h->c, b, 0, b->len);
-    buf_unref(b);
-    return r;
+    if (batch_owner != h) return 0;
+    size_t n = batch_len;
+    batch_len = 0;
+    batch_owner = NULL;
+    return n && !h->dead ? conn_send_copy(h->c, batch, n) : 0;
 }
 
 static ssize_t on_send(nghttp2_session *session, const uint8_t *data, size_t length, int flags,
@@ -472,24 +476,20 @@ static ssize_t on_send(nghttp2_session *session, const uint8_t *data, size_t len
 {
     h2_conn *h = ud;
     if (h->dead) return NGHTTP2_ERR_CALLBACK_FAILURE;
-    size_t queued = h->c->out.bytes + (h->batch ? h->batch->len : 0);
+    size_t queued = h->c->out.bytes + (batch_owner == h ? batch_len : 0);
     size_t hw = h->c->srv->limits.max_output < HIGH_WATER ? h->c->srv->limits.max_output : HIGH_WATER;
     /* The socket's queue stays under its own output limit: an empty one
      * takes any frame. */
     if (queued > 0 && queued + length > hw) return NGHTTP2_ERR_WOULDBLOCK;
-    if (h->batch && h->batch->len + length > SEND_BATCH) {
-        if (push_batch(h) < 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
-    }
-    if (length >= SEND_BATCH) {
+    if (batch_owner == h && batch_len + length > SEND_BATCH && push_batch(h) < 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    if (length >= SEND_BATCH || (batch_owner && batch_owner != h)) {
         if (conn_send_copy(h->c, data, length) < 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
         return (ssize_t)length;
     }
-    if (!h->batch) {
-        if (!(h->batch = buf_new(SEND_BATCH))) return NGHTTP2_ERR_CALLBACK_FAILURE;
-        h->batch->len = 0;
-    }
-    memcpy(h->batch->data + h->batch->len, data, length);
-    h->batch->len += (uint32_t)length;
+    batch_owner = h;
+    memcpy(batch + batch_len, data, length);
+    batch_len += length;
     return (ssize_t)length;
 }
 
@@ -841,7 +841,10 @@ static void h2_free(server_deferred *d)
 {
     h2_conn *h = (h2_conn *)d;
     nghttp2_session_del(h->session);
-    buf_unref(h->batch);
+    if (batch_owner == h) { /* cannot be (h2_send pushes before it returns): be sure */
+        batch_owner = NULL;
+        batch_len = 0;
+    }
     free(h);
 }
 

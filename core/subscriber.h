@@ -95,21 +95,6 @@ const char *sub_first_topic(const sub_session *s, size_t *len, bool *wildcard);
  * client is too slow (it is then being closed with 1013), or SL_ENOMEM. */
 int sub_send(sub_session *s, const char *data, size_t len, bool binary);
 
-/* Why a session ended, for the line logged when a stream (WebSocket, SSE)
- * ends: the first reason given wins, so the admin or a slow-consumer
- * cut-off is not overwritten by the close they cause. */
-typedef enum sub_end_reason {
-    SUB_END_PEER = 0,     /* the client closed or the network failed */
-    SUB_END_SLOW,         /* cut off: output over max_output */
-    SUB_END_SHUTDOWN,     /* the server is stopping */
-    SUB_END_ADMIN,        /* closed through the admin API */
-    SUB_END_APP,          /* the app closed it (conn:close, expiry) */
-    SUB_END_REFUSED,      /* its publish was refused (WebSocket 1013) */
-    SUB_END_PROTOCOL,     /* the client broke the protocol or a limit */
-    SUB_END_ERROR,        /* an error of ours (storage, memory) */
-} sub_end_reason;
-void sub_set_end_reason(sub_session *s, sub_end_reason why);
-
 /* Ends the session: WebSocket close with `code` and `reason`; SSE and
  * long-poll end the response. */
 void sub_close(sub_session *s, unsigned code, const char *reason);
@@ -140,19 +125,7 @@ void sub_publish_refused(sub_session *s, const char *reason);
 typedef struct sub_stats {
     unsigned websocket, sse, longpoll;
     unsigned long long publish_refused;
-    /* Streams cut off because their output passed max_output (slow
-     * consumers), by transport. */
-    unsigned long long slow_websocket, slow_sse;
 } sub_stats;
 void sub_get_stats(sub_stats *st);
-
-/* The session a connection streams or holds (a WebSocket, an SSE stream,
- * a held long-poll), or NULL (plain HTTP, or none yet).  Loop thread. */
-sub_session *sub_session_of(conn *c);
-
-/* The i-th name the session follows (0 <= i < sub_topic_count): a topic,
- * or a prefix when *wildcard.  NULL past the end or once ended. */
-int sub_topic_count(const sub_session *s);
-const char *sub_topic_at(const sub_session *s, int i, size_t *len, bool *wildcard);
 
 #endif
