@@ -8,6 +8,7 @@
 #include "core/hub.h"
 #include "core/log.h"
 #include "core/server.h"
+#include "core/subscriber.h"
 #include "cmd/worker.h"
 #include "lua/api.h"
 #include "storage/store.h"
@@ -397,6 +398,10 @@ int main(int argc, char **argv)
         hub_free(first_hub);
         return 0;
     }
+    /* WebSocket settings of the script (core/subscriber.h), before any worker runs. */
+    if (cfg.max_ws_message) sub_defaults.ws_max_message = cfg.max_ws_message;
+    if (cfg.ws_deflate) sub_defaults.ws_deflate = cfg.ws_deflate > 0;
+    if (cfg.ws_deflate_min_set) sub_defaults.ws_deflate_min = cfg.ws_deflate_min;
 
     /* Flags win over the script's settings. */
     const char *tls_cert = o.tls_cert ? o.tls_cert : cfg.tls_cert;

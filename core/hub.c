@@ -11,6 +11,7 @@
 #include "core/sse.h"
 #include "core/utf8.h"
 #include "core/ws.h"
+#include "core/wsz.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -521,6 +522,8 @@ void hub_msg_unref(hub_msg *m)
     buf_unref(m->raw);
     buf_unref(m->json);
     buf_unref(m->sse);
+    buf_unref(m->zraw);
+    buf_unref(m->zjson);
     free(m->event);
     free(m->topic);
     free(m);
@@ -1097,6 +1100,76 @@ int hub_msg_ws(hub_msg *m, bool json, buf_t **b, size_t *off, size_t *len)
     *b = m->raw;
     *off = HUB_HEADROOM - m->raw_hdr;
     *len = m->raw_hdr + m->len;
+    return 0;
+}
+
+static hub_deflate_stats deflate_counts; /* atomics: any worker builds */
+
+void hub_deflate_get_stats(hub_deflate_stats *st)
+{
+    st->forms = __atomic_load_n(&deflate_counts.forms, __ATOMIC_RELAXED);
+    st->bytes_in = __atomic_load_n(&deflate_counts.bytes_in, __ATOMIC_RELAXED);
+    st->bytes_out = __atomic_load_n(&deflate_counts.bytes_out, __ATOMIC_RELAXED);
+    st->incompressible = __atomic_load_n(&deflate_counts.incompressible, __ATOMIC_RELAXED);
+}
+
+/* Compresses a form's payload into a new buffer with a frame header (RSV1
+ * set) in its headroom.  *out stays NULL when compressing saved nothing.
+ * False when memory is short. */
+static bool build_deflated(const uint8_t *data, size_t len, bool binary, buf_t **out,
+                           uint32_t *zlen, uint8_t *hdr)
+{
+    *out = NULL;
+    buf_t *zb = buf_new(HUB_HEADROOM + wsz_deflate_bound(len));
+    if (!zb) return false;
+    long n = wsz_deflate(data, len, (uint8_t *)zb->data + HUB_HEADROOM, zb->len - HUB_HEADROOM);
+    if (n < 0) {
+        buf_unref(zb);
+        return false;
+    }
+    __atomic_add_fetch(&deflate_counts.forms, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&deflate_counts.bytes_in, len, __ATOMIC_RELAXED);
+    if ((size_t)n >= len) {
+        __atomic_add_fetch(&deflate_counts.incompressible, 1, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&deflate_counts.bytes_out, len, __ATOMIC_RELAXED);
+        buf_unref(zb);
+        return true;
+    }
+    __atomic_add_fetch(&deflate_counts.bytes_out, (unsigned long long)n, __ATOMIC_RELAXED);
+    *hdr = put_ws_header(zb, (binary ? WS_OP_BINARY : WS_OP_TEXT) | WS_FRAME_COMPRESSED, (size_t)n);
+    *zlen = (uint32_t)n;
+    *out = zb;
+    return true;
+}
+
+int hub_msg_ws_deflated(hub_msg *m, bool json, buf_t **b, size_t *off, size_t *len)
+{
+    if (json) {
+        buf_t *jb;
+        size_t joff, jlen;
+        if (hub_msg_json(m, &jb, &joff, &jlen) < 0) return -1;
+        if (form_claim(&m->zjson_state)) {
+            bool ok = build_deflated((const uint8_t *)jb->data + joff, jlen, false, &m->zjson,
+                                     &m->zjson_len, &m->zjson_hdr);
+            form_done(&m->zjson_state, ok);
+            if (!ok) return -1;
+        }
+        if (!m->zjson) return 1;
+        *b = m->zjson;
+        *off = HUB_HEADROOM - m->zjson_hdr;
+        *len = m->zjson_hdr + (size_t)m->zjson_len;
+        return 0;
+    }
+    if (form_claim(&m->zraw_state)) {
+        bool ok = build_deflated((const uint8_t *)m->raw->data + HUB_HEADROOM, m->len, m->binary,
+                                 &m->zraw, &m->zraw_len, &m->zraw_hdr);
+        form_done(&m->zraw_state, ok);
+        if (!ok) return -1;
+    }
+    if (!m->zraw) return 1;
+    *b = m->zraw;
+    *off = HUB_HEADROOM - m->zraw_hdr;
+    *len = m->zraw_hdr + (size_t)m->zraw_len;
     return 0;
 }
 

@@ -71,6 +71,12 @@ typedef struct hub_msg {
     buf_t *json;                   /* HUB_HEADROOM bytes, then the JSON object */
     size_t json_len;
     buf_t *sse;         /* the whole SSE event */
+    /* permessage-deflate forms of the raw and JSON frames (hub_msg_ws_deflated):
+     * NULL once built when compressing did not make the payload smaller. */
+    buf_t *zraw, *zjson;
+    uint32_t zraw_len, zjson_len;   /* compressed payload bytes */
+    uint8_t zraw_state, zjson_state; /* built once across workers */
+    uint8_t zraw_hdr, zjson_hdr;
     const void *origin; /* who published it (skip_self); not stored */
     char id[HUB_ID_MAX];
     uint8_t id_len;
@@ -281,6 +287,21 @@ void hub_msg_unref(hub_msg *m);
 int hub_msg_ws(hub_msg *m, bool json, buf_t **b, size_t *off, size_t *len);
 int hub_msg_json(hub_msg *m, buf_t **b, size_t *off, size_t *len);
 int hub_msg_sse(hub_msg *m, buf_t **b);
+
+/* The permessage-deflate frame of the raw (json false) or JSON form:
+ * the payload compressed once (core/wsz.h) for every subscriber that
+ * negotiated the extension, its frame header with RSV1 set.  Returns 0
+ * with the range set, 1 when the compressed payload would not be smaller
+ * (send hub_msg_ws's frame instead), -1 when memory is short. */
+int hub_msg_ws_deflated(hub_msg *m, bool json, buf_t **b, size_t *off, size_t *len);
+
+/* Counters of the compressed forms built (once per message and form):
+ * payload bytes before and after, and forms left uncompressed because
+ * deflate did not make them smaller.  Any thread. */
+typedef struct hub_deflate_stats {
+    unsigned long long forms, bytes_in, bytes_out, incompressible;
+} hub_deflate_stats;
+void hub_deflate_get_stats(hub_deflate_stats *st);
 
 /* Counters for /metrics, summed over every hub on the bus (storage figures
  * read from the store).  Any hub's thread. */

@@ -115,6 +115,38 @@ char *metrics_render(const hub *h, const metrics_extra *extra, size_t nextra, si
     add(&t, "sluice_publish_latency_seconds_sum %.6f\n", hs.latency_sum);
     add(&t, "sluice_publish_latency_seconds_count %llu\n",
         (unsigned long long)hs.latency_buckets[HUB_LATENCY_BUCKETS]);
+    /* permessage-deflate (RFC 7692) on WebSocket connections. */
+    sub_deflate_stats zs;
+    sub_deflate_get_stats(&zs);
+    hub_deflate_stats zh;
+    hub_deflate_get_stats(&zh);
+    head(&t, "sluice_ws_deflate_negotiations_total", "counter",
+         "WebSocket handshakes by permessage-deflate outcome: accepted, offers declined for bad "
+         "parameters (no extension), handshakes refused for a malformed header (400).");
+    add(&t, "sluice_ws_deflate_negotiations_total{result=\"accepted\"} %llu\n", zs.negotiated);
+    add(&t, "sluice_ws_deflate_negotiations_total{result=\"declined\"} %llu\n", zs.declined);
+    add(&t, "sluice_ws_deflate_negotiations_total{result=\"refused\"} %llu\n", zs.refused);
+    head(&t, "sluice_ws_deflate_bytes_total", "counter",
+         "Payload bytes through permessage-deflate: messages compressed once for their "
+         "subscribers (out_plain before, out_compressed after) and client messages inflated "
+         "(in_compressed before, in_plain after).");
+    add(&t, "sluice_ws_deflate_bytes_total{dir=\"out_plain\"} %llu\n", zh.bytes_in);
+    add(&t, "sluice_ws_deflate_bytes_total{dir=\"out_compressed\"} %llu\n", zh.bytes_out);
+    add(&t, "sluice_ws_deflate_bytes_total{dir=\"in_compressed\"} %llu\n", zs.inflated_in);
+    add(&t, "sluice_ws_deflate_bytes_total{dir=\"in_plain\"} %llu\n", zs.inflated_out);
+    head(&t, "sluice_ws_deflate_messages_total", "counter",
+         "Messages through permessage-deflate: compressed forms built (once per message and "
+         "form), forms sent plain because deflate did not shrink them, client messages "
+         "inflated.");
+    add(&t, "sluice_ws_deflate_messages_total{kind=\"compressed\"} %llu\n", zh.forms);
+    add(&t, "sluice_ws_deflate_messages_total{kind=\"incompressible\"} %llu\n",
+        zh.incompressible);
+    add(&t, "sluice_ws_deflate_messages_total{kind=\"inflated\"} %llu\n", zs.inflated);
+    head(&t, "sluice_ws_deflate_refused_total", "counter",
+         "WebSocket clients closed for a compressed message: past limits.max_ws_message once "
+         "inflated (1009), or not valid deflate data (1007).");
+    add(&t, "sluice_ws_deflate_refused_total{reason=\"too_big\"} %llu\n", zs.too_big);
+    add(&t, "sluice_ws_deflate_refused_total{reason=\"bad_data\"} %llu\n", zs.bad_data);
     head(&t, "sluice_http_refused_total", "counter",
          "Requests refused by the HTTP layer before the app saw them, by status.");
     static const int refused[SERVER_REFUSAL_KINDS] = SERVER_REFUSAL_STATUSES;

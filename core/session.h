@@ -107,6 +107,11 @@ struct sub_session {
             uint8_t msg_op;
             bool pong_pending;
             uint16_t publishing; /* its publishes not yet committed */
+            /* permessage-deflate: 0 when not negotiated, else the
+             * client's server_max_window_bits (ws_deflate_fits) */
+            uint8_t deflate_bits;
+            struct wsz_inflater *inflater; /* only while a compressed
+                                            * client message is arriving */
         } ws;
         lp_state *lp;
     } t;

@@ -17,6 +17,8 @@ sub_config sub_defaults = {
     .sse_retry_ms = 2000,
     .ws_ping = 30,
     .ws_max_message = 1024 * 1024,
+    .ws_deflate = true,
+    .ws_deflate_min = 64,
 };
 
 /* Process-wide (every worker's connections): changed and read with

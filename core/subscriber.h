@@ -56,7 +56,10 @@ typedef struct sub_config {
     double sse_heartbeat;  /* seconds between SSE comment lines */
     unsigned sse_retry_ms; /* the reconnection hint sent first */
     double ws_ping;        /* seconds of silence before a ping */
-    size_t ws_max_message; /* bytes; larger client messages close with 1009 */
+    size_t ws_max_message; /* bytes; larger client messages close with 1009
+                            * (after inflation, with permessage-deflate) */
+    bool ws_deflate;       /* accept permessage-deflate offers */
+    size_t ws_deflate_min; /* messages shorter than this go uncompressed */
 } sub_config;
 
 extern sub_config sub_defaults;
@@ -127,5 +130,26 @@ typedef struct sub_stats {
     unsigned long long publish_refused;
 } sub_stats;
 void sub_get_stats(sub_stats *st);
+
+/* permessage-deflate on WebSocket connections, for /metrics: handshakes
+ * that negotiated it, offers declined (bad parameters: no extension) and
+ * handshakes refused (a Sec-WebSocket-Extensions that does not parse:
+ * 400); client messages inflated, their bytes before and after, and
+ * clients closed for a message past limits.max_ws_message once inflated
+ * (1009) or for data that did not inflate (1007). */
+typedef struct sub_deflate_stats {
+    unsigned long long negotiated, declined, refused;
+    unsigned long long inflated, inflated_in, inflated_out, too_big, bad_data;
+} sub_deflate_stats;
+void sub_deflate_get_stats(sub_deflate_stats *st);
+
+/* The session a connection streams or holds (a WebSocket, an SSE stream,
+ * a held long-poll), or NULL (plain HTTP, or none yet).  Loop thread. */
+sub_session *sub_session_of(conn *c);
+
+/* The i-th name the session follows (0 <= i < sub_topic_count): a topic,
+ * or a prefix when *wildcard.  NULL past the end or once ended. */
+int sub_topic_count(const sub_session *s);
+const char *sub_topic_at(const sub_session *s, int i, size_t *len, bool *wildcard);
 
 #endif

@@ -33,6 +33,11 @@ void ws_decoder_init(ws_decoder *d, uint64_t max_message, bool require_mask)
     d->hdr_need = 2;
 }
 
+void ws_decoder_allow_deflate(ws_decoder *d)
+{
+    d->deflate = true;
+}
+
 bool ws_decoder_closed(const ws_decoder *d)
 {
     return d->state == ST_CLOSED;
@@ -93,7 +98,11 @@ static int ws_header_start(ws_decoder *d)
     uint8_t b0 = d->hdr[0], b1 = d->hdr[1];
     unsigned op = b0 & 0x0F, len7 = b1 & 0x7F;
 
-    if (b0 & 0x70) return (int)ws_fail(d, WS_CLOSE_PROTOCOL_ERROR, "reserved bits set");
+    /* RSV1 is permessage-deflate's "compressed" bit, legal only on the
+     * first frame of a data message (RFC 7692 section 6). */
+    bool rsv1 = (b0 & 0x40) != 0;
+    if ((b0 & 0x30) || (rsv1 && (!d->deflate || (op != WS_OP_TEXT && op != WS_OP_BINARY))))
+        return (int)ws_fail(d, WS_CLOSE_PROTOCOL_ERROR, "reserved bits set");
     switch (op) {
     case WS_OP_CONT:
         if (!d->msg_opcode)
@@ -165,6 +174,7 @@ static void ws_header_end(ws_decoder *d)
     } else {
         if (d->opcode != WS_OP_CONT) {
             d->msg_opcode = d->opcode;
+            d->msg_compressed = (d->hdr[0] & 0x40) != 0;
             d->msg_size = 0;
             utf8_init(&d->utf8);
         }
@@ -253,7 +263,8 @@ ssize_t ws_decoder_feed(ws_decoder *d, uint8_t *data, size_t len, const ws_callb
         bool last = d->remaining == 0;
         bool msg_end = last && d->fin;
         unsigned mop = d->msg_opcode;
-        if (mop == WS_OP_TEXT) {
+        bool compressed = d->msg_compressed;
+        if (mop == WS_OP_TEXT && !compressed) {
             utf8_result r = utf8_feed(&d->utf8, p, n);
             if (r == UTF8_INVALID || (msg_end && r != UTF8_OK))
                 return ws_fail(d, WS_CLOSE_INVALID_DATA, "invalid UTF-8 in text message");
@@ -269,7 +280,9 @@ ssize_t ws_decoder_feed(ws_decoder *d, uint8_t *data, size_t len, const ws_callb
                 d->msg_size = 0;
             }
         }
-        if ((n || msg_end) && cb->on_data && cb->on_data(ud, (int)mop, chunk, n, msg_end))
+        int (*deliver)(void *, int, const uint8_t *, size_t, bool) =
+            compressed && cb->on_compressed ? cb->on_compressed : cb->on_data;
+        if ((n || msg_end) && deliver && deliver(ud, (int)mop, chunk, n, msg_end))
             return p - data;
         if (!last) return (ssize_t)len; /* p == end */
     }
@@ -281,7 +294,7 @@ ssize_t ws_decoder_feed(ws_decoder *d, uint8_t *data, size_t len, const ws_callb
 
 size_t ws_frame_header(uint8_t *out, int opcode, bool fin, uint64_t payload_len)
 {
-    out[0] = (uint8_t)((fin ? 0x80 : 0) | (opcode & 0x0F));
+    out[0] = (uint8_t)((fin ? 0x80 : 0) | (opcode & (WS_FRAME_COMPRESSED | 0x0F)));
     if (payload_len < 126) {
         out[1] = (uint8_t)payload_len;
         return 2;
@@ -436,4 +449,189 @@ bool ws_token_list_has(const char *value, size_t len, const char *token)
         if (i == tl) return true;
     }
     return false;
+}
+
+/* ---------------------------------------------------------------------------
+ * permessage-deflate negotiation
+ * ------------------------------------------------------------------------- */
+
+/* RFC 9110 tchar. */
+static bool ws_is_tchar(unsigned char c)
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
+    return c && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+/* A cursor over an extension list, RFC 6455 section 9.1:
+ *   list  = 1#( name *( OWS ";" OWS param ) )
+ *   param = token [ OWS "=" OWS ( token / quoted-string ) ]
+ * with the quoted string's content a token once unquoted (RFC 6455 9.1). */
+typedef struct ext_cursor {
+    const char *p, *end;
+} ext_cursor;
+
+static void ext_ows(ext_cursor *c)
+{
+    while (c->p < c->end && ws_is_ows(*c->p))
+        c->p++;
+}
+
+/* A token at the cursor into (*t, *tl); false when there is none. */
+static bool ext_token(ext_cursor *c, const char **t, size_t *tl)
+{
+    const char *s = c->p;
+    while (c->p < c->end && ws_is_tchar((unsigned char)*c->p))
+        c->p++;
+    *t = s;
+    *tl = (size_t)(c->p - s);
+    return *tl > 0;
+}
+
+/* A value: a token, or a quoted string whose content (after unescaping
+ * quoted pairs) must be a token; copied into out (cap bytes, NUL added).
+ * Returns its length, -1 for bad syntax, -2 when it does not fit. */
+static int ext_value(ext_cursor *c, char *out, size_t cap)
+{
+    size_t n = 0;
+    if (c->p < c->end && *c->p == '"') {
+        c->p++;
+        for (;;) {
+            if (c->p >= c->end) return -1;
+            char ch = *c->p++;
+            if (ch == '"') break;
+            if (ch == '\\') {
+                if (c->p >= c->end) return -1;
+                ch = *c->p++;
+            }
+            if (!ws_is_tchar((unsigned char)ch)) return -1;
+            if (n + 1 >= cap) return -2;
+            out[n++] = ch;
+        }
+        if (n == 0) return -1;
+    } else {
+        const char *t;
+        size_t tl;
+        if (!ext_token(c, &t, &tl)) return -1;
+        if (tl + 1 > cap) return -2;
+        memcpy(out, t, tl);
+        n = tl;
+    }
+    out[n] = '\0';
+    return (int)n;
+}
+
+static bool ext_name_is(const char *t, size_t tl, const char *name)
+{
+    size_t n = strlen(name);
+    if (tl != n) return false;
+    for (size_t i = 0; i < n; i++)
+        if (ws_lower(t[i]) != name[i]) return false;
+    return true;
+}
+
+/* A window size value: "8".."15" exactly (no sign, no leading zero). */
+static int ext_window_bits(const char *v, int vl)
+{
+    if (vl == 1 && v[0] == '8') return 8;
+    if (vl == 1 && v[0] == '9') return 9;
+    if (vl == 2 && v[0] == '1' && v[1] >= '0' && v[1] <= '5') return 10 + (v[1] - '0');
+    return -1;
+}
+
+enum {
+    PMD_SNCT = 1,  /* server_no_context_takeover */
+    PMD_CNCT = 2,  /* client_no_context_takeover */
+    PMD_SMWB = 4,  /* server_max_window_bits */
+    PMD_CMWB = 8,  /* client_max_window_bits */
+};
+
+int ws_deflate_negotiate(const char *value, size_t len, ws_deflate_params *out,
+                         unsigned *declined)
+{
+    ext_cursor c = {value, value + len};
+    unsigned ndeclined = 0;
+    int found = 0;
+
+    for (;;) {
+        /* Skip empty list elements (RFC 9110 5.6.1). */
+        while (c.p < c.end && (ws_is_ows(*c.p) || *c.p == ','))
+            c.p++;
+        if (c.p >= c.end) break;
+        const char *name;
+        size_t nl;
+        if (!ext_token(&c, &name, &nl)) return -1;
+        bool pmd = ext_name_is(name, nl, "permessage-deflate");
+        bool ok = pmd && !found;
+        unsigned seen = 0;
+        ws_deflate_params p = {.server_max_window_bits = 15};
+        ext_ows(&c);
+        while (c.p < c.end && *c.p == ';') {
+            c.p++;
+            ext_ows(&c);
+            const char *pn;
+            size_t pl;
+            if (!ext_token(&c, &pn, &pl)) return -1;
+            ext_ows(&c);
+            char v[16];
+            int vl = -3; /* no value */
+            if (c.p < c.end && *c.p == '=') {
+                c.p++;
+                ext_ows(&c);
+                vl = ext_value(&c, v, sizeof(v));
+                if (vl == -1) return -1;
+                ext_ows(&c);
+            }
+            if (!ok) continue; /* another extension's, or an offer already out */
+            unsigned bit = ext_name_is(pn, pl, "server_no_context_takeover")   ? PMD_SNCT
+                           : ext_name_is(pn, pl, "client_no_context_takeover") ? PMD_CNCT
+                           : ext_name_is(pn, pl, "server_max_window_bits")     ? PMD_SMWB
+                           : ext_name_is(pn, pl, "client_max_window_bits")     ? PMD_CMWB
+                                                                               : 0;
+            if (!bit || (seen & bit)) {
+                ok = false; /* unknown or repeated parameter */
+                continue;
+            }
+            seen |= bit;
+            if (bit == PMD_SNCT || bit == PMD_CNCT) {
+                if (vl != -3) ok = false; /* these take no value */
+            } else if (bit == PMD_SMWB) {
+                int w = vl >= 0 ? ext_window_bits(v, vl) : -1;
+                if (w < 0) {
+                    ok = false; /* a value is required, 8..15 */
+                } else {
+                    p.server_max_window_bits = (uint8_t)w;
+                    p.server_window_offered = true;
+                }
+            } else if (vl != -3 && (vl < 0 || ext_window_bits(v, vl) < 0)) {
+                ok = false; /* client_max_window_bits: none, or 8..15 */
+            }
+        }
+        if (c.p < c.end && *c.p != ',') return -1; /* junk after the offer */
+        if (ok) {
+            *out = p;
+            found = 1; /* the rest is still parsed: a bad list is a 400 */
+        } else if (pmd && !found) {
+            ndeclined++;
+        }
+    }
+    if (declined) *declined = ndeclined;
+    return found;
+}
+
+size_t ws_deflate_response(const ws_deflate_params *p, char *out)
+{
+    static const char base[] =
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+    size_t n = sizeof(base) - 1;
+    memcpy(out, base, n);
+    if (p->server_window_offered) {
+        static const char w[] = "; server_max_window_bits=";
+        memcpy(out + n, w, sizeof(w) - 1);
+        n += sizeof(w) - 1;
+        unsigned b = p->server_max_window_bits;
+        if (b >= 10) out[n++] = (char)('0' + b / 10);
+        out[n++] = (char)('0' + b % 10);
+    }
+    out[n] = '\0';
+    return n;
 }

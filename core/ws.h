@@ -14,8 +14,12 @@
  * one published payload be framed once and shared by every subscriber.
  *
  * The handshake helpers compute Sec-WebSocket-Accept (SHA-1 from libcrypto),
- * check Sec-WebSocket-Key, and search the comma-separated token lists of
- * Connection, Upgrade and Sec-WebSocket-Protocol. */
+ * check Sec-WebSocket-Key, search the comma-separated token lists of
+ * Connection, Upgrade and Sec-WebSocket-Protocol, and negotiate the
+ * permessage-deflate extension (RFC 7692) from Sec-WebSocket-Extensions.
+ * The codec itself never compresses: with the extension on, the decoder
+ * lets RSV1 mark a message's first frame and hands that message's bytes,
+ * still compressed, to on_compressed; core/wsz.h inflates them. */
 #ifndef SLUICE_CORE_WS_H
 #define SLUICE_CORE_WS_H
 
@@ -77,6 +81,11 @@ enum ws_close_code {
  *   fin is seen.  The decoder has checked the message size limit already.
  * on_ping / on_pong: a whole ping or pong frame, its payload (0..125 bytes).
  *   The reply to a ping (a pong with the same payload) is the caller's job.
+ * on_compressed: like on_data, for a message whose first frame had RSV1 set
+ *   (permessage-deflate, only once ws_decoder_allow_deflate was called):
+ *   the bytes are the compressed payload, not checked as UTF-8 (the caller
+ *   checks the inflated text) and bounded by max_message as sent.  When it
+ *   is NULL such messages go to on_data.
  * on_close: a whole, valid close frame.  code is the status it carries, or
  *   WS_CLOSE_NO_STATUS (1005) if it had none; reason is its UTF-8 reason
  *   (len 0..123, not NUL-terminated).  The decoder is finished afterwards
@@ -87,6 +96,7 @@ typedef struct ws_callbacks {
     int (*on_ping)(void *ud, const uint8_t *payload, size_t len);
     int (*on_pong)(void *ud, const uint8_t *payload, size_t len);
     int (*on_close)(void *ud, unsigned code, const char *reason, size_t len);
+    int (*on_compressed)(void *ud, int opcode, const uint8_t *data, size_t len, bool fin);
 } ws_callbacks;
 
 /* Decoder state.  The caller owns it (embed it in the connection); it owns
@@ -94,7 +104,9 @@ typedef struct ws_callbacks {
  * err_reason, readable after ws_decoder_feed returned -1.
  *
  * Rules enforced (close code): client frames masked (1002, if required);
- * RSV bits clear (1002); opcode known (1002); control frames final and at
+ * RSV bits clear (1002), except RSV1 on the first frame of a text or binary
+ * message once permessage-deflate is on (RSV1 on a continuation or control
+ * frame stays 1002: RFC 7692 section 6); opcode known (1002); control frames final and at
  * most 125 bytes (1002); continuation only inside a message, a new text or
  * binary frame only outside one (1002); a 64-bit length below 2^63 (1002);
  * a message's total size within max_message, checked from each frame's
@@ -106,6 +118,7 @@ typedef struct ws_decoder {
     /* limits */
     uint64_t max_message; /* 0: none */
     bool require_mask;
+    bool deflate; /* permessage-deflate negotiated: RSV1 allowed (see above) */
     /* current frame */
     uint8_t state;
     uint8_t hdr_have, len_end, hdr_need;
@@ -118,6 +131,7 @@ typedef struct ws_decoder {
     uint64_t remaining;
     /* current data message (msg_opcode 0: none in progress) */
     uint8_t msg_opcode;
+    bool msg_compressed; /* its first frame had RSV1 */
     uint64_t msg_size;
     utf8_state utf8;
     /* control frame payload, gathered whole */
@@ -135,6 +149,11 @@ typedef struct ws_decoder {
  * false accepts masked and unmasked frames alike (a client reading server
  * frames, or tests).  No extension is negotiated, so RSV bits are errors. */
 void ws_decoder_init(ws_decoder *d, uint64_t max_message, bool require_mask);
+
+/* ws_decoder_allow_deflate: permessage-deflate was negotiated: from now on
+ * RSV1 on the first frame of a text or binary message marks it compressed
+ * and its bytes go to on_compressed.  Call it after ws_decoder_init. */
+void ws_decoder_allow_deflate(ws_decoder *d);
 
 /* ws_decoder_feed: consume len bytes of the stream from the peer.
  *
@@ -186,9 +205,14 @@ bool ws_close_code_valid(unsigned code);
  * Encoder (server to client: never masked)
  * ------------------------------------------------------------------------- */
 
+/* Or'ed into ws_frame_header's opcode: set RSV1, the frame (the first, or
+ * only, of a message) carries a permessage-deflate payload. */
+#define WS_FRAME_COMPRESSED 0x40
+
 /* ws_frame_header: write the header of one unmasked frame into out (room for
  * WS_MAX_HEADER bytes) and return its length (2, 4 or 10), using the
- * shortest length encoding.  opcode is a WS_OP_* value; fin false starts or
+ * shortest length encoding.  opcode is a WS_OP_* value, with
+ * WS_FRAME_COMPRESSED or'ed in for a compressed message; fin false starts or
  * continues a fragmented message.  The caller sends payload_len bytes of
  * payload after it and keeps control frames within 125 bytes and FIN set. */
 size_t ws_frame_header(uint8_t *out, int opcode, bool fin, uint64_t payload_len);
@@ -246,5 +270,60 @@ bool ws_token_next(const char **pos, const char *end, const char **tok, size_t *
  * "Connection: keep-alive, Upgrade" and token "upgrade", true.  Call it once
  * per header line when a header repeats (the elements add up). */
 bool ws_token_list_has(const char *value, size_t len, const char *token);
+
+/* ---------------------------------------------------------------------------
+ * permessage-deflate negotiation (RFC 7692 sections 5 and 7.1)
+ * ------------------------------------------------------------------------- */
+
+/* What the server agreed to.  sluice always compresses without context
+ * takeover, so that one compressed frame of a message can be shared by
+ * every subscriber (the response says server_no_context_takeover), and
+ * always asks the client for client_no_context_takeover (section 7.1.1.2
+ * lets the server ask whether or not the offer had it), so that nothing of
+ * zlib outlives a message on either side and an idle connection holds no
+ * inflate state. */
+typedef struct ws_deflate_params {
+    /* The client's window for what the server sends (server_max_window_bits
+     * of the offer, 8..15; 15 when the offer had none).  sluice compresses
+     * with a 2^15 window, whose matches never reach further back than the
+     * message's length: a message of at most 2^bits bytes fits any such
+     * client; longer ones go to it uncompressed (section 7.2.1 lets any
+     * message go uncompressed).  Echoed in the response when offered. */
+    uint8_t server_max_window_bits;
+    bool server_window_offered;
+} ws_deflate_params;
+
+/* ws_deflate_negotiate: reads one Sec-WebSocket-Extensions header value
+ * (len bytes: a comma-separated list of offers, each a name and
+ * ;-separated parameters, values as tokens or quoted strings) and takes
+ * the first permessage-deflate offer the server can accept.  Pure: no
+ * allocation, any bytes.  Offers of other extensions are skipped.  An
+ * offer is declined (section 7.1: the next one is tried) when it has an
+ * unknown parameter, a parameter twice, a value where none belongs, or a
+ * window size outside 8..15.  Returns:
+ *    1  accepted: *out is filled (call ws_deflate_response for the answer);
+ *    0  no acceptable offer in this value: no extension (the handshake goes
+ *       on without it); *declined counts the permessage-deflate offers
+ *       declined (may be NULL);
+ *   -1  the value does not parse as an extension list (RFC 6455 section
+ *       9.1): the server may fail the handshake with 400.
+ * A header that repeats gives one value per line: call it on each, in
+ * order, until one returns 1. */
+int ws_deflate_negotiate(const char *value, size_t len, ws_deflate_params *out,
+                         unsigned *declined);
+
+/* ws_deflate_response: the Sec-WebSocket-Extensions value that accepts p
+ * ("permessage-deflate; server_no_context_takeover;
+ * client_no_context_takeover[; server_max_window_bits=N]") into out (room
+ * for WS_DEFLATE_RESPONSE_MAX bytes with the NUL); returns its length. */
+#define WS_DEFLATE_RESPONSE_MAX 112
+size_t ws_deflate_response(const ws_deflate_params *p, char *out);
+
+/* ws_deflate_fits: whether a message of len bytes may go compressed to a
+ * client with these parameters (see server_max_window_bits). */
+static inline bool ws_deflate_fits(const ws_deflate_params *p, uint64_t len)
+{
+    return p->server_max_window_bits >= 15 || len <= (1ULL << p->server_max_window_bits);
+}
 
 #endif

@@ -6,6 +6,7 @@
 
 #include "core/defs.h"
 #include "core/log.h"
+#include "core/wsz.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +39,41 @@ static bool header_has(const http_request *req, const char *name, const char *to
 }
 
 static void ws_session_close(sub_session *s, unsigned code, const char *reason);
+
+static sub_deflate_stats deflate_counts; /* relaxed atomics: every worker */
+#define DEFLATE_COUNT(field, n) __atomic_add_fetch(&deflate_counts.field, (n), __ATOMIC_RELAXED)
+
+void sub_deflate_get_stats(sub_deflate_stats *st)
+{
+    unsigned long long *dst = (unsigned long long *)st, *src = (unsigned long long *)&deflate_counts;
+    for (size_t i = 0; i < sizeof(*st) / sizeof(*dst); i++)
+        dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+}
+
+static log_limit deflate_log = LOG_LIMIT_INIT;
+
+/* permessage-deflate from the request's Sec-WebSocket-Extensions lines, in
+ * order: 1 accepted (*p set), 0 none, -1 a line that does not parse. */
+static int ws_negotiate_deflate(const http_request *req, ws_deflate_params *p)
+{
+    unsigned declined = 0;
+    int rc = 0;
+    for (int i = 0; i < req->nheaders && rc == 0; i++) {
+        const http_header *h = &req->headers[i];
+        if (h->name_len != 24 || strncasecmp(h->name, "sec-websocket-extensions", 24) != 0)
+            continue;
+        unsigned d = 0;
+        rc = ws_deflate_negotiate(h->value, h->value_len, p, &d);
+        declined += d;
+    }
+    if (declined) {
+        DEFLATE_COUNT(declined, declined);
+        LOG_KV_LIMITED(&deflate_log, 1.0, LOG_INFO,
+                       "websocket: permessage-deflate offer declined (bad parameters)",
+                       LOG_I("offers", declined));
+    }
+    return rc;
+}
 
 /* An Upgrade to anything but websocket (h2c) is ignored, as RFC 9110 lets
  * a server do: the request goes on as plain HTTP. */
@@ -90,17 +126,32 @@ static int ws_start(sub_session *s, const sub_request *r, const http_request *re
             return 400;
         }
     }
+    ws_deflate_params zp;
+    int zrc = sub_defaults.ws_deflate ? ws_negotiate_deflate(req, &zp) : 0;
+    if (zrc < 0) {
+        DEFLATE_COUNT(refused, 1);
+        *why = "bad Sec-WebSocket-Extensions";
+        return 400;
+    }
+    char zresp[WS_DEFLATE_RESPONSE_MAX];
+    if (zrc == 1) {
+        ws_deflate_response(&zp, zresp);
+        s->t.ws.deflate_bits = zp.server_max_window_bits;
+        DEFLATE_COUNT(negotiated, 1);
+    }
     char fmt[16];
     s->json = r->json == 1 || (r->json == -1 && query_param(req, "format", fmt, sizeof(fmt)) >= 0 &&
                                strcmp(fmt, "json") == 0);
     /* The frame decoder is made when bytes arrive (ws_on_data). */
 
-    char head[512];
+    char head[640];
     int n = snprintf(head, sizeof(head),
                      "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                     "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s%s%s\r\n",
+                     "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s%s%s%s%s%s\r\n",
                      accept, r->protocol ? "Sec-WebSocket-Protocol: " : "",
-                     r->protocol ? r->protocol : "", r->protocol ? "\r\n" : "");
+                     r->protocol ? r->protocol : "", r->protocol ? "\r\n" : "",
+                     zrc == 1 ? "Sec-WebSocket-Extensions: " : "", zrc == 1 ? zresp : "",
+                     zrc == 1 ? "\r\n" : "");
     if (n < 0 || (size_t)n >= sizeof(head)) {
         *why = "subprotocol name too long";
         return 400;
@@ -145,11 +196,30 @@ static void ws_send_control(sub_session *s, int opcode, const void *payload, siz
         ws_session_close(s, WS_CLOSE_TRY_AGAIN_LATER, "slow consumer");
 }
 
+/* The message's compressed frame for this client, when it negotiated
+ * permessage-deflate and the message is long enough and fits its window:
+ * 0 with the range set, 1 to send the plain frame, -1 no memory. */
+static int ws_deflated_form(sub_session *s, hub_msg *m, buf_t **b, size_t *off, size_t *len)
+{
+    if (!s->t.ws.deflate_bits) return 1;
+    size_t plain;
+    if (s->json) {
+        if (hub_msg_json(m, b, off, &plain) < 0) return -1;
+    } else {
+        plain = m->len;
+    }
+    ws_deflate_params p = {.server_max_window_bits = s->t.ws.deflate_bits};
+    if (plain < sub_defaults.ws_deflate_min || !ws_deflate_fits(&p, plain)) return 1;
+    return hub_msg_ws_deflated(m, s->json, b, off, len);
+}
+
 static void ws_send_msg(sub_session *s, hub_msg *m)
 {
     buf_t *b;
     size_t off, len;
-    if (hub_msg_ws(m, s->json, &b, &off, &len) < 0 || conn_send(s->c, b, off, len) < 0) {
+    int z = ws_deflated_form(s, m, &b, &off, &len);
+    if (z < 0 || (z == 1 && hub_msg_ws(m, s->json, &b, &off, &len) < 0) ||
+        conn_send(s->c, b, off, len) < 0) {
         LOG_KV(LOG_INFO, "websocket subscriber cut off: output over the limit",
                LOG_I("queued", s->c->out.bytes));
         ws_session_close(s, WS_CLOSE_TRY_AGAIN_LATER, "slow consumer");
@@ -169,28 +239,93 @@ static void ws_send_gap(sub_session *s, const char *topic, size_t len)
 
 /* ---- client frames -------------------------------------------------------- */
 
+/* Appends to the message being assembled; 0, or 1 when out of memory
+ * (the session is then closing). */
+static int ws_msg_append(void *ud, const uint8_t *data, size_t len)
+{
+    sub_session *s = ud;
+    if (s->t.ws.msg_len + len > s->t.ws.msg_cap) {
+        size_t ncap = s->t.ws.msg_cap ? s->t.ws.msg_cap : 256;
+        while (ncap < s->t.ws.msg_len + len)
+            ncap *= 2;
+        char *nm = realloc(s->t.ws.msg, ncap);
+        if (!nm) {
+            ws_session_close(s, WS_CLOSE_INTERNAL_ERROR, "out of memory");
+            return 1;
+        }
+        s->t.ws.msg = nm;
+        s->t.ws.msg_cap = ncap;
+    }
+    memcpy(s->t.ws.msg + s->t.ws.msg_len, data, len);
+    s->t.ws.msg_len += len;
+    return 0;
+}
+
+static int ws_msg_end(sub_session *s);
+
 static int on_frame_data(void *ud, int opcode, const uint8_t *data, size_t len, bool fin)
 {
     sub_session *s = ud;
     if (s->t.ws.msg_len == 0) s->t.ws.msg_op = (uint8_t)opcode;
-    if (len) {
-        /* The decoder bounds the total by ws_max_message. */
-        if (s->t.ws.msg_len + len > s->t.ws.msg_cap) {
-            size_t ncap = s->t.ws.msg_cap ? s->t.ws.msg_cap : 256;
-            while (ncap < s->t.ws.msg_len + len)
-                ncap *= 2;
-            char *nm = realloc(s->t.ws.msg, ncap);
-            if (!nm) {
-                ws_session_close(s, WS_CLOSE_INTERNAL_ERROR, "out of memory");
-                return 1;
-            }
-            s->t.ws.msg = nm;
-            s->t.ws.msg_cap = ncap;
+    /* The decoder bounds the total by ws_max_message. */
+    if (len && ws_msg_append(s, data, len)) return 1;
+    return fin ? ws_msg_end(s) : 0;
+}
+
+static log_limit inflate_log = LOG_LIMIT_INIT;
+
+/* A chunk of a compressed message: inflated into the message buffer under
+ * the same bound on its inflated size, the stream made at its first chunk
+ * and freed at its last (client_no_context_takeover was asked for). */
+static int on_frame_compressed(void *ud, int opcode, const uint8_t *data, size_t len, bool fin)
+{
+    sub_session *s = ud;
+    if (!s->t.ws.inflater) {
+        s->t.ws.msg_op = (uint8_t)opcode;
+        if (!(s->t.ws.inflater = wsz_inflater_new())) {
+            ws_session_close(s, WS_CLOSE_INTERNAL_ERROR, "out of memory");
+            return 1;
         }
-        memcpy(s->t.ws.msg + s->t.ws.msg_len, data, len);
-        s->t.ws.msg_len += len;
     }
+    uint64_t total = s->t.ws.msg_len;
+    int rc = wsz_inflate(s->t.ws.inflater, data, len, fin, sub_defaults.ws_max_message, &total,
+                         ws_msg_append, s);
+    if (rc == WSZ_STOPPED || session_ended(s)) return 1;
+    if (rc != WSZ_OK) {
+        char remote[64];
+        bool big = rc == WSZ_TOO_BIG;
+        if (big)
+            DEFLATE_COUNT(too_big, 1);
+        else if (rc == WSZ_BAD_DATA)
+            DEFLATE_COUNT(bad_data, 1);
+        LOG_KV_LIMITED(&inflate_log, 1.0, LOG_INFO,
+                       big ? "websocket client closed: message too big once inflated"
+                           : "websocket client closed: its message did not inflate",
+                       LOG_S("remote", conn_remote_addr(s->c, remote, sizeof(remote))));
+        ws_session_close(s,
+                         big                     ? WS_CLOSE_TOO_BIG
+                         : rc == WSZ_NO_MEMORY   ? WS_CLOSE_INTERNAL_ERROR
+                                                 : WS_CLOSE_INVALID_DATA,
+                         big ? "message too big" : rc == WSZ_NO_MEMORY ? "out of memory"
+                                                                       : "bad compressed data");
+        return 1;
+    }
+    DEFLATE_COUNT(inflated_in, len);
     if (!fin) return 0;
+    wsz_inflater_free(s->t.ws.inflater);
+    s->t.ws.inflater = NULL;
+    DEFLATE_COUNT(inflated, 1);
+    DEFLATE_COUNT(inflated_out, s->t.ws.msg_len);
+    if (s->t.ws.msg_op == WS_OP_TEXT && !utf8_valid(s->t.ws.msg, s->t.ws.msg_len)) {
+        ws_session_close(s, WS_CLOSE_INVALID_DATA, "invalid UTF-8 in text message");
+        return 1;
+    }
+    return ws_msg_end(s);
+}
+
+/* The whole message is in the buffer: hand it to the app. */
+static int ws_msg_end(sub_session *s)
+{
     if (session_ended(s)) return 1;
     if (s->hooks && s->hooks->on_message)
         s->hooks->on_message(s->hooks_ud, s, s->t.ws.msg ? s->t.ws.msg : "", s->t.ws.msg_len,
@@ -229,6 +364,7 @@ static int on_frame_close(void *ud, unsigned code, const char *reason, size_t le
 
 static const ws_callbacks frame_callbacks = {
     .on_data = on_frame_data,
+    .on_compressed = on_frame_compressed,
     .on_ping = on_frame_ping,
     .on_pong = on_frame_pong,
     .on_close = on_frame_close,
@@ -245,6 +381,7 @@ static void ws_on_data(conn *c, void *state, char *data, size_t len)
             return;
         }
         ws_decoder_init(s->t.ws.dec, sub_defaults.ws_max_message, true);
+        if (s->t.ws.deflate_bits) ws_decoder_allow_deflate(s->t.ws.dec);
     }
     size_t pos = 0;
     while (pos < len && !session_ended(s)) {
@@ -299,8 +436,42 @@ static void ws_on_close(conn *c, void *state)
     session_end(state);
 }
 
+/* A message for one client (sub_send), compressed when it negotiated
+ * permessage-deflate: into a buffer of header room + bound, the frame
+ * header written just before the payload.  NULL when compression is not
+ * for it (or saved nothing), or out of memory. */
+static buf_t *ws_deflate_one(sub_session *s, const char *data, size_t len, bool binary,
+                             size_t *off)
+{
+    ws_deflate_params p = {.server_max_window_bits = s->t.ws.deflate_bits};
+    if (!s->t.ws.deflate_bits || len < sub_defaults.ws_deflate_min || !ws_deflate_fits(&p, len))
+        return NULL;
+    buf_t *b = buf_new(WS_MAX_HEADER + wsz_deflate_bound(len));
+    if (!b) return NULL;
+    long n = wsz_deflate(data, len, (uint8_t *)b->data + WS_MAX_HEADER, b->len - WS_MAX_HEADER);
+    if (n < 0 || (size_t)n >= len) {
+        buf_unref(b);
+        return NULL;
+    }
+    uint8_t hdr[WS_MAX_HEADER];
+    size_t h = ws_frame_header(hdr, (binary ? WS_OP_BINARY : WS_OP_TEXT) | WS_FRAME_COMPRESSED,
+                               true, (uint64_t)n);
+    memcpy(b->data + WS_MAX_HEADER - h, hdr, h);
+    *off = WS_MAX_HEADER - h;
+    b->len = (uint32_t)(WS_MAX_HEADER + (size_t)n);
+    return b;
+}
+
 static int ws_send_data(sub_session *s, const char *data, size_t len, bool binary)
 {
+    size_t zoff;
+    buf_t *zb = ws_deflate_one(s, data, len, binary, &zoff);
+    if (zb) {
+        int zrc = conn_send(s->c, zb, zoff, zb->len - zoff);
+        buf_unref(zb);
+        if (zrc < 0) ws_session_close(s, WS_CLOSE_TRY_AGAIN_LATER, "slow consumer");
+        return zrc;
+    }
     uint8_t hdr[WS_MAX_HEADER];
     size_t h = ws_frame_header(hdr, binary ? WS_OP_BINARY : WS_OP_TEXT, true, len);
     buf_t *b = buf_new(h + len);
@@ -315,6 +486,7 @@ static int ws_send_data(sub_session *s, const char *data, size_t len, bool binar
 
 static void ws_reap(sub_session *s)
 {
+    wsz_inflater_free(s->t.ws.inflater);
     free(s->t.ws.dec);
     free(s->t.ws.msg);
 }

@@ -38,6 +38,12 @@ typedef struct lx_config {
     double script_timeout;        /* seconds of wall clock per run (0: default) */
     size_t script_memory;         /* bytes per Lua state (0: default) */
     size_t max_publish_queue;     /* publishes waiting for storage before 503 (0: 65536) */
+    char *admin_listen;           /* admin.listen: the admin listener (docs/admin.md) */
+    char *admin_token_file;       /* admin.token_file */
+    size_t max_ws_message;        /* limits.max_ws_message: bytes, inflated (0: default) */
+    int ws_deflate;               /* compression.websocket: 1 on, -1 off, 0 not set */
+    bool ws_deflate_min_set;      /* compression.min_size was given: */
+    size_t ws_deflate_min;        /* ...bytes */
 } lx_config;
 
 typedef struct lx_app lx_app;

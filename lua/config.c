@@ -125,12 +125,44 @@ static void config_limits(lua_State *L, lx_config *cfg)
             cfg->script_timeout = v;
         else if (strcmp(k, "max_publish_queue") == 0)
             cfg->max_publish_queue = (size_t)v;
+        else if (strcmp(k, "max_ws_message") == 0)
+            cfg->max_ws_message = v > (double)(1ULL << 40) ? (size_t)1 << 40 : (size_t)v;
         else if (strcmp(k, "script_memory") == 0)
             cfg->script_memory = v < 1024 * 1024 ? 1024 * 1024 : (size_t)v;
         else
             luaL_error(L, "sluice.config: unknown limit '%s'", k);
 #undef LIMIT
         lua_pop(L, 1);
+    }
+}
+
+/* compression = {websocket = true|false, min_size = bytes}: permessage-deflate
+ * (docs/lua-api.md).  Checked whole before anything is set. */
+static void config_compression(lua_State *L, lx_config *cfg)
+{
+    if (!lua_istable(L, -1)) luaL_error(L, "sluice.config: compression must be a table");
+    int on = cfg->ws_deflate;
+    long long min = cfg->ws_deflate_min_set ? (long long)cfg->ws_deflate_min : -1;
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+        if (k && strcmp(k, "websocket") == 0) {
+            if (!lua_isboolean(L, -1))
+                luaL_error(L, "sluice.config: compression.websocket must be a boolean");
+            on = lua_toboolean(L, -1) ? 1 : -1;
+        } else if (k && strcmp(k, "min_size") == 0) {
+            if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0)
+                luaL_error(L, "sluice.config: compression.min_size must be an integer >= 0");
+            min = (long long)lua_tointeger(L, -1);
+        } else {
+            luaL_error(L, "sluice.config: unknown compression setting '%s'", k ? k : "?");
+        }
+        lua_pop(L, 1);
+    }
+    cfg->ws_deflate = on;
+    if (min >= 0) {
+        cfg->ws_deflate_min = (size_t)min;
+        cfg->ws_deflate_min_set = true;
     }
 }
 
@@ -211,6 +243,8 @@ static int l_config(lua_State *L)
                 cfg->dedup_window_ms = (uint64_t)(w * 1000);
             }
             lua_pop(L, 1);
+        } else if (strcmp(k, "compression") == 0) {
+            config_compression(L, cfg);
         } else if (strcmp(k, "workers") == 0) {
             lua_Integer w = lx_field_integer(L, 1, "workers");
             if (w < 1 || w > 1024) return luaL_error(L, "sluice.config: workers must be 1..1024");

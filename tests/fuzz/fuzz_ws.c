@@ -1,10 +1,14 @@
 /* fuzz_ws.c: libFuzzer target for the WebSocket decoder and the UTF-8
  * validator.
  *
- * Build: clang -fsanitize=fuzzer,address,undefined -I. core/ws.c core/utf8.c
- *        tests/fuzz/fuzz_ws.c -lcrypto
+ * Build: clang -fsanitize=fuzzer,address,undefined -I. core/ws.c core/wsz.c
+ *        core/utf8.c tests/fuzz/fuzz_ws.c -lcrypto -lz
  *
- * The first input byte picks the decoder's settings; the rest is the stream.
+ * The first input byte picks the decoder's settings (bit 2: permessage-
+ * deflate, whose compressed messages are inflated with core/wsz.c under a
+ * 64 KiB cap, the inflated bytes hashed like plain ones and the inflater's
+ * verdict, including a zip bomb's WSZ_TOO_BIG, part of the digest); the
+ * rest is the stream.
  * It is decoded twice, whole and in chunks whose sizes come from the data
  * (with callbacks that sometimes stop the feed, resumed at the count
  * returned), and both runs must report the same control frames and
@@ -15,6 +19,7 @@
  * against a plain decoder written from RFC 3629, and the close-frame
  * builder's output against the decoder. */
 #include "core/ws.h"
+#include "core/wsz.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -33,6 +38,9 @@ typedef struct {
     bool text_over;
     int stop_every; /* 0: never stop */
     int calls;
+    wsz_inflater *z; /* the compressed message being inflated */
+    uint64_t z_total;
+    int z_err; /* its inflater's failure, 0 none */
 } fuzz_rec;
 
 #define FNV_BASIS 14695981039346656037ULL
@@ -109,7 +117,52 @@ static int on_close(void *ud, unsigned code, const char *reason, size_t len)
     return on_ctl(ud, 'C', (const uint8_t *)reason, len);
 }
 
-static const ws_callbacks CB = {on_data, on_ping, on_pong, on_close};
+static int z_sink(void *ud, const uint8_t *data, size_t len)
+{
+    fuzz_rec *r = ud;
+    mix_into(&r->msg_digest, data, len);
+    return 0;
+}
+
+/* A chunk of a compressed message: inflated (until the inflater fails),
+ * the output into the message's hash; at its end the verdict and, for a
+ * good message, the hash go into the digest. */
+static int on_compressed(void *ud, int op, const uint8_t *data, size_t len, bool fin)
+{
+    fuzz_rec *r = ud;
+    FUZZ_ASSERT(op == WS_OP_TEXT || op == WS_OP_BINARY);
+    if (!r->z && !r->z_err) {
+        r->z = wsz_inflater_new();
+        r->z_total = 0;
+        if (!r->z) abort();
+    }
+    if (r->z) {
+        int rc = wsz_inflate(r->z, data, len, fin, 1 << 16, &r->z_total, z_sink, r);
+        FUZZ_ASSERT(r->z_total <= 1 << 16);
+        if (rc != WSZ_OK) {
+            FUZZ_ASSERT(rc == WSZ_TOO_BIG || rc == WSZ_BAD_DATA);
+            r->z_err = rc;
+            wsz_inflater_free(r->z);
+            r->z = NULL;
+        }
+    }
+    if (fin) {
+        uint8_t tag[3] = {'Z', (uint8_t)op, (uint8_t)-r->z_err};
+        mix(r, tag, 3);
+        if (!r->z_err) mix(r, &r->msg_digest, sizeof(r->msg_digest));
+        r->msg_digest = FNV_BASIS;
+        wsz_inflater_free(r->z);
+        r->z = NULL;
+        r->z_err = 0;
+    }
+    return maybe_stop(r);
+}
+
+static const ws_callbacks CB = {.on_data = on_data,
+                                .on_ping = on_ping,
+                                .on_pong = on_pong,
+                                .on_close = on_close,
+                                .on_compressed = on_compressed};
 
 /* RFC 3629 read literally, as an independent oracle for utf8_valid. */
 static bool ref_utf8(const uint8_t *s, size_t n)
@@ -158,6 +211,7 @@ static outcome decode(const uint8_t *cfg, const uint8_t *in, size_t len, bool ch
     r->digest = r->msg_digest = FNV_BASIS;
     if (chunked) r->stop_every = cfg[0] >> 5; /* 0..7 */
     ws_decoder_init(&d, (cfg[0] & 2) ? 300 : 0, cfg[0] & 1);
+    if (cfg[0] & 4) ws_decoder_allow_deflate(&d);
 
     size_t off = 0, step = 0;
     unsigned rounds = 0;
@@ -181,6 +235,8 @@ static outcome decode(const uint8_t *cfg, const uint8_t *in, size_t len, bool ch
     }
     o.closed = ws_decoder_closed(&d);
     o.digest = r->digest;
+    wsz_inflater_free(r->z); /* a compressed message left unfinished */
+    r->z = NULL;
     free(buf);
     return o;
 }

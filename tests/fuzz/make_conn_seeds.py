@@ -320,6 +320,28 @@ seed("h2_tls", DEFAULT | TLS, send(0, H2_PREFACE + H2_SETTINGS + h2req(1, "GET",
                                    h2req(3, "POST", "/topics/q", end=False) + h2(0, 1, 3, b"over tls")),
      run(4), close(0))
 
+# --- permessage-deflate (test_ws_deflate.py) --------------------------------
+import zlib  # noqa: E402
+
+
+def deflated(data):
+    """A permessage-deflate payload: raw deflate, sync flush, tail off."""
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return (c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+DEFLATE = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits"
+_z = deflated(b"hello deflate " * 20)
+seed("ws_deflate", DEFAULT, send(0, ws("/topics/z", DEFLATE)), run(),
+     send(0, frame(0x41, _z) + frame(0x01, _z[:6], fin=False) + PING() + frame(0, _z[6:])),
+     run(2), send(1, post("/topics/z", b"x" * 300)), run(3), send(0, CLOSE()), run(2))
+seed("ws_deflate_bomb", DEFAULT | SMALL_LIMITS, send(0, ws("/topics/z", DEFLATE)), run(),
+     send(0, frame(0x42, deflated(b"\0" * 100000))), run(2),
+     send(1, ws("/topics/z", DEFLATE)), run(), send(1, frame(0x42, b"\xff\xff\xff\xff")), run(2))
+seed("ws_deflate_offers", DEFAULT, send(0, ws("/topics/z", "Sec-WebSocket-Extensions: permessage-deflate;")),
+     run(2), send(1, ws("/topics/z", "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=9",
+                       "Sec-WebSocket-Extensions: x")), run(), send(2, post("/topics/z", b"y" * 2000)), run(3))
+
 
 def main():
     os.makedirs(OUT, exist_ok=True)

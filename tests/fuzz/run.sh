@@ -27,7 +27,7 @@ flags=(-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefine
 llhttp=(/usr/share/llhttp/llhttp.c /usr/share/llhttp/api.c /usr/share/llhttp/http.c)
 declare -A srcs=(
     [fuzz_http]="core/http.c ${llhttp[*]}"
-    [fuzz_ws]="core/ws.c core/utf8.c"
+    [fuzz_ws]="core/ws.c core/wsz.c core/utf8.c"
     [fuzz_sse]="core/sse.c core/b64.c core/utf8.c"
     [fuzz_wal]="storage/wal.c storage/crc32c.c"
 )
@@ -46,7 +46,7 @@ build_conn() {
         -Wl,--no-as-needed -lnghttp2 -Wl,--as-needed \
         "-DSLUICE_FUZZ_APP=\"$top/tests/fuzz/fuzz_conn_app.lua\"" "$top/tests/fuzz/fuzz_conn.c" \
         "$b/libsluice_lua.a" "$b/libsluice_core.a" "$b/libsluice_codec.a" "$b/libsluice_store.a" \
-        "$b/libllhttp.a" -llua5.4-cjson -llua5.4 -llmdb -lcurl -lev -lssl -lcrypto -lpthread -lm \
+        "$b/libllhttp.a" -llua5.4-cjson -llua5.4 -llmdb -lcurl -lev -lssl -lcrypto -lz -lpthread -lm \
         -o "$out/fuzz_conn"
 }
 # Inputs are client scripts: several requests and frames need more room.
@@ -68,7 +68,7 @@ for name in "${names[@]}"; do
         for f in ${srcs[$name]}; do
             case $f in /*) files+=("$f") ;; *) files+=("$top/$f") ;; esac
         done
-        "$cc" "${flags[@]}" "${files[@]}" "$top/tests/fuzz/$name.c" -lcrypto -o "$out/$name" -w
+        "$cc" "${flags[@]}" "${files[@]}" "$top/tests/fuzz/$name.c" -lcrypto -lz -o "$out/$name" -w
     fi
     mkdir -p "$out/$name.corpus"
     if [ -d "$top/tests/fuzz/seeds/$name" ]; then cp "$top/tests/fuzz/seeds/$name"/* "$out/$name.corpus/"; fi

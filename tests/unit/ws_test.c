@@ -128,7 +128,8 @@ static int on_close(void *ud, unsigned code, const char *reason, size_t len)
     return stop(ud);
 }
 
-static const ws_callbacks CB = {on_data, on_ping, on_pong, on_close};
+static const ws_callbacks CB = {
+    .on_data = on_data, .on_ping = on_ping, .on_pong = on_pong, .on_close = on_close};
 
 typedef struct {
     unsigned err;    /* close code of the failure, 0 none */
