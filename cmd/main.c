@@ -4,6 +4,7 @@
  * SIGHUP reloads the script and the TLS certificate in every worker,
  * SIGTERM/SIGINT stop them gracefully. */
 #include "cmd/admin.h"
+#include "cmd/adminsrv.h"
 #include "core/conn.h"
 #include "core/hub.h"
 #include "core/log.h"
@@ -42,6 +43,7 @@ typedef struct options {
     bool watch;
     int log_level;
     log_format log_format;
+    const char *admin_listen, *admin_token_file;
 } options;
 
 /* "mimalloc 2.0.9" or "system", for --version and the start-up log: the
@@ -79,6 +81,10 @@ static void usage(FILE *out)
         "      --watch                reload the app when its file changes\n"
         "      --log-level LEVEL      debug, info, warn, error (default info)\n"
         "      --log-format FORMAT    text or json (default text)\n"
+        "      --admin-listen ADDR:PORT  admin listener: /metrics, JSON API, dashboard\n"
+        "                             (PORT alone: 127.0.0.1:PORT)\n"
+        "      --admin-token-file FILE   bearer token the admin listener requires\n"
+        "                             (or the SLUICE_ADMIN_TOKEN environment variable)\n"
         "  -V, --version              print the version\n"
         "  -h, --help                 print this help\n"
         "\n"
@@ -95,7 +101,9 @@ static int parse_options(int argc, char **argv, options *o)
         OPT_CHECK,
         OPT_LOG_LEVEL,
         OPT_LOG_FORMAT,
-        OPT_WATCH
+        OPT_WATCH,
+        OPT_ADMIN_LISTEN,
+        OPT_ADMIN_TOKEN_FILE
     };
     static const struct option longopts[] = {
         {"listen", required_argument, NULL, 'l'},
@@ -108,6 +116,8 @@ static int parse_options(int argc, char **argv, options *o)
         {"watch", no_argument, NULL, OPT_WATCH},
         {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
         {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
+        {"admin-listen", required_argument, NULL, OPT_ADMIN_LISTEN},
+        {"admin-token-file", required_argument, NULL, OPT_ADMIN_TOKEN_FILE},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -148,6 +158,12 @@ static int parse_options(int argc, char **argv, options *o)
         }
         case OPT_WATCH:
             o->watch = true;
+            break;
+        case OPT_ADMIN_LISTEN:
+            o->admin_listen = optarg;
+            break;
+        case OPT_ADMIN_TOKEN_FILE:
+            o->admin_token_file = optarg;
             break;
         case OPT_CHECK:
             o->check = true;
@@ -238,6 +254,7 @@ typedef struct app_ctx {
     ev_signal sighup, sigterm, sigint;
     ev_stat script_stat;   /* --watch */
     ev_timer watch_settle; /* reload once the file has stopped changing */
+    adm *admin;            /* --admin-listen */
 } app_ctx;
 
 /* Worker threads: count the round down; the last one wakes main. */
@@ -315,6 +332,7 @@ static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
 {
     app_ctx *a = w->data;
     LOG_KV(LOG_INFO, "stopping", LOG_S("signal", w->signum == SIGTERM ? "SIGTERM" : "SIGINT"));
+    adm_stop(a->admin);
     for (int i = 0; i < a->nworkers; i++)
         worker_stop(a->workers[i]);
     ev_break(loop, EVBREAK_ALL);
@@ -518,6 +536,32 @@ int main(int argc, char **argv)
             goto out_workers;
         }
     }
+    /* sluice.config{admin = {...}}: flags win. */
+    if (!o.admin_listen) o.admin_listen = cfg.admin_listen;
+    if (!o.admin_token_file && !getenv("SLUICE_ADMIN_TOKEN"))
+        o.admin_token_file = cfg.admin_token_file;
+    if (o.admin_listen) {
+        char *token = NULL;
+        const char *env = getenv("SLUICE_ADMIN_TOKEN");
+        if (o.admin_token_file &&
+            !(token = adm_read_token_file(o.admin_token_file, err, sizeof(err)))) {
+            fprintf(stderr, "sluice: %s\n", err);
+            goto out_stop;
+        }
+        if (!token && env && *env && !(token = strdup(env))) goto out_stop;
+        adm_opts ao = {.listen = o.admin_listen,
+                       .token = token,
+                       .workers = a.workers,
+                       .nworkers = a.nworkers,
+                       .store = st,
+                       .limits = &cfg.limits};
+        a.admin = adm_start(&ao, err, sizeof(err));
+        free(token);
+        if (!a.admin) {
+            fprintf(stderr, "sluice: --admin-listen: %s\n", err);
+            goto out_stop;
+        }
+    }
     if (o.watch) {
         if (!o.app) {
             LOG_KV(LOG_WARN, "--watch: the built-in app has no file to watch");
@@ -542,7 +586,15 @@ int main(int argc, char **argv)
            LOG_I("workers", nworkers));
     ev_run(a.loop, 0);
     rc = 0;
+    if (0) {
+    out_stop:
+        for (int i = 0; i < a.nworkers; i++)
+            worker_stop(a.workers[i]);
+    }
 out_workers:
+    /* The admin thread posts jobs to the workers: it goes first. */
+    adm_free(a.admin);
+    a.admin = NULL;
     /* Each worker ends once its connections are gone and its publishes are
      * acknowledged; then the writer commits whatever is left. */
     for (int i = 0; i < a.nworkers; i++)

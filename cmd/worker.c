@@ -23,6 +23,10 @@ struct worker {
     ev_prepare commit;  /* end of a loop pass: relaxed store, commit here */
     ev_prepare log;     /* the very end of a pass: write its log lines */
     ev_async reload, stop;
+    ev_async jobs; /* worker_post queued work */
+    pthread_mutex_t jobs_lock;
+    worker_job *jobs_head, *jobs_tail;
+    bool jobs_closed; /* the thread ended: worker_post refuses */
 };
 
 static void wake_worker(void *ud)
@@ -64,6 +68,48 @@ static void on_reload(struct ev_loop *loop, ev_async *a, int revents)
     if (w->o.on_reloaded) w->o.on_reloaded(w->o.ud, w, status);
 }
 
+/* Takes the queued jobs (closing the queue when `close`). */
+static worker_job *jobs_take(worker *w, bool close)
+{
+    pthread_mutex_lock(&w->jobs_lock);
+    worker_job *j = w->jobs_head;
+    w->jobs_head = w->jobs_tail = NULL;
+    if (close) w->jobs_closed = true;
+    pthread_mutex_unlock(&w->jobs_lock);
+    return j;
+}
+
+static void on_jobs(struct ev_loop *loop, ev_async *a, int revents)
+{
+    worker *w = a->data;
+    for (worker_job *j = jobs_take(w, false), *next; j; j = next) {
+        next = j->next;
+        j->run(j, w);
+    }
+}
+
+int worker_post(worker *w, worker_job *j)
+{
+    j->next = NULL;
+    pthread_mutex_lock(&w->jobs_lock);
+    bool closed = w->jobs_closed;
+    if (!closed) {
+        if (w->jobs_tail)
+            w->jobs_tail->next = j;
+        else
+            w->jobs_head = j;
+        w->jobs_tail = j;
+        ev_async_send(w->loop, &w->jobs); /* under the lock: the loop lives */
+    }
+    pthread_mutex_unlock(&w->jobs_lock);
+    return closed ? -1 : 0;
+}
+
+hub *worker_hub(worker *w)
+{
+    return w->hub;
+}
+
 static void on_stop(struct ev_loop *loop, ev_async *a, int revents)
 {
     worker *w = a->data;
@@ -88,6 +134,8 @@ worker *worker_new(const worker_opts *o, lx_app *app, hub *h, hub_bus *bus, char
     ev_async_init(&w->committed, on_committed);
     ev_async_init(&w->reload, on_reload);
     ev_async_init(&w->stop, on_stop);
+    ev_async_init(&w->jobs, on_jobs);
+    pthread_mutex_init(&w->jobs_lock, NULL);
     ev_prepare_init(&w->commit, on_pass_end);
     /* Before the server's flush (a prepare watcher too), so the fan-out
      * and answers it queues are written in this same pass. */
@@ -95,12 +143,13 @@ worker *worker_new(const worker_opts *o, lx_app *app, hub *h, hub_bus *bus, char
     /* After every other prepare watcher (the server's flush may log). */
     ev_prepare_init(&w->log, on_log_flush);
     ev_set_priority(&w->log, EV_MINPRI);
-    w->committed.data = w->reload.data = w->stop.data = w->commit.data = w;
+    w->committed.data = w->reload.data = w->stop.data = w->commit.data = w->jobs.data = w;
     ev_prepare_start(w->loop, &w->commit);
     ev_prepare_start(w->loop, &w->log);
     ev_async_start(w->loop, &w->committed);
     ev_async_start(w->loop, &w->reload);
     ev_async_start(w->loop, &w->stop);
+    ev_async_start(w->loop, &w->jobs);
     hub_opts ho = {.wake = wake_worker, .wake_ud = w};
     if (hub_attach(h, bus, &ho) < 0) {
         snprintf(err, errlen, "too many workers for the bus");
@@ -155,6 +204,10 @@ static void *worker_main(void *arg)
         hub_commit_pending(w->hub);
         if (hub_inflight(w->hub) > 0) ev_run(w->loop, EVRUN_ONCE);
     }
+    for (worker_job *j = jobs_take(w, true), *next; j; j = next) {
+        next = j->next;
+        j->run(j, NULL);
+    }
     hub_detach(w->hub);
     lx_runtime_destroy(&w->rt);
     server_destroy(&w->srv);
@@ -201,6 +254,12 @@ void worker_free(worker *w)
     ev_async_stop(w->loop, &w->committed);
     ev_async_stop(w->loop, &w->reload);
     ev_async_stop(w->loop, &w->stop);
+    ev_async_stop(w->loop, &w->jobs);
+    for (worker_job *j = jobs_take(w, true), *next; j; j = next) { /* never started */
+        next = j->next;
+        j->run(j, NULL);
+    }
+    pthread_mutex_destroy(&w->jobs_lock);
     hub_free(w->hub);
     ev_loop_destroy(w->loop);
     free(w);

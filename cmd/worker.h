@@ -61,4 +61,22 @@ void worker_free(worker *w);
 /* The worker's id (1..count). */
 int worker_id(const worker *w);
 
+/* Work another thread (the admin listener) asks of a worker: the worker's
+ * own state (its connections, its hub) is touched only by its thread, so
+ * whoever wants to read or change it posts a job, and the job posts its
+ * result back.  `run` is called once: on the worker's thread with `w`, or
+ * with w == NULL when the worker ended before it could run (the job then
+ * only gives back what it holds). */
+typedef struct worker_job {
+    struct worker_job *next;
+    void (*run)(struct worker_job *j, worker *w);
+} worker_job;
+
+/* Queues `j` for the worker's loop.  Any thread.  Returns 0, or -1 when
+ * the worker no longer takes jobs (it has stopped): j is not run then. */
+int worker_post(worker *w, worker_job *j);
+
+/* The worker's hub, for jobs (its thread only). */
+hub *worker_hub(worker *w);
+
 #endif

@@ -477,6 +477,7 @@ static void flush(conn *c)
         int n = outq_iov(&c->out, iov, FLUSH_IOV);
         ssize_t w = io_writev(&c->io, iov, n);
         if (w > 0) {
+            c->sent += (uint64_t)w;
             outq_consume(&c->out, (size_t)w);
             if (!c->io.full) continue;
         }

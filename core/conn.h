@@ -104,6 +104,7 @@ struct conn {
     } remote;
     char *resp_head; /* response head being built */
     uint32_t resp_len, resp_cap;
+    uint64_t sent; /* bytes written to the peer (the end-of-stream line) */
 };
 
 /* Accepts `fd` (non-blocking, already accepted) into the server. */

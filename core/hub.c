@@ -27,6 +27,7 @@ struct hub_topic {
     uint32_t nsubs;
     uint32_t oneshot_subs; /* subscribers that are oneshot (long-polls) */
     hub_sub *subs;
+    uint64_t messages, deliveries; /* hub_each_topic: fanned out, copies queued */
     size_t name_len;
     char name[];
 };
@@ -691,8 +692,12 @@ static void fan_out(hub *h, hub_msg *m)
 {
     hub_topic *t = topic_find(h, m->topic, m->topic_len, hash_name(m->topic, m->topic_len));
     h->fanning++;
+    if (t) t->messages++;
     for (hub_sub *s = t ? t->subs : NULL; s; s = s->next)
-        if (!s->dead) s->deliver(s->owner, m);
+        if (!s->dead) {
+            t->deliveries++;
+            s->deliver(s->owner, m);
+        }
     for (hub_sub *s = h->prefix_subs; s; s = s->next)
         if (!s->dead && m->topic_len >= s->prefix_len &&
             memcmp(m->topic, s->prefix, s->prefix_len) == 0)
@@ -1262,4 +1267,21 @@ void hub_get_stats(const hub *h, hub_stats *st)
 void hub_count_delivery(hub *h)
 {
     COUNT(h->stats.delivered, 1);
+}
+
+void hub_each_topic(const hub *h, int (*fn)(void *ud, const hub_topic_info *t), void *ud)
+{
+    for (uint32_t i = 0; i < h->nbuckets; i++)
+        for (const hub_topic *t = h->buckets[i]; t; t = t->next_in_bucket) {
+            hub_topic_info ti = {t->name, t->name_len, t->nsubs, t->messages, t->deliveries};
+            if (fn(ud, &ti)) return;
+        }
+}
+
+void hub_get_own_stats(const hub *h, hub_stats *st)
+{
+    memset(st, 0, sizeof(*st));
+    add_counters(st, &h->stats);
+    for (int i = 1; i <= HUB_LATENCY_BUCKETS; i++) /* cumulative */
+        st->latency_buckets[i] += st->latency_buckets[i - 1];
 }

@@ -326,4 +326,22 @@ void hub_get_stats(const hub *h, hub_stats *st);
 /* Counts one delivery (transports call it when they queue a message). */
 void hub_count_delivery(hub *h);
 
+/* The topics this hub's worker has subscribers for (the admin API and the
+ * per-topic series of the admin /metrics), one call of fn per topic, in
+ * no particular order; fn returns nonzero to stop.  `messages` counts the
+ * messages fanned out on the topic by this worker since it got its first
+ * subscriber, `deliveries` the copies queued for its exact-name
+ * subscribers (wildcards are not counted per topic).  Hub's thread only. */
+typedef struct hub_topic_info {
+    const char *name; /* valid during the call */
+    size_t name_len;
+    uint32_t subscribers;
+    uint64_t messages, deliveries;
+} hub_topic_info;
+void hub_each_topic(const hub *h, int (*fn)(void *ud, const hub_topic_info *t), void *ud);
+
+/* This hub's own counters (not summed over the bus; no storage figures):
+ * the per-worker series of the admin /metrics.  Any thread. */
+void hub_get_own_stats(const hub *h, hub_stats *st);
+
 #endif

@@ -99,6 +99,8 @@ struct sub_session {
     bool short_poll; /* long-poll with timeout=0 */
     bool in_replay;  /* inside a replay pass: no nested one */
     bool skip_self;  /* not the messages this session's client published */
+    uint8_t end_why; /* sub_end_reason: why it ended (the end-of-stream line) */
+    uint32_t msgs;   /* messages handed to the transport (the same line) */
     union {
         struct {
             ws_decoder *dec; /* only while a frame is partly received */

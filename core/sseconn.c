@@ -66,6 +66,8 @@ static void sse_send_msg(sub_session *s, hub_msg *m)
 {
     buf_t *b;
     if (hub_msg_sse(m, &b) < 0 || conn_send(s->c, b, 0, b->len) < 0) {
+        __atomic_add_fetch(&sub_counts.slow_sse, 1, __ATOMIC_RELAXED);
+        sub_set_end_reason(s, SUB_END_SLOW);
         LOG_KV(LOG_INFO, "sse subscriber cut off: output over the limit",
                LOG_I("queued", s->c->out.bytes));
         conn_close_after_write(s->c); /* it resumes with Last-Event-ID */

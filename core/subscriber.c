@@ -31,6 +31,29 @@ void sub_get_stats(sub_stats *st)
     st->sse = __atomic_load_n(&sub_counts.sse, __ATOMIC_RELAXED);
     st->longpoll = __atomic_load_n(&sub_counts.longpoll, __ATOMIC_RELAXED);
     st->publish_refused = __atomic_load_n(&sub_counts.publish_refused, __ATOMIC_RELAXED);
+    st->slow_websocket = __atomic_load_n(&sub_counts.slow_websocket, __ATOMIC_RELAXED);
+    st->slow_sse = __atomic_load_n(&sub_counts.slow_sse, __ATOMIC_RELAXED);
+    st->filtered = __atomic_load_n(&sub_counts.filtered, __ATOMIC_RELAXED);
+}
+
+sub_session *sub_session_of(conn *c)
+{
+    if (conn_closed(c) || !c->stream || !c->stream_state) return NULL;
+    /* The three transports put their session in stream_state. */
+    const char *n = c->stream->name;
+    if (strcmp(n, "websocket") && strcmp(n, "sse") && strcmp(n, "longpoll")) return NULL;
+    return c->stream_state;
+}
+
+int sub_topic_count(const sub_session *s)
+{
+    return session_ended(s) ? 0 : s->nsubs;
+}
+
+const char *sub_topic_at(const sub_session *s, int i, size_t *len, bool *wildcard)
+{
+    if (i < 0 || i >= sub_topic_count(s) || !s->subs[i]) return NULL;
+    return hub_sub_name(s->subs[i], len, wildcard);
 }
 
 conn *sub_conn(sub_session *s)
@@ -387,8 +410,12 @@ void session_deliver(void *owner, hub_msg *m)
     hub_msg *out = m;
     if (s->hooks && s->hooks->filter) {
         out = s->hooks->filter(s->hooks_ud, s, m);
-        if (!out) return;
+        if (!out) {
+            __atomic_add_fetch(&sub_counts.filtered, 1, __ATOMIC_RELAXED);
+            return;
+        }
     }
+    s->msgs++;
     s->tp->send_msg(s, out);
     if (out != m) hub_msg_unref(out);
     hub_count_delivery(h);
@@ -404,9 +431,38 @@ static void session_reap(server_deferred *d)
     free(s);
 }
 
+void sub_set_end_reason(sub_session *s, sub_end_reason why)
+{
+    if (!s->end_why) s->end_why = (uint8_t)why;
+}
+
+/* The operator's line for a stream that ends (a poll has its access line
+ * per answer instead). */
+static void log_stream_end(sub_session *s)
+{
+    static const char *const why[] = {"peer",  "slow_consumer", "shutdown", "admin",
+                                      "app",   "publish_refused", "protocol", "error"};
+    if (s->tp->oneshot || !log_enabled(LOG_INFO)) return;
+    conn *c = s->c;
+    if (!s->end_why && c->srv->stopping) s->end_why = SUB_END_SHUTDOWN;
+    size_t tlen = 0;
+    bool wild = false;
+    const char *topic = sub_first_topic(s, &tlen, &wild);
+    char remote[64], topics[HUB_TOPIC_MAX + 32];
+    snprintf(topics, sizeof(topics), "%.*s%s%s", (int)tlen, topic ? topic : "", wild ? "*" : "",
+             s->nsubs > 1 ? ",..." : "");
+    double age = c->req_start > 0 ? ev_now(c->srv->loop) - c->req_start : 0;
+    LOG_KV(LOG_INFO, "stream ended", LOG_S("transport", s->tp->name),
+           LOG_S("remote", conn_remote_addr(c, remote, sizeof(remote))), LOG_S("topics", topics),
+           LOG_I("ntopics", s->nsubs), LOG_D("duration", age), LOG_I("bytes", c->sent),
+           LOG_I("messages", s->msgs),
+           LOG_S("reason", s->end_why < sizeof(why) / sizeof(why[0]) ? why[s->end_why] : "?"));
+}
+
 void session_end(sub_session *s)
 {
     if (session_ended(s)) return;
+    log_stream_end(s);
     s->state = SESSION_ENDED;
     for (int i = 0; i < s->nsubs; i++)
         hub_unsubscribe(s->hub, s->subs[i]);
@@ -447,5 +503,6 @@ int sub_send(sub_session *s, const char *data, size_t len, bool binary)
 void sub_close(sub_session *s, unsigned code, const char *reason)
 {
     if (session_ended(s) || conn_closed(s->c)) return;
+    sub_set_end_reason(s, SUB_END_APP);
     s->tp->close(s, code, reason);
 }

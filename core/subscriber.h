@@ -98,6 +98,21 @@ const char *sub_first_topic(const sub_session *s, size_t *len, bool *wildcard);
  * client is too slow (it is then being closed with 1013), or SL_ENOMEM. */
 int sub_send(sub_session *s, const char *data, size_t len, bool binary);
 
+/* Why a session ended, for the line logged when a stream (WebSocket, SSE)
+ * ends: the first reason given wins, so the admin or a slow-consumer
+ * cut-off is not overwritten by the close they cause. */
+typedef enum sub_end_reason {
+    SUB_END_PEER = 0,     /* the client closed or the network failed */
+    SUB_END_SLOW,         /* cut off: output over max_output */
+    SUB_END_SHUTDOWN,     /* the server is stopping */
+    SUB_END_ADMIN,        /* closed through the admin API */
+    SUB_END_APP,          /* the app closed it (conn:close, expiry) */
+    SUB_END_REFUSED,      /* its publish was refused (WebSocket 1013) */
+    SUB_END_PROTOCOL,     /* the client broke the protocol or a limit */
+    SUB_END_ERROR,        /* an error of ours (storage, memory) */
+} sub_end_reason;
+void sub_set_end_reason(sub_session *s, sub_end_reason why);
+
 /* Ends the session: WebSocket close with `code` and `reason`; SSE and
  * long-poll end the response. */
 void sub_close(sub_session *s, unsigned code, const char *reason);

@@ -183,6 +183,12 @@ static int ws_start(sub_session *s, const sub_request *r, const http_request *re
 static void ws_session_close(sub_session *s, unsigned code, const char *reason)
 {
     if (session_ended(s) || conn_closed(s->c)) return;
+    sub_set_end_reason(s, code == WS_CLOSE_TRY_AGAIN_LATER  ? SUB_END_SLOW
+                          : code == WS_CLOSE_GOING_AWAY     ? SUB_END_SHUTDOWN
+                          : code == WS_CLOSE_INTERNAL_ERROR ? SUB_END_ERROR
+                          : code == WS_CLOSE_NORMAL || code == WS_CLOSE_NO_STATUS
+                              ? SUB_END_PEER /* an answer to the client's close */
+                              : SUB_END_PROTOCOL);
     uint8_t frame[WS_MAX_CONTROL_FRAME];
     size_t n = ws_close_frame(frame, code, reason, reason ? strlen(reason) : 0);
     conn_send_final(s->c, frame, n); /* runs ws_on_close: s ends */
@@ -220,6 +226,7 @@ static void ws_send_msg(sub_session *s, hub_msg *m)
     int z = ws_deflated_form(s, m, &b, &off, &len);
     if (z < 0 || (z == 1 && hub_msg_ws(m, s->json, &b, &off, &len) < 0) ||
         conn_send(s->c, b, off, len) < 0) {
+        __atomic_add_fetch(&sub_counts.slow_websocket, 1, __ATOMIC_RELAXED);
         LOG_KV(LOG_INFO, "websocket subscriber cut off: output over the limit",
                LOG_I("queued", s->c->out.bytes));
         ws_session_close(s, WS_CLOSE_TRY_AGAIN_LATER, "slow consumer");
@@ -523,6 +530,7 @@ static log_limit refused_log = LOG_LIMIT_INIT;
 void sub_publish_refused(sub_session *s, const char *reason)
 {
     __atomic_add_fetch(&sub_counts.publish_refused, 1, __ATOMIC_RELAXED);
+    sub_set_end_reason(s, SUB_END_REFUSED);
     char remote[64];
     LOG_KV_LIMITED(&refused_log, 1.0, LOG_WARN, "websocket client cut off: its publish was refused",
                    LOG_S("reason", reason),

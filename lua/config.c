@@ -32,6 +32,9 @@ void lx_config_free(lx_config *cfg)
     free(cfg->tls_cert);
     free(cfg->tls_key);
     free(cfg->data_dir);
+    free(cfg->admin_listen);
+    free(cfg->admin_token_file);
+    cfg->admin_listen = cfg->admin_token_file = NULL;
     cfg->nlisten = cfg->ntls_listen = 0;
     cfg->tls_cert = cfg->tls_key = cfg->data_dir = NULL;
 }
@@ -217,6 +220,23 @@ static int l_config(lua_State *L)
             lua_pop(L, 1);
             if (!lua_isnil(L, -1)) config_string(L, &cfg->tls_cert);
             lua_pop(L, 1);
+        } else if (strcmp(k, "admin") == 0) {
+            /* { listen = "ADDR:PORT", token_file = FILE }: flags win. */
+            lx_check_field(L, 1, LUA_TTABLE, "admin");
+            lua_pushnil(L);
+            while (lua_next(L, -2)) {
+                const char *ak = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+                if (strcmp(ak, "listen") == 0) {
+                    lx_check_field(L, 1, LUA_TSTRING, "admin.listen");
+                    config_string(L, &cfg->admin_listen);
+                } else if (strcmp(ak, "token_file") == 0) {
+                    lx_check_field(L, 1, LUA_TSTRING, "admin.token_file");
+                    config_string(L, &cfg->admin_token_file);
+                } else {
+                    return luaL_error(L, "sluice.config: unknown key admin.%s", ak);
+                }
+                lua_pop(L, 1);
+            }
         } else if (strcmp(k, "data") == 0) {
             lx_check_field(L, 1, LUA_TSTRING, "data");
             config_string(L, &cfg->data_dir);
