@@ -244,6 +244,7 @@ static int replay_page(sub_session *s, bool known)
         /* Caught up: everything committed so far was read, so live
          * delivery (deduplicated by last_seq) continues without a seam. */
         s->state = SESSION_LIVE;
+        SLUICE_ASSERT(s->state == SESSION_CATCHING_UP);
         free_replay(s);
     }
     return 0;
@@ -267,7 +268,6 @@ void session_resume_point(const sub_session *s, const sub_request *r, const http
     /* The app's resume ID, then the standard places. */
     char idbuf[256];
     const char *id = r->last_event_id;
-        SLUICE_ASSERT(s->state == SESSION_CATCHING_UP);
     size_t idlen = r->last_event_id_len;
     if (!id) id = http_header_get(req, "last-event-id", &idlen);
     if (!id) {
@@ -357,6 +357,7 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
     s->replay = sub_names_copy(r->topics, r->topic_lens, r->ntopics);
     if (!s->replay) return SL_ENOMEM;
     s->state = SESSION_CATCHING_UP;
+    SLUICE_ASSERT(s->state == SESSION_LIVE); /* a session subscribes once */
     s->last_seq = rp->known ? rp->after : 0;
     return replay_page(s, rp->known);
 }
@@ -380,7 +381,6 @@ sub_names *sub_names_copy(const char *const *names, const size_t *lens, int n)
         l->names[i] = p;
         l->lens[i] = lens[i];
         p += lens[i] + 1;
-    SLUICE_ASSERT(s->state == SESSION_LIVE); /* a session subscribes once */
     }
     return l;
 }
