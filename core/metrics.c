@@ -68,7 +68,13 @@ char *metrics_render(const hub *h, const metrics_extra *extra, size_t nextra, si
     add(&t, "sluice_connections{transport=\"websocket\"} %u\n", ss.websocket);
     add(&t, "sluice_connections{transport=\"sse\"} %u\n", ss.sse);
     add(&t, "sluice_connections{transport=\"longpoll\"} %u\n", ss.longpoll);
-    add(&t, "sluice_connections{transport=\"http\"} %u\n", total > streams ? total - streams : 0);
+    /* Sockets that carry no subscription of their own: subscriptions on
+     * HTTP/2 streams share their connection's socket, so they are taken
+     * out (all open streams, a slight overcount of them). */
+    h2_stats h2c;
+    h2_get_stats(&h2c);
+    unsigned own = streams > h2c.streams ? streams - (unsigned)h2c.streams : 0;
+    add(&t, "sluice_connections{transport=\"http\"} %u\n", total > own ? total - own : 0);
     const struct {
         const char *name, *type, *help;
         unsigned long long value;

@@ -298,6 +298,9 @@ class H2Test(SluiceTestCase):
         m = self.metrics()
         self.assertGreaterEqual(metric(m, "sluice_http2_streams"), n)
         self.assertGreaterEqual(metric(m, 'sluice_connections{transport="sse"}'), n)
+        # The HTTP/2 socket and the /metrics one: subscriptions on streams
+        # share their socket, so they are not taken out of "http" (it said 0).
+        self.assertGreaterEqual(metric(m, 'sluice_connections{transport="http"}'), 2)
 
     def test_stalled_stream_cut_alone(self):
         """A stream whose reader opens no window passes the output limit
