@@ -37,6 +37,7 @@
 #define MAX_MAX_BODY (64 * 1024 * 1024)
 #define MAX_HEAD 65536 /* the response's header lines */
 #define MAX_REDIRS 5
+#define IDLE_EASY 64 /* easy handles kept per worker for reuse */
 
 typedef struct http_sock {
     ev_io w;
@@ -51,7 +52,7 @@ typedef struct http_call {
     char *body;        /* the response body so far */
     size_t len, cap, max;
     char *head; /* the header lines of the last response (after redirects, 1xx) */
-    size_t hlen;
+    size_t hlen, hcap;
     bool too_large, head_too_large;
     char err[CURL_ERROR_SIZE];
 } http_call;
@@ -64,6 +65,11 @@ typedef struct http_ctx {
     http_call *qhead, *qtail; /* webhooks waiting for a slot */
     http_sock *socks;
     int requests, webhooks, queued;
+    /* Easy handles of finished calls, reset, for the next ones: a fresh
+     * handle (allocations and defaults) was a measurable part of a
+     * callout's cost (bench/auth_callout.sh). */
+    CURL *idle[IDLE_EASY];
+    int nidle;
     bool closing;
 } http_ctx;
 
@@ -217,7 +223,16 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
         c->head_too_large = true;
         return 0;
     }
-    if (!c->head && !(c->head = malloc(MAX_HEAD))) return 0;
+    if (c->hlen + len > c->hcap) {
+        size_t cap = c->hcap ? c->hcap : 1024;
+        while (cap < c->hlen + len)
+            cap *= 2;
+        if (cap > MAX_HEAD) cap = MAX_HEAD;
+        char *np = realloc(c->head, cap);
+        if (!np) return 0;
+        c->head = np;
+        c->hcap = cap;
+    }
     memcpy(c->head + c->hlen, p, len);
     c->hlen += len;
     return len;
@@ -225,7 +240,13 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
 
 static void call_free(http_call *c)
 {
-    if (c->easy) curl_easy_cleanup(c->easy);
+    http_ctx *x = ctx;
+    if (c->easy && x && !x->closing && x->nidle < IDLE_EASY) {
+        curl_easy_reset(c->easy);
+        x->idle[x->nidle++] = c->easy;
+    } else if (c->easy) {
+        curl_easy_cleanup(c->easy);
+    }
     curl_slist_free_all(c->headers);
     free(c->body);
     free(c->head);
@@ -577,7 +598,8 @@ static bool has_header(const struct curl_slist *l, const char *name)
 static http_call *make_call(const call_opts *o, struct curl_slist *headers, const char **why)
 {
     http_call *c = calloc(1, sizeof(http_call));
-    CURL *e = c ? curl_easy_init() : NULL;
+    http_ctx *x = ctx;
+    CURL *e = !c ? NULL : x && x->nidle > 0 ? x->idle[--x->nidle] : curl_easy_init();
     if (!e) {
         free(c);
         curl_slist_free_all(headers);
@@ -762,6 +784,8 @@ void lx_http_shutdown(void)
         finish(x, c, CURLE_OK, "shutting down");
     }
     ev_timer_stop(x->loop, &x->timer);
+    while (x->nidle > 0)
+        curl_easy_cleanup(x->idle[--x->nidle]);
     curl_multi_cleanup(x->multi);
     while (x->socks) { /* curl said REMOVE for every socket it closed; any other is ours */
         http_sock *s = x->socks;
