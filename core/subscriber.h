@@ -143,6 +143,11 @@ void sub_publish_refused(sub_session *s, const char *reason);
 typedef struct sub_stats {
     unsigned websocket, sse, longpoll;
     unsigned long long publish_refused;
+    /* Streams cut off because their output passed max_output (slow
+     * consumers), by transport. */
+    unsigned long long slow_websocket, slow_sse;
+    /* Messages a subscriber's filter (the app's opts.filter) dropped. */
+    unsigned long long filtered;
 } sub_stats;
 void sub_get_stats(sub_stats *st);
 
