@@ -851,6 +851,10 @@ static void h2_free(server_deferred *d)
 static void h2_on_close(conn *c, void *state)
 {
     h2_conn *h = state;
+    /* The session outlives this pass (h2_free): it keeps no pointer to a
+     * stream whose memory may go first. */
+    for (h2_stream *s = h->streams; s; s = s->next)
+        nghttp2_session_set_stream_user_data(h->session, s->id, NULL);
     h->dead = true;
     while (h->streams) {
         h2_stream *s = h->streams;
