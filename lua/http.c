@@ -87,7 +87,7 @@ static struct {
 #define COUNT(field, d) __atomic_add_fetch(&stats.field, (unsigned long long)(d), __ATOMIC_RELAXED)
 #define READ(field) __atomic_load_n(&stats.field, __ATOMIC_RELAXED)
 
-static log_limit hook_fail_log, hook_drop_log;
+static log_limit hook_fail_log, hook_drop_log, busy_log;
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static bool curl_ok;
@@ -701,6 +701,8 @@ static int l_request(lua_State *L)
     if (x->requests >= max_of(app->http.max_in_flight, DEFAULT_IN_FLIGHT)) {
         curl_slist_free_all(headers);
         COUNT(busy, 1);
+        LOG_KV_LIMITED(&busy_log, 10.0, LOG_WARN, "sluice.http.request refused: busy",
+                       LOG_S("url", o.url), LOG_I("in_flight", x->requests));
         return fail(L, "busy");
     }
     const char *why = NULL;
@@ -728,10 +730,13 @@ static int l_send(lua_State *L)
     struct curl_slist *headers;
     const char *bad = read_opts(L, &o, &headers);
     if (bad) return fail(L, bad);
-    http_ctx *x = get_ctx();
+    /* The top level runs at every load, on every worker (and first on the
+     * main thread, where no loop runs): a webhook from there would be sent
+     * once per worker and reload, or not at all. */
+    http_ctx *x = app->loading ? NULL : get_ctx();
     if (!x) {
         curl_slist_free_all(headers);
-        return fail(L, lx_loop ? "shutting down" : "not running");
+        return fail(L, lx_loop && !app->loading ? "shutting down" : "not running");
     }
     bool slot = x->webhooks < max_of(app->http.max_webhooks, DEFAULT_WEBHOOKS);
     if (!slot && x->queued >= max_of(app->http.webhook_queue, DEFAULT_QUEUE)) {

@@ -240,6 +240,9 @@ class RequestTest(HttpCase):
         self.assertEqual(self.b.hits, [])
         self.assertAlive()
 
+    def test_send_at_load_refused(self):
+        self.assertEqual(self.call("/top_send"), {"ok": False, "err": "not running"})
+
     def test_timer_task_waits(self):
         self.assertEqual(self.call_text("/timer?" + q(url=self.b.url("/ok"))), "started")
         deadline = time.monotonic() + 10
@@ -275,6 +278,7 @@ class BusyTest(HttpCase):
         v = self.call("/call", url=self.b.url("/ok"))
         self.assertEqual((v["ok"], v["err"]), (False, "busy"))
         self.assertEqual(self.metric("sluice_lua_http_busy_total"), busy0 + 1)
+        self.s.wait_log(r"sluice.http.request refused: busy")
         self.assertEqual(self.metric("sluice_lua_http_in_flight"), 2)
         self.b.release.set()
         for c in conns:

@@ -7,6 +7,12 @@ sluice.config{ workers = 1, http = { max_in_flight = 2, max_webhooks = 1, webhoo
 
 local VERSION = "v1"
 
+-- At load nothing is sent: the top level runs on every worker and reload.
+local top_ok, top_err = sluice.http.send{ url = "http://127.0.0.1:9/loaded" }
+sluice.route("GET", "/top_send", function(req)
+  return sluice.json(200, { ok = top_ok or false, err = top_err })
+end)
+
 -- The options of a call from the query: url, timeout, max_body, ca,
 -- follow, method, body.
 local function opts_of(q)
