@@ -15,9 +15,9 @@ cd "$(dirname "$0")"
 top=$PWD
 
 run_deps=(build-essential cmake pkg-config liblua5.4-dev lua-cjson-dev libev-dev node-llhttp
-          libssl-dev liblmdb-dev zlib1g-dev libmimalloc-dev libcurl4-openssl-dev)
+          libssl-dev liblmdb-dev zlib1g-dev libmimalloc-dev libcurl4-openssl-dev libnats-dev)
 test_deps=(curl openssl util-linux strace python3 python3-websockets python3-autobahn chromium clang
-           libclang-rt-14-dev nginx-light)
+           libclang-rt-14-dev nginx-light nats-server)
 bench_deps=(nginx-light libnginx-mod-nchan pushpin gnuplot-nox wrk)
 # HTTP/2 (core/h2.c): libnghttp2; nghttp, h2load and a raw client for its tests.
 run_deps+=(libnghttp2-dev)

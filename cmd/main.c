@@ -12,6 +12,7 @@
 #include "core/subscriber.h"
 #include "cmd/worker.h"
 #include "lua/api.h"
+#include "storage/cluster.h"
 #include "storage/store.h"
 
 #include <errno.h>
@@ -44,6 +45,7 @@ typedef struct options {
     int log_level;
     log_format log_format;
     const char *admin_listen, *admin_token_file;
+    const char *cluster; /* --cluster nats://HOST:PORT[,...] */
 } options;
 
 /* "mimalloc 2.0.9" or "system", for --version and the start-up log: the
@@ -61,6 +63,36 @@ static const char *allocator_name(char *buf, size_t cap)
 #endif
 }
 
+/* Cluster mode's settings: the script's cluster block, its servers
+ * replaced by --cluster.  False when neither names a server (one node). */
+static bool cluster_options(const options *o, const lx_config *cfg, struct cluster_opts *co)
+{
+    const lx_cluster_config *cl = &cfg->cluster;
+    *co = (struct cluster_opts){.servers = o->cluster ? o->cluster : cl->servers,
+                                .stream = cl->stream,
+                                .replicas = cl->replicas,
+                                .user = cl->user,
+                                .password = cl->password,
+                                .token = cl->token,
+                                .creds = cl->creds,
+                                .tls_ca = cl->tls_ca,
+                                .tls_cert = cl->tls_cert,
+                                .tls_key = cl->tls_key};
+    return co->servers != NULL;
+}
+
+/* The app's retention (sluice.topic) as the stream's limits: one for all
+ * topics, or an error that names the rules that differ. */
+static int cluster_retention(const hub *h, struct cluster_opts *co, char *err, size_t errlen)
+{
+    hub_retention r;
+    int rc = hub_retention_single(h, &r, err, errlen);
+    if (rc != 0) return rc;
+    co->max_per_topic = r.backlog;
+    co->max_age_ms = (uint64_t)(r.max_age * 1000);
+    return 0;
+}
+
 static void usage(FILE *out)
 {
     fprintf(
@@ -76,6 +108,8 @@ static void usage(FILE *out)
         "      --tls-cert FILE        PEM certificate chain\n"
         "      --tls-key FILE         PEM private key\n"
         "  -d, --data DIR             LMDB directory, created if missing (default ./sluice-data)\n"
+        "      --cluster URLS         one node of a cluster on NATS JetStream\n"
+        "                             (nats://HOST:PORT[,nats://...]; docs/cluster.md)\n"
         "  -w, --workers N            event-loop threads (default: number of CPUs)\n"
         "      --check                load the app, report problems, exit 0 or 1\n"
         "      --watch                reload the app when its file changes\n"
@@ -99,6 +133,7 @@ static int parse_options(int argc, char **argv, options *o)
         OPT_TLS_CERT,
         OPT_TLS_KEY,
         OPT_CHECK,
+        OPT_CLUSTER,
         OPT_LOG_LEVEL,
         OPT_LOG_FORMAT,
         OPT_WATCH,
@@ -118,6 +153,7 @@ static int parse_options(int argc, char **argv, options *o)
         {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
         {"admin-listen", required_argument, NULL, OPT_ADMIN_LISTEN},
         {"admin-token-file", required_argument, NULL, OPT_ADMIN_TOKEN_FILE},
+        {"cluster", required_argument, NULL, OPT_CLUSTER},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -167,6 +203,9 @@ static int parse_options(int argc, char **argv, options *o)
             break;
         case OPT_CHECK:
             o->check = true;
+            break;
+        case OPT_CLUSTER:
+            o->cluster = optarg;
             break;
         case OPT_LOG_LEVEL:
             o->log_level = log_level_parse(optarg);
@@ -408,6 +447,17 @@ int main(int argc, char **argv)
         lx_config_free(&cfg);
         return 1;
     }
+    struct cluster_opts cco;
+    if (o.check && cluster_options(&o, &cfg, &cco)) {
+        if (cluster_opts_check(&cco, err, sizeof(err)) != 0 ||
+            cluster_retention(first_hub, &cco, err, sizeof(err)) != 0) {
+            fprintf(stderr, "sluice: %s\n", err);
+            lx_app_release(first_app);
+            lx_config_free(&cfg);
+            hub_free(first_hub);
+            return 1;
+        }
+    }
     if (o.check) {
         printf("%s: ok (%zu routes)\n", o.app ? o.app : "scripts/default.lua",
                lx_app_route_count(first_app));
@@ -461,6 +511,15 @@ int main(int argc, char **argv)
     if (!bus) {
         fprintf(stderr, "sluice: %s\n", err);
         goto out;
+    }
+    struct cluster_opts co;
+    if (cluster_options(&o, &cfg, &co)) {
+        if (cluster_retention(first_hub, &co, err, sizeof(err)) != 0 ||
+            hub_bus_cluster(bus, &co, err, sizeof(err)) != 0) {
+            fprintf(stderr, "sluice: %s\n", err);
+            goto out;
+        }
+        LOG_KV(LOG_INFO, "cluster mode: JetStream is the record", LOG_S("servers", co.servers));
     }
 
     signal(SIGPIPE, SIG_IGN);

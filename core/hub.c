@@ -12,6 +12,7 @@
 #include "core/utf8.h"
 #include "core/ws.h"
 #include "core/wsz.h"
+#include "storage/cluster.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -60,6 +61,9 @@ struct hub_bus {
     bool refusing;
     uint64_t refused;
     double refusing_since;
+    /* Cluster mode (hub_bus_cluster): JetStream is the record, the store
+     * and its writer stay idle. */
+    struct cluster *cluster;
 };
 
 /* Counters written by the hub's own thread only and read by any (metrics):
@@ -260,9 +264,77 @@ hub_bus *hub_bus_open(struct store *st, unsigned max_hubs, size_t max_queue, cha
     return b;
 }
 
+/* ---- cluster mode: JetStream's callbacks, on the NATS client's threads ---- */
+
+static hub_msg *msg_new(const char *topic, size_t tlen, const char *event, size_t elen,
+                        const void *data, size_t len, unsigned ninbox);
+
+/* A PubAck (or failure) goes to its publisher's hub only: the fan-out
+ * comes from the stream's consumer, on every node alike. */
+static void on_cluster_ack(void *ud, void *req, int status, uint64_t seq, bool duplicate)
+{
+    hub_bus *b = ud;
+    pending *p = req;
+    hub_msg *m = p->msg;
+    hub *origin = p->origin;
+    p->req.status = status;
+    if (status == 0) {
+        p->req.seq = seq;
+        p->req.epoch = cluster_epoch(b->cluster);
+        p->req.duplicate = duplicate;
+        m->seq = seq;
+        m->id_len = (uint8_t)store_id_format(p->req.epoch, seq, m->id);
+        m->duplicate = duplicate;
+    }
+    m->ack_only = true;
+    pthread_mutex_lock(&b->lock);
+    bool attached = false;
+    for (unsigned i = 0; i < b->max_hubs; i++)
+        if (b->hubs[i] == origin) attached = true;
+    if (attached)
+        inbox_push(origin, m);
+    else /* cannot happen: a hub detaches with nothing in flight */
+        free(p);
+    pthread_mutex_unlock(&b->lock);
+    hub_msg_unref(m);
+}
+
+/* The stream's consumer: every message, in stream order, to every hub. */
+static void on_cluster_msg(void *ud, const struct cluster_msg *cm)
+{
+    hub_bus *b = ud;
+    hub_msg *m = msg_new(cm->topic, cm->topic_len, cm->event, cm->event_len, cm->data,
+                         cm->data_len, b->max_hubs);
+    if (!m) {
+        static log_limit lim = LOG_LIMIT_INIT;
+        LOG_KV_LIMITED(&lim, 1.0, LOG_ERROR, "cluster: out of memory, a message not delivered",
+                       LOG_I("seq", cm->seq));
+        return;
+    }
+    m->seq = cm->seq;
+    m->time_ms = cm->time_ms;
+    m->id_len = (uint8_t)store_id_format(cluster_epoch(b->cluster), cm->seq, m->id);
+    pthread_mutex_lock(&b->lock);
+    for (unsigned i = 0; i < b->max_hubs; i++)
+        if (b->hubs[i]) inbox_push(b->hubs[i], m);
+    pthread_mutex_unlock(&b->lock);
+    hub_msg_unref(m);
+}
+
+int hub_bus_cluster(hub_bus *b, const struct cluster_opts *o, char *err, size_t errlen)
+{
+    return cluster_open(&b->cluster, o, on_cluster_ack, on_cluster_msg, b, err, errlen);
+}
+
+bool hub_bus_ready(const hub_bus *b)
+{
+    return !b->cluster || cluster_connected(b->cluster);
+}
+
 void hub_bus_close(hub_bus *b)
 {
     if (!b) return;
+    cluster_close(b->cluster);
     writer_stop(b->writer);
     pthread_mutex_destroy(&b->lock);
     free(b);
@@ -286,8 +358,14 @@ int hub_attach(hub *h, hub_bus *b, const hub_opts *opts)
 {
     h->wake = opts->wake;
     h->wake_ud = opts->wake_ud;
-    h->last_seq = store_last_seq(b->store);
-    find_last_id(h, b->store);
+    if (b->cluster) {
+        h->last_seq = cluster_last_seq(b->cluster);
+        h->last_id_len =
+            (uint8_t)store_id_format(cluster_epoch(b->cluster), h->last_seq, h->last_id);
+    } else {
+        h->last_seq = store_last_seq(b->store);
+        find_last_id(h, b->store);
+    }
     pthread_mutex_lock(&b->lock);
     unsigned i = 0;
     while (i < b->max_hubs && b->hubs[i])
@@ -428,6 +506,35 @@ int hub_set_retention(hub *h, const char *pattern, size_t len, bool prefix_match
     x->prefix = prefix_match;
     x->r = *r;
     h->nrules++;
+    return 0;
+}
+
+int hub_retention_single(const hub *h, hub_retention *out, char *err, size_t errlen)
+{
+    /* Topics no rule matches keep the default, unless a "*" rule covers
+     * every name. */
+    hub_retention one = {HUB_DEFAULT_BACKLOG, 0};
+    const char *from = "the default (backlog 1000, no max_age)";
+    for (size_t i = 0; i < h->nrules; i++)
+        if (h->rules[i].prefix && h->rules[i].len == 0) {
+            one = h->rules[i].r;
+            from = "'*'";
+        }
+    if (one.backlog == 0) one.backlog = HUB_DEFAULT_BACKLOG;
+    for (size_t i = 0; i < h->nrules; i++) {
+        hub_retention r = h->rules[i].r;
+        if (r.backlog == 0) r.backlog = HUB_DEFAULT_BACKLOG;
+        if (r.backlog != one.backlog || r.max_age != one.max_age) {
+            snprintf(err, errlen,
+                     "cluster mode keeps one retention for every topic (JetStream's per-subject "
+                     "limits): '%s%s' (backlog %u, max_age %g) differs from %s (backlog %u, "
+                     "max_age %g); set it once with sluice.topic(\"*\", {...})",
+                     h->rules[i].pattern, h->rules[i].prefix ? "*" : "", r.backlog, r.max_age,
+                     from, one.backlog, one.max_age);
+            return SL_EINVAL;
+        }
+    }
+    *out = one;
     return 0;
 }
 
@@ -579,7 +686,11 @@ size_t hub_last_id(const hub *h, char out[HUB_ID_MAX])
 bool hub_id_parse(const hub *h, const char *id, size_t len, uint64_t *seq)
 {
     if (!h->bus) return false;
-    if (store_id_parse(h->bus->store, id, len, seq) == 0) return true;
+    if (h->bus->cluster) {
+        if (cluster_id_parse(h->bus->cluster, id, len, seq) == 0) return true;
+    } else if (store_id_parse(h->bus->store, id, len, seq) == 0) {
+        return true;
+    }
     /* "<epoch>-0" is "before everything" in any store (an empty store's
      * cursor): replay all retained, no gap unless retention removed some. */
     if (len >= 3 && id[len - 1] == '0' && id[len - 2] == '-') {
@@ -598,7 +709,9 @@ uint64_t hub_last_seq(const hub *h)
 
 uint64_t hub_committed_seq(const hub *h)
 {
-    uint64_t committed = h->bus ? store_last_seq(h->bus->store) : 0;
+    uint64_t committed = !h->bus           ? 0
+                         : h->bus->cluster ? cluster_last_seq(h->bus->cluster)
+                                           : store_last_seq(h->bus->store);
     return committed > h->last_seq ? committed : h->last_seq;
 }
 
@@ -645,7 +758,9 @@ int hub_publish_keyed(hub *h, const char *topic, size_t tlen, const char *event,
         p->req.ikey_len = iklen;
     }
     p->submitted = mono_now();
-    int rc = writer_submit(h->bus->writer, &p->req);
+    int rc = h->bus->cluster ? cluster_publish(h->bus->cluster, m->topic, m->topic_len, m->event,
+                                               m->event_len, p->req.data, len, ikey, iklen, p)
+                             : writer_submit(h->bus->writer, &p->req);
     if (rc != 0) {
         COUNT(h->stats.publish_failures, 1); /* refused before it was queued */
         static log_limit refused = LOG_LIMIT_INIT;
@@ -656,7 +771,7 @@ int hub_publish_keyed(hub *h, const char *topic, size_t tlen, const char *event,
         return rc;
     }
     h->inflight++;
-    h->uncommitted = true;
+    h->uncommitted = !h->bus->cluster;
     return 0;
 }
 
@@ -750,7 +865,7 @@ void hub_poll(hub *h)
     bool answer_first = h->inflight > 1;
     for (hub_msg *m = first; !answer_first && m; m = m->inbox_next[h->index])
         if (own_pending(h, m)) {
-            answer_first = m->seq == 0 || m->duplicate || !reaches_oneshot(h, m);
+            answer_first = m->seq == 0 || m->duplicate || m->ack_only || !reaches_oneshot(h, m);
             break;
         }
     for (hub_msg *m = first; answer_first && m; m = m->inbox_next[h->index]) {
@@ -768,7 +883,8 @@ void hub_poll(hub *h)
          * whose first publish had it. */
         if (m->seq != 0 && !m->duplicate) {
             note_committed(h, m, p);
-            fan_out(h, m);
+            /* Cluster mode: the PubAck answers, the stream's consumer fans out. */
+            if (!m->ack_only) fan_out(h, m);
         }
         if (p) answer(h, m, p);
         hub_msg_unref(m);
@@ -973,7 +1089,10 @@ long hub_replay(hub *h, const char *const *topics, const size_t *lens, int n, ui
             if (!h->bus) continue;
             expand_acc a = {topics[i],  lens[i] - 1, names + nn,
                             nlens + nn, 0,           HUB_REPLAY_MAX_TOPICS - nn};
-            store_topics(h->bus->store, expand_one, &a);
+            if (h->bus->cluster)
+                cluster_topics(h->bus->cluster, topics[i], lens[i] - 1, expand_one, &a);
+            else
+                store_topics(h->bus->store, expand_one, &a);
             for (int j = 0; j < a.n; j++)
                 owned[nn + j] = true;
             nn += a.n;
@@ -992,11 +1111,17 @@ long hub_replay(hub *h, const char *const *topics, const size_t *lens, int n, ui
     if (h->bus && nn > 0) {
         for (int i = 0; i < nn; i++)
             refs[i] = (struct store_topic_ref){names[i], nlens[i]};
-        int rc = store_read_multi(h->bus->store, refs, (size_t)nn, known ? after_seq : 0, limit, collect,
-                                  &acc, infos);
+        int rc = h->bus->cluster ? cluster_read(h->bus->cluster, refs, (size_t)nn,
+                                                known ? after_seq : 0, limit, collect, &acc, infos)
+                                 : store_read_multi(h->bus->store, refs, (size_t)nn,
+                                                    known ? after_seq : 0, limit, collect, &acc,
+                                                    infos);
         if (rc != 0 || acc.oom) result = rc != 0 ? rc : SL_ENOMEM;
-        for (int i = 0; i < nn && result == 0; i++)
+        for (int i = 0; i < nn && result == 0; i++) {
             if (known && infos[i].gap) gaps[i] = true;
+            /* A cluster read brings a bounded part of each topic. */
+            if (h->bus->cluster && infos[i].more) acc.full = true;
+        }
     }
     *more = result == 0 && (acc.full || (limit && acc.n >= limit));
     if (result == 0 && on_gap)
@@ -1261,6 +1386,15 @@ void hub_get_stats(const hub *h, hub_stats *st)
     if (b) {
         writer_stats(b->writer, &ws);
         st->commits = ws.batches;
+    }
+    if (b && b->cluster) {
+        struct cluster_stats cs;
+        cluster_get_stats(b->cluster, &cs);
+        st->cluster = true;
+        st->cluster_connected = cs.connected;
+        st->cluster_reconnects = cs.reconnects;
+        st->cluster_inflight = cs.inflight;
+        st->cluster_publish_failures = cs.publish_failures;
     }
 }
 

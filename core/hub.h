@@ -85,6 +85,8 @@ typedef struct hub_msg {
     uint16_t ninbox;              /* hubs it can be queued to */
     bool duplicate;               /* a retry answered with the first publish's ID
                                      (Idempotency-Key): not stored, no fan-out */
+    bool ack_only;                /* cluster mode: a PubAck for its publisher; the
+                                     fan-out comes from the stream's consumer */
     struct hub_msg *inbox_next[]; /* one link per hub on the bus */
 } hub_msg;
 
@@ -133,6 +135,21 @@ typedef struct hub_opts {
  * or NULL with a message in err. */
 hub_bus *hub_bus_open(struct store *st, unsigned max_hubs, size_t max_queue, char *err,
                       size_t errlen);
+
+struct cluster_opts;
+
+/* Cluster mode (SPEC.md, "Cluster"; docs/cluster.md): makes NATS
+ * JetStream the bus's record instead of the store, before any hub is
+ * attached.  Publishes go to the stream and are answered on its PubAck;
+ * every hub gets the stream's messages from one consumer, in stream order;
+ * replays read the stream; IDs are the stream's.  Returns 0, or an SL_E*
+ * code with the reason in err (NATS unreachable, a stream with other
+ * settings...). */
+int hub_bus_cluster(hub_bus *b, const struct cluster_opts *o, char *err, size_t errlen);
+
+/* False while cluster mode has no NATS server connected (publishes are
+ * refused, /readyz says not ready); true without cluster mode. */
+bool hub_bus_ready(const hub_bus *b);
 
 /* Stops the writer after committing what is queued (those commits still
  * reach the attached hubs' inboxes), then frees the bus.  Call once every
@@ -185,6 +202,12 @@ void hub_commit_pending(hub *h);
  * Returns 0 or SL_ENOMEM. */
 int hub_set_retention(hub *h, const char *pattern, size_t len, bool prefix_match,
                       const hub_retention *r);
+
+/* Cluster mode's retention (JetStream keeps one per-subject limit for the
+ * whole stream): 0 and *out when every rule set on this hub is the same
+ * (a topic no rule matches has the default), else SL_EINVAL with the two
+ * rules that differ named in err. */
+int hub_retention_single(const hub *h, hub_retention *out, char *err, size_t errlen);
 
 /* True when `name` is a valid topic name (see HUB_TOPIC_MAX). */
 bool hub_topic_valid(const char *name, size_t len);
@@ -320,6 +343,11 @@ typedef struct hub_stats {
      * bucket as Prometheus wants; the last bucket is +Inf. */
     uint64_t latency_buckets[HUB_LATENCY_BUCKETS + 1];
     double latency_sum;
+    /* Cluster mode only (cluster set): NATS connected now (0/1), reconnects,
+     * publishes waiting for a PubAck, publishes JetStream refused or never
+     * acknowledged (answered 503). */
+    bool cluster;
+    uint64_t cluster_connected, cluster_reconnects, cluster_inflight, cluster_publish_failures;
 } hub_stats;
 void hub_get_stats(const hub *h, hub_stats *st);
 

@@ -153,6 +153,27 @@ char *metrics_render(const hub *h, const metrics_extra *extra, size_t nextra, si
          "inflated (1009), or not valid deflate data (1007).");
     add(&t, "sluice_ws_deflate_refused_total{reason=\"too_big\"} %llu\n", zs.too_big);
     add(&t, "sluice_ws_deflate_refused_total{reason=\"bad_data\"} %llu\n", zs.bad_data);
+    if (hs.cluster) {
+        const struct {
+            const char *name, *type, *help;
+            unsigned long long value;
+        } cl[] = {
+            {"sluice_cluster_connected", "gauge",
+             "1 while a NATS server is connected (cluster mode; 0: publishes answer 503).",
+             hs.cluster_connected},
+            {"sluice_cluster_reconnects_total", "counter", "Reconnections to NATS.",
+             hs.cluster_reconnects},
+            {"sluice_cluster_publishes_inflight", "gauge", "Publishes waiting for JetStream's ack.",
+             hs.cluster_inflight},
+            {"sluice_cluster_publish_failures_total", "counter",
+             "Publishes JetStream refused or did not acknowledge in time (answered 503).",
+             hs.cluster_publish_failures},
+        };
+        for (size_t i = 0; i < sizeof(cl) / sizeof(cl[0]); i++) {
+            head(&t, cl[i].name, cl[i].type, cl[i].help);
+            add(&t, "%s %llu\n", cl[i].name, cl[i].value);
+        }
+    }
     head(&t, "sluice_http_refused_total", "counter",
          "Requests refused by the HTTP layer before the app saw them, by status.");
     static const int refused[SERVER_REFUSAL_KINDS] = SERVER_REFUSAL_STATUSES;

@@ -21,6 +21,13 @@
 
 #define LX_MAX_LISTEN 16
 
+/* sluice.config{cluster={...}} (docs/lua-api.md): NULL or 0 when not set. */
+typedef struct lx_cluster_config {
+    char *servers; /* "nats://a:1,nats://b:2" */
+    char *stream, *user, *password, *token, *creds, *tls_ca, *tls_cert, *tls_key;
+    int replicas;
+} lx_cluster_config;
+
 /* What a script declared with sluice.config{}; command-line flags override
  * it. */
 typedef struct lx_config {
@@ -44,6 +51,7 @@ typedef struct lx_config {
     int ws_deflate;               /* compression.websocket: 1 on, -1 off, 0 not set */
     bool ws_deflate_min_set;      /* compression.min_size was given: */
     size_t ws_deflate_min;        /* ...bytes */
+    lx_cluster_config cluster;
 } lx_config;
 
 typedef struct lx_app lx_app;

@@ -35,6 +35,14 @@ void lx_config_free(lx_config *cfg)
     free(cfg->admin_listen);
     free(cfg->admin_token_file);
     cfg->admin_listen = cfg->admin_token_file = NULL;
+    lx_cluster_config *cl = &cfg->cluster;
+    char **cs[] = {&cl->servers, &cl->stream,  &cl->user,     &cl->password, &cl->token,
+                   &cl->creds,   &cl->tls_ca,  &cl->tls_cert, &cl->tls_key};
+    for (size_t i = 0; i < sizeof(cs) / sizeof(cs[0]); i++) {
+        free(*cs[i]);
+        *cs[i] = NULL;
+    }
+    cl->replicas = 0;
     cfg->nlisten = cfg->ntls_listen = 0;
     cfg->tls_cert = cfg->tls_key = cfg->data_dir = NULL;
 }
@@ -169,6 +177,100 @@ static void config_compression(lua_State *L, lx_config *cfg)
     }
 }
 
+/* cluster = {servers=, stream=, replicas=, user=, password=, token=,
+ * creds=, tls={ca=, cert=, key=}}: every key and type checked first, then
+ * the copies made, then the old values replaced (an error leaves them). */
+static void config_cluster(lua_State *L, lx_config *cfg)
+{
+    static const char *const strs[] = {"stream", "user", "password", "token", "creds"};
+    static const char *const tls_keys[] = {"ca", "cert", "key"};
+    if (!lua_istable(L, -1)) luaL_error(L, "sluice.config: cluster must be a table");
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "sluice.config: cluster keys are names");
+        const char *k = lua_tostring(L, -2);
+        bool known = strcmp(k, "servers") == 0 || strcmp(k, "replicas") == 0 ||
+                     strcmp(k, "tls") == 0;
+        for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++)
+            if (strcmp(k, strs[i]) == 0) {
+                known = true;
+                if (lua_type(L, -1) != LUA_TSTRING)
+                    luaL_error(L, "sluice.config: cluster.%s must be a string", k);
+            }
+        if (!known) luaL_error(L, "sluice.config: unknown cluster setting '%s'", k);
+        lua_pop(L, 1);
+    }
+    luaL_Buffer servers;
+    int stype = lua_getfield(L, -1, "servers");
+    if (stype == LUA_TTABLE) {
+        lua_Integer n = luaL_len(L, -1);
+        if (n < 1 || n > 16) luaL_error(L, "sluice.config: cluster.servers: 1 to 16 URLs");
+        for (lua_Integer i = 1; i <= n; i++) {
+            if (lua_geti(L, -1, i) != LUA_TSTRING)
+                luaL_error(L, "sluice.config: cluster.servers[%d] must be a string", (int)i);
+            lua_pop(L, 1);
+        }
+        luaL_buffinit(L, &servers);
+        for (lua_Integer i = 1; i <= n; i++) {
+            if (i > 1) luaL_addchar(&servers, ',');
+            lua_geti(L, -2, i); /* the buffer may hold a slot */
+            luaL_addvalue(&servers);
+        }
+        luaL_pushresult(&servers);
+        lua_remove(L, -2);
+    } else if (stype != LUA_TSTRING && stype != LUA_TNIL) {
+        luaL_error(L, "sluice.config: cluster.servers must be a string or a list of strings");
+    }
+    int replicas = 0;
+    if (lua_getfield(L, -2, "replicas") != LUA_TNIL) {
+        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || lua_tointeger(L, -1) > 5)
+            luaL_error(L, "sluice.config: cluster.replicas must be an integer from 1 to 5");
+        replicas = (int)lua_tointeger(L, -1);
+    }
+    lua_pop(L, 1);
+    int ttype = lua_getfield(L, -2, "tls");
+    if (ttype != LUA_TNIL) {
+        if (ttype != LUA_TTABLE) luaL_error(L, "sluice.config: cluster.tls must be a table");
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+            bool known = false;
+            for (size_t i = 0; i < 3; i++)
+                known |= strcmp(k, tls_keys[i]) == 0;
+            if (!known) luaL_error(L, "sluice.config: unknown cluster.tls setting '%s'", k);
+            if (lua_type(L, -1) != LUA_TSTRING)
+                luaL_error(L, "sluice.config: cluster.tls.%s must be a string", k);
+            lua_pop(L, 1);
+        }
+    }
+    /* Stack: cluster, servers, tls.  Checked: now the copies. */
+    lx_cluster_config fresh = {.replicas = replicas};
+    char **tls_out[] = {&fresh.tls_ca, &fresh.tls_cert, &fresh.tls_key};
+    char **str_out[] = {&fresh.stream, &fresh.user, &fresh.password, &fresh.token, &fresh.creds};
+    bool oom = false;
+    if (lua_type(L, -2) == LUA_TSTRING) oom |= !(fresh.servers = strdup(lua_tostring(L, -2)));
+    for (size_t i = 0; i < 3 && ttype == LUA_TTABLE; i++) {
+        if (lua_getfield(L, -1, tls_keys[i]) == LUA_TSTRING)
+            oom |= !(*tls_out[i] = strdup(lua_tostring(L, -1)));
+        lua_pop(L, 1);
+    }
+    for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
+        if (lua_getfield(L, -3, strs[i]) == LUA_TSTRING)
+            oom |= !(*str_out[i] = strdup(lua_tostring(L, -1)));
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 2);
+    lx_config old = {.cluster = cfg->cluster};
+    cfg->cluster = fresh;
+    lx_config_free(&old);
+    if (oom) {
+        old.cluster = cfg->cluster;
+        memset(&cfg->cluster, 0, sizeof(cfg->cluster));
+        lx_config_free(&old);
+        luaL_error(L, "sluice.config: out of memory");
+    }
+}
+
 /* Checks that the value on top of the stack, option `key` of argument
  * `arg`, has the type wanted; the error names both ("bad argument #2 to
  * 'topic' (backlog must be an integer, not string)"). */
@@ -271,6 +373,8 @@ static int l_config(lua_State *L)
             cfg->workers = (int)w;
         } else if (strcmp(k, "http") == 0) {
             lx_http_config(L, app);
+        } else if (strcmp(k, "cluster") == 0) {
+            config_cluster(L, cfg);
         } else if (strcmp(k, "limits") == 0) {
             config_limits(L, cfg);
             /* At once: the rest of the chunk runs under it too. */

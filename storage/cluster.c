@@ -1,0 +1,921 @@
+/* cluster.c: the JetStream record (see cluster.h): the connection and its
+ * options, the stream's creation or check, asynchronous publishes and the
+ * table that matches each PubAck to its request, the ordered consumer that
+ * delivers the stream to this node, and reads of a topic's history for a
+ * resume.  All NATS I/O is the NATS C client's (no protocol here); its
+ * threads call back into the hub, which hands messages to the workers as
+ * the writer thread does in single-node mode. */
+#include "storage/cluster.h"
+
+#include "core/err.h"
+#include "core/log.h"
+
+#include <nats/nats.h>
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define EVENT_HEADER "Sluice-Event"
+#define PENDING_BUCKETS 4096
+
+/* A publish between js_PublishMsgAsync and its PubAck, found again by the
+ * message pointer the client hands back to the ack handler. */
+typedef struct inflight {
+    natsMsg *msg;
+    void *req;
+    struct inflight *next;
+} inflight;
+
+struct cluster {
+    natsOptions *opts;
+    natsConnection *nc;
+    jsCtx *js;
+    natsSubscription *sub; /* the ordered consumer on the whole stream */
+    char stream[64];
+    char filter[80]; /* "<STREAM>.>" */
+    uint64_t epoch;
+    uint64_t max_per_topic;
+    cluster_ack_fn ack;
+    cluster_msg_fn deliver;
+    void *ud;
+    pthread_mutex_t lock; /* guards the in-flight table */
+    inflight *table[PENDING_BUCKETS];
+    uint64_t ninflight;
+    /* relaxed atomics */
+    uint64_t last_seq;
+    uint64_t published, publish_failures, delivered, reconnects;
+    int connected;
+    int closing; /* cluster_close has begun: a disconnect is expected */
+};
+
+#define LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
+#define ADD(x, n) __atomic_fetch_add(&(x), (n), __ATOMIC_RELAXED)
+
+/* ---- subject tokens --------------------------------------------------------- */
+
+static bool token_plain(unsigned char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           ch == '_' || ch == ':' || ch == '-';
+}
+
+size_t cluster_token_encode(const char *s, size_t len, char *out, size_t outlen)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    if (outlen < 3 * len + 1) return 0;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (token_plain(ch)) {
+            out[o++] = (char)ch;
+        } else {
+            out[o++] = '%';
+            out[o++] = hex[ch >> 4];
+            out[o++] = hex[ch & 15];
+        }
+    }
+    out[o] = '\0';
+    return o;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+long cluster_token_decode(const char *tok, size_t len, char *out, size_t outlen)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (o >= outlen) return -1;
+        unsigned char ch = (unsigned char)tok[i];
+        if (token_plain(ch)) {
+            out[o++] = (char)ch;
+            continue;
+        }
+        if (ch != '%' || len - i < 3) return -1;
+        int hi = hexval(tok[i + 1]), lo = hexval(tok[i + 2]);
+        if (hi < 0 || lo < 0) return -1;
+        unsigned char v = (unsigned char)(hi << 4 | lo);
+        if (token_plain(v)) return -1; /* not canonical: one name, one token */
+        out[o++] = (char)v;
+        i += 2;
+    }
+    return (long)o;
+}
+
+/* "<STREAM>.<token>" into out (at least 3 * HUB-sized names): 0 or -1. */
+static int subject_of(const struct cluster *c, const char *topic, size_t tlen, char *out,
+                      size_t outlen)
+{
+    size_t sl = strlen(c->stream);
+    if (outlen < sl + 2) return -1;
+    memcpy(out, c->stream, sl);
+    out[sl] = '.';
+    return cluster_token_encode(topic, tlen, out + sl + 1, outlen - sl - 1) || tlen == 0 ? 0 : -1;
+}
+
+/* The topic of a subject of this stream: its length, or -1. */
+static long topic_of(const struct cluster *c, const char *subject, char *out, size_t outlen)
+{
+    size_t sl = strlen(c->stream), len = strlen(subject);
+    if (len <= sl + 1 || memcmp(subject, c->stream, sl) != 0 || subject[sl] != '.') return -1;
+    return cluster_token_decode(subject + sl + 1, len - sl - 1, out, outlen);
+}
+
+/* ---- options ---------------------------------------------------------------- */
+
+static bool stream_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 1 || n > 32) return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= 'a' && s[i] <= 'z') ||
+              (s[i] >= '0' && s[i] <= '9') || s[i] == '_' || s[i] == '-'))
+            return false;
+    return true;
+}
+
+int cluster_opts_check(const struct cluster_opts *o, char *err, size_t errlen)
+{
+    if (!o->servers || !*o->servers) {
+        snprintf(err, errlen, "cluster: servers missing (nats://HOST:PORT[,...])");
+        return SL_EINVAL;
+    }
+    /* Each server: nats:// or tls:// then something. */
+    const char *p = o->servers;
+    while (*p) {
+        const char *end = strchr(p, ',');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        bool ok = (n > 7 && strncmp(p, "nats://", 7) == 0) || (n > 6 && strncmp(p, "tls://", 6) == 0);
+        if (!ok) {
+            snprintf(err, errlen, "cluster: bad server '%.*s' (nats://HOST:PORT)", (int)(n > 200 ? 200 : n),
+                     p);
+            return SL_EINVAL;
+        }
+        p += n + (end ? 1 : 0);
+        if (end && !*p) {
+            snprintf(err, errlen, "cluster: empty server after ','");
+            return SL_EINVAL;
+        }
+    }
+    if (o->stream && !stream_name_ok(o->stream)) {
+        snprintf(err, errlen, "cluster: stream name must be 1 to 32 of [A-Za-z0-9_-]");
+        return SL_EINVAL;
+    }
+    if (o->replicas < 0 || o->replicas > 5) {
+        snprintf(err, errlen, "cluster: replicas must be 1 to 5");
+        return SL_EINVAL;
+    }
+    if ((o->user != NULL) != (o->password != NULL)) {
+        snprintf(err, errlen, "cluster: user and password go together");
+        return SL_EINVAL;
+    }
+    if ((o->tls_cert != NULL) != (o->tls_key != NULL)) {
+        snprintf(err, errlen, "cluster: tls cert and key go together");
+        return SL_EINVAL;
+    }
+    return 0;
+}
+
+/* ---- publishes and their PubAcks -------------------------------------------- */
+
+static size_t bucket_of(const natsMsg *m)
+{
+    uintptr_t v = (uintptr_t)m;
+    return (size_t)((v >> 4) ^ (v >> 16)) % PENDING_BUCKETS;
+}
+
+static void *inflight_take(struct cluster *c, natsMsg *m)
+{
+    void *req = NULL;
+    pthread_mutex_lock(&c->lock);
+    for (inflight **pp = &c->table[bucket_of(m)]; *pp; pp = &(*pp)->next) {
+        if ((*pp)->msg == m) {
+            inflight *f = *pp;
+            *pp = f->next;
+            req = f->req;
+            free(f);
+            c->ninflight--;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    return req;
+}
+
+static void bump_last(struct cluster *c, uint64_t seq)
+{
+    uint64_t cur = LOAD(c->last_seq);
+    while (seq > cur &&
+           !__atomic_compare_exchange_n(&c->last_seq, &cur, seq, false, __ATOMIC_RELAXED,
+                                        __ATOMIC_RELAXED)) {
+    }
+}
+
+/* The client's thread: a PubAck, a JetStream error, or MaxWait passed. */
+static void on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
+{
+    (void)js;
+    struct cluster *c = closure;
+    void *req = inflight_take(c, msg);
+    natsMsg_Destroy(msg); /* the handler's to free (nats.h), and only the key here */
+    if (!req) return;     /* answered already (cluster_close) */
+    if (pa && !pae) {
+        bump_last(c, pa->Sequence);
+        ADD(c->published, 1);
+        c->ack(c->ud, req, 0, pa->Sequence, pa->Duplicate);
+        return;
+    }
+    ADD(c->publish_failures, 1);
+    static log_limit lim = LOG_LIMIT_INIT;
+    LOG_KV_LIMITED(&lim, 1.0, LOG_WARN, "cluster publish failed",
+                   LOG_S("reason", pae && pae->ErrText ? pae->ErrText
+                                   : pae               ? natsStatus_GetText(pae->Err)
+                                                       : "no ack"));
+    c->ack(c->ud, req, SL_EIO, 0, false);
+}
+
+int cluster_publish(struct cluster *c, const char *topic, size_t tlen, const char *event,
+                    size_t elen, const void *data, size_t len, const char *ikey, size_t iklen,
+                    void *req)
+{
+    if (natsConnection_Status(c->nc) != NATS_CONN_STATUS_CONNECTED) return SL_EIO;
+    if (LOAD(c->ninflight) >= CLUSTER_MAX_INFLIGHT) return SL_EBUSY;
+    if (len > INT32_MAX) return SL_EINVAL;
+    char subject[64 + 3 * 256 + 2];
+    if (subject_of(c, topic, tlen, subject, sizeof(subject)) != 0) return SL_EINVAL;
+    natsMsg *msg = NULL;
+    if (natsMsg_Create(&msg, subject, NULL, data, (int)len) != NATS_OK) return SL_ENOMEM;
+    char hv[3 * 256 + 1];
+    char idv[2 * (3 * 256) + 4];
+    natsStatus s = NATS_OK;
+    if (event && elen) {
+        /* Encoded as a token: a header value keeps no edge spaces. */
+        if (!cluster_token_encode(event, elen, hv, sizeof(hv))) s = NATS_INVALID_ARG;
+        if (s == NATS_OK) s = natsMsgHeader_Set(msg, EVENT_HEADER, hv);
+    }
+    if (s == NATS_OK && ikey && iklen) {
+        /* JetStream's dedup key is per stream: the topic is part of it. */
+        size_t a = cluster_token_encode(topic, tlen, idv, sizeof(idv));
+        idv[a] = '/';
+        size_t b = cluster_token_encode(ikey, iklen, idv + a + 1, sizeof(idv) - a - 1);
+        if (!a || !b) s = NATS_INVALID_ARG;
+        if (s == NATS_OK) s = natsMsgHeader_Set(msg, "Nats-Msg-Id", idv);
+    }
+    inflight *f = s == NATS_OK ? malloc(sizeof(inflight)) : NULL;
+    if (!f) {
+        natsMsg_Destroy(msg);
+        return SL_ENOMEM;
+    }
+    /* In the table before the send: the ack may come before it returns. */
+    f->msg = msg;
+    f->req = req;
+    size_t bkt = bucket_of(msg);
+    pthread_mutex_lock(&c->lock);
+    f->next = c->table[bkt];
+    c->table[bkt] = f;
+    c->ninflight++;
+    pthread_mutex_unlock(&c->lock);
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = CLUSTER_PUBLISH_TIMEOUT_MS;
+    natsMsg *sent = msg;
+    s = js_PublishMsgAsync(c->js, &sent, &po);
+    if (s != NATS_OK) {
+        /* Not taken: no ack will come. */
+        bool mine = inflight_take(c, msg) != NULL;
+        natsMsg_Destroy(sent);
+        if (!mine) return 0; /* cannot happen: the ack came for a send that failed */
+        return SL_EIO;
+    }
+    return 0;
+}
+
+/* ---- the stream's consumer ---------------------------------------------------- */
+
+static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    struct cluster *c = closure;
+    jsMsgMetaData *meta = NULL;
+    char topic[256], event[256];
+    long tl = topic_of(c, natsMsg_GetSubject(msg), topic, sizeof(topic) - 1);
+    if (natsMsg_GetMetaData(&meta, msg) != NATS_OK || tl <= 0) {
+        static log_limit lim = LOG_LIMIT_INIT;
+        LOG_KV_LIMITED(&lim, 10.0, LOG_WARN, "cluster: message not of sluice's form skipped",
+                       LOG_S("subject", natsMsg_GetSubject(msg)));
+        goto done;
+    }
+    topic[tl] = '\0';
+    struct cluster_msg m = {.topic = topic,
+                            .topic_len = (size_t)tl,
+                            .data = natsMsg_GetData(msg),
+                            .data_len = (size_t)natsMsg_GetDataLength(msg),
+                            .seq = meta->Sequence.Stream,
+                            .time_ms = meta->Timestamp / 1000000};
+    const char *hv = NULL;
+    if (natsMsgHeader_Get(msg, EVENT_HEADER, &hv) == NATS_OK && hv) {
+        long el = cluster_token_decode(hv, strlen(hv), event, sizeof(event) - 1);
+        if (el > 0) {
+            event[el] = '\0';
+            m.event = event;
+            m.event_len = (size_t)el;
+        }
+    }
+    bump_last(c, m.seq);
+    ADD(c->delivered, 1);
+    if (!m.data) m.data = "";
+    c->deliver(c->ud, &m);
+done:
+    jsMsgMetaData_Destroy(meta);
+    natsMsg_Destroy(msg);
+}
+
+static void on_disconnected(natsConnection *nc, void *closure)
+{
+    (void)nc;
+    struct cluster *c = closure;
+    STORE(c->connected, 0);
+    if (LOAD(c->closing)) return;
+    LOG_KV(LOG_WARN, "cluster: disconnected from NATS: publishes answer 503 until it is back");
+}
+
+static void on_reconnected(natsConnection *nc, void *closure)
+{
+    struct cluster *c = closure;
+    char url[256] = "";
+    natsConnection_GetConnectedUrl(nc, url, sizeof(url));
+    STORE(c->connected, 1);
+    ADD(c->reconnects, 1);
+    LOG_KV(LOG_INFO, "cluster: reconnected to NATS", LOG_S("server", url));
+}
+
+/* ---- open, check, close ------------------------------------------------------- */
+
+#define FAIL(...)                                                                                  \
+    do {                                                                                           \
+        snprintf(err, errlen, __VA_ARGS__);                                                        \
+        goto fail;                                                                                 \
+    } while (0)
+
+static const char *last_error(natsStatus s)
+{
+    const char *t = nats_GetLastError(NULL);
+    return t && *t ? t : natsStatus_GetText(s);
+}
+
+/* "sluice epoch=<base36>" (as cluster_open writes it): 0 and *epoch. */
+static int epoch_parse(const char *desc, uint64_t *epoch)
+{
+    static const char pre[] = "sluice epoch=";
+    if (strncmp(desc, pre, sizeof(pre) - 1) != 0) return -1;
+    const char *p = desc + sizeof(pre) - 1;
+    size_t n = strlen(p);
+    if (n < 1 || n > 12 || p[0] == '0') return -1;
+    uint64_t e = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned d;
+        if (p[i] >= '0' && p[i] <= '9')
+            d = (unsigned)(p[i] - '0');
+        else if (p[i] >= 'a' && p[i] <= 'z')
+            d = (unsigned)(p[i] - 'a') + 10;
+        else
+            return -1;
+        e = e * 36 + d;
+    }
+    *epoch = e;
+    return 0;
+}
+
+/* Differences between the stream as it is and as this node wants it. */
+static int check_stream(const jsStreamConfig *have, const jsStreamConfig *want, char *err,
+                        size_t errlen)
+{
+    char diff[512] = "";
+    size_t dl = 0;
+#define DIFF(...)                                                                                  \
+    do {                                                                                           \
+        int w_ = snprintf(diff + dl, sizeof(diff) - dl, __VA_ARGS__);                              \
+        if (w_ > 0 && (size_t)w_ < sizeof(diff) - dl) dl += (size_t)w_;                           \
+    } while (0)
+    if (have->SubjectsLen != 1 || strcmp(have->Subjects[0], want->Subjects[0]) != 0)
+        DIFF(" subjects (want %s)", want->Subjects[0]);
+    if (have->Replicas != want->Replicas)
+        DIFF(" replicas %ld (want %ld)", (long)have->Replicas, (long)want->Replicas);
+    if (have->MaxMsgsPerSubject != want->MaxMsgsPerSubject)
+        DIFF(" max_msgs_per_subject %lld (want %lld)", (long long)have->MaxMsgsPerSubject,
+             (long long)want->MaxMsgsPerSubject);
+    if (have->MaxAge != want->MaxAge)
+        DIFF(" max_age %llds (want %llds)", (long long)(have->MaxAge / 1000000000),
+             (long long)(want->MaxAge / 1000000000));
+    if (have->Storage != want->Storage) DIFF(" storage (want file)");
+    if (have->Retention != want->Retention) DIFF(" retention policy (want limits)");
+    if (have->Discard != want->Discard) DIFF(" discard policy (want old)");
+    if (have->Duplicates != want->Duplicates)
+        DIFF(" duplicate_window %llds (want %ds)", (long long)(have->Duplicates / 1000000000),
+             CLUSTER_DUPLICATE_WINDOW_S);
+#undef DIFF
+    if (!dl) return 0;
+    snprintf(err, errlen,
+             "cluster: stream %s exists with other settings:%s; change sluice's settings or the "
+             "stream (nats stream edit/rm)",
+             want->Name, diff);
+    return SL_EINVAL;
+}
+
+int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack_fn ack,
+                 cluster_msg_fn deliver, void *ud, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (cluster_opts_check(o, err, errlen) != 0) return SL_EINVAL;
+    struct cluster *c = calloc(1, sizeof(*c));
+    if (!c) {
+        snprintf(err, errlen, "out of memory");
+        return SL_ENOMEM;
+    }
+    pthread_mutex_init(&c->lock, NULL);
+    snprintf(c->stream, sizeof(c->stream), "%s", o->stream ? o->stream : "SLUICE");
+    snprintf(c->filter, sizeof(c->filter), "%s.>", c->stream);
+    c->ack = ack;
+    c->deliver = deliver;
+    c->ud = ud;
+    c->max_per_topic = o->max_per_topic ? o->max_per_topic : 1000;
+    jsStreamInfo *si = NULL;
+    natsStatus s;
+    jsErrCode jerr = 0;
+    if (natsOptions_Create(&c->opts) != NATS_OK) FAIL("out of memory");
+    /* One URL each: natsOptions_SetURL takes no list. */
+    char *list = strdup(o->servers);
+    const char *urls[16];
+    int nurls = 0;
+    for (char *save = NULL, *u = list ? strtok_r(list, ",", &save) : NULL; u && nurls < 16;
+         u = strtok_r(NULL, ",", &save))
+        urls[nurls++] = u;
+    s = list ? natsOptions_SetServers(c->opts, urls, nurls) : NATS_NO_MEMORY;
+    free(list);
+    if (s == NATS_OK) s = natsOptions_SetTimeout(c->opts, CLUSTER_API_WAIT_MS);
+    if (s == NATS_OK) s = natsOptions_SetMaxReconnect(c->opts, -1); /* forever */
+    if (s == NATS_OK) s = natsOptions_SetReconnectWait(c->opts, 250);
+    /* A dead server is noticed within two pings. */
+    if (s == NATS_OK) s = natsOptions_SetPingInterval(c->opts, 1000);
+    if (s == NATS_OK) s = natsOptions_SetMaxPingsOut(c->opts, 2);
+    if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(c->opts, on_disconnected, c);
+    if (s == NATS_OK) s = natsOptions_SetReconnectedCB(c->opts, on_reconnected, c);
+    if (s == NATS_OK && o->user) s = natsOptions_SetUserInfo(c->opts, o->user, o->password);
+    if (s == NATS_OK && o->token) s = natsOptions_SetToken(c->opts, o->token);
+    if (s == NATS_OK && o->creds) s = natsOptions_SetUserCredentialsFromFiles(c->opts, o->creds, NULL);
+    if (s == NATS_OK && (o->tls_ca || o->tls_cert)) s = natsOptions_SetSecure(c->opts, true);
+    if (s == NATS_OK && o->tls_ca) s = natsOptions_LoadCATrustedCertificates(c->opts, o->tls_ca);
+    if (s == NATS_OK && o->tls_cert)
+        s = natsOptions_LoadCertificatesChain(c->opts, o->tls_cert, o->tls_key);
+    if (s != NATS_OK) FAIL("cluster: options: %s", last_error(s));
+    s = natsConnection_Connect(&c->nc, c->opts);
+    if (s != NATS_OK) FAIL("cluster: cannot connect to %s: %s", o->servers, last_error(s));
+    STORE(c->connected, 1);
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = CLUSTER_API_WAIT_MS;
+    jo.PublishAsync.AckHandler = on_puback;
+    jo.PublishAsync.AckHandlerClosure = c;
+    jo.PublishAsync.MaxPending = CLUSTER_MAX_INFLIGHT;
+    s = natsConnection_JetStream(&c->js, c->nc, &jo);
+    if (s != NATS_OK) FAIL("cluster: JetStream: %s", last_error(s));
+
+    jsStreamConfig want;
+    jsStreamConfig_Init(&want);
+    const char *subjects[1] = {c->filter};
+    want.Name = c->stream;
+    want.Subjects = subjects;
+    want.SubjectsLen = 1;
+    want.Storage = js_FileStorage;
+    want.Retention = js_LimitsPolicy;
+    want.Discard = js_DiscardOld;
+    want.Replicas = o->replicas ? o->replicas : 1;
+    want.MaxMsgsPerSubject = (int64_t)c->max_per_topic;
+    want.MaxAge = (int64_t)o->max_age_ms * 1000000;
+    want.Duplicates = (int64_t)CLUSTER_DUPLICATE_WINDOW_S * 1000000000;
+    /* The IDs' epoch, kept in the stream's replicated config: every node
+     * reads the same (the creation time each server reports differs). */
+    char desc_buf[64];
+    char epoch_txt[24];
+    store_id_format((uint64_t)nats_NowInNanoSeconds() / 1000, 1, epoch_txt); /* µs: 10 digits */
+    *strchr(epoch_txt, '-') = '\0';
+    snprintf(desc_buf, sizeof(desc_buf), "sluice epoch=%s", epoch_txt);
+    want.Description = desc_buf;
+    /* Nodes that start together race to create the stream, and a cluster
+     * just formed may not answer JetStream requests yet: both are waited
+     * out, for a bounded time. */
+    int64_t until = nats_Now() + CLUSTER_START_WAIT_MS;
+    bool created = false;
+    for (;;) {
+        jerr = 0;
+        s = js_GetStreamInfo(&si, c->js, c->stream, NULL, &jerr);
+        if (s == NATS_NOT_FOUND) {
+            jerr = 0;
+            s = js_AddStream(&si, c->js, &want, NULL, &jerr);
+            created = s == NATS_OK;
+        }
+        if (s == NATS_OK || nats_Now() > until) break;
+        if (jerr != 0 && jerr != JSStreamNameExistErr && s != NATS_TIMEOUT) break; /* refused */
+        jsStreamInfo_Destroy(si);
+        si = NULL;
+        nats_Sleep(250);
+    }
+    if (s != NATS_OK)
+        FAIL("cluster: cannot read or create stream %s: %s (JetStream error %d; is JetStream "
+             "enabled?)",
+             c->stream, last_error(s), (int)jerr);
+    if (created) {
+        LOG_KV(LOG_INFO, "cluster: stream created", LOG_S("stream", c->stream),
+               LOG_I("replicas", (uint64_t)want.Replicas));
+        /* The epoch is the stream's creation time as the stream keeps it:
+         * a create's answer (one of two racing nodes' creates) may carry
+         * another. */
+        jsStreamInfo_Destroy(si);
+        si = NULL;
+        s = js_GetStreamInfo(&si, c->js, c->stream, NULL, &jerr);
+        if (s != NATS_OK)
+            FAIL("cluster: cannot read stream %s: %s", c->stream, last_error(s));
+    } else if (check_stream(si->Config, &want, err, errlen) != 0) {
+        goto fail;
+    }
+    const char *desc = si->Config ? si->Config->Description : NULL;
+    if (!desc || epoch_parse(desc, &c->epoch) != 0)
+        FAIL("cluster: stream %s has no sluice epoch in its description (\"%s\"): let sluice "
+             "create it, or describe it as \"sluice epoch=<1-12 of [0-9a-z]>\"",
+             c->stream, desc ? desc : "");
+    c->last_seq = si->State.LastSeq;
+    uint64_t start = si->State.LastSeq + 1;
+    jsStreamInfo_Destroy(si);
+    si = NULL;
+
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Ordered = true;
+    so.Config.DeliverPolicy = js_DeliverByStartSequence;
+    so.Config.OptStartSeq = start;
+    s = js_Subscribe(&c->sub, c->js, c->filter, on_msg, c, NULL, &so, &jerr);
+    if (s != NATS_OK)
+        FAIL("cluster: cannot consume stream %s: %s (JetStream error %d)", c->stream,
+             last_error(s), (int)jerr);
+    /* A slow worker must not make the client drop messages of the record. */
+    natsSubscription_SetPendingLimits(c->sub, -1, -1);
+    *out = c;
+    return 0;
+fail:
+    jsStreamInfo_Destroy(si);
+    cluster_close(c);
+    return SL_EIO;
+}
+
+void cluster_close(struct cluster *c)
+{
+    if (!c) return;
+    STORE(c->closing, 1);
+    if (c->sub) {
+        natsSubscription_Unsubscribe(c->sub);
+        natsSubscription_Destroy(c->sub);
+    }
+    if (c->js) {
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MaxWait = CLUSTER_PUBLISH_TIMEOUT_MS + 1000;
+        js_PublishAsyncComplete(c->js, &po);
+    }
+    if (c->nc) natsConnection_Close(c->nc);
+    /* What is still in the table got no ack: not known to be stored. */
+    for (size_t i = 0; i < PENDING_BUCKETS; i++) {
+        while (c->table[i]) {
+            inflight *f = c->table[i];
+            c->table[i] = f->next;
+            c->ack(c->ud, f->req, SL_EIO, 0, false);
+            free(f);
+        }
+    }
+    jsCtx_Destroy(c->js);
+    natsConnection_Destroy(c->nc);
+    natsOptions_Destroy(c->opts);
+    /* The client's threads may still be in a callback that reads c (a
+     * disconnect is reported from its own thread): wait until every one
+     * has ended.  One cluster per process, closed at exit, so the
+     * library's end is this one's. */
+    nats_CloseAndWait(CLUSTER_API_WAIT_MS);
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+}
+
+uint64_t cluster_epoch(const struct cluster *c)
+{
+    return c->epoch;
+}
+
+uint64_t cluster_last_seq(const struct cluster *c)
+{
+    return LOAD(((struct cluster *)c)->last_seq);
+}
+
+bool cluster_connected(const struct cluster *c)
+{
+    return natsConnection_Status(c->nc) == NATS_CONN_STATUS_CONNECTED;
+}
+
+void cluster_get_stats(const struct cluster *c, struct cluster_stats *st)
+{
+    struct cluster *m = (struct cluster *)c;
+    st->published = LOAD(m->published);
+    st->publish_failures = LOAD(m->publish_failures);
+    st->delivered = LOAD(m->delivered);
+    st->reconnects = LOAD(m->reconnects);
+    st->inflight = LOAD(m->ninflight);
+    st->connected = cluster_connected(c);
+}
+
+static int id_text_parse(const char *id, size_t len, uint64_t *epoch, uint64_t *seq)
+{
+    size_t i = 0;
+    uint64_t e = 0, q = 0;
+    if (!id || len == 0 || len >= STORE_ID_MAX || id[0] == '0') return -1;
+    for (; i < len && id[i] != '-'; i++) {
+        char ch = id[i];
+        unsigned d;
+        if (ch >= '0' && ch <= '9')
+            d = (unsigned)(ch - '0');
+        else if (ch >= 'a' && ch <= 'z')
+            d = (unsigned)(ch - 'a') + 10;
+        else
+            return -1;
+        if (__builtin_mul_overflow(e, 36, &e) || __builtin_add_overflow(e, d, &e)) return -1;
+    }
+    if (i == 0 || i == len) return -1;
+    i++;
+    if (i == len || id[i] == '0') return -1;
+    for (; i < len; i++) {
+        if (id[i] < '0' || id[i] > '9') return -1;
+        unsigned d = (unsigned)(id[i] - '0');
+        if (__builtin_mul_overflow(q, 10, &q) || __builtin_add_overflow(q, d, &q)) return -1;
+    }
+    *epoch = e;
+    *seq = q;
+    return 0;
+}
+
+int cluster_id_parse(struct cluster *c, const char *id, size_t len, uint64_t *seq)
+{
+    uint64_t e, q;
+    if (id_text_parse(id, len, &e, &q) != 0 || e != c->epoch) return SL_EUNKNOWN;
+    if (q > LOAD(c->last_seq)) {
+        /* Published through another node and not here yet? Ask. */
+        jsOptions jo;
+        jsOptions_Init(&jo);
+        jo.Wait = CLUSTER_API_WAIT_MS;
+        jsStreamInfo *si = NULL;
+        jsErrCode jerr = 0;
+        if (!cluster_connected(c) || js_GetStreamInfo(&si, c->js, c->stream, &jo, &jerr) != NATS_OK)
+            return SL_EUNKNOWN;
+        uint64_t last = si->State.LastSeq;
+        jsStreamInfo_Destroy(si);
+        if (q > last) return SL_EUNKNOWN;
+    }
+    *seq = q;
+    return 0;
+}
+
+/* ---- reads for a resume ------------------------------------------------------- */
+
+typedef struct rmsg {
+    uint64_t seq;
+    int64_t time_ms;
+    size_t topic_index;
+    char *event; /* NULL: none */
+    size_t event_len;
+    size_t data_len;
+    char data[];
+} rmsg;
+
+/* Stream state for one subject: its message count, the stream's first seq. */
+static int subject_state(struct cluster *c, const char *subject, uint64_t *count,
+                         uint64_t *stream_first)
+{
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = CLUSTER_API_WAIT_MS;
+    jo.Stream.Info.SubjectsFilter = subject;
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetStreamInfo(&si, c->js, c->stream, &jo, &jerr);
+    if (s != NATS_OK) return SL_EIO;
+    *count = 0;
+    *stream_first = si->State.FirstSeq;
+    if (si->State.Subjects)
+        for (int i = 0; i < si->State.Subjects->Count; i++)
+            if (strcmp(si->State.Subjects->List[i].Subject, subject) == 0)
+                *count = si->State.Subjects->List[i].Msgs;
+    jsStreamInfo_Destroy(si);
+    return 0;
+}
+
+/* Up to `cap` messages of one subject after after_seq, appended to *v. */
+static int read_subject(struct cluster *c, const char *subject, size_t index, uint64_t after_seq,
+                        size_t cap, rmsg ***v, size_t *n, size_t *vcap, struct store_read_info *info,
+                        uint64_t *first_read)
+{
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Ordered = true;
+    if (after_seq) {
+        so.Config.DeliverPolicy = js_DeliverByStartSequence;
+        so.Config.OptStartSeq = after_seq + 1;
+    }
+    natsSubscription *sub = NULL;
+    jsErrCode jerr = 0;
+    if (js_SubscribeSync(&sub, c->js, subject, NULL, &so, &jerr) != NATS_OK) return SL_EIO;
+    int rc = 0;
+    *first_read = 0;
+    for (size_t got = 0; got < cap;) {
+        natsMsg *msg = NULL;
+        if (natsSubscription_NextMsg(&msg, sub, CLUSTER_API_WAIT_MS) != NATS_OK) {
+            rc = SL_EIO;
+            break;
+        }
+        jsMsgMetaData *meta = NULL;
+        if (natsMsg_GetMetaData(&meta, msg) != NATS_OK) {
+            natsMsg_Destroy(msg);
+            rc = SL_EIO;
+            break;
+        }
+        uint64_t pending = meta->NumPending;
+        size_t dl = (size_t)natsMsg_GetDataLength(msg);
+        rmsg *r = malloc(sizeof(rmsg) + dl + 1);
+        if (*n == *vcap) {
+            size_t nc = *vcap ? *vcap * 2 : 64;
+            rmsg **nv = realloc(*v, nc * sizeof(rmsg *));
+            if (nv) {
+                *v = nv;
+                *vcap = nc;
+            }
+        }
+        if (!r || *n == *vcap) {
+            free(r);
+            jsMsgMetaData_Destroy(meta);
+            natsMsg_Destroy(msg);
+            rc = SL_ENOMEM;
+            break;
+        }
+        r->seq = meta->Sequence.Stream;
+        r->time_ms = meta->Timestamp / 1000000;
+        r->topic_index = index;
+        r->data_len = dl;
+        if (dl) memcpy(r->data, natsMsg_GetData(msg), dl);
+        r->event = NULL;
+        r->event_len = 0;
+        const char *hv = NULL;
+        if (natsMsgHeader_Get(msg, EVENT_HEADER, &hv) == NATS_OK && hv) {
+            char ev[256];
+            long el = cluster_token_decode(hv, strlen(hv), ev, sizeof(ev));
+            if (el > 0 && (r->event = malloc((size_t)el))) {
+                memcpy(r->event, ev, (size_t)el);
+                r->event_len = (size_t)el;
+            }
+        }
+        if (!*first_read) {
+            *first_read = r->seq;
+            info->count = pending + 1; /* what is retained from here on */
+        }
+        (*v)[(*n)++] = r;
+        got++;
+        info->last_seq = r->seq;
+        jsMsgMetaData_Destroy(meta);
+        natsMsg_Destroy(msg);
+        if (pending == 0) break;
+        if (got == cap) info->more = 1;
+    }
+    natsSubscription_Unsubscribe(sub);
+    natsSubscription_Destroy(sub);
+    return rc;
+}
+
+static int by_seq(const void *a, const void *b)
+{
+    const rmsg *x = *(rmsg *const *)a, *y = *(rmsg *const *)b;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t n,
+                 uint64_t after_seq, size_t limit, store_read_fn fn, void *ud,
+                 struct store_read_info *infos)
+{
+    if (!cluster_connected(c)) return SL_EIO;
+    size_t cap = limit && limit < CLUSTER_READ_MAX ? limit : CLUSTER_READ_MAX;
+    rmsg **v = NULL;
+    size_t nv = 0, vcap = 0;
+    int rc = 0;
+    /* Messages past the first truncated topic's last read may lack another
+     * topic's: deliver only up to it, the next call goes on from there. */
+    uint64_t horizon = UINT64_MAX;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        struct store_read_info *info = &infos[i];
+        memset(info, 0, sizeof(*info));
+        char subject[64 + 3 * 256 + 2];
+        if (subject_of(c, topics[i].name, topics[i].len, subject, sizeof(subject)) != 0) continue;
+        uint64_t count = 0, stream_first = 0, first_read = 0;
+        rc = subject_state(c, subject, &count, &stream_first);
+        if (rc != 0) break;
+        info->exists = count > 0;
+        uint64_t last = 0;
+        if (count > 0) {
+            /* Its newest: nothing to read (and no consumer to make) when
+             * the reader has it already. */
+            natsMsg *lm = NULL;
+            jsOptions jo;
+            jsOptions_Init(&jo);
+            jo.Wait = CLUSTER_API_WAIT_MS;
+            natsStatus ls = js_GetLastMsg(&lm, c->js, c->stream, subject, &jo, NULL);
+            if (ls == NATS_OK) last = natsMsg_GetSequence(lm);
+            natsMsg_Destroy(lm);
+            if (ls != NATS_OK && ls != NATS_NOT_FOUND) {
+                rc = SL_EIO;
+                break;
+            }
+            info->last_seq = last;
+        }
+        if (last > after_seq) {
+            rc = read_subject(c, subject, i, after_seq, cap, &v, &nv, &vcap, info, &first_read);
+            if (rc != 0) break;
+        }
+        info->first_seq = first_read;
+        /* A message of this topic after after_seq was dropped only if
+         * retention took it: by count (the topic holds its maximum, all of
+         * them after the point) or by age or bytes (which take the
+         * stream's oldest first, so the stream starts past the point).
+         * Either way what is dropped is older than what is kept: a topic
+         * whose newest is at or before the point lost nothing after it.
+         * A topic with nothing left may have lost something: told when
+         * the stream starts past the point. */
+        bool lost_before = count > 0 && last <= after_seq;
+        if (after_seq && !lost_before && (first_read == 0 || first_read > after_seq + 1)) {
+            bool full = first_read && info->count >= c->max_per_topic;
+            info->gap = full || stream_first > after_seq + 1;
+        }
+        if (info->more && info->last_seq < horizon) horizon = info->last_seq;
+    }
+    if (rc == 0) {
+        qsort(v, nv, sizeof(rmsg *), by_seq);
+        size_t delivered = 0;
+        for (size_t i = 0; i < nv; i++) {
+            if (v[i]->seq > horizon || (limit && delivered >= limit)) {
+                infos[v[i]->topic_index].more = 1;
+                continue;
+            }
+            struct store_view sv = {.topic_index = v[i]->topic_index,
+                                    .seq = v[i]->seq,
+                                    .epoch = c->epoch,
+                                    .time_ms = v[i]->time_ms,
+                                    .event = v[i]->event,
+                                    .event_len = v[i]->event_len,
+                                    .data = v[i]->data,
+                                    .data_len = v[i]->data_len};
+            infos[v[i]->topic_index].delivered++;
+            delivered++;
+            if (fn(ud, &sv)) {
+                limit = delivered; /* the reader stopped: the rest is more */
+            }
+        }
+    }
+    for (size_t i = 0; i < nv; i++) {
+        free(v[i]->event);
+        free(v[i]);
+    }
+    free(v);
+    return rc;
+}
+
+int cluster_topics(struct cluster *c, const char *prefix, size_t plen, store_topic_fn fn, void *ud)
+{
+    if (!cluster_connected(c)) return SL_EIO;
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = CLUSTER_API_WAIT_MS;
+    jo.Stream.Info.SubjectsFilter = c->filter;
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    if (js_GetStreamInfo(&si, c->js, c->stream, &jo, &jerr) != NATS_OK) return SL_EIO;
+    for (int i = 0; si->State.Subjects && i < si->State.Subjects->Count; i++) {
+        char name[256];
+        long nl = topic_of(c, si->State.Subjects->List[i].Subject, name, sizeof(name) - 1);
+        if (nl <= 0 || (size_t)nl < plen || memcmp(name, prefix, plen) != 0) continue;
+        name[nl] = '\0';
+        struct store_topic_info t = {.name = name,
+                                     .name_len = (size_t)nl,
+                                     .count = si->State.Subjects->List[i].Msgs};
+        if (fn(ud, &t)) break;
+    }
+    jsStreamInfo_Destroy(si);
+    return 0;
+}

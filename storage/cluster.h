@@ -1,0 +1,150 @@
+/* cluster.h: the record on NATS JetStream, for sluice nodes that share
+ * their topics (SPEC.md, "Cluster"; docs/cluster.md).
+ *
+ * In cluster mode the record is a JetStream stream instead of the local
+ * LMDB store: one stream per sluice cluster, one subject per topic
+ * ("<STREAM>.<token>", the token a reversible encoding of the topic name,
+ * see cluster_token_encode).  A publish goes to JetStream asynchronously
+ * (js_PublishMsgAsync, never a blocking call on a worker's loop) and is
+ * answered when JetStream's PubAck arrives, i.e. once the stream's
+ * replicas (a quorum of them) have it.  Every node delivers from one
+ * ordered push consumer on the whole stream, so all nodes deliver in the
+ * stream's order, the publishing node included.
+ *
+ * IDs are "<epoch>-<seq>" as in the store: the seq is the stream sequence,
+ * the epoch one the creating node writes into the stream's description
+ * ("sluice epoch=<base36>"), so an ID is valid on every node and an ID from
+ * a deleted and re-created stream is recognised as unknown.
+ *
+ * Threads: the NATS client runs its own threads (a reader per connection,
+ * one delivery thread per asynchronous subscription); the ack and message
+ * callbacks given to cluster_open run there, one at a time per kind, the
+ * messages in stream order.  cluster_publish may be called from any thread.
+ * cluster_read and cluster_topics make JetStream API requests and wait for
+ * their answers (bounded by CLUSTER_API_WAIT_MS each): they are the one
+ * place a worker waits on the network, for a resume that reads history.
+ * They fail at once (SL_EIO) while no NATS server is connected. */
+#ifndef SLUICE_CLUSTER_H
+#define SLUICE_CLUSTER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "storage/store.h"
+
+#define CLUSTER_API_WAIT_MS 2000       /* one JetStream API request */
+#define CLUSTER_PUBLISH_TIMEOUT_MS 5000 /* a publish without PubAck: 503 */
+#define CLUSTER_DUPLICATE_WINDOW_S 600  /* Idempotency-Key window (SPEC.md) */
+#define CLUSTER_MAX_INFLIGHT 65536      /* publishes waiting for a PubAck */
+#define CLUSTER_READ_MAX 4096           /* messages one topic read brings */
+#define CLUSTER_START_WAIT_MS 15000     /* at start: JetStream answering */
+
+struct cluster_opts {
+    const char *servers; /* "nats://h:p[,nats://...]" (required) */
+    const char *stream;  /* stream name; NULL: "SLUICE" */
+    int replicas;        /* 0: 1 */
+    const char *user, *password, *token, *creds;
+    const char *tls_ca, *tls_cert, *tls_key;
+    uint64_t max_per_topic; /* retention: messages kept per topic (0: 1000) */
+    uint64_t max_age_ms;    /* retention: age (0: none) */
+};
+
+/* A message delivered by the stream's consumer, borrowed for the call. */
+struct cluster_msg {
+    const char *topic; /* decoded, NUL-terminated */
+    size_t topic_len;
+    const char *event; /* NULL: none */
+    size_t event_len;
+    const void *data;
+    size_t data_len;
+    uint64_t seq; /* stream sequence */
+    int64_t time_ms;
+};
+
+/* A PubAck (status 0, seq, duplicate: an Idempotency-Key retry whose seq
+ * is the first publish's) or a failure (status SL_EIO: not known to be
+ * stored, answer 503) for the `req` given to cluster_publish. */
+typedef void (*cluster_ack_fn)(void *ud, void *req, int status, uint64_t seq, bool duplicate);
+typedef void (*cluster_msg_fn)(void *ud, const struct cluster_msg *m);
+
+struct cluster;
+
+/* Checks the options without connecting (--check): 0, or SL_EINVAL with
+ * the reason in err. */
+int cluster_opts_check(const struct cluster_opts *o, char *err, size_t errlen);
+
+/* Connects, creates the stream or checks that the existing one has these
+ * settings (a stream with others is an error that names each difference),
+ * and starts delivering every message published after now through
+ * `deliver`.  Returns 0 and *out, or SL_EIO / SL_EINVAL / SL_ENOMEM with
+ * the reason in err. */
+int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack_fn ack,
+                 cluster_msg_fn deliver, void *ud, char *err, size_t errlen);
+
+/* Stops delivering, waits (bounded) for the PubAcks of publishes in
+ * flight (each still gets its ack callback), and closes.  NULL: no-op. */
+void cluster_close(struct cluster *c);
+
+/* Sends a publish; `req` comes back in exactly one ack callback when this
+ * returns 0, within CLUSTER_PUBLISH_TIMEOUT_MS.  ikey (NULL: none) makes
+ * JetStream drop a retry within CLUSTER_DUPLICATE_WINDOW_S.  Returns 0,
+ * SL_EIO (no NATS server connected now), SL_EBUSY (too many in flight),
+ * SL_ENOMEM. */
+int cluster_publish(struct cluster *c, const char *topic, size_t tlen, const char *event,
+                    size_t elen, const void *data, size_t len, const char *ikey, size_t iklen,
+                    void *req);
+
+/* The epoch of the stream's IDs (from its description). */
+uint64_t cluster_epoch(const struct cluster *c);
+
+/* Parses a resume ID: 0 and *seq for an ID of this stream (its epoch, a
+ * seq the stream has had: checked with JetStream when it is newer than
+ * what this node has seen), SL_EUNKNOWN for any other well-formed or
+ * malformed ID.  Canonical text only, as store_id_parse. */
+int cluster_id_parse(struct cluster *c, const char *id, size_t len, uint64_t *seq);
+
+/* The newest stream seq this node has seen (delivered or acknowledged). */
+uint64_t cluster_last_seq(const struct cluster *c);
+
+/* True while a NATS server is connected. */
+bool cluster_connected(const struct cluster *c);
+
+/* As store_read_multi: the topics' messages with seq > after_seq merged
+ * in seq order, at most `limit` (0: no limit; a topic brings at most
+ * CLUSTER_READ_MAX per call, and infos[i].more tells that a later call
+ * must go on), infos filled per topic (exists, gap, more, delivered).
+ * A topic's gap is reported when retention may have dropped a message of
+ * it after after_seq (docs/cluster.md says when: never missed, rarely
+ * reported when nothing was).  Returns 0 or SL_EIO / SL_ENOMEM. */
+int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t n,
+                 uint64_t after_seq, size_t limit, store_read_fn fn, void *ud,
+                 struct store_read_info *infos);
+
+/* Calls fn for each topic of the stream whose name starts with prefix
+ * (name, count, first/last seq are not filled: only name and name_len).
+ * Returns 0 or SL_EIO. */
+int cluster_topics(struct cluster *c, const char *prefix, size_t plen, store_topic_fn fn,
+                   void *ud);
+
+struct cluster_stats {
+    uint64_t published, publish_failures, delivered, reconnects;
+    uint64_t inflight;
+    bool connected;
+};
+void cluster_get_stats(const struct cluster *c, struct cluster_stats *st);
+
+/* The subject token of a topic name: bytes of [A-Za-z0-9_:-] as they are,
+ * every other byte (dots, '*', '>', spaces, '%', non-ASCII) as "%XX"
+ * (upper-case hex), so any byte string maps to one valid, wildcard-free
+ * NATS token and back.  Writes at most 3 * len bytes and a NUL into out
+ * (outlen at least 3 * len + 1); returns the token's length, or 0 when
+ * outlen is too small. */
+size_t cluster_token_encode(const char *s, size_t len, char *out, size_t outlen);
+
+/* The inverse: returns the decoded length, or -1 for a token that
+ * cluster_token_encode does not produce (bad escape, lower-case hex, a
+ * byte escaped that needs none, or one that needed escaping left bare). */
+long cluster_token_decode(const char *tok, size_t len, char *out, size_t outlen);
+
+#endif

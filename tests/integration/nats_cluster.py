@@ -1,0 +1,167 @@
+"""A real NATS cluster with JetStream on loopback, for the cluster tests.
+
+NatsCluster(n=3) writes one config per server (client port, route port,
+monitoring port, each picked free; its own JetStream store directory under
+one temp dir), starts `nats-server` for each, and waits, bounded, until
+every server answers its monitoring endpoint and the JetStream meta group
+has a leader that every server knows.  kill(i) (SIGKILL by default),
+stop_all(), start(i) and start_all() let a test take servers away and bring
+them back with their stores and ports; cleanup() kills whatever runs and
+removes the directory.  No mock: this is Debian's nats-server 2.9.
+
+Standard library only.  NATS_SERVER names the binary (default: the one on
+PATH); have_nats() tells whether it exists, so that a test skips cleanly
+with a message where it does not (dev.sh installs it: CI runs them).
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+from harness import free_port
+
+NATS_SERVER = os.environ.get("NATS_SERVER") or shutil.which("nats-server") or ""
+READY_TIMEOUT = 30.0
+
+
+def have_nats():
+    return bool(NATS_SERVER) and os.access(NATS_SERVER, os.X_OK)
+
+
+class NatsCluster:
+    def __init__(self, n=3, name="sluicetest"):
+        self.n = n
+        self.name = name
+        self.dir = tempfile.mkdtemp(prefix="sluice-nats-")
+        self.client_ports = [free_port() for _ in range(n)]
+        self.route_ports = [free_port() for _ in range(n)]
+        self.http_ports = [free_port() for _ in range(n)]
+        self.procs = [None] * n
+        self.logs = [os.path.join(self.dir, "n%d.log" % i) for i in range(n)]
+        for i in range(n):
+            self._write_config(i)
+
+    def url(self, i):
+        return "nats://127.0.0.1:%d" % self.client_ports[i]
+
+    def urls(self):
+        return ",".join(self.url(i) for i in range(self.n))
+
+    def _write_config(self, i):
+        routes = ",".join("nats-route://127.0.0.1:%d" % p
+                          for j, p in enumerate(self.route_ports) if j != i)
+        store = os.path.join(self.dir, "store%d" % i)
+        conf = ("server_name: n%d\n"
+                "listen: 127.0.0.1:%d\n"
+                "http: 127.0.0.1:%d\n"
+                "jetstream { store_dir: %s, max_memory_store: 64MB, max_file_store: 1GB }\n"
+                % (i, self.client_ports[i], self.http_ports[i], json.dumps(store)))
+        if self.n > 1:
+            conf += ("cluster { name: %s, listen: 127.0.0.1:%d, routes: [%s] }\n"
+                     % (self.name, self.route_ports[i], routes))
+        with open(os.path.join(self.dir, "n%d.conf" % i), "w") as f:
+            f.write(conf)
+
+    # -- life cycle ---------------------------------------------------------
+
+    def start(self, i, wait=True):
+        if self.procs[i] and self.procs[i].poll() is None:
+            return
+        log = open(self.logs[i], "ab")
+        self.procs[i] = subprocess.Popen(
+            [NATS_SERVER, "-c", os.path.join(self.dir, "n%d.conf" % i)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        log.close()
+        if wait:
+            self.wait_ready([i])
+
+    def start_all(self):
+        for i in range(self.n):
+            self.start(i, wait=False)
+        self.wait_ready(range(self.n))
+        return self
+
+    def kill(self, i, sig=signal.SIGKILL):
+        p = self.procs[i]
+        if p and p.poll() is None:
+            p.send_signal(sig)
+            if sig in (signal.SIGKILL, signal.SIGTERM):
+                p.wait(timeout=10)
+
+    def stop_all(self):
+        for i in range(self.n):
+            self.kill(i)
+
+    def cleanup(self):
+        for i in range(self.n):
+            p = self.procs[i]
+            if p and p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.kill()
+                p.wait(timeout=10)
+        shutil.rmtree(self.dir, True)
+
+    def log_text(self):
+        out = []
+        for path in self.logs:
+            try:
+                with open(path, "rb") as f:
+                    out.append(f.read()[-4000:].decode("utf-8", "replace"))
+            except OSError:
+                pass
+        return "\n".join(out)
+
+    # -- readiness ----------------------------------------------------------
+
+    def _jsz(self, i):
+        url = "http://127.0.0.1:%d/jsz" % self.http_ports[i]
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return json.loads(r.read())
+
+    def stream_leader(self, stream, timeout=10.0):
+        """Index of the server that leads `stream` (its Raft leader)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for i in range(self.n):
+                if not self.procs[i] or self.procs[i].poll() is not None:
+                    continue
+                try:
+                    url = "http://127.0.0.1:%d/jsz?accounts=true&streams=true" % self.http_ports[i]
+                    with urllib.request.urlopen(url, timeout=2) as r:
+                        jsz = json.loads(r.read())
+                except OSError:
+                    continue
+                for acc in jsz.get("account_details") or []:
+                    for st in acc.get("stream_detail") or []:
+                        leader = (st.get("cluster") or {}).get("leader")
+                        if st.get("name") == stream and leader:
+                            return int(leader.lstrip("n"))
+            time.sleep(0.1)
+        raise AssertionError("no leader for stream %s" % stream)
+
+    def wait_ready(self, which):
+        """Every server in `which` answers and knows the JetStream meta
+        leader (so streams can be created and replicated)."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        pending = set(which)
+        while pending:
+            for i in list(pending):
+                if self.procs[i].poll() is not None:
+                    raise AssertionError("nats-server n%d exited:\n%s" % (i, self.log_text()))
+                try:
+                    jsz = self._jsz(i)
+                except OSError:
+                    continue
+                meta = jsz.get("meta_cluster") or {}
+                if self.n == 1 or meta.get("leader"):
+                    pending.discard(i)
+            if pending:
+                if time.monotonic() > deadline:
+                    raise AssertionError("NATS cluster not ready within %.0fs:\n%s"
+                                         % (READY_TIMEOUT, self.log_text()))
+                time.sleep(0.1)

@@ -1,0 +1,472 @@
+"""Cluster mode (SPEC.md "Cluster", docs/cluster.md): sluice nodes that
+share their topics through NATS JetStream, tested on a real 3-server NATS
+cluster with JetStream (tests/integration/nats_cluster.py) and two sluice
+nodes on loopback.  No mock anywhere.
+
+- Publish anywhere, deliver everywhere: messages published on both nodes
+  reach SSE, WebSocket and long-poll subscribers on both nodes, every one
+  in the same order (the stream's), each publish answered with the ID its
+  subscribers see.
+- One ID space: a client that resumes on the other node with the ID it
+  last saw (Last-Event-ID, since) gets exactly what it missed; an unknown
+  ID gets everything retained and the gap signal.
+- A NATS server killed (SIGKILL) under a steady publish load: every
+  acknowledged publish is delivered, exactly once (publishers retry a 503
+  with their Idempotency-Key); publishing resumes by itself.
+- Every NATS server down: publishes answer 503 with a JSON error within a
+  bounded time, subscribers stay connected, and when NATS is back
+  publishing works again with no restart and reaches them.
+- A stream that exists with other settings is refused at start with a
+  clear error; --check validates the cluster block.
+
+Skipped, with a message, only where nats-server is not installed (dev.sh
+installs it)."""
+
+import base64
+import hashlib
+import json
+import os
+import re
+import signal
+import struct
+import sys
+import threading
+import time
+import unittest
+from urllib.parse import quote
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import SOURCE_DIR, SluiceTestCase, build_request, run_sluice  # noqa: E402
+from nats_cluster import NatsCluster, have_nats  # noqa: E402
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+SSE_EVENT = re.compile(rb"((?:[a-z]+: [^\n]*\n)+)\n")
+
+
+def lua_value(v):
+    if isinstance(v, (list, tuple)):
+        return "{" + ", ".join(lua_value(x) for x in v) + "}"
+    return json.dumps(v)
+
+
+def cluster_app(dirname, extra="", **cluster):
+    """The default app with sluice.config{cluster={...}} (and `extra` Lua)
+    in front."""
+    with open(os.path.join(SOURCE_DIR, "scripts", "default.lua")) as f:
+        src = f.read()
+    fields = ", ".join("%s = %s" % (k, lua_value(v)) for k, v in cluster.items())
+    anchor = 'local sluice = require "sluice"\n'
+    src = src.replace(anchor, anchor + "sluice.config{cluster = {%s}}\n" % fields + extra, 1)
+    # A wildcard subscription (the default app takes exact names only).
+    src += ('\nsluice.route("GET", "/wild/:prefix", function(req)\n'
+            '  return req:subscribe(req.params.prefix .. "*")\nend)\n')
+    path = os.path.join(dirname, "cluster_app.lua")
+    with open(path, "w") as f:
+        f.write(src)
+    return path
+
+
+def sse_open(conn, path, headers=()):
+    conn.send(build_request("GET", path, [("Accept", "text/event-stream")] + list(headers)))
+    _, status, _, _, head = conn.read_head()
+    assert status == 200, head
+
+
+def sse_next(conn):
+    """The next event that has data (id, event, data), skipping retry and
+    comment lines."""
+    while True:
+        block = conn.read_until(b"\n\n")
+        fields = {}
+        for line in block.split(b"\n"):
+            if line.startswith(b":") or not line:
+                continue
+            k, _, v = line.partition(b": ")
+            fields[k] = v
+        if b"data" in fields:
+            return (fields.get(b"id", b"").decode(), fields.get(b"event", b"").decode(),
+                    fields[b"data"])
+
+
+def ws_open(conn, path):
+    key = base64.b64encode(os.urandom(16)).decode()
+    conn.send(build_request("GET", path, [
+        ("Upgrade", "websocket"), ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", key), ("Sec-WebSocket-Version", "13")]))
+    _, status, _, headers, head = conn.read_head()
+    assert status == 101, head
+    want = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
+    assert dict((k.lower(), v) for k, v in headers).get("sec-websocket-accept") == want, head
+
+
+def ws_next(conn):
+    """The next data frame's payload (pings skipped)."""
+    while True:
+        b0, b1 = conn.read_exact(2)
+        n = b1 & 0x7F
+        if n == 126:
+            n = struct.unpack("!H", conn.read_exact(2))[0]
+        elif n == 127:
+            n = struct.unpack("!Q", conn.read_exact(8))[0]
+        payload = conn.read_exact(n)
+        if (b0 & 0x0F) in (1, 2):
+            return payload
+
+
+@unittest.skipUnless(have_nats(), "nats-server not installed (dev.sh installs it)")
+class ClusterTest(SluiceTestCase):
+    NATS = 3
+
+    def setUp(self):
+        self.nats = NatsCluster(self.NATS)
+        self.addCleanup(self.nats.cleanup)
+        self.nats.start_all()
+
+    def node(self, replicas=3, stream=None, workers=2, extra=""):
+        d = self.tmpdir()
+        settings = {"servers": self.nats.urls(), "replicas": replicas}
+        if stream:
+            settings["stream"] = stream
+        return self.start(app=cluster_app(d, extra, **settings), args=["-w", str(workers)])
+
+    def publish(self, srv, topic, body, key=None, conn=None):
+        headers = [("Idempotency-Key", key)] if key else []
+        if conn is None:
+            with srv.conn() as c:
+                return c.request("POST", "/topics/" + topic, headers=headers, body=body)
+        return conn.request("POST", "/topics/" + topic, headers=headers, body=body)
+
+    def metrics(self, srv):
+        with srv.conn() as c:
+            return c.get("/metrics").body.decode()
+
+    def longpoll(self, srv, topic, since, timeout=10):
+        with srv.conn(timeout=timeout + 10) as c:
+            r = c.get("/topics/%s?since=%s&timeout=%d" % (topic, quote(since), timeout))
+        self.assertEqual(r.status, 200, r)
+        return r.json()
+
+    # -- publish anywhere, deliver everywhere, one ID space --------------------
+
+    def test_publish_anywhere_deliver_everywhere_and_resume_anywhere(self):
+        a = self.node()
+        b = self.node()
+        subs = []
+        for srv in (a, b):
+            s = self.conn(srv)
+            sse_open(s, "/topics/room.1")
+            w = self.conn(srv)
+            ws_open(w, "/topics/room.1")
+            subs.append(("sse", s))
+            subs.append(("ws", w))
+        # The long-poll's cursor: "now" on B, before any publish.
+        first = self.longpoll(b, "room.1", "", timeout=0)
+        cursor = first["last_id"]
+
+        ids, bodies = [], []
+        ca, cb = self.conn(a), self.conn(b)
+        for i in range(30):
+            body = b"m%02d" % i
+            r = self.publish(a if i % 2 == 0 else b, "room.1", body, conn=ca if i % 2 == 0 else cb)
+            self.assertEqual(r.status, 200, r)
+            ids.append(r.json()["id"])
+            bodies.append(body)
+        # IDs are the stream's order: they increase across both nodes.
+        seqs = [int(x.split("-")[1]) for x in ids]
+        self.assertEqual(seqs, sorted(seqs))
+        self.assertEqual(len(set(ids)), 30)
+        self.assertEqual(len({x.split("-")[0] for x in ids}), 1, "one epoch")
+
+        for kind, c in subs:
+            got = []
+            for _ in range(30):
+                if kind == "sse":
+                    mid, _, data = sse_next(c)
+                    got.append((mid, data))
+                else:
+                    got.append((None, ws_next(c)))
+            self.assertEqual([d for _, d in got], bodies, kind)
+            if kind == "sse":
+                self.assertEqual([m for m, _ in got], ids)
+
+        # Long-poll on B from before the first publish: everything, in order.
+        seen = []
+        for _ in range(40):
+            if len(seen) >= 30:
+                break
+            j = self.longpoll(b, "room.1", cursor)
+            seen += j["messages"]
+            cursor = j["last_id"]
+        self.assertEqual([m["id"] for m in seen], ids)
+        self.assertEqual([m["data"].encode() for m in seen], bodies)
+
+        # Resume on the other node: exactly what was missed, then live.
+        for srv in (a, b):
+            c = self.conn(srv)
+            sse_open(c, "/topics/room.1", [("Last-Event-ID", ids[9])])
+            got = [sse_next(c) for _ in range(len(ids) - 10)]
+            self.assertEqual([g[0] for g in got], ids[10:])
+            self.assertEqual([g[2] for g in got], bodies[10:])
+            r = self.publish(a, "room.1", b"marker-" + srv.url("").encode())
+            self.assertEqual(r.status, 200, r)
+            nxt = sse_next(c)
+            self.assertEqual(nxt[0], r.json()["id"], "no duplicate, no extra before the marker")
+            ids.append(nxt[0])
+            bodies.append(nxt[2])
+        j = self.longpoll(a, "room.1", ids[27], timeout=0)
+        self.assertEqual([m["id"] for m in j["messages"]], ids[28:])
+        self.assertNotIn("gap", j)
+
+        # An ID from elsewhere (another stream's epoch): everything retained,
+        # and the gap signal.
+        j = self.longpoll(b, "room.1", "zzzz-5", timeout=0)
+        self.assertTrue(j.get("gap"), j)
+        self.assertEqual([m["id"] for m in j["messages"]], ids)
+
+        # Several topics and a wildcard resume on one ID.
+        self.assertEqual(self.publish(b, "room.2", b"other").status, 200)
+        c = self.conn(a)
+        sse_open(c, "/wild/room.", [("Last-Event-ID", ids[-1])])
+        mid, _, data = sse_next(c)
+        self.assertEqual(data, b"other")
+
+    def test_nodes_started_together_share_one_stream_and_epoch(self):
+        # They race to create the stream; each server reports its own
+        # creation time, so the epoch is kept in the stream's config.
+        from harness import Server
+        servers = []
+        for _ in range(3):
+            d = self.tmpdir()
+            s = Server(app=cluster_app(d, servers=self.nats.urls(), replicas=3))
+            self.addCleanup(s.kill)
+            servers.append(s)
+        errors = []
+
+        def start(s):
+            try:
+                s.start()
+            except Exception as e:
+                errors.append(e)
+        threads = [threading.Thread(target=start, args=(s,)) for s in servers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertEqual(errors, [])
+        ids = []
+        for s in servers:
+            r = self.publish(s, "t", b"x")
+            self.assertEqual(r.status, 200, r)
+            ids.append(r.json()["id"])
+        self.assertEqual(len({i.split("-")[0] for i in ids}), 1, ids)
+
+    def test_events_binary_and_odd_topics_cross_nodes(self):
+        a = self.node(replicas=1)
+        b = self.node(replicas=1)
+        c = self.conn(b)
+        sse_open(c, "/topics/a:b_c-D.9")
+        with a.conn() as p:
+            r = p.request("POST", "/topics/a:b_c-D.9?event=" + quote("caf\u00e9 time"), body=b"x")
+        self.assertEqual(r.status, 200, r)
+        mid, event, data = sse_next(c)
+        self.assertEqual((mid, event, data), (r.json()["id"], "caf\u00e9 time", b"x"))
+        with a.conn() as p:
+            r = p.request("POST", "/topics/a:b_c-D.9", body=b"\xff\x00\xfe")
+        self.assertEqual(r.status, 200, r)
+        mid, event, data = sse_next(c)
+        self.assertEqual(base64.b64decode(data), b"\xff\x00\xfe")
+
+    def test_idempotency_key_across_nodes(self):
+        a = self.node(replicas=1)
+        b = self.node(replicas=1)
+        r1 = self.publish(a, "k", b"once", key="key-1")
+        r2 = self.publish(b, "k", b"once", key="key-1")
+        self.assertEqual(r1.status, 200, r1)
+        self.assertEqual(r2.json()["id"], r1.json()["id"])
+        j = self.longpoll(b, "k", "x-0", timeout=0)
+        self.assertEqual([m["data"] for m in j["messages"]], ["once"])
+
+    def test_retention_maps_to_the_stream_and_gaps_are_told(self):
+        keep5 = 'sluice.topic("*", {backlog = 5})\n'
+        a = self.node(replicas=1, extra=keep5)
+        b = self.node(replicas=1, extra=keep5)
+        ids = []
+        for i in range(10):
+            r = self.publish(a, "r", b"r%d" % i)
+            self.assertEqual(r.status, 200, r)
+            ids.append(r.json()["id"])
+        self.assertEqual(self.publish(a, "other", b"o").status, 200)
+        # Resuming from before what the stream still keeps: the newest 5 and
+        # the gap signal, on the other node, by long-poll and by SSE.
+        j = self.longpoll(b, "r", ids[1], timeout=0)
+        self.assertTrue(j.get("gap"), j)
+        self.assertEqual([m["id"] for m in j["messages"]], ids[5:])
+        c = self.conn(b)
+        c.send(build_request("GET", "/topics/r", [("Accept", "text/event-stream"),
+                                                  ("Last-Event-ID", ids[1])]))
+        _, status, _, _, head = c.read_head()
+        self.assertEqual(status, 200, head)
+        text = b""
+        while text.count(b"data: r") < 5:
+            text += c.read_until(b"\n\n")
+        self.assertIn(b"event: sluice.gap", text)
+        # From a point still kept: no gap, exactly the rest.
+        j = self.longpoll(b, "r", ids[6], timeout=0)
+        self.assertNotIn("gap", j)
+        self.assertEqual([m["id"] for m in j["messages"]], ids[7:])
+        # A node whose retention differs from the stream's is refused.
+        d = self.tmpdir()
+        script = cluster_app(d, 'sluice.topic("*", {backlog = 7})\n', servers=self.nats.urls(),
+                             replicas=1)
+        rc, _, err = run_sluice(["-l", "127.0.0.1:0", "-d", d, script])
+        self.assertEqual(rc, 1, err)
+        self.assertIn("max_msgs_per_subject 5 (want 7)", err)
+
+    # -- failures -----------------------------------------------------------------
+
+    def test_nats_server_killed_under_load_loses_nothing_acknowledged(self):
+        a = self.node()
+        b = self.node()
+        sub = self.conn(b, timeout=60)
+        sse_open(sub, "/topics/load")
+        acked = {}  # body -> id
+        stalls = []
+        errors = []
+        total = 150
+
+        def publisher():
+            try:
+                with a.conn(timeout=30) as c:
+                    for i in range(total):
+                        body = b"load-%04d" % i
+                        t0 = time.monotonic()
+                        for attempt in range(200):
+                            r = self.publish(a, "load", body, key="k%d" % i, conn=c)
+                            if r.status == 200:
+                                acked[body] = r.json()["id"]
+                                break
+                            if r.status != 503:
+                                errors.append(r)
+                                return
+                            time.sleep(0.05)
+                        stalls.append(time.monotonic() - t0)
+            except Exception as e:  # reported below
+                errors.append(e)
+
+        t = threading.Thread(target=publisher, daemon=True)
+        t.start()
+        deadline = time.monotonic() + 30
+        while len(acked) < 40 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # The stream's leader: its replicas must elect another.
+        self.nats.kill(self.nats.stream_leader("SLUICE"), signal.SIGKILL)
+        t.join(60)
+        self.assertFalse(t.is_alive(), "publisher stuck")
+        self.assertEqual(errors, [])
+        self.assertEqual(len(acked), total)
+        print("\nNATS server killed: longest publish stall %.2f s" % max(stalls),
+              file=sys.stderr)
+        # Every acknowledged message, exactly once, in ID order, on B's SSE.
+        got = [sse_next(sub) for _ in range(total)]
+        self.assertEqual([g[2] for g in got], sorted(acked))
+        self.assertEqual([g[0] for g in got], [acked[b] for b in sorted(acked)])
+        # And in the record, read back through the other node.
+        # (A read that fails while the stream elects a leader answers the
+        # client's own cursor: it asks again.)
+        seen, cursor = [], "x-0"
+        deadline = time.monotonic() + 30
+        while len(seen) < total and time.monotonic() < deadline:
+            j = self.longpoll(b, "load", cursor, timeout=0)
+            seen += j["messages"]
+            cursor = j["last_id"]
+            if not j["messages"]:
+                time.sleep(0.2)
+        self.assertEqual(sorted(m["data"].encode() for m in seen), sorted(acked))
+        self.assertEqual(len(seen), total)
+
+    def test_all_nats_down_503_then_recovery(self):
+        a = self.node(replicas=3)
+        b = self.node(replicas=3)
+        sub = self.conn(b, timeout=60)
+        sse_open(sub, "/topics/t")
+        r = self.publish(a, "t", b"before")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(sse_next(sub)[2], b"before")
+
+        self.nats.stop_all()
+        time.sleep(0.5)
+        for body in (b"during-1", b"during-2"):
+            t0 = time.monotonic()
+            r = self.publish(a, "t", body)
+            took = time.monotonic() - t0
+            self.assertJsonError(r, 503)
+            self.assertLess(took, 8.0, "a publish must not hang while NATS is down")
+        # The subscriber on B is still connected: nothing closed it.
+        self.assertTrue(b.alive() and a.alive())
+        self.assertIn("sluice_cluster_connected 0", self.metrics(a))
+
+        self.nats.start_all()
+        deadline = time.monotonic() + 40
+        while True:
+            r = self.publish(a, "t", b"after")
+            if r.status == 200:
+                break
+            self.assertJsonError(r, 503)
+            self.assertLess(time.monotonic(), deadline, "publishing did not come back")
+            time.sleep(0.2)
+        mid, _, data = sse_next(sub)
+        self.assertEqual((mid, data), (r.json()["id"], b"after"))
+        self.assertIn("sluice_cluster_connected 1", self.metrics(a))
+
+    def test_stream_with_other_settings_is_refused(self):
+        self.node(replicas=3, stream="ORDERS")
+        d = self.tmpdir()
+        script = cluster_app(d, servers=self.nats.urls(), replicas=1, stream="ORDERS")
+        rc, _, err = run_sluice(["-l", "127.0.0.1:0", "-d", d, script])
+        self.assertEqual(rc, 1, err)
+        self.assertIn("stream ORDERS exists with other settings: replicas 3 (want 1)", err)
+
+
+class ClusterConfigTest(SluiceTestCase):
+    """--check validates the cluster block (no NATS needed)."""
+
+    def check(self, **cluster):
+        d = self.tmpdir()
+        return run_sluice(["--check", cluster_app(d, **cluster)])
+
+    def assertChecks(self, r, ok, want=None, what=None):
+        rc, out, err = r
+        self.assertEqual(rc, 0 if ok else 1, (what, out, err))
+        if want:
+            self.assertIn(want, err, what)
+
+    def test_check(self):
+        self.assertChecks(self.check(servers="nats://127.0.0.1:4222", replicas=3, stream="S1"),
+                          True)
+        self.assertChecks(self.check(servers=["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"]),
+                          True)
+        for bad, want in ((dict(servers="127.0.0.1:4222"), "bad server"),
+                          (dict(servers="nats://x:1", replicas=9), "replicas"),
+                          (dict(servers="nats://x:1", stream="a.b"), "stream name"),
+                          (dict(servers="nats://x:1", user="u"), "user and password"),
+                          (dict(servers="nats://x:1", bogus=1), "unknown cluster setting 'bogus'"),
+                          (dict(servers=7), "cluster.servers")):
+            self.assertChecks(self.check(**bad), False, want, bad)
+        # Retention that one stream cannot keep.
+        d = self.tmpdir()
+        script = cluster_app(d, 'sluice.topic("rooms.*", {backlog = 10})\n', servers="nats://x:1")
+        self.assertChecks(run_sluice(["--check", script]), False,
+                          "'rooms.*' (backlog 10, max_age 0) differs from the default")
+        script = cluster_app(d, 'sluice.topic("*", {backlog = 10, max_age = 60})\n'
+                             'sluice.topic("rooms.*", {backlog = 10, max_age = 60})\n',
+                             servers="nats://x:1")
+        self.assertChecks(run_sluice(["--check", script]), True)
+        # --cluster wins over the script's servers, and is checked too.
+        d = self.tmpdir()
+        self.assertChecks(
+            run_sluice(["--check", "--cluster", "bogus", cluster_app(d, servers="nats://x:1")]),
+            False, "bad server 'bogus'")
+
+
+if __name__ == "__main__":
+    unittest.main()
