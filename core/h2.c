@@ -777,7 +777,13 @@ static void h2_on_data(conn *c, void *state, char *data, size_t len)
 
 static void h2_on_drain(conn *c, void *state)
 {
-    h2_send(state);
+    h2_conn *h = state;
+    /* Most drains follow a turn that took everything: no session pass
+     * for nothing. */
+    if (nghttp2_session_want_write(h->session))
+        h2_send(h);
+    else
+        check_done(h);
 }
 
 static void h2_on_turn(conn *c, void *state)
