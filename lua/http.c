@@ -647,9 +647,11 @@ static http_call *make_call(const call_opts *o, struct curl_slist *headers, cons
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->body_len);
         ok = ok && curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, o->body) == CURLE_OK;
     }
-    if (strcmp(o->method, "GET") != 0 && strcmp(o->method, "HEAD") != 0 &&
-        !(o->body && strcmp(o->method, "POST") == 0))
-        ok = ok && curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, o->method) == CURLE_OK;
+    /* A body makes curl send POST, no body GET (or HEAD with NOBODY):
+     * any other method, a GET with a body included, is named. */
+    bool plain = o->body ? strcmp(o->method, "POST") == 0
+                         : strcmp(o->method, "GET") == 0 || strcmp(o->method, "HEAD") == 0;
+    if (!plain) ok = ok && curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, o->method) == CURLE_OK;
     if (!ok) {
         call_free(c);
         *why = "out of memory";

@@ -170,6 +170,13 @@ class RequestTest(HttpCase):
         self.assertNotIn("expect", e["headers"])
         v = self.call("/call", url=self.b.url("/echo"), body="x")
         self.assertEqual(json.loads(v["body"])["method"], "POST")
+        # A GET with a body stays a GET (it went out as POST), and DELETE
+        # without one is a DELETE.
+        v = self.call("/call", url=self.b.url("/echo"), method="GET", body="q")
+        self.assertEqual((json.loads(v["body"])["method"], json.loads(v["body"])["body"]),
+                         ("GET", "q"))
+        v = self.call("/call", url=self.b.url("/echo"), method="DELETE")
+        self.assertEqual(json.loads(v["body"])["method"], "DELETE")
         v = self.call("/call", url=self.b.url("/echo"), method="HEAD")
         self.assertEqual((v["status"], v["body"]), (200, ""))
 
