@@ -33,8 +33,8 @@ static int id_text_parse(const char *id, size_t len, uint64_t *epoch, uint64_t *
 {
     size_t i = 0;
     uint64_t e = 0, q = 0;
-    if (!id || len == 0 || len >= STORE_ID_MAX) return -1;
-    if (id[0] == '0') return -1;
+    if (!id || len == 0 || len >= STORE_ID_MAX) return SL_EINVAL;
+    if (id[0] == '0') return SL_EINVAL;
     /* Range checks and overflow builtins: this runs for every resuming
      * poll, where a table search and a division per digit showed. */
     for (; i < len && id[i] != '-'; i++) {
@@ -45,16 +45,16 @@ static int id_text_parse(const char *id, size_t len, uint64_t *epoch, uint64_t *
         else if (c >= 'a' && c <= 'z')
             d = (unsigned)(c - 'a') + 10;
         else
-            return -1;
-        if (__builtin_mul_overflow(e, 36, &e) || __builtin_add_overflow(e, d, &e)) return -1;
+            return SL_EINVAL;
+        if (__builtin_mul_overflow(e, 36, &e) || __builtin_add_overflow(e, d, &e)) return SL_EINVAL;
     }
-    if (i == 0 || i == len) return -1;
+    if (i == 0 || i == len) return SL_EINVAL;
     i++;
-    if (i == len || id[i] == '0') return -1;
+    if (i == len || id[i] == '0') return SL_EINVAL;
     for (; i < len; i++) {
-        if (id[i] < '0' || id[i] > '9') return -1;
+        if (id[i] < '0' || id[i] > '9') return SL_EINVAL;
         unsigned d = (unsigned)(id[i] - '0');
-        if (__builtin_mul_overflow(q, 10, &q) || __builtin_add_overflow(q, d, &q)) return -1;
+        if (__builtin_mul_overflow(q, 10, &q) || __builtin_add_overflow(q, d, &q)) return SL_EINVAL;
     }
     *epoch = e;
     *seq = q;
