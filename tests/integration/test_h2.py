@@ -373,10 +373,10 @@ class H2Test(SluiceTestCase):
                                     ("sec-websocket-version", "13")], end_stream=False))
         self.assertTrue(c.until(lambda: ws in c.status and b"retry" in c.body(sse)))
         self.s.signal(SIGTERM)
-        self.assertTrue(c.until(lambda: c.goaway is not None and sse in c.ended, 10),
-                        (c.goaway, c.ended))
+        close_1001 = b"\x88\x16\x03\xe9server shutting down"
+        self.assertTrue(c.until(lambda: c.goaway is not None and sse in c.ended and
+                                close_1001 in c.body(ws), 10), (c.goaway, c.ended, c.body(ws)))
         self.assertEqual(c.goaway, NO_ERROR)
-        self.assertIn(b"\x88\x16\x03\xe9server shutting down", c.body(ws))  # close 1001
         self.assertEqual(self.s.wait_exit(10), 0)
 
     def test_body_that_stops_gets_408(self):
