@@ -32,6 +32,12 @@
  * answers each request with Connection: close, without pipelining; there,
  * every publish in flight has a connection of its own.
  *
+ * --deflate offers WebSocket permessage-deflate (RFC 7692) and inflates
+ * the compressed frames (RSV1) it gets with zlib, one message at a time as
+ * the server asks (no context takeover), and counts them; --body json
+ * pads the message with JSON records of varied values instead of dots,
+ * so that compression meets realistic data.
+ *
  * Everything is bounded: connection attempts in flight, connect and
  * subscribe timeouts, a drain period and an overall deadline. The exit
  * status says which part failed (see usage()).
@@ -40,6 +46,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
+#include <zlib.h>
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -138,6 +145,9 @@ static struct {
     int port, pub_port;
     int kind, pub_format;
     bool idle, json;
+    bool deflate;   /* offer permessage-deflate, inflate RSV1 frames */
+    bool body_json; /* pad messages with JSON records */
+    uint64_t zframes, zbytes_in, zbytes_out; /* compressed frames received */
     uint32_t n, topics, m, size, pubconns, pipeline, batch;
     double rate, settle, drain, hold, deadline, connect_timeout, sub_timeout;
     char prefix[64], sub_path[512], pub_path[512], since_param[32];
@@ -499,8 +509,11 @@ static void sub_queue_request(struct conn *c)
         n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-                     "Sec-WebSocket-Version: 13\r\n\r\n",
-                     path, G.host, G.port, k64);
+                     "Sec-WebSocket-Version: 13\r\n%s\r\n",
+                     path, G.host, G.port, k64,
+                     G.deflate ? "Sec-WebSocket-Extensions: permessage-deflate; "
+                                 "client_max_window_bits\r\n"
+                               : "");
     } else if (c->kind == K_SSE) {
         n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n"
@@ -818,6 +831,31 @@ static void deliver(struct conn *c, const char *data, size_t len, uint64_t now)
     }
 }
 
+/* --body json: n bytes of JSON-looking records with varied values (ids,
+ * names, prices, timestamps), as a chat or feed message would carry; cut
+ * at n. */
+static void json_padding(char *out, size_t n, uint32_t seq)
+{
+    static const char *const names[] = {"alice", "bob", "carol", "dave", "erin", "frank"};
+    static const char *const words[] = {"price", "update", "order", "filled", "cancelled", "new",
+                                        "bid", "ask", "volume", "market"};
+    size_t o = 0;
+    uint64_t x = seq * 0x9E3779B97F4A7C15ULL + 1;
+    char rec[160];
+    while (o < n) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        int k = snprintf(rec, sizeof rec,
+                         ",{\"id\":%u,\"user\":\"%s\",\"text\":\"%s %s\",\"price\":%u.%02u,"
+                         "\"ts\":%u}",
+                         (unsigned)(x % 100000), names[x % 6], words[(x >> 8) % 10],
+                         words[(x >> 16) % 10], (unsigned)((x >> 20) % 1000),
+                         (unsigned)((x >> 30) % 100), (unsigned)(1765000000 + (x >> 34) % 100000));
+        size_t take = (size_t)k < n - o ? (size_t)k : n - o;
+        memcpy(out + o, rec, take);
+        o += take;
+    }
+}
+
 /* ---- WebSocket ---- */
 
 /* Queue a masked client frame (control frames: pong, close). */
@@ -843,6 +881,50 @@ static void ws_send(struct conn *c, int op, const unsigned char *data, size_t n)
     conn_flush(c);
 }
 
+/* A compressed message (permessage-deflate, no context takeover): inflate
+ * it whole with the 00 00 FF FF the sender took off, then deliver it.
+ * One stream for the process, reset per message. */
+static int ws_inflate_deliver(struct conn *c, const unsigned char *pl, size_t len, uint64_t now)
+{
+    static z_stream zs;
+    static bool ready;
+    static unsigned char *out;
+    static size_t cap;
+    if (!ready) {
+        if (inflateInit2(&zs, -15) != Z_OK) return conn_fail(c, "ws: zlib"), -1;
+        ready = true;
+    }
+    inflateReset(&zs);
+    static const unsigned char tail[4] = {0, 0, 0xff, 0xff};
+    size_t n = 0;
+    for (int part = 0; part < 2; part++) {
+        zs.next_in = (unsigned char *)(part ? tail : pl);
+        zs.avail_in = (uInt)(part ? 4 : len);
+        while (zs.avail_in) {
+            if (n + 65536 > cap) {
+                size_t ncap = cap ? cap * 2 : 1 << 20;
+                unsigned char *np = realloc(out, ncap);
+                if (!np) return conn_fail(c, "ws: out of memory"), -1;
+                out = np;
+                cap = ncap;
+            }
+            zs.next_out = out + n;
+            zs.avail_out = (uInt)(cap - n);
+            int rc = inflate(&zs, Z_SYNC_FLUSH);
+            n = cap - zs.avail_out;
+            if (rc != Z_OK && rc != Z_BUF_ERROR && rc != Z_STREAM_END)
+                return conn_fail(c, "ws: bad compressed data"), -1;
+            if (rc == Z_BUF_ERROR && zs.avail_out) break;
+            if (n > MAX_FRAME) return conn_fail(c, "ws: inflated message too large"), -1;
+        }
+    }
+    G.zframes++;
+    G.zbytes_in += len;
+    G.zbytes_out += n;
+    deliver(c, (const char *)out, n, now);
+    return 0;
+}
+
 /* Parse server frames from c->in. Returns -1 when c was closed. */
 static int ws_process(struct conn *c, uint64_t now)
 {
@@ -855,7 +937,8 @@ static int ws_process(struct conn *c, uint64_t now)
         int op = p[0] & 0x0f;
         uint64_t len = p[1] & 0x7f;
         size_t hl = 2;
-        if (p[0] & 0x70) {
+        bool rsv1 = (p[0] & 0x40) != 0;
+        if ((p[0] & 0x30) || (rsv1 && (!G.deflate || op == 0 || op >= 8))) {
             conn_fail(c, "ws: reserved bits set");
             return -1;
         }
@@ -889,7 +972,13 @@ static int ws_process(struct conn *c, uint64_t now)
                 conn_fail(c, "ws: new message inside a fragmented one");
                 return -1;
             }
-            if (fin) {
+            if (rsv1 && !fin) {
+                conn_fail(c, "ws: fragmented compressed message (the server sends one frame)");
+                return -1;
+            }
+            if (rsv1) {
+                if (ws_inflate_deliver(c, pl, (size_t)len, now) < 0) return -1;
+            } else if (fin) {
                 deliver(c, (const char *)pl, (size_t)len, now);
             } else {
                 c->ws_frag = true;
@@ -1058,7 +1147,10 @@ static void pub_send(struct conn *c, uint32_t seq)
     }
     char *body = c->out.p + c->out.len;
     snprintf(body, MARK_LEN + 1, MARK "%08x%016" PRIx64, seq, stamp);
-    memset(body + MARK_LEN, '.', G.size - MARK_LEN);
+    if (G.body_json)
+        json_padding(body + MARK_LEN, G.size - MARK_LEN, seq);
+    else
+        memset(body + MARK_LEN, '.', G.size - MARK_LEN);
     c->out.len += G.size;
     memcpy(c->out.p + c->out.len, post, sl);
     c->out.len += sl;
@@ -1476,6 +1568,10 @@ static int report(void)
         fprintf(hout, "  polls         %" PRIu64 " (reconnects %" PRIu64 ")\n", G.lp_polls,
                 G.reopens_total);
     if (G.npids) fprintf(hout, "  server cpu    %.2f s\n", scpu);
+    if (G.deflate)
+        fprintf(hout,
+                "  compressed    %" PRIu64 " frames, %" PRIu64 " -> %" PRIu64 " B inflated\n",
+                G.zframes, G.zbytes_in, G.zbytes_out);
     fprintf(hout, "  loadgen cpu   %.2f s; elapsed %.2f s\n", ccpu, secs(G.t0, G.t_end));
     fprintf(hout, "  result        %s%s\n", code ? "FAIL: " : "OK", code ? G.fail_reason : "");
     if (G.first_error[0]) fprintf(hout, "  first error   %s\n", G.first_error);
@@ -1533,6 +1629,8 @@ static void usage(FILE *f)
             "      --deadline S         overall bound (300)\n"
             "      --pid PID[,PID...]   server processes: CPU time and memory from /proc\n"
             "      --json               one JSON line on stdout (summary goes to stderr)\n"
+            "      --deflate            WebSocket: offer permessage-deflate, inflate what comes\n"
+            "      --body dots|json     message padding: '.' (default) or JSON records\n"
             "exit status: 0 ok, 1 usage/local error, 2 subscribe phase failed,\n"
             "             3 publish failed, 4 lost/duplicate messages or dropped subscribers\n",
             MARK_LEN);
@@ -1559,7 +1657,9 @@ static int parse_opts(int argc, char **argv)
         O_PID,
         O_JSON,
         O_PUBPORT,
-        O_PUBFMT
+        O_PUBFMT,
+        O_DEFLATE,
+        O_BODY
     };
     static const struct option lo[] = {{"host", 1, 0, 'H'},
                                        {"port", 1, 0, 'p'},
@@ -1587,6 +1687,8 @@ static int parse_opts(int argc, char **argv)
                                        {"json", 0, 0, O_JSON},
                                        {"pub-port", 1, 0, O_PUBPORT},
                                        {"pub-format", 1, 0, O_PUBFMT},
+                                       {"deflate", 0, 0, O_DEFLATE},
+                                       {"body", 1, 0, O_BODY},
                                        {"help", 0, 0, 'h'},
                                        {0, 0, 0, 0}};
     snprintf(G.host, sizeof G.host, "127.0.0.1");
@@ -1708,6 +1810,15 @@ static int parse_opts(int argc, char **argv)
             else if (!strcmp(optarg, "pushpin"))
                 G.pub_format = PF_PUSHPIN;
             else
+                return -1;
+            break;
+        case O_DEFLATE:
+            G.deflate = true;
+            break;
+        case O_BODY:
+            if (!strcmp(optarg, "json"))
+                G.body_json = true;
+            else if (strcmp(optarg, "dots"))
                 return -1;
             break;
         case 'h':

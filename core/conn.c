@@ -199,6 +199,7 @@ void conn_close(conn *c)
         free_parser(c);
         free(c->resp_head);
         c->resp_head = NULL;
+        conn_set_extra_head(c, NULL);
         if (c->refs == 0) conn_free_later(c);
         return;
     }
@@ -219,6 +220,7 @@ void conn_close(conn *c)
     free_parser(c);
     free(c->resp_head);
     c->resp_head = NULL;
+    conn_set_extra_head(c, NULL);
     io_close(&c->io);
     if (srv->stopping && srv->nconns == 0) ev_break(srv->loop, EVBREAK_ALL);
     if (c->refs == 0) conn_free_later(c);
@@ -559,6 +561,18 @@ void conn_response_start(conn *c, int status)
     p = put_bytes(p, text, tl);
     p = put_bytes(p, STRLIT("\r\n"));
     resp_append(c, line, (size_t)(p - line));
+    if (c->extra_head) resp_append(c, c->extra_head, strlen(c->extra_head));
+}
+
+void conn_set_extra_head(conn *c, char *lines)
+{
+    free(c->extra_head);
+    c->extra_head = lines;
+}
+
+const char *conn_extra_head(const conn *c)
+{
+    return c->extra_head ? c->extra_head : "";
 }
 
 /* RFC 9110 tchar, as a table (one row per kind, not one line per byte):
@@ -671,6 +685,7 @@ static void finish_done(conn *c, size_t len)
     free(c->resp_head);
     c->resp_head = NULL;
     c->resp_len = c->resp_cap = 0;
+    conn_set_extra_head(c, NULL);
     request_done(c);
 }
 
@@ -745,6 +760,7 @@ void conn_start_stream(conn *c, const conn_stream_ops *ops, void *state, buf_t *
     arm_timer(c, T_NONE, 0);
     set_state(c, CONN_STREAM);
     if (head) conn_send(c, head, 0, head->len);
+    conn_set_extra_head(c, NULL);
     free_parser(c);
     if (c->pending) {
         /* Bytes the client sent right after its request (a first frame):

@@ -104,6 +104,7 @@ struct conn {
     } remote;
     char *resp_head; /* response head being built */
     uint32_t resp_len, resp_cap;
+    char *extra_head; /* lines every head of this request's response gets (CORS) */
     uint64_t sent; /* bytes written to the peer (the end-of-stream line) */
 };
 
@@ -147,6 +148,15 @@ int conn_response_header(conn *c, const char *name, size_t nlen, const char *val
  * they are: no checks, for the constant headers of poll answers and
  * error bodies. */
 void conn_response_lines(conn *c, const char *lines, size_t len);
+
+/* Header lines ("Name: value\r\n"..., NUL-terminated, malloc'd: the
+ * connection takes it; NULL clears) that the response to the current
+ * request gets in its head, whichever code writes it (an app's answer, an
+ * error, a poll's answer, an SSE head through conn_extra_head): the CORS
+ * headers (core/cors.h).  Dropped once the response is finished or the
+ * connection streams. */
+void conn_set_extra_head(conn *c, char *lines);
+const char *conn_extra_head(const conn *c); /* "" when none */
 
 /* Finishes the response with `body` (copied; omitted on the wire for HEAD),
  * logs the access line and lets the connection read the next request. */

@@ -36,9 +36,7 @@
 #define H2_PREFACE_LEN (sizeof(H2_PREFACE) - 1)
 
 /* Streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_
- * STREAMS): a stream past it is refused (REFUSED_STREAM) before the client
- * acknowledged the setting, and ends the connection (GOAWAY
- * PROTOCOL_ERROR, libnghttp2's answer) after. */
+ * STREAMS); a client that opens more gets them refused (REFUSED_STREAM). */
 #define H2_MAX_STREAMS 256
 
 /* Whether `data` starts like the connection preface: its first 4 bytes

@@ -2,6 +2,7 @@
  * snprintf into a growing buffer: it runs once per scrape, not per
  * message, so clarity wins over speed here. */
 #include "core/metrics.h"
+#include "core/cors.h"
 
 #include "core/h2.h"
 #include "core/server.h"
@@ -180,6 +181,16 @@ char *metrics_render(const hub *h, const metrics_extra *extra, size_t nextra, si
     for (int i = 0; i < SERVER_REFUSAL_KINDS; i++)
         add(&t, "sluice_http_refused_total{status=\"%d\"} %llu\n", refused[i],
             server_refusals(refused[i]));
+    cors_stats cs;
+    cors_get_stats(&cs);
+    head(&t, "sluice_cors_preflights_total", "counter", "CORS preflights answered with 204.");
+    add(&t, "sluice_cors_preflights_total %llu\n", cs.preflights);
+    head(&t, "sluice_cors_refused_total", "counter",
+         "Requests refused (403) by a CORS policy: preflights, requests with side effects from "
+         "an origin not allowed, WebSocket handshakes from an origin not allowed.");
+    add(&t, "sluice_cors_refused_total{kind=\"preflight\"} %llu\n", cs.preflight_refused);
+    add(&t, "sluice_cors_refused_total{kind=\"request\"} %llu\n", cs.refused);
+    add(&t, "sluice_cors_refused_total{kind=\"websocket\"} %llu\n", cs.websocket_refused);
     h2_stats h2;
     h2_get_stats(&h2);
     head(&t, "sluice_http2_connections", "gauge", "Open HTTP/2 connections.");

@@ -37,12 +37,17 @@ static int sse_start(sub_session *s, const sub_request *r, const http_request *r
 {
     resume_point rp;
     session_resume_point(s, r, req, NULL, &rp);
-    char head[512];
+    char head[4096];
+    /* conn_extra_head: the CORS headers the app's policy gave this request. */
     int n = snprintf(head, sizeof(head),
                      "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
                      "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n"
-                     "Date: %s\r\n\r\nretry: %u\n\n",
-                     server_date(s->c->srv), sub_defaults.sse_retry_ms);
+                     "Date: %s\r\n%s\r\nretry: %u\n\n",
+                     server_date(s->c->srv), conn_extra_head(s->c), sub_defaults.sse_retry_ms);
+    if (n < 0 || (size_t)n >= sizeof(head)) {
+        *why = "response head too long";
+        return 500;
+    }
     buf_t *hb = buf_from(head, (size_t)n);
     if (!hb) {
         *why = "out of memory";

@@ -12,6 +12,7 @@
 #include "lua/http.h"
 #include "lua/internal.h"
 
+#include "core/cors.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/route.h"
@@ -189,6 +190,9 @@ static int l_route(lua_State *L)
     char m[16];
     size_t mlen = strlen(method);
     if (mlen == 0 || mlen >= sizeof(m)) return luaL_argerror(L, 1, "not an HTTP method");
+    /* Options (a 4th argument): checked, and the CORS policy made, first. */
+    cors_policy *cors = NULL;
+    int cors_off = lua_isnoneornil(L, 4) ? 0 : lx_cors_route(L, app, 4, &cors);
     for (size_t i = 0; i <= mlen; i++)
         m[i] = (char)toupper((unsigned char)method[i]);
     if (strcmp(m, "ANY") == 0) strcpy(m, "*");
@@ -197,7 +201,12 @@ static int l_route(lua_State *L)
     char err[256] = "";
     if (route_add(app->routes, m, pattern, ref, err, sizeof(err)) < 0) {
         luaL_unref(L, LUA_REGISTRYINDEX, ref);
+        cors_policy_free(cors);
         return luaL_argerror(L, 2, err);
+    }
+    if ((cors || cors_off) && lx_cors_add_route(app, ref, cors, cors_off) < 0) {
+        cors_policy_free(cors);
+        return luaL_error(L, "sluice.route: out of memory");
     }
     return 0;
 }
@@ -282,6 +291,7 @@ static void app_free(lx_app *app)
 {
     lx_cancel_timers(app);
     route_table_free(app->routes, NULL, NULL); /* lua_close frees the handlers */
+    lx_cors_free(app);
     if (app->L) lua_close(app->L);
     free(app->script);
     free(app);

@@ -322,6 +322,8 @@ static int l_config(lua_State *L)
             lua_pop(L, 1);
             if (!lua_isnil(L, -1)) config_string(L, &cfg->tls_cert);
             lua_pop(L, 1);
+        } else if (strcmp(k, "cors") == 0) {
+            lx_cors_config(L, app, -1);
         } else if (strcmp(k, "admin") == 0) {
             /* { listen = "ADDR:PORT", token_file = FILE }: flags win. */
             lx_check_field(L, 1, LUA_TTABLE, "admin");

@@ -85,7 +85,31 @@ struct lx_app {
         int ref;
     } idle_co[LX_IDLE_COROUTINES];
     int nidle_co;
+    /* CORS (cors.c): the app's policy (sluice.config{cors=...}), the
+     * routes' own (sluice.route's cors option, by handler ref); cors_on
+     * once any was set (else requests skip the check). */
+    struct cors_policy *cors;
+    struct lx_route_cors {
+        intptr_t handler;
+        struct cors_policy *policy;
+        bool off; /* cors = false: no CORS for this route */
+    } *route_cors;
+    int nroute_cors;
+    bool cors_on;
 };
+
+/* cors.c.  lx_cors_config: sluice.config's cors value at idx (a table, or
+ * false for none) becomes the app's policy.  lx_cors_route: sluice.route's
+ * options table at idx: *out the route's policy (NULL: none given);
+ * returns 1 for cors = false.  Both raise on a bad value, allocating
+ * nothing then.  lx_cors_add_route: keeps it for the handler (-1: no
+ * memory; p not taken).  lx_cors_request: applies the policy to a request
+ * before its route runs; true when it answered (a preflight, or a 403). */
+void lx_cors_config(lua_State *L, lx_app *app, int idx);
+int lx_cors_route(lua_State *L, lx_app *app, int idx, struct cors_policy **out);
+int lx_cors_add_route(lx_app *app, intptr_t handler, struct cors_policy *p, bool off);
+void lx_cors_free(lx_app *app);
+bool lx_cors_request(lx_app *app, conn *c, http_request *req, int rr, const route_match *m);
 
 /* A coroutine running app code: a request handler (c set) or a timer. */
 typedef struct lx_task {

@@ -512,6 +512,8 @@ void lx_on_request(conn *c, http_request *req, void *ud)
     lx_app *app = rt->app;
     route_match m;
     route_result rr = route_find(app->routes, req->method, req->path, req->path_len, &m);
+    /* CORS first: a preflight or a refused origin is answered here. */
+    if (app->cors_on && lx_cors_request(app, c, req, rr, &m)) return;
     if (rr == ROUTE_NOT_FOUND) {
         conn_respond_error(c, 404, "no route");
         return;

@@ -6,12 +6,28 @@
 --        (with Idempotency-Key: a retry answers the first publish's ID)
 --   GET  /topics/{topic}                subscribe: WebSocket, SSE, long-poll
 --   GET  /healthz, GET /metrics
+--
+-- CORS (docs/protocol.md, "CORS"): a page from any origin may subscribe
+-- (EventSource, long-poll, WebSocket); a page may publish only from an
+-- origin listed in the environment variable SLUICE_PUBLISH_ORIGINS
+-- (comma-separated, e.g. "https://app.example.com,http://localhost:3000");
+-- none by default, so a browser on another origin cannot publish.  Clients
+-- that send no Origin (curl, servers) are not concerned.
 local sluice = require "sluice"
 
 -- Topic names: 1 to 200 bytes of [A-Za-z0-9_.:-] (checked in C: a Lua
 -- pattern here was about a tenth of a long-poll's instructions).
 local valid_topic = sluice.valid_topic
 local valid_event = sluice.valid_event
+
+local publish_origins = {}
+for origin in (os.getenv("SLUICE_PUBLISH_ORIGINS") or ""):gmatch("[^,%s]+") do
+  publish_origins[#publish_origins + 1] = origin
+end
+local subscribe_route = { cors = { origins = "*", max_age = 600 } }
+local publish_route = {
+  cors = { origins = publish_origins, headers = { "Content-Type", "Idempotency-Key" }, max_age = 600 },
+}
 
 sluice.route("GET", "/healthz", function()
   return 200, "ok"
@@ -43,7 +59,7 @@ sluice.route("POST", "/topics/:topic", function(req)
     return sluice.json(503, { error = err })
   end
   return sluice.json(200, { id = id })
-end)
+end, publish_route)
 
 -- What a WebSocket client sends is published to its topic.  One function
 -- for every connection (conn.topic names the topic): a closure per
@@ -70,4 +86,4 @@ sluice.route("GET", "/topics/:topic", function(req)
     return req:subscribe(topic) -- only a WebSocket sends: no hooks for the others
   end
   return req:subscribe(topic, ws_opts)
-end)
+end, subscribe_route)
