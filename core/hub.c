@@ -630,6 +630,7 @@ void hub_msg_unref(hub_msg *m)
     buf_unref(m->raw);
     buf_unref(m->json);
     buf_unref(m->sse);
+    buf_unref(m->sse_topic);
     buf_unref(m->zraw);
     buf_unref(m->zjson);
     free(m->event);
@@ -1342,6 +1343,35 @@ int hub_msg_sse(hub_msg *m, buf_t **b)
         if (!ok) return SL_ENOMEM;
     }
     *b = m->sse;
+    return 0;
+}
+
+static bool build_sse_topic(hub_msg *m)
+{
+    buf_t *jb;
+    size_t off, jlen;
+    if (hub_msg_json(m, &jb, &off, &jlen) < 0) return false;
+    const char *ev = m->event;
+    size_t evlen = m->event_len;
+    ssize_t n = sse_event_size(m->id, m->id_len, ev, evlen, jb->data + off, jlen);
+    buf_t *sb = n > 0 ? buf_new((size_t)n) : NULL;
+    if (!sb || sse_event_encode(sb->data, (size_t)n, m->id, m->id_len, ev, evlen, jb->data + off,
+                                jlen) != n) {
+        buf_unref(sb);
+        return false;
+    }
+    m->sse_topic = sb;
+    return true;
+}
+
+int hub_msg_sse_topic(hub_msg *m, buf_t **b)
+{
+    if (form_claim(&m->sse_topic_state)) {
+        bool ok = build_sse_topic(m);
+        form_done(&m->sse_topic_state, ok);
+        if (!ok) return SL_ENOMEM;
+    }
+    *b = m->sse_topic;
     return 0;
 }
 

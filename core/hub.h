@@ -71,6 +71,8 @@ typedef struct hub_msg {
     buf_t *json;                   /* HUB_HEADROOM bytes, then the JSON object */
     size_t json_len;
     buf_t *sse;         /* the whole SSE event */
+    buf_t *sse_topic;   /* the SSE event of streams over several topics */
+    uint8_t sse_topic_state;
     /* permessage-deflate forms of the raw and JSON frames (hub_msg_ws_deflated):
      * NULL once built when compressing did not make the payload smaller. */
     buf_t *zraw, *zjson;
@@ -310,6 +312,12 @@ void hub_msg_unref(hub_msg *m);
 int hub_msg_ws(hub_msg *m, bool json, buf_t **b, size_t *off, size_t *len);
 int hub_msg_json(hub_msg *m, buf_t **b, size_t *off, size_t *len);
 int hub_msg_sse(hub_msg *m, buf_t **b);
+/* The SSE event for a stream over several topics or a pattern, which must
+ * tell which topic each message is from: the same id: and event: lines
+ * (no ".base64" suffix), and one data: line holding the JSON object of
+ * hub_msg_json {"id","topic","event","data"} (binary data base64 with
+ * "encoding":"base64", as there).  Built once, shared like the others. */
+int hub_msg_sse_topic(hub_msg *m, buf_t **b);
 
 /* The permessage-deflate frame of the raw (json false) or JSON form:
  * the payload compressed once (core/wsz.h) for every subscriber that

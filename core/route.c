@@ -110,6 +110,20 @@ static int compile(route *r, const char *pattern, char *err, size_t errlen)
     return 0;
 }
 
+/* True when a and b match exactly the same paths: the same segments, the
+ * same literals, parameters and '*' at the same places (names aside). */
+static bool same_shape(const route *a, const route *b)
+{
+    if (a->nsegs != b->nsegs) return false;
+    for (int i = 0; i < a->nsegs; i++) {
+        const route_seg *x = &a->segs[i], *y = &b->segs[i];
+        if (x->kind != y->kind) return false;
+        if (x->kind == SEG_LITERAL && (x->len != y->len || memcmp(x->text, y->text, x->len) != 0))
+            return false;
+    }
+    return true;
+}
+
 int route_add(route_table *t, const char *method, const char *pattern, intptr_t handler, char *err,
               size_t errlen)
 {
@@ -142,6 +156,15 @@ int route_add(route_table *t, const char *method, const char *pattern, intptr_t 
         if (rc == SL_ENOMEM) snprintf(err, errlen, "out of memory");
         route_destroy(r);
         return rc;
+    }
+    for (size_t i = 0; i < t->count; i++) {
+        if (strcmp(t->routes[i].method, method) != 0 || !same_shape(&t->routes[i], r)) continue;
+        /* Same paths, same score: the first always wins (a mistake, such
+         * as /a/:id then /a/:name, that would otherwise go unnoticed). */
+        snprintf(err, errlen, "route %s %s can never match: %s %s takes the same paths", method,
+                 pattern, method, t->routes[i].pattern);
+        route_destroy(r);
+        return SL_EINVAL;
     }
     t->count++;
     return 0;

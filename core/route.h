@@ -45,7 +45,9 @@ void route_table_free(route_table *t, void (*release)(intptr_t handler, void *ud
 /* Adds a route.  `method` is an HTTP method name in capitals or "*" (any);
  * `pattern` starts with '/'.  Returns 0, or with a message in err
  * SL_EINVAL for a malformed pattern (empty :name, `*` not last, too many
- * params) or a duplicate of an existing (method, pattern), SL_ENOMEM. */
+ * params), a duplicate of an existing (method, pattern), or a pattern
+ * that can never match because an earlier route of the same method takes
+ * the same paths (/a/:id, then /a/:name); SL_ENOMEM. */
 int route_add(route_table *t, const char *method, const char *pattern, intptr_t handler, char *err,
               size_t errlen);
 

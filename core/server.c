@@ -255,6 +255,13 @@ static int parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *sle
     return 0;
 }
 
+bool server_addr_valid(const char *addr)
+{
+    struct sockaddr_storage ss;
+    socklen_t slen;
+    return parse_addr(addr, &ss, &slen) == 0;
+}
+
 static unsigned open_connections; /* every worker's: atomic */
 
 unsigned server_count_connection(int delta)

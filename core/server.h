@@ -104,6 +104,11 @@ void server_init(server *srv, struct ev_loop *loop, const server_limits *limits)
  * many listeners) or SL_ESYS (the socket calls failed: errno's text). */
 int server_listen(server *srv, const char *addr, bool tls, bool join, char *err, size_t errlen);
 
+/* True when server_listen would parse addr (ADDR:PORT, [V6ADDR]:PORT, a
+ * port 0 to 65535; the host an IP address, "*" or "localhost"): what
+ * sluice.config checks at load, so that --check reports a bad one. */
+bool server_addr_valid(const char *addr);
+
 /* Counts a connection opened (+1) or closed (-1) in the process, and
  * returns how many are open over every worker (the connection limit and
  * /metrics read it).  Any thread. */

@@ -101,6 +101,7 @@ struct sub_session {
     bool skip_self;  /* not the messages this session's client published */
     uint8_t end_why; /* sub_end_reason: why it ended (the end-of-stream line) */
     uint32_t msgs;   /* messages handed to the transport (the same line) */
+    bool presence_events; /* sluice.join and sluice.leave are delivered */
     union {
         struct {
             ws_decoder *dec; /* only while a frame is partly received */

@@ -70,7 +70,11 @@ static int sse_start(sub_session *s, const sub_request *r, const http_request *r
 static void sse_send_msg(sub_session *s, hub_msg *m)
 {
     buf_t *b;
-    if (hub_msg_sse(m, &b) < 0 || conn_send(s->c, b, 0, b->len) < 0) {
+    /* Over several topics or a pattern, each event names its topic (the
+     * JSON form); over one topic the plain event, byte for byte. */
+    bool several = s->nsubs > 1 || (s->nsubs == 1 && s->subs[0] && !s->subs[0]->topic);
+    int rc = several ? hub_msg_sse_topic(m, &b) : hub_msg_sse(m, &b);
+    if (rc < 0 || conn_send(s->c, b, 0, b->len) < 0) {
         __atomic_add_fetch(&sub_counts.slow_sse, 1, __ATOMIC_RELAXED);
         sub_set_end_reason(s, SUB_END_SLOW);
         LOG_KV(LOG_INFO, "sse subscriber cut off: output over the limit",

@@ -191,6 +191,7 @@ int sub_start(conn *c, hub *h, const sub_request *r, const char **why)
     s->hooks = r->hooks;
     s->hooks_ud = r->hooks_ud;
     s->skip_self = r->skip_self;
+    s->presence_events = r->presence_events;
     if (r->nevents > 0 && !(s->events = sub_names_copy(r->events, r->event_lens, r->nevents))) {
         free(s);
         *why = "out of memory";
@@ -389,6 +390,11 @@ sub_names *sub_names_copy(const char *const *names, const size_t *lens, int n)
 static bool wanted(const sub_session *s, const hub_msg *m)
 {
     if (s->skip_self && m->origin == s) return false;
+    /* Presence events (lua/shared.h) go only to who asked for them. */
+    if (!s->presence_events && m->event && m->event_len >= 11 &&
+        (STR_IS(m->event, m->event_len, "sluice.join") ||
+         STR_IS(m->event, m->event_len, "sluice.leave")))
+        return false;
     if (!s->events) return true;
     for (int i = 0; i < s->events->n; i++)
         if (m->event && m->event_len == s->events->lens[i] &&

@@ -45,6 +45,7 @@ typedef struct sub_request {
     const char *protocol;      /* WebSocket subprotocol chosen by the app, or NULL */
     int json;                  /* WebSocket JSON envelopes: 1 yes, 0 no, -1 from ?format= */
     bool skip_self;            /* skip messages whose origin is this session */
+    bool presence_events;      /* deliver the events sluice.join and sluice.leave */
     const char *const *events; /* deliver only these event names (nevents > 0) */
     const size_t *event_lens;
     int nevents;

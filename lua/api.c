@@ -11,6 +11,7 @@
 #include "lua/api.h"
 #include "lua/http.h"
 #include "lua/internal.h"
+#include "lua/shared.h"
 
 #include "core/cors.h"
 #include "core/log.h"
@@ -198,6 +199,7 @@ static int l_route(lua_State *L)
     if (strcmp(m, "ANY") == 0) strcpy(m, "*");
     lua_pushvalue(L, 3);
     int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lx_note_route(L, ref, m, pattern); /* (a ref given back is renamed when reused) */
     char err[256] = "";
     if (route_add(app->routes, m, pattern, ref, err, sizeof(err)) < 0) {
         luaL_unref(L, LUA_REGISTRYINDEX, ref);
@@ -486,6 +488,7 @@ static int luaopen_sluice(lua_State *L)
     lx_open_crypto(L);
     lx_open_http(L);
     lx_open_jwt(L);
+    lxs_open(L);
     push_json_table(L);
     lua_setfield(L, -2, "json");
     lua_pushliteral(L, SLUICE_VERSION);

@@ -56,6 +56,9 @@ static void config_addr_list(lua_State *L, const char *what, char **out, int *n)
     char *fresh[LX_MAX_LISTEN];
     int nfresh = 0;
     if (lua_type(L, -1) == LUA_TSTRING) {
+        if (!server_addr_valid(lua_tostring(L, -1)))
+            luaL_error(L, "sluice.config: %s: bad address '%s' (want ADDR:PORT or [V6ADDR]:PORT)",
+                       what, lua_tostring(L, -1));
         fresh[nfresh++] = strdup(lua_tostring(L, -1));
     } else {
         if (!lua_istable(L, -1))
@@ -65,9 +68,14 @@ static void config_addr_list(lua_State *L, const char *what, char **out, int *n)
             luaL_error(L, "sluice.config: at most %d %s addresses", LX_MAX_LISTEN, what);
         for (lua_Integer i = 1; i <= len; i++) {
             int type = lua_geti(L, -1, i);
-            lua_pop(L, 1);
             if (type != LUA_TSTRING)
                 luaL_error(L, "sluice.config: %s[%d] must be a string", what, (int)i);
+            if (!server_addr_valid(lua_tostring(L, -1)))
+                luaL_error(L,
+                           "sluice.config: %s[%d]: bad address '%s' (want ADDR:PORT or "
+                           "[V6ADDR]:PORT)",
+                           what, (int)i, lua_tostring(L, -1));
+            lua_pop(L, 1);
         }
         for (lua_Integer i = 1; i <= len; i++) {
             lua_geti(L, -1, i);

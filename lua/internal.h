@@ -68,6 +68,7 @@ struct lx_app {
     int worker_id, worker_count;   /* the worker it was loaded for (1-based) */
     lx_timer *timers;              /* sluice.timer / sluice.every of this generation */
     int on_publish;                /* registry ref of a table pattern -> function */
+    bool filter_warned;            /* a filter's wrong result was logged (once per load) */
     const void *origin;            /* publisher identity during on_message (skip_self) */
     struct sub_session *publisher; /* the WebSocket client whose on_message runs */
     /* The metatables every request uses, by registry ref (an array slot)
@@ -121,6 +122,7 @@ typedef struct lx_task {
     conn *c;            /* NULL for a timer */
     http_request *req;  /* valid during the first resume only */
     route_match *match; /* idem */
+    intptr_t handler;   /* its route's handler (registry ref); 0 for a timer */
 } lx_task;
 
 static inline lx_app *app_of(lua_State *L)
@@ -247,6 +249,13 @@ void lx_start_subscription(lx_task *t, int idx);
 void lx_sub_metatables(lx_app *app, lua_State *L);
 
 /* ---- request.c ---- */
+
+/* sluice.route keeps "METHOD pattern" of each handler (by its registry
+ * ref), for the log line of a handler that returns a wrong value. */
+void lx_note_route(lua_State *L, int ref, const char *method, const char *pattern);
+/* The Prometheus text of /metrics with the Lua layer's rows (malloc'd,
+ * *len its length; NULL when memory is short): publish.c. */
+char *lx_metrics_text(lx_app *app, size_t *len);
 
 /* Whether the value at idx has the metatable registered at mt_ref. */
 bool lx_has_metatable(lua_State *L, int idx, int mt_ref);

@@ -4,6 +4,7 @@
 #include "lua/api.h"
 #include "lua/http.h"
 #include "lua/internal.h"
+#include "lua/shared.h"
 
 #include "core/log.h"
 #include "core/metrics.h"
@@ -292,10 +293,9 @@ static int l_topic(lua_State *L)
 
 /* sluice.metrics() -> the Prometheus text exposition of the counters
  * (core/metrics.c), with the Lua layer's own. */
-static int l_metrics(lua_State *L)
+char *lx_metrics_text(lx_app *app, size_t *len)
 {
-    lx_app *app = app_of(L);
-    metrics_extra extra[1 + BADEV_KINDS + LX_HTTP_METRICS];
+    metrics_extra extra[1 + BADEV_KINDS + LX_HTTP_METRICS + LXS_METRICS];
     size_t n = 0;
     extra[n++] = (metrics_extra){"sluice_script_errors_total", "counter",
                                  "Errors raised by the app's Lua code.", NULL, lx_script_errors()};
@@ -307,8 +307,14 @@ static int l_metrics(lua_State *L)
             "Event names refused (not UTF-8, control characters, too long), by source.", labels[i],
             __atomic_load_n(&bad_events[i], __ATOMIC_RELAXED)};
     n += lx_http_metrics(extra + n);
+    n += lxs_metrics(extra + n);
+    return metrics_render(app->hub, extra, n, len);
+}
+
+static int l_metrics(lua_State *L)
+{
     size_t len;
-    char *text = metrics_render(app->hub, extra, n, &len);
+    char *text = lx_metrics_text(app_of(L), &len);
     if (!text) return luaL_error(L, "out of memory");
     lua_pushlstring(L, text, len);
     free(text);

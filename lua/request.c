@@ -372,6 +372,8 @@ static void task_fail(lx_task *t, const char *what)
     if (t->c && !conn_closed(t->c)) conn_respond_error(t->c, 500, "script error");
 }
 
+static void log_bad_result(lx_task *t, const char *problem);
+
 static void respond_from_results(lx_task *t, int nres)
 {
     lua_State *L = t->co;
@@ -392,7 +394,7 @@ static void respond_from_results(lx_task *t, int nres)
     else if (nres >= 3 && !lua_isnil(L, base + 2) && !lua_istable(L, base + 2))
         problem = "handler's headers must be a table or nil";
     if (problem) {
-        LOG_KV(LOG_ERROR, "script error", LOG_S("script", t->app->script), LOG_S("error", problem));
+        log_bad_result(t, problem);
         lx_count_error();
         conn_respond_error(c, 500, "script error");
         return;
@@ -506,6 +508,71 @@ lx_task *lx_task_new(lx_app *app, conn *c)
     return t;
 }
 
+/* GET /healthz and /metrics stay served when the app routes neither
+ * (SPEC.md): load balancers and scrapers should not depend on each app
+ * remembering them.  True when it answered. */
+static bool builtin_path(lx_app *app, conn *c, const http_request *req)
+{
+    bool get = strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0;
+    if (!get) return false;
+    if (STR_IS(req->path, req->path_len, "/healthz")) {
+        conn_response_start(c, 200);
+        conn_response_header(c, STRLIT("Content-Type"), STRLIT("text/plain; charset=utf-8"));
+        conn_response_finish(c, STRLIT("ok"));
+        return true;
+    }
+    if (!STR_IS(req->path, req->path_len, "/metrics")) return false;
+    size_t len;
+    char *text = lx_metrics_text(app, &len);
+    if (!text) {
+        conn_respond_error(c, 503, "out of memory");
+        return true;
+    }
+    conn_response_start(c, 200);
+    conn_response_header(c, STRLIT("Content-Type"), STRLIT("text/plain; version=0.0.4"));
+    conn_response_finish(c, text, len);
+    free(text);
+    return true;
+}
+
+static const char route_names_key = 0; /* registry: handler ref -> "METHOD pattern" */
+
+void lx_note_route(lua_State *L, int ref, const char *method, const char *pattern)
+{
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &route_names_key) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_pushvalue(L, -1);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &route_names_key);
+    }
+    lua_pushfstring(L, "%s %s", strcmp(method, "*") == 0 ? "ANY" : method, pattern);
+    lua_rawseti(L, -2, ref);
+    lua_pop(L, 1);
+}
+
+/* Logs a handler's wrong result with its route and where the handler is
+ * defined (file:line), which a traceback cannot give: the handler has
+ * returned. */
+static void log_bad_result(lx_task *t, const char *problem)
+{
+    lua_State *L = t->co;
+    int top = lua_gettop(L);
+    char where[LUA_IDSIZE + 24] = "?";
+    const char *route = "?";
+    if (t->handler && lua_checkstack(L, 4)) {
+        if (lua_rawgetp(L, LUA_REGISTRYINDEX, &route_names_key) == LUA_TTABLE &&
+            lua_rawgeti(L, -1, (lua_Integer)t->handler) == LUA_TSTRING)
+            route = lua_tostring(L, -1); /* on the stack until the log line is out */
+        lua_Debug ar;
+        if (lua_rawgeti(L, LUA_REGISTRYINDEX, (lua_Integer)t->handler) == LUA_TFUNCTION &&
+            lua_getinfo(L, ">S", &ar))
+            snprintf(where, sizeof(where), "%s:%d", ar.short_src, ar.linedefined);
+    }
+    LOG_KV(LOG_ERROR, "script error", LOG_S("script", t->app->script), LOG_S("error", problem),
+           LOG_S("route", route), LOG_S("handler", where));
+    lua_settop(L, top);
+}
+
 void lx_on_request(conn *c, http_request *req, void *ud)
 {
     lx_runtime *rt = ud;
@@ -515,6 +582,7 @@ void lx_on_request(conn *c, http_request *req, void *ud)
     /* CORS first: a preflight or a refused origin is answered here. */
     if (app->cors_on && lx_cors_request(app, c, req, rr, &m)) return;
     if (rr == ROUTE_NOT_FOUND) {
+        if (builtin_path(app, c, req)) return;
         conn_respond_error(c, 404, "no route");
         return;
     }
@@ -535,6 +603,7 @@ void lx_on_request(conn *c, http_request *req, void *ud)
     } else {
         t->req = req;
         t->match = &m;
+        t->handler = m.handler;
         lua_pushcfunction(t->co, task_main);
         lua_pushlightuserdata(t->co, t);
         lx_task_run(t, 1);

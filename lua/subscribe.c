@@ -3,9 +3,11 @@
  * and the conn object handed to them. */
 #include "lua/api.h"
 #include "lua/internal.h"
+#include "lua/shared.h"
 
 #include "core/defs.h"
 #include "core/log.h"
+#include "core/utf8.h"
 #include "core/metrics.h"
 #include "core/route.h"
 #include "core/subscriber.h"
@@ -24,7 +26,8 @@
 
 typedef struct lx_hooks {
     lx_app *app;
-    int filter, on_message, on_close; /* registry refs or LUA_NOREF */
+    int filter, on_message, on_close, on_open; /* registry refs or LUA_NOREF */
+    lxs_sub *shared;                  /* its count and presence (lua/shared.h) */
     int conn_ref;                     /* the conn object handed to callbacks */
     sub_session *session;             /* NULL once the subscription ended */
     int busy;                         /* callbacks running: release waits */
@@ -87,6 +90,32 @@ static void push_conn(lx_hooks *h)
 }
 
 static void hook_release(void *ud);
+
+/* A member joined a topic or left it (lua/shared.h): the event goes to the
+ * topic like any message (stored, on every worker, in order with the
+ * rest), to the subscribers that asked for it (opts.presence_events). */
+static void presence_event(void *ud, const char *topic, size_t tlen, bool join, const char *json,
+                           size_t len)
+{
+    lx_app *app = ud;
+    if (!app->hub) return;
+    int rc = join ? hub_publish(app->hub, topic, tlen, STRLIT("sluice.join"), json, len, NULL,
+                                NULL, NULL)
+                  : hub_publish(app->hub, topic, tlen, STRLIT("sluice.leave"), json, len, NULL,
+                                NULL, NULL);
+    if (rc < 0)
+        LOG_KV(LOG_INFO, "presence event not published", LOG_S("event", join ? "join" : "leave"),
+               LOG_S("error", err_str(rc)));
+}
+
+/* A subscription with no callbacks still counts (sluice.subscribers): its
+ * hooks are the count's handle alone. */
+static void count_release(void *ud)
+{
+    lxs_leave(ud, NULL, NULL);
+}
+static const sub_hooks count_hooks = {NULL, NULL, NULL, count_release, NULL};
+
 static hub_msg *run_filter(lx_hooks *h, sub_session *s, hub_msg *m);
 
 /* Whatever a callback does (conn:close ends the session, which releases
@@ -127,9 +156,11 @@ static hub_msg *hook_filter(void *ud, sub_session *s, hub_msg *m)
 
 static hub_msg *run_filter(lx_hooks *h, sub_session *s, hub_msg *m)
 {
-    lua_State *L = h->app->hookL;
+    lx_app *app = h->app; /* pinned by hook_filter */
+    lua_State *L = app->hookL;
     h->session = s;
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->filter);
+    lua_pushvalue(L, -1); /* kept: where it is defined, for a wrong result */
     lua_createtable(L, 0, 4);
     lua_pushlstring(L, m->id, m->id_len);
     lua_setfield(L, -2, "id");
@@ -146,7 +177,7 @@ static hub_msg *run_filter(lx_hooks *h, sub_session *s, hub_msg *m)
     lua_insert(L, -3);
     hooks_enter(h);
     if (!call_hook(h->app, "filter", 1, 1)) {
-        lua_pop(L, 1);
+        lua_pop(L, 2);
         if (h->session) sub_close(h->session, 1011, "script error");
         hooks_leave(h);
         return NULL;
@@ -173,8 +204,23 @@ static hub_msg *run_filter(lx_hooks *h, sub_session *s, hub_msg *m)
             lx_count_bad_event(BADEV_FILTER, m->topic, m->topic_len, elen);
         }
         lua_pop(L, 2);
+    } else if (!lua_isnil(L, -1) && !(lua_isboolean(L, -1) && !lua_toboolean(L, -1)) &&
+               !app->filter_warned) {
+        /* Dropped, as nil would be; said once per script load, not per
+         * message (a filter runs for each one). */
+        app->filter_warned = true;
+        lua_Debug ar;
+        lua_pushvalue(L, -3);
+        lua_getinfo(L, ">S", &ar);
+        char where[LUA_IDSIZE + 24];
+        snprintf(where, sizeof(where), "%s:%d", ar.short_src, ar.linedefined);
+        LOG_KV(LOG_ERROR, "filter returned neither a message table, nil nor false (dropped; "
+                          "logged once per script load)",
+               LOG_S("script", app->script), LOG_S("filter", where),
+               LOG_S("returned", luaL_typename(L, -1)));
+        lx_count_error();
     }
-    lua_pop(L, 2); /* result and the kept table */
+    lua_pop(L, 3); /* result, the kept table and the kept function */
     return out;
 }
 
@@ -223,6 +269,21 @@ static void hook_on_close(void *ud, sub_session *s)
     lx_app_release(app);
 }
 
+/* opts.on_open(conn): the subscription is in place (its head sent). */
+static void run_on_open(lx_hooks *h)
+{
+    lx_app *app = h->app;
+    app->refs++;
+    bool enforce = lx_unprotected_begin(app);
+    lua_rawgeti(app->hookL, LUA_REGISTRYINDEX, h->on_open);
+    push_conn(h);
+    hooks_enter(h);
+    if (!call_hook(app, "on_open", 1, 0) && h->session) sub_close(h->session, 1011, "script error");
+    hooks_leave(h);
+    lx_unprotected_end(app, enforce);
+    lx_app_release(app);
+}
+
 static void hook_release(void *ud)
 {
     lx_hooks *h = ud;
@@ -243,7 +304,9 @@ static void hook_release(void *ud)
     luaL_unref(L, LUA_REGISTRYINDEX, h->filter);
     luaL_unref(L, LUA_REGISTRYINDEX, h->on_message);
     luaL_unref(L, LUA_REGISTRYINDEX, h->on_close);
+    luaL_unref(L, LUA_REGISTRYINDEX, h->on_open);
     luaL_unref(L, LUA_REGISTRYINDEX, h->conn_ref);
+    lxs_leave(h->shared, presence_event, app);
     free(h);
     lx_unprotected_end(app, enforce);
     lx_app_release(app);
@@ -339,6 +402,93 @@ static int l_conn_index(lua_State *L)
     return 1;
 }
 
+/* The options req:subscribe knows and the type of each: anything else is
+ * a mistake, raised where the handler called it (file:line). */
+static const struct {
+    const char *name;
+    int type;
+} sub_options[] = {
+    {"last_event_id", LUA_TSTRING}, {"protocol", LUA_TSTRING},     {"skip_self", LUA_TBOOLEAN},
+    {"expires", LUA_TNUMBER},       {"events", LUA_TTABLE},        {"format", LUA_TSTRING},
+    {"filter", LUA_TFUNCTION},      {"on_message", LUA_TFUNCTION}, {"on_close", LUA_TFUNCTION},
+    {"on_open", LUA_TFUNCTION},     {"presence", LUA_TTABLE},      {"presence_events", LUA_TBOOLEAN},
+};
+
+static void check_options(lua_State *L, int opts)
+{
+    lua_pushnil(L);
+    while (lua_next(L, opts)) {
+        if (lua_type(L, -2) != LUA_TSTRING)
+            luaL_error(L, "req:subscribe: option names are strings (got a %s)",
+                       luaL_typename(L, -2));
+        const char *k = lua_tostring(L, -2);
+        size_t i = 0, n = sizeof(sub_options) / sizeof(sub_options[0]);
+        while (i < n && strcmp(sub_options[i].name, k) != 0) i++;
+        if (i == n) luaL_error(L, "req:subscribe: unknown option '%s'", k);
+        if (lua_type(L, -1) != sub_options[i].type)
+            luaL_error(L, "req:subscribe: opts.%s must be a %s, not a %s", k,
+                       lua_typename(L, sub_options[i].type), luaL_typename(L, -1));
+        if (strcmp(k, "events") == 0) {
+            lua_Integer ne = (lua_Integer)lua_rawlen(L, -1);
+            if (ne > 32) luaL_error(L, "req:subscribe: opts.events: at most 32 event names");
+            for (lua_Integer j = 1; j <= ne; j++)
+                if (lua_rawgeti(L, -1, j) != LUA_TSTRING)
+                    luaL_error(L, "req:subscribe: opts.events must list strings");
+                else
+                    lua_pop(L, 1);
+        } else if (strcmp(k, "format") == 0) {
+            const char *f = lua_tostring(L, -1);
+            if (strcmp(f, "json") != 0 && strcmp(f, "text") != 0)
+                luaL_error(L, "req:subscribe: opts.format must be \"json\" or \"text\"");
+        }
+        lua_pop(L, 1);
+    }
+}
+
+/* opts.presence = {id = "...", info = {...}} (opts at idx, maybe nil):
+ * checks it and pushes its info as JSON (nil when no presence), made here
+ * where an error can be raised: the subscription starts outside any
+ * protected call. */
+static int push_presence_info(lua_State *L, int opts)
+{
+    if (!lua_istable(L, opts) || lua_getfield(L, opts, "presence") == LUA_TNIL) {
+        if (lua_istable(L, opts)) lua_pop(L, 1);
+        lua_pushnil(L);
+        return lua_gettop(L);
+    }
+    int p = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, p)) {
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+        if (strcmp(k, "id") != 0 && strcmp(k, "info") != 0)
+            luaL_error(L, "req:subscribe: unknown key '%s' in opts.presence (id, info)", k);
+        lua_pop(L, 1);
+    }
+    size_t idlen;
+    if (lua_getfield(L, p, "id") != LUA_TSTRING)
+        luaL_error(L, "req:subscribe: opts.presence.id must be a string");
+    const char *id = lua_tolstring(L, -1, &idlen);
+    if (idlen < 1 || idlen > LXS_ID_MAX || !utf8_valid(id, idlen))
+        luaL_error(L, "req:subscribe: opts.presence.id must be 1 to %d bytes of UTF-8", LXS_ID_MAX);
+    int t = lua_getfield(L, p, "info");
+    if (t != LUA_TNIL && t != LUA_TTABLE)
+        luaL_error(L, "req:subscribe: opts.presence.info must be a table");
+    if (t == LUA_TNIL) {
+        lua_pushliteral(L, "{}");
+    } else {
+        luaL_requiref(L, "cjson", luaopen_cjson, 0);
+        lua_getfield(L, -1, "encode");
+        lua_pushvalue(L, -3);
+        lua_call(L, 1, 1);
+        size_t len;
+        lua_tolstring(L, -1, &len);
+        if (len > LXS_INFO_MAX)
+            luaL_error(L, "req:subscribe: opts.presence.info is %d bytes of JSON (at most %d)",
+                       (int)len, LXS_INFO_MAX);
+    }
+    return lua_gettop(L);
+}
+
 /* req:subscribe(topics [, opts]): a userdata that the handler returns, its
  * user values the topics and the options.  One name is kept as the string
  * it is (the usual case: no table to build), several as a list. */
@@ -373,14 +523,20 @@ int lx_req_subscribe(lua_State *L)
                 "invalid topic name (1 to 200 bytes of A-Z a-z 0-9 _ . : -, or a prefix and *)");
         lua_settop(L, base);
     }
-    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
-    lua_newuserdatauv(L, 1, 2);
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        check_options(L, 3);
+    }
+    int info = push_presence_info(L, 3);
+    lua_newuserdatauv(L, 1, 3);
     lua_rawgeti(L, LUA_REGISTRYINDEX, app_of(L)->sub_mt_ref);
     lua_setmetatable(L, -2);
     lua_pushvalue(L, topics);
     lua_setiuservalue(L, -2, 1);
     lua_pushvalue(L, 3);
     lua_setiuservalue(L, -2, 2);
+    lua_pushvalue(L, info);
+    lua_setiuservalue(L, -2, 3);
     return 1;
 }
 
@@ -473,19 +629,39 @@ void lx_start_subscription(lx_task *t, int idx)
         else if (!lua_isnil(L, -1))
             problem = "opts.format must be a string";
     }
+    /* Presence (checked by req:subscribe; again here, the table may have
+     * changed since) and presence events. */
+    const char *pid = NULL, *pinfo = NULL;
+    size_t pidlen = 0, pinfolen = 0;
+    if (opts) {
+        if (opt_get(L, opts, "presence_events") != LUA_TNIL)
+            r.presence_events = lua_toboolean(L, -1);
+        if (opt_get(L, opts, "presence") == LUA_TTABLE) {
+            lua_pushliteral(L, "id");
+            if (lua_rawget(L, -2) == LUA_TSTRING) pid = lua_tolstring(L, -1, &pidlen);
+            if (lua_getiuservalue(L, idx, 3) == LUA_TSTRING)
+                pinfo = lua_tolstring(L, -1, &pinfolen);
+            if (!pid || pidlen < 1 || pidlen > LXS_ID_MAX || !utf8_valid(pid, pidlen) || !pinfo)
+                problem = "opts.presence.id must be 1 to 128 bytes of UTF-8";
+        } else if (!lua_isnil(L, -1)) {
+            problem = "opts.presence must be a table";
+        }
+    }
     lx_hooks *h = NULL;
     int fref = opt_ref(L, opts, "filter"), mref = opt_ref(L, opts, "on_message"),
-        cref = opt_ref(L, opts, "on_close");
-    if (fref == REF_NOT_FUNCTION || mref == REF_NOT_FUNCTION || cref == REF_NOT_FUNCTION)
-        problem = "opts.filter, opts.on_message and opts.on_close must be functions";
-    if (!problem && (fref != LUA_NOREF || mref != LUA_NOREF || cref != LUA_NOREF || expires)) {
+        cref = opt_ref(L, opts, "on_close"), oref = opt_ref(L, opts, "on_open");
+    if (fref == REF_NOT_FUNCTION || mref == REF_NOT_FUNCTION || cref == REF_NOT_FUNCTION ||
+        oref == REF_NOT_FUNCTION)
+        problem = "opts.filter, opts.on_message, opts.on_close and opts.on_open must be functions";
+    if (!problem && (fref != LUA_NOREF || mref != LUA_NOREF || cref != LUA_NOREF ||
+                     oref != LUA_NOREF || expires || pid)) {
         h = calloc(1, sizeof(lx_hooks) + (expires ? sizeof(ev_timer) : 0));
         if (!h) problem = "out of memory";
         else if (expires) h->expiry = (ev_timer *)(h + 1);
     }
     if (problem) {
-        for (int i = 0; i < 3; i++) {
-            int ref = i == 0 ? fref : i == 1 ? mref : cref;
+        for (int i = 0; i < 4; i++) {
+            int ref = i == 0 ? fref : i == 1 ? mref : i == 2 ? cref : oref;
             if (ref >= 0) luaL_unref(L, LUA_REGISTRYINDEX, ref);
         }
         LOG_KV(LOG_ERROR, "script error", LOG_S("script", app->script), LOG_S("error", problem));
@@ -499,6 +675,7 @@ void lx_start_subscription(lx_task *t, int idx)
         h->filter = fref;
         h->on_message = mref;
         h->on_close = cref;
+        h->on_open = oref;
         h->conn_ref = LUA_NOREF;
         r.hooks = fref != LUA_NOREF ? &lua_hooks : &lua_hooks_nofilter;
         r.hooks_ud = h;
@@ -513,10 +690,29 @@ void lx_start_subscription(lx_task *t, int idx)
             ev_timer_start(lx_loop, h->expiry);
         }
     }
+    /* Counted (and joined) before it starts: once its head is sent, the
+     * subscription shows in sluice.subscribers and sluice.presence. */
+    lxs_sub *shared = lxs_join(names, lens, n, pid, pidlen, pinfo, pinfolen, presence_event, app);
+    if (h) {
+        h->shared = shared;
+        hooks_enter(h); /* the start may end it (a poll answered at once) */
+    } else if (shared) {
+        r.hooks = &count_hooks;
+        r.hooks_ud = shared;
+    }
     const char *why = "cannot subscribe";
     int status = sub_start(c, app->hub, &r, &why);
-    if (status == 0) return;
-    if (h) hook_release(h);
+    if (status == 0) {
+        if (h && h->on_open != LUA_NOREF && h->session) run_on_open(h);
+        if (h) hooks_leave(h);
+        return;
+    }
+    if (h) {
+        hook_release(h); /* (leaves the shared tables) */
+        hooks_leave(h);
+    } else {
+        lxs_leave(shared, presence_event, app);
+    }
     if (status == 426) {
         static const char body[] = "{\"error\":\"unsupported WebSocket version (13 only)\"}";
         conn_response_start(c, 426);

@@ -37,10 +37,32 @@ sluice.route("GET", "/metrics", function()
   return 200, sluice.metrics(), { ["content-type"] = "text/plain; version=0.0.4" }
 end)
 
+-- Rate limit: each client address may publish SLUICE_PUBLISH_RATE messages
+-- a second (default 1000) in bursts of SLUICE_PUBLISH_BURST (default twice
+-- the rate), over HTTP: past it, 429 with Retry-After (whole seconds,
+-- rounded up); the buckets are shared by the workers (sluice.limit), and
+-- refusals show in /metrics (sluice_rate_limit_total).  A rate of 0 turns
+-- it off.
+local publish_rate = tonumber(os.getenv("SLUICE_PUBLISH_RATE") or "") or 1000
+local publish_burst = tonumber(os.getenv("SLUICE_PUBLISH_BURST") or "") or 2 * publish_rate
+if publish_rate > 0 and publish_burst < 1 then publish_burst = 1 end
+
+-- "127.0.0.1:54321" -> "127.0.0.1", "[::1]:54321" -> "[::1]"
+local function client_address(req)
+  return (req.remote_addr:match("^(.*):%d+$")) or req.remote_addr
+end
+
 sluice.route("POST", "/topics/:topic", function(req)
   local topic = req.params.topic
   if not valid_topic(topic) then
     return sluice.json(400, { error = "bad topic name" })
+  end
+  if publish_rate > 0 then
+    local ok, retry_after = sluice.limit("publish " .. client_address(req), publish_rate, publish_burst)
+    if not ok then
+      return 429, '{"error":"too many publishes"}',
+        { ["content-type"] = "application/json", ["retry-after"] = tostring(math.ceil(retry_after)) }
+    end
   end
   local event = req.query.event
   if event ~= nil and not valid_event(event) then

@@ -217,7 +217,12 @@ describe('resume', () => {
     ids.push(await publish(srv, b, 'b3'));
     await r2.waitEvents(3);
     await sleep(100);
-    assert.deepEqual(r2.events.map((e) => e.data), ['b2', 'a3', 'b3']);
+    // over several topics each event's data is the JSON object naming its
+    // topic (docs/protocol.md, "Several topics on one stream")
+    const got = r2.events.map((e) => JSON.parse(e.data));
+    assert.deepEqual(got.map((m) => m.data), ['b2', 'a3', 'b3']);
+    assert.deepEqual(got.map((m) => m.topic), [b, a, b]);
+    assert.deepEqual(got.map((m) => m.id), ids.slice(3));
     assert.deepEqual(r2.events.map((e) => e.id), ids.slice(3));
   });
 });

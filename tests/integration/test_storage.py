@@ -237,6 +237,7 @@ class SSESub:
     kind = "sse"
 
     def __init__(self, server, path, resume=None, via="header"):
+        self.several = path.startswith("/multi/")
         params, headers = [], [("Accept", "text/event-stream")]
         if resume:
             if via == "header":
@@ -282,6 +283,10 @@ class SSESub:
             event = ev.get("event")
             if event == "sluice.gap":
                 return {"gap": json.loads(text).get("topic")}
+            if self.several:
+                # over several topics: the JSON object, naming its topic
+                # (docs/protocol.md, "Several topics on one stream")
+                return _norm(json.loads(text))
             if event and event.endswith(".base64"):
                 event = event[:-7]
                 if event == "message":
