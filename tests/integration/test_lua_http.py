@@ -372,6 +372,28 @@ class WebhookTest(HttpCase):
             time.sleep(0.05)
         self.assertEqual(self.metric('sluice_webhooks_total{result="sent"}'), 2)
 
+    def test_webhook_never_delays_the_answer(self):
+        """A join webhook queued by the handler goes to a backend that holds
+        it for 8 s: the subscriber has its stream (and a message) at once."""
+        t0 = time.monotonic()
+        c = self.conn(self.s)
+        c.send(build_request("GET", "/join?" + q(url=self.b.url("/slow?s=8")),
+                             {"Accept": "text/event-stream"}))
+        head = c.read_head()
+        self.assertIn("200", str(head))
+        self.b.wait_hits("/slow", 1)  # the webhook was sent, and is held
+        with self.s.conn() as p:
+            self.assertEqual(p.request("POST", "/pub/hc.join", body=b"hi").status, 200)
+        data = b""
+        for _ in range(5):
+            data += c.read_until(b"\n\n")
+            if b"data: hi" in data:
+                break
+        self.assertIn(b"data: hi", data)
+        self.assertLess(time.monotonic() - t0, 5)
+        self.assertEqual(self.metric('sluice_webhooks_total{result="sent"}'), 0)  # still held
+        self.b.release.set()
+
     def test_queue_full_drops_and_counts(self):
         """One webhook at a time, two waiting: with the backend stalled,
         the fourth is dropped at once, answered "queue full", counted."""

@@ -98,6 +98,11 @@ sluice.route("POST", "/send", function(req)
                                     headers = { ["Content-Type"] = "application/json" } }
   return sluice.json(200, { ok = ok or false, err = err })
 end)
+-- A join webhook queued before the answer: the answer does not wait for it.
+sluice.route("GET", "/join", function(req)
+  sluice.http.send{ url = req.query.url, body = '{"event":"join"}' }
+  return req:subscribe("hc.join")
+end)
 sluice.route("GET", "/hooked", function(req)
   local url = req.query.url
   return req:subscribe("hc.hooked", { on_close = function(conn)
