@@ -1,43 +1,39 @@
--- examples/presence/app.lua: who is in a room, with join and leave events.
+-- examples/presence/app.lua: who is in a room, with join and leave events,
+-- on sluice's built-in presence (docs/lua-api.md, "Presence and counts").
 --
---   GET /rooms/:room/ws?user=NAME   WebSocket on presence.<room>: JSON
---                                   envelopes with the events "join",
---                                   "leave" and "say"; ?events=join,leave
---                                   keeps only those
---   GET /rooms/:room/who            the roster: {"room":..., "users":[...]}
+--   GET /rooms/:room/ws?user=NAME   WebSocket on presence.<room>, JSON
+--                                   envelopes: first a "roster" frame (sent
+--                                   by on_open), then the events
+--                                   "sluice.join" and "sluice.leave" (data
+--                                   {"topic","id","info"}) and "say";
+--                                   ?events=sluice.join,sluice.leave keeps
+--                                   only those
+--   GET /rooms/:room/who            {"room":..., "users":[...], "connections":n}
 --
--- A user's first connection to a room publishes {"user","room","users"}
--- with the event "join", its last one going away publishes the same with
--- "leave" (a user with two tabs joins once).  Text frames a client sends
--- are published as "say" events {"user","text"} to the others (skip_self:
--- the sender shows its own line, it does not get it back).
+-- The connection is a member of the room with the id NAME and the info
+-- {name = NAME}: sluice keeps the members of every topic for all the
+-- workers, publishes "sluice.join" when a user's first connection opens and
+-- "sluice.leave" when its last one closes (a user with two tabs joins and
+-- leaves once), and delivers those events to the connections that ask
+-- (presence_events).  Text frames a client sends are published as "say"
+-- events {"user","text"} to the others (skip_self: the sender shows its own
+-- line, it does not get it back).
 --
--- Why it is shaped so: the roster is a Lua table, the simplest thing that
--- works on one server.  It is state of the script generation: a reload
--- (SIGHUP, --watch) runs this file again with an empty roster, while the
--- connections opened before keep the callbacks, and so the roster, of the
--- generation that accepted them; /who then answers only for connections
--- made since the reload.  A restart empties it too (the join and leave
--- events themselves stay in storage).  Several servers would keep the
--- roster in a shared store instead.
+-- Why it is shaped so: the roster used to be a Lua table, which a reload
+-- emptied and which each worker had for its own connections only.  The
+-- built-in presence lives outside the script's Lua states: any number of
+-- workers see one roster, and a reload (SIGHUP) keeps it.
 local sluice = require "sluice"
 
--- The roster is a table of this Lua state, and each worker has its own
--- state: one worker, so every connection sees the same roster.
-sluice.config{ workers = 1 }
-
 sluice.topic("presence.*", { backlog = 100, max_age = 3600 })
-
--- rooms[room][user] = number of open connections of that user in the room.
-local rooms = {}
 
 local function valid_name(s)
   return type(s) == "string" and #s >= 1 and #s <= 32 and not s:find("[^%w_%-]")
 end
 
-local function users(room)
+local function users(topic)
   local list = {}
-  for u in pairs(rooms[room] or {}) do list[#list + 1] = u end
+  for _, m in ipairs(sluice.presence(topic)) do list[#list + 1] = m.id end
   table.sort(list)
   return list
 end
@@ -45,11 +41,6 @@ end
 -- JSON of a list of names: an empty Lua table would encode as {}.
 local function json_list(list)
   return #list > 0 and sluice.json.encode(list) or "[]"
-end
-
-local function event_data(room, user)
-  return '{"user":' .. sluice.json.encode(user) .. ',"room":' .. sluice.json.encode(room) ..
-         ',"users":' .. json_list(users(room)) .. "}"
 end
 
 sluice.route("GET", "/rooms/:room/ws", function(req)
@@ -67,6 +58,13 @@ sluice.route("GET", "/rooms/:room/ws", function(req)
   local opts = {
     format = "json",
     skip_self = true,
+    presence = { id = user, info = { name = user } },
+    presence_events = true,
+    -- The subscription is in place: the newcomer learns who is there.
+    on_open = function(conn)
+      conn:send('{"event":"roster","room":' .. sluice.json.encode(room) ..
+                ',"users":' .. json_list(users(topic)) .. "}")
+    end,
     on_message = function(conn, data, binary)
       if binary or #data > 1000 then
         conn:send(sluice.json.encode({ error = "text frames of at most 1000 bytes" }))
@@ -74,36 +72,11 @@ sluice.route("GET", "/rooms/:room/ws", function(req)
       end
       sluice.publish(topic, sluice.json.encode({ user = user, text = data }), { event = "say" })
     end,
-    on_close = function(conn)
-      local r = rooms[room]
-      if not r or not r[user] then return end
-      r[user] = r[user] - 1
-      if r[user] > 0 then return end
-      r[user] = nil
-      if next(r) == nil then rooms[room] = nil end
-      -- In a callback publish queues: nothing waits here.
-      sluice.publish(topic, event_data(room, user), { event = "leave" })
-    end,
   }
   if req.query.events then
     local list = {}
     for name in req.query.events:gmatch("[^,]+") do list[#list + 1] = name end
     if #list > 0 then opts.events = list end
-  end
-  -- Join before subscribing: the publish returns once the event is stored
-  -- and handed to everyone already in the room, so the others learn of the
-  -- newcomer, and the newcomer, whose subscription starts after it, reads
-  -- the roster from /who (or from the "users" of the next event).
-  rooms[room] = rooms[room] or {}
-  local r = rooms[room]
-  r[user] = (r[user] or 0) + 1
-  if r[user] == 1 then
-    local id, err = sluice.publish(topic, event_data(room, user), { event = "join" })
-    if not id then
-      r[user] = nil
-      if next(r) == nil then rooms[room] = nil end
-      return sluice.json(503, { error = err })
-    end
   end
   return req:subscribe(topic, opts)
 end)
@@ -113,10 +86,8 @@ sluice.route("GET", "/rooms/:room/who", function(req)
   if not valid_name(room) then
     return sluice.json(400, { error = "room: 1 to 32 letters, digits, _ or -" })
   end
-  local body = '{"room":' .. sluice.json.encode(room) .. ',"users":' .. json_list(users(room)) .. "}"
+  local topic = "presence." .. room
+  local body = '{"room":' .. sluice.json.encode(room) .. ',"users":' .. json_list(users(topic)) ..
+               ',"connections":' .. sluice.subscribers(topic) .. "}"
   return 200, body, { ["content-type"] = "application/json" }
-end)
-
-sluice.route("GET", "/healthz", function()
-  return 200, "ok"
 end)

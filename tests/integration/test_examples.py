@@ -166,13 +166,14 @@ class Sse:
 class ExampleCase(unittest.TestCase):
     APP = None
     ENV = {}
+    ARGS = []
 
     @classmethod
     def setUpClass(cls):
         saved = {k: os.environ.get(k) for k in cls.ENV}
         os.environ.update(cls.ENV)
         try:
-            cls.server = harness.Server(app=example(cls.APP))
+            cls.server = harness.Server(app=example(cls.APP), args=cls.ARGS)
             try:
                 cls.server.start()
             except BaseException:
@@ -846,15 +847,21 @@ class FiltersTest(ExampleCase):
 # ================================================================================
 
 class PresenceTest(ExampleCase):
+    """The presence example on the built-in presence, with two workers: one
+    roster whichever worker a connection or a /who lands on."""
     APP = "presence"
+    ARGS = ["--workers", "2"]
 
-    def who(self, room):
+    def who_full(self, room):
         r = http("GET", self.url("/rooms/%s/who" % room))
         self.assertEqual(r.status, 200, r)
         self.assertIn("application/json", r.headers.get("content-type", ""))
         v = r.json()
         self.assertEqual(v["room"], room)
-        return v["users"]
+        return v
+
+    def who(self, room):
+        return self.who_full(room)["users"]
 
     def wait_who(self, room, users):
         deadline = time.monotonic() + WAIT
@@ -869,33 +876,74 @@ class PresenceTest(ExampleCase):
         q["user"] = user
         return self.ws_url("/rooms/%s/ws?%s" % (room, urllib.parse.urlencode(q)))
 
+    async def join(self, room, user, **q):
+        """Opens a member's WebSocket; returns it and its roster frame."""
+        ws = await ws_open(self.join_url(room, user, **q))
+        roster = await recv_json(ws)
+        self.assertEqual(roster["event"], "roster", roster)
+        self.assertEqual(roster["room"], room)
+        self.assertIn(user, roster["users"])
+        return ws, roster["users"]
+
+    async def next_event(self, ws, me=None):
+        """The next envelope, past the member's own join (which its
+        connection may or may not get: the join is published as it
+        subscribes)."""
+        while True:
+            env = await recv_json(ws)
+            if me and env["event"] == "sluice.join" and json.loads(env["data"])["id"] == me:
+                continue
+            return env
+
     def presence(self, env, event):
         self.assertEqual(env["event"], event, env)
         return json.loads(env["data"])
 
     def test_join_leave_and_roster(self):
         room = unique("room")
+        topic = "presence." + room
 
         async def body():
             self.assertEqual(self.who(room), [])
-            a = await ws_open(self.join_url(room, "alice"))
+            a, roster = await self.join(room, "alice")
+            self.assertEqual(roster, ["alice"])
             self.assertEqual(self.who(room), ["alice"])
-            b = await ws_open(self.join_url(room, "bob"))
-            d = self.presence(await recv_json(a), "join")
-            self.assertEqual(d, {"user": "bob", "room": room, "users": ["alice", "bob"]})
-            self.assertEqual(self.who(room), ["alice", "bob"])
+            b, roster = await self.join(room, "bob")
+            self.assertEqual(roster, ["alice", "bob"])
+            d = self.presence(await self.next_event(a, "alice"), "sluice.join")
+            self.assertEqual(d, {"topic": topic, "id": "bob", "info": {"name": "bob"}})
+            v = self.who_full(room)
+            self.assertEqual((v["users"], v["connections"]), (["alice", "bob"], 2))
             # bob speaks: alice gets it, bob does not (skip_self)
             await b.send("hello")
-            self.assertEqual(self.presence(await recv_json(a), "say"),
+            self.assertEqual(self.presence(await self.next_event(a, "alice"), "say"),
                              {"user": "bob", "text": "hello"})
             await a.send("hi bob")
-            self.assertEqual(self.presence(await recv_json(b), "say"),
+            self.assertEqual(self.presence(await self.next_event(b, "bob"), "say"),
                              {"user": "alice", "text": "hi bob"})
             await b.close()
-            d = self.presence(await recv_json(a), "leave")
-            self.assertEqual(d, {"user": "bob", "room": room, "users": ["alice"]})
+            d = self.presence(await self.next_event(a, "alice"), "sluice.leave")
+            self.assertEqual(d, {"topic": topic, "id": "bob", "info": {"name": "bob"}})
             self.assertEqual(self.who(room), ["alice"])
             await a.close()
+            self.wait_who(room, [])
+
+        arun(body())
+
+    def test_one_roster_across_workers(self):
+        room = unique("many")
+
+        async def body():
+            conns = []
+            for i in range(8):  # SO_REUSEPORT spreads them over both workers
+                ws, _ = await self.join(room, "u%d" % i)
+                conns.append(ws)
+            names = ["u%d" % i for i in range(8)]
+            for _ in range(6):  # each /who is a new connection: both workers answer
+                v = self.who_full(room)
+                self.assertEqual((v["users"], v["connections"]), (sorted(names), 8))
+            for ws in conns:
+                await ws.close()
             self.wait_who(room, [])
 
         arun(body())
@@ -904,18 +952,20 @@ class PresenceTest(ExampleCase):
         room = unique("tabs")
 
         async def body():
-            w = await ws_open(self.join_url(room, "watcher"))
-            t1 = await ws_open(self.join_url(room, "zoe"))
-            self.assertEqual(self.presence(await recv_json(w), "join")["user"], "zoe")
-            t2 = await ws_open(self.join_url(room, "zoe"))  # no second join
+            w, _ = await self.join(room, "watcher")
+            t1, _ = await self.join(room, "zoe")
+            self.assertEqual(self.presence(await self.next_event(w, "watcher"),
+                                           "sluice.join")["id"], "zoe")
+            t2, _ = await self.join(room, "zoe")  # no second join
             await t1.close()  # zoe still has a tab: no leave
             self.wait_who(room, ["watcher", "zoe"])
-            y = await ws_open(self.join_url(room, "yan"))  # sentinel
-            self.assertEqual(self.presence(await recv_json(w), "join")["user"], "yan")
+            y, _ = await self.join(room, "yan")  # sentinel
+            self.assertEqual(self.presence(await self.next_event(w, "watcher"),
+                                           "sluice.join")["id"], "yan")
             await t2.close()
-            d = self.presence(await recv_json(w), "leave")
-            self.assertEqual(d["user"], "zoe")
-            self.assertEqual(d["users"], ["watcher", "yan"])
+            d = self.presence(await self.next_event(w, "watcher"), "sluice.leave")
+            self.assertEqual(d["id"], "zoe")
+            self.assertEqual(self.who(room), ["watcher", "yan"])
             await y.close()
             await w.close()
 
@@ -925,14 +975,15 @@ class PresenceTest(ExampleCase):
         room = unique("ev")
 
         async def body():
-            only = await ws_open(self.join_url(room, "quiet", events="join,leave"))
-            talk = await ws_open(self.join_url(room, "talker"))
-            self.assertEqual(self.presence(await recv_json(only), "join")["user"], "talker")
+            only, _ = await self.join(room, "quiet", events="sluice.join,sluice.leave")
+            talk, _ = await self.join(room, "talker")
+            self.assertEqual(self.presence(await self.next_event(only, "quiet"),
+                                           "sluice.join")["id"], "talker")
             await talk.send("nobody filters me")  # "say": not for `only`
             # talker vanishes without a close handshake
             talk.transport.abort()
-            d = self.presence(await recv_json(only), "leave")
-            self.assertEqual(d["user"], "talker")
+            d = self.presence(await self.next_event(only, "quiet"), "sluice.leave")
+            self.assertEqual(d["id"], "talker")
             self.wait_who(room, ["quiet"])
             await only.close()
 
@@ -950,15 +1001,16 @@ class PresenceTest(ExampleCase):
 
         arun(body())
         self.assertEqual(http("GET", self.url("/rooms/a.b/who")).status, 400)
+        self.assertEqual(http("GET", self.url("/healthz")).status, 200)  # built in
 
 
 class PresenceStopTest(unittest.TestCase):
-    """SIGTERM with rooms open: every connection's on_close publishes a
-    "leave" while the server shuts down; it still closes the sockets with
+    """SIGTERM with rooms open: every member leaves (a "sluice.leave" is
+    published while the server shuts down); it still closes the sockets with
     1001 and exits 0."""
 
     def test_stop_with_rooms_open(self):
-        server = harness.Server(app=example("presence"))
+        server = harness.Server(app=example("presence"), args=["--workers", "2"])
         self.addCleanup(server.kill)
         server.start()
         url = "ws://127.0.0.1:%d/rooms/stop/ws?user=" % server.port
@@ -966,8 +1018,8 @@ class PresenceStopTest(unittest.TestCase):
         async def body():
             a = await ws_open(url + "alice")
             b = await ws_open(url + "bob")
-            env = await recv_json(a)
-            self.assertEqual(env["event"], "join")
+            self.assertEqual((await recv_json(a))["event"], "roster")
+            self.assertEqual((await recv_json(b))["event"], "roster")
             server.signal(harness.SIGTERM)
             for ws in (a, b):
                 try:
@@ -982,12 +1034,11 @@ class PresenceStopTest(unittest.TestCase):
 
 
 class PresenceReloadTest(unittest.TestCase):
-    """The roster is state of the script generation (as the README says): a
-    reload starts an empty one, the connections opened before keep theirs
-    and still publish their "leave"."""
+    """The roster lives outside the script's Lua states: a reload keeps it,
+    and the connections opened before still leave it."""
 
-    def test_reload_starts_an_empty_roster(self):
-        server = harness.Server(app=example("presence"))
+    def test_reload_keeps_the_roster(self):
+        server = harness.Server(app=example("presence"), args=["--workers", "2"])
         self.addCleanup(server.kill)
         server.start()
         url = "ws://127.0.0.1:%d/rooms/gen/ws?user=" % server.port
@@ -995,26 +1046,35 @@ class PresenceReloadTest(unittest.TestCase):
         def who():
             return http("GET", server.url("/rooms/gen/who")).json()["users"]
 
+        async def event(ws, me):
+            while True:
+                env = await recv_json(ws)
+                if env["event"] == "roster":
+                    continue
+                if env["event"] == "sluice.join" and json.loads(env["data"])["id"] == me:
+                    continue
+                return env
+
         async def body():
             a = await ws_open(url + "alice")
             b = await ws_open(url + "bob")
-            self.assertEqual((await recv_json(a))["event"], "join")
+            self.assertEqual(json.loads((await event(a, "alice"))["data"])["id"], "bob")
             self.assertEqual(who(), ["alice", "bob"])
             mark = server.mark()
             server.signal(signal.SIGHUP)
             server.wait_log(r"reloaded", since=mark)
-            self.assertEqual(who(), [])
+            self.assertEqual(who(), ["alice", "bob"])
             c = await ws_open(url + "carol")
-            env = await recv_json(a)  # the old connections still get events
-            self.assertEqual(env["event"], "join")
-            self.assertEqual(json.loads(env["data"])["users"], ["carol"])
-            self.assertEqual(who(), ["carol"])
-            await b.close()  # bob's on_close is the old generation's
-            env = await recv_json(a)
-            self.assertEqual(env["event"], "leave")
-            self.assertEqual(json.loads(env["data"]), {"user": "bob", "room": "gen",
-                                                       "users": ["alice"]})
-            self.assertEqual(who(), ["carol"])
+            env = await event(a, "alice")  # the old connections still get events
+            self.assertEqual(env["event"], "sluice.join")
+            self.assertEqual(json.loads(env["data"])["id"], "carol")
+            self.assertEqual(who(), ["alice", "bob", "carol"])
+            await b.close()  # bob's subscription is the old generation's
+            env = await event(a, "alice")
+            self.assertEqual(env["event"], "sluice.leave")
+            self.assertEqual(json.loads(env["data"]),
+                             {"topic": "presence.gen", "id": "bob", "info": {"name": "bob"}})
+            self.assertEqual(who(), ["alice", "carol"])
             await a.close()
             await c.close()
 
