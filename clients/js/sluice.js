@@ -204,9 +204,11 @@ export class Subscription extends Emitter {
     let stopped = false, ctl = null;
     const o = this.o;
     const poll = async () => {
-      // Without a resume point, a first short poll (timeout=0) names "now":
-      // the subscription starts here, not when the first long-poll lands.
-      let first = !this.lastId;
+      // The first poll is a short one (timeout=0): it answers at once, so
+      // the transport is known to work (`open`) and, without a resume
+      // point, it names "now": the subscription starts here, not when the
+      // first long-poll lands.
+      let first = true;
       while (!stopped) {
         ctl = new AbortController();
         const res = await this.client.fetch(
