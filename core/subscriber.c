@@ -357,8 +357,8 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
     /* A stream catches up page by page: keep the topic names for later pages. */
     s->replay = sub_names_copy(r->topics, r->topic_lens, r->ntopics);
     if (!s->replay) return SL_ENOMEM;
-    s->state = SESSION_CATCHING_UP;
     SLUICE_ASSERT(s->state == SESSION_LIVE); /* a session subscribes once */
+    s->state = SESSION_CATCHING_UP;
     s->last_seq = rp->known ? rp->after : 0;
     return replay_page(s, rp->known);
 }
