@@ -7,8 +7,9 @@
   subscribers that asked (opts.presence_events), on_open runs once the
   subscription is live, and all of it survives a reload (SIGHUP);
 - sluice.limit is one bucket for every worker, its table is bounded (the
-  least recently used bucket goes), /metrics counts; the default app answers
-  429 with Retry-After past SLUICE_PUBLISH_RATE;
+  least recently used bucket goes), /metrics counts, a WebSocket's messages
+  can be limited per connection; the default app answers 429 with
+  Retry-After past SLUICE_PUBLISH_RATE;
 - an unknown or mistyped subscribe option, a bad presence table, a filter
   that returns a number, a handler that returns a wrong value: each logged
   with file:line (the filter once per load); --check rejects a bad listen
@@ -36,6 +37,7 @@ import harness  # noqa: E402
 from harness import app, build_request, run_sluice  # noqa: E402
 
 import websockets  # noqa: E402  (Debian's python3-websockets)
+import websockets.exceptions  # noqa: E402
 
 APP = app("shared_app.lua")
 WAIT = 10.0
@@ -218,6 +220,23 @@ class LimitTest(SharedCase):
         st, _, body = self.get("/limit?key=&rate=1&burst=1")
         self.assertEqual(st, 500)
         self.s.wait_log(r"shared_app\.lua:\d+: bad argument #1 to 'limit'")
+
+    def test_websocket_messages_per_connection(self):
+        async def body():
+            a = await self.ws("/wsrate/r")
+            b = await self.ws("/wsrate/r")
+            for _ in range(2):
+                await a.send("m")
+                self.assertEqual(await asyncio.wait_for(a.recv(), WAIT), "ok")
+            await a.send("m")  # the third within a second: closed
+            with self.assertRaises(websockets.exceptions.ConnectionClosed):
+                await asyncio.wait_for(a.recv(), WAIT)
+            self.assertEqual(a.close_code, 1008)
+            await b.send("m")  # another connection, its own bucket
+            self.assertEqual(await asyncio.wait_for(b.recv(), WAIT), "ok")
+            await b.close()
+
+        arun(body())
 
     def test_table_is_bounded(self):
         st, _, body = self.get("/limit_many?n=70000")

@@ -13,6 +13,8 @@
 --   POST /pub/:t                          publish the body (?event=)
 --   GET  /limit_many?n=N                  N calls of sluice.limit, each its own key
 --   GET  /wrong                           a handler returning a wrong value
+--   GET  /wsrate/:t                       WebSocket whose messages are limited per
+--                                         connection (1/s, bursts of 2): "ok" back, or 1008
 local sluice = require "sluice"
 
 local function list(q)
@@ -87,4 +89,18 @@ sluice.route("POST", "/pub/:t", function(req)
   local id, err = sluice.publish(req.params.t, req.body, { event = req.query.event })
   if not id then return sluice.json(503, { error = err }) end
   return sluice.json(200, { id = id })
+end)
+
+-- Per-connection limit on what a WebSocket client sends (docs/lua-api.md,
+-- "Rate limits"): one on_message for every connection, the key from conn.
+local rate_opts = {
+  on_message = function(conn, data)
+    if not sluice.limit("ws " .. tostring(conn), 1, 2) then
+      return conn:close(1008, "too many messages")
+    end
+    conn:send("ok")
+  end,
+}
+sluice.route("GET", "/wsrate/:t", function(req)
+  return req:subscribe(req.params.t, rate_opts)
 end)
