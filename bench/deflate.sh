@@ -6,7 +6,7 @@
 #
 # Each run: a fresh sluice (default app, one worker), SUBS WebSocket
 # subscribers on one topic, MSGS messages of SIZE bytes of JSON-looking
-# records (loadgen --body json) published one at a time; loadgen inflates
+# records (loadgen --body json) published 8 in flight, relaxed durability; loadgen inflates
 # the compressed frames (--deflate) and checks every delivery.  Printed per
 # run: deliveries/s and the server's CPU per delivery (loadgen --pid), and
 # the median over REPEATS per (size, mode) with the ratio
@@ -28,14 +28,14 @@ out="$BENCH_DIR/runs/deflate-$(date +%Y%m%d-%H%M%S).jsonl"
 app="$BENCH_TMP/app.lua"
 # The default app with compression of every size (min_size 0: the 64 B
 # case is compressed too, the worst case for the ratio).
-{ echo 'require("sluice").config{compression = {websocket = true, min_size = 0}}'
+{ echo 'require("sluice").config{compression = {websocket = true, min_size = 0}, storage = {durability = "relaxed"}}'
   cat "$REPO_DIR/scripts/default.lua"; } >"$app"
 
 run() { # SIZE MODE -> one JSON line
     local size=$1 mode=$2 extra=()
     [ "$mode" = deflate ] && extra=(--deflate)
     bench_start_sluice "$app"
-    "$BENCH_DIR/loadgen" -p "$SLUICE_PORT" -k ws -n "$SUBS" -m "$MSGS" -s "$size" --body json \
+    "$BENCH_DIR/loadgen" -p "$SLUICE_PORT" -k ws -n "$SUBS" -m "$MSGS" -s "$size" --body json -c 1 -K 8 \
         --topic-prefix "dfl$size$mode" --pid "$SLUICE_PID" --json "${extra[@]}" 2>"$BENCH_TMP/lg.err" |
         sed "s/^{/{\"mode_deflate\":\"$mode\",/"
     grep -E "compressed|server cpu|deliveries|result" "$BENCH_TMP/lg.err" | sed 's/^/    /' >&2

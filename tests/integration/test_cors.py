@@ -1,6 +1,6 @@
 """CORS, from outside: preflights and the Access-Control-* headers on every
-transport (SSE, long-poll, poll, publish, Lua routes), the WebSocket Origin
-check, and the default app's rule (any origin subscribes; only origins in
+transport (SSE, long-poll, poll, publish, Lua routes; over HTTP/1.1, and
+HTTP/2 with curl), the WebSocket Origin check, and the default app's rule (any origin subscribes; only origins in
 SLUICE_PUBLISH_ORIGINS publish, none by default).
 
 Each request is what a browser sends (an Origin, and for a preflight
@@ -10,6 +10,8 @@ browser's own enforcement is in test_cors_browser.mjs (Chromium).
 
 import base64
 import os
+import shutil
+import subprocess
 import sys
 import unittest
 
@@ -106,6 +108,32 @@ class DefaultAppTest(Base):
     def test_plain_options_still_405(self):
         r = self.req("OPTIONS", "/topics/c4", [("Origin", OTHER)])
         self.assertEqual(r.status, 405, r)
+
+
+class Http2Test(Base):
+    """The same headers over HTTP/2 (h2c with prior knowledge, curl)."""
+
+    def setUp(self):
+        self.s = self.start()
+
+    def curl(self, *args):
+        p = subprocess.run(["curl", "-s", "-i", "--http2-prior-knowledge", "-m", "10"] +
+                           list(args), capture_output=True, timeout=20)
+        head = p.stdout.split(b"\r\n\r\n", 1)[0].decode("latin-1").lower()
+        return head
+
+    @unittest.skipIf(shutil.which("curl") is None, "curl not installed")
+    def test_h2(self):
+        url = "http://%s:%d/topics/h2c" % (self.s.host, self.s.port)
+        head = self.curl("-X", "OPTIONS", url, "-H", "Origin: " + OTHER,
+                         "-H", "Access-Control-Request-Method: GET")
+        self.assertIn("http/2 204", head)
+        self.assertIn("access-control-allow-origin: *", head)
+        head = self.curl(url + "?timeout=0", "-H", "Origin: " + OTHER)
+        self.assertIn("http/2 200", head)
+        self.assertIn("access-control-allow-origin: *", head)
+        head = self.curl("-X", "POST", url, "-H", "Origin: " + OTHER, "-d", "x")
+        self.assertIn("http/2 403", head)
 
 
 class PublishOriginsTest(Base):
