@@ -381,7 +381,11 @@ int conn_send(conn *c, buf_t *b, size_t off, size_t len)
      * message, so the largest message allowed always fits. */
     bool over = c->state == CONN_STREAM && c->out.bytes > 0 &&
                 c->out.bytes + len > c->srv->limits.max_output;
-    if (over && c->h2_stream) h2_stream_cut(c); /* reset, not finished, at its end */
+    /* An HTTP/2 stream is also held to its connection's share (h2.h). */
+    if (c->h2_stream && c->state == CONN_STREAM && (over || h2_stream_over(c, len))) {
+        h2_stream_cut(c); /* reset, not finished, at its end */
+        return SL_ELIMIT;
+    }
     if (c->state == CONN_STREAM && c->out.bytes > 0 &&
         c->out.bytes + len > c->srv->limits.max_output)
         return SL_ELIMIT;

@@ -73,6 +73,7 @@ typedef struct h2_stream {
     bool cut;         /* output past the limit: reset at its end */
     bool closed;      /* nghttp2 closed the stream */
     bool in_drained;
+    size_t accounted; /* its queued bytes as last added to h->queued */
 } h2_stream;
 
 struct h2_conn {
@@ -82,6 +83,7 @@ struct h2_conn {
     h2_stream *streams;
     h2_stream *drained;
     unsigned nstreams, refused;
+    size_t queued; /* bytes waiting in its streams' queues (account()) */
     size_t continuations;
     double rst_tokens, ctrl_tokens;
     ev_tstamp tokens_at;
@@ -337,6 +339,24 @@ static int submit_head(h2_stream *s)
     return 0;
 }
 
+/* Brings h->queued up to date with the stream's queue: conn.c pushes to
+ * it (and the session takes from it) without telling. */
+static void account(h2_stream *s)
+{
+    h2_conn *h = s->h;
+    h->queued = h->queued - s->accounted + s->c.out.bytes;
+    s->accounted = s->c.out.bytes;
+}
+
+bool h2_stream_over(conn *c, size_t len)
+{
+    h2_stream *s = stream_of(c);
+    if (!s->h || s->h->dead) return false;
+    account(s);
+    return c->out.bytes > 0 &&
+           s->h->queued + len > H2_CONN_OUTPUT_FACTOR * c->srv->limits.max_output;
+}
+
 /* Asks the session to write, from the server's write order. */
 static void want_send(h2_conn *h)
 {
@@ -349,6 +369,7 @@ void h2_stream_flush(conn *c)
     h2_stream *s = stream_of(c);
     h2_conn *h = s->h;
     if (!h || h->dead || c->state == CONN_CLOSED) return;
+    account(s);
     if (!s->responded) {
         int r = submit_head(s);
         if (r == 1) {
@@ -393,6 +414,8 @@ void h2_stream_closed(conn *c)
     h2_conn *h = s->h;
     free_request(s);
     if (!h) return;
+    h->queued -= s->accounted;
+    s->accounted = 0;
     if (!h->dead) {
         nghttp2_session_set_stream_user_data(h->session, s->id, NULL);
         if (!s->closed) rst(s, NGHTTP2_CANCEL);
@@ -437,6 +460,7 @@ static ssize_t read_body(nghttp2_session *session, int32_t id, uint8_t *buf, siz
         outq_consume(q, got);
         n += got;
     }
+    account(s);
     if (q->bytes == 0) {
         if (s->c.state == CONN_CLOSING) {
             *flags |= NGHTTP2_DATA_FLAG_EOF;

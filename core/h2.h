@@ -36,7 +36,9 @@
 #define H2_PREFACE_LEN (sizeof(H2_PREFACE) - 1)
 
 /* Streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_
- * STREAMS); a client that opens more gets them refused (REFUSED_STREAM). */
+ * STREAMS): a stream past it is refused (REFUSED_STREAM) before the client
+ * acknowledged the setting, and ends the connection (GOAWAY
+ * PROTOCOL_ERROR, libnghttp2's answer) after. */
 #define H2_MAX_STREAMS 256
 
 /* Whether `data` starts like the connection preface: its first 4 bytes
@@ -59,6 +61,13 @@ void h2_stream_closed(conn *c);
 /* Marks a stream whose output passed the limit: its end resets it
  * (RST_STREAM CANCEL) rather than finishing its data. */
 void h2_stream_cut(conn *c);
+
+/* Whether queuing `len` more bytes on a stream that has output queued
+ * would take its connection's streams past H2_CONN_OUTPUT_FACTOR times
+ * max_output in all: a stalled connection holds at most that, however
+ * many streams it has (each stream alone is held to max_output). */
+#define H2_CONN_OUTPUT_FACTOR 4
+bool h2_stream_over(conn *c, size_t len);
 
 /* Counters over every worker, for /metrics. */
 typedef struct h2_stats {

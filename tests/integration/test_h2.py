@@ -53,6 +53,7 @@ class H2Raw:
         self.resets = {}     # stream -> RST_STREAM code
         self.goaway = None   # error code of a GOAWAY received
         self.stalled = set()  # streams whose window is never reopened
+        self.conn_stalled = False  # no connection-level window updates at all
         self.eof = False
         self.settings = {}
         self.sock.sendall(PREFACE + frame(SETTINGS, 0, 0))
@@ -132,7 +133,7 @@ class H2Raw:
                 self.ended.add(sid)
         elif typ == DATA:
             self.data[sid] = self.data.get(sid, b"") + p
-            if p:
+            if p and not self.conn_stalled:
                 wu = frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", len(p)))
                 if sid not in self.stalled:
                     wu += frame(WINDOW_UPDATE, 0, sid, struct.pack(">I", len(p)))
@@ -387,6 +388,28 @@ class H2Test(SluiceTestCase):
                                end_stream=False) + frame(DATA, 0, sid, b"part"))
         self.assertTrue(c.until(lambda: sid in c.ended, 10))
         self.assertEqual(c.status[sid], 408)
+
+    def test_stalled_connection_bounded(self):
+        """A connection whose reader stalls as a whole holds at most 4 x the
+        output limit over all its streams (256 KiB here), however many it
+        has: 20 streams of 60 KB each (each under its own 64 KiB) get cut
+        past that.  Without the bound none was, and 1.2 MB waited."""
+        c = self.h2()
+        c.conn_stalled = True
+        subs = [c.request("GET", "/topics/wide", [("accept", "text/event-stream")])[0]
+                for _ in range(20)]
+        self.assertTrue(c.until(lambda: all(b"retry" in c.body(s) for s in subs)))
+        before = metric(self.metrics(), "sluice_http2_streams_cut_total")
+        for i in range(6):
+            r = curl(self.url("/topics/wide"), "--data-binary", "w" * 10000)
+            self.assertEqual(r.status, 200, r)
+        self.assertTrue(c.until(lambda: len(c.resets) >= 10, 15), c.resets)
+        cut = metric(self.metrics(), "sluice_http2_streams_cut_total") - before
+        self.assertTrue(c.until(lambda: len(c.resets) >= cut, 10), (cut, c.resets))
+        self.assertEqual(len(c.resets), cut)
+        self.assertEqual(set(c.resets.values()), {CANCEL})
+        self.assertLess(cut, 20)  # the streams left hold what the bound allows
+        self.assertIsNone(c.goaway)
 
     def test_header_list_over_limit_gets_431(self):
         c = self.h2()
