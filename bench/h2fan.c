@@ -175,9 +175,8 @@ static void h2_open(client *c)
     char auth[32];
     snprintf(auth, sizeof(auth), "127.0.0.1:%d", port);
 #define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), NGHTTP2_NV_FLAG_NONE}
-    nghttp2_nv nva[] = {NV(":method", "GET"), NV(":scheme", "http"),
-                        NV(":path", "/topics/h2fan"), NV(":authority", auth),
-                        NV("accept", "text/event-stream")};
+    nghttp2_nv nva[] = {NV(":method", "GET"), NV(":scheme", "http"), NV(":path", "/topics/h2fan"),
+                        NV(":authority", auth), NV("accept", "text/event-stream")};
     for (int i = 0; i < c->nsubs; i++)
         nghttp2_submit_request(c->h2, NULL, nva, sizeof(nva) / sizeof(nva[0]), NULL, &c->subs[i]);
     nghttp2_session_send(c->h2);
@@ -236,19 +235,34 @@ static void *publisher(void *arg)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"port", 1, 0, 'p'},     {"mode", 1, 0, 'm'}, {"subs", 1, 0, 'n'},
-        {"streams", 1, 0, 's'},  {"messages", 1, 0, 'M'}, {"size", 1, 0, 'b'},
-        {"pid", 1, 0, 'P'},      {0, 0, 0, 0}};
+        {"port", 1, 0, 'p'},     {"mode", 1, 0, 'm'}, {"subs", 1, 0, 'n'}, {"streams", 1, 0, 's'},
+        {"messages", 1, 0, 'M'}, {"size", 1, 0, 'b'}, {"pid", 1, 0, 'P'},  {0, 0, 0, 0}};
     for (int o; (o = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
         switch (o) {
-        case 'p': port = atoi(optarg); break;
-        case 'm': h2mode = strcmp(optarg, "h2") == 0; break;
-        case 'n': nsubs = atoi(optarg); break;
-        case 's': per_conn = atoi(optarg); break;
-        case 'M': messages = atoi(optarg); break;
-        case 'b': size = atoi(optarg) < 3 ? 3 : atoi(optarg); break;
-        case 'P': pid = atoi(optarg); break;
-        default: fprintf(stderr, "usage: see the comment at the top of h2fan.c\n"); return 1;
+        case 'p':
+            port = atoi(optarg);
+            break;
+        case 'm':
+            h2mode = strcmp(optarg, "h2") == 0;
+            break;
+        case 'n':
+            nsubs = atoi(optarg);
+            break;
+        case 's':
+            per_conn = atoi(optarg);
+            break;
+        case 'M':
+            messages = atoi(optarg);
+            break;
+        case 'b':
+            size = atoi(optarg) < 3 ? 3 : atoi(optarg);
+            break;
+        case 'P':
+            pid = atoi(optarg);
+            break;
+        default:
+            fprintf(stderr, "usage: see the comment at the top of h2fan.c\n");
+            return 1;
         }
     }
     if (!h2mode) per_conn = 1;
@@ -319,8 +333,9 @@ int main(int argc, char **argv)
            "seconds=%.3f deliveries_per_s=%.0f",
            h2mode ? "h2" : "h1", nsubs, per_conn, nconns, messages, size, delivered, want, secs,
            (double)delivered / secs);
-    if (pid) printf(" server_cpu_s=%.2f cpu_us_per_delivery=%.3f", cpu1 - cpu0,
-                    (cpu1 - cpu0) * 1e6 / (double)(delivered ? delivered : 1));
+    if (pid)
+        printf(" server_cpu_s=%.2f cpu_us_per_delivery=%.3f", cpu1 - cpu0,
+               (cpu1 - cpu0) * 1e6 / (double)(delivered ? delivered : 1));
     printf("\n");
     return delivered == want ? 0 : 4;
 }

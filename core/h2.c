@@ -34,15 +34,15 @@
 #include <string.h>
 #include <strings.h>
 
-#define HIGH_WATER (256 * 1024)   /* session bytes queued on the socket before it waits */
-#define SEND_BATCH (16 * 1024)    /* frames gathered per buffer pushed to the socket */
-#define MAX_CONTINUATIONS 8       /* CONTINUATION frames after one HEADERS */
-#define HPACK_BOMB_FACTOR 4       /* a header list past max_header x this ends the connection */
-#define MAX_FIELDS (4 * 100)      /* header fields in one block before the same */
-#define REFUSED_MAX 100           /* streams refused on one connection before GOAWAY */
-#define RST_BURST 200             /* client resets: burst, then RST_RATE a second */
+#define HIGH_WATER (256 * 1024) /* session bytes queued on the socket before it waits */
+#define SEND_BATCH (16 * 1024)  /* frames gathered per buffer pushed to the socket */
+#define MAX_CONTINUATIONS 8     /* CONTINUATION frames after one HEADERS */
+#define HPACK_BOMB_FACTOR 4     /* a header list past max_header x this ends the connection */
+#define MAX_FIELDS (4 * 100)    /* header fields in one block before the same */
+#define REFUSED_MAX 100         /* streams refused on one connection before GOAWAY */
+#define RST_BURST 200           /* client resets: burst, then RST_RATE a second */
 #define RST_RATE 50.0
-#define CTRL_BURST 100            /* SETTINGS and PING frames: burst, then CTRL_RATE a second */
+#define CTRL_BURST 100 /* SETTINGS and PING frames: burst, then CTRL_RATE a second */
 #define CTRL_RATE 10.0
 #define WS_INPUT_MAX (1024 * 1024) /* WebSocket bytes waiting for a paused transport */
 #define HEAD_MAX 16384             /* a response head read back from a stream's queue */
@@ -50,7 +50,7 @@
 typedef struct h2_conn h2_conn;
 
 typedef struct h2_stream {
-    conn c; /* first: a stream is a conn, freed as one (server_free_closed) */
+    conn c;     /* first: a stream is a conn, freed as one (server_free_closed) */
     h2_conn *h; /* NULL once closed */
     int32_t id;
     struct h2_stream *next, *prev; /* h->streams */
@@ -64,14 +64,14 @@ typedef struct h2_stream {
     size_t body_len, body_cap;
     size_t list_bytes; /* header list size (RFC 9113: name + value + 32 each) */
     unsigned nfields;
-    bool dispatched;  /* handed to the request path */
-    bool connect_ws;  /* extended CONNECT :protocol websocket (RFC 8441) */
-    bool too_large;   /* header list past max_header: 431 */
-    bool body_over;   /* body past max_body: 413 */
-    bool bad;         /* malformed for our purposes: 400 */
-    bool responded;   /* HEADERS submitted */
-    bool cut;         /* output past the limit: reset at its end */
-    bool closed;      /* nghttp2 closed the stream */
+    bool dispatched; /* handed to the request path */
+    bool connect_ws; /* extended CONNECT :protocol websocket (RFC 8441) */
+    bool too_large;  /* header list past max_header: 431 */
+    bool body_over;  /* body past max_body: 413 */
+    bool bad;        /* malformed for our purposes: 400 */
+    bool responded;  /* HEADERS submitted */
+    bool cut;        /* output past the limit: reset at its end */
+    bool closed;     /* nghttp2 closed the stream */
     bool in_drained;
     size_t accounted; /* its queued bytes as last added to h->queued */
 } h2_stream;
@@ -88,7 +88,7 @@ struct h2_conn {
     double rst_tokens, ctrl_tokens;
     ev_tstamp tokens_at;
     ev_tstamp active_at; /* last input, for the idle timeout */
-    bool dead;     /* its connection closed */
+    bool dead;           /* its connection closed */
     bool in_recv, in_send, send_again;
     bool terminating; /* GOAWAY for an error submitted: read no more */
     bool shutting;    /* graceful GOAWAY: end when the last stream has */
@@ -317,9 +317,9 @@ static int submit_head(h2_stream *s)
                 names[nv][i] = (char)(line[i] >= 'A' && line[i] <= 'Z' ? line[i] + 32 : line[i]);
             names[nv][nl] = 0;
             /* Connection-specific fields have no place in HTTP/2 (RFC 9113 8.2.2). */
-            static const char *const drop[] = {"connection", "keep-alive", "transfer-encoding",
-                                               "upgrade", "proxy-connection",
-                                               "sec-websocket-accept"};
+            static const char *const drop[] = {"connection",        "keep-alive",
+                                               "transfer-encoding", "upgrade",
+                                               "proxy-connection",  "sec-websocket-accept"};
             bool skip = false;
             for (size_t i = 0; i < sizeof(drop) / sizeof(drop[0]); i++)
                 if (strcmp(names[nv], drop[i]) == 0) skip = true;
@@ -501,7 +501,8 @@ static ssize_t on_send(nghttp2_session *session, const uint8_t *data, size_t len
     h2_conn *h = ud;
     if (h->dead) return NGHTTP2_ERR_CALLBACK_FAILURE;
     size_t queued = h->c->out.bytes + (batch_owner == h ? batch_len : 0);
-    size_t hw = h->c->srv->limits.max_output < HIGH_WATER ? h->c->srv->limits.max_output : HIGH_WATER;
+    size_t hw =
+        h->c->srv->limits.max_output < HIGH_WATER ? h->c->srv->limits.max_output : HIGH_WATER;
     /* The socket's queue stays under its own output limit: an empty one
      * takes any frame. */
     if (queued > 0 && queued + length > hw) return NGHTTP2_ERR_WOULDBLOCK;
@@ -662,8 +663,8 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
         h2_stream *s = user_stream(session, frame->hd.stream_id);
         if (!s) break;
         bool end = frame->hd.flags & NGHTTP2_FLAG_END_STREAM;
-        bool headers_done = frame->hd.type == NGHTTP2_HEADERS &&
-                            frame->headers.cat == NGHTTP2_HCAT_REQUEST;
+        bool headers_done =
+            frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST;
         /* A CONNECT's stream stays open: it is answered at its headers. */
         bool connect = headers_done && strcmp(s->method, "CONNECT") == 0;
         if (!s->dispatched && (end || connect)) {
@@ -680,13 +681,11 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
             h2_refuse(h, NGHTTP2_ENHANCE_YOUR_CALM, &stats.rapid_reset, "rapid reset");
         break;
     case NGHTTP2_SETTINGS:
-        if (!(frame->hd.flags & NGHTTP2_FLAG_ACK) &&
-            !take_token(h, &h->ctrl_tokens))
+        if (!(frame->hd.flags & NGHTTP2_FLAG_ACK) && !take_token(h, &h->ctrl_tokens))
             h2_refuse(h, NGHTTP2_ENHANCE_YOUR_CALM, &stats.settings_flood, "settings flood");
         break;
     case NGHTTP2_PING:
-        if (!(frame->hd.flags & NGHTTP2_FLAG_ACK) &&
-            !take_token(h, &h->ctrl_tokens))
+        if (!(frame->hd.flags & NGHTTP2_FLAG_ACK) && !take_token(h, &h->ctrl_tokens))
             h2_refuse(h, NGHTTP2_ENHANCE_YOUR_CALM, &stats.ping_flood, "ping flood");
         break;
     default:
@@ -842,8 +841,8 @@ static void h2_on_timer(conn *c, void *state)
     }
     if (h->nstreams == 0 && now - h->active_at > l->idle_timeout) {
         nghttp2_submit_goaway(h->session, NGHTTP2_FLAG_NONE,
-                              nghttp2_session_get_last_proc_stream_id(h->session),
-                              NGHTTP2_NO_ERROR, NULL, 0);
+                              nghttp2_session_get_last_proc_stream_id(h->session), NGHTTP2_NO_ERROR,
+                              NULL, 0);
         h->shutting = true;
     }
     rearm(h);
@@ -888,7 +887,7 @@ static void h2_on_close(conn *c, void *state)
     h->dead = true;
     while (h->streams) {
         h2_stream *s = h->streams;
-        conn_close(&s->c); /* unlinks it (h2_stream_closed) */
+        conn_close(&s->c);                            /* unlinks it (h2_stream_closed) */
         if (h->streams == s) h2_stream_closed(&s->c); /* already closed: unlink anyway */
     }
     while (h->drained) {
@@ -954,8 +953,10 @@ int h2_start(conn *c, const char *data, size_t len)
     conn_start_stream(c, &h2_ops, h, NULL);
     conn_stream_timer(c, 1.0);
     conn_hold(c);
-    if (len) h2_on_data(c, h, (char *)data, len);
-    else h2_send(h);
+    if (len)
+        h2_on_data(c, h, (char *)data, len);
+    else
+        h2_send(h);
     conn_release(c);
     return 0;
 fail:
