@@ -10,7 +10,9 @@ the negotiation's refusals (a malformed header: 400; bad parameters: no
 extension); the settings (compression off, min_size, limits.max_ws_message
 above the old 1 MiB, unknown keys refused at --check); /metrics counts it
 all; and Debian's python3-websockets, a strict client that offers
-permessage-deflate by default, talks to it both ways.
+permessage-deflate by default, and python3-autobahn (a compressed message
+sent in fragments, a UTF-8 character split between two of them) talk to it
+both ways.
 """
 
 import asyncio
@@ -30,6 +32,13 @@ try:
     import websockets
 except ImportError:  # pragma: no cover - dev.sh installs python3-websockets
     websockets = None
+
+try:
+    from autobahn.asyncio.websocket import WebSocketClientFactory, WebSocketClientProtocol
+    from autobahn.websocket.compress import (PerMessageDeflateOffer, PerMessageDeflateResponse,
+                                             PerMessageDeflateResponseAccept)
+except ImportError:  # pragma: no cover - dev.sh installs python3-autobahn
+    WebSocketClientFactory = None
 
 OFFER = ("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits")
 TAIL = b"\x00\x00\xff\xff"
@@ -295,6 +304,55 @@ class PythonWebsocketsTest(DeflateBase):
         asyncio.run(go())
         self.assertGreaterEqual(
             metric(self.s, 'sluice_ws_deflate_messages_total{kind="inflated"}'), 21)
+
+
+@unittest.skipIf(WebSocketClientFactory is None, "python3-autobahn not installed")
+class AutobahnTest(DeflateBase):
+    def test_fragmented_compressed_utf8(self):
+        whole = ("caf\u00e9 \u20ac " * 600).encode()
+        text = ("\u20ac" * 400).encode()  # 3-byte characters, cut mid-character below
+        parts = [text[:301], text[301:302], text[302:900], text[900:]]
+        got, ext, closed = [], [], []
+        loop = asyncio.new_event_loop()
+
+        class P(WebSocketClientProtocol):
+            def onOpen(self):
+                ext.append(self._perMessageCompress)
+                self.sendMessage(whole, isBinary=False)
+                self.beginMessage(isBinary=False)
+                for p in parts:
+                    self.sendMessageFrame(p)
+                self.endMessage()
+
+            def onMessage(self, payload, isBinary):
+                got.append(payload)
+                if len(got) == 2:
+                    self.sendClose(1000)
+
+            def onClose(self, wasClean, code, reason):
+                closed.append((wasClean, code))
+                loop.stop()
+
+        def accept(resp):
+            if isinstance(resp, PerMessageDeflateResponse):
+                return PerMessageDeflateResponseAccept(resp)
+
+        f = WebSocketClientFactory("ws://%s:%d/topics/ab" % (self.s.host, self.s.port), loop=loop)
+        f.protocol = P
+        f.setProtocolOptions(
+            perMessageCompressionOffers=[PerMessageDeflateOffer(accept_no_context_takeover=True,
+                                                                accept_max_window_bits=True)],
+            perMessageCompressionAccept=accept)
+        try:
+            loop.run_until_complete(loop.create_connection(f, self.s.host, self.s.port))
+            loop.call_later(15, loop.stop)
+            loop.run_forever()
+        finally:
+            loop.close()
+        self.assertEqual(closed, [(True, 1000)])
+        self.assertIsNotNone(ext[0], "permessage-deflate not in use")
+        self.assertTrue(ext[0].client_no_context_takeover)
+        self.assertEqual(got, [whole, text])
 
 
 if __name__ == "__main__":
