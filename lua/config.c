@@ -340,6 +340,11 @@ static int l_config(lua_State *L)
                 const char *ak = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
                 if (strcmp(ak, "listen") == 0) {
                     lx_check_field(L, 1, LUA_TSTRING, "admin.listen");
+                    if (!server_addr_valid(lua_tostring(L, -1)))
+                        return luaL_error(L,
+                                          "sluice.config: admin.listen: bad address '%s' (want "
+                                          "ADDR:PORT or [V6ADDR]:PORT)",
+                                          lua_tostring(L, -1));
                     config_string(L, &cfg->admin_listen);
                 } else if (strcmp(ak, "token_file") == 0) {
                     lx_check_field(L, 1, LUA_TSTRING, "admin.token_file");

@@ -332,7 +332,18 @@ class CheckTest(unittest.TestCase):
             self.assertEqual(rc, 1, addr)
             self.assertIn("app.lua:2:", err)
             self.assertIn("bad address '%s'" % addr, err)
-        rc, _, err = self.check('require("sluice").config{ listen = "localhost:0" }\n')
+        rc, _, err = self.check('local s = require "sluice"\n'
+                                's.config{ tls = { listen = "1.2.3.4:443x" } }\n')
+        self.assertEqual(rc, 1)
+        self.assertIn("app.lua:2:", err)
+        self.assertIn("tls.listen: bad address '1.2.3.4:443x'", err)
+        rc, _, err = self.check('local s = require "sluice"\n'
+                                's.config{ admin = { listen = "::1:9" } }\n')
+        self.assertEqual(rc, 1)
+        self.assertIn("app.lua:2:", err)
+        self.assertIn("admin.listen: bad address '::1:9'", err)
+        rc, _, err = self.check('require("sluice").config{ listen = "localhost:0",'
+                                ' admin = { listen = "[::1]:0" } }\n')
         self.assertEqual(rc, 0, err)
 
     def test_route_that_can_never_match(self):
