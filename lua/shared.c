@@ -51,6 +51,12 @@ struct lxs_sub {
 static pthread_mutex_t topics_lock = PTHREAD_MUTEX_INITIALIZER;
 static topic *chains[TOPIC_CHAINS];
 static unsigned long long members_now, members_refused; /* under topics_lock / atomic */
+static unsigned long long events_dropped;                  /* atomic */
+
+void lxs_count_event_dropped(void)
+{
+    BUMP(events_dropped);
+}
 
 static uint32_t hash(const char *s, size_t len)
 {
@@ -436,6 +442,9 @@ size_t lxs_metrics(metrics_extra *out)
     out[n++] = (metrics_extra){"sluice_presence_refused_total", "counter",
                                "Presence joins refused: the topic had its maximum of members.",
                                NULL, READ(members_refused)};
+    out[n++] = (metrics_extra){"sluice_presence_events_dropped_total", "counter",
+                               "sluice.join / sluice.leave events storage refused (not published).",
+                               NULL, READ(events_dropped)};
     out[n++] = (metrics_extra){"sluice_rate_limit_total", "counter",
                                "sluice.limit calls, by result.", "result=\"allowed\"",
                                READ(limit_allowed)};

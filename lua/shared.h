@@ -52,13 +52,17 @@ lxs_sub *lxs_join(const char *const *names, const size_t *lens, int n, const cha
  * each topic the member left with its last connection. */
 void lxs_leave(lxs_sub *s, lxs_event_fn fn, void *ud);
 
+/* Counts a join or leave event that could not be published (storage
+ * refused it: the queue full, shutting down). */
+void lxs_count_event_dropped(void);
+
 /* Adds sluice.presence, sluice.subscribers and sluice.limit to the module
  * table on the stack top. */
 void lxs_open(lua_State *L);
 
 /* The rows for /metrics; returns how many were written (LXS_METRICS at
  * most). */
-#define LXS_METRICS 6
+#define LXS_METRICS 7
 size_t lxs_metrics(metrics_extra *out);
 
 #endif

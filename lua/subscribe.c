@@ -103,9 +103,13 @@ static void presence_event(void *ud, const char *topic, size_t tlen, bool join, 
                                 NULL, NULL)
                   : hub_publish(app->hub, topic, tlen, STRLIT("sluice.leave"), json, len, NULL,
                                 NULL, NULL);
-    if (rc < 0)
-        LOG_KV(LOG_INFO, "presence event not published", LOG_S("event", join ? "join" : "leave"),
-               LOG_S("error", err_str(rc)));
+    if (rc < 0) {
+        static log_limit dropped_log = LOG_LIMIT_INIT;
+        lxs_count_event_dropped();
+        LOG_KV_LIMITED(&dropped_log, 10.0, LOG_WARN, "presence event not published",
+                       LOG_S("event", join ? "sluice.join" : "sluice.leave"),
+                       LOG_SN("topic", topic, tlen), LOG_S("error", err_str(rc)));
+    }
 }
 
 /* A subscription with no callbacks still counts (sluice.subscribers): its

@@ -267,6 +267,8 @@ class DefaultAppLimitTest(SharedCase):
         self.assertRegex(text, r'sluice_rate_limit_total\{result="limited"\} [1-9]')
         self.assertIn("sluice_rate_limit_buckets 1", text)
         self.assertIn("sluice_presence_members 0", text)
+        self.assertIn("sluice_presence_refused_total 0", text)
+        self.assertIn("sluice_presence_events_dropped_total 0", text)
 
 
 class MistakesTest(SharedCase):
