@@ -244,8 +244,8 @@ static int replay_page(sub_session *s, bool known)
     if (!more) {
         /* Caught up: everything committed so far was read, so live
          * delivery (deduplicated by last_seq) continues without a seam. */
-        s->state = SESSION_LIVE;
         SLUICE_ASSERT(s->state == SESSION_CATCHING_UP);
+        s->state = SESSION_LIVE;
         free_replay(s);
     }
     return 0;
