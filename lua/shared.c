@@ -51,7 +51,7 @@ struct lxs_sub {
 static pthread_mutex_t topics_lock = PTHREAD_MUTEX_INITIALIZER;
 static topic *chains[TOPIC_CHAINS];
 static unsigned long long members_now, members_refused; /* under topics_lock / atomic */
-static unsigned long long events_dropped;                  /* atomic */
+static unsigned long long events_dropped;               /* atomic */
 
 void lxs_count_event_dropped(void)
 {
@@ -61,14 +61,16 @@ void lxs_count_event_dropped(void)
 static uint32_t hash(const char *s, size_t len)
 {
     uint32_t h = 2166136261u; /* FNV-1a */
-    for (size_t i = 0; i < len; i++) h = (h ^ (uint8_t)s[i]) * 16777619u;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (uint8_t)s[i]) * 16777619u;
     return h;
 }
 
 static topic **topic_slot(const char *name, size_t len)
 {
     topic **p = &chains[hash(name, len) % TOPIC_CHAINS];
-    while (*p && !((*p)->len == len && memcmp((*p)->name, name, len) == 0)) p = &(*p)->next;
+    while (*p && !((*p)->len == len && memcmp((*p)->name, name, len) == 0))
+        p = &(*p)->next;
     return p;
 }
 
@@ -126,8 +128,8 @@ static bool exact_name(const char *name, size_t len)
     return len > 0 && name[len - 1] != '*';
 }
 
-lxs_sub *lxs_join(const char *const *names, const size_t *lens, int n, const char *id,
-                  size_t idlen, const char *info, size_t infolen, lxs_event_fn fn, void *ud)
+lxs_sub *lxs_join(const char *const *names, const size_t *lens, int n, const char *id, size_t idlen,
+                  const char *info, size_t infolen, lxs_event_fn fn, void *ud)
 {
     lxs_sub *s = calloc(1, sizeof(lxs_sub) + (size_t)n * sizeof(s->e[0]));
     if (!s) return NULL;
@@ -148,7 +150,8 @@ lxs_sub *lxs_join(const char *const *names, const size_t *lens, int n, const cha
         s->n = i + 1;
         if (!id || !exact_name(names[i], lens[i])) continue;
         member *m = t->members;
-        while (m && !(m->id_len == idlen && memcmp(m->id, id, idlen) == 0)) m = m->next;
+        while (m && !(m->id_len == idlen && memcmp(m->id, id, idlen) == 0))
+            m = m->next;
         if (!m) {
             if (t->nmembers >= LXS_MAX_MEMBERS) {
                 BUMP(members_refused);
@@ -195,7 +198,8 @@ void lxs_leave(lxs_sub *s, lxs_event_fn fn, void *ud)
                 events = e;
             }
             member **p = &t->members;
-            while (*p != m) p = &(*p)->next;
+            while (*p != m)
+                p = &(*p)->next;
             *p = m->next;
             free(m);
             t->nmembers--;
@@ -314,16 +318,21 @@ static unsigned long long limit_allowed, limit_refused, limit_evicted; /* atomic
 static bucket **bucket_slot(const char *key, size_t len)
 {
     bucket **p = &bchains[hash(key, len) % BUCKET_CHAINS];
-    while (*p && !((*p)->len == len && memcmp((*p)->key, key, len) == 0)) p = &(*p)->hnext;
+    while (*p && !((*p)->len == len && memcmp((*p)->key, key, len) == 0))
+        p = &(*p)->hnext;
     return p;
 }
 
 static void use_unlink(bucket *b)
 {
-    if (b->prev) b->prev->next = b->next;
-    else recent = b->next;
-    if (b->next) b->next->prev = b->prev;
-    else oldest = b->prev;
+    if (b->prev)
+        b->prev->next = b->next;
+    else
+        recent = b->next;
+    if (b->next)
+        b->next->prev = b->prev;
+    else
+        oldest = b->prev;
 }
 
 static void use_front(bucket *b)
@@ -445,13 +454,14 @@ size_t lxs_metrics(metrics_extra *out)
     out[n++] = (metrics_extra){"sluice_presence_events_dropped_total", "counter",
                                "sluice.join / sluice.leave events storage refused (not published).",
                                NULL, READ(events_dropped)};
-    out[n++] = (metrics_extra){"sluice_rate_limit_total", "counter",
-                               "sluice.limit calls, by result.", "result=\"allowed\"",
-                               READ(limit_allowed)};
+    out[n++] =
+        (metrics_extra){"sluice_rate_limit_total", "counter", "sluice.limit calls, by result.",
+                        "result=\"allowed\"", READ(limit_allowed)};
     out[n++] = (metrics_extra){"sluice_rate_limit_total", "counter", "", "result=\"limited\"",
                                READ(limit_refused)};
-    out[n++] = (metrics_extra){"sluice_rate_limit_buckets", "gauge",
-                               "Token buckets of sluice.limit held (at most 65536).", NULL, buckets};
+    out[n++] =
+        (metrics_extra){"sluice_rate_limit_buckets", "gauge",
+                        "Token buckets of sluice.limit held (at most 65536).", NULL, buckets};
     out[n++] = (metrics_extra){"sluice_rate_limit_evictions_total", "counter",
                                "Token buckets evicted to make room (least recently used).", NULL,
                                READ(limit_evicted)};

@@ -37,16 +37,16 @@ typedef struct lxs_sub lxs_sub;
 
 /* Called for a member's join (first connection) or leave (last): topic,
  * and the event's data {"topic":..,"id":..,"info":..} (JSON, len bytes). */
-typedef void (*lxs_event_fn)(void *ud, const char *topic, size_t tlen, bool join,
-                             const char *json, size_t len);
+typedef void (*lxs_event_fn)(void *ud, const char *topic, size_t tlen, bool join, const char *json,
+                             size_t len);
 
 /* Counts a subscription to n names and, when id is not NULL, joins it to
  * each exact name as member id with info (JSON text, "null" when none).
  * fn runs (after the lock is released) for each topic the member newly
  * joined.  Returns the handle, or NULL when memory is short (nothing held
  * then). */
-lxs_sub *lxs_join(const char *const *names, const size_t *lens, int n, const char *id,
-                  size_t idlen, const char *info, size_t infolen, lxs_event_fn fn, void *ud);
+lxs_sub *lxs_join(const char *const *names, const size_t *lens, int n, const char *id, size_t idlen,
+                  const char *info, size_t infolen, lxs_event_fn fn, void *ud);
 
 /* Ends what lxs_join began (NULL is a no-op), frees s; fn as above, for
  * each topic the member left with its last connection. */

@@ -27,11 +27,11 @@
 typedef struct lx_hooks {
     lx_app *app;
     int filter, on_message, on_close, on_open; /* registry refs or LUA_NOREF */
-    lxs_sub *shared;                  /* its count and presence (lua/shared.h) */
-    int conn_ref;                     /* the conn object handed to callbacks */
-    sub_session *session;             /* NULL once the subscription ended */
-    int busy;                         /* callbacks running: release waits */
-    bool released;                    /* release came while busy */
+    lxs_sub *shared;                           /* its count and presence (lua/shared.h) */
+    int conn_ref;                              /* the conn object handed to callbacks */
+    sub_session *session;                      /* NULL once the subscription ended */
+    int busy;                                  /* callbacks running: release waits */
+    bool released;                             /* release came while busy */
     /* opts.expires only (most subscriptions have none, and an ev_timer is
      * 56 bytes of every idle WebSocket): ends the subscription; allocated
      * with the hooks, just behind them. */
@@ -99,8 +99,8 @@ static void presence_event(void *ud, const char *topic, size_t tlen, bool join, 
 {
     lx_app *app = ud;
     if (!app->hub) return;
-    int rc = join ? hub_publish(app->hub, topic, tlen, STRLIT("sluice.join"), json, len, NULL,
-                                NULL, NULL)
+    int rc = join ? hub_publish(app->hub, topic, tlen, STRLIT("sluice.join"), json, len, NULL, NULL,
+                                NULL)
                   : hub_publish(app->hub, topic, tlen, STRLIT("sluice.leave"), json, len, NULL,
                                 NULL, NULL);
     if (rc < 0) {
@@ -218,8 +218,9 @@ static hub_msg *run_filter(lx_hooks *h, sub_session *s, hub_msg *m)
         lua_getinfo(L, ">S", &ar);
         char where[LUA_IDSIZE + 24];
         snprintf(where, sizeof(where), "%s:%d", ar.short_src, ar.linedefined);
-        LOG_KV(LOG_ERROR, "filter returned neither a message table, nil nor false (dropped; "
-                          "logged once per script load)",
+        LOG_KV(LOG_ERROR,
+               "filter returned neither a message table, nil nor false (dropped; "
+               "logged once per script load)",
                LOG_S("script", app->script), LOG_S("filter", where),
                LOG_S("returned", luaL_typename(L, -1)));
         lx_count_error();
@@ -412,10 +413,12 @@ static const struct {
     const char *name;
     int type;
 } sub_options[] = {
-    {"last_event_id", LUA_TSTRING}, {"protocol", LUA_TSTRING},     {"skip_self", LUA_TBOOLEAN},
-    {"expires", LUA_TNUMBER},       {"events", LUA_TTABLE},        {"format", LUA_TSTRING},
-    {"filter", LUA_TFUNCTION},      {"on_message", LUA_TFUNCTION}, {"on_close", LUA_TFUNCTION},
-    {"on_open", LUA_TFUNCTION},     {"presence", LUA_TTABLE},      {"presence_events", LUA_TBOOLEAN},
+    {"last_event_id", LUA_TSTRING}, {"protocol", LUA_TSTRING},
+    {"skip_self", LUA_TBOOLEAN},    {"expires", LUA_TNUMBER},
+    {"events", LUA_TTABLE},         {"format", LUA_TSTRING},
+    {"filter", LUA_TFUNCTION},      {"on_message", LUA_TFUNCTION},
+    {"on_close", LUA_TFUNCTION},    {"on_open", LUA_TFUNCTION},
+    {"presence", LUA_TTABLE},       {"presence_events", LUA_TBOOLEAN},
 };
 
 static void check_options(lua_State *L, int opts)
@@ -427,7 +430,8 @@ static void check_options(lua_State *L, int opts)
                        luaL_typename(L, -2));
         const char *k = lua_tostring(L, -2);
         size_t i = 0, n = sizeof(sub_options) / sizeof(sub_options[0]);
-        while (i < n && strcmp(sub_options[i].name, k) != 0) i++;
+        while (i < n && strcmp(sub_options[i].name, k) != 0)
+            i++;
         if (i == n) luaL_error(L, "req:subscribe: unknown option '%s'", k);
         if (lua_type(L, -1) != sub_options[i].type)
             luaL_error(L, "req:subscribe: opts.%s must be a %s, not a %s", k,
@@ -660,8 +664,10 @@ void lx_start_subscription(lx_task *t, int idx)
     if (!problem && (fref != LUA_NOREF || mref != LUA_NOREF || cref != LUA_NOREF ||
                      oref != LUA_NOREF || expires || pid)) {
         h = calloc(1, sizeof(lx_hooks) + (expires ? sizeof(ev_timer) : 0));
-        if (!h) problem = "out of memory";
-        else if (expires) h->expiry = (ev_timer *)(h + 1);
+        if (!h)
+            problem = "out of memory";
+        else if (expires)
+            h->expiry = (ev_timer *)(h + 1);
     }
     if (problem) {
         for (int i = 0; i < 4; i++) {

@@ -46,7 +46,8 @@ static lxs_sub *join1(const char *topic, const char *id, const char *info, seen 
 static long long run(lua_State *L, const char *code)
 {
     lua_settop(L, 0);
-    if (luaL_loadstring(L, code) != LUA_OK || (lua_getglobal(L, "s"), lua_pcall(L, 1, 1, 0)) != LUA_OK) {
+    if (luaL_loadstring(L, code) != LUA_OK ||
+        (lua_getglobal(L, "s"), lua_pcall(L, 1, 1, 0)) != LUA_OK) {
         fprintf(stderr, "lua: %s\n", lua_tostring(L, -1));
         return -999;
     }
@@ -136,14 +137,17 @@ int main(void)
     CHECK_EQ_INT(metric("sluice_presence_refused_total", NULL), 1);
     CHECK_EQ_INT(run(L, "local p = ... return #p.presence('cap')"), LXS_MAX_MEMBERS);
     CHECK_EQ_INT(run(L, "local p = ... return p.subscribers('cap')"), LXS_MAX_MEMBERS + 1);
-    for (int i = 0; i <= LXS_MAX_MEMBERS; i++) lxs_leave(many[i], on_event, &cev);
+    for (int i = 0; i <= LXS_MAX_MEMBERS; i++)
+        lxs_leave(many[i], on_event, &cev);
     CHECK_EQ_INT(cev.leaves, LXS_MAX_MEMBERS);
     CHECK_EQ_INT(run(L, "local p = ... return p.subscribers('cap')"), 0);
 
     /* Threads joining and leaving the same topics at once. */
     pthread_t th[THREADS];
-    for (int i = 0; i < THREADS; i++) pthread_create(&th[i], NULL, churn, (void *)(intptr_t)i);
-    for (int i = 0; i < THREADS; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < THREADS; i++)
+        pthread_create(&th[i], NULL, churn, (void *)(intptr_t)i);
+    for (int i = 0; i < THREADS; i++)
+        pthread_join(th[i], NULL);
     CHECK_EQ_INT(run(L, "local p = ... return p.subscribers('busy') + p.subscribers('busy.*')"), 0);
     CHECK_EQ_INT(metric("sluice_presence_members", NULL), 0);
 
