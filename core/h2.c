@@ -200,7 +200,7 @@ static int append(char **p, size_t *len, size_t *cap, const char *s, size_t n)
         while (nc < *len + n + 1)
             nc *= 2;
         char *np = realloc(*p, nc);
-        if (!np) return -1;
+        if (!np) return SL_ENOMEM;
         *p = np;
         *cap = nc;
     }
@@ -275,7 +275,8 @@ out:
 
 /* Reads the response head the app queued first on the stream back into
  * HEADERS and submits them with the stream's data provider.  Returns 0,
- * 1 when the head is not there (yet), or -1. */
+ * 1 when the head is not there (yet), or SL_EPROTO (a head that is not
+ * one, or nghttp2 refused it). */
 static ssize_t read_body(nghttp2_session *session, int32_t id, uint8_t *buf, size_t length,
                          uint32_t *flags, nghttp2_data_source *src, void *ud);
 
@@ -292,11 +293,11 @@ static int submit_head(h2_stream *s)
         memcpy(head + hl, iov[i].iov_base, take);
         hl += take;
     }
-    char *end = memmem(head, hl, "\r\n\r\n", 4);
-    if (!end) return hl >= sizeof(head) ? -1 : 1;
+    char *end = memmem(head, hl, STRLIT("\r\n\r\n"));
+    if (!end) return hl >= sizeof(head) ? SL_EPROTO : 1;
     size_t head_len = (size_t)(end - head) + 4;
     /* "HTTP/1.1 NNN Reason" */
-    if (head_len < 12 || memcmp(head, "HTTP/1.1 ", 9) != 0) return -1;
+    if (head_len < 12 || !STR_STARTS(head, head_len, "HTTP/1.1 ")) return SL_EPROTO;
     char status[4] = {head[9], head[10], head[11], 0};
     if (strcmp(status, "101") == 0) memcpy(status, "200", 4); /* RFC 8441: the stream is open */
     nghttp2_nv nva[64];
@@ -305,7 +306,7 @@ static int submit_head(h2_stream *s)
     nva[nv++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status, 7, 3, NGHTTP2_NV_FLAG_NONE};
     char *line = memchr(head, '\n', head_len) + 1;
     while (line < end + 2 && nv < 64) {
-        char *eol = memmem(line, (size_t)(end + 2 - line), "\r\n", 2);
+        char *eol = memmem(line, (size_t)(end + 2 - line), STRLIT("\r\n"));
         if (!eol || eol == line) break;
         char *colon = memchr(line, ':', (size_t)(eol - line));
         if (colon && colon - line < 64) {
@@ -334,7 +335,7 @@ static int submit_head(h2_stream *s)
     outq_consume(q, head_len);
     nghttp2_data_provider dp = {.source.ptr = s, .read_callback = read_body};
     int rv = nghttp2_submit_response(s->h->session, s->id, nva, (size_t)nv, &dp);
-    if (rv != 0) return -1;
+    if (rv != 0) return SL_EPROTO;
     s->responded = true;
     return 0;
 }
@@ -605,7 +606,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
             free(s->authority);
             s->authority = dup_n(value, valuelen);
         } else if (IS(":protocol")) {
-            if (valuelen == 9 && strncasecmp((const char *)value, "websocket", 9) == 0)
+            if (STR_IS_CASE((const char *)value, valuelen, "websocket"))
                 s->connect_ws = true;
             else
                 s->bad = true;
@@ -965,5 +966,5 @@ fail:
     if (h && h->session) nghttp2_session_del(h->session);
     free(h);
     conn_close(c);
-    return -1;
+    return SL_ENOMEM;
 }

@@ -47,8 +47,8 @@ bool h2_is_preface(const char *data, size_t len);
 
 /* Turns `c` (in CONN_HTTP, nothing queued, no request started) into an
  * HTTP/2 connection and feeds it `len` bytes already read (the preface,
- * for h2c; none after a TLS handshake that chose "h2").  Returns 0, or -1
- * (out of memory) with the connection closed. */
+ * for h2c; none after a TLS handshake that chose "h2").  Returns 0, or
+ * SL_ENOMEM with the connection closed. */
 int h2_start(conn *c, const char *data, size_t len);
 
 /* For conn.c, on a stream's conn (c->h2_stream): output was queued (the
