@@ -14,6 +14,7 @@
 
 #include "core/cors.h"
 #include "core/log.h"
+#include "core/ws.h"
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -293,7 +294,9 @@ bool lx_cors_request(lx_app *app, conn *c, http_request *req, int rr, const rout
         conn_set_extra_head(c, lines);
         return false;
     }
-    if (req->upgrade) {
+    size_t ul;
+    const char *up = req->upgrade ? http_header_get(req, "upgrade", &ul) : NULL;
+    if (up && ws_token_list_has(up, ul, "websocket")) {
         refuse(c, &cors_counts.websocket_refused, "WebSocket origin not allowed", o, olen);
         return true;
     }
