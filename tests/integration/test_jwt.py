@@ -317,6 +317,21 @@ class JwksTest(JwtCase):
             self.assertEqual(self.verify(t3, self.j.url, opts)["reason"], "unknown kid")
         self.assertEqual(self.j.fetches, 2)
 
+    def test_old_set_fetched_again(self):
+        """Past jwks_max_age the next verification fetches the set again (a
+        key taken out is then refused)."""
+        k1 = dict(self.keys.jwk["rsa"], kid="k1")
+        self.j.jwks = {"keys": [k1]}
+        t1 = self.keys.token("RS256", "rsa", {"sub": "a"}, {"kid": "k1"})
+        opts = {"jwks_max_age": 1.0, "jwks_refetch": 0.5}
+        self.assertTrue(self.verify(t1, self.j.url, opts)["ok"])
+        self.assertTrue(self.verify(t1, self.j.url, opts)["ok"])
+        self.assertEqual(self.j.fetches, 1)
+        self.j.jwks = {"keys": [dict(self.keys.jwk["P-256"], kid="k2")]}
+        time.sleep(1.2)
+        self.assertEqual(self.verify(t1, self.j.url, opts)["reason"], "unknown kid")
+        self.assertEqual(self.j.fetches, 2)
+
     def test_failed_fetch_not_retried_at_once(self):
         url = "http://127.0.0.1:%d/jwks" % free_port()
         t = self.keys.token("RS256", "rsa", {"sub": "a"})
