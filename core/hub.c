@@ -1416,9 +1416,6 @@ void hub_get_stats(const hub *h, hub_stats *st)
     if (b) {
         writer_stats(b->writer, &ws);
         st->commits = ws.batches;
-        for (int i = 0; i <= WRITER_COMMIT_BUCKETS; i++) /* cumulative */
-            st->commit_buckets[i] = ws.commit_buckets[i] + (i ? st->commit_buckets[i - 1] : 0);
-        st->commit_sum = (double)ws.commit_ns / 1e9;
     }
     if (b && b->cluster) {
         struct cluster_stats cs;

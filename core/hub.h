@@ -351,10 +351,6 @@ typedef struct hub_stats {
      * bucket as Prometheus wants; the last bucket is +Inf. */
     uint64_t latency_buckets[HUB_LATENCY_BUCKETS + 1];
     double latency_sum;
-    /* Storage commits (the writer's store_append_batch), cumulative per
-     * bucket of writer_commit_bounds; the last bucket is +Inf. */
-    uint64_t commit_buckets[WRITER_COMMIT_BUCKETS + 1];
-    double commit_sum;
     /* Cluster mode only (cluster set): NATS connected now (0/1), reconnects,
      * publishes waiting for a PubAck, publishes JetStream refused or never
      * acknowledged (answered 503). */
