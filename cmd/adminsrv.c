@@ -713,6 +713,31 @@ static void answer_metrics(gather *g)
          "sluice_cutoffs_total{reason=\"slow_consumer\",transport=\"sse\"} %llu\n"
          "sluice_cutoffs_total{reason=\"publish_refused\",transport=\"websocket\"} %llu\n",
          ss.slow_websocket, ss.slow_sse, ss.publish_refused);
+    const hub_stats *hs = &p0->total;
+    tadd(&t, "# HELP sluice_storage_commit_seconds Time of each storage commit (a group of "
+             "publishes: write, and sync when durable).\n"
+             "# TYPE sluice_storage_commit_seconds histogram\n");
+    for (int i = 0; i < WRITER_COMMIT_BUCKETS; i++)
+        tadd(&t, "sluice_storage_commit_seconds_bucket{le=\"%g\"} %" PRIu64 "\n",
+             writer_commit_bounds[i], hs->commit_buckets[i]);
+    tadd(&t,
+         "sluice_storage_commit_seconds_bucket{le=\"+Inf\"} %" PRIu64 "\n"
+         "sluice_storage_commit_seconds_sum %.6f\n"
+         "sluice_storage_commit_seconds_count %" PRIu64 "\n",
+         hs->commit_buckets[WRITER_COMMIT_BUCKETS], hs->commit_sum,
+         hs->commit_buckets[WRITER_COMMIT_BUCKETS]);
+    tadd(&t, "# HELP sluice_publish_flush_seconds From a message's commit to its subscriber's "
+             "socket write (live WebSocket and SSE deliveries; ms resolution).\n"
+             "# TYPE sluice_publish_flush_seconds histogram\n");
+    for (int i = 0; i < HUB_FLUSH_BUCKETS; i++)
+        tadd(&t, "sluice_publish_flush_seconds_bucket{le=\"%g\"} %" PRIu64 "\n",
+             hub_flush_bounds[i], hs->flush_buckets[i]);
+    tadd(&t,
+         "sluice_publish_flush_seconds_bucket{le=\"+Inf\"} %" PRIu64 "\n"
+         "sluice_publish_flush_seconds_sum %.3f\n"
+         "sluice_publish_flush_seconds_count %" PRIu64 "\n",
+         hs->flush_buckets[HUB_FLUSH_BUCKETS], hs->flush_sum,
+         hs->flush_buckets[HUB_FLUSH_BUCKETS]);
     tadd(&t,
          "# HELP sluice_drops_total Messages not delivered or not stored, by reason.\n"
          "# TYPE sluice_drops_total counter\n"

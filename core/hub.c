@@ -72,6 +72,8 @@ typedef struct hub_counters {
     uint64_t published, delivered, subscribers, publish_failures, ntopics;
     uint64_t latency_buckets[HUB_LATENCY_BUCKETS + 1];
     uint64_t latency_ns;
+    uint64_t flush_buckets[HUB_FLUSH_BUCKETS + 1]; /* hub_count_flush */
+    uint64_t flush_ms;
 } hub_counters;
 
 #define COUNT(field, n)                                                                            \
@@ -1386,6 +1388,9 @@ static void add_counters(hub_stats *st, const hub_counters *c)
     for (int i = 0; i <= HUB_LATENCY_BUCKETS; i++)
         st->latency_buckets[i] += READ(c->latency_buckets[i]);
     st->latency_sum += (double)READ(c->latency_ns) / 1e9;
+    for (int i = 0; i <= HUB_FLUSH_BUCKETS; i++)
+        st->flush_buckets[i] += READ(c->flush_buckets[i]);
+    st->flush_sum += (double)READ(c->flush_ms) / 1e3;
 }
 
 void hub_get_stats(const hub *h, hub_stats *st)
@@ -1402,6 +1407,8 @@ void hub_get_stats(const hub *h, hub_stats *st)
     }
     for (int i = 1; i <= HUB_LATENCY_BUCKETS; i++) /* cumulative */
         st->latency_buckets[i] += st->latency_buckets[i - 1];
+    for (int i = 1; i <= HUB_FLUSH_BUCKETS; i++)
+        st->flush_buckets[i] += st->flush_buckets[i - 1];
     struct store_stats ss;
     if (b && store_stats(b->store, &ss) == 0) {
         st->store_file_bytes = ss.file_bytes;
@@ -1416,6 +1423,9 @@ void hub_get_stats(const hub *h, hub_stats *st)
     if (b) {
         writer_stats(b->writer, &ws);
         st->commits = ws.batches;
+        for (int i = 0; i <= WRITER_COMMIT_BUCKETS; i++) /* cumulative */
+            st->commit_buckets[i] = ws.commit_buckets[i] + (i ? st->commit_buckets[i - 1] : 0);
+        st->commit_sum = (double)ws.commit_ns / 1e9;
     }
     if (b && b->cluster) {
         struct cluster_stats cs;
@@ -1426,6 +1436,18 @@ void hub_get_stats(const hub *h, hub_stats *st)
         st->cluster_inflight = cs.inflight;
         st->cluster_publish_failures = cs.publish_failures;
     }
+}
+
+const double hub_flush_bounds[HUB_FLUSH_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                                    0.1,   0.25,   0.5,   1,    2.5,   5};
+
+void hub_count_flush(hub *h, double seconds)
+{
+    int i = 0;
+    while (i < HUB_FLUSH_BUCKETS && seconds > hub_flush_bounds[i])
+        i++;
+    COUNT(h->stats.flush_buckets[i], 1);
+    COUNT(h->stats.flush_ms, (uint64_t)(seconds * 1e3 + 0.5));
 }
 
 void hub_count_delivery(hub *h)

@@ -337,6 +337,7 @@ void hub_deflate_get_stats(hub_deflate_stats *st);
 /* Counters for /metrics, summed over every hub on the bus (storage figures
  * read from the store).  Any hub's thread. */
 #define HUB_LATENCY_BUCKETS 12
+#define HUB_FLUSH_BUCKETS 12 /* hub_count_flush's */
 /* Upper bounds (seconds) of the publish latency histogram's buckets. */
 extern const double hub_latency_bounds[HUB_LATENCY_BUCKETS];
 
@@ -351,6 +352,14 @@ typedef struct hub_stats {
      * bucket as Prometheus wants; the last bucket is +Inf. */
     uint64_t latency_buckets[HUB_LATENCY_BUCKETS + 1];
     double latency_sum;
+    /* Storage commits (the writer's store_append_batch), cumulative per
+     * bucket of writer_commit_bounds; the last bucket is +Inf. */
+    uint64_t commit_buckets[WRITER_COMMIT_BUCKETS + 1];
+    double commit_sum;
+    /* From commit to the subscriber's socket (hub_count_flush),
+     * cumulative; the last bucket is +Inf. */
+    uint64_t flush_buckets[HUB_FLUSH_BUCKETS + 1];
+    double flush_sum;
     /* Cluster mode only (cluster set): NATS connected now (0/1), reconnects,
      * publishes waiting for a PubAck, publishes JetStream refused or never
      * acknowledged (answered 503). */
@@ -358,6 +367,12 @@ typedef struct hub_stats {
     uint64_t cluster_connected, cluster_reconnects, cluster_inflight, cluster_publish_failures;
 } hub_stats;
 void hub_get_stats(const hub *h, hub_stats *st);
+
+/* Counts the time from a message's commit to the moment a subscriber's
+ * output holding it was all written (publish-to-flush, seconds, ms
+ * resolution).  Hub's thread. */
+extern const double hub_flush_bounds[HUB_FLUSH_BUCKETS];
+void hub_count_flush(hub *h, double seconds);
 
 /* Counts one delivery (transports call it when they queue a message). */
 void hub_count_delivery(hub *h);

@@ -102,6 +102,10 @@ struct sub_session {
     uint8_t end_why; /* sub_end_reason: why it ended (the end-of-stream line) */
     uint32_t msgs;   /* messages handed to the transport (the same line) */
     bool presence_events; /* sluice.join and sluice.leave are delivered */
+    /* WebSocket and SSE: the commit time (wall ms, low 32 bits, | 1) of
+     * the oldest live message queued and not yet written (0: none), for
+     * the publish-to-flush histogram.  It fills padding. */
+    uint32_t flush_from;
     union {
         struct {
             ws_decoder *dec; /* only while a frame is partly received */
@@ -119,6 +123,11 @@ struct sub_session {
         lp_state *lp;
     } t;
 };
+
+/* A stream's output was all written (its on_drain): the time from the
+ * oldest live message's commit to now goes to the hub's publish-to-flush
+ * histogram. */
+void session_flushed(sub_session *s);
 
 /* Delivers a message to the session (the hub's callback). */
 void session_deliver(void *owner, hub_msg *m);

@@ -15,6 +15,7 @@ static void sse_on_timer(conn *c, void *state);
 static void sse_on_close(conn *c, void *state);
 static void sse_on_drain(conn *c, void *state)
 {
+    session_flushed(state);
     int rc = session_replay_more(state);
     if (rc < 0 && rc != SL_EGONE) conn_close_after_write(c);
 }

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 sub_config sub_defaults = {
     .sse_heartbeat = 15,
@@ -403,6 +404,17 @@ static bool wanted(const sub_session *s, const hub_msg *m)
     return false;
 }
 
+void session_flushed(sub_session *s)
+{
+    if (!s->flush_from || session_ended(s)) return;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts); /* the clock of hub_msg.time_ms */
+    uint32_t now = (uint32_t)((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+    uint32_t ms = now - (s->flush_from & ~1u); /* modulo 2^32: fine below 49 days */
+    s->flush_from = 0;
+    if (ms < 0x80000000u) hub_count_flush(s->hub, ms / 1000.0);
+}
+
 void session_deliver(void *owner, hub_msg *m)
 {
     sub_session *s = owner;
@@ -422,6 +434,8 @@ void session_deliver(void *owner, hub_msg *m)
         }
     }
     s->msgs++;
+    if (!s->tp->oneshot && !s->in_replay && !s->flush_from)
+        s->flush_from = (uint32_t)m->time_ms | 1;
     s->tp->send_msg(s, out);
     if (out != m) hub_msg_unref(out);
     hub_count_delivery(h);

@@ -428,6 +428,7 @@ static void ws_on_timer(conn *c, void *state)
 
 static void ws_on_drain(conn *c, void *state)
 {
+    session_flushed(state);
     int rc = session_replay_more(state);
     if (rc < 0 && rc != SL_EGONE) ws_session_close(state, WS_CLOSE_INTERNAL_ERROR, "storage error");
 }

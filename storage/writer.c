@@ -97,9 +97,10 @@ static size_t run_batch(struct writer *w, struct writer_req *batch, size_t n, in
         m->ikey = r->ikey;
         m->ikey_len = r->ikey ? r->ikey_len : 0;
     }
-    int64_t start_ns = n == 1 ? now_mono_ns() : 0;
+    int64_t start_ns = now_mono_ns();
     int rc = store_append_batch(w->store, w->msgs, n, now);
-    int64_t lone_ns = n == 1 ? now_mono_ns() - start_ns : -1;
+    int64_t took_ns = now_mono_ns() - start_ns;
+    int64_t lone_ns = n == 1 ? took_ns : -1;
     r = batch;
     for (size_t i = 0; i < n; i++) {
         /* Read next before done(): the request may be freed from then on. */
@@ -120,6 +121,11 @@ static size_t run_batch(struct writer *w, struct writer_req *batch, size_t n, in
     if (!w->dirty && w->o.commit_on_submitter) pthread_cond_signal(&w->cv);
     w->dirty = 1;
     if (lone_ns >= 0) w->lone_ns += (lone_ns - w->lone_ns) / 4;
+    int b = 0;
+    while (b < WRITER_COMMIT_BUCKETS && (double)took_ns > writer_commit_bounds[b] * 1e9)
+        b++;
+    w->st.commit_buckets[b]++;
+    w->st.commit_ns += (uint64_t)took_ns;
     w->st.batches++;
     w->st.on_submitter += on_submitter != 0;
     w->st.messages += n;
@@ -377,6 +383,9 @@ void writer_stop(struct writer *w)
     free(w->msgs);
     free(w);
 }
+
+const double writer_commit_bounds[WRITER_COMMIT_BUCKETS] = {
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1};
 
 void writer_stats(struct writer *w, struct writer_stats *st)
 {

@@ -128,6 +128,10 @@ size_t writer_commit_queued(struct writer *w);
  * Call once, not from the completion callback. */
 void writer_stop(struct writer *w);
 
+/* Upper bounds (seconds) of the commit-time histogram's buckets. */
+#define WRITER_COMMIT_BUCKETS 12
+extern const double writer_commit_bounds[WRITER_COMMIT_BUCKETS];
+
 struct writer_stats {
     uint64_t batches;   /* transactions committed or failed */
     uint64_t messages;  /* requests completed */
@@ -136,6 +140,11 @@ struct writer_stats {
     uint64_t syncs;     /* periodic syncs (relaxed) */
     uint64_t swept;     /* messages removed by the age sweep */
     uint64_t on_submitter; /* batches committed by writer_commit_queued */
+    /* Time in store_append_batch per batch (the commit, and its sync when
+     * durable), per bucket of writer_commit_bounds (not cumulative; the
+     * last is above them all), and their sum in ns. */
+    uint64_t commit_buckets[WRITER_COMMIT_BUCKETS + 1];
+    uint64_t commit_ns;
     size_t queued;      /* requests waiting now */
 };
 

@@ -219,6 +219,13 @@ class AdminTest(SluiceTestCase):
         self.assertIn('sluice_cutoffs_total{reason="slow_consumer",transport="websocket"} 0', body)
         self.assertIn('sluice_connections{transport="sse"} %d' % n, body)
         self.assertIn("sluice_publish_latency_seconds_bucket", body)
+        commits = int(re.search(r"^sluice_storage_commit_seconds_count (\d+)$", body, re.M).group(1))
+        self.assertGreater(commits, 0)
+        self.assertIn('sluice_storage_commit_seconds_bucket{le="+Inf"} %d' % commits, body)
+        # Each subscriber's live message was written to its socket.
+        flushed = int(re.search(r"^sluice_publish_flush_seconds_count (\d+)$", body, re.M).group(1))
+        self.assertGreaterEqual(flushed, n)
+        self.assertIn('sluice_publish_flush_seconds_bucket{le="+Inf"} %d' % flushed, body)
         self.assertIn("sluice_script_errors_total 0", body)
         # Every line is a comment or "name{labels} value".
         for line in body.splitlines():
