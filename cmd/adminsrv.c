@@ -33,6 +33,10 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 
 /* The dashboard, compiled in by CMake (cmake/embed.cmake). */
 extern const char adm_index_html_source[], adm_dashboard_js_source[], adm_dashboard_css_source[],
@@ -736,8 +740,7 @@ static void answer_metrics(gather *g)
          "sluice_publish_flush_seconds_bucket{le=\"+Inf\"} %" PRIu64 "\n"
          "sluice_publish_flush_seconds_sum %.3f\n"
          "sluice_publish_flush_seconds_count %" PRIu64 "\n",
-         hs->flush_buckets[HUB_FLUSH_BUCKETS], hs->flush_sum,
-         hs->flush_buckets[HUB_FLUSH_BUCKETS]);
+         hs->flush_buckets[HUB_FLUSH_BUCKETS], hs->flush_sum, hs->flush_buckets[HUB_FLUSH_BUCKETS]);
     tadd(&t,
          "# HELP sluice_drops_total Messages not delivered or not stored, by reason.\n"
          "# TYPE sluice_drops_total counter\n"
@@ -1231,6 +1234,48 @@ static void on_log_flush(struct ev_loop *loop, ev_prepare *p, int revents)
 
 static ev_prepare log_watcher;
 
+/* Whether another socket listens on "ADDR:PORT" ("[V6]:PORT"): the admin
+ * socket is opened with SO_REUSEPORT like the public ones (server_listen),
+ * which would let it share the port with another sluice of the same user,
+ * so a plain bind proves the port free first.  Port 0 is always free. */
+static bool address_taken(const char *addr)
+{
+    char host[INET6_ADDRSTRLEN + 2];
+    const char *colon = strrchr(addr, ':');
+    if (!colon || (size_t)(colon - addr) >= sizeof(host)) return false; /* server_listen says */
+    memcpy(host, addr, (size_t)(colon - addr));
+    host[colon - addr] = '\0';
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || port <= 0 || port > 65535) return false;
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    socklen_t len;
+    size_t hl = strlen(host);
+    if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+        host[hl - 1] = '\0';
+        if (inet_pton(AF_INET6, host + 1, &a->sin6_addr) != 1) return false;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons((uint16_t)port);
+        len = sizeof(*a);
+    } else {
+        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+        if (inet_pton(AF_INET, host, &a->sin_addr) != 1) return false;
+        a->sin_family = AF_INET;
+        a->sin_port = htons((uint16_t)port);
+        len = sizeof(*a);
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return false;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (ss.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    bool taken = bind(fd, (struct sockaddr *)&ss, len) < 0 && errno == EADDRINUSE;
+    close(fd);
+    return taken;
+}
+
 adm *adm_start(const adm_opts *o, char *err, size_t errlen)
 {
     adm *a = calloc(1, sizeof(adm));
@@ -1266,6 +1311,10 @@ adm *adm_start(const adm_opts *o, char *err, size_t errlen)
     if (strspn(l, "0123456789") == strlen(l)) {
         snprintf(addr, sizeof(addr), "127.0.0.1:%s", l);
         l = addr;
+    }
+    if (address_taken(l)) {
+        snprintf(err, errlen, "cannot listen on %s: %s", l, strerror(EADDRINUSE));
+        goto fail_srv;
     }
     /* join: the admin address is not a worker group, and its line below
      * says "admin". */

@@ -329,6 +329,16 @@ class AdminDefaultsTest(SluiceTestCase):
         self.assertEqual(rc, 1)
         self.assertIn("admin.listn", err)
 
+    def test_admin_port_taken(self):
+        srv = self.start(args=["--admin-listen", "127.0.0.1:0"], expect_listeners=2)
+        port = int(ADMIN_RE.search(srv.log_text()).group(2))
+        from harness import run_sluice
+        rc, _, err = run_sluice(["-l", "127.0.0.1:0", "-d", self.tmpdir(),
+                                 "--admin-listen", "127.0.0.1:%d" % port])
+        self.assertEqual(rc, 1, err)
+        self.assertIn("cannot listen on 127.0.0.1:%d" % port, err)
+        self.assertTrue(srv.alive())
+
     def test_bad_token_file(self):
         d = self.tmpdir()
         for content in ("", "two words\n", "x" * 300):
