@@ -40,8 +40,8 @@ export interface ClientOptions extends Options {
 
 export interface EventMap {
   message: Message;
-  /** Messages whose event is "presence" or starts with "sluice.presence". */
-  presence: Message;
+  /** A member joined or left the topic (the app subscribed with presence_events). */
+  presence: { type: 'join' | 'leave'; topic: string; member: string; info: unknown; id: string };
   open: { transport: Transport };
   /** Messages before the replayed ones were missed (retention passed them). */
   gap: { topic: string; transport: Transport };

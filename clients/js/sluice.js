@@ -70,8 +70,13 @@ export class Subscription extends Emitter {
     this._seenQ.push(m.id);
     if (this._seenQ.length > 1000) this._seen.delete(this._seenQ.shift());
     this.lastId = m.id;
-    const ev = m.event || '';
-    this._emit(ev === 'presence' || ev.startsWith('sluice.presence') ? 'presence' : 'message', m);
+    if (m.event === 'sluice.join' || m.event === 'sluice.leave') {
+      // Presence (docs/protocol.md, "Presence events"): {topic, id, info}.
+      let p = {};
+      try { p = JSON.parse(m.data); } catch (e) {}
+      return this._emit('presence', { type: m.event.slice(7), topic: p.topic || m.topic, member: p.id, info: p.info, id: m.id });
+    }
+    this._emit('message', m);
   }
 
   _url(transport, extra) {

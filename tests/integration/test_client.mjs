@@ -4,7 +4,9 @@
 // long-poll; a network drop (connections cut by a proxy), a change of
 // transport mid-stream, and a server restart with nothing lost or repeated.
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import net from 'node:net';
+import path from 'node:path';
 import { describe, test } from 'node:test';
 import WebSocket from 'ws';
 import { Sluice } from '../../clients/js/sluice.js';
@@ -86,6 +88,42 @@ describe('clients/js in Node', () => {
       assert.equal(r.messages[0].event, 'e1');
       assert.deepEqual([...r.messages[1].data], [1, 0xfe]);
       assert.ok(r.gaps.length >= 1, `gap over ${tr}`);
+    }
+  });
+
+  test('presence events on every transport', async (t) => {
+    const dir = tmpdir(t);
+    const appFile = path.join(dir, 'presence.lua');
+    fs.writeFileSync(appFile, `local sluice = require "sluice"
+sluice.route("GET", "/topics/:t", function(req)
+  local opts = { presence_events = true }
+  if req.query.member then opts.presence = { id = req.query.member, info = { n = 1 } } end
+  return req:subscribe(req.params.t, opts)
+end)
+sluice.route("POST", "/topics/:t", function(req)
+  return sluice.json(200, { id = sluice.publish(req.params.t, req.body) })
+end)
+`);
+    const srv = await startServer(t, { app: appFile });
+    const c = new Sluice(srv.url(''), opts);
+    const tp = topic('presence');
+    const recs = ['websocket', 'sse', 'longpoll'].map((tr) => {
+      const sub = c.subscribe(tp, { transports: [tr], pollTimeout: 5 });
+      t.after(() => sub.close());
+      const r = record(sub);
+      r.presence = [];
+      sub.on('presence', (p) => r.presence.push(p));
+      return r;
+    });
+    await waitFor(() => recs.every((r) => r.opens.length), 10000, 'open');
+    const alice = c.subscribe(tp, { transports: ['sse'], path: '/topics/', url: `/topics/${tp}?member=alice` });
+    await waitFor(() => recs.every((r) => r.presence.length >= 1), 10000, 'join');
+    alice.close();
+    await waitFor(() => recs.every((r) => r.presence.length >= 2), 10000, 'leave');
+    for (const r of recs) {
+      assert.deepEqual(r.presence.map((p) => [p.type, p.member, p.topic]), [['join', 'alice', tp], ['leave', 'alice', tp]]);
+      assert.deepEqual(r.presence[0].info, { n: 1 });
+      assert.equal(r.messages.length, 0);
     }
   });
 
