@@ -119,7 +119,8 @@ typedef struct part {
     bool ran;             /* false: the worker had ended */
     hub_stats own, total; /* total: worker 0 only */
     unsigned conns, websocket, sse, longpoll;
-    topic_row *topics; /* grown as the worker's topics are walked */
+    uint64_t bytes_websocket, bytes_sse; /* written to its open streams */
+    topic_row *topics;                   /* grown as the worker's topics are walked */
     size_t ntopics, topics_cap;
     text out; /* connections' JSON, or (worker 0) the base metrics text */
     int status;
@@ -262,11 +263,13 @@ static void count_conns(part *p, server *srv)
         sub_session *s = sub_session_of(c);
         if (!s) continue;
         const char *tp = sub_transport(s);
-        if (strcmp(tp, "websocket") == 0)
+        if (strcmp(tp, "websocket") == 0) {
             p->websocket++;
-        else if (strcmp(tp, "sse") == 0)
+            p->bytes_websocket += c->sent;
+        } else if (strcmp(tp, "sse") == 0) {
             p->sse++;
-        else
+            p->bytes_sse += c->sent;
+        } else
             p->longpoll++;
     }
 }
@@ -741,6 +744,17 @@ static void answer_metrics(gather *g)
          "sluice_publish_flush_seconds_sum %.3f\n"
          "sluice_publish_flush_seconds_count %" PRIu64 "\n",
          hs->flush_buckets[HUB_FLUSH_BUCKETS], hs->flush_sum, hs->flush_buckets[HUB_FLUSH_BUCKETS]);
+    uint64_t bws = ss.bytes_websocket, bsse = ss.bytes_sse;
+    for (int i = 0; i < g->nparts; i++) {
+        bws += g->parts[i].bytes_websocket;
+        bsse += g->parts[i].bytes_sse;
+    }
+    tadd(&t,
+         "# HELP sluice_bytes_sent_total Bytes written to WebSocket and SSE streams, open or "
+         "ended.\n# TYPE sluice_bytes_sent_total counter\n"
+         "sluice_bytes_sent_total{transport=\"websocket\"} %" PRIu64 "\n"
+         "sluice_bytes_sent_total{transport=\"sse\"} %" PRIu64 "\n",
+         bws, bsse);
     tadd(&t,
          "# HELP sluice_drops_total Messages not delivered or not stored, by reason.\n"
          "# TYPE sluice_drops_total counter\n"

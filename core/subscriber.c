@@ -35,6 +35,8 @@ void sub_get_stats(sub_stats *st)
     st->slow_websocket = __atomic_load_n(&sub_counts.slow_websocket, __ATOMIC_RELAXED);
     st->slow_sse = __atomic_load_n(&sub_counts.slow_sse, __ATOMIC_RELAXED);
     st->filtered = __atomic_load_n(&sub_counts.filtered, __ATOMIC_RELAXED);
+    st->bytes_websocket = __atomic_load_n(&sub_counts.bytes_websocket, __ATOMIC_RELAXED);
+    st->bytes_sse = __atomic_load_n(&sub_counts.bytes_sse, __ATOMIC_RELAXED);
 }
 
 sub_session *sub_session_of(conn *c)
@@ -462,7 +464,10 @@ static void log_stream_end(sub_session *s)
 {
     static const char *const why[] = {"peer",  "slow_consumer", "shutdown", "admin",
                                       "app",   "publish_refused", "protocol", "error"};
-    if (s->tp->oneshot || !log_enabled(LOG_INFO)) return;
+    if (s->tp->oneshot) return;
+    __atomic_add_fetch(s->tp == &ws_transport ? &sub_counts.bytes_websocket : &sub_counts.bytes_sse,
+                       s->c->sent, __ATOMIC_RELAXED);
+    if (!log_enabled(LOG_INFO)) return;
     conn *c = s->c;
     if (!s->end_why && c->srv->stopping) s->end_why = SUB_END_SHUTDOWN;
     size_t tlen = 0;

@@ -149,6 +149,9 @@ typedef struct sub_stats {
     unsigned long long slow_websocket, slow_sse;
     /* Messages a subscriber's filter (the app's opts.filter) dropped. */
     unsigned long long filtered;
+    /* Bytes written to WebSocket and SSE streams that have ended (add the
+     * open ones' conn.sent for a total). */
+    unsigned long long bytes_websocket, bytes_sse;
 } sub_stats;
 void sub_get_stats(sub_stats *st);
 

@@ -226,6 +226,16 @@ class AdminTest(SluiceTestCase):
         flushed = int(re.search(r"^sluice_publish_flush_seconds_count (\d+)$", body, re.M).group(1))
         self.assertGreaterEqual(flushed, n)
         self.assertIn('sluice_publish_flush_seconds_bucket{le="+Inf"} %d' % flushed, body)
+        # Each SSE stream got at least its head, retry line and message.
+        sent = int(re.search(r'^sluice_bytes_sent_total\{transport="sse"\} (\d+)$', body, re.M).group(1))
+        self.assertGreater(sent, n * 100)
+        # Ended streams stay counted.
+        for c in subs[:50]:
+            c.close()
+        time.sleep(0.5)
+        body2 = self.areq("GET", "/metrics").body.decode()
+        sent2 = int(re.search(r'^sluice_bytes_sent_total\{transport="sse"\} (\d+)$', body2, re.M).group(1))
+        self.assertGreaterEqual(sent2, sent)
         self.assertIn("sluice_script_errors_total 0", body)
         # Every line is a comment or "name{labels} value".
         for line in body.splitlines():
