@@ -65,7 +65,7 @@ static ssize_t ws_fail(ws_decoder *d, unsigned code, const char *reason)
     d->state = ST_ERROR;
     d->err_code = code;
     d->err_reason = reason;
-    return -1;
+    return SL_EPROTO;
 }
 
 /* XOR n bytes at p with the mask, starting at mask byte pos.  Eight bytes a
@@ -218,7 +218,7 @@ static int ws_control_end(ws_decoder *d, const ws_callbacks *cb, void *ud)
 
 ssize_t ws_decoder_feed(ws_decoder *d, uint8_t *data, size_t len, const ws_callbacks *cb, void *ud)
 {
-    if (d->state == ST_ERROR) return -1;
+    if (d->state == ST_ERROR) return SL_EPROTO;
     if (len == 0) return 0; /* data may be NULL */
 
     uint8_t *p = data, *end = data + len;
@@ -227,12 +227,12 @@ ssize_t ws_decoder_feed(ws_decoder *d, uint8_t *data, size_t len, const ws_callb
         case ST_CLOSED:
             return (ssize_t)len;
         case ST_ERROR:
-            return -1;
+            return SL_EPROTO;
         case ST_HEADER:
             if (p == end) return (ssize_t)len;
             d->hdr[d->hdr_have++] = *p++;
-            if (d->hdr_have == 2 && ws_header_start(d) < 0) return -1;
-            if (d->hdr_have == d->len_end && ws_header_length(d) < 0) return -1;
+            if (d->hdr_have == 2 && ws_header_start(d) < 0) return SL_EPROTO;
+            if (d->hdr_have == d->len_end && ws_header_length(d) < 0) return SL_EPROTO;
             if (d->hdr_have == d->hdr_need) ws_header_end(d);
             continue;
         case ST_PAYLOAD:
@@ -255,7 +255,7 @@ ssize_t ws_decoder_feed(ws_decoder *d, uint8_t *data, size_t len, const ws_callb
             p += n;
             if (d->remaining) return (ssize_t)len; /* p == end */
             int rc = ws_control_end(d, cb, ud);
-            if (rc < 0) return -1;
+            if (rc < 0) return SL_EPROTO;
             if (rc) return p - data;
             continue;
         }
@@ -379,11 +379,11 @@ int ws_accept_key(const char *key, size_t len, char out[WS_ACCEPT_KEY_LEN + 1])
     unsigned int mdlen = 0;
 
     out[0] = '\0';
-    if (len > 256) return -1;
+    if (len > 256) return SL_EINVAL;
     memcpy(buf, key, len);
     memcpy(buf + len, ws_guid, sizeof(ws_guid) - 1);
     if (!EVP_Digest(buf, len + sizeof(ws_guid) - 1, md, &mdlen, EVP_sha1(), NULL) || mdlen != 20)
-        return -1;
+        return SL_ENOMEM;
     /* 20 bytes: six full groups of three, then two bytes and one '='. */
     char *o = out;
     for (unsigned i = 0; i < 18; i += 3) {
@@ -559,7 +559,7 @@ int ws_deflate_negotiate(const char *value, size_t len, ws_deflate_params *out,
         if (c.p >= c.end) break;
         const char *name;
         size_t nl;
-        if (!ext_token(&c, &name, &nl)) return -1;
+        if (!ext_token(&c, &name, &nl)) return SL_EINPUT;
         bool pmd = ext_name_is(name, nl, "permessage-deflate");
         bool ok = pmd && !found;
         unsigned seen = 0;
@@ -570,7 +570,7 @@ int ws_deflate_negotiate(const char *value, size_t len, ws_deflate_params *out,
             ext_ows(&c);
             const char *pn;
             size_t pl;
-            if (!ext_token(&c, &pn, &pl)) return -1;
+            if (!ext_token(&c, &pn, &pl)) return SL_EINPUT;
             ext_ows(&c);
             char v[16];
             int vl = -3; /* no value */
@@ -578,7 +578,7 @@ int ws_deflate_negotiate(const char *value, size_t len, ws_deflate_params *out,
                 c.p++;
                 ext_ows(&c);
                 vl = ext_value(&c, v, sizeof(v));
-                if (vl == -1) return -1;
+                if (vl == -1) return SL_EINPUT;
                 ext_ows(&c);
             }
             if (!ok) continue; /* another extension's, or an offer already out */
@@ -606,7 +606,7 @@ int ws_deflate_negotiate(const char *value, size_t len, ws_deflate_params *out,
                 ok = false; /* client_max_window_bits: none, or 8..15 */
             }
         }
-        if (c.p < c.end && *c.p != ',') return -1; /* junk after the offer */
+        if (c.p < c.end && *c.p != ',') return SL_EINPUT; /* junk after the offer */
         if (ok) {
             *out = p;
             found = 1; /* the rest is still parsed: a bad list is a 400 */

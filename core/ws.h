@@ -28,6 +28,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "core/err.h"
 #include "core/utf8.h"
 
 /* Frame opcodes (RFC 6455 section 5.2). */
@@ -101,7 +102,7 @@ typedef struct ws_callbacks {
 
 /* Decoder state.  The caller owns it (embed it in the connection); it owns
  * nothing and needs no cleanup.  Fields are private except err_code and
- * err_reason, readable after ws_decoder_feed returned -1.
+ * err_reason, readable after ws_decoder_feed returned SL_EPROTO.
  *
  * Rules enforced (close code): client frames masked (1002, if required);
  * RSV bits clear (1002), except RSV1 on the first frame of a text or binary
@@ -171,11 +172,11 @@ void ws_decoder_allow_deflate(ws_decoder *d);
  *    Nothing after them has been read or unmasked, so the caller resumes by
  *    feeding data + count later (or drops the rest).  The caller knows a
  *    stop happened since its own callback asked for it;
- *  - -1 on a protocol violation: d->err_code is the close code to send
+ *  - SL_EPROTO on a protocol violation: d->err_code is the close code to send
  *    (1002 protocol error, 1007 invalid UTF-8, 1009 message too big) and
  *    d->err_reason a short static text for the close reason and the log.
  *    Events before the violation were reported; the chunk holding invalid
- *    UTF-8 is not.  From then on every feed returns -1 at once.
+ *    UTF-8 is not.  From then on every feed returns SL_EPROTO at once.
  *
  * After a valid close frame (on_close) the decoder is finished: the bytes
  * after it, in this feed and later ones, are consumed and ignored (a peer
@@ -252,8 +253,9 @@ bool ws_key_valid(const char *key, size_t len);
 
 /* ws_accept_key: Sec-WebSocket-Accept for key (len bytes, trimmed): base64
  * of SHA-1(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").  Writes 28
- * characters and a NUL into out.  Returns 0, or -1 if len > 256 (no valid
- * key is that long) or libcrypto fails; out is then the empty string. */
+ * characters and a NUL into out.  Returns 0, SL_EINVAL if len > 256 (no
+ * valid key is that long) or SL_ENOMEM if libcrypto fails; out is then the
+ * empty string. */
 int ws_accept_key(const char *key, size_t len, char out[WS_ACCEPT_KEY_LEN + 1]);
 
 /* ws_token_next: step through a comma-separated HTTP header list (RFC 9110
@@ -305,7 +307,7 @@ typedef struct ws_deflate_params {
  *    0  no acceptable offer in this value: no extension (the handshake goes
  *       on without it); *declined counts the permessage-deflate offers
  *       declined (may be NULL);
- *   -1  the value does not parse as an extension list (RFC 6455 section
+ *   SL_EINPUT  the value does not parse as an extension list (RFC 6455 section
  *       9.1): the server may fail the handshake with 400.
  * A header that repeats gives one value per line: call it on each, in
  * order, until one returns 1. */

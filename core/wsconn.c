@@ -60,7 +60,7 @@ static int ws_negotiate_deflate(const http_request *req, ws_deflate_params *p)
     int rc = 0;
     for (int i = 0; i < req->nheaders && rc == 0; i++) {
         const http_header *h = &req->headers[i];
-        if (h->name_len != 24 || strncasecmp(h->name, "sec-websocket-extensions", 24) != 0)
+        if (!STR_IS_CASE(h->name, h->name_len, "sec-websocket-extensions"))
             continue;
         unsigned d = 0;
         rc = ws_deflate_negotiate(h->value, h->value_len, p, &d);
@@ -96,7 +96,7 @@ static int ws_start(sub_session *s, const sub_request *r, const http_request *re
         *why = "bad WebSocket upgrade headers";
         return 400;
     }
-    if (!version || vlen != 2 || memcmp(version, "13", 2) != 0) {
+    if (!version || !STR_IS(version, vlen, "13")) {
         *why = "unsupported WebSocket version (13 only)";
         return 426;
     }
@@ -114,7 +114,7 @@ static int ws_start(sub_session *s, const sub_request *r, const http_request *re
         bool offered = false;
         for (int i = 0; i < req->nheaders && !offered; i++) {
             const http_header *h = &req->headers[i];
-            if (h->name_len != 22 || strncasecmp(h->name, "sec-websocket-protocol", 22) != 0)
+            if (!STR_IS_CASE(h->name, h->name_len, "sec-websocket-protocol"))
                 continue;
             const char *pos = h->value, *tok;
             size_t tl;
@@ -297,13 +297,13 @@ static int on_frame_compressed(void *ud, int opcode, const uint8_t *data, size_t
     uint64_t total = s->t.ws.msg_len;
     int rc = wsz_inflate(s->t.ws.inflater, data, len, fin, sub_defaults.ws_max_message, &total,
                          ws_msg_append, s);
-    if (rc == WSZ_STOPPED || session_ended(s)) return 1;
-    if (rc != WSZ_OK) {
+    if (rc == SL_EGONE || session_ended(s)) return 1;
+    if (rc != SL_OK) {
         char remote[64];
-        bool big = rc == WSZ_TOO_BIG;
+        bool big = rc == SL_ELIMIT;
         if (big)
             DEFLATE_COUNT(too_big, 1);
-        else if (rc == WSZ_BAD_DATA)
+        else if (rc == SL_EINPUT)
             DEFLATE_COUNT(bad_data, 1);
         LOG_KV_LIMITED(&inflate_log, 1.0, LOG_INFO,
                        big ? "websocket client closed: message too big once inflated"
@@ -311,9 +311,9 @@ static int on_frame_compressed(void *ud, int opcode, const uint8_t *data, size_t
                        LOG_S("remote", conn_remote_addr(s->c, remote, sizeof(remote))));
         ws_session_close(s,
                          big                     ? WS_CLOSE_TOO_BIG
-                         : rc == WSZ_NO_MEMORY   ? WS_CLOSE_INTERNAL_ERROR
+                         : rc == SL_ENOMEM   ? WS_CLOSE_INTERNAL_ERROR
                                                  : WS_CLOSE_INVALID_DATA,
-                         big ? "message too big" : rc == WSZ_NO_MEMORY ? "out of memory"
+                         big ? "message too big" : rc == SL_ENOMEM ? "out of memory"
                                                                        : "bad compressed data");
         return 1;
     }

@@ -55,17 +55,17 @@ size_t wsz_deflate_bound(size_t len)
 long wsz_deflate(const void *in, size_t len, uint8_t *out, size_t cap)
 {
     z_stream *zs = thread_deflater();
-    if (!zs || deflateReset(zs) != Z_OK) return -1;
+    if (!zs || deflateReset(zs) != Z_OK) return SL_ENOMEM;
     zs->next_in = (Bytef *)(uintptr_t)in;
     zs->avail_in = (uInt)len;
     zs->next_out = out;
     zs->avail_out = (uInt)cap;
     int rc = deflate(zs, Z_SYNC_FLUSH);
-    if (rc != Z_OK || zs->avail_in != 0 || zs->avail_out == 0) return -1;
+    if (rc != Z_OK || zs->avail_in != 0 || zs->avail_out == 0) return SL_ENOMEM;
     size_t n = cap - zs->avail_out;
     /* A sync flush ends with an empty stored block: 00 00 FF FF, which
      * RFC 7692 section 7.2.1 has the sender remove. */
-    if (n < 4 || memcmp(out + n - 4, "\x00\x00\xff\xff", 4) != 0) return -1;
+    if (n < 4 || memcmp(out + n - 4, "\x00\x00\xff\xff", 4) != 0) return SL_ENOMEM;
     return (long)(n - 4);
 }
 
@@ -92,7 +92,7 @@ void wsz_inflater_free(wsz_inflater *z)
     free(z);
 }
 
-/* Inflates in[0..len) through sink.  Returns WSZ_OK or an error. */
+/* Inflates in[0..len) through sink.  Returns SL_OK or an error. */
 static int inflate_some(wsz_inflater *z, const uint8_t *in, size_t len, uint64_t cap,
                         uint64_t *total, int (*sink)(void *, const uint8_t *, size_t), void *ud)
 {
@@ -100,7 +100,7 @@ static int inflate_some(wsz_inflater *z, const uint8_t *in, size_t len, uint64_t
     z->zs.next_in = (Bytef *)(uintptr_t)in;
     z->zs.avail_in = (uInt)len;
     while (z->zs.avail_in > 0) {
-        if (z->ended) return WSZ_BAD_DATA; /* bytes after the final block */
+        if (z->ended) return SL_EINPUT; /* bytes after the final block */
         /* Never more output than the cap leaves, plus one byte to see it
          * passed. */
         uint64_t room = cap - *total + 1;
@@ -112,30 +112,30 @@ static int inflate_some(wsz_inflater *z, const uint8_t *in, size_t len, uint64_t
         if (rc == Z_STREAM_END) {
             z->ended = true;
         } else if (rc == Z_MEM_ERROR) {
-            return WSZ_NO_MEMORY;
+            return SL_ENOMEM;
         } else if (rc != Z_OK && !(rc == Z_BUF_ERROR && got == 0 && z->zs.avail_in == 0)) {
-            return WSZ_BAD_DATA;
+            return SL_EINPUT;
         }
-        if (*total + got > cap) return WSZ_TOO_BIG;
+        if (*total + got > cap) return SL_ELIMIT;
         *total += got;
-        if (got && sink(ud, chunk, got)) return WSZ_STOPPED;
+        if (got && sink(ud, chunk, got)) return SL_EGONE;
         if (got == 0 && rc == Z_BUF_ERROR) break;
     }
-    return WSZ_OK;
+    return SL_OK;
 }
 
 int wsz_inflate(wsz_inflater *z, const uint8_t *in, size_t len, bool fin, uint64_t cap,
                 uint64_t *total, int (*sink)(void *ud, const uint8_t *data, size_t len),
                 void *ud)
 {
-    int rc = len ? inflate_some(z, in, len, cap, total, sink, ud) : WSZ_OK;
-    if (rc != WSZ_OK || !fin) return rc;
+    int rc = len ? inflate_some(z, in, len, cap, total, sink, ud) : SL_OK;
+    if (rc != SL_OK || !fin) return rc;
     static const uint8_t tail[4] = {0x00, 0x00, 0xff, 0xff};
     /* A sender that ended with a final block (BFINAL) sends no tail to
      * strip; the tail is then not inflated. */
-    if (z->ended) return WSZ_OK;
+    if (z->ended) return SL_OK;
     rc = inflate_some(z, tail, sizeof(tail), cap, total, sink, ud);
-    if (rc != WSZ_OK) return rc;
+    if (rc != SL_OK) return rc;
     /* Whatever the inflater holds must come out now. */
     for (;;) {
         uint8_t chunk[256];
@@ -147,11 +147,11 @@ int wsz_inflate(wsz_inflater *z, const uint8_t *in, size_t len, bool fin, uint64
         z->zs.avail_out = (uInt)want;
         int zr = inflate(&z->zs, Z_SYNC_FLUSH);
         size_t got = want - z->zs.avail_out;
-        if (zr != Z_OK && zr != Z_STREAM_END && zr != Z_BUF_ERROR) return WSZ_BAD_DATA;
-        if (*total + got > cap) return WSZ_TOO_BIG;
+        if (zr != Z_OK && zr != Z_STREAM_END && zr != Z_BUF_ERROR) return SL_EINPUT;
+        if (*total + got > cap) return SL_ELIMIT;
         *total += got;
-        if (got && sink(ud, chunk, got)) return WSZ_STOPPED;
+        if (got && sink(ud, chunk, got)) return SL_EGONE;
         if (got < want || zr != Z_OK) break;
     }
-    return WSZ_OK;
+    return SL_OK;
 }

@@ -16,24 +16,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/err.h"
+
 /* wsz_deflate_bound: room wsz_deflate wants in `out` for len bytes. */
 size_t wsz_deflate_bound(size_t len);
 
 /* wsz_deflate: compresses in[0..len) as one permessage-deflate payload
  * (raw deflate, 2^15 window, no context, the final 00 00 FF FF of the
  * sync flush taken off) into out (cap >= wsz_deflate_bound(len)).
- * Returns the compressed length, or -1 when zlib failed (no memory).  Any
+ * Returns the compressed length, or SL_ENOMEM when zlib failed.  Any
  * thread; each uses its own stream. */
 long wsz_deflate(const void *in, size_t len, uint8_t *out, size_t cap);
 
-/* Results of wsz_inflate. */
-enum {
-    WSZ_OK = 0,
-    WSZ_TOO_BIG = -1,  /* the inflated message passed the cap: close 1009 */
-    WSZ_BAD_DATA = -2, /* not a valid deflate stream: close 1007 */
-    WSZ_NO_MEMORY = -3,
-    WSZ_STOPPED = -4, /* the sink returned non-zero */
-};
+/* Results of wsz_inflate: SL_OK; SL_ELIMIT, the inflated message passed
+ * the cap (close 1009); SL_EINPUT, not a valid deflate stream (close
+ * 1007); SL_ENOMEM; SL_EGONE, the sink returned non-zero. */
 
 typedef struct wsz_inflater wsz_inflater;
 
@@ -47,8 +44,8 @@ void wsz_inflater_free(wsz_inflater *z);
  * back then).  The output goes to sink in chunks of at most 16 KiB, and
  * before any byte past `cap` bytes of inflated message in total (counted
  * in *total, which the caller zeroes at the message's start) it stops with
- * WSZ_TOO_BIG: a zip bomb costs at most one chunk of work past the cap.
- * Data after the end of a final deflate block is WSZ_BAD_DATA. */
+ * SL_ELIMIT: a zip bomb costs at most one chunk of work past the cap.
+ * Data after the end of a final deflate block is SL_EINPUT. */
 int wsz_inflate(wsz_inflater *z, const uint8_t *in, size_t len, bool fin, uint64_t cap,
                 uint64_t *total, int (*sink)(void *ud, const uint8_t *data, size_t len),
                 void *ud);

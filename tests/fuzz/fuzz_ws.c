@@ -7,7 +7,7 @@
  * The first input byte picks the decoder's settings (bit 2: permessage-
  * deflate, whose compressed messages are inflated with core/wsz.c under a
  * 64 KiB cap, the inflated bytes hashed like plain ones and the inflater's
- * verdict, including a zip bomb's WSZ_TOO_BIG, part of the digest); the
+ * verdict, including a zip bomb's SL_ELIMIT, part of the digest); the
  * rest is the stream.
  * It is decoded twice, whole and in chunks whose sizes come from the data
  * (with callbacks that sometimes stop the feed, resumed at the count
@@ -139,8 +139,8 @@ static int on_compressed(void *ud, int op, const uint8_t *data, size_t len, bool
     if (r->z) {
         int rc = wsz_inflate(r->z, data, len, fin, 1 << 16, &r->z_total, z_sink, r);
         FUZZ_ASSERT(r->z_total <= 1 << 16);
-        if (rc != WSZ_OK) {
-            FUZZ_ASSERT(rc == WSZ_TOO_BIG || rc == WSZ_BAD_DATA);
+        if (rc != SL_OK) {
+            FUZZ_ASSERT(rc == SL_ELIMIT || rc == SL_EINPUT);
             r->z_err = rc;
             wsz_inflater_free(r->z);
             r->z = NULL;

@@ -163,7 +163,7 @@ static result run(rec *r, const uint8_t *in, size_t len, size_t chunk, uint64_t 
             res.fail_at = off + n;
             CHECK(d.err_reason != NULL);
             /* refuses further input */
-            CHECK_EQ_INT(ws_decoder_feed(&d, copy, len, &CB, r), -1);
+            CHECK_EQ_INT(ws_decoder_feed(&d, copy, len, &CB, r), SL_EPROTO);
             break;
         }
         CHECK_EQ_INT(c, n);
@@ -705,7 +705,7 @@ static void test_handshake(void)
     CHECK(ws_key_valid(key, strlen(key)));
     char longkey[300];
     memset(longkey, 'A', sizeof(longkey));
-    CHECK_EQ_INT(ws_accept_key(longkey, 257, out), -1);
+    CHECK_EQ_INT(ws_accept_key(longkey, 257, out), SL_EINVAL);
     CHECK_STR(out, "");
     CHECK_EQ_INT(ws_accept_key(longkey, 256, out), 0);
 
