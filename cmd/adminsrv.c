@@ -386,6 +386,7 @@ static void run_part(worker_job *j, worker *w)
         return; /* `published` finishes the part after the commit */
     }
     case G_PING:
+        if (p->worker == 0) hub_get_stats(h, &p->total); /* cluster mode: NATS connected? */
         break;
     }
     part_finish(p);
@@ -654,7 +655,15 @@ static void stats_json(gather *g, text *t)
              i ? "," : "", p->worker + 1, p->conns, p->websocket, p->sse, p->longpoll,
              p->own.published, p->own.delivered, p->ran ? "true" : "false");
     }
-    tadd(t, "],\"busiest\":[");
+    if (hs->cluster)
+        tadd(t,
+             "],\"cluster\":{\"connected\":%s,\"reconnects\":%" PRIu64 ",\"inflight\":%" PRIu64
+             ",\"publish_failures\":%" PRIu64 "}",
+             hs->cluster_connected ? "true" : "false", hs->cluster_reconnects, hs->cluster_inflight,
+             hs->cluster_publish_failures);
+    else
+        tadd(t, "],\"cluster\":null");
+    tadd(t, ",\"busiest\":[");
     size_t n;
     topic_row *rows = merge_topics(g, &n);
     if (rows) qsort(rows, n, sizeof(topic_row), row_cmp_busy);
@@ -867,10 +876,16 @@ static void answer_gather(gather *g)
             all &= g->parts[i].ran;
         struct store_stats st;
         bool store_ok = store_stats(a->store, &st) == 0;
-        if (all && store_ok)
+        const hub_stats *hs = &g->parts[0].total;
+        bool cluster_ok = !hs->cluster || hs->cluster_connected;
+        if (all && store_ok && cluster_ok)
             respond(g->c, 200, "text/plain", STRLIT("ready\n"));
+        else if (!all)
+            respond(g->c, 503, "text/plain", STRLIT("not ready: a worker did not answer\n"));
+        else if (!cluster_ok)
+            respond(g->c, 503, "text/plain", STRLIT("not ready: no NATS server connected\n"));
         else
-            respond(g->c, 503, "text/plain", STRLIT("not ready\n"));
+            respond(g->c, 503, "text/plain", STRLIT("not ready: storage does not answer\n"));
         break;
     }
     }

@@ -79,6 +79,11 @@ function onStats(s) {
   for (const [name, v] of [['mode', st.relaxed ? 'relaxed' : 'durable'], ['data file', bytes(st.file_bytes)],
     ['messages retained', fmt(st.messages)], ['topics stored', fmt(st.topics)], ['awaiting checkpoint', fmt(st.log_messages)],
     ['commits', fmt(st.commits)], ['checkpoint failures', st.checkpoint_failures], ['damaged', st.damaged]]) row(sb, [name, v]);
+  if (s.cluster) {
+    row(sb, ['cluster (NATS)', s.cluster.connected ? 'connected' : 'NOT CONNECTED']);
+    row(sb, ['awaiting PubAck', fmt(s.cluster.inflight)]);
+    row(sb, ['reconnects', s.cluster.reconnects]);
+  }
   const wb = $('workers').tBodies[0];
   wb.replaceChildren();
   for (const w of s.workers) row(wb, [w.id + (w.answered ? '' : ' (no answer)'), w.connections, fmt(w.published), fmt(w.delivered)]);

@@ -12,7 +12,9 @@ with admin streams open exits 0."""
 import json
 import os
 import re
+import shutil
 import socket
+import subprocess
 import sys
 import time
 import unittest
@@ -245,6 +247,7 @@ class AdminTest(SluiceTestCase):
     def test_stats_and_stream(self):
         s = self.ajson("/api/stats")
         self.assertEqual(len(s["workers"]), 2)
+        self.assertIsNone(s["cluster"])
         self.assertIn("storage", s)
         c = RawConn.tcp(*self.admin)
         self.addCleanup(c.close)
@@ -293,6 +296,51 @@ class AdminDropsTest(SluiceTestCase):
             body = c.get("/metrics").body.decode()
         self.assertIn('sluice_drops_total{reason="filter"} 2', body)
         self.assertIn('sluice_drops_total{reason="storage_refused"} 0', body)
+
+
+class AdminClusterTest(SluiceTestCase):
+    @unittest.skipUnless(shutil.which("nats-server"), "nats-server not installed (dev.sh test_deps)")
+    def test_readyz_follows_nats(self):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        nats = subprocess.Popen(["nats-server", "-js", "-a", "127.0.0.1", "-p", str(port),
+                                 "-sd", self.tmpdir()], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: (nats.kill(), nats.wait(10)))
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.5).close()
+                break
+            except OSError:
+                self.assertLess(time.monotonic(), deadline, "nats-server did not listen")
+                time.sleep(0.1)
+        srv = self.start(args=["--cluster", "nats://127.0.0.1:%d" % port,
+                               "--admin-listen", "127.0.0.1:0"], expect_listeners=2)
+        m = ADMIN_RE.search(srv.log_text())
+        admin = (m.group(1), int(m.group(2)))
+
+        def readyz():
+            with RawConn.tcp(*admin) as c:
+                return c.get("/readyz")
+
+        self.assertEqual(readyz().status, 200)
+        with RawConn.tcp(*admin) as c:
+            st = c.get("/api/stats").json()
+        self.assertEqual(st["cluster"]["connected"], True)
+        nats.terminate()
+        nats.wait(10)
+        deadline = time.monotonic() + 15
+        while True:
+            r = readyz()
+            if r.status == 503:
+                break
+            self.assertLess(time.monotonic(), deadline, "/readyz still %d" % r.status)
+            time.sleep(0.2)
+        self.assertIn(b"NATS", r.body)
+        self.assertEqual(RawConn.tcp(*admin).get("/healthz").status, 200)
 
 
 class AdminDefaultsTest(SluiceTestCase):
