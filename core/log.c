@@ -8,6 +8,7 @@
 
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -178,12 +179,42 @@ static void write_out(const char *p, size_t n)
     (void)w; /* nowhere to report a failed log write */
 }
 
+/* Lines of every thread come out in time order: a line's timestamp is
+ * rewritten, under one process-wide lock, with the time its write() is
+ * made, and writes are made under that lock.  A worker's line is thus
+ * stamped when its loop pass writes it, at most one pass after the event
+ * (durations in the line are measured, not derived from it). */
+static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Where a line's 24 bytes of timestamp sit: first in text, after
+ * {"ts":" in JSON. */
+static size_t ts_offset(void)
+{
+    return log_fmt == LOG_JSON ? 7 : 0;
+}
+
+/* Writes lines, each starting at one of starts[0..n) in p, with their
+ * timestamps set to now. */
+static void write_stamped(char *p, size_t len, const uint16_t *starts, size_t n)
+{
+    pthread_mutex_lock(&out_lock);
+    line now;
+    now.len = 0;
+    put_timestamp(&now);
+    for (size_t i = 0; i < n; i++)
+        if (starts[i] + ts_offset() + 24 <= len) memcpy(p + starts[i] + ts_offset(), now.buf, 24);
+    write_out(p, len);
+    pthread_mutex_unlock(&out_lock);
+}
+
 /* A thread that batches keeps its info and debug lines here until
  * log_flush, at most PIPE_BUF bytes, so that one write() of whole lines
  * stays atomic on a pipe and cannot interleave with another thread's. */
 static __thread struct {
     bool on;
     size_t len;
+    uint16_t nlines;
+    uint16_t starts[PIPE_BUF / 25]; /* a line is at least a timestamp and \n */
     char buf[PIPE_BUF];
 } batch;
 
@@ -194,18 +225,23 @@ void log_batch_begin(void)
 
 void log_flush(void)
 {
-    if (batch.len) write_out(batch.buf, batch.len);
+    if (batch.len) write_stamped(batch.buf, batch.len, batch.starts, batch.nlines);
     batch.len = 0;
+    batch.nlines = 0;
 }
 
-static void emit(log_level level, const char *p, size_t n)
+static void emit(log_level level, char *p, size_t n)
 {
     if (!batch.on || level > LOG_INFO || n > sizeof batch.buf) {
         log_flush(); /* this thread's lines stay in order */
-        write_out(p, n);
+        static const uint16_t first = 0;
+        write_stamped(p, n, &first, 1);
         return;
     }
-    if (batch.len + n > sizeof batch.buf) log_flush();
+    if (batch.len + n > sizeof batch.buf ||
+        batch.nlines == sizeof batch.starts / sizeof batch.starts[0])
+        log_flush();
+    batch.starts[batch.nlines++] = (uint16_t)batch.len;
     memcpy(batch.buf + batch.len, p, n);
     batch.len += n;
 }

@@ -116,6 +116,30 @@ class StreamEndLogTest(SluiceTestCase):
         for l in srv.json_logs():
             self.assertIn("ts", l)
 
+    def test_workers_lines_in_time_order(self):
+        """Two workers logging at once (access lines of concurrent
+        clients): the lines come out in timestamp order, in both forms."""
+        import threading
+        for fmt in ("json", "text"):
+            srv = self.start(log_format=fmt, args=["-w", "2"])
+
+            def client():
+                for _ in range(150):
+                    with srv.conn() as c:
+                        c.get("/healthz")
+
+            threads = [threading.Thread(target=client) for _ in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            self.assertEqual(srv.stop(), 0)
+            lines = [l for l in srv.logs() if l.strip()]
+            stamps = [json.loads(l)["ts"] if fmt == "json" else l.split(" ", 1)[0] for l in lines]
+            self.assertGreater(len(stamps), 900)
+            late = [(a, b) for a, b in zip(stamps, stamps[1:]) if b < a]
+            self.assertEqual(late, [], "%s: %d lines out of order" % (fmt, len(late)))
+
     def test_text_line(self):
         srv = self.start()
         a = self.sse(srv, "log.text")
