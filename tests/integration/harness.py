@@ -75,6 +75,22 @@ def free_port():
     return port
 
 
+def free_ports(n):
+    """n distinct ports that were free a moment ago: all are held at once
+    while they are picked (free_port() called n times can give the same
+    port twice)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def run(args, timeout=20, input=None):
     """Run a command to completion (bounded); returns CompletedProcess with
     text stdout/stderr."""

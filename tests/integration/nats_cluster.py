@@ -23,7 +23,7 @@ import tempfile
 import time
 import urllib.request
 
-from harness import free_port
+from harness import free_ports
 
 NATS_SERVER = os.environ.get("NATS_SERVER") or shutil.which("nats-server") or ""
 READY_TIMEOUT = 30.0
@@ -38,9 +38,10 @@ class NatsCluster:
         self.n = n
         self.name = name
         self.dir = tempfile.mkdtemp(prefix="sluice-nats-")
-        self.client_ports = [free_port() for _ in range(n)]
-        self.route_ports = [free_port() for _ in range(n)]
-        self.http_ports = [free_port() for _ in range(n)]
+        ports = free_ports(3 * n)
+        self.client_ports = ports[:n]
+        self.route_ports = ports[n:2 * n]
+        self.http_ports = ports[2 * n:]
         self.procs = [None] * n
         self.logs = [os.path.join(self.dir, "n%d.log" % i) for i in range(n)]
         for i in range(n):
