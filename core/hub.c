@@ -1435,6 +1435,7 @@ void hub_get_stats(const hub *h, hub_stats *st)
         st->cluster_reconnects = cs.reconnects;
         st->cluster_inflight = cs.inflight;
         st->cluster_publish_failures = cs.publish_failures;
+        st->cluster_refetched = cs.refetched;
     }
 }
 

@@ -365,6 +365,7 @@ typedef struct hub_stats {
      * acknowledged (answered 503). */
     bool cluster;
     uint64_t cluster_connected, cluster_reconnects, cluster_inflight, cluster_publish_failures;
+    uint64_t cluster_refetched; /* messages the stream's consumer skipped, read again */
 } hub_stats;
 void hub_get_stats(const hub *h, hub_stats *st);
 

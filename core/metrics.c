@@ -169,6 +169,9 @@ char *metrics_render(const hub *h, const metrics_extra *extra, size_t nextra, si
             {"sluice_cluster_publish_failures_total", "counter",
              "Publishes JetStream refused or did not acknowledge in time (answered 503).",
              hs.cluster_publish_failures},
+            {"sluice_cluster_refetched_total", "counter",
+             "Messages the stream's consumer skipped (a recreated consumer), read again.",
+             hs.cluster_refetched},
         };
         for (size_t i = 0; i < sizeof(cl) / sizeof(cl[0]); i++) {
             head(&t, cl[i].name, cl[i].type, cl[i].help);

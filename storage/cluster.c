@@ -48,6 +48,8 @@ struct cluster {
     uint64_t published, publish_failures, delivered, reconnects;
     int connected;
     int closing; /* cluster_close has begun: a disconnect is expected */
+    uint64_t consumed;          /* newest seq delivered (the consumer's thread only) */
+    uint64_t refetched, repeats; /* relaxed atomics */
 };
 
 #define LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
@@ -218,14 +220,49 @@ static void bump_last(struct cluster *c, uint64_t seq)
     }
 }
 
+/* A retry that JetStream calls a duplicate (same Nats-Msg-Id within the
+ * window) is answered with the first publish's seq: checked against the
+ * stream before it is acknowledged, since a leader that was stopped and
+ * comes back may judge a retry by an entry it never committed (seen under
+ * SIGSTOP in test_cluster.py: a "duplicate" of a seq the stream never
+ * kept).  A message that is not there, or another one, answers 503 and the
+ * client retries.  Rare (retries only), on the client's thread. */
+static bool duplicate_stored(struct cluster *c, natsMsg *sent, uint64_t seq)
+{
+    const char *want = NULL;
+    if (natsMsgHeader_Get(sent, "Nats-Msg-Id", &want) != NATS_OK || !want) return false;
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = CLUSTER_API_WAIT_MS;
+    natsMsg *m = NULL;
+    jsErrCode jerr = 0;
+    bool ok = false;
+    if (js_GetMsg(&m, c->js, c->stream, seq, &jo, &jerr) == NATS_OK) {
+        const char *have = NULL;
+        ok = natsMsgHeader_Get(m, "Nats-Msg-Id", &have) == NATS_OK && have &&
+             strcmp(have, want) == 0 && strcmp(natsMsg_GetSubject(m), natsMsg_GetSubject(sent)) == 0;
+    }
+    natsMsg_Destroy(m);
+    return ok;
+}
+
 /* The client's thread: a PubAck, a JetStream error, or MaxWait passed. */
 static void on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
 {
     (void)js;
     struct cluster *c = closure;
     void *req = inflight_take(c, msg);
+    bool verified = !(pa && !pae && pa->Duplicate) || duplicate_stored(c, msg, pa->Sequence);
     natsMsg_Destroy(msg); /* the handler's to free (nats.h), and only the key here */
     if (!req) return;     /* answered already (cluster_close) */
+    if (!verified) {
+        ADD(c->publish_failures, 1);
+        LOG_KV(LOG_WARN, "cluster: a retry was called a duplicate of a message the stream does "
+                         "not hold: answered 503",
+               LOG_I("seq", pa->Sequence));
+        c->ack(c->ud, req, SL_EIO, 0, false);
+        return;
+    }
     if (pa && !pae) {
         bump_last(c, pa->Sequence);
         ADD(c->published, 1);
@@ -299,19 +336,16 @@ int cluster_publish(struct cluster *c, const char *topic, size_t tlen, const cha
 
 /* ---- the stream's consumer ---------------------------------------------------- */
 
-static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+/* Hands one message of the stream to the hub (the consumer's thread). */
+static void deliver_one(struct cluster *c, natsMsg *msg, const jsMsgMetaData *meta)
 {
-    (void)nc;
-    (void)sub;
-    struct cluster *c = closure;
-    jsMsgMetaData *meta = NULL;
     char topic[256], event[256];
     long tl = topic_of(c, natsMsg_GetSubject(msg), topic, sizeof(topic) - 1);
-    if (natsMsg_GetMetaData(&meta, msg) != NATS_OK || tl <= 0) {
+    if (tl <= 0) {
         static log_limit lim = LOG_LIMIT_INIT;
         LOG_KV_LIMITED(&lim, 10.0, LOG_WARN, "cluster: message not of sluice's form skipped",
                        LOG_S("subject", natsMsg_GetSubject(msg)));
-        goto done;
+        return;
     }
     topic[tl] = '\0';
     struct cluster_msg m = {.topic = topic,
@@ -333,6 +367,92 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
     ADD(c->delivered, 1);
     if (!m.data) m.data = "";
     c->deliver(c->ud, &m);
+}
+
+/* The messages after `after` and before `upto`, read from the stream and
+ * delivered in order: what the ordered consumer skipped.  The library
+ * recreates an ordered consumer after a stall or a reconnect, and a
+ * recreation under a leader change was seen to resume past messages it
+ * had not delivered (an acknowledged message missing on one node).  Runs on
+ * the consumer's thread, so the next message waits for this. */
+static void refetch(struct cluster *c, uint64_t after, uint64_t upto)
+{
+    uint64_t got = 0;
+    natsStatus s = NATS_OK;
+    /* Until the stream shows what lies between (a timeout while the
+     * stream elects a leader is waited out, for a bounded time: the
+     * consumer's next messages wait behind this). */
+    int64_t until = nats_Now() + CLUSTER_REFETCH_WAIT_MS;
+    bool done = false;
+    while (!done && !LOAD(c->closing) && nats_Now() < until) {
+        jsSubOptions so;
+        jsSubOptions_Init(&so);
+        so.Ordered = true;
+        so.Config.DeliverPolicy = js_DeliverByStartSequence;
+        so.Config.OptStartSeq = after + 1;
+        natsSubscription *sub = NULL;
+        jsErrCode jerr = 0;
+        s = js_SubscribeSync(&sub, c->js, c->filter, NULL, &so, &jerr);
+        while (s == NATS_OK && !done) {
+            natsMsg *msg = NULL;
+            jsMsgMetaData *meta = NULL;
+            s = natsSubscription_NextMsg(&msg, sub, CLUSTER_API_WAIT_MS);
+            if (s == NATS_OK) s = natsMsg_GetMetaData(&meta, msg);
+            if (s == NATS_OK) {
+                uint64_t seq = meta->Sequence.Stream;
+                if (seq >= upto) {
+                    done = true; /* what lay between was deleted: nothing to give */
+                } else if (seq > after) {
+                    deliver_one(c, msg, meta);
+                    after = seq;
+                    got++;
+                    done = after + 1 >= upto;
+                }
+            }
+            jsMsgMetaData_Destroy(meta);
+            natsMsg_Destroy(msg);
+        }
+        if (sub) {
+            natsSubscription_Unsubscribe(sub);
+            natsSubscription_Destroy(sub);
+        }
+        if (!done) nats_Sleep(100);
+    }
+    ADD(c->refetched, got);
+    if (done)
+        LOG_KV(LOG_WARN, "cluster: the stream's consumer skipped messages: read them again",
+               LOG_I("refetched", got), LOG_I("upto", upto));
+    else
+        LOG_KV(LOG_ERROR, "cluster: messages the stream's consumer skipped could not be read",
+               LOG_I("refetched", got), LOG_I("from", after + 1), LOG_I("upto", upto),
+               LOG_S("status", natsStatus_GetText(s)));
+}
+
+/* The stream's ordered consumer: every message in stream order.  The seqs
+ * of a stream that only sluice writes follow each other (retention takes
+ * old messages, never ones not yet delivered): a jump is refetched, an
+ * older seq (a recreated consumer's repeat) dropped, so every node
+ * delivers every message once and in order. */
+static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    struct cluster *c = closure;
+    jsMsgMetaData *meta = NULL;
+    if (natsMsg_GetMetaData(&meta, msg) != NATS_OK) {
+        static log_limit lim = LOG_LIMIT_INIT;
+        LOG_KV_LIMITED(&lim, 10.0, LOG_WARN, "cluster: message without JetStream metadata skipped",
+                       LOG_S("subject", natsMsg_GetSubject(msg)));
+        goto done;
+    }
+    uint64_t seq = meta->Sequence.Stream;
+    if (seq <= c->consumed) {
+        ADD(c->repeats, 1);
+        goto done;
+    }
+    if (seq > c->consumed + 1) refetch(c, c->consumed, seq);
+    deliver_one(c, msg, meta);
+    c->consumed = seq;
 done:
     jsMsgMetaData_Destroy(meta);
     natsMsg_Destroy(msg);
@@ -552,6 +672,7 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
              "create it, or describe it as \"sluice epoch=<1-12 of [0-9a-z]>\"",
              c->stream, desc ? desc : "");
     c->last_seq = si->State.LastSeq;
+    c->consumed = si->State.LastSeq;
     uint64_t start = si->State.LastSeq + 1;
     jsStreamInfo_Destroy(si);
     si = NULL;
@@ -634,6 +755,8 @@ void cluster_get_stats(const struct cluster *c, struct cluster_stats *st)
     st->delivered = LOAD(m->delivered);
     st->reconnects = LOAD(m->reconnects);
     st->inflight = LOAD(m->ninflight);
+    st->refetched = LOAD(m->refetched);
+    st->repeats = LOAD(m->repeats);
     st->connected = cluster_connected(c);
 }
 

@@ -39,6 +39,7 @@
 #define CLUSTER_MAX_INFLIGHT 65536      /* publishes waiting for a PubAck */
 #define CLUSTER_READ_MAX 4096           /* messages one topic read brings */
 #define CLUSTER_START_WAIT_MS 15000     /* at start: JetStream answering */
+#define CLUSTER_REFETCH_WAIT_MS 30000   /* reading again what the consumer skipped */
 
 struct cluster_opts {
     const char *servers; /* "nats://h:p[,nats://...]" (required) */
@@ -130,6 +131,8 @@ int cluster_topics(struct cluster *c, const char *prefix, size_t plen, store_top
 struct cluster_stats {
     uint64_t published, publish_failures, delivered, reconnects;
     uint64_t inflight;
+    uint64_t refetched; /* messages the consumer skipped, read again */
+    uint64_t repeats;   /* messages the consumer gave twice, dropped */
     bool connected;
 };
 void cluster_get_stats(const struct cluster *c, struct cluster_stats *st);
