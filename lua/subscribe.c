@@ -459,7 +459,13 @@ static void check_options(lua_State *L, int opts)
  * protected call. */
 static int push_presence_info(lua_State *L, int opts)
 {
-    if (!lua_istable(L, opts) || lua_getfield(L, opts, "presence") == LUA_TNIL) {
+    /* Raw, like every option: an __index on opts never runs (it could raise
+     * or yield where the subscription is half made). */
+    if (lua_istable(L, opts)) {
+        lua_pushliteral(L, "presence");
+        lua_rawget(L, opts);
+    }
+    if (!lua_istable(L, opts) || lua_isnil(L, -1)) {
         if (lua_istable(L, opts)) lua_pop(L, 1);
         lua_pushnil(L);
         return lua_gettop(L);
@@ -473,12 +479,14 @@ static int push_presence_info(lua_State *L, int opts)
         lua_pop(L, 1);
     }
     size_t idlen;
-    if (lua_getfield(L, p, "id") != LUA_TSTRING)
+    lua_pushliteral(L, "id");
+    if (lua_rawget(L, p) != LUA_TSTRING)
         luaL_error(L, "req:subscribe: opts.presence.id must be a string");
     const char *id = lua_tolstring(L, -1, &idlen);
     if (idlen < 1 || idlen > LXS_ID_MAX || !utf8_valid(id, idlen))
         luaL_error(L, "req:subscribe: opts.presence.id must be 1 to %d bytes of UTF-8", LXS_ID_MAX);
-    int t = lua_getfield(L, p, "info");
+    lua_pushliteral(L, "info");
+    int t = lua_rawget(L, p);
     if (t != LUA_TNIL && t != LUA_TTABLE)
         luaL_error(L, "req:subscribe: opts.presence.info must be a table");
     if (t == LUA_TNIL) {
