@@ -226,7 +226,7 @@ static outcome decode(const uint8_t *cfg, const uint8_t *in, size_t len, bool ch
         if (c < 0) {
             o.err = d.err_code;
             FUZZ_ASSERT(d.err_reason && strlen(d.err_reason) <= 123);
-            FUZZ_ASSERT(ws_decoder_feed(&d, buf, len, &CB, r) == -1);
+            FUZZ_ASSERT(ws_decoder_feed(&d, buf, len, &CB, r) == SL_EPROTO);
             break;
         }
         FUZZ_ASSERT((size_t)c <= n);
