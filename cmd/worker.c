@@ -102,7 +102,7 @@ int worker_post(worker *w, worker_job *j)
         ev_async_send(w->loop, &w->jobs); /* under the lock: the loop lives */
     }
     pthread_mutex_unlock(&w->jobs_lock);
-    return closed ? -1 : 0;
+    return closed ? SL_ESTOPPED : 0;
 }
 
 hub *worker_hub(worker *w)

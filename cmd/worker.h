@@ -72,8 +72,9 @@ typedef struct worker_job {
     void (*run)(struct worker_job *j, worker *w);
 } worker_job;
 
-/* Queues `j` for the worker's loop.  Any thread.  Returns 0, or -1 when
- * the worker no longer takes jobs (it has stopped): j is not run then. */
+/* Queues `j` for the worker's loop.  Any thread.  Returns 0, or
+ * SL_ESTOPPED when the worker no longer takes jobs (it has stopped): j is
+ * not run then. */
 int worker_post(worker *w, worker_job *j);
 
 /* The worker's hub, for jobs (its thread only). */
