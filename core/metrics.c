@@ -53,6 +53,20 @@ static void head(text *t, const char *name, const char *type, const char *help)
     add(t, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* Families of one unlabelled value each. */
+typedef struct scalar {
+    const char *name, *type, *help;
+    unsigned long long value;
+} scalar;
+
+static void put_scalars(text *t, const scalar *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        head(t, s[i].name, s[i].type, s[i].help);
+        add(t, "%s %llu\n", s[i].name, s[i].value);
+    }
+}
+
 char *metrics_render(const hub *h, const metrics_extra *extra, size_t nextra, size_t *len)
 {
     text t = {.cap = 8192};
@@ -76,10 +90,7 @@ char *metrics_render(const hub *h, const metrics_extra *extra, size_t nextra, si
     h2_get_stats(&h2c);
     unsigned own = streams > h2c.streams ? streams - (unsigned)h2c.streams : 0;
     add(&t, "sluice_connections{transport=\"http\"} %u\n", total > own ? total - own : 0);
-    const struct {
-        const char *name, *type, *help;
-        unsigned long long value;
-    } scalars[] = {
+    const scalar scalars[] = {
         {"sluice_messages_published_total", "counter", "Messages committed to storage.",
          hs.published},
         {"sluice_messages_delivered_total", "counter", "Messages queued to subscribers.",
@@ -108,10 +119,7 @@ char *metrics_render(const hub *h, const metrics_extra *extra, size_t nextra, si
          "Publishes answered with the ID of an earlier one (same Idempotency-Key).",
          hs.publish_duplicates},
     };
-    for (size_t i = 0; i < sizeof(scalars) / sizeof(scalars[0]); i++) {
-        head(&t, scalars[i].name, scalars[i].type, scalars[i].help);
-        add(&t, "%s %llu\n", scalars[i].name, scalars[i].value);
-    }
+    put_scalars(&t, scalars, sizeof(scalars) / sizeof(scalars[0]));
     head(&t, "sluice_publish_latency_seconds", "histogram",
          "From publish to fan-out: storage queue, commit and sync.");
     for (int i = 0; i < HUB_LATENCY_BUCKETS; i++)
@@ -146,8 +154,7 @@ char *metrics_render(const hub *h, const metrics_extra *extra, size_t nextra, si
          "form), forms sent plain because deflate did not shrink them, client messages "
          "inflated.");
     add(&t, "sluice_ws_deflate_messages_total{kind=\"compressed\"} %llu\n", zh.forms);
-    add(&t, "sluice_ws_deflate_messages_total{kind=\"incompressible\"} %llu\n",
-        zh.incompressible);
+    add(&t, "sluice_ws_deflate_messages_total{kind=\"incompressible\"} %llu\n", zh.incompressible);
     add(&t, "sluice_ws_deflate_messages_total{kind=\"inflated\"} %llu\n", zs.inflated);
     head(&t, "sluice_ws_deflate_refused_total", "counter",
          "WebSocket clients closed for a compressed message: past limits.max_ws_message once "
@@ -155,10 +162,7 @@ char *metrics_render(const hub *h, const metrics_extra *extra, size_t nextra, si
     add(&t, "sluice_ws_deflate_refused_total{reason=\"too_big\"} %llu\n", zs.too_big);
     add(&t, "sluice_ws_deflate_refused_total{reason=\"bad_data\"} %llu\n", zs.bad_data);
     if (hs.cluster) {
-        const struct {
-            const char *name, *type, *help;
-            unsigned long long value;
-        } cl[] = {
+        const scalar cl[] = {
             {"sluice_cluster_connected", "gauge",
              "1 while a NATS server is connected (cluster mode; 0: publishes answer 503).",
              hs.cluster_connected},
@@ -173,10 +177,7 @@ char *metrics_render(const hub *h, const metrics_extra *extra, size_t nextra, si
              "Messages the stream's consumer skipped (a recreated consumer), read again.",
              hs.cluster_refetched},
         };
-        for (size_t i = 0; i < sizeof(cl) / sizeof(cl[0]); i++) {
-            head(&t, cl[i].name, cl[i].type, cl[i].help);
-            add(&t, "%s %llu\n", cl[i].name, cl[i].value);
-        }
+        put_scalars(&t, cl, sizeof(cl) / sizeof(cl[0]));
     }
     head(&t, "sluice_http_refused_total", "counter",
          "Requests refused by the HTTP layer before the app saw them, by status.");
@@ -210,10 +211,14 @@ char *metrics_render(const hub *h, const metrics_extra *extra, size_t nextra, si
     const struct {
         const char *cause;
         unsigned long long n;
-    } h2r[] = {{"rapid_reset", h2.rapid_reset},     {"continuation_flood", h2.continuation_flood},
-               {"header_list", h2.header_list},     {"too_many_streams", h2.too_many_streams},
-               {"settings_flood", h2.settings_flood}, {"ping_flood", h2.ping_flood},
-               {"flood", h2.flood},                 {"protocol_error", h2.protocol_error}};
+    } h2r[] = {{"rapid_reset", h2.rapid_reset},
+               {"continuation_flood", h2.continuation_flood},
+               {"header_list", h2.header_list},
+               {"too_many_streams", h2.too_many_streams},
+               {"settings_flood", h2.settings_flood},
+               {"ping_flood", h2.ping_flood},
+               {"flood", h2.flood},
+               {"protocol_error", h2.protocol_error}};
     for (size_t i = 0; i < sizeof(h2r) / sizeof(h2r[0]); i++)
         add(&t, "sluice_http2_refused_total{cause=\"%s\"} %llu\n", h2r[i].cause, h2r[i].n);
     for (size_t i = 0; i < nextra; i++) {
