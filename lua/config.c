@@ -354,23 +354,6 @@ static int l_config(lua_State *L)
                 }
                 lua_pop(L, 1);
             }
-        } else if (strcmp(k, "admin") == 0) {
-            /* { listen = "ADDR:PORT", token_file = FILE }: flags win. */
-            lx_check_field(L, 1, LUA_TTABLE, "admin");
-            lua_pushnil(L);
-            while (lua_next(L, -2)) {
-                const char *ak = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
-                if (strcmp(ak, "listen") == 0) {
-                    lx_check_field(L, 1, LUA_TSTRING, "admin.listen");
-                    config_string(L, &cfg->admin_listen);
-                } else if (strcmp(ak, "token_file") == 0) {
-                    lx_check_field(L, 1, LUA_TSTRING, "admin.token_file");
-                    config_string(L, &cfg->admin_token_file);
-                } else {
-                    return luaL_error(L, "sluice.config: unknown key admin.%s", ak);
-                }
-                lua_pop(L, 1);
-            }
         } else if (strcmp(k, "data") == 0) {
             lx_check_field(L, 1, LUA_TSTRING, "data");
             config_string(L, &cfg->data_dir);
