@@ -2,7 +2,9 @@
 --
 --   GET /feed          subscribe to feed.ticks (SSE; long-poll and WebSocket
 --                      work too); ?events=quote,counter keeps only those
---   GET /              a small page that shows the feed with EventSource
+--   GET /              a small page that shows the feed with sluice's JS
+--                      client (SSE, long-poll where SSE cannot pass)
+--   GET /sluice.js     that client, clients/js/sluice.js of this repository
 --
 -- Every second a timer publishes one message to feed.ticks, cycling through
 -- three event names: "tick" (the time), "quote" (a random-walk price) and
@@ -22,11 +24,15 @@ local BACKLOG = math.tointeger(tonumber(os.getenv("FEED_BACKLOG"))) or 100
 sluice.topic("feed.*", { backlog = BACKLOG })
 
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
-local page do
-  local f = assert(io.open(here .. "/index.html", "rb"))
-  page = f:read("a")
+local function slurp(path)
+  local f = assert(io.open(path, "rb"))
+  local text = f:read("a")
   f:close()
+  return text
 end
+local page = slurp(here .. "/index.html")
+-- The page's client library, from the repository's clients/js.
+local client_js = slurp(here .. "/../../clients/js/sluice.js")
 
 -- State of this script generation: a reload starts the count again (the
 -- IDs, which come from storage, keep increasing).
@@ -56,6 +62,10 @@ end)
 
 sluice.route("GET", "/", function()
   return 200, page, { ["content-type"] = "text/html; charset=utf-8" }
+end)
+
+sluice.route("GET", "/sluice.js", function()
+  return 200, client_js, { ["content-type"] = "text/javascript; charset=utf-8" }
 end)
 
 sluice.route("GET", "/healthz", function()

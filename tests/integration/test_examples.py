@@ -614,8 +614,13 @@ class FeedTest(ExampleCase):
         r = http("GET", self.url("/"))
         self.assertEqual(r.status, 200, r)
         self.assertIn("text/html", r.headers.get("content-type", ""))
-        self.assertIn(b"new EventSource('/feed')", r.body)
-        self.assertIn(b"sluice.gap", r.body)
+        self.assertIn(b"import { Sluice } from '/sluice.js'", r.body)
+        self.assertIn(b"url: '/feed'", r.body)
+        js = http("GET", self.url("/sluice.js"))
+        self.assertEqual(js.status, 200, js)
+        self.assertIn("javascript", js.headers.get("content-type", ""))
+        with open(os.path.join(harness.SOURCE_DIR, "clients", "js", "sluice.js"), "rb") as f:
+            self.assertEqual(js.body, f.read())
 
     def test_timer_events_arrive_over_sse(self):
         s = self.sse("/feed")
