@@ -4,6 +4,8 @@
 // its connection is cut (lib.mjs's CutProxy) the client reconnects by
 // itself, resumes from the last ID it showed (Last-Event-ID on the new
 // request), and the page goes on with no message lost or shown twice.
+// Behind a real nginx (nginx.mjs) the client in the browser falls back:
+// WebSocket refused by the proxy -> SSE; SSE buffered by it -> long-poll.
 // Every wait is bounded.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -11,6 +13,7 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { chromium } from 'playwright-core';
 import { CutProxy, SOURCE_DIR, startServer, waitFor } from './lib.mjs';
+import { Nginx, haveNginx } from './nginx.mjs';
 
 const CHROMIUM = process.env.SLUICE_CHROMIUM || '/usr/bin/chromium';
 const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
@@ -73,4 +76,53 @@ test('the page follows the feed through the JS client and resumes after a cut', 
   const feeds = proxy.heads.filter((h) => /^GET \/feed/.test(h));
   assert.ok(feeds.length >= 2, feeds.join('\n---\n'));
   assert.match(feeds[1], /last-event-id: [0-9a-z]+-\d+/i);
+});
+
+// In the page (served through `base`): the client subscribes to the feed
+// with every transport in order; resolves with the transport it opened on,
+// the transports given up before, and the n of the first 5 messages.
+async function subscribeInPage(t, base, options) {
+  const context = await browser.newContext();
+  t.after(() => context.close().catch(() => {}));
+  const page = await context.newPage();
+  assert.equal((await page.goto(base, { timeout: WAIT })).status(), 200);
+  return page.evaluate(async (o) => {
+    const { Sluice } = await import('/sluice.js');
+    const failed = [];
+    const ns = [];
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no messages: ${failed}`)), 20000);
+      const sub = new Sluice().subscribe('feed.ticks', { url: '/feed', ...o });
+      let opened = null;
+      sub.on('error', (e) => { if (!opened) failed.push(e.transport); });
+      sub.on('open', (e) => { opened = opened || e.transport; });
+      sub.on('message', (m) => {
+        ns.push(JSON.parse(m.data).n);
+        if (ns.length === 5) {
+          clearTimeout(timer);
+          sub.close();
+          resolve({ opened, failed, ns });
+        }
+      });
+    });
+  }, options);
+}
+
+const noNginx = !haveNginx() && 'nginx not installed (dev.sh test_deps: nginx-light)';
+
+test('in the browser, WebSocket refused by nginx -> SSE', { skip: noNginx }, async (t) => {
+  const ngx = await Nginx.start(t, srv.port, 'no-upgrade');
+  const r = await subscribeInPage(t, ngx.url('/'), { transports: ['websocket', 'sse', 'longpoll'] });
+  assert.equal(r.opened, 'sse', JSON.stringify(r));
+  assert.deepEqual(r.failed, ['websocket']);
+  assert.deepEqual(r.ns, r.ns.map((_, i) => r.ns[0] + i));
+});
+
+test('in the browser, SSE buffered by nginx -> long-poll', { skip: noNginx }, async (t) => {
+  const ngx = await Nginx.start(t, srv.port, 'buffer-sse');
+  const r = await subscribeInPage(t, ngx.url('/'),
+    { transports: ['websocket', 'sse', 'longpoll'], sseTimeout: 1500, pollTimeout: 5 });
+  assert.equal(r.opened, 'longpoll', JSON.stringify(r));
+  assert.deepEqual(r.failed, ['websocket', 'sse']);
+  assert.deepEqual(r.ns, r.ns.map((_, i) => r.ns[0] + i));
 });
