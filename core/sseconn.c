@@ -4,8 +4,10 @@
  * (no Content-Length, no chunking: nothing to re-frame per message). */
 #include "core/session.h"
 
+#include "core/jsonenc.h"
 #include "core/log.h"
 #include "core/sse.h"
+#include "core/utf8.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -105,9 +107,24 @@ static void sse_on_close(conn *c, void *state)
     session_end(state);
 }
 
+/* An SSE stream ends by closing; the app's close (conn:close, an
+ * opts.expires that passed: 4001) says why first, in an event the client
+ * can tell from a dropped connection (EventSource would reconnect):
+ * `event: sluice.close` with data {"code":N,"reason":"..."}. */
 static void sse_close(sub_session *s, unsigned code, const char *reason)
 {
-    conn_close_after_write(s->c); /* an SSE stream ends by closing */
+    size_t rlen = reason ? strlen(reason) : 0;
+    if (rlen > 123 || !utf8_valid(reason, rlen)) rlen = 0; /* a WebSocket's bound */
+    char ev[64 + 6 * 123];
+    int n = snprintf(ev, sizeof(ev), "event: sluice.close\ndata: {\"code\":%u,\"reason\":", code);
+    ssize_t r = json_string_encode(ev + n, sizeof(ev) - (size_t)n, reason, rlen);
+    static const char end[] = "}\n\n";
+    if (r >= 0 && (size_t)n + (size_t)r + sizeof(end) <= sizeof(ev)) {
+        size_t len = (size_t)n + (size_t)r;
+        memcpy(ev + len, end, sizeof(end) - 1);
+        conn_send_copy(s->c, ev, len + sizeof(end) - 1);
+    }
+    conn_close_after_write(s->c);
 }
 
 static void sse_reap(sub_session *s) {}

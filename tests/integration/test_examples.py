@@ -570,6 +570,11 @@ class ChatTest(ExampleCase):
         s = self.sse("/rooms/%s?token=%s" % (room, tok))
         self.assertEqual(s.status, 200)
         start = time.monotonic()
+        # The stream says why before it ends (an EventSource would
+        # otherwise just reconnect with the expired token).
+        ev = s.event()
+        self.assertEqual(ev["event"], "sluice.close", ev)
+        self.assertEqual(json.loads(ev["data"]), {"code": 4001, "reason": "expired"})
         s.conn.wait_closed(WAIT)
         self.assertLess(time.monotonic() - start, 5.0)
         self.assertAlive()
