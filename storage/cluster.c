@@ -48,7 +48,8 @@ struct cluster {
     uint64_t published, publish_failures, delivered, reconnects;
     int connected;
     int closing; /* cluster_close has begun: a disconnect is expected */
-    uint64_t consumed;          /* newest seq delivered (the consumer's thread only) */
+    pthread_mutex_t consume_lock; /* one delivery at a time, whatever thread the client uses */
+    uint64_t consumed;            /* newest seq delivered (under consume_lock) */
     uint64_t refetched, repeats; /* relaxed atomics */
 };
 
@@ -446,13 +447,18 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
         goto done;
     }
     uint64_t seq = meta->Sequence.Stream;
+    /* A recreated consumer may deliver from another thread while the old
+     * one's last messages are handed over: the order check and the
+     * hand-off to the hub are one step. */
+    pthread_mutex_lock(&c->consume_lock);
     if (seq <= c->consumed) {
         ADD(c->repeats, 1);
-        goto done;
+    } else {
+        if (seq > c->consumed + 1) refetch(c, c->consumed, seq);
+        deliver_one(c, msg, meta);
+        c->consumed = seq;
     }
-    if (seq > c->consumed + 1) refetch(c, c->consumed, seq);
-    deliver_one(c, msg, meta);
-    c->consumed = seq;
+    pthread_mutex_unlock(&c->consume_lock);
 done:
     jsMsgMetaData_Destroy(meta);
     natsMsg_Destroy(msg);
@@ -561,6 +567,7 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
         return SL_ENOMEM;
     }
     pthread_mutex_init(&c->lock, NULL);
+    pthread_mutex_init(&c->consume_lock, NULL);
     snprintf(c->stream, sizeof(c->stream), "%s", o->stream ? o->stream : "SLUICE");
     snprintf(c->filter, sizeof(c->filter), "%s.>", c->stream);
     c->ack = ack;
@@ -729,6 +736,7 @@ void cluster_close(struct cluster *c)
      * library's end is this one's. */
     nats_CloseAndWait(CLUSTER_API_WAIT_MS);
     pthread_mutex_destroy(&c->lock);
+    pthread_mutex_destroy(&c->consume_lock);
     free(c);
 }
 
