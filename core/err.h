@@ -33,7 +33,8 @@
     X(SL_EGONE, -16, "ended meanwhile")                                                            \
     X(SL_EPROTO, -17, "protocol violation")                                                        \
     X(SL_ELIMIT, -18, "over a configured limit")                                                   \
-    X(SL_ESYS, -19, "system call failed")
+    X(SL_ESYS, -19, "system call failed")                                                          \
+    X(SL_EUNREACHABLE, -20, "storage unreachable: no NATS server connected")
 
 enum sl_err {
     SL_OK = 0,

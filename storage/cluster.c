@@ -283,7 +283,7 @@ int cluster_publish(struct cluster *c, const char *topic, size_t tlen, const cha
                     size_t elen, const void *data, size_t len, const char *ikey, size_t iklen,
                     void *req)
 {
-    if (natsConnection_Status(c->nc) != NATS_CONN_STATUS_CONNECTED) return SL_EIO;
+    if (natsConnection_Status(c->nc) != NATS_CONN_STATUS_CONNECTED) return SL_EUNREACHABLE;
     if (LOAD(c->ninflight) >= CLUSTER_MAX_INFLIGHT) return SL_EBUSY;
     if (len > INT32_MAX) return SL_EINVAL;
     char subject[64 + 3 * 256 + 2];
