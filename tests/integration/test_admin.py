@@ -224,9 +224,11 @@ class AdminTest(SluiceTestCase):
         commits = int(re.search(r"^sluice_storage_commit_seconds_count (\d+)$", body, re.M).group(1))
         self.assertGreater(commits, 0)
         self.assertIn('sluice_storage_commit_seconds_bucket{le="+Inf"} %d' % commits, body)
-        # Each subscriber's live message was written to its socket.
+        # Live messages written to their sockets were timed (one delivery
+        # in 16 per worker is sampled: n of them give at least one).
         flushed = int(re.search(r"^sluice_publish_flush_seconds_count (\d+)$", body, re.M).group(1))
-        self.assertGreaterEqual(flushed, n)
+        self.assertGreaterEqual(flushed, n // 16 - 2)
+        self.assertGreater(flushed, 0)
         self.assertIn('sluice_publish_flush_seconds_bucket{le="+Inf"} %d' % flushed, body)
         # Each SSE stream got at least its head, retry line and message.
         sent = int(re.search(r'^sluice_bytes_sent_total\{transport="sse"\} (\d+)$', body, re.M).group(1))
