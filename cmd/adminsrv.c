@@ -93,6 +93,18 @@ static void tadd(text *t, const char *fmt, ...)
     }
 }
 
+/* A Prometheus histogram: `buckets` holds the cumulative count of each of
+ * the n bounds, then the +Inf one (the count). */
+static void histogram(text *t, const char *name, const char *help, const double *bounds, int n,
+                      const uint64_t *buckets, double sum)
+{
+    tadd(t, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    for (int i = 0; i < n; i++)
+        tadd(t, "%s_bucket{le=\"%g\"} %" PRIu64 "\n", name, bounds[i], buckets[i]);
+    tadd(t, "%s_bucket{le=\"+Inf\"} %" PRIu64 "\n%s_sum %.6f\n%s_count %" PRIu64 "\n", name,
+         buckets[n], name, sum, name, buckets[n]);
+}
+
 static void tfree(text *t)
 {
     free(t->p);
@@ -730,29 +742,13 @@ static void answer_metrics(gather *g)
          "sluice_cutoffs_total{reason=\"publish_refused\",transport=\"websocket\"} %llu\n",
          ss.slow_websocket, ss.slow_sse, ss.publish_refused);
     const hub_stats *hs = &p0->total;
-    tadd(&t, "# HELP sluice_storage_commit_seconds Time of each storage commit (a group of "
-             "publishes: write, and sync when durable).\n"
-             "# TYPE sluice_storage_commit_seconds histogram\n");
-    for (int i = 0; i < WRITER_COMMIT_BUCKETS; i++)
-        tadd(&t, "sluice_storage_commit_seconds_bucket{le=\"%g\"} %" PRIu64 "\n",
-             writer_commit_bounds[i], hs->commit_buckets[i]);
-    tadd(&t,
-         "sluice_storage_commit_seconds_bucket{le=\"+Inf\"} %" PRIu64 "\n"
-         "sluice_storage_commit_seconds_sum %.6f\n"
-         "sluice_storage_commit_seconds_count %" PRIu64 "\n",
-         hs->commit_buckets[WRITER_COMMIT_BUCKETS], hs->commit_sum,
-         hs->commit_buckets[WRITER_COMMIT_BUCKETS]);
-    tadd(&t, "# HELP sluice_publish_flush_seconds From a message's commit to its subscriber's "
-             "socket write (live WebSocket and SSE deliveries; ms resolution).\n"
-             "# TYPE sluice_publish_flush_seconds histogram\n");
-    for (int i = 0; i < HUB_FLUSH_BUCKETS; i++)
-        tadd(&t, "sluice_publish_flush_seconds_bucket{le=\"%g\"} %" PRIu64 "\n",
-             hub_flush_bounds[i], hs->flush_buckets[i]);
-    tadd(&t,
-         "sluice_publish_flush_seconds_bucket{le=\"+Inf\"} %" PRIu64 "\n"
-         "sluice_publish_flush_seconds_sum %.3f\n"
-         "sluice_publish_flush_seconds_count %" PRIu64 "\n",
-         hs->flush_buckets[HUB_FLUSH_BUCKETS], hs->flush_sum, hs->flush_buckets[HUB_FLUSH_BUCKETS]);
+    histogram(&t, "sluice_storage_commit_seconds",
+              "Time of each storage commit (a group of publishes: write, and sync when durable).",
+              writer_commit_bounds, WRITER_COMMIT_BUCKETS, hs->commit_buckets, hs->commit_sum);
+    histogram(&t, "sluice_publish_flush_seconds",
+              "From a message's commit to its subscriber's socket write (live WebSocket and SSE "
+              "deliveries, one in 16 sampled; ms resolution).",
+              hub_flush_bounds, HUB_FLUSH_BUCKETS, hs->flush_buckets, hs->flush_sum);
     uint64_t bws = ss.bytes_websocket, bsse = ss.bytes_sse;
     for (int i = 0; i < g->nparts; i++) {
         bws += g->parts[i].bytes_websocket;
