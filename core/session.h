@@ -17,8 +17,7 @@ typedef struct sub_transport_ops {
     bool (*serves)(const http_request *req);
     /* Answers the handshake and subscribes (session_subscribe_and_replay);
      * returns 0, or an HTTP status and *why when it cannot start. */
-    int (*start)(sub_session *s, const sub_request *r, const http_request *req,
-                 const char **why);
+    int (*start)(sub_session *s, const sub_request *r, const http_request *req, const char **why);
     /* Every message the subscriber examines, before the filters (a poll's
      * cursor moves past what they drop); may be NULL. */
     void (*seen)(sub_session *s, const hub_msg *m);
@@ -72,6 +71,10 @@ typedef enum session_state {
                           * its memory is freed at the end of the loop pass */
 } session_state;
 
+/* The largest WebSocket client message limits.max_ws_message may allow:
+ * the message being assembled is counted in 32 bits. */
+#define WS_MESSAGE_MAX ((size_t)1 << 30)
+
 /* Kept small: every subscriber has one, and most sit idle. */
 struct sub_session {
     conn *c;
@@ -92,33 +95,34 @@ struct sub_session {
     sub_names *replay; /* while catching up: the topics to read */
     sub_names *events; /* the events option: deliver only these names */
     const sub_transport_ops *tp;
-    int nsubs;
-    uint16_t holds;  /* session_hold: work that comes back to it later */
-    uint8_t state;   /* session_state */
-    bool json;       /* WebSocket JSON envelopes */
-    bool short_poll; /* long-poll with timeout=0 */
-    bool in_replay;  /* inside a replay pass: no nested one */
-    bool skip_self;  /* not the messages this session's client published */
-    uint8_t end_why; /* sub_end_reason: why it ended (the end-of-stream line) */
-    uint32_t msgs;   /* messages handed to the transport (the same line) */
+    /* Packed by size, so that the session stays 128 bytes (mimalloc's
+     * 128-byte bin): 8 bytes more cost every subscriber 32. */
+    uint16_t nsubs;
+    uint16_t holds;       /* session_hold: work that comes back to it later */
+    uint8_t state;        /* session_state */
+    bool json;            /* WebSocket JSON envelopes */
+    bool short_poll;      /* long-poll with timeout=0 */
+    bool in_replay;       /* inside a replay pass: no nested one */
+    bool skip_self;       /* not the messages this session's client published */
+    uint8_t end_why;      /* sub_end_reason: why it ended (the end-of-stream line) */
     bool presence_events; /* sluice.join and sluice.leave are delivered */
+    uint8_t ws_msg_op;    /* WebSocket: the opcode of the message being assembled */
+    uint32_t msgs;        /* messages handed to the transport (the same line) */
     /* WebSocket and SSE: the commit time (wall ms, low 32 bits, | 1) of
      * the oldest live message queued and not yet written (0: none), for
-     * the publish-to-flush histogram.  It fills padding. */
+     * the publish-to-flush histogram. */
     uint32_t flush_from;
+    bool ws_pong_pending;    /* WebSocket: a ping went out, its pong not yet seen */
+    uint8_t ws_deflate_bits; /* permessage-deflate: 0 when not negotiated, else the
+                              * client's server_max_window_bits (ws_deflate_fits) */
+    uint16_t ws_publishing;  /* WebSocket: its publishes not yet committed */
     union {
         struct {
-            ws_decoder *dec; /* only while a frame is partly received */
-            char *msg;       /* the client message being assembled */
-            size_t msg_len, msg_cap;
-            uint8_t msg_op;
-            bool pong_pending;
-            uint16_t publishing; /* its publishes not yet committed */
-            /* permessage-deflate: 0 when not negotiated, else the
-             * client's server_max_window_bits (ws_deflate_fits) */
-            uint8_t deflate_bits;
+            ws_decoder *dec;               /* only while a frame is partly received */
+            char *msg;                     /* the client message being assembled */
             struct wsz_inflater *inflater; /* only while a compressed
                                             * client message is arriving */
+            uint32_t msg_len, msg_cap;     /* below WS_MESSAGE_MAX */
         } ws;
         lp_state *lp;
     } t;

@@ -45,7 +45,8 @@ static sub_deflate_stats deflate_counts; /* relaxed atomics: every worker */
 
 void sub_deflate_get_stats(sub_deflate_stats *st)
 {
-    unsigned long long *dst = (unsigned long long *)st, *src = (unsigned long long *)&deflate_counts;
+    unsigned long long *dst = (unsigned long long *)st,
+                       *src = (unsigned long long *)&deflate_counts;
     for (size_t i = 0; i < sizeof(*st) / sizeof(*dst); i++)
         dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
 }
@@ -60,8 +61,7 @@ static int ws_negotiate_deflate(const http_request *req, ws_deflate_params *p)
     int rc = 0;
     for (int i = 0; i < req->nheaders && rc == 0; i++) {
         const http_header *h = &req->headers[i];
-        if (!STR_IS_CASE(h->name, h->name_len, "sec-websocket-extensions"))
-            continue;
+        if (!STR_IS_CASE(h->name, h->name_len, "sec-websocket-extensions")) continue;
         unsigned d = 0;
         rc = ws_deflate_negotiate(h->value, h->value_len, p, &d);
         declined += d;
@@ -82,8 +82,7 @@ static bool ws_serves(const http_request *req)
     return req->upgrade && header_contains(req, "upgrade", "websocket");
 }
 
-static int ws_start(sub_session *s, const sub_request *r, const http_request *req,
-                    const char **why)
+static int ws_start(sub_session *s, const sub_request *r, const http_request *req, const char **why)
 {
     size_t klen, vlen;
     const char *key = http_header_get(req, "sec-websocket-key", &klen);
@@ -114,8 +113,7 @@ static int ws_start(sub_session *s, const sub_request *r, const http_request *re
         bool offered = false;
         for (int i = 0; i < req->nheaders && !offered; i++) {
             const http_header *h = &req->headers[i];
-            if (!STR_IS_CASE(h->name, h->name_len, "sec-websocket-protocol"))
-                continue;
+            if (!STR_IS_CASE(h->name, h->name_len, "sec-websocket-protocol")) continue;
             const char *pos = h->value, *tok;
             size_t tl;
             while (ws_token_next(&pos, h->value + h->value_len, &tok, &tl))
@@ -136,7 +134,7 @@ static int ws_start(sub_session *s, const sub_request *r, const http_request *re
     char zresp[WS_DEFLATE_RESPONSE_MAX];
     if (zrc == 1) {
         ws_deflate_response(&zp, zresp);
-        s->t.ws.deflate_bits = zp.server_max_window_bits;
+        s->ws_deflate_bits = zp.server_max_window_bits;
         DEFLATE_COUNT(negotiated, 1);
     }
     char fmt[16];
@@ -207,14 +205,14 @@ static void ws_send_control(sub_session *s, int opcode, const void *payload, siz
  * 0 with the range set, 1 to send the plain frame, -1 no memory. */
 static int ws_deflated_form(sub_session *s, hub_msg *m, buf_t **b, size_t *off, size_t *len)
 {
-    if (!s->t.ws.deflate_bits) return 1;
+    if (!s->ws_deflate_bits) return 1;
     size_t plain;
     if (s->json) {
         if (hub_msg_json(m, b, off, &plain) < 0) return -1;
     } else {
         plain = m->len;
     }
-    ws_deflate_params p = {.server_max_window_bits = s->t.ws.deflate_bits};
+    ws_deflate_params p = {.server_max_window_bits = s->ws_deflate_bits};
     if (plain < sub_defaults.ws_deflate_min || !ws_deflate_fits(&p, plain)) return 1;
     return hub_msg_ws_deflated(m, s->json, b, off, len);
 }
@@ -255,16 +253,19 @@ static int ws_msg_append(void *ud, const uint8_t *data, size_t len)
         size_t ncap = s->t.ws.msg_cap ? s->t.ws.msg_cap : 256;
         while (ncap < s->t.ws.msg_len + len)
             ncap *= 2;
-        char *nm = realloc(s->t.ws.msg, ncap);
+        /* The decoder and the inflater stop a message at max_ws_message,
+         * which config keeps at most WS_MESSAGE_MAX (so this never fires). */
+        SLUICE_ASSERT(ncap <= 2 * (size_t)WS_MESSAGE_MAX);
+        char *nm = ncap <= UINT32_MAX ? realloc(s->t.ws.msg, ncap) : NULL;
         if (!nm) {
             ws_session_close(s, WS_CLOSE_INTERNAL_ERROR, "out of memory");
             return 1;
         }
         s->t.ws.msg = nm;
-        s->t.ws.msg_cap = ncap;
+        s->t.ws.msg_cap = (uint32_t)ncap;
     }
     memcpy(s->t.ws.msg + s->t.ws.msg_len, data, len);
-    s->t.ws.msg_len += len;
+    s->t.ws.msg_len += (uint32_t)len;
     return 0;
 }
 
@@ -273,7 +274,7 @@ static int ws_msg_end(sub_session *s);
 static int on_frame_data(void *ud, int opcode, const uint8_t *data, size_t len, bool fin)
 {
     sub_session *s = ud;
-    if (s->t.ws.msg_len == 0) s->t.ws.msg_op = (uint8_t)opcode;
+    if (s->t.ws.msg_len == 0) s->ws_msg_op = (uint8_t)opcode;
     /* The decoder bounds the total by ws_max_message. */
     if (len && ws_msg_append(s, data, len)) return 1;
     return fin ? ws_msg_end(s) : 0;
@@ -288,7 +289,7 @@ static int on_frame_compressed(void *ud, int opcode, const uint8_t *data, size_t
 {
     sub_session *s = ud;
     if (!s->t.ws.inflater) {
-        s->t.ws.msg_op = (uint8_t)opcode;
+        s->ws_msg_op = (uint8_t)opcode;
         if (!(s->t.ws.inflater = wsz_inflater_new())) {
             ws_session_close(s, WS_CLOSE_INTERNAL_ERROR, "out of memory");
             return 1;
@@ -310,11 +311,12 @@ static int on_frame_compressed(void *ud, int opcode, const uint8_t *data, size_t
                            : "websocket client closed: its message did not inflate",
                        LOG_S("remote", conn_remote_addr(s->c, remote, sizeof(remote))));
         ws_session_close(s,
-                         big                     ? WS_CLOSE_TOO_BIG
-                         : rc == SL_ENOMEM   ? WS_CLOSE_INTERNAL_ERROR
-                                                 : WS_CLOSE_INVALID_DATA,
-                         big ? "message too big" : rc == SL_ENOMEM ? "out of memory"
-                                                                       : "bad compressed data");
+                         big               ? WS_CLOSE_TOO_BIG
+                         : rc == SL_ENOMEM ? WS_CLOSE_INTERNAL_ERROR
+                                           : WS_CLOSE_INVALID_DATA,
+                         big               ? "message too big"
+                         : rc == SL_ENOMEM ? "out of memory"
+                                           : "bad compressed data");
         return 1;
     }
     DEFLATE_COUNT(inflated_in, len);
@@ -323,7 +325,7 @@ static int on_frame_compressed(void *ud, int opcode, const uint8_t *data, size_t
     s->t.ws.inflater = NULL;
     DEFLATE_COUNT(inflated, 1);
     DEFLATE_COUNT(inflated_out, s->t.ws.msg_len);
-    if (s->t.ws.msg_op == WS_OP_TEXT && !utf8_valid(s->t.ws.msg, s->t.ws.msg_len)) {
+    if (s->ws_msg_op == WS_OP_TEXT && !utf8_valid(s->t.ws.msg, s->t.ws.msg_len)) {
         ws_session_close(s, WS_CLOSE_INVALID_DATA, "invalid UTF-8 in text message");
         return 1;
     }
@@ -336,11 +338,11 @@ static int ws_msg_end(sub_session *s)
     if (session_ended(s)) return 1;
     if (s->hooks && s->hooks->on_message)
         s->hooks->on_message(s->hooks_ud, s, s->t.ws.msg ? s->t.ws.msg : "", s->t.ws.msg_len,
-                             s->t.ws.msg_op == WS_OP_BINARY);
+                             s->ws_msg_op == WS_OP_BINARY);
     if (session_ended(s)) return 1; /* the hook closed it */
     /* Its publishes wait for storage (sub_publish_queued paused input):
      * stop at this message; ws_on_data gives the rest back. */
-    bool paused = s->t.ws.publishing >= SUB_MAX_PUBLISHING;
+    bool paused = s->ws_publishing >= SUB_MAX_PUBLISHING;
     /* An idle connection keeps no message buffer. */
     free(s->t.ws.msg);
     s->t.ws.msg = NULL;
@@ -357,7 +359,7 @@ static int on_frame_ping(void *ud, const uint8_t *payload, size_t len)
 
 static int on_frame_pong(void *ud, const uint8_t *payload, size_t len)
 {
-    ((sub_session *)ud)->t.ws.pong_pending = false;
+    ((sub_session *)ud)->ws_pong_pending = false;
     return 0;
 }
 
@@ -380,7 +382,7 @@ static const ws_callbacks frame_callbacks = {
 static void ws_on_data(conn *c, void *state, char *data, size_t len)
 {
     sub_session *s = state;
-    s->t.ws.pong_pending = false; /* any byte shows the peer is alive */
+    s->ws_pong_pending = false; /* any byte shows the peer is alive */
     if (!s->t.ws.dec) {
         s->t.ws.dec = malloc(sizeof(ws_decoder));
         if (!s->t.ws.dec) {
@@ -388,7 +390,7 @@ static void ws_on_data(conn *c, void *state, char *data, size_t len)
             return;
         }
         ws_decoder_init(s->t.ws.dec, sub_defaults.ws_max_message, true);
-        if (s->t.ws.deflate_bits) ws_decoder_allow_deflate(s->t.ws.dec);
+        if (s->ws_deflate_bits) ws_decoder_allow_deflate(s->t.ws.dec);
     }
     size_t pos = 0;
     while (pos < len && !session_ended(s)) {
@@ -401,7 +403,7 @@ static void ws_on_data(conn *c, void *state, char *data, size_t len)
             break;
         }
         pos += (size_t)n;
-        if (pos < len && !session_ended(s) && s->t.ws.publishing >= SUB_MAX_PUBLISHING) {
+        if (pos < len && !session_ended(s) && s->ws_publishing >= SUB_MAX_PUBLISHING) {
             conn_unread(c, data + pos, len - pos); /* after the publishes commit */
             break;
         }
@@ -416,12 +418,12 @@ static void ws_on_data(conn *c, void *state, char *data, size_t len)
 static void ws_on_timer(conn *c, void *state)
 {
     sub_session *s = state;
-    if (s->t.ws.pong_pending) {
+    if (s->ws_pong_pending) {
         LOG_KV(LOG_DEBUG, "websocket peer did not answer a ping: dropped");
         conn_close(c);
         return;
     }
-    s->t.ws.pong_pending = true;
+    s->ws_pong_pending = true;
     ws_send_control(s, WS_OP_PING, NULL, 0);
     if (!session_ended(s)) conn_stream_timer(c, sub_defaults.ws_ping);
 }
@@ -448,11 +450,10 @@ static void ws_on_close(conn *c, void *state)
  * permessage-deflate: into a buffer of header room + bound, the frame
  * header written just before the payload.  NULL when compression is not
  * for it (or saved nothing), or out of memory. */
-static buf_t *ws_deflate_one(sub_session *s, const char *data, size_t len, bool binary,
-                             size_t *off)
+static buf_t *ws_deflate_one(sub_session *s, const char *data, size_t len, bool binary, size_t *off)
 {
-    ws_deflate_params p = {.server_max_window_bits = s->t.ws.deflate_bits};
-    if (!s->t.ws.deflate_bits || len < sub_defaults.ws_deflate_min || !ws_deflate_fits(&p, len))
+    ws_deflate_params p = {.server_max_window_bits = s->ws_deflate_bits};
+    if (!s->ws_deflate_bits || len < sub_defaults.ws_deflate_min || !ws_deflate_fits(&p, len))
         return NULL;
     buf_t *b = buf_new(WS_MAX_HEADER + wsz_deflate_bound(len));
     if (!b) return NULL;
@@ -522,8 +523,8 @@ void sub_publish_queued(sub_session *s)
     SLUICE_ASSERT(s->tp == &ws_transport && !session_ended(s));
     /* One hold for all of them: an ended session stays readable until
      * the last answer. */
-    if (s->t.ws.publishing++ == 0) session_hold(s);
-    if (s->t.ws.publishing >= SUB_MAX_PUBLISHING) conn_pause_input(s->c, true);
+    if (s->ws_publishing++ == 0) session_hold(s);
+    if (s->ws_publishing >= SUB_MAX_PUBLISHING) conn_pause_input(s->c, true);
 }
 
 static log_limit refused_log = LOG_LIMIT_INIT;
@@ -544,13 +545,13 @@ void sub_publish_refused(sub_session *s, const char *reason)
 void sub_publish_done(void *ud, hub_msg *m, int status)
 {
     sub_session *s = ud;
-    SLUICE_ASSERT(s->tp == &ws_transport && s->t.ws.publishing > 0);
-    s->t.ws.publishing--;
+    SLUICE_ASSERT(s->tp == &ws_transport && s->ws_publishing > 0);
+    s->ws_publishing--;
     if (!session_ended(s)) {
         if (status != 0)
             sub_publish_refused(s, err_str(status));
-        else if (s->t.ws.publishing < SUB_MAX_PUBLISHING / 2)
+        else if (s->ws_publishing < SUB_MAX_PUBLISHING / 2)
             conn_pause_input(s->c, false);
     }
-    if (s->t.ws.publishing == 0) session_release(s);
+    if (s->ws_publishing == 0) session_release(s);
 }

@@ -9,6 +9,7 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/route.h"
+#include "core/session.h"
 #include "core/subscriber.h"
 #include "storage/store.h"
 #include "storage/writer.h"
@@ -36,8 +37,8 @@ void lx_config_free(lx_config *cfg)
     free(cfg->admin_token_file);
     cfg->admin_listen = cfg->admin_token_file = NULL;
     lx_cluster_config *cl = &cfg->cluster;
-    char **cs[] = {&cl->servers, &cl->stream,  &cl->user,     &cl->password, &cl->token,
-                   &cl->creds,   &cl->tls_ca,  &cl->tls_cert, &cl->tls_key};
+    char **cs[] = {&cl->servers, &cl->stream, &cl->user,     &cl->password, &cl->token,
+                   &cl->creds,   &cl->tls_ca, &cl->tls_cert, &cl->tls_key};
     for (size_t i = 0; i < sizeof(cs) / sizeof(cs[0]); i++) {
         free(*cs[i]);
         *cs[i] = NULL;
@@ -144,9 +145,12 @@ static void config_limits(lua_State *L, lx_config *cfg)
             cfg->script_timeout = v;
         else if (strcmp(k, "max_publish_queue") == 0)
             cfg->max_publish_queue = (size_t)v;
-        else if (strcmp(k, "max_ws_message") == 0)
-            cfg->max_ws_message = v > (double)(1ULL << 40) ? (size_t)1 << 40 : (size_t)v;
-        else if (strcmp(k, "script_memory") == 0)
+        else if (strcmp(k, "max_ws_message") == 0) {
+            if (v > (double)WS_MESSAGE_MAX)
+                luaL_error(L, "sluice.config: limits.max_ws_message: at most %zu bytes (1 GiB)",
+                           WS_MESSAGE_MAX);
+            cfg->max_ws_message = (size_t)v;
+        } else if (strcmp(k, "script_memory") == 0)
             cfg->script_memory = v < 1024 * 1024 ? 1024 * 1024 : (size_t)v;
         else
             luaL_error(L, "sluice.config: unknown limit '%s'", k);
@@ -197,8 +201,8 @@ static void config_cluster(lua_State *L, lx_config *cfg)
     while (lua_next(L, -2)) {
         if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "sluice.config: cluster keys are names");
         const char *k = lua_tostring(L, -2);
-        bool known = strcmp(k, "servers") == 0 || strcmp(k, "replicas") == 0 ||
-                     strcmp(k, "tls") == 0;
+        bool known =
+            strcmp(k, "servers") == 0 || strcmp(k, "replicas") == 0 || strcmp(k, "tls") == 0;
         for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++)
             if (strcmp(k, strs[i]) == 0) {
                 known = true;
