@@ -13,7 +13,8 @@
 // SLUICE_TEST_LOGS=1 prints each server's stderr when it is cleaned up,
 // SLUICE_TEST_LAX_EXIT=1 skips the check that SIGTERM exits 0.
 
-import { spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
@@ -311,6 +312,26 @@ export async function startServer(t, opts = {}) {
 
 // Self-signed EC certificate for localhost and 127.0.0.1, made with the
 // openssl CLI as harness.py does; returns {cert, key, ca (the PEM text)}.
+// Debian's Chromium, headless, driven by playwright-core (loaded here only
+// when a test asks for a browser).  Waits (bounded) for the binary, which
+// may still be installing; `trust` is a certificate (makeCert's) that the
+// browser accepts by its public-key pin, with no change to a CA store.
+export const CHROMIUM = process.env.SLUICE_CHROMIUM || '/usr/bin/chromium';
+const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync', '--no-first-run'];
+
+export async function launchChromium({ trust } = {}) {
+  await waitFor(() => fs.existsSync(CHROMIUM), 180000, `${CHROMIUM} to be installed`);
+  const args = [...CHROMIUM_ARGS];
+  if (trust) {
+    const spki = execFileSync('openssl', ['x509', '-in', trust.cert, '-pubkey', '-noout']).toString();
+    const der = crypto.createPublicKey(spki).export({ type: 'spki', format: 'der' });
+    args.push(`--ignore-certificate-errors-spki-list=${crypto.createHash('sha256').update(der).digest('base64')}`);
+  }
+  const { chromium } = await import('playwright-core');
+  return chromium.launch({ executablePath: CHROMIUM, headless: true, args, timeout: 60000 });
+}
+
 export function makeCert(dir) {
   const cert = path.join(dir, 'server.crt');
   const key = path.join(dir, 'server.key');

@@ -10,24 +10,19 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { chromium } from 'playwright-core';
-import { WsClient, publish, sleep, startServer, tmpdir, waitFor } from './lib.mjs';
+import { launchChromium, publish, sleep, startServer, tmpdir, WsClient } from './lib.mjs';
 
-const CHROMIUM = process.env.SLUICE_CHROMIUM || '/usr/bin/chromium';
-const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync', '--no-first-run'];
 const TOKEN = 'dash-token-42';
 
 let srv, browser, dir, adminPort;
 
 before(async () => {
-  await waitFor(() => fs.existsSync(CHROMIUM), 180000, `${CHROMIUM} to be installed`);
   dir = tmpdir();
   fs.writeFileSync(path.join(dir, 'token'), TOKEN + '\n');
   srv = await startServer(null, { args: ['-w', '2', '--admin-listen', '127.0.0.1:0', '--admin-token-file', path.join(dir, 'token')] });
   const line = await srv.waitLog(/admin listening on/);
   adminPort = Number(/admin listening on [0-9.]+:(\d+)/.exec(line)[1]);
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS, timeout: 60000 });
+  browser = await launchChromium();
 });
 
 after(async () => {

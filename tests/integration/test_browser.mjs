@@ -9,39 +9,20 @@
 // connection is cut (through lib.mjs's CutProxy), and the same page over
 // HTTPS (wss + EventSource) with the test certificate trusted by SPKI pin.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import crypto from 'node:crypto';
-import fs from 'node:fs';
 import { after, before, describe, test } from 'node:test';
-import { chromium } from 'playwright-core';
 import {
-  CutProxy, WsClient, app, headValue, makeCert, publish, startServer, tmpdir, waitFor,
+  CutProxy, WsClient, app, headValue, launchChromium, makeCert, publish, startServer, tmpdir,
 } from './lib.mjs';
 
-const CHROMIUM = process.env.SLUICE_CHROMIUM || '/usr/bin/chromium';
-const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync', '--no-first-run'];
 
 let srv;
 let certs;
 let browser;
 
 before(async () => {
-  // Chromium may still be installing (apt-get in the background): wait for
-  // it, bounded.
-  await waitFor(() => fs.existsSync(CHROMIUM), 180000, `${CHROMIUM} to be installed`);
   certs = makeCert(tmpdir());
   srv = await startServer(null, { app: app('browser_app.lua'), tls: certs });
-  // Trust the test certificate by its public-key pin (no CA store change).
-  const spki = execFileSync('openssl', ['x509', '-in', certs.cert, '-pubkey', '-noout']).toString();
-  const der = crypto.createPublicKey(spki).export({ type: 'spki', format: 'der' });
-  const pin = crypto.createHash('sha256').update(der).digest('base64');
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [...ARGS, `--ignore-certificate-errors-spki-list=${pin}`],
-    timeout: 60000,
-  });
+  browser = await launchChromium({ trust: certs }); // trusted by its public-key pin
 });
 
 after(async () => {

@@ -15,24 +15,18 @@
 // together, the way the example is meant to be used.  Every wait is
 // bounded.
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { chromium } from 'playwright-core';
-import { CutProxy, SOURCE_DIR, request, startServer, waitFor } from './lib.mjs';
+import { CutProxy, launchChromium, request, SOURCE_DIR, startServer } from './lib.mjs';
 
-const CHROMIUM = process.env.SLUICE_CHROMIUM || '/usr/bin/chromium';
-const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync', '--no-first-run'];
 const WAIT = 15000;
 
 let srv;
 let browser;
 
 before(async () => {
-  await waitFor(() => fs.existsSync(CHROMIUM), 180000, `${CHROMIUM} to be installed`);
   srv = await startServer(null, { app: path.join(SOURCE_DIR, 'examples', 'chat', 'app.lua') });
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS, timeout: 60000 });
+  browser = await launchChromium();
 });
 
 after(async () => {

@@ -12,10 +12,8 @@ import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { chromium } from 'playwright-core';
-import { publish, request, startServer, tmpdir, waitFor } from './lib.mjs';
+import { launchChromium, publish, request, startServer, tmpdir } from './lib.mjs';
 
-const CHROMIUM = process.env.SLUICE_CHROMIUM || '/usr/bin/chromium';
 
 const PAGE = `<!doctype html><html><head><meta charset="utf-8"></head><body>
 <p id="status">running</p>
@@ -52,11 +50,7 @@ before(async () => {
   });
   await new Promise((res) => pageServer.listen(0, '127.0.0.1', res));
   pageOrigin = `http://127.0.0.1:${pageServer.address().port}`;
-  await waitFor(() => fs.existsSync(CHROMIUM), 180000, `${CHROMIUM} to be installed`);
-  browser = await chromium.launch({
-    executablePath: CHROMIUM, headless: true, timeout: 60000,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run'],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {

@@ -8,26 +8,20 @@
 // WebSocket refused by the proxy -> SSE; SSE buffered by it -> long-poll.
 // Every wait is bounded.
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { chromium } from 'playwright-core';
-import { CutProxy, SOURCE_DIR, startServer, waitFor } from './lib.mjs';
+import { CutProxy, launchChromium, SOURCE_DIR, startServer } from './lib.mjs';
 import { Nginx, haveNginx } from './nginx.mjs';
 
-const CHROMIUM = process.env.SLUICE_CHROMIUM || '/usr/bin/chromium';
-const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync', '--no-first-run'];
 const WAIT = 15000;
 
 let srv;
 let browser;
 
 before(async () => {
-  await waitFor(() => fs.existsSync(CHROMIUM), 180000, `${CHROMIUM} to be installed`);
   process.env.FEED_INTERVAL = '0.1'; // ten messages a second: the test is short
   srv = await startServer(null, { app: path.join(SOURCE_DIR, 'examples', 'feed', 'app.lua') });
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS, timeout: 60000 });
+  browser = await launchChromium();
 });
 
 after(async () => {

@@ -5,34 +5,18 @@
 // at most 6 connections per origin, so only 6 EventSources get through and
 // the other 14 wait.  apps/h2_browser_app.lua serves the page.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import crypto from 'node:crypto';
-import fs from 'node:fs';
 import { after, before, describe, test } from 'node:test';
-import { chromium } from 'playwright-core';
-import { app, makeCert, publish, sleep, startServer, tmpdir, waitFor } from './lib.mjs';
+import { app, launchChromium, makeCert, publish, sleep, startServer, tmpdir } from './lib.mjs';
 
-const CHROMIUM = process.env.SLUICE_CHROMIUM || '/usr/bin/chromium';
-const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync', '--no-first-run'];
 const N = 20;
 
 let srv;
 let browser;
 
 before(async () => {
-  await waitFor(() => fs.existsSync(CHROMIUM), 180000, `${CHROMIUM} to be installed`);
   const certs = makeCert(tmpdir());
   srv = await startServer(null, { app: app('h2_browser_app.lua'), tls: certs });
-  const spki = execFileSync('openssl', ['x509', '-in', certs.cert, '-pubkey', '-noout']).toString();
-  const der = crypto.createPublicKey(spki).export({ type: 'spki', format: 'der' });
-  const pin = crypto.createHash('sha256').update(der).digest('base64');
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [...ARGS, `--ignore-certificate-errors-spki-list=${pin}`],
-    timeout: 60000,
-  });
+  browser = await launchChromium({ trust: certs }); // trusted by its public-key pin
 });
 
 after(async () => {

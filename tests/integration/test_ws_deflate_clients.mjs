@@ -7,12 +7,9 @@
 // bomb from ws gets 1009.  The frames' RSV1 bit is checked byte by byte in
 // test_ws_deflate.py.
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import { after, before, describe, test } from 'node:test';
-import { chromium } from 'playwright-core';
-import { WsClient, app, publish, request, startServer, waitFor } from './lib.mjs';
+import { launchChromium, WsClient, app, publish, request, startServer } from './lib.mjs';
 
-const CHROMIUM = process.env.SLUICE_CHROMIUM || '/usr/bin/chromium';
 
 let srv;
 before(async () => {
@@ -72,11 +69,7 @@ describe('ws (npm) with perMessageDeflate', () => {
 describe('Chromium', () => {
   let browser;
   before(async () => {
-    await waitFor(() => fs.existsSync(CHROMIUM), 180000, `${CHROMIUM} to be installed`);
-    browser = await chromium.launch({
-      executablePath: CHROMIUM, headless: true, timeout: 60000,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run'],
-    });
+    browser = await launchChromium();
   });
   after(async () => {
     if (browser) await browser.close().catch(() => {});
