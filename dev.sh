@@ -46,13 +46,16 @@ install_node() {
     install_packages nodejs npm
 }
 
+# The test clients (tests/integration), and Node.js 18 from the npm registry
+# (tests/node18), the oldest Node the JS client supports, to run its tests.
 install_node_modules() {
-    local dir=$top/tests/integration
-    [ -f "$dir/package.json" ] || return 0
-    if [ ! -d "$dir/node_modules" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules" ]; then
-        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
-        touch "$dir/node_modules"
-    fi
+    local dir
+    for dir in "$top/tests/integration" "$top/tests/node18"; do
+        if [ ! -d "$dir/node_modules" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules" ]; then
+            (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+            touch "$dir/node_modules"
+        fi
+    done
 }
 
 build() { # build DIR [cmake args]

@@ -52,7 +52,12 @@ function assertExactly(r, prefix, n) {
 
 const opts = { WebSocket, backoff: { min: 50, max: 500 } };
 
-describe('clients/js in Node', () => {
+// integration.test_client_node18 runs this file on Node.js 18, the oldest
+// the client supports: make sure it really is that Node.
+const wantMajor = process.env.SLUICE_NODE_MAJOR;
+if (wantMajor) assert.equal(process.versions.node.split('.')[0], wantMajor, `Node ${process.version}`);
+
+describe(`clients/js in Node ${process.version}`, () => {
   test('WebSocket: order, event names, binary, publish', async (t) => {
     const srv = await startServer(t);
     const c = new Sluice(srv.url(''), opts);
