@@ -22,6 +22,8 @@ bench_deps=(nginx-light libnginx-mod-nchan pushpin gnuplot-nox wrk nats-server r
 # HTTP/2 (core/h2.c): libnghttp2; nghttp, h2load and a raw client for its tests.
 run_deps+=(libnghttp2-dev)
 test_deps+=(nghttp2-client python3-h2)
+# The deployment checks: systemd-analyze verify on the unit, groff on the man page.
+test_deps+=(systemd groff-base)
 
 sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
