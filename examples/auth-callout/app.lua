@@ -64,9 +64,18 @@ sluice.route("GET", "/topics/:topic", function(req)
     return sluice.json(503, { error = "authorization failed: status " .. res.status })
   end
 
-  event("join", user, topic)
+  -- Join once the subscription is live, and leave only after a join: a
+  -- subscription that fails to start, or a poll answered at once, sends
+  -- neither.
+  local joined = false
   return req:subscribe(topic, {
-    on_close = function(conn) event("leave", user, topic) end,
+    on_open = function(conn)
+      joined = true
+      event("join", user, topic)
+    end,
+    on_close = function(conn)
+      if joined then event("leave", user, topic) end
+    end,
   })
 end)
 
