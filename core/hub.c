@@ -315,6 +315,9 @@ static void on_cluster_msg(void *ud, const struct cluster_msg *cm)
     }
     m->seq = cm->seq;
     m->time_ms = cm->time_ms;
+    /* The stream may hold what another program published with the
+     * header: embedded only if it parses. */
+    m->is_json = (cm->flags & STORE_MSG_JSON) && json_valid(cm->data, cm->data_len);
     m->id_len = (uint8_t)store_id_format(cluster_epoch(b->cluster), cm->seq, m->id);
     pthread_mutex_lock(&b->lock);
     for (unsigned i = 0; i < b->max_hubs; i++)
@@ -721,12 +724,13 @@ uint64_t hub_committed_seq(const hub *h)
 int hub_publish(hub *h, const char *topic, size_t tlen, const char *event, size_t elen,
                 const void *data, size_t len, const void *origin, hub_publish_fn done, void *ud)
 {
-    return hub_publish_keyed(h, topic, tlen, event, elen, data, len, NULL, 0, origin, done, ud);
+    return hub_publish_keyed(h, topic, tlen, event, elen, data, len, NULL, 0, 0, origin, done,
+                             ud);
 }
 
 int hub_publish_keyed(hub *h, const char *topic, size_t tlen, const char *event, size_t elen,
                       const void *data, size_t len, const char *ikey, size_t iklen,
-                      const void *origin, hub_publish_fn done, void *ud)
+                      unsigned flags, const void *origin, hub_publish_fn done, void *ud)
 {
     if (!hub_topic_valid(topic, tlen) || (event && elen && !hub_event_valid(event, elen)))
         return SL_EINVAL;
@@ -739,6 +743,7 @@ int hub_publish_keyed(hub *h, const char *topic, size_t tlen, const char *event,
         return SL_ENOMEM;
     }
     hub_retention r = retention_for(h, topic, tlen);
+    m->is_json = (flags & STORE_MSG_JSON) && !m->binary;
     m->origin = origin;
     m->home = h;
     m->pending = p;
@@ -755,6 +760,7 @@ int hub_publish_keyed(hub *h, const char *topic, size_t tlen, const char *event,
     p->req.data_len = len;
     p->req.max_count = r.backlog;
     p->req.max_age_ms = (uint64_t)(r.max_age * 1000);
+    p->req.flags = m->is_json ? STORE_MSG_JSON : 0;
     if (ikey) {
         memcpy(p->ikey, ikey, iklen);
         p->req.ikey = p->ikey;
@@ -762,7 +768,8 @@ int hub_publish_keyed(hub *h, const char *topic, size_t tlen, const char *event,
     }
     p->submitted = mono_now();
     int rc = h->bus->cluster ? cluster_publish(h->bus->cluster, m->topic, m->topic_len, m->event,
-                                               m->event_len, p->req.data, len, ikey, iklen, p)
+                                               m->event_len, p->req.data, len, ikey, iklen,
+                                               p->req.flags, p)
                              : writer_submit(h->bus->writer, &p->req);
     if (rc != 0) {
         COUNT(h->stats.publish_failures, 1); /* refused before it was queued */
@@ -1010,6 +1017,7 @@ typedef struct replay_acc {
     size_t n, cap;
     size_t bytes, max_bytes;
     bool oom, full;
+    bool check_json; /* cluster mode: a JSON mark is checked (collect) */
 } replay_acc;
 
 /* Inside the read transaction: copy each message out (the store's pointers
@@ -1044,6 +1052,10 @@ static int collect(void *ud, const struct store_view *v)
     }
     m->seq = v->seq;
     m->time_ms = v->time_ms;
+    /* A cluster's stream may hold what another program published with
+     * the header: embedded only if it parses (the store's are checked). */
+    m->is_json = (v->flags & STORE_MSG_JSON) && !m->binary &&
+                 (!a->check_json || json_valid(v->data, v->data_len));
     m->id_len = (uint8_t)store_id_format(v->epoch, v->seq, m->id);
     a->msgs[a->n++] = m;
     a->bytes += v->data_len;
@@ -1110,7 +1122,10 @@ long hub_replay(hub *h, const char *const *topics, const size_t *lens, int n, ui
     long result = 0;
     struct store_topic_ref refs[HUB_REPLAY_MAX_TOPICS];
     struct store_read_info infos[HUB_REPLAY_MAX_TOPICS];
-    replay_acc acc = {.topics = (const char *const *)names, .lens = nlens, .max_bytes = max_bytes};
+    replay_acc acc = {.topics = (const char *const *)names,
+                      .lens = nlens,
+                      .max_bytes = max_bytes,
+                      .check_json = h->bus && h->bus->cluster};
     if (h->bus && nn > 0) {
         for (int i = 0; i < nn; i++)
             refs[i] = (struct store_topic_ref){names[i], nlens[i]};
@@ -1194,7 +1209,9 @@ static bool build_json(hub_msg *m)
         .event_len = m->event_len,
         .data = m->raw->data + HUB_HEADROOM,
         .data_len = m->len,
-        .flags = JSON_MSG_TOPIC | (m->binary ? JSON_MSG_BASE64 : 0),
+        .flags = JSON_MSG_TOPIC | (m->binary    ? JSON_MSG_BASE64
+                                   : m->is_json ? JSON_MSG_RAW
+                                                : 0),
     };
     size_t n = json_msg_size(&jm);
     buf_t *jb = buf_new(HUB_HEADROOM + n);

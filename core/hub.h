@@ -66,6 +66,8 @@ typedef struct hub_msg {
     buf_t *raw;                /* HUB_HEADROOM bytes, then the data */
     size_t len;                /* data bytes */
     bool binary;               /* data is not valid UTF-8: base64 on text transports */
+    bool is_json;              /* data is a JSON text published as such
+                                  (STORE_MSG_JSON): JSON forms embed it */
     uint8_t raw_hdr, json_hdr; /* WebSocket header bytes in each headroom */
     uint8_t json_state, sse_state; /* built once across workers (see hub.c) */
     buf_t *json;                   /* HUB_HEADROOM bytes, then the JSON object */
@@ -244,10 +246,13 @@ int hub_publish(hub *h, const char *topic, size_t tlen, const char *event, size_
  * NULL: none): a publish of the same topic and key within the store's
  * dedup window (SPEC.md, "Publishing exactly once") stores nothing and
  * is delivered to no one; `done` gets a message with the first publish's
- * ID and `duplicate` set.  SL_EINVAL for a key of a bad length. */
+ * ID and `duplicate` set.  SL_EINVAL for a key of a bad length.
+ * flags: STORE_MSG_JSON when the data is a JSON text its publisher
+ * declared (the caller checked json_valid, core/jsonenc.h): stored with
+ * the message, and the JSON forms embed it (hub_msg.is_json); else 0. */
 int hub_publish_keyed(hub *h, const char *topic, size_t tlen, const char *event, size_t elen,
                       const void *data, size_t len, const char *ikey, size_t iklen,
-                      const void *origin, hub_publish_fn done, void *ud);
+                      unsigned flags, const void *origin, hub_publish_fn done, void *ud);
 
 /* Subscribes `owner` to a topic or a wildcard (see hub_pattern_valid).
  * `oneshot`: the subscriber ends at its first delivery and must come back
@@ -300,7 +305,8 @@ long hub_replay(hub *h, const char *const *topics, const size_t *lens, int n, ui
                 bool *more);
 
 /* A message for one subscriber: same ID, topic and seq as `m`, other event
- * and data (a filter's transform).  Not in the backlog.  NULL on no memory. */
+ * and data (a filter's transform: not marked JSON, is_json false).  Not
+ * in the backlog.  NULL on no memory. */
 hub_msg *hub_msg_derive(const hub_msg *m, const char *event, size_t elen, const void *data,
                         size_t len);
 
@@ -314,9 +320,11 @@ int hub_msg_json(hub_msg *m, buf_t **b, size_t *off, size_t *len);
 int hub_msg_sse(hub_msg *m, buf_t **b);
 /* The SSE event for a stream over several topics or a pattern, which must
  * tell which topic each message is from: the same id: and event: lines
- * (no ".base64" suffix), and one data: line holding the JSON object of
+ * (no ".base64" suffix), and data: lines holding the JSON object of
  * hub_msg_json {"id","topic","event","data"} (binary data base64 with
- * "encoding":"base64", as there).  Built once, shared like the others. */
+ * "encoding":"base64", JSON embedded with "encoding":"json", as there; one
+ * line unless embedded JSON has line breaks, which SSE splits and
+ * EventSource joins again with "\n").  Built once, shared like the others. */
 int hub_msg_sse_topic(hub_msg *m, buf_t **b);
 
 /* The permessage-deflate frame of the raw (json false) or JSON form:

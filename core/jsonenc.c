@@ -13,9 +13,7 @@
 #include <string.h>
 
 #include "core/b64.h"
-#ifndef NDEBUG
 #include "core/utf8.h"
-#endif
 
 /* Extra bytes each input byte costs: \X short forms add 1, \u00XX adds 5. */
 static const uint8_t json_extra[256] = {
@@ -155,6 +153,8 @@ size_t json_msg_size(const struct json_msg *m)
     n += json_opt_size(m->event, m->event_len);
     if (m->flags & JSON_MSG_BASE64)
         n += b64_encoded_size(m->data_len) + 2 + sizeof(",\"encoding\":\"base64\"") - 1;
+    else if (m->flags & JSON_MSG_RAW)
+        n += m->data_len + sizeof(",\"encoding\":\"json\"") - 1;
     else
         n += json_string_size(m->data, m->data_len);
     return n;
@@ -178,8 +178,154 @@ ssize_t json_msg_encode(char *out, size_t cap, const struct json_msg *m)
         if (n < 0) return SL_ESPACE;
         w.o += n;
         if (JW_LIT(&w, "\",\"encoding\":\"base64\"}")) return SL_ESPACE;
+    } else if (m->flags & JSON_MSG_RAW) {
+        if (jw_put(&w, m->data, m->data_len) || JW_LIT(&w, ",\"encoding\":\"json\"}"))
+            return SL_ESPACE;
     } else {
         if (jw_string(&w, m->data, m->data_len) || JW_LIT(&w, "}")) return SL_ESPACE;
     }
     return w.o - out;
+}
+
+/* ---- validation ------------------------------------------------------------ */
+
+static const char *jv_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    return p;
+}
+
+static int jv_hex(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+/* The string whose opening quote is at p: the byte after its closing
+ * quote, or NULL.  Bytes from 0x80 on were checked as UTF-8 already. */
+static const char *jv_string(const char *p, const char *end)
+{
+    for (p++; p < end; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '"') return p + 1;
+        if (c < 0x20) return NULL;
+        if (c != '\\') continue;
+        if (++p == end) return NULL;
+        switch (*p) {
+        case '"':
+        case '\\':
+        case '/':
+        case 'b':
+        case 'f':
+        case 'n':
+        case 'r':
+        case 't':
+            break;
+        case 'u':
+            if (end - p < 5 || !jv_hex(p[1]) || !jv_hex(p[2]) || !jv_hex(p[3]) || !jv_hex(p[4]))
+                return NULL;
+            p += 4;
+            break;
+        default:
+            return NULL;
+        }
+    }
+    return NULL;
+}
+
+static const char *jv_digits(const char *p, const char *end)
+{
+    const char *q = p;
+    while (q < end && *q >= '0' && *q <= '9')
+        q++;
+    return q > p ? q : NULL;
+}
+
+static const char *jv_number(const char *p, const char *end)
+{
+    if (*p == '-') p++;
+    if (p == end) return NULL;
+    if (*p == '0')
+        p++;
+    else if (!(p = jv_digits(p, end)))
+        return NULL;
+    if (p < end && *p == '.' && !(p = jv_digits(p + 1, end))) return NULL;
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < end && (*p == '+' || *p == '-')) p++;
+        if (!(p = jv_digits(p, end))) return NULL;
+    }
+    return p;
+}
+
+static const char *jv_word(const char *p, const char *end, const char *w, size_t n)
+{
+    return (size_t)(end - p) >= n && memcmp(p, w, n) == 0 ? p + n : NULL;
+}
+
+bool json_valid(const char *s, size_t len)
+{
+    /* Iterative: stack[d] is '{' or '[' for each open container. */
+    char stack[JSON_VALID_DEPTH];
+    int depth = 0;
+    const char *p = s, *end = s + len;
+    if (!s || !utf8_valid(s, len)) return false;
+    for (;;) {
+        /* A value is expected at p. */
+        p = jv_ws(p, end);
+        if (p == end) return false;
+        switch (*p) {
+        case '{':
+        case '[':
+            if (depth == JSON_VALID_DEPTH) return false;
+            stack[depth++] = *p;
+            p = jv_ws(p + 1, end);
+            if (p < end && *p == (stack[depth - 1] == '{' ? '}' : ']')) {
+                depth--;
+                p++;
+                break; /* empty: a value ended */
+            }
+            if (stack[depth - 1] == '{') {
+                if (p == end || *p != '"' || !(p = jv_string(p, end))) return false;
+                p = jv_ws(p, end);
+                if (p == end || *p++ != ':') return false;
+            }
+            continue; /* the first member's value */
+        case '"':
+            p = jv_string(p, end);
+            break;
+        case 't':
+            p = jv_word(p, end, "true", 4);
+            break;
+        case 'f':
+            p = jv_word(p, end, "false", 5);
+            break;
+        case 'n':
+            p = jv_word(p, end, "null", 4);
+            break;
+        default:
+            p = (*p == '-' || (*p >= '0' && *p <= '9')) ? jv_number(p, end) : NULL;
+        }
+        if (!p) return false;
+        /* A value ended: close containers, or go on to the next member. */
+        for (;;) {
+            p = jv_ws(p, end);
+            if (depth == 0) return p == end;
+            if (p == end) return false;
+            char open = stack[depth - 1];
+            if (*p == (open == '{' ? '}' : ']')) {
+                depth--;
+                p++;
+                continue;
+            }
+            if (*p++ != ',') return false;
+            if (open == '{') {
+                p = jv_ws(p, end);
+                if (p == end || *p != '"' || !(p = jv_string(p, end))) return false;
+                p = jv_ws(p, end);
+                if (p == end || *p++ != ':') return false;
+            }
+            break;
+        }
+    }
 }

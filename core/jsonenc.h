@@ -22,6 +22,7 @@
 #ifndef SLUICE_CORE_JSONENC_H
 #define SLUICE_CORE_JSONENC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -50,6 +51,10 @@ enum {
      * how a client tells.  Without the flag data is written as text and no
      * "encoding" member appears. */
     JSON_MSG_BASE64 = 1u << 1,
+    /* data is a JSON text (json_valid): written as it is, as the value of
+     * "data", followed by "encoding":"json", which is how a client tells
+     * it from a string.  Not with JSON_MSG_BASE64. */
+    JSON_MSG_RAW = 1u << 2,
 };
 
 /* One message as a JSON object.  Pointers are borrowed for the duration of
@@ -66,8 +71,17 @@ struct json_msg {
     unsigned flags; /* JSON_MSG_* */
 };
 
+/* json_valid: true iff the len bytes at s are one JSON text (RFC 8259):
+ * valid UTF-8, one value of any kind, whitespace around it allowed, at
+ * most JSON_VALID_DEPTH arrays and objects deep (deeper: false).  Strict:
+ * no trailing commas, comments, NaN, single quotes or leading zeros.
+ * Linear, allocates nothing. */
+#define JSON_VALID_DEPTH 256
+bool json_valid(const char *s, size_t len);
+
 /* json_msg_size: the exact number of bytes json_msg_encode writes for m:
  *   {"id":"..","topic":"..","event":"..","data":"..","encoding":"base64"}
+ * (with JSON_MSG_RAW: "data":<the JSON text>,"encoding":"json")
  * with no spaces, members in that order, topic and encoding per m->flags. */
 size_t json_msg_size(const struct json_msg *m);
 

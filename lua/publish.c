@@ -6,6 +6,7 @@
 #include "lua/internal.h"
 #include "lua/shared.h"
 
+#include "core/jsonenc.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/route.h"
@@ -39,6 +40,30 @@ void lx_count_bad_event(int kind, const char *topic, size_t tlen, size_t elen)
     LOG_KV_LIMITED(&bad_event_log[kind], 10.0, kind == BADEV_PUBLISH ? LOG_INFO : LOG_WARN,
                    "invalid event name", LOG_S("source", badev_source[kind]),
                    LOG_SN("topic", topic, tlen), LOG_I("event_bytes", elen));
+}
+
+/* Publishes declared JSON whose body did not parse: stored as plain data
+ * (docs/lua-api.md, sluice.publish), counted and logged. */
+static unsigned long long json_invalid;
+static log_limit json_invalid_log;
+
+/* True for a JSON media type: application/json or any type/subtype+json
+ * (RFC 6839), any case, parameters (";charset=utf-8") and blanks around
+ * ignored. */
+static bool media_type_json(const char *ct, size_t len)
+{
+    size_t i = 0, end;
+    while (i < len && (ct[i] == ' ' || ct[i] == '\t'))
+        i++;
+    for (end = i; end < len && ct[end] != ';'; end++)
+        ;
+    while (end > i && (ct[end - 1] == ' ' || ct[end - 1] == '\t'))
+        end--;
+    const char *t = ct + i;
+    size_t n = end - i;
+    if (n == 16 && strncasecmp(t, "application/json", 16) == 0) return true;
+    const char *slash = memchr(t, '/', n);
+    return slash && slash > t && n - (size_t)(slash - t) > 6 && strncasecmp(t + n - 5, "+json", 5) == 0;
 }
 
 /* ---- publish, topics, metrics -------------------------------------------- */
@@ -128,8 +153,8 @@ static int publish_k(lua_State *L, int status, lua_KContext ctx)
     return lua_gettop(L) - (int)ctx;
 }
 
-/* sluice.publish(topic, data [, {event = NAME, idempotency_key = KEY}])
- * -> id | nil, reason.
+/* sluice.publish(topic, data [, {event = NAME, idempotency_key = KEY,
+ * content_type = TYPE}]) -> id | nil, reason.
  * In a request handler it returns once the message is durable.  Where
  * nothing can wait (filters, WebSocket callbacks) it queues the message and
  * returns nothing: the message is still stored before anyone receives it.
@@ -144,6 +169,7 @@ static int l_publish(lua_State *L)
     const char *topic = luaL_checklstring(L, 1, &tlen);
     const char *data = luaL_checklstring(L, 2, &dlen);
     const char *event = NULL, *ikey = NULL;
+    bool json = false;
     if (!lua_isnoneornil(L, 3)) {
         luaL_checktype(L, 3, LUA_TTABLE);
         if (lua_getfield(L, 3, "event") != LUA_TNIL) {
@@ -155,6 +181,13 @@ static int l_publish(lua_State *L)
             if (lua_type(L, -1) != LUA_TSTRING)
                 return luaL_argerror(L, 3, "idempotency_key must be a string");
             ikey = lua_tolstring(L, -1, &iklen);
+        }
+        if (lua_getfield(L, 3, "content_type") != LUA_TNIL) {
+            if (lua_type(L, -1) != LUA_TSTRING)
+                return luaL_argerror(L, 3, "content_type must be a string");
+            size_t ctlen;
+            const char *ct = lua_tolstring(L, -1, &ctlen);
+            json = media_type_json(ct, ctlen);
         }
     }
     if (!hub_topic_valid(topic, tlen))
@@ -213,6 +246,15 @@ static int l_publish(lua_State *L)
             return 2;
         }
     }
+    if (json && !json_valid(data, dlen)) {
+        /* Stored as the bytes they are, a string to JSON readers: SPEC.md
+         * makes any body a message, so it is not refused. */
+        json = false;
+        __atomic_add_fetch(&json_invalid, 1, __ATOMIC_RELAXED);
+        LOG_KV_LIMITED(&json_invalid_log, 10.0, LOG_INFO,
+                       "publish declared JSON that does not parse: stored as plain data",
+                       LOG_SN("topic", topic, tlen), LOG_I("bytes", dlen));
+    }
     if (!app->hub || !hub_is_open(app->hub)) {
         /* --check, or top-level code before storage opens: nothing to do. */
         lua_pushnil(L);
@@ -224,7 +266,7 @@ static int l_publish(lua_State *L)
     /* A WebSocket client's on_message: its publishes pace its reading. */
     hub_publish_fn pacer = can_wait ? NULL : sub_publish_pacer(app->publisher);
     int rc = hub_publish_keyed(app->hub, topic, tlen, event, elen, data, dlen, ikey, iklen,
-                               app->origin, can_wait ? publish_resume : pacer,
+                               json ? STORE_MSG_JSON : 0, app->origin, can_wait ? publish_resume : pacer,
                                can_wait ? (void *)t
                                : pacer  ? (void *)app->publisher
                                         : NULL);
@@ -295,7 +337,7 @@ static int l_topic(lua_State *L)
  * (core/metrics.c), with the Lua layer's own. */
 char *lx_metrics_text(lx_app *app, size_t *len)
 {
-    metrics_extra extra[1 + BADEV_KINDS + LX_HTTP_METRICS + LXS_METRICS];
+    metrics_extra extra[2 + BADEV_KINDS + LX_HTTP_METRICS + LXS_METRICS];
     size_t n = 0;
     extra[n++] = (metrics_extra){"sluice_script_errors_total", "counter",
                                  "Errors raised by the app's Lua code.", NULL, lx_script_errors()};
@@ -306,6 +348,10 @@ char *lx_metrics_text(lx_app *app, size_t *len)
             "sluice_invalid_events_total", "counter",
             "Event names refused (not UTF-8, control characters, too long), by source.", labels[i],
             __atomic_load_n(&bad_events[i], __ATOMIC_RELAXED)};
+    extra[n++] = (metrics_extra){
+        "sluice_publish_json_invalid_total", "counter",
+        "Publishes declared as JSON whose data did not parse, stored as plain data.", NULL,
+        __atomic_load_n(&json_invalid, __ATOMIC_RELAXED)};
     n += lx_http_metrics(extra + n);
     n += lxs_metrics(extra + n);
     return metrics_render(app->hub, extra, n, len);

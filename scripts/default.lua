@@ -3,7 +3,8 @@
 -- written on the public Lua API like any user app (see docs/lua-api.md):
 --
 --   POST /topics/{topic}[?event=NAME]   publish the body     -> {"id": "..."}
---        (with Idempotency-Key: a retry answers the first publish's ID)
+--        (with Idempotency-Key: a retry answers the first publish's ID;
+--        with Content-Type: application/json, JSON readers get it embedded)
 --   GET  /topics/{topic}                subscribe: WebSocket, SSE, long-poll
 --   GET  /healthz, GET /metrics
 --
@@ -75,8 +76,15 @@ sluice.route("POST", "/topics/:topic", function(req)
   if key ~= nil and (#key < 1 or #key > 200) then
     return sluice.json(400, { error = "Idempotency-Key must be 1 to 200 bytes" })
   end
-  -- Returns once the message is in LMDB and synced (group commit).
-  local id, err = sluice.publish(topic, req.body, { event = event, idempotency_key = key })
+  -- Returns once the message is in LMDB and synced (group commit).  A body
+  -- sent as application/json that parses is embedded as JSON by
+  -- ?format=json and long-polls ("encoding":"json"); one that does not
+  -- parse is stored as plain data.
+  local id, err = sluice.publish(topic, req.body, {
+    event = event,
+    idempotency_key = key,
+    content_type = req:header("content-type"),
+  })
   if not id then
     return sluice.json(503, { error = err })
   end

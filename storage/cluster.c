@@ -18,6 +18,10 @@
 #include <string.h>
 
 #define EVENT_HEADER "Sluice-Event"
+/* A message published as JSON (STORE_MSG_JSON): "Content-Type:
+ * application/json", the header any NATS client can read. */
+#define TYPE_HEADER "Content-Type"
+#define TYPE_JSON "application/json"
 #define PENDING_BUCKETS 4096
 
 /* A publish between js_PublishMsgAsync and its PubAck, found again by the
@@ -281,7 +285,7 @@ static void on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, v
 
 int cluster_publish(struct cluster *c, const char *topic, size_t tlen, const char *event,
                     size_t elen, const void *data, size_t len, const char *ikey, size_t iklen,
-                    void *req)
+                    unsigned flags, void *req)
 {
     if (natsConnection_Status(c->nc) != NATS_CONN_STATUS_CONNECTED) return SL_EUNREACHABLE;
     if (LOAD(c->ninflight) >= CLUSTER_MAX_INFLIGHT) return SL_EBUSY;
@@ -306,6 +310,7 @@ int cluster_publish(struct cluster *c, const char *topic, size_t tlen, const cha
         if (!a || !b) s = NATS_INVALID_ARG;
         if (s == NATS_OK) s = natsMsgHeader_Set(msg, "Nats-Msg-Id", idv);
     }
+    if (s == NATS_OK && (flags & STORE_MSG_JSON)) s = natsMsgHeader_Set(msg, TYPE_HEADER, TYPE_JSON);
     inflight *f = s == NATS_OK ? malloc(sizeof(inflight)) : NULL;
     if (!f) {
         natsMsg_Destroy(msg);
@@ -356,6 +361,9 @@ static void deliver_one(struct cluster *c, natsMsg *msg, const jsMsgMetaData *me
                             .seq = meta->Sequence.Stream,
                             .time_ms = meta->Timestamp / 1000000};
     const char *hv = NULL;
+    if (natsMsgHeader_Get(msg, TYPE_HEADER, &hv) == NATS_OK && hv && !strcmp(hv, TYPE_JSON))
+        m.flags = STORE_MSG_JSON;
+    hv = NULL;
     if (natsMsgHeader_Get(msg, EVENT_HEADER, &hv) == NATS_OK && hv) {
         long el = cluster_token_decode(hv, strlen(hv), event, sizeof(event) - 1);
         if (el > 0) {
@@ -826,6 +834,7 @@ typedef struct rmsg {
     size_t topic_index;
     char *event; /* NULL: none */
     size_t event_len;
+    unsigned flags; /* STORE_MSG_JSON */
     size_t data_len;
     char data[];
 } rmsg;
@@ -907,6 +916,11 @@ static int read_subject(struct cluster *c, const char *subject, size_t index, ui
         r->event = NULL;
         r->event_len = 0;
         const char *hv = NULL;
+        r->flags = natsMsgHeader_Get(msg, TYPE_HEADER, &hv) == NATS_OK && hv &&
+                           !strcmp(hv, TYPE_JSON)
+                       ? STORE_MSG_JSON
+                       : 0;
+        hv = NULL;
         if (natsMsgHeader_Get(msg, EVENT_HEADER, &hv) == NATS_OK && hv) {
             char ev[256];
             long el = cluster_token_decode(hv, strlen(hv), ev, sizeof(ev));
@@ -1011,7 +1025,8 @@ int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t
                                     .event = v[i]->event,
                                     .event_len = v[i]->event_len,
                                     .data = v[i]->data,
-                                    .data_len = v[i]->data_len};
+                                    .data_len = v[i]->data_len,
+                                    .flags = v[i]->flags};
             infos[v[i]->topic_index].delivered++;
             delivered++;
             if (fn(ud, &sv)) {

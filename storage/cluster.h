@@ -61,6 +61,7 @@ struct cluster_msg {
     size_t data_len;
     uint64_t seq; /* stream sequence */
     int64_t time_ms;
+    unsigned flags; /* STORE_MSG_JSON: sent with Content-Type: application/json */
 };
 
 /* A PubAck (status 0, seq, duplicate: an Idempotency-Key retry whose seq
@@ -89,12 +90,14 @@ void cluster_close(struct cluster *c);
 
 /* Sends a publish; `req` comes back in exactly one ack callback when this
  * returns 0, within CLUSTER_PUBLISH_TIMEOUT_MS.  ikey (NULL: none) makes
- * JetStream drop a retry within CLUSTER_DUPLICATE_WINDOW_S.  Returns 0,
+ * JetStream drop a retry within CLUSTER_DUPLICATE_WINDOW_S.  flags
+ * STORE_MSG_JSON: the message carries the header Content-Type:
+ * application/json (reads and deliveries set the flag back).  Returns 0,
  * SL_EIO (no NATS server connected now), SL_EBUSY (too many in flight),
  * SL_ENOMEM. */
 int cluster_publish(struct cluster *c, const char *topic, size_t tlen, const char *event,
                     size_t elen, const void *data, size_t len, const char *ikey, size_t iklen,
-                    void *req);
+                    unsigned flags, void *req);
 
 /* The epoch of the stream's IDs (from its description). */
 uint64_t cluster_epoch(const struct cluster *c);

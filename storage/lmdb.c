@@ -247,11 +247,31 @@ out:
 
 /* ---- messages: format, checksum ------------------------------------------ */
 
+/* The first seq whose message has a flags byte, for a store of this
+ * version: FLAGS_NEVER below format 3; else meta "flags_from" (absent: 0,
+ * a store made in format 3). */
+int st_flags_from_load(struct store *s, MDB_txn *txn, uint64_t version, uint64_t *from)
+{
+    if (version < 3) {
+        *from = FLAGS_NEVER;
+        return 0;
+    }
+    return st_meta_get_u64(s, txn, "flags_from", from);
+}
+
 int st_fmt_load(struct store *s, MDB_txn *txn, struct fmt *f)
 {
     uint64_t version;
     f->all = 1;
     f->has_below = 0;
+    f->flags_from = atomic_load(&s->flags_from);
+    if (s->read_only) {
+        /* The server beside us may have moved the store to format 3
+         * since our open. */
+        int rc = st_meta_get_u64(s, txn, "version", &version);
+        if (!rc) rc = st_flags_from_load(s, txn, version, &f->flags_from);
+        if (rc) return rc;
+    }
     if (atomic_load(&s->all_summed)) return 0;
     MDB_val k = {8, "migrated"}, d;
     int rc = st_meta_get_u64(s, txn, "version", &version);
@@ -286,7 +306,7 @@ uint32_t st_msg_sum(const void *key, const void *val, size_t len)
 int st_msg_parse(const struct fmt *f, const MDB_val *k, const MDB_val *d, struct msg_parts *m)
 {
     const unsigned char *p = d->mv_data;
-    size_t size = d->mv_size, sum = 0;
+    size_t size = d->mv_size, sum = 0, hdr = MSG_HDR;
     if (k->mv_size != 12 || size < MSG_HDR) return MSG_BAD;
     if (st_fmt_summed(f, k)) {
         uint32_t crc;
@@ -294,40 +314,44 @@ int st_msg_parse(const struct fmt *f, const MDB_val *k, const MDB_val *d, struct
         if (size < MSG_HDR + MSG_SUM) return MSG_BAD;
         memcpy(&crc, p + size - MSG_SUM, 4);
         if (crc != st_msg_sum(k->mv_data, p, size - MSG_SUM)) return MSG_BAD;
+        if (st_get_be64((const unsigned char *)k->mv_data + 4) >= f->flags_from) hdr = MSG_HDR3;
     }
     size_t ev = p[16], kl = p[17];
     if (!sum && kl) return MSG_BAD; /* format 1: a u16 event length, at most 255 */
-    if (MSG_HDR + ev + kl + sum > size) return MSG_BAD;
+    if (hdr + ev + kl + sum > size) return MSG_BAD;
     memcpy(&m->epoch, p, 8);
     memcpy(&m->time_ms, p + 8, 8);
-    m->event = ev ? (const char *)p + MSG_HDR : NULL;
+    m->flags = hdr == MSG_HDR3 ? p[18] & STORE_MSG_JSON : 0;
+    m->event = ev ? (const char *)p + hdr : NULL;
     m->event_len = ev;
-    m->ikey = kl ? (const char *)p + MSG_HDR + ev : NULL;
+    m->ikey = kl ? (const char *)p + hdr + ev : NULL;
     m->ikey_len = kl;
-    m->data = p + MSG_HDR + ev + kl;
-    m->data_len = size - MSG_HDR - ev - kl - sum;
+    m->data = p + hdr + ev + kl;
+    m->data_len = size - hdr - ev - kl - sum;
     return 0;
 }
 
-/* Bytes of a format 2 value. */
+/* Bytes of a format 3 value (format 2: one less). */
 static size_t msg_size(size_t event_len, size_t ikey_len, size_t data_len)
 {
-    return MSG_HDR + event_len + ikey_len + data_len + MSG_SUM;
+    return MSG_HDR3 + event_len + ikey_len + data_len + MSG_SUM;
 }
 
-/* Write a format 2 value at p (msg_size bytes) for key. */
-static void msg_write(unsigned char *p, const unsigned char key[12], uint64_t epoch,
-                      int64_t time_ms, const char *event, size_t ev, const char *ikey, size_t kl,
-                      const void *data, size_t dl)
+/* Write a format 3 value at p (msg_size bytes) for key; hdr MSG_HDR
+ * writes format 2 instead (no flags byte, one byte shorter). */
+static void msg_write(unsigned char *p, const unsigned char key[12], size_t hdr, uint64_t epoch,
+                      int64_t time_ms, unsigned flags, const char *event, size_t ev,
+                      const char *ikey, size_t kl, const void *data, size_t dl)
 {
-    size_t n = MSG_HDR + ev + kl + dl;
+    size_t n = hdr + ev + kl + dl;
     memcpy(p, &epoch, 8);
     memcpy(p + 8, &time_ms, 8);
     p[16] = (unsigned char)ev;
     p[17] = (unsigned char)kl;
-    if (ev) memcpy(p + MSG_HDR, event, ev);
-    if (kl) memcpy(p + MSG_HDR + ev, ikey, kl);
-    if (dl) memcpy(p + MSG_HDR + ev + kl, data, dl);
+    if (hdr == MSG_HDR3) p[18] = (unsigned char)flags;
+    if (ev) memcpy(p + hdr, event, ev);
+    if (kl) memcpy(p + hdr + ev, ikey, kl);
+    if (dl) memcpy(p + hdr + ev + kl, data, dl);
     uint32_t crc = st_msg_sum(key, p, n);
     memcpy(p + n, &crc, 4);
 }
@@ -443,6 +467,7 @@ int st_msg_valid(const struct store_msg *m)
     if (m->data_len && !m->data) return 0;
     if (m->data_len > (size_t)1 << 31) return 0;
     if (m->ikey_len > STORE_IKEY_MAX || (m->ikey_len && !m->ikey)) return 0;
+    if (m->flags & ~STORE_MSG_JSON) return 0;
     return 1;
 }
 
@@ -593,11 +618,15 @@ static int append_op(struct store *s, MDB_txn *txn, void *argp)
         unsigned char key[12];
         st_msg_key(key, t->rec.number, seq);
         size_t ev = m->event ? m->event_len : 0;
-        MDB_val k = {sizeof key, key}, d = {msg_size(ev, kl, m->data_len), NULL};
+        /* Format 3 from flags_from on (every write of an open store). */
+        size_t hdr = seq >= atomic_load(&s->flags_from) ? MSG_HDR3 : MSG_HDR;
+        MDB_val k = {sizeof key, key},
+                d = {msg_size(ev, kl, m->data_len) - (MSG_HDR3 - hdr), NULL};
         if ((rc = mdb_put(txn, s->msgs, &k, &d, MDB_RESERVE))) return rc;
         uint64_t epoch = a->times ? m->epoch : s->epoch;
         int64_t time_ms = a->times ? a->times[i] : a->now_ms;
-        msg_write(d.mv_data, key, epoch, time_ms, m->event, ev, m->ikey, kl, m->data, m->data_len);
+        msg_write(d.mv_data, key, hdr, epoch, time_ms, m->flags, m->event, ev, m->ikey, kl,
+                  m->data, m->data_len);
         if (kl && (rc = idem_put(s, txn, t->rec.number, m->ikey, kl, seq, epoch, time_ms)))
             return rc;
 

@@ -16,6 +16,7 @@ static int decode_msg(const struct fmt *f, const MDB_val *k, const MDB_val *d, s
     v->event_len = m.event_len;
     v->data = m.data;
     v->data_len = m.data_len;
+    v->flags = m.flags;
     return 0;
 }
 
@@ -303,7 +304,8 @@ int store_read_multi(struct store *s, const struct store_topic_ref *topics, size
                                .event = m->event_len ? m->bytes : NULL,
                                .event_len = m->event_len,
                                .data = m->bytes + m->event_len,
-                               .data_len = m->data_len};
+                               .data_len = m->data_len,
+                               .flags = m->flags};
         delivered++;
         infos[at].delivered++;
         h->tm = m->topic_next;

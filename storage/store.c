@@ -215,7 +215,7 @@ static int migrate_op(struct store *s, MDB_txn *txn, void *argp)
         MDB_val mk = {8, "migrated"};
         rc = mdb_del(txn, s->meta, &mk, NULL);
         if (rc == MDB_NOTFOUND) rc = 0;
-        if (!rc) rc = st_meta_put_u64(s, txn, "version", STORE_FORMAT_VERSION);
+        if (!rc) rc = st_meta_put_u64(s, txn, "version", 2); /* then format 3: init_rw */
         if (!rc) a->done = 1;
     } else if (rc == 0) {
         MDB_val mk = {8, "migrated"}, mv = {12, key};
@@ -240,10 +240,37 @@ static int migrate_v1(struct store *s, char *errbuf, size_t errlen)
     return code;
 }
 
+/* Format 2 to 3 (after migrate_v1 for a store of format 1): no message is
+ * rewritten; those from LMDB's next seq on get the flags byte.  Before the
+ * replay, whose messages are past LMDB's last seq. */
+static int upgrade_v3(struct store *s, char *errbuf, size_t errlen)
+{
+    MDB_txn *txn;
+    uint64_t last;
+    int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    if (rc) {
+        set_err(errbuf, errlen, "begin", rc);
+        return rc;
+    }
+    if ((rc = st_meta_get_u64(s, txn, "last_seq", &last)) ||
+        (rc = st_meta_put_u64(s, txn, "flags_from", last + 1)) ||
+        (rc = st_meta_put_u64(s, txn, "version", STORE_FORMAT_VERSION))) {
+        set_err(errbuf, errlen, "format 3", rc);
+        mdb_txn_abort(txn);
+        return rc;
+    }
+    if ((rc = mdb_txn_commit(txn))) {
+        set_err(errbuf, errlen, "commit", rc);
+        return rc;
+    }
+    atomic_store(&s->flags_from, last + 1);
+    return 0;
+}
+
 static int init_rw(struct store *s, const char *dir, char *errbuf, size_t errlen)
 {
     MDB_txn *txn;
-    uint64_t version, last;
+    uint64_t version, last, from;
     int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
     if (rc) {
         set_err(errbuf, errlen, "begin", rc);
@@ -257,6 +284,8 @@ static int init_rw(struct store *s, const char *dir, char *errbuf, size_t errlen
         rc = MDB_INCOMPATIBLE;
         goto fail;
     }
+    if ((rc = st_flags_from_load(s, txn, version ? version : STORE_FORMAT_VERSION, &from)))
+        goto fail;
     if ((rc = st_meta_get_u64(s, txn, "last_seq", &last))) goto fail;
     if ((rc = st_meta_get_u64(s, txn, "wal_salt", &s->wal_salt))) goto fail;
     if (!s->wal_salt) {
@@ -270,12 +299,14 @@ static int init_rw(struct store *s, const char *dir, char *errbuf, size_t errlen
         return rc;
     }
     /* Before anything is written in format 2 (the replay, below). */
-    if (version && version < STORE_FORMAT_VERSION) {
+    atomic_store(&s->flags_from, from);
+    if (version && version < 2) {
         int code = migrate_v1(s, errbuf, errlen);
         if (code) return code == SL_EFULL ? MDB_MAP_FULL : code == SL_ENOMEM ? ENOMEM : EIO;
     } else {
         atomic_store(&s->all_summed, 1);
     }
+    if (version && version < 3 && (rc = upgrade_v3(s, errbuf, errlen))) return rc;
     if ((rc = st_wal_replay(s, dir, &last, s->salvage, errbuf, errlen))) {
         if (rc != MDB_CORRUPTED) set_err(errbuf, errlen, "replaying the log", rc);
         return rc;
@@ -437,7 +468,7 @@ static int load_server_tail(struct store *s, const char *dir)
 static int init_ro(struct store *s, char *errbuf, size_t errlen)
 {
     MDB_txn *txn;
-    uint64_t version;
+    uint64_t version, from;
     /* st_txn_begin, not mdb_txn_begin: the server may grow the map between
      * our env open and this begin (MDB_MAP_RESIZED). */
     int rc = st_txn_begin(s, MDB_RDONLY, &txn);
@@ -451,6 +482,8 @@ static int init_ro(struct store *s, char *errbuf, size_t errlen)
         rc = MDB_INCOMPATIBLE;
         goto fail;
     }
+    if ((rc = st_flags_from_load(s, txn, version, &from))) goto fail;
+    atomic_store(&s->flags_from, from);
     if ((rc = st_meta_get_u64(s, txn, "wal_salt", &s->wal_salt))) goto fail;
     /* Commit, not abort: DBI handles opened in an aborted txn are closed. */
     rc = mdb_txn_commit(txn);

@@ -61,6 +61,11 @@
 #define STORE_EVENT_MAX 255
 /* Longest idempotency key accepted (SPEC.md, "Publishing exactly once"). */
 #define STORE_IKEY_MAX 200
+/* store_msg.flags and store_view.flags: the data is a JSON text that its
+ * publisher declared as such (Content-Type: application/json) and that
+ * parsed; stored with the message (docs/storage.md, format 3), so that a
+ * replay embeds it in JSON envelopes as live delivery does. */
+#define STORE_MSG_JSON 1u
 /* How long an idempotency key is remembered by default: 10 minutes. */
 #define STORE_DEDUP_WINDOW_MS 600000u
 
@@ -162,6 +167,7 @@ struct store_msg {
     uint64_t max_age_ms; /* and/or drop messages older than this (0 = no limit) */
     const char *ikey;    /* NULL or empty: no idempotency key */
     size_t ikey_len;     /* 0..STORE_IKEY_MAX */
+    unsigned flags;      /* STORE_MSG_JSON or 0 */
     /* out */
     int status;     /* 0, or SL_EINVAL for this message alone */
     uint64_t seq;   /* assigned seq when status == 0 */
@@ -212,6 +218,7 @@ struct store_view {
     size_t event_len; /* 0: no event name */
     const void *data;
     size_t data_len;
+    unsigned flags; /* STORE_MSG_JSON or 0 */
 };
 
 /* Return nonzero to stop the walk after this message. */

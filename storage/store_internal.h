@@ -31,10 +31,17 @@
 
 /* 2: every message ends with its CRC and may carry an idempotency key.
  * A store of format 1 is read as it is by a read-only handle and
- * rewritten to format 2 by the first read-write open (migrate_v1). */
-#define STORE_FORMAT_VERSION 2u
+ * rewritten to format 2 by the first read-write open (migrate_v1).
+ * 3: a message's header has a flags byte (STORE_MSG_JSON).  A store of
+ * format 2 is not rewritten: the first read-write open records in meta
+ * "flags_from" the first seq it will write, and messages below it are
+ * read as format 2 (the seq is global, so one number tells them apart). */
+#define STORE_FORMAT_VERSION 3u
 #define DEFAULT_MAP_SIZE ((size_t)64 << 20)
 #define MSG_HDR 18 /* epoch u64, time i64, event length u8, key length u8 */
+#define MSG_HDR3 19 /* format 3: MSG_HDR, then flags u8 */
+/* No message has a flags byte (a store of format 1 or 2). */
+#define FLAGS_NEVER UINT64_MAX
 #define MSG_SUM 4  /* the CRC-32C at the end of a format 2 value */
 /* st_msg_parse's answer for a message whose bytes are wrong. */
 #define MSG_BAD 1
@@ -61,6 +68,7 @@ struct tail_msg {
     uint64_t max_count, max_age_ms;
     size_t event_len, data_len;
     size_t ikey_len;            /* idempotency key (0: none) */
+    unsigned flags;             /* STORE_MSG_JSON or 0 */
     struct tail_msg *ikey_next; /* struct tail's key index, newest first */
     char bytes[];               /* event, then data, then the key */
 };
@@ -118,6 +126,10 @@ struct store {
     _Atomic uint64_t checkpoints, checkpoint_failures;
     _Atomic uint64_t damaged, duplicates;
     _Atomic int all_summed; /* format 2 seen: every message has its CRC */
+    /* Messages of seq >= this have format 3's flags byte (0: all of
+     * them; FLAGS_NEVER: none, a store of format 1 or 2).  A read-write
+     * handle sets it at open; a read-only one reads it at each read. */
+    _Atomic uint64_t flags_from;
     int has_idem;           /* the idem databases exist (not in format 1) */
     MDB_dbi idem, idem_time;
     uint64_t dedup_window_ms;
@@ -173,6 +185,7 @@ struct fmt {
     int all;
     int has_below;
     unsigned char below[12];
+    uint64_t flags_from; /* messages of seq >= this have a flags byte */
 };
 
 /* A stored message, taken apart. */
@@ -183,6 +196,7 @@ struct msg_parts {
     size_t event_len, ikey_len;
     const void *data;
     size_t data_len;
+    unsigned flags; /* STORE_MSG_JSON or 0 */
 };
 
 /* ---- store.c ---- */
@@ -212,6 +226,7 @@ int st_append_commit(struct store *s, struct store_msg *msgs, size_t n, int64_t 
 int st_commit_msgs(struct store *s, struct store_msg *msgs, size_t n, int64_t now_ms,
                    const int64_t *times, uint64_t salt);
 int st_epoch_start(struct store *s, MDB_txn *txn, uint64_t last_seq);
+int st_flags_from_load(struct store *s, MDB_txn *txn, uint64_t version, uint64_t *from);
 int st_fmt_load(struct store *s, MDB_txn *txn, struct fmt *f);
 int st_fmt_summed(const struct fmt *f, const MDB_val *k);
 uint64_t st_fnv1a(const char *p, size_t n);

@@ -134,6 +134,7 @@ static struct tail_msg *tail_msg_copy(const struct wal_rec *r)
     m->max_age_ms = r->max_age_ms;
     m->event_len = r->event_len;
     m->data_len = r->data_len;
+    m->flags = r->flags & WAL_REC_JSON ? STORE_MSG_JSON : 0;
     if (r->event_len) memcpy(m->bytes, r->event, r->event_len);
     if (r->data_len) memcpy(m->bytes + r->event_len, r->data, r->data_len);
     return m;
@@ -200,6 +201,7 @@ static int tail_batch(const struct tail *t, struct store_msg **msgs_out, int64_t
         msgs[i].max_age_ms = m->max_age_ms;
         msgs[i].ikey = m->ikey_len ? tail_msg_ikey(m) : NULL;
         msgs[i].ikey_len = m->ikey_len;
+        msgs[i].flags = m->flags;
         msgs[i].seq = m->seq;
         msgs[i].epoch = m->epoch;
         times[i] = m->time_ms;
@@ -495,7 +497,8 @@ static int append_logged(struct store *s, struct store_msg *msgs, size_t n, int6
                             .ikey = m->ikey_len ? m->ikey : NULL,
                             .ikey_len = m->ikey ? m->ikey_len : 0,
                             /* The replay tells damage from a torn write by it. */
-                            .flags = off ? 0 : WAL_REC_BATCH_FIRST};
+                            .flags = (off ? 0 : WAL_REC_BATCH_FIRST) |
+                                     (m->flags & STORE_MSG_JSON ? WAL_REC_JSON : 0)};
         struct tail_msg *tm = tail_msg_copy(&r);
         if (!tm) {
             code = SL_ENOMEM;

@@ -34,6 +34,9 @@
 
 /* wal_rec.flags: the record is its batch's first (one write, one flush). */
 #define WAL_REC_BATCH_FIRST 1u
+/* wal_rec.flags: the message is marked JSON (STORE_MSG_JSON).  A sluice
+ * that predates the flag ignores it. */
+#define WAL_REC_JSON 2u
 
 /* One message as logged. */
 struct wal_rec {
@@ -48,7 +51,7 @@ struct wal_rec {
     size_t data_len; /* < 4 GiB */
     const char *ikey;
     size_t ikey_len; /* 0..65535: the publish's idempotency key, if any */
-    unsigned flags;  /* WAL_REC_BATCH_FIRST; a record of the first format
+    unsigned flags;  /* WAL_REC_BATCH_FIRST, WAL_REC_JSON; a record of the first format
                         (before the flag, read for an upgrade) has 0 */
 };
 

@@ -96,6 +96,7 @@ static size_t run_batch(struct writer *w, struct writer_req *batch, size_t n, in
         m->max_age_ms = r->max_age_ms;
         m->ikey = r->ikey;
         m->ikey_len = r->ikey ? r->ikey_len : 0;
+        m->flags = r->flags;
     }
     int64_t start_ns = now_mono_ns();
     int rc = store_append_batch(w->store, w->msgs, n, now);

@@ -68,7 +68,8 @@ struct writer_req {
     uint64_t max_age_ms; /* and/or max age (0 = no limit) */
     const char *ikey;    /* NULL: no idempotency key; else 1..STORE_IKEY_MAX bytes */
     size_t ikey_len;
-    void *user; /* for the caller; untouched */
+    unsigned flags; /* STORE_MSG_JSON or 0 (store.h) */
+    void *user;     /* for the caller; untouched */
     /* out, valid in and after the callback */
     int status;   /* 0, or SL_E* (SL_EFULL: answer 503) */
     uint64_t seq; /* with epoch, the message ID (store_id_format) */

@@ -5,7 +5,9 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "check.h"
 #include "core/b64.h"
@@ -268,10 +270,55 @@ static void test_round_trip(void)
     }
 }
 
+/* ---- JSON texts: json_valid and embedding (JSON_MSG_RAW) ---- */
+
+static void test_valid(void)
+{
+    static const char *const good[] = {
+        "0", "-0", "1.5e+3", "-12.25E-2", "true", "false", "null", "\"\"", " \"a\\u00e9\\n\" ",
+        "[]", "{}", " [ 1 , [ ] , { } ] ", "{\"a\":{\"b\":[true,null,\"\\\"\"]}}",
+        "\"caf\xc3\xa9\"", "\r\n\t{\"k\" : 1}\n", "[\"\\/\\b\\f\\r\\t\\uD83D\\ude00\"]",
+    };
+    static const char *const bad[] = {
+        "", " ", "01", "1.", ".5", "-", "+1", "1e", "tru", "nul", "True", "NaN", "'a'", "\"a",
+        "\"\\x\"", "\"\\u12\"", "\"\x01\"", "[1,]", "[,1]", "{\"a\":1,}", "{a:1}", "{\"a\"}",
+        "{\"a\" 1}", "[1 2]", "1 2", "[", "]", "{", "}", "[}", "{]", "\"\xff\"", "/*c*/1", "{\"a\":1}x",
+    };
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+        bool ok = json_valid(good[i], strlen(good[i]));
+        if (!ok) fprintf(stderr, "json_valid refused: %s\n", good[i]);
+        CHECK(ok);
+    }
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        bool ok = json_valid(bad[i], strlen(bad[i]));
+        if (ok) fprintf(stderr, "json_valid took: %s\n", bad[i]);
+        CHECK(!ok);
+    }
+    CHECK(!json_valid("1\0", 2));
+    /* Depth: JSON_VALID_DEPTH nested arrays are fine, one more is not. */
+    static char deep[2 * (JSON_VALID_DEPTH + 1)];
+    for (int extra = 0; extra < 2; extra++) {
+        size_t d = JSON_VALID_DEPTH + (size_t)extra;
+        memset(deep, '[', d);
+        memset(deep + d, ']', d);
+        CHECK(json_valid(deep, 2 * d) == !extra);
+    }
+    /* Embedded as it is, whitespace included, and marked. */
+    check_msg(&(struct json_msg){.id = S("7"),
+                                 .topic = S("t"),
+                                 .data = S("{\"a\": [1, \"x\"]}"),
+                                 .flags = JSON_MSG_TOPIC | JSON_MSG_RAW},
+              "{\"id\":\"7\",\"topic\":\"t\",\"event\":null,\"data\":{\"a\": [1, \"x\"]},"
+              "\"encoding\":\"json\"}");
+    check_msg(&(struct json_msg){.id = S("8"), .data = S("\"s\""), .flags = JSON_MSG_RAW},
+              "{\"id\":\"8\",\"event\":null,\"data\":\"s\",\"encoding\":\"json\"}");
+}
+
 int main(void)
 {
     test_strings();
     test_msgs();
     test_round_trip();
+    test_valid();
     return CHECK_DONE();
 }
