@@ -301,10 +301,30 @@ static void on_cluster_ack(void *ud, void *req, int status, uint64_t seq, bool d
     hub_msg_unref(m);
 }
 
+/* A gap the stream's consumer found (cluster.h), to every hub in its turn
+ * among the messages. */
+static void on_cluster_gap(hub_bus *b, const struct cluster_msg *cm)
+{
+    const char *topic = cm->topic ? cm->topic : "";
+    hub_msg *m = msg_new(topic, cm->topic ? cm->topic_len : 0, NULL, 0, "", 0, b->max_hubs);
+    if (!m) return; /* out of memory: the signal is lost, the resume path still tells */
+    m->gap = true;
+    m->seq = cm->seq;
+    pthread_mutex_lock(&b->lock);
+    for (unsigned i = 0; i < b->max_hubs; i++)
+        if (b->hubs[i]) inbox_push(b->hubs[i], m);
+    pthread_mutex_unlock(&b->lock);
+    hub_msg_unref(m);
+}
+
 /* The stream's consumer: every message, in stream order, to every hub. */
 static void on_cluster_msg(void *ud, const struct cluster_msg *cm)
 {
     hub_bus *b = ud;
+    if (cm->gap) {
+        on_cluster_gap(b, cm);
+        return;
+    }
     hub_msg *m = msg_new(cm->topic, cm->topic_len, cm->event, cm->event_len, cm->data,
                          cm->data_len, b->max_hubs);
     if (!m) {
@@ -837,6 +857,56 @@ static void fan_out(hub *h, hub_msg *m)
     }
 }
 
+/* One gap signal (m->gap) to one subscription, with `name` as its topic. */
+static void gap_to(hub_sub *s, hub_msg *m, const char *name, size_t len)
+{
+    if (s->dead) return;
+    hub_msg *g = msg_new(name, len, NULL, 0, "", 0, 0);
+    if (!g) return;
+    g->gap = true;
+    g->seq = m->seq;
+    s->deliver(s->owner, g);
+    hub_msg_unref(g);
+}
+
+/* Cluster mode: retention deleted messages before this node's consumer had
+ * them (m->gap).  Each subscription that follows the topic (its exact name
+ * or a wildcard matching it) gets the signal once, with the topic's name;
+ * for a gap of any topic (m->topic empty) every subscription of this hub
+ * does, a wildcard with its pattern.  A gap runs no Lua: the tables stay
+ * as they are, what a delivery unsubscribes is freed after. */
+static void gap_out(hub *h, hub_msg *m)
+{
+    h->fanning++;
+    if (m->topic_len) {
+        hub_topic *t =
+            topic_find(h, m->topic, m->topic_len, hash_name(m->topic, m->topic_len));
+        for (hub_sub *s = t ? t->subs : NULL; s; s = s->next)
+            gap_to(s, m, m->topic, m->topic_len);
+        for (hub_sub *s = h->prefix_subs; s; s = s->next)
+            if (m->topic_len >= s->prefix_len && memcmp(m->topic, s->prefix, s->prefix_len) == 0)
+                gap_to(s, m, m->topic, m->topic_len);
+    } else {
+        for (uint32_t i = 0; i < h->nbuckets; i++)
+            for (hub_topic *t = h->buckets[i]; t; t = t->next_in_bucket)
+                for (hub_sub *s = t->subs; s; s = s->next)
+                    gap_to(s, m, t->name, t->name_len);
+        for (hub_sub *s = h->prefix_subs; s; s = s->next) {
+            char pat[HUB_TOPIC_MAX + 2];
+            memcpy(pat, s->prefix, s->prefix_len);
+            pat[s->prefix_len] = '*';
+            gap_to(s, m, pat, s->prefix_len + 1);
+        }
+    }
+    if (--h->fanning == 0) {
+        while (h->dead) {
+            hub_sub *s = h->dead;
+            h->dead = s->dead_next;
+            unlink_sub(h, s);
+        }
+    }
+}
+
 /* Tell m's publisher how its publish ended; frees p. */
 static void answer(hub *h, hub_msg *m, pending *p)
 {
@@ -891,7 +961,9 @@ void hub_poll(hub *h)
         /* A failed publish keeps seq 0 (stored IDs start at 1) and is in
          * no other hub's inbox: it gets no fan-out; nor does a duplicate,
          * whose first publish had it. */
-        if (m->seq != 0 && !m->duplicate) {
+        if (m->gap) {
+            gap_out(h, m);
+        } else if (m->seq != 0 && !m->duplicate) {
             note_committed(h, m, p);
             /* Cluster mode: the PubAck answers, the stream's consumer fans out. */
             if (!m->ack_only) fan_out(h, m);
@@ -1453,6 +1525,9 @@ void hub_get_stats(const hub *h, hub_stats *st)
         st->cluster_inflight = cs.inflight;
         st->cluster_publish_failures = cs.publish_failures;
         st->cluster_refetched = cs.refetched;
+        st->cluster_repeats = cs.repeats;
+        st->cluster_gaps = cs.gaps;
+        st->cluster_diverged = cs.diverged;
     }
 }
 

@@ -91,6 +91,10 @@ typedef struct hub_msg {
                                      (Idempotency-Key): not stored, no fan-out */
     bool ack_only;                /* cluster mode: a PubAck for its publisher; the
                                      fan-out comes from the stream's consumer */
+    bool gap;                     /* cluster mode: no message: retention deleted
+                                     messages of `topic` (empty: of any) from seq on
+                                     before this node had them: live subscribers
+                                     get the gap signal */
     struct hub_msg *inbox_next[]; /* one link per hub on the bus */
 } hub_msg;
 
@@ -374,6 +378,9 @@ typedef struct hub_stats {
     bool cluster;
     uint64_t cluster_connected, cluster_reconnects, cluster_inflight, cluster_publish_failures;
     uint64_t cluster_refetched; /* messages the stream's consumer skipped, read again */
+    uint64_t cluster_repeats;   /* messages the stream's consumer gave twice, dropped */
+    uint64_t cluster_gaps;      /* gaps found by the stream's consumer, told live */
+    uint64_t cluster_diverged;  /* repeats that were another message (servers disagree) */
 } hub_stats;
 void hub_get_stats(const hub *h, hub_stats *st);
 

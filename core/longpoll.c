@@ -219,6 +219,9 @@ static void lp_seen(sub_session *s, const hub_msg *m)
 static void lp_gap(sub_session *s, const char *topic, size_t len)
 {
     s->t.lp->gap = true; /* the answer says "gap":true */
+    /* Live (cluster mode: messages deleted before this node had them):
+     * answered now, the client resumes from its cursor and reads the rest. */
+    if (s->t.lp->waiting) conn_want_turn(s->c);
 }
 
 static unsigned lp_held(const sub_session *s)

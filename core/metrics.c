@@ -176,6 +176,17 @@ char *metrics_render(const hub *h, const metrics_extra *extra, size_t nextra, si
             {"sluice_cluster_refetched_total", "counter",
              "Messages the stream's consumer skipped (a recreated consumer), read again.",
              hs.cluster_refetched},
+            {"sluice_cluster_repeats_total", "counter",
+             "Messages the stream's consumer gave again (a recreated consumer), dropped.",
+             hs.cluster_repeats},
+            {"sluice_cluster_diverged_total", "counter",
+             "Repeats that were another message than the one delivered at their seq (the NATS "
+             "servers disagree on the stream), dropped.",
+             hs.cluster_diverged},
+            {"sluice_cluster_gaps_total", "counter",
+             "Times messages were deleted (or unreadable) before this node's consumer had them: "
+             "live subscribers got the gap signal.",
+             hs.cluster_gaps},
         };
         put_scalars(&t, cl, sizeof(cl) / sizeof(cl[0]));
     }

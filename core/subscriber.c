@@ -423,6 +423,14 @@ void session_deliver(void *owner, hub_msg *m)
 {
     sub_session *s = owner;
     hub *h = s->hub;
+    if (m->gap) {
+        /* Cluster mode: messages from m->seq on were deleted before this
+         * node had them.  A live session owed them is told; one catching
+         * up reads the stream, which tells it. */
+        if (!session_ended(s) && s->state == SESSION_LIVE && m->seq > s->last_seq)
+            s->tp->send_gap(s, m->topic, m->topic_len);
+        return;
+    }
     if (session_ended(s) || m->seq <= s->last_seq) return;
     /* Catching up, live messages come from the backlog pages instead. */
     if (s->state == SESSION_CATCHING_UP && !s->in_replay) return;

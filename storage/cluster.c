@@ -23,6 +23,7 @@
 #define TYPE_HEADER "Content-Type"
 #define TYPE_JSON "application/json"
 #define PENDING_BUCKETS 4096
+#define SEEN_RING 4096
 
 /* A publish between js_PublishMsgAsync and its PubAck, found again by the
  * message pointer the client hands back to the ack handler. */
@@ -54,7 +55,12 @@ struct cluster {
     int closing; /* cluster_close has begun: a disconnect is expected */
     pthread_mutex_t consume_lock; /* one delivery at a time, whatever thread the client uses */
     uint64_t consumed;            /* newest seq delivered (under consume_lock) */
-    uint64_t refetched, repeats; /* relaxed atomics */
+    /* The prints of the last SEEN_RING seqs delivered (under consume_lock):
+     * a repeat is checked to be the message delivered at that seq. */
+    struct {
+        uint64_t seq, print;
+    } seen[SEEN_RING];
+    uint64_t refetched, repeats, diverged, gaps; /* relaxed atomics */
 };
 
 #define LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
@@ -342,6 +348,17 @@ int cluster_publish(struct cluster *c, const char *topic, size_t tlen, const cha
 
 /* ---- the stream's consumer ---------------------------------------------------- */
 
+/* What tells two messages of a stream apart cheaply: the time the stream
+ * leader stamped it with (replicated with the entry: the same on every
+ * server), its subject and its length. */
+static uint64_t msg_print(natsMsg *msg, const jsMsgMetaData *meta)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (const char *p = natsMsg_GetSubject(msg); *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    return h ^ (uint64_t)meta->Timestamp ^ ((uint64_t)natsMsg_GetDataLength(msg) << 40);
+}
+
 /* Hands one message of the stream to the hub (the consumer's thread). */
 static void deliver_one(struct cluster *c, natsMsg *msg, const jsMsgMetaData *meta)
 {
@@ -372,10 +389,55 @@ static void deliver_one(struct cluster *c, natsMsg *msg, const jsMsgMetaData *me
             m.event_len = (size_t)el;
         }
     }
+    c->seen[m.seq % SEEN_RING].seq = m.seq;
+    c->seen[m.seq % SEEN_RING].print = msg_print(msg, meta);
     bump_last(c, m.seq);
     ADD(c->delivered, 1);
     if (!m.data) m.data = "";
     c->deliver(c->ud, &m);
+}
+
+/* Tells live subscribers that messages from seq `from` on were deleted
+ * before this node's consumer had them, or could not be read.  Which
+ * topics lost some is judged as the resume path does (cluster_read): age
+ * and size limits take the stream's oldest, so when the stream now starts
+ * past `from` any topic may have; the count limit only takes from a topic
+ * at its maximum.  When neither tells (or the stream does not answer),
+ * every topic is told: never missed, sometimes told for nothing.  Rare (a
+ * node cut off while retention turned over), on the consumer's thread. */
+static void tell_gap(struct cluster *c, uint64_t from)
+{
+    ADD(c->gaps, 1);
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = CLUSTER_API_WAIT_MS;
+    jo.Stream.Info.SubjectsFilter = c->filter;
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    uint64_t told = 0;
+    if (js_GetStreamInfo(&si, c->js, c->stream, &jo, &jerr) == NATS_OK &&
+        si->State.FirstSeq <= from && si->State.Subjects) {
+        for (int i = 0; i < si->State.Subjects->Count; i++) {
+            if (si->State.Subjects->List[i].Msgs < c->max_per_topic) continue;
+            char name[256];
+            long nl = topic_of(c, si->State.Subjects->List[i].Subject, name, sizeof(name) - 1);
+            if (nl <= 0) continue;
+            name[nl] = '\0';
+            struct cluster_msg g = {
+                .gap = true, .topic = name, .topic_len = (size_t)nl, .seq = from, .data = ""};
+            c->deliver(c->ud, &g);
+            told++;
+        }
+    }
+    jsStreamInfo_Destroy(si);
+    if (!told) {
+        struct cluster_msg g = {.gap = true, .seq = from, .data = ""};
+        c->deliver(c->ud, &g);
+    }
+    LOG_KV(LOG_WARN,
+           "cluster: messages deleted or unreadable before this node had them: live "
+           "subscribers get the gap signal",
+           LOG_I("from", from), LOG_I("topics", told), LOG_S("which", told ? "at their limit" : "all"));
 }
 
 /* The messages after `after` and before `upto`, read from the stream and
@@ -392,7 +454,7 @@ static void refetch(struct cluster *c, uint64_t after, uint64_t upto)
      * stream elects a leader is waited out, for a bounded time: the
      * consumer's next messages wait behind this). */
     int64_t until = nats_Now() + CLUSTER_REFETCH_WAIT_MS;
-    bool done = false;
+    bool done = false, gapped = false;
     while (!done && !LOAD(c->closing) && nats_Now() < until) {
         jsSubOptions so;
         jsSubOptions_Init(&so);
@@ -409,6 +471,11 @@ static void refetch(struct cluster *c, uint64_t after, uint64_t upto)
             if (s == NATS_OK) s = natsMsg_GetMetaData(&meta, msg);
             if (s == NATS_OK) {
                 uint64_t seq = meta->Sequence.Stream;
+                if (seq > after + 1 && !gapped) {
+                    /* Deleted since (retention): what the stream still has follows. */
+                    tell_gap(c, after + 1);
+                    gapped = true;
+                }
                 if (seq >= upto) {
                     done = true; /* what lay between was deleted: nothing to give */
                 } else if (seq > after) {
@@ -428,6 +495,7 @@ static void refetch(struct cluster *c, uint64_t after, uint64_t upto)
         if (!done) nats_Sleep(100);
     }
     ADD(c->refetched, got);
+    if (!done && !gapped) tell_gap(c, after + 1);
     if (done)
         LOG_KV(LOG_WARN, "cluster: the stream's consumer skipped messages: read them again",
                LOG_I("refetched", got), LOG_I("upto", upto));
@@ -461,6 +529,19 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
     pthread_mutex_lock(&c->consume_lock);
     if (seq <= c->consumed) {
         ADD(c->repeats, 1);
+        /* A recreated consumer starts where the last one's messages
+         * ended: a repeat is rare, and one that is another message than
+         * the one delivered at its seq means that the servers disagree on
+         * the stream's seqs (it is not delivered: its ID is taken). */
+        const __typeof__(c->seen[0]) *was = &c->seen[seq % SEEN_RING];
+        bool other = was->seq == seq && was->print != msg_print(msg, meta);
+        if (other) ADD(c->diverged, 1);
+        static log_limit lim = LOG_LIMIT_INIT;
+        LOG_KV_LIMITED(&lim, 1.0, other ? LOG_ERROR : LOG_WARN,
+                       other ? "cluster: the stream gave another message at a seq already "
+                               "delivered (its servers disagree): dropped"
+                             : "cluster: the stream's consumer repeated a message: dropped",
+                       LOG_I("seq", seq), LOG_I("delivered", c->consumed));
     } else {
         if (seq > c->consumed + 1) refetch(c, c->consumed, seq);
         deliver_one(c, msg, meta);
@@ -697,7 +778,15 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
     so.Ordered = true;
     so.Config.DeliverPolicy = js_DeliverByStartSequence;
     so.Config.OptStartSeq = start;
-    s = js_Subscribe(&c->sub, c->js, c->filter, on_msg, c, NULL, &so, &jerr);
+    /* A stream just created elects its leader first: a consumer request
+     * may time out meanwhile (seen on a loaded machine), waited out. */
+    until = nats_Now() + CLUSTER_START_WAIT_MS;
+    for (;;) {
+        jerr = 0;
+        s = js_Subscribe(&c->sub, c->js, c->filter, on_msg, c, NULL, &so, &jerr);
+        if (s == NATS_OK || s != NATS_TIMEOUT || nats_Now() > until) break;
+        nats_Sleep(250);
+    }
     if (s != NATS_OK)
         FAIL("cluster: cannot consume stream %s: %s (JetStream error %d)", c->stream,
              last_error(s), (int)jerr);
@@ -773,6 +862,8 @@ void cluster_get_stats(const struct cluster *c, struct cluster_stats *st)
     st->inflight = LOAD(m->ninflight);
     st->refetched = LOAD(m->refetched);
     st->repeats = LOAD(m->repeats);
+    st->gaps = LOAD(m->gaps);
+    st->diverged = LOAD(m->diverged);
     st->connected = cluster_connected(c);
 }
 

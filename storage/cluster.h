@@ -51,8 +51,13 @@ struct cluster_opts {
     uint64_t max_age_ms;    /* retention: age (0: none) */
 };
 
-/* A message delivered by the stream's consumer, borrowed for the call. */
+/* A message delivered by the stream's consumer, borrowed for the call.
+ * Or, with `gap` set, no message: retention deleted messages from seq on
+ * before this node's consumer reached them, of this topic (topic NULL:
+ * of topics this node cannot tell), told before the messages after them;
+ * live subscribers get the gap signal (docs/cluster.md). */
 struct cluster_msg {
+    bool gap;
     const char *topic; /* decoded, NUL-terminated */
     size_t topic_len;
     const char *event; /* NULL: none */
@@ -136,6 +141,8 @@ struct cluster_stats {
     uint64_t inflight;
     uint64_t refetched; /* messages the consumer skipped, read again */
     uint64_t repeats;   /* messages the consumer gave twice, dropped */
+    uint64_t gaps;      /* messages deleted (or unreadable) before the consumer had them */
+    uint64_t diverged;  /* repeats that were another message than the one at their seq */
     bool connected;
 };
 void cluster_get_stats(const struct cluster *c, struct cluster_stats *st);

@@ -7,7 +7,8 @@ every server answers its monitoring endpoint and the JetStream meta group
 has a leader that every server knows.  kill(i) (SIGKILL by default),
 stop_all(), start(i) and start_all() let a test take servers away and bring
 them back with their stores and ports; cleanup() kills whatever runs and
-removes the directory.  No mock: this is Debian's nats-server 2.9.
+removes the directory (SLUICE_TEST_NATS_LOGS=DIR keeps each server's log
+there first, for a run that must be read afterwards).  No mock: this is Debian's nats-server 2.9.
 
 Standard library only.  NATS_SERVER names the binary (default: the one on
 PATH); have_nats() tells whether it exists, so that a test skips cleanly
@@ -63,7 +64,9 @@ class NatsCluster:
                 "jetstream { store_dir: %s, max_memory_store: 64MB, max_file_store: 1GB }\n"
                 % (i, self.client_ports[i], self.http_ports[i], json.dumps(store)))
         if self.n > 1:
-            conf += ("cluster { name: %s, listen: 127.0.0.1:%d, routes: [%s] }\n"
+            # no_advertise: a client knows the servers it was given, no
+            # others (a test can cut a node off by stopping its server).
+            conf += ("cluster { name: %s, listen: 127.0.0.1:%d, routes: [%s], no_advertise: true }\n"
                      % (self.name, self.route_ports[i], routes))
         with open(os.path.join(self.dir, "n%d.conf" % i), "w") as f:
             f.write(conf)
@@ -105,6 +108,13 @@ class NatsCluster:
                 p.send_signal(signal.SIGCONT)
                 p.kill()
                 p.wait(timeout=10)
+        keep = os.environ.get("SLUICE_TEST_NATS_LOGS")
+        if keep:
+            os.makedirs(keep, exist_ok=True)
+            for i, path in enumerate(self.logs):
+                if os.path.exists(path):
+                    shutil.copy(path, os.path.join(keep, "%s-n%d.log"
+                                                   % (os.path.basename(self.dir), i)))
         shutil.rmtree(self.dir, True)
 
     def log_text(self):

@@ -126,9 +126,9 @@ class ClusterTest(SluiceTestCase):
         self.addCleanup(self.nats.cleanup)
         self.nats.start_all()
 
-    def node(self, replicas=3, stream=None, workers=2, extra=""):
+    def node(self, replicas=3, stream=None, workers=2, extra="", servers=None):
         d = self.tmpdir()
-        settings = {"servers": self.nats.urls(), "replicas": replicas}
+        settings = {"servers": servers or self.nats.urls(), "replicas": replicas}
         if stream:
             settings["stream"] = stream
         return self.start(app=cluster_app(d, extra, **settings), args=["-w", str(workers)])
