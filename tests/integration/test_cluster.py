@@ -10,6 +10,9 @@ nodes on loopback.  No mock anywhere.
 - One ID space: a client that resumes on the other node with the ID it
   last saw (Last-Event-ID, since) gets exactly what it missed; an unknown
   ID gets everything retained and the gap signal.
+- Retention that deletes what a node cut off from NATS had not delivered
+  yet: that node's live subscribers of the topic get the gap signal (SSE,
+  WebSocket JSON, a waiting long-poll), those of other topics none.
 - A NATS server killed (SIGKILL) under a steady publish load: every
   acknowledged publish is delivered, exactly once (publishers retry a 503
   with their Idempotency-Key); publishing resumes by itself.
@@ -327,6 +330,66 @@ class ClusterTest(SluiceTestCase):
         rc, _, err = run_sluice(["-l", "127.0.0.1:0", "-d", d, script])
         self.assertEqual(rc, 1, err)
         self.assertIn("max_msgs_per_subject 5 (want 7)", err)
+
+    def test_live_gap_when_retention_drops_what_a_node_had_not_delivered(self):
+        # Node B talks to one NATS server only, a follower of the stream; it
+        # is down while node A publishes more than a topic keeps.  When it
+        # is back, B's consumer finds the deleted seqs: its live subscribers
+        # of that topic get the gap signal (SSE, WebSocket JSON, a waiting
+        # long-poll) before what the stream still has; a topic that lost
+        # nothing gets none.
+        keep5 = 'sluice.topic("*", {backlog = 5})\n'
+        a = self.node(extra=keep5)
+        leader = self.nats.stream_leader("SLUICE")
+        p = (leader + 1) % 3
+        b = self.node(extra=keep5, servers=self.nats.url(p), workers=1)
+        sse_g, sse_h = self.conn(b, timeout=60), self.conn(b, timeout=60)
+        sse_open(sse_g, "/topics/g")
+        sse_open(sse_h, "/topics/h")
+        ws = self.conn(b, timeout=60)
+        ws_open(ws, "/topics/g?format=json")
+        polled = []
+
+        def poll():
+            with b.conn(timeout=90) as c:
+                polled.append(c.get("/topics/g?timeout=60"))
+        t = threading.Thread(target=poll, daemon=True)
+        t.start()
+        time.sleep(0.5)  # the poll waits
+        self.nats.kill(p)
+        try:
+            deadline = time.monotonic() + 20
+            while re.search(r"^sluice_cluster_connected 1$", self.metrics(b), re.M):
+                self.assertLess(time.monotonic(), deadline, "B did not notice")
+                time.sleep(0.2)
+
+            def pub(topic, body):
+                for _ in range(10):  # A may have been on the stopped server
+                    r = self.publish(a, topic, body, key=body.decode())
+                    if r.status == 200:
+                        return r.json()["id"]
+                    self.assertEqual(r.status, 503, r)
+                    time.sleep(0.5)
+                self.fail("no publish through A")
+            h_ids = [pub("h", b"h-first")]
+            g_ids = [pub("g", b"g%02d" % i) for i in range(20)]
+            h_ids.append(pub("h", b"h-last"))
+        finally:
+            self.nats.start(p)
+        got = [sse_next(sse_g) for _ in range(6)]
+        self.assertEqual(got[0], ("", "sluice.gap", b'{"topic":"g"}'))
+        self.assertEqual([g[0] for g in got[1:]], g_ids[15:])
+        self.assertEqual([json.loads(ws_next(ws)) for _ in range(2)][0],
+                         {"gap": True, "topic": "g"})
+        self.assertEqual([g[0] for g in (sse_next(sse_h), sse_next(sse_h))], h_ids)
+        t.join(30)
+        self.assertEqual(polled[0].status, 200, polled)
+        self.assertTrue(polled[0].json().get("gap"), polled[0].body)
+        m = self.metrics(b)
+        self.assertRegex(m, r"sluice_cluster_gaps_total [1-9]")
+        # The next message on h follows h-last directly: no gap was told there.
+        r = self.publish(a, "h", b"h-next")
+        self.assertEqual(sse_next(sse_h), (r.json()["id"], "", b"h-next"))
 
     # -- failures -----------------------------------------------------------------
 
