@@ -20,6 +20,7 @@
 #include "core/server.h"
 #include "core/subscriber.h"
 #include "lua/api.h"
+#include "storage/cluster.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -562,7 +563,9 @@ static void topic_json(topics_walk *tw, const char *name, size_t len, const topi
         id[0] = '\0';
         if (st->last_seq)
             store_id_format(st->last_epoch ? st->last_epoch : epoch, st->last_seq, id);
-        tadd(t, ",\"backlog\":%" PRIu64 ",\"newest_id\":\"%s\"", st->count, id);
+        /* Cluster mode lists the stream's subjects with their counts only. */
+        tadd(t, ",\"backlog\":%" PRIu64 ",\"newest_id\":%s%s%s", st->count, id[0] ? "\"" : "",
+             id[0] ? id : "null", id[0] ? "\"" : "");
     } else {
         tadd(t, ",\"backlog\":0,\"newest_id\":null");
     }
@@ -597,7 +600,11 @@ static void answer_topics(gather *g)
     topics_walk tw = {.t = &t, .prefix = g->arg, .prefix_len = strlen(g->arg), .limit = g->limit};
     tw.live = merge_topics(g, &tw.nlive);
     tadd(&t, "{\"topics\":[");
-    int rc = store_topics(a->store, walk_stored, &tw);
+    /* Cluster mode: the record is the stream (one JetStream request on
+     * this thread, bounded by CLUSTER_API_WAIT_MS); the store holds nothing. */
+    struct cluster *cl = a->nworkers ? hub_cluster(worker_hub(a->workers[0])) : NULL;
+    int rc = cl ? cluster_topics(cl, tw.prefix, tw.prefix_len, walk_stored, &tw)
+                : store_topics(a->store, walk_stored, &tw);
     /* Topics with subscribers and nothing stored yet. */
     for (size_t i = 0; i < tw.nlive; i++) {
         topic_row *r = &tw.live[i];

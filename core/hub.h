@@ -159,6 +159,10 @@ int hub_bus_cluster(hub_bus *b, const struct cluster_opts *o, char *err, size_t 
  * refused, /readyz says not ready); true without cluster mode. */
 bool hub_bus_ready(const hub_bus *b);
 
+/* The record of h's bus in cluster mode (storage/cluster.h; its calls may
+ * be made from any thread), NULL otherwise. */
+struct cluster *hub_cluster(const hub *h);
+
 /* Stops the writer after committing what is queued (those commits still
  * reach the attached hubs' inboxes), then frees the bus.  Call once every
  * hub is detached or its worker has stopped publishing. */

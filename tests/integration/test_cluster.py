@@ -391,6 +391,40 @@ class ClusterTest(SluiceTestCase):
         r = self.publish(a, "h", b"h-next")
         self.assertEqual(sse_next(sse_h), (r.json()["id"], "", b"h-next"))
 
+    def test_admin_topics_list_the_stream(self):
+        # /api/topics on a cluster node lists the stream's topics (not the
+        # node's empty LMDB): the backlog JetStream keeps for each, this
+        # node's subscribers; a topic with subscribers and nothing stored
+        # yet too.  (Also issue 30: the admin API in cluster mode.)
+        keep5 = 'sluice.topic("*", {backlog = 5})\n'
+        a = self.node(extra=keep5)
+        d = self.tmpdir()
+        b = self.start(app=cluster_app(d, keep5, servers=self.nats.urls(), replicas=3),
+                       args=["-w", "2", "--admin-listen", "127.0.0.1:0"], expect_listeners=2)
+        m = re.search(r"admin listening on ([0-9.]+):(\d+)", b.log_text())
+        self.assertTrue(m, b.log_text())
+        for i in range(7):
+            self.assertEqual(self.publish(a, "adm.busy", b"x%d" % i).status, 200)
+        self.assertEqual(self.publish(a, "adm.one", b"y").status, 200)
+        self.assertEqual(self.publish(a, "other", b"z").status, 200)
+        subs = []
+        for topic in ("adm.one", "adm.one", "adm.waiting"):
+            c = self.conn(b)
+            sse_open(c, "/topics/" + topic)
+            subs.append(c)
+
+        def topics(query=""):
+            with RawConn.tcp(m.group(1), int(m.group(2))) as c:
+                r = c.get("/api/topics" + query)
+            self.assertEqual(r.status, 200, r)
+            return {t["topic"]: t for t in r.json()["topics"]}
+        t = topics()
+        self.assertEqual({k: (v["backlog"], v["subscribers"]) for k, v in t.items()},
+                         {"adm.busy": (5, 0), "adm.one": (1, 2), "other": (1, 0),
+                          "adm.waiting": (0, 1)}, t)
+        self.assertIsNone(t["adm.busy"]["newest_id"])
+        self.assertEqual(sorted(topics("?prefix=adm.")), ["adm.busy", "adm.one", "adm.waiting"])
+
     # -- failures -----------------------------------------------------------------
 
     def test_nats_server_killed_under_load_loses_nothing_acknowledged(self):
