@@ -97,9 +97,8 @@ void outq_pool_drain(void)
         free(ring_pool_pop());
 }
 
-static int outq_grow(outq_t *q)
+static int outq_resize(outq_t *q, uint32_t ncap)
 {
-    uint32_t ncap = q->cap ? q->cap * 2 : OUTQ_FIRST_CAP;
     outq_seg *ns = ring_alloc(ncap);
     if (!ns) return SL_ENOMEM;
     for (uint32_t i = 0; i < q->count; i++)
@@ -111,12 +110,32 @@ static int outq_grow(outq_t *q)
     return 0;
 }
 
+static int outq_grow(outq_t *q)
+{
+    return outq_resize(q, q->cap ? q->cap * 2 : OUTQ_FIRST_CAP);
+}
+
 int outq_push(outq_t *q, buf_t *b, size_t off, size_t len)
 {
     SLUICE_ASSERT(off <= b->len && len <= b->len - off);
     if (len == 0) return 0;
     if (q->count == q->cap && outq_grow(q) < 0) return SL_ENOMEM;
     outq_seg *s = &q->segs[(q->head + q->count) & (q->cap - 1)];
+    s->buf = buf_ref(b);
+    s->off = (uint32_t)off;
+    s->len = (uint32_t)len;
+    q->count++;
+    q->bytes += len;
+    return 0;
+}
+
+int outq_push_front(outq_t *q, buf_t *b, size_t off, size_t len)
+{
+    SLUICE_ASSERT(off <= b->len && len <= b->len - off);
+    if (len == 0) return 0;
+    if (q->count == q->cap && outq_grow(q) < 0) return SL_ENOMEM;
+    q->head = (q->head - 1) & (q->cap - 1);
+    outq_seg *s = &q->segs[q->head];
     s->buf = buf_ref(b);
     s->off = (uint32_t)off;
     s->len = (uint32_t)len;
@@ -152,6 +171,40 @@ void outq_consume(outq_t *q, size_t n)
         q->count--;
     }
     if (q->count == 0) outq_clear(q);
+}
+
+int outq_move(outq_t *dst, outq_t *src, size_t n)
+{
+    SLUICE_ASSERT(n <= src->bytes);
+    if (n == src->bytes && dst->count == 0) { /* all of it to an empty queue: the ring goes */
+        ring_free(dst->segs, dst->cap);
+        *dst = *src;
+        memset(src, 0, sizeof(*src));
+        return 0;
+    }
+    /* One growth to the size needed, not a doubling per segment. */
+    uint32_t need = dst->count + src->count, ncap = dst->cap ? dst->cap : OUTQ_FIRST_CAP;
+    while (ncap < need)
+        ncap *= 2;
+    if (ncap != dst->cap && outq_resize(dst, ncap) < 0) return SL_ENOMEM;
+    while (n > 0) {
+        outq_seg *s = &src->segs[src->head];
+        if (n < s->len) { /* cut: the head is pushed with a reference of its own */
+            int r = outq_push(dst, s->buf, s->off, n);
+            if (r == 0) outq_consume(src, n);
+            return r;
+        }
+        if (dst->count == dst->cap && outq_grow(dst) < 0) return SL_ENOMEM;
+        dst->segs[(dst->head + dst->count) & (dst->cap - 1)] = *s;
+        dst->count++;
+        dst->bytes += s->len;
+        n -= s->len;
+        src->bytes -= s->len;
+        src->head = (src->head + 1) & (src->cap - 1);
+        src->count--;
+    }
+    if (src->count == 0) outq_clear(src);
+    return 0;
 }
 
 void outq_clear(outq_t *q)

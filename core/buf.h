@@ -57,6 +57,9 @@ typedef struct outq {
  * An empty range (len 0) is accepted and ignored. */
 int outq_push(outq_t *q, buf_t *b, size_t off, size_t len);
 
+/* The same, at the head of the queue: sent first. */
+int outq_push_front(outq_t *q, buf_t *b, size_t off, size_t len);
+
 /* Fills up to `max` iovecs from the head of the queue; returns how many. */
 int outq_iov(const outq_t *q, struct iovec *iov, int max);
 
@@ -64,6 +67,13 @@ int outq_iov(const outq_t *q, struct iovec *iov, int max);
  * segments fully sent.  n must not exceed q->bytes.  Frees the ring storage
  * when the queue becomes empty. */
 void outq_consume(outq_t *q, size_t n);
+
+/* Moves the first `n` bytes of `src` (n <= src->bytes) to the end of
+ * `dst`, with their references: no byte copied, no count touched but
+ * that of a segment cut in two (its head goes, its tail stays).  For a
+ * queue handed on whole (an HTTP/2 stream's bytes to its socket).
+ * Returns 0, or SL_ENOMEM with part of the range moved (in order). */
+int outq_move(outq_t *dst, outq_t *src, size_t n);
 
 /* Drops everything queued (references released, storage freed). */
 void outq_clear(outq_t *q);

@@ -403,6 +403,17 @@ int conn_send_copy(conn *c, const void *data, size_t len)
     return r;
 }
 
+int conn_send_moved(conn *c, outq_t *from, size_t n)
+{
+    if (c->state == CONN_CLOSED) return SL_EGONE;
+    if (c->state == CONN_STREAM && c->out.bytes > 0 && c->out.bytes + n > c->srv->limits.max_output)
+        return SL_ELIMIT;
+    int r = outq_move(&c->out, from, n);
+    if (r < 0) return r;
+    schedule_flush(c);
+    return 0;
+}
+
 void conn_send_final(conn *c, const void *data, size_t len)
 {
     if (c->state == CONN_CLOSED || c->state == CONN_CLOSING) return;

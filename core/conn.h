@@ -262,6 +262,12 @@ void conn_carried_request(conn *c, const char *data, size_t len);
  * kept). */
 int conn_carried_input(conn *c, const char *data, size_t len, size_t max);
 
+/* Queues on `c` the first `n` bytes of `from` (a carried conn's queue),
+ * moved with their references (outq_move): the HTTP/2 session hands a
+ * DATA frame's body to its socket this way, never copying it.  Same
+ * returns as conn_send(). */
+int conn_send_moved(conn *c, outq_t *from, size_t n);
+
 /* The carried conn's output queue was emptied by its carrier. */
 void conn_carried_drained(conn *c);
 

@@ -9,8 +9,10 @@
  * through the HTTP/1.1 parser (written out from the HEADERS), so its limits
  * and checks are the same on both protocols; the response head the app
  * queued first on the stream's output is read back into HEADERS, and what
- * follows it is the body, copied from the shared buffers into DATA frames
- * by the data provider as the stream's window opens.
+ * follows it is the body, sent in DATA frames as the stream's window
+ * opens: nghttp2 sizes each frame and writes its header, and the body goes
+ * from the stream's queue to the socket's without passing through
+ * nghttp2's buffers (NGHTTP2_DATA_FLAG_NO_COPY; on_send_data).
  *
  * Output of the session goes to the socket's conn queue, in batches; the
  * session stops taking frames while that queue holds HIGH_WATER bytes (a
@@ -36,6 +38,8 @@
 
 #define HIGH_WATER (256 * 1024) /* session bytes queued on the socket before it waits */
 #define SEND_BATCH (16 * 1024)  /* frames gathered per buffer pushed to the socket */
+#define FRAME_HD 9              /* an HTTP/2 frame header */
+#define COPY_MAX 2048           /* a DATA body up to this is copied into the batch */
 #define MAX_CONTINUATIONS 8     /* CONTINUATION frames after one HEADERS */
 #define HPACK_BOMB_FACTOR 4     /* a header list past max_header x this ends the connection */
 #define MAX_FIELDS (4 * 100)    /* header fields in one block before the same */
@@ -73,6 +77,7 @@ typedef struct h2_stream {
     bool cut;        /* output past the limit: reset at its end */
     bool closed;     /* nghttp2 closed the stream */
     bool in_drained;
+    bool deferred;    /* its data provider waits for nghttp2_session_resume_data */
     size_t accounted; /* its queued bytes as last added to h->queued */
 } h2_stream;
 
@@ -90,6 +95,7 @@ struct h2_conn {
     ev_tstamp active_at; /* last input, for the idle timeout */
     bool dead;           /* its connection closed */
     bool in_recv, in_send, send_again;
+    bool hw_deferred; /* a stream's data waits for the socket's queue to drain */
     bool terminating; /* GOAWAY for an error submitted: read no more */
     bool shutting;    /* graceful GOAWAY: end when the last stream has */
     bool counted;     /* the cause of a GOAWAY was counted */
@@ -382,7 +388,12 @@ void h2_stream_flush(conn *c)
             conn_close(c);
             return;
         }
-    } else {
+    } else if (s->deferred) {
+        /* Only a provider that said "deferred" needs waking: one still
+         * scheduled (the common case in a fan-out, between the first
+         * message of a pass and the socket's turn) takes the new bytes
+         * as they are. */
+        s->deferred = false;
         nghttp2_session_resume_data(h->session, s->id);
     }
     want_send(h);
@@ -441,43 +452,6 @@ static h2_stream *user_stream(nghttp2_session *session, int32_t id)
     return s && s->c.state != CONN_CLOSED ? s : NULL;
 }
 
-static ssize_t read_body(nghttp2_session *session, int32_t id, uint8_t *buf, size_t length,
-                         uint32_t *flags, nghttp2_data_source *src, void *ud)
-{
-    h2_conn *h = ud;
-    h2_stream *s = user_stream(session, id);
-    if (!s) return NGHTTP2_ERR_DEFERRED; /* being reset */
-    outq_t *q = &s->c.out;
-    size_t n = 0;
-    while (n < length && q->bytes > 0) {
-        struct iovec iov[8];
-        int k = outq_iov(q, iov, 8);
-        size_t got = 0;
-        for (int i = 0; i < k && n + got < length; i++) {
-            size_t take = iov[i].iov_len < length - n - got ? iov[i].iov_len : length - n - got;
-            memcpy(buf + n + got, iov[i].iov_base, take);
-            got += take;
-        }
-        outq_consume(q, got);
-        n += got;
-    }
-    account(s);
-    if (q->bytes == 0) {
-        if (s->c.state == CONN_CLOSING) {
-            *flags |= NGHTTP2_DATA_FLAG_EOF;
-        } else if (n == 0) {
-            return NGHTTP2_ERR_DEFERRED;
-        }
-        if (n > 0 && !s->in_drained) { /* its on_drain runs once the send is over */
-            s->in_drained = true;
-            conn_hold(&s->c);
-            s->drained_next = h->drained;
-            h->drained = s;
-        }
-    }
-    return (ssize_t)n;
-}
-
 /* Frames are gathered here while a session writes, and pushed to the
  * socket's queue in one buffer of their exact size: one allocation per
  * batch, not per frame.  One connection owns the batch at a time; a send
@@ -496,20 +470,65 @@ static int push_batch(h2_conn *h)
     return n && !h->dead ? conn_send_copy(h->c, batch, n) : 0;
 }
 
+/* Bytes queued for the socket by this session (its queue and the batch). */
+static size_t socket_queued(h2_conn *h)
+{
+    return h->c->out.bytes + (batch_owner == h ? batch_len : 0);
+}
+
+/* The socket queue's high water: the session waits above it. */
+static size_t high_water(h2_conn *h)
+{
+    size_t max = h->c->srv->limits.max_output;
+    return max < HIGH_WATER ? max : HIGH_WATER;
+}
+
+/* The stream's data provider: says how much of its queue the next DATA
+ * frame carries, without copying (NGHTTP2_DATA_FLAG_NO_COPY): on_send_data
+ * then queues nghttp2's frame header and the bytes, straight from the
+ * shared buffers.  The socket's queue stays under its high water: above
+ * it the stream waits (deferred) for the drain, and its own queue is
+ * where the output limit cuts it off. */
+static ssize_t read_body(nghttp2_session *session, int32_t id, uint8_t *buf, size_t length,
+                         uint32_t *flags, nghttp2_data_source *src, void *ud)
+{
+    h2_conn *h = ud;
+    h2_stream *s = user_stream(session, id);
+    if (!s) return NGHTTP2_ERR_DEFERRED; /* being reset */
+    outq_t *q = &s->c.out;
+    if (q->bytes == 0) {
+        if (s->c.state == CONN_CLOSING) {
+            *flags |= NGHTTP2_DATA_FLAG_EOF;
+            return 0;
+        }
+        s->deferred = true;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    size_t queued = socket_queued(h);
+    if (queued > 0 && queued + FRAME_HD + length > high_water(h)) {
+        s->deferred = true;
+        h->hw_deferred = true; /* h2_on_drain resumes it */
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    size_t n = q->bytes < length ? q->bytes : length;
+    *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    if (n == q->bytes && s->c.state == CONN_CLOSING) *flags |= NGHTTP2_DATA_FLAG_EOF;
+    return (ssize_t)n;
+}
+
 static ssize_t on_send(nghttp2_session *session, const uint8_t *data, size_t length, int flags,
                        void *ud)
 {
     h2_conn *h = ud;
     if (h->dead) return NGHTTP2_ERR_CALLBACK_FAILURE;
-    size_t queued = h->c->out.bytes + (batch_owner == h ? batch_len : 0);
-    size_t hw =
-        h->c->srv->limits.max_output < HIGH_WATER ? h->c->srv->limits.max_output : HIGH_WATER;
+    size_t queued = socket_queued(h);
     /* The socket's queue stays under its own output limit: an empty one
      * takes any frame. */
-    if (queued > 0 && queued + length > hw) return NGHTTP2_ERR_WOULDBLOCK;
-    if (batch_owner == h && batch_len + length > SEND_BATCH && push_batch(h) < 0)
+    if (queued > 0 && queued + length > high_water(h)) return NGHTTP2_ERR_WOULDBLOCK;
+    /* The batch keeps room for one DATA frame header (on_send_data). */
+    if (batch_owner == h && batch_len + length > SEND_BATCH - FRAME_HD && push_batch(h) < 0)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
-    if (length >= SEND_BATCH || (batch_owner && batch_owner != h)) {
+    if (length >= SEND_BATCH - FRAME_HD || (batch_owner && batch_owner != h)) {
         if (conn_send_copy(h->c, data, length) < 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
         return (ssize_t)length;
     }
@@ -517,6 +536,71 @@ static ssize_t on_send(nghttp2_session *session, const uint8_t *data, size_t len
     memcpy(batch + batch_len, data, length);
     batch_len += length;
     return (ssize_t)length;
+}
+
+/* A DATA frame read_body sized: nghttp2's header, then `length` bytes
+ * from the head of the stream's queue.  A short body (SSE events: a
+ * pass's worth for one stream is a few hundred bytes) is copied once,
+ * into the batch with the frames around it, so the socket gets one
+ * buffer per pass rather than a piece per event; a long one is moved to
+ * the socket's queue as it is (references to the shared buffers, no
+ * copy).  Either way the message was encoded once.  read_body made room
+ * under the high water, so this never blocks, and the stream cannot have
+ * gone in between (both run inside one nghttp2_session_send). */
+static int on_send_data(nghttp2_session *session, nghttp2_frame *frame, const uint8_t *framehd,
+                        size_t length, nghttp2_data_source *src, void *ud)
+{
+    h2_conn *h = ud;
+    h2_stream *s = src->ptr;
+    if (h->dead) return NGHTTP2_ERR_CALLBACK_FAILURE;
+    outq_t *q = &s->c.out;
+    SLUICE_ASSERT(length <= q->bytes);
+    bool ours = !batch_owner || batch_owner == h;
+    if (ours && length <= COPY_MAX) {
+        /* Room kept for one more header, as on_send keeps it. */
+        if (batch_len + FRAME_HD + length > SEND_BATCH - FRAME_HD && push_batch(h) < 0)
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        batch_owner = h;
+        char *p = batch + batch_len;
+        memcpy(p, framehd, FRAME_HD);
+        p += FRAME_HD;
+        size_t left = length;
+        for (uint32_t i = 0; left > 0; i++) {
+            const outq_seg *g = &q->segs[(q->head + i) & (q->cap - 1)];
+            size_t take = g->len < left ? g->len : left;
+            memcpy(p, g->buf->data + g->off, take);
+            p += take;
+            left -= take;
+        }
+        batch_len = (size_t)(p - batch);
+        outq_consume(q, length);
+        goto sent;
+    }
+    /* The header (with the batch's frames, when the batch is ours) goes
+     * in front of the body in the stream's queue, and the lot moves on:
+     * into an empty socket queue (the usual case) the ring itself does. */
+    const char *hd = (const char *)framehd;
+    size_t hl = FRAME_HD;
+    if (ours) {
+        memcpy(batch + batch_len, framehd, FRAME_HD); /* on_send leaves room for it */
+        hd = batch;
+        hl = batch_len + FRAME_HD;
+        batch_len = 0;
+        batch_owner = NULL;
+    }
+    buf_t *hb = buf_from(hd, hl);
+    int rc = hb ? outq_push_front(q, hb, 0, hl) : SL_ENOMEM;
+    buf_unref(hb);
+    if (rc < 0 || conn_send_moved(h->c, q, hl + length) < 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
+sent:
+    account(s);
+    if (q->bytes == 0 && !s->in_drained) { /* its on_drain runs once the send is over */
+        s->in_drained = true;
+        conn_hold(&s->c);
+        s->drained_next = h->drained;
+        h->drained = s;
+    }
+    return 0;
 }
 
 static int on_begin_frame(nghttp2_session *session, const nghttp2_frame_hd *hd, void *ud)
@@ -802,6 +886,14 @@ static void h2_on_data(conn *c, void *state, char *data, size_t len)
 static void h2_on_drain(conn *c, void *state)
 {
     h2_conn *h = state;
+    if (h->hw_deferred) { /* streams that waited for this drain (read_body) */
+        h->hw_deferred = false;
+        for (h2_stream *st = h->streams; st; st = st->next)
+            if (st->deferred && st->responded && !st->closed && st->c.out.bytes > 0) {
+                st->deferred = false;
+                nghttp2_session_resume_data(h->session, st->id);
+            }
+    }
     /* Most drains follow a turn that took everything: no session pass
      * for nothing. */
     if (nghttp2_session_want_write(h->session))
@@ -918,6 +1010,7 @@ int h2_start(conn *c, const char *data, size_t len)
     nghttp2_option *opt = NULL;
     if (!h || nghttp2_session_callbacks_new(&cbs) != 0 || nghttp2_option_new(&opt) != 0) goto fail;
     nghttp2_session_callbacks_set_send_callback(cbs, on_send);
+    nghttp2_session_callbacks_set_send_data_callback(cbs, on_send_data);
     nghttp2_session_callbacks_set_on_begin_frame_callback(cbs, on_begin_frame);
     nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
     nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);

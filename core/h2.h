@@ -12,8 +12,9 @@
  * transport (SSE, long-poll, poll, publish, WebSocket by RFC 8441's
  * extended CONNECT) run on a stream unchanged: what they queue with
  * conn_send() goes to the stream's own output queue, shared buffers and
- * all, and the session's data provider copies it from there into DATA
- * frames as the stream's flow-control window allows.  A stream whose
+ * all, and the session sends it from there in DATA frames as the
+ * stream's flow-control window allows (a pass's short events copied once
+ * into the socket's buffer, long bodies handed on by reference).  A stream whose
  * queue passes the output limit (its reader stalled) is reset alone.
  *
  * Limits against the known attacks (rapid reset, CONTINUATION floods,

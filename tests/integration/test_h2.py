@@ -40,8 +40,14 @@ class H2Raw:
     """A bare HTTP/2 client connection: frames in and out, headers through
     HPACK, per-stream state, window updates for the streams not stalled."""
 
-    def __init__(self, port, timeout=10.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port, timeout=10.0, rcvbuf=None):
+        if rcvbuf:  # set before connecting: the TCP window follows it
+            self.sock = socket.socket()
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.settimeout(timeout)
+            self.sock.connect(("127.0.0.1", port))
+        else:
+            self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.buf = bytearray()
         self.enc = hpack.Encoder()
         self.dec = hpack.Decoder()
@@ -132,7 +138,7 @@ class H2Raw:
             if flags & END_STREAM:
                 self.ended.add(sid)
         elif typ == DATA:
-            self.data[sid] = self.data.get(sid, b"") + p
+            self.data.setdefault(sid, bytearray()).extend(p)
             if p and not self.conn_stalled:
                 wu = frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", len(p)))
                 if sid not in self.stalled:
@@ -328,6 +334,44 @@ class H2Test(SluiceTestCase):
         self.assertTrue(c.until(lambda: b"data: after" in c.body(b)))
         self.assertEqual(metric(self.metrics(), "sluice_http2_streams_cut_total"), before + 1)
         self.assertTrue(self.s.wait_log(r"http2 stream cut off"))
+
+    def test_socket_backlog_resumes_whole(self):
+        """A client that opens large windows and then stops reading its
+        socket: the kernel's buffers fill, the socket's queue reaches its
+        high water, and the rest waits in the streams' queues (under an
+        8 MiB output limit here, so nothing is cut).  When the client reads
+        again every byte arrives, in order: 1 MB events (sent by reference,
+        cut into 16 KiB frames) on one stream, short ones (copied) on its
+        sibling."""
+        s = self.start(app("h2_wide_app.lua"), listen=["127.0.0.1:0"])
+        c = H2Raw(s.port, rcvbuf=4096)
+        self.addCleanup(c.close)
+        big = 1 << 24
+        c.send(frame(SETTINGS, 0, 0, struct.pack(">HI", 4, big)) +
+               frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", big)))
+        a, _ = c.request("GET", "/topics/wideA", [("accept", "text/event-stream")])
+        b, _ = c.request("GET", "/topics/wideB", [("accept", "text/event-stream")])
+        self.assertTrue(c.until(lambda: b"retry" in c.body(a) and b"retry" in c.body(b)))
+        url = "http://127.0.0.1:%d/topics/" % s.port
+        n = 7  # 7 MB: past the server's 4 MiB send buffer and the high water
+        for i in range(n):
+            path = os.path.join(self.dir, "body")
+            with open(path, "wb") as f:
+                f.write((b"%d" % i) * 1000000)
+            r = curl(url + "wideA", "--data-binary", "@" + path)
+            self.assertEqual(r.status, 200, r)
+            r = curl(url + "wideB", "--data-binary", "small-%d" % i)
+            self.assertEqual(r.status, 200, r)
+        want_a = b"".join(b"data: " + (b"%d" % i) * 1000000 + b"\n" for i in range(n))
+        self.assertTrue(c.until(lambda: len(c.body(a)) >= len(want_a) and
+                                b"small-%d" % (n - 1) in c.body(b), 30),
+                        (len(c.body(a)), len(want_a), c.resets))
+        events = re.findall(rb"data: [^\n]*\n", bytes(c.body(a)))
+        self.assertEqual(b"".join(events), want_a)
+        self.assertEqual(re.findall(rb"data: (small-\d+)", bytes(c.body(b))),
+                         [b"small-%d" % i for i in range(n)])
+        self.assertEqual(c.resets, {})
+        self.assertIsNone(c.goaway)
 
     def test_websocket_over_h2(self):
         """RFC 8441: SETTINGS_ENABLE_CONNECT_PROTOCOL, then an extended

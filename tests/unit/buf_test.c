@@ -3,6 +3,7 @@
 #include "core/buf.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 /* One message to each of n queues, then each drained: a fan-out to n
  * subscribers that read it.  Returns the rings allocated meanwhile. */
@@ -51,6 +52,58 @@ static void test_pool_follows_connections(void)
     free(qs);
 }
 
+/* outq_move: whole segments change queues with their references, a cut
+ * one is shared, and the order holds across the destination's growth. */
+static void test_move(void)
+{
+    buf_t *a = buf_from("abcdef", 6), *b = buf_from("XYZ", 3);
+    outq_t src = {0}, dst = {0};
+    outq_push(&dst, b, 0, 1); /* "X" already there */
+    for (int i = 0; i < 20; i++)
+        outq_push(&src, a, (size_t)(i % 3), 2);
+    outq_push(&src, b, 1, 2);
+    CHECK_EQ_INT(a->refs, 21);
+    CHECK_EQ_INT(outq_move(&dst, &src, 5), 0); /* 2 + 2 + 1 of the third */
+    CHECK_EQ_INT(dst.bytes, 6);
+    CHECK_EQ_INT(src.bytes, 37);
+    CHECK_EQ_INT(a->refs, 22); /* the cut segment is in both */
+    struct iovec iov[64];
+    char got[64];
+    size_t gl = 0;
+    int n = outq_iov(&dst, iov, 64);
+    for (int i = 0; i < n; i++) {
+        memcpy(got + gl, iov[i].iov_base, iov[i].iov_len);
+        gl += iov[i].iov_len;
+    }
+    CHECK_EQ_MEM(got, gl, "Xabbcc", 6);
+    CHECK_EQ_INT(outq_push_front(&src, b, 2, 1), 0); /* "Z" goes first */
+    CHECK_EQ_INT(outq_move(&dst, &src, 2), 0);
+    CHECK_EQ_INT(outq_iov(&dst, iov, 64), 6);
+    CHECK_EQ_MEM(iov[4].iov_base, iov[4].iov_len, "Z", 1);
+    CHECK_EQ_MEM(iov[5].iov_base, iov[5].iov_len, "d", 1);
+    CHECK_EQ_INT(outq_move(&dst, &src, src.bytes), 0); /* the rest: dst grows */
+    CHECK(src.segs == NULL);
+    CHECK_EQ_INT(src.bytes, 0);
+    CHECK_EQ_INT(dst.bytes, 44);
+    n = outq_iov(&dst, iov, 64);
+    gl = 0;
+    for (int i = 0; i < n; i++) {
+        memcpy(got + gl, iov[i].iov_base, iov[i].iov_len);
+        gl += iov[i].iov_len;
+    }
+    CHECK_EQ_MEM(got + 38, 6, "abbcYZ", 6);
+    CHECK_EQ_INT(a->refs, 22); /* the cut one's two halves, each holding one */
+    outq_seg *ring = dst.segs;
+    CHECK_EQ_INT(outq_move(&src, &dst, dst.bytes), 0); /* whole, to an empty queue */
+    CHECK(src.segs == ring && dst.segs == NULL && dst.bytes == 0);
+    CHECK_EQ_INT(src.bytes, 44);
+    outq_clear(&src);
+    CHECK_EQ_INT(a->refs, 1);
+    CHECK_EQ_INT(b->refs, 1);
+    buf_unref(a);
+    buf_unref(b);
+}
+
 int main(void)
 {
     buf_t *a = buf_from("hello ", 6), *b = buf_from("world", 5);
@@ -90,6 +143,7 @@ int main(void)
     CHECK_EQ_INT(a->refs, 1);
     buf_unref(a);
     buf_unref(b);
+    test_move();
     CHECK(buf_new((size_t)UINT32_MAX) == NULL);
     test_pool_follows_connections();
     return CHECK_DONE();
