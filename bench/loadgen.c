@@ -45,6 +45,7 @@
 #define _GNU_SOURCE /* memmem */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <dirent.h>
 #include <getopt.h>
 #include <zlib.h>
 #include <inttypes.h>
@@ -142,7 +143,7 @@ struct mem {
 static struct {
     /* options */
     char host[64];
-    int port, pub_port;
+    int port, pub_port, sub_port2;
     int kind, pub_format;
     bool idle, json;
     bool deflate;   /* offer permessage-deflate, inflate RSV1 frames */
@@ -155,8 +156,8 @@ static struct {
     int npids;
 
     /* state */
-    struct sockaddr_storage addr, pub_addr;
-    socklen_t addrlen, pub_addrlen;
+    struct sockaddr_storage addr, pub_addr, addr2;
+    socklen_t addrlen, pub_addrlen, addrlen2;
     int ep;
     struct conn *subs, *pubs;
     struct conn **byfd; /* fd -> conn, for epoll events */
@@ -173,6 +174,7 @@ static struct {
     struct hist lat, ack;
     struct mem mem_before, mem_after;
     long cpu_before, cpu_after; /* server clock ticks */
+    uint64_t cpuns_before[MAX_PIDS], cpuns_after[MAX_PIDS]; /* schedstat ns per pid */
     double ccpu_before, ccpu_after;
     int fail_code;
     char fail_reason[256];
@@ -219,6 +221,7 @@ static void note_error(const char *fmt, ...)
 }
 
 static long cpu_read(void);
+static void cpu_read_ns(uint64_t *out);
 static double self_cpu(void);
 
 /* s with the characters JSON forbids in a string replaced by '?', for the
@@ -239,6 +242,7 @@ static void finish(int code, const char *fmt, ...)
     G.phase = PH_DONE;
     G.t_end = mono_ns();
     G.cpu_after = cpu_read();
+    cpu_read_ns(G.cpuns_after);
     G.ccpu_after = self_cpu();
     if (code && !G.fail_code) {
         G.fail_code = code;
@@ -414,6 +418,31 @@ static long cpu_read(void)
     return total;
 }
 
+/* Each pid's CPU time in ns: the sum of its threads' run time
+ * (/proc/PID/task/TID/schedstat, first field), not quantised to clock
+ * ticks as utime + stime are.  A thread that ends during the run takes its
+ * time with it (the servers measured here keep theirs). */
+static void cpu_read_ns(uint64_t *out)
+{
+    char path[64], line[128];
+    for (int i = 0; i < G.npids; i++) {
+        out[i] = 0;
+        snprintf(path, sizeof path, "/proc/%d/task", G.pids[i]);
+        DIR *d = opendir(path);
+        if (!d) continue;
+        for (struct dirent *e; (e = readdir(d));) {
+            if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+            snprintf(path, sizeof path, "/proc/%d/task/%.16s/schedstat", G.pids[i], e->d_name);
+            FILE *f = fopen(path, "r");
+            if (!f) continue;
+            unsigned long long ns = 0;
+            if (fgets(line, sizeof line, f) && sscanf(line, "%llu", &ns) == 1) out[i] += ns;
+            fclose(f);
+        }
+        closedir(d);
+    }
+}
+
 static double self_cpu(void)
 {
     struct rusage ru;
@@ -562,6 +591,12 @@ static int conn_open(struct conn *c)
     c->t_start = mono_ns();
     const struct sockaddr_storage *to = c->kind == K_PUB ? &G.pub_addr : &G.addr;
     socklen_t tolen = c->kind == K_PUB ? G.pub_addrlen : G.addrlen;
+    /* --sub-port2: the subscribers of each topic alternate between the two
+     * ports (the topic's k-th subscriber, i / T, on port k % 2). */
+    if (c->kind != K_PUB && G.sub_port2 && (c->idx / G.topics) % 2) {
+        to = &G.addr2;
+        tolen = G.addrlen2;
+    }
     int fd = socket(to->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         c->state = S_CLOSED;
@@ -1428,6 +1463,7 @@ static void tick(uint64_t now)
         }
         G.phase = PH_PUBLISH;
         G.cpu_before = cpu_read();
+    cpu_read_ns(G.cpuns_before);
         G.ccpu_before = self_cpu();
         G.t_pub_start = mono_ns();
         pub_pump(G.t_pub_start);
@@ -1471,6 +1507,17 @@ static int report(void)
     double scpu =
         G.npids ? (double)(G.cpu_after - G.cpu_before) / (double)(tck > 0 ? tck : 100) : -1;
     double ccpu = G.ccpu_after - G.ccpu_before;
+    /* The same over the same span from schedstat, in ns, and per pid
+     * ("pid:seconds,..."), to tell the processes of a system apart. */
+    double cpu_ns_total = G.npids ? 0 : -1;
+    char by_pid[MAX_PIDS * 24] = "";
+    size_t bl = 0;
+    for (int i = 0; i < G.npids; i++) {
+        double sec = (double)(G.cpuns_after[i] - G.cpuns_before[i]) / 1e9;
+        cpu_ns_total += sec;
+        int w = snprintf(by_pid + bl, sizeof by_pid - bl, "%s%d:%.6f", i ? "," : "", G.pids[i], sec);
+        if (w > 0 && (size_t)w < sizeof by_pid - bl) bl += (size_t)w;
+    }
     int code = G.fail_code;
     FILE *hout = G.json ? stderr : stdout;
 
@@ -1584,12 +1631,14 @@ static int report(void)
                "\"deliver_s\":%.3f,\"lat_p50_ms\":%.3f,\"lat_p99_ms\":%.3f,"
                "\"lat_max_ms\":%.3f,\"ack_p50_ms\":%.3f,\"ack_p99_ms\":%.3f,"
                "\"server_cpu_s\":%.3f,\"client_cpu_s\":%.3f,\"elapsed_s\":%.3f,"
+               "\"server_cpu_ns_s\":%.6f,\"server_cpu_by_pid\":\"%s\","
                "\"status\":%d,\"reason\":\"%s\"}\n",
                kind_names[G.kind], G.n, G.topics, G.m, G.size, G.pubconns, G.pipeline, G.rate,
                pubinfo, G.subscribed, G.acked, G.pub_errors, expected, G.received, lost, G.dups,
                G.sub_dropped, rate, psec, dsec, ms(p50), ms(p99), ms(G.lat.max),
                ms(hist_pct(&G.ack, 0.5)), ms(hist_pct(&G.ack, 0.99)), scpu, ccpu,
-               secs(G.t0, G.t_end), code, json_safe(code ? G.fail_reason : ""));
+               secs(G.t0, G.t_end), cpu_ns_total, by_pid, code,
+               json_safe(code ? G.fail_reason : ""));
     return code;
 }
 
@@ -1609,6 +1658,8 @@ static void usage(FILE *f)
             "  -S, --sub-path TMPL      subscribe path, {topic} expanded (/topics/{topic})\n"
             "  -P, --pub-path TMPL      publish path (/topics/{topic})\n"
             "      --pub-port PORT      publish to this port (the -p port)\n"
+            "      --sub-port2 PORT     half the subscribers of each topic on this port\n"
+            "                           (subscriber i on it when (i / T) is odd)\n"
             "      --pub-format F       raw: the message is the body (default); pushpin: a\n"
             "                           Pushpin JSON item for the -k transport, one\n"
             "                           connection per publish in flight (-c x -K of them),\n"
@@ -1657,6 +1708,7 @@ static int parse_opts(int argc, char **argv)
         O_PID,
         O_JSON,
         O_PUBPORT,
+        O_SUBPORT2,
         O_PUBFMT,
         O_DEFLATE,
         O_BODY
@@ -1686,6 +1738,7 @@ static int parse_opts(int argc, char **argv)
                                        {"pid", 1, 0, O_PID},
                                        {"json", 0, 0, O_JSON},
                                        {"pub-port", 1, 0, O_PUBPORT},
+                                       {"sub-port2", 1, 0, O_SUBPORT2},
                                        {"pub-format", 1, 0, O_PUBFMT},
                                        {"deflate", 0, 0, O_DEFLATE},
                                        {"body", 1, 0, O_BODY},
@@ -1804,6 +1857,10 @@ static int parse_opts(int argc, char **argv)
             G.pub_port = atoi(optarg);
             if (G.pub_port <= 0 || G.pub_port > 65535) return -1;
             break;
+        case O_SUBPORT2:
+            G.sub_port2 = atoi(optarg);
+            if (G.sub_port2 <= 0 || G.sub_port2 > 65535) return -1;
+            break;
         case O_PUBFMT:
             if (!strcmp(optarg, "raw"))
                 G.pub_format = PF_RAW;
@@ -1886,6 +1943,7 @@ static int setup_one_addr(int port, struct sockaddr_storage *addr, socklen_t *le
 static int setup_addr(void)
 {
     if (setup_one_addr(G.port, &G.addr, &G.addrlen) < 0) return -1;
+    if (G.sub_port2 && setup_one_addr(G.sub_port2, &G.addr2, &G.addrlen2) < 0) return -1;
     return setup_one_addr(G.pub_port, &G.pub_addr, &G.pub_addrlen);
 }
 
@@ -1952,6 +2010,7 @@ int main(int argc, char **argv)
     G.t_sub_deadline = G.t0 + (uint64_t)(G.sub_timeout * 1e9);
     /* Re-read when publishing starts; this covers runs that fail before. */
     G.cpu_before = cpu_read();
+    cpu_read_ns(G.cpuns_before);
     G.ccpu_before = self_cpu();
     for (uint32_t i = 0; !G.idle && i < G.pubconns; i++) {
         struct conn *c = &G.pubs[i];
