@@ -35,6 +35,7 @@
 
 #define CLUSTER_API_WAIT_MS 2000       /* one JetStream API request */
 #define CLUSTER_PUBLISH_TIMEOUT_MS 5000 /* a publish without PubAck: 503 */
+#define CLUSTER_WRITE_DEADLINE_MS 2000 /* a write to NATS that cannot proceed */
 #define CLUSTER_DUPLICATE_WINDOW_S 600  /* Idempotency-Key window (SPEC.md) */
 #define CLUSTER_MAX_INFLIGHT 65536      /* publishes waiting for a PubAck */
 #define CLUSTER_READ_MAX 4096           /* messages one topic read brings */
