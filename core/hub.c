@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 /* A topic exists in memory only while it has subscribers. */
 struct hub_topic {
@@ -64,6 +65,7 @@ struct hub_bus {
     /* Cluster mode (hub_bus_cluster): JetStream is the record, the store
      * and its writer stay idle. */
     struct cluster *cluster;
+    unsigned replays; /* hub_replay_async reads on their threads (atomic) */
 };
 
 /* Counters written by the hub's own thread only and read by any (metrics):
@@ -97,6 +99,8 @@ struct hub {
     hub_counters stats;
     hub_sub *prefix_subs;         /* wildcard subscriptions */
     uint32_t oneshot_prefix_subs; /* wildcard subscriptions that are oneshot */
+    struct hub_replay_page *pages; /* hub_replay_async reads in flight (this thread) */
+    unsigned npages;
     pthread_mutex_t inbox_lock;   /* the writer appends, the hub's thread takes */
     hub_msg *inbox_head, *inbox_tail;
     /* Fan-out in progress (a depth: a delivery may run another): an
@@ -270,6 +274,8 @@ hub_bus *hub_bus_open(struct store *st, unsigned max_hubs, size_t max_queue, cha
 
 static hub_msg *msg_new(const char *topic, size_t tlen, const char *event, size_t elen,
                         const void *data, size_t len, unsigned ninbox);
+static void page_free(struct hub_replay_page *q);
+static void replay_done(hub *h, struct hub_replay_page *q);
 
 /* A PubAck (or failure) goes to its publisher's hub only: the fan-out
  * comes from the stream's consumer, on every node alike. */
@@ -364,6 +370,10 @@ bool hub_bus_ready(const hub_bus *b)
 void hub_bus_close(hub_bus *b)
 {
     if (!b) return;
+    /* Reads off the loop use the cluster: their requests are bounded
+     * (CLUSTER_API_WAIT_MS each), wait for them (bounded too). */
+    for (int i = 0; i < 600 && __atomic_load_n(&b->replays, __ATOMIC_ACQUIRE); i++)
+        usleep(50 * 1000);
     cluster_close(b->cluster);
     writer_stop(b->writer);
     pthread_mutex_destroy(&b->lock);
@@ -416,7 +426,7 @@ bool hub_is_open(const hub *h)
 
 unsigned hub_inflight(const hub *h)
 {
-    return h->inflight;
+    return h->inflight + h->npages;
 }
 
 static void topic_free(hub_topic *t)
@@ -445,7 +455,10 @@ void hub_detach(hub *h)
     hub_msg *m = inbox_take(h);
     while (m) {
         hub_msg *next = m->inbox_next[h->index];
+        struct hub_replay_page *q = m->page;
+        m->page = NULL;
         hub_msg_unref(m);
+        if (q) page_free(q); /* a page back after the worker stopped */
         m = next;
     }
     h->bus = NULL;
@@ -962,6 +975,13 @@ void hub_poll(hub *h)
     }
     for (hub_msg *m = first, *next; m; m = next) {
         next = m->inbox_next[h->index];
+        if (m->page) {
+            struct hub_replay_page *q = m->page;
+            m->page = NULL; /* the page holds the carrier: let go of it first */
+            hub_msg_unref(m);
+            replay_done(h, q);
+            continue;
+        }
         pending *p = own_pending(h, m);
         /* A failed publish keeps seq 0 (stored IDs start at 1) and is in
          * no other hub's inbox: it gets no fan-out; nor does a duplicate,
@@ -1166,70 +1186,265 @@ static int expand_one(void *ud, const struct store_topic_info *t)
     return 0;
 }
 
+/* One replay's reads and what they found: hub_replay's on the caller's
+ * stack, hub_replay_async's on the heap (its reads on a thread of their
+ * own, the delivery on the hub's). */
+struct hub_replay_page {
+    uint64_t after_seq;
+    bool known;
+    size_t limit, max_bytes;
+    char *names[HUB_REPLAY_MAX_TOPICS]; /* the topics read, wildcards expanded */
+    size_t nlens[HUB_REPLAY_MAX_TOPICS];
+    bool owned[HUB_REPLAY_MAX_TOPICS];
+    bool gaps[HUB_REPLAY_MAX_TOPICS];
+    struct store_read_info infos[HUB_REPLAY_MAX_TOPICS];
+    int nn;
+    long result;
+    replay_acc acc;
+    /* hub_replay_async only */
+    hub *h;
+    hub_bus *bus;
+    unsigned index;       /* h's inbox link */
+    hub_msg *carrier;     /* brings the page back through h's inbox */
+    void *owner;
+    hub_replay_done_fn done;
+    char **in_topics;     /* copies of what was asked */
+    size_t *in_lens;
+    int in_n;
+    hub_msg **live;       /* the owner's live messages meanwhile (hub_replay_live) */
+    size_t nlive, live_cap;
+    bool live_over;       /* more came than it keeps: another page reads them */
+    struct hub_replay_page *next; /* in h->pages */
+};
+
+/* The reads: the topics (each wildcard expanded to the topics it
+ * matches), then their messages after q->after_seq into q->acc. */
+static void replay_gather(hub_bus *bus, struct hub_replay_page *q, const char *const *topics,
+                          const size_t *lens, int n)
+{
+    int nn = 0;
+    for (int i = 0; i < n && nn < HUB_REPLAY_MAX_TOPICS; i++) {
+        if (lens[i] >= 1 && topics[i][lens[i] - 1] == '*') {
+            if (!bus) continue;
+            expand_acc a = {topics[i],     lens[i] - 1, q->names + nn,
+                            q->nlens + nn, 0,           HUB_REPLAY_MAX_TOPICS - nn};
+            if (bus->cluster)
+                cluster_topics(bus->cluster, topics[i], lens[i] - 1, expand_one, &a);
+            else
+                store_topics(bus->store, expand_one, &a);
+            for (int j = 0; j < a.n; j++)
+                q->owned[nn + j] = true;
+            nn += a.n;
+        } else {
+            q->names[nn] = (char *)topics[i];
+            q->nlens[nn++] = lens[i];
+        }
+    }
+    q->nn = nn;
+    for (int i = 0; i < nn; i++)
+        q->gaps[i] = !q->known;
+    q->result = 0;
+    q->acc = (replay_acc){.topics = (const char *const *)q->names,
+                          .lens = q->nlens,
+                          .max_bytes = q->max_bytes,
+                          .check_json = bus && bus->cluster};
+    if (bus && nn > 0) {
+        struct store_topic_ref refs[HUB_REPLAY_MAX_TOPICS];
+        for (int i = 0; i < nn; i++)
+            refs[i] = (struct store_topic_ref){q->names[i], q->nlens[i]};
+        uint64_t after = q->known ? q->after_seq : 0;
+        int rc = bus->cluster ? cluster_read(bus->cluster, refs, (size_t)nn, after, q->limit,
+                                             collect, &q->acc, q->infos)
+                              : store_read_multi(bus->store, refs, (size_t)nn, after, q->limit,
+                                                 collect, &q->acc, q->infos);
+        if (rc != 0 || q->acc.oom) q->result = rc != 0 ? rc : SL_ENOMEM;
+        for (int i = 0; i < nn && q->result == 0; i++) {
+            if (q->known && q->infos[i].gap) q->gaps[i] = true;
+            /* A cluster read brings a bounded part of each topic. */
+            if (bus->cluster && q->infos[i].more) q->acc.full = true;
+        }
+    }
+}
+
+/* The page's gaps and messages to their owner, as hub_replay tells. */
+static long replay_deliver(struct hub_replay_page *q, hub_deliver_fn fn,
+                           void (*on_gap)(void *owner, const char *topic, size_t len), void *owner,
+                           bool *more)
+{
+    *more = q->result == 0 && (q->acc.full || (q->limit && q->acc.n >= q->limit));
+    if (q->result == 0 && on_gap)
+        for (int i = 0; i < q->nn; i++)
+            if (q->gaps[i]) on_gap(owner, q->names[i], q->nlens[i]);
+    size_t n = q->acc.n;
+    for (size_t i = 0; i < n; i++) {
+        if (q->result == 0) fn(owner, q->acc.msgs[i]);
+        hub_msg_unref(q->acc.msgs[i]);
+    }
+    free(q->acc.msgs);
+    q->acc.msgs = NULL;
+    q->acc.n = 0;
+    return q->result == 0 ? (long)n : q->result;
+}
+
+static void replay_names_free(struct hub_replay_page *q)
+{
+    for (int i = 0; i < q->nn; i++)
+        if (q->owned[i]) free(q->names[i]);
+    q->nn = 0;
+}
+
 long hub_replay(hub *h, const char *const *topics, const size_t *lens, int n, uint64_t after_seq,
                 bool known, size_t limit, size_t max_bytes, hub_deliver_fn fn,
                 void (*on_gap)(void *owner, const char *topic, size_t len), void *owner, bool *more)
 {
-    *more = false;
-    /* The topics to read: the names, and what each wildcard matches. */
-    char *names[HUB_REPLAY_MAX_TOPICS];
-    size_t nlens[HUB_REPLAY_MAX_TOPICS];
-    bool owned[HUB_REPLAY_MAX_TOPICS] = {false};
-    int nn = 0;
-    for (int i = 0; i < n && nn < HUB_REPLAY_MAX_TOPICS; i++) {
-        if (lens[i] >= 1 && topics[i][lens[i] - 1] == '*') {
-            if (!h->bus) continue;
-            expand_acc a = {topics[i],  lens[i] - 1, names + nn,
-                            nlens + nn, 0,           HUB_REPLAY_MAX_TOPICS - nn};
-            if (h->bus->cluster)
-                cluster_topics(h->bus->cluster, topics[i], lens[i] - 1, expand_one, &a);
-            else
-                store_topics(h->bus->store, expand_one, &a);
-            for (int j = 0; j < a.n; j++)
-                owned[nn + j] = true;
-            nn += a.n;
+    struct hub_replay_page q = {
+        .after_seq = after_seq, .known = known, .limit = limit, .max_bytes = max_bytes};
+    replay_gather(h->bus, &q, topics, lens, n);
+    long r = replay_deliver(&q, fn, on_gap, owner, more);
+    replay_names_free(&q);
+    return r;
+}
+
+/* ---- replay off the loop (cluster mode) ------------------------------------ */
+
+#define HUB_REPLAY_ASYNC_MAX 64 /* reads on their own threads at once, per process */
+#define HUB_REPLAY_LIVE_MAX 4096 /* live messages a page in flight keeps for its owner */
+
+static void page_free(struct hub_replay_page *q)
+{
+    replay_names_free(q);
+    for (size_t i = 0; i < q->acc.n; i++)
+        hub_msg_unref(q->acc.msgs[i]);
+    free(q->acc.msgs);
+    for (size_t i = 0; i < q->nlive; i++)
+        hub_msg_unref(q->live[i]);
+    free(q->live);
+    for (int i = 0; i < q->in_n; i++)
+        free(q->in_topics ? q->in_topics[i] : NULL);
+    free(q->in_topics);
+    free(q->in_lens);
+    hub_msg_unref(q->carrier);
+    free(q);
+}
+
+static void *replay_thread(void *arg)
+{
+    struct hub_replay_page *q = arg;
+    hub_bus *b = q->bus;
+    replay_gather(b, q, (const char *const *)q->in_topics, q->in_lens, q->in_n);
+    pthread_mutex_lock(&b->lock);
+    bool home = b->hubs[q->index] == q->h;
+    if (home) inbox_push(q->h, q->carrier); /* hub_poll hands it to replay_done */
+    pthread_mutex_unlock(&b->lock);
+    if (!home) page_free(q); /* the worker has ended: no one to tell */
+    __atomic_sub_fetch(&b->replays, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+int hub_replay_async(hub *h, const char *const *topics, const size_t *lens, int n,
+                     uint64_t after_seq, bool known, size_t limit, size_t max_bytes,
+                     hub_replay_done_fn done, void *owner)
+{
+    hub_bus *b = h->bus;
+    if (!b || !b->cluster) return SL_EINVAL;
+    if (__atomic_add_fetch(&b->replays, 1, __ATOMIC_ACQ_REL) > HUB_REPLAY_ASYNC_MAX) {
+        __atomic_sub_fetch(&b->replays, 1, __ATOMIC_RELEASE);
+        return SL_ELIMIT;
+    }
+    struct hub_replay_page *q = calloc(1, sizeof(*q));
+    if (q) {
+        q->after_seq = after_seq;
+        q->known = known;
+        q->limit = limit;
+        q->max_bytes = max_bytes;
+        q->h = h;
+        q->bus = b;
+        q->index = h->index;
+        q->owner = owner;
+        q->done = done;
+        q->carrier = msg_new("", 0, NULL, 0, "", 0, b->max_hubs);
+        q->in_topics = calloc((size_t)(n > 0 ? n : 1), sizeof(char *));
+        q->in_lens = calloc((size_t)(n > 0 ? n : 1), sizeof(size_t));
+    }
+    bool ok = q && q->carrier && q->in_topics && q->in_lens;
+    for (int i = 0; ok && i < n; i++) {
+        ok = (q->in_topics[i] = strndup(topics[i], lens[i])) != NULL;
+        q->in_lens[i] = lens[i];
+        q->in_n = i + 1;
+    }
+    pthread_t t;
+    pthread_attr_t attr;
+    if (ok) {
+        q->carrier->page = q;
+        ok = pthread_attr_init(&attr) == 0;
+        if (ok) {
+            pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+            ok = pthread_create(&t, &attr, replay_thread, q) == 0;
+            pthread_attr_destroy(&attr);
+        }
+    }
+    if (!ok) {
+        if (q) page_free(q);
+        __atomic_sub_fetch(&b->replays, 1, __ATOMIC_RELEASE);
+        return SL_ENOMEM;
+    }
+    q->next = h->pages; /* read by this thread only; the reader thread never looks */
+    h->pages = q;
+    h->npages++;
+    return 0;
+}
+
+bool hub_replay_live(hub *h, void *owner, hub_msg *m)
+{
+    struct hub_replay_page *q = h->pages;
+    while (q && q->owner != owner)
+        q = q->next;
+    if (!q || !m) return q != NULL;
+    if (q->nlive == q->live_cap && !q->live_over) {
+        size_t cap = q->live_cap ? 2 * q->live_cap : 16;
+        hub_msg **nl = cap <= HUB_REPLAY_LIVE_MAX ? realloc(q->live, cap * sizeof(hub_msg *)) : NULL;
+        if (nl) {
+            q->live = nl;
+            q->live_cap = cap;
         } else {
-            names[nn] = (char *)topics[i];
-            nlens[nn++] = lens[i];
+            q->live_over = true;
         }
     }
-    bool gaps[HUB_REPLAY_MAX_TOPICS];
-    for (int i = 0; i < nn; i++)
-        gaps[i] = !known;
-    long result = 0;
-    struct store_topic_ref refs[HUB_REPLAY_MAX_TOPICS];
-    struct store_read_info infos[HUB_REPLAY_MAX_TOPICS];
-    replay_acc acc = {.topics = (const char *const *)names,
-                      .lens = nlens,
-                      .max_bytes = max_bytes,
-                      .check_json = h->bus && h->bus->cluster};
-    if (h->bus && nn > 0) {
-        for (int i = 0; i < nn; i++)
-            refs[i] = (struct store_topic_ref){names[i], nlens[i]};
-        int rc = h->bus->cluster ? cluster_read(h->bus->cluster, refs, (size_t)nn,
-                                                known ? after_seq : 0, limit, collect, &acc, infos)
-                                 : store_read_multi(h->bus->store, refs, (size_t)nn,
-                                                    known ? after_seq : 0, limit, collect, &acc,
-                                                    infos);
-        if (rc != 0 || acc.oom) result = rc != 0 ? rc : SL_ENOMEM;
-        for (int i = 0; i < nn && result == 0; i++) {
-            if (known && infos[i].gap) gaps[i] = true;
-            /* A cluster read brings a bounded part of each topic. */
-            if (h->bus->cluster && infos[i].more) acc.full = true;
+    if (q->live_over) return true;
+    hub_msg_ref(m);
+    q->live[q->nlive++] = m;
+    return true;
+}
+
+long hub_replay_page_deliver(struct hub_replay_page *q, hub_deliver_fn fn,
+                             void (*on_gap)(void *owner, const char *topic, size_t len),
+                             void *owner, bool *more)
+{
+    long r = replay_deliver(q, fn, on_gap, owner, more);
+    if (r >= 0 && !*more) {
+        /* The last page: what was published while it was read follows
+         * it (the owner drops what the page had, by seq); unless more came
+         * than was kept, which one more page reads. */
+        if (q->live_over)
+            *more = true;
+        else
+            for (size_t i = 0; i < q->nlive; i++)
+                fn(owner, q->live[i]);
+    }
+    return r;
+}
+
+/* hub_poll: a page read off the loop is back. */
+static void replay_done(hub *h, struct hub_replay_page *q)
+{
+    for (struct hub_replay_page **pp = &h->pages; *pp; pp = &(*pp)->next)
+        if (*pp == q) {
+            *pp = q->next;
+            h->npages--;
+            break;
         }
-    }
-    *more = result == 0 && (acc.full || (limit && acc.n >= limit));
-    if (result == 0 && on_gap)
-        for (int i = 0; i < nn; i++)
-            if (gaps[i]) on_gap(owner, names[i], nlens[i]);
-    for (size_t i = 0; i < acc.n; i++) {
-        if (result == 0) fn(owner, acc.msgs[i]);
-        hub_msg_unref(acc.msgs[i]);
-    }
-    free(acc.msgs);
-    for (int i = 0; i < nn; i++)
-        if (owned[i]) free(names[i]);
-    return result == 0 ? (long)acc.n : result;
+    q->done(q->owner, q);
+    page_free(q);
 }
 
 /* ---- wire forms ----------------------------------------------------------- */

@@ -91,6 +91,8 @@ typedef struct hub_msg {
                                      (Idempotency-Key): not stored, no fan-out */
     bool ack_only;                /* cluster mode: a PubAck for its publisher; the
                                      fan-out comes from the stream's consumer */
+    struct hub_replay_page *page; /* not a message: a page read off the loop, back
+                                     (hub_replay_async) */
     bool gap;                     /* cluster mode: no message: retention deleted
                                      messages of `topic` (empty: of any) from seq on
                                      before this node had them: live subscribers
@@ -181,8 +183,10 @@ int hub_attach(hub *h, hub_bus *b, const hub_opts *opts);
 /* True once hub_attach succeeded. */
 bool hub_is_open(const hub *h);
 
-/* Publishes of this hub's worker not yet acknowledged: a worker that stops
- * runs its loop until this is 0, so every publisher gets its answer. */
+/* Publishes of this hub's worker not yet acknowledged, and pages read off
+ * the loop not yet back (hub_replay_async): a worker that stops runs its
+ * loop until this is 0, so every publisher gets its answer and every held
+ * session is let go. */
 unsigned hub_inflight(const hub *h);
 
 /* Takes the hub off the bus (no more commits arrive) and drops what its
@@ -311,6 +315,35 @@ long hub_replay(hub *h, const char *const *topics, const size_t *lens, int n, ui
                 bool known, size_t limit, size_t max_bytes, hub_deliver_fn fn,
                 void (*on_gap)(void *owner, const char *topic, size_t len), void *owner,
                 bool *more);
+
+/* Cluster mode: the same page read off the worker's loop, so that a
+ * resume waiting on JetStream (seconds when NATS is slow or paused) stalls
+ * no other connection of the worker.  The reads run on a thread of their
+ * own; later, on h's worker in its turn among the inbox's messages,
+ * done(owner, page) is called (even when owner has ended meanwhile: the
+ * caller keeps owner's memory until then, session_hold), which delivers
+ * it with hub_replay_page_deliver; the page is freed after done returns.
+ * Live messages for owner that the hub fans out meanwhile go to
+ * hub_replay_live.  Returns 0, SL_EINVAL outside cluster mode, SL_ELIMIT
+ * when too many reads are in flight, SL_ENOMEM: then hub_replay reads. */
+typedef struct hub_replay_page hub_replay_page;
+typedef void (*hub_replay_done_fn)(void *owner, hub_replay_page *page);
+int hub_replay_async(hub *h, const char *const *topics, const size_t *lens, int n,
+                     uint64_t after_seq, bool known, size_t limit, size_t max_bytes,
+                     hub_replay_done_fn done, void *owner);
+
+/* What hub_replay delivers and returns, for a page back from
+ * hub_replay_async; when it is the last (*more false), then the live
+ * messages kept for owner meanwhile, through fn (owner drops by seq what
+ * the page had); *more is set when more came than were kept. */
+long hub_replay_page_deliver(hub_replay_page *page, hub_deliver_fn fn,
+                             void (*on_gap)(void *owner, const char *topic, size_t len),
+                             void *owner, bool *more);
+
+/* A live message for owner while a page of its is read off the loop: kept
+ * (a reference) for hub_replay_page_deliver.  False when owner has no page
+ * in flight (m NULL: only asks). */
+bool hub_replay_live(hub *h, void *owner, hub_msg *m);
 
 /* A message for one subscriber: same ID, topic and seq as `m`, other event
  * and data (a filter's transform: not marked JSON, is_json false).  Not

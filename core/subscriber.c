@@ -229,10 +229,58 @@ static void free_replay(sub_session *s)
 
 static void replay_one(void *owner, hub_msg *m);
 
+/* After a page: caught up, or the next page when the output drains. */
+static void replay_page_end(sub_session *s, bool more)
+{
+    if (!more) {
+        /* Caught up: everything committed so far was read, so live
+         * delivery (deduplicated by last_seq) continues without a seam. */
+        SLUICE_ASSERT(s->state == SESSION_CATCHING_UP);
+        s->state = SESSION_LIVE;
+        free_replay(s);
+    }
+}
+
+static int replay_page(sub_session *s, bool known);
+
+/* A page read off the loop is back (cluster mode): delivered as
+ * replay_page delivers one read on it. */
+static void replay_page_back(void *owner, hub_replay_page *page)
+{
+    sub_session *s = owner;
+    if (!session_ended(s) && !conn_closed(s->c)) {
+        bool more = false;
+        s->in_replay = true;
+        long n = hub_replay_page_deliver(page, replay_one, replay_gap, s, &more);
+        s->in_replay = false;
+        if (!session_ended(s)) {
+            if (n < 0) {
+                conn_close_after_write(s->c);
+            } else {
+                replay_page_end(s, more);
+                /* Its output drains into the next page; nothing written
+                 * (every message filtered out) drains nothing: go on now. */
+                if (more && s->c->out.bytes == 0 && replay_page(s, true) < 0 && !session_ended(s))
+                    conn_close_after_write(s->c);
+            }
+        }
+    }
+    session_release(s); /* last: it may free s */
+}
+
 /* One page of a stream's catch-up.  Delivery may cut the client off and end
- * the session, whose memory lasts until the end of the loop pass. */
+ * the session, whose memory lasts until the end of the loop pass.  In
+ * cluster mode the page is read off the loop (hub_replay_async) and
+ * delivered when it is back; the catch-up goes on from there. */
 static int replay_page(sub_session *s, bool known)
 {
+    if (hub_cluster(s->hub) &&
+        hub_replay_async(s->hub, (const char *const *)s->replay->names, s->replay->lens,
+                         s->replay->n, s->last_seq, known, 0, REPLAY_PAGE_BYTES,
+                         replay_page_back, s) == 0) {
+        session_hold(s);
+        return 0;
+    }
     bool more = false;
     s->in_replay = true;
     /* Every page checks for a gap: while the subscriber drains one page,
@@ -244,19 +292,15 @@ static int replay_page(sub_session *s, bool known)
     s->in_replay = false;
     if (session_ended(s)) return SL_EGONE;
     if (n < 0) return (int)n;
-    if (!more) {
-        /* Caught up: everything committed so far was read, so live
-         * delivery (deduplicated by last_seq) continues without a seam. */
-        SLUICE_ASSERT(s->state == SESSION_CATCHING_UP);
-        s->state = SESSION_LIVE;
-        free_replay(s);
-    }
+    replay_page_end(s, more);
     return 0;
 }
 
 int session_replay_more(sub_session *s)
 {
-    if (s->state != SESSION_CATCHING_UP || s->in_replay) return 0;
+    /* Not while a page is read off the loop (cluster mode). */
+    if (s->state != SESSION_CATCHING_UP || s->in_replay || hub_replay_live(s->hub, s, NULL))
+        return 0;
     return replay_page(s, true);
 }
 
@@ -432,8 +476,13 @@ void session_deliver(void *owner, hub_msg *m)
         return;
     }
     if (session_ended(s) || m->seq <= s->last_seq) return;
-    /* Catching up, live messages come from the backlog pages instead. */
-    if (s->state == SESSION_CATCHING_UP && !s->in_replay) return;
+    /* Catching up, live messages come from the backlog pages instead
+     * (a page read off the loop keeps them: they follow it if it is the
+     * last). */
+    if (s->state == SESSION_CATCHING_UP && !s->in_replay) {
+        hub_replay_live(h, s, m);
+        return;
+    }
     if (s->tp->seen) s->tp->seen(s, m);
     s->last_seq = m->seq;
     if (!wanted(s, m)) return;

@@ -430,6 +430,56 @@ class ClusterTest(SluiceTestCase):
         self.assertIsNone(t["adm.busy"]["newest_id"])
         self.assertEqual(sorted(topics("?prefix=adm.")), ["adm.busy", "adm.one", "adm.waiting"])
 
+    def test_resume_waiting_on_nats_does_not_stall_the_worker(self):
+        # One worker; every NATS server paused (SIGSTOP): four SSE resumes
+        # wait on JetStream (each read bounded by 2 s), while another
+        # connection of the same worker is answered at once: the reads run
+        # off the worker's loop.  Read on the loop they stalled it about
+        # 2 s each (8 s for the four).  When NATS is back, a resume gets
+        # exactly what it missed.
+        b = self.node(workers=1)
+        ids = [self.publish(b, "slow", b"s%d" % i).json()["id"] for i in range(4)]
+        for i in range(3):
+            self.nats.kill(i, signal.SIGSTOP)
+        time.sleep(0.2)
+        try:
+            waiting = []
+            for k in range(4):
+                c = self.conn(b, timeout=30)
+                c.send(build_request("GET", "/topics/slow", [("Accept", "text/event-stream"),
+                                                             ("Last-Event-ID", ids[0])]))
+                waiting.append(c)
+            t0 = time.monotonic()
+            with b.conn(timeout=30) as c:
+                r = c.get("/topics/other?timeout=0")
+            took = time.monotonic() - t0
+            self.assertEqual(r.status, 200, r)
+            print("\nanother connection of the worker, 4 resumes waiting on paused NATS: "
+                  "answered in %.3f s" % took, file=sys.stderr)
+            self.assertLess(took, 3.0)
+        finally:
+            for i in range(3):
+                self.nats.kill(i, signal.SIGCONT)
+        # The waiting resumes end (their reads failed: the stream closes,
+        # the client resumes again) or deliver; none hangs.
+        for c in waiting:
+            _, status, _, _, head = c.read_head()
+            self.assertEqual(status, 200, head)
+        deadline = time.monotonic() + 30
+        while True:
+            c = self.conn(b, timeout=30)
+            try:
+                sse_open(c, "/topics/slow", [("Last-Event-ID", ids[0])])
+                got = [sse_next(c) for _ in range(3)]
+                break
+            except (AssertionError, OSError, ConnectionError):
+                self.assertLess(time.monotonic(), deadline, "no resume after NATS came back")
+                time.sleep(0.5)
+        self.assertEqual([g[0] for g in got], ids[1:])
+        # Caught up: what comes next is live, once.
+        r = self.publish(b, "slow", b"after")
+        self.assertEqual(sse_next(c)[0], r.json()["id"])
+
     # -- failures -----------------------------------------------------------------
 
     def test_nats_server_killed_under_load_loses_nothing_acknowledged(self):
