@@ -21,9 +21,10 @@
  * callbacks given to cluster_open run there, one at a time per kind, the
  * messages in stream order.  cluster_publish may be called from any thread.
  * cluster_read and cluster_topics make JetStream API requests and wait for
- * their answers (bounded by CLUSTER_API_WAIT_MS each): they are the one
- * place a worker waits on the network, for a resume that reads history.
- * They fail at once (SL_EIO) while no NATS server is connected. */
+ * their answers (bounded by CLUSTER_API_WAIT_MS each), from any thread: a
+ * stream's resume calls them off the worker's loop (hub_replay_async), a
+ * long-poll's on it.  They fail at once (SL_EIO) while no NATS server is
+ * connected. */
 #ifndef SLUICE_CLUSTER_H
 #define SLUICE_CLUSTER_H
 
