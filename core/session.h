@@ -112,7 +112,9 @@ struct sub_session {
      * the oldest live message queued and not yet written (0: none), for
      * the publish-to-flush histogram. */
     uint32_t flush_from;
-    bool ws_pong_pending;    /* WebSocket: a ping went out, its pong not yet seen */
+    bool ws_pong_pending : 1; /* WebSocket: a ping went out, its pong not yet seen */
+    bool ws_app_waiting : 1;  /* WebSocket: the app waits in on_message
+                                 (sub_message_wait): the next message waits */
     uint8_t ws_deflate_bits; /* permessage-deflate: 0 when not negotiated, else the
                               * client's server_max_window_bits (ws_deflate_fits) */
     uint16_t ws_publishing;  /* WebSocket: its publishes not yet committed */

@@ -134,6 +134,17 @@ hub_publish_fn sub_publish_pacer(const sub_session *s);
 void sub_publish_queued(sub_session *s);
 void sub_publish_done(void *ud, hub_msg *m, int status);
 
+/* An on_message that waits (the app's coroutine yielded in
+ * sluice.http.request): from sub_message_wait until sub_message_done the
+ * session hands the app no further message, so a client's messages are
+ * handled one at a time and in order.  Its input is paused at the end of
+ * the message being handled (bytes already read are kept for after, as
+ * for publishes waiting for storage), and the session stays in memory
+ * (ended or not) until sub_message_done.  WebSocket only, one wait at a
+ * time, loop thread. */
+void sub_message_wait(sub_session *s);
+void sub_message_done(sub_session *s);
+
 /* Closes a WebSocket client whose publish was refused (1013, the reason
  * given), logs it (rate-limited) and counts it; for the app, when
  * hub_publish itself refuses. */

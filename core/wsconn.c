@@ -340,9 +340,10 @@ static int ws_msg_end(sub_session *s)
         s->hooks->on_message(s->hooks_ud, s, s->t.ws.msg ? s->t.ws.msg : "", s->t.ws.msg_len,
                              s->ws_msg_op == WS_OP_BINARY);
     if (session_ended(s)) return 1; /* the hook closed it */
-    /* Its publishes wait for storage (sub_publish_queued paused input):
-     * stop at this message; ws_on_data gives the rest back. */
-    bool paused = s->ws_publishing >= SUB_MAX_PUBLISHING;
+    /* Its publishes wait for storage (sub_publish_queued paused input),
+     * or the app waits in on_message (sub_message_wait): stop at this
+     * message; ws_on_data gives the rest back. */
+    bool paused = s->ws_publishing >= SUB_MAX_PUBLISHING || s->ws_app_waiting;
     /* An idle connection keeps no message buffer. */
     free(s->t.ws.msg);
     s->t.ws.msg = NULL;
@@ -403,7 +404,8 @@ static void ws_on_data(conn *c, void *state, char *data, size_t len)
             break;
         }
         pos += (size_t)n;
-        if (pos < len && !session_ended(s) && s->ws_publishing >= SUB_MAX_PUBLISHING) {
+        if (pos < len && !session_ended(s) &&
+            (s->ws_publishing >= SUB_MAX_PUBLISHING || s->ws_app_waiting)) {
             conn_unread(c, data + pos, len - pos); /* after the publishes commit */
             break;
         }
@@ -550,8 +552,25 @@ void sub_publish_done(void *ud, hub_msg *m, int status)
     if (!session_ended(s)) {
         if (status != 0)
             sub_publish_refused(s, err_str(status));
-        else if (s->ws_publishing < SUB_MAX_PUBLISHING / 2)
+        else if (s->ws_publishing < SUB_MAX_PUBLISHING / 2 && !s->ws_app_waiting)
             conn_pause_input(s->c, false);
     }
     if (s->ws_publishing == 0) session_release(s);
+}
+
+void sub_message_wait(sub_session *s)
+{
+    SLUICE_ASSERT(s->tp == &ws_transport && !s->ws_app_waiting);
+    s->ws_app_waiting = true;
+    session_hold(s);
+    if (!session_ended(s)) conn_pause_input(s->c, true);
+}
+
+void sub_message_done(sub_session *s)
+{
+    SLUICE_ASSERT(s->tp == &ws_transport && s->ws_app_waiting);
+    s->ws_app_waiting = false;
+    if (!session_ended(s) && s->ws_publishing < SUB_MAX_PUBLISHING)
+        conn_pause_input(s->c, false); /* what was kept comes first */
+    session_release(s);
 }

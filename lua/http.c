@@ -686,13 +686,20 @@ static int l_request(lua_State *L)
     lx_task *t = app->running_task;
     call_opts o;
     struct curl_slist *headers;
-    /* Where nothing can wait (the script's top level, filters, on_message,
-     * on_close, on_publish, a coroutine of the script's own), this is a
-     * mistake in the script, found at its first run. */
-    if (!(t && t->co == L && lua_isyieldable(L)))
-        return luaL_error(L, "sluice.http.request waits, so it runs only in a handler or a timer "
-                             "(not at load, nor in a filter, on_message, on_close or on_publish: "
-                             "use sluice.http.send there)");
+    /* Where nothing can wait (the script's top level, filters, on_open,
+     * on_publish, a coroutine of the script's own), this is a mistake in
+     * the script, found at its first run. */
+    if (!(t && t->co == L && lua_isyieldable(L))) {
+        if (app->hook_running && strcmp(app->hook_running, "filter") == 0)
+            return luaL_error(L, "sluice.http.request cannot wait in a filter: a filter runs once "
+                                 "per message and subscriber, inside the fan-out, which must not "
+                                 "wait; fetch what it needs in the subscribe handler, or in a "
+                                 "timer that refreshes a table the filter reads "
+                                 "(sluice.http.send sends a webhook from anywhere)");
+        return luaL_error(L, "sluice.http.request waits, so it runs only in a handler, a timer, "
+                             "on_message or on_close (not at load, nor in a filter, on_open or "
+                             "on_publish: use sluice.http.send there)");
+    }
     const char *bad = read_opts(L, &o, &headers);
     if (bad) return fail(L, bad);
     http_ctx *x = get_ctx();

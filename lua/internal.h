@@ -70,6 +70,7 @@ struct lx_app {
     int on_publish;                /* registry ref of a table pattern -> function */
     bool filter_warned;            /* a filter's wrong result was logged (once per load) */
     const void *origin;            /* publisher identity during on_message (skip_self) */
+    const char *hook_running;      /* the callback run by call_hook (filter, on_open), or NULL */
     struct sub_session *publisher; /* the WebSocket client whose on_message runs */
     /* The metatables every request uses, by registry ref (an array slot)
      * rather than by name (a string lookup: about 150 instructions). */
@@ -112,17 +113,30 @@ int lx_cors_add_route(lx_app *app, intptr_t handler, struct cors_policy *p, bool
 void lx_cors_free(lx_app *app);
 bool lx_cors_request(lx_app *app, conn *c, http_request *req, int rr, const route_match *m);
 
-/* A coroutine running app code: a request handler (c set) or a timer. */
+/* A coroutine running app code: a request handler (c set), a timer, or a
+ * subscription's on_message or on_close (callback set). */
 typedef struct lx_task {
     lx_budget budget;
     bool waiting; /* yielded in a sluice call that will resume it */
     lx_app *app;
     lua_State *co;
     int co_ref;
-    conn *c;            /* NULL for a timer */
+    conn *c;            /* NULL for a timer or a callback */
     http_request *req;  /* valid during the first resume only */
     route_match *match; /* idem */
     intptr_t handler;   /* its route's handler (registry ref); 0 for a timer */
+    /* A callback's task: its name (logs), and where its client's session
+     * is read at each resume (NULL, or *session NULL once the client has
+     * gone: the hooks clear it, so a resumed task never reaches a freed
+     * session).  While it runs that session is app->publisher and
+     * app->origin: what it publishes is paced by that client and
+     * skip_self knows it (sluice.publish queues there instead of
+     * waiting).  on_end runs once, as it ends (ok: it returned), before
+     * it is freed. */
+    const char *callback;
+    struct sub_session *const *session;
+    void (*on_end)(struct lx_task *t, bool ok);
+    void *end_ud;
 } lx_task;
 
 static inline lx_app *app_of(lua_State *L)

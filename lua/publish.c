@@ -155,9 +155,9 @@ static int publish_k(lua_State *L, int status, lua_KContext ctx)
 
 /* sluice.publish(topic, data [, {event = NAME, idempotency_key = KEY,
  * content_type = TYPE}]) -> id | nil, reason.
- * In a request handler it returns once the message is durable.  Where
- * nothing can wait (filters, WebSocket callbacks) it queues the message and
- * returns nothing: the message is still stored before anyone receives it.
+ * In a request handler it returns once the message is durable.  In a
+ * filter or a WebSocket callback it queues the message and returns true:
+ * the message is still stored before anyone receives it.
  * A key (1 to 200 bytes) makes a retry within the dedup window answer the
  * first publish's ID and store nothing (SPEC.md, "Publishing exactly
  * once"). */
@@ -262,7 +262,10 @@ static int l_publish(lua_State *L)
         return 2;
     }
     lx_task *t = app->running_task;
-    bool can_wait = t && t->co == L && lua_isyieldable(L);
+    /* A callback's task (on_message, on_close) can wait for sluice.http
+     * but queues its publishes, as before: waiting for each commit would
+     * stop a WebSocket client's pipelining. */
+    bool can_wait = t && t->co == L && lua_isyieldable(L) && !t->callback;
     /* A WebSocket client's on_message: its publishes pace its reading. */
     hub_publish_fn pacer = can_wait ? NULL : sub_publish_pacer(app->publisher);
     int rc = hub_publish_keyed(app->hub, topic, tlen, event, elen, data, dlen, ikey, iklen,

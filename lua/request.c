@@ -347,6 +347,7 @@ static int task_main(lua_State *L)
 static void task_end(lx_task *t, bool finished)
 {
     lx_app *app = t->app;
+    if (t->on_end) t->on_end(t, finished);
     if (finished && app->nidle_co < LX_IDLE_COROUTINES) {
         lua_settop(t->co, 0);
         app->idle_co[app->nidle_co].co = t->co;
@@ -365,8 +366,12 @@ static void task_fail(lx_task *t, const char *what)
     const char *msg = lua_tostring(t->co, -1);
     if (!msg) msg = "(error object is not a string)";
     luaL_traceback(t->app->L, t->co, msg, 0);
-    LOG_KV(LOG_ERROR, what, LOG_S("script", t->app->script), LOG_S("error", msg),
-           LOG_S("traceback", lua_tostring(t->app->L, -1)));
+    if (t->callback)
+        LOG_KV(LOG_ERROR, what, LOG_S("script", t->app->script), LOG_S("callback", t->callback),
+               LOG_S("error", msg), LOG_S("traceback", lua_tostring(t->app->L, -1)));
+    else
+        LOG_KV(LOG_ERROR, what, LOG_S("script", t->app->script), LOG_S("error", msg),
+               LOG_S("traceback", lua_tostring(t->app->L, -1)));
     lx_count_error();
     lua_pop(t->app->L, 1);
     if (t->c && !conn_closed(t->c)) conn_respond_error(t->c, 500, "script error");
@@ -457,8 +462,17 @@ void lx_task_run(lx_task *t, int nargs)
     lx_run run;
     lx_run_enter(app, &run, &t->budget);
     app->running_task = t;
+    const void *prev_origin = app->origin;
+    struct sub_session *prev_publisher = app->publisher;
+    if (t->callback) {
+        sub_session *s = t->session ? *t->session : NULL;
+        app->origin = s ? sub_origin(s) : NULL;
+        app->publisher = s;
+    }
     int nres = 0;
     int st = lua_resume(t->co, app->L, nargs, &nres);
+    app->origin = prev_origin;
+    app->publisher = prev_publisher;
     lx_run_leave(app, &run, t->co);
     if (st == LUA_YIELD && t->waiting) {
         /* a sluice call resumes it later */

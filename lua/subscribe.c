@@ -32,6 +32,9 @@ typedef struct lx_hooks {
     sub_session *session;                      /* NULL once the subscription ended */
     int busy;                                  /* callbacks running: release waits */
     bool released;                             /* release came while busy */
+    bool msg_task;                             /* an on_message task runs or waits */
+    bool draining;                             /* on_message_end runs the queue */
+    struct lx_msgq *queue;                     /* messages behind it (NULL: none yet) */
     /* opts.expires only (most subscriptions have none, and an ev_timer is
      * 56 bytes of every idle WebSocket): ends the subscription; allocated
      * with the hooks, just behind them. */
@@ -55,7 +58,10 @@ static bool call_hook(lx_app *app, const char *what, int nargs, int nres)
     lx_budget_arm(&b, app->budget, app->timeout);
     lx_run run;
     lx_run_enter(app, &run, &b);
+    const char *prev_hook = app->hook_running;
+    app->hook_running = what; /* sluice.http.request's message names it */
     int st = lua_pcall(L, nargs, nres, base);
+    app->hook_running = prev_hook;
     lx_run_leave(app, &run, L);
     lua_remove(L, base);
     if (st == LUA_OK && b.exceeded) {
@@ -75,9 +81,8 @@ static bool call_hook(lx_app *app, const char *what, int nargs, int nres)
     return false;
 }
 
-static void push_conn(lx_hooks *h)
+static void push_conn(lx_hooks *h, lua_State *L)
 {
-    lua_State *L = h->app->hookL;
     if (h->conn_ref == LUA_NOREF) {
         lx_connud *u = lua_newuserdatauv(L, sizeof(lx_connud), 0);
         u->hooks = h;
@@ -229,6 +234,123 @@ static hub_msg *run_filter(lx_hooks *h, sub_session *s, hub_msg *m)
     return out;
 }
 
+/* A WebSocket client's messages that arrived while its on_message waits
+ * (sluice.http.request), handled in order once it is done.  Reading goes
+ * on meanwhile (so a client that leaves is seen at once) until the queue
+ * holds MSGQ_MAX messages or MSGQ_BYTES bytes; then the session stops
+ * handing messages over (sub_message_wait: its input paused) until the
+ * queue is down to half. */
+#define MSGQ_MAX 16
+#define MSGQ_BYTES (1024 * 1024)
+
+typedef struct lx_qmsg {
+    struct lx_qmsg *next;
+    size_t len;
+    bool binary;
+    char data[];
+} lx_qmsg;
+
+typedef struct lx_msgq {
+    lx_qmsg *head, *tail;
+    unsigned n;
+    size_t bytes;
+    sub_session *paused; /* told to wait (sub_message_wait), held till done */
+} lx_msgq;
+
+static void run_message(lx_hooks *h, const char *data, size_t len, bool binary);
+
+/* Queue full: the session hands no more messages over, until drained. */
+static void msgq_resume_input(lx_msgq *q)
+{
+    if (q->paused) {
+        sub_message_done(q->paused);
+        q->paused = NULL;
+    }
+}
+
+/* Drops what is queued (the client was closed for a failure). */
+static void msgq_drop(lx_hooks *h)
+{
+    lx_msgq *q = h->queue;
+    if (!q) return;
+    while (q->head) {
+        lx_qmsg *m = q->head;
+        q->head = m->next;
+        free(m);
+    }
+    q->tail = NULL;
+    q->n = 0;
+    q->bytes = 0;
+}
+
+/* An on_message task ended (ok: it returned): a failure closes the
+ * client (1011) and drops what is queued; else the next queued message
+ * runs (the session, if it ended meanwhile, is not touched: its conn
+ * object reads closed). */
+static void on_message_end(lx_task *t, bool ok)
+{
+    lx_hooks *h = t->end_ud;
+    lx_msgq *q = h->queue;
+    h->msg_task = false;
+    if (!ok) {
+        if (h->session) sub_close(h->session, 1011, "script error");
+        msgq_drop(h);
+    }
+    if (h->draining) { /* a queued message that ended at once: the loop below goes on */
+        hooks_leave(h);
+        return;
+    }
+    h->draining = true;
+    while (q && q->head && !h->msg_task) {
+        lx_qmsg *m = q->head;
+        q->head = m->next;
+        if (!q->head) q->tail = NULL;
+        q->n--;
+        q->bytes -= m->len;
+        if (q->paused && q->n <= MSGQ_MAX / 2 && q->bytes <= MSGQ_BYTES / 2) msgq_resume_input(q);
+        run_message(h, m->data, m->len, m->binary);
+        free(m);
+    }
+    h->draining = false;
+    if (q && !q->head && !h->msg_task) {
+        msgq_resume_input(q);
+        free(q);
+        h->queue = NULL;
+    }
+    hooks_leave(h);
+}
+
+/* Runs on_message(conn, data, binary) in a task of its own, so that it can
+ * wait (sluice.http.request).  h->session is NULL once the client has
+ * gone (its messages queued before still run). */
+static void run_message(lx_hooks *h, const char *data, size_t len, bool binary)
+{
+    lx_app *app = h->app;
+    lx_task *t = lx_task_new(app, NULL);
+    if (!t) {
+        LOG_KV(LOG_ERROR, "on_message not run: out of memory", LOG_S("script", app->script));
+        if (h->session) sub_close(h->session, 1011, "out of memory");
+        return;
+    }
+    lua_rawgeti(t->co, LUA_REGISTRYINDEX, h->on_message);
+    push_conn(h, t->co);
+    lua_pushlstring(t->co, data, len);
+    lua_pushboolean(t->co, binary);
+    /* What the callback publishes comes from this client (skip_self) and
+     * paces its reading (sub_publish_queued), while it is there. */
+    t->callback = "on_message";
+    t->session = &h->session;
+    t->on_end = on_message_end;
+    t->end_ud = h;
+    hooks_enter(h); /* the task's, left by on_message_end */
+    h->msg_task = true;
+    lx_task_run(t, 3);
+}
+
+/* A message of a WebSocket client: to on_message now, or behind the one
+ * that waits.  The hooks outlive the wait (hooks_enter); a client that
+ * leaves meanwhile has its on_close run at once, and what it sent before
+ * still runs after, its conn object reading closed. */
 static void hook_on_message(void *ud, sub_session *s, const char *data, size_t len, bool binary)
 {
     lx_hooks *h = ud;
@@ -236,27 +358,51 @@ static void hook_on_message(void *ud, sub_session *s, const char *data, size_t l
     lx_app *app = h->app;
     app->refs++;
     bool enforce = lx_unprotected_begin(app);
-    lua_State *L = h->app->hookL;
     h->session = s;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, h->on_message);
-    push_conn(h);
-    lua_pushlstring(L, data, len);
-    lua_pushboolean(L, binary);
-    /* What the callback publishes comes from this client (skip_self). */
-    const void *prev = h->app->origin;
-    sub_session *prev_publisher = h->app->publisher;
-    h->app->origin = sub_origin(s);
-    h->app->publisher = s; /* its publishes pace its reading (sub_publish_queued) */
-    hooks_enter(h);
-    bool ok = call_hook(h->app, "on_message", 3, 0);
-    h->app->origin = prev;
-    h->app->publisher = prev_publisher;
-    if (!ok && h->session) sub_close(h->session, 1011, "script error");
+    hooks_enter(h); /* this call's: the task may end, and release, below */
+    if (!h->msg_task) {
+        run_message(h, data, len, binary);
+    } else {
+        lx_msgq *q = h->queue ? h->queue : calloc(1, sizeof(lx_msgq));
+        lx_qmsg *m = q ? malloc(sizeof(lx_qmsg) + len) : NULL;
+        if (!m) {
+            if (q && !h->queue) free(q);
+            LOG_KV(LOG_ERROR, "on_message not run: out of memory", LOG_S("script", app->script));
+            sub_close(s, 1011, "out of memory");
+        } else {
+            h->queue = q;
+            m->next = NULL;
+            m->len = len;
+            m->binary = binary;
+            if (len) memcpy(m->data, data, len);
+            if (q->tail)
+                q->tail->next = m;
+            else
+                q->head = m;
+            q->tail = m;
+            q->n++;
+            q->bytes += len;
+            if (!q->paused && (q->n >= MSGQ_MAX || q->bytes >= MSGQ_BYTES)) {
+                q->paused = s;
+                sub_message_wait(s);
+            }
+        }
+    }
     hooks_leave(h);
     lx_unprotected_end(app, enforce);
     lx_app_release(app);
 }
 
+static void on_close_end(lx_task *t, bool ok)
+{
+    (void)ok; /* logged by the task; the connection is gone */
+    hooks_leave(t->end_ud);
+}
+
+/* on_close(conn) runs detached, in a task of its own, so that it can wait
+ * (sluice.http.request): the connection is gone (conn.closed is true, send
+ * and close do nothing) and nothing of it is touched after a wait; the
+ * hooks, which the conn object points to, live until the task ends. */
 static void hook_on_close(void *ud, sub_session *s)
 {
     lx_hooks *h = ud;
@@ -265,11 +411,18 @@ static void hook_on_close(void *ud, sub_session *s)
     lx_app *app = h->app;
     app->refs++;
     bool enforce = lx_unprotected_begin(app);
-    lua_rawgeti(h->app->hookL, LUA_REGISTRYINDEX, h->on_close);
-    push_conn(h);
-    hooks_enter(h);
-    call_hook(h->app, "on_close", 1, 0);
-    hooks_leave(h);
+    lx_task *t = lx_task_new(app, NULL);
+    if (!t) {
+        LOG_KV(LOG_ERROR, "on_close not run: out of memory", LOG_S("script", app->script));
+    } else {
+        lua_rawgeti(t->co, LUA_REGISTRYINDEX, h->on_close);
+        push_conn(h, t->co);
+        t->callback = "on_close";
+        t->on_end = on_close_end;
+        t->end_ud = h;
+        hooks_enter(h);
+        lx_task_run(t, 1);
+    }
     lx_unprotected_end(app, enforce);
     lx_app_release(app);
 }
@@ -281,7 +434,7 @@ static void run_on_open(lx_hooks *h)
     app->refs++;
     bool enforce = lx_unprotected_begin(app);
     lua_rawgeti(app->hookL, LUA_REGISTRYINDEX, h->on_open);
-    push_conn(h);
+    push_conn(h, h->app->hookL);
     hooks_enter(h);
     if (!call_hook(app, "on_open", 1, 0) && h->session) sub_close(h->session, 1011, "script error");
     hooks_leave(h);

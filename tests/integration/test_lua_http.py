@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import SluiceTestCase, app, free_port, make_cert, build_request
+from test_lua_api import WS
 
 APP = app("http_client.lua")
 
@@ -231,7 +232,7 @@ class RequestTest(HttpCase):
     def test_misuse_raises(self):
         v = self.call("/in_coroutine", url=self.b.url("/ok"))
         self.assertFalse(v["ok"])
-        self.assertIn("runs only in a handler or a timer", v["err"])
+        self.assertIn("runs only in a handler, a timer, on_message or on_close", v["err"])
         v = self.call("/bad_option", url=self.b.url("/ok"))
         self.assertFalse(v["ok"])
         self.assertIn("unknown option 'tiemout'", v["err"])
@@ -243,7 +244,9 @@ class RequestTest(HttpCase):
             c.read_head()
             with self.s.conn() as p:
                 self.assertEqual(p.request("POST", "/pub/hc.filter", body=b"m").status, 200)
-            self.s.wait_log(r"runs only in a handler or a timer", since=mark)
+            # Filters stay synchronous: the error says why and what instead.
+            self.s.wait_log(r"sluice.http.request cannot wait in a filter: a filter runs once "
+                            r"per message and subscriber, inside the fan-out", since=mark)
         self.assertEqual(self.b.hits, [])
         self.assertAlive()
 
@@ -347,6 +350,118 @@ class LifetimeTest(HttpCase):
         self.assertStopsCleanly(self.s)
         self.assertTrue(self.s.find_logs(r"timer retry while stopping: shutting down"),
                         self.s.log_text())
+
+
+class CallbackTest(HttpCase):
+    """sluice.http.request waits in on_message and on_close (issue 29,
+    item 1): a WebSocket client's messages are handled one at a time, in
+    order, while one waits; a client that leaves while its callout is in
+    flight, and on_close's own callout, touch nothing of the connection
+    after the wait (ASan build: no use after free, no leak at exit)."""
+
+    def seen(self, n, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            v = self.call("/seen")
+            if len(v) >= n or time.monotonic() > deadline:
+                return v
+            time.sleep(0.05)
+
+    def test_on_message_waits_and_keeps_order(self):
+        ws = WS.connect(self, self.s, "/ask?" + q(url=self.b.url("")))
+        # Three messages in one packet: the first waits on a slow backend.
+        for m in ("slow", "one", "two"):
+            ws.send_text(m)
+        self.b.wait_hits("/slow", 1)
+        # While it waits the next messages wait their turn: no other call.
+        time.sleep(0.3)
+        self.assertEqual([h[1] for h in self.b.hits], ["/slow"])
+        self.assertTrue(ws.quiet(0.1))
+        self.b.release.set()
+        got = [ws.recv_text(), ws.recv_text(), ws.recv_text()]
+        self.assertEqual(got, ["slow:slow", "one:" + '{"hello":"world"}',
+                               "two:" + '{"hello":"world"}'])
+        self.assertEqual([h[1] for h in self.b.hits], ["/slow", "/ok", "/ok"])
+        # What it published after the wait was stored, in order.
+        deadline = time.monotonic() + 10
+        while True:
+            with self.s.conn() as c:
+                stored = [m["data"] for m in
+                          c.get("/answers?since=0-0&timeout=0").json()["messages"]]
+            if len(stored) >= 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self.assertEqual(stored, got)
+        # The connection reads on as before.
+        ws.send_text("three")
+        self.assertEqual(ws.recv_text(), "three:" + '{"hello":"world"}')
+        self.assertEqual([e["send"] for e in self.seen(4)], ["sent"] * 4)
+
+    def test_client_leaves_while_on_message_waits(self):
+        """The client closes while its on_message waits: on_close runs at
+        once (reading went on); the waiting callback resumes with the
+        connection gone, and the message the client sent before leaving
+        still runs after it, in order, its conn closed."""
+        ws = WS.connect(self, self.s, "/ask?" + q(url=self.b.url("")))
+        ws.send_text("slow")
+        ws.send_text("after")
+        self.b.wait_hits("/slow", 1)
+        ws.c.close()
+        self.assertEqual(self.seen(1), [{"on_close": True}])
+        self.assertEqual([h[1] for h in self.b.hits], ["/slow"])
+        self.b.release.set()
+        seen = self.seen(3)
+        self.assertEqual(seen[1:], [
+            {"msg": "slow", "closed": True, "topic": "nil", "send": "connection closed"},
+            {"msg": "after", "closed": True, "topic": "nil", "send": "connection closed"}])
+        self.assertEqual([h[1] for h in self.b.hits], ["/slow", "/ok"])
+        self.assertAlive()
+
+    def test_many_messages_behind_a_wait_pause_the_client(self):
+        """Past 16 queued messages the connection is not read; all of them
+        run once the wait is over, in order."""
+        ws = WS.connect(self, self.s, "/ask?" + q(url=self.b.url("")))
+        ws.send_text("slow")
+        self.b.wait_hits("/slow", 1)
+        sent = ["m%d" % i for i in range(40)]
+        for m in sent:
+            ws.send_text(m)
+        time.sleep(0.3)
+        self.assertEqual([h[1] for h in self.b.hits], ["/slow"])
+        self.b.release.set()
+        got = [ws.recv_text() for _ in range(41)]
+        self.assertEqual(got, ["slow:slow"] + [m + ':{"hello":"world"}' for m in sent])
+
+    def test_failure_after_the_wait_closes_1011(self):
+        ws = WS.connect(self, self.s, "/ask?" + q(url=self.b.url("")))
+        mark = self.s.mark()
+        ws.send_text("boom")
+        self.assertEqual(ws.recv_close()[0], 1011)
+        self.s.wait_log(r"boom after the wait", since=mark)
+        self.assertTrue(self.s.find_logs(r"callback=on_message", since=mark), self.s.log_text())
+        self.assertAlive()
+
+    def test_on_close_waits_detached(self):
+        c = self.conn(self.s)
+        c.send(build_request("GET", "/close_asks?" + q(url=self.b.url("/slow?s=30")),
+                             {"Accept": "text/event-stream"}))
+        c.read_head()
+        c.close()
+        self.b.wait_hits("/slow", 1)
+        self.assertEqual(self.call("/seen"), {})  # cjson: an empty table is {}
+        self.b.release.set()
+        self.assertEqual(self.seen(1), [{"on_close": True, "status": 200, "closed": True,
+                                         "transport": "closed", "topic": "nil",
+                                         "send": "connection closed"}])
+        self.assertAlive()
+
+    def test_shutdown_while_on_message_waits(self):
+        """SIGTERM with on_message waiting: the request fails ("shutting
+        down"), the task ends, exit 0 (no leak under ASan)."""
+        ws = WS.connect(self, self.s, "/ask?" + q(url=self.b.url("")))
+        ws.send_text("slow")
+        self.b.wait_hits("/slow", 1)
+        self.assertStopsCleanly(self.s)
 
 
 class WebhookTest(HttpCase):

@@ -110,6 +110,48 @@ sluice.route("GET", "/hooked", function(req)
   end })
 end)
 
+-- Callbacks that wait (issue 29, item 1).  on_message asks the backend
+-- for each client message (the path is the message: "slow", "ok",
+-- "boom"), answers the client with what came back and publishes it; the
+-- client's next message waits for it.  What the callbacks saw after a wait
+-- lands in `seen`, read back through /seen.
+local seen = {}
+sluice.route("GET", "/seen", function(req)
+  return sluice.json(200, seen)
+end)
+sluice.route("GET", "/ask", function(req)
+  local base = req.query.url
+  return req:subscribe("hc.ask", {
+    on_message = function(conn, data)
+      local q = data == "slow" and "/slow?s=30" or "/ok?m=" .. data
+      local res, err = sluice.http.request{ url = base .. q, timeout = 30 }
+      local answer = data .. ":" .. (res and res.body or err)
+      seen[#seen + 1] = { msg = data, closed = conn.closed, topic = conn.topic or "nil" }
+      if data == "boom" then error("boom after the wait") end
+      local ok, send_err = conn:send(answer)
+      seen[#seen].send = ok and "sent" or send_err
+      sluice.publish("hc.answers", answer)
+    end,
+    on_close = function(conn)
+      seen[#seen + 1] = { on_close = true }
+    end,
+  })
+end)
+-- on_close waits, detached: the connection is gone when it resumes.
+sluice.route("GET", "/close_asks", function(req)
+  local url = req.query.url
+  return req:subscribe("hc.close", { on_close = function(conn)
+    local res, err = sluice.http.request{ url = url, timeout = 30 }
+    local ok, send_err = conn:send("late")
+    seen[#seen + 1] = { on_close = true, status = res and res.status or err,
+                        closed = conn.closed, transport = conn.transport,
+                        topic = conn.topic or "nil", send = ok and "sent" or send_err }
+  end })
+end)
+sluice.route("GET", "/answers", function(req)
+  return req:subscribe("hc.answers")
+end)
+
 sluice.route("POST", "/pub/:topic", function(req)
   local id, err = sluice.publish(req.params.topic, req.body)
   return sluice.json(id and 200 or 503, { id = id, err = err })
