@@ -1,6 +1,7 @@
 """CORS, from outside: preflights and the Access-Control-* headers on every
 transport (SSE, long-poll, poll, publish, Lua routes; over HTTP/1.1, and
-HTTP/2 with curl), the WebSocket Origin check, and the default app's rule (any origin subscribes; only origins in
+HTTP/2 with curl), the WebSocket Origin check (over HTTP/1.1 and on an
+HTTP/2 stream, RFC 8441), and the default app's rule (any origin subscribes; only origins in
 SLUICE_PUBLISH_ORIGINS publish, none by default).
 
 Each request is what a browser sends (an Origin, and for a preflight
@@ -225,6 +226,44 @@ class AppPolicyTest(Base):
                                                   ("Accept", "text/event-stream")])
         self.assertEqual(h.get("access-control-allow-origin"), LISTED)
         self.assertEqual(h.get("access-control-allow-credentials"), "true")
+
+
+    def test_websocket_origin_checked_over_h2(self):
+        """The same check on a WebSocket over HTTP/2 (RFC 8441's extended
+        CONNECT, h2c with prior knowledge): an unlisted Origin gets 403 on
+        its stream, and the connection goes on; a listed one gets its 200
+        and a live WebSocket on the same connection."""
+        from test_h2 import DATA, H2Raw, frame, ws_frame
+
+        c = H2Raw(self.s.port)
+        self.addCleanup(c.close)
+        self.assertTrue(c.until(lambda: 8 in c.settings), "no SETTINGS_ENABLE_CONNECT_PROTOCOL")
+        self.assertEqual(c.settings[8], 1)
+        before = metric(self.s, 'sluice_cors_refused_total{kind="websocket"}')
+
+        def connect(origin):
+            sid = c.new_id()
+            c.send(c.headers_frame(sid, [(":method", "CONNECT"), (":protocol", "websocket"),
+                                         (":scheme", "http"), (":path", "/topics/wh2"),
+                                         (":authority", "localhost"),
+                                         ("sec-websocket-version", "13"), ("origin", origin)],
+                                   end_stream=False))
+            self.assertTrue(c.until(lambda: sid in c.status or sid in c.resets))
+            return sid
+        bad = connect(OTHER)
+        self.assertEqual(c.status.get(bad), 403, (c.heads.get(bad), c.resets))
+        self.assertTrue(c.until(lambda: bad in c.ended or bad in c.resets))
+        null = connect("null")
+        self.assertEqual(c.status.get(null), 403)
+        self.assertEqual(metric(self.s, 'sluice_cors_refused_total{kind="websocket"}'),
+                         before + 2)
+        good = connect(LISTED)
+        self.assertEqual(c.status.get(good), 200, c.heads.get(good))
+        # It is a live WebSocket: a ping gets its pong.
+        c.send(frame(DATA, 0, good, ws_frame(9, b"p1")))
+        self.assertTrue(c.until(lambda: b"\x8a\x02p1" in c.body(good)), c.body(good))
+        self.assertIsNone(c.goaway)
+        self.assertNotIn(good, c.resets)
 
 
 class ConfigTest(SluiceTestCase):

@@ -1,7 +1,9 @@
 """HTTP/2 (core/h2.h): h2c with prior knowledge and h2 over TLS (ALPN) with
 curl, nghttp and h2load; every transport on streams (publish, polls, SSE,
 Lua routes); 100 SSE streams on one connection; a stalled stream cut off
-alone while its sibling keeps receiving; and the known attacks (rapid
+alone while its sibling keeps receiving; a socket backlog that resumes
+whole; WebSocket over HTTP/2 (RFC 8441), with permessage-deflate too; an
+HTTP/1.1 "Upgrade: h2c" served as HTTP/1.1; and the known attacks (rapid
 reset, CONTINUATION flood, HPACK bomb, too many streams, SETTINGS and PING
 floods), each answered with GOAWAY and counted in /metrics while the
 server goes on.
@@ -18,6 +20,7 @@ import struct
 import sys
 import time
 import unittest
+import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import SIGTERM, SluiceTestCase, app, curl, make_cert, run  # noqa: E402
@@ -405,6 +408,111 @@ class H2Test(SluiceTestCase):
                                end_stream=False))
         self.assertTrue(c.until(lambda: bad in c.status or bad in c.resets))
         self.assertTrue(c.status.get(bad, 400) >= 400)
+
+    def test_websocket_over_h2_with_deflate(self):
+        """permessage-deflate on an RFC 8441 stream: offered in the extended
+        CONNECT's headers, accepted in the 200's; a published message comes
+        compressed (RSV1) and inflates to itself, and a compressed client
+        message is inflated and published (its SSE sibling gets it)."""
+        c = self.h2()
+        m = self.metrics()
+        acc = metric(m, 'sluice_ws_deflate_negotiations_total{result="accepted"}')
+        infl = metric(m, 'sluice_ws_deflate_messages_total{kind="inflated"}')
+        ws = c.new_id()
+        c.send(c.headers_frame(ws, [(":method", "CONNECT"), (":protocol", "websocket"),
+                                    (":scheme", "http"), (":path", "/topics/wsz2"),
+                                    (":authority", "localhost"),
+                                    ("sec-websocket-version", "13"),
+                                    ("sec-websocket-extensions",
+                                     "permessage-deflate; client_max_window_bits")],
+                               end_stream=False))
+        sse, _ = c.request("GET", "/topics/wsz2", [("accept", "text/event-stream")])
+        self.assertTrue(c.until(lambda: ws in c.status and b"retry" in c.body(sse)))
+        self.assertEqual(c.status[ws], 200, c.heads[ws])
+        ext = dict(c.heads[ws]).get("sec-websocket-extensions", "")
+        self.assertTrue(ext.startswith("permessage-deflate"), c.heads[ws])
+        m = self.metrics()
+        self.assertEqual(metric(m, 'sluice_ws_deflate_negotiations_total{result="accepted"}'),
+                         acc + 1)
+        msg = b'{"text":"' + b"hello over http/2, " * 20 + b'"}'
+        r = curl(self.url("/topics/wsz2"), "--data-binary", msg)
+        self.assertEqual(r.status, 200, r)
+
+        def frames():
+            out, b = [], bytes(c.body(ws))
+            while len(b) >= 2:
+                n, at = b[1] & 0x7f, 2
+                if n == 126:
+                    n, at = struct.unpack(">H", b[2:4])[0], 4
+                if len(b) < at + n:
+                    break
+                out.append((b[0], b[at:at + n]))
+                b = b[at + n:]
+            return out
+        self.assertTrue(c.until(lambda: frames()), c.body(ws))
+        first, payload = frames()[0]
+        self.assertEqual(first, 0xc1)  # FIN, RSV1 (compressed), text
+        self.assertLess(len(payload), len(msg) // 3)
+        self.assertEqual(zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff"), msg)
+        # A compressed client message (RSV1, masked).
+        back = b'{"text":"' + b"and back again, " * 20 + b'"}'
+        z = zlib.compressobj(wbits=-15)
+        data = z.compress(back) + z.flush(zlib.Z_SYNC_FLUSH)
+        self.assertEqual(data[-4:], b"\x00\x00\xff\xff")
+        data = data[:-4]
+        mask = b"\x0a\x0b\x0c\x0d"
+        head = bytes([0xc1]) + (bytes([0x80 | len(data)]) if len(data) < 126 else
+                                bytes([0x80 | 126]) + struct.pack(">H", len(data)))
+        c.send(frame(DATA, 0, ws, head + mask +
+                     bytes(x ^ mask[i % 4] for i, x in enumerate(data))))
+        self.assertTrue(c.until(lambda: b"data: " + back + b"\n" in c.body(sse)), c.body(sse))
+        self.assertEqual(metric(self.metrics(), 'sluice_ws_deflate_messages_total{kind="inflated"}'),
+                         infl + 1)
+        self.assertEqual(c.resets, {})
+
+    def test_upgrade_h2c_is_plain_http11(self):
+        """HTTP/2 over cleartext is prior knowledge only: an HTTP/1.1
+        request asking to upgrade to h2c (RFC 7540 3.2, removed in RFC 9113)
+        is served as HTTP/1.1 with the Upgrade ignored, and the connection
+        stays HTTP/1.1 (a second request on it is answered the same way)."""
+        up = ("Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+              "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n")
+        sock = socket.create_connection(("127.0.0.1", self.s.port), timeout=10)
+        self.addCleanup(sock.close)
+        sock.sendall(("GET /healthz HTTP/1.1\r\nHost: x\r\n%s\r\n"
+                      "POST /topics/h2cup HTTP/1.1\r\nHost: x\r\n%sContent-Length: 5\r\n\r\n"
+                      "hello" % (up, up)).encode())
+        got = b""
+        deadline = time.monotonic() + 10
+        while got.count(b"HTTP/1.1 ") < 2 or not got.endswith(b"}"):
+            if time.monotonic() > deadline:
+                break
+            d = sock.recv(65536)
+            if not d:
+                break
+            got += d
+        heads = re.findall(rb"HTTP/1\.1 (\d{3})", got)
+        self.assertEqual(heads, [b"200", b"200"], got)
+        self.assertNotIn(b"101", got.split(b"\r\n")[0])
+        self.assertNotIn(b"upgrade", got.lower())
+        self.assertIn(b"\r\n\r\nok", got)
+        self.assertIn(b'{"id":"', got)  # the second request published
+        # curl --http2 on http:// asks exactly this: it gets HTTP/1.1.
+        self.assertEqual(self.http_version(self.url("/healthz"), "--http2"), "1.1")
+        # An SSE subscription asking to upgrade streams over HTTP/1.1.
+        sock2 = socket.create_connection(("127.0.0.1", self.s.port), timeout=10)
+        self.addCleanup(sock2.close)
+        sock2.sendall(("GET /topics/h2cup HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n"
+                       "%s\r\n" % up).encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            d = sock2.recv(4096)
+            if not d:
+                break
+            head += d
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        self.assertIn(b"text/event-stream", head)
+        self.assertEqual(metric(self.metrics(), "sluice_http2_connections"), 0)
 
     def test_graceful_stop(self):
         """SIGTERM: GOAWAY (NO_ERROR), the SSE stream ends, the WebSocket

@@ -3,7 +3,9 @@
 // to its own origin; over HTTP/2 (ALPN h2) all of them open and receive.
 // The same page over plain HTTP/1.1 shows why that matters: Chromium opens
 // at most 6 connections per origin, so only 6 EventSources get through and
-// the other 14 wait.  apps/h2_browser_app.lua serves the page.
+// the other 14 wait.  A WebSocket opened over that HTTP/2 connection
+// negotiates permessage-deflate, and messages are compressed both ways.
+// apps/h2_browser_app.lua serves the page.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { app, launchChromium, makeCert, publish, sleep, startServer, tmpdir } from './lib.mjs';
@@ -39,7 +41,8 @@ const rec = (page) => page.evaluate(() => window.received);
 
 async function metric(name) {
   const res = await fetch(srv.url('/metrics'));
-  const m = (await res.text()).match(new RegExp(`^${name} (\\d+)$`, 'm'));
+  const esc = name.replace(/[{}"\\]/g, (c) => `\\${c}`);
+  const m = (await res.text()).match(new RegExp(`^${esc} (\\d+)$`, 'm'));
   return m ? Number(m[1]) : null;
 }
 
@@ -60,6 +63,43 @@ describe('HTTP/2 in Chromium', () => {
     // connection since the server offers it.
     assert.ok(await metric('sluice_http2_streams') >= N + 1, `${await metric('sluice_http2_streams')} streams`);
     assert.equal(await metric('sluice_http2_connections'), 1);
+  });
+
+  test('a WebSocket over HTTP/2 (RFC 8441) negotiates permessage-deflate, compressed both ways', async (t) => {
+    // Chromium opens a page's WebSocket with the extended CONNECT on the
+    // page's HTTP/2 connection, and offers permessage-deflate there as it
+    // does over HTTP/1.1: the offer travels in the CONNECT's headers.
+    const tp = `h2br.${process.pid}.z`;
+    const page = await openPage(t, srv.httpsUrl(`/many?topic=${tp}&n=0`));
+    assert.equal((await rec(page)).protocol, 'h2');
+    await page.waitForFunction(() => window.received.wsOpen);
+    const streams = await metric('sluice_http2_streams_total');
+    const accepted = await metric('sluice_ws_deflate_negotiations_total{result="accepted"}');
+    const ext = await page.evaluate(async (url) => {
+      const ws = new WebSocket(url);
+      window.dfl = { got: [], ws };
+      ws.onmessage = (e) => window.dfl.got.push(e.data);
+      await new Promise((res, rej) => { ws.onopen = res; ws.onerror = rej; });
+      return ws.extensions;
+    }, srv.httpsUrl(`/topics/${tp}.dfl`).replace(/^https:/, 'wss:'));
+    assert.match(ext, /permessage-deflate/);
+    assert.equal(await metric('sluice_ws_deflate_negotiations_total{result="accepted"}'), accepted + 1);
+    // An HTTP/2 stream (over HTTP/1.1 it would be a connection of its
+    // own): the page's WebSocket and this one are both open streams.
+    assert.ok(await metric('sluice_http2_streams_total') > streams);
+    assert.ok(await metric('sluice_http2_streams') >= 2, `${await metric('sluice_http2_streams')} streams`);
+    const compressed = await metric('sluice_ws_deflate_messages_total{kind="compressed"}');
+    const body = JSON.stringify({ items: Array.from({ length: 60 }, (_, i) => ({ id: i, name: `item ${i}`, ok: true })) });
+    await publish(srv, `${tp}.dfl`, body);
+    await page.waitForFunction(() => window.dfl.got.length >= 1, null, { timeout: 15000 });
+    assert.equal(await page.evaluate(() => window.dfl.got[0]), body);
+    assert.ok(await metric('sluice_ws_deflate_messages_total{kind="compressed"}') > compressed);
+    // Chromium compresses what it sends: inflated, published, back to it.
+    const inflated = await metric('sluice_ws_deflate_messages_total{kind="inflated"}');
+    await page.evaluate((b) => window.dfl.ws.send(b), `${body}!`);
+    await page.waitForFunction(() => window.dfl.got.length >= 2, null, { timeout: 15000 });
+    assert.equal(await page.evaluate(() => window.dfl.got[1]), `${body}!`);
+    assert.ok(await metric('sluice_ws_deflate_messages_total{kind="inflated"}') > inflated);
   });
 
   test('the same page over HTTP/1.1 stalls at 6 connections', async (t) => {
