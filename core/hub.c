@@ -1488,11 +1488,11 @@ static void form_done(uint8_t *state, bool ok)
     __atomic_store_n(state, ok ? FORM_READY : FORM_NONE, __ATOMIC_RELEASE);
 }
 
-/* Builds the JSON object, with its WebSocket text frame header in the
- * headroom. */
-static bool build_json(hub_msg *m)
+/* The message as a struct json_msg; embed: a JSON message's value itself
+ * in "data" (else its text as a string). */
+static struct json_msg json_msg_of(const hub_msg *m, bool embed)
 {
-    struct json_msg jm = {
+    return (struct json_msg){
         .id = m->id,
         .id_len = m->id_len,
         .topic = m->topic,
@@ -1501,10 +1501,17 @@ static bool build_json(hub_msg *m)
         .event_len = m->event_len,
         .data = m->raw->data + HUB_HEADROOM,
         .data_len = m->len,
-        .flags = JSON_MSG_TOPIC | (m->binary    ? JSON_MSG_BASE64
-                                   : m->is_json ? JSON_MSG_RAW
-                                                : 0),
+        .flags = JSON_MSG_TOPIC | (m->binary              ? JSON_MSG_BASE64
+                                   : m->is_json && embed ? JSON_MSG_RAW
+                                                         : 0),
     };
+}
+
+/* Builds the JSON object, with its WebSocket text frame header in the
+ * headroom. */
+static bool build_json(hub_msg *m)
+{
+    struct json_msg jm = json_msg_of(m, true);
     size_t n = json_msg_size(&jm);
     buf_t *jb = buf_new(HUB_HEADROOM + n);
     if (!jb) return false;
@@ -1529,6 +1536,18 @@ int hub_msg_json(hub_msg *m, buf_t **b, size_t *off, size_t *len)
     *off = HUB_HEADROOM;
     *len = m->json_len;
     return 0;
+}
+
+buf_t *hub_msg_json_string(const hub_msg *m)
+{
+    struct json_msg jm = json_msg_of(m, false);
+    size_t n = json_msg_size(&jm);
+    buf_t *b = buf_new(n);
+    if (b && json_msg_encode(b->data, n, &jm) != (ssize_t)n) {
+        buf_unref(b);
+        return NULL;
+    }
+    return b;
 }
 
 int hub_msg_ws(hub_msg *m, bool json, buf_t **b, size_t *off, size_t *len)

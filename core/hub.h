@@ -358,6 +358,11 @@ void hub_msg_unref(hub_msg *m);
  * byte range to send; they return 0, or SL_ENOMEM when memory is short. */
 int hub_msg_ws(hub_msg *m, bool json, buf_t **b, size_t *off, size_t *len);
 int hub_msg_json(hub_msg *m, buf_t **b, size_t *off, size_t *len);
+/* hub_msg_json's object with a JSON message's text as a string in "data"
+ * (no "encoding"), as SPEC.md's long-poll answer has it: for a poll that
+ * did not ask for ?format=json.  Built for one answer, not shared; NULL
+ * when memory is short. */
+buf_t *hub_msg_json_string(const hub_msg *m);
 int hub_msg_sse(hub_msg *m, buf_t **b);
 /* The SSE event for a stream over several topics or a pattern, which must
  * tell which topic each message is from: the same id: and event: lines

@@ -50,6 +50,9 @@ static void lp_answer(sub_session *s)
     conn *c = s->c;
     unsigned n = s->t.lp->count;
     conn_part *parts = calloc(2 * (size_t)n + 2, sizeof(conn_part));
+    /* Items built for this answer alone (JSON messages as strings). */
+    buf_t **own = calloc((size_t)n + 1, sizeof(buf_t *));
+    unsigned nown = 0;
     char tail[HUB_ID_MAX + 64];
     const char *last = NULL;
     char cursor[HUB_ID_MAX];
@@ -87,15 +90,23 @@ static void lp_answer(sub_session *s)
     buf_t *comma = literal(&comma_slot, STRLIT(","));
     buf_t *tb = buf_from(tail, tl);
     conn_detach(c);
-    if (s->t.lp->oom || !parts || !head || !comma || !tb) {
+    if (s->t.lp->oom || !parts || !own || !head || !comma || !tb) {
         conn_respond_error(c, 503, "out of memory");
     } else {
         int np = 0;
         parts[np++] = (conn_part){head, 0, head->len};
         for (unsigned i = 0; i < n; i++) {
+            hub_msg *m = s->t.lp->msgs[i];
             buf_t *b;
             size_t off, len;
-            if (hub_msg_json(s->t.lp->msgs[i], &b, &off, &len) < 0) continue;
+            if (m->is_json && !s->json) {
+                /* SPEC.md's item, data a string, unless ?format=json. */
+                if (!(b = own[nown++] = hub_msg_json_string(m))) continue;
+                off = 0;
+                len = b->len;
+            } else if (hub_msg_json(m, &b, &off, &len) < 0) {
+                continue;
+            }
             if (np > 1) parts[np++] = (conn_part){comma, 0, 1};
             parts[np++] = (conn_part){b, off, len};
         }
@@ -107,6 +118,9 @@ static void lp_answer(sub_session *s)
         conn_response_finish_parts(c, parts, np);
     }
     buf_unref(tb);
+    for (unsigned i = 0; i < nown; i++)
+        if (own[i]) buf_unref(own[i]);
+    free(own);
     free(parts);
     __atomic_sub_fetch(&sub_counts.longpoll, 1, __ATOMIC_RELAXED);
     session_end(s);
@@ -130,6 +144,8 @@ static int lp_start(sub_session *s, const sub_request *r, const http_request *re
         return 400;
     }
     if (timeout > LP_MAX_TIMEOUT) timeout = LP_MAX_TIMEOUT;
+    /* ?format=json (or the app's format option): JSON messages embedded. */
+    s->json = session_format_json(r, req);
     unsigned limit = LP_MAX_LIMIT;
     if (query_decode(&sp[1], v, sizeof(v)) >= 0) {
         char *end;

@@ -209,6 +209,10 @@ int query_decode(const query_span *sp, char *out, size_t cap);
 /* query_find and query_decode for one name. */
 int query_param(const http_request *req, const char *name, char *out, size_t cap);
 
+/* Whether the subscriber gets JSON envelopes with JSON messages embedded:
+ * the app's format option, else ?format=json. */
+bool session_format_json(const sub_request *r, const http_request *req);
+
 /* A poll's ?timeout: 0 when absent (*seconds untouched), 1 with the value
  * in *seconds, SL_EINVAL when it is not a number of seconds.  The _parse form
  * takes the value query_find found. */

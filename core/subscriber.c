@@ -122,6 +122,14 @@ int query_param(const http_request *req, const char *name, char *out, size_t cap
     return query_decode(&sp, out, cap);
 }
 
+bool session_format_json(const sub_request *r, const http_request *req)
+{
+    if (r->json != -1) return r->json == 1;
+    char fmt[16];
+    int n = query_param(req, "format", fmt, sizeof(fmt));
+    return n >= 0 && STR_IS(fmt, n, "json");
+}
+
 int poll_timeout_parse(const query_span *sp, double *seconds)
 {
     char v[32];

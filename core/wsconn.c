@@ -137,9 +137,7 @@ static int ws_start(sub_session *s, const sub_request *r, const http_request *re
         s->ws_deflate_bits = zp.server_max_window_bits;
         DEFLATE_COUNT(negotiated, 1);
     }
-    char fmt[16];
-    s->json = r->json == 1 || (r->json == -1 && query_param(req, "format", fmt, sizeof(fmt)) >= 0 &&
-                               strcmp(fmt, "json") == 0);
+    s->json = session_format_json(r, req);
     /* The frame decoder is made when bytes arrive (ws_on_data). */
 
     char head[640];

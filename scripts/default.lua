@@ -78,7 +78,7 @@ sluice.route("POST", "/topics/:topic", function(req)
   end
   -- Returns once the message is in LMDB and synced (group commit).  A body
   -- sent as application/json that parses is embedded as JSON by
-  -- ?format=json and long-polls ("encoding":"json"); one that does not
+  -- ?format=json ("encoding":"json") on WebSocket and long-poll; one that does not
   -- parse is stored as plain data.
   local id, err = sluice.publish(topic, req.body, {
     event = event,

@@ -8,8 +8,13 @@ export interface Message {
   topic: string;
   /** The event name, or null. */
   event: string | null;
-  /** Text, or the bytes of binary data (base64 on the wire). */
+  /** Text, or the bytes of binary data (base64 on the wire).  A message
+   *  published as JSON that came embedded is its value re-serialized
+   *  (the same value; whitespace may differ from what was published). */
   data: string | Uint8Array;
+  /** Over WebSocket and long-poll: the value of a message published as
+   *  JSON (Content-Type: application/json); absent otherwise and over SSE. */
+  json?: unknown;
 }
 
 export interface Options {

@@ -31,9 +31,13 @@ function b64(s) {
 }
 
 // A message in the JSON shape (WebSocket JSON frames, long-poll items).
+// One published as JSON comes embedded ("encoding":"json"): data stays
+// text on every transport (SSE has no mark), json is the value.
 function fromJSON(o, topic) {
-  return { id: o.id, topic: o.topic || topic, event: o.event == null ? null : o.event,
-    data: o.encoding === 'base64' ? b64(o.data) : o.data };
+  const m = { id: o.id, topic: o.topic || topic, event: o.event == null ? null : o.event,
+    data: o.encoding === 'base64' ? b64(o.data) : o.encoding === 'json' ? JSON.stringify(o.data) : o.data };
+  if (o.encoding === 'json') m.json = o.data;
+  return m;
 }
 
 export class Subscription extends Emitter {
@@ -217,7 +221,7 @@ export class Subscription extends Emitter {
       while (!stopped) {
         ctl = new AbortController();
         const res = await this.client.fetch(
-          this._url('longpoll', { since: this.lastId, timeout: first ? 0 : o.pollTimeout ?? 25 }),
+          this._url('longpoll', { since: this.lastId, timeout: first ? 0 : o.pollTimeout ?? 25, format: 'json' }),
           { headers: o.headers || {}, signal: ctl.signal, cache: 'no-store' });
         if (res.status !== 200) throw new Error('longpoll: status ' + res.status);
         const j = await res.json();

@@ -96,6 +96,28 @@ describe(`clients/js in Node ${process.version}`, () => {
     }
   });
 
+  test('a message published as JSON: data is text on every transport, json its value', async (t) => {
+    const srv = await startServer(t);
+    const c = new Sluice(srv.url(''), opts);
+    for (const tr of ['websocket', 'sse', 'longpoll']) {
+      const tp = topic(`json-${tr}`);
+      const sub = c.subscribe(tp, { transports: [tr], pollTimeout: 5 });
+      t.after(() => sub.close());
+      const r = record(sub);
+      await waitFor(() => r.opens.length, 10000, 'open');
+      const res = await fetch(srv.url(`/topics/${tp}`), {
+        method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{"n": [1, 2]}' });
+      assert.equal(res.status, 200);
+      await waitFor(() => r.messages.length === 1, 10000, `the message over ${tr}`);
+      const m = r.messages[0];
+      assert.equal(typeof m.data, 'string', tr);
+      assert.deepEqual(JSON.parse(m.data), { n: [1, 2] }, tr);
+      // SSE carries the text alone; the JSON forms say it is JSON.
+      if (tr === 'sse') assert.equal(m.json, undefined);
+      else assert.deepEqual(m.json, { n: [1, 2] }, tr);
+    }
+  });
+
   test('presence events on every transport', async (t) => {
     const dir = tmpdir(t);
     const appFile = path.join(dir, 'presence.lua');

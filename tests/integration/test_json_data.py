@@ -1,9 +1,10 @@
 """Messages published as JSON (issue 29, item 7): a body sent with
 `Content-Type: application/json` (or `sluice.publish(..., {content_type =
 "application/json"})`) that parses is marked JSON when stored; the JSON
-forms (WebSocket `?format=json`, long-poll items, the SSE envelope of a
-stream over several topics) then carry the value itself in "data" with
-"encoding":"json", so a client decodes once.  Raw WebSocket frames and
+forms that ask for it (WebSocket and long-poll with `?format=json`, the SSE
+envelope of a stream over several topics) then carry the value itself in
+"data" with "encoding":"json", so a client decodes once; a long-poll
+without `?format=json` has the data as a string, as SPEC.md's answer.  Raw WebSocket frames and
 single-topic SSE are byte for byte what was published.  A body that
 claims JSON and does not parse is stored as plain data (SPEC.md: any body
 is a message), counted in sluice_publish_json_invalid_total.  The mark is
@@ -35,8 +36,8 @@ def post(server, topic, body, ctype=None, path="/topics/"):
     return r.json()["id"]
 
 
-def items(server, topic, since="0-0", path="/topics/"):
-    r = http(server, "GET", "%s%s?since=%s&timeout=0" % (path, topic, since))
+def items(server, topic, since="0-0", path="/topics/", fmt="&format=json"):
+    r = http(server, "GET", "%s%s?since=%s&timeout=0%s" % (path, topic, since, fmt))
     if r.status != 200:
         raise AssertionError("poll %s: %r" % (topic, r))
     return r.json()["messages"]
@@ -69,6 +70,11 @@ class DefaultAppJsonTest(SluiceTestCase):
         [it] = items(self.s, "doc")
         self.assertEqual(it["data"], DOC_VALUE)
         self.assertEqual(it["encoding"], "json")
+        self.assertEqual(it["id"], mid)
+        # Without ?format=json a long-poll item is SPEC.md's: the text as a
+        # string, no "encoding" (a client written from SPEC.md decodes it).
+        [it] = items(self.s, "doc", fmt="")
+        self.assertEqual((it["data"], it.get("encoding")), (DOC.decode(), None))
         self.assertEqual(it["id"], mid)
 
     def test_json_media_types(self):
