@@ -78,6 +78,7 @@ typedef struct h2_stream {
     bool closed;     /* nghttp2 closed the stream */
     bool in_drained;
     bool deferred;    /* its data provider waits for nghttp2_session_resume_data */
+    bool turn_asked;  /* the socket's turn was asked for since the session last took from it */
     size_t accounted; /* its queued bytes as last added to h->queued */
 } h2_stream;
 
@@ -357,11 +358,16 @@ static void account(h2_stream *s)
 
 bool h2_stream_over(conn *c, size_t len)
 {
+    /* A queue still under its share (max_output / H2_MAX_STREAMS) is not
+     * checked: a fan-out's messages then touch nothing but the stream
+     * (the connection's state is cold in a fan-out to many).  Those
+     * streams together hold at most one max_output more than the bound. */
+    size_t max = c->srv->limits.max_output;
+    if (c->out.bytes == 0 || c->out.bytes + len <= max / H2_MAX_STREAMS) return false;
     h2_stream *s = stream_of(c);
     if (!s->h || s->h->dead) return false;
     account(s);
-    return c->out.bytes > 0 &&
-           s->h->queued + len > H2_CONN_OUTPUT_FACTOR * c->srv->limits.max_output;
+    return s->h->queued + len > H2_CONN_OUTPUT_FACTOR * max;
 }
 
 /* Asks the session to write, from the server's write order. */
@@ -374,6 +380,11 @@ static void want_send(h2_conn *h)
 void h2_stream_flush(conn *c)
 {
     h2_stream *s = stream_of(c);
+    /* The turn was asked for since the session last took from this
+     * stream, and its provider is scheduled: the new bytes go with the
+     * rest, nothing to tell (nor to touch but the stream: the connection's
+     * state is cold in a fan-out to many). */
+    if (s->turn_asked && s->responded && !s->deferred) return;
     h2_conn *h = s->h;
     if (!h || h->dead || c->state == CONN_CLOSED) return;
     account(s);
@@ -396,6 +407,7 @@ void h2_stream_flush(conn *c)
         s->deferred = false;
         nghttp2_session_resume_data(h->session, s->id);
     }
+    s->turn_asked = s->responded;
     want_send(h);
 }
 
@@ -502,11 +514,13 @@ static ssize_t read_body(nghttp2_session *session, int32_t id, uint8_t *buf, siz
             return 0;
         }
         s->deferred = true;
+        s->turn_asked = false;
         return NGHTTP2_ERR_DEFERRED;
     }
     size_t queued = socket_queued(h);
     if (queued > 0 && queued + FRAME_HD + length > high_water(h)) {
         s->deferred = true;
+        s->turn_asked = false;
         h->hw_deferred = true; /* h2_on_drain resumes it */
         return NGHTTP2_ERR_DEFERRED;
     }
@@ -593,6 +607,7 @@ static int on_send_data(nghttp2_session *session, nghttp2_frame *frame, const ui
     buf_unref(hb);
     if (rc < 0 || conn_send_moved(h->c, q, hl + length) < 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
 sent:
+    s->turn_asked = false;
     account(s);
     if (q->bytes == 0 && !s->in_drained) { /* its on_drain runs once the send is over */
         s->in_drained = true;

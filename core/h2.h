@@ -65,8 +65,10 @@ void h2_stream_cut(conn *c);
 
 /* Whether queuing `len` more bytes on a stream that has output queued
  * would take its connection's streams past H2_CONN_OUTPUT_FACTOR times
- * max_output in all: a stalled connection holds at most that, however
- * many streams it has (each stream alone is held to max_output). */
+ * max_output in all: a stalled connection holds about that, however many
+ * streams it has (each stream alone is held to max_output).  A stream
+ * whose queue stays under max_output / H2_MAX_STREAMS is not checked, so
+ * the streams may hold up to one max_output more than the factor. */
 #define H2_CONN_OUTPUT_FACTOR 4
 bool h2_stream_over(conn *c, size_t len);
 
