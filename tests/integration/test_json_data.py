@@ -132,6 +132,18 @@ class LuaJsonTest(SluiceTestCase):
         self.assertEqual([m["data"] for m in got], ['{"from":"lua"}', {"from": "lua"}, "{not json"])
         self.assertEqual([m.get("encoding") for m in got], [None, "json", None])
 
+    def test_on_publish_result_is_what_is_checked(self):
+        before = invalid_count(self.s)
+        for topic, body in (("op.wrap", b"[1]"), ("op.wrap", b"oops"), ("op.break", b"[2]")):
+            r = http(self.s, "POST", "/lua/%s?ct=application/json" % topic, body)
+            self.assertEqual(r.status, 200, r)
+        wrap = items(self.s, "op.wrap", path="/sub/")
+        self.assertEqual([(m["data"], m.get("encoding")) for m in wrap],
+                         [({"wrapped": [1]}, "json"), ('{"wrapped":oops}', None)])
+        [broken] = items(self.s, "op.break", path="/sub/")
+        self.assertEqual((broken["data"], broken.get("encoding")), ("[2]!", None))
+        self.assertEqual(invalid_count(self.s), before + 2)
+
     def test_multi_topic_sse_envelope(self):
         sse = SSE.connect(self, self.s, "/multi")
         post(self.s, "ja", DOC, path="/lua/", ctype=None)

@@ -20,6 +20,16 @@ sluice.route("POST", "/lua/:topic", function(req)
   return sluice.json(200, { id = id })
 end)
 
+-- on_publish changes the data: the JSON check runs on what it returns.
+sluice.on_publish("op.wrap", function(msg)
+  msg.data = '{"wrapped":' .. msg.data .. "}"
+  return msg
+end)
+sluice.on_publish("op.break", function(msg)
+  msg.data = msg.data .. "!"
+  return msg
+end)
+
 -- A WebSocket client's message published as JSON.
 sluice.route("GET", "/wsjson/:topic", function(req)
   return req:subscribe(req.params.topic, {
