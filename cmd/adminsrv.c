@@ -880,13 +880,19 @@ static void answer_gather(gather *g)
         struct store_stats st;
         bool store_ok = store_stats(a->store, &st) == 0;
         const hub_stats *hs = &g->parts[0].total;
-        bool cluster_ok = !hs->cluster || hs->cluster_connected;
+        /* Cluster mode: connected, and this node's copy of the stream
+         * agreeing with the leader's (storage/cluster.h, cluster_sound). */
+        bool cluster_ok = !hs->cluster || (hs->cluster_connected && !hs->cluster_diverged);
         if (all && store_ok && cluster_ok)
             respond(g->c, 200, "text/plain", STRLIT("ready\n"));
         else if (!all)
             respond(g->c, 503, "text/plain", STRLIT("not ready: a worker did not answer\n"));
-        else if (!cluster_ok)
+        else if (!cluster_ok && !hs->cluster_connected)
             respond(g->c, 503, "text/plain", STRLIT("not ready: no NATS server connected\n"));
+        else if (!cluster_ok)
+            respond(g->c, 503, "text/plain",
+                    STRLIT("not ready: this node's copy of the stream disagrees with the NATS "
+                           "stream leader's: restart it\n"));
         else
             respond(g->c, 503, "text/plain", STRLIT("not ready: storage does not answer\n"));
         break;

@@ -364,7 +364,7 @@ struct cluster *hub_cluster(const hub *h)
 
 bool hub_bus_ready(const hub_bus *b)
 {
-    return !b->cluster || cluster_connected(b->cluster);
+    return !b->cluster || (cluster_connected(b->cluster) && cluster_sound(b->cluster));
 }
 
 void hub_bus_close(hub_bus *b)

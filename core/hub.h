@@ -158,7 +158,8 @@ struct cluster_opts;
 int hub_bus_cluster(hub_bus *b, const struct cluster_opts *o, char *err, size_t errlen);
 
 /* False while cluster mode has no NATS server connected (publishes are
- * refused, /readyz says not ready); true without cluster mode. */
+ * refused, /readyz says not ready), or once this node's copy of the stream
+ * disagreed with the leader's (cluster_sound); true without cluster mode. */
 bool hub_bus_ready(const hub_bus *b);
 
 /* The record of h's bus in cluster mode (storage/cluster.h; its calls may

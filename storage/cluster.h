@@ -42,6 +42,8 @@
 #define CLUSTER_READ_MAX 4096           /* messages one topic read brings */
 #define CLUSTER_START_WAIT_MS 15000     /* at start: JetStream answering */
 #define CLUSTER_REFETCH_WAIT_MS 30000   /* reading again what the consumer skipped */
+#define CLUSTER_CHECK_MS 1000           /* the consumer's copy checked against the leader's */
+#define CLUSTER_CHECK_WAIT_MS 500       /* one such check */
 
 struct cluster_opts {
     const char *servers; /* "nats://h:p[,nats://...]" (required) */
@@ -120,6 +122,11 @@ uint64_t cluster_last_seq(const struct cluster *c);
 
 /* True while a NATS server is connected. */
 bool cluster_connected(const struct cluster *c);
+
+/* False once the copy of the stream this node's consumer reads was seen to
+ * disagree with the stream leader's (checked once a second while messages
+ * come): its deliveries may miss messages or carry other IDs; restart. */
+bool cluster_sound(const struct cluster *c);
 
 /* As store_read_multi: the topics' messages with seq > after_seq merged
  * in seq order, at most `limit` (0: no limit; a topic brings at most
