@@ -1394,6 +1394,13 @@ int hub_replay_async(hub *h, const char *const *topics, const size_t *lens, int 
     return 0;
 }
 
+int hub_replay_async_next(hub *h, hub_replay_page *page, uint64_t after_seq,
+                          hub_replay_done_fn done, void *owner)
+{
+    return hub_replay_async(h, (const char *const *)page->in_topics, page->in_lens, page->in_n,
+                            after_seq, true, page->limit, page->max_bytes, done, owner);
+}
+
 bool hub_replay_live(hub *h, void *owner, hub_msg *m)
 {
     struct hub_replay_page *q = h->pages;

@@ -341,6 +341,11 @@ long hub_replay_page_deliver(hub_replay_page *page, hub_deliver_fn fn,
                              void (*on_gap)(void *owner, const char *topic, size_t len),
                              void *owner, bool *more);
 
+/* The page after `page` (which done is handling): the same topics and
+ * limits, after after_seq; as hub_replay_async. */
+int hub_replay_async_next(hub *h, hub_replay_page *page, uint64_t after_seq,
+                          hub_replay_done_fn done, void *owner);
+
 /* A live message for owner while a page of its is read off the loop: kept
  * (a reference) for hub_replay_page_deliver.  False when owner has no page
  * in flight (m NULL: only asks). */

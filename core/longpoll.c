@@ -170,10 +170,12 @@ static int lp_start(sub_session *s, const sub_request *r, const http_request *re
     s->t.lp->since_len = rp.id_len;
     conn_attach(s->c, &lp_ops, s);
     __atomic_add_fetch(&sub_counts.longpoll, 1, __ATOMIC_RELAXED);
+    s->t.lp->timeout = timeout;
     int rc = session_subscribe_and_replay(s, r, &rp, limit);
     /* A filter that failed (or closed it) during the replay ended the
      * poll: its close counted it out, and there is nothing to answer. */
     if (rc == SL_EGONE) return 0;
+    if (rc == SESSION_REPLAY_PENDING) return 0; /* lp_replayed goes on */
     if (rc < 0) {
         lp_answer(s);
         return 0;
@@ -185,6 +187,19 @@ static int lp_start(sub_session *s, const sub_request *r, const http_request *re
     s->t.lp->waiting = true;
     conn_stream_timer(s->c, timeout);
     return 0;
+}
+
+/* The replay read off the loop (cluster mode) is back: as lp_start goes on
+ * after a replay read on it. */
+static void lp_replayed(sub_session *s, int rc)
+{
+    lp_state *lp = s->t.lp;
+    if (rc < 0 || lp->count > 0 || lp->gap || lp->oom || s->short_poll) {
+        lp_answer(s);
+        return;
+    }
+    lp->waiting = true;
+    conn_stream_timer(s->c, lp->timeout);
 }
 
 static void lp_add_msg(sub_session *s, hub_msg *m)
@@ -267,6 +282,7 @@ const sub_transport_ops lp_transport = {
     .seen = lp_seen,
     .send_msg = lp_add_msg,
     .send_gap = lp_gap,
+    .replayed = lp_replayed,
     .held = lp_held,
     .close = lp_close,
     .reap = lp_reap,

@@ -32,6 +32,11 @@ typedef struct sub_transport_ops {
     void (*close)(sub_session *s, unsigned code, const char *reason);
     /* Frees the transport's part of the session (at the reap). */
     void (*reap)(sub_session *s);
+    /* A poll's page read off the loop (cluster mode) is back and delivered
+     * (rc 0, or the read's SL_E* code): answer or wait, as start does after
+     * a read on the loop.  NULL: the transport's replay is read on the loop
+     * or page by page (streams). */
+    void (*replayed)(sub_session *s, int rc);
 } sub_transport_ops;
 
 extern const sub_transport_ops ws_transport, sse_transport, lp_transport;
@@ -46,6 +51,10 @@ typedef struct sub_names {
 /* Copies n names; NULL when out of memory.  Free with free(). */
 sub_names *sub_names_copy(const char *const *names, const size_t *lens, int n);
 
+/* session_subscribe_and_replay's answer when a poll's replay is read off
+ * the loop: the transport's `replayed` comes later. */
+#define SESSION_REPLAY_PENDING 1
+
 /* A long-poll's state (allocated only for polls). */
 typedef struct lp_state {
     unsigned limit;
@@ -55,6 +64,7 @@ typedef struct lp_state {
     bool gap;
     bool oom;           /* a message could not be held: answer 503 */
     bool waiting;       /* replay done: a live message answers at once */
+    double timeout;     /* the poll's wait once its replay is done */
     uint8_t since_len;  /* the cursor to answer when nothing came */
     uint8_t cursor_len; /* 0: no message examined yet */
     char since[HUB_ID_MAX];

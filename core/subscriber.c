@@ -251,6 +251,32 @@ static void replay_page_end(sub_session *s, bool more)
 
 static int replay_page(sub_session *s, bool known);
 
+/* A poll's page read off the loop is back (cluster mode): delivered, then
+ * the next page while a filter dropped everything and more is left, else
+ * the transport answers or waits (its `replayed`). */
+static void poll_page_back(void *owner, hub_replay_page *page)
+{
+    sub_session *s = owner;
+    if (!session_ended(s) && !conn_closed(s->c)) {
+        bool more = false;
+        s->in_replay = true;
+        long n = hub_replay_page_deliver(page, replay_one, replay_gap, s, &more);
+        s->in_replay = false;
+        if (!session_ended(s) && n >= 0 && more && s->tp->held(s) == 0 &&
+            hub_replay_async_next(s->hub, page, s->last_seq, poll_page_back, s) == 0)
+            return; /* the next page keeps the hold */
+        if (!session_ended(s)) {
+            s->state = SESSION_LIVE;
+            /* Everything this worker has taken from its inbox meanwhile
+             * was kept for the page or is not the poll's. */
+            uint64_t now = hub_last_seq(s->hub);
+            if (!more && s->last_seq < now) s->last_seq = now;
+            s->tp->replayed(s, n < 0 ? (int)n : 0);
+        }
+    }
+    session_release(s); /* last: it may free s */
+}
+
 /* A page read off the loop is back (cluster mode): delivered as
  * replay_page delivers one read on it. */
 static void replay_page_back(void *owner, hub_replay_page *page)
@@ -396,6 +422,16 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
          * filter drops never stall it. */
         uint64_t live_from = s->last_seq;
         s->last_seq = rp->known ? rp->after : 0;
+        /* Cluster mode: read off the loop (live messages meanwhile are
+         * kept for the poll), answered when the page is back. */
+        if (hub_cluster(s->hub) && s->tp->replayed &&
+            hub_replay_async(s->hub, r->topics, r->topic_lens, r->ntopics, s->last_seq,
+                             rp->known, replay_limit - s->tp->held(s), 0, poll_page_back,
+                             s) == 0) {
+            s->state = SESSION_CATCHING_UP;
+            session_hold(s);
+            return SESSION_REPLAY_PENDING;
+        }
         bool more = false, known = rp->known;
         long n = 0;
         for (int page = 0; page < 100; page++) {

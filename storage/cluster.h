@@ -22,9 +22,8 @@
  * messages in stream order.  cluster_publish may be called from any thread.
  * cluster_read and cluster_topics make JetStream API requests and wait for
  * their answers (bounded by CLUSTER_API_WAIT_MS each), from any thread: a
- * stream's resume calls them off the worker's loop (hub_replay_async), a
- * long-poll's on it.  They fail at once (SL_EIO) while no NATS server is
- * connected. */
+ * resume calls them off the worker's loop (hub_replay_async).  They fail
+ * at once (SL_EIO) while no NATS server is connected. */
 #ifndef SLUICE_CLUSTER_H
 #define SLUICE_CLUSTER_H
 

@@ -438,7 +438,7 @@ class ClusterTest(SluiceTestCase):
 
     def test_resume_waiting_on_nats_does_not_stall_the_worker(self):
         # One worker; every NATS server paused (SIGSTOP): four SSE resumes
-        # wait on JetStream (each read bounded by 2 s), while another
+        # and two long-polls wait on JetStream (each read bounded by 2 s), while another
         # connection of the same worker is answered at once: the reads run
         # off the worker's loop.  Read on the loop they stalled it about
         # 2 s each (8 s for the four).  When NATS is back, a resume gets
@@ -449,18 +449,22 @@ class ClusterTest(SluiceTestCase):
             self.nats.kill(i, signal.SIGSTOP)
         time.sleep(0.2)
         try:
-            waiting = []
+            waiting, polls = [], []
             for k in range(4):
                 c = self.conn(b, timeout=30)
                 c.send(build_request("GET", "/topics/slow", [("Accept", "text/event-stream"),
                                                              ("Last-Event-ID", ids[0])]))
                 waiting.append(c)
+            for k in range(2):
+                c = self.conn(b, timeout=30)
+                c.send(build_request("GET", "/topics/slow?timeout=5&since=" + quote(ids[0])))
+                polls.append(c)
             t0 = time.monotonic()
             with b.conn(timeout=30) as c:
                 r = c.get("/topics/other?timeout=0")
             took = time.monotonic() - t0
             self.assertEqual(r.status, 200, r)
-            print("\nanother connection of the worker, 4 resumes waiting on paused NATS: "
+            print("\nanother connection of the worker, 6 resumes waiting on paused NATS: "
                   "answered in %.3f s" % took, file=sys.stderr)
             self.assertLess(took, 3.0)
         finally:
@@ -468,9 +472,18 @@ class ClusterTest(SluiceTestCase):
                 self.nats.kill(i, signal.SIGCONT)
         # The waiting resumes end (their reads failed: the stream closes,
         # the client resumes again) or deliver; none hangs.
-        for c in waiting:
+        for c in waiting + polls:
             _, status, _, _, head = c.read_head()
             self.assertEqual(status, 200, head)
+        # A long-poll resumes too, its read off the loop as well.
+        deadline = time.monotonic() + 30
+        while True:
+            j = self.longpoll(b, "slow", ids[0], timeout=0)
+            if j["messages"]:
+                break
+            self.assertLess(time.monotonic(), deadline, "no long-poll resume after NATS came back")
+            time.sleep(0.5)
+        self.assertEqual([m["id"] for m in j["messages"]], ids[1:])
         deadline = time.monotonic() + 30
         while True:
             c = self.conn(b, timeout=30)
