@@ -631,7 +631,7 @@ class ClusterTest(SluiceTestCase):
         self.assertEqual(sse_next(c)[0], r.json()["id"])
 
     @unittest.skipUnless(os.environ.get("SLUICE_TEST_NATS_PAUSE"),
-                         "SIGSTOP of the stream leader: about 1 run in 40 still loses one "
+                         "SIGSTOP of the stream leader: about 1 run in 30 still loses one "
                          "acknowledged message on a node whose consumer reads the paused "
                          "server's copy of the stream, which lacks it (nats-server 2.9.10; "
                          "docs/cluster.md, 'Not yet'); "
