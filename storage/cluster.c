@@ -1110,6 +1110,14 @@ int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t
     rmsg **v = NULL;
     size_t nv = 0, vcap = 0;
     int rc = 0;
+    /* The topics are read one after another, not as one snapshot: a
+     * message of one stored while another is read would have a seq below
+     * what the page delivers, and the reader's cursor would pass it.  So
+     * the page stops at what this node's consumer has delivered (or was
+     * acknowledged), read before the reads: every message up to it is in
+     * the stream, and every later one reaches the reader live (it
+     * subscribed before reading), so it is neither lost nor sent twice. */
+    uint64_t live_from = LOAD(c->last_seq);
     /* Messages past the first truncated topic's last read may lack another
      * topic's: deliver only up to it, the next call goes on from there. */
     uint64_t horizon = UINT64_MAX;
@@ -1163,6 +1171,7 @@ int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t
         qsort(v, nv, sizeof(rmsg *), by_seq);
         size_t delivered = 0;
         for (size_t i = 0; i < nv; i++) {
+            if (v[i]->seq > live_from) continue; /* comes live */
             if (v[i]->seq > horizon || (limit && delivered >= limit)) {
                 infos[v[i]->topic_index].more = 1;
                 continue;
