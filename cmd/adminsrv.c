@@ -674,13 +674,25 @@ static void stats_json(gather *g, text *t)
              i ? "," : "", p->worker + 1, p->conns, p->websocket, p->sse, p->longpoll,
              p->own.published, p->own.delivered, p->ran ? "true" : "false");
     }
-    if (hs->cluster)
+    struct cluster *cl = hs->cluster && a->nworkers ? hub_cluster(worker_hub(a->workers[0])) : NULL;
+    if (cl) {
+        /* The record is the stream (the LMDB above holds nothing). */
+        struct cluster_stream_state cs;
+        bool ok = cluster_stream_state(cl, &cs) == 0;
         tadd(t,
              "],\"cluster\":{\"connected\":%s,\"reconnects\":%" PRIu64 ",\"inflight\":%" PRIu64
-             ",\"publish_failures\":%" PRIu64 "}",
+             ",\"publish_failures\":%" PRIu64 ",\"diverged\":%" PRIu64 ",\"stream\":",
              hs->cluster_connected ? "true" : "false", hs->cluster_reconnects, hs->cluster_inflight,
-             hs->cluster_publish_failures);
-    else
+             hs->cluster_publish_failures, hs->cluster_diverged);
+        if (ok)
+            tadd(t,
+                 "{\"messages\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"topics\":%" PRIu64
+                 ",\"first_seq\":%" PRIu64 ",\"last_seq\":%" PRIu64 "}}",
+                 cs.messages, cs.bytes, cs.topics, cs.first_seq, cs.last_seq);
+        else
+            tadd(t, "null}");
+    } else
+
         tadd(t, "],\"cluster\":null");
     tadd(t, ",\"busiest\":[");
     size_t n;

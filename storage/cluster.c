@@ -1200,6 +1200,27 @@ int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t
     return rc;
 }
 
+int cluster_stream_state(struct cluster *c, struct cluster_stream_state *st)
+{
+    memset(st, 0, sizeof(*st));
+    if (!cluster_connected(c)) return SL_EIO;
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = CLUSTER_API_WAIT_MS;
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    if (js_GetStreamInfo(&si, c->js, c->stream, &jo, &jerr) != NATS_OK) return SL_EIO;
+    *st = (struct cluster_stream_state){
+        .messages = si->State.Msgs,
+        .bytes = si->State.Bytes,
+        .topics = si->State.NumSubjects > 0 ? (uint64_t)si->State.NumSubjects : 0,
+        .first_seq = si->State.FirstSeq,
+        .last_seq = si->State.LastSeq,
+    };
+    jsStreamInfo_Destroy(si);
+    return 0;
+}
+
 int cluster_topics(struct cluster *c, const char *prefix, size_t plen, store_topic_fn fn, void *ud)
 {
     if (!cluster_connected(c)) return SL_EIO;

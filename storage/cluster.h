@@ -144,6 +144,13 @@ int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t
 int cluster_topics(struct cluster *c, const char *prefix, size_t plen, store_topic_fn fn,
                    void *ud);
 
+/* The stream's own figures, asked of JetStream (one request, bounded at
+ * 2 s; not for a worker's loop).  Returns 0 or SL_EIO. */
+struct cluster_stream_state {
+    uint64_t messages, bytes, topics, first_seq, last_seq;
+};
+int cluster_stream_state(struct cluster *c, struct cluster_stream_state *st);
+
 struct cluster_stats {
     uint64_t published, publish_failures, delivered, reconnects;
     uint64_t inflight;

@@ -81,6 +81,9 @@ function onStats(s) {
     ['commits', fmt(st.commits)], ['checkpoint failures', st.checkpoint_failures], ['damaged', st.damaged]]) row(sb, [name, v]);
   if (s.cluster) {
     row(sb, ['cluster (NATS)', s.cluster.connected ? 'connected' : 'NOT CONNECTED']);
+    const js = s.cluster.stream;
+    row(sb, ['stream', js ? `${fmt(js.messages)} messages, ${bytes(js.bytes)}, ${fmt(js.topics)} topics` : 'no answer']);
+    if (s.cluster.diverged) row(sb, ['copy of the stream', 'DISAGREES with the leader: restart this node']);
     row(sb, ['awaiting PubAck', fmt(s.cluster.inflight)]);
     row(sb, ['reconnects', s.cluster.reconnects]);
   }

@@ -479,6 +479,16 @@ class ClusterTest(SluiceTestCase):
                           "adm.waiting": (0, 1)}, t)
         self.assertIsNone(t["adm.busy"]["newest_id"])
         self.assertEqual(sorted(topics("?prefix=adm.")), ["adm.busy", "adm.one", "adm.waiting"])
+        # /api/stats: the stream's own figures (the node's LMDB holds none):
+        # 5 + 1 + 1 messages kept of 3 topics, the last seq the 9th.
+        with RawConn.tcp(m.group(1), int(m.group(2))) as c:
+            r = c.get("/api/stats")
+        self.assertEqual(r.status, 200, r)
+        cl = r.json()["cluster"]
+        self.assertEqual((cl["connected"], cl["diverged"]), (True, 0), cl)
+        st = cl["stream"]
+        self.assertEqual((st["messages"], st["topics"], st["last_seq"]), (7, 3, 9), st)
+        self.assertGreater(st["bytes"], 0)
 
     def test_resume_waiting_on_nats_does_not_stall_the_worker(self):
         # One worker; every NATS server paused (SIGSTOP): four SSE resumes
