@@ -1495,6 +1495,18 @@ static void form_done(uint8_t *state, bool ok)
     __atomic_store_n(state, ok ? FORM_READY : FORM_NONE, __ATOMIC_RELEASE);
 }
 
+/* The form whose state is *state, built by build(m) unless it is ready:
+ * 0, or SL_ENOMEM when building it failed. */
+static int form_get(hub_msg *m, uint8_t *state, bool (*build)(hub_msg *))
+{
+    if (form_claim(state)) {
+        bool ok = build(m);
+        form_done(state, ok);
+        if (!ok) return SL_ENOMEM;
+    }
+    return 0;
+}
+
 /* The message as a struct json_msg; embed: a JSON message's value itself
  * in "data" (else its text as a string). */
 static struct json_msg json_msg_of(const hub_msg *m, bool embed)
@@ -1534,11 +1546,7 @@ static bool build_json(hub_msg *m)
 
 int hub_msg_json(hub_msg *m, buf_t **b, size_t *off, size_t *len)
 {
-    if (form_claim(&m->json_state)) {
-        bool ok = build_json(m);
-        form_done(&m->json_state, ok);
-        if (!ok) return SL_ENOMEM;
-    }
+    if (form_get(m, &m->json_state, build_json) < 0) return SL_ENOMEM;
     *b = m->json;
     *off = HUB_HEADROOM;
     *len = m->json_len;
@@ -1674,11 +1682,7 @@ static bool build_sse(hub_msg *m)
 
 int hub_msg_sse(hub_msg *m, buf_t **b)
 {
-    if (form_claim(&m->sse_state)) {
-        bool ok = build_sse(m);
-        form_done(&m->sse_state, ok);
-        if (!ok) return SL_ENOMEM;
-    }
+    if (form_get(m, &m->sse_state, build_sse) < 0) return SL_ENOMEM;
     *b = m->sse;
     return 0;
 }
@@ -1703,11 +1707,7 @@ static bool build_sse_topic(hub_msg *m)
 
 int hub_msg_sse_topic(hub_msg *m, buf_t **b)
 {
-    if (form_claim(&m->sse_topic_state)) {
-        bool ok = build_sse_topic(m);
-        form_done(&m->sse_topic_state, ok);
-        if (!ok) return SL_ENOMEM;
-    }
+    if (form_get(m, &m->sse_topic_state, build_sse_topic) < 0) return SL_ENOMEM;
     *b = m->sse_topic;
     return 0;
 }
