@@ -438,6 +438,21 @@ static void deliver_one(struct cluster *c, natsMsg *msg, const jsMsgMetaData *me
     c->deliver(c->ud, &m);
 }
 
+/* The stream's info, with the message count of each subject matching
+ * `subjects` (NULL: none), bounded by CLUSTER_API_WAIT_MS.  NULL when
+ * JetStream does not answer.  Free with jsStreamInfo_Destroy. */
+static jsStreamInfo *stream_info(struct cluster *c, const char *subjects)
+{
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = CLUSTER_API_WAIT_MS;
+    jo.Stream.Info.SubjectsFilter = subjects;
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    if (js_GetStreamInfo(&si, c->js, c->stream, &jo, &jerr) != NATS_OK) return NULL;
+    return si;
+}
+
 /* Tells live subscribers that messages from seq `from` on were deleted
  * before this node's consumer had them, or could not be read.  Which
  * topics lost some is judged as the resume path does (cluster_read): age
@@ -449,15 +464,9 @@ static void deliver_one(struct cluster *c, natsMsg *msg, const jsMsgMetaData *me
 static void tell_gap(struct cluster *c, uint64_t from)
 {
     ADD(c->gaps, 1);
-    jsOptions jo;
-    jsOptions_Init(&jo);
-    jo.Wait = CLUSTER_API_WAIT_MS;
-    jo.Stream.Info.SubjectsFilter = c->filter;
-    jsStreamInfo *si = NULL;
-    jsErrCode jerr = 0;
+    jsStreamInfo *si = stream_info(c, c->filter);
     uint64_t told = 0;
-    if (js_GetStreamInfo(&si, c->js, c->stream, &jo, &jerr) == NATS_OK &&
-        si->State.FirstSeq <= from && si->State.Subjects) {
+    if (si && si->State.FirstSeq <= from && si->State.Subjects) {
         for (int i = 0; i < si->State.Subjects->Count; i++) {
             if (si->State.Subjects->List[i].Msgs < c->max_per_topic) continue;
             char name[256];
@@ -960,13 +969,8 @@ int cluster_id_parse(struct cluster *c, const char *id, size_t len, uint64_t *se
     if (id_text_parse(id, len, &e, &q) != 0 || e != c->epoch) return SL_EUNKNOWN;
     if (q > LOAD(c->last_seq)) {
         /* Published through another node and not here yet? Ask. */
-        jsOptions jo;
-        jsOptions_Init(&jo);
-        jo.Wait = CLUSTER_API_WAIT_MS;
-        jsStreamInfo *si = NULL;
-        jsErrCode jerr = 0;
-        if (!cluster_connected(c) || js_GetStreamInfo(&si, c->js, c->stream, &jo, &jerr) != NATS_OK)
-            return SL_EUNKNOWN;
+        jsStreamInfo *si = cluster_connected(c) ? stream_info(c, NULL) : NULL;
+        if (!si) return SL_EUNKNOWN;
         uint64_t last = si->State.LastSeq;
         jsStreamInfo_Destroy(si);
         if (q > last) return SL_EUNKNOWN;
@@ -992,14 +996,8 @@ typedef struct rmsg {
 static int subject_state(struct cluster *c, const char *subject, uint64_t *count,
                          uint64_t *stream_first)
 {
-    jsOptions jo;
-    jsOptions_Init(&jo);
-    jo.Wait = CLUSTER_API_WAIT_MS;
-    jo.Stream.Info.SubjectsFilter = subject;
-    jsStreamInfo *si = NULL;
-    jsErrCode jerr = 0;
-    natsStatus s = js_GetStreamInfo(&si, c->js, c->stream, &jo, &jerr);
-    if (s != NATS_OK) return SL_EIO;
+    jsStreamInfo *si = stream_info(c, subject);
+    if (!si) return SL_EIO;
     *count = 0;
     *stream_first = si->State.FirstSeq;
     if (si->State.Subjects)
@@ -1203,13 +1201,8 @@ int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t
 int cluster_stream_state(struct cluster *c, struct cluster_stream_state *st)
 {
     memset(st, 0, sizeof(*st));
-    if (!cluster_connected(c)) return SL_EIO;
-    jsOptions jo;
-    jsOptions_Init(&jo);
-    jo.Wait = CLUSTER_API_WAIT_MS;
-    jsStreamInfo *si = NULL;
-    jsErrCode jerr = 0;
-    if (js_GetStreamInfo(&si, c->js, c->stream, &jo, &jerr) != NATS_OK) return SL_EIO;
+    jsStreamInfo *si = cluster_connected(c) ? stream_info(c, NULL) : NULL;
+    if (!si) return SL_EIO;
     *st = (struct cluster_stream_state){
         .messages = si->State.Msgs,
         .bytes = si->State.Bytes,
@@ -1223,14 +1216,8 @@ int cluster_stream_state(struct cluster *c, struct cluster_stream_state *st)
 
 int cluster_topics(struct cluster *c, const char *prefix, size_t plen, store_topic_fn fn, void *ud)
 {
-    if (!cluster_connected(c)) return SL_EIO;
-    jsOptions jo;
-    jsOptions_Init(&jo);
-    jo.Wait = CLUSTER_API_WAIT_MS;
-    jo.Stream.Info.SubjectsFilter = c->filter;
-    jsStreamInfo *si = NULL;
-    jsErrCode jerr = 0;
-    if (js_GetStreamInfo(&si, c->js, c->stream, &jo, &jerr) != NATS_OK) return SL_EIO;
+    jsStreamInfo *si = cluster_connected(c) ? stream_info(c, c->filter) : NULL;
+    if (!si) return SL_EIO;
     for (int i = 0; si->State.Subjects && i < si->State.Subjects->Count; i++) {
         char name[256];
         long nl = topic_of(c, si->State.Subjects->List[i].Subject, name, sizeof(name) - 1);
