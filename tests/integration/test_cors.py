@@ -219,7 +219,7 @@ class AppPolicyTest(Base):
         self.assertEqual(status, 403)
         self.assertEqual(metric(self.s, 'sluice_cors_refused_total{kind="websocket"}'),
                          before + 2)
-        self.assertTrue(self.s.find_logs("WebSocket origin not allowed"))
+        self.s.wait_log("WebSocket origin not allowed")  # read from stderr by a thread
         status, h = self.ws_head("/topics/w", LISTED)
         self.assertEqual(status, 101)
         status, h = self.stream_head("/topics/w", [("Origin", LISTED),
