@@ -686,7 +686,7 @@ static int l_request(lua_State *L)
     lx_task *t = app->running_task;
     call_opts o;
     struct curl_slist *headers;
-    /* Where nothing can wait (the script's top level, filters, on_open,
+    /* Where nothing can wait (the script's top level, filters,
      * on_publish, a coroutine of the script's own), this is a mistake in
      * the script, found at its first run. */
     if (!(t && t->co == L && lua_isyieldable(L))) {
@@ -697,7 +697,7 @@ static int l_request(lua_State *L)
                                  "timer that refreshes a table the filter reads "
                                  "(sluice.http.send sends a webhook from anywhere)");
         return luaL_error(L, "sluice.http.request waits, so it runs only in a handler, a timer, "
-                             "on_message or on_close (not at load, nor in a filter, on_open or "
+                             "on_open, on_message or on_close (not at load, nor in a filter or "
                              "on_publish: use sluice.http.send there)");
     }
     const char *bad = read_opts(L, &o, &headers);

@@ -114,7 +114,7 @@ void lx_cors_free(lx_app *app);
 bool lx_cors_request(lx_app *app, conn *c, http_request *req, int rr, const route_match *m);
 
 /* A coroutine running app code: a request handler (c set), a timer, or a
- * subscription's on_message or on_close (callback set). */
+ * subscription's on_open, on_message or on_close (callback set). */
 typedef struct lx_task {
     lx_budget budget;
     bool waiting; /* yielded in a sluice call that will resume it */

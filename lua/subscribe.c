@@ -427,17 +427,38 @@ static void hook_on_close(void *ud, sub_session *s)
     lx_app_release(app);
 }
 
-/* opts.on_open(conn): the subscription is in place (its head sent). */
+/* An on_open task ended: a failure closes the client (1011) if it is
+ * still there. */
+static void on_open_end(lx_task *t, bool ok)
+{
+    lx_hooks *h = t->end_ud;
+    if (!ok && h->session) sub_close(h->session, 1011, "script error");
+    hooks_leave(h);
+}
+
+/* opts.on_open(conn): the subscription is in place (its head sent).  It
+ * runs in a task of its own, so that it can wait (sluice.http.request):
+ * what it does before a wait happens before any delivery, as before; after
+ * one, messages may have come first, and the client may be gone (its conn
+ * object reads closed; the hooks live until the task ends). */
 static void run_on_open(lx_hooks *h)
 {
     lx_app *app = h->app;
     app->refs++;
     bool enforce = lx_unprotected_begin(app);
-    lua_rawgeti(app->hookL, LUA_REGISTRYINDEX, h->on_open);
-    push_conn(h, h->app->hookL);
-    hooks_enter(h);
-    if (!call_hook(app, "on_open", 1, 0) && h->session) sub_close(h->session, 1011, "script error");
-    hooks_leave(h);
+    lx_task *t = lx_task_new(app, NULL);
+    if (!t) {
+        LOG_KV(LOG_ERROR, "on_open not run: out of memory", LOG_S("script", app->script));
+        if (h->session) sub_close(h->session, 1011, "out of memory");
+    } else {
+        lua_rawgeti(t->co, LUA_REGISTRYINDEX, h->on_open);
+        push_conn(h, t->co);
+        t->callback = "on_open";
+        t->on_end = on_open_end;
+        t->end_ud = h;
+        hooks_enter(h); /* the task's, left by on_open_end */
+        lx_task_run(t, 1);
+    }
     lx_unprotected_end(app, enforce);
     lx_app_release(app);
 }

@@ -232,7 +232,7 @@ class RequestTest(HttpCase):
     def test_misuse_raises(self):
         v = self.call("/in_coroutine", url=self.b.url("/ok"))
         self.assertFalse(v["ok"])
-        self.assertIn("runs only in a handler, a timer, on_message or on_close", v["err"])
+        self.assertIn("runs only in a handler, a timer, on_open, on_message or on_close", v["err"])
         v = self.call("/bad_option", url=self.b.url("/ok"))
         self.assertFalse(v["ok"])
         self.assertIn("unknown option 'tiemout'", v["err"])
@@ -453,6 +453,38 @@ class CallbackTest(HttpCase):
         self.assertEqual(self.seen(1), [{"on_close": True, "status": 200, "closed": True,
                                          "transport": "closed", "topic": "nil",
                                          "send": "connection closed"}])
+        self.assertAlive()
+
+    def test_on_open_waits(self):
+        """on_open sends a welcome before any delivery, waits on the backend
+        while a message is published (it reaches the client meanwhile),
+        then sends the answer; a failure after the wait closes with 1011
+        (before, sluice.http.request raised in on_open)."""
+        ws = WS.connect(self, self.s, "/open_asks?" + q(url=self.b.url("/slow?s=30")))
+        self.assertEqual(ws.recv_text(), "welcome")
+        self.b.wait_hits("/slow", 1)
+        with self.s.conn() as c:
+            self.assertEqual(c.request("POST", "/pub/hc.open", body=b"published meanwhile").status,
+                             200)
+        self.assertEqual(ws.recv_text(), "published meanwhile")
+        self.b.release.set()
+        self.assertTrue(ws.recv_text().startswith("backend:"))
+        self.assertEqual(self.seen(1), [{"on_open": True, "status": 200, "closed": False,
+                                         "send": "sent"}])
+        # The client gone during the wait: the task resumes with it closed.
+        self.b.release.clear()
+        ws2 = WS.connect(self, self.s, "/open_asks?" + q(url=self.b.url("/slow?s=30")))
+        self.assertEqual(ws2.recv_text(), "welcome")
+        self.b.wait_hits("/slow", 2)
+        ws2.c.close()
+        self.b.release.set()
+        self.assertEqual(self.seen(2)[1], {"on_open": True, "status": 200, "closed": True,
+                                           "send": "connection closed"})
+        # A failure after the wait ends the subscription with 1011.
+        ws3 = WS.connect(self, self.s, "/open_asks?" + q(url=self.b.url("/ok"), fail="1"))
+        self.assertEqual(ws3.recv_text(), "welcome")
+        self.assertTrue(ws3.recv_text().startswith("backend:"))
+        self.assertEqual(ws3.recv_close()[0], 1011)
         self.assertAlive()
 
     def test_shutdown_while_on_message_waits(self):

@@ -148,6 +148,19 @@ sluice.route("GET", "/close_asks", function(req)
                         topic = conn.topic or "nil", send = ok and "sent" or send_err }
   end })
 end)
+-- on_open waits: a welcome before any delivery, then the backend's
+-- answer once it comes (the client may have gone by then).
+sluice.route("GET", "/open_asks", function(req)
+  local url = req.query.url
+  return req:subscribe("hc.open", { on_open = function(conn)
+    conn:send("welcome")
+    local res, err = sluice.http.request{ url = url, timeout = 30 }
+    local ok, send_err = conn:send("backend:" .. (res and res.body or err))
+    seen[#seen + 1] = { on_open = true, status = res and res.status or err,
+                        closed = conn.closed, send = ok and "sent" or send_err }
+    if req.query.fail then error("on_open failed after the wait") end
+  end })
+end)
 sluice.route("GET", "/answers", function(req)
   return req:subscribe("hc.answers")
 end)
