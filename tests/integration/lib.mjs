@@ -13,6 +13,7 @@
 // SLUICE_TEST_LOGS=1 prints each server's stderr when it is cleaned up,
 // SLUICE_TEST_LAX_EXIT=1 skips the check that SIGTERM exits 0.
 
+import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -378,6 +379,32 @@ export async function publish(server, topic, data, opts = {}) {
   const v = JSON.parse(r.body.toString());
   if (typeof v.id !== 'string' || !v.id) throw new Error(`publish answer without id: ${r.body}`);
   return v.id;
+}
+
+// A counter or gauge from the server's GET /metrics: NAME with its labels
+// as printed (`sluice_x_total{kind="a"}`); throws when it is not there.
+export async function metric(server, name) {
+  const r = await request(server.url('/metrics'));
+  const line = r.body.toString().split('\n').find((l) => l.startsWith(`${name} `));
+  if (!line) throw new Error(`no metric ${name}`);
+  return Number(line.split(' ')[1]);
+}
+
+// A page's WebSocket with permessage-deflate negotiated (window.dfl =
+// {ws, got}: it pushes each message it gets): `body` published to `topic`
+// reaches it compressed once by the server, and what the page sends back
+// (Chromium compresses it) is inflated and published to it again.
+export async function deflateRoundTrip(page, server, topic, body) {
+  const compressed = await metric(server, 'sluice_ws_deflate_messages_total{kind="compressed"}');
+  await publish(server, topic, body);
+  await page.waitForFunction(() => window.dfl.got.length >= 1, null, { timeout: 15000 });
+  assert.equal(await page.evaluate(() => window.dfl.got[0]), body);
+  assert.ok(await metric(server, 'sluice_ws_deflate_messages_total{kind="compressed"}') > compressed);
+  const inflated = await metric(server, 'sluice_ws_deflate_messages_total{kind="inflated"}');
+  await page.evaluate((b) => window.dfl.ws.send(b), `${body}!`);
+  await page.waitForFunction(() => window.dfl.got.length >= 2, null, { timeout: 15000 });
+  assert.equal(await page.evaluate(() => window.dfl.got[1]), `${body}!`);
+  assert.ok(await metric(server, 'sluice_ws_deflate_messages_total{kind="inflated"}') > inflated);
 }
 
 // A fetch() for the npm eventsource client that trusts the PEM `ca`

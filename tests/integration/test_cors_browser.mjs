@@ -12,7 +12,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { launchChromium, publish, request, startServer, tmpdir } from './lib.mjs';
+import { launchChromium, metric, publish, request, startServer, tmpdir } from './lib.mjs';
 
 
 const PAGE = `<!doctype html><html><head><meta charset="utf-8"></head><body>
@@ -65,12 +65,6 @@ async function openPage(t) {
   page.setDefaultTimeout(15000);
   await page.goto(`${pageOrigin}/`);
   return page;
-}
-
-async function metric(srv, name) {
-  const r = await request(srv.url('/metrics'));
-  const line = r.body.toString().split('\n').find((l) => l.startsWith(`${name} `));
-  return Number(line.split(' ')[1]);
 }
 
 const base = (srv) => srv.url('/').replace(/\/$/, '');

@@ -8,7 +8,7 @@
 // apps/h2_browser_app.lua serves the page.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { app, launchChromium, makeCert, publish, sleep, startServer, tmpdir } from './lib.mjs';
+import { app, deflateRoundTrip, launchChromium, makeCert, metric as metricOf, publish, sleep, startServer, tmpdir } from './lib.mjs';
 
 const N = 20;
 
@@ -39,12 +39,7 @@ async function openPage(t, url) {
 
 const rec = (page) => page.evaluate(() => window.received);
 
-async function metric(name) {
-  const res = await fetch(srv.url('/metrics'));
-  const esc = name.replace(/[{}"\\]/g, (c) => `\\${c}`);
-  const m = (await res.text()).match(new RegExp(`^${esc} (\\d+)$`, 'm'));
-  return m ? Number(m[1]) : null;
-}
+const metric = (name) => metricOf(srv, name);
 
 describe('HTTP/2 in Chromium', () => {
   test('20 EventSources and a WebSocket on one origin over HTTPS all receive', async (t) => {
@@ -88,18 +83,8 @@ describe('HTTP/2 in Chromium', () => {
     // own): the page's WebSocket and this one are both open streams.
     assert.ok(await metric('sluice_http2_streams_total') > streams);
     assert.ok(await metric('sluice_http2_streams') >= 2, `${await metric('sluice_http2_streams')} streams`);
-    const compressed = await metric('sluice_ws_deflate_messages_total{kind="compressed"}');
     const body = JSON.stringify({ items: Array.from({ length: 60 }, (_, i) => ({ id: i, name: `item ${i}`, ok: true })) });
-    await publish(srv, `${tp}.dfl`, body);
-    await page.waitForFunction(() => window.dfl.got.length >= 1, null, { timeout: 15000 });
-    assert.equal(await page.evaluate(() => window.dfl.got[0]), body);
-    assert.ok(await metric('sluice_ws_deflate_messages_total{kind="compressed"}') > compressed);
-    // Chromium compresses what it sends: inflated, published, back to it.
-    const inflated = await metric('sluice_ws_deflate_messages_total{kind="inflated"}');
-    await page.evaluate((b) => window.dfl.ws.send(b), `${body}!`);
-    await page.waitForFunction(() => window.dfl.got.length >= 2, null, { timeout: 15000 });
-    assert.equal(await page.evaluate(() => window.dfl.got[1]), `${body}!`);
-    assert.ok(await metric('sluice_ws_deflate_messages_total{kind="inflated"}') > inflated);
+    await deflateRoundTrip(page, srv, `${tp}.dfl`, body);
   });
 
   test('the same page over HTTP/1.1 stalls at 6 connections', async (t) => {

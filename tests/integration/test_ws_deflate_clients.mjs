@@ -8,7 +8,7 @@
 // test_ws_deflate.py.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { launchChromium, WsClient, app, publish, request, startServer } from './lib.mjs';
+import { deflateRoundTrip, launchChromium, metric as metricOf, WsClient, app, publish, startServer } from './lib.mjs';
 
 
 let srv;
@@ -22,12 +22,7 @@ after(async () => {
 let seq = 0;
 const topic = () => `dfl.${process.pid}.${++seq}`;
 
-async function metric(name) {
-  const r = await request(srv.url('/metrics'));
-  const line = r.body.toString().split('\n').find((l) => l.startsWith(`${name} `));
-  assert.ok(line, `no metric ${name}`);
-  return Number(line.split(' ')[1]);
-}
+const metric = (name) => metricOf(srv, name);
 
 const json4k = () => JSON.stringify({ items: Array.from({ length: 60 }, (_, i) => ({ id: i, name: `item ${i}`, tags: ['a', 'b'] })) }).slice(0, 4096);
 
@@ -89,17 +84,7 @@ describe('Chromium', () => {
       return ws.extensions;
     }, srv.wsUrl(`/topics/${tp}`));
     assert.match(ext, /permessage-deflate/);
-    const before = await metric('sluice_ws_deflate_messages_total{kind="compressed"}');
-    const body = json4k();
-    await publish(srv, tp, body);
-    await page.waitForFunction(() => window.dfl.got.length >= 1, null, { timeout: 15000 });
-    assert.equal(await page.evaluate(() => window.dfl.got[0]), body);
-    assert.ok(await metric('sluice_ws_deflate_messages_total{kind="compressed"}') > before);
     // Chromium compresses what it sends: inflated, published, back to it.
-    const inflatedBefore = await metric('sluice_ws_deflate_messages_total{kind="inflated"}');
-    await page.evaluate((b) => window.dfl.ws.send(b), `${body}!`);
-    await page.waitForFunction(() => window.dfl.got.length >= 2, null, { timeout: 15000 });
-    assert.equal(await page.evaluate(() => window.dfl.got[1]), `${body}!`);
-    assert.ok(await metric('sluice_ws_deflate_messages_total{kind="inflated"}') > inflatedBefore);
+    await deflateRoundTrip(page, srv, tp, json4k());
   });
 });
