@@ -251,6 +251,16 @@ static void replay_page_end(sub_session *s, bool more)
 
 static int replay_page(sub_session *s, bool known);
 
+/* Delivers a page read off the loop to s, still there, as a replay read on
+ * the loop is delivered; hub_replay_page_deliver's count or error. */
+static long page_deliver(sub_session *s, hub_replay_page *page, bool *more)
+{
+    s->in_replay = true;
+    long n = hub_replay_page_deliver(page, replay_one, replay_gap, s, more);
+    s->in_replay = false;
+    return n;
+}
+
 /* A poll's page read off the loop is back (cluster mode): delivered, then
  * the next page while a filter dropped everything and more is left, else
  * the transport answers or waits (its `replayed`). */
@@ -259,9 +269,7 @@ static void poll_page_back(void *owner, hub_replay_page *page)
     sub_session *s = owner;
     if (!session_ended(s) && !conn_closed(s->c)) {
         bool more = false;
-        s->in_replay = true;
-        long n = hub_replay_page_deliver(page, replay_one, replay_gap, s, &more);
-        s->in_replay = false;
+        long n = page_deliver(s, page, &more);
         if (!session_ended(s) && n >= 0 && more && s->tp->held(s) == 0 &&
             hub_replay_async_next(s->hub, page, s->last_seq, poll_page_back, s) == 0)
             return; /* the next page keeps the hold */
@@ -284,9 +292,7 @@ static void replay_page_back(void *owner, hub_replay_page *page)
     sub_session *s = owner;
     if (!session_ended(s) && !conn_closed(s->c)) {
         bool more = false;
-        s->in_replay = true;
-        long n = hub_replay_page_deliver(page, replay_one, replay_gap, s, &more);
-        s->in_replay = false;
+        long n = page_deliver(s, page, &more);
         if (!session_ended(s)) {
             if (n < 0) {
                 conn_close_after_write(s->c);
