@@ -1774,6 +1774,7 @@ void hub_get_stats(const hub *h, hub_stats *st)
         st->cluster_repeats = cs.repeats;
         st->cluster_gaps = cs.gaps;
         st->cluster_diverged = cs.diverged;
+        st->cluster_renewals = cs.renewals;
     }
 }
 

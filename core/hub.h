@@ -429,6 +429,7 @@ typedef struct hub_stats {
     uint64_t cluster_repeats;   /* messages the stream's consumer gave twice, dropped */
     uint64_t cluster_gaps;      /* gaps found by the stream's consumer, told live */
     uint64_t cluster_diverged;  /* repeats that were another message (servers disagree) */
+    uint64_t cluster_renewals;  /* the stream's consumer made anew */
 } hub_stats;
 void hub_get_stats(const hub *h, hub_stats *st);
 

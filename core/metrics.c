@@ -174,11 +174,17 @@ char *metrics_render(const hub *h, const metrics_extra *extra, size_t nextra, si
              "Publishes JetStream refused or did not acknowledge in time (answered 503).",
              hs.cluster_publish_failures},
             {"sluice_cluster_refetched_total", "counter",
-             "Messages the stream's consumer skipped (a recreated consumer), read again.",
+             "Messages the stream's consumer skipped (lost on the way, or a new consumer past "
+             "them), read again.",
              hs.cluster_refetched},
             {"sluice_cluster_repeats_total", "counter",
-             "Messages the stream's consumer gave again (a recreated consumer), dropped.",
+             "Messages the stream's consumer gave again (a new consumer), dropped.",
              hs.cluster_repeats},
+            {"sluice_cluster_consumer_renewals_total", "counter",
+             "Times this node's consumer of the stream was made anew, from the message after the "
+             "last one delivered: after a reconnect, missed heartbeats or a message lost on the "
+             "way.",
+             hs.cluster_renewals},
             {"sluice_cluster_diverged_total", "counter",
              "Repeats that were another message than the one delivered at their seq (the NATS "
              "servers disagree on the stream), dropped.",

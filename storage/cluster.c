@@ -1,10 +1,19 @@
 /* cluster.c: the JetStream record (see cluster.h): the connection and its
  * options, the stream's creation or check, asynchronous publishes and the
- * table that matches each PubAck to its request, the ordered consumer that
- * delivers the stream to this node, and reads of a topic's history for a
- * resume.  All NATS I/O is the NATS C client's (no protocol here); its
- * threads call back into the hub, which hands messages to the workers as
- * the writer thread does in single-node mode. */
+ * table that matches each PubAck to its request, the consumer that
+ * delivers the stream to this node (and the thread that makes it anew when
+ * it fails), and reads of a topic's history for a resume.  All NATS I/O is
+ * the NATS C client's (no protocol here); its threads call back into the
+ * hub, which hands messages to the workers as the writer thread does in
+ * single-node mode.
+ *
+ * No ordered consumer (jsSubOptions.Ordered) anywhere: libnats 3.4.1
+ * (Debian's) recreates one on a thread of its own after every reconnect,
+ * and when that thread's first write fails (the server it just reached
+ * died) it detaches a NULL thread and the process dies (js.c
+ * _recreateOrderedCons; fixed upstream in nats.c #840, seen in CI).  sluice
+ * makes plain push consumers that acknowledge nothing, as an ordered one
+ * is, and makes them anew itself. */
 #include "storage/cluster.h"
 
 #include "core/err.h"
@@ -16,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define EVENT_HEADER "Sluice-Event"
 /* A message published as JSON (STORE_MSG_JSON): "Content-Type:
@@ -37,7 +47,14 @@ struct cluster {
     natsOptions *opts;
     natsConnection *nc;
     jsCtx *js;
-    natsSubscription *sub; /* the ordered consumer on the whole stream */
+    /* The live consumer on the whole stream and the thread that makes it
+     * anew (keep_lock guards sub and renew). */
+    natsSubscription *sub;
+    pthread_t keeper;
+    bool keeper_running;
+    pthread_mutex_t keep_lock;
+    pthread_cond_t keep_cond;
+    const char *renew; /* why the consumer must be made anew (NULL: it need not) */
     char stream[64];
     char filter[80]; /* "<STREAM>.>" */
     uint64_t epoch;
@@ -60,7 +77,7 @@ struct cluster {
     struct {
         uint64_t seq, print;
     } seen[SEEN_RING];
-    uint64_t refetched, repeats, diverged, gaps; /* relaxed atomics */
+    uint64_t refetched, repeats, diverged, gaps, renewals; /* relaxed atomics */
     int64_t next_check; /* check_copy's next (under consume_lock) */
     int unsound;        /* this node's copy of the stream disagreed with the leader's */
 };
@@ -348,7 +365,31 @@ int cluster_publish(struct cluster *c, const char *topic, size_t tlen, const cha
     return 0;
 }
 
-/* ---- the stream's consumer ---------------------------------------------------- */
+/* ---- the stream's consumers ---------------------------------------------------- */
+
+/* A push consumer from seq `start` (0: the first) that acknowledges
+ * nothing and lives in one server's memory: what an ordered consumer is,
+ * made by sluice (see the top of this file).  Its reader checks that the
+ * consumer seqs follow each other: the client library does not for it. */
+static void consumer_options(struct cluster *c, jsSubOptions *so, uint64_t start)
+{
+    jsSubOptions_Init(so);
+    so->Stream = c->stream; /* no lookup of the stream by subject */
+    so->Config.AckPolicy = js_AckNone;
+    so->Config.MemoryStorage = true;
+    so->Config.Replicas = 1;
+    if (start) {
+        so->Config.DeliverPolicy = js_DeliverByStartSequence;
+        so->Config.OptStartSeq = start;
+    }
+}
+
+static void sub_close(natsSubscription *sub)
+{
+    if (!sub) return;
+    natsSubscription_Unsubscribe(sub); /* deletes its consumer (one request, bounded) */
+    natsSubscription_Destroy(sub);
+}
 
 /* What tells two messages of a stream apart cheaply: the time the stream
  * leader stamped it with (replicated with the entry: the same on every
@@ -491,11 +532,9 @@ static void tell_gap(struct cluster *c, uint64_t from)
 }
 
 /* The messages after `after` and before `upto`, read from the stream and
- * delivered in order: what the ordered consumer skipped.  The library
- * recreates an ordered consumer after a stall or a reconnect, and a
- * recreation under a leader change was seen to resume past messages it
- * had not delivered (an acknowledged message missing on one node).  Runs on
- * the consumer's thread, so the next message waits for this. */
+ * delivered in order: what the live consumer skipped (a message lost on
+ * the way, a consumer made anew past it).  Runs on the consumer's thread,
+ * so the next message waits for this. */
 static void refetch(struct cluster *c, uint64_t after, uint64_t upto)
 {
     uint64_t got = 0;
@@ -507,18 +546,17 @@ static void refetch(struct cluster *c, uint64_t after, uint64_t upto)
     bool done = false, gapped = false;
     while (!done && !LOAD(c->closing) && nats_Now() < until) {
         jsSubOptions so;
-        jsSubOptions_Init(&so);
-        so.Ordered = true;
-        so.Config.DeliverPolicy = js_DeliverByStartSequence;
-        so.Config.OptStartSeq = after + 1;
+        consumer_options(c, &so, after + 1);
         natsSubscription *sub = NULL;
         jsErrCode jerr = 0;
         s = js_SubscribeSync(&sub, c->js, c->filter, NULL, &so, &jerr);
-        while (s == NATS_OK && !done) {
+        for (uint64_t dseq = 1; s == NATS_OK && !done; dseq++) {
             natsMsg *msg = NULL;
             jsMsgMetaData *meta = NULL;
             s = natsSubscription_NextMsg(&msg, sub, CLUSTER_API_WAIT_MS);
             if (s == NATS_OK) s = natsMsg_GetMetaData(&meta, msg);
+            if (s == NATS_OK && meta->Sequence.Consumer != dseq)
+                s = NATS_MISMATCH; /* one lost on the way: this consumer again, anew */
             if (s == NATS_OK) {
                 uint64_t seq = meta->Sequence.Stream;
                 if (seq > after + 1 && !gapped) {
@@ -538,10 +576,7 @@ static void refetch(struct cluster *c, uint64_t after, uint64_t upto)
             jsMsgMetaData_Destroy(meta);
             natsMsg_Destroy(msg);
         }
-        if (sub) {
-            natsSubscription_Unsubscribe(sub);
-            natsSubscription_Destroy(sub);
-        }
+        sub_close(sub);
         if (!done) nats_Sleep(100);
     }
     ADD(c->refetched, got);
@@ -555,11 +590,12 @@ static void refetch(struct cluster *c, uint64_t after, uint64_t upto)
                LOG_S("status", natsStatus_GetText(s)));
 }
 
-/* The stream's ordered consumer: every message in stream order.  The seqs
- * of a stream that only sluice writes follow each other (retention takes
- * old messages, never ones not yet delivered): a jump is refetched, an
- * older seq (a recreated consumer's repeat) dropped, so every node
- * delivers every message once and in order. */
+/* The live consumer: every message in stream order.  The seqs of a
+ * stream that only sluice writes follow each other (retention takes old
+ * messages, never ones not yet delivered): a jump is refetched, an older
+ * seq (a renewed consumer's repeat, or the last messages of the one it
+ * replaced) dropped, so every node delivers every message once and in
+ * order. */
 static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     (void)nc;
@@ -607,6 +643,110 @@ done:
     natsMsg_Destroy(msg);
 }
 
+/* ---- the live consumer, made anew when it fails ------------------------------ */
+
+static const char *last_error(natsStatus s)
+{
+    const char *t = nats_GetLastError(NULL);
+    return t && *t ? t : natsStatus_GetText(s);
+}
+
+/* Asks the keeper for a new live consumer, from the message after the last
+ * one delivered (any thread). */
+static void renew_consumer(struct cluster *c, const char *why)
+{
+    pthread_mutex_lock(&c->keep_lock);
+    if (!c->renew) c->renew = why;
+    pthread_cond_signal(&c->keep_cond);
+    pthread_mutex_unlock(&c->keep_lock);
+}
+
+/* The client's thread: what it reports of a subscription.  For the live
+ * consumer: heartbeats missed (its server died, or the consumer was
+ * deleted), a heartbeat naming a later message than the last one that
+ * came (lost on the way, none after it yet), or messages dropped. */
+static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
+{
+    (void)nc;
+    struct cluster *c = closure;
+    pthread_mutex_lock(&c->keep_lock);
+    bool live = sub && sub == c->sub;
+    pthread_mutex_unlock(&c->keep_lock);
+    if (live && (err == NATS_MISSED_HEARTBEAT || err == NATS_MISMATCH || err == NATS_SLOW_CONSUMER)) {
+        renew_consumer(c, natsStatus_GetText(err));
+        return;
+    }
+    /* A consumer being replaced or made misses its heartbeats: its
+     * successor is the keeper's affair. */
+    if (err == NATS_MISSED_HEARTBEAT) return;
+    static log_limit lim = LOG_LIMIT_INIT;
+    LOG_KV_LIMITED(&lim, 10.0, LOG_WARN, "cluster: the NATS client reported an error",
+                   LOG_S("error", natsStatus_GetText(err)), LOG_S("live", live ? "yes" : "no"));
+}
+
+/* Makes the live consumer, from the message after the last one delivered,
+ * with heartbeats (a consumer that died is noticed) and flow control (the
+ * client answers it). */
+static natsStatus live_subscribe(struct cluster *c, jsErrCode *jerr)
+{
+    pthread_mutex_lock(&c->consume_lock);
+    uint64_t start = c->consumed + 1;
+    pthread_mutex_unlock(&c->consume_lock);
+    jsSubOptions so;
+    consumer_options(c, &so, start);
+    so.Config.FlowControl = true;
+    so.Config.Heartbeat = (int64_t)CLUSTER_HEARTBEAT_MS * 1000000;
+    natsSubscription *sub = NULL;
+    natsStatus s = js_Subscribe(&sub, c->js, c->filter, on_msg, c, NULL, &so, jerr);
+    if (s != NATS_OK) return s;
+    /* A slow worker must not make the client drop messages of the record. */
+    natsSubscription_SetPendingLimits(sub, -1, -1);
+    pthread_mutex_lock(&c->keep_lock);
+    c->sub = sub;
+    pthread_mutex_unlock(&c->keep_lock);
+    return NATS_OK;
+}
+
+/* The keeper's thread: replaces the live consumer when asked (a blocking
+ * JetStream request, kept off the client's threads), and again after a
+ * pause while that fails.  Messages of the old one that are still on
+ * their way are dropped as repeats, or delivered (on_msg orders them). */
+static void *keeper_main(void *arg)
+{
+    struct cluster *c = arg;
+    pthread_mutex_lock(&c->keep_lock);
+    while (!LOAD(c->closing)) {
+        if (!c->renew || !LOAD(c->connected)) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += (long)CLUSTER_RENEW_RETRY_MS * 1000000;
+            ts.tv_sec += ts.tv_nsec / 1000000000;
+            ts.tv_nsec %= 1000000000;
+            pthread_cond_timedwait(&c->keep_cond, &c->keep_lock, &ts);
+            continue;
+        }
+        const char *why = c->renew;
+        c->renew = NULL;
+        natsSubscription *old = c->sub;
+        c->sub = NULL;
+        pthread_mutex_unlock(&c->keep_lock);
+        sub_close(old);
+        jsErrCode jerr = 0;
+        natsStatus s = live_subscribe(c, &jerr);
+        ADD(c->renewals, 1);
+        static log_limit lim = LOG_LIMIT_INIT;
+        LOG_KV_LIMITED(&lim, 1.0, s == NATS_OK ? LOG_INFO : LOG_WARN,
+                       s == NATS_OK ? "cluster: the stream's consumer made anew"
+                                    : "cluster: the stream's consumer could not be made anew: "
+                                      "tried again",
+                       LOG_S("reason", why), LOG_S("status", s == NATS_OK ? "ok" : last_error(s)));
+        pthread_mutex_lock(&c->keep_lock);
+        if (s != NATS_OK && !c->renew) c->renew = why;
+    }
+    pthread_mutex_unlock(&c->keep_lock);
+    return NULL;
+}
+
 static void on_disconnected(natsConnection *nc, void *closure)
 {
     (void)nc;
@@ -624,6 +764,9 @@ static void on_reconnected(natsConnection *nc, void *closure)
     STORE(c->connected, 1);
     ADD(c->reconnects, 1);
     LOG_KV(LOG_INFO, "cluster: reconnected to NATS", LOG_S("server", url));
+    /* Its consumer may have been on a server that is gone, and messages
+     * sent while no one listened are not sent again. */
+    renew_consumer(c, "reconnected");
 }
 
 /* ---- open, check, close ------------------------------------------------------- */
@@ -634,11 +777,6 @@ static void on_reconnected(natsConnection *nc, void *closure)
         goto fail;                                                                                 \
     } while (0)
 
-static const char *last_error(natsStatus s)
-{
-    const char *t = nats_GetLastError(NULL);
-    return t && *t ? t : natsStatus_GetText(s);
-}
 
 /* "sluice epoch=<base36>" (as cluster_open writes it): 0 and *epoch. */
 static int epoch_parse(const char *desc, uint64_t *epoch)
@@ -711,6 +849,8 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
     }
     pthread_mutex_init(&c->lock, NULL);
     pthread_mutex_init(&c->consume_lock, NULL);
+    pthread_mutex_init(&c->keep_lock, NULL);
+    pthread_cond_init(&c->keep_cond, NULL);
     snprintf(c->stream, sizeof(c->stream), "%s", o->stream ? o->stream : "SLUICE");
     snprintf(c->filter, sizeof(c->filter), "%s.>", c->stream);
     c->ack = ack;
@@ -746,6 +886,7 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
     if (s == NATS_OK) s = natsOptions_SetWriteDeadline(c->opts, CLUSTER_WRITE_DEADLINE_MS);
     if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(c->opts, on_disconnected, c);
     if (s == NATS_OK) s = natsOptions_SetReconnectedCB(c->opts, on_reconnected, c);
+    if (s == NATS_OK) s = natsOptions_SetErrorHandler(c->opts, on_async_error, c);
     if (s == NATS_OK && o->user) s = natsOptions_SetUserInfo(c->opts, o->user, o->password);
     if (s == NATS_OK && o->token) s = natsOptions_SetToken(c->opts, o->token);
     if (s == NATS_OK && o->creds) s = natsOptions_SetUserCredentialsFromFiles(c->opts, o->creds, NULL);
@@ -831,29 +972,23 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
              c->stream, desc ? desc : "");
     c->last_seq = si->State.LastSeq;
     c->consumed = si->State.LastSeq;
-    uint64_t start = si->State.LastSeq + 1;
     jsStreamInfo_Destroy(si);
     si = NULL;
 
-    jsSubOptions so;
-    jsSubOptions_Init(&so);
-    so.Ordered = true;
-    so.Config.DeliverPolicy = js_DeliverByStartSequence;
-    so.Config.OptStartSeq = start;
     /* A stream just created elects its leader first: a consumer request
      * may time out meanwhile (seen on a loaded machine), waited out. */
     until = nats_Now() + CLUSTER_START_WAIT_MS;
     for (;;) {
         jerr = 0;
-        s = js_Subscribe(&c->sub, c->js, c->filter, on_msg, c, NULL, &so, &jerr);
+        s = live_subscribe(c, &jerr);
         if (s == NATS_OK || s != NATS_TIMEOUT || nats_Now() > until) break;
         nats_Sleep(250);
     }
     if (s != NATS_OK)
         FAIL("cluster: cannot consume stream %s: %s (JetStream error %d)", c->stream,
              last_error(s), (int)jerr);
-    /* A slow worker must not make the client drop messages of the record. */
-    natsSubscription_SetPendingLimits(c->sub, -1, -1);
+    if (pthread_create(&c->keeper, NULL, keeper_main, c) != 0) FAIL("cluster: no thread");
+    c->keeper_running = true;
     *out = c;
     return 0;
 fail:
@@ -865,11 +1000,12 @@ fail:
 void cluster_close(struct cluster *c)
 {
     if (!c) return;
+    pthread_mutex_lock(&c->keep_lock);
     STORE(c->closing, 1);
-    if (c->sub) {
-        natsSubscription_Unsubscribe(c->sub);
-        natsSubscription_Destroy(c->sub);
-    }
+    pthread_cond_signal(&c->keep_cond);
+    pthread_mutex_unlock(&c->keep_lock);
+    if (c->keeper_running) pthread_join(c->keeper, NULL);
+    sub_close(c->sub);
     if (c->js) {
         jsPubOptions po;
         jsPubOptions_Init(&po);
@@ -896,6 +1032,8 @@ void cluster_close(struct cluster *c)
     nats_CloseAndWait(CLUSTER_API_WAIT_MS);
     pthread_mutex_destroy(&c->lock);
     pthread_mutex_destroy(&c->consume_lock);
+    pthread_mutex_destroy(&c->keep_lock);
+    pthread_cond_destroy(&c->keep_cond);
     free(c);
 }
 
@@ -931,6 +1069,7 @@ void cluster_get_stats(const struct cluster *c, struct cluster_stats *st)
     st->repeats = LOAD(m->repeats);
     st->gaps = LOAD(m->gaps);
     st->diverged = LOAD(m->diverged);
+    st->renewals = LOAD(m->renewals);
     st->connected = cluster_connected(c);
 }
 
@@ -1014,12 +1153,7 @@ static int read_subject(struct cluster *c, const char *subject, size_t index, ui
                         uint64_t *first_read)
 {
     jsSubOptions so;
-    jsSubOptions_Init(&so);
-    so.Ordered = true;
-    if (after_seq) {
-        so.Config.DeliverPolicy = js_DeliverByStartSequence;
-        so.Config.OptStartSeq = after_seq + 1;
-    }
+    consumer_options(c, &so, after_seq ? after_seq + 1 : 0);
     natsSubscription *sub = NULL;
     jsErrCode jerr = 0;
     if (js_SubscribeSync(&sub, c->js, subject, NULL, &so, &jerr) != NATS_OK) return SL_EIO;
@@ -1032,7 +1166,9 @@ static int read_subject(struct cluster *c, const char *subject, size_t index, ui
             break;
         }
         jsMsgMetaData *meta = NULL;
-        if (natsMsg_GetMetaData(&meta, msg) != NATS_OK) {
+        /* One lost on the way: the read fails (the reader asks again). */
+        if (natsMsg_GetMetaData(&meta, msg) != NATS_OK || meta->Sequence.Consumer != got + 1) {
+            jsMsgMetaData_Destroy(meta);
             natsMsg_Destroy(msg);
             rc = SL_EIO;
             break;
@@ -1088,8 +1224,7 @@ static int read_subject(struct cluster *c, const char *subject, size_t index, ui
         if (pending == 0) break;
         if (got == cap) info->more = 1;
     }
-    natsSubscription_Unsubscribe(sub);
-    natsSubscription_Destroy(sub);
+    sub_close(sub);
     return rc;
 }
 

@@ -43,6 +43,8 @@
 #define CLUSTER_REFETCH_WAIT_MS 30000   /* reading again what the consumer skipped */
 #define CLUSTER_CHECK_MS 1000           /* the consumer's copy checked against the leader's */
 #define CLUSTER_CHECK_WAIT_MS 500       /* one such check */
+#define CLUSTER_HEARTBEAT_MS 1000       /* the live consumer's idle heartbeat (2 missed: made anew) */
+#define CLUSTER_RENEW_RETRY_MS 500      /* a consumer that could not be made anew: tried again */
 
 struct cluster_opts {
     const char *servers; /* "nats://h:p[,nats://...]" (required) */
@@ -158,6 +160,7 @@ struct cluster_stats {
     uint64_t repeats;   /* messages the consumer gave twice, dropped */
     uint64_t gaps;      /* messages deleted (or unreadable) before the consumer had them */
     uint64_t diverged;  /* repeats that were another message than the one at their seq */
+    uint64_t renewals;  /* times the live consumer was made anew (reconnect, heartbeats) */
     bool connected;
 };
 void cluster_get_stats(const struct cluster *c, struct cluster_stats *st);
