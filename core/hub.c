@@ -65,7 +65,13 @@ struct hub_bus {
     /* Cluster mode (hub_bus_cluster): JetStream is the record, the store
      * and its writer stay idle. */
     struct cluster *cluster;
-    unsigned replays; /* hub_replay_async reads on their threads (atomic) */
+    /* hub_replay_async's pages: read by at most HUB_REPLAY_THREADS
+     * threads, the rest wait in a queue (replay_lock guards it). */
+    unsigned replays; /* pages read or waiting (atomic): hub_bus_close waits for them */
+    bool closing;     /* hub_bus_close has begun: waiting pages are not read (atomic) */
+    pthread_mutex_t replay_lock;
+    unsigned replay_threads;
+    struct hub_replay_page *replay_head, *replay_tail;
 };
 
 /* Counters written by the hub's own thread only and read by any (metrics):
@@ -251,6 +257,7 @@ hub_bus *hub_bus_open(struct store *st, unsigned max_hubs, size_t max_queue, cha
         return NULL;
     }
     pthread_mutex_init(&b->lock, NULL);
+    pthread_mutex_init(&b->replay_lock, NULL);
     b->store = st;
     b->max_hubs = max_hubs;
     struct store_stats ss;
@@ -371,12 +378,15 @@ void hub_bus_close(hub_bus *b)
 {
     if (!b) return;
     /* Reads off the loop use the cluster: their requests are bounded
-     * (CLUSTER_API_WAIT_MS each), wait for them (bounded too). */
+     * (CLUSTER_API_WAIT_MS each), wait for them (bounded too); pages that
+     * wait for a reader are dropped unread. */
+    __atomic_store_n(&b->closing, true, __ATOMIC_RELEASE);
     for (int i = 0; i < 600 && __atomic_load_n(&b->replays, __ATOMIC_ACQUIRE); i++)
         usleep(50 * 1000);
     cluster_close(b->cluster);
     writer_stop(b->writer);
     pthread_mutex_destroy(&b->lock);
+    pthread_mutex_destroy(&b->replay_lock);
     free(b);
 }
 
@@ -727,11 +737,14 @@ size_t hub_last_id(const hub *h, char out[HUB_ID_MAX])
     return h->last_id_len;
 }
 
-bool hub_id_parse(const hub *h, const char *id, size_t len, uint64_t *seq)
+bool hub_id_parse(const hub *h, const char *id, size_t len, uint64_t *seq, bool *unverified)
 {
+    *unverified = false;
     if (!h->bus) return false;
     if (h->bus->cluster) {
-        if (cluster_id_parse(h->bus->cluster, id, len, seq) == 0) return true;
+        int rc = cluster_id_parse(h->bus->cluster, id, len, seq);
+        *unverified = rc == CLUSTER_ID_AHEAD;
+        if (rc >= 0) return true;
     } else if (store_id_parse(h->bus->store, id, len, seq) == 0) {
         return true;
     }
@@ -1192,6 +1205,7 @@ static int expand_one(void *ud, const struct store_topic_info *t)
 struct hub_replay_page {
     uint64_t after_seq;
     bool known;
+    bool id_unknown; /* the read found the resume ID past the stream's end */
     size_t limit, max_bytes;
     char *names[HUB_REPLAY_MAX_TOPICS]; /* the topics read, wildcards expanded */
     size_t nlens[HUB_REPLAY_MAX_TOPICS];
@@ -1214,7 +1228,8 @@ struct hub_replay_page {
     hub_msg **live;       /* the owner's live messages meanwhile (hub_replay_live) */
     size_t nlive, live_cap;
     bool live_over;       /* more came than it keeps: another page reads them */
-    struct hub_replay_page *next; /* in h->pages */
+    struct hub_replay_page *next;  /* in h->pages */
+    struct hub_replay_page *queued; /* in the bus's queue of pages waiting for a reader */
 };
 
 /* The reads: the topics (each wildcard expanded to the topics it
@@ -1241,8 +1256,6 @@ static void replay_gather(hub_bus *bus, struct hub_replay_page *q, const char *c
         }
     }
     q->nn = nn;
-    for (int i = 0; i < nn; i++)
-        q->gaps[i] = !q->known;
     q->result = 0;
     q->acc = (replay_acc){.topics = (const char *const *)q->names,
                           .lens = q->nlens,
@@ -1252,11 +1265,21 @@ static void replay_gather(hub_bus *bus, struct hub_replay_page *q, const char *c
         struct store_topic_ref refs[HUB_REPLAY_MAX_TOPICS];
         for (int i = 0; i < nn; i++)
             refs[i] = (struct store_topic_ref){q->names[i], q->nlens[i]};
-        uint64_t after = q->known ? q->after_seq : 0;
-        int rc = bus->cluster ? cluster_read(bus->cluster, refs, (size_t)nn, after, q->limit,
+        int rc;
+        for (;;) {
+            for (int i = 0; i < nn; i++)
+                q->gaps[i] = !q->known;
+            uint64_t after = q->known ? q->after_seq : 0;
+            rc = bus->cluster ? cluster_read(bus->cluster, refs, (size_t)nn, after, q->limit,
                                              collect, &q->acc, q->infos)
                               : store_read_multi(bus->store, refs, (size_t)nn, after, q->limit,
                                                  collect, &q->acc, q->infos);
+            /* A cluster ID past the stream's end (cluster_id_parse could
+             * not tell on the loop): unknown, read from the start. */
+            if (rc != SL_EUNKNOWN || !q->known) break;
+            q->known = false;
+            q->id_unknown = true;
+        }
         if (rc != 0 || q->acc.oom) q->result = rc != 0 ? rc : SL_ENOMEM;
         for (int i = 0; i < nn && q->result == 0; i++) {
             if (q->known && q->infos[i].gap) q->gaps[i] = true;
@@ -1307,7 +1330,8 @@ long hub_replay(hub *h, const char *const *topics, const size_t *lens, int n, ui
 
 /* ---- replay off the loop (cluster mode) ------------------------------------ */
 
-#define HUB_REPLAY_ASYNC_MAX 64 /* reads on their own threads at once, per process */
+#define HUB_REPLAY_THREADS 64       /* reader threads at once, per process */
+#define HUB_REPLAY_PAGES_MAX 16384  /* pages read or waiting for a reader, per process */
 #define HUB_REPLAY_LIVE_MAX 4096 /* live messages a page in flight keeps for its owner */
 
 static void page_free(struct hub_replay_page *q)
@@ -1327,17 +1351,29 @@ static void page_free(struct hub_replay_page *q)
     free(q);
 }
 
+/* A reader: its page, then those that wait, until none is left. */
 static void *replay_thread(void *arg)
 {
     struct hub_replay_page *q = arg;
     hub_bus *b = q->bus;
-    replay_gather(b, q, (const char *const *)q->in_topics, q->in_lens, q->in_n);
-    pthread_mutex_lock(&b->lock);
-    bool home = b->hubs[q->index] == q->h;
-    if (home) inbox_push(q->h, q->carrier); /* hub_poll hands it to replay_done */
-    pthread_mutex_unlock(&b->lock);
-    if (!home) page_free(q); /* the worker has ended: no one to tell */
-    __atomic_sub_fetch(&b->replays, 1, __ATOMIC_RELEASE);
+    while (q) {
+        if (__atomic_load_n(&b->closing, __ATOMIC_ACQUIRE))
+            q->result = SL_ESTOPPED; /* the process stops: not read */
+        else
+            replay_gather(b, q, (const char *const *)q->in_topics, q->in_lens, q->in_n);
+        pthread_mutex_lock(&b->lock);
+        bool home = b->hubs[q->index] == q->h;
+        if (home) inbox_push(q->h, q->carrier); /* hub_poll hands it to replay_done */
+        pthread_mutex_unlock(&b->lock);
+        if (!home) page_free(q); /* the worker has ended: no one to tell */
+        pthread_mutex_lock(&b->replay_lock);
+        q = b->replay_head;
+        if (q && !(b->replay_head = q->queued)) b->replay_tail = NULL;
+        if (!q) b->replay_threads--;
+        pthread_mutex_unlock(&b->replay_lock);
+        /* Last: once no page is left, hub_bus_close may free b. */
+        __atomic_sub_fetch(&b->replays, 1, __ATOMIC_RELEASE);
+    }
     return NULL;
 }
 
@@ -1347,8 +1383,12 @@ int hub_replay_async(hub *h, const char *const *topics, const size_t *lens, int 
 {
     hub_bus *b = h->bus;
     if (!b || !b->cluster) return SL_EINVAL;
-    if (__atomic_add_fetch(&b->replays, 1, __ATOMIC_ACQ_REL) > HUB_REPLAY_ASYNC_MAX) {
+    if (__atomic_add_fetch(&b->replays, 1, __ATOMIC_ACQ_REL) > HUB_REPLAY_PAGES_MAX) {
         __atomic_sub_fetch(&b->replays, 1, __ATOMIC_RELEASE);
+        static log_limit lim = LOG_LIMIT_INIT;
+        LOG_KV_LIMITED(&lim, 10.0, LOG_WARN,
+                       "cluster: too many resumes waiting for a read of the stream: refused",
+                       LOG_I("waiting", HUB_REPLAY_PAGES_MAX));
         return SL_ELIMIT;
     }
     struct hub_replay_page *q = calloc(1, sizeof(*q));
@@ -1372,15 +1412,36 @@ int hub_replay_async(hub *h, const char *const *topics, const size_t *lens, int 
         q->in_lens[i] = lens[i];
         q->in_n = i + 1;
     }
-    pthread_t t;
-    pthread_attr_t attr;
+    bool start = false;
     if (ok) {
         q->carrier->page = q;
+        /* A reader of its own, or the queue: a reader takes it when done. */
+        pthread_mutex_lock(&b->replay_lock);
+        start = b->replay_threads < HUB_REPLAY_THREADS;
+        if (start) {
+            b->replay_threads++;
+        } else {
+            if (b->replay_tail)
+                b->replay_tail->queued = q;
+            else
+                b->replay_head = q;
+            b->replay_tail = q;
+        }
+        pthread_mutex_unlock(&b->replay_lock);
+    }
+    pthread_t t;
+    pthread_attr_t attr;
+    if (start) {
         ok = pthread_attr_init(&attr) == 0;
         if (ok) {
             pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
             ok = pthread_create(&t, &attr, replay_thread, q) == 0;
             pthread_attr_destroy(&attr);
+        }
+        if (!ok) {
+            pthread_mutex_lock(&b->replay_lock);
+            b->replay_threads--;
+            pthread_mutex_unlock(&b->replay_lock);
         }
     }
     if (!ok) {
@@ -1421,6 +1482,11 @@ bool hub_replay_live(hub *h, void *owner, hub_msg *m)
     hub_msg_ref(m);
     q->live[q->nlive++] = m;
     return true;
+}
+
+bool hub_replay_page_id_unknown(const hub_replay_page *page)
+{
+    return page->id_unknown;
 }
 
 long hub_replay_page_deliver(struct hub_replay_page *q, hub_deliver_fn fn,

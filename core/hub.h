@@ -284,9 +284,12 @@ void hub_unsubscribe(hub *h, hub_sub *s);
  * (*wildcard set; the name is without the '*'). */
 const char *hub_sub_name(const hub_sub *s, size_t *len, bool *wildcard);
 
-/* Parses a resume ID.  Returns true and the seq when the ID is of this
- * hub's epoch; false for anything else (unknown: resume from the oldest). */
-bool hub_id_parse(const hub *h, const char *id, size_t len, uint64_t *seq);
+/* Parses a resume ID, with no I/O.  Returns true and the seq when the ID
+ * is of this hub's epoch; false for anything else (unknown: resume from
+ * the oldest).  *unverified is set (cluster mode) for an ID past what this
+ * node has seen: a replay must read after it (hub_replay_async), which
+ * tells whether the stream had it (hub_replay_page_id_unknown). */
+bool hub_id_parse(const hub *h, const char *id, size_t len, uint64_t *seq, bool *unverified);
 
 /* Writes the ID of the newest message delivered (a real ID, valid across
  * restarts; "<epoch>-0" before any) into out; returns its length. */
@@ -325,8 +328,10 @@ long hub_replay(hub *h, const char *const *topics, const size_t *lens, int n, ui
  * caller keeps owner's memory until then, session_hold), which delivers
  * it with hub_replay_page_deliver; the page is freed after done returns.
  * Live messages for owner that the hub fans out meanwhile go to
- * hub_replay_live.  Returns 0, SL_EINVAL outside cluster mode, SL_ELIMIT
- * when too many reads are in flight, SL_ENOMEM: then hub_replay reads. */
+ * hub_replay_live.  At most 64 pages are read at once; the others wait
+ * their turn.  Returns 0, SL_EINVAL outside cluster mode, SL_ELIMIT when
+ * 16,384 pages are read or waiting (logged), SL_ENOMEM: then the caller
+ * fails the resume (a read on the loop would stall the worker). */
 typedef struct hub_replay_page hub_replay_page;
 typedef void (*hub_replay_done_fn)(void *owner, hub_replay_page *page);
 int hub_replay_async(hub *h, const char *const *topics, const size_t *lens, int n,
@@ -340,6 +345,11 @@ int hub_replay_async(hub *h, const char *const *topics, const size_t *lens, int 
 long hub_replay_page_deliver(hub_replay_page *page, hub_deliver_fn fn,
                              void (*on_gap)(void *owner, const char *topic, size_t len),
                              void *owner, bool *more);
+
+/* True when the page's resume ID was past the stream's last message
+ * (hub_id_parse's *unverified): the page was read from the oldest, with
+ * the gap signal, as for an unknown ID; its owner resets its cursor. */
+bool hub_replay_page_id_unknown(const hub_replay_page *page);
 
 /* The page after `page` (which done is handling): the same topics and
  * limits, after after_seq; as hub_replay_async. */

@@ -161,6 +161,7 @@ typedef struct query_span {
 typedef struct resume_point {
     bool present; /* a resume ID was given */
     bool known;   /* ...and it is one of ours: replay after `after` */
+    bool unverified; /* ...past what this node has seen (cluster mode): the read tells */
     uint64_t after;
     char id[HUB_ID_MAX]; /* the ID as given, when known (a poll echoes it) */
     uint8_t id_len;

@@ -255,6 +255,9 @@ static int replay_page(sub_session *s, bool known);
  * the loop is delivered; hub_replay_page_deliver's count or error. */
 static long page_deliver(sub_session *s, hub_replay_page *page, bool *more)
 {
+    /* The resume ID was past the stream's end: the page starts at the
+     * oldest, and the cursor with it. */
+    if (hub_replay_page_id_unknown(page)) s->last_seq = 0;
     s->in_replay = true;
     long n = hub_replay_page_deliver(page, replay_one, replay_gap, s, more);
     s->in_replay = false;
@@ -314,10 +317,12 @@ static void replay_page_back(void *owner, hub_replay_page *page)
  * delivered when it is back; the catch-up goes on from there. */
 static int replay_page(sub_session *s, bool known)
 {
-    if (hub_cluster(s->hub) &&
-        hub_replay_async(s->hub, (const char *const *)s->replay->names, s->replay->lens,
-                         s->replay->n, s->last_seq, known, 0, REPLAY_PAGE_BYTES,
-                         replay_page_back, s) == 0) {
+    if (hub_cluster(s->hub)) {
+        /* Never on the loop (NATS requests would stall the worker). */
+        int rc = hub_replay_async(s->hub, (const char *const *)s->replay->names, s->replay->lens,
+                                  s->replay->n, s->last_seq, known, 0, REPLAY_PAGE_BYTES,
+                                  replay_page_back, s);
+        if (rc < 0) return rc;
         session_hold(s);
         return 0;
     }
@@ -377,7 +382,8 @@ void session_resume_point(const sub_session *s, const sub_request *r, const http
     }
     rp->present = id && idlen > 0; /* an empty ID is no resume point */
     rp->after = 0;
-    rp->known = rp->present && hub_id_parse(s->hub, id, idlen, &rp->after);
+    rp->unverified = false;
+    rp->known = rp->present && hub_id_parse(s->hub, id, idlen, &rp->after, &rp->unverified);
     rp->id_len = 0;
     if (rp->known && idlen < HUB_ID_MAX) {
         memcpy(rp->id, id, idlen);
@@ -416,8 +422,9 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
     }
     if (!rp->present) return 0;
     /* Resuming at or after "now" (the usual re-poll or reconnect):
-     * whatever is newer comes live, so there is nothing to read. */
-    if (rp->known && rp->after >= s->last_seq) {
+     * whatever is newer comes live, so there is nothing to read (unless
+     * the stream may never have had the ID: the read tells). */
+    if (rp->known && rp->after >= s->last_seq && !rp->unverified) {
         s->last_seq = rp->after;
         return 0;
     }
@@ -429,11 +436,13 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
         uint64_t live_from = s->last_seq;
         s->last_seq = rp->known ? rp->after : 0;
         /* Cluster mode: read off the loop (live messages meanwhile are
-         * kept for the poll), answered when the page is back. */
-        if (hub_cluster(s->hub) && s->tp->replayed &&
-            hub_replay_async(s->hub, r->topics, r->topic_lens, r->ntopics, s->last_seq,
-                             rp->known, replay_limit - s->tp->held(s), 0, poll_page_back,
-                             s) == 0) {
+         * kept for the poll), answered when the page is back; never on
+         * it (NATS requests would stall the worker). */
+        if (hub_cluster(s->hub) && s->tp->replayed) {
+            int rc = hub_replay_async(s->hub, r->topics, r->topic_lens, r->ntopics, s->last_seq,
+                                      rp->known, replay_limit - s->tp->held(s), 0,
+                                      poll_page_back, s);
+            if (rc < 0) return rc;
             s->state = SESSION_CATCHING_UP;
             session_hold(s);
             return SESSION_REPLAY_PENDING;

@@ -167,7 +167,10 @@ static int ws_start(sub_session *s, const sub_request *r, const http_request *re
     int rc = session_subscribe_and_replay(s, r, &rp, 0);
     if (rc == SL_EGONE) return 0; /* cut off while replaying */
     if (rc < 0) {
-        ws_session_close(s, WS_CLOSE_INTERNAL_ERROR, "storage error");
+        if (rc == SL_ELIMIT)
+            ws_session_close(s, WS_CLOSE_TRY_AGAIN_LATER, "too many resumes at once");
+        else
+            ws_session_close(s, WS_CLOSE_INTERNAL_ERROR, "storage error");
         return 0;
     }
     if (!session_ended(s)) conn_stream_timer(s->c, sub_defaults.ws_ping);

@@ -1106,16 +1106,8 @@ int cluster_id_parse(struct cluster *c, const char *id, size_t len, uint64_t *se
 {
     uint64_t e, q;
     if (id_text_parse(id, len, &e, &q) != 0 || e != c->epoch) return SL_EUNKNOWN;
-    if (q > LOAD(c->last_seq)) {
-        /* Published through another node and not here yet? Ask. */
-        jsStreamInfo *si = cluster_connected(c) ? stream_info(c, NULL) : NULL;
-        if (!si) return SL_EUNKNOWN;
-        uint64_t last = si->State.LastSeq;
-        jsStreamInfo_Destroy(si);
-        if (q > last) return SL_EUNKNOWN;
-    }
     *seq = q;
-    return 0;
+    return q > LOAD(c->last_seq) ? CLUSTER_ID_AHEAD : 0;
 }
 
 /* ---- reads for a resume ------------------------------------------------------- */
@@ -1239,6 +1231,15 @@ int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t
                  struct store_read_info *infos)
 {
     if (!cluster_connected(c)) return SL_EIO;
+    if (after_seq > LOAD(c->last_seq)) {
+        /* An ID past what this node has seen (CLUSTER_ID_AHEAD): published
+         * through another node and not here yet, or never the stream's. */
+        jsStreamInfo *si = stream_info(c, NULL);
+        if (!si) return SL_EIO;
+        uint64_t last = si->State.LastSeq;
+        jsStreamInfo_Destroy(si);
+        if (after_seq > last) return SL_EUNKNOWN;
+    }
     size_t cap = limit && limit < CLUSTER_READ_MAX ? limit : CLUSTER_READ_MAX;
     rmsg **v = NULL;
     size_t nv = 0, vcap = 0;

@@ -8,8 +8,8 @@
  * (js_PublishMsgAsync, never a blocking call on a worker's loop) and is
  * answered when JetStream's PubAck arrives, i.e. once the stream's
  * replicas (a quorum of them) have it.  Every node delivers from one
- * ordered push consumer on the whole stream, so all nodes deliver in the
- * stream's order, the publishing node included.
+ * push consumer on the whole stream, so all nodes deliver in the stream's
+ * order, the publishing node included.
  *
  * IDs are "<epoch>-<seq>" as in the store: the seq is the stream sequence,
  * the epoch one the creating node writes into the stream's description
@@ -112,10 +112,13 @@ int cluster_publish(struct cluster *c, const char *topic, size_t tlen, const cha
 /* The epoch of the stream's IDs (from its description). */
 uint64_t cluster_epoch(const struct cluster *c);
 
-/* Parses a resume ID: 0 and *seq for an ID of this stream (its epoch, a
- * seq the stream has had: checked with JetStream when it is newer than
- * what this node has seen), SL_EUNKNOWN for any other well-formed or
- * malformed ID.  Canonical text only, as store_id_parse. */
+/* Parses a resume ID, with no request (a worker's loop calls it): 0 and
+ * *seq for an ID of this stream (its epoch) at or before what this node
+ * has seen; CLUSTER_ID_AHEAD and *seq for one of its epoch past that (a
+ * message published through another node and not here yet, or a seq the
+ * stream never had: cluster_read tells which); SL_EUNKNOWN for any other
+ * well-formed or malformed ID.  Canonical text only, as store_id_parse. */
+#define CLUSTER_ID_AHEAD 1
 int cluster_id_parse(struct cluster *c, const char *id, size_t len, uint64_t *seq);
 
 /* The newest stream seq this node has seen (delivered or acknowledged). */
@@ -135,7 +138,9 @@ bool cluster_sound(const struct cluster *c);
  * must go on), infos filled per topic (exists, gap, more, delivered).
  * A topic's gap is reported when retention may have dropped a message of
  * it after after_seq (docs/cluster.md says when: never missed, rarely
- * reported when nothing was).  Returns 0 or SL_EIO / SL_ENOMEM. */
+ * reported when nothing was).  Returns 0 or SL_EIO / SL_ENOMEM, or
+ * SL_EUNKNOWN when after_seq is past the stream's last message (an ID
+ * cluster_id_parse found ahead, that the stream never had). */
 int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t n,
                  uint64_t after_seq, size_t limit, store_read_fn fn, void *ud,
                  struct store_read_info *infos);
