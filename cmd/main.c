@@ -12,6 +12,7 @@
 #include "core/subscriber.h"
 #include "cmd/worker.h"
 #include "lua/api.h"
+#include "lua/shared.h"
 #include "storage/cluster.h"
 #include "storage/store.h"
 
@@ -519,6 +520,10 @@ int main(int argc, char **argv)
             fprintf(stderr, "sluice: %s\n", err);
             goto out;
         }
+        if (lxs_cluster_start(hub_bus_get_cluster(bus)) != 0) {
+            fprintf(stderr, "sluice: cluster: cannot share presence with the other nodes\n");
+            goto out;
+        }
         LOG_KV(LOG_INFO, "cluster mode: JetStream is the record", LOG_S("servers", co.servers));
     }
 
@@ -668,6 +673,7 @@ out_workers:
         ev_timer_stop(a.loop, &a.watch_settle);
     }
 out:
+    lxs_cluster_stop();
     hub_bus_close(bus);
     if (first_app) lx_app_release(first_app);
     hub_free(first_hub);

@@ -364,6 +364,11 @@ int hub_bus_cluster(hub_bus *b, const struct cluster_opts *o, char *err, size_t 
     return cluster_open(&b->cluster, o, on_cluster_ack, on_cluster_msg, b, err, errlen);
 }
 
+struct cluster *hub_bus_get_cluster(const hub_bus *b)
+{
+    return b->cluster;
+}
+
 struct cluster *hub_cluster(const hub *h)
 {
     return h->bus ? h->bus->cluster : NULL;

@@ -165,6 +165,7 @@ bool hub_bus_ready(const hub_bus *b);
 /* The record of h's bus in cluster mode (storage/cluster.h; its calls may
  * be made from any thread), NULL otherwise. */
 struct cluster *hub_cluster(const hub *h);
+struct cluster *hub_bus_get_cluster(const hub_bus *b); /* NULL: single node */
 
 /* Stops the writer after committing what is queued (those commits still
  * reach the attached hubs' inboxes), then frees the bus.  Call once every

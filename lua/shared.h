@@ -13,7 +13,13 @@
  * goes on without presence), an id's and an info's bytes (misuse: raises),
  * and the buckets (LXS_MAX_BUCKETS: the least recently used is evicted).
  * Topic entries exist only while a subscription holds them, so connections
- * bound them. */
+ * bound them.
+ *
+ * In cluster mode (lxs_cluster_start) each node sends the others its
+ * topics' counts and members, and sluice.presence and .subscribers add
+ * what the other nodes last sent (cluster-wide, seconds old at worst; a
+ * node that stops sending is forgotten after 6 s).  Join and leave events
+ * stay per node: a member with connections on two nodes joins from each. */
 #ifndef SLUICE_LUA_SHARED_H
 #define SLUICE_LUA_SHARED_H
 
@@ -56,13 +62,25 @@ void lxs_leave(lxs_sub *s, lxs_event_fn fn, void *ud);
  * refused it: the queue full, shutting down). */
 void lxs_count_event_dropped(void);
 
+struct cluster;
+/* Cluster mode: starts the exchange of tables with the other nodes (a
+ * thread of its own, and the cluster's notes); 0 or an SL_ error.
+ * lxs_cluster_stop ends it, before the cluster is closed. */
+int lxs_cluster_start(struct cluster *c);
+void lxs_cluster_stop(void);
+
+/* A note of another node as it came (cluster_listen's callback; tests
+ * feed it too): checked, assembled, and once a table is whole it is that
+ * node's view.  Anything malformed is dropped and counted. */
+void lxs_note_receive(void *ud, const void *data, size_t len);
+
 /* Adds sluice.presence, sluice.subscribers and sluice.limit to the module
  * table on the stack top. */
 void lxs_open(lua_State *L);
 
 /* The rows for /metrics; returns how many were written (LXS_METRICS at
  * most). */
-#define LXS_METRICS 7
+#define LXS_METRICS 10
 size_t lxs_metrics(metrics_extra *out);
 
 #endif

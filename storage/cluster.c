@@ -50,6 +50,10 @@ struct cluster {
     /* The live consumer on the whole stream and the thread that makes it
      * anew (keep_lock guards sub and renew). */
     natsSubscription *sub;
+    natsSubscription *notes; /* cluster_listen's */
+    cluster_note_fn on_note;
+    void *note_ud;
+    char notes_subject[96];
     pthread_t keeper;
     bool keeper_running;
     pthread_mutex_t keep_lock;
@@ -853,6 +857,7 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
     pthread_cond_init(&c->keep_cond, NULL);
     snprintf(c->stream, sizeof(c->stream), "%s", o->stream ? o->stream : "SLUICE");
     snprintf(c->filter, sizeof(c->filter), "%s.>", c->stream);
+    snprintf(c->notes_subject, sizeof(c->notes_subject), "sluice-nodes.%s", c->stream);
     c->ack = ack;
     c->deliver = deliver;
     c->ud = ud;
@@ -1006,6 +1011,7 @@ void cluster_close(struct cluster *c)
     pthread_mutex_unlock(&c->keep_lock);
     if (c->keeper_running) pthread_join(c->keeper, NULL);
     sub_close(c->sub);
+    sub_close(c->notes);
     if (c->js) {
         jsPubOptions po;
         jsPubOptions_Init(&po);
@@ -1332,6 +1338,36 @@ int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t
     }
     free(v);
     return rc;
+}
+
+/* ---- notes between nodes ------------------------------------------------------ */
+
+static void on_note_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    struct cluster *c = closure;
+    c->on_note(c->note_ud, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg));
+    natsMsg_Destroy(msg);
+}
+
+int cluster_broadcast(struct cluster *c, const void *data, size_t len)
+{
+    if (!cluster_connected(c)) return SL_EIO;
+    if (len > (size_t)natsConnection_GetMaxPayload(c->nc)) return SL_EINVAL;
+    return natsConnection_Publish(c->nc, c->notes_subject, data, (int)len) == NATS_OK ? 0 : SL_EIO;
+}
+
+int cluster_listen(struct cluster *c, cluster_note_fn fn, void *ud)
+{
+    if (c->notes) return SL_EINVAL;
+    c->on_note = fn;
+    c->note_ud = ud;
+    if (natsConnection_Subscribe(&c->notes, c->nc, c->notes_subject, on_note_msg, c) != NATS_OK)
+        return SL_EIO;
+    /* Notes replace each other: a slow reader drops, never queues for ever. */
+    natsSubscription_SetPendingLimits(c->notes, 1024, 64 * 1024 * 1024);
+    return 0;
 }
 
 int cluster_stream_state(struct cluster *c, struct cluster_stream_state *st)

@@ -151,6 +151,19 @@ int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t
 int cluster_topics(struct cluster *c, const char *prefix, size_t plen, store_topic_fn fn,
                    void *ud);
 
+/* Node-to-node notes that are not messages of the stream (the presence
+ * tables of lua/shared.c): published with core NATS on the subject
+ * "sluice-nodes.<STREAM>", not stored, at most once, to every node
+ * connected now (this one included).  cluster_broadcast writes on the
+ * caller's thread (never a worker's loop: the write may wait for the
+ * socket, up to CLUSTER_WRITE_DEADLINE_MS); 0, SL_EIO (not connected) or
+ * SL_EINVAL (over the server's payload limit).  cluster_listen: fn(ud,
+ * data, len) on the client's thread for each note, until cluster_close;
+ * once per cluster.  Returns 0 or SL_EIO. */
+typedef void (*cluster_note_fn)(void *ud, const void *data, size_t len);
+int cluster_broadcast(struct cluster *c, const void *data, size_t len);
+int cluster_listen(struct cluster *c, cluster_note_fn fn, void *ud);
+
 /* The stream's own figures, asked of JetStream (one request, bounded at
  * 2 s; not for a worker's loop).  Returns 0 or SL_EIO. */
 struct cluster_stream_state {

@@ -278,6 +278,56 @@ class ClusterTest(SluiceTestCase):
         r2 = self.publish(a, "past", b"next")
         self.assertEqual(sse_next(c2)[0], r2.json()["id"])
 
+    def test_presence_and_counts_are_cluster_wide(self):
+        # sluice.subscribers and sluice.presence count every node's
+        # subscriptions: each node sends the others its table (notes over
+        # NATS, outside the stream); a member with connections on two nodes
+        # is one member; a node that dies is forgotten within seconds.
+        extra = (
+            'sluice.route("GET", "/who/:room", function(req)\n'
+            '  return req:subscribe("room." .. req.params.room,\n'
+            '    {presence = {id = req.query.user, info = {name = req.query.user}}})\n'
+            'end)\n'
+            'sluice.route("GET", "/count/:room", function(req)\n'
+            '  local t = "room." .. req.params.room\n'
+            '  local ids = {}\n'
+            '  for _, m in ipairs(sluice.presence(t)) do ids[#ids + 1] = m.id .. "/" .. m.info.name end\n'
+            '  table.sort(ids)\n'
+            '  return sluice.json(200, {n = sluice.subscribers(t), ids = ids})\n'
+            'end)\n')
+        a = self.node(extra=extra)
+        b = self.node(extra=extra)
+
+        def count(srv):
+            with srv.conn() as c:
+                r = c.get("/count/lobby")
+            self.assertEqual(r.status, 200, r)
+            return r.json()
+
+        def wait_for(want, nodes, what):
+            deadline = time.monotonic() + 10
+            while True:
+                got = [count(n) for n in nodes]
+                if all(g["n"] == want[0] and g["ids"] == want[1] for g in got):
+                    return
+                self.assertLess(time.monotonic(), deadline, "%s: %r" % (what, got))
+                time.sleep(0.1)
+
+        conns = {}
+        for name, srv, user in (("a-alice", a, "alice"), ("b-bob", b, "bob"),
+                                ("b-alice", b, "alice")):
+            c = self.conn(srv)
+            sse_open(c, "/who/lobby?user=" + user)
+            conns[name] = c
+        wait_for((3, ["alice/alice", "bob/bob"]), (a, b), "three subscriptions, two members")
+        conns["b-bob"].close()
+        wait_for((2, ["alice/alice"]), (a, b), "bob left")
+        self.assertRegex(self.metrics(a), r'(?m)^sluice_presence_notes_total\{direction="received"\} [1-9]')
+        # Node B dies: A forgets its subscriptions (its own alice stays).
+        b.signal(signal.SIGKILL)
+        b.wait_exit()
+        wait_for((1, ["alice/alice"]), (a,), "node B gone")
+
     def test_multi_topic_resume_under_load_loses_nothing(self):
         # A resume over several topics reads them one after another: a
         # message of the first published while the second is read has a
