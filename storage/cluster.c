@@ -781,7 +781,6 @@ static void on_reconnected(natsConnection *nc, void *closure)
         goto fail;                                                                                 \
     } while (0)
 
-
 /* "sluice epoch=<base36>" (as cluster_open writes it): 0 and *epoch. */
 static int epoch_parse(const char *desc, uint64_t *epoch)
 {
