@@ -549,20 +549,34 @@ static size_t table_send(struct cluster *c, uint64_t gen)
         free(b.p);
         return 0;
     }
-    /* Cut between topics, each note at most NOTE_PART_MAX. */
+    /* Cut between topics, each note at most NOTE_PART_MAX (table_write
+     * keeps every topic under it); past NOTE_PARTS_MAX notes the rest of
+     * the table is left out, logged. */
     size_t cuts[NOTE_PARTS_MAX + 1];
     unsigned parts = 0;
     cuts[0] = 0;
+    size_t upto = b.len;
     note_topic t;
     const char *end = b.p ? b.p + b.len : NULL; /* NULL: no topics, one empty note */
-    for (const char *p = b.p; p && p < end && parts < NOTE_PARTS_MAX; p = t.next) {
+    for (const char *p = b.p; p && p < end; p = t.next) {
         note_topic_read(p, end, &t, false);
-        if ((size_t)(t.next - b.p) - cuts[parts] > NOTE_PART_MAX - NOTE_HEAD) cuts[++parts] = (size_t)(p - b.p);
+        if ((size_t)(t.next - b.p) - cuts[parts] <= NOTE_PART_MAX - NOTE_HEAD) continue;
+        if (parts + 1 == NOTE_PARTS_MAX) {
+            upto = (size_t)(p - b.p);
+            static log_limit lim = LOG_LIMIT_INIT;
+            LOG_KV_LIMITED(&lim, 60.0, LOG_WARN,
+                           "presence: this node's table is too large for the other nodes: "
+                           "the topics past it are left out",
+                           LOG_I("bytes", b.len), LOG_I("sent", upto));
+            break;
+        }
+        cuts[++parts] = (size_t)(p - b.p);
     }
-    cuts[++parts] = b.len; /* past NOTE_PARTS_MAX the rest is cut off */
+    cuts[++parts] = upto;
     char *note = malloc(NOTE_PART_MAX);
     for (unsigned i = 0; note && i < parts; i++) {
         size_t n = cuts[i + 1] - cuts[i];
+        if (n > NOTE_PART_MAX - NOTE_HEAD) break; /* cannot be: table_write bounds a topic */
         memcpy(note, NOTE_MAGIC, 4);
         put64(note + 4, self_id);
         put64(note + 12, gen);
