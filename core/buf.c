@@ -5,6 +5,7 @@
 
 #include "core/defs.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -115,12 +116,14 @@ static int outq_grow(outq_t *q)
     return outq_resize(q, q->cap ? q->cap * 2 : OUTQ_FIRST_CAP);
 }
 
-int outq_push(outq_t *q, buf_t *b, size_t off, size_t len)
+/* A segment (a reference to b) at the tail of q, or at its head. */
+static inline int outq_put(outq_t *q, bool front, buf_t *b, size_t off, size_t len)
 {
     SLUICE_ASSERT(off <= b->len && len <= b->len - off);
     if (len == 0) return 0;
     if (q->count == q->cap && outq_grow(q) < 0) return SL_ENOMEM;
-    outq_seg *s = &q->segs[(q->head + q->count) & (q->cap - 1)];
+    if (front) q->head = (q->head - 1) & (q->cap - 1);
+    outq_seg *s = &q->segs[front ? q->head : (q->head + q->count) & (q->cap - 1)];
     s->buf = buf_ref(b);
     s->off = (uint32_t)off;
     s->len = (uint32_t)len;
@@ -129,19 +132,14 @@ int outq_push(outq_t *q, buf_t *b, size_t off, size_t len)
     return 0;
 }
 
+int outq_push(outq_t *q, buf_t *b, size_t off, size_t len)
+{
+    return outq_put(q, false, b, off, len);
+}
+
 int outq_push_front(outq_t *q, buf_t *b, size_t off, size_t len)
 {
-    SLUICE_ASSERT(off <= b->len && len <= b->len - off);
-    if (len == 0) return 0;
-    if (q->count == q->cap && outq_grow(q) < 0) return SL_ENOMEM;
-    q->head = (q->head - 1) & (q->cap - 1);
-    outq_seg *s = &q->segs[q->head];
-    s->buf = buf_ref(b);
-    s->off = (uint32_t)off;
-    s->len = (uint32_t)len;
-    q->count++;
-    q->bytes += len;
-    return 0;
+    return outq_put(q, true, b, off, len);
 }
 
 int outq_iov(const outq_t *q, struct iovec *iov, int max)

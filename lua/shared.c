@@ -282,22 +282,11 @@ static double mono_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static void put16(char *p, unsigned v)
+/* n bytes of v, big-endian (get_be reads them back). */
+static void put_be(char *p, uint64_t v, int n)
 {
-    p[0] = (char)(v >> 8);
-    p[1] = (char)v;
-}
-
-static void put32(char *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (char)(v >> (24 - 8 * i));
-}
-
-static void put64(char *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (char)(v >> (56 - 8 * i));
+    for (int i = 0; i < n; i++)
+        p[i] = (char)(v >> (8 * (n - 1 - i)));
 }
 
 static uint64_t get_be(const char *p, int n)
@@ -518,9 +507,9 @@ static void table_write(note_buf *b)
             size_t at = b->len;
             char *h = note_room(b, 2 + t->len + 6);
             if (!h) return;
-            put16(h, (unsigned)t->len);
+            put_be(h, (unsigned)t->len, 2);
             memcpy(h + 2, t->name, t->len);
-            put32(h + 2 + t->len, t->subs);
+            put_be(h + 2 + t->len, t->subs, 4);
             unsigned nm = 0;
             for (member *m = t->members; m; m = m->next) {
                 size_t need = 1 + m->id_len + 2 + m->info_len;
@@ -529,11 +518,11 @@ static void table_write(note_buf *b)
                 if (!q) return;
                 q[0] = (char)m->id_len;
                 memcpy(q + 1, m->id, m->id_len);
-                put16(q + 1 + m->id_len, (unsigned)m->info_len);
+                put_be(q + 1 + m->id_len, (unsigned)m->info_len, 2);
                 memcpy(q + 3 + m->id_len, m->info, m->info_len);
                 nm++;
             }
-            put16(b->p + at + 2 + t->len + 4, nm);
+            put_be(b->p + at + 2 + t->len + 4, nm, 2);
         }
     }
 }
@@ -578,10 +567,10 @@ static size_t table_send(struct cluster *c, uint64_t gen)
         size_t n = cuts[i + 1] - cuts[i];
         if (n > NOTE_PART_MAX - NOTE_HEAD) break; /* cannot be: table_write bounds a topic */
         memcpy(note, NOTE_MAGIC, 4);
-        put64(note + 4, self_id);
-        put64(note + 12, gen);
-        put16(note + 20, i);
-        put16(note + 22, parts);
+        put_be(note + 4, self_id, 8);
+        put_be(note + 12, gen, 8);
+        put_be(note + 20, i, 2);
+        put_be(note + 22, parts, 2);
         if (n) memcpy(note + NOTE_HEAD, b.p + cuts[i], n);
         if (cluster_broadcast(c, note, NOTE_HEAD + n) != 0) break; /* the next table mends it */
         BUMP(notes_sent);

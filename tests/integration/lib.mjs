@@ -390,6 +390,19 @@ export async function metric(server, name) {
   return Number(line.split(' ')[1]);
 }
 
+// Opens a WebSocket in the page (Chromium offers permessage-deflate),
+// keeping what it receives in window.dfl.got for deflateRoundTrip;
+// returns the extensions the server agreed to.
+export async function openDeflateWs(page, url) {
+  return page.evaluate(async (u) => {
+    const ws = new WebSocket(u);
+    window.dfl = { got: [], ws };
+    ws.onmessage = (e) => window.dfl.got.push(e.data);
+    await new Promise((res, rej) => { ws.onopen = res; ws.onerror = rej; });
+    return ws.extensions;
+  }, url);
+}
+
 // A page's WebSocket with permessage-deflate negotiated (window.dfl =
 // {ws, got}: it pushes each message it gets): `body` published to `topic`
 // reaches it compressed once by the server, and what the page sends back

@@ -8,7 +8,7 @@
 // apps/h2_browser_app.lua serves the page.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { app, deflateRoundTrip, launchChromium, makeCert, metric as metricOf, publish, sleep, startServer, tmpdir } from './lib.mjs';
+import { app, deflateRoundTrip, launchChromium, openDeflateWs, makeCert, metric as metricOf, publish, sleep, startServer, tmpdir } from './lib.mjs';
 
 const N = 20;
 
@@ -70,13 +70,7 @@ describe('HTTP/2 in Chromium', () => {
     await page.waitForFunction(() => window.received.wsOpen);
     const streams = await metric('sluice_http2_streams_total');
     const accepted = await metric('sluice_ws_deflate_negotiations_total{result="accepted"}');
-    const ext = await page.evaluate(async (url) => {
-      const ws = new WebSocket(url);
-      window.dfl = { got: [], ws };
-      ws.onmessage = (e) => window.dfl.got.push(e.data);
-      await new Promise((res, rej) => { ws.onopen = res; ws.onerror = rej; });
-      return ws.extensions;
-    }, srv.httpsUrl(`/topics/${tp}.dfl`).replace(/^https:/, 'wss:'));
+    const ext = await openDeflateWs(page, srv.httpsUrl(`/topics/${tp}.dfl`).replace(/^https:/, 'wss:'));
     assert.match(ext, /permessage-deflate/);
     assert.equal(await metric('sluice_ws_deflate_negotiations_total{result="accepted"}'), accepted + 1);
     // An HTTP/2 stream (over HTTP/1.1 it would be a connection of its

@@ -8,7 +8,7 @@
 // test_ws_deflate.py.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { deflateRoundTrip, launchChromium, metric as metricOf, WsClient, app, publish, startServer } from './lib.mjs';
+import { deflateRoundTrip, launchChromium, openDeflateWs, metric as metricOf, WsClient, app, publish, startServer } from './lib.mjs';
 
 
 let srv;
@@ -76,13 +76,7 @@ describe('Chromium', () => {
     t.after(() => context.close().catch(() => {}));
     const page = await context.newPage();
     await page.goto(srv.url(`/page?topic=${tp}.page`));
-    const ext = await page.evaluate(async (url) => {
-      const ws = new WebSocket(url);
-      window.dfl = { got: [], ws };
-      ws.onmessage = (e) => window.dfl.got.push(e.data);
-      await new Promise((res, rej) => { ws.onopen = res; ws.onerror = rej; });
-      return ws.extensions;
-    }, srv.wsUrl(`/topics/${tp}`));
+    const ext = await openDeflateWs(page, srv.wsUrl(`/topics/${tp}`));
     assert.match(ext, /permessage-deflate/);
     // Chromium compresses what it sends: inflated, published, back to it.
     await deflateRoundTrip(page, srv, tp, json4k());

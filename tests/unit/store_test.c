@@ -1322,6 +1322,17 @@ static void on_problem(void *ud, const char *problem)
     if (!vs->n++) snprintf(vs->first, sizeof vs->first, "%s", problem);
 }
 
+/* store_verify finds no problem (the first one is printed if it does). */
+static struct store_verify_report verify_clean(struct store *s)
+{
+    struct verify_seen vs = {0};
+    struct store_verify_report r;
+    CHECK_EQ_INT(store_verify(s, on_problem, &vs, &r), 0);
+    if (r.problems) fprintf(stderr, "verify: %s\n", vs.first);
+    CHECK_EQ_INT(r.problems, 0);
+    return r;
+}
+
 /* A flipped payload byte: the message is skipped with a gap, reported,
  * counted, never served; the others are served; store_verify finds it. */
 static void test_damaged_message(void)
@@ -1392,11 +1403,7 @@ static void test_verify_clean(void)
         CHECK_EQ_INT(store_append_batch(s, m, 2, 1000 + i), 0);
     }
     CHECK_EQ_INT(store_checkpoint(s), 0);
-    struct verify_seen vs = {0};
-    struct store_verify_report r;
-    CHECK_EQ_INT(store_verify(s, on_problem, &vs, &r), 0);
-    if (r.problems) fprintf(stderr, "verify: %s\n", vs.first);
-    CHECK_EQ_INT(r.problems, 0);
+    struct store_verify_report r = verify_clean(s);
     CHECK_EQ_INT(r.topics, 3);
     CHECK_EQ_INT(r.messages, 70);
     store_close(s);
@@ -1553,11 +1560,7 @@ static void test_format1_store(void)
         CHECK_EQ_INT(G.n, pass == 2 ? 11 : 10);
         CHECK(strcmp(G.data[9], "old-5000") == 0);
         CHECK_EQ_INT(ds.n, 0);
-        struct verify_seen vs = {0};
-        struct store_verify_report r;
-        CHECK_EQ_INT(store_verify(s, on_problem, &vs, &r), 0);
-        if (r.problems) fprintf(stderr, "verify: %s\n", vs.first);
-        CHECK_EQ_INT(r.problems, 0);
+        struct store_verify_report r = verify_clean(s);
         CHECK_EQ_INT(r.messages, pass == 2 ? 5001 : 5000);
         if (pass == 2) {
             /* Format 2 below flags_from, format 3 from it. */
@@ -1651,11 +1654,7 @@ static void test_json_flag(void)
         CHECK_STR(G.data[2], "[2]");
         CHECK_STR(G.event[2], "ev");
         CHECK_EQ_INT(G.flags[2], STORE_MSG_JSON);
-        struct verify_seen vs = {0};
-        struct store_verify_report r;
-        CHECK_EQ_INT(store_verify(s, on_problem, &vs, &r), 0);
-        if (r.problems) fprintf(stderr, "verify: %s\n", vs.first);
-        CHECK_EQ_INT(r.problems, 0);
+        verify_clean(s);
     }
     store_close(s);
     remove_dir(dir);
@@ -1787,11 +1786,7 @@ static void test_idempotency(int relaxed)
     struct store_msg i2 = mkk("idem", "after-sweep", "key-2");
     CHECK_EQ_INT(store_append_batch(s, &i2, 1, later + STORE_DEDUP_WINDOW_MS), 0);
     CHECK_EQ_INT(i2.duplicate, 0);
-    struct verify_seen vs = {0};
-    struct store_verify_report r;
-    CHECK_EQ_INT(store_verify(s, on_problem, &vs, &r), 0);
-    if (r.problems) fprintf(stderr, "verify: %s\n", vs.first);
-    CHECK_EQ_INT(r.problems, 0);
+    verify_clean(s);
     store_close(s);
 
     /* A batch bigger than a log goes straight to LMDB: deduplicated there. */
