@@ -13,7 +13,15 @@
  * died) it detaches a NULL thread and the process dies (js.c
  * _recreateOrderedCons; fixed upstream in nats.c #840, seen in CI).  sluice
  * makes plain push consumers that acknowledge nothing, as an ordered one
- * is, and makes them anew itself. */
+ * is, and makes them anew itself.
+ *
+ * A worker never calls into the client for a publish: it queues it for
+ * the sender thread (cluster_publish).  The client writes a publish while
+ * it holds its connection's lock, and a server that reads nothing (paused,
+ * or a network that drops without a reset) makes that write wait for the
+ * write deadline: written on a worker's loop, it held every connection of
+ * the worker, and any other worker asking the connection's status, for
+ * seconds. */
 #include "storage/cluster.h"
 
 #include "core/err.h"
@@ -41,6 +49,8 @@ typedef struct inflight {
     natsMsg *msg;
     void *req;
     struct inflight *next;
+    struct inflight *send_next; /* in the sender's queue, until it is written */
+    size_t bytes;               /* counted in send_bytes meanwhile */
 } inflight;
 
 struct cluster {
@@ -66,6 +76,15 @@ struct cluster {
     cluster_ack_fn ack;
     cluster_msg_fn deliver;
     void *ud;
+    /* Publishes queued for the sender thread (send_lock guards them). */
+    pthread_t sender;
+    bool sender_running;
+    pthread_mutex_t send_lock;
+    pthread_cond_t send_cond;
+    inflight *send_head, *send_tail;
+    size_t send_bytes;
+    bool send_idle; /* the sender waits for send_cond */
+    bool send_stop;
     pthread_mutex_t lock; /* guards the in-flight table */
     inflight *table[PENDING_BUCKETS];
     uint64_t ninflight;
@@ -221,6 +240,13 @@ int cluster_opts_check(const struct cluster_opts *o, char *err, size_t errlen)
 
 /* ---- publishes and their PubAcks -------------------------------------------- */
 
+static const char *last_error(natsStatus s)
+{
+    const char *t = nats_GetLastError(NULL);
+    return t && *t ? t : natsStatus_GetText(s);
+}
+
+
 static size_t bucket_of(const natsMsg *m)
 {
     uintptr_t v = (uintptr_t)m;
@@ -316,7 +342,9 @@ int cluster_publish(struct cluster *c, const char *topic, size_t tlen, const cha
                     size_t elen, const void *data, size_t len, const char *ikey, size_t iklen,
                     unsigned flags, void *req)
 {
-    if (natsConnection_Status(c->nc) != NATS_CONN_STATUS_CONNECTED) return SL_EUNREACHABLE;
+    /* Not the client's status call: it waits for the connection's lock,
+     * which a write to a stalled server holds. */
+    if (!LOAD(c->connected)) return SL_EUNREACHABLE;
     if (LOAD(c->ninflight) >= CLUSTER_MAX_INFLIGHT) return SL_EBUSY;
     if (len > INT32_MAX) return SL_EINVAL;
     char subject[64 + 3 * 256 + 2];
@@ -345,28 +373,94 @@ int cluster_publish(struct cluster *c, const char *topic, size_t tlen, const cha
         natsMsg_Destroy(msg);
         return SL_ENOMEM;
     }
-    /* In the table before the send: the ack may come before it returns. */
+    /* In the table before the send: the ack may come before the sender's
+     * call returns. */
     f->msg = msg;
     f->req = req;
+    f->send_next = NULL;
+    f->bytes = len + strlen(subject);
     size_t bkt = bucket_of(msg);
     pthread_mutex_lock(&c->lock);
     f->next = c->table[bkt];
     c->table[bkt] = f;
     c->ninflight++;
     pthread_mutex_unlock(&c->lock);
+    size_t bytes = f->bytes;
+    pthread_mutex_lock(&c->send_lock);
+    /* Past the bound (a stalled server), refused: an empty queue takes
+     * any one publish. */
+    bool over = c->send_head && c->send_bytes + bytes > CLUSTER_SEND_QUEUE_MAX;
+    bool wake = false;
+    if (!over) {
+        if (c->send_tail)
+            c->send_tail->send_next = f;
+        else
+            c->send_head = f;
+        c->send_tail = f;
+        c->send_bytes += bytes;
+        wake = c->send_idle;
+        c->send_idle = false;
+    }
+    pthread_mutex_unlock(&c->send_lock);
+    if (over) {
+        inflight_take(c, msg); /* not sent: no ack can have come */
+        natsMsg_Destroy(msg);
+        return SL_EBUSY;
+    }
+    if (wake) pthread_cond_signal(&c->send_cond);
+    return 0;
+}
+
+/* The sender thread's write of one publish.  f may be freed by the ack
+ * as soon as the client has the message. */
+static void send_one(struct cluster *c, inflight *f)
+{
+    natsMsg *msg = f->msg;
     jsPubOptions po;
     jsPubOptions_Init(&po);
     po.MaxWait = CLUSTER_PUBLISH_TIMEOUT_MS;
     natsMsg *sent = msg;
-    s = js_PublishMsgAsync(c->js, &sent, &po);
-    if (s != NATS_OK) {
-        /* Not taken: no ack will come. */
-        bool mine = inflight_take(c, msg) != NULL;
-        natsMsg_Destroy(sent);
-        if (!mine) return 0; /* cannot happen: the ack came for a send that failed */
-        return SL_EIO;
+    natsStatus s = js_PublishMsgAsync(c->js, &sent, &po);
+    if (s == NATS_OK) return;
+    /* Not taken: no ack will come. */
+    void *req = inflight_take(c, msg);
+    natsMsg_Destroy(sent);
+    if (!req) return; /* cannot be: the ack came for a send that failed */
+    ADD(c->publish_failures, 1);
+    static log_limit lim = LOG_LIMIT_INIT;
+    LOG_KV_LIMITED(&lim, 1.0, LOG_WARN, "cluster publish failed", LOG_S("reason", last_error(s)));
+    c->ack(c->ud, req, SL_EIO, 0, false);
+}
+
+/* Writes the queued publishes in their order, as they come; at stop, what
+ * is queued still goes (bounded: CLUSTER_SEND_QUEUE_MAX, each write by
+ * the write deadline). */
+static void *sender_main(void *arg)
+{
+    struct cluster *c = arg;
+    pthread_mutex_lock(&c->send_lock);
+    for (;;) {
+        while (!c->send_head && !c->send_stop) {
+            c->send_idle = true;
+            pthread_cond_wait(&c->send_cond, &c->send_lock);
+        }
+        c->send_idle = false;
+        inflight *f = c->send_head;
+        if (!f) break; /* stopping, and nothing left */
+        c->send_head = c->send_tail = NULL;
+        pthread_mutex_unlock(&c->send_lock);
+        size_t sent = 0;
+        while (f) {
+            inflight *next = f->send_next;
+            sent += f->bytes;
+            send_one(c, f);
+            f = next;
+        }
+        pthread_mutex_lock(&c->send_lock);
+        c->send_bytes -= sent;
     }
-    return 0;
+    pthread_mutex_unlock(&c->send_lock);
+    return NULL;
 }
 
 /* ---- the stream's consumers ---------------------------------------------------- */
@@ -649,12 +743,6 @@ done:
 
 /* ---- the live consumer, made anew when it fails ------------------------------ */
 
-static const char *last_error(natsStatus s)
-{
-    const char *t = nats_GetLastError(NULL);
-    return t && *t ? t : natsStatus_GetText(s);
-}
-
 /* Asks the keeper for a new live consumer, from the message after the last
  * one delivered (any thread). */
 static void renew_consumer(struct cluster *c, const char *why)
@@ -854,6 +942,8 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
     pthread_mutex_init(&c->consume_lock, NULL);
     pthread_mutex_init(&c->keep_lock, NULL);
     pthread_cond_init(&c->keep_cond, NULL);
+    pthread_mutex_init(&c->send_lock, NULL);
+    pthread_cond_init(&c->send_cond, NULL);
     snprintf(c->stream, sizeof(c->stream), "%s", o->stream ? o->stream : "SLUICE");
     snprintf(c->filter, sizeof(c->filter), "%s.>", c->stream);
     snprintf(c->notes_subject, sizeof(c->notes_subject), "sluice-nodes.%s", c->stream);
@@ -880,12 +970,13 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
     /* A dead server is noticed within two pings. */
     if (s == NATS_OK) s = natsOptions_SetPingInterval(c->opts, 1000);
     if (s == NATS_OK) s = natsOptions_SetMaxPingsOut(c->opts, 2);
-    /* A publish is written by the thread that publishes (a worker) at once:
-     * the client's flusher thread waits 1 ms for more before each write,
-     * which made every publish one wake-up and 1 ms later (bench/cluster.sh:
-     * a third of the CPU per delivery at one publish in flight).  The write
-     * deadline bounds how long a worker can wait on a server that reads
-     * nothing: past it the client drops the connection and reconnects. */
+    /* A publish is written by the thread that calls the client (the
+     * sender) at once: the client's flusher thread waits 1 ms for more
+     * before each write, which made every publish one wake-up and 1 ms
+     * later (bench/cluster.sh: a third of the CPU per delivery at one
+     * publish in flight).  The write deadline bounds how long the sender
+     * (or the notes thread) waits on a server that reads nothing: past it
+     * the client drops the connection and reconnects. */
     if (s == NATS_OK) s = natsOptions_SetSendAsap(c->opts, true);
     if (s == NATS_OK) s = natsOptions_SetWriteDeadline(c->opts, CLUSTER_WRITE_DEADLINE_MS);
     if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(c->opts, on_disconnected, c);
@@ -993,6 +1084,8 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
              last_error(s), (int)jerr);
     if (pthread_create(&c->keeper, NULL, keeper_main, c) != 0) FAIL("cluster: no thread");
     c->keeper_running = true;
+    if (pthread_create(&c->sender, NULL, sender_main, c) != 0) FAIL("cluster: no thread");
+    c->sender_running = true;
     *out = c;
     return 0;
 fail:
@@ -1009,6 +1102,11 @@ void cluster_close(struct cluster *c)
     pthread_cond_signal(&c->keep_cond);
     pthread_mutex_unlock(&c->keep_lock);
     if (c->keeper_running) pthread_join(c->keeper, NULL);
+    pthread_mutex_lock(&c->send_lock);
+    c->send_stop = true;
+    pthread_cond_signal(&c->send_cond);
+    pthread_mutex_unlock(&c->send_lock);
+    if (c->sender_running) pthread_join(c->sender, NULL);
     sub_close(c->sub);
     sub_close(c->notes);
     if (c->js) {
@@ -1039,6 +1137,8 @@ void cluster_close(struct cluster *c)
     pthread_mutex_destroy(&c->consume_lock);
     pthread_mutex_destroy(&c->keep_lock);
     pthread_cond_destroy(&c->keep_cond);
+    pthread_mutex_destroy(&c->send_lock);
+    pthread_cond_destroy(&c->send_cond);
     free(c);
 }
 
@@ -1059,7 +1159,9 @@ bool cluster_sound(const struct cluster *c)
 
 bool cluster_connected(const struct cluster *c)
 {
-    return natsConnection_Status(c->nc) == NATS_CONN_STATUS_CONNECTED;
+    /* As the client's callbacks last said: its status call waits for the
+     * connection's lock (see cluster_publish). */
+    return LOAD(((struct cluster *)c)->connected) != 0;
 }
 
 void cluster_get_stats(const struct cluster *c, struct cluster_stats *st)

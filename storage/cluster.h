@@ -38,6 +38,7 @@
 #define CLUSTER_WRITE_DEADLINE_MS 2000 /* a write to NATS that cannot proceed */
 #define CLUSTER_DUPLICATE_WINDOW_S 600  /* Idempotency-Key window (SPEC.md) */
 #define CLUSTER_MAX_INFLIGHT 65536      /* publishes waiting for a PubAck */
+#define CLUSTER_SEND_QUEUE_MAX (16u << 20) /* publish bytes waiting for the sender thread */
 #define CLUSTER_READ_MAX 4096           /* messages one topic read brings */
 #define CLUSTER_START_WAIT_MS 15000     /* at start: JetStream answering */
 #define CLUSTER_REFETCH_WAIT_MS 30000   /* reading again what the consumer skipped */
@@ -98,13 +99,15 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
  * flight (each still gets its ack callback), and closes.  NULL: no-op. */
 void cluster_close(struct cluster *c);
 
-/* Sends a publish; `req` comes back in exactly one ack callback when this
- * returns 0, within CLUSTER_PUBLISH_TIMEOUT_MS.  ikey (NULL: none) makes
- * JetStream drop a retry within CLUSTER_DUPLICATE_WINDOW_S.  flags
- * STORE_MSG_JSON: the message carries the header Content-Type:
- * application/json (reads and deliveries set the flag back).  Returns 0,
- * SL_EIO (no NATS server connected now), SL_EBUSY (too many in flight),
- * SL_ENOMEM. */
+/* Queues a publish for the sender thread (never waits for NATS: any
+ * thread, a worker's loop included); `req` comes back in exactly one ack
+ * callback when this returns 0, within CLUSTER_PUBLISH_TIMEOUT_MS of its
+ * write.  ikey (NULL: none) makes JetStream drop a retry within
+ * CLUSTER_DUPLICATE_WINDOW_S.  flags STORE_MSG_JSON: the message carries
+ * the header Content-Type: application/json (reads and deliveries set the
+ * flag back).  Returns 0, SL_EUNREACHABLE (not connected, as the client
+ * last said), SL_EBUSY (too many in flight, or CLUSTER_SEND_QUEUE_MAX
+ * bytes waiting for the sender: a server that reads nothing), SL_ENOMEM. */
 int cluster_publish(struct cluster *c, const char *topic, size_t tlen, const char *event,
                     size_t elen, const void *data, size_t len, const char *ikey, size_t iklen,
                     unsigned flags, void *req);

@@ -650,6 +650,58 @@ class ClusterTest(SluiceTestCase):
         r = self.publish(b, "slow", b"after")
         self.assertEqual(sse_next(c)[0], r.json()["id"])
 
+    def test_publishes_to_stalled_nats_do_not_stall_the_worker(self):
+        # One worker; every NATS server paused (SIGSTOP), so nothing reads
+        # the node's socket: 24 publishes of 1 MiB fill it.  The worker
+        # hands publishes to the cluster's sender thread, never writing to
+        # NATS itself: another of its connections is answered at once.
+        # Written on the loop, the publish that found the socket full held
+        # the worker (and the client's lock) for the 2 s write deadline.
+        b = self.node(workers=1)
+        self.publish(b, "warm", b"w")
+        for i in range(3):
+            self.nats.kill(i, signal.SIGSTOP)
+        time.sleep(0.2)
+        pubs = []
+        try:
+            body = b"x" * (1024 * 1024 - 64)
+            for k in range(24):
+                c = self.conn(b, timeout=30)
+                c.send(build_request("POST", "/topics/big", [("Content-Length", str(len(body)))]) + body)
+                pubs.append(c)
+            time.sleep(0.5)
+            worst = 0.0
+            for k in range(5):
+                t0 = time.monotonic()
+                with b.conn(timeout=30) as c:
+                    r = c.get("/topics/other?timeout=0")
+                worst = max(worst, time.monotonic() - t0)
+                self.assertEqual(r.status, 200, r)
+                time.sleep(0.1)
+            print("\nanother connection of the worker, 24 MiB of publishes to paused NATS: "
+                  "answered in %.3f s at worst" % worst, file=sys.stderr)
+            self.assertLess(worst, 0.5)
+        finally:
+            for i in range(3):
+                self.nats.kill(i, signal.SIGCONT)
+        # Every publish is answered, acknowledged or refused, none hangs;
+        # a refusal is counted.
+        statuses = []
+        for c in pubs:
+            _, status, _, _, head = c.read_head()
+            self.assertIn(status, (200, 503), head)
+            statuses.append(status)
+        refused = statuses.count(503)
+        print("publishes: %d acknowledged, %d refused" % (statuses.count(200), refused),
+              file=sys.stderr)
+        m = re.search(r"^sluice_publish_failures_total (\d+)", self.metrics(b), re.M)
+        self.assertGreaterEqual(int(m.group(1)), refused)
+        # Publishing works again with no restart.
+        deadline = time.monotonic() + 30
+        while self.publish(b, "big", b"after").status != 200:
+            self.assertLess(time.monotonic(), deadline, "publishing did not come back")
+            time.sleep(0.5)
+
     # -- failures -----------------------------------------------------------------
 
     def test_nats_server_killed_under_load_loses_nothing_acknowledged(self):
