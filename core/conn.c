@@ -338,8 +338,9 @@ static void schedule_flush(conn *c)
     if (c->write_want) return; /* a blocked write waits for the watcher */
     if (c->h2_stream) {
         /* Straight to the session, which asks for its socket's turn: the
-         * socket's turn then finds every stream a fan-out reached. */
-        h2_stream_flush(c);
+         * socket's turn then finds every stream a fan-out reached.  Once
+         * asked, a pass's next messages need nothing more. */
+        if (!c->h2_turn_asked) h2_stream_flush(c);
         return;
     }
     schedule_turn(c);

@@ -57,6 +57,17 @@ typedef struct h2_stream {
     conn c;     /* first: a stream is a conn, freed as one (server_free_closed) */
     h2_conn *h; /* NULL once closed */
     int32_t id;
+    bool dispatched; /* handed to the request path */
+    bool connect_ws; /* extended CONNECT :protocol websocket (RFC 8441) */
+    bool too_large;  /* header list past max_header: 431 */
+    bool body_over;  /* body past max_body: 413 */
+    bool bad;        /* malformed for our purposes: 400 */
+    bool responded;  /* HEADERS submitted */
+    bool cut;        /* output past the limit: reset at its end */
+    bool closed;     /* nghttp2 closed the stream */
+    bool in_drained;
+    bool deferred;    /* its data provider waits for nghttp2_session_resume_data */
+    size_t accounted; /* its queued bytes as last added to h->queued */
     struct h2_stream *next, *prev; /* h->streams */
     struct h2_stream *drained_next;
     /* The request being gathered, until it is handed on. */
@@ -68,18 +79,6 @@ typedef struct h2_stream {
     size_t body_len, body_cap;
     size_t list_bytes; /* header list size (RFC 9113: name + value + 32 each) */
     unsigned nfields;
-    bool dispatched; /* handed to the request path */
-    bool connect_ws; /* extended CONNECT :protocol websocket (RFC 8441) */
-    bool too_large;  /* header list past max_header: 431 */
-    bool body_over;  /* body past max_body: 413 */
-    bool bad;        /* malformed for our purposes: 400 */
-    bool responded;  /* HEADERS submitted */
-    bool cut;        /* output past the limit: reset at its end */
-    bool closed;     /* nghttp2 closed the stream */
-    bool in_drained;
-    bool deferred;    /* its data provider waits for nghttp2_session_resume_data */
-    bool turn_asked;  /* the socket's turn was asked for since the session last took from it */
-    size_t accounted; /* its queued bytes as last added to h->queued */
 } h2_stream;
 
 struct h2_conn {
@@ -382,9 +381,9 @@ void h2_stream_flush(conn *c)
     h2_stream *s = stream_of(c);
     /* The turn was asked for since the session last took from this
      * stream, and its provider is scheduled: the new bytes go with the
-     * rest, nothing to tell (nor to touch but the stream: the connection's
-     * state is cold in a fan-out to many). */
-    if (s->turn_asked && s->responded && !s->deferred) return;
+     * rest, nothing to tell (schedule_flush checks this first: in a
+     * fan-out to many, only the conn's line is touched). */
+    if (c->h2_turn_asked) return;
     h2_conn *h = s->h;
     if (!h || h->dead || c->state == CONN_CLOSED) return;
     account(s);
@@ -407,7 +406,7 @@ void h2_stream_flush(conn *c)
         s->deferred = false;
         nghttp2_session_resume_data(h->session, s->id);
     }
-    s->turn_asked = s->responded;
+    c->h2_turn_asked = s->responded;
     want_send(h);
 }
 
@@ -514,13 +513,13 @@ static ssize_t read_body(nghttp2_session *session, int32_t id, uint8_t *buf, siz
             return 0;
         }
         s->deferred = true;
-        s->turn_asked = false;
+        s->c.h2_turn_asked = false;
         return NGHTTP2_ERR_DEFERRED;
     }
     size_t queued = socket_queued(h);
     if (queued > 0 && queued + FRAME_HD + length > high_water(h)) {
         s->deferred = true;
-        s->turn_asked = false;
+        s->c.h2_turn_asked = false;
         h->hw_deferred = true; /* h2_on_drain resumes it */
         return NGHTTP2_ERR_DEFERRED;
     }
@@ -607,7 +606,7 @@ static int on_send_data(nghttp2_session *session, nghttp2_frame *frame, const ui
     buf_unref(hb);
     if (rc < 0 || conn_send_moved(h->c, q, hl + length) < 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
 sent:
-    s->turn_asked = false;
+    s->c.h2_turn_asked = false;
     account(s);
     if (q->bytes == 0 && !s->in_drained) { /* its on_drain runs once the send is over */
         s->in_drained = true;
