@@ -93,15 +93,16 @@ struct conn {
     outq_t out;
     conn *pending_next; /* srv->pending_head; once closed and unheld,
                          * srv->closed_conns (freed at the pass's end) */
+    /* Next, what its turn and write read. */
+    io_t io;
+    const conn_stream_ops *stream;
+    void *stream_state;
     ev_io watcher;
     ev_timer timer; /* the current state's deadline */
-    io_t io;
     http_parser *http;    /* while a request is being read or handled */
     char *pending;        /* unparsed bytes behind the current request */
     uint32_t pending_len, pending_off;
     ev_tstamp req_start;
-    const conn_stream_ops *stream;
-    void *stream_state;
     conn *next, *prev;  /* srv->conns */
     union {
         struct sockaddr sa;
