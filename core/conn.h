@@ -77,9 +77,9 @@ struct conn {
     bool in_pending;    /* on srv's pending-write list */
     bool in_process;    /* inside the request loop (no re-entry) */
     /* One byte for these bits: a further byte would cost the struct 8. */
-    bool head_request : 1; /* the current request is HEAD: no body */
-    bool held_input : 1;   /* HANDLING: bytes wait behind the held request */
-    bool turn_wanted : 1;  /* on the pending-write list for the stream's on_turn */
+    bool head_request : 1;  /* the current request is HEAD: no body */
+    bool held_input : 1;    /* HANDLING: bytes wait behind the held request */
+    bool turn_wanted : 1;   /* on the pending-write list for the stream's on_turn */
     bool input_waiting : 1; /* STREAM: `pending` bytes wait for on_data (see
                              * conn_start_stream) */
     bool input_paused : 1;  /* STREAM: not read (conn_pause_input) */
@@ -98,12 +98,12 @@ struct conn {
     const conn_stream_ops *stream;
     void *stream_state;
     ev_io watcher;
-    ev_timer timer; /* the current state's deadline */
-    http_parser *http;    /* while a request is being read or handled */
-    char *pending;        /* unparsed bytes behind the current request */
+    ev_timer timer;    /* the current state's deadline */
+    http_parser *http; /* while a request is being read or handled */
+    char *pending;     /* unparsed bytes behind the current request */
     uint32_t pending_len, pending_off;
     ev_tstamp req_start;
-    conn *next, *prev;  /* srv->conns */
+    conn *next, *prev; /* srv->conns */
     union {
         struct sockaddr sa;
         struct sockaddr_in in;
@@ -112,7 +112,7 @@ struct conn {
     char *resp_head; /* response head being built */
     uint32_t resp_len, resp_cap;
     char *extra_head; /* lines every head of this request's response gets (CORS) */
-    uint64_t sent; /* bytes written to the peer (the end-of-stream line) */
+    uint64_t sent;    /* bytes written to the peer (the end-of-stream line) */
 };
 
 /* Accepts `fd` (non-blocking, already accepted) into the server. */

@@ -66,8 +66,8 @@ typedef struct h2_stream {
     bool cut;        /* output past the limit: reset at its end */
     bool closed;     /* nghttp2 closed the stream */
     bool in_drained;
-    bool deferred;    /* its data provider waits for nghttp2_session_resume_data */
-    size_t accounted; /* its queued bytes as last added to h->queued */
+    bool deferred;                 /* its data provider waits for nghttp2_session_resume_data */
+    size_t accounted;              /* its queued bytes as last added to h->queued */
     struct h2_stream *next, *prev; /* h->streams */
     struct h2_stream *drained_next;
     /* The request being gathered, until it is handed on. */

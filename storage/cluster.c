@@ -92,7 +92,7 @@ struct cluster {
     uint64_t last_seq;
     uint64_t published, publish_failures, delivered, reconnects;
     int connected;
-    int closing; /* cluster_close has begun: a disconnect is expected */
+    int closing;                  /* cluster_close has begun: a disconnect is expected */
     pthread_mutex_t consume_lock; /* one delivery at a time, whatever thread the client uses */
     uint64_t consumed;            /* newest seq delivered (under consume_lock) */
     /* The prints of the last SEEN_RING seqs delivered (under consume_lock):
@@ -207,10 +207,11 @@ int cluster_opts_check(const struct cluster_opts *o, char *err, size_t errlen)
     while (*p) {
         const char *end = strchr(p, ',');
         size_t n = end ? (size_t)(end - p) : strlen(p);
-        bool ok = (n > 7 && strncmp(p, "nats://", 7) == 0) || (n > 6 && strncmp(p, "tls://", 6) == 0);
+        bool ok =
+            (n > 7 && strncmp(p, "nats://", 7) == 0) || (n > 6 && strncmp(p, "tls://", 6) == 0);
         if (!ok) {
-            snprintf(err, errlen, "cluster: bad server '%.*s' (nats://HOST:PORT)", (int)(n > 200 ? 200 : n),
-                     p);
+            snprintf(err, errlen, "cluster: bad server '%.*s' (nats://HOST:PORT)",
+                     (int)(n > 200 ? 200 : n), p);
             return SL_EINVAL;
         }
         p += n + (end ? 1 : 0);
@@ -246,7 +247,6 @@ static const char *last_error(natsStatus s)
     return t && *t ? t : natsStatus_GetText(s);
 }
 
-
 static size_t bucket_of(const natsMsg *m)
 {
     uintptr_t v = (uintptr_t)m;
@@ -274,9 +274,8 @@ static void *inflight_take(struct cluster *c, natsMsg *m)
 static void bump_last(struct cluster *c, uint64_t seq)
 {
     uint64_t cur = LOAD(c->last_seq);
-    while (seq > cur &&
-           !__atomic_compare_exchange_n(&c->last_seq, &cur, seq, false, __ATOMIC_RELAXED,
-                                        __ATOMIC_RELAXED)) {
+    while (seq > cur && !__atomic_compare_exchange_n(&c->last_seq, &cur, seq, false,
+                                                     __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
     }
 }
 
@@ -300,7 +299,8 @@ static bool duplicate_stored(struct cluster *c, natsMsg *sent, uint64_t seq)
     if (js_GetMsg(&m, c->js, c->stream, seq, &jo, &jerr) == NATS_OK) {
         const char *have = NULL;
         ok = natsMsgHeader_Get(m, "Nats-Msg-Id", &have) == NATS_OK && have &&
-             strcmp(have, want) == 0 && strcmp(natsMsg_GetSubject(m), natsMsg_GetSubject(sent)) == 0;
+             strcmp(have, want) == 0 &&
+             strcmp(natsMsg_GetSubject(m), natsMsg_GetSubject(sent)) == 0;
     }
     natsMsg_Destroy(m);
     return ok;
@@ -317,8 +317,9 @@ static void on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, v
     if (!req) return;     /* answered already (cluster_close) */
     if (!verified) {
         ADD(c->publish_failures, 1);
-        LOG_KV(LOG_WARN, "cluster: a retry was called a duplicate of a message the stream does "
-                         "not hold: answered 503",
+        LOG_KV(LOG_WARN,
+               "cluster: a retry was called a duplicate of a message the stream does "
+               "not hold: answered 503",
                LOG_I("seq", pa->Sequence));
         c->ack(c->ud, req, SL_EIO, 0, false);
         return;
@@ -367,7 +368,8 @@ int cluster_publish(struct cluster *c, const char *topic, size_t tlen, const cha
         if (!a || !b) s = NATS_INVALID_ARG;
         if (s == NATS_OK) s = natsMsgHeader_Set(msg, "Nats-Msg-Id", idv);
     }
-    if (s == NATS_OK && (flags & STORE_MSG_JSON)) s = natsMsgHeader_Set(msg, TYPE_HEADER, TYPE_JSON);
+    if (s == NATS_OK && (flags & STORE_MSG_JSON))
+        s = natsMsgHeader_Set(msg, TYPE_HEADER, TYPE_JSON);
     inflight *f = s == NATS_OK ? malloc(sizeof(inflight)) : NULL;
     if (!f) {
         natsMsg_Destroy(msg);
@@ -626,7 +628,8 @@ static void tell_gap(struct cluster *c, uint64_t from)
     LOG_KV(LOG_WARN,
            "cluster: messages deleted or unreadable before this node had them: live "
            "subscribers get the gap signal",
-           LOG_I("from", from), LOG_I("topics", told), LOG_S("which", told ? "at their limit" : "all"));
+           LOG_I("from", from), LOG_I("topics", told),
+           LOG_S("which", told ? "at their limit" : "all"));
 }
 
 /* The messages after `after` and before `upto`, read from the stream and
@@ -764,7 +767,8 @@ static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus
     pthread_mutex_lock(&c->keep_lock);
     bool live = sub && sub == c->sub;
     pthread_mutex_unlock(&c->keep_lock);
-    if (live && (err == NATS_MISSED_HEARTBEAT || err == NATS_MISMATCH || err == NATS_SLOW_CONSUMER)) {
+    if (live &&
+        (err == NATS_MISSED_HEARTBEAT || err == NATS_MISMATCH || err == NATS_SLOW_CONSUMER)) {
         renew_consumer(c, natsStatus_GetText(err));
         return;
     }
@@ -901,7 +905,7 @@ static int check_stream(const jsStreamConfig *have, const jsStreamConfig *want, 
 #define DIFF(...)                                                                                  \
     do {                                                                                           \
         int w_ = snprintf(diff + dl, sizeof(diff) - dl, __VA_ARGS__);                              \
-        if (w_ > 0 && (size_t)w_ < sizeof(diff) - dl) dl += (size_t)w_;                           \
+        if (w_ > 0 && (size_t)w_ < sizeof(diff) - dl) dl += (size_t)w_;                            \
     } while (0)
     if (have->SubjectsLen != 1 || strcmp(have->Subjects[0], want->Subjects[0]) != 0)
         DIFF(" subjects (want %s)", want->Subjects[0]);
@@ -984,7 +988,8 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
     if (s == NATS_OK) s = natsOptions_SetErrorHandler(c->opts, on_async_error, c);
     if (s == NATS_OK && o->user) s = natsOptions_SetUserInfo(c->opts, o->user, o->password);
     if (s == NATS_OK && o->token) s = natsOptions_SetToken(c->opts, o->token);
-    if (s == NATS_OK && o->creds) s = natsOptions_SetUserCredentialsFromFiles(c->opts, o->creds, NULL);
+    if (s == NATS_OK && o->creds)
+        s = natsOptions_SetUserCredentialsFromFiles(c->opts, o->creds, NULL);
     if (s == NATS_OK && (o->tls_ca || o->tls_cert)) s = natsOptions_SetSecure(c->opts, true);
     if (s == NATS_OK && o->tls_ca) s = natsOptions_LoadCATrustedCertificates(c->opts, o->tls_ca);
     if (s == NATS_OK && o->tls_cert)
@@ -1055,8 +1060,7 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
         jsStreamInfo_Destroy(si);
         si = NULL;
         s = js_GetStreamInfo(&si, c->js, c->stream, NULL, &jerr);
-        if (s != NATS_OK)
-            FAIL("cluster: cannot read stream %s: %s", c->stream, last_error(s));
+        if (s != NATS_OK) FAIL("cluster: cannot read stream %s: %s", c->stream, last_error(s));
     } else if (check_stream(si->Config, &want, err, errlen) != 0) {
         goto fail;
     }
@@ -1080,8 +1084,8 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
         nats_Sleep(250);
     }
     if (s != NATS_OK)
-        FAIL("cluster: cannot consume stream %s: %s (JetStream error %d)", c->stream,
-             last_error(s), (int)jerr);
+        FAIL("cluster: cannot consume stream %s: %s (JetStream error %d)", c->stream, last_error(s),
+             (int)jerr);
     if (pthread_create(&c->keeper, NULL, keeper_main, c) != 0) FAIL("cluster: no thread");
     c->keeper_running = true;
     if (pthread_create(&c->sender, NULL, sender_main, c) != 0) FAIL("cluster: no thread");
@@ -1248,8 +1252,8 @@ static int subject_state(struct cluster *c, const char *subject, uint64_t *count
 
 /* Up to `cap` messages of one subject after after_seq, appended to *v. */
 static int read_subject(struct cluster *c, const char *subject, size_t index, uint64_t after_seq,
-                        size_t cap, rmsg ***v, size_t *n, size_t *vcap, struct store_read_info *info,
-                        uint64_t *first_read)
+                        size_t cap, rmsg ***v, size_t *n, size_t *vcap,
+                        struct store_read_info *info, uint64_t *first_read)
 {
     jsSubOptions so;
     consumer_options(c, &so, after_seq ? after_seq + 1 : 0);
@@ -1298,10 +1302,10 @@ static int read_subject(struct cluster *c, const char *subject, size_t index, ui
         r->event = NULL;
         r->event_len = 0;
         const char *hv = NULL;
-        r->flags = natsMsgHeader_Get(msg, TYPE_HEADER, &hv) == NATS_OK && hv &&
-                           !strcmp(hv, TYPE_JSON)
-                       ? STORE_MSG_JSON
-                       : 0;
+        r->flags =
+            natsMsgHeader_Get(msg, TYPE_HEADER, &hv) == NATS_OK && hv && !strcmp(hv, TYPE_JSON)
+                ? STORE_MSG_JSON
+                : 0;
         hv = NULL;
         if (natsMsgHeader_Get(msg, EVENT_HEADER, &hv) == NATS_OK && hv) {
             char ev[256];
@@ -1496,9 +1500,8 @@ int cluster_topics(struct cluster *c, const char *prefix, size_t plen, store_top
         long nl = topic_of(c, si->State.Subjects->List[i].Subject, name, sizeof(name) - 1);
         if (nl <= 0 || (size_t)nl < plen || memcmp(name, prefix, plen) != 0) continue;
         name[nl] = '\0';
-        struct store_topic_info t = {.name = name,
-                                     .name_len = (size_t)nl,
-                                     .count = si->State.Subjects->List[i].Msgs};
+        struct store_topic_info t = {
+            .name = name, .name_len = (size_t)nl, .count = si->State.Subjects->List[i].Msgs};
         if (fn(ud, &t)) break;
     }
     jsStreamInfo_Destroy(si);

@@ -33,19 +33,19 @@
 
 #include "storage/store.h"
 
-#define CLUSTER_API_WAIT_MS 2000       /* one JetStream API request */
-#define CLUSTER_PUBLISH_TIMEOUT_MS 5000 /* a publish without PubAck: 503 */
-#define CLUSTER_WRITE_DEADLINE_MS 2000 /* a write to NATS that cannot proceed */
-#define CLUSTER_DUPLICATE_WINDOW_S 600  /* Idempotency-Key window (SPEC.md) */
-#define CLUSTER_MAX_INFLIGHT 65536      /* publishes waiting for a PubAck */
+#define CLUSTER_API_WAIT_MS 2000           /* one JetStream API request */
+#define CLUSTER_PUBLISH_TIMEOUT_MS 5000    /* a publish without PubAck: 503 */
+#define CLUSTER_WRITE_DEADLINE_MS 2000     /* a write to NATS that cannot proceed */
+#define CLUSTER_DUPLICATE_WINDOW_S 600     /* Idempotency-Key window (SPEC.md) */
+#define CLUSTER_MAX_INFLIGHT 65536         /* publishes waiting for a PubAck */
 #define CLUSTER_SEND_QUEUE_MAX (16u << 20) /* publish bytes waiting for the sender thread */
-#define CLUSTER_READ_MAX 4096           /* messages one topic read brings */
-#define CLUSTER_START_WAIT_MS 15000     /* at start: JetStream answering */
-#define CLUSTER_REFETCH_WAIT_MS 30000   /* reading again what the consumer skipped */
-#define CLUSTER_CHECK_MS 1000           /* the consumer's copy checked against the leader's */
-#define CLUSTER_CHECK_WAIT_MS 500       /* one such check */
-#define CLUSTER_HEARTBEAT_MS 1000       /* the live consumer's idle heartbeat (2 missed: made anew) */
-#define CLUSTER_RENEW_RETRY_MS 500      /* a consumer that could not be made anew: tried again */
+#define CLUSTER_READ_MAX 4096              /* messages one topic read brings */
+#define CLUSTER_START_WAIT_MS 15000        /* at start: JetStream answering */
+#define CLUSTER_REFETCH_WAIT_MS 30000      /* reading again what the consumer skipped */
+#define CLUSTER_CHECK_MS 1000              /* the consumer's copy checked against the leader's */
+#define CLUSTER_CHECK_WAIT_MS 500          /* one such check */
+#define CLUSTER_HEARTBEAT_MS 1000  /* the live consumer's idle heartbeat (2 missed: made anew) */
+#define CLUSTER_RENEW_RETRY_MS 500 /* a consumer that could not be made anew: tried again */
 
 struct cluster_opts {
     const char *servers; /* "nats://h:p[,nats://...]" (required) */
@@ -151,8 +151,7 @@ int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t
 /* Calls fn for each topic of the stream whose name starts with prefix
  * (name, count, first/last seq are not filled: only name and name_len).
  * Returns 0 or SL_EIO. */
-int cluster_topics(struct cluster *c, const char *prefix, size_t plen, store_topic_fn fn,
-                   void *ud);
+int cluster_topics(struct cluster *c, const char *prefix, size_t plen, store_topic_fn fn, void *ud);
 
 /* Node-to-node notes that are not messages of the stream (the presence
  * tables of lua/shared.c): published with core NATS on the subject
