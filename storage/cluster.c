@@ -644,7 +644,7 @@ static void refetch(struct cluster *c, uint64_t after, uint64_t upto)
      * stream elects a leader is waited out, for a bounded time: the
      * consumer's next messages wait behind this). */
     int64_t until = nats_Now() + CLUSTER_REFETCH_WAIT_MS;
-    bool done = false, gapped = false;
+    bool done = false, gapped = false; /* a gap told since the last message given */
     while (!done && !LOAD(c->closing) && nats_Now() < until) {
         jsSubOptions so;
         consumer_options(c, &so, after + 1);
@@ -661,7 +661,11 @@ static void refetch(struct cluster *c, uint64_t after, uint64_t upto)
             if (s == NATS_OK) {
                 uint64_t seq = meta->Sequence.Stream;
                 if (seq > after + 1 && !gapped) {
-                    /* Deleted since (retention): what the stream still has follows. */
+                    /* Deleted since (retention): what the stream still has
+                     * follows.  Every jump is told, not only the first: a
+                     * server that catches up applies deletions while it is
+                     * read, so a read can find 10-14 and then 17 (seen in
+                     * test_cluster: 15 and 16 went untold). */
                     tell_gap(c, after + 1);
                     gapped = true;
                 }
@@ -670,6 +674,7 @@ static void refetch(struct cluster *c, uint64_t after, uint64_t upto)
                 } else if (seq > after) {
                     deliver_one(c, msg, meta);
                     after = seq;
+                    gapped = false;
                     got++;
                     done = after + 1 >= upto;
                 }
