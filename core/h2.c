@@ -66,10 +66,12 @@ typedef struct h2_stream {
     bool cut;        /* output past the limit: reset at its end */
     bool closed;     /* nghttp2 closed the stream */
     bool in_drained;
-    bool deferred;                 /* its data provider waits for nghttp2_session_resume_data */
-    size_t accounted;              /* its queued bytes as last added to h->queued */
+    bool deferred;    /* its data provider waits for nghttp2_session_resume_data */
+    bool resuming;    /* on h->resumes: woken when the session next sends (resume_all) */
+    size_t accounted; /* its queued bytes as last added to h->queued */
     struct h2_stream *next, *prev; /* h->streams */
     struct h2_stream *drained_next;
+    struct h2_stream *resume_next; /* h->resumes */
     /* The request being gathered, until it is handed on. */
     char *fields; /* "name: value\r\n"... of the regular headers */
     size_t fields_len, fields_cap;
@@ -83,22 +85,24 @@ typedef struct h2_stream {
 
 struct h2_conn {
     server_deferred defer;
+    /* The first 64 bytes: what a pass reads (h2_stream_flush, the turn). */
     conn *c;
     nghttp2_session *session;
-    h2_stream *streams;
-    h2_stream *drained;
-    unsigned nstreams, refused;
     size_t queued; /* bytes waiting in its streams' queues (account()) */
-    size_t continuations;
-    double rst_tokens, ctrl_tokens;
-    ev_tstamp tokens_at;
-    ev_tstamp active_at; /* last input, for the idle timeout */
-    bool dead;           /* its connection closed */
+    bool dead;     /* its connection closed */
     bool in_recv, in_send, send_again;
     bool hw_deferred; /* a stream's data waits for the socket's queue to drain */
     bool terminating; /* GOAWAY for an error submitted: read no more */
     bool shutting;    /* graceful GOAWAY: end when the last stream has */
     bool counted;     /* the cause of a GOAWAY was counted */
+    h2_stream *drained;
+    h2_stream *resumes; /* deferred streams given new bytes (h2_stream_flush) */
+    h2_stream *streams;
+    unsigned nstreams, refused;
+    size_t continuations;
+    double rst_tokens, ctrl_tokens;
+    ev_tstamp tokens_at;
+    ev_tstamp active_at; /* last input, for the idle timeout */
 };
 
 static struct {
@@ -402,9 +406,13 @@ void h2_stream_flush(conn *c)
         /* Only a provider that said "deferred" needs waking: one still
          * scheduled (the common case in a fan-out, between the first
          * message of a pass and the socket's turn) takes the new bytes
-         * as they are. */
+         * as they are.  It is woken when the session next sends
+         * (resume_all), not here: in a fan-out to many sessions, each
+         * session's state is then read once per pass, not twice. */
         s->deferred = false;
-        nghttp2_session_resume_data(h->session, s->id);
+        s->resuming = true;
+        s->resume_next = h->resumes;
+        h->resumes = s;
     }
     c->h2_turn_asked = s->responded;
     want_send(h);
@@ -439,6 +447,13 @@ void h2_stream_closed(conn *c)
     if (!h) return;
     h->queued -= s->accounted;
     s->accounted = 0;
+    if (s->resuming) { /* closed between a message and the session's send */
+        h2_stream **pp = &h->resumes;
+        while (*pp != s)
+            pp = &(*pp)->resume_next;
+        *pp = s->resume_next;
+        s->resuming = false;
+    }
     if (!h->dead) {
         nghttp2_session_set_stream_user_data(h->session, s->id, NULL);
         if (!s->closed) rst(s, NGHTTP2_CANCEL);
@@ -850,6 +865,17 @@ static void check_done(h2_conn *h)
     if (done) conn_close_after_write(h->c);
 }
 
+/* Wakes the providers h2_stream_flush gave new bytes to. */
+static void resume_all(h2_conn *h)
+{
+    while (h->resumes) {
+        h2_stream *s = h->resumes;
+        h->resumes = s->resume_next;
+        s->resuming = false;
+        nghttp2_session_resume_data(h->session, s->id);
+    }
+}
+
 static void h2_send(h2_conn *h)
 {
     if (h->dead || h->in_recv) return;
@@ -861,6 +887,7 @@ static void h2_send(h2_conn *h)
     int rv;
     do {
         h->send_again = false;
+        resume_all(h);
         rv = nghttp2_session_send(h->session);
         if (push_batch(h) < 0 && rv == 0) rv = NGHTTP2_ERR_CALLBACK_FAILURE;
         run_drained(h);
