@@ -520,6 +520,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "sluice: %s\n", err);
             goto out;
         }
+        hub_bus_limit_replays(bus, cfg.max_waiting_resumes);
         if (lxs_cluster_start(hub_bus_get_cluster(bus)) != 0) {
             fprintf(stderr, "sluice: cluster: cannot share presence with the other nodes\n");
             goto out;

@@ -68,6 +68,8 @@ struct hub_bus {
     /* hub_replay_async's pages: read by at most HUB_REPLAY_THREADS
      * threads, the rest wait in a queue (replay_lock guards it). */
     unsigned replays; /* pages read or waiting (atomic): hub_bus_close waits for them */
+    unsigned max_replays;     /* their bound (hub_bus_limit_replays) */
+    uint64_t replays_refused; /* past it (atomic) */
     bool closing;     /* hub_bus_close has begun: waiting pages are not read (atomic) */
     pthread_mutex_t replay_lock;
     unsigned replay_threads;
@@ -1339,6 +1341,12 @@ long hub_replay(hub *h, const char *const *topics, const size_t *lens, int n, ui
 #define HUB_REPLAY_PAGES_MAX 16384  /* pages read or waiting for a reader, per process */
 #define HUB_REPLAY_LIVE_MAX 4096 /* live messages a page in flight keeps for its owner */
 
+void hub_bus_limit_replays(hub_bus *b, size_t max_pages)
+{
+    if (max_pages == 0) max_pages = HUB_REPLAY_PAGES_MAX;
+    b->max_replays = (unsigned)(max_pages < (1u << 20) ? max_pages : (1u << 20));
+}
+
 static void page_free(struct hub_replay_page *q)
 {
     replay_names_free(q);
@@ -1388,12 +1396,15 @@ int hub_replay_async(hub *h, const char *const *topics, const size_t *lens, int 
 {
     hub_bus *b = h->bus;
     if (!b || !b->cluster) return SL_EINVAL;
-    if (__atomic_add_fetch(&b->replays, 1, __ATOMIC_ACQ_REL) > HUB_REPLAY_PAGES_MAX) {
+    unsigned max = b->max_replays ? b->max_replays : HUB_REPLAY_PAGES_MAX;
+    if (__atomic_add_fetch(&b->replays, 1, __ATOMIC_ACQ_REL) > max) {
         __atomic_sub_fetch(&b->replays, 1, __ATOMIC_RELEASE);
+        __atomic_add_fetch(&b->replays_refused, 1, __ATOMIC_RELAXED);
         static log_limit lim = LOG_LIMIT_INIT;
         LOG_KV_LIMITED(&lim, 10.0, LOG_WARN,
-                       "cluster: too many resumes waiting for a read of the stream: refused",
-                       LOG_I("waiting", HUB_REPLAY_PAGES_MAX));
+                       "cluster: too many resumes waiting for a read of the stream: refused "
+                       "(limits.max_waiting_resumes)",
+                       LOG_I("waiting", max));
         return SL_ELIMIT;
     }
     struct hub_replay_page *q = calloc(1, sizeof(*q));
@@ -1846,6 +1857,7 @@ void hub_get_stats(const hub *h, hub_stats *st)
         st->cluster_gaps = cs.gaps;
         st->cluster_diverged = cs.diverged;
         st->cluster_renewals = cs.renewals;
+        st->cluster_resumes_refused = __atomic_load_n(&b->replays_refused, __ATOMIC_RELAXED);
     }
 }
 

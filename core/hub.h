@@ -157,6 +157,13 @@ struct cluster_opts;
  * settings...). */
 int hub_bus_cluster(hub_bus *b, const struct cluster_opts *o, char *err, size_t errlen);
 
+/* Cluster mode: at most `max_pages` pages of resumes read from the
+ * stream or waiting for a reader, all workers together (0: 16,384; at
+ * most 2^20; limits.max_waiting_resumes); past it hub_replay_async
+ * refuses, counted (hub_stats.cluster_resumes_refused).  Before any hub
+ * is attached. */
+void hub_bus_limit_replays(hub_bus *b, size_t max_pages);
+
 /* False while cluster mode has no NATS server connected (publishes are
  * refused, /readyz says not ready), or once this node's copy of the stream
  * disagreed with the leader's (cluster_sound); true without cluster mode. */
@@ -441,6 +448,7 @@ typedef struct hub_stats {
     uint64_t cluster_gaps;      /* gaps found by the stream's consumer, told live */
     uint64_t cluster_diverged;  /* repeats that were another message (servers disagree) */
     uint64_t cluster_renewals;  /* the stream's consumer made anew */
+    uint64_t cluster_resumes_refused; /* past hub_bus_limit_replays's bound */
 } hub_stats;
 void hub_get_stats(const hub *h, hub_stats *st);
 

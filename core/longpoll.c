@@ -90,7 +90,13 @@ static void lp_answer(sub_session *s)
     buf_t *comma = literal(&comma_slot, STRLIT(","));
     buf_t *tb = buf_from(tail, tl);
     conn_detach(c);
-    if (s->t.lp->oom || !parts || !own || !head || !comma || !tb) {
+    if (s->t.lp->failed) {
+        /* Not an empty answer, which the client would ask again at once:
+         * a refusal (limits.max_waiting_resumes) or a read that failed. */
+        conn_respond_error(c, 503,
+                           s->t.lp->failed == SL_ELIMIT ? "too many resumes at once: retry later"
+                                                        : err_str(s->t.lp->failed));
+    } else if (s->t.lp->oom || !parts || !own || !head || !comma || !tb) {
         conn_respond_error(c, 503, "out of memory");
     } else {
         int np = 0;
@@ -177,6 +183,7 @@ static int lp_start(sub_session *s, const sub_request *r, const http_request *re
     if (rc == SL_EGONE) return 0;
     if (rc == SESSION_REPLAY_PENDING) return 0; /* lp_replayed goes on */
     if (rc < 0) {
+        s->t.lp->failed = (int8_t)rc;
         lp_answer(s);
         return 0;
     }
@@ -194,6 +201,7 @@ static int lp_start(sub_session *s, const sub_request *r, const http_request *re
 static void lp_replayed(sub_session *s, int rc)
 {
     lp_state *lp = s->t.lp;
+    if (rc < 0) lp->failed = (int8_t)rc;
     if (rc < 0 || lp->count > 0 || lp->gap || lp->oom || s->short_poll) {
         lp_answer(s);
         return;

@@ -193,6 +193,11 @@ char *metrics_render(const hub *h, const metrics_extra *extra, size_t nextra, si
              "Times messages were deleted (or unreadable) before this node's consumer had them: "
              "live subscribers got the gap signal.",
              hs.cluster_gaps},
+            {"sluice_cluster_resumes_refused_total", "counter",
+             "Resumes refused: limits.max_waiting_resumes pages were already read from the "
+             "stream or waiting for a reader (the client was told: SSE stream ended, WebSocket "
+             "1013, long-poll answered its cursor).",
+             hs.cluster_resumes_refused},
         };
         put_scalars(&t, cl, sizeof(cl) / sizeof(cl[0]));
     }

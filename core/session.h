@@ -64,6 +64,7 @@ typedef struct lp_state {
     bool gap;
     bool oom;           /* a message could not be held: answer 503 */
     bool waiting;       /* replay done: a live message answers at once */
+    int8_t failed;      /* the replay's SL_E* code: answer 503, the cursor kept */
     double timeout;     /* the poll's wait once its replay is done */
     uint8_t since_len;  /* the cursor to answer when nothing came */
     uint8_t cursor_len; /* 0: no message examined yet */

@@ -45,6 +45,7 @@ typedef struct lx_config {
     double script_timeout;        /* seconds of wall clock per run (0: default) */
     size_t script_memory;         /* bytes per Lua state (0: default) */
     size_t max_publish_queue;     /* publishes waiting for storage before 503 (0: 65536) */
+    size_t max_waiting_resumes;   /* cluster: resume pages read or waiting (0: 16384) */
     char *admin_listen;           /* admin.listen: the admin listener (docs/admin.md) */
     char *admin_token_file;       /* admin.token_file */
     size_t max_ws_message;        /* limits.max_ws_message: bytes, inflated (0: default) */

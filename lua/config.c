@@ -145,6 +145,8 @@ static void config_limits(lua_State *L, lx_config *cfg)
             cfg->script_timeout = v;
         else if (strcmp(k, "max_publish_queue") == 0)
             cfg->max_publish_queue = (size_t)v;
+        else if (strcmp(k, "max_waiting_resumes") == 0)
+            cfg->max_waiting_resumes = v < 1 ? 1 : (size_t)v;
         else if (strcmp(k, "max_ws_message") == 0) {
             if (v > (double)WS_MESSAGE_MAX)
                 luaL_error(L, "sluice.config: limits.max_ws_message: at most %zu bytes (1 GiB)",

@@ -180,9 +180,17 @@ class ClusterTest(SluiceTestCase):
         self.assertEqual(r.status, 200, r)
         return time.monotonic() - t0
 
-    def longpoll(self, srv, topic, since, timeout=10):
-        with srv.conn(timeout=timeout + 10) as c:
-            r = c.get("/topics/%s?since=%s&timeout=%d" % (topic, quote(since), timeout))
+    def longpoll(self, srv, topic, since, timeout=10, retry_503=False):
+        """One answer; with retry_503, a 503 (the read of the stream
+        failed: a leader being elected, NATS paused) is asked again, as a
+        client does, for at most 30 s."""
+        deadline = time.monotonic() + 30
+        while True:
+            with srv.conn(timeout=timeout + 10) as c:
+                r = c.get("/topics/%s?since=%s&timeout=%d" % (topic, quote(since), timeout))
+            if r.status != 503 or not retry_503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         self.assertEqual(r.status, 200, r)
         return r.json()
 
@@ -656,14 +664,18 @@ class ClusterTest(SluiceTestCase):
                   "answered in %.3f s" % took, file=sys.stderr)
             self.assertLess(took, 1.5)
         # The waiting resumes end (their reads failed: the stream closes,
-        # the client resumes again) or deliver; none hangs.
-        for c in waiting + polls:
+        # or a poll answers 503; the client resumes again) or deliver;
+        # none hangs.
+        for c in waiting:
             _, status, _, _, head = c.read_head()
             self.assertEqual(status, 200, head)
+        for c in polls:
+            _, status, _, _, head = c.read_head()
+            self.assertIn(status, (200, 503), head)
         # A long-poll resumes too, its read off the loop as well.
         deadline = time.monotonic() + 30
         while True:
-            j = self.longpoll(b, "slow", ids[0], timeout=0)
+            j = self.longpoll(b, "slow", ids[0], timeout=0, retry_503=True)
             if j["messages"]:
                 break
             self.assertLess(time.monotonic(), deadline, "no long-poll resume after NATS came back")
@@ -683,6 +695,46 @@ class ClusterTest(SluiceTestCase):
         # Caught up: what comes next is live, once.
         r = self.publish(b, "slow", b"after")
         self.assertEqual(sse_next(c)[0], r.json()["id"])
+
+    def test_resumes_past_the_limit_are_refused_told_and_counted(self):
+        # limits.max_waiting_resumes = 2, one worker, every NATS server
+        # paused: two SSE resumes wait for a read of the stream; past
+        # them a resume is refused at once, and its client told: an SSE
+        # stream ends (EventSource reconnects after its retry), a
+        # WebSocket closes 1013, a long-poll answers 503 (not an empty
+        # answer, which the client would ask again at once).  Each
+        # refusal is counted and logged.  When NATS is back the waiting
+        # resumes get what they missed.
+        b = self.node(workers=1, extra="sluice.config{limits = {max_waiting_resumes = 2}}\n")
+        ids = [self.publish(b, "r", b"r%d" % i).json()["id"] for i in range(3)]
+        resume = [("Accept", "text/event-stream"), ("Last-Event-ID", ids[0])]
+        waiting = []
+        with self.all_nats_paused():
+            for k in range(2):
+                c = self.conn(b, timeout=30)
+                c.send(build_request("GET", "/topics/r", resume))
+                waiting.append(c)
+            time.sleep(0.3)  # both taken: they wait for the read
+            c = self.conn(b, timeout=10)
+            c.send(build_request("GET", "/topics/r", resume))
+            _, status, _, _, head = c.read_head()
+            self.assertEqual(status, 200, head)
+            self.assertEqual(c.read_to_eof(), b"retry: 2000\n\n")
+            w = self.conn(b, timeout=10)
+            ws_open(w, "/topics/r?since=" + quote(ids[0]))
+            frame = w.read_to_eof()
+            self.assertEqual((frame[0], struct.unpack("!H", frame[2:4])[0]), (0x88, 1013), frame)
+            with b.conn(timeout=10) as p:
+                r = p.get("/topics/r?timeout=5&since=" + quote(ids[0]))
+            self.assertEqual(r.status, 503, r)
+            self.assertIn("too many resumes", r.json()["error"])
+            m = re.search(r"^sluice_cluster_resumes_refused_total (\d+)$", self.metrics(b), re.M)
+            self.assertEqual(int(m.group(1)), 3)
+            b.wait_log("too many resumes waiting for a read of the stream: refused")
+        for c in waiting:
+            _, status, _, _, head = c.read_head()
+            self.assertEqual(status, 200, head)
+            self.assertEqual([sse_next(c)[0] for _ in range(2)], ids[1:])
 
     def test_publishes_to_stalled_nats_do_not_stall_the_worker(self):
         # One worker; every NATS server paused (SIGSTOP), so nothing reads
@@ -775,12 +827,12 @@ class ClusterTest(SluiceTestCase):
         self.assertEqual([g[2] for g in got], sorted(acked))
         self.assertEqual([g[0] for g in got], [acked[b] for b in sorted(acked)])
         # And in the record, read back through the other node.
-        # (A read that fails while the stream elects a leader answers the
-        # client's own cursor: it asks again.)
+        # (A read that fails while the stream elects a leader answers 503:
+        # the client asks again with its own cursor.)
         seen, cursor = [], "x-0"
         deadline = time.monotonic() + 30
         while len(seen) < total and time.monotonic() < deadline:
-            j = self.longpoll(b, "load", cursor, timeout=0)
+            j = self.longpoll(b, "load", cursor, timeout=0, retry_503=True)
             seen += j["messages"]
             cursor = j["last_id"]
             if not j["messages"]:
