@@ -1343,7 +1343,7 @@ long hub_replay(hub *h, const char *const *topics, const size_t *lens, int n, ui
 
 void hub_bus_limit_replays(hub_bus *b, size_t max_pages)
 {
-    if (max_pages == 0) max_pages = HUB_REPLAY_PAGES_MAX;
+    /* 0 stays 0: hub_replay_async takes the default then. */
     b->max_replays = (unsigned)(max_pages < (1u << 20) ? max_pages : (1u << 20));
 }
 

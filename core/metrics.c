@@ -196,7 +196,7 @@ char *metrics_render(const hub *h, const metrics_extra *extra, size_t nextra, si
             {"sluice_cluster_resumes_refused_total", "counter",
              "Resumes refused: limits.max_waiting_resumes pages were already read from the "
              "stream or waiting for a reader (the client was told: SSE stream ended, WebSocket "
-             "1013, long-poll answered its cursor).",
+             "1013, long-poll 503).",
              hs.cluster_resumes_refused},
         };
         put_scalars(&t, cl, sizeof(cl) / sizeof(cl[0]));

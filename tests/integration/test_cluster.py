@@ -713,8 +713,10 @@ class ClusterTest(SluiceTestCase):
             for k in range(2):
                 c = self.conn(b, timeout=30)
                 c.send(build_request("GET", "/topics/r", resume))
+                # Its head comes before the read: taken, it now waits.
+                _, status, _, _, head = c.read_head()
+                self.assertEqual(status, 200, head)
                 waiting.append(c)
-            time.sleep(0.3)  # both taken: they wait for the read
             c = self.conn(b, timeout=10)
             c.send(build_request("GET", "/topics/r", resume))
             _, status, _, _, head = c.read_head()
@@ -732,8 +734,6 @@ class ClusterTest(SluiceTestCase):
             self.assertEqual(int(m.group(1)), 3)
             b.wait_log("too many resumes waiting for a read of the stream: refused")
         for c in waiting:
-            _, status, _, _, head = c.read_head()
-            self.assertEqual(status, 200, head)
             self.assertEqual([sse_next(c)[0] for _ in range(2)], ids[1:])
 
     def test_publishes_to_stalled_nats_do_not_stall_the_worker(self):
