@@ -585,8 +585,9 @@ void sub_set_end_reason(sub_session *s, sub_end_reason why)
  * per answer instead). */
 static void log_stream_end(sub_session *s)
 {
-    static const char *const why[] = {"peer",  "slow_consumer", "shutdown", "admin",
-                                      "app",   "publish_refused", "protocol", "error"};
+    static const char *const why[] = {"peer",     "slow_consumer", "shutdown",
+                                      "admin",    "app",           "publish_refused",
+                                      "protocol", "error",         "resume_refused"};
     if (s->tp->oneshot) return;
     __atomic_add_fetch(s->tp == &ws_transport ? &sub_counts.bytes_websocket : &sub_counts.bytes_sse,
                        s->c->sent, __ATOMIC_RELAXED);

@@ -733,6 +733,10 @@ class ClusterTest(SluiceTestCase):
             m = re.search(r"^sluice_cluster_resumes_refused_total (\d+)$", self.metrics(b), re.M)
             self.assertEqual(int(m.group(1)), 3)
             b.wait_log("too many resumes waiting for a read of the stream: refused")
+            # The streams' end lines say why (they said "peer" and
+            # "slow_consumer").
+            for transport in ("sse", "websocket"):
+                b.wait_log(r"stream ended transport=%s .*reason=resume_refused" % transport)
         for c in waiting:
             self.assertEqual([sse_next(c)[0] for _ in range(2)], ids[1:])
 
