@@ -2,8 +2,10 @@
 # dev.sh: the two commands of the README.
 #
 #   ./dev.sh run [sluice options]   install what is missing, build, run sluice
-#   ./dev.sh test                   install what is missing, build (plain and
-#                                   ASan/UBSan), run every test under ctest
+#   ./dev.sh test                   install what is missing, build (plain,
+#                                   ASan/UBSan and ThreadSanitizer), run every
+#                                   test under ctest (the threaded ones under
+#                                   TSan too)
 #   ./dev.sh bench [SCRIPT]         install the servers it compares against
 #                                   (nginx + nchan, Pushpin, gnuplot), build,
 #                                   run bench/SCRIPT (default compare.sh)
@@ -80,12 +82,15 @@ test)
     install_node_modules
     build "$top/build" -DSLUICE_WERROR=ON
     build "$top/build-asan" -DSLUICE_WERROR=ON -DSLUICE_SANITIZE=ON
+    build "$top/build-tsan" -DSLUICE_WERROR=ON -DSLUICE_TSAN=ON
     export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1
     status=0
     echo "== tests (release build)"
     (cd "$top/build" && ctest --output-on-failure -j2 --timeout 600) || status=1
     echo "== tests (AddressSanitizer + UndefinedBehaviorSanitizer build)"
     (cd "$top/build-asan" && ctest --output-on-failure -j2 --timeout 900) || status=1
+    echo "== tests of the threads (ThreadSanitizer build)"
+    (cd "$top/build-tsan" && ctest -L threads --output-on-failure -j2 --timeout 900) || status=1
     exit $status
     ;;
 bench)

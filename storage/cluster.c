@@ -87,7 +87,7 @@ struct cluster {
     bool send_stop;
     pthread_mutex_t lock; /* guards the in-flight table */
     inflight *table[PENDING_BUCKETS];
-    uint64_t ninflight;
+    uint64_t ninflight; /* changed under lock, read without it: a relaxed atomic */
     /* relaxed atomics */
     uint64_t last_seq;
     uint64_t published, publish_failures, delivered, reconnects;
@@ -264,7 +264,7 @@ static void *inflight_take(struct cluster *c, natsMsg *m)
             *pp = f->next;
             req = f->req;
             free(f);
-            c->ninflight--;
+            __atomic_fetch_sub(&c->ninflight, 1, __ATOMIC_RELAXED);
             break;
         }
     }
@@ -386,7 +386,7 @@ int cluster_publish(struct cluster *c, const char *topic, size_t tlen, const cha
     pthread_mutex_lock(&c->lock);
     f->next = c->table[bkt];
     c->table[bkt] = f;
-    c->ninflight++;
+    ADD(c->ninflight, 1);
     pthread_mutex_unlock(&c->lock);
     size_t bytes = f->bytes;
     pthread_mutex_lock(&c->send_lock);

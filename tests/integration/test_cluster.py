@@ -402,6 +402,47 @@ class ClusterTest(SluiceTestCase):
         self.assertEqual(len(got), len(set(got)), "delivered twice")
         self.assertEqual(got, sent)
 
+    def test_concurrent_publishes_on_two_workers_are_each_acknowledged_once(self):
+        # 8 clients publish at once to a node of two workers, so publishes
+        # are queued by both workers while the client's threads answer
+        # earlier ones: every publish is answered 200 with its own ID, and
+        # another node's stream delivers each once, in ID order.  Under
+        # ThreadSanitizer (CI's threads pass) this is where the in-flight
+        # count was written under its lock and read without it.
+        a = self.node(workers=2)
+        b = self.node(workers=1)
+        c = self.conn(b, timeout=30)
+        c.send(build_request("GET", "/topics/cp", [("Accept", "text/event-stream")]))
+        _, status, _, _, head = c.read_head()
+        self.assertEqual(status, 200, head)
+        ids, errors = [], []
+
+        def publisher(k):
+            try:
+                with a.conn(timeout=30) as pc:
+                    for i in range(40):
+                        r = self.publish(a, "cp", b"p%d-%02d" % (k, i), conn=pc)
+                        if r.status != 200:
+                            errors.append(r)
+                            return
+                        ids.append(r.json()["id"])
+            except Exception as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=publisher, args=(k,), daemon=True) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertEqual(errors, [])
+        self.assertEqual(len(ids), 320)
+        self.assertEqual(len(set(ids)), 320, "an ID given twice")
+        got = [sse_next(c) for _ in range(320)]
+        self.assertEqual(sorted(i for i, _, _ in got), sorted(ids))
+        self.assertEqual(len({d for _, _, d in got}), 320, "delivered twice")
+        seqs = [int(i.rsplit("-", 1)[1]) for i, _, _ in got]
+        self.assertEqual(seqs, sorted(seqs), "out of the stream's order")
+
     def test_nodes_started_together_share_one_stream_and_epoch(self):
         # They race to create the stream; each server reports its own
         # creation time, so the epoch is kept in the stream's config.
