@@ -854,7 +854,11 @@ static pending *own_pending(hub *h, hub_msg *m)
 /* Bookkeeping for a committed message before anyone hears of it. */
 static void note_committed(hub *h, hub_msg *m, pending *p)
 {
-    if (m->seq > h->last_seq) {
+    /* Cluster mode: a PubAck (ack_only) comes before the stream's copy,
+     * which is what this worker delivers; newest delivered is the copy's
+     * (a resume at or after last_seq waits for live messages, which would
+     * drop that copy by seq). */
+    if (m->seq > h->last_seq && !m->ack_only) {
         h->last_seq = m->seq;
         memcpy(h->last_id, m->id, m->id_len);
         h->last_id_len = m->id_len;

@@ -1441,7 +1441,7 @@ int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t
         if (info->more && info->last_seq < horizon) horizon = info->last_seq;
     }
     if (rc == 0) {
-        qsort(v, nv, sizeof(rmsg *), by_seq);
+        if (nv) qsort(v, nv, sizeof(rmsg *), by_seq); /* v is NULL when nothing was read */
         size_t delivered = 0;
         for (size_t i = 0; i < nv; i++) {
             if (v[i]->seq > live_from) continue; /* comes live */
