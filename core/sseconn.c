@@ -62,8 +62,9 @@ static int sse_start(sub_session *s, const sub_request *r, const http_request *r
     __atomic_add_fetch(&sub_counts.sse, 1, __ATOMIC_RELAXED);
     int rc = session_subscribe_and_replay(s, r, &rp, 0);
     if (rc == SL_EGONE) return 0; /* cut off while replaying */
-    if (rc < 0) {                 /* after its retry line: the client asks again later */
-        sub_set_end_reason(s, rc == SL_ELIMIT ? SUB_END_BUSY : SUB_END_ERROR);
+    if (rc < 0) {
+        /* It ends after its retry line: the client asks again later. */
+        sub_set_end_reason(s, rc == SL_ELIMIT ? SUB_END_RESUME_REFUSED : SUB_END_ERROR);
         conn_close_after_write(s->c);
         return 0;
     }

@@ -103,15 +103,15 @@ int sub_send(sub_session *s, const char *data, size_t len, bool binary);
  * ends: the first reason given wins, so the admin or a slow-consumer
  * cut-off is not overwritten by the close they cause. */
 typedef enum sub_end_reason {
-    SUB_END_PEER = 0, /* the client closed or the network failed */
-    SUB_END_SLOW,     /* cut off: output over max_output */
-    SUB_END_SHUTDOWN, /* the server is stopping */
-    SUB_END_ADMIN,    /* closed through the admin API */
-    SUB_END_APP,      /* the app closed it (conn:close, expiry) */
-    SUB_END_REFUSED,  /* its publish was refused (WebSocket 1013) */
-    SUB_END_PROTOCOL, /* the client broke the protocol or a limit */
-    SUB_END_ERROR,    /* an error of ours (storage, memory) */
-    SUB_END_BUSY,     /* its resume was refused: too many at once (cluster) */
+    SUB_END_PEER = 0,       /* the client closed or the network failed */
+    SUB_END_SLOW,           /* cut off: output over max_output */
+    SUB_END_SHUTDOWN,       /* the server is stopping */
+    SUB_END_ADMIN,          /* closed through the admin API */
+    SUB_END_APP,            /* the app closed it (conn:close, expiry) */
+    SUB_END_REFUSED,        /* its publish was refused (WebSocket 1013) */
+    SUB_END_PROTOCOL,       /* the client broke the protocol or a limit */
+    SUB_END_ERROR,          /* an error of ours (storage, memory) */
+    SUB_END_RESUME_REFUSED, /* its resume was refused: too many at once (cluster) */
 } sub_end_reason;
 void sub_set_end_reason(sub_session *s, sub_end_reason why);
 

@@ -167,7 +167,7 @@ static int ws_start(sub_session *s, const sub_request *r, const http_request *re
     int rc = session_subscribe_and_replay(s, r, &rp, 0);
     if (rc == SL_EGONE) return 0; /* cut off while replaying */
     if (rc < 0) {
-        sub_set_end_reason(s, rc == SL_ELIMIT ? SUB_END_BUSY : SUB_END_ERROR);
+        sub_set_end_reason(s, rc == SL_ELIMIT ? SUB_END_RESUME_REFUSED : SUB_END_ERROR);
         if (rc == SL_ELIMIT)
             ws_session_close(s, WS_CLOSE_TRY_AGAIN_LATER, "too many resumes at once");
         else
