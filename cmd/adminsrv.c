@@ -425,7 +425,8 @@ static void on_gather_timeout(struct ev_loop *loop, ev_timer *t, int revents)
  * Returns the gather to fill before gather_post, or NULL (503 sent). */
 static gather *gather_new(adm *a, int kind, conn *c, int only)
 {
-    int n = only >= 0 ? 1 : a->nworkers;
+    /* Never below 1 (GCC's LTO could not tell, and warned of the size). */
+    int n = only >= 0 || a->nworkers < 1 ? 1 : a->nworkers;
     gather *g = calloc(1, sizeof(gather) + (size_t)n * sizeof(part));
     if (!g) {
         if (c) conn_respond_error(c, 503, "out of memory");
