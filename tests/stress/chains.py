@@ -146,7 +146,7 @@ class Run:
                         if f.readline() in (b"\r\n", b""):
                             break
                     ev = {}
-                    while n < want:
+                    while n < want and time.monotonic() < deadline:
                         line = f.readline()
                         if not line:
                             break
