@@ -109,14 +109,16 @@ static int inflate_some(wsz_inflater *z, const uint8_t *in, size_t len, uint64_t
         z->zs.avail_out = (uInt)want;
         int rc = inflate(&z->zs, Z_SYNC_FLUSH);
         size_t got = want - z->zs.avail_out;
+        if (rc == Z_MEM_ERROR) return SL_ENOMEM;
+        /* Past the cap before a fault: the verdict must not depend on
+         * where the frames were cut (the fault can come in the call that
+         * passes the cap, or in the next one). */
+        if (*total + got > cap) return SL_ELIMIT;
         if (rc == Z_STREAM_END) {
             z->ended = true;
-        } else if (rc == Z_MEM_ERROR) {
-            return SL_ENOMEM;
         } else if (rc != Z_OK && !(rc == Z_BUF_ERROR && got == 0 && z->zs.avail_in == 0)) {
             return SL_EINPUT;
         }
-        if (*total + got > cap) return SL_ELIMIT;
         *total += got;
         if (got && sink(ud, chunk, got)) return SL_EGONE;
         if (got == 0 && rc == Z_BUF_ERROR) break;
@@ -147,8 +149,8 @@ int wsz_inflate(wsz_inflater *z, const uint8_t *in, size_t len, bool fin, uint64
         z->zs.avail_out = (uInt)want;
         int zr = inflate(&z->zs, Z_SYNC_FLUSH);
         size_t got = want - z->zs.avail_out;
+        if (*total + got > cap) return SL_ELIMIT; /* first, as in inflate_some */
         if (zr != Z_OK && zr != Z_STREAM_END && zr != Z_BUF_ERROR) return SL_EINPUT;
-        if (*total + got > cap) return SL_ELIMIT;
         *total += got;
         if (got && sink(ud, chunk, got)) return SL_EGONE;
         if (got < want || zr != Z_OK) break;
