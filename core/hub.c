@@ -34,12 +34,13 @@ struct hub_topic {
     char name[];
 };
 
-typedef struct retention_rule {
+struct hub_retention_rule {
     char *pattern;
     size_t len;
     bool prefix;
     hub_retention r;
-} retention_rule;
+};
+typedef struct hub_retention_rule retention_rule;
 
 /* A publish between submit and its acknowledgement. */
 typedef struct pending {
@@ -102,8 +103,7 @@ struct hub {
     uint64_t last_seq;        /* newest delivered */
     char last_id[HUB_ID_MAX]; /* ID of the newest message delivered: "now" */
     uint8_t last_id_len;
-    retention_rule *rules;
-    size_t nrules;
+    hub_retention_rules rules;
     hub_counters stats;
     hub_sub *prefix_subs;         /* wildcard subscriptions */
     uint32_t oneshot_prefix_subs; /* wildcard subscriptions that are oneshot */
@@ -497,9 +497,7 @@ void hub_free(hub *h)
             t = next;
         }
     }
-    for (size_t i = 0; i < h->nrules; i++)
-        free(h->rules[i].pattern);
-    free(h->rules);
+    hub_rules_free(&h->rules);
     free(h->buckets);
     pthread_mutex_destroy(&h->inbox_lock);
     free(h);
@@ -546,51 +544,79 @@ bool hub_event_valid(const char *event, size_t len)
     return !(len >= rl && memcmp(event + len - rl, reserved, rl) == 0);
 }
 
-int hub_set_retention(hub *h, const char *pattern, size_t len, bool prefix_match,
-                      const hub_retention *r)
+int hub_rules_set(hub_retention_rules *rs, const char *pattern, size_t len, bool prefix_match,
+                  const hub_retention *r)
 {
-    for (size_t i = 0; i < h->nrules; i++) {
-        retention_rule *x = &h->rules[i];
+    for (size_t i = 0; i < rs->n; i++) {
+        retention_rule *x = &rs->v[i];
         if (x->len == len && x->prefix == prefix_match && memcmp(x->pattern, pattern, len) == 0) {
             x->r = *r;
             return 0;
         }
     }
-    retention_rule *nr = realloc(h->rules, (h->nrules + 1) * sizeof(*nr));
-    if (!nr) return SL_ENOMEM;
-    h->rules = nr;
-    retention_rule *x = &h->rules[h->nrules];
-    x->pattern = strndup(pattern, len);
-    if (!x->pattern) return SL_ENOMEM;
-    x->len = len;
-    x->prefix = prefix_match;
-    x->r = *r;
-    h->nrules++;
+    char *copy = strndup(pattern, len);
+    retention_rule *nr = copy ? realloc(rs->v, (rs->n + 1) * sizeof(*nr)) : NULL;
+    if (!nr) {
+        free(copy);
+        return SL_ENOMEM;
+    }
+    rs->v = nr;
+    rs->v[rs->n++] = (retention_rule){.pattern = copy, .len = len, .prefix = prefix_match, .r = *r};
     return 0;
 }
 
-int hub_retention_single(const hub *h, hub_retention *out, char *err, size_t errlen)
+void hub_rules_free(hub_retention_rules *rs)
+{
+    for (size_t i = 0; i < rs->n; i++)
+        free(rs->v[i].pattern);
+    free(rs->v);
+    rs->v = NULL;
+    rs->n = 0;
+}
+
+int hub_set_retention(hub *h, const char *pattern, size_t len, bool prefix_match,
+                      const hub_retention *r)
+{
+    return hub_rules_set(&h->rules, pattern, len, prefix_match, r);
+}
+
+int hub_set_rules(hub *h, const hub_retention_rules *rs)
+{
+    hub_retention_rules copy = {0};
+    for (size_t i = 0; i < rs->n; i++) {
+        const retention_rule *x = &rs->v[i];
+        if (hub_rules_set(&copy, x->pattern, x->len, x->prefix, &x->r) != 0) {
+            hub_rules_free(&copy);
+            return SL_ENOMEM;
+        }
+    }
+    hub_rules_free(&h->rules);
+    h->rules = copy;
+    return 0;
+}
+
+int hub_rules_single(const hub_retention_rules *rs, hub_retention *out, char *err, size_t errlen)
 {
     /* Topics no rule matches keep the default, unless a "*" rule covers
      * every name. */
     hub_retention one = {HUB_DEFAULT_BACKLOG, 0};
     const char *from = "the default (backlog 1000, no max_age)";
-    for (size_t i = 0; i < h->nrules; i++)
-        if (h->rules[i].prefix && h->rules[i].len == 0) {
-            one = h->rules[i].r;
+    for (size_t i = 0; i < rs->n; i++)
+        if (rs->v[i].prefix && rs->v[i].len == 0) {
+            one = rs->v[i].r;
             from = "'*'";
         }
     if (one.backlog == 0) one.backlog = HUB_DEFAULT_BACKLOG;
-    for (size_t i = 0; i < h->nrules; i++) {
-        hub_retention r = h->rules[i].r;
+    for (size_t i = 0; i < rs->n; i++) {
+        hub_retention r = rs->v[i].r;
         if (r.backlog == 0) r.backlog = HUB_DEFAULT_BACKLOG;
         if (r.backlog != one.backlog || r.max_age != one.max_age) {
             snprintf(err, errlen,
                      "cluster mode keeps one retention for every topic (JetStream's per-subject "
                      "limits): '%s%s' (backlog %u, max_age %g) differs from %s (backlog %u, "
                      "max_age %g); set it once with sluice.topic(\"*\", {...})",
-                     h->rules[i].pattern, h->rules[i].prefix ? "*" : "", r.backlog, r.max_age,
-                     from, one.backlog, one.max_age);
+                     rs->v[i].pattern, rs->v[i].prefix ? "*" : "", r.backlog, r.max_age, from,
+                     one.backlog, one.max_age);
             return SL_EINVAL;
         }
     }
@@ -598,12 +624,17 @@ int hub_retention_single(const hub *h, hub_retention *out, char *err, size_t err
     return 0;
 }
 
+int hub_retention_single(const hub *h, hub_retention *out, char *err, size_t errlen)
+{
+    return hub_rules_single(&h->rules, out, err, errlen);
+}
+
 static hub_retention retention_for(const hub *h, const char *name, size_t len)
 {
     hub_retention best = {HUB_DEFAULT_BACKLOG, 0};
     size_t best_score = 0;
-    for (size_t i = 0; i < h->nrules; i++) {
-        const retention_rule *x = &h->rules[i];
+    for (size_t i = 0; i < h->rules.n; i++) {
+        const retention_rule *x = &h->rules.v[i];
         bool match = x->prefix ? (len >= x->len && memcmp(name, x->pattern, x->len) == 0)
                                : (len == x->len && memcmp(name, x->pattern, len) == 0);
         /* Longest pattern wins; an exact name beats a prefix of equal length. */

@@ -222,16 +222,36 @@ void hub_poll(hub *h);
  * worker so that the loop does not block on them. */
 void hub_commit_pending(hub *h);
 
-/* Sets the retention used for topics whose names start with `prefix` (an
- * exact name, or a prefix when `prefix_match`); the longest match wins.
+/* sluice.topic's rules, as one run of a script declares them: each an
+ * exact name or a prefix, with its retention (the longest match wins). */
+typedef struct hub_retention_rules {
+    struct hub_retention_rule *v;
+    size_t n;
+} hub_retention_rules;
+
+/* Adds the rule for `pattern` (an exact name, or a prefix when
+ * `prefix_match`) or replaces its retention.  Returns 0 or SL_ENOMEM. */
+int hub_rules_set(hub_retention_rules *rs, const char *pattern, size_t len, bool prefix_match,
+                  const hub_retention *r);
+void hub_rules_free(hub_retention_rules *rs);
+
+/* Cluster mode's retention (JetStream keeps one per-subject limit for the
+ * whole stream): 0 and *out when every rule is the same (a topic no rule
+ * matches has the default), else SL_EINVAL with the two rules that differ
+ * named in err. */
+int hub_rules_single(const hub_retention_rules *rs, hub_retention *out, char *err, size_t errlen);
+
+/* The hub's rules become a copy of `rs` (a script loaded, or reloaded:
+ * what the previous run declared goes).  Returns 0 or SL_ENOMEM (the old
+ * rules stay). */
+int hub_set_rules(hub *h, const hub_retention_rules *rs);
+
+/* Sets one rule of the hub's (sluice.topic called after the load).
  * Returns 0 or SL_ENOMEM. */
 int hub_set_retention(hub *h, const char *pattern, size_t len, bool prefix_match,
                       const hub_retention *r);
 
-/* Cluster mode's retention (JetStream keeps one per-subject limit for the
- * whole stream): 0 and *out when every rule set on this hub is the same
- * (a topic no rule matches has the default), else SL_EINVAL with the two
- * rules that differ named in err. */
+/* hub_rules_single of the hub's rules. */
 int hub_retention_single(const hub *h, hub_retention *out, char *err, size_t errlen);
 
 /* True when `name` is a valid topic name (see HUB_TOPIC_MAX). */

@@ -294,6 +294,7 @@ static void app_free(lx_app *app)
     lx_cancel_timers(app);
     route_table_free(app->routes, NULL, NULL); /* lua_close frees the handlers */
     lx_cors_free(app);
+    hub_rules_free(&app->rules);
     if (app->L) lua_close(app->L);
     free(app->script);
     free(app);
@@ -408,12 +409,22 @@ lx_app *lx_app_load(const char *path, hub *h, lx_config *cfg, char *err, size_t 
         goto fail;
     }
     lua_settop(L, 0);
+    /* The rules replace the previous run's only now that it loaded. */
+    if (h && hub_set_rules(h, &app->rules) != 0) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
     return app;
 oom:
     snprintf(err, errlen, "out of memory");
 fail:
     if (app) app_free(app);
     return NULL;
+}
+
+int lx_app_retention(const lx_app *app, hub_retention *out, char *err, size_t errlen)
+{
+    return hub_rules_single(&app->rules, out, err, errlen);
 }
 
 /* ---- runtime ----------------------------------------------------------- */

@@ -76,6 +76,11 @@ lx_app *lx_app_load(const char *path, hub *h, lx_config *cfg, char *err, size_t 
 /* Drops the runtime's reference on an app; it is freed after its last task. */
 void lx_app_release(lx_app *app);
 
+/* The one retention the app's sluice.topic rules at load amount to
+ * (hub_rules_single), for cluster mode's stream.  0, or SL_EINVAL with
+ * the rules that differ named in err. */
+int lx_app_retention(const lx_app *app, hub_retention *out, char *err, size_t errlen);
+
 /* Number of routes the app declared (for --check's report). */
 size_t lx_app_route_count(const lx_app *app);
 

@@ -59,6 +59,7 @@ struct lx_app {
     int refs;                      /* the runtime's, plus one per running task */
     bool loading;                  /* the chunk runs: config and route are allowed */
     lx_config *cfg;                /* filled while loading */
+    hub_retention_rules rules;     /* sluice.topic's while loading: the hub's once loaded */
     lx_budget *running;            /* the budget charged by the hook */
     struct lx_task *running_task;  /* the coroutine being resumed */
     long long budget;              /* per handler run */

@@ -331,8 +331,11 @@ static int l_topic(lua_State *L)
         if (a <= 0) return luaL_argerror(L, 2, "max_age must be a positive number of seconds");
         r.max_age = a;
     }
-    if (app->hub && hub_set_retention(app->hub, pattern, name_len, prefix, &r) < 0)
-        return luaL_error(L, "sluice.topic: out of memory");
+    /* At load, the rules go to the hub once the script has loaded. */
+    int rc = app->loading ? hub_rules_set(&app->rules, pattern, name_len, prefix, &r)
+             : app->hub   ? hub_set_retention(app->hub, pattern, name_len, prefix, &r)
+                          : 0;
+    if (rc < 0) return luaL_error(L, "sluice.topic: out of memory");
     return 0;
 }
 

@@ -10,7 +10,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import SluiceTestCase, build_request, run_sluice
+from harness import SOURCE_DIR, SluiceTestCase, build_request, run_sluice
 
 APP_V = """local sluice = require "sluice"
 sluice.route("GET", "/version", function(req) return 200, "%s" end)
@@ -185,6 +185,85 @@ class WatchTest(SluiceTestCase):
             with s.conn() as c:
                 self.assertEqual(c.get("/version").body, b"v1")
         self.assertTrue(s.alive())
+
+
+def default_app(extra):
+    """The default app with `extra` Lua after its require line."""
+    with open(os.path.join(SOURCE_DIR, "scripts", "default.lua")) as f:
+        src = f.read()
+    anchor = 'local sluice = require "sluice"\n'
+    return src.replace(anchor, anchor + extra, 1)
+
+
+class RetentionReloadTest(SluiceTestCase):
+    """sluice.topic's rules are part of what a reload replaces: a rule the
+    new script drops no longer applies, and a script that fails to load
+    changes none."""
+
+    def setUp(self):
+        self.dir = self.tmpdir()
+        self.path = os.path.join(self.dir, "app.lua")
+
+    def write(self, text):
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, self.path)
+
+    def kept(self, s, topic):
+        with s.conn() as c:
+            r = c.get("/topics/%s?since=0&timeout=0" % topic)
+        self.assertEqual(r.status, 200, r)
+        return [m["data"] for m in r.json()["messages"]]
+
+    def publish(self, s, topic, n, start):
+        with s.conn() as c:
+            for i in range(start, start + n):
+                r = c.request("POST", "/topics/" + topic, body=b"m%d" % i)
+                self.assertEqual(r.status, 200, r)
+
+    def test_a_rule_the_new_script_drops_no_longer_applies(self):
+        self.write(default_app('sluice.topic("r", {backlog = 2})\n'))
+        s = self.start(self.path, args=["-d", self.tmpdir(), "--workers", "1"])
+        self.publish(s, "r", 4, 0)
+        self.assertEqual(self.kept(s, "r"), ["m2", "m3"])
+        mark = s.mark()
+        self.write(default_app(""))
+        s.signal(signal.SIGHUP)
+        s.wait_log(r"reloaded app", since=mark)
+        self.publish(s, "r", 4, 4)
+        # The newest publish's retention (1000) holds now.  m0 and m1 may
+        # show again: the store applies a topic's retention as of its newest
+        # message, and hid them without deleting them unless a checkpoint
+        # ran in between.
+        kept = self.kept(s, "r")
+        self.assertEqual(kept[-6:], ["m%d" % i for i in range(2, 8)])
+        self.assertIn(kept[:-6], ([], ["m0", "m1"]))
+
+    def test_a_script_that_fails_on_one_worker_changes_none_of_its_rules(self):
+        wid = 'sluice.route("GET", "/wid", function() return 200, tostring(sluice.worker.id) end)\n'
+        self.write(default_app(wid))
+        s = self.start(self.path, args=["-d", self.tmpdir(), "--workers", "2"])
+        mark = s.mark()
+        # Loads on the main thread's check (worker 1 of 2) and on worker 1;
+        # fails on worker 2 after setting a rule, which must not stay.
+        self.write(default_app(wid + 'sluice.topic("r", {backlog = 2})\n'
+                               'if sluice.worker.id == 2 then error("late") end\n'))
+        s.signal(signal.SIGHUP)
+        s.wait_log(r"reload failed on some workers", since=mark)
+        # Publish on worker 2's connections (the kernel spreads them).
+        on2 = 0
+        for _ in range(200):
+            with s.conn() as c:
+                if c.get("/wid").body != b"2":
+                    continue
+                r = c.request("POST", "/topics/r", body=b"m%d" % on2)
+                self.assertEqual(r.status, 200, r)
+                on2 += 1
+                if on2 == 4:
+                    break
+        self.assertEqual(on2, 4, "no connection reached worker 2")
+        self.assertEqual(self.kept(s, "r"), ["m0", "m1", "m2", "m3"])
 
 
 if __name__ == "__main__":
