@@ -295,6 +295,7 @@ typedef struct app_ctx {
     ev_stat script_stat;   /* --watch */
     ev_timer watch_settle; /* reload once the file has stopped changing */
     adm *admin;            /* --admin-listen */
+    struct cluster *cluster; /* cluster mode: the stream a reload's retention goes to */
 } app_ctx;
 
 /* Worker threads: count the round down; the last one wakes main. */
@@ -320,6 +321,17 @@ static void reload_all(app_ctx *a)
     lx_app *probe = lx_app_load(a->script_path, NULL, NULL, err, sizeof(err));
     if (!probe) {
         LOG_KV(LOG_ERROR, "reload failed: the running app stays", LOG_S("error", err));
+        return;
+    }
+    /* Cluster mode: the stream keeps the retention (one for all topics),
+     * so the new rules go to it first; a reload they cannot go with fails
+     * whole.  Blocks this thread for the requests (at most a few s). */
+    hub_retention r;
+    if (a->cluster && (lx_app_retention(probe, &r, err, sizeof(err)) != 0 ||
+                       cluster_set_retention(a->cluster, r.backlog, (uint64_t)(r.max_age * 1000),
+                                             err, sizeof(err)) != 0)) {
+        LOG_KV(LOG_ERROR, "reload failed: the running app stays", LOG_S("error", err));
+        lx_app_release(probe);
         return;
     }
     lx_app_release(probe);
@@ -526,6 +538,7 @@ int main(int argc, char **argv)
             goto out;
         }
         LOG_KV(LOG_INFO, "cluster mode: JetStream is the record", LOG_S("servers", co.servers));
+        a.cluster = hub_bus_get_cluster(bus);
     }
 
     signal(SIGPIPE, SIG_IGN);

@@ -72,7 +72,14 @@ struct cluster {
     char stream[64];
     char filter[80]; /* "<STREAM>.>" */
     uint64_t epoch;
-    uint64_t max_per_topic;
+    /* The retention this node's script gives the stream (at start, then
+     * as its reloads set it; only cluster_open and then the main thread's
+     * cluster_set_retention touch them). */
+    uint64_t max_per_topic, max_age_ms;
+    /* The count limit that judges gaps (count_limit; under lock): the
+     * stream's as last seen, and the smallest one in force before a raise
+     * this node saw, with the stream's last seq when it saw it. */
+    uint64_t limit_now, limit_before, raised_at;
     cluster_ack_fn ack;
     cluster_msg_fn deliver;
     void *ud;
@@ -617,6 +624,30 @@ static jsStreamInfo *stream_info(struct cluster *c, const char *subjects)
     return si;
 }
 
+/* The per-subject count limit to judge a gap after `after_seq` with,
+ * given the stream's info just read.  The limit can change while nodes
+ * run (a node's reload, `nats stream edit`): a lower one holds at once; a
+ * raise does not bring back what the smaller one deleted, so points
+ * before it (the stream's last seq when this node saw the raise) keep the
+ * smaller.  Unlimited (-1) is UINT64_MAX. */
+static uint64_t count_limit(struct cluster *c, const jsStreamInfo *si, uint64_t after_seq)
+{
+    pthread_mutex_lock(&c->lock);
+    if (si && si->Config) {
+        int64_t m = si->Config->MaxMsgsPerSubject;
+        uint64_t live = m > 0 ? (uint64_t)m : UINT64_MAX;
+        if (live > c->limit_now) {
+            if (c->limit_now < c->limit_before) c->limit_before = c->limit_now;
+            c->raised_at = si->State.LastSeq;
+        }
+        c->limit_now = live;
+    }
+    uint64_t limit = c->limit_now;
+    if (after_seq < c->raised_at && c->limit_before < limit) limit = c->limit_before;
+    pthread_mutex_unlock(&c->lock);
+    return limit;
+}
+
 /* Tells live subscribers that messages from seq `from` on were deleted
  * before this node's consumer had them, or could not be read.  Which
  * topics lost some is judged as the resume path does (cluster_read): age
@@ -631,8 +662,9 @@ static void tell_gap(struct cluster *c, uint64_t from)
     jsStreamInfo *si = stream_info(c, c->filter);
     uint64_t told = 0;
     if (si && si->State.FirstSeq <= from && si->State.Subjects) {
+        uint64_t limit = count_limit(c, si, from - 1);
         for (int i = 0; i < si->State.Subjects->Count; i++) {
-            if (si->State.Subjects->List[i].Msgs < c->max_per_topic) continue;
+            if (si->State.Subjects->List[i].Msgs < limit) continue;
             char name[256];
             long nl = topic_of(c, si->State.Subjects->List[i].Subject, name, sizeof(name) - 1);
             if (nl <= 0) continue;
@@ -983,6 +1015,9 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
     c->deliver = deliver;
     c->ud = ud;
     c->max_per_topic = o->max_per_topic ? o->max_per_topic : 1000;
+    c->max_age_ms = o->max_age_ms;
+    c->limit_now = c->max_per_topic; /* the stream's, once checked */
+    c->limit_before = UINT64_MAX;
     jsStreamInfo *si = NULL;
     natsStatus s;
     jsErrCode jerr = 0;
@@ -1262,14 +1297,16 @@ typedef struct rmsg {
     char data[];
 } rmsg;
 
-/* Stream state for one subject: its message count, the stream's first seq. */
-static int subject_state(struct cluster *c, const char *subject, uint64_t *count,
-                         uint64_t *stream_first)
+/* Stream state for one subject: its message count, the stream's first
+ * seq, and the count limit for a gap after after_seq (count_limit). */
+static int subject_state(struct cluster *c, const char *subject, uint64_t after_seq,
+                         uint64_t *count, uint64_t *stream_first, uint64_t *limit)
 {
     jsStreamInfo *si = stream_info(c, subject);
     if (!si) return SL_EIO;
     *count = 0;
     *stream_first = si->State.FirstSeq;
+    *limit = count_limit(c, si, after_seq);
     if (si->State.Subjects)
         for (int i = 0; i < si->State.Subjects->Count; i++)
             if (strcmp(si->State.Subjects->List[i].Subject, subject) == 0)
@@ -1399,8 +1436,8 @@ int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t
         memset(info, 0, sizeof(*info));
         char subject[64 + 3 * 256 + 2];
         if (subject_of(c, topics[i].name, topics[i].len, subject, sizeof(subject)) != 0) continue;
-        uint64_t count = 0, stream_first = 0, first_read = 0;
-        rc = subject_state(c, subject, &count, &stream_first);
+        uint64_t count = 0, stream_first = 0, first_read = 0, count_max = 0;
+        rc = subject_state(c, subject, after_seq, &count, &stream_first, &count_max);
         if (rc != 0) break;
         info->exists = count > 0;
         uint64_t last = 0;
@@ -1435,7 +1472,7 @@ int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t
          * the stream starts past the point. */
         bool lost_before = count > 0 && last <= after_seq;
         if (after_seq && !lost_before && (first_read == 0 || first_read > after_seq + 1)) {
-            bool full = first_read && info->count >= c->max_per_topic;
+            bool full = first_read && info->count >= count_max;
             info->gap = full || stream_first > after_seq + 1;
         }
         if (info->more && info->last_seq < horizon) horizon = info->last_seq;
@@ -1516,6 +1553,55 @@ int cluster_stream_state(struct cluster *c, struct cluster_stream_state *st)
         .last_seq = si->State.LastSeq,
     };
     jsStreamInfo_Destroy(si);
+    return 0;
+}
+
+int cluster_set_retention(struct cluster *c, uint64_t max_per_topic, uint64_t max_age_ms, char *err,
+                          size_t errlen)
+{
+    if (!max_per_topic) max_per_topic = 1000;
+    /* A script that keeps its retention asks nothing of NATS: a reload
+     * works while NATS is away, and leaves a change made elsewhere (another
+     * node's reload, `nats stream edit`) as it is. */
+    if (max_per_topic == c->max_per_topic && max_age_ms == c->max_age_ms) return 0;
+    int64_t per = (int64_t)max_per_topic;
+    int64_t age = (int64_t)max_age_ms * 1000000;
+    jsStreamInfo *si = cluster_connected(c) ? stream_info(c, NULL) : NULL;
+    if (!si || !si->Config) {
+        jsStreamInfo_Destroy(si);
+        snprintf(err, errlen, "cluster: stream %s did not answer: its retention stays", c->stream);
+        return SL_EIO;
+    }
+    jsStreamConfig *cfg = si->Config;
+    int64_t had_per = cfg->MaxMsgsPerSubject, had_age = cfg->MaxAge;
+    if (had_per == per && had_age == age) {
+        jsStreamInfo_Destroy(si);
+        c->max_per_topic = max_per_topic;
+        c->max_age_ms = max_age_ms;
+        return 0;
+    }
+    cfg->MaxMsgsPerSubject = per;
+    cfg->MaxAge = age;
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = CLUSTER_API_WAIT_MS;
+    jsStreamInfo *now = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_UpdateStream(&now, c->js, cfg, &jo, &jerr);
+    jsStreamInfo_Destroy(si);
+    if (s != NATS_OK) {
+        snprintf(err, errlen,
+                 "cluster: stream %s refused the new retention: %s (JetStream error %d)", c->stream,
+                 last_error(s), (int)jerr);
+        return SL_EIO;
+    }
+    count_limit(c, now, 0);
+    jsStreamInfo_Destroy(now);
+    c->max_per_topic = max_per_topic;
+    c->max_age_ms = max_age_ms;
+    LOG_KV(LOG_INFO, "cluster: the stream's retention changed", LOG_S("stream", c->stream),
+           LOG_I("max_msgs_per_subject", per), LOG_I("was_max_msgs_per_subject", had_per),
+           LOG_I("max_age_ms", age / 1000000), LOG_I("was_max_age_ms", had_age / 1000000));
     return 0;
 }
 

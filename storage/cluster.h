@@ -173,6 +173,17 @@ struct cluster_stream_state {
 };
 int cluster_stream_state(struct cluster *c, struct cluster_stream_state *st);
 
+/* Sets the stream's retention (max_msgs_per_subject, 0: 1000; max_age,
+ * 0: none) for a reload whose sluice.topic rules changed it: every node
+ * judges gaps by the stream's limit as it reads it, so one node's change
+ * holds for all.  No request when this node's script gave the stream the
+ * same at start or at its last reload, nor an update when the stream has
+ * it already; else two requests, bounded at CLUSTER_API_WAIT_MS each (not
+ * for a worker's loop).  One thread (the main one) calls it.  Returns 0,
+ * or SL_EIO with the reason in err. */
+int cluster_set_retention(struct cluster *c, uint64_t max_per_topic, uint64_t max_age_ms, char *err,
+                          size_t errlen);
+
 struct cluster_stats {
     uint64_t published, publish_failures, delivered, reconnects;
     uint64_t inflight;

@@ -605,6 +605,73 @@ class ClusterTest(SluiceTestCase):
         self.assertEqual(rc, 1, err)
         self.assertIn("max_msgs_per_subject 5 (want 7)", err)
 
+    def test_a_reload_changes_the_streams_retention_for_every_node(self):
+        # Node A's script goes from 5 messages per topic to 3: its reload
+        # sets the stream's limit, and node B, whose script still says 5,
+        # judges gaps by the stream's.  The stream starts with another
+        # topic's message, so only the count tells B of the gap.
+        def keep(n):
+            return 'sluice.topic("*", {backlog = %d})\n' % n
+        a = self.node(replicas=1, extra=keep(5))
+        b = self.node(replicas=1, extra=keep(5))
+        self.assertEqual(self.publish(a, "other", b"o").status, 200)
+        ids = [self.publish(a, "r", b"r%d" % i).json()["id"] for i in range(6)]
+        j = self.longpoll(b, "r", ids[1], timeout=0)
+        self.assertNotIn("gap", j)
+        self.assertEqual([m["id"] for m in j["messages"]], ids[2:])
+        d = os.path.dirname(a.app)
+        mark = a.mark()
+        cluster_app(d, keep(3), servers=self.nats.urls(), replicas=1)
+        a.signal(signal.SIGHUP)
+        a.wait_log(r"reloaded app", since=mark)
+        self.assertTrue(a.find_logs(r"the stream's retention changed", since=mark))
+        j = self.longpoll(b, "r", ids[1], timeout=0)
+        self.assertTrue(j.get("gap"), j)
+        self.assertEqual([m["id"] for m in j["messages"]], ids[3:])
+        # Rules that cannot be one stream's retention: the reload fails
+        # whole, and the stream keeps 3.
+        mark = a.mark()
+        cluster_app(d, keep(3) + 'sluice.topic("rooms.*", {backlog = 9})\n',
+                    servers=self.nats.urls(), replicas=1)
+        a.signal(signal.SIGHUP)
+        line = a.wait_log(r"reload failed", since=mark).string
+        self.assertIn("'rooms.*' (backlog 9", line)
+        for i in range(2):
+            self.assertEqual(self.publish(a, "r", b"s%d" % i).status, 200)
+        j = self.longpoll(b, "r", ids[5], timeout=0)
+        self.assertEqual([m["data"] for m in j["messages"]], ["s0", "s1"])
+        j = self.longpoll(b, "r", ids[3], timeout=0)
+        self.assertTrue(j.get("gap"), j)
+        self.assertEqual([m["data"] for m in j["messages"]], ["r5", "s0", "s1"])
+        # Back up to 10: what 3 deleted stays a gap for points before the
+        # raise (B holds 3 of "r", under the new limit); none after it.
+        mark = a.mark()
+        cluster_app(d, keep(10), servers=self.nats.urls(), replicas=1)
+        a.signal(signal.SIGHUP)
+        a.wait_log(r"reloaded app", since=mark)
+        j = self.longpoll(b, "r", ids[3], timeout=0)
+        self.assertTrue(j.get("gap"), j)
+        self.assertEqual([m["data"] for m in j["messages"]], ["r5", "s0", "s1"])
+        s1 = j["last_id"]
+        self.assertEqual(self.publish(a, "r", b"s2").status, 200)
+        j = self.longpoll(b, "r", s1, timeout=0)
+        self.assertNotIn("gap", j)
+        self.assertEqual([m["data"] for m in j["messages"]], ["s2"])
+        # A reload that keeps the retention asks nothing of NATS: it
+        # works while every NATS server is stopped.
+        with self.all_nats_paused():
+            mark = a.mark()
+            cluster_app(d, keep(10) + "-- a comment\n", servers=self.nats.urls(), replicas=1)
+            a.signal(signal.SIGHUP)
+            a.wait_log(r"reloaded app|reload failed", since=mark, timeout=5)
+            self.assertFalse(a.find_logs(r"reload failed", since=mark))
+        # A node started now must agree with the stream.
+        rc, _, err = run_sluice(["-l", "127.0.0.1:0", "-d", self.tmpdir(),
+                                 cluster_app(self.tmpdir(), keep(5), servers=self.nats.urls(),
+                                             replicas=1)])
+        self.assertEqual(rc, 1, err)
+        self.assertIn("max_msgs_per_subject 10 (want 5)", err)
+
     def test_live_gap_when_retention_drops_what_a_node_had_not_delivered(self):
         # Node B talks to one NATS server only, a follower of the stream; it
         # is down while node A publishes more than a topic keeps.  When it
