@@ -9,7 +9,12 @@
  * for a commit; a timer answers 503 if a worker does not answer in time,
  * and the gather itself is freed only when its last part is back, so a
  * late worker never writes into freed memory.  The thread stops only once
- * every gather it started is back. */
+ * every gather it started is back.
+ *
+ * In cluster mode a gather's JetStream request (the stream's figures for
+ * stats, its topics for /api/topics) is one more part, run on a thread of
+ * its own: a request waits up to CLUSTER_API_WAIT_MS for a stalled NATS,
+ * and this loop answers /healthz, /readyz and /metrics meanwhile. */
 #include "cmd/adminsrv.h"
 
 #include "core/conn.h"
@@ -55,6 +60,7 @@ extern const size_t adm_index_html_size, adm_dashboard_js_size, adm_dashboard_cs
 #define ADM_STATS_TOPICS 10    /* busiest topics in a stats event */
 #define ADM_HISTORY 300        /* seconds of totals kept for a new dashboard */
 #define ADM_TOKEN_MAX 256
+#define ADM_NATS_THREADS 4 /* JetStream requests at once; past it, answered without */
 
 /* ---- text --------------------------------------------------------------- */
 
@@ -155,6 +161,14 @@ typedef struct gather {
     uintptr_t target; /* close: the connection's key */
     char *body;       /* publish: the data (copied) */
     size_t body_len;
+    /* Cluster mode: the JetStream part (nats_part_main), read once it is
+     * back; stream_ok false when it was not asked or failed. */
+    struct cluster *cluster;
+    bool stream_ok;
+    struct cluster_stream_state stream; /* stats */
+    struct store_topic_info *stored;    /* topics: the stream's, names malloc'd */
+    size_t nstored;
+    bool stored_oom;
     int nparts;
     part parts[];
 } gather;
@@ -184,6 +198,7 @@ struct adm {
     pthread_mutex_t done_lock;
     gather *done_head;
     unsigned outstanding; /* gathers not yet back (this thread only) */
+    unsigned nats_parts;  /* JetStream parts running (atomic) */
     bool stopping;
     ev_timer tick; /* a stats event a second while streams are open */
     sse_client *streams;
@@ -209,15 +224,17 @@ static void gather_free(gather *g)
         free(g->parts[i].topics);
         tfree(&g->parts[i].out);
     }
+    for (size_t i = 0; i < g->nstored; i++)
+        free((char *)g->stored[i].name);
+    free(g->stored);
     free(g->body);
     free(g);
 }
 
-/* A worker thread: hand the gather back to the admin thread once its last
- * part is in. */
-static void part_finish(part *p)
+/* Any thread: one part is in; the last hands the gather back to the admin
+ * thread. */
+static void gather_part_done(gather *g)
 {
-    gather *g = p->g;
     if (__atomic_sub_fetch(&g->pending, 1, __ATOMIC_ACQ_REL) != 0) return;
     adm *a = g->a;
     pthread_mutex_lock(&a->done_lock);
@@ -225,6 +242,70 @@ static void part_finish(part *p)
     a->done_head = g;
     ev_async_send(a->loop, &a->done_async); /* the admin loop runs until it is back */
     pthread_mutex_unlock(&a->done_lock);
+}
+
+/* A worker thread: its part is in. */
+static void part_finish(part *p)
+{
+    gather_part_done(p->g);
+}
+
+/* --- the JetStream part, on a thread of its own --- */
+
+/* Keeps the stream's topics for answer_topics: one past the row limit is
+ * enough to tell that the list is cut. */
+static int keep_stored(void *ud, const struct store_topic_info *t)
+{
+    gather *g = ud;
+    if (g->nstored > g->limit) return 1;
+    if (!g->stored) g->stored = calloc(g->limit + 1, sizeof(*g->stored));
+    char *name = g->stored ? strndup(t->name, t->name_len) : NULL;
+    if (!name) {
+        g->stored_oom = true;
+        return 1;
+    }
+    g->stored[g->nstored] = *t;
+    g->stored[g->nstored++].name = name;
+    return 0;
+}
+
+static void *nats_part_main(void *arg)
+{
+    gather *g = arg;
+    adm *a = g->a;
+    if (g->kind == G_TOPICS) {
+        int rc = cluster_topics(g->cluster, g->arg, strlen(g->arg), keep_stored, g);
+        g->stream_ok = rc == 0 && !g->stored_oom; /* a list cut short is an error */
+    } else {
+        g->stream_ok = cluster_stream_state(g->cluster, &g->stream) == 0;
+    }
+    __atomic_sub_fetch(&a->nats_parts, 1, __ATOMIC_RELAXED);
+    gather_part_done(g); /* the last touch of g and a */
+    return NULL;
+}
+
+/* Starts g's JetStream part when it needs one (cluster mode, stats or
+ * topics), unless ADM_NATS_THREADS run already: then g goes without. */
+static void nats_part_start(adm *a, gather *g)
+{
+    g->cluster = a->nworkers ? hub_cluster(worker_hub(a->workers[0])) : NULL;
+    bool wanted = g->kind == G_TOPICS || (g->kind == G_STATS && !g->no_topics);
+    if (!g->cluster || !wanted) return;
+    if (__atomic_add_fetch(&a->nats_parts, 1, __ATOMIC_RELAXED) > ADM_NATS_THREADS) {
+        __atomic_sub_fetch(&a->nats_parts, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    __atomic_add_fetch(&g->pending, 1, __ATOMIC_ACQ_REL);
+    pthread_attr_t attr;
+    pthread_t t;
+    bool started = pthread_attr_init(&attr) == 0 &&
+                   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+                   pthread_create(&t, &attr, nats_part_main, g) == 0;
+    pthread_attr_destroy(&attr);
+    if (!started) { /* g goes without; its workers' parts are not out yet */
+        __atomic_sub_fetch(&a->nats_parts, 1, __ATOMIC_RELAXED);
+        __atomic_sub_fetch(&g->pending, 1, __ATOMIC_ACQ_REL);
+    }
 }
 
 /* --- the parts, on the workers' threads --- */
@@ -452,6 +533,7 @@ static void gather_post(adm *a, gather *g)
     ev_timer_init(&g->timeout, on_gather_timeout, ADM_TIMEOUT, 0);
     g->timeout.data = g;
     ev_timer_start(a->loop, &g->timeout);
+    nats_part_start(a, g);
     for (int i = 0; i < g->nparts; i++) {
         part *p = &g->parts[i];
         if (worker_post(a->workers[p->worker], &p->job) < 0) run_part(&p->job, NULL);
@@ -601,11 +683,16 @@ static void answer_topics(gather *g)
     topics_walk tw = {.t = &t, .prefix = g->arg, .prefix_len = strlen(g->arg), .limit = g->limit};
     tw.live = merge_topics(g, &tw.nlive);
     tadd(&t, "{\"topics\":[");
-    /* Cluster mode: the record is the stream (one JetStream request on
-     * this thread, bounded by CLUSTER_API_WAIT_MS); the store holds nothing. */
-    struct cluster *cl = a->nworkers ? hub_cluster(worker_hub(a->workers[0])) : NULL;
-    int rc = cl ? cluster_topics(cl, tw.prefix, tw.prefix_len, walk_stored, &tw)
-                : store_topics(a->store, walk_stored, &tw);
+    /* Cluster mode: the record is the stream, as the JetStream part read
+     * it; the store holds nothing. */
+    int rc = 0;
+    if (!g->cluster)
+        rc = store_topics(a->store, walk_stored, &tw);
+    else if (!g->stream_ok)
+        rc = SL_EIO;
+    else
+        for (size_t i = 0; i < g->nstored; i++)
+            if (walk_stored(&tw, &g->stored[i])) break;
     /* Topics with subscribers and nothing stored yet. */
     for (size_t i = 0; i < tw.nlive; i++) {
         topic_row *r = &tw.live[i];
@@ -675,11 +762,11 @@ static void stats_json(gather *g, text *t)
              i ? "," : "", p->worker + 1, p->conns, p->websocket, p->sse, p->longpoll,
              p->own.published, p->own.delivered, p->ran ? "true" : "false");
     }
-    struct cluster *cl = hs->cluster && a->nworkers ? hub_cluster(worker_hub(a->workers[0])) : NULL;
-    if (cl) {
-        /* The record is the stream (the LMDB above holds nothing). */
-        struct cluster_stream_state cs;
-        bool ok = cluster_stream_state(cl, &cs) == 0;
+    if (g->cluster) {
+        /* The record is the stream (the LMDB above holds nothing), as the
+         * JetStream part read it. */
+        const struct cluster_stream_state cs = g->stream;
+        bool ok = g->stream_ok;
         tadd(t,
              "],\"cluster\":{\"connected\":%s,\"reconnects\":%" PRIu64 ",\"inflight\":%" PRIu64
              ",\"publish_failures\":%" PRIu64 ",\"diverged\":%" PRIu64 ",\"stream\":",
@@ -841,6 +928,7 @@ static void answer_gather(gather *g)
     g->answered = true;
     if (!g->c) { /* the tick */
         history_add(a, g);
+        if (g->no_topics) return; /* no dashboard stream to send stats to */
         text t = {0};
         stats_json(g, &t);
         if (!t.oom) sse_broadcast(a, "stats", t.p, t.len);

@@ -806,6 +806,65 @@ class ClusterTest(SluiceTestCase):
         self.assertEqual((st["messages"], st["topics"], st["last_seq"]), (7, 3, 9), st)
         self.assertGreater(st["bytes"], 0)
 
+    def test_admin_answers_while_nats_stalls(self):
+        # Every NATS server paused: the client still counts itself
+        # connected for a few seconds, and each JetStream request waits its
+        # 2 s.  The admin thread asks none of them itself (the stats tick
+        # and /api/stats ask for the stream's figures, /api/topics for its
+        # topics): /healthz and /metrics answer at once all along, and the
+        # requests that need NATS answer without the stream's part.
+        b = self.start(app=cluster_app(self.tmpdir(), servers=self.nats.urls(), replicas=1),
+                       args=["-w", "1", "--admin-listen", "127.0.0.1:0"], expect_listeners=2)
+        m = re.search(r"admin listening on ([0-9.]+):(\d+)", b.log_text())
+        self.assertTrue(m, b.log_text())
+        host, port = m.group(1), int(m.group(2))
+        self.assertEqual(self.publish(b, "t", b"x").status, 200)
+
+        def get(path, timeout=15):
+            with RawConn.tcp(host, port, timeout=timeout) as c:
+                return c.get(path)
+        # A dashboard stream: the tick's stats then carry the stream's figures.
+        dash = RawConn.tcp(host, port, timeout=30)
+        self.addCleanup(dash.close)
+        dash.send(build_request("GET", "/api/events", [("Accept", "text/event-stream")]))
+        self.assertEqual(dash.read_head()[1], 200)
+        slow = {}
+
+        def ask(path):
+            t0 = time.monotonic()
+            r = get(path)
+            slow[path] = (r.status, time.monotonic() - t0, r)
+        with self.all_nats_paused():
+            askers = [threading.Thread(target=ask, args=(p,), daemon=True)
+                      for p in ("/api/topics", "/api/stats")]
+            for t in askers:
+                t.start()
+            worst = 0.0
+            deadline = time.monotonic() + 4
+            while time.monotonic() < deadline:
+                for path in ("/healthz", "/metrics"):
+                    t0 = time.monotonic()
+                    self.assertEqual(get(path).status, 200)
+                    worst = max(worst, time.monotonic() - t0)
+                time.sleep(0.05)
+            for t in askers:
+                t.join(15)
+        self.assertLess(worst, 0.5, "the admin thread waited on NATS")
+        topics, stats = slow["/api/topics"], slow["/api/stats"]
+        self.assertEqual(topics[0], 200, topics)
+        self.assertTrue(topics[2].json().get("storage_error"), topics)
+        self.assertEqual(stats[0], 200, stats)
+        self.assertIsNone(stats[2].json()["cluster"]["stream"], stats)
+        # NATS back: the stream's part is there again.
+        deadline = time.monotonic() + 20
+        while True:
+            st = get("/api/stats").json()["cluster"]["stream"]
+            if st or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertEqual(st and st["last_seq"], 1, st)
+        self.assertIn("t", [t["topic"] for t in get("/api/topics").json()["topics"]])
+
     def test_resume_waiting_on_nats_does_not_stall_the_worker(self):
         # One worker; every NATS server paused (SIGSTOP): 73 SSE resumes
         # and two long-polls wait on JetStream (each read bounded by 2 s), while another
