@@ -331,6 +331,11 @@ static int l_topic(lua_State *L)
         if (a <= 0) return luaL_argerror(L, 2, "max_age must be a positive number of seconds");
         r.max_age = a;
     }
+    /* Cluster mode: the stream keeps the retention, set from the rules at
+     * load (and at a reload); a later call could change nothing. */
+    if (!app->loading && app->hub && hub_cluster(app->hub))
+        return luaL_error(L, "sluice.topic: in cluster mode retention is set while the script "
+                             "loads (the stream's limits; docs/cluster.md)");
     /* At load, the rules go to the hub once the script has loaded. */
     int rc = app->loading ? hub_rules_set(&app->rules, pattern, name_len, prefix, &r)
              : app->hub   ? hub_set_retention(app->hub, pattern, name_len, prefix, &r)

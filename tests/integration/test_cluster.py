@@ -612,8 +612,16 @@ class ClusterTest(SluiceTestCase):
         # topic's message, so only the count tells B of the gap.
         def keep(n):
             return 'sluice.topic("*", {backlog = %d})\n' % n
-        a = self.node(replicas=1, extra=keep(5))
+        # A call after the load could change nothing: an error says so.
+        late = ('sluice.route("GET", "/late", function()\n'
+                '  local ok, err = pcall(sluice.topic, "*", {backlog = 2})\n'
+                '  return 200, tostring(ok) .. " " .. tostring(err)\nend)\n')
+        a = self.node(replicas=1, extra=keep(5) + late)
         b = self.node(replicas=1, extra=keep(5))
+        with a.conn() as c:
+            late = c.get("/late").text
+        self.assertTrue(late.startswith("false "), late)
+        self.assertIn("in cluster mode retention is set while the script loads", late)
         self.assertEqual(self.publish(a, "other", b"o").status, 200)
         ids = [self.publish(a, "r", b"r%d" % i).json()["id"] for i in range(6)]
         j = self.longpoll(b, "r", ids[1], timeout=0)
