@@ -3,7 +3,7 @@
 others publish; every acknowledged message must reach every client once.
 
     tests/stress/chains.py [--cluster] [--workers N] [--wild] [--limits]
-                           [--pause SECONDS] [--runs N]
+                           [--pause SECONDS] [--reload] [--runs N]
 
 Per run, on loopback: one sluice node (or, with --cluster, a 3-server NATS
 cluster with JetStream, tests/integration/nats_cluster.py, and two sluice
@@ -15,7 +15,11 @@ first node.  --limits makes the long-polls ask with a random limit (1, 2,
 5) and pause now and then; --pause stops every NATS server (SIGSTOP) for
 SECONDS while the publishes go on: a publish answered 503 may then be
 stored all the same, so a message no publisher saw acknowledged is
-allowed, never a missing or repeated one.  Exit status 1 when any client
+allowed, never a missing or repeated one.  --reload reloads every node
+(SIGHUP) about three times a second while the publishes go on, its
+retention going from 1000 messages per topic to 999 and back (more than a
+run keeps: nothing is dropped), so in cluster mode each reload sets the
+stream's limits; a reload that fails is an error, except with --pause.  Exit status 1 when any client
 missed or repeated a message.
 
 How issue 27's cluster long-poll loss (a PubAck moving the publishing
@@ -67,10 +71,9 @@ class Run:
         self.args, self.nats = args, nats
         self.dir = tempfile.mkdtemp(prefix="sluice-stress-")
         with open(os.path.join(TOP, "scripts", "default.lua")) as f:
-            app = f.read() + WILD_ROUTE
+            self.source = f.read() + WILD_ROUTE
         self.app = os.path.join(self.dir, "app.lua")
-        with open(self.app, "w") as f:
-            f.write(app)
+        self.write_app(1000)
         self.ports = free_ports(2 if nats else 1)
         self.procs = []
         self.prefix = "st%d-" % random.randint(0, 10**9)
@@ -166,6 +169,21 @@ class Run:
                 break
         self.results[name] = (t, got)
 
+    def write_app(self, backlog):
+        tmp = self.app + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(self.source + '\nsluice.topic("*", {backlog = %d})\n' % backlog)
+        os.replace(tmp, self.app)
+
+    def reloader(self, pubs):
+        for k in range(600):
+            if not any(th.is_alive() for th in pubs):
+                break
+            self.write_app(999 if k % 2 == 0 else 1000)
+            for p in self.procs:
+                p.send_signal(signal.SIGHUP)
+            time.sleep(0.3)
+
     def go(self):
         c = http.client.HTTPConnection("127.0.0.1", self.ports[0], timeout=30)
         first = {}
@@ -182,6 +200,8 @@ class Run:
         pubs = [threading.Thread(target=self.publisher, args=(k,)) for k in range(4)]
         for th in clients + pubs:
             th.start()
+        if self.args.reload:
+            threading.Thread(target=self.reloader, args=(pubs,), daemon=True).start()
         if self.args.pause and self.nats:
             time.sleep(0.5)
             for i in range(self.nats.n):
@@ -203,6 +223,14 @@ class Run:
                 bad += 1
                 print("  %s: %d missing %s, %d repeated" % (name, len(missing), sorted(missing)[:4],
                                                             repeated))
+        for k in range(len(self.ports)):
+            with open(os.path.join(self.dir, "log%d" % k), errors="replace") as f:
+                failed = [ln for ln in f if "reload failed" in ln]
+            if failed:
+                # While NATS is paused a reload that changes the retention
+                # cannot reach the stream: it fails whole, as it should.
+                note = "node%d: %d reloads failed: %s" % (k, len(failed), failed[0].strip())
+                (print if self.args.pause else self.errors.append)(note)
         return bad
 
     def close(self):
@@ -222,6 +250,7 @@ def main():
     ap.add_argument("--wild", action="store_true")
     ap.add_argument("--limits", action="store_true")
     ap.add_argument("--pause", type=float, default=0)
+    ap.add_argument("--reload", action="store_true")
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
     failed = 0
