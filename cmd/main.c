@@ -84,10 +84,10 @@ static bool cluster_options(const options *o, const lx_config *cfg, struct clust
 
 /* The app's retention (sluice.topic) as the stream's limits: one for all
  * topics, or an error that names the rules that differ. */
-static int cluster_retention(const hub *h, struct cluster_opts *co, char *err, size_t errlen)
+static int cluster_retention(const lx_app *app, struct cluster_opts *co, char *err, size_t errlen)
 {
     hub_retention r;
-    int rc = hub_retention_single(h, &r, err, errlen);
+    int rc = lx_app_retention(app, &r, err, errlen);
     if (rc != 0) return rc;
     co->max_per_topic = r.backlog;
     co->max_age_ms = (uint64_t)(r.max_age * 1000);
@@ -326,10 +326,10 @@ static void reload_all(app_ctx *a)
     /* Cluster mode: the stream keeps the retention (one for all topics),
      * so the new rules go to it first; a reload they cannot go with fails
      * whole.  Blocks this thread for the requests (at most a few s). */
-    hub_retention r;
-    if (a->cluster && (lx_app_retention(probe, &r, err, sizeof(err)) != 0 ||
-                       cluster_set_retention(a->cluster, r.backlog, (uint64_t)(r.max_age * 1000),
-                                             err, sizeof(err)) != 0)) {
+    struct cluster_opts want = {0};
+    if (a->cluster && (cluster_retention(probe, &want, err, sizeof(err)) != 0 ||
+                       cluster_set_retention(a->cluster, want.max_per_topic, want.max_age_ms, err,
+                                             sizeof(err)) != 0)) {
         LOG_KV(LOG_ERROR, "reload failed: the running app stays", LOG_S("error", err));
         lx_app_release(probe);
         return;
@@ -463,7 +463,7 @@ int main(int argc, char **argv)
     struct cluster_opts cco;
     if (o.check && cluster_options(&o, &cfg, &cco)) {
         if (cluster_opts_check(&cco, err, sizeof(err)) != 0 ||
-            cluster_retention(first_hub, &cco, err, sizeof(err)) != 0) {
+            cluster_retention(first_app, &cco, err, sizeof(err)) != 0) {
             fprintf(stderr, "sluice: %s\n", err);
             lx_app_release(first_app);
             lx_config_free(&cfg);
@@ -527,7 +527,7 @@ int main(int argc, char **argv)
     }
     struct cluster_opts co;
     if (cluster_options(&o, &cfg, &co)) {
-        if (cluster_retention(first_hub, &co, err, sizeof(err)) != 0 ||
+        if (cluster_retention(first_app, &co, err, sizeof(err)) != 0 ||
             hub_bus_cluster(bus, &co, err, sizeof(err)) != 0) {
             fprintf(stderr, "sluice: %s\n", err);
             goto out;

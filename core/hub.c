@@ -624,11 +624,6 @@ int hub_rules_single(const hub_retention_rules *rs, hub_retention *out, char *er
     return 0;
 }
 
-int hub_retention_single(const hub *h, hub_retention *out, char *err, size_t errlen)
-{
-    return hub_rules_single(&h->rules, out, err, errlen);
-}
-
 static hub_retention retention_for(const hub *h, const char *name, size_t len)
 {
     hub_retention best = {HUB_DEFAULT_BACKLOG, 0};

@@ -251,9 +251,6 @@ int hub_set_rules(hub *h, const hub_retention_rules *rs);
 int hub_set_retention(hub *h, const char *pattern, size_t len, bool prefix_match,
                       const hub_retention *r);
 
-/* hub_rules_single of the hub's rules. */
-int hub_retention_single(const hub *h, hub_retention *out, char *err, size_t errlen);
-
 /* True when `name` is a valid topic name (see HUB_TOPIC_MAX). */
 bool hub_topic_valid(const char *name, size_t len);
 
