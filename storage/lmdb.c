@@ -437,6 +437,10 @@ struct touched {
     struct topic_rec rec;
     uint64_t max_count, max_age_ms;
     int64_t now_ms; /* of its last message: age retention counts from it */
+    /* The most of its oldest messages any message of the batch drops: each
+     * keeps its own max_count newest as of its append, so a later, larger
+     * limit brings none back. */
+    uint64_t drop;
 };
 
 struct append_arg {
@@ -633,6 +637,8 @@ static int append_op(struct store *s, MDB_txn *txn, void *argp)
         t->rec.count++;
         if (!t->rec.first_seq) t->rec.first_seq = seq;
         t->rec.last_seq = seq;
+        if (m->max_count && t->rec.count > m->max_count && t->rec.count - m->max_count > t->drop)
+            t->drop = t->rec.count - m->max_count;
         t->max_count = m->max_count;
         t->max_age_ms = m->max_age_ms;
         t->now_ms = a->times ? a->times[i] : a->now_ms;
@@ -645,8 +651,9 @@ static int append_op(struct store *s, MDB_txn *txn, void *argp)
         if (!t->name) continue;
         t->rec.max_count = t->max_count;
         t->rec.max_age_ms = t->max_age_ms;
-        if ((rc = st_trim_txn(s, txn, &t->rec, t->max_count, t->max_age_ms, t->now_ms, NULL)))
-            return rc;
+        /* (drop < count: every max_count is at least 1.) */
+        uint64_t keep = t->drop ? t->rec.count - t->drop : 0;
+        if ((rc = st_trim_txn(s, txn, &t->rec, keep, t->max_age_ms, t->now_ms, NULL))) return rc;
         if ((rc = st_topic_put(s, txn, t->name, t->len, &t->rec))) return rc;
     }
     if ((rc = st_meta_put_u64(s, txn, "last_seq", last))) return rc;

@@ -31,9 +31,9 @@ struct head {
 };
 
 /* Retention over LMDB's part and the tail together, as the next
- * checkpoint will apply it: the topic's newest max_count, none older than
- * max_age before its newest.  LMDB applied it at its own last append, so
- * only messages in the tail make more of it expire. */
+ * checkpoint will apply it: each message's max_count as of its append,
+ * none older than max_age before its newest.  LMDB applied it at its own
+ * last append, so only messages in the tail make more of it expire. */
 struct visible {
     uint64_t hidden_db; /* oldest LMDB messages past the count limit */
     int64_t cutoff;     /* older than this is past max_age (INT64_MIN: none) */
@@ -125,8 +125,12 @@ static int topic_view(struct store *s, MDB_txn *txn, const struct topic_rec *rec
         tn--;
     if (!tn) return 0;
     const struct tail_msg *newest = tt->last;
-    uint64_t total = rec->count + tn, max = newest->max_count;
-    uint64_t hidden = max && total > max ? total - max : 0;
+    uint64_t total = rec->count + tn;
+    /* Count retention as each message set it (struct tail_topic): LMDB's
+     * messages are the ords just before tm's. */
+    int64_t first_ord = tm->ord - (int64_t)rec->count;
+    uint64_t hidden = tt->kept_from > first_ord ? (uint64_t)(tt->kept_from - first_ord) : 0;
+    if (hidden > total) hidden = total;
     struct visible v = {.hidden_db = hidden < rec->count ? hidden : rec->count,
                         .cutoff = newest->max_age_ms ? newest->time_ms - (int64_t)newest->max_age_ms
                                                      : INT64_MIN};

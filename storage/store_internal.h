@@ -66,6 +66,7 @@ struct tail_msg {
     uint64_t seq, epoch;
     int64_t time_ms;
     uint64_t max_count, max_age_ms;
+    int64_t ord; /* its place among its topic's tail messages (tail_topic.next_ord) */
     size_t event_len, data_len;
     size_t ikey_len;            /* idempotency key (0: none) */
     unsigned flags;             /* STORE_MSG_JSON or 0 */
@@ -77,6 +78,12 @@ struct tail_topic {
     struct tail_topic *hnext;
     struct tail_msg *first, *last;
     size_t count;
+    /* Count retention as each message set it: messages get ords 0, 1, ...
+     * as they come, and each keeps its max_count newest, so the topic's
+     * messages before ord `kept_from` are dropped (INT64_MIN: none).  The
+     * messages LMDB has come just before the first it lacks, in ord order:
+     * a checkpoint applies the same rules. */
+    int64_t next_ord, kept_from;
     uint64_t hash;
     size_t len;
     char name[];

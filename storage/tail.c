@@ -36,6 +36,7 @@ static struct tail_topic *tail_topic_get(struct tail *t, const char *name, size_
     }
     tt = calloc(1, sizeof *tt + len);
     if (!tt) return NULL;
+    tt->kept_from = INT64_MIN;
     memcpy(tt->name, name, len);
     tt->len = len;
     tt->hash = h;
@@ -97,6 +98,9 @@ void st_tail_link(struct tail *t, struct tail_msg *m)
         tt->first = m;
     tt->last = m;
     tt->count++;
+    m->ord = tt->next_ord++;
+    if (m->max_count && m->ord + 1 - (int64_t)m->max_count > tt->kept_from)
+        tt->kept_from = m->ord + 1 - (int64_t)m->max_count;
     t->count++;
     t->last_seq = m->seq;
 }

@@ -823,6 +823,69 @@ static void test_tail_retention(void)
     remove_dir(dir);
 }
 
+/* Count retention as each message set it: a message keeps its topic's
+ * max_count newest as of its append, and a later, larger limit brings back
+ * none of what a smaller one dropped, in the tail, in LMDB, in one batch. */
+static void expect_data(struct store *s, const char *topic, const char *const *want, int n)
+{
+    struct store_read_info info;
+    CHECK_EQ_INT(read_topic(s, topic, 0, 0, &info), 0);
+    CHECK_EQ_INT(G.n, n);
+    for (int i = 0; i < n && i < G.n; i++)
+        CHECK_STR(G.data[i], want[i]);
+}
+
+static void append_limited(struct store *s, const char *topic, const char *data, uint64_t max)
+{
+    struct store_msg m = mk(topic, NULL, data);
+    m.max_count = max;
+    CHECK_EQ_INT(store_append_batch(s, &m, 1, 1), 0);
+}
+
+static void test_retention_as_each_message_set_it(void)
+{
+    char *dir = make_dir();
+    struct store *s = open_store(dir, 0, 0, 0);
+    static const char *const x[] = {"x2", "x3", "x4", "x5", "x6", "x7"};
+    static const char *const xd[] = {"x0", "x1", "x2", "x3", "x4", "x5", "x6", "x7"};
+    for (int i = 0; i < 8; i++)
+        append_limited(s, "x", xd[i], i < 4 ? 2 : 1000);
+    expect_data(s, "x", x, 6); /* all in the tail */
+    CHECK_EQ_INT(store_checkpoint(s), 0);
+    expect_data(s, "x", x, 6); /* all in LMDB */
+
+    /* LMDB holds y2, y3; the tail's y6 (4) drops y2 there, y7 (1000) keeps it dropped. */
+    static const char *const y[] = {"y3", "y4", "y5", "y6", "y7"};
+    static const char *const yd[] = {"y0", "y1", "y2", "y3", "y4", "y5", "y6", "y7"};
+    for (int i = 0; i < 4; i++)
+        append_limited(s, "y", yd[i], 2);
+    CHECK_EQ_INT(store_checkpoint(s), 0);
+    for (int i = 4; i < 8; i++)
+        append_limited(s, "y", yd[i], i == 6 ? 4 : 1000);
+    expect_data(s, "y", y, 5);
+    CHECK_EQ_INT(store_checkpoint(s), 0);
+    expect_data(s, "y", y, 5);
+
+    /* One batch: z1 (1) drops z0, z2 (5) does not bring it back. */
+    struct store_msg z[3] = {mk("z", NULL, "z0"), mk("z", NULL, "z1"), mk("z", NULL, "z2")};
+    z[0].max_count = 5;
+    z[1].max_count = 1;
+    z[2].max_count = 5;
+    CHECK_EQ_INT(store_append_batch(s, z, 3, 1), 0);
+    static const char *const zk[] = {"z1", "z2"};
+    expect_data(s, "z", zk, 2);
+    CHECK_EQ_INT(store_checkpoint(s), 0);
+    expect_data(s, "z", zk, 2);
+    store_close(s);
+    /* And as the log's replay at open rebuilds the tail. */
+    s = open_store(dir, 0, 0, 0);
+    expect_data(s, "x", x, 6);
+    expect_data(s, "y", y, 5);
+    expect_data(s, "z", zk, 2);
+    store_close(s);
+    remove_dir(dir);
+}
+
 /* Wait (bounded) until the checkpoint begun by a sweep has committed: the
  * log then holds `left` messages LMDB lacks.  Nothing here reaps it. */
 static int wait_log_messages(struct store *s, uint64_t left)
@@ -1878,6 +1941,7 @@ int main(int argc, char **argv)
     test_read_only_open_meets_growth();
     test_log_recovery();
     test_tail_retention();
+    test_retention_as_each_message_set_it();
     test_checkpoint_window();
     test_two_logs_recovery();
     test_relaxed_lost_log();
