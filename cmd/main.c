@@ -296,6 +296,7 @@ typedef struct app_ctx {
     ev_timer watch_settle; /* reload once the file has stopped changing */
     adm *admin;            /* --admin-listen */
     struct cluster *cluster; /* cluster mode: the stream a reload's retention goes to */
+    const lx_config *start_cfg; /* what the script declared at start */
 } app_ctx;
 
 /* Worker threads: count the round down; the last one wakes main. */
@@ -318,11 +319,22 @@ static void reload_all(app_ctx *a)
     }
     char err[2048];
     lx_set_worker(1, a->nworkers);
-    lx_app *probe = lx_app_load(a->script_path, NULL, NULL, err, sizeof(err));
+    lx_config cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    server_limits_default(&cfg.limits);
+    lx_app *probe = lx_app_load(a->script_path, NULL, &cfg, err, sizeof(err));
     if (!probe) {
         LOG_KV(LOG_ERROR, "reload failed: the running app stays", LOG_S("error", err));
+        lx_config_free(&cfg);
         return;
     }
+    /* What the reload cannot apply is said, not dropped in silence. */
+    char changed[256];
+    if (a->start_cfg && lx_config_start_only_changes(a->start_cfg, &cfg, changed, sizeof(changed)))
+        LOG_KV(LOG_WARN,
+               "reload: settings read at start only changed; they apply at the next start",
+               LOG_S("settings", changed));
+    lx_config_free(&cfg);
     /* Cluster mode: the stream keeps the retention (one for all topics),
      * so the new rules go to it first; a reload they cannot go with fails
      * whole.  Blocks this thread for the requests (at most a few s). */
@@ -540,6 +552,7 @@ int main(int argc, char **argv)
         LOG_KV(LOG_INFO, "cluster mode: JetStream is the record", LOG_S("servers", co.servers));
         a.cluster = hub_bus_get_cluster(bus);
     }
+    a.start_cfg = &cfg;
 
     signal(SIGPIPE, SIG_IGN);
     /* A file-size limit must fail a write (EFBIG: storage full, 503), not

@@ -67,6 +67,13 @@ typedef struct lx_runtime {
 /* Frees the strings of a config. */
 void lx_config_free(lx_config *cfg);
 
+/* The settings read at start only (docs/lua-api.md: listen, tls, data,
+ * workers, storage, compression, admin, cluster and some limits) that
+ * differ between `was` and `now`: their names, comma-separated, in out.
+ * Returns how many. */
+int lx_config_start_only_changes(const lx_config *was, const lx_config *now, char *out,
+                                 size_t outlen);
+
 /* Loads the app script at `path` (NULL: the built-in default app) into a
  * new generation publishing into `h` (NULL for --check) and fills `cfg`
  * with its settings (cfg may be NULL when the settings are not wanted).

@@ -48,6 +48,61 @@ void lx_config_free(lx_config *cfg)
     cfg->tls_cert = cfg->tls_key = cfg->data_dir = NULL;
 }
 
+static bool str_differ(const char *a, const char *b)
+{
+    return (a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0);
+}
+
+static bool list_differ(char *const *a, int na, char *const *b, int nb)
+{
+    if (na != nb) return true;
+    for (int i = 0; i < na; i++)
+        if (str_differ(a[i], b[i])) return true;
+    return false;
+}
+
+int lx_config_start_only_changes(const lx_config *was, const lx_config *now, char *out,
+                                 size_t outlen)
+{
+    const lx_cluster_config *cw = &was->cluster, *cn = &now->cluster;
+    const struct {
+        const char *name;
+        bool differ;
+    } s[] = {
+        {"listen", list_differ(was->listen, was->nlisten, now->listen, now->nlisten)},
+        {"tls", list_differ(was->tls_listen, was->ntls_listen, now->tls_listen, now->ntls_listen) ||
+                    str_differ(was->tls_cert, now->tls_cert) ||
+                    str_differ(was->tls_key, now->tls_key)},
+        {"data", str_differ(was->data_dir, now->data_dir)},
+        {"workers", was->workers != now->workers},
+        {"storage", was->relaxed != now->relaxed || was->dedup_window_ms != now->dedup_window_ms},
+        {"compression", was->ws_deflate != now->ws_deflate ||
+                            was->ws_deflate_min_set != now->ws_deflate_min_set ||
+                            was->ws_deflate_min != now->ws_deflate_min},
+        {"limits.max_ws_message", was->max_ws_message != now->max_ws_message},
+        {"limits.max_publish_queue", was->max_publish_queue != now->max_publish_queue},
+        {"limits.max_waiting_resumes", was->max_waiting_resumes != now->max_waiting_resumes},
+        {"admin", str_differ(was->admin_listen, now->admin_listen) ||
+                      str_differ(was->admin_token_file, now->admin_token_file)},
+        {"cluster", str_differ(cw->servers, cn->servers) || str_differ(cw->stream, cn->stream) ||
+                        str_differ(cw->user, cn->user) || str_differ(cw->password, cn->password) ||
+                        str_differ(cw->token, cn->token) || str_differ(cw->creds, cn->creds) ||
+                        str_differ(cw->tls_ca, cn->tls_ca) ||
+                        str_differ(cw->tls_cert, cn->tls_cert) ||
+                        str_differ(cw->tls_key, cn->tls_key) || cw->replicas != cn->replicas},
+    };
+    int n = 0;
+    size_t used = 0;
+    if (outlen) out[0] = '\0';
+    for (size_t i = 0; i < sizeof(s) / sizeof(s[0]); i++) {
+        if (!s[i].differ) continue;
+        int w = snprintf(out + used, outlen - used, "%s%s", n ? "," : "", s[i].name);
+        if (w > 0 && (size_t)w < outlen - used) used += (size_t)w;
+        n++;
+    }
+    return n;
+}
+
 /* Replaces out with a copy of the string or list of strings at the top of
  * the stack.  Every element is checked before the old list is freed, so an
  * error leaves out as it was (a Lua error is a longjmp: nothing half-done

@@ -92,6 +92,25 @@ class ReloadTest(SluiceTestCase):
         with self.s.conn() as c:
             self.assertEqual(c.get("/extra").status, 404)
 
+    def test_settings_read_at_start_only_are_said_to_wait(self):
+        # Against what the script declared at start (v1: none), once per
+        # reload that differs; the reload goes on.
+        self.write(APP_V % ("v2", "sluice.config{ workers = 3, limits = "
+                                  "{ max_publish_queue = 100, max_body_size = 2048 } }"))
+        mark = self.s.mark()
+        self.s.signal(signal.SIGHUP)
+        line = self.s.wait_log(r"settings read at start only changed", since=mark).string
+        self.assertRegex(line, r'settings="?workers,limits.max_publish_queue"?$')
+        self.s.wait_log(r"reloaded app", since=mark)
+        self.assertEqual(self.version(), b"v2")
+        # Back to the start's settings: nothing to say.
+        self.write(APP_V % ("v3", ""))
+        mark = self.s.mark()
+        self.s.signal(signal.SIGHUP)
+        self.s.wait_log(r"reloaded app", since=mark)
+        self.assertEqual(self.s.find_logs(r"read at start only", since=mark), [])
+        self.assertEqual(self.version(), b"v3")
+
     def test_syntax_error_keeps_old(self):
         keep = self.conn(self.s)
         self.assertEqual(self.version(keep), b"v1")
