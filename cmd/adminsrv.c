@@ -765,18 +765,17 @@ static void stats_json(gather *g, text *t)
     if (g->cluster) {
         /* The record is the stream (the LMDB above holds nothing), as the
          * JetStream part read it. */
-        const struct cluster_stream_state cs = g->stream;
-        bool ok = g->stream_ok;
+        const struct cluster_stream_state *cs = &g->stream;
         tadd(t,
              "],\"cluster\":{\"connected\":%s,\"reconnects\":%" PRIu64 ",\"inflight\":%" PRIu64
              ",\"publish_failures\":%" PRIu64 ",\"diverged\":%" PRIu64 ",\"stream\":",
              hs->cluster_connected ? "true" : "false", hs->cluster_reconnects, hs->cluster_inflight,
              hs->cluster_publish_failures, hs->cluster_diverged);
-        if (ok)
+        if (g->stream_ok)
             tadd(t,
                  "{\"messages\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"topics\":%" PRIu64
                  ",\"first_seq\":%" PRIu64 ",\"last_seq\":%" PRIu64 "}}",
-                 cs.messages, cs.bytes, cs.topics, cs.first_seq, cs.last_seq);
+                 cs->messages, cs->bytes, cs->topics, cs->first_seq, cs->last_seq);
         else
             tadd(t, "null}");
     } else

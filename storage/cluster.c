@@ -40,6 +40,7 @@
  * application/json", the header any NATS client can read. */
 #define TYPE_HEADER "Content-Type"
 #define TYPE_JSON "application/json"
+#define DEFAULT_PER_TOPIC 1000 /* cluster_opts.max_per_topic 0 */
 #define PENDING_BUCKETS 4096
 #define SEEN_RING 4096
 
@@ -1014,7 +1015,7 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
     c->ack = ack;
     c->deliver = deliver;
     c->ud = ud;
-    c->max_per_topic = o->max_per_topic ? o->max_per_topic : 1000;
+    c->max_per_topic = o->max_per_topic ? o->max_per_topic : DEFAULT_PER_TOPIC;
     c->max_age_ms = o->max_age_ms;
     c->limit_now = c->max_per_topic; /* the stream's, once checked */
     c->limit_before = UINT64_MAX;
@@ -1559,7 +1560,7 @@ int cluster_stream_state(struct cluster *c, struct cluster_stream_state *st)
 int cluster_set_retention(struct cluster *c, uint64_t max_per_topic, uint64_t max_age_ms, char *err,
                           size_t errlen)
 {
-    if (!max_per_topic) max_per_topic = 1000;
+    if (!max_per_topic) max_per_topic = DEFAULT_PER_TOPIC;
     /* A script that keeps its retention asks nothing of NATS: a reload
      * works while NATS is away, and leaves a change made elsewhere (another
      * node's reload, `nats stream edit`) as it is. */
@@ -1574,34 +1575,31 @@ int cluster_set_retention(struct cluster *c, uint64_t max_per_topic, uint64_t ma
     }
     jsStreamConfig *cfg = si->Config;
     int64_t had_per = cfg->MaxMsgsPerSubject, had_age = cfg->MaxAge;
-    if (had_per == per && had_age == age) {
-        jsStreamInfo_Destroy(si);
-        c->max_per_topic = max_per_topic;
-        c->max_age_ms = max_age_ms;
-        return 0;
+    if (had_per != per || had_age != age) {
+        cfg->MaxMsgsPerSubject = per;
+        cfg->MaxAge = age;
+        jsOptions jo;
+        jsOptions_Init(&jo);
+        jo.Wait = CLUSTER_API_WAIT_MS;
+        jsStreamInfo *now = NULL;
+        jsErrCode jerr = 0;
+        natsStatus s = js_UpdateStream(&now, c->js, cfg, &jo, &jerr);
+        if (s != NATS_OK) {
+            jsStreamInfo_Destroy(si);
+            snprintf(err, errlen,
+                     "cluster: stream %s refused the new retention: %s (JetStream error %d)",
+                     c->stream, last_error(s), (int)jerr);
+            return SL_EIO;
+        }
+        count_limit(c, now, 0);
+        jsStreamInfo_Destroy(now);
+        LOG_KV(LOG_INFO, "cluster: the stream's retention changed", LOG_S("stream", c->stream),
+               LOG_I("max_msgs_per_subject", per), LOG_I("was_max_msgs_per_subject", had_per),
+               LOG_I("max_age_ms", age / 1000000), LOG_I("was_max_age_ms", had_age / 1000000));
     }
-    cfg->MaxMsgsPerSubject = per;
-    cfg->MaxAge = age;
-    jsOptions jo;
-    jsOptions_Init(&jo);
-    jo.Wait = CLUSTER_API_WAIT_MS;
-    jsStreamInfo *now = NULL;
-    jsErrCode jerr = 0;
-    natsStatus s = js_UpdateStream(&now, c->js, cfg, &jo, &jerr);
     jsStreamInfo_Destroy(si);
-    if (s != NATS_OK) {
-        snprintf(err, errlen,
-                 "cluster: stream %s refused the new retention: %s (JetStream error %d)", c->stream,
-                 last_error(s), (int)jerr);
-        return SL_EIO;
-    }
-    count_limit(c, now, 0);
-    jsStreamInfo_Destroy(now);
     c->max_per_topic = max_per_topic;
     c->max_age_ms = max_age_ms;
-    LOG_KV(LOG_INFO, "cluster: the stream's retention changed", LOG_S("stream", c->stream),
-           LOG_I("max_msgs_per_subject", per), LOG_I("was_max_msgs_per_subject", had_per),
-           LOG_I("max_age_ms", age / 1000000), LOG_I("was_max_age_ms", had_age / 1000000));
     return 0;
 }
 
