@@ -1274,6 +1274,14 @@ struct hub_replay_page {
 static void replay_gather(hub_bus *bus, struct hub_replay_page *q, const char *const *topics,
                           const size_t *lens, int n)
 {
+    /* A cluster read stops at its horizon, taken first: a topic a
+     * wildcard misses was made after it, and comes live. */
+    uint64_t upto = 0;
+    if (bus && bus->cluster && cluster_horizon(bus->cluster, &upto) != 0) {
+        q->nn = 0;
+        q->result = SL_EIO;
+        return;
+    }
     int nn = 0;
     for (int i = 0; i < n && nn < HUB_REPLAY_MAX_TOPICS; i++) {
         if (lens[i] >= 1 && topics[i][lens[i] - 1] == '*') {
@@ -1307,7 +1315,7 @@ static void replay_gather(hub_bus *bus, struct hub_replay_page *q, const char *c
             for (int i = 0; i < nn; i++)
                 q->gaps[i] = !q->known;
             uint64_t after = q->known ? q->after_seq : 0;
-            rc = bus->cluster ? cluster_read(bus->cluster, refs, (size_t)nn, after, q->limit,
+            rc = bus->cluster ? cluster_read(bus->cluster, refs, (size_t)nn, after, upto, q->limit,
                                              collect, &q->acc, q->infos)
                               : store_read_multi(bus->store, refs, (size_t)nn, after, q->limit,
                                                  collect, &q->acc, q->infos);

@@ -423,8 +423,11 @@ int session_subscribe_and_replay(sub_session *s, const sub_request *r, const res
     if (!rp->present) return 0;
     /* Resuming at or after "now" (the usual re-poll or reconnect):
      * whatever is newer comes live, so there is nothing to read (unless
-     * the stream may never have had the ID: the read tells). */
-    if (rp->known && rp->after >= s->last_seq && !rp->unverified) {
+     * the stream may never have had the ID: the read tells).  A short
+     * poll in cluster mode reads all the same: "now" is this node's, and
+     * a publish acknowledged on another node may not have reached it. */
+    bool now_is_all = !(s->short_poll && hub_cluster(s->hub));
+    if (rp->known && rp->after >= s->last_seq && !rp->unverified && now_is_all) {
         s->last_seq = rp->after;
         return 0;
     }

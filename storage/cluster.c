@@ -1316,9 +1316,10 @@ static int subject_state(struct cluster *c, const char *subject, uint64_t after_
     return 0;
 }
 
-/* Up to `cap` messages of one subject after after_seq, appended to *v. */
+/* Up to `cap` messages of one subject after after_seq, through `last`
+ * (its newest, as the stream leader said), appended to *v. */
 static int read_subject(struct cluster *c, const char *subject, size_t index, uint64_t after_seq,
-                        size_t cap, rmsg ***v, size_t *n, size_t *vcap,
+                        uint64_t last, size_t cap, rmsg ***v, size_t *n, size_t *vcap,
                         struct store_read_info *info, uint64_t *first_read)
 {
     jsSubOptions so;
@@ -1328,7 +1329,8 @@ static int read_subject(struct cluster *c, const char *subject, size_t index, ui
     if (js_SubscribeSync(&sub, c->js, subject, NULL, &so, &jerr) != NATS_OK) return SL_EIO;
     int rc = 0;
     *first_read = 0;
-    for (size_t got = 0; got < cap;) {
+    size_t got = 0;
+    while (got < cap) {
         natsMsg *msg = NULL;
         if (natsSubscription_NextMsg(&msg, sub, CLUSTER_API_WAIT_MS) != NATS_OK) {
             rc = SL_EIO;
@@ -1390,9 +1392,14 @@ static int read_subject(struct cluster *c, const char *subject, size_t index, ui
         info->last_seq = r->seq;
         jsMsgMetaData_Destroy(meta);
         natsMsg_Destroy(msg);
-        if (pending == 0) break;
+        /* The consumer's server may be behind the leader: it then counts
+         * nothing pending before `last`, which it delivers once it has it.
+         * Stopping there made pages end short, and the reader's cursor
+         * could pass what they lacked. */
+        if (pending == 0 && r->seq >= last) break;
         if (got == cap) info->more = 1;
     }
+    if (got > info->count) info->count = got; /* pending was a server's behind */
     sub_close(sub);
     return rc;
 }
@@ -1403,20 +1410,28 @@ static int by_seq(const void *a, const void *b)
     return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
+int cluster_horizon(struct cluster *c, uint64_t *seq)
+{
+    uint64_t seen = LOAD(c->last_seq);
+    if (!cluster_connected(c)) return SL_EIO;
+    jsStreamInfo *si = stream_info(c, NULL);
+    if (!si) return SL_EIO;
+    uint64_t last = si->State.LastSeq;
+    jsStreamInfo_Destroy(si);
+    *seq = last > seen ? last : seen;
+    return 0;
+}
+
 int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t n,
-                 uint64_t after_seq, size_t limit, store_read_fn fn, void *ud,
+                 uint64_t after_seq, uint64_t upto, size_t limit, store_read_fn fn, void *ud,
                  struct store_read_info *infos)
 {
     if (!cluster_connected(c)) return SL_EIO;
-    if (after_seq > LOAD(c->last_seq)) {
-        /* An ID past what this node has seen (CLUSTER_ID_AHEAD): published
-         * through another node and not here yet, or never the stream's. */
-        jsStreamInfo *si = stream_info(c, NULL);
-        if (!si) return SL_EIO;
-        uint64_t last = si->State.LastSeq;
-        jsStreamInfo_Destroy(si);
-        if (after_seq > last) return SL_EUNKNOWN;
-    }
+    /* An ID past the stream's last message (CLUSTER_ID_AHEAD that was not
+     * published through another node a moment ago): never the stream's. */
+    if (after_seq > upto) return SL_EUNKNOWN;
+    memset(infos, 0, n * sizeof(*infos));
+    if (after_seq == upto) return 0; /* nothing was stored after it */
     size_t cap = limit && limit < CLUSTER_READ_MAX ? limit : CLUSTER_READ_MAX;
     rmsg **v = NULL;
     size_t nv = 0, vcap = 0;
@@ -1424,17 +1439,16 @@ int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t
     /* The topics are read one after another, not as one snapshot: a
      * message of one stored while another is read would have a seq below
      * what the page delivers, and the reader's cursor would pass it.  So
-     * the page stops at what this node's consumer has delivered (or was
-     * acknowledged), read before the reads: every message up to it is in
-     * the stream, and every later one reaches the reader live (it
-     * subscribed before reading), so it is neither lost nor sent twice. */
-    uint64_t live_from = LOAD(c->last_seq);
+     * the page stops at `upto`, taken before the topics were chosen: every
+     * message up to it is in the stream, so every topic's read has it,
+     * and every later one reaches the reader live (it subscribed before
+     * the horizon was taken), so it is neither lost nor sent twice. */
+    uint64_t live_from = upto;
     /* Messages past the first truncated topic's last read may lack another
      * topic's: deliver only up to it, the next call goes on from there. */
     uint64_t horizon = UINT64_MAX;
     for (size_t i = 0; i < n && rc == 0; i++) {
         struct store_read_info *info = &infos[i];
-        memset(info, 0, sizeof(*info));
         char subject[64 + 3 * 256 + 2];
         if (subject_of(c, topics[i].name, topics[i].len, subject, sizeof(subject)) != 0) continue;
         uint64_t count = 0, stream_first = 0, first_read = 0, count_max = 0;
@@ -1459,7 +1473,8 @@ int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t
             info->last_seq = last;
         }
         if (last > after_seq) {
-            rc = read_subject(c, subject, i, after_seq, cap, &v, &nv, &vcap, info, &first_read);
+            rc = read_subject(c, subject, i, after_seq, last, cap, &v, &nv, &vcap, info,
+                              &first_read);
             if (rc != 0) break;
         }
         info->first_seq = first_read;

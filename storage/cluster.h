@@ -135,17 +135,23 @@ bool cluster_connected(const struct cluster *c);
  * come): its deliveries may miss messages or carry other IDs; restart. */
 bool cluster_sound(const struct cluster *c);
 
-/* As store_read_multi: the topics' messages with seq > after_seq merged
- * in seq order, at most `limit` (0: no limit; a topic brings at most
- * CLUSTER_READ_MAX per call, and infos[i].more tells that a later call
- * must go on), infos filled per topic (exists, gap, more, delivered).
- * A topic's gap is reported when retention may have dropped a message of
- * it after after_seq (docs/cluster.md says when: never missed, rarely
+/* Where a read must stop, taken before its topics are chosen (a
+ * wildcard's expansion included): the newest of the stream's last message
+ * now and what this node has seen.  A read up to it has everything
+ * acknowledged before, on any node; what comes later reaches a reader
+ * subscribed before live.  One JetStream request; 0 or SL_EIO. */
+int cluster_horizon(struct cluster *c, uint64_t *seq);
+
+/* As store_read_multi: the topics' messages with seq > after_seq, up to
+ * `upto` (cluster_horizon's), merged in seq order, at most `limit` (0: no limit; a topic brings at
+ * most CLUSTER_READ_MAX per call, and infos[i].more tells that a later call must go on), infos
+ * filled per topic (exists, gap, more, delivered). A topic's gap is reported when retention may
+ * have dropped a message of it after after_seq (docs/cluster.md says when: never missed, rarely
  * reported when nothing was).  Returns 0 or SL_EIO / SL_ENOMEM, or
- * SL_EUNKNOWN when after_seq is past the stream's last message (an ID
- * cluster_id_parse found ahead, that the stream never had). */
+ * SL_EUNKNOWN when after_seq is past `upto` (an ID cluster_id_parse
+ * found ahead, that the stream never had). */
 int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t n,
-                 uint64_t after_seq, size_t limit, store_read_fn fn, void *ud,
+                 uint64_t after_seq, uint64_t upto, size_t limit, store_read_fn fn, void *ud,
                  struct store_read_info *infos);
 
 /* Calls fn for each topic of the stream whose name starts with prefix

@@ -680,6 +680,30 @@ class ClusterTest(SluiceTestCase):
         self.assertEqual(rc, 1, err)
         self.assertIn("max_msgs_per_subject 10 (want 5)", err)
 
+    def test_a_read_on_one_node_has_what_another_acknowledged(self):
+        # A publish acknowledged on A is in every read on B that starts
+        # after the acknowledgement, though B's consumer may not have it
+        # yet: a short poll at B's newest, a wildcard's, and a long-poll
+        # from before it, which answers at once.  B's reads stopped at what
+        # its consumer had delivered: CI saw a short poll miss the message.
+        a = self.node()
+        b = self.node()
+        prevprev = self.publish(a, "rw.x", b"start").json()["id"]
+        prev = self.publish(a, "rw.y", b"start").json()["id"]
+        with a.conn() as ca, b.conn() as cb:
+            for i in range(40):
+                topic = "rw." + "xy"[i % 2]
+                r = self.publish(a, topic, b"m%d" % i, conn=ca)
+                self.assertEqual(r.status, 200, r)
+                mid = r.json()["id"]
+                j = cb.get("/topics/%s?since=%s&timeout=0" % (topic, quote(prev))).json()
+                self.assertEqual([m["id"] for m in j["messages"]], [mid], (i, j))
+                j = cb.get("/wild/rw.?since=%s&timeout=0" % quote(prev)).json()
+                self.assertEqual([m["id"] for m in j["messages"]], [mid], (i, j))
+                j = cb.get("/wild/rw.?since=%s&timeout=5" % quote(prevprev)).json()
+                self.assertEqual([m["id"] for m in j["messages"]], [prev, mid], (i, j))
+                prevprev, prev = prev, mid
+
     def test_live_gap_when_retention_drops_what_a_node_had_not_delivered(self):
         # Node B talks to one NATS server only, a follower of the stream; it
         # is down while node A publishes more than a topic keeps.  When it
