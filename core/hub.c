@@ -353,7 +353,10 @@ static void on_cluster_msg(void *ud, const struct cluster_msg *cm)
     /* The stream may hold what another program published with the
      * header: embedded only if it parses. */
     m->is_json = (cm->flags & STORE_MSG_JSON) && json_valid(cm->data, cm->data_len);
-    m->id_len = (uint8_t)store_id_format(cluster_epoch(b->cluster), cm->seq, m->id);
+    /* Not b->cluster's epoch: the consumer starts before cluster_open
+     * has returned and set b->cluster (a node that started while another
+     * published crashed on it). */
+    m->id_len = (uint8_t)store_id_format(cm->epoch, cm->seq, m->id);
     pthread_mutex_lock(&b->lock);
     for (unsigned i = 0; i < b->max_hubs; i++)
         if (b->hubs[i]) inbox_push(b->hubs[i], m);
@@ -472,8 +475,10 @@ void hub_detach(hub *h)
     hub_msg *m = inbox_take(h);
     while (m) {
         hub_msg *next = m->inbox_next[h->index];
+        /* Only a page's carrier, in this inbox alone, is written: other
+         * messages are in other workers' inboxes too, read meanwhile. */
         struct hub_replay_page *q = m->page;
-        m->page = NULL;
+        if (q) m->page = NULL;
         hub_msg_unref(m);
         if (q) page_free(q); /* a page back after the worker stopped */
         m = next;

@@ -589,6 +589,7 @@ static void deliver_one(struct cluster *c, natsMsg *msg, const jsMsgMetaData *me
                             .data = natsMsg_GetData(msg),
                             .data_len = (size_t)natsMsg_GetDataLength(msg),
                             .seq = meta->Sequence.Stream,
+                            .epoch = c->epoch,
                             .time_ms = meta->Timestamp / 1000000};
     const char *hv = NULL;
     if (natsMsgHeader_Get(msg, TYPE_HEADER, &hv) == NATS_OK && hv && !strcmp(hv, TYPE_JSON))

@@ -70,7 +70,8 @@ struct cluster_msg {
     size_t event_len;
     const void *data;
     size_t data_len;
-    uint64_t seq; /* stream sequence */
+    uint64_t seq;   /* stream sequence */
+    uint64_t epoch; /* the stream's, for the message's ID (cluster_epoch) */
     int64_t time_ms;
     unsigned flags; /* STORE_MSG_JSON: sent with Content-Type: application/json */
 };
