@@ -14,6 +14,7 @@
 #include "core/wsz.h"
 #include "storage/cluster.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
@@ -73,8 +74,11 @@ struct hub_bus {
     uint64_t replays_refused; /* past it (atomic) */
     bool closing;     /* hub_bus_close has begun: waiting pages are not read (atomic) */
     pthread_mutex_t replay_lock;
-    unsigned replay_threads;
+    pthread_cond_t replay_cond; /* a page queued for an idle reader */
+    unsigned replay_threads;    /* readers, busy or idle */
+    unsigned replay_idle;       /* readers waiting for a page */
     struct hub_replay_page *replay_head, *replay_tail;
+    unsigned replay_alive; /* reader threads not ended yet (atomic): hub_bus_close waits */
 };
 
 /* Counters written by the hub's own thread only and read by any (metrics):
@@ -260,6 +264,7 @@ hub_bus *hub_bus_open(struct store *st, unsigned max_hubs, size_t max_queue, cha
     }
     pthread_mutex_init(&b->lock, NULL);
     pthread_mutex_init(&b->replay_lock, NULL);
+    pthread_cond_init(&b->replay_cond, NULL);
     b->store = st;
     b->max_hubs = max_hubs;
     struct store_stats ss;
@@ -391,12 +396,18 @@ void hub_bus_close(hub_bus *b)
      * (CLUSTER_API_WAIT_MS each), wait for them (bounded too); pages that
      * wait for a reader are dropped unread. */
     __atomic_store_n(&b->closing, true, __ATOMIC_RELEASE);
-    for (int i = 0; i < 600 && __atomic_load_n(&b->replays, __ATOMIC_ACQUIRE); i++)
+    pthread_mutex_lock(&b->replay_lock);
+    pthread_cond_broadcast(&b->replay_cond); /* idle readers end */
+    pthread_mutex_unlock(&b->replay_lock);
+    for (int i = 0; i < 600 && (__atomic_load_n(&b->replays, __ATOMIC_ACQUIRE) ||
+                                __atomic_load_n(&b->replay_alive, __ATOMIC_ACQUIRE));
+         i++)
         usleep(50 * 1000);
     cluster_close(b->cluster);
     writer_stop(b->writer);
     pthread_mutex_destroy(&b->lock);
     pthread_mutex_destroy(&b->replay_lock);
+    pthread_cond_destroy(&b->replay_cond);
     free(b);
 }
 
@@ -1383,6 +1394,7 @@ long hub_replay(hub *h, const char *const *topics, const size_t *lens, int n, ui
 #define HUB_REPLAY_THREADS 64       /* reader threads at once, per process */
 #define HUB_REPLAY_PAGES_MAX 16384  /* pages read or waiting for a reader, per process */
 #define HUB_REPLAY_LIVE_MAX 4096 /* live messages a page in flight keeps for its owner */
+#define HUB_REPLAY_IDLE_MS 2000  /* how long a reader with nothing to read waits for a page */
 
 void hub_bus_limit_replays(hub_bus *b, size_t max_pages)
 {
@@ -1407,7 +1419,17 @@ static void page_free(struct hub_replay_page *q)
     free(q);
 }
 
-/* A reader: its page, then those that wait, until none is left. */
+/* The oldest page waiting for a reader, or NULL (under replay_lock). */
+static struct hub_replay_page *replay_pop(hub_bus *b)
+{
+    struct hub_replay_page *q = b->replay_head;
+    if (q && !(b->replay_head = q->queued)) b->replay_tail = NULL;
+    return q;
+}
+
+/* A reader: its page, then those that wait; with none, it waits
+ * HUB_REPLAY_IDLE_MS for one before it ends.  (A thread made for each
+ * page was most of the CPU of a caught-up short poll in cluster mode.) */
 static void *replay_thread(void *arg)
 {
     struct hub_replay_page *q = arg;
@@ -1422,14 +1444,28 @@ static void *replay_thread(void *arg)
         if (home) inbox_push(q->h, q->carrier); /* hub_poll hands it to replay_done */
         pthread_mutex_unlock(&b->lock);
         if (!home) page_free(q); /* the worker has ended: no one to tell */
+        __atomic_sub_fetch(&b->replays, 1, __ATOMIC_RELEASE);
         pthread_mutex_lock(&b->replay_lock);
-        q = b->replay_head;
-        if (q && !(b->replay_head = q->queued)) b->replay_tail = NULL;
+        q = replay_pop(b);
+        if (!q && !__atomic_load_n(&b->closing, __ATOMIC_ACQUIRE)) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += HUB_REPLAY_IDLE_MS / 1000;
+            ts.tv_nsec += (long)(HUB_REPLAY_IDLE_MS % 1000) * 1000000;
+            ts.tv_sec += ts.tv_nsec / 1000000000;
+            ts.tv_nsec %= 1000000000;
+            b->replay_idle++;
+            int rc = 0;
+            while (!(q = replay_pop(b)) && rc != ETIMEDOUT &&
+                   !__atomic_load_n(&b->closing, __ATOMIC_ACQUIRE))
+                rc = pthread_cond_timedwait(&b->replay_cond, &b->replay_lock, &ts);
+            b->replay_idle--;
+        }
         if (!q) b->replay_threads--;
         pthread_mutex_unlock(&b->replay_lock);
-        /* Last: once no page is left, hub_bus_close may free b. */
-        __atomic_sub_fetch(&b->replays, 1, __ATOMIC_RELEASE);
     }
+    /* Last: once every reader has ended, hub_bus_close may free b. */
+    __atomic_sub_fetch(&b->replay_alive, 1, __ATOMIC_RELEASE);
     return NULL;
 }
 
@@ -1476,15 +1512,17 @@ int hub_replay_async(hub *h, const char *const *topics, const size_t *lens, int 
         q->carrier->page = q;
         /* A reader of its own, or the queue: a reader takes it when done. */
         pthread_mutex_lock(&b->replay_lock);
-        start = b->replay_threads < HUB_REPLAY_THREADS;
+        start = b->replay_idle == 0 && b->replay_threads < HUB_REPLAY_THREADS;
         if (start) {
             b->replay_threads++;
+            __atomic_add_fetch(&b->replay_alive, 1, __ATOMIC_RELAXED);
         } else {
             if (b->replay_tail)
                 b->replay_tail->queued = q;
             else
                 b->replay_head = q;
             b->replay_tail = q;
+            if (b->replay_idle) pthread_cond_signal(&b->replay_cond);
         }
         pthread_mutex_unlock(&b->replay_lock);
     }
@@ -1501,6 +1539,7 @@ int hub_replay_async(hub *h, const char *const *topics, const size_t *lens, int 
             pthread_mutex_lock(&b->replay_lock);
             b->replay_threads--;
             pthread_mutex_unlock(&b->replay_lock);
+            __atomic_sub_fetch(&b->replay_alive, 1, __ATOMIC_RELEASE);
         }
     }
     if (!ok) {

@@ -102,6 +102,14 @@ struct cluster {
     int connected;
     int closing;                  /* cluster_close has begun: a disconnect is expected */
     int sub_done, notes_done;     /* their handlers have returned for good (sub_close_waiting) */
+    /* cluster_horizon's requests, shared by the reads that wait for one
+     * (under hz_lock): the started-th is in flight while hz_busy; the
+     * done-th is the newest answered, hz_seq or the failure hz_rc. */
+    pthread_mutex_t hz_lock;
+    pthread_cond_t hz_cond;
+    uint64_t hz_started, hz_done, hz_seq;
+    int hz_rc;
+    bool hz_busy;
     pthread_mutex_t consume_lock; /* one delivery at a time, whatever thread the client uses */
     uint64_t consumed;            /* newest seq delivered (under consume_lock) */
     /* The prints of the last SEEN_RING seqs delivered (under consume_lock):
@@ -1008,6 +1016,8 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
     pthread_mutex_init(&c->consume_lock, NULL);
     pthread_mutex_init(&c->keep_lock, NULL);
     pthread_cond_init(&c->keep_cond, NULL);
+    pthread_mutex_init(&c->hz_lock, NULL);
+    pthread_cond_init(&c->hz_cond, NULL);
     pthread_mutex_init(&c->send_lock, NULL);
     pthread_cond_init(&c->send_cond, NULL);
     snprintf(c->stream, sizeof(c->stream), "%s", o->stream ? o->stream : "SLUICE");
@@ -1206,6 +1216,8 @@ void cluster_close(struct cluster *c)
     pthread_mutex_destroy(&c->consume_lock);
     pthread_mutex_destroy(&c->keep_lock);
     pthread_cond_destroy(&c->keep_cond);
+    pthread_mutex_destroy(&c->hz_lock);
+    pthread_cond_destroy(&c->hz_cond);
     pthread_mutex_destroy(&c->send_lock);
     pthread_cond_destroy(&c->send_cond);
     free(c);
@@ -1411,16 +1423,58 @@ static int by_seq(const void *a, const void *b)
     return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
+/* The stream's last seq now: one request. */
+static int stream_last_seq(struct cluster *c, uint64_t *seq)
+{
+    jsStreamInfo *si = stream_info(c, NULL);
+    if (!si) return SL_EIO;
+    *seq = si->State.LastSeq;
+    jsStreamInfo_Destroy(si);
+    return 0;
+}
+
 int cluster_horizon(struct cluster *c, uint64_t *seq)
 {
     uint64_t seen = LOAD(c->last_seq);
     if (!cluster_connected(c)) return SL_EIO;
-    jsStreamInfo *si = stream_info(c, NULL);
-    if (!si) return SL_EIO;
-    uint64_t last = si->State.LastSeq;
-    jsStreamInfo_Destroy(si);
-    *seq = last > seen ? last : seen;
-    return 0;
+    /* Any request that starts after this call began will do: reads that
+     * come together share one (a short poll's read is mostly this
+     * request: one each cost 28 times the throughput of a caught-up
+     * poll).  The one in flight now may have started before: wait for
+     * the next. */
+    pthread_mutex_lock(&c->hz_lock);
+    uint64_t need = c->hz_started + 1;
+    int64_t give_up = nats_Now() + 3 * CLUSTER_API_WAIT_MS;
+    while (c->hz_done < need) {
+        if (!c->hz_busy) {
+            c->hz_busy = true;
+            uint64_t gen = ++c->hz_started;
+            pthread_mutex_unlock(&c->hz_lock);
+            uint64_t last = 0;
+            int rc = stream_last_seq(c, &last);
+            pthread_mutex_lock(&c->hz_lock);
+            c->hz_seq = last;
+            c->hz_rc = rc;
+            c->hz_done = gen;
+            c->hz_busy = false;
+            pthread_cond_broadcast(&c->hz_cond);
+            continue;
+        }
+        int64_t now = nats_Now();
+        if (now >= give_up) break;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        int64_t ms = give_up - now < 100 ? give_up - now : 100;
+        ts.tv_nsec += (long)ms * 1000000;
+        ts.tv_sec += ts.tv_nsec / 1000000000;
+        ts.tv_nsec %= 1000000000;
+        pthread_cond_timedwait(&c->hz_cond, &c->hz_lock, &ts);
+    }
+    int rc = c->hz_done >= need ? c->hz_rc : SL_EIO;
+    uint64_t last = c->hz_seq;
+    pthread_mutex_unlock(&c->hz_lock);
+    if (rc == 0) *seq = last > seen ? last : seen;
+    return rc;
 }
 
 int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t n,
