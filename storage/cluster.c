@@ -1437,11 +1437,10 @@ int cluster_horizon(struct cluster *c, uint64_t *seq)
 {
     uint64_t seen = LOAD(c->last_seq);
     if (!cluster_connected(c)) return SL_EIO;
-    /* Any request that starts after this call began will do: reads that
-     * come together share one (a short poll's read is mostly this
-     * request: one each cost 28 times the throughput of a caught-up
-     * poll).  The one in flight now may have started before: wait for
-     * the next. */
+    /* Any request that starts after this call began will do, so reads
+     * that come together share one (a caught-up short poll's read is
+     * this request alone).  The one in flight now may have started
+     * before: wait for the next. */
     pthread_mutex_lock(&c->hz_lock);
     uint64_t need = c->hz_started + 1;
     int64_t give_up = nats_Now() + 3 * CLUSTER_API_WAIT_MS;
