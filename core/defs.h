@@ -9,7 +9,9 @@
  *   sanitizer and debug builds (SLUICE_ASSERTS), where a broken one aborts
  *   with the file and line; compiled out of release builds, which must not
  *   pay for checks on the hot path.  Never for what a peer sends: that is
- *   an error with a status or close code, not an abort. */
+ *   an error with a status or close code, not an abort.
+ * - deadline_in_ms(ms): the absolute time pthread_cond_timedwait wants
+ *   (CLOCK_REALTIME, a condition variable's default), ms from now. */
 #ifndef SLUICE_DEFS_H
 #define SLUICE_DEFS_H
 
@@ -17,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #define STRLIT(s) ("" s), (sizeof(s) - 1)
 #define STR_IS(p, n, lit) ((size_t)(n) == sizeof(lit) - 1 && memcmp((p), "" lit, sizeof(lit) - 1) == 0)
@@ -38,5 +41,16 @@
 #else
 #define SLUICE_ASSERT(cond) ((void)0)
 #endif
+
+static inline struct timespec deadline_in_ms(long ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (ms % 1000) * 1000000L;
+    ts.tv_sec += ts.tv_nsec / 1000000000;
+    ts.tv_nsec %= 1000000000;
+    return ts;
+}
 
 #endif

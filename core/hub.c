@@ -1448,12 +1448,7 @@ static void *replay_thread(void *arg)
         pthread_mutex_lock(&b->replay_lock);
         q = replay_pop(b);
         if (!q && !__atomic_load_n(&b->closing, __ATOMIC_ACQUIRE)) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_sec += HUB_REPLAY_IDLE_MS / 1000;
-            ts.tv_nsec += (long)(HUB_REPLAY_IDLE_MS % 1000) * 1000000;
-            ts.tv_sec += ts.tv_nsec / 1000000000;
-            ts.tv_nsec %= 1000000000;
+            struct timespec ts = deadline_in_ms(HUB_REPLAY_IDLE_MS);
             b->replay_idle++;
             int rc = 0;
             while (!(q = replay_pop(b)) && rc != ETIMEDOUT &&

@@ -587,11 +587,7 @@ static void *notes_main(void *arg)
     double sent_at = 0, gap = 0;
     pthread_mutex_lock(&notes.lock);
     while (!notes.stop) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += NOTE_CHECK_MS * 1000000L;
-        ts.tv_sec += ts.tv_nsec / 1000000000;
-        ts.tv_nsec %= 1000000000;
+        struct timespec ts = deadline_in_ms(NOTE_CHECK_MS);
         pthread_cond_timedwait(&notes.cond, &notes.lock, &ts);
         if (notes.stop) break;
         pthread_mutex_unlock(&notes.lock);

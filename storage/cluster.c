@@ -24,9 +24,11 @@
  * seconds. */
 #include "storage/cluster.h"
 
+#include "core/defs.h"
 #include "core/err.h"
 #include "core/log.h"
 
+#include <errno.h>
 #include <nats/nats.h>
 
 #include <pthread.h>
@@ -883,11 +885,7 @@ static void *keeper_main(void *arg)
     pthread_mutex_lock(&c->keep_lock);
     while (!LOAD(c->closing)) {
         if (!c->renew || !LOAD(c->connected)) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += (long)CLUSTER_RENEW_RETRY_MS * 1000000;
-            ts.tv_sec += ts.tv_nsec / 1000000000;
-            ts.tv_nsec %= 1000000000;
+            struct timespec ts = deadline_in_ms(CLUSTER_RENEW_RETRY_MS);
             pthread_cond_timedwait(&c->keep_cond, &c->keep_lock, &ts);
             continue;
         }
@@ -1443,7 +1441,7 @@ int cluster_horizon(struct cluster *c, uint64_t *seq)
      * before: wait for the next. */
     pthread_mutex_lock(&c->hz_lock);
     uint64_t need = c->hz_started + 1;
-    int64_t give_up = nats_Now() + 3 * CLUSTER_API_WAIT_MS;
+    struct timespec give_up = deadline_in_ms(3 * CLUSTER_API_WAIT_MS);
     while (c->hz_done < need) {
         if (!c->hz_busy) {
             c->hz_busy = true;
@@ -1459,15 +1457,7 @@ int cluster_horizon(struct cluster *c, uint64_t *seq)
             pthread_cond_broadcast(&c->hz_cond);
             continue;
         }
-        int64_t now = nats_Now();
-        if (now >= give_up) break;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        int64_t ms = give_up - now < 100 ? give_up - now : 100;
-        ts.tv_nsec += (long)ms * 1000000;
-        ts.tv_sec += ts.tv_nsec / 1000000000;
-        ts.tv_nsec %= 1000000000;
-        pthread_cond_timedwait(&c->hz_cond, &c->hz_lock, &ts);
+        if (pthread_cond_timedwait(&c->hz_cond, &c->hz_lock, &give_up) == ETIMEDOUT) break;
     }
     int rc = c->hz_done >= need ? c->hz_rc : SL_EIO;
     uint64_t last = c->hz_seq;
