@@ -466,6 +466,8 @@ typedef struct hub_stats {
     uint64_t cluster_diverged;  /* repeats that were another message (servers disagree) */
     uint64_t cluster_renewals;  /* the stream's consumer made anew */
     uint64_t cluster_resumes_refused; /* past hub_bus_limit_replays's bound */
+    uint64_t cluster_read_retries;    /* reads of the stream tried again */
+    uint64_t cluster_read_failures;   /* reads of the stream that failed: readers told */
 } hub_stats;
 void hub_get_stats(const hub *h, hub_stats *st);
 

@@ -198,6 +198,14 @@ char *metrics_render(const hub *h, const metrics_extra *extra, size_t nextra, si
              "stream or waiting for a reader (the client was told: SSE stream ended, WebSocket "
              "1013, long-poll 503).",
              hs.cluster_resumes_refused},
+            {"sluice_cluster_read_retries_total", "counter",
+             "Reads of the stream (resumes, polls) tried again after one of their requests "
+             "failed or timed out (logged).",
+             hs.cluster_read_retries},
+            {"sluice_cluster_read_failures_total", "counter",
+             "Reads of the stream that failed on their second try, or with NATS disconnected: "
+             "the client was told (long-poll 503, SSE stream ended, WebSocket close 1011).",
+             hs.cluster_read_failures},
         };
         put_scalars(&t, cl, sizeof(cl) / sizeof(cl[0]));
     }

@@ -37,6 +37,10 @@ typedef struct sub_transport_ops {
      * a read on the loop.  NULL: the transport's replay is read on the loop
      * or page by page (streams). */
     void (*replayed)(sub_session *s, int rc);
+    /* A stream's backlog could not be read, or its read was refused
+     * (SL_ELIMIT): it ends, telling the client, which resumes later.
+     * NULL for polls (their `replayed` answers). */
+    void (*replay_failed)(sub_session *s, int rc);
 } sub_transport_ops;
 
 extern const sub_transport_ops ws_transport, sse_transport, lp_transport;

@@ -15,11 +15,18 @@
 static void sse_on_data(conn *c, void *state, char *data, size_t len) {} /* nothing to read */
 static void sse_on_timer(conn *c, void *state);
 static void sse_on_close(conn *c, void *state);
+/* It ends after its retry line: the client asks again later. */
+static void sse_replay_failed(sub_session *s, int rc)
+{
+    sub_set_end_reason(s, rc == SL_ELIMIT ? SUB_END_RESUME_REFUSED : SUB_END_ERROR);
+    conn_close_after_write(s->c);
+}
+
 static void sse_on_drain(conn *c, void *state)
 {
     session_flushed(state);
     int rc = session_replay_more(state);
-    if (rc < 0 && rc != SL_EGONE) conn_close_after_write(c);
+    if (rc < 0 && rc != SL_EGONE) sse_replay_failed(state, rc);
 }
 
 static const conn_stream_ops sse_ops = {
@@ -63,9 +70,7 @@ static int sse_start(sub_session *s, const sub_request *r, const http_request *r
     int rc = session_subscribe_and_replay(s, r, &rp, 0);
     if (rc == SL_EGONE) return 0; /* cut off while replaying */
     if (rc < 0) {
-        /* It ends after its retry line: the client asks again later. */
-        sub_set_end_reason(s, rc == SL_ELIMIT ? SUB_END_RESUME_REFUSED : SUB_END_ERROR);
-        conn_close_after_write(s->c);
+        sse_replay_failed(s, rc);
         return 0;
     }
     if (!session_ended(s)) conn_stream_timer(s->c, sub_defaults.sse_heartbeat);
@@ -138,5 +143,6 @@ const sub_transport_ops sse_transport = {
     .send_msg = sse_send_msg,
     .send_gap = sse_send_gap,
     .close = sse_close,
+    .replay_failed = sse_replay_failed,
     .reap = sse_reap,
 };

@@ -297,15 +297,14 @@ static void replay_page_back(void *owner, hub_replay_page *page)
         bool more = false;
         long n = page_deliver(s, page, &more);
         if (!session_ended(s)) {
-            if (n < 0) {
-                conn_close_after_write(s->c);
-            } else {
+            int rc = (int)n;
+            if (n >= 0) {
                 replay_page_end(s, more);
                 /* Its output drains into the next page; nothing written
                  * (every message filtered out) drains nothing: go on now. */
-                if (more && s->c->out.bytes == 0 && replay_page(s, true) < 0 && !session_ended(s))
-                    conn_close_after_write(s->c);
+                rc = more && s->c->out.bytes == 0 ? replay_page(s, true) : 0;
             }
+            if (rc < 0 && !session_ended(s)) s->tp->replay_failed(s, rc);
         }
     }
     session_release(s); /* last: it may free s */

@@ -39,6 +39,7 @@ static bool header_has(const http_request *req, const char *name, const char *to
 }
 
 static void ws_session_close(sub_session *s, unsigned code, const char *reason);
+static void ws_replay_failed(sub_session *s, int rc);
 
 static sub_deflate_stats deflate_counts; /* relaxed atomics: every worker */
 #define DEFLATE_COUNT(field, n) __atomic_add_fetch(&deflate_counts.field, (n), __ATOMIC_RELAXED)
@@ -167,15 +168,20 @@ static int ws_start(sub_session *s, const sub_request *r, const http_request *re
     int rc = session_subscribe_and_replay(s, r, &rp, 0);
     if (rc == SL_EGONE) return 0; /* cut off while replaying */
     if (rc < 0) {
-        sub_set_end_reason(s, rc == SL_ELIMIT ? SUB_END_RESUME_REFUSED : SUB_END_ERROR);
-        if (rc == SL_ELIMIT)
-            ws_session_close(s, WS_CLOSE_TRY_AGAIN_LATER, "too many resumes at once");
-        else
-            ws_session_close(s, WS_CLOSE_INTERNAL_ERROR, "storage error");
+        ws_replay_failed(s, rc);
         return 0;
     }
     if (!session_ended(s)) conn_stream_timer(s->c, sub_defaults.ws_ping);
     return 0;
+}
+
+static void ws_replay_failed(sub_session *s, int rc)
+{
+    sub_set_end_reason(s, rc == SL_ELIMIT ? SUB_END_RESUME_REFUSED : SUB_END_ERROR);
+    if (rc == SL_ELIMIT)
+        ws_session_close(s, WS_CLOSE_TRY_AGAIN_LATER, "too many resumes at once");
+    else
+        ws_session_close(s, WS_CLOSE_INTERNAL_ERROR, "storage error");
 }
 
 /* Queues a close frame (past the output limit: it is the last thing sent)
@@ -436,7 +442,7 @@ static void ws_on_drain(conn *c, void *state)
 {
     session_flushed(state);
     int rc = session_replay_more(state);
-    if (rc < 0 && rc != SL_EGONE) ws_session_close(state, WS_CLOSE_INTERNAL_ERROR, "storage error");
+    if (rc < 0 && rc != SL_EGONE) ws_replay_failed(state, rc);
 }
 
 static void ws_on_shutdown(conn *c, void *state)
@@ -512,6 +518,7 @@ const sub_transport_ops ws_transport = {
     .send_gap = ws_send_gap,
     .send_data = ws_send_data,
     .close = ws_session_close,
+    .replay_failed = ws_replay_failed,
     .reap = ws_reap,
 };
 

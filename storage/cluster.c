@@ -106,11 +106,11 @@ struct cluster {
     int sub_done, notes_done;     /* their handlers have returned for good (sub_close_waiting) */
     /* cluster_horizon's requests, shared by the reads that wait for one
      * (under hz_lock): the started-th is in flight while hz_busy; the
-     * done-th is the newest answered, hz_seq or the failure hz_rc. */
+     * done-th is the newest answered: hz_seq, unless hz_status fails. */
     pthread_mutex_t hz_lock;
     pthread_cond_t hz_cond;
     uint64_t hz_started, hz_done, hz_seq;
-    int hz_rc;
+    natsStatus hz_status;
     bool hz_busy;
     pthread_mutex_t consume_lock; /* one delivery at a time, whatever thread the client uses */
     uint64_t consumed;            /* newest seq delivered (under consume_lock) */
@@ -120,6 +120,7 @@ struct cluster {
         uint64_t seq, print;
     } seen[SEEN_RING];
     uint64_t refetched, repeats, diverged, gaps, renewals; /* relaxed atomics */
+    uint64_t read_retries, read_failures;                  /* relaxed atomics */
     int64_t next_check; /* check_copy's next (under consume_lock) */
     int unsound;        /* this node's copy of the stream disagreed with the leader's */
 };
@@ -623,8 +624,9 @@ static void deliver_one(struct cluster *c, natsMsg *msg, const jsMsgMetaData *me
 
 /* The stream's info, with the message count of each subject matching
  * `subjects` (NULL: none), bounded by CLUSTER_API_WAIT_MS.  NULL when
- * JetStream does not answer.  Free with jsStreamInfo_Destroy. */
-static jsStreamInfo *stream_info(struct cluster *c, const char *subjects)
+ * JetStream does not answer, and then *why (if not NULL) says why.  Free
+ * with jsStreamInfo_Destroy. */
+static jsStreamInfo *stream_info(struct cluster *c, const char *subjects, natsStatus *why)
 {
     jsOptions jo;
     jsOptions_Init(&jo);
@@ -632,8 +634,9 @@ static jsStreamInfo *stream_info(struct cluster *c, const char *subjects)
     jo.Stream.Info.SubjectsFilter = subjects;
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
-    if (js_GetStreamInfo(&si, c->js, c->stream, &jo, &jerr) != NATS_OK) return NULL;
-    return si;
+    natsStatus s = js_GetStreamInfo(&si, c->js, c->stream, &jo, &jerr);
+    if (why) *why = s;
+    return s == NATS_OK ? si : NULL;
 }
 
 /* The per-subject count limit to judge a gap after `after_seq` with,
@@ -671,7 +674,7 @@ static uint64_t count_limit(struct cluster *c, const jsStreamInfo *si, uint64_t 
 static void tell_gap(struct cluster *c, uint64_t from)
 {
     ADD(c->gaps, 1);
-    jsStreamInfo *si = stream_info(c, c->filter);
+    jsStreamInfo *si = stream_info(c, c->filter, NULL);
     uint64_t told = 0;
     if (si && si->State.FirstSeq <= from && si->State.Subjects) {
         uint64_t limit = count_limit(c, si, from - 1);
@@ -1256,6 +1259,8 @@ void cluster_get_stats(const struct cluster *c, struct cluster_stats *st)
     st->gaps = LOAD(m->gaps);
     st->diverged = LOAD(m->diverged);
     st->renewals = LOAD(m->renewals);
+    st->read_retries = LOAD(m->read_retries);
+    st->read_failures = LOAD(m->read_failures);
     st->connected = cluster_connected(c);
 }
 
@@ -1309,13 +1314,25 @@ typedef struct rmsg {
     char data[];
 } rmsg;
 
+/* A request of a read that failed: logged with the step and what NATS
+ * said (cluster_read and cluster_horizon count, and try once more). */
+static int read_failed(const char *step, const char *subject, natsStatus s)
+{
+    static log_limit lim = LOG_LIMIT_INIT;
+    LOG_KV_LIMITED(&lim, 10.0, LOG_WARN, "cluster: a request of a read of the stream failed",
+                   LOG_S("step", step), LOG_S("subject", subject ? subject : ""),
+                   LOG_S("nats", natsStatus_GetText(s)));
+    return SL_EIO;
+}
+
 /* Stream state for one subject: its message count, the stream's first
  * seq, and the count limit for a gap after after_seq (count_limit). */
 static int subject_state(struct cluster *c, const char *subject, uint64_t after_seq,
                          uint64_t *count, uint64_t *stream_first, uint64_t *limit)
 {
-    jsStreamInfo *si = stream_info(c, subject);
-    if (!si) return SL_EIO;
+    natsStatus why = NATS_OK;
+    jsStreamInfo *si = stream_info(c, subject, &why);
+    if (!si) return read_failed("subject state", subject, why);
     *count = 0;
     *stream_first = si->State.FirstSeq;
     *limit = count_limit(c, si, after_seq);
@@ -1337,22 +1354,24 @@ static int read_subject(struct cluster *c, const char *subject, size_t index, ui
     consumer_options(c, &so, after_seq ? after_seq + 1 : 0);
     natsSubscription *sub = NULL;
     jsErrCode jerr = 0;
-    if (js_SubscribeSync(&sub, c->js, subject, NULL, &so, &jerr) != NATS_OK) return SL_EIO;
+    natsStatus s = js_SubscribeSync(&sub, c->js, subject, NULL, &so, &jerr);
+    if (s != NATS_OK) return read_failed("consumer", subject, s);
     int rc = 0;
     *first_read = 0;
     size_t got = 0;
     while (got < cap) {
         natsMsg *msg = NULL;
-        if (natsSubscription_NextMsg(&msg, sub, CLUSTER_API_WAIT_MS) != NATS_OK) {
-            rc = SL_EIO;
+        if ((s = natsSubscription_NextMsg(&msg, sub, CLUSTER_API_WAIT_MS)) != NATS_OK) {
+            rc = read_failed("next message", subject, s);
             break;
         }
         jsMsgMetaData *meta = NULL;
         /* One lost on the way: the read fails (the reader asks again). */
-        if (natsMsg_GetMetaData(&meta, msg) != NATS_OK || meta->Sequence.Consumer != got + 1) {
+        if ((s = natsMsg_GetMetaData(&meta, msg)) != NATS_OK ||
+            meta->Sequence.Consumer != got + 1) {
             jsMsgMetaData_Destroy(meta);
             natsMsg_Destroy(msg);
-            rc = SL_EIO;
+            rc = read_failed(s != NATS_OK ? "metadata" : "message lost on the way", subject, s);
             break;
         }
         uint64_t pending = meta->NumPending;
@@ -1422,75 +1441,77 @@ static int by_seq(const void *a, const void *b)
 }
 
 /* The stream's last seq now: one request. */
-static int stream_last_seq(struct cluster *c, uint64_t *seq)
+static natsStatus stream_last_seq(struct cluster *c, uint64_t *seq)
 {
-    jsStreamInfo *si = stream_info(c, NULL);
-    if (!si) return SL_EIO;
+    natsStatus why = NATS_OK;
+    jsStreamInfo *si = stream_info(c, NULL, &why);
+    if (!si) return why;
     *seq = si->State.LastSeq;
     jsStreamInfo_Destroy(si);
-    return 0;
+    return NATS_OK;
 }
 
 int cluster_horizon(struct cluster *c, uint64_t *seq)
 {
     uint64_t seen = LOAD(c->last_seq);
-    if (!cluster_connected(c)) return SL_EIO;
+    if (!cluster_connected(c)) {
+        ADD(c->read_failures, 1);
+        return read_failed("horizon", NULL, NATS_CONNECTION_DISCONNECTED);
+    }
     /* Any request that starts after this call began will do, so reads
      * that come together share one (a caught-up short poll's read is
      * this request alone).  The one in flight now may have started
-     * before: wait for the next. */
+     * before: wait for the next.  After one that failed, the next (a
+     * second try, as cluster_read's). */
     pthread_mutex_lock(&c->hz_lock);
     uint64_t need = c->hz_started + 1;
     struct timespec give_up = deadline_in_ms(3 * CLUSTER_API_WAIT_MS);
-    while (c->hz_done < need) {
-        if (!c->hz_busy) {
-            c->hz_busy = true;
-            uint64_t gen = ++c->hz_started;
-            pthread_mutex_unlock(&c->hz_lock);
-            uint64_t last = 0;
-            int rc = stream_last_seq(c, &last);
-            pthread_mutex_lock(&c->hz_lock);
-            c->hz_seq = last;
-            c->hz_rc = rc;
-            c->hz_done = gen;
-            c->hz_busy = false;
-            pthread_cond_broadcast(&c->hz_cond);
-            continue;
+    natsStatus st = NATS_TIMEOUT;
+    for (int tries = 1;; tries++) {
+        while (c->hz_done < need) {
+            if (!c->hz_busy) {
+                c->hz_busy = true;
+                uint64_t gen = ++c->hz_started;
+                pthread_mutex_unlock(&c->hz_lock);
+                uint64_t last = 0;
+                natsStatus got = stream_last_seq(c, &last);
+                if (got != NATS_OK) read_failed("horizon", NULL, got);
+                pthread_mutex_lock(&c->hz_lock);
+                c->hz_seq = last;
+                c->hz_status = got;
+                c->hz_done = gen;
+                c->hz_busy = false;
+                pthread_cond_broadcast(&c->hz_cond);
+                continue;
+            }
+            if (pthread_cond_timedwait(&c->hz_cond, &c->hz_lock, &give_up) == ETIMEDOUT) break;
         }
-        if (pthread_cond_timedwait(&c->hz_cond, &c->hz_lock, &give_up) == ETIMEDOUT) break;
+        st = c->hz_done >= need ? c->hz_status : NATS_TIMEOUT;
+        if (st == NATS_OK || c->hz_done < need || tries == CLUSTER_READ_TRIES ||
+            !cluster_connected(c))
+            break;
+        ADD(c->read_retries, 1);
+        need = c->hz_started + 1;
+        give_up = deadline_in_ms(3 * CLUSTER_API_WAIT_MS);
     }
-    int rc = c->hz_done >= need ? c->hz_rc : SL_EIO;
     uint64_t last = c->hz_seq;
     pthread_mutex_unlock(&c->hz_lock);
-    if (rc == 0) *seq = last > seen ? last : seen;
-    return rc;
+    if (st != NATS_OK) {
+        ADD(c->read_failures, 1);
+        return SL_EIO;
+    }
+    *seq = last > seen ? last : seen;
+    return 0;
 }
 
-int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t n,
-                 uint64_t after_seq, uint64_t upto, size_t limit, store_read_fn fn, void *ud,
-                 struct store_read_info *infos)
+/* One try of cluster_read's requests: each topic's messages after
+ * after_seq (at most cap) appended to *v, infos filled, *horizon lowered to
+ * the last read of a topic that has more.  0 or an SL_E* code. */
+static int read_topics(struct cluster *c, const struct store_topic_ref *topics, size_t n,
+                       uint64_t after_seq, size_t cap, rmsg ***v, size_t *nv, size_t *vcap,
+                       struct store_read_info *infos, uint64_t *horizon)
 {
-    if (!cluster_connected(c)) return SL_EIO;
-    /* An ID past the stream's last message (CLUSTER_ID_AHEAD that was not
-     * published through another node a moment ago): never the stream's. */
-    if (after_seq > upto) return SL_EUNKNOWN;
-    memset(infos, 0, n * sizeof(*infos));
-    if (after_seq == upto) return 0; /* nothing was stored after it */
-    size_t cap = limit && limit < CLUSTER_READ_MAX ? limit : CLUSTER_READ_MAX;
-    rmsg **v = NULL;
-    size_t nv = 0, vcap = 0;
     int rc = 0;
-    /* The topics are read one after another, not as one snapshot: a
-     * message of one stored while another is read would have a seq below
-     * what the page delivers, and the reader's cursor would pass it.  So
-     * the page stops at `upto`, taken before the topics were chosen: every
-     * message up to it is in the stream, so every topic's read has it,
-     * and every later one reaches the reader live (it subscribed before
-     * the horizon was taken), so it is neither lost nor sent twice. */
-    uint64_t live_from = upto;
-    /* Messages past the first truncated topic's last read may lack another
-     * topic's: deliver only up to it, the next call goes on from there. */
-    uint64_t horizon = UINT64_MAX;
     for (size_t i = 0; i < n && rc == 0; i++) {
         struct store_read_info *info = &infos[i];
         char subject[64 + 3 * 256 + 2];
@@ -1511,14 +1532,13 @@ int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t
             if (ls == NATS_OK) last = natsMsg_GetSequence(lm);
             natsMsg_Destroy(lm);
             if (ls != NATS_OK && ls != NATS_NOT_FOUND) {
-                rc = SL_EIO;
+                rc = read_failed("last message", subject, ls);
                 break;
             }
             info->last_seq = last;
         }
         if (last > after_seq) {
-            rc = read_subject(c, subject, i, after_seq, last, cap, &v, &nv, &vcap, info,
-                              &first_read);
+            rc = read_subject(c, subject, i, after_seq, last, cap, v, nv, vcap, info, &first_read);
             if (rc != 0) break;
         }
         info->first_seq = first_read;
@@ -1535,8 +1555,61 @@ int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t
             bool full = first_read && info->count >= count_max;
             info->gap = full || stream_first > after_seq + 1;
         }
-        if (info->more && info->last_seq < horizon) horizon = info->last_seq;
+        if (info->more && info->last_seq < *horizon) *horizon = info->last_seq;
     }
+    return rc;
+}
+
+static void rmsgs_free(rmsg **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(v[i]->event);
+        free(v[i]);
+    }
+}
+
+int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t n,
+                 uint64_t after_seq, uint64_t upto, size_t limit, store_read_fn fn, void *ud,
+                 struct store_read_info *infos)
+{
+    if (!cluster_connected(c)) {
+        ADD(c->read_failures, 1);
+        return SL_EIO;
+    }
+    /* An ID past the stream's last message (CLUSTER_ID_AHEAD that was not
+     * published through another node a moment ago): never the stream's. */
+    if (after_seq > upto) return SL_EUNKNOWN;
+    memset(infos, 0, n * sizeof(*infos));
+    if (after_seq == upto) return 0; /* nothing was stored after it */
+    size_t cap = limit && limit < CLUSTER_READ_MAX ? limit : CLUSTER_READ_MAX;
+    rmsg **v = NULL;
+    size_t nv = 0, vcap = 0;
+    int rc = 0;
+    /* The topics are read one after another, not as one snapshot: a
+     * message of one stored while another is read would have a seq below
+     * what the page delivers, and the reader's cursor would pass it.  So
+     * the page stops at `upto`, taken before the topics were chosen: every
+     * message up to it is in the stream, so every topic's read has it,
+     * and every later one reaches the reader live (it subscribed before
+     * the horizon was taken), so it is neither lost nor sent twice. */
+    uint64_t live_from = upto;
+    /* Messages past the first truncated topic's last read may lack another
+     * topic's: deliver only up to it, the next call goes on from there. */
+    uint64_t horizon = UINT64_MAX;
+    /* A request that fails while NATS is connected (a consumer made or a
+     * message sent late under load, a leader being elected) is tried once
+     * more before the reader is told: a poll answered 503 on a healthy
+     * cluster looks like an outage to its client. */
+    for (int tries = 1;; tries++) {
+        rc = read_topics(c, topics, n, after_seq, cap, &v, &nv, &vcap, infos, &horizon);
+        if (rc != SL_EIO || tries == CLUSTER_READ_TRIES || !cluster_connected(c)) break;
+        rmsgs_free(v, nv);
+        nv = 0;
+        memset(infos, 0, n * sizeof(*infos));
+        horizon = UINT64_MAX;
+        ADD(c->read_retries, 1);
+    }
+    if (rc != 0) ADD(c->read_failures, 1);
     if (rc == 0) {
         if (nv) qsort(v, nv, sizeof(rmsg *), by_seq); /* v is NULL when nothing was read */
         size_t delivered = 0;
@@ -1562,10 +1635,7 @@ int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t
             }
         }
     }
-    for (size_t i = 0; i < nv; i++) {
-        free(v[i]->event);
-        free(v[i]);
-    }
+    rmsgs_free(v, nv);
     free(v);
     return rc;
 }
@@ -1603,7 +1673,7 @@ int cluster_listen(struct cluster *c, cluster_note_fn fn, void *ud)
 int cluster_stream_state(struct cluster *c, struct cluster_stream_state *st)
 {
     memset(st, 0, sizeof(*st));
-    jsStreamInfo *si = cluster_connected(c) ? stream_info(c, NULL) : NULL;
+    jsStreamInfo *si = cluster_connected(c) ? stream_info(c, NULL, NULL) : NULL;
     if (!si) return SL_EIO;
     *st = (struct cluster_stream_state){
         .messages = si->State.Msgs,
@@ -1626,7 +1696,7 @@ int cluster_set_retention(struct cluster *c, uint64_t max_per_topic, uint64_t ma
     if (max_per_topic == c->max_per_topic && max_age_ms == c->max_age_ms) return 0;
     int64_t per = (int64_t)max_per_topic;
     int64_t age = (int64_t)max_age_ms * 1000000;
-    jsStreamInfo *si = cluster_connected(c) ? stream_info(c, NULL) : NULL;
+    jsStreamInfo *si = cluster_connected(c) ? stream_info(c, NULL, NULL) : NULL;
     if (!si || !si->Config) {
         jsStreamInfo_Destroy(si);
         snprintf(err, errlen, "cluster: stream %s did not answer: its retention stays", c->stream);
@@ -1664,7 +1734,7 @@ int cluster_set_retention(struct cluster *c, uint64_t max_per_topic, uint64_t ma
 
 int cluster_topics(struct cluster *c, const char *prefix, size_t plen, store_topic_fn fn, void *ud)
 {
-    jsStreamInfo *si = cluster_connected(c) ? stream_info(c, c->filter) : NULL;
+    jsStreamInfo *si = cluster_connected(c) ? stream_info(c, c->filter, NULL) : NULL;
     if (!si) return SL_EIO;
     for (int i = 0; si->State.Subjects && i < si->State.Subjects->Count; i++) {
         char name[256];

@@ -40,6 +40,7 @@
 #define CLUSTER_MAX_INFLIGHT 65536         /* publishes waiting for a PubAck */
 #define CLUSTER_SEND_QUEUE_MAX (16u << 20) /* publish bytes waiting for the sender thread */
 #define CLUSTER_READ_MAX 4096              /* messages one topic read brings */
+#define CLUSTER_READ_TRIES 2               /* tries of a read whose request failed */
 #define CLUSTER_START_WAIT_MS 15000        /* at start: JetStream answering */
 #define CLUSTER_REFETCH_WAIT_MS 30000      /* reading again what the consumer skipped */
 #define CLUSTER_CHECK_MS 1000              /* the consumer's copy checked against the leader's */
@@ -199,6 +200,8 @@ struct cluster_stats {
     uint64_t gaps;      /* messages deleted (or unreadable) before the consumer had them */
     uint64_t diverged;  /* repeats that were another message than the one at their seq */
     uint64_t renewals;  /* times the live consumer was made anew (reconnect, heartbeats) */
+    uint64_t read_retries;  /* reads of the stream tried again after a request failed */
+    uint64_t read_failures; /* reads of the stream that failed twice (their readers were told) */
     bool connected;
 };
 void cluster_get_stats(const struct cluster *c, struct cluster_stats *st);
