@@ -15,6 +15,7 @@
 static void sse_on_data(conn *c, void *state, char *data, size_t len) {} /* nothing to read */
 static void sse_on_timer(conn *c, void *state);
 static void sse_on_close(conn *c, void *state);
+
 /* It ends after its retry line: the client asks again later. */
 static void sse_replay_failed(sub_session *s, int rc)
 {

@@ -13,6 +13,8 @@ Standard library only (Debian's /usr/bin/python3); environment:
   SLUICE_TEST_LOGS=1 print each server's stderr when it is cleaned up
 """
 
+import base64
+import hashlib
 import json
 import os
 import re
@@ -20,6 +22,7 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -847,3 +850,32 @@ class SluiceTestCase(unittest.TestCase):
     def assertStopsCleanly(self, server, sig=signal.SIGTERM):
         rc = server.stop(sig)
         self.assertEqual(rc, 0, "exit code %s:\n%s" % (rc, server.log_text()))
+
+
+# -- WebSocket, byte by byte -------------------------------------------------------
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def ws_open(conn, path):
+    """The handshake of a WebSocket on conn (a RawConn): asserts the 101
+    and the accept key."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    conn.send(build_request("GET", path, [
+        ("Upgrade", "websocket"), ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", key), ("Sec-WebSocket-Version", "13")]))
+    _, status, _, headers, head = conn.read_head()
+    assert status == 101, head
+    want = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
+    assert dict((k.lower(), v) for k, v in headers).get("sec-websocket-accept") == want, head
+
+
+def ws_read_frame(conn):
+    """The next server frame: (opcode, payload)."""
+    b0, b1 = conn.read_exact(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", conn.read_exact(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", conn.read_exact(8))[0]
+    return b0 & 0x0F, conn.read_exact(n)

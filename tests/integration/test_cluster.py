@@ -32,7 +32,6 @@ installs it)."""
 
 import base64
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -49,7 +48,7 @@ from urllib.parse import quote
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (SOURCE_DIR, RawConn, SluiceTestCase, build_request, free_port,  # noqa: E402
-                     run_sluice)
+                     run_sluice, ws_open, ws_read_frame)
 from nats_cluster import NatsCluster, have_nats  # noqa: E402
 
 # The load tests publish one at a time as fast as the cluster answers
@@ -57,7 +56,6 @@ from nats_cluster import NatsCluster, have_nats  # noqa: E402
 # flusher): the default app's per-address publish limit is not under test.
 os.environ["SLUICE_PUBLISH_RATE"] = "0"
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 SSE_EVENT = re.compile(rb"((?:[a-z]+: [^\n]*\n)+)\n")
 
 
@@ -107,32 +105,10 @@ def sse_next(conn):
     raise AssertionError("no SSE event within two heartbeats")
 
 
-def ws_open(conn, path):
-    key = base64.b64encode(os.urandom(16)).decode()
-    conn.send(build_request("GET", path, [
-        ("Upgrade", "websocket"), ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Key", key), ("Sec-WebSocket-Version", "13")]))
-    _, status, _, headers, head = conn.read_head()
-    assert status == 101, head
-    want = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
-    assert dict((k.lower(), v) for k, v in headers).get("sec-websocket-accept") == want, head
-
-
-def ws_frame(conn):
-    """The next frame: (opcode, payload)."""
-    b0, b1 = conn.read_exact(2)
-    n = b1 & 0x7F
-    if n == 126:
-        n = struct.unpack("!H", conn.read_exact(2))[0]
-    elif n == 127:
-        n = struct.unpack("!Q", conn.read_exact(8))[0]
-    return b0 & 0x0F, conn.read_exact(n)
-
-
 def ws_next(conn):
     """The next data frame's payload (pings skipped)."""
     while True:
-        op, payload = ws_frame(conn)
+        op, payload = ws_read_frame(conn)
         if op in (1, 2):
             return payload
 
@@ -1156,7 +1132,7 @@ class ClusterTest(SluiceTestCase):
         # Every failed read is counted and logged.
         with self.conn(b, timeout=10) as ws:
             ws_open(ws, "/topics/t?since=%s" % quote(first))
-            op, payload = ws_frame(ws)
+            op, payload = ws_read_frame(ws)
             self.assertEqual((op, payload), (8, struct.pack("!H", 1011) + b"storage error"))
         with self.conn(b, timeout=10) as sse:
             sse_open(sse, "/topics/t", [("Last-Event-ID", first)])
@@ -1179,17 +1155,24 @@ class ClusterTest(SluiceTestCase):
         self.assertIn("sluice_cluster_connected 1", self.metrics(a))
 
     def test_a_read_whose_request_times_out_is_tried_again(self):
-        # NATS stalls past one request's wait (2 s), then answers: the read
-        # is tried again and the poll gets its message, where it answered
-        # 503 (CI saw one on a healthy cluster under load: a poll on one
-        # node right after a publish on another).
-        a = self.node(replicas=3)
+        # The stream's leader stalls past one request's wait (2 s), then
+        # answers: the read is tried again and the poll gets its message,
+        # where it answered 503 (CI saw one on a healthy cluster under
+        # load: a poll on one node right after a publish on another).  The
+        # node talks to another server, which stays up: pausing its own
+        # would end its connection (two pings missed) and the retry with it.
+        self.node(replicas=3)  # makes the stream
+        leader = self.nats.stream_leader("SLUICE")
+        a = self.node(replicas=3, servers=self.nats.url((leader + 1) % 3))
         first = self.publish(a, "t", b"one").json()["id"]
         self.assertEqual(self.publish(a, "t", b"two").status, 200)
         with a.conn(timeout=30) as c:
-            with self.all_nats_paused():
+            self.nats.kill(leader, signal.SIGSTOP)
+            try:
                 c.send(build_request("GET", "/topics/t?since=%s&timeout=0" % quote(first)))
                 time.sleep(2.6)
+            finally:
+                self.nats.kill(leader, signal.SIGCONT)
             r = c.read_response()
         self.assertEqual(r.status, 200, r)
         self.assertEqual([m["data"] for m in r.json()["messages"]], ["two"])

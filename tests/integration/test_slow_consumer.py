@@ -14,8 +14,6 @@ resident).  The publisher stays a few messages ahead of the fast readers at
 most, so they cannot be cut off however slowly the machine runs them.
 """
 
-import base64
-import hashlib
 import os
 import socket
 import struct
@@ -25,9 +23,9 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import BIN, SluiceTestCase, RawConn, ConnectionClosed, app, build_request
+from harness import (BIN, SluiceTestCase, RawConn, ConnectionClosed, app, build_request,  # noqa: E402
+                     ws_open, ws_read_frame)
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 def rss_kib(pid):
@@ -56,27 +54,6 @@ def small_rcvbuf_conn(port, rcvbuf=4096):
     s.settimeout(10)
     s.connect(("127.0.0.1", port))
     return RawConn(s, 10)
-
-
-def ws_open(conn, path):
-    key = base64.b64encode(os.urandom(16)).decode()
-    conn.send(build_request("GET", path, [
-        ("Upgrade", "websocket"), ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Key", key), ("Sec-WebSocket-Version", "13")]))
-    _, status, _, headers, head = conn.read_head()
-    assert status == 101, head
-    want = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
-    assert dict((k.lower(), v) for k, v in headers).get("sec-websocket-accept") == want, head
-
-
-def ws_read_frame(conn):
-    b0, b1 = conn.read_exact(2)
-    n = b1 & 0x7F
-    if n == 126:
-        n = struct.unpack("!H", conn.read_exact(2))[0]
-    elif n == 127:
-        n = struct.unpack("!Q", conn.read_exact(8))[0]
-    return b0 & 0x0F, conn.read_exact(n)
 
 
 def sse_open(conn, path):
