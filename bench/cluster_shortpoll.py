@@ -1,10 +1,13 @@
 #!/usr/bin/python3
-"""bench/cluster_shortpoll.py SLUICE_BIN [SECONDS]: caught-up short polls
-per second on one cluster node (one worker, a stream of three replicas on
-three nats-server on loopback): `wrk -t1 -c16` asks for one topic after its
-newest message with `timeout=0`.  Prints wrk's rate and latency, and the
-node's CPU seconds.  In cluster mode such a poll asks the stream for its
-horizon (docs/cluster.md, "Resume on any node"); this measures that price."""
+"""bench/cluster_shortpoll.py SLUICE_BIN [SECONDS] [--behind]: caught-up
+short polls per second on one cluster node (one worker, a stream of three
+replicas on three nats-server on loopback): `wrk -t1 -c16` asks for one
+topic after its newest message with `timeout=0`.  Prints wrk's rate and
+latency, and the CPU seconds of the node and of the three nats-server.  In
+cluster mode such a poll asks the stream for its horizon (docs/cluster.md,
+"Resume on any node"); this measures that price.  With --behind each poll
+asks from the message before the newest, so it reads one message: the
+price of a resume that has something to read (a short-lived consumer)."""
 import json
 import os
 import shutil
@@ -19,8 +22,10 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
 from harness import free_ports  # noqa: E402
 from nats_cluster import NatsCluster  # noqa: E402
 
-binary = sys.argv[1]
-seconds = int(sys.argv[2]) if len(sys.argv) > 2 else 10
+args = [a for a in sys.argv[1:] if a != "--behind"]
+behind = "--behind" in sys.argv[1:]
+binary = args[0]
+seconds = int(args[1]) if len(args) > 1 else 10
 work = tempfile.mkdtemp(prefix="sluice-bench-")
 nats = NatsCluster(3)
 nats.start_all()
@@ -44,26 +49,29 @@ def cpu_seconds(pid):
 
 
 try:
-    last = None
+    ids = []
     for _ in range(100):
         try:
             req = urllib.request.Request("http://127.0.0.1:%d/topics/x" % port, data=b"m",
                                          method="POST")
-            last = json.load(urllib.request.urlopen(req, timeout=5))["id"]
-            break
+            ids.append(json.load(urllib.request.urlopen(req, timeout=5))["id"])
+            if len(ids) == 2:
+                break
         except OSError:
             time.sleep(0.1)
-    if last is None:
+    if len(ids) < 2:
         sys.exit("the node did not come up")
-    before = cpu_seconds(node.pid)
+    last = ids[0] if behind else ids[1]
+    pids = [node.pid] + [p.pid for p in nats.procs]
+    before = [cpu_seconds(pid) for pid in pids]
     out = subprocess.run(["wrk", "-t1", "-c16", "-d%ds" % seconds,
                           "http://127.0.0.1:%d/topics/x?since=%s&timeout=0" % (port, last)],
                          capture_output=True, text=True, timeout=seconds + 60).stdout
-    used = cpu_seconds(node.pid) - before
+    used = [cpu_seconds(pid) - b for pid, b in zip(pids, before)]
     for line in out.splitlines():
         if "Requests/sec" in line or "Latency" in line or "Non-2xx" in line:
             print(line.strip())
-    print("sluice CPU: %.2f s in %d s" % (used, seconds))
+    print("sluice CPU: %.2f s, nats-server CPU: %.2f s, in %d s" % (used[0], sum(used[1:]), seconds))
 finally:
     node.terminate()
     node.wait(10)
