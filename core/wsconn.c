@@ -39,7 +39,15 @@ static bool header_has(const http_request *req, const char *name, const char *to
 }
 
 static void ws_session_close(sub_session *s, unsigned code, const char *reason);
-static void ws_replay_failed(sub_session *s, int rc);
+
+static void ws_replay_failed(sub_session *s, int rc)
+{
+    sub_set_end_reason(s, rc == SL_ELIMIT ? SUB_END_RESUME_REFUSED : SUB_END_ERROR);
+    if (rc == SL_ELIMIT)
+        ws_session_close(s, WS_CLOSE_TRY_AGAIN_LATER, "too many resumes at once");
+    else
+        ws_session_close(s, WS_CLOSE_INTERNAL_ERROR, "storage error");
+}
 
 static sub_deflate_stats deflate_counts; /* relaxed atomics: every worker */
 #define DEFLATE_COUNT(field, n) __atomic_add_fetch(&deflate_counts.field, (n), __ATOMIC_RELAXED)
@@ -173,15 +181,6 @@ static int ws_start(sub_session *s, const sub_request *r, const http_request *re
     }
     if (!session_ended(s)) conn_stream_timer(s->c, sub_defaults.ws_ping);
     return 0;
-}
-
-static void ws_replay_failed(sub_session *s, int rc)
-{
-    sub_set_end_reason(s, rc == SL_ELIMIT ? SUB_END_RESUME_REFUSED : SUB_END_ERROR);
-    if (rc == SL_ELIMIT)
-        ws_session_close(s, WS_CLOSE_TRY_AGAIN_LATER, "too many resumes at once");
-    else
-        ws_session_close(s, WS_CLOSE_INTERNAL_ERROR, "storage error");
 }
 
 /* Queues a close frame (past the output limit: it is the last thing sent)

@@ -1366,7 +1366,8 @@ static int read_subject(struct cluster *c, const char *subject, size_t index, ui
             break;
         }
         jsMsgMetaData *meta = NULL;
-        /* One lost on the way: the read fails (the reader asks again). */
+        /* One lost on the way: this try of the read fails (cluster_read
+         * tries once more). */
         if ((s = natsMsg_GetMetaData(&meta, msg)) != NATS_OK ||
             meta->Sequence.Consumer != got + 1) {
             jsMsgMetaData_Destroy(meta);
@@ -1505,13 +1506,16 @@ int cluster_horizon(struct cluster *c, uint64_t *seq)
 }
 
 /* One try of cluster_read's requests: each topic's messages after
- * after_seq (at most cap) appended to *v, infos filled, *horizon lowered to
- * the last read of a topic that has more.  0 or an SL_E* code. */
+ * after_seq (at most cap) appended to *v, infos filled, *horizon the last
+ * read of the first topic that has more (UINT64_MAX: none).  0 or an SL_E*
+ * code. */
 static int read_topics(struct cluster *c, const struct store_topic_ref *topics, size_t n,
                        uint64_t after_seq, size_t cap, rmsg ***v, size_t *nv, size_t *vcap,
                        struct store_read_info *infos, uint64_t *horizon)
 {
     int rc = 0;
+    memset(infos, 0, n * sizeof(*infos));
+    *horizon = UINT64_MAX;
     for (size_t i = 0; i < n && rc == 0; i++) {
         struct store_read_info *info = &infos[i];
         char subject[64 + 3 * 256 + 2];
@@ -1595,7 +1599,7 @@ int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t
     uint64_t live_from = upto;
     /* Messages past the first truncated topic's last read may lack another
      * topic's: deliver only up to it, the next call goes on from there. */
-    uint64_t horizon = UINT64_MAX;
+    uint64_t horizon;
     /* A request that fails while NATS is connected (a consumer made or a
      * message sent late under load, a leader being elected) is tried once
      * more before the reader is told: a poll answered 503 on a healthy
@@ -1605,8 +1609,6 @@ int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t
         if (rc != SL_EIO || tries == CLUSTER_READ_TRIES || !cluster_connected(c)) break;
         rmsgs_free(v, nv);
         nv = 0;
-        memset(infos, 0, n * sizeof(*infos));
-        horizon = UINT64_MAX;
         ADD(c->read_retries, 1);
     }
     if (rc != 0) ADD(c->read_failures, 1);
