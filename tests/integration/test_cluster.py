@@ -956,7 +956,13 @@ class ClusterTest(SluiceTestCase):
         # refusal is counted and logged.  When NATS is back the waiting
         # resumes get what they missed.
         b = self.node(workers=1, extra="sluice.config{limits = {max_waiting_resumes = 2}}\n")
+        live = self.conn(b, timeout=30)
+        sse_open(live, "/topics/r")
         ids = [self.publish(b, "r", b"r%d" % i).json()["id"] for i in range(3)]
+        # The worker has fanned all three out before NATS stops: else a
+        # resume from ids[0] could be at its newest, go live and read
+        # nothing (CI saw the third resume wait, unrefused).
+        self.assertEqual([sse_next(live)[0] for _ in range(3)], ids)
         resume = [("Accept", "text/event-stream"), ("Last-Event-ID", ids[0])]
         waiting = []
         with self.all_nats_paused():
