@@ -21,6 +21,8 @@ run_deps=(build-essential cmake pkg-config liblua5.4-dev lua-cjson-dev libev-dev
 test_deps=(curl openssl util-linux strace python3 python3-websockets python3-autobahn chromium clang
            libclang-rt-14-dev nginx-light nats-server)
 bench_deps=(nginx-light libnginx-mod-nchan pushpin gnuplot-nox wrk nats-server redis-server)
+# Cluster reads (storage/cluster.c): the JetStream API's JSON answers, parsed by jansson.
+run_deps+=(libjansson-dev)
 # HTTP/2 (core/h2.c): libnghttp2; nghttp, h2load and a raw client for its tests.
 run_deps+=(libnghttp2-dev)
 test_deps+=(nghttp2-client python3-h2)

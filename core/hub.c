@@ -1936,6 +1936,8 @@ void hub_get_stats(const hub *h, hub_stats *st)
         st->cluster_renewals = cs.renewals;
         st->cluster_read_retries = cs.read_retries;
         st->cluster_read_failures = cs.read_failures;
+        st->cluster_read_gets = cs.read_gets;
+        st->cluster_read_consumers = cs.read_consumers;
         st->cluster_resumes_refused = __atomic_load_n(&b->replays_refused, __ATOMIC_RELAXED);
     }
 }

@@ -468,6 +468,8 @@ typedef struct hub_stats {
     uint64_t cluster_resumes_refused; /* past hub_bus_limit_replays's bound */
     uint64_t cluster_read_retries;    /* reads of the stream tried again */
     uint64_t cluster_read_failures;   /* reads of the stream that failed: readers told */
+    uint64_t cluster_read_gets;       /* messages read for resumes one request each */
+    uint64_t cluster_read_consumers;  /* topic reads for resumes that made a consumer */
 } hub_stats;
 void hub_get_stats(const hub *h, hub_stats *st);
 

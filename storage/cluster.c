@@ -24,17 +24,20 @@
  * seconds. */
 #include "storage/cluster.h"
 
+#include "core/b64.h"
 #include "core/defs.h"
 #include "core/err.h"
 #include "core/log.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <nats/nats.h>
 
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #define EVENT_HEADER "Sluice-Event"
@@ -67,6 +70,7 @@ struct cluster {
     cluster_note_fn on_note;
     void *note_ud;
     char notes_subject[96];
+    char get_subject[96]; /* "$JS.API.STREAM.MSG.GET.<STREAM>" */
     pthread_t keeper;
     bool keeper_running;
     pthread_mutex_t keep_lock;
@@ -120,7 +124,7 @@ struct cluster {
         uint64_t seq, print;
     } seen[SEEN_RING];
     uint64_t refetched, repeats, diverged, gaps, renewals; /* relaxed atomics */
-    uint64_t read_retries, read_failures;                  /* relaxed atomics */
+    uint64_t read_retries, read_failures, read_gets, read_consumers; /* relaxed atomics */
     int64_t next_check; /* check_copy's next (under consume_lock) */
     int unsound;        /* this node's copy of the stream disagreed with the leader's */
 };
@@ -1024,6 +1028,7 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
     snprintf(c->stream, sizeof(c->stream), "%s", o->stream ? o->stream : "SLUICE");
     snprintf(c->filter, sizeof(c->filter), "%s.>", c->stream);
     snprintf(c->notes_subject, sizeof(c->notes_subject), "sluice-nodes.%s", c->stream);
+    snprintf(c->get_subject, sizeof(c->get_subject), "$JS.API.STREAM.MSG.GET.%s", c->stream);
     c->ack = ack;
     c->deliver = deliver;
     c->ud = ud;
@@ -1261,6 +1266,8 @@ void cluster_get_stats(const struct cluster *c, struct cluster_stats *st)
     st->renewals = LOAD(m->renewals);
     st->read_retries = LOAD(m->read_retries);
     st->read_failures = LOAD(m->read_failures);
+    st->read_gets = LOAD(m->read_gets);
+    st->read_consumers = LOAD(m->read_consumers);
     st->connected = cluster_connected(c);
 }
 
@@ -1299,6 +1306,136 @@ int cluster_id_parse(struct cluster *c, const char *id, size_t len, uint64_t *se
     if (id_text_parse(id, len, &e, &q) != 0 || e != c->epoch) return SL_EUNKNOWN;
     *seq = q;
     return q > LOAD(c->last_seq) ? CLUSTER_ID_AHEAD : 0;
+}
+
+/* ---- a message read by one request ------------------------------------------ */
+
+/* The value of header `key` in a NATS header block ("NATS/1.0\r\nKey:
+ * Value\r\n...\r\n"), NUL-terminated into out: its length, or -1 when it
+ * is absent or longer than outlen - 1. */
+static long header_value(const char *block, size_t len, const char *key, char *out, size_t outlen)
+{
+    size_t kl = strlen(key);
+    const char *end = block + len;
+    const char *p = memchr(block, '\n', len); /* past the version line */
+    while (p && ++p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        const char *le = eol ? eol : end;
+        if (le > p && le[-1] == '\r') le--;
+        if ((size_t)(le - p) > kl && p[kl] == ':' && strncasecmp(p, key, kl) == 0) {
+            const char *v = p + kl + 1;
+            while (v < le && (*v == ' ' || *v == '\t'))
+                v++;
+            size_t vl = (size_t)(le - v);
+            if (vl >= outlen) return -1;
+            memcpy(out, v, vl);
+            out[vl] = '\0';
+            return (long)vl;
+        }
+        p = eol;
+    }
+    return -1;
+}
+
+/* Milliseconds since the epoch of an RFC 3339 time as nats-server writes
+ * one ("2026-12-07T08:03:58.827551531Z"; an offset is read too): 0 or -1. */
+static int rfc3339_ms(const char *s, int64_t *ms)
+{
+    struct tm tm = {0};
+    int n = 0;
+    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
+               &tm.tm_min, &tm.tm_sec, &n) != 6 ||
+        n != 19)
+        return -1;
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    const char *p = s + n;
+    int64_t frac = 0;
+    if (*p == '.') {
+        int digits = 0;
+        for (p++; *p >= '0' && *p <= '9'; p++, digits++)
+            if (digits < 3) frac = frac * 10 + (*p - '0');
+        if (digits == 0) return -1;
+        for (; digits < 3; digits++)
+            frac *= 10;
+    }
+    int64_t offset = 0;
+    if (*p == 'Z') {
+        p++;
+    } else if (*p == '+' || *p == '-') {
+        int oh = 0, om = 0, on = 0;
+        if (sscanf(p + 1, "%2d:%2d%n", &oh, &om, &on) != 2 || on != 5) return -1;
+        offset = (*p == '-' ? -1 : 1) * ((int64_t)oh * 60 + om) * 60;
+        p += 6;
+    } else {
+        return -1;
+    }
+    if (*p) return -1;
+    time_t t = timegm(&tm);
+    if (t == (time_t)-1) return -1;
+    *ms = ((int64_t)t - offset) * 1000 + frac;
+    return 0;
+}
+
+/* The fields of the answer's "message" into g (data allocated). */
+static int got_fill(json_t *m, const char *subject, struct cluster_got *g)
+{
+    const char *subj = json_string_value(json_object_get(m, "subject"));
+    const char *time = json_string_value(json_object_get(m, "time"));
+    json_t *seq = json_object_get(m, "seq");
+    json_t *hdrs = json_object_get(m, "hdrs"), *data = json_object_get(m, "data");
+    if (!subj || strcmp(subj, subject) != 0 || !json_is_integer(seq) ||
+        json_integer_value(seq) <= 0 || !time || rfc3339_ms(time, &g->time_ms) != 0 ||
+        (hdrs && !json_is_string(hdrs)) || (data && !json_is_string(data)))
+        return SL_EPROTO;
+    g->seq = (uint64_t)json_integer_value(seq);
+    if (hdrs) {
+        size_t hl = json_string_length(hdrs);
+        char *block = malloc(b64_decoded_max(hl) + 1);
+        if (!block) return SL_ENOMEM;
+        ssize_t bl = b64_decode(block, b64_decoded_max(hl), json_string_value(hdrs), hl);
+        char v[3 * sizeof(g->event) + 1];
+        if (bl >= 0 && header_value(block, (size_t)bl, TYPE_HEADER, v, sizeof v) > 0 &&
+            strcmp(v, TYPE_JSON) == 0)
+            g->flags = STORE_MSG_JSON;
+        long vl = bl >= 0 ? header_value(block, (size_t)bl, EVENT_HEADER, v, sizeof v) : -1;
+        free(block);
+        if (bl < 0) return SL_EPROTO;
+        long el = vl > 0 ? cluster_token_decode(v, (size_t)vl, g->event, sizeof(g->event)) : -1;
+        if (el > 0) g->event_len = (size_t)el; /* one not of sluice's form: none, as live */
+    }
+    size_t dl = data ? json_string_length(data) : 0;
+    if (!(g->data = malloc(b64_decoded_max(dl) + 1))) return SL_ENOMEM;
+    ssize_t n = b64_decode(g->data, b64_decoded_max(dl), data ? json_string_value(data) : NULL, dl);
+    if (n < 0) {
+        free(g->data);
+        g->data = NULL;
+        return SL_EPROTO;
+    }
+    g->data[n] = '\0';
+    g->data_len = (size_t)n;
+    return 0;
+}
+
+int cluster_got_parse(const char *json, size_t len, const char *subject, struct cluster_got *g)
+{
+    memset(g, 0, sizeof(*g));
+    json_t *root = json_loadb(json, len, 0, NULL);
+    if (!root) return SL_EPROTO;
+    json_t *err = json_object_get(root, "error"), *m = json_object_get(root, "message");
+    int rc = SL_EPROTO;
+    if (err)
+        rc = json_integer_value(json_object_get(err, "code")) == 404 ? SL_ENOTFOUND : SL_EPROTO;
+    else if (json_is_object(m))
+        rc = got_fill(m, subject, g);
+    json_decref(root);
+    return rc;
+}
+
+void cluster_got_free(struct cluster_got *g)
+{
+    free(g->data);
+    g->data = NULL;
 }
 
 /* ---- reads for a resume ------------------------------------------------------- */
@@ -1344,95 +1481,179 @@ static int subject_state(struct cluster *c, const char *subject, uint64_t after_
     return 0;
 }
 
-/* Up to `cap` messages of one subject after after_seq, through `last`
- * (its newest, as the stream leader said), appended to *v. */
-static int read_subject(struct cluster *c, const char *subject, size_t index, uint64_t after_seq,
-                        uint64_t last, size_t cap, rmsg ***v, size_t *n, size_t *vcap,
-                        struct store_read_info *info, uint64_t *first_read)
+static void rmsgs_free(rmsg **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(v[i]->event);
+        free(v[i]);
+    }
+}
+
+/* A message of a read appended to *v (its data and event copied): 0 or
+ * SL_ENOMEM. */
+static int rmsg_add(rmsg ***v, size_t *n, size_t *vcap, const rmsg *m, const char *data)
+{
+    if (*n == *vcap) {
+        size_t nc = *vcap ? *vcap * 2 : 64;
+        rmsg **nv = realloc(*v, nc * sizeof(rmsg *));
+        if (!nv) return SL_ENOMEM;
+        *v = nv;
+        *vcap = nc;
+    }
+    rmsg *r = malloc(sizeof(rmsg) + m->data_len + 1);
+    char *ev = m->event_len ? malloc(m->event_len) : NULL;
+    if (!r || (m->event_len && !ev)) {
+        free(r);
+        free(ev);
+        return SL_ENOMEM;
+    }
+    *r = *m;
+    if (m->data_len) memcpy(r->data, data, m->data_len);
+    r->event = ev;
+    if (ev) memcpy(ev, m->event, m->event_len);
+    (*v)[(*n)++] = r;
+    return 0;
+}
+
+/* The messages of one subject read for a resume, appended to v; read_by_gets
+ * and read_by_consumer go on from `after` and move it. */
+typedef struct subject_read {
+    const char *subject;
+    size_t index;    /* the topic's */
+    uint64_t after;  /* the newest read so far (at first the reader's point) */
+    uint64_t first;  /* the first read (0: none yet) */
+    uint64_t last;   /* the subject's newest, as the stream leader said */
+    size_t got, cap; /* read, and at most */
+    rmsg ***v;
+    size_t *n, *vcap;
+} subject_read;
+
+/* The first message of `subject` at or after seq `from`, asked of the
+ * stream leader ($JS.API.STREAM.MSG.GET with next_by_subj): one request.
+ * 0 with *g to free; SL_ENOTFOUND when the leader has none; SL_EIO. */
+static int get_next(struct cluster *c, const char *subject, uint64_t from, struct cluster_got *g)
+{
+    char body[64 + 3 * 256 + 64];
+    int bl = snprintf(body, sizeof body, "{\"seq\":%llu,\"next_by_subj\":\"%s\"}",
+                      (unsigned long long)from, subject);
+    if (bl < 0 || (size_t)bl >= sizeof body) return SL_EINVAL;
+    natsMsg *reply = NULL;
+    natsStatus s =
+        natsConnection_Request(&reply, c->nc, c->get_subject, body, bl, CLUSTER_API_WAIT_MS);
+    if (s != NATS_OK) return read_failed("get", subject, s);
+    int rc =
+        cluster_got_parse(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), subject, g);
+    natsMsg_Destroy(reply);
+    if (rc == SL_EPROTO) return read_failed("get: an answer not understood", subject, NATS_ERR);
+    return rc;
+}
+
+/* Up to CLUSTER_GET_MAX of the subject's messages after r->after, through
+ * r->last, one request each: a clustered stream makes and deletes a
+ * consumer through its meta group's Raft log, which costs its servers
+ * ten times the CPU of a request the leader answers alone
+ * (bench/cluster_shortpoll.py --behind), and most resumes are a few
+ * messages behind.  0, SL_EIO or SL_ENOMEM. */
+static int read_by_gets(struct cluster *c, subject_read *r)
+{
+    for (size_t n = 0; n < CLUSTER_GET_MAX && r->got < r->cap && r->after < r->last; n++) {
+        struct cluster_got g;
+        int rc = get_next(c, r->subject, r->after + 1, &g);
+        /* None left through `last`: deleted since (age), or a leader that
+         * lacks what the one before told.  This try fails (tried once
+         * more, with the subject's state read again). */
+        if (rc == SL_ENOTFOUND) return read_failed("get: the newest is gone", r->subject, NATS_OK);
+        if (rc != 0) return rc;
+        rmsg m = {.seq = g.seq,
+                  .time_ms = g.time_ms,
+                  .topic_index = r->index,
+                  .event = g.event,
+                  .event_len = g.event_len,
+                  .flags = g.flags,
+                  .data_len = g.data_len};
+        rc = g.seq > r->after ? rmsg_add(r->v, r->n, r->vcap, &m, g.data)
+                              : read_failed("get: an older message", r->subject, NATS_OK);
+        cluster_got_free(&g);
+        if (rc != 0) return rc;
+        ADD(c->read_gets, 1);
+        if (!r->first) r->first = g.seq;
+        r->after = g.seq;
+        r->got++;
+    }
+    return 0;
+}
+
+/* The rest of the subject's messages after r->after, from a short-lived
+ * consumer: up to r->cap in all, through r->last. */
+static int read_by_consumer(struct cluster *c, subject_read *r)
 {
     jsSubOptions so;
-    consumer_options(c, &so, after_seq ? after_seq + 1 : 0);
+    consumer_options(c, &so, r->after + 1);
     natsSubscription *sub = NULL;
     jsErrCode jerr = 0;
-    natsStatus s = js_SubscribeSync(&sub, c->js, subject, NULL, &so, &jerr);
-    if (s != NATS_OK) return read_failed("consumer", subject, s);
+    natsStatus s = js_SubscribeSync(&sub, c->js, r->subject, NULL, &so, &jerr);
+    if (s != NATS_OK) return read_failed("consumer", r->subject, s);
+    ADD(c->read_consumers, 1);
     int rc = 0;
-    *first_read = 0;
-    size_t got = 0;
-    while (got < cap) {
+    for (uint64_t dseq = 1; r->got < r->cap; dseq++) {
         natsMsg *msg = NULL;
         if ((s = natsSubscription_NextMsg(&msg, sub, CLUSTER_API_WAIT_MS)) != NATS_OK) {
-            rc = read_failed("next message", subject, s);
+            rc = read_failed("next message", r->subject, s);
             break;
         }
         jsMsgMetaData *meta = NULL;
         /* One lost on the way: this try of the read fails (cluster_read
          * tries once more). */
-        if ((s = natsMsg_GetMetaData(&meta, msg)) != NATS_OK ||
-            meta->Sequence.Consumer != got + 1) {
+        if ((s = natsMsg_GetMetaData(&meta, msg)) != NATS_OK || meta->Sequence.Consumer != dseq) {
             jsMsgMetaData_Destroy(meta);
             natsMsg_Destroy(msg);
-            rc = read_failed(s != NATS_OK ? "metadata" : "message lost on the way", subject, s);
+            rc = read_failed(s != NATS_OK ? "metadata" : "message lost on the way", r->subject, s);
             break;
         }
         uint64_t pending = meta->NumPending;
-        size_t dl = (size_t)natsMsg_GetDataLength(msg);
-        rmsg *r = malloc(sizeof(rmsg) + dl + 1);
-        if (*n == *vcap) {
-            size_t nc = *vcap ? *vcap * 2 : 64;
-            rmsg **nv = realloc(*v, nc * sizeof(rmsg *));
-            if (nv) {
-                *v = nv;
-                *vcap = nc;
-            }
-        }
-        if (!r || *n == *vcap) {
-            free(r);
-            jsMsgMetaData_Destroy(meta);
-            natsMsg_Destroy(msg);
-            rc = SL_ENOMEM;
-            break;
-        }
-        r->seq = meta->Sequence.Stream;
-        r->time_ms = meta->Timestamp / 1000000;
-        r->topic_index = index;
-        r->data_len = dl;
-        if (dl) memcpy(r->data, natsMsg_GetData(msg), dl);
-        r->event = NULL;
-        r->event_len = 0;
+        rmsg m = {.seq = meta->Sequence.Stream,
+                  .time_ms = meta->Timestamp / 1000000,
+                  .topic_index = r->index,
+                  .data_len = (size_t)natsMsg_GetDataLength(msg)};
         const char *hv = NULL;
-        r->flags =
-            natsMsgHeader_Get(msg, TYPE_HEADER, &hv) == NATS_OK && hv && !strcmp(hv, TYPE_JSON)
-                ? STORE_MSG_JSON
-                : 0;
+        if (natsMsgHeader_Get(msg, TYPE_HEADER, &hv) == NATS_OK && hv && !strcmp(hv, TYPE_JSON))
+            m.flags = STORE_MSG_JSON;
         hv = NULL;
+        char ev[256];
         if (natsMsgHeader_Get(msg, EVENT_HEADER, &hv) == NATS_OK && hv) {
-            char ev[256];
             long el = cluster_token_decode(hv, strlen(hv), ev, sizeof(ev));
-            if (el > 0 && (r->event = malloc((size_t)el))) {
-                memcpy(r->event, ev, (size_t)el);
-                r->event_len = (size_t)el;
+            if (el > 0) {
+                m.event = ev;
+                m.event_len = (size_t)el;
             }
         }
-        if (!*first_read) {
-            *first_read = r->seq;
-            info->count = pending + 1; /* what is retained from here on */
-        }
-        (*v)[(*n)++] = r;
-        got++;
-        info->last_seq = r->seq;
+        rc = rmsg_add(r->v, r->n, r->vcap, &m, natsMsg_GetData(msg));
         jsMsgMetaData_Destroy(meta);
         natsMsg_Destroy(msg);
+        if (rc != 0) break;
+        if (!r->first) r->first = m.seq;
+        r->after = m.seq;
+        r->got++;
         /* The consumer's server may be behind the leader: it then counts
          * nothing pending before `last`, which it delivers once it has it.
          * Stopping there made pages end short, and the reader's cursor
          * could pass what they lacked. */
-        if (pending == 0 && r->seq >= last) break;
-        if (got == cap) info->more = 1;
+        if (pending == 0 && m.seq >= r->last) break;
     }
-    if (got > info->count) info->count = got; /* pending was a server's behind */
     sub_close(sub);
     return rc;
+}
+
+/* Whether the subject has a message at or before `seq` (the leader's
+ * first of it, one request): 1, 0, or SL_EIO. */
+static int has_at_or_before(struct cluster *c, const char *subject, uint64_t seq)
+{
+    struct cluster_got g;
+    int rc = get_next(c, subject, 1, &g);
+    if (rc == SL_ENOTFOUND) return 0;
+    if (rc != 0) return rc;
+    cluster_got_free(&g);
+    return g.seq <= seq;
 }
 
 static int by_seq(const void *a, const void *b)
@@ -1520,14 +1741,14 @@ static int read_topics(struct cluster *c, const struct store_topic_ref *topics, 
         struct store_read_info *info = &infos[i];
         char subject[64 + 3 * 256 + 2];
         if (subject_of(c, topics[i].name, topics[i].len, subject, sizeof(subject)) != 0) continue;
-        uint64_t count = 0, stream_first = 0, first_read = 0, count_max = 0;
+        uint64_t count = 0, stream_first = 0, count_max = 0;
         rc = subject_state(c, subject, after_seq, &count, &stream_first, &count_max);
         if (rc != 0) break;
         info->exists = count > 0;
+        info->count = count;
         uint64_t last = 0;
         if (count > 0) {
-            /* Its newest: nothing to read (and no consumer to make) when
-             * the reader has it already. */
+            /* Its newest: nothing to read when the reader has it already. */
             natsMsg *lm = NULL;
             jsOptions jo;
             jsOptions_Init(&jo);
@@ -1539,13 +1760,23 @@ static int read_topics(struct cluster *c, const struct store_topic_ref *topics, 
                 rc = read_failed("last message", subject, ls);
                 break;
             }
-            info->last_seq = last;
         }
-        if (last > after_seq) {
-            rc = read_subject(c, subject, i, after_seq, last, cap, v, nv, vcap, info, &first_read);
-            if (rc != 0) break;
-        }
-        info->first_seq = first_read;
+        /* Every message of the subject up to the horizon is at or before
+         * `last` (asked after it): reading through `last` is enough. */
+        subject_read r = {.subject = subject,
+                          .index = i,
+                          .after = after_seq,
+                          .last = last,
+                          .cap = cap,
+                          .v = v,
+                          .n = nv,
+                          .vcap = vcap};
+        rc = read_by_gets(c, &r);
+        if (rc == 0 && r.after < r.last && r.got < r.cap) rc = read_by_consumer(c, &r);
+        if (rc != 0) break;
+        info->more = r.got == r.cap && r.after < r.last;
+        info->last_seq = r.got ? r.after : last;
+        info->first_seq = r.first;
         /* A message of this topic after after_seq was dropped only if
          * retention took it: by count (the topic holds its maximum, all of
          * them after the point) or by age or bytes (which take the
@@ -1555,21 +1786,23 @@ static int read_topics(struct cluster *c, const struct store_topic_ref *topics, 
          * A topic with nothing left may have lost something: told when
          * the stream starts past the point. */
         bool lost_before = count > 0 && last <= after_seq;
-        if (after_seq && !lost_before && (first_read == 0 || first_read > after_seq + 1)) {
-            bool full = first_read && info->count >= count_max;
+        if (after_seq && !lost_before && (r.first == 0 || r.first > after_seq + 1)) {
+            bool full = false;
+            if (r.first && count >= count_max && !info->more) {
+                full = r.got >= count_max; /* all it holds is after the point */
+            } else if (r.first && count >= count_max) {
+                int before = has_at_or_before(c, subject, after_seq);
+                if (before < 0) {
+                    rc = before;
+                    break;
+                }
+                full = !before;
+            }
             info->gap = full || stream_first > after_seq + 1;
         }
         if (info->more && info->last_seq < *horizon) *horizon = info->last_seq;
     }
     return rc;
-}
-
-static void rmsgs_free(rmsg **v, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        free(v[i]->event);
-        free(v[i]);
-    }
 }
 
 int cluster_read(struct cluster *c, const struct store_topic_ref *topics, size_t n,

@@ -41,6 +41,7 @@
 #define CLUSTER_SEND_QUEUE_MAX (16u << 20) /* publish bytes waiting for the sender thread */
 #define CLUSTER_READ_MAX 4096              /* messages one topic read brings */
 #define CLUSTER_READ_TRIES 2               /* tries of a read whose request failed */
+#define CLUSTER_GET_MAX 16 /* a topic's messages read one request each, before a consumer */
 #define CLUSTER_START_WAIT_MS 15000        /* at start: JetStream answering */
 #define CLUSTER_REFETCH_WAIT_MS 30000      /* reading again what the consumer skipped */
 #define CLUSTER_CHECK_MS 1000              /* the consumer's copy checked against the leader's */
@@ -202,9 +203,31 @@ struct cluster_stats {
     uint64_t renewals;  /* times the live consumer was made anew (reconnect, heartbeats) */
     uint64_t read_retries;  /* reads of the stream tried again after a request failed */
     uint64_t read_failures; /* reads of the stream that failed twice (their readers were told) */
+    uint64_t read_gets;     /* messages read for a resume one request each */
+    uint64_t read_consumers; /* topic reads for a resume that made a short-lived consumer */
     bool connected;
 };
 void cluster_get_stats(const struct cluster *c, struct cluster_stats *st);
+
+/* A message as the stream leader answers $JS.API.STREAM.MSG.GET: a JSON
+ * object with its subject, seq, time, and its headers and data in base64
+ * (how a resume reads a few messages of a topic: cluster_read).
+ * cluster_got_parse fills g from the answer's len bytes and returns 0;
+ * SL_ENOTFOUND when the answer says the stream has no such message;
+ * SL_EPROTO for another error answer, a malformed one, or a message of
+ * another subject than `subject`; SL_ENOMEM.  On 0, free g->data (NUL-
+ * terminated) with cluster_got_free; on an error nothing is left to free. */
+struct cluster_got {
+    uint64_t seq;
+    int64_t time_ms;
+    unsigned flags; /* STORE_MSG_JSON */
+    char event[256];
+    size_t event_len; /* 0: none */
+    char *data;
+    size_t data_len;
+};
+int cluster_got_parse(const char *json, size_t len, const char *subject, struct cluster_got *g);
+void cluster_got_free(struct cluster_got *g);
 
 /* The subject token of a topic name: bytes of [A-Za-z0-9_:-] as they are,
  * every other byte (dots, '*', '>', spaces, '%', non-ASCII) as "%XX"

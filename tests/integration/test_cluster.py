@@ -685,6 +685,66 @@ class ClusterTest(SluiceTestCase):
                     self.assertEqual([m["id"] for m in r.json()["messages"]], want, (i, path, r.body))
                 prevprev, prev = prev, mid
 
+    def read_counts(self, srv):
+        """Messages srv read for resumes one request each, and the topic
+        reads that made a consumer."""
+        m = self.metrics(srv)
+        return tuple(int(re.search(r"(?m)^sluice_cluster_read_%s_total (\d+)$" % k, m).group(1))
+                     for k in ("gets", "consumers"))
+
+    def test_a_resume_reads_its_first_messages_one_request_each(self):
+        # A clustered stream makes and deletes a consumer through its meta
+        # group, at ten times the servers' CPU of a request the stream
+        # leader answers alone: a read takes a topic's first 16 messages
+        # one request each and makes a consumer only for more.  Both give
+        # the same messages: order, events, JSON and binary data.
+        a = self.node()
+        b = self.node()
+        ids = {"g.t": [], "g.u": []}
+
+        def pub(n, query="", body=None, headers=()):
+            for _ in range(n):
+                for topic in ("g.t", "g.u"):  # interleaved: a topic's seqs skip
+                    with a.conn() as c:
+                        r = c.request("POST", "/topics/%s%s" % (topic, query), headers=headers,
+                                      body=body or b"%s-%d" % (topic.encode(), len(ids[topic])))
+                    self.assertEqual(r.status, 200, r)
+                    ids[topic].append(r.json()["id"])
+
+        pub(1)
+        before = self.read_counts(b)
+        pub(1, "?event=" + quote("caf\u00e9"), b'{"x": 1}', [("Content-Type", "application/json")])
+        pub(1, body=b"\xff\x00\xfe")
+        pub(1)
+        with b.conn() as c:
+            r = c.get("/topics/g.t?since=%s&timeout=0&format=json" % quote(ids["g.t"][0]))
+        self.assertEqual(r.status, 200, r)
+        got = r.json()["messages"]
+        self.assertEqual([m["id"] for m in got], ids["g.t"][1:])
+        self.assertEqual((got[0]["event"], got[0]["data"], got[0]["encoding"]),
+                         ("caf\u00e9", {"x": 1}, "json"))
+        self.assertEqual((got[1]["event"], got[1]["encoding"]), (None, "base64"))
+        self.assertEqual(base64.b64decode(got[1]["data"]), b"\xff\x00\xfe")
+        self.assertEqual((got[2]["event"], got[2]["data"]), (None, "g.t-3"))
+        after = self.read_counts(b)
+        self.assertEqual((after[0] - before[0], after[1] - before[1]), (3, 0))
+        # 40 behind: 16 by requests, the other 24 from one consumer.
+        mark = ids["g.t"][-1]
+        pub(40)
+        j = self.longpoll(b, "g.t", mark, timeout=0)
+        self.assertEqual([m["id"] for m in j["messages"]], ids["g.t"][-40:])
+        self.assertEqual([m["data"] for m in j["messages"]],
+                         ["g.t-%d" % i for i in range(4, 44)])
+        now = self.read_counts(b)
+        self.assertEqual((now[0] - after[0], now[1] - after[1]), (16, 1))
+        # A page smaller than that: its limit, and the next goes on from it.
+        with b.conn() as c:
+            r1 = c.get("/topics/g.t?since=%s&timeout=0&limit=5" % quote(mark)).json()
+            r2 = c.get("/topics/g.t?since=%s&timeout=0&limit=5" % quote(r1["last_id"])).json()
+        self.assertEqual([m["id"] for m in r1["messages"] + r2["messages"]],
+                         ids["g.t"][-40:-30])
+        self.assertEqual(self.read_counts(b)[1], now[1])
+
     def test_live_gap_when_retention_drops_what_a_node_had_not_delivered(self):
         # Node B talks to one NATS server only, a follower of the stream; it
         # is down while node A publishes more than a topic keeps.  When it
