@@ -34,7 +34,7 @@ b=$out/cov-build
     "$top/tests/fuzz/fuzz_conn.c" "$b/libsluice_lua.a" "$b/libsluice_core.a" \
     "$b/libsluice_codec.a" "$b/libsluice_store.a" "$b/libllhttp.a" \
     -Wl,--no-as-needed -lnghttp2 -Wl,--as-needed -llua5.4-cjson -llua5.4 \
-    -llmdb -lcurl -lnats -lev -lssl -lcrypto -lz -lpthread -lm -o "$out/fuzz_conn_cov"
+    -llmdb -lcurl -lnats -ljansson -lev -lssl -lcrypto -lz -lpthread -lm -o "$out/fuzz_conn_cov"
 rm -f "$out"/fuzz_conn.*.profraw
 inputs=0
 for d in "$@"; do inputs=$((inputs + $(find "$d" -type f | wc -l))); done

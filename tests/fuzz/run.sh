@@ -46,7 +46,7 @@ build_conn() {
         -Wl,--no-as-needed -lnghttp2 -Wl,--as-needed \
         "-DSLUICE_FUZZ_APP=\"$top/tests/fuzz/fuzz_conn_app.lua\"" "$top/tests/fuzz/fuzz_conn.c" \
         "$b/libsluice_lua.a" "$b/libsluice_core.a" "$b/libsluice_codec.a" "$b/libsluice_store.a" \
-        "$b/libllhttp.a" -llua5.4-cjson -llua5.4 -llmdb -lcurl -lnats -lev -lssl -lcrypto -lz -lpthread -lm \
+        "$b/libllhttp.a" -llua5.4-cjson -llua5.4 -llmdb -lcurl -lnats -ljansson -lev -lssl -lcrypto -lz -lpthread -lm \
         -o "$out/fuzz_conn"
 }
 # Inputs are client scripts: several requests and frames need more room.
