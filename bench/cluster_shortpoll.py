@@ -7,7 +7,7 @@ latency, and the CPU seconds of the node and of the three nats-server.  In
 cluster mode such a poll asks the stream for its horizon (docs/cluster.md,
 "Resume on any node"); this measures that price.  With --behind each poll
 asks from the message before the newest, so it reads one message: the
-price of a resume that has something to read (four requests)."""
+price of a resume that has something to read (three requests)."""
 import json
 import os
 import shutil

@@ -1669,6 +1669,7 @@ static natsStatus stream_last_seq(struct cluster *c, uint64_t *seq)
     jsStreamInfo *si = stream_info(c, NULL, &why);
     if (!si) return why;
     *seq = si->State.LastSeq;
+    count_limit(c, si, 0); /* seen often: a change of the limit is seen soon */
     jsStreamInfo_Destroy(si);
     return NATS_OK;
 }
@@ -1741,26 +1742,20 @@ static int read_topics(struct cluster *c, const struct store_topic_ref *topics, 
         struct store_read_info *info = &infos[i];
         char subject[64 + 3 * 256 + 2];
         if (subject_of(c, topics[i].name, topics[i].len, subject, sizeof(subject)) != 0) continue;
-        uint64_t count = 0, stream_first = 0, count_max = 0;
-        rc = subject_state(c, subject, after_seq, &count, &stream_first, &count_max);
-        if (rc != 0) break;
-        info->exists = count > 0;
-        info->count = count;
+        /* Its newest (0: none): nothing to read when the reader has it. */
         uint64_t last = 0;
-        if (count > 0) {
-            /* Its newest: nothing to read when the reader has it already. */
-            natsMsg *lm = NULL;
-            jsOptions jo;
-            jsOptions_Init(&jo);
-            jo.Wait = CLUSTER_API_WAIT_MS;
-            natsStatus ls = js_GetLastMsg(&lm, c->js, c->stream, subject, &jo, NULL);
-            if (ls == NATS_OK) last = natsMsg_GetSequence(lm);
-            natsMsg_Destroy(lm);
-            if (ls != NATS_OK && ls != NATS_NOT_FOUND) {
-                rc = read_failed("last message", subject, ls);
-                break;
-            }
+        natsMsg *lm = NULL;
+        jsOptions jo;
+        jsOptions_Init(&jo);
+        jo.Wait = CLUSTER_API_WAIT_MS;
+        natsStatus ls = js_GetLastMsg(&lm, c->js, c->stream, subject, &jo, NULL);
+        if (ls == NATS_OK) last = natsMsg_GetSequence(lm);
+        natsMsg_Destroy(lm);
+        if (ls != NATS_OK && ls != NATS_NOT_FOUND) {
+            rc = read_failed("last message", subject, ls);
+            break;
         }
+        info->exists = last > 0;
         /* Every message of the subject up to the horizon is at or before
          * `last` (asked after it): reading through `last` is enough. */
         subject_read r = {.subject = subject,
@@ -1785,8 +1780,14 @@ static int read_topics(struct cluster *c, const struct store_topic_ref *topics, 
          * whose newest is at or before the point lost nothing after it.
          * A topic with nothing left may have lost something: told when
          * the stream starts past the point. */
-        bool lost_before = count > 0 && last <= after_seq;
+        bool lost_before = last > 0 && last <= after_seq;
         if (after_seq && !lost_before && (r.first == 0 || r.first > after_seq + 1)) {
+            /* Only then is the subject's state asked for (one request):
+             * a topic read from the message right after the point, or
+             * whose newest is at or before it, lost nothing. */
+            uint64_t count = 0, stream_first = 0, count_max = 0;
+            rc = subject_state(c, subject, after_seq, &count, &stream_first, &count_max);
+            if (rc != 0) break;
             bool full = false;
             if (r.first && count >= count_max && !info->more) {
                 full = r.got >= count_max; /* all it holds is after the point */

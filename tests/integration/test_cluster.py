@@ -554,6 +554,9 @@ class ClusterTest(SluiceTestCase):
         keep5 = 'sluice.topic("*", {backlog = 5})\n'
         a = self.node(replicas=1, extra=keep5)
         b = self.node(replicas=1, extra=keep5)
+        # Kept all along: the stream starts before every point below, so
+        # only the count limit tells the gaps.
+        self.assertEqual(self.publish(a, "keep", b"k").status, 200)
         ids = []
         for i in range(10):
             r = self.publish(a, "r", b"r%d" % i)
@@ -578,6 +581,23 @@ class ClusterTest(SluiceTestCase):
         j = self.longpoll(b, "r", ids[6], timeout=0)
         self.assertNotIn("gap", j)
         self.assertEqual([m["id"] for m in j["messages"]], ids[7:])
+        # Pages smaller than what the topic keeps: a topic at its limit read
+        # in part lost something after the point only if it holds nothing
+        # at or before it.  Another topic in between: no read starts right
+        # after its point.
+        for i in range(10, 13):
+            self.assertEqual(self.publish(a, "other", b"o").status, 200)
+            ids.append(self.publish(a, "r", b"r%d" % i).json()["id"])
+
+        def page(since, limit=""):
+            with b.conn() as c:
+                r = c.get("/topics/r?since=%s&timeout=0%s" % (quote(since), limit))
+            self.assertEqual(r.status, 200, r)
+            return r.json().get("gap", False), [m["id"] for m in r.json()["messages"]]
+
+        self.assertEqual(page(ids[1], "&limit=2"), (True, ids[8:10]))  # keeps 8-12
+        self.assertEqual(page(ids[9], "&limit=1"), (False, ids[10:11]))
+        self.assertEqual(page(ids[9]), (False, ids[10:13]))
         # A node whose retention differs from the stream's is refused.
         d = self.tmpdir()
         script = cluster_app(d, 'sluice.topic("*", {backlog = 7})\n', servers=self.nats.urls(),
