@@ -78,7 +78,8 @@ static bool cluster_options(const options *o, const lx_config *cfg, struct clust
                                 .creds = cl->creds,
                                 .tls_ca = cl->tls_ca,
                                 .tls_cert = cl->tls_cert,
-                                .tls_key = cl->tls_key};
+                                .tls_key = cl->tls_key,
+                                .max_message = cfg->limits.max_body};
     return co->servers != NULL;
 }
 

@@ -19,7 +19,7 @@
     X(SL_ENOMEM, -2, "out of memory")                                                              \
     X(SL_EFULL, -3, "storage full")                                                                \
     X(SL_EIO, -4, "storage I/O error")                                                             \
-    X(SL_ENOTFOUND, -5, "not found")                                                          \
+    X(SL_ENOTFOUND, -5, "not found")                                                               \
     X(SL_EUNKNOWN, -6, "unknown ID")                                                               \
     X(SL_EROFS, -7, "store is read-only")                                                          \
     X(SL_EPANIC, -8, "storage environment failed, reopen needed")                                  \
@@ -34,7 +34,8 @@
     X(SL_EPROTO, -17, "protocol violation")                                                        \
     X(SL_ELIMIT, -18, "over a configured limit")                                                   \
     X(SL_ESYS, -19, "system call failed")                                                          \
-    X(SL_EUNREACHABLE, -20, "storage unreachable: no NATS server connected")
+    X(SL_EUNREACHABLE, -20, "storage unreachable: no NATS server connected")                       \
+    X(SL_ETOOBIG, -21, "message too large for the cluster (NATS max_payload)")
 
 enum sl_err {
     SL_OK = 0,

@@ -532,11 +532,12 @@ static int l_conn_close(lua_State *L)
     lua_Integer code = luaL_optinteger(L, 2, 1000);
     const char *reason = luaL_optstring(L, 3, NULL);
     /* The codes RFC 6455 lets a server send for its own reasons (normal,
-     * going away, policy, internal error, try again later), and the
-     * application range. */
-    bool standard = code == 1000 || code == 1001 || code == 1008 || code == 1011 || code == 1013;
+     * going away, policy, a message too big to take, internal error, try
+     * again later), and the application range. */
+    bool standard = code == 1000 || code == 1001 || code == 1008 || code == 1009 || code == 1011 ||
+                    code == 1013;
     if (!standard && (code < 3000 || code > 4999))
-        return luaL_argerror(L, 2, "1000, 1001, 1008, 1011, 1013, or 3000 to 4999");
+        return luaL_argerror(L, 2, "1000, 1001, 1008, 1009, 1011, 1013, or 3000 to 4999");
     if (u->hooks && u->hooks->session) sub_close(u->hooks->session, (unsigned)code, reason);
     return 0;
 }

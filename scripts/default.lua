@@ -86,7 +86,9 @@ sluice.route("POST", "/topics/:topic", function(req)
     content_type = req:header("content-type"),
   })
   if not id then
-    return sluice.json(503, { error = err })
+    -- In cluster mode a message may fit the body limit but not the NATS
+    -- servers' max_payload (docs/cluster.md): no retry would store it.
+    return sluice.json(err:find("^message too large") and 413 or 503, { error = err })
   end
   return sluice.json(200, { id = id })
 end, publish_route)
@@ -102,7 +104,7 @@ local ws_opts = {
   on_message = function(conn, data)
     local ok, err = sluice.publish(conn.topic, data)
     if not ok then
-      conn:close(1013, "publish refused: " .. err)
+      conn:close(err:find("^message too large") and 1009 or 1013, "publish refused: " .. err)
     end
   end,
 }

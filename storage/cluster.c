@@ -106,6 +106,7 @@ struct cluster {
     uint64_t last_seq;
     uint64_t published, publish_failures, delivered, reconnects;
     int connected;
+    int64_t max_payload;          /* the connected server's, read at (re)connection */
     int closing;                  /* cluster_close has begun: a disconnect is expected */
     int sub_done, notes_done;     /* their handlers have returned for good (sub_close_waiting) */
     /* cluster_horizon's requests, shared by the reads that wait for one
@@ -379,10 +380,14 @@ int cluster_publish(struct cluster *c, const char *topic, size_t tlen, const cha
     char hv[3 * 256 + 1];
     char idv[2 * (3 * 256) + 4];
     natsStatus s = NATS_OK;
+    /* What the server counts against its max_payload: the data and the
+     * header block ("NATS/1.0\r\n", "Key: value\r\n" each, "\r\n"). */
+    size_t headers = 0;
     if (event && elen) {
         /* Encoded as a token: a header value keeps no edge spaces. */
         if (!cluster_token_encode(event, elen, hv, sizeof(hv))) s = NATS_INVALID_ARG;
         if (s == NATS_OK) s = natsMsgHeader_Set(msg, EVENT_HEADER, hv);
+        headers += sizeof(EVENT_HEADER) + 3 + strlen(hv);
     }
     if (s == NATS_OK && ikey && iklen) {
         /* JetStream's dedup key is per stream: the topic is part of it. */
@@ -391,9 +396,18 @@ int cluster_publish(struct cluster *c, const char *topic, size_t tlen, const cha
         size_t b = cluster_token_encode(ikey, iklen, idv + a + 1, sizeof(idv) - a - 1);
         if (!a || !b) s = NATS_INVALID_ARG;
         if (s == NATS_OK) s = natsMsgHeader_Set(msg, "Nats-Msg-Id", idv);
+        headers += sizeof("Nats-Msg-Id") + 3 + a + 1 + b;
     }
-    if (s == NATS_OK && (flags & STORE_MSG_JSON))
+    if (s == NATS_OK && (flags & STORE_MSG_JSON)) {
         s = natsMsgHeader_Set(msg, TYPE_HEADER, TYPE_JSON);
+        headers += sizeof(TYPE_HEADER) + 3 + strlen(TYPE_JSON);
+    }
+    if (headers) headers += 12;
+    int64_t max = LOAD(c->max_payload);
+    if (s == NATS_OK && max > 0 && len + headers > (uint64_t)max) {
+        natsMsg_Destroy(msg);
+        return SL_ETOOBIG;
+    }
     inflight *f = s == NATS_OK ? malloc(sizeof(inflight)) : NULL;
     if (!f) {
         natsMsg_Destroy(msg);
@@ -932,6 +946,7 @@ static void on_reconnected(natsConnection *nc, void *closure)
     struct cluster *c = closure;
     char url[256] = "";
     natsConnection_GetConnectedUrl(nc, url, sizeof(url));
+    STORE(c->max_payload, natsConnection_GetMaxPayload(nc));
     STORE(c->connected, 1);
     ADD(c->reconnects, 1);
     LOG_KV(LOG_INFO, "cluster: reconnected to NATS", LOG_S("server", url));
@@ -1078,7 +1093,15 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
     if (s != NATS_OK) FAIL("cluster: options: %s", last_error(s));
     s = natsConnection_Connect(&c->nc, c->opts);
     if (s != NATS_OK) FAIL("cluster: cannot connect to %s: %s", o->servers, last_error(s));
+    STORE(c->max_payload, natsConnection_GetMaxPayload(c->nc));
     STORE(c->connected, 1);
+    if (o->max_message && (uint64_t)c->max_payload < o->max_message + CLUSTER_HEADER_ROOM)
+        LOG_KV(LOG_WARN,
+               "cluster: the NATS servers' max_payload is below the largest message this node "
+               "takes and its headers: a larger publish is refused (HTTP 413, WebSocket 1009); "
+               "raise max_payload on every NATS server, or lower limits.max_body_size",
+               LOG_I("max_payload", c->max_payload), LOG_I("max_body_size", o->max_message),
+               LOG_I("header_room", CLUSTER_HEADER_ROOM));
     jsOptions jo;
     jsOptions_Init(&jo);
     jo.Wait = CLUSTER_API_WAIT_MS;

@@ -42,6 +42,7 @@
 #define CLUSTER_READ_MAX 4096              /* messages one topic read brings */
 #define CLUSTER_READ_TRIES 2               /* tries of a read whose request failed */
 #define CLUSTER_GET_MAX 16 /* a topic's messages read one request each, before a consumer */
+#define CLUSTER_HEADER_ROOM 2048 /* the most a publish's headers take (event, key, type) */
 #define CLUSTER_START_WAIT_MS 15000        /* at start: JetStream answering */
 #define CLUSTER_REFETCH_WAIT_MS 30000      /* reading again what the consumer skipped */
 #define CLUSTER_CHECK_MS 1000              /* the consumer's copy checked against the leader's */
@@ -57,6 +58,8 @@ struct cluster_opts {
     const char *tls_ca, *tls_cert, *tls_key;
     uint64_t max_per_topic; /* retention: messages kept per topic (0: 1000) */
     uint64_t max_age_ms;    /* retention: age (0: none) */
+    size_t max_message;     /* the largest body the node takes: a warning at start when
+                               the servers' max_payload cannot carry it with its headers */
 };
 
 /* A message delivered by the stream's consumer, borrowed for the call.
@@ -110,7 +113,9 @@ void cluster_close(struct cluster *c);
  * the header Content-Type: application/json (reads and deliveries set the
  * flag back).  Returns 0, SL_EUNREACHABLE (not connected, as the client
  * last said), SL_EBUSY (too many in flight, or CLUSTER_SEND_QUEUE_MAX
- * bytes waiting for the sender: a server that reads nothing), SL_ENOMEM. */
+ * bytes waiting for the sender: a server that reads nothing), SL_ETOOBIG
+ * (the message with its headers is over the servers' max_payload: no
+ * retry can store it), SL_ENOMEM. */
 int cluster_publish(struct cluster *c, const char *topic, size_t tlen, const char *event,
                     size_t elen, const void *data, size_t len, const char *ikey, size_t iklen,
                     unsigned flags, void *req);

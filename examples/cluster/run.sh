@@ -31,6 +31,8 @@ server_name: n$i
 listen: 127.0.0.1:$((4222 + i))
 http: 127.0.0.1:$((8222 + i))
 jetstream { store_dir: "$dir/store$i" }
+# Room for sluice's largest message (1 MiB by default) and its headers.
+max_payload: 2MB
 cluster { name: sluice-example, listen: 127.0.0.1:$((6222 + i)), routes: [$routes] }
 CONF
     nats-server -c "$dir/n$i.conf" > "$dir/n$i.log" 2>&1 &

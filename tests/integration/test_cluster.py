@@ -765,6 +765,39 @@ class ClusterTest(SluiceTestCase):
                          ids["g.t"][-40:-30])
         self.assertEqual(self.read_counts(b)[1], now[1])
 
+    def test_a_message_over_the_nats_max_payload_is_refused_as_too_large(self):
+        # The NATS servers' max_payload (1 MiB, their default, as in these
+        # tests) bounds a message of the stream, headers included.  A body
+        # within the node's own limit (1 MiB) that is over it with its event
+        # header was answered 503 "storage I/O error", which a client
+        # retries for ever: it is refused as too large (413; a WebSocket
+        # client's message, close 1009), counted, and the node warns at
+        # start.  One that fits is stored and read back whole.
+        a = self.node(extra="sluice.config{limits = {max_ws_message = 2 * 1024 * 1024}}\n")
+        b = self.node()
+        self.assertTrue(a.find_logs(r"max_payload is below the largest message"), a.log_text())
+        mark = self.publish(a, "big", b"x").json()["id"]
+        body = b"y" * (1024 * 1024)
+        with a.conn() as c:
+            r = c.request("POST", "/topics/big?event=e", body=body)
+        self.assertEqual(r.status, 413, r)
+        self.assertEqual(r.json()["error"], "message too large for the cluster (NATS max_payload)")
+        with a.conn() as c:
+            r = c.request("POST", "/topics/big?event=e", body=body[:-100])
+        self.assertEqual(r.status, 200, r)
+        j = self.longpoll(b, "big", mark, timeout=0)
+        self.assertEqual([(m["id"], m["event"], m["data"]) for m in j["messages"]],
+                         [(r.json()["id"], "e", "y" * (1024 * 1024 - 100))])
+        c = self.conn(a)
+        ws_open(c, "/topics/big")
+        payload = b"z" * (1536 * 1024)  # a zero mask key: the payload as it is
+        c.send(struct.pack("!BBQ", 0x82, 0xFF, len(payload)) + b"\0\0\0\0" + payload)
+        op, data = ws_read_frame(c)
+        self.assertEqual((op, struct.unpack("!H", data[:2])[0]), (8, 1009), data)
+        self.assertIn(b"message too large", data)
+        failures = re.search(r"(?m)^sluice_publish_failures_total (\d+)$", self.metrics(a))
+        self.assertEqual(int(failures.group(1)), 2)
+
     def test_live_gap_when_retention_drops_what_a_node_had_not_delivered(self):
         # Node B talks to one NATS server only, a follower of the stream; it
         # is down while node A publishes more than a topic keeps.  When it

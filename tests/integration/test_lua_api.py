@@ -1218,7 +1218,7 @@ class OnMessageTest(ApiCase):
         self.assertEqual(poll(self.s, "omp")["messages"][0]["id"], m["id"])
 
     def test_conn_close_code(self):
-        for code in (4001, 3000, 1000):
+        for code in (4001, 3000, 1000, 1009):
             with self.subTest(code=code):
                 # A server each: one that fails must not hide the others.
                 s = self.s if code == 4001 else self.start(MAIN)
