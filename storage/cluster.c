@@ -1564,10 +1564,19 @@ static int get_next(struct cluster *c, const char *subject, uint64_t from, struc
     natsStatus s =
         natsConnection_Request(&reply, c->nc, c->get_subject, body, bl, CLUSTER_API_WAIT_MS);
     if (s != NATS_OK) return read_failed("get", subject, s);
-    int rc =
-        cluster_got_parse(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), subject, g);
+    const char *answer = natsMsg_GetData(reply);
+    int alen = natsMsg_GetDataLength(reply);
+    int rc = cluster_got_parse(answer, (size_t)alen, subject, g);
+    if (rc == SL_EPROTO) {
+        /* An error JetStream answered (a leader being elected, say) or
+         * an answer not of its form: what it said is logged. */
+        static log_limit lim = LOG_LIMIT_INIT;
+        LOG_KV_LIMITED(
+            &lim, 10.0, LOG_WARN, "cluster: a get of the stream was not answered a message",
+            LOG_S("subject", subject), LOG_SN("answer", answer, alen < 300 ? alen : 300));
+        rc = read_failed("get", subject, NATS_ERR);
+    }
     natsMsg_Destroy(reply);
-    if (rc == SL_EPROTO) return read_failed("get: an answer not understood", subject, NATS_ERR);
     return rc;
 }
 
