@@ -208,11 +208,11 @@ char *metrics_render(const hub *h, const metrics_extra *extra, size_t nextra, si
              hs.cluster_read_failures},
             {"sluice_cluster_read_gets_total", "counter",
              "Messages read for resumes and polls one request each (the stream leader answers "
-             "alone; the first 16 of a topic's read).",
+             "alone; the first 8 of a topic's read).",
              hs.cluster_read_gets},
             {"sluice_cluster_read_consumers_total", "counter",
              "Topic reads for resumes and polls that made a short-lived consumer (more than "
-             "16 messages behind: the servers' meta group makes and deletes it).",
+             "8 messages behind: the servers' meta group makes and deletes it).",
              hs.cluster_read_consumers},
         };
         put_scalars(&t, cl, sizeof(cl) / sizeof(cl[0]));

@@ -41,7 +41,11 @@
 #define CLUSTER_SEND_QUEUE_MAX (16u << 20) /* publish bytes waiting for the sender thread */
 #define CLUSTER_READ_MAX 4096              /* messages one topic read brings */
 #define CLUSTER_READ_TRIES 2               /* tries of a read whose request failed */
-#define CLUSTER_GET_MAX 16 /* a topic's messages read one request each, before a consumer */
+/* A topic's messages read one request each, before a consumer is made for
+ * the rest: a get costs sluice and the servers together about a tenth of
+ * a consumer, so past 8 the gets a large read wastes first add about a
+ * fifth to its cost (bench/cluster_resume_herd.py, docs/cluster.md). */
+#define CLUSTER_GET_MAX 8
 #define CLUSTER_HEADER_ROOM 2048 /* the most a publish's headers take (event, key, type) */
 #define CLUSTER_START_WAIT_MS 15000        /* at start: JetStream answering */
 #define CLUSTER_REFETCH_WAIT_MS 30000      /* reading again what the consumer skipped */

@@ -715,7 +715,7 @@ class ClusterTest(SluiceTestCase):
     def test_a_resume_reads_its_first_messages_one_request_each(self):
         # A clustered stream makes and deletes a consumer through its meta
         # group, at ten times the servers' CPU of a request the stream
-        # leader answers alone: a read takes a topic's first 16 messages
+        # leader answers alone: a read takes a topic's first 8 messages
         # one request each and makes a consumer only for more.  Both give
         # the same messages: order, events, JSON and binary data.
         a = self.node()
@@ -748,7 +748,7 @@ class ClusterTest(SluiceTestCase):
         self.assertEqual((got[2]["event"], got[2]["data"]), (None, "g.t-3"))
         after = self.read_counts(b)
         self.assertEqual((after[0] - before[0], after[1] - before[1]), (3, 0))
-        # 40 behind: 16 by requests, the other 24 from one consumer.
+        # 40 behind: 8 by requests, the other 32 from one consumer.
         mark = ids["g.t"][-1]
         pub(40)
         j = self.longpoll(b, "g.t", mark, timeout=0)
@@ -756,7 +756,7 @@ class ClusterTest(SluiceTestCase):
         self.assertEqual([m["data"] for m in j["messages"]],
                          ["g.t-%d" % i for i in range(4, 44)])
         now = self.read_counts(b)
-        self.assertEqual((now[0] - after[0], now[1] - after[1]), (16, 1))
+        self.assertEqual((now[0] - after[0], now[1] - after[1]), (8, 1))
         # A page smaller than that: its limit, and the next goes on from it.
         with b.conn() as c:
             r1 = c.get("/topics/g.t?since=%s&timeout=0&limit=5" % quote(mark)).json()
