@@ -13,15 +13,6 @@
 
 #include "check.h"
 
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static uint32_t rnd(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (uint32_t)rng;
-}
-
 /* A valid NATS token as the server parses subjects: no separators, no
  * wildcard characters, no whitespace or control bytes. */
 static int token_valid(const char *t, size_t n)
@@ -104,30 +95,30 @@ static void test_random(void)
 {
     char s[200];
     for (int iter = 0; iter < 20000; iter++) {
-        size_t n = 1 + rnd() % sizeof s;
-        int alphabet = (int)(rnd() % 3);
+        size_t n = 1 + check_rnd() % sizeof s;
+        int alphabet = (int)(check_rnd() % 3);
         for (size_t i = 0; i < n; i++) {
             if (alphabet == 0) /* sluice's topic characters */
-                s[i] = "abcXYZ019_.:-"[rnd() % 13];
+                s[i] = "abcXYZ019_.:-"[check_rnd() % 13];
             else if (alphabet == 1) /* NATS's special ones among them */
-                s[i] = "a.*> %\t"[rnd() % 7];
+                s[i] = "a.*> %\t"[check_rnd() % 7];
             else
-                s[i] = (char)(rnd() & 0xff);
+                s[i] = (char)(check_rnd() & 0xff);
         }
         round_trip(s, n);
         /* Distinct strings, distinct tokens (the encoding is injective):
          * change one byte and compare. */
         char t[200];
         memcpy(t, s, n);
-        size_t pos = rnd() % n;
-        t[pos] = (char)(t[pos] ^ (1 + rnd() % 255));
+        size_t pos = check_rnd() % n;
+        t[pos] = (char)(t[pos] ^ (1 + check_rnd() % 255));
         char e1[601], e2[601];
         size_t l1 = cluster_token_encode(s, n, e1, sizeof e1);
         size_t l2 = cluster_token_encode(t, n, e2, sizeof e2);
         CHECK(l1 != l2 || memcmp(e1, e2, l1) != 0);
         /* A corrupted token decodes to something that encodes back to it,
          * or is refused. */
-        e1[rnd() % l1] = (char)(rnd() & 0xff);
+        e1[check_rnd() % l1] = (char)(check_rnd() & 0xff);
         char back[200];
         long bl = cluster_token_decode(e1, l1, back, sizeof back);
         if (bl >= 0) {
