@@ -31,7 +31,10 @@ class ClusterNode:
         app = os.path.join(self.work, "app.lua")
         with open(app, "w") as f:
             f.write(src)
-        self.proc = subprocess.Popen([binary, "-l", "127.0.0.1:%d" % self.port, "-d", self.work,
+        # PERF_CMD: a command line to run the node under ("perf record -g
+        # -o FILE --"); the CPU then printed is that command's, not the node's.
+        self.proc = subprocess.Popen(os.environ.get("PERF_CMD", "").split() +
+                                     [binary, "-l", "127.0.0.1:%d" % self.port, "-d", self.work,
                                       "-w", "1", app], stderr=subprocess.DEVNULL)
 
     def publish(self, topic, body=b"m", tries=100):

@@ -46,6 +46,7 @@
  * a consumer, so past 8 the gets a large read wastes first add about a
  * fifth to its cost (bench/cluster_resume_herd.py, docs/cluster.md). */
 #define CLUSTER_GET_MAX 8
+#define CLUSTER_LOCK_SPINS 200   /* the client's mutexes: tries before waiting */
 #define CLUSTER_HEADER_ROOM 2048 /* the most a publish's headers take (event, key, type) */
 #define CLUSTER_START_WAIT_MS 15000        /* at start: JetStream answering */
 #define CLUSTER_REFETCH_WAIT_MS 30000      /* reading again what the consumer skipped */
