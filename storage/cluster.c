@@ -1601,7 +1601,7 @@ static int read_by_gets(struct cluster *c, subject_read *r)
         int rc = get_next(c, r->subject, r->after + 1, &g);
         /* None left through `last`: deleted since (age), or a leader that
          * lacks what the one before told.  This try fails (tried once
-         * more, with the subject's state read again). */
+         * more, with the topic's newest asked for again). */
         if (rc == SL_ENOTFOUND) return read_failed("get: the newest is gone", r->subject, NATS_OK);
         if (rc != 0) return rc;
         rmsg m = {.seq = g.seq,
