@@ -53,6 +53,13 @@ local function client_address(req)
   return (req.remote_addr:match("^(.*):%d+$")) or req.remote_addr
 end
 
+-- In cluster mode a message may fit the body limit but not the NATS
+-- servers' max_payload (docs/cluster.md): no retry would store it, so it
+-- is refused as too large (413, WebSocket 1009), not as an outage.
+local function too_large(err)
+  return err:find("^message too large") ~= nil
+end
+
 sluice.route("POST", "/topics/:topic", function(req)
   local topic = req.params.topic
   if not valid_topic(topic) then
@@ -86,9 +93,7 @@ sluice.route("POST", "/topics/:topic", function(req)
     content_type = req:header("content-type"),
   })
   if not id then
-    -- In cluster mode a message may fit the body limit but not the NATS
-    -- servers' max_payload (docs/cluster.md): no retry would store it.
-    return sluice.json(err:find("^message too large") and 413 or 503, { error = err })
+    return sluice.json(too_large(err) and 413 or 503, { error = err })
   end
   return sluice.json(200, { id = id })
 end, publish_route)
@@ -104,7 +109,7 @@ local ws_opts = {
   on_message = function(conn, data)
     local ok, err = sluice.publish(conn.topic, data)
     if not ok then
-      conn:close(err:find("^message too large") and 1009 or 1013, "publish refused: " .. err)
+      conn:close(too_large(err) and 1009 or 1013, "publish refused: " .. err)
     end
   end,
 }

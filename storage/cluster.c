@@ -1582,7 +1582,7 @@ static int get_next(struct cluster *c, const char *subject, uint64_t from, struc
         LOG_KV_LIMITED(
             &lim, 10.0, LOG_WARN, "cluster: a get of the stream was not answered a message",
             LOG_S("subject", subject), LOG_SN("answer", answer, alen < 300 ? alen : 300));
-        rc = read_failed("get", subject, NATS_ERR);
+        rc = SL_EIO; /* logged once, with the answer: not read_failed's line too */
     }
     natsMsg_Destroy(reply);
     return rc;
@@ -1602,7 +1602,8 @@ static int read_by_gets(struct cluster *c, subject_read *r)
         /* None left through `last`: deleted since (age), or a leader that
          * lacks what the one before told.  This try fails (tried once
          * more, with the topic's newest asked for again). */
-        if (rc == SL_ENOTFOUND) return read_failed("get: the newest is gone", r->subject, NATS_OK);
+        if (rc == SL_ENOTFOUND)
+            return read_failed("get: the newest is gone", r->subject, NATS_NOT_FOUND);
         if (rc != 0) return rc;
         rmsg m = {.seq = g.seq,
                   .time_ms = g.time_ms,
@@ -1612,7 +1613,7 @@ static int read_by_gets(struct cluster *c, subject_read *r)
                   .flags = g.flags,
                   .data_len = g.data_len};
         rc = g.seq > r->after ? rmsg_add(r->v, r->n, r->vcap, &m, g.data)
-                              : read_failed("get: an older message", r->subject, NATS_OK);
+                              : read_failed("get: an older message", r->subject, NATS_MISMATCH);
         cluster_got_free(&g);
         if (rc != 0) return rc;
         ADD(c->read_gets, 1);
