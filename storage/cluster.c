@@ -3,9 +3,11 @@
  * table that matches each PubAck to its request, the consumer that
  * delivers the stream to this node (and the thread that makes it anew when
  * it fails), and reads of a topic's history for a resume.  All NATS I/O is
- * the NATS C client's (no protocol here); its threads call back into the
- * hub, which hands messages to the workers as the writer thread does in
- * single-node mode.
+ * the NATS C client's (no protocol here), on a libev loop of its own
+ * thread (cluster_loop.h): that thread writes the publishes and takes the
+ * live consumer's messages, and it and the client's threads call back
+ * into the hub, which hands messages to the workers as the writer thread
+ * does in single-node mode.
  *
  * No ordered consumer (jsSubOptions.Ordered) anywhere: libnats 3.4.1
  * (Debian's) recreates one on a thread of its own after every reconnect,
@@ -16,13 +18,16 @@
  * is, and makes them anew itself.
  *
  * A worker never calls into the client for a publish: it queues it for
- * the sender thread (cluster_publish).  The client writes a publish while
- * it holds its connection's lock, and a server that reads nothing (paused,
- * or a network that drops without a reset) makes that write wait for the
- * write deadline: written on a worker's loop, it held every connection of
- * the worker, and any other worker asking the connection's status, for
- * seconds. */
+ * the loop's thread (cluster_publish).  The client takes its connection's
+ * lock for a publish, which its other threads hold for seconds at times (a
+ * reconnection's handshake): on a worker's loop that held every
+ * connection of the worker.
+ *
+ * Nothing on the loop's thread waits for NATS: what needs an answer (a
+ * read of what the live consumer skipped, the check of this node's copy of
+ * the stream, a consumer made anew) is the keeper thread's. */
 #include "storage/cluster.h"
+#include "storage/cluster_loop.h"
 
 #include "core/b64.h"
 #include "core/defs.h"
@@ -55,7 +60,7 @@ typedef struct inflight {
     natsMsg *msg;
     void *req;
     struct inflight *next;
-    struct inflight *send_next; /* in the sender's queue, until it is written */
+    struct inflight *send_next; /* in the loop's queue, until it is given to the client */
     size_t bytes;               /* counted in send_bytes meanwhile */
 } inflight;
 
@@ -63,8 +68,11 @@ struct cluster {
     natsOptions *opts;
     natsConnection *nc;
     jsCtx *js;
-    /* The live consumer on the whole stream and the thread that makes it
-     * anew (keep_lock guards sub and renew). */
+    struct cluster_loop *loop;
+    /* The live consumer on the whole stream, whose messages the loop's
+     * thread takes, and the keeper thread, which makes it anew and does
+     * what must wait for an answer (keep_lock guards sub, renew, mend and
+     * the check; the loop's thread holds it while it takes messages). */
     natsSubscription *sub;
     natsSubscription *notes; /* cluster_listen's */
     cluster_note_fn on_note;
@@ -76,6 +84,12 @@ struct cluster {
     pthread_mutex_t keep_lock;
     pthread_cond_t keep_cond;
     const char *renew; /* why the consumer must be made anew (NULL: it need not) */
+    /* A message after a jump in the stream's seqs: the keeper reads what
+     * lies between, then delivers it; the loop takes no more meanwhile. */
+    natsMsg *mend;
+    /* The message whose copy the keeper checks against the leader's (seq
+     * 0: none; check_copy). */
+    uint64_t check_seq, check_print;
     char stream[64];
     char filter[80]; /* "<STREAM>.>" */
     uint64_t epoch;
@@ -90,15 +104,10 @@ struct cluster {
     cluster_ack_fn ack;
     cluster_msg_fn deliver;
     void *ud;
-    /* Publishes queued for the sender thread (send_lock guards them). */
-    pthread_t sender;
-    bool sender_running;
+    /* Publishes queued for the loop's thread (send_lock guards them). */
     pthread_mutex_t send_lock;
-    pthread_cond_t send_cond;
     inflight *send_head, *send_tail;
     size_t send_bytes;
-    bool send_idle; /* the sender waits for send_cond */
-    bool send_stop;
     pthread_mutex_t lock; /* guards the in-flight table */
     inflight *table[PENDING_BUCKETS];
     uint64_t ninflight; /* changed under lock, read without it: a relaxed atomic */
@@ -108,7 +117,7 @@ struct cluster {
     int connected;
     int64_t max_payload;          /* the connected server's, read at (re)connection */
     int closing;                  /* cluster_close has begun: a disconnect is expected */
-    int sub_done, notes_done;     /* their handlers have returned for good (sub_close_waiting) */
+    int notes_done;               /* its handler has returned for good (sub_close_waiting) */
     /* cluster_horizon's requests, shared by the reads that wait for one
      * (under hz_lock): the started-th is in flight while hz_busy; the
      * done-th is the newest answered: hz_seq, unless hz_status fails. */
@@ -126,7 +135,7 @@ struct cluster {
     } seen[SEEN_RING];
     uint64_t refetched, repeats, diverged, gaps, renewals; /* relaxed atomics */
     uint64_t read_retries, read_failures, read_gets, read_consumers; /* relaxed atomics */
-    int64_t next_check; /* check_copy's next (under consume_lock) */
+    int64_t next_check; /* check_copy's next (the loop's thread) */
     int unsound;        /* this node's copy of the stream disagreed with the leader's */
 };
 
@@ -413,7 +422,7 @@ int cluster_publish(struct cluster *c, const char *topic, size_t tlen, const cha
         natsMsg_Destroy(msg);
         return SL_ENOMEM;
     }
-    /* In the table before the send: the ack may come before the sender's
+    /* In the table before the send: the ack may come before the loop's
      * call returns. */
     f->msg = msg;
     f->req = req;
@@ -432,14 +441,15 @@ int cluster_publish(struct cluster *c, const char *topic, size_t tlen, const cha
     bool over = c->send_head && c->send_bytes + bytes > CLUSTER_SEND_QUEUE_MAX;
     bool wake = false;
     if (!over) {
+        /* An empty queue: the loop has taken what it had (or is about
+         * to), so it is woken for this one. */
+        wake = !c->send_head;
         if (c->send_tail)
             c->send_tail->send_next = f;
         else
             c->send_head = f;
         c->send_tail = f;
         c->send_bytes += bytes;
-        wake = c->send_idle;
-        c->send_idle = false;
     }
     pthread_mutex_unlock(&c->send_lock);
     if (over) {
@@ -447,12 +457,12 @@ int cluster_publish(struct cluster *c, const char *topic, size_t tlen, const cha
         natsMsg_Destroy(msg);
         return SL_EBUSY;
     }
-    if (wake) pthread_cond_signal(&c->send_cond);
+    if (wake) cluster_loop_kick(c->loop);
     return 0;
 }
 
-/* The sender thread's write of one publish.  f may be freed by the ack
- * as soon as the client has the message. */
+/* The loop's thread gives one publish to the client.  f may be freed by
+ * the ack as soon as the client has the message. */
 static void send_one(struct cluster *c, inflight *f)
 {
     natsMsg *msg = f->msg;
@@ -472,35 +482,42 @@ static void send_one(struct cluster *c, inflight *f)
     c->ack(c->ud, req, SL_EIO, 0, false);
 }
 
-/* Writes the queued publishes in their order, as they come; at stop, what
- * is queued still goes (bounded: CLUSTER_SEND_QUEUE_MAX, each write by
- * the write deadline). */
-static void *sender_main(void *arg)
+static bool output_full(struct cluster *c)
 {
-    struct cluster *c = arg;
+    int n = natsConnection_Buffered(c->nc); /* -1 when closed: the send says so */
+    return n > 0 && (size_t)n > CLUSTER_OUTPUT_MAX;
+}
+
+/* The loop's thread: the queued publishes, in their order, given to the
+ * client, which the loop then writes.  While the client holds more than
+ * CLUSTER_OUTPUT_MAX unwritten (a server that reads slowly, or not at
+ * all until the pings give it up), the rest waits here, where
+ * CLUSTER_SEND_QUEUE_MAX bounds it; the socket's next write brings the
+ * loop back. */
+static void send_queued(struct cluster *c)
+{
     pthread_mutex_lock(&c->send_lock);
-    for (;;) {
-        while (!c->send_head && !c->send_stop) {
-            c->send_idle = true;
-            pthread_cond_wait(&c->send_cond, &c->send_lock);
-        }
-        c->send_idle = false;
-        inflight *f = c->send_head;
-        if (!f) break; /* stopping, and nothing left */
-        c->send_head = c->send_tail = NULL;
-        pthread_mutex_unlock(&c->send_lock);
-        size_t sent = 0;
-        while (f) {
-            inflight *next = f->send_next;
-            sent += f->bytes;
-            send_one(c, f);
-            f = next;
-        }
-        pthread_mutex_lock(&c->send_lock);
-        c->send_bytes -= sent;
+    inflight *f = c->send_head;
+    c->send_head = c->send_tail = NULL;
+    pthread_mutex_unlock(&c->send_lock);
+    size_t sent = 0;
+    while (f && !output_full(c)) {
+        inflight *next = f->send_next;
+        sent += f->bytes;
+        send_one(c, f);
+        f = next;
+    }
+    pthread_mutex_lock(&c->send_lock);
+    c->send_bytes -= sent;
+    if (f) { /* held back: ahead of what came meanwhile */
+        inflight *last = f;
+        while (last->send_next)
+            last = last->send_next;
+        last->send_next = c->send_head;
+        if (!c->send_head) c->send_tail = last;
+        c->send_head = f;
     }
     pthread_mutex_unlock(&c->send_lock);
-    return NULL;
 }
 
 /* ---- the stream's consumers ---------------------------------------------------- */
@@ -569,25 +586,22 @@ static uint64_t msg_print(natsMsg *msg, const jsMsgMetaData *meta)
 
 /* The copy of the stream this node's consumer reads is checked against the
  * stream leader's (js_GetMsg is answered by the leader) once a second
- * while messages come: the message just delivered must be the leader's at
- * that seq.  A server that was the leader, paused (SIGSTOP) with keyed
- * publishes queued, came back with a copy one message short and the later
- * seqs one lower (nats-server 2.9.10; docs/cluster.md "Not yet"): a
- * consumer on it delivers every message but that one, with other IDs, and
- * its seqs follow each other.  Such a node says so (an error, counted)
- * and reports not ready (/readyz) until it is restarted. */
-static void check_copy(struct cluster *c, natsMsg *msg, const jsMsgMetaData *meta)
+ * while messages come: the message delivered at `seq` must be the
+ * leader's at that seq.  A server that was the leader, paused (SIGSTOP)
+ * with keyed publishes queued, came back with a copy one message short and
+ * the later seqs one lower (nats-server 2.9.10; docs/cluster.md "Not
+ * yet"): a consumer on it delivers every message but that one, with other
+ * IDs, and its seqs follow each other.  Such a node says so (an error,
+ * counted) and reports not ready (/readyz) until it is restarted.  The
+ * keeper's thread (the loop's picks the message: check_due). */
+static void check_copy(struct cluster *c, uint64_t seq, uint64_t print)
 {
-    int64_t now = nats_Now();
-    if (now < c->next_check) return;
-    c->next_check = now + CLUSTER_CHECK_MS;
     jsOptions jo;
     jsOptions_Init(&jo);
     jo.Wait = CLUSTER_CHECK_WAIT_MS;
     natsMsg *lm = NULL;
-    if (js_GetMsg(&lm, c->js, c->stream, meta->Sequence.Stream, &jo, NULL) == NATS_OK &&
-        print_of(natsMsg_GetSubject(lm), natsMsg_GetTime(lm), natsMsg_GetDataLength(lm)) !=
-            msg_print(msg, meta)) {
+    if (js_GetMsg(&lm, c->js, c->stream, seq, &jo, NULL) == NATS_OK &&
+        print_of(natsMsg_GetSubject(lm), natsMsg_GetTime(lm), natsMsg_GetDataLength(lm)) != print) {
         ADD(c->diverged, 1);
         STORE(c->unsound, 1);
         static log_limit lim = LOG_LIMIT_INIT;
@@ -596,12 +610,24 @@ static void check_copy(struct cluster *c, natsMsg *msg, const jsMsgMetaData *met
                        "with the stream leader's (the NATS servers disagree): messages may be "
                        "missing here or carry other IDs; /readyz says not ready; restart this "
                        "node (its new consumer reads another copy)",
-                       LOG_I("seq", meta->Sequence.Stream));
+                       LOG_I("seq", seq));
     }
     natsMsg_Destroy(lm); /* not found (retention took it) or no answer: checked later */
 }
 
-/* Hands one message of the stream to the hub (the consumer's thread). */
+/* The loop's thread, keep_lock held: at most once a second, the message
+ * just delivered is the keeper's to check. */
+static void check_due(struct cluster *c, natsMsg *msg, const jsMsgMetaData *meta)
+{
+    int64_t now = nats_Now();
+    if (now < c->next_check) return;
+    c->next_check = now + CLUSTER_CHECK_MS;
+    c->check_seq = meta->Sequence.Stream;
+    c->check_print = msg_print(msg, meta);
+    pthread_cond_signal(&c->keep_cond);
+}
+
+/* Hands one message of the stream to the hub (the loop's thread, or the keeper's). */
 static void deliver_one(struct cluster *c, natsMsg *msg, const jsMsgMetaData *meta)
 {
     char topic[256], event[256];
@@ -688,7 +714,7 @@ static uint64_t count_limit(struct cluster *c, const jsStreamInfo *si, uint64_t 
  * past `from` any topic may have; the count limit only takes from a topic
  * at its maximum.  When neither tells (or the stream does not answer),
  * every topic is told: never missed, sometimes told for nothing.  Rare (a
- * node cut off while retention turned over), on the consumer's thread. */
+ * node cut off while retention turned over), on the keeper's thread. */
 static void tell_gap(struct cluster *c, uint64_t from)
 {
     ADD(c->gaps, 1);
@@ -722,8 +748,8 @@ static void tell_gap(struct cluster *c, uint64_t from)
 
 /* The messages after `after` and before `upto`, read from the stream and
  * delivered in order: what the live consumer skipped (a message lost on
- * the way, a consumer made anew past it).  Runs on the consumer's thread,
- * so the next message waits for this. */
+ * the way, a consumer made anew past it).  The keeper's thread
+ * (mend_jump): the loop takes no live message meanwhile. */
 static void refetch(struct cluster *c, uint64_t after, uint64_t upto)
 {
     uint64_t got = 0;
@@ -784,57 +810,114 @@ static void refetch(struct cluster *c, uint64_t after, uint64_t upto)
                LOG_S("status", natsStatus_GetText(s)));
 }
 
-/* The live consumer: every message in stream order.  The seqs of a
- * stream that only sluice writes follow each other (retention takes old
- * messages, never ones not yet delivered): a jump is refetched, an older
- * seq (a renewed consumer's repeat, or the last messages of the one it
- * replaced) dropped, so every node delivers every message once and in
- * order. */
-static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+/* One message of the live consumer, in stream order (consume_lock held,
+ * on the loop's thread or the keeper's).  The seqs of a stream that only
+ * sluice writes follow each other (retention takes old messages, never
+ * ones not yet delivered): an older seq (a renewed consumer's repeat, or
+ * the last messages of the one it replaced) is dropped, so every node
+ * delivers every message once and in order.  A seq past the next one is
+ * the caller's affair. */
+static void take_one(struct cluster *c, natsMsg *msg, const jsMsgMetaData *meta)
 {
-    (void)nc;
-    (void)sub;
-    struct cluster *c = closure;
-    jsMsgMetaData *meta = NULL;
-    if (natsMsg_GetMetaData(&meta, msg) != NATS_OK) {
-        static log_limit lim = LOG_LIMIT_INIT;
-        LOG_KV_LIMITED(&lim, 10.0, LOG_WARN, "cluster: message without JetStream metadata skipped",
-                       LOG_S("subject", natsMsg_GetSubject(msg)));
-        goto done;
-    }
     uint64_t seq = meta->Sequence.Stream;
-    /* A recreated consumer may deliver from another thread while the old
-     * one's last messages are handed over: the order check and the
-     * hand-off to the hub are one step. */
-    pthread_mutex_lock(&c->consume_lock);
-    if (seq <= c->consumed) {
-        ADD(c->repeats, 1);
-        /* A recreated consumer starts where the last one's messages
-         * ended: a repeat is rare, and one that is another message than
-         * the one delivered at its seq means that the servers disagree on
-         * the stream's seqs (it is not delivered: its ID is taken). */
-        const __typeof__(c->seen[0]) *was = &c->seen[seq % SEEN_RING];
-        bool other = was->seq == seq && was->print != msg_print(msg, meta);
-        if (other) {
-            ADD(c->diverged, 1);
-            STORE(c->unsound, 1);
-        }
-        static log_limit lim = LOG_LIMIT_INIT;
-        LOG_KV_LIMITED(&lim, 1.0, other ? LOG_ERROR : LOG_WARN,
-                       other ? "cluster: the stream gave another message at a seq already "
-                               "delivered (its servers disagree): dropped"
-                             : "cluster: the stream's consumer repeated a message: dropped",
-                       LOG_I("seq", seq), LOG_I("delivered", c->consumed));
-    } else {
-        if (seq > c->consumed + 1) refetch(c, c->consumed, seq);
+    if (seq > c->consumed) {
         deliver_one(c, msg, meta);
         c->consumed = seq;
-        check_copy(c, msg, meta);
+        return;
     }
-    pthread_mutex_unlock(&c->consume_lock);
-done:
+    ADD(c->repeats, 1);
+    /* A recreated consumer starts where the last one's messages ended: a
+     * repeat is rare, and one that is another message than the one
+     * delivered at its seq means that the servers disagree on the stream's
+     * seqs (it is not delivered: its ID is taken). */
+    const __typeof__(c->seen[0]) *was = &c->seen[seq % SEEN_RING];
+    bool other = was->seq == seq && was->print != msg_print(msg, meta);
+    if (other) {
+        ADD(c->diverged, 1);
+        STORE(c->unsound, 1);
+    }
+    static log_limit lim = LOG_LIMIT_INIT;
+    LOG_KV_LIMITED(&lim, 1.0, other ? LOG_ERROR : LOG_WARN,
+                   other ? "cluster: the stream gave another message at a seq already "
+                           "delivered (its servers disagree): dropped"
+                         : "cluster: the stream's consumer repeated a message: dropped",
+                   LOG_I("seq", seq), LOG_I("delivered", c->consumed));
+}
+
+static bool metadata_of(natsMsg *msg, jsMsgMetaData **meta)
+{
+    if (natsMsg_GetMetaData(meta, msg) == NATS_OK) return true;
+    static log_limit lim = LOG_LIMIT_INIT;
+    LOG_KV_LIMITED(&lim, 10.0, LOG_WARN, "cluster: message without JetStream metadata skipped",
+                   LOG_S("subject", natsMsg_GetSubject(msg)));
+    return false;
+}
+
+/* The loop's thread, after each read and each kick: the live consumer's
+ * messages that came, handed to the hub.  A jump in the seqs (a message
+ * lost on the way, a consumer made anew past it) needs a read of the
+ * stream, which waits for an answer: the message after the jump goes to
+ * the keeper (c->mend), and the loop takes no more until the keeper has
+ * delivered what lay between and it, and kicks the loop again. */
+static void take_live(struct cluster *c)
+{
+    pthread_mutex_lock(&c->keep_lock);
+    natsSubscription *sub = c->mend ? NULL : c->sub;
+    int pending = -1;
+    if (sub) natsSubscription_GetPending(sub, &pending, NULL);
+    /* One more than pending: a consumer seq mismatch is told once by a
+     * call that takes no message (the error handler renews the consumer). */
+    for (int i = 0; i <= pending && !c->mend; i++) {
+        natsMsg *msg = NULL;
+        natsStatus st = natsSubscription_NextMsg(&msg, sub, 0);
+        if (st == NATS_MISMATCH) continue;
+        if (st != NATS_OK) break;
+        jsMsgMetaData *meta = NULL;
+        if (metadata_of(msg, &meta)) {
+            pthread_mutex_lock(&c->consume_lock);
+            if (meta->Sequence.Stream > c->consumed + 1) {
+                c->mend = msg;
+                msg = NULL;
+                pthread_cond_signal(&c->keep_cond);
+            } else {
+                take_one(c, msg, meta);
+                check_due(c, msg, meta);
+            }
+            pthread_mutex_unlock(&c->consume_lock);
+        }
+        jsMsgMetaData_Destroy(meta);
+        natsMsg_Destroy(msg);
+    }
+    pthread_mutex_unlock(&c->keep_lock);
+}
+
+/* The keeper's thread: what the live consumer skipped before c->mend, read
+ * from the stream, then c->mend itself; the loop takes messages again. */
+static void mend_jump(struct cluster *c, natsMsg *msg)
+{
+    jsMsgMetaData *meta = NULL;
+    if (metadata_of(msg, &meta)) {
+        pthread_mutex_lock(&c->consume_lock);
+        uint64_t seq = meta->Sequence.Stream;
+        if (seq > c->consumed + 1) refetch(c, c->consumed, seq);
+        take_one(c, msg, meta);
+        pthread_mutex_unlock(&c->consume_lock);
+    }
     jsMsgMetaData_Destroy(meta);
     natsMsg_Destroy(msg);
+}
+
+/* The loop's callbacks (cluster_loop.h). */
+static void on_loop_read(void *ud)
+{
+    take_live(ud);
+}
+
+static void on_loop_kick(void *ud)
+{
+    struct cluster *c = ud;
+    send_queued(c);
+    take_live(c); /* a consumer just made, or a mend done, may have messages waiting */
 }
 
 /* ---- the live consumer, made anew when it fails ------------------------------ */
@@ -886,25 +969,46 @@ static natsStatus live_subscribe(struct cluster *c, jsErrCode *jerr)
     so.Config.FlowControl = true;
     so.Config.Heartbeat = (int64_t)CLUSTER_HEARTBEAT_MS * 1000000;
     natsSubscription *sub = NULL;
-    natsStatus s = js_Subscribe(&sub, c->js, c->filter, on_msg, c, NULL, &so, jerr);
+    /* Synchronous: the loop's thread takes its messages (take_live). */
+    natsStatus s = js_SubscribeSync(&sub, c->js, c->filter, NULL, &so, jerr);
     if (s != NATS_OK) return s;
     /* A slow worker must not make the client drop messages of the record. */
     natsSubscription_SetPendingLimits(sub, -1, -1);
     pthread_mutex_lock(&c->keep_lock);
     c->sub = sub;
     pthread_mutex_unlock(&c->keep_lock);
+    cluster_loop_kick(c->loop); /* what came before c->sub was set */
     return NATS_OK;
 }
 
-/* The keeper's thread: replaces the live consumer when asked (a blocking
- * JetStream request, kept off the client's threads), and again after a
- * pause while that fails.  Messages of the old one that are still on
- * their way are dropped as repeats, or delivered (on_msg orders them). */
+/* The keeper's thread: what waits for an answer from NATS, off the
+ * loop's thread: a jump in the live consumer's seqs mended, this node's
+ * copy checked, and the live consumer replaced when asked (and again
+ * after a pause while that fails).  Messages of the old consumer that are
+ * still on their way are dropped as repeats, or delivered (take_one
+ * orders them). */
 static void *keeper_main(void *arg)
 {
     struct cluster *c = arg;
     pthread_mutex_lock(&c->keep_lock);
     while (!LOAD(c->closing)) {
+        if (c->mend) {
+            natsMsg *msg = c->mend;
+            pthread_mutex_unlock(&c->keep_lock);
+            mend_jump(c, msg);
+            pthread_mutex_lock(&c->keep_lock);
+            c->mend = NULL;
+            cluster_loop_kick(c->loop);
+            continue;
+        }
+        if (c->check_seq) {
+            uint64_t seq = c->check_seq, print = c->check_print;
+            c->check_seq = 0;
+            pthread_mutex_unlock(&c->keep_lock);
+            check_copy(c, seq, print);
+            pthread_mutex_lock(&c->keep_lock);
+            continue;
+        }
         if (!c->renew || !LOAD(c->connected)) {
             struct timespec ts = deadline_in_ms(CLUSTER_RENEW_RETRY_MS);
             pthread_cond_timedwait(&c->keep_cond, &c->keep_lock, &ts);
@@ -934,11 +1038,13 @@ static void *keeper_main(void *arg)
 
 static void on_disconnected(natsConnection *nc, void *closure)
 {
-    (void)nc;
     struct cluster *c = closure;
     STORE(c->connected, 0);
     if (LOAD(c->closing)) return;
-    LOG_KV(LOG_WARN, "cluster: disconnected from NATS: publishes answer 503 until it is back");
+    const char *why = NULL;
+    natsStatus s = natsConnection_GetLastError(nc, &why);
+    LOG_KV(LOG_WARN, "cluster: disconnected from NATS: publishes answer 503 until it is back",
+           LOG_S("reason", why && *why ? why : natsStatus_GetText(s)));
 }
 
 static void on_reconnected(natsConnection *nc, void *closure)
@@ -1039,7 +1145,6 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
     pthread_mutex_init(&c->hz_lock, NULL);
     pthread_cond_init(&c->hz_cond, NULL);
     pthread_mutex_init(&c->send_lock, NULL);
-    pthread_cond_init(&c->send_cond, NULL);
     snprintf(c->stream, sizeof(c->stream), "%s", o->stream ? o->stream : "SLUICE");
     snprintf(c->filter, sizeof(c->filter), "%s.>", c->stream);
     snprintf(c->notes_subject, sizeof(c->notes_subject), "sluice-nodes.%s", c->stream);
@@ -1055,7 +1160,7 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
     natsStatus s;
     jsErrCode jerr = 0;
     /* The client's locks spin 2,000 times before they wait (its default):
-     * with reader threads, the sender and the client's own threads on two
+     * with reader threads, the NATS loop and the client's own threads on two
      * cores, a profile of 3,000 resumes at once had 43% of the node's CPU
      * in that spinning (bench/cluster_resume_herd.py 3000 300 6: 1.5-1.6 s
      * of the node's CPU, 1.2 s with 200 spins, 1.1 s with none; the live
@@ -1078,13 +1183,17 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
     /* A dead server is noticed within two pings. */
     if (s == NATS_OK) s = natsOptions_SetPingInterval(c->opts, 1000);
     if (s == NATS_OK) s = natsOptions_SetMaxPingsOut(c->opts, 2);
-    /* A publish is written by the thread that calls the client (the
-     * sender) at once: the client's flusher thread waits 1 ms for more
-     * before each write, which made every publish one wake-up and 1 ms
-     * later (bench/cluster.sh: a third of the CPU per delivery at one
-     * publish in flight).  The write deadline bounds how long the sender
-     * (or the notes thread) waits on a server that reads nothing: past it
-     * the client drops the connection and reconnects. */
+    /* The connection's I/O on the loop's thread (cluster_loop.h). */
+    if (s == NATS_OK && cluster_loop_start(&c->loop, on_loop_read, on_loop_kick, c) != 0)
+        s = NATS_NO_MEMORY;
+    if (s == NATS_OK) s = cluster_loop_use(c->loop, c->opts);
+    /* What is given to the client is written by the loop in the same pass
+     * (cluster_loop.c), not by the client's flusher thread, which waits
+     * 1 ms for more before each write: that made every publish one
+     * wake-up and 1 ms later (bench/cluster.sh: a third of the CPU per
+     * delivery at one publish in flight).  The write deadline bounds the
+     * writes the client still makes itself (a reconnection's handshake)
+     * to a server that reads nothing. */
     if (s == NATS_OK) s = natsOptions_SetSendAsap(c->opts, true);
     if (s == NATS_OK) s = natsOptions_SetWriteDeadline(c->opts, CLUSTER_WRITE_DEADLINE_MS);
     if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(c->opts, on_disconnected, c);
@@ -1200,8 +1309,6 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
              (int)jerr);
     if (pthread_create(&c->keeper, NULL, keeper_main, c) != 0) FAIL("cluster: no thread");
     c->keeper_running = true;
-    if (pthread_create(&c->sender, NULL, sender_main, c) != 0) FAIL("cluster: no thread");
-    c->sender_running = true;
     *out = c;
     return 0;
 fail:
@@ -1218,12 +1325,23 @@ void cluster_close(struct cluster *c)
     pthread_cond_signal(&c->keep_cond);
     pthread_mutex_unlock(&c->keep_lock);
     if (c->keeper_running) pthread_join(c->keeper, NULL);
-    pthread_mutex_lock(&c->send_lock);
-    c->send_stop = true;
-    pthread_cond_signal(&c->send_cond);
-    pthread_mutex_unlock(&c->send_lock);
-    if (c->sender_running) pthread_join(c->sender, NULL);
-    sub_close_waiting(c->sub, &c->sub_done);
+    /* The loop takes no more messages; what it was given to publish still
+     * goes (it never waits: bounded by the PubAcks' wait below). */
+    pthread_mutex_lock(&c->keep_lock);
+    natsSubscription *live = c->sub;
+    c->sub = NULL;
+    natsMsg_Destroy(c->mend);
+    c->mend = NULL;
+    pthread_mutex_unlock(&c->keep_lock);
+    for (int i = 0; c->loop && i < CLUSTER_API_WAIT_MS; i++) {
+        pthread_mutex_lock(&c->send_lock);
+        bool queued = c->send_head;
+        pthread_mutex_unlock(&c->send_lock);
+        if (!queued) break;
+        cluster_loop_kick(c->loop);
+        nats_Sleep(1);
+    }
+    sub_close(live);
     sub_close_waiting(c->notes, &c->notes_done);
     if (c->js) {
         jsPubOptions po;
@@ -1231,7 +1349,12 @@ void cluster_close(struct cluster *c)
         po.MaxWait = CLUSTER_PUBLISH_TIMEOUT_MS + 1000;
         js_PublishAsyncComplete(c->js, &po);
     }
-    if (c->nc) natsConnection_Close(c->nc);
+    if (c->nc) natsConnection_Close(c->nc); /* detaches it from the loop */
+    cluster_loop_stop(c->loop);
+    /* Publishes never given to the client (the loop held them back): freed
+     * here; the table below answers them. */
+    for (inflight *f = c->send_head; f; f = f->send_next)
+        natsMsg_Destroy(f->msg);
     /* What is still in the table got no ack: not known to be stored. */
     for (size_t i = 0; i < PENDING_BUCKETS; i++) {
         while (c->table[i]) {
@@ -1256,7 +1379,6 @@ void cluster_close(struct cluster *c)
     pthread_mutex_destroy(&c->hz_lock);
     pthread_cond_destroy(&c->hz_cond);
     pthread_mutex_destroy(&c->send_lock);
-    pthread_cond_destroy(&c->send_cond);
     free(c);
 }
 

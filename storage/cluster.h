@@ -38,7 +38,8 @@
 #define CLUSTER_WRITE_DEADLINE_MS 2000     /* a write to NATS that cannot proceed */
 #define CLUSTER_DUPLICATE_WINDOW_S 600     /* Idempotency-Key window (SPEC.md) */
 #define CLUSTER_MAX_INFLIGHT 65536         /* publishes waiting for a PubAck */
-#define CLUSTER_SEND_QUEUE_MAX (16u << 20) /* publish bytes waiting for the sender thread */
+#define CLUSTER_SEND_QUEUE_MAX (16u << 20) /* publish bytes waiting for the loop's thread */
+#define CLUSTER_OUTPUT_MAX (1u << 20)      /* bytes the client holds unwritten: no more given */
 #define CLUSTER_READ_MAX 4096              /* messages one topic read brings */
 #define CLUSTER_READ_TRIES 2               /* tries of a read whose request failed */
 /* A topic's messages read one request each, before a consumer is made for
@@ -110,7 +111,7 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
  * flight (each still gets its ack callback), and closes.  NULL: no-op. */
 void cluster_close(struct cluster *c);
 
-/* Queues a publish for the sender thread (never waits for NATS: any
+/* Queues a publish for the loop's thread (never waits for NATS: any
  * thread, a worker's loop included); `req` comes back in exactly one ack
  * callback when this returns 0, within CLUSTER_PUBLISH_TIMEOUT_MS of its
  * write.  ikey (NULL: none) makes JetStream drop a retry within
@@ -118,7 +119,7 @@ void cluster_close(struct cluster *c);
  * the header Content-Type: application/json (reads and deliveries set the
  * flag back).  Returns 0, SL_EUNREACHABLE (not connected, as the client
  * last said), SL_EBUSY (too many in flight, or CLUSTER_SEND_QUEUE_MAX
- * bytes waiting for the sender: a server that reads nothing), SL_ETOOBIG
+ * bytes waiting for the loop: a server that reads nothing), SL_ETOOBIG
  * (the message with its headers is over the servers' max_payload: no
  * retry can store it), SL_ENOMEM. */
 int cluster_publish(struct cluster *c, const char *topic, size_t tlen, const char *event,
@@ -175,9 +176,10 @@ int cluster_topics(struct cluster *c, const char *prefix, size_t plen, store_top
 /* Node-to-node notes that are not messages of the stream (the presence
  * tables of lua/shared.c): published with core NATS on the subject
  * "sluice-nodes.<STREAM>", not stored, at most once, to every node
- * connected now (this one included).  cluster_broadcast writes on the
- * caller's thread (never a worker's loop: the write may wait for the
- * socket, up to CLUSTER_WRITE_DEADLINE_MS); 0, SL_EIO (not connected) or
+ * connected now (this one included).  cluster_broadcast gives the note
+ * to the client, whose loop writes it (never on a worker's loop: the call
+ * takes the connection's lock, which a reconnection's handshake holds up
+ * to CLUSTER_WRITE_DEADLINE_MS); 0, SL_EIO (not connected) or
  * SL_EINVAL (over the server's payload limit).  cluster_listen: fn(ud,
  * data, len) on the client's thread for each note, until cluster_close;
  * once per cluster.  Returns 0 or SL_EIO. */
