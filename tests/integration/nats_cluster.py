@@ -35,9 +35,10 @@ def have_nats():
 
 
 class NatsCluster:
-    def __init__(self, n=3, name="sluicetest"):
+    def __init__(self, n=3, name="sluicetest", extra_conf=""):
         self.n = n
         self.name = name
+        self.extra_conf = extra_conf  # appended to every server's config (tls, authorization)
         self.dir = tempfile.mkdtemp(prefix="sluice-nats-")
         ports = free_ports(3 * n)
         self.client_ports = ports[:n]
@@ -69,7 +70,7 @@ class NatsCluster:
             conf += ("cluster { name: %s, listen: 127.0.0.1:%d, routes: [%s], no_advertise: true }\n"
                      % (self.name, self.route_ports[i], routes))
         with open(os.path.join(self.dir, "n%d.conf" % i), "w") as f:
-            f.write(conf)
+            f.write(conf + self.extra_conf)
 
     # -- life cycle ---------------------------------------------------------
 

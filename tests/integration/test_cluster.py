@@ -48,7 +48,7 @@ from urllib.parse import quote
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (SOURCE_DIR, RawConn, SluiceTestCase, build_request, free_port,  # noqa: E402
-                     run_sluice, ws_open, ws_read_frame)
+                     make_cert, run_sluice, ws_open, ws_read_frame)
 from nats_cluster import NatsCluster, have_nats  # noqa: E402
 
 # The load tests publish one at a time as fast as the cluster answers
@@ -62,6 +62,8 @@ SSE_EVENT = re.compile(rb"((?:[a-z]+: [^\n]*\n)+)\n")
 def lua_value(v):
     if isinstance(v, (list, tuple)):
         return "{" + ", ".join(lua_value(x) for x in v) + "}"
+    if isinstance(v, dict):
+        return "{" + ", ".join("%s = %s" % (k, lua_value(x)) for k, x in v.items()) + "}"
     return json.dumps(v)
 
 
@@ -1613,6 +1615,71 @@ class ClusterTest(SluiceTestCase):
         rc, _, err = run_sluice(["-l", "127.0.0.1:0", "-d", d, script])
         self.assertEqual(rc, 1, err)
         self.assertIn("stream ORDERS exists with other settings: replicas 3 (want 1)", err)
+
+
+@unittest.skipUnless(have_nats(), "nats-server not installed (dev.sh installs it)")
+class ClusterSecureTest(SluiceTestCase):
+    """A NATS server that takes TLS connections only, with client
+    certificates, and a user and password: cluster = {user, password,
+    tls = {ca, cert, key}} on a real server, through the node's NATS loop
+    (non-blocking TLS reads and writes)."""
+
+    def setUp(self):
+        d = self.tmpdir()
+        self.server_cert, server_key = make_cert(d, "nats-server")
+        self.client_cert, self.client_key = make_cert(d, "sluice-node", cn="sluice-node")
+        # The client's self-signed certificate is its own CA.
+        conf = ("tls { cert_file: %s, key_file: %s, ca_file: %s, verify: true, timeout: 2 }\n"
+                "authorization { user: \"sluice\", password: \"s3cret pass\" }\n"
+                % (json.dumps(self.server_cert), json.dumps(server_key),
+                   json.dumps(self.client_cert)))
+        self.nats = NatsCluster(1, extra_conf=conf)
+        self.addCleanup(self.nats.cleanup)
+        self.nats.start_all()
+
+    def app(self, **over):
+        settings = dict(servers=self.nats.url(0), user="sluice", password="s3cret pass",
+                        tls={"ca": self.server_cert, "cert": self.client_cert,
+                             "key": self.client_key})
+        settings.update(over)
+        return cluster_app(self.tmpdir(), **settings)
+
+    def publish(self, srv, topic, body):
+        with srv.conn() as c:
+            return c.request("POST", "/topics/" + topic, body=body)
+
+    def test_tls_with_a_client_certificate_and_a_password(self):
+        a = self.start(app=self.app(), args=["-w", "1"])
+        b = self.start(app=self.app(), args=["-w", "2"])
+        s = self.conn(b)
+        sse_open(s, "/topics/secure")
+        # Bodies larger than a TLS record (16 KiB) and than the client's
+        # read buffer (32 KiB): read in pieces, on the loop, from a socket
+        # that does not block.
+        bodies = [b"small", b"x" * 20000, b"0123456789" * 10000, b"last"]
+        ids = []
+        for body in bodies:
+            r = self.publish(a, "secure", body)
+            self.assertEqual(r.status, 200, r)
+            ids.append(r.json()["id"])
+        for want_id, body in zip(ids, bodies):
+            mid, _, data = sse_next(s)
+            self.assertEqual(mid, want_id)
+            self.assertEqual(data, body)
+        # A resume reads the stream over the same connection.
+        with b.conn() as c:
+            r = c.get("/topics/secure?since=%s&timeout=0" % quote(ids[0]))
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual([m["id"] for m in r.json()["messages"]], ids[1:])
+
+    def test_a_wrong_password_or_no_certificate_is_refused_at_start(self):
+        for over in (dict(password="wrong"), dict(tls={"ca": self.server_cert})):
+            rc, _, err = run_sluice(["--check", self.app(**over)])
+            self.assertEqual(rc, 0, err)  # well formed: only the server can refuse them
+            rc, _, err = run_sluice(["-l", "127.0.0.1:0", "-d", self.tmpdir(),
+                                     self.app(**over)], timeout=30)
+            self.assertEqual(rc, 1, err)
+            self.assertIn("cluster: cannot connect to", err, over)
 
 
 class ClusterConfigTest(SluiceTestCase):
