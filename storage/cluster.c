@@ -990,6 +990,7 @@ static natsStatus live_subscribe(struct cluster *c, jsErrCode *jerr)
 static void *keeper_main(void *arg)
 {
     struct cluster *c = arg;
+    pthread_setname_np(pthread_self(), "sluice-keeper");
     pthread_mutex_lock(&c->keep_lock);
     while (!LOAD(c->closing)) {
         if (c->mend) {

@@ -152,6 +152,7 @@ static void *loop_main(void *arg)
 {
     struct cluster_loop *l = arg;
     loop_here = l;
+    pthread_setname_np(pthread_self(), "sluice-nats"); /* top -H, perf, gdb */
     ev_run(l->loop, 0);
     return NULL;
 }
