@@ -816,14 +816,14 @@ static void refetch(struct cluster *c, uint64_t after, uint64_t upto)
  * ones not yet delivered): an older seq (a renewed consumer's repeat, or
  * the last messages of the one it replaced) is dropped, so every node
  * delivers every message once and in order.  A seq past the next one is
- * the caller's affair. */
-static void take_one(struct cluster *c, natsMsg *msg, const jsMsgMetaData *meta)
+ * the caller's affair.  Whether it was delivered. */
+static bool take_one(struct cluster *c, natsMsg *msg, const jsMsgMetaData *meta)
 {
     uint64_t seq = meta->Sequence.Stream;
     if (seq > c->consumed) {
         deliver_one(c, msg, meta);
         c->consumed = seq;
-        return;
+        return true;
     }
     ADD(c->repeats, 1);
     /* A recreated consumer starts where the last one's messages ended: a
@@ -842,6 +842,7 @@ static void take_one(struct cluster *c, natsMsg *msg, const jsMsgMetaData *meta)
                            "delivered (its servers disagree): dropped"
                          : "cluster: the stream's consumer repeated a message: dropped",
                    LOG_I("seq", seq), LOG_I("delivered", c->consumed));
+    return false;
 }
 
 static bool metadata_of(natsMsg *msg, jsMsgMetaData **meta)
@@ -863,15 +864,17 @@ static void take_live(struct cluster *c)
 {
     pthread_mutex_lock(&c->keep_lock);
     natsSubscription *sub = c->mend ? NULL : c->sub;
-    int pending = -1;
+    int pending = 0;
     if (sub) natsSubscription_GetPending(sub, &pending, NULL);
-    /* One more than pending: a consumer seq mismatch is told once by a
-     * call that takes no message (the error handler renews the consumer). */
-    for (int i = 0; i <= pending && !c->mend; i++) {
+    /* As many as are pending (asking an empty subscription costs an error
+     * report).  A consumer seq mismatch is told once by a call that takes
+     * no message: skipped (the error handler renews the consumer). */
+    for (int taken = 0, calls = 0; taken < pending && calls <= pending && !c->mend; calls++) {
         natsMsg *msg = NULL;
         natsStatus st = natsSubscription_NextMsg(&msg, sub, 0);
         if (st == NATS_MISMATCH) continue;
         if (st != NATS_OK) break;
+        taken++;
         jsMsgMetaData *meta = NULL;
         if (metadata_of(msg, &meta)) {
             pthread_mutex_lock(&c->consume_lock);
@@ -879,8 +882,7 @@ static void take_live(struct cluster *c)
                 c->mend = msg;
                 msg = NULL;
                 pthread_cond_signal(&c->keep_cond);
-            } else {
-                take_one(c, msg, meta);
+            } else if (take_one(c, msg, meta)) {
                 check_due(c, msg, meta);
             }
             pthread_mutex_unlock(&c->consume_lock);

@@ -16,14 +16,19 @@
  * ("sluice epoch=<base36>"), so an ID is valid on every node and an ID from
  * a deleted and re-created stream is recognised as unknown.
  *
- * Threads: the NATS client runs its own threads (a reader per connection,
- * one delivery thread per asynchronous subscription); the ack and message
- * callbacks given to cluster_open run there, one at a time per kind, the
- * messages in stream order.  cluster_publish may be called from any thread.
- * cluster_read and cluster_topics make JetStream API requests and wait for
- * their answers (bounded by CLUSTER_API_WAIT_MS each), from any thread: a
- * resume calls them off the worker's loop (hub_replay_async).  They fail
- * at once (SL_EIO) while no NATS server is connected. */
+ * Threads: the connection's I/O runs on a libev loop of its own thread
+ * (cluster_loop.h), which also takes the live consumer's messages; the
+ * NATS client still runs a few threads (the PubAcks' delivery, timers,
+ * reconnection).  The ack callback given to cluster_open runs on the
+ * client's PubAck thread (the loop's, for a publish the client refused,
+ * and cluster_close's at close), the message callback on the loop's (or
+ * the keeper's, after a jump in the stream's seqs): one at a time per
+ * kind, the messages in stream order.  cluster_publish may be called from
+ * any thread.  cluster_read and cluster_topics make JetStream API requests
+ * and wait for their answers (bounded by CLUSTER_API_WAIT_MS each), from
+ * any thread but the loop's: a resume calls them off the worker's loop
+ * (hub_replay_async).  They fail at once (SL_EIO) while no NATS server is
+ * connected. */
 #ifndef SLUICE_CLUSTER_H
 #define SLUICE_CLUSTER_H
 

@@ -1114,7 +1114,7 @@ class ClusterTest(SluiceTestCase):
     def test_publishes_to_stalled_nats_do_not_stall_the_worker(self):
         # One worker; every NATS server paused (SIGSTOP), so nothing reads
         # the node's socket: 24 publishes of 1 MiB fill it.  The worker
-        # hands publishes to the cluster's sender thread, never writing to
+        # hands publishes to the cluster's NATS loop, never writing to
         # NATS itself: another of its connections is answered at once.
         # Written on the loop, the publish that found the socket full held
         # the worker (and the client's lock) for the 2 s write deadline.
@@ -1134,7 +1134,11 @@ class ClusterTest(SluiceTestCase):
                 time.sleep(0.1)
             print("\nanother connection of the worker, 24 MiB of publishes to paused NATS: "
                   "answered in %.3f s at worst" % worst, file=sys.stderr)
-            self.assertLess(worst, 0.5)
+            # Held by a write, the worker waited the 2 s write deadline per
+            # publish (5.5 s here).  Answered at once: 0.001 s in the
+            # release and ASan builds; 0.15-0.33 s under ThreadSanitizer,
+            # whose checks of the 1 MiB copies take the two cores.
+            self.assertLess(worst, 1.0)
         # Every publish is answered, acknowledged or refused, none hangs;
         # a refusal is counted.
         statuses = []
