@@ -1066,6 +1066,42 @@ static void on_reconnected(natsConnection *nc, void *closure)
 
 /* ---- open, check, close ------------------------------------------------------- */
 
+static const char *description_of(const jsStreamInfo *si)
+{
+    return si->Config && si->Config->Description ? si->Config->Description : "";
+}
+
+/* *si, read again once the stream has settled.  Nodes that start together
+ * may each create the stream: nats-server 2.9 checks a create against the
+ * streams it has applied, not the ones proposed, so a racing create's
+ * config (its description: another epoch) can replace the first one's
+ * just after a node has read it (three nodes started together got two
+ * epochs in one CI run of test_nodes_started_together_share_one_stream_-
+ * and_epoch).  Such creates are proposed before the first is applied,
+ * and applied within milliseconds of it: a stream read when it was
+ * CLUSTER_SETTLED_MS old (by its servers' clocks) has taken them all.  A
+ * younger one is read again then (a creating node waits about that long
+ * at start); bounded by `until`. */
+static natsStatus settled_info(struct cluster *c, jsStreamInfo **si, int64_t until)
+{
+    for (;;) {
+        int64_t age_ms = (nats_NowInNanoSeconds() - (*si)->Created) / 1000000;
+        if (age_ms >= CLUSTER_SETTLED_MS || nats_Now() > until) return NATS_OK;
+        nats_Sleep(age_ms < 0 ? CLUSTER_SETTLED_MS : CLUSTER_SETTLED_MS - age_ms);
+        jsStreamInfo *next = NULL;
+        natsStatus s = js_GetStreamInfo(&next, c->js, c->stream, NULL, NULL);
+        if (s != NATS_OK) {
+            if (nats_Now() > until) return s;
+            continue; /* a leader being elected: asked again */
+        }
+        if (strcmp(description_of(*si), description_of(next)) != 0)
+            LOG_KV(LOG_INFO, "cluster: another node's create replaced the stream's description",
+                   LOG_S("was", description_of(*si)), LOG_S("now", description_of(next)));
+        jsStreamInfo_Destroy(*si);
+        *si = next;
+    }
+}
+
 #define FAIL(...)                                                                                  \
     do {                                                                                           \
         snprintf(err, errlen, __VA_ARGS__);                                                        \
@@ -1275,19 +1311,15 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
         FAIL("cluster: cannot read or create stream %s: %s (JetStream error %d; is JetStream "
              "enabled?)",
              c->stream, last_error(s), (int)jerr);
-    if (created) {
+    if (created)
         LOG_KV(LOG_INFO, "cluster: stream created", LOG_S("stream", c->stream),
                LOG_I("replicas", (uint64_t)want.Replicas));
-        /* The epoch is the stream's creation time as the stream keeps it:
-         * a create's answer (one of two racing nodes' creates) may carry
-         * another. */
-        jsStreamInfo_Destroy(si);
-        si = NULL;
-        s = js_GetStreamInfo(&si, c->js, c->stream, NULL, &jerr);
-        if (s != NATS_OK) FAIL("cluster: cannot read stream %s: %s", c->stream, last_error(s));
-    } else if (check_stream(si->Config, &want, err, errlen) != 0) {
-        goto fail;
-    }
+    /* The epoch is the stream's creation time as the stream keeps it. */
+    s = settled_info(c, &si, until);
+    if (s != NATS_OK) FAIL("cluster: cannot read stream %s: %s", c->stream, last_error(s));
+    /* Checked even when this node created it: a racing node's create
+     * with other settings may have replaced this one's. */
+    if (check_stream(si->Config, &want, err, errlen) != 0) goto fail;
     const char *desc = si->Config ? si->Config->Description : NULL;
     if (!desc || epoch_parse(desc, &c->epoch) != 0)
         FAIL("cluster: stream %s has no sluice epoch in its description (\"%s\"): let sluice "

@@ -71,14 +71,16 @@ static void apply(struct cluster_loop *l)
     l->set_events = want;
 }
 
-/* A change the client asked for (mu held).  Another thread's is applied
- * at once: the client closes a socket right after it asks to stop polling
- * it, and the descriptor's number may be the next socket's.  The loop's
- * own changes wait until it polls again (a publish's write is asked for,
- * then written, in the same pass: no system call for either). */
+/* A change the client asked for (mu held), applied at once: the client
+ * closes a socket right after it asks to stop polling it, and the
+ * descriptor's number may then be any new socket's, a worker's client
+ * included (ThreadSanitizer saw a deferred removal reach one).  Only the
+ * loop's own changes to the write event of a socket that stays polled for
+ * reading wait until it polls again: a publish's write is asked for, then
+ * written, in the same pass, with no system call for either. */
 static void changed(struct cluster_loop *l)
 {
-    if (cluster_loop_here(l))
+    if (cluster_loop_here(l) && l->fd >= 0 && l->in_set == l->fd && (l->events & EPOLLIN))
         l->dirty = true;
     else
         apply(l);

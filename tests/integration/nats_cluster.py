@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -127,6 +128,28 @@ class NatsCluster:
             except OSError:
                 pass
         return "\n".join(out)
+
+    # -- the JetStream API, for a test that acts as another client --------------
+
+    def request(self, i, subject, payload=b"", timeout=5.0):
+        """One request to server i over the plain NATS protocol (CONNECT,
+        SUB to an inbox, PUB, the MSG answer); returns the answer's JSON."""
+        with socket.create_connection(("127.0.0.1", self.client_ports[i]), timeout) as s:
+            f = s.makefile("rb")
+            f.readline()  # INFO
+            inbox = "_INBOX.sluicetest.%d" % os.getpid()
+            s.sendall(b'CONNECT {"verbose":false}\r\nSUB %s 1\r\nPUB %s %s %d\r\n%s\r\n'
+                      % (inbox.encode(), subject.encode(), inbox.encode(), len(payload),
+                         payload))
+            while True:
+                line = f.readline()
+                if not line:
+                    raise ConnectionError("no answer to %s" % subject)
+                if line.startswith(b"PING"):
+                    s.sendall(b"PONG\r\n")
+                elif line.startswith(b"MSG "):
+                    size = int(line.split()[-1])
+                    return json.loads(f.read(size + 2)[:size])
 
     # -- readiness ----------------------------------------------------------
 

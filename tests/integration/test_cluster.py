@@ -526,6 +526,32 @@ class ClusterTest(SluiceTestCase):
             ids.append(r.json()["id"])
         self.assertEqual(len({i.split("-")[0] for i in ids}), 1, ids)
 
+    def test_a_description_replaced_just_after_the_create_is_the_epoch_used(self):
+        # What a racing node's create did once in CI (nats-server 2.9
+        # applied both creates): the stream's description, and with it the
+        # epoch, changed just after node A had created the stream and read
+        # it back.  A used its own epoch, the others the stream's: IDs of
+        # two epochs.  A node now reads a young stream again once it has
+        # settled.
+        from harness import Server
+        a = Server(app=cluster_app(self.tmpdir(), servers=self.nats.urls(), replicas=3))
+        self.addCleanup(a.kill)
+        t = threading.Thread(target=a.start, daemon=True)
+        t.start()
+        a.wait_log("cluster: stream created", timeout=30)
+        info = self.nats.request(0, "$JS.API.STREAM.INFO.SLUICE")
+        cfg = info["config"]
+        self.assertRegex(cfg["description"], r"^sluice epoch=")
+        cfg["description"] = "sluice epoch=1racingnode"
+        r = self.nats.request(0, "$JS.API.STREAM.UPDATE.SLUICE", json.dumps(cfg).encode())
+        self.assertNotIn("error", r)
+        t.join(30)
+        b = self.node()
+        for srv in (a, b):
+            r = self.publish(srv, "t", b"x")
+            self.assertEqual(r.status, 200, r)
+            self.assertEqual(r.json()["id"].split("-")[0], "1racingnode")
+
     def test_events_binary_and_odd_topics_cross_nodes(self):
         a = self.node(replicas=1)
         b = self.node(replicas=1)
