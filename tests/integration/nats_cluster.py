@@ -6,8 +6,10 @@ one temp dir), starts `nats-server` for each, and waits, bounded, until
 every server answers its monitoring endpoint and the JetStream meta group
 has a leader that every server knows.  kill(i) (SIGKILL by default),
 stop_all(), start(i) and start_all() let a test take servers away and bring
-them back with their stores and ports; cleanup() kills whatever runs and
-removes the directory (SLUICE_TEST_NATS_LOGS=DIR keeps each server's log
+them back with their stores and ports; extra_conf is added to every
+server's config (tls, authorization); request(i, subject, payload) asks a
+server one JetStream API question as another client would; cleanup() kills
+whatever runs and removes the directory (SLUICE_TEST_NATS_LOGS=DIR keeps each server's log
 there first, for a run that must be read afterwards).  No mock: this is Debian's nats-server 2.9.
 
 Standard library only.  NATS_SERVER names the binary (default: the one on
