@@ -1201,7 +1201,11 @@ class ClusterTest(SluiceTestCase):
                     for i in range(total):
                         body = b"load-%04d" % i
                         t0 = time.monotonic()
-                        for attempt in range(200):
+                        # Retried on 503 for up to 30 s: the new leader's
+                        # election took 5-9 s here, and one CI run (TSan,
+                        # two tests at a time) outlasted 200 retries 50 ms
+                        # apart after a 5 s PubAck wait.
+                        while time.monotonic() - t0 < 30:
                             r = self.publish(a, "load", body, key="k%d" % i, conn=c)
                             if r.status == 200:
                                 acked[body] = r.json()["id"]
@@ -1221,7 +1225,7 @@ class ClusterTest(SluiceTestCase):
             time.sleep(0.02)
         # The stream's leader: its replicas must elect another.
         self.nats.kill(self.nats.stream_leader("SLUICE"), signal.SIGKILL)
-        t.join(60)
+        t.join(90)
         self.assertFalse(t.is_alive(), "publisher stuck")
         self.assertEqual(errors, [])
         self.assertEqual(len(acked), total)
