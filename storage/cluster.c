@@ -497,7 +497,7 @@ static bool output_full(struct cluster *c)
 static void send_queued(struct cluster *c)
 {
     pthread_mutex_lock(&c->send_lock);
-    inflight *f = c->send_head;
+    inflight *f = c->send_head, *last = c->send_tail;
     c->send_head = c->send_tail = NULL;
     pthread_mutex_unlock(&c->send_lock);
     size_t sent = 0;
@@ -509,10 +509,7 @@ static void send_queued(struct cluster *c)
     }
     pthread_mutex_lock(&c->send_lock);
     c->send_bytes -= sent;
-    if (f) { /* held back: ahead of what came meanwhile */
-        inflight *last = f;
-        while (last->send_next)
-            last = last->send_next;
+    if (f) { /* held back (f to last): ahead of what came meanwhile */
         last->send_next = c->send_head;
         if (!c->send_head) c->send_tail = last;
         c->send_head = f;
@@ -551,9 +548,9 @@ static void on_sub_done(void *closure)
     __atomic_store_n((int *)closure, 1, __ATOMIC_RELEASE);
 }
 
-/* At close: an asynchronous subscription's handler may still be running
- * (on_msg waits for a check of the stream, up to CLUSTER_CHECK_WAIT_MS):
- * its end is waited for (bounded) before the client is torn down.  A
+/* At close: an asynchronous subscription's handler (cluster_listen's) may
+ * still be running: its end is waited for (bounded) before the client is
+ * torn down.  A
  * message the handler destroys once nats_CloseAndWait has begun is never
  * freed: the client's collector thread has ended (LeakSanitizer showed
  * 1 MiB messages lost so, stopping a node in test_cluster). */

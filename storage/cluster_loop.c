@@ -43,7 +43,8 @@ struct cluster_loop {
 
 static __thread const struct cluster_loop *loop_here;
 
-bool cluster_loop_here(const struct cluster_loop *l)
+/* Whether the caller is the loop's thread. */
+static bool cluster_loop_here(const struct cluster_loop *l)
 {
     return loop_here == l;
 }

@@ -37,9 +37,6 @@ natsStatus cluster_loop_use(struct cluster_loop *l, natsOptions *opts);
 /* Any thread: on_kick runs on the loop soon (once for many kicks). */
 void cluster_loop_kick(struct cluster_loop *l);
 
-/* Whether the caller is the loop's thread. */
-bool cluster_loop_here(const struct cluster_loop *l);
-
 /* Ends the loop's thread and frees it: after the connection is closed
  * (natsConnection_Close detaches it), before it is destroyed. */
 void cluster_loop_stop(struct cluster_loop *l);
