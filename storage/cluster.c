@@ -1286,10 +1286,13 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
     snprintf(desc_buf, sizeof(desc_buf), "sluice epoch=%s", epoch_txt);
     want.Description = desc_buf;
     /* Nodes that start together race to create the stream, and a cluster
-     * just formed may not answer JetStream requests yet: both are waited
-     * out, for a bounded time. */
+     * just formed may not answer JetStream requests yet, nor place a
+     * stream's replicas: its leader learns each server's resources from
+     * that server's first report (nats-server 2.10 refused a create right
+     * after the cluster formed, 1 test run in 27).  All are waited out, for
+     * a bounded time. */
     int64_t until = nats_Now() + CLUSTER_START_WAIT_MS;
-    bool created = false;
+    bool created = false, told = false;
     for (;;) {
         jerr = 0;
         s = js_GetStreamInfo(&si, c->js, c->stream, NULL, &jerr);
@@ -1299,15 +1302,27 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
             created = s == NATS_OK;
         }
         if (s == NATS_OK || nats_Now() > until) break;
-        if (jerr != 0 && jerr != JSStreamNameExistErr && s != NATS_TIMEOUT) break; /* refused */
+        if (jerr != 0 && jerr != JSStreamNameExistErr && jerr != JSClusterNoPeersErr &&
+            s != NATS_TIMEOUT)
+            break; /* refused */
+        if (jerr == JSClusterNoPeersErr && !told) {
+            LOG_KV(LOG_WARN,
+                   "cluster: fewer NATS servers with JetStream than the stream's replicas (yet): "
+                   "waiting",
+                   LOG_S("stream", c->stream), LOG_I("replicas", (uint64_t)want.Replicas),
+                   LOG_I("wait_ms", CLUSTER_START_WAIT_MS));
+            told = true;
+        }
         jsStreamInfo_Destroy(si);
         si = NULL;
         nats_Sleep(250);
     }
     if (s != NATS_OK)
-        FAIL("cluster: cannot read or create stream %s: %s (JetStream error %d; is JetStream "
-             "enabled?)",
-             c->stream, last_error(s), (int)jerr);
+        FAIL("cluster: cannot read or create stream %s: %s (JetStream error %d; %s)", c->stream,
+             last_error(s), (int)jerr,
+             jerr == JSClusterNoPeersErr
+                 ? "fewer NATS servers with JetStream than the stream's replicas"
+                 : "is JetStream enabled?");
     if (created)
         LOG_KV(LOG_INFO, "cluster: stream created", LOG_S("stream", c->stream),
                LOG_I("replicas", (uint64_t)want.Replicas));

@@ -552,6 +552,27 @@ class ClusterTest(SluiceTestCase):
             self.assertEqual(r.status, 200, r)
             self.assertEqual(r.json()["id"].split("-")[0], "1racingnode")
 
+    def test_a_node_waits_for_the_servers_that_hold_its_replicas(self):
+        # A NATS cluster just formed can refuse to place a stream's
+        # replicas (JetStream error 10005, "no suitable peers") until its
+        # leader has each server's first report: nats-server 2.10 did so
+        # right after the cluster answered, and the node exited.  Here the
+        # third server starts 2 s after the node: the node waits for it.
+        late = NatsCluster(3, name="late")
+        self.addCleanup(late.cleanup)
+        late.start(0, wait=False)
+        late.start(1, wait=False)
+        late.wait_ready([0, 1])
+        timer = threading.Timer(2.0, late.start, args=(2, False))
+        timer.start()
+        self.addCleanup(timer.cancel)
+        t0 = time.monotonic()
+        a = self.start(app=cluster_app(self.tmpdir(), servers=late.urls(), replicas=3))
+        self.assertGreater(time.monotonic() - t0, 1.5)
+        a.wait_log("fewer NATS servers with JetStream than the stream's replicas", timeout=5)
+        r = self.publish(a, "t", b"x")
+        self.assertEqual(r.status, 200, r)
+
     def test_events_binary_and_odd_topics_cross_nodes(self):
         a = self.node(replicas=1)
         b = self.node(replicas=1)
