@@ -19,8 +19,9 @@ top=$PWD
 run_deps=(build-essential cmake pkg-config liblua5.4-dev lua-cjson-dev libev-dev node-llhttp
           libssl-dev liblmdb-dev zlib1g-dev libmimalloc-dev libcurl4-openssl-dev libnats-dev)
 test_deps=(curl openssl util-linux strace python3 python3-websockets python3-autobahn chromium clang
-           libclang-rt-14-dev nginx-light nats-server)
-bench_deps=(nginx-light libnginx-mod-nchan pushpin gnuplot-nox wrk nats-server redis-server)
+           libclang-rt-14-dev nginx-light)
+bench_deps=(nginx-light libnginx-mod-nchan pushpin gnuplot-nox wrk redis-server)
+# nats-server too, for both (install_nats_server).
 # Cluster reads (storage/cluster.c): the JetStream API's JSON answers, parsed by jansson.
 run_deps+=(libjansson-dev)
 # HTTP/2 (core/h2.c): libnghttp2; nghttp, h2load and a raw client for its tests.
@@ -42,6 +43,35 @@ install_packages() {
     sudo_ apt-get update -qq
     sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         "${missing[@]}"
+}
+
+# nats-server 2.10 or newer, for the cluster tests and benchmarks: 2.9.10
+# (bookworm's) can lose an acknowledged message when the stream's leader is
+# paused (docs/cluster.md, "NATS server versions").  On bookworm it comes
+# from trixie, pinned so that no other package does: a static Go binary
+# whose only library is libc.
+install_nats_server() {
+    local have codename
+    have=$(nats-server --version 2>/dev/null | sed -n 's/^nats-server: v//p')
+    if [ -n "$have" ] && dpkg --compare-versions "$have" ge 2.10; then return 0; fi
+    codename=$(sed -n "s/^VERSION_CODENAME=//p" /etc/os-release 2>/dev/null)
+    if [ "$codename" = bookworm ] && [ ! -e /etc/apt/preferences.d/sluice-nats-server ]; then
+        echo "dev.sh: nats-server ${have:-(none)} is older than 2.10: adding trixie's, pinned"
+        printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' 'Suites: trixie' \
+            'Components: main' 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' |
+            sudo_ tee /etc/apt/sources.list.d/sluice-trixie.sources >/dev/null
+        printf '%s\n' 'Package: *' 'Pin: release n=trixie' 'Pin-Priority: 1' '' \
+            'Package: nats-server' 'Pin: release n=trixie' 'Pin-Priority: 500' |
+            sudo_ tee /etc/apt/preferences.d/sluice-nats-server >/dev/null
+    fi
+    sudo_ apt-get update -qq
+    sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        nats-server
+    have=$(nats-server --version 2>/dev/null | sed -n 's/^nats-server: v//p')
+    if [ -z "$have" ] || ! dpkg --compare-versions "$have" ge 2.10; then
+        echo "dev.sh: nats-server ${have:-(none)} installed; the cluster tests need 2.10 or newer" >&2
+        exit 1
+    fi
 }
 
 # Node.js and npm: Debian's packages unless the machine already has both
@@ -80,6 +110,7 @@ run)
     ;;
 test)
     install_packages "${run_deps[@]}" "${test_deps[@]}"
+    install_nats_server
     install_node
     install_node_modules
     build "$top/build" -DSLUICE_WERROR=ON
@@ -98,6 +129,7 @@ test)
 bench)
     script=${2:-compare.sh}
     install_packages "${run_deps[@]}" "${bench_deps[@]}"
+    install_nats_server
     build "$top/build"
     exec "$top/bench/$script"
     ;;

@@ -680,14 +680,74 @@ static jsStreamInfo *stream_info(struct cluster *c, const char *subjects, natsSt
     return s == NATS_OK ? si : NULL;
 }
 
+/* The stream's description: "sluice epoch=<base36>" (as cluster_open
+ * writes it), then, once a sluice reload has raised the count limit,
+ * " floor=<N>@<seq>": the smallest limit that held before seq <seq>
+ * (cluster_set_retention), so that every node, one started after the
+ * raise too, judges gaps before it by that limit (count_limit).  0, and
+ * *floor 0 when there is none. */
+struct stream_desc {
+    uint64_t epoch, floor, floor_at;
+};
+
+/* 1 to 19 decimal digits at *p, past them. */
+static bool digits_u64(const char **p, uint64_t *out)
+{
+    uint64_t v = 0;
+    size_t n = 0;
+    for (; (*p)[n] >= '0' && (*p)[n] <= '9'; n++) {
+        if (n == 19) return false;
+        v = v * 10 + (uint64_t)((*p)[n] - '0');
+    }
+    *p += n;
+    *out = v;
+    return n > 0;
+}
+
+static int desc_parse(const char *desc, struct stream_desc *d)
+{
+    static const char pre[] = "sluice epoch=", fl[] = " floor=";
+    memset(d, 0, sizeof(*d));
+    if (strncmp(desc, pre, sizeof(pre) - 1) != 0) return -1;
+    const char *p = desc + sizeof(pre) - 1;
+    size_t n = strcspn(p, " ");
+    if (n < 1 || n > 12 || p[0] == '0') return -1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned v;
+        if (p[i] >= '0' && p[i] <= '9')
+            v = (unsigned)(p[i] - '0');
+        else if (p[i] >= 'a' && p[i] <= 'z')
+            v = (unsigned)(p[i] - 'a') + 10;
+        else
+            return -1;
+        d->epoch = d->epoch * 36 + v;
+    }
+    p += n;
+    if (!*p) return 0;
+    if (strncmp(p, fl, sizeof(fl) - 1) != 0) return -1;
+    p += sizeof(fl) - 1;
+    uint64_t floor, at;
+    if (!digits_u64(&p, &floor) || *p++ != '@' || !digits_u64(&p, &at) || *p) return -1;
+    d->floor = floor;
+    d->floor_at = at;
+    return 0;
+}
+
 /* The per-subject count limit to judge a gap after `after_seq` with,
  * given the stream's info just read.  The limit can change while nodes
  * run (a node's reload, `nats stream edit`): a lower one holds at once; a
  * raise does not bring back what the smaller one deleted, so points
- * before it (the stream's last seq when this node saw the raise) keep the
- * smaller.  Unlimited (-1) is UINT64_MAX. */
+ * before it keep the smaller: before the stream's last seq when this node
+ * saw the raise, and before the floor's seq in the stream's description,
+ * which a sluice reload's raise writes for every node (desc_parse).  Two
+ * raises merge into the smaller limit and the later point: told too
+ * often, never too seldom.  Unlimited (-1) is UINT64_MAX. */
 static uint64_t count_limit(struct cluster *c, const jsStreamInfo *si, uint64_t after_seq)
 {
+    struct stream_desc sd = {0};
+    if (si && si->Config && si->Config->Description &&
+        desc_parse(si->Config->Description, &sd) != 0)
+        sd.floor = 0;
     pthread_mutex_lock(&c->lock);
     if (si && si->Config) {
         int64_t m = si->Config->MaxMsgsPerSubject;
@@ -697,6 +757,10 @@ static uint64_t count_limit(struct cluster *c, const jsStreamInfo *si, uint64_t 
             c->raised_at = si->State.LastSeq;
         }
         c->limit_now = live;
+    }
+    if (sd.floor) {
+        if (sd.floor < c->limit_before) c->limit_before = sd.floor;
+        if (sd.floor_at > c->raised_at) c->raised_at = sd.floor_at;
     }
     uint64_t limit = c->limit_now;
     if (after_seq < c->raised_at && c->limit_before < limit) limit = c->limit_before;
@@ -1105,29 +1169,6 @@ static natsStatus settled_info(struct cluster *c, jsStreamInfo **si, int64_t unt
         goto fail;                                                                                 \
     } while (0)
 
-/* "sluice epoch=<base36>" (as cluster_open writes it): 0 and *epoch. */
-static int epoch_parse(const char *desc, uint64_t *epoch)
-{
-    static const char pre[] = "sluice epoch=";
-    if (strncmp(desc, pre, sizeof(pre) - 1) != 0) return -1;
-    const char *p = desc + sizeof(pre) - 1;
-    size_t n = strlen(p);
-    if (n < 1 || n > 12 || p[0] == '0') return -1;
-    uint64_t e = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned d;
-        if (p[i] >= '0' && p[i] <= '9')
-            d = (unsigned)(p[i] - '0');
-        else if (p[i] >= 'a' && p[i] <= 'z')
-            d = (unsigned)(p[i] - 'a') + 10;
-        else
-            return -1;
-        e = e * 36 + d;
-    }
-    *epoch = e;
-    return 0;
-}
-
 /* Differences between the stream as it is and as this node wants it. */
 static int check_stream(const jsStreamConfig *have, const jsStreamConfig *want, char *err,
                         size_t errlen)
@@ -1333,10 +1374,13 @@ int cluster_open(struct cluster **out, const struct cluster_opts *o, cluster_ack
      * with other settings may have replaced this one's. */
     if (check_stream(si->Config, &want, err, errlen) != 0) goto fail;
     const char *desc = si->Config ? si->Config->Description : NULL;
-    if (!desc || epoch_parse(desc, &c->epoch) != 0)
+    struct stream_desc sd;
+    if (!desc || desc_parse(desc, &sd) != 0)
         FAIL("cluster: stream %s has no sluice epoch in its description (\"%s\"): let sluice "
              "create it, or describe it as \"sluice epoch=<1-12 of [0-9a-z]>\"",
              c->stream, desc ? desc : "");
+    c->epoch = sd.epoch;
+    count_limit(c, si, 0); /* its floor */
     c->last_seq = si->State.LastSeq;
     c->consumed = si->State.LastSeq;
     jsStreamInfo_Destroy(si);
@@ -2132,6 +2176,28 @@ int cluster_stream_state(struct cluster *c, struct cluster_stream_state *st)
     return 0;
 }
 
+/* js_UpdateStream of cfg, bounded; with a floor (not 0), the description
+ * says it holds before seq `at` (desc_parse). */
+static natsStatus update_stream(struct cluster *c, jsStreamConfig *cfg, uint64_t floor, uint64_t at,
+                                jsStreamInfo **now, jsErrCode *jerr)
+{
+    const char *had = cfg->Description;
+    char desc[128];
+    if (floor && had) {
+        const char *old_floor = strstr(had, " floor=");
+        int epoch_part = old_floor ? (int)(old_floor - had) : (int)strlen(had);
+        snprintf(desc, sizeof(desc), "%.*s floor=%llu@%llu", epoch_part, had,
+                 (unsigned long long)floor, (unsigned long long)at);
+        cfg->Description = desc;
+    }
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = CLUSTER_API_WAIT_MS;
+    natsStatus s = js_UpdateStream(now, c->js, cfg, &jo, jerr);
+    cfg->Description = had; /* the library's, freed with its info */
+    return s;
+}
+
 int cluster_set_retention(struct cluster *c, uint64_t max_per_topic, uint64_t max_age_ms, char *err,
                           size_t errlen)
 {
@@ -2153,18 +2219,36 @@ int cluster_set_retention(struct cluster *c, uint64_t max_per_topic, uint64_t ma
     if (had_per != per || had_age != age) {
         cfg->MaxMsgsPerSubject = per;
         cfg->MaxAge = age;
-        jsOptions jo;
-        jsOptions_Init(&jo);
-        jo.Wait = CLUSTER_API_WAIT_MS;
+        /* A raise: the smaller limit still judges gaps before the point
+         * where the larger one took hold, on every node (count_limit). */
+        struct stream_desc sd;
+        uint64_t was = had_per > 0 ? (uint64_t)had_per : UINT64_MAX, floor = 0;
+        if (max_per_topic > was && cfg->Description && desc_parse(cfg->Description, &sd) == 0)
+            floor = sd.floor && sd.floor < was ? sd.floor : was;
         jsStreamInfo *now = NULL;
         jsErrCode jerr = 0;
-        natsStatus s = js_UpdateStream(&now, c->js, cfg, &jo, &jerr);
+        natsStatus s = update_stream(c, cfg, floor, si->State.LastSeq, &now, &jerr);
         if (s != NATS_OK) {
             jsStreamInfo_Destroy(si);
             snprintf(err, errlen,
                      "cluster: stream %s refused the new retention: %s (JetStream error %d)",
                      c->stream, last_error(s), (int)jerr);
             return SL_EIO;
+        }
+        /* Messages stored between the read and the update were under the
+         * smaller limit too: the point moves to the update's. */
+        if (floor && now->Config && now->State.LastSeq > si->State.LastSeq) {
+            jsStreamInfo *again = NULL;
+            if (update_stream(c, now->Config, floor, now->State.LastSeq, &again, &jerr) ==
+                NATS_OK) {
+                jsStreamInfo_Destroy(now);
+                now = again;
+            } else {
+                LOG_KV(LOG_WARN,
+                       "cluster: the point of the raised retention was not written: gaps just "
+                       "before it may go untold on other nodes",
+                       LOG_S("stream", c->stream), LOG_I("seq", now->State.LastSeq));
+            }
         }
         count_limit(c, now, 0);
         jsStreamInfo_Destroy(now);

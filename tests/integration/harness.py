@@ -162,7 +162,7 @@ class Server:
             cmd.append(self.app)
         return cmd
 
-    def start(self):
+    def start(self, timeout=START_TIMEOUT):
         if not os.path.exists(BIN):
             raise ServerError("sluice binary not found: %s" % BIN)
         self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
@@ -174,7 +174,7 @@ class Server:
                                  daemon=True)
             t.start()
             self.threads.append(t)
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + timeout
         with self.cond:
             while True:
                 self.listeners = self._parse_listeners()
@@ -186,7 +186,7 @@ class Server:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise ServerError("no %d listening lines within %.0fs:\n%s"
-                                      % (self.expect_listeners, START_TIMEOUT,
+                                      % (self.expect_listeners, timeout,
                                          self.log_text()))
                 self.cond.wait(min(left, 0.2))
         if self.ready_probe:

@@ -10,15 +10,19 @@ them back with their stores and ports; extra_conf is added to every
 server's config (tls, authorization); request(i, subject, payload) asks a
 server one JetStream API question as another client would; cleanup() kills
 whatever runs and removes the directory (SLUICE_TEST_NATS_LOGS=DIR keeps each server's log
-there first, for a run that must be read afterwards).  No mock: this is Debian's nats-server 2.9.
+there first, for a run that must be read afterwards).  No mock: this is
+Debian's nats-server (2.10 from trixie, which dev.sh installs; 2.9.10 runs
+all but the tests that need_nats() skips).
 
 Standard library only.  NATS_SERVER names the binary (default: the one on
 PATH); have_nats() tells whether it exists, so that a test skips cleanly
-with a message where it does not (dev.sh installs it: CI runs them).
+with a message where it does not (dev.sh installs it: CI runs them), and
+nats_version() which version it is.
 """
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -35,6 +39,19 @@ READY_TIMEOUT = 30.0
 
 def have_nats():
     return bool(NATS_SERVER) and os.access(NATS_SERVER, os.X_OK)
+
+
+def nats_version():
+    """(major, minor, patch) of NATS_SERVER, (0, 0, 0) if unknown."""
+    if not have_nats():
+        return (0, 0, 0)
+    try:
+        out = subprocess.run([NATS_SERVER, "--version"], capture_output=True, text=True,
+                             timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return (0, 0, 0)
+    m = re.search(r"v(\d+)\.(\d+)\.(\d+)", out)
+    return tuple(int(x) for x in m.groups()) if m else (0, 0, 0)
 
 
 class NatsCluster:
