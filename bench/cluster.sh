@@ -28,7 +28,8 @@
 # is publish to delivery (loadgen's clock, one process).  One CSV line per
 # run: load, system, size, in flight, replicas, deliveries/s, CPU us per
 # delivery, store share, p50 and p99 ms, acknowledged publishes/s, lost,
-# duplicates, 1-minute load average at the start.
+# duplicates, 1-minute load average at the start, the idle nodes' CPU per
+# message (IDLE_NODES).
 #
 # Environment: LOADS (the eight: 1k and 1kx10, each at both sizes and both
 # in-flight counts), SYSTEMS (cluster single nchan-redis),
@@ -38,7 +39,10 @@
 # `perf record -g` of each cluster run's servers into PERF_DIR/LOAD-N.data;
 # PERF_CMD replaces `perf record -q -g -F 499`, e.g. `perf stat --per-thread
 # -e task-clock,context-switches`), NATS_ENV (variables for nats-server, e.g.
-# GOMAXPROCS=1).
+# GOMAXPROCS=1), IDLE_NODES (0; more cluster nodes with no subscriber: each
+# receives the whole stream all the same, and `idle_us_per_msg` is their CPU
+# per published message, left out of the cluster's CPU per delivery: what
+# receiving all of the stream costs a node that needs none of it).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 TOP=$(cd "$HERE/.." && pwd)
@@ -66,8 +70,19 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # The default app limits publishes per client address (1,000/s): not here.
 export SLUICE_PUBLISH_RATE=0
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+# N distinct free ports (all bound at once: ports asked one by one can
+# repeat, and a NATS server whose port another took never starts).
+free_ports() {
+    python3 -c 'import socket, sys
+s = [socket.socket() for _ in range(int(sys.argv[1]))]
+for x in s: x.bind(("127.0.0.1", 0))
+print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"
+}
+free_port() { free_ports 1; }
+wait_port() { # PORT [TRIES of 50 ms]
+    for _ in $(seq "${2:-200}"); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done
+    return 1
+}
 stop_all() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
@@ -77,7 +92,9 @@ stop_all() {
 start_nats() {
     local routes="" i
     NATS_PORTS=() ; local rports=() hports=()
-    for i in 0 1 2; do NATS_PORTS+=("$(free_port)"); rports+=("$(free_port)"); hports+=("$(free_port)"); done
+    local ports
+    read -ra ports <<<"$(free_ports 9)"
+    NATS_PORTS=("${ports[@]:0:3}"); rports=("${ports[@]:3:3}"); hports=("${ports[@]:6:3}")
     for i in 0 1 2; do routes+="nats-route://127.0.0.1:${rports[$i]},"; done
     for i in 0 1 2; do
         cat >"$DIR/n$i.conf" <<CONF
@@ -90,11 +107,19 @@ CONF
         env ${NATS_ENV:-} nats-server -c "$DIR/n$i.conf" >"$DIR/n$i.log" 2>&1 &
         PIDS+=($!)
     done
-    for _ in $(seq 100); do
-        curl -sf "http://127.0.0.1:${hports[0]}/jsz" | grep -q '"leader"' && return 0
+    # Every server up and knowing the JetStream leader (one that never
+    # started leaves a cluster that cannot place three replicas).
+    local ready
+    for _ in $(seq 150); do
+        ready=0
+        for i in 0 1 2; do
+            curl -sf "http://127.0.0.1:${hports[$i]}/jsz" | grep -q '"leader"' && ready=$((ready + 1))
+        done
+        [ "$ready" = 3 ] && return 0
         sleep 0.1
     done
-    echo "NATS cluster did not form" >&2
+    echo "NATS cluster did not form:" >&2
+    tail -n 5 "$DIR"/n?.log >&2
     return 1
 }
 
@@ -104,7 +129,12 @@ start_sluice() { # PORT [--cluster URLS APP]
     "$SLUICE" -l 127.0.0.1:"$port" -d "$DIR/data$RUN-$port" -w "$WORKERS" --log-level warn "$@" \
         >"$DIR/sluice-$port.log" 2>&1 &
     PIDS+=($!)
-    wait_port "$port"
+    # 30 s: a cluster node waits for NATS to place its stream (up to about
+    # 10 s after a cluster formed, nats-server 2.10; docs/cluster.md).
+    wait_port "$port" 600 && return 0
+    echo "sluice on port $port did not listen:" >&2
+    cat "$DIR/sluice-$port.log" >&2
+    return 1
 }
 
 start_nchan() { # PORT REDIS_PORT
@@ -128,25 +158,29 @@ server_pids() {
     echo "${out%,}"
 }
 
-row() { # LOAD SYSTEM SIZE INFLIGHT REPLICAS STOREPIDS LOADAVG JSON
+row() { # LOAD SYSTEM SIZE INFLIGHT REPLICAS STOREPIDS LOADAVG JSON [IDLEPIDS]
     python3 - "$@" <<'PY'
 import json, sys
 load, system, size, inflight, replicas, store_pids, loadavg, line = sys.argv[1:9]
+idle_pids = set(p for p in (sys.argv[9] if len(sys.argv) > 9 else "").split(",") if p)
 j = json.loads(line)
 d = j["received"] or 1
 acks = j["acked"] / j["publish_s"] if j["publish_s"] else 0
 cpu = j.get("server_cpu_ns_s", j["server_cpu_s"])
 store = set(p for p in store_pids.split(",") if p)
-part = 0.0
+part = idle = 0.0
 for kv in j.get("server_cpu_by_pid", "").split(","):
     if ":" in kv:
         pid, sec = kv.split(":")
         if pid in store:
             part += float(sec)
-print("%s,%s,%s,%s,%s,%.0f,%.2f,%.2f,%.2f,%.2f,%.0f,%d,%d,%s" % (
+        if pid in idle_pids:
+            idle += float(sec)
+cpu -= idle
+print("%s,%s,%s,%s,%s,%.0f,%.2f,%.2f,%.2f,%.2f,%.0f,%d,%d,%s,%.1f" % (
     load, system, size, inflight, replicas, j["deliveries_per_s"], cpu * 1e6 / d,
     part / cpu if cpu > 0 else 0, j["lat_p50_ms"], j["lat_p99_ms"], acks, j["lost"], j["dups"],
-    loadavg))
+    loadavg, idle * 1e6 / len(idle_pids) / (j["acked"] or 1) if idle_pids else 0))
 PY
 }
 
@@ -194,14 +228,20 @@ run_load() { # SYSTEM LOAD
         start_nats
         local urls="nats://127.0.0.1:${NATS_PORTS[0]},nats://127.0.0.1:${NATS_PORTS[1]},nats://127.0.0.1:${NATS_PORTS[2]}"
         local npids="${PIDS[*]}" pa pb
-        pa=$(free_port); pb=$(free_port)
+        read -r pa pb <<<"$(free_ports 2)"
         start_sluice "$pa" --cluster "$urls" "$APP"
         start_sluice "$pb" --cluster "$urls" "$APP"
+        local idle="" _
+        for _ in $(seq "${IDLE_NODES:-0}"); do
+            start_sluice "$(free_port)" --cluster "$urls" "$APP"
+            idle+="${PIDS[-1]},"
+        done
         perf_start "$load" "$(server_pids)"
         j=$("$LOADGEN" -p "$pa" --sub-port2 "$pb" --pub-port "$pa" --topic-prefix "c$RUN" \
             --pid "$(server_pids)" $common || true)
         perf_stop
-        [ -z "$j" ] || row "$load" cluster "$size" "$inflight" "$REPLICAS" "${npids// /,}" "$la" "$j" >>"$OUT"
+        [ -z "$j" ] || row "$load" cluster "$size" "$inflight" "$REPLICAS" "${npids// /,}" "$la" "$j" \
+            "${idle%,}" >>"$OUT"
         ;;
     single)
         local p
@@ -219,7 +259,7 @@ run_load() { # SYSTEM LOAD
         rpid=$!
         PIDS+=($rpid)
         wait_port "$rp"
-        na=$(free_port); nb=$(free_port)
+        read -r na nb <<<"$(free_ports 2)"
         start_nchan "$na" "$rp"
         start_nchan "$nb" "$rp"
         j=$("$LOADGEN" -p "$na" --sub-port2 "$nb" --pub-port "$na" -S '/sub/{topic}' -P '/pub/{topic}' \
@@ -234,7 +274,7 @@ run_load() { # SYSTEM LOAD
     stop_all
 }
 
-echo "load,system,size,in_flight,replicas,deliveries_per_s,cpu_us_per_delivery,store_share,p50_ms,p99_ms,acked_per_s,lost,dups,loadavg" >"$OUT"
+echo "load,system,size,in_flight,replicas,deliveries_per_s,cpu_us_per_delivery,store_share,p50_ms,p99_ms,acked_per_s,lost,dups,loadavg,idle_us_per_msg" >"$OUT"
 RUN=0
 for load in $LOADS; do
     for _ in $(seq "$REPEAT"); do

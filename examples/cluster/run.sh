@@ -94,7 +94,19 @@ http {
 CONF
 nginx -c "$dir/nginx.conf" -p "$dir" &
 pids+=($!)
-sleep 1
+# A node listens once its stream is placed and read: a NATS cluster just
+# formed may take some seconds to place one (docs/cluster.md).
+echo "waiting for the sluice nodes..."
+for port in 8081 8082 8080; do
+    for _ in $(seq 300); do
+        curl -s -o /dev/null "http://127.0.0.1:$port/" && break
+        sleep 0.1
+    done
+    if ! curl -s -o /dev/null "http://127.0.0.1:$port/"; then
+        echo "nothing listens on $port after 30 s; see the logs in $dir" >&2
+        exit 1
+    fi
+done
 echo "ready: nginx on http://127.0.0.1:8080 (round-robin over sluice 8081 and 8082)"
 echo "logs and state in $dir; Ctrl-C stops everything"
 wait
