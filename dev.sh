@@ -15,6 +15,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 top=$PWD
+# nats-server and nginx are in /usr/sbin, which a user's PATH may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 run_deps=(build-essential cmake pkg-config liblua5.4-dev lua-cjson-dev libev-dev node-llhttp
           libssl-dev liblmdb-dev zlib1g-dev libmimalloc-dev libcurl4-openssl-dev libnats-dev)
@@ -50,13 +52,18 @@ install_packages() {
 # paused (docs/cluster.md, "NATS server versions").  On bookworm it comes
 # from trixie, pinned so that no other package does: a static Go binary
 # whose only library is libc.
+nats_server_version() { # empty when there is none
+    if command -v nats-server >/dev/null; then
+        nats-server --version 2>/dev/null | sed -n 's/^nats-server: v//p' || true
+    fi
+}
 install_nats_server() {
     local have codename
-    have=$(nats-server --version 2>/dev/null | sed -n 's/^nats-server: v//p')
+    have=$(nats_server_version)
     if [ -n "$have" ] && dpkg --compare-versions "$have" ge 2.10; then return 0; fi
     codename=$(sed -n "s/^VERSION_CODENAME=//p" /etc/os-release 2>/dev/null)
     if [ "$codename" = bookworm ] && [ ! -e /etc/apt/preferences.d/sluice-nats-server ]; then
-        echo "dev.sh: nats-server ${have:-(none)} is older than 2.10: adding trixie's, pinned"
+        echo "dev.sh: nats-server 2.10 or newer is needed (have: ${have:-none}): adding trixie's, pinned"
         printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' 'Suites: trixie' \
             'Components: main' 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' |
             sudo_ tee /etc/apt/sources.list.d/sluice-trixie.sources >/dev/null
@@ -67,7 +74,7 @@ install_nats_server() {
     sudo_ apt-get update -qq
     sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         nats-server
-    have=$(nats-server --version 2>/dev/null | sed -n 's/^nats-server: v//p')
+    have=$(nats_server_version)
     if [ -z "$have" ] || ! dpkg --compare-versions "$have" ge 2.10; then
         echo "dev.sh: nats-server ${have:-(none)} installed; the cluster tests need 2.10 or newer" >&2
         exit 1

@@ -684,8 +684,7 @@ static jsStreamInfo *stream_info(struct cluster *c, const char *subjects, natsSt
  * writes it), then, once a sluice reload has raised the count limit,
  * " floor=<N>@<seq>": the smallest limit that held before seq <seq>
  * (cluster_set_retention), so that every node, one started after the
- * raise too, judges gaps before it by that limit (count_limit).  0, and
- * *floor 0 when there is none. */
+ * raise too, judges gaps before it by that limit (count_limit). */
 struct stream_desc {
     uint64_t epoch, floor, floor_at;
 };
@@ -704,6 +703,7 @@ static bool digits_u64(const char **p, uint64_t *out)
     return n > 0;
 }
 
+/* 0, and *d (floor 0: none); -1 for any other text. */
 static int desc_parse(const char *desc, struct stream_desc *d)
 {
     static const char pre[] = "sluice epoch=", fl[] = " floor=";

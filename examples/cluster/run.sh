@@ -9,6 +9,7 @@
 # 6222-6224, monitoring 8222-8224.  State goes to a temp directory that is
 # removed at the end.
 set -euo pipefail
+PATH="$PATH:/usr/sbin:/sbin" # nats-server and nginx, for a user's PATH too
 here=$(cd "$(dirname "$0")" && pwd)
 sluice=${1:-$here/../../build/sluice}
 command -v nats-server >/dev/null || { echo "nats-server not found (apt-get install nats-server)"; exit 1; }
