@@ -106,6 +106,9 @@ cluster { name: bench, listen: 127.0.0.1:${rports[$i]}, routes: [${routes%,}] }
 CONF
         env ${NATS_ENV:-} nats-server -c "$DIR/n$i.conf" >"$DIR/n$i.log" 2>&1 &
         PIDS+=($!)
+        # One after another: started at once, 2.10 can form a JetStream
+        # meta group that leaves a server out (docs/cluster.md).
+        wait_port "${hports[$i]}"
     done
     # Every server up and knowing the JetStream leader (one that never
     # started leaves a cluster that cannot place three replicas).

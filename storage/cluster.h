@@ -54,7 +54,7 @@
 #define CLUSTER_GET_MAX 8
 #define CLUSTER_LOCK_SPINS 200   /* the client's mutexes: tries before waiting */
 #define CLUSTER_HEADER_ROOM 2048 /* the most a publish's headers take (event, key, type) */
-#define CLUSTER_START_WAIT_MS 15000        /* at start: JetStream answering */
+#define CLUSTER_START_WAIT_MS 30000        /* at start: JetStream answering, placing */
 #define CLUSTER_SETTLED_MS 1000 /* a stream this old has taken every racing node's create */
 #define CLUSTER_REFETCH_WAIT_MS 30000      /* reading again what the consumer skipped */
 #define CLUSTER_CHECK_MS 1000              /* the consumer's copy checked against the leader's */

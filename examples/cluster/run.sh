@@ -38,6 +38,12 @@ cluster { name: sluice-example, listen: 127.0.0.1:$((6222 + i)), routes: [$route
 CONF
     nats-server -c "$dir/n$i.conf" > "$dir/n$i.log" 2>&1 &
     pids+=($!)
+    # One after another: started at once, nats-server 2.10 can form a
+    # JetStream meta group that leaves a server out (docs/cluster.md).
+    for _ in $(seq 100); do
+        curl -s -o /dev/null "http://127.0.0.1:$((8222 + i))/varz" && break
+        sleep 0.05
+    done
 done
 echo "waiting for the NATS cluster to elect its JetStream leader..."
 for _ in $(seq 100); do

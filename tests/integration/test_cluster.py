@@ -571,7 +571,7 @@ class ClusterTest(SluiceTestCase):
         t0 = time.monotonic()
         a = Server(app=cluster_app(self.tmpdir(), servers=late.urls(), replicas=3))
         self.addCleanup(a.kill)
-        a.start(timeout=30)
+        a.start(timeout=45)
         self.assertGreater(time.monotonic() - t0, 1.5)
         a.wait_log("fewer NATS servers with JetStream than the stream's replicas", timeout=5)
         r = self.publish(a, "t", b"x")
