@@ -132,8 +132,8 @@ start_sluice() { # PORT [--cluster URLS APP]
     "$SLUICE" -l 127.0.0.1:"$port" -d "$DIR/data$RUN-$port" -w "$WORKERS" --log-level warn "$@" \
         >"$DIR/sluice-$port.log" 2>&1 &
     PIDS+=($!)
-    # 30 s: a cluster node waits for NATS to place its stream (up to about
-    # 10 s after a cluster formed, nats-server 2.10; docs/cluster.md).
+    # 30 s: a cluster node waits that long for NATS to place its stream
+    # (a cluster just formed can take seconds; docs/cluster.md).
     wait_port "$port" 600 && return 0
     echo "sluice on port $port did not listen:" >&2
     cat "$DIR/sluice-$port.log" >&2

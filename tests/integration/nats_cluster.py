@@ -12,8 +12,8 @@ server's config (tls, authorization); request(i, subject, payload) asks a
 server one JetStream API question as another client would; cleanup() kills
 whatever runs and removes the directory (SLUICE_TEST_NATS_LOGS=DIR keeps each server's log
 there first, for a run that must be read afterwards).  No mock: this is
-Debian's nats-server (2.10 from trixie, which dev.sh installs; 2.9.10 runs
-all but the tests that need_nats() skips).
+Debian's nats-server (2.10 from trixie, which dev.sh installs; with 2.9.10
+the paused-leader test is skipped: nats_version()).
 
 Standard library only.  NATS_SERVER names the binary (default: the one on
 PATH); have_nats() tells whether it exists, so that a test skips cleanly
@@ -114,13 +114,14 @@ class NatsCluster:
         # placed), in none of 80 started this way.
         for i in range(self.n):
             self.start(i, wait=False)
-            self._wait_monitor(i)
+            self.wait_monitor(i)
         self.wait_ready(range(self.n))
         if self.n > 1:
             self.wait_placement()
         return self
 
-    def _wait_monitor(self, i):
+    def wait_monitor(self, i):
+        """Until server i answers its monitoring port (bounded)."""
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
             try:

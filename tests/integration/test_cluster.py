@@ -562,8 +562,9 @@ class ClusterTest(SluiceTestCase):
         from harness import Server
         late = NatsCluster(3, name="late")
         self.addCleanup(late.cleanup)
-        late.start(0, wait=False)
-        late.start(1, wait=False)
+        for i in (0, 1):  # one after another, as start_all does
+            late.start(i, wait=False)
+            late.wait_monitor(i)
         late.wait_ready([0, 1])
         timer = threading.Timer(2.0, late.start, args=(2, False))
         timer.start()
