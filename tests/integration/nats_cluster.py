@@ -28,6 +28,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -107,18 +108,47 @@ class NatsCluster:
             self.wait_ready([i])
 
     def start_all(self):
-        # One after another, each answering before the next starts:
-        # nats-server 2.10.27 started all at once formed a JetStream meta
-        # group of two of its three servers in 4 of 40 clusters (the
-        # third never joined: no stream of three replicas could be
-        # placed), in none of 80 started this way.
-        for i in range(self.n):
-            self.start(i, wait=False)
-            self.wait_monitor(i)
-        self.wait_ready(range(self.n))
+        # nats-server 2.10.27 can form a JetStream meta group that leaves
+        # one of three servers out, for good (no stream of three replicas
+        # can then be placed): in 4 of 40 clusters started at once, none of
+        # 80 started one after another on an idle machine, and once in a
+        # loaded CI run started one after another.  So one after another,
+        # each answering before the next starts, and a group formed short
+        # is formed anew from empty stores, a bounded number of times.
+        for attempt in range(1, 4):
+            for i in range(self.n):
+                self.start(i, wait=False)
+                self.wait_monitor(i)
+            self.wait_ready(range(self.n))
+            if self.n == 1 or self._meta_complete(5.0):
+                break
+            if attempt == 3:
+                raise AssertionError("NATS meta group short of %d servers three times:\n%s"
+                                     % (self.n, self.log_text()))
+            sys.stderr.write("NATS meta group formed short of %d servers: formed anew\n"
+                             % self.n)
+            self.stop_all()
+            for i in range(self.n):
+                shutil.rmtree(os.path.join(self.dir, "store%d" % i), ignore_errors=True)
         if self.n > 1:
             self.wait_placement()
         return self
+
+    def _meta_complete(self, timeout):
+        """Every server sees a meta group of all n servers, within timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            sizes = []
+            for i in range(self.n):
+                try:
+                    sizes.append((self._jsz(i).get("meta_cluster") or {}).get("cluster_size"))
+                except OSError:
+                    sizes.append(None)
+            if all(x == self.n for x in sizes):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
 
     def wait_monitor(self, i):
         """Until server i answers its monitoring port (bounded)."""
